@@ -1,0 +1,3 @@
+"""trio-sfu: a horizontally scalable WebRTC SFU on Trio."""
+
+__version__ = "0.1.0"

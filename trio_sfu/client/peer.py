@@ -1,0 +1,221 @@
+"""A WebRTC client on trio-sfu's own stack: offerer, controlling ICE, DTLS client.
+
+Used by the tests, the load tester and Python bots. It owns one UDP socket (one host
+candidate) and a reader task in the peer's nursery; the rest is the shared
+:class:`~trio_sfu.rtc.peer.PeerConnection`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+import trio
+from aioice import Candidate
+
+from trio_sfu.proto import stun
+from trio_sfu.proto.dtls import Certificate
+from trio_sfu.proto.errors import StunError
+from trio_sfu.proto.ice import ConsentLost, Failed, IceControllingAgent
+from trio_sfu.proto.ice import Connected as IceConnected
+from trio_sfu.proto.jsep import RemoteChanges
+from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
+from trio_sfu.rtc.peer import Address, PeerConnection, random_ice_credentials
+from trio_sfu.rtc.server import host_candidate
+
+log = logging.getLogger(__name__)
+
+
+def _bind(host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        sock.bind((host, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ClientPeerConnection(PeerConnection):
+    """The offering side. Typical use::
+
+        pc = ClientPeerConnection()
+        channel = pc.create_data_channel("chat")
+        answer = await signal(pc.create_offer())   # e.g. one HTTP POST
+        pc.handle_answer(answer)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pc.run)
+            await pc.wait_connected()
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        certificate: Certificate | None = None,
+        name: str = "",
+        **options: Any,
+    ) -> None:
+        ipaddress.ip_address(host)
+        self._sock = _bind(host)
+        ufrag, pwd = random_ice_credentials()
+        super().__init__(
+            certificate=certificate or Certificate.generate(),
+            ice_ufrag=ufrag,
+            ice_pwd=pwd,
+            ice_lite=False,
+            candidates=[host_candidate(host, self._sock.getsockname()[1])],
+            setup_when_answering="active",
+            name=name,
+            new_transceiver_direction=options.pop("new_transceiver_direction", "recvonly"),
+            **options,
+        )
+        self.host = host
+        self.ice_agent = IceControllingAgent(ufrag, pwd)
+        self._ice_started = False
+        self._reader_scope: trio.CancelScope | None = None
+
+    @property
+    def local_address(self) -> Address:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    # -- socket ---------------------------------------------------------------------------
+
+    async def _start_io(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self._reader)
+
+    async def _reader(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._reader_scope = scope
+            task_status.started()
+            sock = self._sock
+            buf = bytearray(2048)
+            view = memoryview(buf)
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                now = trio.current_time()
+                for _ in range(256):
+                    try:
+                        n, addr = sock.recvfrom_into(buf)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        continue
+                    self._received(bytes(view[:n]), addr[:2], now)
+                else:
+                    await trio.lowlevel.checkpoint()
+
+    def _received(self, data: bytes, addr: Address, now: float) -> None:
+        if not data:
+            return
+        kind = KIND_BY_FIRST_BYTE[data[0]]
+        if kind is Kind.STUN:
+            try:
+                msg = stun.parse(data)
+            except StunError:
+                return
+            self.ice_agent.receive(msg, data, addr, now)
+            self._ice_pump(now)
+        elif kind is not Kind.UNKNOWN and addr == self.remote_address:
+            self.datagram_received(kind, data, addr, now)
+
+    def _send_datagram(self, data: bytes) -> None:
+        addr = self.remote_address
+        if addr is None:
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, OSError):
+            self.stats.media_not_sent += 1
+
+    async def rebind(self) -> Address:
+        """Move to a new local port mid-session (a NAT rebinding, a network change). The next
+        consent check goes out at once from the new port; the lite server moves the pair there
+        and media continues without renegotiation."""
+        if self._nursery is None:
+            raise RuntimeError("the peer is not running")
+        old = self._sock
+        self._sock = _bind(self.host)
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        await self._nursery.start(self._reader)
+        trio.lowlevel.notify_closing(old)
+        old.close()
+        now = trio.current_time()
+        self.ice_agent.refresh(now)
+        self._ice_pump(now)
+        log.info("client rebound", extra={"peer": self.name, "addr": self.local_address})
+        return self.local_address
+
+    # -- ICE ------------------------------------------------------------------------------
+
+    def _ice_remote_credentials(
+        self,
+        ufrag: str,
+        pwd: str,
+        candidates: list[Candidate],
+        changes: RemoteChanges,
+        now: float,
+    ) -> None:
+        if self._ice_started:
+            return
+        family = self._sock.family
+        usable: list[tuple[int, Address]] = []
+        for c in candidates:
+            if c.transport.lower() != "udp" or c.component != 1:
+                continue
+            try:
+                ip = ipaddress.ip_address(c.host)
+            except ValueError:
+                continue  # mDNS names are not resolved here
+            if (ip.version == 6) != (family == socket.AF_INET6):
+                continue
+            usable.append((c.priority, (c.host, c.port)))
+        usable.sort(key=lambda item: -item[0])
+        self.ice_agent.set_remote(ufrag, pwd, [addr for _, addr in usable])
+        self.ice_agent.start(now)
+        self._ice_started = True
+        self._ice_pump(now)
+
+    def _ice_pump(self, now: float) -> None:
+        agent = self.ice_agent
+        for datagram, addr in agent.datagrams_to_send(now):
+            try:
+                self._sock.sendto(datagram, addr)
+            except (BlockingIOError, OSError):
+                pass
+        while (event := agent.next_event()) is not None:
+            if isinstance(event, IceConnected):
+                self.remote_address = event.addr
+                dtls = self._dtls
+                if dtls is not None:
+                    dtls.start(now)
+                    self._pump(now)
+            elif isinstance(event, Failed):
+                self.close(f"ice failed: {event.reason}")
+            elif isinstance(event, ConsentLost):
+                self.close("consent lost")
+        if self._next_deadline() < self._armed_deadline:
+            self._wakeup.set()
+
+    def _ice_ready(self) -> bool:
+        return self.remote_address is not None
+
+    def _ice_deadline(self) -> float | None:
+        return self.ice_agent.get_timer()
+
+    def _ice_handle_timer(self, now: float) -> None:
+        timer = self.ice_agent.get_timer()
+        if timer is not None and timer <= now:
+            self.ice_agent.handle_timer(now)
+            self._ice_pump(now)
+
+    def _teardown(self) -> None:
+        super()._teardown()
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()

@@ -1,0 +1,1 @@
+"""cluster layer (see docs/architecture.md)."""

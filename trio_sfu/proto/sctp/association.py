@@ -1,0 +1,865 @@
+"""A sans-IO SCTP association over DTLS (RFC 8261), shaped like aioquic's QuicConnection.
+
+Input and output units are whole SCTP packets, one per DTLS record. The driver calls
+``receive_packet`` / ``handle_timer`` / the user verbs, then drains ``packets_to_send`` and
+``next_event`` and sleeps until ``get_timer``. Nothing here reads a clock or touches a socket.
+
+Timer defaults follow RFC 9260 §16 (RTO.Initial = RTO.Min = 1 s, RTO.Max = 60 s,
+Association.Max.Retrans = 10, Max.Init.Retransmits = 8, HB.interval = 30 s). They are
+constructor knobs because WebRTC stacks deviate on purpose: Chromium caps the backoff at 3 s and
+never gives up on retransmissions, leaving liveness to ICE consent (pass ``rto_max=3.0,
+max_retransmits=None`` for that behaviour).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from ..errors import SctpError
+from . import chunks as ch
+from .chunks import (
+    AbortChunk,
+    Chunk,
+    CookieAckChunk,
+    CookieEchoChunk,
+    DataChunk,
+    ErrorCause,
+    ErrorChunk,
+    ForwardTsnChunk,
+    HeartbeatAckChunk,
+    HeartbeatChunk,
+    InitAckChunk,
+    InitChunk,
+    ReconfigChunk,
+    SackChunk,
+    ShutdownAckChunk,
+    ShutdownChunk,
+    ShutdownCompleteChunk,
+    UnknownChunk,
+    parse_packet,
+    serialize_packet,
+)
+from .cookie import FLAG_FORWARD_TSN, FLAG_RECONFIG, CookieRejected, StateCookie, open_cookie, seal
+from .events import Closed, Established, MessageReceived, SctpEvent, SctpState, StreamsReset
+from .handshake import local_extension_params, scan_params
+from .packer import PacketBuilder
+from .receiver import ProtocolViolation, Receiver
+from .reconfig import StreamResets
+from .sender import U32, Sender
+
+_HB_INFO = struct.Struct("!d8s")
+_MAX_STREAMS = 65535
+_DATA_STATES = frozenset(
+    {SctpState.ESTABLISHED, SctpState.SHUTDOWN_PENDING, SctpState.SHUTDOWN_SENT}
+)
+_SACK_STATES = frozenset(
+    {
+        SctpState.ESTABLISHED,
+        SctpState.SHUTDOWN_PENDING,
+        SctpState.SHUTDOWN_SENT,
+        SctpState.SHUTDOWN_RECEIVED,
+    }
+)
+_SENDING_STATES = frozenset(
+    {SctpState.ESTABLISHED, SctpState.SHUTDOWN_PENDING, SctpState.SHUTDOWN_RECEIVED}
+)
+
+
+class SctpAssociation:
+    def __init__(
+        self,
+        *,
+        local_port: int = 5000,
+        remote_port: int = 5000,
+        max_message_size: int = 262144,
+        mtu: int = 1200,
+        rng: Callable[[int], bytes] | None = None,
+        receive_window: int = 1 << 20,
+        rto_initial: float = 1.0,
+        rto_min: float = 1.0,
+        rto_max: float = 60.0,
+        max_retransmits: int | None = 10,
+        max_init_retransmits: int | None = 8,
+        heartbeat_interval: float = 30.0,
+        delayed_ack: float = 0.2,
+        cookie_lifetime: float = 60.0,
+    ) -> None:
+        if mtu < 256 or mtu > 65535:
+            raise ValueError("mtu out of range")
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self.max_message_size = max_message_size
+        self.remote_max_message_size = 65536  # RFC 8841 §6.1 default until SDP says otherwise
+        self.mtu = mtu
+        self._rng = rng or os.urandom
+        self._window = max(receive_window, 1 << 20)
+        self._rto_initial = rto_initial
+        self._rto_min = rto_min
+        self._rto_max = rto_max
+        self._max_retransmits = max_retransmits
+        self._max_init_retransmits = max_init_retransmits
+        self._hb_interval = heartbeat_interval
+        self._delayed_ack = delayed_ack
+        self._cookie_lifetime = cookie_lifetime
+        self._secret = self._rng(32)
+
+        self.state = SctpState.CLOSED
+        self.closed = False  # True once the association has ended (CLOSED for good)
+        self._events: deque[SctpEvent] = deque()
+        self._local_tag = 0
+        self._local_tsn = 0
+        self._peer_tag = 0
+        self._peer_tsn = 0
+        self._peer_rwnd = 0
+        self.outbound_streams = 0
+        self.inbound_streams = 0
+        self._peer_flags = 0
+        self._sender: Sender | None = None
+        self._receiver: Receiver | None = None
+        self._resets: StreamResets | None = None
+        self._ctrl: list[bytes] = []  # encoded chunks for the next packet to the peer
+        self._raw: list[bytes] = []  # finished packets with a special verification tag
+        self._errors = 0
+        # handshake (T1)
+        self._init: InitChunk | None = None
+        self._cookie_echo: list[bytes] = []
+        self._t1: float | None = None
+        self._t1_interval = rto_initial
+        self._t1_count = 0
+        # shutdown (T2)
+        self._t2: float | None = None
+        self._t2_interval = rto_initial
+        # SACK timing (§6.2)
+        self._sack_now = False
+        self._sack_deadline: float | None = None
+        self._unacked_packets = 0
+        # heartbeat (§8.3)
+        self._hb_deadline: float | None = None
+        self._hb_ack_deadline: float | None = None
+        self._hb_nonce = b""
+        self._hb_sent_at = 0.0
+        # counters (plain ints for the metrics endpoint)
+        self.packets_sent = 0
+        self.packets_received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.packets_dropped = 0
+        self.bad_cookies = 0
+        self.stale_cookies = 0
+        self.heartbeats_sent = 0
+        self.heartbeat_acks_received = 0
+        self.messages_sent = 0
+        self.messages_received = 0
+
+    # --- read-only views -------------------------------------------------------------------
+
+    @property
+    def sender(self) -> Sender | None:
+        return self._sender
+
+    @property
+    def receiver(self) -> Receiver | None:
+        return self._receiver
+
+    @property
+    def local_verification_tag(self) -> int:
+        return self._local_tag
+
+    @property
+    def peer_verification_tag(self) -> int:
+        return self._peer_tag
+
+    @property
+    def peer_supports_reconfig(self) -> bool:
+        return bool(self._peer_flags & FLAG_RECONFIG)
+
+    @property
+    def peer_supports_forward_tsn(self) -> bool:
+        return bool(self._peer_flags & FLAG_FORWARD_TSN)
+
+    def buffered_amount(self, stream_id: int) -> int:
+        return self._sender.buffered_amount(stream_id) if self._sender else 0
+
+    def stream_resetting(self, stream_id: int) -> bool:
+        return self._resets is not None and self._resets.resetting(stream_id)
+
+    def next_event(self) -> SctpEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # --- user verbs ------------------------------------------------------------------------
+
+    def connect(self, now: float) -> None:
+        """Start the handshake as initiator (§5.1 A)."""
+        if self.state is not SctpState.CLOSED or self.closed:
+            raise ValueError("connect() is only possible on a fresh association")
+        self._local_tag = self._rand_tag()
+        self._local_tsn = self._rand32()
+        self._init = InitChunk(
+            self._local_tag, self._window, _MAX_STREAMS, _MAX_STREAMS, self._local_tsn,
+            local_extension_params(),
+        )
+        self._queue_raw(0, self._init.encode())
+        self.state = SctpState.COOKIE_WAIT
+        self._t1_interval = self._rto_initial
+        self._t1_count = 0
+        self._t1 = now + self._t1_interval
+
+    def send(
+        self,
+        stream_id: int,
+        ppid: int,
+        data: bytes,
+        now: float,
+        *,
+        ordered: bool = True,
+        max_retransmits: int | None = None,
+        max_lifetime: float | None = None,
+    ) -> None:
+        if self.state is not SctpState.ESTABLISHED or self._sender is None:
+            raise ValueError(f"cannot send in state {self.state.value}")
+        if not 0 <= stream_id < self.outbound_streams:
+            raise ValueError(f"stream id {stream_id} out of range")
+        if not data:
+            raise ValueError("SCTP cannot carry an empty message")
+        limit = self.remote_max_message_size
+        if limit and len(data) > limit:
+            raise ValueError(f"message of {len(data)} bytes exceeds the peer's limit {limit}")
+        if self._resets is not None and self._resets.resetting(stream_id):
+            raise ValueError(f"stream {stream_id} is being reset")
+        if (max_retransmits is not None and max_retransmits < 0) or (
+            max_lifetime is not None and max_lifetime < 0
+        ):
+            raise ValueError("negative partial-reliability limit")
+        self._sender.enqueue(
+            stream_id, ppid & U32, bytes(data), unordered=not ordered,
+            max_retransmits=max_retransmits, lifetime=max_lifetime, now=now,
+        )
+        self.messages_sent += 1
+
+    def reset_streams(self, stream_ids: Sequence[int], now: float) -> None:
+        """Reset our outgoing side of the streams once their queued messages have left."""
+        if self.state is not SctpState.ESTABLISHED or self._resets is None:
+            raise ValueError(f"cannot reset streams in state {self.state.value}")
+        if not self.peer_supports_reconfig:
+            raise ValueError("the peer does not support RE-CONFIG")
+        for sid in stream_ids:
+            if not 0 <= sid < self.outbound_streams:
+                raise ValueError(f"stream id {sid} out of range")
+        self._resets.request(list(stream_ids))
+
+    def shutdown(self, now: float) -> None:
+        """Graceful close (§9.2): deliver what is queued, then SHUTDOWN."""
+        if self.closed:
+            return
+        if self.state is SctpState.ESTABLISHED:
+            self.state = SctpState.SHUTDOWN_PENDING
+            self._check_shutdown(now)
+        elif self.state in (SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
+            if self._peer_tag:
+                self._queue_raw(self._peer_tag, AbortChunk().encode())
+            self._terminate("shut down before establishment", aborted=False)
+
+    def abort(self, reason: str = "") -> None:
+        if self.closed:
+            return
+        if self._peer_tag:
+            cause = (ch.CAUSE_USER_ABORT, reason.encode("utf-8", "replace")[:1000])
+            self._queue_raw(self._peer_tag, AbortChunk([cause]).encode())
+        self._terminate(reason or "aborted locally", aborted=True)
+
+    # --- output ----------------------------------------------------------------------------
+
+    def packets_to_send(self, now: float) -> list[bytes]:
+        out = self._raw
+        self._raw = []
+        if not self.closed and self._peer_tag:
+            pb = PacketBuilder(self.mtu)
+            for c in self._ctrl:
+                pb.add(c)
+            self._ctrl = []
+            snd, rcv, resets = self._sender, self._receiver, self._resets
+            if rcv is not None and (
+                self._sack_now
+                or (
+                    self._sack_deadline is not None
+                    and (now >= self._sack_deadline or (snd is not None and snd.has_data()))
+                )
+            ):
+                pb.add(rcv.build_sack(self.mtu - ch.COMMON_HEADER_SIZE).encode())
+                self._sack_now = False
+                self._sack_deadline = None
+                self._unacked_packets = 0
+            if snd is not None and self.state in _SACK_STATES:
+                if snd.forward_tsn_due:
+                    fwd = snd.build_forward_tsn(now)
+                    if fwd is not None:
+                        pb.add(fwd.encode())
+                if self.state in _SENDING_STATES and snd.fill(pb, now):
+                    self._schedule_heartbeat(now)
+            # After DATA: a reset request names the last TSN given out, so it can go as soon as
+            # the stream's queued messages all have TSNs, in the same packet as the last one.
+            if resets is not None and snd is not None and self.state is SctpState.ESTABLISHED:
+                while (rc := resets.poll(now, snd)) is not None:
+                    pb.add(rc.encode())
+            tag = self._peer_tag
+            for chunk_list in pb.finish():
+                out.append(serialize_packet(self.local_port, self.remote_port, tag, chunk_list))
+        self.packets_sent += len(out)
+        for p in out:
+            self.bytes_sent += len(p)
+        return out
+
+    def _queue_raw(self, vtag: int, chunk: bytes) -> None:
+        self._raw.append(serialize_packet(self.local_port, self.remote_port, vtag, [chunk]))
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        if self.closed:
+            return None
+        deadlines = [
+            self._t1, self._t2, self._sack_deadline, self._hb_deadline, self._hb_ack_deadline,
+        ]
+        if self._sender is not None and self.state in _SACK_STATES:
+            deadlines.append(self._sender.t3)
+        if self._resets is not None:
+            deadlines.append(self._resets.deadline)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        if self._t1 is not None and now >= self._t1:
+            self._on_t1(now)
+        if self._t2 is not None and now >= self._t2:
+            self._on_t2(now)
+        snd = self._sender
+        if (
+            snd is not None and snd.t3 is not None and now >= snd.t3
+            and self.state in _SACK_STATES
+        ):
+            if self._count_error():
+                return
+            snd.on_t3_expired(now)
+        if self._sack_deadline is not None and now >= self._sack_deadline:
+            self._sack_now = True
+            self._sack_deadline = None
+        if self._hb_ack_deadline is not None and now >= self._hb_ack_deadline:
+            self._hb_ack_deadline = None
+            if snd is not None:
+                snd.rto = min(snd.rto * 2, self._rto_max)  # §8.3
+            if self._count_error():
+                return
+        if self._hb_deadline is not None and now >= self._hb_deadline:
+            self._on_heartbeat_timer(now)
+        resets = self._resets
+        if resets is not None and resets.deadline is not None and now >= resets.deadline:
+            if self._count_error():
+                return
+            resets.on_timeout(now, snd.rto if snd else self._rto_initial)
+
+    def _count_error(self) -> bool:
+        """§8.1: one more unanswered retransmission; True if the association just failed."""
+        self._errors += 1
+        if self._max_retransmits is not None and self._errors > self._max_retransmits:
+            self._fail("too many retransmissions")
+            return True
+        return False
+
+    def _fail(self, reason: str) -> None:
+        if self._peer_tag:
+            cause = (ch.CAUSE_PROTOCOL_VIOLATION, reason.encode())
+            self._queue_raw(self._peer_tag, AbortChunk([cause]).encode())
+        self._terminate(reason, aborted=True)
+
+    def _on_t1(self, now: float) -> None:
+        self._t1_count += 1
+        limit = self._max_init_retransmits
+        if limit is not None and self._t1_count > limit:
+            self._t1 = None
+            self._terminate("handshake timed out", aborted=True)
+            return
+        self._t1_interval = min(self._t1_interval * 2, self._rto_max)
+        self._t1 = now + self._t1_interval
+        if self.state is SctpState.COOKIE_WAIT and self._init is not None:
+            self._queue_raw(0, self._init.encode())
+        elif self.state is SctpState.COOKIE_ECHOED:
+            self._ctrl.extend(self._cookie_echo)
+        else:
+            self._t1 = None
+
+    def _on_t2(self, now: float) -> None:
+        if self._count_error():
+            return
+        self._t2_interval = min(self._t2_interval * 2, self._rto_max)
+        self._t2 = now + self._t2_interval
+        if self.state is SctpState.SHUTDOWN_SENT and self._receiver is not None:
+            self._ctrl.append(ShutdownChunk(self._receiver.cum & U32).encode())
+        elif self.state is SctpState.SHUTDOWN_ACK_SENT:
+            self._ctrl.append(ShutdownAckChunk().encode())
+        else:
+            self._t2 = None
+
+    def _schedule_heartbeat(self, now: float) -> None:
+        rto = self._sender.rto if self._sender else self._rto_initial
+        jitter = (int.from_bytes(self._rng(2), "big") / 65535.0 - 0.5) * rto
+        self._hb_deadline = now + self._hb_interval + rto + jitter  # §8.3
+
+    def _on_heartbeat_timer(self, now: float) -> None:
+        snd = self._sender
+        self._schedule_heartbeat(now)
+        if snd is None or self.state is not SctpState.ESTABLISHED or snd.outstanding_bytes:
+            return  # not idle: T3 watches the path
+        self._hb_nonce = self._rng(8)
+        self._hb_sent_at = now
+        self._ctrl.append(HeartbeatChunk(_HB_INFO.pack(now, self._hb_nonce)).encode())
+        self.heartbeats_sent += 1
+        if self._hb_ack_deadline is None:
+            self._hb_ack_deadline = now + snd.rto
+
+    # --- input -----------------------------------------------------------------------------
+
+    def receive_packet(self, data: bytes, now: float) -> None:
+        """Process one SCTP packet; a malformed one raises SctpError before any state change."""
+        pkt = parse_packet(data)
+        self.packets_received += 1
+        self.bytes_received += len(data)
+        if pkt.destination_port != self.local_port or pkt.source_port != self.remote_port:
+            self.packets_dropped += 1
+            return
+        chunks = pkt.chunks
+        first = chunks[0]
+        vtag = pkt.verification_tag
+        if self.closed:
+            self._out_of_the_blue(first, vtag)
+            return
+        if isinstance(first, InitChunk):
+            if vtag != 0:
+                self.packets_dropped += 1  # §8.5.1 A
+            else:
+                self._on_init(first, now)
+            return
+        start = 0
+        if isinstance(first, CookieEchoChunk):
+            if not self._on_cookie_echo(first, vtag, now):
+                return
+            start = 1
+        elif self.state is SctpState.CLOSED:
+            self._out_of_the_blue(first, vtag)
+            return
+        elif isinstance(first, AbortChunk | ShutdownCompleteChunk) and first.reflected:
+            if vtag != self._peer_tag:  # §8.5.1 B, C
+                self.packets_dropped += 1
+                return
+        elif isinstance(first, ShutdownAckChunk) and self.state in (
+            SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED,
+        ):
+            # §8.5.1 E: treat as out of the blue.
+            self._queue_raw(vtag, ShutdownCompleteChunk(reflected=True).encode())
+            return
+        elif vtag != self._local_tag:
+            self.packets_dropped += 1
+            return
+        self._process(chunks, start, now)
+
+    def _process(self, chunks: list[Chunk], start: int, now: float) -> None:
+        rcv = self._receiver
+        had_gaps = rcv is not None and bool(rcv.above)
+        data_seen = False
+        immediate = False
+        try:
+            for i in range(start, len(chunks)):
+                c = chunks[i]
+                if self.closed:
+                    return
+                if isinstance(c, DataChunk):
+                    rcv = self._receiver
+                    if rcv is not None and self.state in _DATA_STATES:
+                        data_seen = True
+                        if not rcv.on_data(c) or c.flags & ch.FLAG_IMMEDIATE:
+                            immediate = True
+                elif isinstance(c, SackChunk):
+                    snd = self._sender
+                    if snd is not None and self.state in _SACK_STATES and snd.on_sack(c, now):
+                        self._errors = 0
+                elif isinstance(c, ForwardTsnChunk):
+                    rcv = self._receiver
+                    if rcv is not None and self.state in _DATA_STATES:
+                        data_seen = True
+                        before = rcv.cum
+                        rcv.on_forward_tsn(c.new_cumulative_tsn, c.streams)
+                        if rcv.cum == before:
+                            immediate = True  # RFC 3758 §3.6: an old FORWARD TSN gets a SACK
+                elif isinstance(c, UnknownChunk):
+                    action = c.type >> 6  # §3.2
+                    if action & 1:
+                        cause = (ch.CAUSE_UNRECOGNIZED_CHUNK, c.encode())
+                        self._ctrl.append(ErrorChunk([cause]).encode())
+                    if action < 2:
+                        break
+                else:
+                    self._on_control(c, now)
+        except ProtocolViolation as exc:
+            cause = (exc.cause, str(exc).encode())
+            self._queue_raw(self._peer_tag, AbortChunk([cause]).encode())
+            self._terminate(f"protocol violation: {exc}", aborted=True)
+            return
+        if self.closed:
+            return
+        rcv = self._receiver
+        if rcv is not None:
+            if data_seen:
+                if immediate or had_gaps or rcv.above:
+                    self._sack_now = True  # §6.7 / §6.2: gaps and duplicates are reported at once
+                else:
+                    self._unacked_packets += 1
+                    if self._unacked_packets >= 2:
+                        self._sack_now = True
+                    elif self._sack_deadline is None:
+                        self._sack_deadline = now + self._delayed_ack
+                if self.state is SctpState.SHUTDOWN_SENT:
+                    # §9.2: answer every DATA packet with a SHUTDOWN.
+                    self._ctrl.append(ShutdownChunk(rcv.cum & U32).encode())
+                    self._t2 = now + self._t2_interval
+            self._collect(rcv)
+        self._check_shutdown(now)
+
+    def _collect(self, rcv: Receiver) -> None:
+        if rcv.messages:
+            for sid, ppid, data in rcv.messages:
+                self._events.append(MessageReceived(sid, ppid, data))
+            self.messages_received += len(rcv.messages)
+            rcv.messages.clear()
+        if rcv.invalid_streams:
+            for sid in rcv.invalid_streams[:8]:
+                body = struct.pack("!HH", sid, 0)
+                self._ctrl.append(ErrorChunk([(ch.CAUSE_INVALID_STREAM, body)]).encode())
+            rcv.invalid_streams.clear()
+        resets = self._resets
+        if resets is not None:
+            if rcv.resets_done:
+                for streams in rcv.resets_done:
+                    resets.incoming_reset(streams)
+                rcv.resets_done.clear()
+            self._emit_resets()
+
+    def _emit_resets(self) -> None:
+        resets = self._resets
+        if resets is not None and resets.completed:
+            for streams in resets.completed:
+                self._events.append(StreamsReset(tuple(streams)))
+            resets.completed.clear()
+
+    def _on_control(self, c: Chunk, now: float) -> None:
+        state = self.state
+        if isinstance(c, HeartbeatChunk):
+            self._ctrl.append(HeartbeatAckChunk(c.info).encode())  # §8.3
+        elif isinstance(c, HeartbeatAckChunk):
+            # Only the nonce is trusted; the RTT comes from our own record of the send time.
+            if self._hb_nonce and c.info[8:] == self._hb_nonce and len(c.info) == _HB_INFO.size:
+                self._hb_nonce = b""
+                self._hb_ack_deadline = None
+                self._errors = 0
+                self.heartbeat_acks_received += 1
+                if self._sender is not None:
+                    self._sender.update_rtt(now - self._hb_sent_at)
+        elif isinstance(c, InitAckChunk):
+            if state is SctpState.COOKIE_WAIT:
+                self._on_init_ack(c, now)
+            # §5.2.3: an INIT ACK in any other state is discarded.
+        elif isinstance(c, CookieAckChunk):
+            if state is SctpState.COOKIE_ECHOED:
+                self._established(now)
+        elif isinstance(c, ReconfigChunk):
+            if self._resets is not None and self._sender and self._receiver:
+                self._resets.on_chunk(c, self._sender, self._receiver, now)
+                self._emit_resets()
+        elif isinstance(c, ShutdownChunk):
+            self._on_shutdown(c, now)
+        elif isinstance(c, ShutdownAckChunk):
+            if state in (SctpState.SHUTDOWN_SENT, SctpState.SHUTDOWN_ACK_SENT):
+                self._ctrl.append(ShutdownCompleteChunk().encode())
+                self._flush_ctrl_raw()
+                self._terminate("shutdown", aborted=False)
+        elif isinstance(c, ShutdownCompleteChunk):
+            if state is SctpState.SHUTDOWN_ACK_SENT:
+                self._terminate("shutdown", aborted=False)
+        elif isinstance(c, AbortChunk):
+            self._terminate("aborted by peer" + _describe(c.causes), aborted=True)
+        elif isinstance(c, ErrorChunk):
+            self._on_error(c, now)
+        elif isinstance(c, CookieEchoChunk):
+            pass  # §5.1: only valid as the first chunk of a packet
+
+    def _flush_ctrl_raw(self) -> None:
+        """Send queued control chunks now: the association is about to end."""
+        if self._ctrl and self._peer_tag:
+            self._raw.append(
+                serialize_packet(self.local_port, self.remote_port, self._peer_tag, self._ctrl)
+            )
+        self._ctrl = []
+
+    def _on_error(self, c: ErrorChunk, now: float) -> None:
+        for code, _ in c.causes:
+            if code == ch.CAUSE_STALE_COOKIE and self.state is SctpState.COOKIE_ECHOED:
+                # §5.2.6: start over with a fresh INIT (our own stale cookie).
+                self._peer_tag = 0
+                self._cookie_echo = []
+                self._ctrl = []
+                self.state = SctpState.CLOSED
+                self.connect(now)
+                return
+
+    def _out_of_the_blue(self, first: Chunk, vtag: int) -> None:
+        """§8.4 for packets that belong to no association we have."""
+        self.packets_dropped += 1
+        if isinstance(first, ShutdownAckChunk):
+            self._queue_raw(vtag, ShutdownCompleteChunk(reflected=True).encode())
+        elif not isinstance(
+            first, AbortChunk | ShutdownCompleteChunk | CookieAckChunk | ErrorChunk | InitChunk
+        ):
+            self._queue_raw(vtag, AbortChunk(reflected=True).encode())
+
+    # --- handshake -------------------------------------------------------------------------
+
+    def _on_init(self, init: InitChunk, now: float) -> None:
+        state = self.state
+        if state is SctpState.SHUTDOWN_ACK_SENT:
+            self._ctrl.append(ShutdownAckChunk().encode())  # §9.2
+            return
+        flags, unrecognized = scan_params(init.params, init_ack=False)
+        if state in (SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
+            # §5.2.1: answer with the parameters of our own INIT.
+            tag, tsn = self._local_tag, self._local_tsn
+            tie_local, tie_peer = self._local_tag, self._peer_tag
+        elif state is SctpState.CLOSED:
+            tag, tsn = self._rand_tag(), self._rand32()
+            tie_local = tie_peer = 0
+        else:
+            # §5.2.2: a new tag, and our current tags as tie-tags so a restart can be told apart.
+            tag, tsn = self._rand_tag(), self._rand32()
+            tie_local, tie_peer = self._local_tag, self._peer_tag
+        cookie = StateCookie(
+            tag, tsn, init.initiate_tag, init.initial_tsn, init.a_rwnd, init.outbound_streams,
+            init.inbound_streams, tie_local, tie_peer, flags, now, self._cookie_lifetime,
+        )
+        params = [(ch.PARAM_STATE_COOKIE, seal(self._secret, cookie)), *local_extension_params()]
+        for ptype, value in unrecognized:
+            params.append((ch.PARAM_UNRECOGNIZED, ch.encode_params([(ptype, value)])))
+        ack = InitAckChunk(tag, self._window, _MAX_STREAMS, _MAX_STREAMS, tsn, params)
+        self._queue_raw(init.initiate_tag, ack.encode())
+
+    def _on_init_ack(self, ack: InitAckChunk, now: float) -> None:
+        cookie = ack.cookie
+        if cookie is None:
+            self._peer_tag = ack.initiate_tag
+            cause = (ch.CAUSE_MISSING_PARAM, struct.pack("!IH", 1, ch.PARAM_STATE_COOKIE))
+            self._queue_raw(self._peer_tag, AbortChunk([cause]).encode())
+            self._terminate("INIT ACK without a state cookie", aborted=True)
+            return
+        flags, unrecognized = scan_params(ack.params, init_ack=True)
+        self._peer_tag = ack.initiate_tag
+        self._peer_tsn = ack.initial_tsn
+        self._peer_rwnd = ack.a_rwnd
+        self._peer_flags = flags
+        self.outbound_streams = min(_MAX_STREAMS, ack.inbound_streams)
+        self.inbound_streams = min(_MAX_STREAMS, ack.outbound_streams)
+        self._cookie_echo = [CookieEchoChunk(cookie).encode()]
+        if unrecognized:
+            # §5.1 / §3.2.1: report them in an ERROR bundled after the COOKIE ECHO.
+            cause = (ch.CAUSE_UNRECOGNIZED_PARAMS, ch.encode_params(unrecognized))
+            self._cookie_echo.append(ErrorChunk([cause]).encode())
+        self._ctrl.extend(self._cookie_echo)
+        self.state = SctpState.COOKIE_ECHOED
+        self._t1_interval = self._rto_initial
+        self._t1_count = 0
+        self._t1 = now + self._t1_interval
+
+    def _on_cookie_echo(self, c: CookieEchoChunk, vtag: int, now: float) -> bool:
+        """§5.1.5 and §5.2.4; returns True when the rest of the packet may be processed."""
+        try:
+            ck = open_cookie(self._secret, c.cookie, now)
+        except CookieRejected as exc:
+            if exc.cookie is None:
+                self.bad_cookies += 1
+                self.packets_dropped += 1
+            else:
+                # §5.2.6: Stale Cookie error with the staleness in microseconds.
+                self.stale_cookies += 1
+                us = min(int(exc.staleness * 1e6), U32)
+                cause = (ch.CAUSE_STALE_COOKIE, struct.pack("!I", us))
+                self._queue_raw(exc.cookie.peer_tag, ErrorChunk([cause]).encode())
+            return False
+        if vtag != ck.local_tag:
+            self.packets_dropped += 1
+            return False
+        state = self.state
+        if state is SctpState.CLOSED:
+            self._adopt(ck)
+            self._established(now)
+            return True
+        same_local = ck.local_tag == self._local_tag
+        same_peer = ck.peer_tag == self._peer_tag
+        if not same_local and not same_peer:
+            if not (ck.tie_local == self._local_tag and ck.tie_peer == self._peer_tag):
+                return False
+            # Case A: the peer restarted.
+            if state is SctpState.SHUTDOWN_ACK_SENT:
+                cause = (ch.CAUSE_COOKIE_WHILE_SHUTTING_DOWN, b"")
+                self._ctrl.append(ShutdownAckChunk().encode())
+                self._ctrl.append(ErrorChunk([cause]).encode())
+                return False
+            self._adopt(ck)
+            self._established(now, restarted=True)
+            return True
+        if same_local and not same_peer:
+            # Case B: setup collision; take the peer's side from the cookie.
+            if state in (SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
+                self._adopt(ck)
+                self._established(now)
+            else:
+                self._peer_tag = ck.peer_tag
+                self._ctrl.insert(0, CookieAckChunk().encode())
+            return True
+        if not same_local:
+            return False  # Case C (or no case): an old cookie, silently discarded
+        # Case D: both tags match, a duplicate COOKIE ECHO.
+        if state in (SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
+            self._adopt(ck)
+            self._established(now)
+        else:
+            self._ctrl.insert(0, CookieAckChunk().encode())
+        return True
+
+    def _adopt(self, ck: StateCookie) -> None:
+        self._local_tag = ck.local_tag
+        self._local_tsn = ck.local_tsn
+        self._peer_tag = ck.peer_tag
+        self._peer_tsn = ck.peer_tsn
+        self._peer_rwnd = ck.peer_rwnd
+        self._peer_flags = ck.peer_flags
+        self.outbound_streams = min(_MAX_STREAMS, ck.peer_inbound)
+        self.inbound_streams = min(_MAX_STREAMS, ck.peer_outbound)
+        self._ctrl.insert(0, CookieAckChunk().encode())  # §5.1: COOKIE ACK comes first
+
+    def _established(self, now: float, restarted: bool = False) -> None:
+        self._t1 = None
+        self._cookie_echo = []
+        self._init = None
+        self._errors = 0
+        self._sender = Sender(
+            initial_tsn=self._local_tsn,
+            peer_rwnd=self._peer_rwnd,
+            mtu=self.mtu,
+            partial_reliability=self.peer_supports_forward_tsn,
+            rto_initial=self._rto_initial,
+            rto_min=self._rto_min,
+            rto_max=self._rto_max,
+        )
+        self._receiver = Receiver(
+            initial_tsn=self._peer_tsn,
+            max_message_size=self.max_message_size,
+            window=self._window,
+            inbound_streams=self.inbound_streams,
+        )
+        self._resets = StreamResets(
+            local_initial_tsn=self._local_tsn, peer_initial_tsn=self._peer_tsn
+        )
+        self._sack_now = False
+        self._sack_deadline = None
+        self._unacked_packets = 0
+        self.state = SctpState.ESTABLISHED
+        self._schedule_heartbeat(now)
+        self._events.append(Established(restarted=restarted))
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    def _on_shutdown(self, c: ShutdownChunk, now: float) -> None:
+        state = self.state
+        snd = self._sender
+        if snd is None or state not in _SACK_STATES:
+            return
+        # The SHUTDOWN's cumulative TSN ack works like a SACK without gap blocks (§9.2).
+        if snd.on_sack(SackChunk(c.cumulative_tsn, snd.peer_rwnd + snd.outstanding_bytes), now):
+            self._errors = 0
+        if state is SctpState.SHUTDOWN_SENT:
+            # Both sides shut down at once: acknowledge right away.
+            self._ctrl.append(ShutdownAckChunk().encode())
+            self.state = SctpState.SHUTDOWN_ACK_SENT
+            self._t2_interval = snd.rto
+            self._t2 = now + self._t2_interval
+        elif state is not SctpState.SHUTDOWN_RECEIVED:
+            self.state = SctpState.SHUTDOWN_RECEIVED
+
+    def _check_shutdown(self, now: float) -> None:
+        snd, rcv = self._sender, self._receiver
+        if snd is None or rcv is None or not snd.idle:
+            return
+        if self.state is SctpState.SHUTDOWN_PENDING:
+            self._ctrl.append(ShutdownChunk(rcv.cum & U32).encode())
+            self.state = SctpState.SHUTDOWN_SENT
+        elif self.state is SctpState.SHUTDOWN_RECEIVED:
+            self._ctrl.append(ShutdownAckChunk().encode())
+            self.state = SctpState.SHUTDOWN_ACK_SENT
+        else:
+            return
+        self._t2_interval = snd.rto
+        self._t2 = now + self._t2_interval
+        self._hb_deadline = self._hb_ack_deadline = None
+
+    def _terminate(self, reason: str, *, aborted: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.state = SctpState.CLOSED
+        self._t1 = self._t2 = self._sack_deadline = None
+        self._hb_deadline = self._hb_ack_deadline = None
+        self._ctrl = []
+        if self._sender is not None:
+            self._sender.t3 = None
+        if self._resets is not None:
+            self._resets.deadline = None
+        self._events.append(Closed(reason, aborted))
+
+    # --- randomness ------------------------------------------------------------------------
+
+    def _rand32(self) -> int:
+        return int.from_bytes(self._rng(4), "big")
+
+    def _rand_tag(self) -> int:
+        while True:
+            tag = self._rand32()
+            if tag:
+                return tag
+
+    # --- counters gathered from the halves --------------------------------------------------
+
+    @property
+    def retransmissions(self) -> int:
+        return self._sender.retransmissions if self._sender else 0
+
+    @property
+    def fast_retransmits(self) -> int:
+        return self._sender.fast_retransmits if self._sender else 0
+
+    @property
+    def t3_expirations(self) -> int:
+        return self._sender.t3_expirations if self._sender else 0
+
+    @property
+    def messages_abandoned(self) -> int:
+        return self._sender.messages_abandoned if self._sender else 0
+
+
+def _describe(causes: list[ErrorCause]) -> str:
+    parts = []
+    for code, body in causes:
+        text = body.decode("utf-8", "replace") if code in (12, 13) else ""
+        parts.append(f"cause {code}" + (f": {text}" if text else ""))
+    return (" (" + "; ".join(parts) + ")") if parts else ""
+
+
+__all__ = ["SctpAssociation", "SctpError"]

@@ -1,0 +1,132 @@
+"""SRTP/SRTCP for one peer (RFC 3711, RFC 7714 AES-GCM) over pylibsrtp, keyed by DTLS-SRTP.
+
+This is the per-packet path, so it is deliberately thin: one libsrtp session per direction,
+no per-packet Python beyond a method call and a ``try`` (free on the happy path in CPython
+3.11). Packets must be ``bytes``: pylibsrtp refuses ``bytearray``/``memoryview``, so a
+rewrite done in a preallocated ``bytearray`` is frozen with ``bytes(buf[:n])`` first.
+
+* Outbound allows any SSRC (the SFU sends many streams to one subscriber) and repeated
+  sequence numbers (``allow_repeat_tx``: NACK answers resend a packet as it was).
+* Inbound allows any SSRC with libsrtp's replay window (128 packets, per SSRC): a replayed
+  or too-old packet is refused like a forged one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pylibsrtp
+from pylibsrtp import Policy, Session
+
+from trio_sfu.proto.errors import SrtpError
+
+__all__ = ["PROFILES", "SrtpContext", "SrtpProfile"]
+
+
+class SrtpProfile:
+    """A DTLS-SRTP protection profile: its name in OpenSSL/RFC 5764 terms, libsrtp's id and
+    the master key/salt lengths that split the exported keying material."""
+
+    __slots__ = ("key_length", "libsrtp_profile", "name", "salt_length")
+
+    def __init__(self, name: str, libsrtp_profile: int, key_length: int, salt_length: int):
+        self.name = name
+        self.libsrtp_profile = libsrtp_profile
+        self.key_length = key_length
+        self.salt_length = salt_length
+
+    @property
+    def keying_material_length(self) -> int:
+        """RFC 5764 §4.2: two keys and two salts."""
+        return 2 * (self.key_length + self.salt_length)
+
+
+PROFILES: Final[dict[str, SrtpProfile]] = {
+    # RFC 5764 §4.1.2: 128-bit key, 112-bit salt.
+    "SRTP_AES128_CM_SHA1_80": SrtpProfile(
+        "SRTP_AES128_CM_SHA1_80", Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 16, 14
+    ),
+    # RFC 7714 §12: 128-bit key, 96-bit salt.
+    "SRTP_AEAD_AES_128_GCM": SrtpProfile(
+        "SRTP_AEAD_AES_128_GCM", Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 16, 12
+    ),
+}
+
+
+def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Session:
+    policy = Policy(
+        key=key_and_salt,
+        ssrc_type=Policy.SSRC_ANY_OUTBOUND if outbound else Policy.SSRC_ANY_INBOUND,
+        srtp_profile=profile.libsrtp_profile,
+    )
+    if outbound:
+        policy.allow_repeat_tx = True
+    return Session(policy)
+
+
+class SrtpContext:
+    """One peer's SRTP state: an outbound session (protect) and an inbound one (unprotect).
+
+    ``unprotect_*`` raise :class:`SrtpError` on authentication failure, replay or garbage; the
+    driver drops the packet and counts it. ``protect_*`` raise :class:`SrtpError` only for a
+    packet libsrtp cannot process (shorter than a header, longer than its 1500-byte buffer,
+    or a sequence number outside the replay window of what was already sent).
+    """
+
+    __slots__ = ("_rx", "_tx", "profile")
+
+    def __init__(self, profile: str, tx_key: bytes, rx_key: bytes) -> None:
+        """``tx_key``/``rx_key`` are master key || master salt for each direction."""
+        spec = PROFILES.get(profile)
+        if spec is None:
+            raise SrtpError(f"unsupported SRTP profile {profile!r}")
+        try:
+            self._tx = _session(spec, tx_key, outbound=True)
+            self._rx = _session(spec, rx_key, outbound=False)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise SrtpError(f"cannot create SRTP sessions: {exc}") from None
+        self.profile = profile
+
+    @classmethod
+    def from_dtls(cls, profile: str, keying_material: bytes, *, is_client: bool) -> SrtpContext:
+        """Split ``EXTRACTOR-dtls_srtp`` output per RFC 5764 §4.2:
+        client key | server key | client salt | server salt. The client sends with the
+        client's key and salt and receives with the server's; the server the other way."""
+        spec = PROFILES.get(profile)
+        if spec is None:
+            raise SrtpError(f"unsupported SRTP profile {profile!r}")
+        k, s = spec.key_length, spec.salt_length
+        if len(keying_material) != 2 * (k + s):
+            raise SrtpError(
+                f"{profile} needs {2 * (k + s)} bytes of keying material,"
+                f" got {len(keying_material)}"
+            )
+        client = keying_material[:k] + keying_material[2 * k : 2 * k + s]
+        server = keying_material[k : 2 * k] + keying_material[2 * k + s :]
+        if is_client:
+            return cls(profile, client, server)
+        return cls(profile, server, client)
+
+    def protect_rtp(self, packet: bytes) -> bytes:
+        try:
+            return self._tx.protect(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise SrtpError(f"SRTP protect failed: {exc}") from None
+
+    def unprotect_rtp(self, packet: bytes) -> bytes:
+        try:
+            return self._rx.unprotect(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise SrtpError(f"SRTP unprotect failed: {exc}") from None
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        try:
+            return self._tx.protect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise SrtpError(f"SRTCP protect failed: {exc}") from None
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        try:
+            return self._rx.unprotect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as exc:
+            raise SrtpError(f"SRTCP unprotect failed: {exc}") from None

@@ -1,0 +1,1 @@
+"""rtc layer (see docs/architecture.md)."""

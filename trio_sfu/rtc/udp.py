@@ -1,0 +1,255 @@
+"""The one UDP port of a trio-sfu process, shared by every peer (ICE-lite, RFC 8445 §2.5).
+
+Why a raw non-blocking socket and not ``trio.socket``: the per-packet floors in DESIGN.md show
+Trio's wrappers cost 2–3x the system call itself. The reader drains the socket with
+``recvfrom_into`` until ``BlockingIOError`` and only then waits with
+``trio.lowlevel.wait_readable``; every datagram is dispatched by a plain function call, so media
+forwarding never hops through a channel or a task switch.
+
+Security rule (the issue's ICE requirement): an address is routed to a peer only after a STUN
+Binding request from it carried that peer's USERNAME and a valid MESSAGE-INTEGRITY and
+FINGERPRINT. DTLS and SRTP from unknown addresses are dropped and counted. That same rule lets a
+client whose address changed keep its session: its first valid check from the new address
+registers it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from trio_sfu.proto import stun
+from trio_sfu.proto.errors import StunError
+from trio_sfu.proto.ice import IceLiteAgent
+from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+#: A peer keeps at most this many validated addresses (a browser checks from several local
+#: candidates); the oldest non-selected one is forgotten first.
+MAX_ADDRESSES_PER_PEER = 8
+
+#: Datagrams handled per wake-up before yielding to other tasks, so one busy socket cannot
+#: starve the HTTP server or the peers' timers.
+BATCH = 256
+
+
+class EndpointPeer(Protocol):
+    """What the endpoint needs from a peer connection; implemented by ``rtc.peer``."""
+
+    ice_agent: IceLiteAgent
+    remote_address: Address | None
+
+    def datagram_received(self, kind: Kind, data: bytes, addr: Address, now: float) -> None: ...
+
+    def address_validated(self, addr: Address, nominated: bool, now: float) -> None: ...
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Plain counters (read by metrics and tests); never touched by anything but the reader."""
+
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    send_dropped: int = 0  # socket buffer full: dropped rather than blocking the reader
+    send_errors: int = 0
+    unknown_address: int = 0  # DTLS/SRTP from an address no valid STUN check vouched for
+    unknown_kind: int = 0  # first byte outside every RFC 7983 range
+    stun_malformed: int = 0
+    stun_unknown_user: int = 0
+    stun_rejected: int = 0  # parsed, known user, but integrity/fingerprint/role refused
+    stun_ignored: int = 0  # responses/indications: a lite server sends no requests
+
+
+class UdpEndpoint:
+    """One socket, many peers: the demux tables live here and nowhere else."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._by_addr: dict[Address, EndpointPeer] = {}
+        self._by_ufrag: dict[str, EndpointPeer] = {}
+        self._addrs_of: dict[int, list[Address]] = {}  # id(peer) -> its addresses, oldest first
+        self.stats = EndpointStats()
+
+    @classmethod
+    def bind(cls, host: str = "0.0.0.0", port: int = 0) -> UdpEndpoint:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # Room for bursts (a keyframe is dozens of packets arriving at once).
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+                except OSError:  # pragma: no cover - capped by the kernel, not fatal
+                    pass
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    @property
+    def local_address(self) -> Address:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    # -- registration ---------------------------------------------------------------------
+
+    def register(self, peer: EndpointPeer) -> None:
+        """Make ``peer`` reachable through STUN checks carrying its local ufrag."""
+        for ufrag in peer.ice_agent.local_ufrags:
+            other = self._by_ufrag.get(ufrag)
+            if other is not None and other is not peer:
+                raise ValueError(f"ICE ufrag {ufrag!r} already registered")
+        self.register_ufrags(peer)
+
+    def register_ufrags(self, peer: EndpointPeer) -> None:
+        """Route every ufrag the peer's agent accepts (two during an ICE restart)."""
+        for ufrag in peer.ice_agent.local_ufrags:
+            self._by_ufrag.setdefault(ufrag, peer)
+        self._addrs_of.setdefault(id(peer), [])
+
+    def unregister(self, peer: EndpointPeer) -> None:
+        """Forget every route to ``peer``; safe to call twice."""
+        for ufrag in [u for u, p in self._by_ufrag.items() if p is peer]:
+            del self._by_ufrag[ufrag]
+        for addr in self._addrs_of.pop(id(peer), []):
+            if self._by_addr.get(addr) is peer:
+                del self._by_addr[addr]
+
+    def demux_entries(self) -> int:
+        """How many routes exist (tests assert it returns to zero after peers leave)."""
+        return len(self._by_addr) + len(self._by_ufrag) + len(self._addrs_of)
+
+    def _add_address(self, peer: EndpointPeer, addr: Address, keep: Address | None) -> None:
+        other = self._by_addr.get(addr)
+        if other is peer:
+            return
+        if other is not None:
+            # The address moved to another session (a client reused a port): the valid
+            # check from it is the newer truth.
+            olds = self._addrs_of.get(id(other))
+            if olds is not None and addr in olds:
+                olds.remove(addr)
+        addrs = self._addrs_of.setdefault(id(peer), [])
+        addrs.append(addr)
+        self._by_addr[addr] = peer
+        while len(addrs) > MAX_ADDRESSES_PER_PEER:
+            # Forget the oldest address that is neither the selected one nor the newest.
+            victim = next((a for a in addrs[:-1] if a != keep), addrs[0])
+            addrs.remove(victim)
+            if self._by_addr.get(victim) is peer:
+                del self._by_addr[victim]
+
+    # -- sending --------------------------------------------------------------------------
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        """Send now or drop: a full socket buffer must never block the reader (DESIGN.md)."""
+        try:
+            self._sock.sendto(data, addr)
+        except BlockingIOError:
+            self.stats.send_dropped += 1
+            return
+        except OSError as exc:
+            # ECONNREFUSED and friends come back from ICMP; the peer's consent timer decides.
+            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                log.debug("udp send failed", extra={"addr": addr, "error": str(exc)})
+            self.stats.send_errors += 1
+            return
+        self.stats.datagrams_out += 1
+        self.stats.bytes_out += len(data)
+
+    def sender(self) -> Callable[[bytes, Address], None]:
+        """The bound send function (one attribute lookup less per packet for callers)."""
+        return self.sendto
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Read and dispatch until cancelled. Runs in the process's root nursery."""
+        sock = self._sock
+        buf = bytearray(2048)
+        view = memoryview(buf)
+        recv = sock.recvfrom_into
+        stats = self.stats
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = trio.current_time()
+            for _ in range(BATCH):
+                try:
+                    n, addr = recv(buf)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # Linux reports an earlier ICMP error on the next recv; nothing to read.
+                    continue
+                stats.datagrams_in += 1
+                stats.bytes_in += n
+                self.dispatch(bytes(view[:n]), addr[:2], now)
+            else:
+                # A full batch: let the rest of the process run before draining more.
+                await trio.lowlevel.checkpoint()
+
+    def dispatch(self, data: bytes, addr: Address, now: float) -> None:
+        """Route one datagram. Never raises for anything the network can send."""
+        if not data:
+            self.stats.unknown_kind += 1
+            return
+        kind = KIND_BY_FIRST_BYTE[data[0]]
+        if kind is Kind.SRTP or kind is Kind.DTLS:
+            peer = self._by_addr.get(addr)
+            if peer is None:
+                self.stats.unknown_address += 1
+                return
+            peer.datagram_received(kind, data, addr, now)
+        elif kind is Kind.STUN:
+            self._stun_received(data, addr, now)
+        else:
+            self.stats.unknown_kind += 1
+
+    def _stun_received(self, data: bytes, addr: Address, now: float) -> None:
+        try:
+            msg = stun.parse(data)
+        except StunError:
+            self.stats.stun_malformed += 1
+            return
+        if msg.message_method != stun.Method.BINDING or msg.message_class != stun.Class.REQUEST:
+            self.stats.stun_ignored += 1
+            return
+        try:
+            local_ufrag, _ = stun.username_parts(msg)
+        except StunError:
+            self.stats.stun_rejected += 1
+            return
+        peer = self._by_ufrag.get(local_ufrag)
+        if peer is None:
+            # RFC 8445 §7.3: an unknown USERNAME gets no answer from us (no oracle for scanners).
+            self.stats.stun_unknown_user += 1
+            return
+        reply = peer.ice_agent.handle_request(msg, data, addr, now)
+        if reply.response is not None:
+            self.sendto(reply.response, addr)
+        if not reply.valid:
+            self.stats.stun_rejected += 1
+            return
+        self._add_address(peer, addr, keep=peer.remote_address)
+        peer.address_validated(addr, reply.nominated, now)
+
+    def close(self) -> None:
+        if self._sock.fileno() < 0:
+            return
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()

@@ -1,0 +1,1 @@
+"""sfu layer (see docs/architecture.md)."""
