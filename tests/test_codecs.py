@@ -50,7 +50,7 @@ def test_vp8_descriptor_of_real_packets(vp8_frames: list[list[bytes]]) -> None:
     for packets in vp8_frames:
         first = vp8.parse_descriptor(packets[0])
         assert first is not None and first.start_of_partition and first.partition_id == 0
-        assert first.picture_id_15bit and first.size == 4
+        assert first.picture_id_15bit and first.size == 4 and first.picture_id is not None
         ids.append(first.picture_id)
         for p in packets[1:]:
             d = vp8.parse_descriptor(p)
@@ -88,7 +88,9 @@ def test_vp8_descriptor_all_fields() -> None:
     assert not vp8.is_keyframe(bytes.fromhex("00") + bytes.fromhex("5000009d012a0000"))  # S=0
 
 
-@pytest.mark.parametrize("payload", [b"", b"\x80", b"\x80\x80", b"\x80\x80\x80", b"\x80\x40", b"\x80\x20"])
+@pytest.mark.parametrize(
+    "payload", [b"", b"\x80", b"\x80\x80", b"\x80\x80\x80", b"\x80\x40", b"\x80\x20"]
+)
 def test_vp8_truncated_descriptor(payload: bytes) -> None:
     assert vp8.parse_descriptor(payload) is None
     assert not vp8.is_keyframe(payload)
@@ -190,8 +192,8 @@ def test_vp9_scalability_structure_with_groups() -> None:
 
 
 @pytest.mark.parametrize(
-    "payload", [b"", b"\x80", bytes.fromhex("8080"), bytes.fromhex("20"), bytes.fromhex("2000"),
-                bytes.fromhex("02"), bytes.fromhex("0210"), bytes.fromhex("0208"), bytes.fromhex("50")],
+    "payload",
+    [bytes.fromhex(h) for h in ("", "80", "8080", "20", "2000", "02", "0210", "0208", "50")],
 )
 def test_vp9_truncated(payload: bytes) -> None:
     assert vp9.parse_descriptor(payload) is None

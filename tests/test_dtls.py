@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import random
@@ -20,6 +21,7 @@ from aiortc.rtcdtlstransport import (
 )
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from OpenSSL import SSL
 
 from trio_sfu.proto.dtls import (
     ApplicationData,
@@ -247,6 +249,35 @@ def test_client_rejects_a_server_certificate_that_does_not_match() -> None:
     [s] = events(server)
     assert isinstance(s, Closed) and s.error
     # The server never completed, so no keys ever came out.
+    assert server.state is DtlsState.FAILED
+
+
+def test_client_without_certificate_is_refused() -> None:
+    """A bare pyOpenSSL client with no certificate: our server must fail the handshake
+    (VERIFY_FAIL_IF_NO_PEER_CERT) with an alert, even though it knows a fingerprint."""
+    server = DtlsTransport(SERVER_CERT, is_server=True,
+                           remote_fingerprints=CLIENT_CERT.fingerprints)
+    ctx = SSL.Context(SSL.DTLS_METHOD)
+    ctx.set_options(SSL.OP_NO_QUERY_MTU)
+    ctx.set_verify(SSL.VERIFY_NONE)
+    ctx.set_tlsext_use_srtp(GCM.encode())
+    bare = SSL.Connection(ctx, None)
+    bare.set_connect_state()
+    bare.set_ciphertext_mtu(1200)
+    sent: list[bytes] = []
+    for _ in range(5):
+        with contextlib.suppress(SSL.Error):  # it ends with the server's alert
+            bare.do_handshake()
+        with contextlib.suppress(SSL.WantReadError):
+            server.receive_datagram(bare.bio_read(65536), 0.0)
+        for data in server.datagrams_to_send():
+            sent.append(data)
+            with contextlib.suppress(SSL.Error):
+                bare.bio_write(data)
+    assert_fatal_alert_sent(sent)
+    [event] = events(server)
+    assert isinstance(event, Closed) and event.error
+    assert "certificate" in event.reason
     assert server.state is DtlsState.FAILED
 
 

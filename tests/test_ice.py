@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import pytest
@@ -100,7 +100,7 @@ def request(
     *,
     username: str = f"{SERVER_UFRAG}:{CLIENT_UFRAG}",
     password: str = SERVER_PWD,
-    attrs: dict[str, object] | None = None,
+    attrs: Mapping[str, object] | None = None,
     fingerprint: bool = True,
 ) -> bytes:
     """A hand-made check, so each rule can be broken on its own."""
@@ -267,7 +267,8 @@ def test_consent_expires_on_both_sides_when_the_link_dies() -> None:
     net.run_until(100.0)
     lost = [(t, e) for t, e in net.events if isinstance(e, ConsentLost)]
     # RFC 7675 §5.1: 30 s after the last answered check was *sent*.
-    assert lost == [(pytest.approx(last_answered + 30.0), ConsentLost(SERVER))]
+    assert [e for _, e in lost] == [ConsentLost(SERVER)]
+    assert lost[0][0] == pytest.approx(last_answered + 30.0)
     assert net.client.state is IceState.CONSENT_LOST
     assert net.client.get_timer() is None and net.client.datagrams_to_send(net.now) == []
     # The lite side: consent ran out 30 s after the last valid check arrived.
@@ -442,7 +443,7 @@ def test_ice_restart_keeps_old_credentials_until_new_ones_are_used() -> None:
     agent.set_remote_credentials("cli2", "client-password-2")
     new = request(username="newU:cli2", password="new-password-0123456789")
     assert lite_handle(agent, new, now=3.0).valid
-    assert agent.local_ufrags == ("newU",)
+    assert list(agent.local_ufrags) == ["newU"]
     reply = lite_handle(agent, request(), now=4.0)  # the old ones are gone now
     assert not reply.valid and reply.reason == "wrong USERNAME"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from aiortc import rtp as aiortc_rtp
 
@@ -12,6 +14,7 @@ from trio_sfu.proto.rtcp import (
     Fir,
     FirEntry,
     Nack,
+    PacketStatus,
     Pli,
     ReceiverReport,
     Remb,
@@ -29,6 +32,12 @@ from trio_sfu.proto.rtcp import (
     seconds_to_compact,
     serialize_compound,
 )
+
+
+def aiortc_parse(raw: bytes) -> list[Any]:
+    """aiortc's independent RTCP parser, loosely typed for attribute checks."""
+    return list(aiortc_rtp.RtcpPacket.parse(raw))
+
 
 # RFC 3550 §6.4.1: V=2 RC=1 PT=200 length=12 | SSRC | NTP msw, lsw | RTP ts | packets | octets
 # | report block: SSRC | fraction 0x40, cumulative lost -1 | highest seq | jitter | LSR | DLSR
@@ -99,7 +108,7 @@ def test_compound_sr_sdes_bye() -> None:
     assert packets == [SR_OBJ, Sdes.cname_for(0x01020304, "ab"), Bye([0x01020304], b"bye")]
     assert serialize_compound(packets) == raw
     # aiortc's independent parser reads the same compound the same way.
-    theirs = aiortc_rtp.RtcpPacket.parse(raw)
+    theirs = aiortc_parse(raw)
     assert isinstance(theirs[0], aiortc_rtp.RtcpSrPacket)
     assert theirs[0].ssrc == 0x01020304
     assert theirs[0].sender_info.ntp_timestamp == (0xE1E2E3E4 << 32) | 0x8000
@@ -150,7 +159,7 @@ def test_reduced_size_single_pli() -> None:
     # RFC 5506: a lone feedback packet with no report first.
     assert parse_rtcp(PLI) == [Pli(1, 0xABCD)]
     assert Pli(1, 0xABCD).serialize() == PLI
-    (theirs,) = aiortc_rtp.RtcpPacket.parse(PLI)
+    (theirs,) = aiortc_parse(PLI)
     assert (theirs.fmt, theirs.ssrc, theirs.media_ssrc) == (1, 1, 0xABCD)
 
 
@@ -158,7 +167,7 @@ def test_fir_vector() -> None:
     fir = Fir(1, [FirEntry(0xABCD, 5)])
     assert fir.serialize() == FIR
     assert parse_rtcp(FIR) == [fir]
-    (theirs,) = aiortc_rtp.RtcpPacket.parse(FIR)
+    (theirs,) = aiortc_parse(FIR)
     assert (theirs.fmt, theirs.ssrc, theirs.fci) == (4, 1, bytes.fromhex("0000abcd05000000"))
 
 
@@ -168,7 +177,7 @@ def test_nack_wraparound_both_ways() -> None:
     assert nack.serialize() == NACK
     assert parse_rtcp(NACK) == [nack]
     assert nack.lost == [65535, 0, 1, 17]
-    (theirs,) = aiortc_rtp.RtcpPacket.parse(NACK)
+    (theirs,) = aiortc_parse(NACK)
     assert [s & 0xFFFF for s in theirs.lost] == [65535, 0, 1, 17]
 
 
@@ -185,7 +194,7 @@ def test_remb_vector_and_aiortc() -> None:
     remb = Remb(1, 1_000_000, [0x0A0B0C0D])
     assert remb.serialize() == REMB
     assert parse_rtcp(REMB) == [remb]
-    (theirs,) = aiortc_rtp.RtcpPacket.parse(REMB)
+    (theirs,) = aiortc_parse(REMB)
     assert aiortc_rtp.unpack_remb_fci(theirs.fci) == (1_000_000, [0x0A0B0C0D])
 
 
@@ -283,7 +292,8 @@ def test_twcc_decodes_chunk_forms_we_do_not_emit() -> None:
 
 
 def test_twcc_long_runs_split_into_chunks() -> None:
-    packets = [(i & 0xFFFF, False, None) for i in range(9000)] + [(9000, True, 500)]
+    packets: list[PacketStatus] = [(i & 0xFFFF, False, None) for i in range(9000)]
+    packets.append((9000, True, 500))
     fb = TransportCcFeedback(1, 2, 0, 0, 0, packets)
     raw = fb.serialize()
     assert raw[20:24] == bytes.fromhex("1fff 0329")  # 8191 lost, then 809 lost

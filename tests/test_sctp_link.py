@@ -116,6 +116,11 @@ class Link:
                 return
             self.step()
 
+    @property
+    def pending(self) -> bool:
+        """Packets still in flight."""
+        return bool(self._queue)
+
     def of_type(self, side: int, cls: type) -> list[Any]:
         return [e for e in self.events[side] if isinstance(e, cls)]
 

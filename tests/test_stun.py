@@ -235,3 +235,9 @@ def test_error_responses() -> None:
 
     bad = stun.parse(stun.error_response(request, 400))
     assert bad.attributes["ERROR-CODE"] == (400, "Bad Request")
+
+
+def test_parse_accepts_a_receive_buffer() -> None:
+    msg = stun.parse(bytearray(RFC5769_REQUEST))
+    assert type(msg.transaction_id) is bytes  # usable as a dict key by the agents
+    assert stun.check_integrity(msg, RFC5769_PASSWORD)

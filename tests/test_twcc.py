@@ -148,8 +148,9 @@ def test_reference_time_wraps_as_signed_24_bit() -> None:
     rec.record(1, t)
     rec.record(2, t + 0.01)
     (fb,) = wire(rec.build_feedback(t + 0.05, 1, 2))
-    assert fb.reference_time < 0
-    assert (fb.reference_time + (1 << 24)) * 64000 + fb.packets[0][2] == round(t * 4000) * 250
+    first_delta = fb.packets[0][2]
+    assert fb.reference_time < 0 and first_delta is not None
+    assert (fb.reference_time + (1 << 24)) * 64000 + first_delta == round(t * 4000) * 250
 
 
 def test_fb_pkt_count_wraps_at_256() -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "has_fingerprint",
     "ice_priority",
     "is_stun",
+    "new_transaction_id",
     "parse",
     "username_parts",
 ]
@@ -101,6 +102,8 @@ def parse(data: bytes) -> Message:
     MESSAGE-INTEGRITY is *not* verified here: the key depends on which peer the USERNAME
     names, so that is :func:`check_integrity`'s job.
     """
+    if type(data) is not bytes:
+        data = bytes(data)  # a recv_into buffer: the transaction id must be hashable bytes
     _validate(data)
     try:
         return parse_message(data)

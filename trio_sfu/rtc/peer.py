@@ -139,7 +139,8 @@ class PeerConnection:
 
         self._created_at = trio.current_time()
         self._connected = trio.Event()
-        self._closed = trio.Event()
+        self._closed = trio.Event()  # close requested: the nursery is being cancelled
+        self._finished = trio.Event()  # teardown done: no task, key or route is left
         self._buffer_event = trio.Event()
         self._wakeup = trio.Event()
         self._armed_deadline = math.inf
@@ -183,14 +184,13 @@ class PeerConnection:
         log.info("peer closing", extra={"peer": self.name, "reason": reason})
         dtls = self._dtls
         try:
-            if self._dc is not None and self._connected.is_set() and "sctp" not in reason:
+            # Both calls are no-ops when that layer already ended (a remote ABORT or alert).
+            if self._dc is not None and dtls is not None and self._connected.is_set():
                 self._dc.abort(reason[:64])
-                if dtls is not None:
-                    for packet in self._dc.packets_to_send(trio.current_time()):
-                        dtls.send(packet)
-            if dtls is not None and "dtls" not in reason:
-                dtls.close()
+                for packet in self._dc.packets_to_send(trio.current_time()):
+                    dtls.send(packet)
             if dtls is not None:
+                dtls.close()
                 for datagram in dtls.datagrams_to_send():
                     self._send_datagram(datagram)
         except (DtlsError, SctpError) as exc:  # best effort: the peer may already be gone
@@ -210,6 +210,7 @@ class PeerConnection:
         self._emit(Closed(self.close_reason or "closed"))
         self._event_send.close()
         self._nursery = None
+        self._finished.set()
 
     async def wait_connected(self) -> None:
         """Return once DTLS is up; raise if the peer closes first."""
@@ -224,7 +225,8 @@ class PeerConnection:
             nursery.cancel_scope.cancel()
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        """Return once the peer is completely gone (its ``run`` has finished tearing down)."""
+        await self._finished.wait()
 
     @property
     def connected(self) -> bool:
@@ -558,25 +560,27 @@ class PeerConnection:
         dtls = self._dtls
         if dtls is None:
             return
+        dc = self._dc
         while (event := dtls.next_event()) is not None:
             if isinstance(event, ApplicationData):
-                dc = self._dc
                 if dc is not None:
                     try:
                         dc.receive_packet(event.data, now)
                     except SctpError:
                         self.stats.sctp_malformed += 1
+                    # Handle SCTP's outcome before any later DTLS event (an ABORT followed
+                    # by close_notify must close the peer as an ABORT).
+                    self._drain_dc_events(dc)
             elif isinstance(event, HandshakeComplete):
                 self._dtls_connected(event, now)
             elif isinstance(event, DtlsClosed):
                 self.close(f"dtls {'failure' if event.error else 'closed'}: {event.reason}")
+            if self.closing:
                 return
-        dc = self._dc
         if dc is not None:
-            while (dc_event := dc.next_event()) is not None:
-                self._dc_event(dc_event)
-                if self.closing:
-                    return
+            self._drain_dc_events(dc)
+            if self.closing:
+                return
             for packet in dc.packets_to_send(now):
                 dtls.send(packet)
             self._buffer_event.set()
@@ -585,6 +589,10 @@ class PeerConnection:
             self._send_datagram(datagram)
         if self._next_deadline() < self._armed_deadline:
             self._wakeup.set()
+
+    def _drain_dc_events(self, dc: DataChannelEndpoint) -> None:
+        while not self.closing and (event := dc.next_event()) is not None:
+            self._dc_event(event)
 
     def _dtls_connected(self, event: HandshakeComplete, now: float) -> None:
         if event.srtp_profile is not None:

@@ -179,14 +179,17 @@ class UdpEndpoint:
     # -- receiving ------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Read and dispatch until cancelled. Runs in the process's root nursery."""
+        """Read and dispatch until cancelled or closed. Runs in the process's root nursery."""
         sock = self._sock
         buf = bytearray(2048)
         view = memoryview(buf)
         recv = sock.recvfrom_into
         stats = self.stats
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                return  # close() ends serve()
             now = trio.current_time()
             for _ in range(BATCH):
                 try:

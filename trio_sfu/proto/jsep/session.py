@@ -647,8 +647,15 @@ class JsepSession:
         return m
 
     def _zero_port_section(self, slot: _Slot) -> MediaSection:
-        """A rejected/stopped section: port 0, no msid, not bundled (RFC 8829 §5.2.2)."""
-        formats = slot.formats or ([_DATACHANNEL_FORMAT] if slot.data else ["0"])
+        """A rejected/stopped section: port 0, no msid, not bundled (RFC 8829 §5.2.2).
+
+        RTP sections carry only the static format 0 (what browsers write too): it needs no
+        rtpmap, so every parser accepts it, and a long-lived session's dead sections stay tiny.
+        """
+        if "RTP/" in slot.protocol.upper() or not slot.formats:
+            formats = [_DATACHANNEL_FORMAT] if slot.data else ["0"]
+        else:
+            formats = slot.formats
         return MediaSection(slot.kind, 0, slot.protocol, list(formats),
                             connection=Connection("IN", "IP4", "0.0.0.0"), mid=slot.mid)
 

@@ -66,6 +66,7 @@ __all__ = [
     "REMB_MAX_BITRATE",
     "SDES_CNAME",
     "Bye",
+    "FeedbackPacket",
     "Fir",
     "FirEntry",
     "Nack",
