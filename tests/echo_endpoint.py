@@ -39,10 +39,12 @@ class EchoEndpoint:
             await nursery.start(pc.run)
             task_status.started()
             async for event in pc.events:
-                if isinstance(event, ev.DataChannelMessage):
-                    if event.channel.ready_state == "open":
-                        event.channel.send(event.data)
-                        self.echoed_messages += 1
+                if (
+                    isinstance(event, ev.DataChannelMessage)
+                    and event.channel.ready_state == "open"
+                ):
+                    event.channel.send(event.data)
+                    self.echoed_messages += 1
         self.peers.remove(pc)
 
     def _echo_rtp(self, pc: ServerPeerConnection, stream: IncomingStream, packet: bytes) -> None:

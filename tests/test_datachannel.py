@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,10 @@ from trio_sfu.proto.sctp.chunks import parse_packet
 CLIENT, SERVER = 0, 1
 
 
-def endpoints(seed: int = 0, **link_kw: float):
+Trio = tuple[DataChannelEndpoint, DataChannelEndpoint, Link]
+
+
+def endpoints(seed: int = 0, **link_kw: float) -> Trio:
     c = DataChannelEndpoint(is_dtls_client=True, rng=random.Random(seed).randbytes,
                             remote_max_message_size=262144)
     s = DataChannelEndpoint(is_dtls_client=False, rng=random.Random(seed + 1000).randbytes,
@@ -35,7 +39,7 @@ def endpoints(seed: int = 0, **link_kw: float):
     return c, s, Link(c, s, seed=seed, **link_kw)
 
 
-def established(seed: int = 0, **link_kw: float):
+def established(seed: int = 0, **link_kw: float) -> Trio:
     c, s, link = endpoints(seed, **link_kw)
     c.connect(link.now)
     link.run(lambda: link.of_type(0, AssociationEstablished)
@@ -81,7 +85,7 @@ def test_dcep_open_and_ack_with_stream_id_parity() -> None:
 
 
 def test_string_binary_and_empty_messages_keep_their_type() -> None:
-    c, s, link = established(2)
+    c, _s, link = established(2)
     link.record = True
     cid = c.open_channel("m", link.now)
     sent: list[str | bytes] = ["hello", b"\x00\x01", "", b"", "ünïcødé", b"x" * 200000]
@@ -97,7 +101,7 @@ def test_string_binary_and_empty_messages_keep_their_type() -> None:
 
 
 def test_ordered_until_acked_then_unordered() -> None:
-    c, s, link = endpoints(3)
+    c, _s, link = endpoints(3)
     link.record = True
     c.connect(link.now)
     link.run(lambda: link.of_type(0, AssociationEstablished))
@@ -111,7 +115,7 @@ def test_ordered_until_acked_then_unordered() -> None:
 
 
 def test_unordered_and_ordered_channels_under_loss() -> None:
-    c, s, link = established(4, loss=0.1, reorder=0.2)
+    c, _s, link = established(4, loss=0.1, reorder=0.2)
     ordered = c.open_channel("o", link.now)
     unordered = c.open_channel("u", link.now, ordered=False)
     link.run(lambda: c.channel(unordered).acked)
@@ -124,8 +128,8 @@ def test_unordered_and_ordered_channels_under_loss() -> None:
 
 
 @pytest.mark.parametrize("kw", [{"max_retransmits": 0}, {"max_packet_lifetime": 300}])
-def test_partially_reliable_channels(kw: dict) -> None:
-    c, s, link = established(5)
+def test_partially_reliable_channels(kw: dict[str, Any]) -> None:
+    c, _s, link = established(5)
     cid = c.open_channel("pr", link.now, ordered=False, **kw)
     link.run(lambda: len(opened(link, SERVER)) == 1 and c.channel(cid).acked)
     link.loss = 0.15
@@ -187,7 +191,7 @@ def test_close_from_either_side_closes_both_and_frees_the_id(closer: int) -> Non
 
 
 def test_channels_opened_before_the_association_are_queued() -> None:
-    c, s, link = endpoints(8)
+    c, _s, link = endpoints(8)
     a = c.open_channel("a", 100.0)
     b = c.open_channel("b", 100.0, protocol="p")
     assert c.channel(a).state is ChannelState.CONNECTING
@@ -215,7 +219,7 @@ def test_association_shutdown_closes_every_channel() -> None:
 
 
 def test_abort_is_reported_on_both_sides() -> None:
-    c, s, link = established(10)
+    c, _s, link = established(10)
     c.open_channel("x", link.now)
     c.abort("test over")
     link.run(lambda: link.of_type(1, AssociationClosed))
@@ -228,8 +232,8 @@ def test_deprecated_partial_ppids_are_reassembled() -> None:
     cid = c.open_channel("old", link.now)
     link.run(lambda: c.channel(cid).acked)
     assoc = c.association
-    assoc.send(cid, PPID_STRING_PARTIAL, "hel".encode(), link.now)
-    assoc.send(cid, PPID_STRING_PARTIAL, "lo ".encode(), link.now)
+    assoc.send(cid, PPID_STRING_PARTIAL, b"hel", link.now)
+    assoc.send(cid, PPID_STRING_PARTIAL, b"lo ", link.now)
     assoc.send(cid, PPID_STRING, "wörld".encode(), link.now)
     assoc.send(cid, PPID_BINARY_PARTIAL, b"\x01", link.now)
     assoc.send(cid, PPID_BINARY, b"\x02", link.now)
@@ -254,7 +258,7 @@ def test_garbage_on_the_wire_is_counted_not_fatal() -> None:
 
 
 def test_send_limits() -> None:
-    c, s, link = established(13)
+    c, _s, link = established(13)
     c.remote_max_message_size = 1000
     cid = c.open_channel("x", link.now)
     c.send(cid, bytes(1000), link.now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_every_channel_type_round_trips(ctype: ChannelType) -> None:
     ],
 )
 def test_for_channel_maps_webrtc_options(
-    kw: dict, ctype: ChannelType, param: int, rexmit: int | None, lifetime: int | None
+    kw: dict[str, Any], ctype: ChannelType, param: int, rexmit: int | None, lifetime: int | None
 ) -> None:
     msg = DataChannelOpen.for_channel(label="l", **kw)
     assert (msg.channel_type, msg.reliability) == (ctype, param)

@@ -136,6 +136,7 @@ def test_answer_chromium_publisher_offer() -> None:
     assert (data.sctp_port, data.max_message_size) == (5000, 262144)
 
     t_audio, t_video = s.transceivers
+    assert s.transceiver("1") is t_video and s.transceiver("2") is None
     assert (t_audio.mid, t_audio.mline_index, t_audio.current_direction) == ("0", 0, "recvonly")
     assert t_audio.remote_ssrcs == [3701275741] and t_audio.remote_cname == "VC4FSe7xZ6Fyj5MW"
     assert t_audio.remote_msid == ("11443043-e15e-4c10-9fb3-b8b5d54e616d",

@@ -95,7 +95,9 @@ async def test_rtp_both_ways(rtc_server: RtcServer, nursery: trio.Nursery) -> No
     assert {ssrc for ssrc, _ in server_got.packets} == {video.sender_ssrc}
     server_video = spc.transceivers[0]
     assert {ssrc for ssrc, _ in back.packets} == {server_video.sender_ssrc}
-    assert sorted(seq for _, seq in back.packets) == sorted((65400 + s) & 0xFFFF for s in range(300))
+    assert sorted(seq for _, seq in back.packets) == sorted(
+        (65400 + s) & 0xFFFF for s in range(300)
+    )
     assert all(p[12:] == b"\x90\x80" + bytes(100) for p in back.payloads)
     assert spc.stats.srtp_rejected == 0 and client.stats.srtp_rejected == 0
 
@@ -251,7 +253,9 @@ async def test_server_shutdown_ends_every_peer_task(nursery: trio.Nursery) -> No
             for client in clients:
                 await client.wait_closed()
     # The server told each client: SCTP ABORT (it had data channels), then close_notify.
-    assert [c.close_reason for c in clients] == ["sctp abort: aborted by peer (cause 12: cancelled)"] * 5
+    assert [c.close_reason for c in clients] == [
+        "sctp abort: aborted by peer (cause 12: cancelled)"
+    ] * 5
     assert len(live_tasks()) == baseline
 
 

@@ -8,6 +8,7 @@ sides do so), so "aiortc only" and "both at once" (an INIT collision) are both e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -95,10 +96,8 @@ class Harness:
                 continue
             t = ours.get_timer()
             timeout = None if t is None else max(0.0, t - self.now)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
 
     def poke(self) -> None:
         self.wake.set()

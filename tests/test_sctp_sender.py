@@ -12,11 +12,11 @@ TSN0 = 0xFFFFFFFE
 
 
 def tx(**kw: object) -> Sender:
-    args: dict = {"initial_tsn": TSN0, "peer_rwnd": 1 << 20, "mtu": 1200,
+    args: dict[str, object] = {"initial_tsn": TSN0, "peer_rwnd": 1 << 20, "mtu": 1200,
                   "partial_reliability": True, "rto_initial": 1.0, "rto_min": 1.0,
                   "rto_max": 60.0}
     args.update(kw)
-    return Sender(**args)
+    return Sender(**args)  # type: ignore[arg-type]
 
 
 def flush(s: Sender, now: float = 0.0) -> list[list[DataChunk]]:
@@ -30,8 +30,10 @@ def flush(s: Sender, now: float = 0.0) -> list[list[DataChunk]]:
     return out
 
 
-def sack(s: Sender, cum_off: int, gaps: list[tuple[int, int]] = (), now: float = 0.1) -> bool:
-    return s.on_sack(SackChunk((TSN0 + cum_off) & 0xFFFFFFFF, 1 << 20, list(gaps)), now)
+def sack(
+    s: Sender, cum_off: int, gaps: list[tuple[int, int]] | None = None, now: float = 0.1
+) -> bool:
+    return s.on_sack(SackChunk((TSN0 + cum_off) & 0xFFFFFFFF, 1 << 20, gaps or []), now)
 
 
 def test_fragmentation_fills_packets_and_sets_flags() -> None:

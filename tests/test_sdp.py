@@ -612,3 +612,29 @@ def test_aiortc_reads_what_we_read(name: str) -> None:
                 (g.semantic, g.items) for g in b.ssrc_group]
             expected_msid = " ".join(x for x in a.msid[0] if x) if a.msid else None
             assert expected_msid == b.msid
+
+
+def test_ice_candidate_compares_by_content_and_is_an_aioice_candidate() -> None:
+    line = "1 1 udp 2122194687 127.0.0.1 32806 typ host generation 0 network-id 3"
+    cand = parse(MINIMAL + f"m=audio 9 RTP/AVP 0\r\na=candidate:{line}\r\n").media[0].candidates[0]
+    plain = Candidate.from_sdp(line)  # aioice drops network-id
+    assert cand.to_sdp() == line and plain.to_sdp() != line
+    assert cand != plain and cand == IceCandidate.from_candidate(cand)
+    assert IceCandidate.from_candidate(plain) == plain and hash(cand) == hash(IceCandidate(
+        "1", 1, "udp", 2122194687, "127.0.0.1", 32806, "host", generation=0,
+        extensions=[("network-id", "3")]))
+    assert cand.can_pair_with(plain)
+
+
+def test_effective_values_fall_back_to_the_session_level() -> None:
+    desc = parse(MINIMAL + "a=ice-ufrag:sess\r\na=ice-pwd:sesspwd\r\na=setup:active\r\n"
+                 "a=recvonly\r\na=fingerprint:sha-256 AA\r\n"
+                 "m=audio 9 RTP/AVP 0\r\n"
+                 "m=audio 9 RTP/AVP 0\r\na=ice-ufrag:med\r\na=setup:passive\r\na=inactive\r\n")
+    first, second = desc.media
+    assert (desc.effective_ice_ufrag(first), desc.effective_ice_pwd(first)) == ("sess", "sesspwd")
+    assert desc.effective_setup(first) == "active" and desc.effective_direction(first) == "recvonly"
+    assert desc.effective_fingerprints(second) == [("sha-256", "AA")]
+    assert (desc.effective_ice_ufrag(second), desc.effective_setup(second)) == ("med", "passive")
+    assert desc.effective_direction(second) == "inactive"
+    assert parse(MINIMAL + "m=audio 9 RTP/AVP 0\r\n").effective_direction(first) == "sendrecv"

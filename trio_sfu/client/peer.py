@@ -18,8 +18,8 @@ from aioice import Candidate
 from trio_sfu.proto import stun
 from trio_sfu.proto.dtls import Certificate
 from trio_sfu.proto.errors import StunError
-from trio_sfu.proto.ice import ConsentLost, Failed, IceControllingAgent
 from trio_sfu.proto.ice import Connected as IceConnected
+from trio_sfu.proto.ice import ConsentLost, Failed, IceControllingAgent
 from trio_sfu.proto.jsep import RemoteChanges
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
 from trio_sfu.rtc.peer import Address, PeerConnection, random_ice_credentials
@@ -43,13 +43,13 @@ def _bind(host: str) -> socket.socket:
 class ClientPeerConnection(PeerConnection):
     """The offering side. Typical use::
 
-        pc = ClientPeerConnection()
-        channel = pc.create_data_channel("chat")
-        answer = await signal(pc.create_offer())   # e.g. one HTTP POST
-        pc.handle_answer(answer)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(pc.run)
-            await pc.wait_connected()
+    pc = ClientPeerConnection()
+    channel = pc.create_data_channel("chat")
+    answer = await signal(pc.create_offer())   # e.g. one HTTP POST
+    pc.handle_answer(answer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pc.run)
+        await pc.wait_connected()
     """
 
     def __init__(
@@ -58,6 +58,7 @@ class ClientPeerConnection(PeerConnection):
         host: str = "127.0.0.1",
         certificate: Certificate | None = None,
         name: str = "",
+        consent_interval: float = 5.0,
         **options: Any,
     ) -> None:
         ipaddress.ip_address(host)
@@ -75,7 +76,9 @@ class ClientPeerConnection(PeerConnection):
             **options,
         )
         self.host = host
-        self.ice_agent = IceControllingAgent(ufrag, pwd)
+        # RFC 7675 §5.1: a consent check every ~5 s (randomised), well inside the server's
+        # 30 s timeout; tests with a shorter server timeout shorten this too.
+        self.ice_agent = IceControllingAgent(ufrag, pwd, consent_interval=consent_interval)
         self._ice_started = False
         self._reader_scope: trio.CancelScope | None = None
 
@@ -89,7 +92,9 @@ class ClientPeerConnection(PeerConnection):
     async def _start_io(self, nursery: trio.Nursery) -> None:
         await nursery.start(self._reader)
 
-    async def _reader(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _reader(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.CancelScope() as scope:
             self._reader_scope = scope
             task_status.started()

@@ -1,1 +1,8 @@
-"""http layer (see docs/architecture.md)."""
+"""The HTTP face of trio-sfu: Quart-Trio on Hypercorn (see DESIGN.md, "http/")."""
+
+from __future__ import annotations
+
+from trio_sfu.http.app import create_app
+from trio_sfu.http.signaling import SfuApi
+
+__all__ = ["SfuApi", "create_app"]

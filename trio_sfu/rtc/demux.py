@@ -40,4 +40,3 @@ def classify(data: bytes) -> Kind:
     if not data:
         return Kind.UNKNOWN
     return KIND_BY_FIRST_BYTE[data[0]]
-

@@ -235,7 +235,9 @@ class PeerConnection:
     # ------------------------------------------------------------------------------------
     # negotiation
 
-    def add_transceiver(self, kind: str, direction: str = "sendrecv", **options: Any) -> Transceiver:
+    def add_transceiver(
+        self, kind: str, direction: str = "sendrecv", **options: Any
+    ) -> Transceiver:
         return self.jsep.add_transceiver(kind, direction, **options)  # type: ignore[arg-type]
 
     def stop_transceiver(self, transceiver: Transceiver) -> None:

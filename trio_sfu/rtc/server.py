@@ -64,7 +64,8 @@ class RtcServer:
         port = endpoint.local_address[1]
         count = len(public_addresses)
         self.candidates = [
-            host_candidate(ip, port, local_preference=65535 - i) for i, ip in enumerate(public_addresses)
+            host_candidate(ip, port, local_preference=65535 - i)
+            for i, ip in enumerate(public_addresses)
         ]
         assert len(self.candidates) == count
 
@@ -126,6 +127,11 @@ class ServerPeerConnection(PeerConnection):
         )
         self._endpoint = server.endpoint
         self._endpoint.register(self)
+
+    def abandon(self) -> None:
+        """Forget a peer that will never run (its offer was refused): drop its routes."""
+        self.closing = True
+        self._endpoint.unregister(self)
 
     # -- called by the endpoint -----------------------------------------------------------
 

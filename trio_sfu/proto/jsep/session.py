@@ -154,6 +154,13 @@ class JsepSession:
         """Live transceivers in m-line order, then the ones not yet in any m-section."""
         return list(self._transceivers)
 
+    def transceiver(self, mid: str) -> Transceiver | None:
+        """The transceiver of an m-section, e.g. for the mid found in an RTP header extension."""
+        for t in self._transceivers:
+            if t.mid == mid and not t.stopped:
+                return t
+        return None
+
     @property
     def local_description(self) -> SessionDescription | None:
         return self.pending_local_description or self.current_local_description

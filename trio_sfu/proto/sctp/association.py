@@ -18,7 +18,6 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from ..errors import SctpError
 from . import chunks as ch
 from .chunks import (
     AbortChunk,
@@ -26,7 +25,6 @@ from .chunks import (
     CookieAckChunk,
     CookieEchoChunk,
     DataChunk,
-    ErrorCause,
     ErrorChunk,
     ForwardTsnChunk,
     HeartbeatAckChunk,
@@ -42,16 +40,22 @@ from .chunks import (
     parse_packet,
     serialize_packet,
 )
-from .cookie import FLAG_FORWARD_TSN, FLAG_RECONFIG, CookieRejected, StateCookie, open_cookie, seal
+from .cookie import FLAG_FORWARD_TSN, FLAG_RECONFIG, CookieRejected, StateCookie, open_cookie
 from .events import Closed, Established, MessageReceived, SctpEvent, SctpState, StreamsReset
-from .handshake import local_extension_params, scan_params
+from .handshake import (
+    MAX_STREAMS,
+    CookieCase,
+    classify_cookie,
+    local_extension_params,
+    make_init_ack,
+    scan_params,
+)
+from .heartbeat import Heartbeat
 from .packer import PacketBuilder
 from .receiver import ProtocolViolation, Receiver
 from .reconfig import StreamResets
 from .sender import U32, Sender
 
-_HB_INFO = struct.Struct("!d8s")
-_MAX_STREAMS = 65535
 _DATA_STATES = frozenset(
     {SctpState.ESTABLISHED, SctpState.SHUTDOWN_PENDING, SctpState.SHUTDOWN_SENT}
 )
@@ -101,12 +105,12 @@ class SctpAssociation:
         self._rto_max = rto_max
         self._max_retransmits = max_retransmits
         self._max_init_retransmits = max_init_retransmits
-        self._hb_interval = heartbeat_interval
         self._delayed_ack = delayed_ack
         self._cookie_lifetime = cookie_lifetime
         self._secret = self._rng(32)
 
-        self.state = SctpState.CLOSED
+        self._state = SctpState.CLOSED
+        self._can_data = self._can_sack = self._can_send = False
         self.closed = False  # True once the association has ended (CLOSED for good)
         self._events: deque[SctpEvent] = deque()
         self._local_tag = 0
@@ -132,15 +136,7 @@ class SctpAssociation:
         # shutdown (T2)
         self._t2: float | None = None
         self._t2_interval = rto_initial
-        # SACK timing (§6.2)
-        self._sack_now = False
-        self._sack_deadline: float | None = None
-        self._unacked_packets = 0
-        # heartbeat (§8.3)
-        self._hb_deadline: float | None = None
-        self._hb_ack_deadline: float | None = None
-        self._hb_nonce = b""
-        self._hb_sent_at = 0.0
+        self._hb = Heartbeat(heartbeat_interval, self._rng)
         # counters (plain ints for the metrics endpoint)
         self.packets_sent = 0
         self.packets_received = 0
@@ -149,12 +145,22 @@ class SctpAssociation:
         self.packets_dropped = 0
         self.bad_cookies = 0
         self.stale_cookies = 0
-        self.heartbeats_sent = 0
-        self.heartbeat_acks_received = 0
         self.messages_sent = 0
         self.messages_received = 0
 
     # --- read-only views -------------------------------------------------------------------
+
+    @property
+    def state(self) -> SctpState:
+        return self._state
+
+    @state.setter
+    def state(self, value: SctpState) -> None:
+        # Per-packet code tests these flags instead of hashing the enum.
+        self._state = value
+        self._can_data = value in _DATA_STATES
+        self._can_sack = value in _SACK_STATES
+        self._can_send = value in _SENDING_STATES
 
     @property
     def sender(self) -> Sender | None:
@@ -198,7 +204,7 @@ class SctpAssociation:
         self._local_tag = self._rand_tag()
         self._local_tsn = self._rand32()
         self._init = InitChunk(
-            self._local_tag, self._window, _MAX_STREAMS, _MAX_STREAMS, self._local_tsn,
+            self._local_tag, self._window, MAX_STREAMS, MAX_STREAMS, self._local_tsn,
             local_extension_params(),
         )
         self._queue_raw(0, self._init.encode())
@@ -258,59 +264,64 @@ class SctpAssociation:
             self.state = SctpState.SHUTDOWN_PENDING
             self._check_shutdown(now)
         elif self.state in (SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
-            if self._peer_tag:
-                self._queue_raw(self._peer_tag, AbortChunk().encode())
-            self._terminate("shut down before establishment", aborted=False)
+            self._abort([], "shut down before establishment", aborted=False)
 
     def abort(self, reason: str = "") -> None:
-        if self.closed:
-            return
-        if self._peer_tag:
+        if not self.closed:
             cause = (ch.CAUSE_USER_ABORT, reason.encode("utf-8", "replace")[:1000])
-            self._queue_raw(self._peer_tag, AbortChunk([cause]).encode())
-        self._terminate(reason or "aborted locally", aborted=True)
+            self._abort([cause], reason or "aborted locally")
+
+    def _abort(self, causes: list[tuple[int, bytes]], reason: str, aborted: bool = True) -> None:
+        if self._peer_tag:
+            self._queue_raw(self._peer_tag, AbortChunk(causes).encode())
+        self._terminate(reason, aborted=aborted)
 
     # --- output ----------------------------------------------------------------------------
 
     def packets_to_send(self, now: float) -> list[bytes]:
         out = self._raw
-        self._raw = []
+        if out:
+            self._raw = []
+        snd, rcv, resets = self._sender, self._receiver, self._resets
         if not self.closed and self._peer_tag:
-            pb = PacketBuilder(self.mtu)
-            for c in self._ctrl:
-                pb.add(c)
-            self._ctrl = []
-            snd, rcv, resets = self._sender, self._receiver, self._resets
-            if rcv is not None and (
-                self._sack_now
-                or (
-                    self._sack_deadline is not None
-                    and (now >= self._sack_deadline or (snd is not None and snd.has_data()))
-                )
-            ):
-                pb.add(rcv.build_sack(self.mtu - ch.COMMON_HEADER_SIZE).encode())
-                self._sack_now = False
-                self._sack_deadline = None
-                self._unacked_packets = 0
-            if snd is not None and self.state in _SACK_STATES:
-                if snd.forward_tsn_due:
-                    fwd = snd.build_forward_tsn(now)
-                    if fwd is not None:
-                        pb.add(fwd.encode())
-                if self.state in _SENDING_STATES and snd.fill(pb, now):
-                    self._schedule_heartbeat(now)
-            # After DATA: a reset request names the last TSN given out, so it can go as soon as
-            # the stream's queued messages all have TSNs, in the same packet as the last one.
-            if resets is not None and snd is not None and self.state is SctpState.ESTABLISHED:
-                while (rc := resets.poll(now, snd)) is not None:
-                    pb.add(rc.encode())
-            tag = self._peer_tag
-            for chunk_list in pb.finish():
-                out.append(serialize_packet(self.local_port, self.remote_port, tag, chunk_list))
-        self.packets_sent += len(out)
-        for p in out:
-            self.bytes_sent += len(p)
+            sending = snd is not None and self._can_sack and (
+                snd.forward_tsn_due or (self._can_send and snd.can_send())
+            )
+            # A pending delayed SACK rides along with DATA we are about to send anyway.
+            sack = rcv is not None and rcv.sack_due(now, sending)
+            reconfig = resets is not None and resets.has_work() and (
+                self._state is SctpState.ESTABLISHED
+            )
+            if self._ctrl or sack or sending or reconfig:
+                out = out + self._build(now, sack, reconfig)
+        if out:
+            self.packets_sent += len(out)
+            for p in out:
+                self.bytes_sent += len(p)
         return out
+
+    def _build(self, now: float, sack: bool, reconfig: bool) -> list[bytes]:
+        pb = PacketBuilder(self.mtu)
+        for c in self._ctrl:
+            pb.add(c)
+        self._ctrl = []
+        snd, rcv, resets = self._sender, self._receiver, self._resets
+        if sack and rcv is not None:
+            pb.add(rcv.build_sack(self.mtu - ch.COMMON_HEADER_SIZE).encode())
+        if snd is not None and self._can_sack:
+            if snd.forward_tsn_due:
+                fwd = snd.build_forward_tsn(now)
+                if fwd is not None:
+                    pb.add(fwd.encode())
+            if self._can_send and snd.fill(pb, now):
+                self._hb.schedule(now, snd.rto)
+        # After DATA: a reset request names the last TSN given out, so it can go as soon as
+        # the stream's queued messages all have TSNs, in the same packet as the last one.
+        if reconfig and resets is not None and snd is not None:
+            while (rc := resets.poll(now, snd)) is not None:
+                pb.add(rc.encode())
+        tag, src, dst = self._peer_tag, self.local_port, self.remote_port
+        return [serialize_packet(src, dst, tag, chunk_list) for chunk_list in pb.finish()]
 
     def _queue_raw(self, vtag: int, chunk: bytes) -> None:
         self._raw.append(serialize_packet(self.local_port, self.remote_port, vtag, [chunk]))
@@ -320,10 +331,10 @@ class SctpAssociation:
     def get_timer(self) -> float | None:
         if self.closed:
             return None
-        deadlines = [
-            self._t1, self._t2, self._sack_deadline, self._hb_deadline, self._hb_ack_deadline,
-        ]
-        if self._sender is not None and self.state in _SACK_STATES:
+        deadlines = [self._t1, self._t2, self._hb.deadline, self._hb.ack_deadline]
+        if self._receiver is not None:
+            deadlines.append(self._receiver.sack_deadline)
+        if self._sender is not None and self._can_sack:
             deadlines.append(self._sender.t3)
         if self._resets is not None:
             deadlines.append(self._resets.deadline)
@@ -337,24 +348,24 @@ class SctpAssociation:
         if self._t2 is not None and now >= self._t2:
             self._on_t2(now)
         snd = self._sender
-        if (
-            snd is not None and snd.t3 is not None and now >= snd.t3
-            and self.state in _SACK_STATES
-        ):
+        if snd is not None and snd.t3 is not None and now >= snd.t3 and self._can_sack:
             if self._count_error():
                 return
             snd.on_t3_expired(now)
-        if self._sack_deadline is not None and now >= self._sack_deadline:
-            self._sack_now = True
-            self._sack_deadline = None
-        if self._hb_ack_deadline is not None and now >= self._hb_ack_deadline:
-            self._hb_ack_deadline = None
+        hb = self._hb
+        if hb.ack_deadline is not None and now >= hb.ack_deadline:
+            hb.ack_deadline = None
             if snd is not None:
                 snd.rto = min(snd.rto * 2, self._rto_max)  # §8.3
             if self._count_error():
                 return
-        if self._hb_deadline is not None and now >= self._hb_deadline:
-            self._on_heartbeat_timer(now)
+        if hb.deadline is not None and now >= hb.deadline:
+            rto = snd.rto if snd else self._rto_initial
+            idle = snd is not None and not snd.outstanding_bytes
+            idle = idle and self._state is SctpState.ESTABLISHED
+            chunk = hb.fire(now, rto, idle)
+            if chunk is not None:
+                self._ctrl.append(chunk)
         resets = self._resets
         if resets is not None and resets.deadline is not None and now >= resets.deadline:
             if self._count_error():
@@ -365,15 +376,10 @@ class SctpAssociation:
         """§8.1: one more unanswered retransmission; True if the association just failed."""
         self._errors += 1
         if self._max_retransmits is not None and self._errors > self._max_retransmits:
-            self._fail("too many retransmissions")
+            reason = "too many retransmissions"
+            self._abort([(ch.CAUSE_PROTOCOL_VIOLATION, reason.encode())], reason)
             return True
         return False
-
-    def _fail(self, reason: str) -> None:
-        if self._peer_tag:
-            cause = (ch.CAUSE_PROTOCOL_VIOLATION, reason.encode())
-            self._queue_raw(self._peer_tag, AbortChunk([cause]).encode())
-        self._terminate(reason, aborted=True)
 
     def _on_t1(self, now: float) -> None:
         self._t1_count += 1
@@ -402,23 +408,6 @@ class SctpAssociation:
             self._ctrl.append(ShutdownAckChunk().encode())
         else:
             self._t2 = None
-
-    def _schedule_heartbeat(self, now: float) -> None:
-        rto = self._sender.rto if self._sender else self._rto_initial
-        jitter = (int.from_bytes(self._rng(2), "big") / 65535.0 - 0.5) * rto
-        self._hb_deadline = now + self._hb_interval + rto + jitter  # §8.3
-
-    def _on_heartbeat_timer(self, now: float) -> None:
-        snd = self._sender
-        self._schedule_heartbeat(now)
-        if snd is None or self.state is not SctpState.ESTABLISHED or snd.outstanding_bytes:
-            return  # not idle: T3 watches the path
-        self._hb_nonce = self._rng(8)
-        self._hb_sent_at = now
-        self._ctrl.append(HeartbeatChunk(_HB_INFO.pack(now, self._hb_nonce)).encode())
-        self.heartbeats_sent += 1
-        if self._hb_ack_deadline is None:
-            self._hb_ack_deadline = now + snd.rto
 
     # --- input -----------------------------------------------------------------------------
 
@@ -477,17 +466,17 @@ class SctpAssociation:
                     return
                 if isinstance(c, DataChunk):
                     rcv = self._receiver
-                    if rcv is not None and self.state in _DATA_STATES:
+                    if rcv is not None and self._can_data:
                         data_seen = True
                         if not rcv.on_data(c) or c.flags & ch.FLAG_IMMEDIATE:
                             immediate = True
                 elif isinstance(c, SackChunk):
                     snd = self._sender
-                    if snd is not None and self.state in _SACK_STATES and snd.on_sack(c, now):
+                    if snd is not None and self._can_sack and snd.on_sack(c, now):
                         self._errors = 0
                 elif isinstance(c, ForwardTsnChunk):
                     rcv = self._receiver
-                    if rcv is not None and self.state in _DATA_STATES:
+                    if rcv is not None and self._can_data:
                         data_seen = True
                         before = rcv.cum
                         rcv.on_forward_tsn(c.new_cumulative_tsn, c.streams)
@@ -503,24 +492,15 @@ class SctpAssociation:
                 else:
                     self._on_control(c, now)
         except ProtocolViolation as exc:
-            cause = (exc.cause, str(exc).encode())
-            self._queue_raw(self._peer_tag, AbortChunk([cause]).encode())
-            self._terminate(f"protocol violation: {exc}", aborted=True)
+            self._abort([(exc.cause, str(exc).encode())], f"protocol violation: {exc}")
             return
         if self.closed:
             return
         rcv = self._receiver
         if rcv is not None:
             if data_seen:
-                if immediate or had_gaps or rcv.above:
-                    self._sack_now = True  # §6.7 / §6.2: gaps and duplicates are reported at once
-                else:
-                    self._unacked_packets += 1
-                    if self._unacked_packets >= 2:
-                        self._sack_now = True
-                    elif self._sack_deadline is None:
-                        self._sack_deadline = now + self._delayed_ack
-                if self.state is SctpState.SHUTDOWN_SENT:
+                rcv.note_packet(now, immediate or had_gaps)
+                if self._state is SctpState.SHUTDOWN_SENT:
                     # §9.2: answer every DATA packet with a SHUTDOWN.
                     self._ctrl.append(ShutdownChunk(rcv.cum & U32).encode())
                     self._t2 = now + self._t2_interval
@@ -558,14 +538,11 @@ class SctpAssociation:
         if isinstance(c, HeartbeatChunk):
             self._ctrl.append(HeartbeatAckChunk(c.info).encode())  # §8.3
         elif isinstance(c, HeartbeatAckChunk):
-            # Only the nonce is trusted; the RTT comes from our own record of the send time.
-            if self._hb_nonce and c.info[8:] == self._hb_nonce and len(c.info) == _HB_INFO.size:
-                self._hb_nonce = b""
-                self._hb_ack_deadline = None
+            rtt = self._hb.on_ack(c.info, now)
+            if rtt is not None:
                 self._errors = 0
-                self.heartbeat_acks_received += 1
                 if self._sender is not None:
-                    self._sender.update_rtt(now - self._hb_sent_at)
+                    self._sender.update_rtt(rtt)
         elif isinstance(c, InitAckChunk):
             if state is SctpState.COOKIE_WAIT:
                 self._on_init_ack(c, now)
@@ -588,7 +565,7 @@ class SctpAssociation:
             if state is SctpState.SHUTDOWN_ACK_SENT:
                 self._terminate("shutdown", aborted=False)
         elif isinstance(c, AbortChunk):
-            self._terminate("aborted by peer" + _describe(c.causes), aborted=True)
+            self._terminate("aborted by peer" + ch.describe_causes(c.causes), aborted=True)
         elif isinstance(c, ErrorChunk):
             self._on_error(c, now)
         elif isinstance(c, CookieEchoChunk):
@@ -630,26 +607,16 @@ class SctpAssociation:
         if state is SctpState.SHUTDOWN_ACK_SENT:
             self._ctrl.append(ShutdownAckChunk().encode())  # §9.2
             return
-        flags, unrecognized = scan_params(init.params, init_ack=False)
         if state in (SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
             # §5.2.1: answer with the parameters of our own INIT.
             tag, tsn = self._local_tag, self._local_tsn
-            tie_local, tie_peer = self._local_tag, self._peer_tag
-        elif state is SctpState.CLOSED:
-            tag, tsn = self._rand_tag(), self._rand32()
-            tie_local = tie_peer = 0
         else:
-            # §5.2.2: a new tag, and our current tags as tie-tags so a restart can be told apart.
             tag, tsn = self._rand_tag(), self._rand32()
-            tie_local, tie_peer = self._local_tag, self._peer_tag
-        cookie = StateCookie(
-            tag, tsn, init.initiate_tag, init.initial_tsn, init.a_rwnd, init.outbound_streams,
-            init.inbound_streams, tie_local, tie_peer, flags, now, self._cookie_lifetime,
+        # §5.2.2: our current tags go in as tie-tags so that a restart can be told apart.
+        ack = make_init_ack(
+            init, tag=tag, tsn=tsn, tie_tags=(self._local_tag, self._peer_tag),
+            window=self._window, secret=self._secret, now=now, lifetime=self._cookie_lifetime,
         )
-        params = [(ch.PARAM_STATE_COOKIE, seal(self._secret, cookie)), *local_extension_params()]
-        for ptype, value in unrecognized:
-            params.append((ch.PARAM_UNRECOGNIZED, ch.encode_params([(ptype, value)])))
-        ack = InitAckChunk(tag, self._window, _MAX_STREAMS, _MAX_STREAMS, tsn, params)
         self._queue_raw(init.initiate_tag, ack.encode())
 
     def _on_init_ack(self, ack: InitAckChunk, now: float) -> None:
@@ -657,16 +624,15 @@ class SctpAssociation:
         if cookie is None:
             self._peer_tag = ack.initiate_tag
             cause = (ch.CAUSE_MISSING_PARAM, struct.pack("!IH", 1, ch.PARAM_STATE_COOKIE))
-            self._queue_raw(self._peer_tag, AbortChunk([cause]).encode())
-            self._terminate("INIT ACK without a state cookie", aborted=True)
+            self._abort([cause], "INIT ACK without a state cookie")
             return
         flags, unrecognized = scan_params(ack.params, init_ack=True)
         self._peer_tag = ack.initiate_tag
         self._peer_tsn = ack.initial_tsn
         self._peer_rwnd = ack.a_rwnd
         self._peer_flags = flags
-        self.outbound_streams = min(_MAX_STREAMS, ack.inbound_streams)
-        self.inbound_streams = min(_MAX_STREAMS, ack.outbound_streams)
+        self.outbound_streams = min(MAX_STREAMS, ack.inbound_streams)
+        self.inbound_streams = min(MAX_STREAMS, ack.outbound_streams)
         self._cookie_echo = [CookieEchoChunk(cookie).encode()]
         if unrecognized:
             # §5.1 / §3.2.1: report them in an ERROR bundled after the COOKIE ECHO.
@@ -697,40 +663,21 @@ class SctpAssociation:
             self.packets_dropped += 1
             return False
         state = self.state
-        if state is SctpState.CLOSED:
+        case = classify_cookie(ck, self._local_tag, self._peer_tag, state is not SctpState.CLOSED)
+        if case is CookieCase.DISCARD:
+            return False
+        handshaking = state in (SctpState.CLOSED, SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED)
+        if case is CookieCase.RESTART and state is SctpState.SHUTDOWN_ACK_SENT:
+            cause = (ch.CAUSE_COOKIE_WHILE_SHUTTING_DOWN, b"")
+            self._ctrl.append(ShutdownAckChunk().encode())
+            self._ctrl.append(ErrorChunk([cause]).encode())
+            return False
+        if handshaking or case is CookieCase.RESTART:
             self._adopt(ck)
-            self._established(now)
-            return True
-        same_local = ck.local_tag == self._local_tag
-        same_peer = ck.peer_tag == self._peer_tag
-        if not same_local and not same_peer:
-            if not (ck.tie_local == self._local_tag and ck.tie_peer == self._peer_tag):
-                return False
-            # Case A: the peer restarted.
-            if state is SctpState.SHUTDOWN_ACK_SENT:
-                cause = (ch.CAUSE_COOKIE_WHILE_SHUTTING_DOWN, b"")
-                self._ctrl.append(ShutdownAckChunk().encode())
-                self._ctrl.append(ErrorChunk([cause]).encode())
-                return False
-            self._adopt(ck)
-            self._established(now, restarted=True)
-            return True
-        if same_local and not same_peer:
-            # Case B: setup collision; take the peer's side from the cookie.
-            if state in (SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
-                self._adopt(ck)
-                self._established(now)
-            else:
-                self._peer_tag = ck.peer_tag
-                self._ctrl.insert(0, CookieAckChunk().encode())
-            return True
-        if not same_local:
-            return False  # Case C (or no case): an old cookie, silently discarded
-        # Case D: both tags match, a duplicate COOKIE ECHO.
-        if state in (SctpState.COOKIE_WAIT, SctpState.COOKIE_ECHOED):
-            self._adopt(ck)
-            self._established(now)
+            self._established(now, restarted=case is CookieCase.RESTART)
         else:
+            # Established already: a duplicate, or the other side of a collision.
+            self._peer_tag = ck.peer_tag
             self._ctrl.insert(0, CookieAckChunk().encode())
         return True
 
@@ -741,8 +688,8 @@ class SctpAssociation:
         self._peer_tsn = ck.peer_tsn
         self._peer_rwnd = ck.peer_rwnd
         self._peer_flags = ck.peer_flags
-        self.outbound_streams = min(_MAX_STREAMS, ck.peer_inbound)
-        self.inbound_streams = min(_MAX_STREAMS, ck.peer_outbound)
+        self.outbound_streams = min(MAX_STREAMS, ck.peer_inbound)
+        self.inbound_streams = min(MAX_STREAMS, ck.peer_outbound)
         self._ctrl.insert(0, CookieAckChunk().encode())  # §5.1: COOKIE ACK comes first
 
     def _established(self, now: float, restarted: bool = False) -> None:
@@ -750,6 +697,7 @@ class SctpAssociation:
         self._cookie_echo = []
         self._init = None
         self._errors = 0
+        old = self._sender
         self._sender = Sender(
             initial_tsn=self._local_tsn,
             peer_rwnd=self._peer_rwnd,
@@ -759,20 +707,22 @@ class SctpAssociation:
             rto_min=self._rto_min,
             rto_max=self._rto_max,
         )
+        if old is not None:
+            # §5.2.4 A: a restart loses what was in flight, but messages not started yet
+            # still go, on the new association.
+            self._sender.adopt_queued(old)
         self._receiver = Receiver(
             initial_tsn=self._peer_tsn,
             max_message_size=self.max_message_size,
             window=self._window,
             inbound_streams=self.inbound_streams,
+            delayed_ack=self._delayed_ack,
         )
         self._resets = StreamResets(
             local_initial_tsn=self._local_tsn, peer_initial_tsn=self._peer_tsn
         )
-        self._sack_now = False
-        self._sack_deadline = None
-        self._unacked_packets = 0
         self.state = SctpState.ESTABLISHED
-        self._schedule_heartbeat(now)
+        self._hb.schedule(now, self._sender.rto)
         self._events.append(Established(restarted=restarted))
 
     # --- shutdown --------------------------------------------------------------------------
@@ -780,7 +730,7 @@ class SctpAssociation:
     def _on_shutdown(self, c: ShutdownChunk, now: float) -> None:
         state = self.state
         snd = self._sender
-        if snd is None or state not in _SACK_STATES:
+        if snd is None or not self._can_sack:
             return
         # The SHUTDOWN's cumulative TSN ack works like a SACK without gap blocks (§9.2).
         if snd.on_sack(SackChunk(c.cumulative_tsn, snd.peer_rwnd + snd.outstanding_bytes), now):
@@ -795,6 +745,9 @@ class SctpAssociation:
             self.state = SctpState.SHUTDOWN_RECEIVED
 
     def _check_shutdown(self, now: float) -> None:
+        state = self._state
+        if state is not SctpState.SHUTDOWN_PENDING and state is not SctpState.SHUTDOWN_RECEIVED:
+            return
         snd, rcv = self._sender, self._receiver
         if snd is None or rcv is None or not snd.idle:
             return
@@ -808,15 +761,15 @@ class SctpAssociation:
             return
         self._t2_interval = snd.rto
         self._t2 = now + self._t2_interval
-        self._hb_deadline = self._hb_ack_deadline = None
+        self._hb.stop()
 
     def _terminate(self, reason: str, *, aborted: bool) -> None:
         if self.closed:
             return
         self.closed = True
         self.state = SctpState.CLOSED
-        self._t1 = self._t2 = self._sack_deadline = None
-        self._hb_deadline = self._hb_ack_deadline = None
+        self._t1 = self._t2 = None
+        self._hb.stop()
         self._ctrl = []
         if self._sender is not None:
             self._sender.t3 = None
@@ -830,12 +783,19 @@ class SctpAssociation:
         return int.from_bytes(self._rng(4), "big")
 
     def _rand_tag(self) -> int:
-        while True:
-            tag = self._rand32()
-            if tag:
-                return tag
+        while not (tag := self._rand32()):
+            pass
+        return tag
 
-    # --- counters gathered from the halves --------------------------------------------------
+    # --- counters gathered from the parts ----------------------------------------------------
+
+    @property
+    def heartbeats_sent(self) -> int:
+        return self._hb.sent
+
+    @property
+    def heartbeat_acks_received(self) -> int:
+        return self._hb.acks
 
     @property
     def retransmissions(self) -> int:
@@ -852,14 +812,3 @@ class SctpAssociation:
     @property
     def messages_abandoned(self) -> int:
         return self._sender.messages_abandoned if self._sender else 0
-
-
-def _describe(causes: list[ErrorCause]) -> str:
-    parts = []
-    for code, body in causes:
-        text = body.decode("utf-8", "replace") if code in (12, 13) else ""
-        parts.append(f"cause {code}" + (f": {text}" if text else ""))
-    return (" (" + "; ".join(parts) + ")") if parts else ""
-
-
-__all__ = ["SctpAssociation", "SctpError"]

@@ -66,6 +66,7 @@ class Receiver:
         max_message_size: int,
         window: int,
         inbound_streams: int,
+        delayed_ack: float = 0.2,
     ) -> None:
         self.cum = initial_tsn - 1  # unwrapped cumulative TSN
         self.highest = self.cum
@@ -75,6 +76,10 @@ class Receiver:
         self.window = window
         self.inbound_streams = inbound_streams
         self.buffered = 0
+        self.delayed_ack = delayed_ack
+        self.sack_deadline: float | None = None
+        self._sack_now = False
+        self._unacked_packets = 0
         self._frags: dict[int, DataChunk] = {}
         self._seg_start: dict[int, _Segment] = {}
         self._seg_end: dict[int, _Segment] = {}
@@ -316,8 +321,26 @@ class Receiver:
 
     # --- SACK ------------------------------------------------------------------------------
 
+    def note_packet(self, now: float, urgent: bool) -> None:
+        """A packet with DATA (or FORWARD TSN) was processed: decide when to SACK (§6.2)."""
+        if urgent or self.above or self.duplicates:
+            self._sack_now = True  # gaps, duplicates, a filled gap: report at once (§6.7)
+            return
+        self._unacked_packets += 1
+        if self._unacked_packets >= 2:
+            self._sack_now = True  # at least every second packet
+        elif self.sack_deadline is None:
+            self.sack_deadline = now + self.delayed_ack  # or within 200 ms
+
+    def sack_due(self, now: float, piggyback: bool) -> bool:
+        deadline = self.sack_deadline
+        return self._sack_now or (deadline is not None and (piggyback or now >= deadline))
+
     def build_sack(self, max_size: int) -> SackChunk:
         """§3.3.4: gap blocks relative to the cumulative TSN, trimmed to fit ``max_size``."""
+        self._sack_now = False
+        self.sack_deadline = None
+        self._unacked_packets = 0
         cum = self.cum
         dups = self.duplicates
         self.duplicates = []

@@ -49,6 +49,9 @@ class StreamResets:
             or stream_id in self._requested
         )
 
+    def has_work(self) -> bool:
+        return bool(self._responses or self._queued or (self._request and self._resend))
+
     def request(self, streams: list[int]) -> None:
         for sid in streams:
             if not self.resetting(sid):

@@ -192,6 +192,17 @@ class Sender:
         )
         st.buffered += len(data)
 
+    def adopt_queued(self, old: Sender) -> None:
+        """Take over the messages ``old`` has not started sending (association restart)."""
+        for sid in old._rr:
+            for msg in old.streams[sid].queue:
+                if not msg.abandoned:
+                    self.enqueue(
+                        sid, msg.ppid, bytes(msg.data), unordered=msg.unordered,
+                        max_retransmits=msg.max_retransmits, lifetime=None, now=0.0,
+                    )
+                    self.streams[sid].queue[-1].expiry = msg.expiry
+
     def buffered_amount(self, stream_id: int) -> int:
         st = self.streams.get(stream_id)
         return st.buffered if st is not None else 0
@@ -224,6 +235,12 @@ class Sender:
 
     def has_data(self) -> bool:
         return self._current is not None or bool(self._rr) or self._rtx_pending > 0
+
+    def can_send(self) -> bool:
+        """Whether ``fill`` would put anything in a packet right now (cheap, conservative)."""
+        if self._rtx_pending:
+            return self.flight < self.cwnd or self._fast_burst
+        return self.flight < self.cwnd and (self._current is not None or bool(self._rr))
 
     # --- transmission ----------------------------------------------------------------------
 

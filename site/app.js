@@ -1,0 +1,553 @@
+// trio-sfu demo page: join a room, publish camera/mic and screen, watch everyone else, chat.
+//
+// All protocol work is in sfu-client.js; this file is only UI. One subscriber connection (auto
+// mode) receives every other user's publishers; the camera and the screen are two publisher
+// connections of the same user, each with its own id, as the seed's unique-id rule wants.
+// `window.sfuDemo.snapshot()` exposes the page state for the end-to-end tests.
+
+import {
+  connectPublisher,
+  connectSubscriber,
+  formatBitrate,
+  formatPair,
+  randomSuffix,
+  sanitizeName,
+  streamStats,
+  userOfId,
+} from './sfu-client.js';
+
+const RESOLUTIONS = {
+  '240p': { width: 320, height: 240 },
+  '480p': { width: 640, height: 480 },
+  '720p': { width: 1280, height: 720 },
+};
+const STATS_EVERY_MS = 1000;
+const MAX_USER = 55;  // 64 minus '-' and the 8-symbol suffix
+const LOG_LINES = 50;
+const CHAT_LINES = 500;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  form: $('join-form'),
+  room: $('room'),
+  user: $('user'),
+  camera: $('camera'),
+  mic: $('mic'),
+  resolution: $('resolution'),
+  fps: $('fps'),
+  join: $('join'),
+  share: $('share'),
+  leave: $('leave'),
+  grid: $('grid'),
+  empty: $('empty'),
+  chatLog: $('chat-log'),
+  chatForm: $('chat-form'),
+  chatInput: $('chat-input'),
+  chatSend: $('chat-send'),
+  status: $('status'),
+  log: $('log'),
+  tileTemplate: $('tile-template'),
+};
+
+const state = {
+  phase: 'idle',   // idle -> joining -> joined -> leaving -> idle
+  room: '',
+  user: '',
+  baseUrl: '',
+  camera: null,    // {stream, conn}
+  screen: null,    // {stream, conn}
+  sub: null,
+  tiles: new Map(),  // key ('local:camera', 'local:screen' or a publisher id) -> tile
+  chat: [],
+  log: [],
+  timer: 0,
+  statsBusy: false,
+};
+
+// ---------------------------------------------------------------------------- log and status
+
+function note(message, level = 'info') {
+  const entry = { time: new Date().toISOString(), level, message };
+  state.log.push(entry);
+  if (state.log.length > LOG_LINES) state.log.shift();
+  const li = document.createElement('li');
+  li.className = level;
+  li.textContent = `${entry.time.slice(11, 19)} ${message}`;
+  ui.log.append(li);
+  while (ui.log.childElementCount > LOG_LINES) ui.log.firstElementChild.remove();
+  ui.log.scrollTop = ui.log.scrollHeight;
+  if (level === 'error') console.warn('[sfu-demo]', message);
+}
+
+function updateStatus() {
+  if (state.phase !== 'joined') {
+    ui.status.textContent = state.phase === 'joining' ? 'Connecting…' : 'Not connected.';
+    return;
+  }
+  const parts = [`Room ${state.room} as ${state.user}`];
+  if (state.sub) parts.push(`watching as ${state.sub.id}`);
+  if (state.camera?.conn) parts.push(`publishing ${state.camera.conn.id}`);
+  if (state.screen?.conn) parts.push(`sharing ${state.screen.conn.id}`);
+  ui.status.textContent = `${parts.join(' · ')}.`;
+}
+
+function updateControls() {
+  const idle = state.phase === 'idle';
+  const joined = state.phase === 'joined';
+  ui.room.disabled = !idle;
+  ui.user.disabled = !idle;
+  ui.join.disabled = !idle;
+  ui.leave.disabled = !joined;
+  ui.share.disabled = !joined || !navigator.mediaDevices?.getDisplayMedia;
+  ui.share.textContent = state.screen ? 'Stop sharing' : 'Share screen';
+  ui.share.setAttribute('aria-pressed', state.screen ? 'true' : 'false');
+  ui.chatInput.disabled = !joined;
+  ui.chatSend.disabled = !joined;
+  ui.empty.hidden = state.tiles.size > 0;
+  updateStatus();
+}
+
+// ---------------------------------------------------------------------------- tiles
+
+function makeTile(key, { label, local, publisher = null }) {
+  let tile = state.tiles.get(key);
+  if (tile) return tile;
+  const el = ui.tileTemplate.content.firstElementChild.cloneNode(true);
+  const video = el.querySelector('video');
+  video.muted = local;  // never play our own microphone back
+  el.classList.toggle('local', local);
+  el.dataset.key = key;
+  if (publisher) el.dataset.publisher = publisher;
+  el.querySelector('.name').textContent = label;
+  el.querySelector('.name').title = publisher ?? label;
+  const play = el.querySelector('.play');
+  play.addEventListener('click', () => {
+    video.play().then(() => { play.hidden = true; }, () => {});
+  });
+  tile = {
+    key, el, video, play, label, local, publisher,
+    user: publisher ? userOfId(publisher) : state.user,
+    conn: null,  // whose pc carries the tracks
+    tracks: new Set(),
+    stats: null,
+  };
+  state.tiles.set(key, tile);
+  ui.grid.append(el);
+  updateControls();
+  return tile;
+}
+
+function showStream(tile, stream) {
+  if (tile.video.srcObject !== stream) tile.video.srcObject = stream;
+  // Autoplay with sound needs a user gesture; the Join click normally counts, but a browser
+  // may still refuse, so offer a button instead of failing silently.
+  tile.video.play().then(() => { tile.play.hidden = true; }, () => { tile.play.hidden = false; });
+  updateBadge(tile);
+}
+
+function updateBadge(tile) {
+  const kinds = [...tile.tracks].filter((t) => t.readyState !== 'ended').map((t) => t.kind);
+  const off = [...tile.tracks].filter((t) => t.enabled === false).map((t) => t.kind);
+  let text = '';
+  if (!kinds.length) text = 'no media yet';
+  else if (!kinds.includes('video')) text = 'audio only';
+  else if (!kinds.includes('audio')) text = 'video only';
+  if (tile.local && off.length) text = [text, `${off.join(' and ')} off`].filter(Boolean).join(', ');
+  tile.el.querySelector('.badge').textContent = text;
+}
+
+function removeTile(key) {
+  const tile = state.tiles.get(key);
+  if (!tile) return;
+  state.tiles.delete(key);
+  tile.video.srcObject = null;
+  tile.el.remove();
+  updateControls();
+}
+
+function clearTiles() {
+  for (const key of [...state.tiles.keys()]) removeTile(key);
+}
+
+// ---------------------------------------------------------------------------- stats
+
+function aggregate(samples) {
+  const video = samples.find((s) => s.kind === 'video');
+  const audio = samples.find((s) => s.kind === 'audio');
+  const rates = samples.map((s) => s.bitrate).filter((b) => typeof b === 'number');
+  return {
+    pair: samples.find((s) => s.pair)?.pair ?? null,
+    bitrate: rates.length ? rates.reduce((a, b) => a + b, 0) : null,
+    fps: video?.fps ?? null,
+    framesDecoded: video?.framesDecoded ?? 0,
+    frames: video?.frames ?? 0,
+    videoPackets: video?.packets ?? 0,
+    audioPackets: audio?.packets ?? 0,
+    codec: video?.codec ?? audio?.codec ?? null,
+    width: video?.width ?? null,
+    height: video?.height ?? null,
+  };
+}
+
+async function refreshTile(tile) {
+  const pc = tile.conn?.pc;
+  const tracks = [...tile.tracks].filter((t) => t.readyState !== 'ended');
+  if (!pc || !tracks.length) return;
+  const samples = await Promise.all(tracks.map((t) => streamStats(pc, t)));
+  if (!state.tiles.has(tile.key)) return;  // left while we waited
+  tile.stats = aggregate(samples);
+  const dd = (name) => tile.el.querySelector(`[data-stat="${name}"]`);
+  dd('pair').textContent = formatPair(tile.stats.pair);
+  dd('bitrate').textContent = formatBitrate(tile.stats.bitrate);
+  const { fps, width, height } = tile.stats;
+  const size = width && height ? ` (${width}×${height})` : '';
+  dd('fps').textContent = typeof fps === 'number' ? `${fps.toFixed(0)}${size}` : '—';
+}
+
+async function refreshStats() {
+  if (state.statsBusy) return;  // a slow getStats must not pile up calls
+  state.statsBusy = true;
+  try {
+    await Promise.all([...state.tiles.values()].map((t) => refreshTile(t).catch((err) => {
+      note(`stats for ${t.label}: ${err.message}`, 'error');
+    })));
+  } finally {
+    state.statsBusy = false;
+  }
+}
+
+// ---------------------------------------------------------------------------- media
+
+function cameraConstraints() {
+  const { width, height } = RESOLUTIONS[ui.resolution.value] ?? RESOLUTIONS['480p'];
+  const frameRate = Number(ui.fps.value) || 30;
+  return { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: frameRate } };
+}
+
+function common(extra) {
+  return {
+    baseUrl: state.baseUrl,
+    room: state.room,
+    user: state.user,
+    onError: (err) => note(err.message, 'error'),
+    ...extra,
+  };
+}
+
+async function startCamera() {
+  const wantVideo = ui.camera.checked;
+  const wantAudio = ui.mic.checked;
+  if (!wantVideo && !wantAudio) return;
+  const stream = await navigator.mediaDevices.getUserMedia({
+    video: wantVideo ? cameraConstraints() : false,
+    audio: wantAudio,
+  });
+  if (state.phase !== 'joining' && state.phase !== 'joined') {
+    stopTracks(stream);
+    return;
+  }
+  const entry = { stream, conn: null };
+  state.camera = entry;
+  const tile = makeTile('local:camera', { label: `${state.user} (you)`, local: true });
+  for (const t of stream.getTracks()) tile.tracks.add(t);
+  showStream(tile, stream);
+  entry.conn = await connectPublisher(common({
+    stream,
+    onClose: (reason) => onPublisherClosed(entry, 'local:camera', reason),
+  }));
+  tile.conn = entry.conn;
+  note(`publishing camera as ${entry.conn.id}`);
+  updateControls();
+}
+
+async function stopCamera() {
+  const entry = state.camera;
+  if (!entry) return;
+  state.camera = null;
+  removeTile('local:camera');
+  stopTracks(entry.stream);
+  await entry.conn?.stop();
+}
+
+function onPublisherClosed(entry, key, reason) {
+  if (reason === 'stopped') return;  // we asked for it
+  note(`publisher ${entry.conn?.id ?? ''} closed: ${reason}`, 'error');
+  if (state.camera === entry) state.camera = null;
+  if (state.screen === entry) state.screen = null;
+  removeTile(key);
+  stopTracks(entry.stream);
+  updateControls();
+}
+
+/** Camera and mic checkboxes while joined: mute a published track, or republish to add one. */
+async function onDeviceToggle() {
+  if (state.phase !== 'joined') return;
+  const stream = state.camera?.stream;
+  const video = stream?.getVideoTracks()[0];
+  const audio = stream?.getAudioTracks()[0];
+  const needVideo = ui.camera.checked && !video;
+  const needAudio = ui.mic.checked && !audio;
+  if (needVideo || needAudio) {
+    // A new track needs a new m-section: publish again under a new id (seed rule) instead of
+    // renegotiating the old connection.
+    try {
+      await stopCamera();
+      await startCamera();
+    } catch (err) {
+      note(`camera/mic: ${err.message}`, 'error');
+    }
+    return;
+  }
+  if (video) video.enabled = ui.camera.checked;
+  if (audio) audio.enabled = ui.mic.checked;
+  const tile = state.tiles.get('local:camera');
+  if (tile) updateBadge(tile);
+}
+
+async function onQualityChange() {
+  const video = state.camera?.stream.getVideoTracks()[0];
+  if (!video) return;
+  try {
+    await video.applyConstraints(cameraConstraints());
+    const s = video.getSettings();
+    note(`camera now ${s.width ?? '?'}×${s.height ?? '?'} at ${Math.round(s.frameRate ?? 0)} fps`);
+  } catch (err) {
+    note(`camera constraints: ${err.message}`, 'error');
+  }
+}
+
+async function toggleShare() {
+  if (state.phase !== 'joined') return;
+  if (state.screen) {
+    await stopShare();
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: false });
+  } catch (err) {
+    note(`screen share: ${err.message}`, 'error');
+    return;
+  }
+  if (state.phase !== 'joined' || state.screen) {
+    stopTracks(stream);
+    return;
+  }
+  const [track] = stream.getVideoTracks();
+  if (track && 'contentHint' in track) track.contentHint = 'detail';
+  track?.addEventListener('ended', () => { if (state.screen?.stream === stream) stopShare(); });
+  const entry = { stream, conn: null };
+  state.screen = entry;
+  const tile = makeTile('local:screen', { label: `${state.user} (your screen)`, local: true });
+  for (const t of stream.getTracks()) tile.tracks.add(t);
+  showStream(tile, stream);
+  updateControls();
+  try {
+    entry.conn = await connectPublisher(common({
+      stream,
+      onClose: (reason) => onPublisherClosed(entry, 'local:screen', reason),
+    }));
+    tile.conn = entry.conn;
+    note(`sharing screen as ${entry.conn.id}`);
+  } catch (err) {
+    note(`screen share: ${err.message}`, 'error');
+    if (state.screen === entry) await stopShare();
+  }
+  updateControls();
+}
+
+async function stopShare() {
+  const entry = state.screen;
+  if (!entry) return;
+  state.screen = null;
+  removeTile('local:screen');
+  stopTracks(entry.stream);
+  updateControls();
+  await entry.conn?.stop();
+}
+
+function stopTracks(stream) {
+  for (const t of stream?.getTracks() ?? []) t.stop();
+}
+
+// ---------------------------------------------------------------------------- subscriber
+
+function subscriberCallbacks() {
+  return {
+    mode: 'auto',
+    onPublisherJoin: (id, user) => {
+      note(`${user} joined (${id})`);
+      makeTile(id, { label: user, local: false, publisher: id }).conn = state.sub;
+    },
+    onPublisherLeft: (id, user) => {
+      note(`${user} left (${id})`);
+      removeTile(id);
+    },
+    onTrack: (id, track, stream) => {
+      const tile = makeTile(id, { label: userOfId(id), local: false, publisher: id });
+      tile.conn = state.sub;
+      tile.tracks.add(track);
+      showStream(tile, stream ?? new MediaStream([...tile.tracks]));
+    },
+    onTrackEnded: (id, track) => {
+      const tile = state.tiles.get(id);
+      if (!tile) return;
+      tile.tracks.delete(track);
+      updateBadge(tile);
+    },
+    onChat: (from, text) => addChat(from, text),
+    onClose: (reason) => {
+      if (reason === 'stopped' || state.phase !== 'joined') return;
+      note(`disconnected: ${reason}`, 'error');
+      leave();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------- chat
+
+function addChat(from, text) {
+  const user = userOfId(from);
+  const own = from === state.sub?.id || user === state.user;
+  state.chat.push({ from, user, text, own });
+  if (state.chat.length > CHAT_LINES) state.chat.shift();
+  const li = document.createElement('li');
+  li.classList.toggle('own', own);
+  const who = document.createElement('span');
+  who.className = 'from';
+  who.textContent = own ? `${user} (you)` : user;
+  who.title = from;
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  li.append(who, body);
+  ui.chatLog.append(li);
+  while (ui.chatLog.childElementCount > CHAT_LINES) ui.chatLog.firstElementChild.remove();
+  ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
+}
+
+function sendChat(event) {
+  event.preventDefault();
+  const text = ui.chatInput.value.trim();
+  if (!text || !state.sub) return;
+  try {
+    state.sub.chat(text);
+    ui.chatInput.value = '';
+  } catch (err) {
+    note(`chat: ${err.message}`, 'error');
+  }
+}
+
+// ---------------------------------------------------------------------------- join / leave
+
+function readNames() {
+  const room = sanitizeName(ui.room.value, { fallback: 'lobby' });
+  const user = sanitizeName(ui.user.value, { maxLength: MAX_USER, fallback: `guest${randomSuffix(4)}` });
+  ui.room.value = room;
+  ui.user.value = user;
+  const url = new URL(location.href);
+  url.searchParams.set('room', room);
+  url.searchParams.set('user', user);
+  history.replaceState(null, '', url);
+  return { room, user };
+}
+
+async function join(event) {
+  event?.preventDefault();
+  if (state.phase !== 'idle') return;
+  const { room, user } = readNames();
+  Object.assign(state, { phase: 'joining', room, user });
+  ui.chatLog.replaceChildren();
+  state.chat = [];
+  updateControls();
+  try {
+    // Media first: Chromium offers every local address (loopback included) only to a page
+    // holding a media permission, which keeps local tests and LAN setups working.
+    await startCamera();
+    state.sub = await connectSubscriber(common(subscriberCallbacks()));
+    note(`joined ${room} as ${user}; watching as ${state.sub.id}`);
+    if (state.phase !== 'joining') return;  // left meanwhile
+    state.phase = 'joined';
+    state.timer = setInterval(refreshStats, STATS_EVERY_MS);
+  } catch (err) {
+    note(`join failed: ${err.message}`, 'error');
+    state.phase = 'joined';
+    await leave();
+    return;
+  }
+  updateControls();
+}
+
+async function leave() {
+  if (state.phase !== 'joined' && state.phase !== 'joining') return;
+  state.phase = 'leaving';
+  clearInterval(state.timer);
+  updateControls();
+  const sub = state.sub;
+  state.sub = null;
+  await Promise.allSettled([stopCamera(), stopShare(), sub?.stop()]);
+  clearTiles();
+  state.phase = 'idle';
+  note(`left ${state.room}`);
+  updateControls();
+}
+
+function stopAllNow() {
+  for (const conn of [state.camera?.conn, state.screen?.conn, state.sub]) conn?.stopNow();
+}
+
+// ---------------------------------------------------------------------------- start
+
+function snapshot() {
+  return {
+    phase: state.phase,
+    room: state.room,
+    user: state.user,
+    ids: {
+      camera: state.camera?.conn?.id ?? null,
+      screen: state.screen?.conn?.id ?? null,
+      subscriber: state.sub?.id ?? null,
+    },
+    tiles: [...state.tiles.values()].map((t) => ({
+      key: t.key,
+      publisher: t.publisher,
+      user: t.user,
+      local: t.local,
+      label: t.label,
+      kinds: [...t.tracks].filter((x) => x.readyState !== 'ended').map((x) => x.kind).sort(),
+      stats: t.stats,
+      shown: Object.fromEntries(
+        [...t.el.querySelectorAll('[data-stat]')].map((d) => [d.dataset.stat, d.textContent])),
+    })),
+    chat: state.chat.slice(),
+    log: state.log.slice(),
+  };
+}
+
+function start() {
+  const params = new URLSearchParams(location.search);
+  ui.room.value = sanitizeName(params.get('room') ?? '', { fallback: 'lobby' });
+  ui.user.value = sanitizeName(params.get('user') ?? '', { maxLength: MAX_USER, fallback: `guest${randomSuffix(4)}` });
+  // ?server=https://sfu.example lets the page talk to another server (CORS must allow it).
+  state.baseUrl = params.get('server') ?? location.origin;
+
+  ui.form.addEventListener('submit', join);
+  ui.leave.addEventListener('click', () => leave());
+  ui.share.addEventListener('click', () => toggleShare());
+  ui.camera.addEventListener('change', onDeviceToggle);
+  ui.mic.addEventListener('change', onDeviceToggle);
+  ui.resolution.addEventListener('change', onQualityChange);
+  ui.fps.addEventListener('change', onQualityChange);
+  ui.chatForm.addEventListener('submit', sendChat);
+  window.addEventListener('pagehide', stopAllNow);
+
+  if (!window.RTCPeerConnection || !navigator.mediaDevices) {
+    note('this browser lacks WebRTC (or the page is not a secure context: use https or localhost)', 'error');
+    ui.join.disabled = true;
+  }
+  window.sfuDemo = { snapshot, join: () => join(), leave, toggleShare };
+  updateControls();
+  if (!ui.join.disabled) ui.join.disabled = false;
+}
+
+start();

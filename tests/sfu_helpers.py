@@ -1,0 +1,58 @@
+"""A live single-node SFU on loopback, and our Python clients joined to it in-process."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from tests.rtc_helpers import client_certificate
+from trio_sfu.client.sfu import PublisherClient, SubscriberClient
+from trio_sfu.rtc.server import RtcServer
+from trio_sfu.sfu.service import Sfu
+
+
+@dataclass
+class SfuEnv:
+    server: RtcServer
+    sfu: Sfu
+    nursery: trio.Nursery
+
+    @property
+    def client_options(self) -> dict[str, Any]:
+        # Clients must check consent well within the server's timeout (RFC 7675 §5.1).
+        return {
+            "certificate": client_certificate(),
+            "consent_interval": min(5.0, self.server.consent_timeout / 5),
+        }
+
+    async def subscriber(self, room: str, peer_id: str, **options: Any) -> SubscriberClient:
+        client = SubscriberClient(peer_id, **self.client_options, **options)
+        await self.nursery.start(
+            client.connect, functools.partial(self.sfu.subscribe, room, peer_id)
+        )
+        await client.wait_open()
+        return client
+
+    async def publisher(self, room: str, peer_id: str, **options: Any) -> PublisherClient:
+        client = PublisherClient(peer_id, **self.client_options, **options)
+        await self.nursery.start(client.connect, functools.partial(self.sfu.publish, room, peer_id))
+        await client.wait_open()
+        return client
+
+
+async def start_sfu(nursery: trio.Nursery, *, consent_timeout: float = 30.0) -> SfuEnv:
+    server = RtcServer.bind("127.0.0.1", 0, consent_timeout=consent_timeout)
+    nursery.start_soon(server.serve)
+    sfu = Sfu(server)
+    await nursery.start(sfu.run)
+    return SfuEnv(server, sfu, nursery)
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    """Poll a condition the test cannot await directly (bounded)."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)

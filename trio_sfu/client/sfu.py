@@ -1,0 +1,203 @@
+"""trio-sfu's own protocol on our own stack: publisher and subscriber connections for Python.
+
+Signaling is a callable (offer SDP → answer SDP), so the same client works over HTTP
+(:func:`http_signal`) and in-process against :class:`trio_sfu.sfu.service.Sfu` in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from trio_sfu.client.peer import ClientPeerConnection
+from trio_sfu.proto.rtp import RtpPacket
+from trio_sfu.rtc import events as ev
+from trio_sfu.rtc.events import IncomingStream
+
+log = logging.getLogger(__name__)
+
+Signal = Callable[[str], Awaitable[str]]
+
+
+def connection_id(user: str) -> str:
+    """The seed's unique-id rule: user + "-" + a fresh random suffix per connection."""
+    return f"{user}-{secrets.token_hex(3)}"
+
+
+def http_signal(base_url: str, role: str, room: str, peer_id: str, **client_options: Any) -> Signal:
+    """POST the offer to ``{base_url}/{role}/{room}/{id}``; the 201 body is the answer."""
+
+    async def signal(offer: str) -> str:
+        import httpx
+
+        async with httpx.AsyncClient(**client_options) as http:
+            response = await http.post(
+                f"{base_url.rstrip('/')}/{role}/{room}/{peer_id}",
+                content=offer.encode(),
+                headers={"Content-Type": "application/sdp"},
+            )
+        if response.status_code != 201:
+            raise SignalingError(response.status_code, response.text)
+        return response.text
+
+    return signal
+
+
+class SignalingError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body.strip()}")
+        self.status = status
+        self.body = body
+
+
+class SfuConnection:
+    """One connection with a control channel; commands from the server become :attr:`lines`."""
+
+    def __init__(self, peer_id: str, *, host: str = "127.0.0.1", **pc_options: Any) -> None:
+        self.id = peer_id
+        self.pc = ClientPeerConnection(host=host, name=peer_id, **pc_options)
+        self.control = self.pc.create_data_channel("control")
+        self.lines: list[str] = []
+        self._line_send, self._line_recv = trio.open_memory_channel[str](math.inf)
+        self._open = trio.Event()
+
+    async def connect(
+        self, signal: Signal, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Offer, apply the answer, and run until the connection ends."""
+        answer = await signal(self.pc.create_offer())
+        self.pc.handle_answer(answer)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.pc.run)
+            self.pc.start_soon(self._events)
+            task_status.started()
+
+    async def _events(self) -> None:
+        async for event in self.pc.events:
+            if isinstance(event, ev.DataChannelOpen) and event.channel is self.control:
+                self._open.set()
+            elif (
+                isinstance(event, ev.DataChannelMessage)
+                and event.channel is self.control
+                and isinstance(event.data, str)
+            ):
+                await self.on_line(event.data)
+
+    async def on_line(self, line: str) -> None:
+        self.lines.append(line)
+        self._line_send.send_nowait(line)
+
+    async def wait_open(self, timeout: float = 10) -> None:
+        with trio.fail_after(timeout):
+            await self._open.wait()
+
+    def send(self, command: str) -> None:
+        self.control.send(command)
+
+    async def expect(self, prefix: str, timeout: float = 10) -> str:
+        """The next command starting with ``prefix`` (others received meanwhile are kept in
+        :attr:`lines` and skipped here)."""
+        with trio.fail_after(timeout):
+            while True:
+                line = await self._line_recv.receive()
+                if line.startswith(prefix):
+                    return line
+
+    def stop(self) -> None:
+        if self.control.ready_state == "open":
+            self.send("STOP")
+        else:
+            self.pc.close("stop")
+
+
+class SubscriberClient(SfuConnection):
+    """Answers every ``SDP_OFFER``; counts RTP per publisher (the msid stream id)."""
+
+    def __init__(self, peer_id: str, *, auto_answer: bool = True, **options: Any) -> None:
+        super().__init__(peer_id, new_transceiver_direction="recvonly", **options)
+        self.packets: Counter[str] = Counter()
+        self.offers: list[str] = []
+        #: when False, offers wait in :attr:`offers` until :meth:`answer` is called
+        self.auto_answer = auto_answer
+        self._answered = 0
+        self.pc.on_rtp = self._on_rtp
+
+    async def on_line(self, line: str) -> None:
+        if line.startswith("SDP_OFFER "):
+            self.offers.append(line[len("SDP_OFFER ") :])
+            if self.auto_answer:
+                self.answer()
+        await super().on_line(line)
+
+    def answer(self) -> str:
+        """Answer the oldest unanswered offer."""
+        offer = self.offers[self._answered]
+        self._answered += 1
+        answer = self.pc.handle_offer(offer)
+        self.send("SDP_ANSWER " + answer)
+        return answer
+
+    def _on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
+        msid = stream.transceiver.remote_msid
+        self.packets[msid[0] if msid else "?"] += 1
+
+    def active_publishers(self) -> set[str]:
+        """Publishers with a live (negotiated, not stopped) receiving section."""
+        return {
+            t.remote_msid[0]
+            for t in self.pc.transceivers
+            if t.remote_msid and t.receiving and not t.stopped and not t.stopping
+        }
+
+    def negotiated_for(self, publisher_id: str) -> bool:
+        return publisher_id in self.active_publishers()
+
+    def media_sections(self) -> int:
+        """How many m-lines the current description has (it must stay bounded)."""
+        desc = self.pc.jsep.local_description
+        return len(desc.media) if desc is not None else 0
+
+
+class PublisherClient(SfuConnection):
+    """Publishes synthetic audio and/or video RTP (for tests, bots and load)."""
+
+    def __init__(self, peer_id: str, *, audio: bool = True, video: bool = True, **options: Any):
+        super().__init__(peer_id, **options)
+        self.audio = self.pc.add_transceiver("audio", "sendonly") if audio else None
+        self.video = self.pc.add_transceiver("video", "sendonly") if video else None
+        self._seq: Counter[int] = Counter()
+
+    def send_frame(self, *, keyframe: bool = False, size: int = 1000) -> None:
+        """One packet per track: a VP8-shaped video packet and an Opus-sized audio packet."""
+        for t, payload in (
+            (self.video, _vp8_payload(keyframe, size)),
+            (self.audio, bytes(80)),
+        ):
+            if t is None or not t.sending or not t.media_codecs:
+                continue
+            seq = self._seq[t.sender_ssrc]
+            self._seq[t.sender_ssrc] += 1
+            clock = t.media_codecs[0].clock_rate
+            packet = RtpPacket(
+                payload_type=t.media_codecs[0].payload_type,
+                sequence_number=seq & 0xFFFF,
+                timestamp=(seq * clock // 50) & 0xFFFFFFFF,
+                ssrc=t.sender_ssrc,
+                marker=True,
+                payload=payload,
+            )
+            self.pc.send_rtp(packet.serialize())
+
+
+def _vp8_payload(keyframe: bool, size: int) -> bytes:
+    # RFC 7741 §4.2 descriptor (S=1, PID 0) + a VP8 frame header: P=0 and the start code
+    # 9d 01 2a for a keyframe (RFC 6386 §9.1).
+    if keyframe:
+        return b"\x10" + b"\x00\x00\x00\x9d\x01\x2a" + bytes(max(0, size - 7))
+    return b"\x10" + b"\x01" + bytes(max(0, size - 2))

@@ -1,0 +1,63 @@
+"""Room commands between members: an in-process fan-out here, NATS in cluster mode.
+
+Every member of a room hears every command for that room, its own included, in the order they
+were published — the same guarantee a NATS subject gives one subscriber — so the SFU's room
+logic is written once for both modes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+import trio
+
+from trio_sfu.cluster.commands import Command
+
+log = logging.getLogger(__name__)
+
+#: A listener this far behind is cut off rather than buffering without bound.
+LISTENER_BACKLOG = 10_000
+
+
+class Bus(Protocol):
+    async def publish(self, room: str, command: Command) -> None: ...
+
+    def listen(self, room: str) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Command]]:
+        """An async context manager yielding the room's commands until it exits."""
+        ...
+
+
+class LocalBus:
+    """The embedded default: per-room lists of memory channels."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[trio.MemorySendChannel[Command]]] = {}
+
+    async def publish(self, room: str, command: Command) -> None:
+        for send in list(self._listeners.get(room, ())):
+            try:
+                send.send_nowait(command)
+            except trio.WouldBlock:
+                log.warning("bus listener too slow; dropped", extra={"room": room})
+                send.close()
+                self._listeners[room].discard(send)
+            except trio.ClosedResourceError:
+                self._listeners[room].discard(send)
+        await trio.lowlevel.checkpoint()
+
+    @asynccontextmanager
+    async def listen(self, room: str) -> AsyncIterator[trio.MemoryReceiveChannel[Command]]:
+        send, recv = trio.open_memory_channel[Command](LISTENER_BACKLOG)
+        self._listeners.setdefault(room, set()).add(send)
+        try:
+            yield recv
+        finally:
+            listeners = self._listeners.get(room)
+            if listeners is not None:
+                listeners.discard(send)
+                if not listeners:
+                    del self._listeners[room]
+            send.close()

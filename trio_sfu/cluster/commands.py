@@ -1,0 +1,106 @@
+"""The one ``Command`` union that travels between rooms' members (the seed's ``Command`` enum).
+
+Single-node, commands go through the in-process bus as these objects; in cluster mode the same
+dataclasses are encoded for NATS. Everything in them is plain data (str/int/bool/lists of
+plain data), so the encoding is mechanical and versionable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True, frozen=True)
+class CodecInfo:
+    """A negotiated codec of a published track (RTX included, paired through ``apt=`` fmtp)."""
+
+    name: str
+    clock_rate: int
+    channels: int | None
+    fmtp: str | None
+    payload_type: int
+    rtcp_fb: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class TrackInfo:
+    """One published track as a subscriber needs to know it to offer a matching m-section."""
+
+    track_id: str
+    kind: str  # "audio" | "video"
+    #: what the publisher negotiated, in its preference order
+    codecs: tuple[CodecInfo, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class PublisherInfo:
+    publisher_id: str
+    user: str
+    node: str
+    tracks: tuple[TrackInfo, ...] = ()
+
+    @property
+    def audio(self) -> int:
+        return sum(1 for t in self.tracks if t.kind == "audio")
+
+    @property
+    def video(self) -> int:
+        return sum(1 for t in self.tracks if t.kind == "video")
+
+
+@dataclass(slots=True, frozen=True)
+class SubscriberInfo:
+    subscriber_id: str
+    user: str
+    node: str
+
+
+@dataclass(slots=True, frozen=True)
+class PubJoin:
+    room: str
+    publisher: PublisherInfo
+
+
+@dataclass(slots=True, frozen=True)
+class PubLeft:
+    room: str
+    publisher_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class SubJoin:
+    room: str
+    subscriber: SubscriberInfo
+
+
+@dataclass(slots=True, frozen=True)
+class SubLeft:
+    room: str
+    subscriber_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Chat:
+    room: str
+    from_id: str
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
+class KeyframeRequest:
+    """A subscriber somewhere wants a keyframe of this track (PLI/FIR, throttled at the source)."""
+
+    room: str
+    publisher_id: str
+    track_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Nack:
+    room: str
+    publisher_id: str
+    track_id: str
+    sequence_numbers: tuple[int, ...] = field(default=())
+
+
+Command = PubJoin | PubLeft | SubJoin | SubLeft | Chat | KeyframeRequest | Nack

@@ -1,0 +1,440 @@
+"""Every setting of a trio-sfu process, with its default, its flag and its environment variable.
+
+One table (the dataclass fields and their :class:`Setting` metadata) drives the CLI, the
+environment fallbacks, ``--help`` and the README, so they cannot drift apart. Values are parsed
+and checked here, before anything binds a socket: a bad value is a :class:`ConfigError` whose
+message names the flag or variable and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "TRIO_SFU_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+# LiveKit's single-port UDP mux uses the same number; 3478 would collide with a STUN/TURN server.
+DEFAULT_UDP_PORT = 7882
+
+
+class ConfigError(ValueError):
+    """A setting the process cannot start with; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one :class:`Config` field is spelled on the command line and in the environment."""
+
+    flag: str
+    help: str
+    parse: Callable[[str], Any]
+    metavar: str
+    repeatable: bool = False  # flag given many times; env var comma-separated
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.removeprefix("--").replace("-", "_").upper()
+
+
+# -- parsers: str -> value, ValueError with a message fit for a user -------------------------
+
+
+def parse_port(text: str) -> int:
+    try:
+        port = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{port} is not a port number (0-65535; 0 picks a free port)")
+    return port
+
+
+def parse_http_host(text: str) -> str:
+    host = text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if not host or len(host) > 253 or not all(
+        label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
+        for label in labels
+    ):
+        raise ValueError(f"{text!r} is neither an IP address nor a host name")
+    return host
+
+
+def parse_bind_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address (0.0.0.0 or :: for all)") from None
+
+
+def parse_public_ip(text: str) -> str:
+    """An address to put in our ICE candidates: it must be one a peer can send to."""
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"{address} cannot be advertised to peers")
+    return str(address)
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def parse_log_format(text: str) -> str:
+    fmt = text.strip().lower()
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"{text!r} is not one of {', '.join(LOG_FORMATS)}")
+    return fmt
+
+
+def parse_origin(text: str) -> str:
+    """``*`` or a browser origin, ``scheme://host[:port]`` (RFC 6454 §6.1 serialization)."""
+    value = text.strip()
+    if value == "*":
+        return value
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} is not an origin like https://example.com") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        raise ValueError(f"{text!r} is not an origin like https://example.com")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _url_parser(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip()
+        scheme = urlsplit(value).scheme if "://" in value else ""
+        if scheme not in schemes:
+            raise ValueError(f"{text!r} is not a URL starting with {' or '.join(schemes)}://")
+        return value
+
+    return parse
+
+
+def parse_timeout(text: str) -> float:
+    try:
+        seconds = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds <= 3600:
+        raise ValueError(f"{text!r} is not between 0 and 3600 seconds")
+    return seconds
+
+
+def parse_path(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("empty path")
+    return Path(text.strip()).expanduser()
+
+
+def default_site_dir() -> Path:
+    """The demo site shipped next to the package in the repository (``<repo>/site``)."""
+    return Path(__file__).resolve().parent.parent / "site"
+
+
+def _setting(flag: str, help: str, parse: Callable[[str], Any], metavar: str, **kw: Any) -> Any:
+    return {"setting": Setting(flag, help, parse, metavar, **kw)}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A process's settings. Defaults are the embedded single-node SFU on every interface."""
+
+    http_host: str = field(
+        default="0.0.0.0",
+        metadata=_setting("--http-host", "address the HTTP server listens on", parse_http_host,
+                          "HOST"),
+    )
+    http_port: int = field(
+        default=8080,
+        metadata=_setting("--http-port", "HTTP(S) port; 0 picks a free one", parse_port, "PORT"),
+    )
+    udp_host: str = field(
+        default="0.0.0.0",
+        metadata=_setting("--udp-host", "address the media socket binds (0.0.0.0: all IPv4, "
+                          "'::': all IPv6)", parse_bind_ip, "IP"),
+    )
+    udp_port: int = field(
+        default=DEFAULT_UDP_PORT,
+        metadata=_setting("--udp-port", "the one UDP port for all media (ICE, DTLS, SRTP); "
+                          "0 picks a free one", parse_port, "PORT"),
+    )
+    public_ips: tuple[str, ...] = field(
+        default=(),
+        metadata=_setting("--public-ip", "address advertised in ICE candidates, repeatable "
+                          "(env: comma-separated); default: this host's own addresses of the "
+                          "--udp-host family, loopback included", parse_public_ip, "IP",
+                          repeatable=True),
+    )
+    cert: Path | None = field(
+        default=None,
+        metadata=_setting("--cert", "PEM certificate (chain) for HTTPS; needs --key",
+                          parse_path, "FILE"),
+    )
+    key: Path | None = field(
+        default=None,
+        metadata=_setting("--key", "PEM private key for HTTPS; needs --cert", parse_path,
+                          "FILE"),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_setting("--log-level", "one of " + ", ".join(LOG_LEVELS), parse_log_level,
+                          "LEVEL"),
+    )
+    log_format: str = field(
+        default="text",
+        metadata=_setting("--log-format", "text (key=value) or json (one object per line)",
+                          parse_log_format, "FORMAT"),
+    )
+    cors_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_setting("--cors-origin", "origin allowed to call the HTTP API from a browser, "
+                          "repeatable, '*' for any (env: comma-separated); default: same origin "
+                          "only", parse_origin, "ORIGIN", repeatable=True),
+    )
+    redis_url: str | None = field(
+        default=None,
+        metadata=_setting("--redis-url", "cluster state store (absent: embedded in-memory "
+                          "state; cluster mode is not available yet)",
+                          _url_parser(("redis", "rediss", "unix")), "URL"),
+    )
+    nats_url: str | None = field(
+        default=None,
+        metadata=_setting("--nats-url", "cluster bus (absent: in-process bus; cluster mode is "
+                          "not available yet)", _url_parser(("nats", "tls", "ws", "wss")), "URL"),
+    )
+    consent_timeout: float = field(
+        default=30.0,
+        metadata=_setting("--consent-timeout", "seconds without ICE consent before a vanished "
+                          "peer is cleaned up (RFC 7675)", parse_timeout, "SECONDS"),
+    )
+    site_dir: Path | None = field(
+        default=None,
+        metadata=_setting("--site-dir", "directory served at / (default: the repository's "
+                          "site/)", parse_path, "DIR"),
+    )
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def tls(self) -> bool:
+        return self.cert is not None
+
+    def site_root(self) -> Path | None:
+        """The directory to serve, or None when the default one is not there (e.g. a wheel)."""
+        if self.site_dir is not None:
+            return self.site_dir
+        default = default_site_dir()
+        return default if default.is_dir() else None
+
+    def advertised_addresses(self) -> list[str]:
+        """``--public-ip`` values, else this host's addresses the UDP socket can receive on."""
+        if self.public_ips:
+            return list(self.public_ips)
+        bind = ipaddress.ip_address(self.udp_host)
+        if not bind.is_unspecified:
+            return [str(bind)]
+        return host_addresses(ipv6=bind.version == 6)
+
+    def demo_url(self, http_port: int | None = None) -> str:
+        """A URL a browser on this machine can open; loopback counts as a secure context,
+        which getUserMedia needs."""
+        host = self.http_host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        port = self.http_port if http_port is None else http_port
+        scheme = "https" if self.tls else "http"
+        default = 443 if self.tls else 80
+        return f"{scheme}://{host}{'' if port == default else f':{port}'}/"
+
+    def check(self) -> None:
+        """Cross-field and file-system checks that a single value's parser cannot do."""
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("--cert and --key go together: give both for HTTPS, or neither")
+        for flag, path in (("--cert", self.cert), ("--key", self.key)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{flag} {path}: no such file")
+        if self.cert is not None and self.key is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (ssl.SSLError, OSError) as error:
+                raise ConfigError(f"--cert/--key: cannot load them: {error}") from None
+        if self.site_dir is not None and not self.site_dir.is_dir():
+            raise ConfigError(f"--site-dir {self.site_dir}: not a directory")
+        if self.redis_url is not None or self.nats_url is not None:
+            raise ConfigError(
+                "cluster mode is not available yet: unset --redis-url/--nats-url "
+                "(TRIO_SFU_REDIS_URL/TRIO_SFU_NATS_URL) to run the embedded single node"
+            )
+        if self.public_ips and ipaddress.ip_address(self.udp_host).is_unspecified:
+            version = ipaddress.ip_address(self.udp_host).version
+            wrong = [a for a in self.public_ips if ipaddress.ip_address(a).version != version]
+            if wrong:
+                raise ConfigError(
+                    f"--public-ip {wrong[0]}: the media socket is IPv{version} only "
+                    f"(--udp-host {self.udp_host})"
+                )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Settings from ``TRIO_SFU_*`` variables (then ``overrides``), checked."""
+        values = env_values(os.environ if environ is None else environ)
+        values.update(overrides)
+        config = cls(**values)
+        config.check()
+        return config
+
+
+def settings() -> Iterator[tuple[dataclasses.Field[Any], Setting]]:
+    for f in dataclasses.fields(Config):
+        yield f, f.metadata["setting"]
+
+
+def parse_setting(setting: Setting, text: str) -> Any:
+    """One flag or env value; repeatable settings take a comma-separated list from env."""
+    if setting.repeatable:
+        return tuple(setting.parse(item) for item in text.split(",") if item.strip())
+    return setting.parse(text)
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The fields set in ``environ``; an unparsable value is a ConfigError naming the variable."""
+    values: dict[str, Any] = {}
+    for f, setting in settings():
+        text = environ.get(setting.env)
+        if text is None or text == "":
+            continue
+        try:
+            values[f.name] = parse_setting(setting, text)
+        except ValueError as error:
+            raise ConfigError(f"{setting.env}={text!r}: {error}") from None
+    return values
+
+
+# -- this host's addresses (the default --public-ip) -----------------------------------------
+# No extra dependency: Linux ioctls for IPv4 and /proc/net/if_inet6 for IPv6, else `ip -j addr`,
+# else the source address of the default route plus loopback.
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFADDR = 0x8915
+_IFF_UP = 0x1
+
+
+def host_addresses(*, ipv6: bool = False) -> list[str]:
+    """Usable unicast addresses of this host, non-loopback first, loopback last.
+
+    IPv6 link-local addresses are left out: a candidate cannot carry the zone they need.
+    """
+    found: list[str] = []
+    for probe in (_linux_addresses, _ip_command_addresses, _fallback_addresses):
+        try:
+            found = probe(ipv6)
+        except (OSError, ValueError, subprocess.SubprocessError):
+            found = []
+        if found:
+            break
+    usable = []
+    for text in dict.fromkeys(found):
+        address = ipaddress.ip_address(text)
+        if address.is_link_local or address.is_unspecified or address.is_multicast:
+            continue
+        usable.append(address)
+    usable.sort(key=lambda a: a.is_loopback)  # stable: interface order otherwise
+    result = [str(a) for a in usable]
+    loopback = "::1" if ipv6 else "127.0.0.1"
+    if loopback not in result:
+        result.append(loopback)
+    return result
+
+
+def _linux_addresses(ipv6: bool) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return []
+    if ipv6:
+        found = []
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and len(fields[0]) == 32:
+                    found.append(str(ipaddress.IPv6Address(bytes.fromhex(fields[0]))))
+        return found
+    import fcntl
+
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                flags = struct.unpack_from("H", fcntl.ioctl(sock, _SIOCGIFFLAGS, request), 16)[0]
+                if not flags & _IFF_UP:
+                    continue
+                reply = fcntl.ioctl(sock, _SIOCGIFADDR, request)
+            except OSError:  # the interface has no IPv4 address
+                continue
+            found.append(socket.inet_ntoa(reply[20:24]))
+    return found
+
+
+def _ip_command_addresses(ipv6: bool) -> list[str]:
+    out = subprocess.run(
+        ["ip", "-j", "addr", "show", "up"], capture_output=True, check=True, timeout=5
+    ).stdout
+    family = "inet6" if ipv6 else "inet"
+    return [
+        info["local"]
+        for link in json.loads(out)
+        for info in link.get("addr_info", [])
+        if info.get("family") == family and "local" in info
+    ]
+
+
+def _fallback_addresses(ipv6: bool) -> list[str]:
+    family = socket.AF_INET6 if ipv6 else socket.AF_INET
+    target = ("2001:db8::1" if ipv6 else "192.0.2.1", 9)  # documentation prefixes: no packet
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(target)  # UDP connect sends nothing; it only picks a route
+        except OSError:
+            return []
+        return [str(sock.getsockname()[0])]

@@ -1,0 +1,83 @@
+"""The seed's signaling API: one POST per connection, DELETE to leave, and the room lists.
+
+Handlers only validate and translate: the SFU decides everything else and reports refusals as
+:class:`~trio_sfu.sfu.errors.SfuError` or :class:`~trio_sfu.proto.errors.SdpError`, which the
+app's error handlers turn into statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal, Protocol
+
+from quart import Blueprint, Response, request
+
+from trio_sfu.http.limits import SDP_TYPE, check_name, read_sdp
+
+log = logging.getLogger(__name__)
+
+Role = Literal["pub", "sub"]
+
+
+class SfuApi(Protocol):
+    """What the HTTP layer needs from the SFU (``trio_sfu.sfu.service.Sfu`` provides it)."""
+
+    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str: ...
+
+    async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str: ...
+
+    async def stop(self, role: Role, room: str, peer_id: str) -> None: ...
+
+    async def list_rooms(self) -> list[dict[str, Any]]: ...
+
+    async def room_info(self, room: str) -> dict[str, Any]: ...
+
+
+def signaling_blueprint(sfu: SfuApi) -> Blueprint:
+    bp = Blueprint("signaling", __name__)
+
+    async def offer(role: Role, room: str, peer_id: str) -> Response:
+        check_name("room", room)
+        check_name("id", peer_id)
+        sdp = await read_sdp(request)
+        if role == "pub":
+            answer = await sfu.publish(room, peer_id, sdp)
+        else:
+            answer = await sfu.subscribe(room, peer_id, sdp)
+        response = Response(answer, status=201, content_type=SDP_TYPE)
+        # The connection's resource: DELETE it to leave (WHIP, RFC 9725 §4.2, does the same).
+        response.headers["Location"] = f"/{role}/{room}/{peer_id}"
+        return response
+
+    async def stop(role: Role, room: str, peer_id: str) -> Response:
+        check_name("room", room)
+        check_name("id", peer_id)
+        await sfu.stop(role, room, peer_id)
+        return Response("", status=204)
+
+    @bp.post("/pub/<room>/<peer_id>")
+    async def post_pub(room: str, peer_id: str) -> Response:
+        return await offer("pub", room, peer_id)
+
+    @bp.post("/sub/<room>/<peer_id>")
+    async def post_sub(room: str, peer_id: str) -> Response:
+        return await offer("sub", room, peer_id)
+
+    @bp.delete("/pub/<room>/<peer_id>")
+    async def delete_pub(room: str, peer_id: str) -> Response:
+        return await stop("pub", room, peer_id)
+
+    @bp.delete("/sub/<room>/<peer_id>")
+    async def delete_sub(room: str, peer_id: str) -> Response:
+        return await stop("sub", room, peer_id)
+
+    @bp.get("/rooms")
+    async def get_rooms() -> dict[str, Any]:
+        return {"rooms": await sfu.list_rooms()}
+
+    @bp.get("/rooms/<room>")
+    async def get_room(room: str) -> dict[str, Any]:
+        check_name("room", room)
+        return await sfu.room_info(room)
+
+    return bp

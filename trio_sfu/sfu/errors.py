@@ -1,0 +1,37 @@
+"""Errors the SFU reports to its callers; each carries the HTTP status it maps to.
+
+The HTTP layer turns them into responses without knowing SFU internals, and nothing a client
+can send ends as a 500: malformed SDP is an :class:`~trio_sfu.proto.errors.SdpError` (400),
+everything else one of these.
+"""
+
+from __future__ import annotations
+
+
+class SfuError(Exception):
+    status = 400
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(SfuError):
+    status = 400
+
+
+class NotFound(SfuError):
+    status = 404
+
+
+class Conflict(SfuError):
+    """A live connection already uses this id (the seed's unique-id rule)."""
+
+    status = 409
+
+
+class Unavailable(SfuError):
+    """Draining, overloaded, or a cluster dependency is down: try again later."""
+
+    status = 503

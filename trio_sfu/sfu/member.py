@@ -1,0 +1,86 @@
+"""What publishers and subscribers share: a peer connection, an id, a control channel."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from trio_sfu.rtc import events as ev
+from trio_sfu.rtc.datachannel import DataChannel
+from trio_sfu.rtc.server import ServerPeerConnection
+from trio_sfu.sfu import protocol
+
+if TYPE_CHECKING:
+    from trio_sfu.sfu.room import Room
+
+log = logging.getLogger(__name__)
+
+
+class Member:
+    """One connection of a room (the seed's unique id: user + "-" + a per-connection suffix).
+
+    The first data channel the client opens is the control channel (README, "Protocol");
+    :meth:`serve` runs inside the peer's nursery and dispatches its commands.
+    """
+
+    role = "member"
+
+    def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
+        self.room = room
+        self.id = connection_id
+        self.user = protocol.user_of(connection_id)
+        self.pc = pc
+        self.control: DataChannel | None = None
+        self.log_extra = {"room": room.name, "peer": connection_id, "role": self.role}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.room.name}/{self.id}>"
+
+    def send(self, text: str) -> bool:
+        """Send one command on the control channel; False if it is not open (yet/any more)."""
+        channel = self.control
+        if channel is None or channel.ready_state != "open":
+            return False
+        try:
+            channel.send(text)
+        except RuntimeError:
+            return False
+        return True
+
+    async def serve(self) -> None:
+        """Handle the peer's control events until it closes (runs in the peer's nursery)."""
+        async for event in self.pc.events:
+            if isinstance(event, ev.DataChannelMessage):
+                if event.channel is self.control:
+                    await self.on_command(event.data)
+            elif isinstance(event, ev.DataChannelOpen):
+                if self.control is None:
+                    self.control = event.channel
+                    await self.on_control_open()
+            elif isinstance(event, ev.Connected):
+                await self.on_connected()
+            elif isinstance(event, ev.DataChannelClose) and event.channel is self.control:
+                self.pc.close("control channel closed")
+
+    async def on_command(self, message: str | bytes) -> None:
+        try:
+            command = protocol.parse_command(message)
+        except protocol.CommandError as exc:
+            self.send(protocol.error(str(exc)))
+            return
+        await self.handle(command)
+
+    async def handle(self, command: protocol.ClientCommand) -> None:
+        if isinstance(command, protocol.Stop):
+            self.pc.close("stop")
+        elif isinstance(command, protocol.ChatCommand):
+            await self.room.chat(self.id, command.text)
+        else:
+            name = type(command).__name__
+            self.send(protocol.error(f"{name} is not allowed on a {self.role} connection"))
+
+    async def on_connected(self) -> None:
+        log.info("connected", extra=self.log_extra)
+
+    async def on_control_open(self) -> None:
+        pass

@@ -1,0 +1,96 @@
+"""A room as this process sees it: its local members, and the commands all members hear.
+
+Membership truth lives in the state store (so ``GET /rooms`` is the same everywhere); what
+happens in the room travels as commands on the bus, which this object's listener applies to
+the local subscribers. The same code path serves one process and a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from trio_sfu.cluster.commands import (
+    Chat,
+    Command,
+    PubJoin,
+    PubLeft,
+    PublisherInfo,
+    SubJoin,
+    SubLeft,
+)
+from trio_sfu.sfu import protocol
+from trio_sfu.sfu.publisher import Publisher
+from trio_sfu.sfu.subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from trio_sfu.sfu.service import Sfu
+
+log = logging.getLogger(__name__)
+
+
+class Room:
+    def __init__(self, sfu: Sfu, name: str) -> None:
+        self.sfu = sfu
+        self.name = name
+        self.publishers: dict[str, Publisher] = {}
+        self.subscribers: dict[str, Subscriber] = {}
+        self._cancel = trio.CancelScope()
+        self._listening = trio.Event()
+
+    @property
+    def empty(self) -> bool:
+        return not self.publishers and not self.subscribers
+
+    async def listen(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Apply the room's bus commands to local members until the room empties."""
+        with self._cancel:
+            async with self.sfu.bus.listen(self.name) as commands:
+                task_status.started()
+                async for command in commands:
+                    self._apply(command)
+
+    def stop(self) -> None:
+        self._cancel.cancel()
+
+    def _apply(self, command: Command) -> None:
+        if isinstance(command, PubJoin):
+            for subscriber in list(self.subscribers.values()):
+                subscriber.publisher_joined(command.publisher)
+        elif isinstance(command, PubLeft):
+            for subscriber in list(self.subscribers.values()):
+                subscriber.publisher_left(command.publisher_id)
+        elif isinstance(command, Chat):
+            line = protocol.chat(command.from_id, command.text)
+            for subscriber in list(self.subscribers.values()):
+                subscriber.send(line)
+        elif isinstance(command, SubJoin | SubLeft):
+            pass
+
+    # -- called by members ----------------------------------------------------------------
+
+    async def publisher_infos(self) -> list[PublisherInfo]:
+        state = await self.sfu.state.room(self.name)
+        return list(state.publishers.values()) if state is not None else []
+
+    async def publisher_ready(self, publisher: Publisher) -> None:
+        """A publisher's transport is up: record it, then tell the room (PUB_JOIN)."""
+        info = publisher.info
+        await self.sfu.state.add_publisher(self.name, info)
+        await self.sfu.bus.publish(self.name, PubJoin(self.name, info))
+        log.info(
+            "publisher joined",
+            extra={
+                "room": self.name,
+                "peer": publisher.id,
+                "audio": info.audio,
+                "video": info.video,
+            },
+        )
+
+    async def chat(self, from_id: str, text: str) -> None:
+        await self.sfu.bus.publish(self.name, Chat(self.name, from_id, text))
