@@ -19,7 +19,7 @@ from collections.abc import Callable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.test_sctp_link import Link
+from tests.test_sctp_link import Link, check_invariants
 from trio_sfu.proto.errors import SctpError
 from trio_sfu.proto.sctp import (
     Closed,
@@ -200,20 +200,6 @@ def feed_and_check(steps: int, side: int, make_packet: Callable[[SctpAssociation
         check_invariants(assoc)
     if a.closed or b.closed:
         assert link.of_type(0, Closed) or link.of_type(1, Closed)
-
-
-def check_invariants(assoc: SctpAssociation) -> None:
-    t = assoc.get_timer()
-    assert t is None or (t == t and t < float("inf"))
-    snd, rcv = assoc.sender, assoc.receiver
-    if snd is not None:
-        assert snd.flight >= 0 and snd.outstanding_bytes >= 0 and snd.cwnd >= snd.mtu
-        assert snd.cum_ack <= snd.adv_ack < snd.next_tsn
-        assert all(st.buffered >= 0 for st in snd.streams.values())
-        assert snd.rto_min <= snd.rto <= snd.rto_max
-    if rcv is not None:
-        assert rcv.buffered >= 0 and rcv.cum <= rcv.highest
-        assert all(t > rcv.cum for t in rcv.above)
 
 
 states = st.integers(0, len(SCRIPT))

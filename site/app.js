@@ -127,7 +127,7 @@ function makeTile(key, { label, local, publisher = null }) {
   tile = {
     key, el, video, play, label, local, publisher,
     user: publisher ? userOfId(publisher) : state.user,
-    conn: null,  // whose pc carries the tracks
+    conn: null,  // local tiles: the publisher connection carrying the tracks
     tracks: new Set(),
     stats: null,
   };
@@ -190,7 +190,7 @@ function aggregate(samples) {
 }
 
 async function refreshTile(tile) {
-  const pc = tile.conn?.pc;
+  const pc = tile.local ? tile.conn?.pc : state.sub?.pc;
   const tracks = [...tile.tracks].filter((t) => t.readyState !== 'ended');
   if (!pc || !tracks.length) return;
   const samples = await Promise.all(tracks.map((t) => streamStats(pc, t)));
@@ -224,7 +224,7 @@ function cameraConstraints() {
   return { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: frameRate } };
 }
 
-function common(extra) {
+function connOptions(extra) {
   return {
     baseUrl: state.baseUrl,
     room: state.room,
@@ -251,7 +251,7 @@ async function startCamera() {
   const tile = makeTile('local:camera', { label: `${state.user} (you)`, local: true });
   for (const t of stream.getTracks()) tile.tracks.add(t);
   showStream(tile, stream);
-  entry.conn = await connectPublisher(common({
+  entry.conn = await connectPublisher(connOptions({
     stream,
     onClose: (reason) => onPublisherClosed(entry, 'local:camera', reason),
   }));
@@ -343,7 +343,7 @@ async function toggleShare() {
   showStream(tile, stream);
   updateControls();
   try {
-    entry.conn = await connectPublisher(common({
+    entry.conn = await connectPublisher(connOptions({
       stream,
       onClose: (reason) => onPublisherClosed(entry, 'local:screen', reason),
     }));
@@ -377,7 +377,7 @@ function subscriberCallbacks() {
     mode: 'auto',
     onPublisherJoin: (id, user) => {
       note(`${user} joined (${id})`);
-      makeTile(id, { label: user, local: false, publisher: id }).conn = state.sub;
+      makeTile(id, { label: user, local: false, publisher: id });
     },
     onPublisherLeft: (id, user) => {
       note(`${user} left (${id})`);
@@ -385,7 +385,6 @@ function subscriberCallbacks() {
     },
     onTrack: (id, track, stream) => {
       const tile = makeTile(id, { label: userOfId(id), local: false, publisher: id });
-      tile.conn = state.sub;
       tile.tracks.add(track);
       showStream(tile, stream ?? new MediaStream([...tile.tracks]));
     },
@@ -463,15 +462,21 @@ async function join(event) {
   try {
     // Media first: Chromium offers every local address (loopback included) only to a page
     // holding a media permission, which keeps local tests and LAN setups working.
-    await startCamera();
-    state.sub = await connectSubscriber(common(subscriberCallbacks()));
+    try {
+      await startCamera();
+    } catch (err) {
+      if (state.camera?.conn || !(err instanceof DOMException)) throw err;  // a server problem
+      // No camera, no permission: still join and watch.
+      note(`camera/mic unavailable (${err.name}: ${err.message}); joining to watch only`, 'error');
+      await stopCamera();
+    }
+    state.sub = await connectSubscriber(connOptions(subscriberCallbacks()));
     note(`joined ${room} as ${user}; watching as ${state.sub.id}`);
     if (state.phase !== 'joining') return;  // left meanwhile
     state.phase = 'joined';
     state.timer = setInterval(refreshStats, STATS_EVERY_MS);
   } catch (err) {
     note(`join failed: ${err.message}`, 'error');
-    state.phase = 'joined';
     await leave();
     return;
   }
@@ -541,13 +546,13 @@ function start() {
   ui.chatForm.addEventListener('submit', sendChat);
   window.addEventListener('pagehide', stopAllNow);
 
-  if (!window.RTCPeerConnection || !navigator.mediaDevices) {
-    note('this browser lacks WebRTC (or the page is not a secure context: use https or localhost)', 'error');
-    ui.join.disabled = true;
-  }
   window.sfuDemo = { snapshot, join: () => join(), leave, toggleShare };
   updateControls();
-  if (!ui.join.disabled) ui.join.disabled = false;
+  if (!window.RTCPeerConnection || !navigator.mediaDevices) {
+    note('this browser lacks WebRTC (or the page is not a secure context: use https or localhost)', 'error');
+    state.phase = 'unsupported';
+    updateControls();
+  }
 }
 
 start();

@@ -579,7 +579,8 @@ class SfuConnection {
         if (leg.posted) this._deleteQuietly(leg);
         this._closeLeg(leg);
         if (err instanceof SfuError && err.status === 409 && attempt < o.conflictRetries) continue;
-        throw err;
+        if (err instanceof SfuError) throw err;
+        throw new SfuError(`${this.role} connection failed: ${err.message}`, { kind: 'connection', cause: err });
       } finally {
         this._connectingLeg = null;
       }

@@ -43,6 +43,15 @@ class SfuEnv:
         return client
 
 
+    def forwarding(self, room: str, subscriber_id: str, publisher_id: str) -> bool:
+        """The server side applied the subscriber's answer: ``publisher_id`` is forwarded."""
+        sub = self.sfu.rooms.get(room) and self.sfu.rooms[room].subscribers.get(subscriber_id)
+        if not sub:
+            return False
+        tracks = [d for (p, _), d in sub.downtracks.items() if p == publisher_id]
+        return bool(tracks) and all(d.rewriter is not None for d in tracks)
+
+
 async def start_sfu(nursery: trio.Nursery, *, consent_timeout: float = 30.0) -> SfuEnv:
     server = RtcServer.bind("127.0.0.1", 0, consent_timeout=consent_timeout)
     nursery.start_soon(server.serve)

@@ -52,16 +52,15 @@ def test_entry_65536_packets_old_is_never_returned() -> None:
 
 
 def test_stale_slot_with_same_low_bits_is_a_miss() -> None:
-    # Only every 1024th packet arrives (huge loss): slot 0 holds ext 0, then ext 65536
-    # would share its 16-bit number and slot. Extended numbers keep them apart.
+    # Heavy loss: after seq 5 only every 1000th packet arrives, so slot 5 is never reused.
+    # A full cycle later the 16-bit number 5 names extended 65541, which never arrived: the
+    # packet still sitting in slot 5 is 65536 packets old and must not be returned.
     cache = PacketCache(capacity=1024)
-    cache.put(pkt(0, tag=1))
-    for ext in range(1024, 65536 + 1, 1024):
-        cache.put(pkt(ext, tag=3))  # each jump is forward by 1024 < 32768
-    # 16-bit 0 now names ext 65536 (stored, tag 3), never the first packet.
-    assert cache.get(0) == pkt(65536, tag=3)
-    # A number whose latest meaning was never stored misses, even though its slot is full.
-    assert cache.get(1) is None
+    cache.put(pkt(5, tag=1))
+    for ext in range(1000, 66001, 1000):  # forward jumps of 1000 < 32768, never ≡ 5 mod 1024
+        cache.put(pkt(ext))
+    assert cache.get(5) is None
+    assert cache.get(66000 & 0xFFFF) == pkt(66000)
 
 
 def test_reordered_late_packet_is_stored_but_too_old_is_not() -> None:

@@ -224,9 +224,8 @@ def test_subscriber_nack_answered_from_cache_with_rtx() -> None:
     # The subscriber lost three packets around its own wrap and NACKs them (RFC 4585).
     lost = [65534, 65535, 3]
     nack = Nack.from_lost(0x5, SUB_SSRC, lost)
-    rtx_seq = 0
     repaired = {}
-    for out_seq in nack.lost:
+    for rtx_seq, out_seq in enumerate(nack.lost):
         in_seq = rw.to_input_sequence(out_seq)
         assert in_seq is not None
         cached = cache.get(in_seq)
@@ -234,7 +233,6 @@ def test_subscriber_nack_answered_from_cache_with_rtx() -> None:
         again = rw.rewrite_as(cached, out_seq)
         assert again is not None
         rtx = rtx_wrap(again, RTX_SSRC, 101, rtx_seq)
-        rtx_seq += 1
         assert rtx is not None
         # What the subscriber's RTX receiver rebuilds is exactly the packet it missed.
         back = rtx_unwrap(rtx, SUB_SSRC, 100)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_sctp_link import Link
+from tests.test_sctp_link import Link, check_invariants
 from trio_sfu.proto.errors import SctpError
 from trio_sfu.proto.sctp import (
     Closed,
@@ -261,6 +261,8 @@ def test_thousand_messages_under_loss_reordering_and_duplication() -> None:
     assert a.retransmissions > 0 and a.fast_retransmits > 0
     link.run(lambda: a.sender is not None and a.sender.idle)
     assert b.receiver is not None and b.receiver.buffered == 0
+    check_invariants(a)
+    check_invariants(b)
 
 
 def test_unordered_messages_overtake_a_blocked_one() -> None:
@@ -370,6 +372,8 @@ def test_partial_reliability_under_loss_delivers_a_subset_and_never_stalls(mode:
     assert a.messages_abandoned > 0
     link.run(lambda: a.sender is not None and a.sender.idle, timeout=120)
     assert b.receiver is not None and b.receiver.buffered == 0
+    check_invariants(a)
+    check_invariants(b)
     assert chunks_sent_any(a)
 
 
@@ -730,3 +734,56 @@ def test_empty_data_chunk_aborts_with_no_user_data() -> None:
     [abort] = parse_packet(pkt).chunks
     assert isinstance(abort, ch.AbortChunk) and abort.causes[0][0] == ch.CAUSE_NO_USER_DATA
     assert b.closed
+
+
+def test_duplicate_init_after_establishment_changes_nothing() -> None:
+    """§5.2.2: a stale INIT gets an INIT ACK with a fresh tag; §5.2.3: the peer drops it."""
+    a, b, link = pair(68)
+    link.record = True
+    a.connect(link.now)
+    link.run(lambda: up(a, b))
+    init = first_packet_with(link, 0, ch.InitChunk)
+    b.receive_packet(init, link.now)
+    [reply] = b.packets_to_send(link.now)
+    [ack] = parse_packet(reply).chunks
+    assert isinstance(ack, ch.InitAckChunk)
+    assert ack.initiate_tag not in (0, b.local_verification_tag)
+    assert b.state is SctpState.ESTABLISHED
+    a.receive_packet(reply, link.now)  # unexpected INIT ACK: discarded
+    assert a.packets_to_send(link.now) == [] and a.state is SctpState.ESTABLISHED
+    a.send(1, 51, b"still here", link.now)
+    link.run(lambda: received(link, 1) == [b"still here"])
+    assert len(link.of_type(0, Established)) == len(link.of_type(1, Established)) == 1
+
+
+def test_message_abandoned_half_sent_does_not_block_its_ordered_stream() -> None:
+    """Lifetime runs out while cwnd holds back the rest of a message whose first fragments
+    were delivered and acknowledged: a placeholder TSN lets FORWARD TSN skip its SSN."""
+    a, b, link = connected(69, delay=0.1)
+    link.record = True
+    a.send(5, 53, bytes(20000), link.now, max_lifetime=0.15)  # ~17 fragments, cwnd ~4
+    a.send(5, 53, b"next", link.now)
+    link.run(lambda: received(link, 1, 5) == [b"next"], timeout=30)
+    fwd = chunks_sent(link, 0, ch.ForwardTsnChunk)
+    assert fwd and fwd[0].streams == [(5, 0)]
+    sent_tsns = {c.tsn for c in chunks_sent(link, 0, ch.DataChunk)}
+    assert fwd[0].new_cumulative_tsn not in sent_tsns  # the placeholder never went out
+    assert a.messages_abandoned == 1
+    link.run(lambda: b.receiver is not None and b.receiver.buffered == 0)
+
+
+def test_webrtc_timer_profile() -> None:
+    """Chromium-like timers: short RTO floor, 3 s backoff cap, never give up by itself."""
+    from trio_sfu.proto.sctp import WEBRTC_TIMERS
+
+    a, b, link = pair(70, a_kw=dict(WEBRTC_TIMERS), b_kw=dict(WEBRTC_TIMERS))
+    a.connect(link.now)
+    link.run(lambda: up(a, b))
+    assert a.sender is not None and a.sender.rto == 0.5
+    a.send(1, 53, b"lost for a while", link.now)
+    link.up = False
+    link.record = True
+    link.run_for(60)
+    assert not a.closed and a.sender.rto == 3.0 and a.t3_expirations >= 18
+    link.up = True
+    link.run(lambda: received(link, 1) == [b"lost for a while"], timeout=10)

@@ -131,6 +131,27 @@ class Link:
         return [e for e in self.events[side] if isinstance(e, cls)]
 
 
+def check_invariants(assoc: Any) -> None:
+    """Internal consistency of an SctpAssociation (used after lossy runs and fuzzing)."""
+    t = assoc.get_timer()
+    assert t is None or (t == t and t < float("inf"))
+    snd, rcv = assoc.sender, assoc.receiver
+    if snd is not None:
+        assert snd.flight >= 0 and snd.outstanding_bytes >= 0 and snd.cwnd >= snd.mtu
+        assert snd.cum_ack <= snd.adv_ack < snd.next_tsn
+        tsns = [c.tsn for c in snd.outstanding]
+        assert tsns == list(range(snd.cum_ack + 1, snd.next_tsn))
+        out = snd.outstanding
+        assert snd.flight == sum(c.size for c in out if c.in_flight)
+        assert snd.outstanding_bytes == sum(c.size for c in out if not c.acked and not c.abandoned)
+        assert snd._rtx_pending == sum(1 for c in out if c.retransmit)
+        assert all(st.buffered >= 0 for st in snd.streams.values())
+        assert snd.rto_min <= snd.rto <= snd.rto_max
+    if rcv is not None:
+        assert rcv.buffered >= 0 and rcv.cum <= rcv.highest
+        assert all(t > rcv.cum for t in rcv.above)
+
+
 class _Echo:
     """A trivial endpoint: answers every packet with the same bytes once."""
 

@@ -164,3 +164,43 @@ def test_round_robin_between_streams_at_message_boundaries() -> None:
                       lifetime=None, now=0.0)
     order = [(c.stream_id, c.payload[1]) for p in flush(s) for c in p]
     assert order == [(1, 0), (2, 0), (1, 1), (2, 1), (1, 2), (2, 2)]
+
+
+def test_congestion_avoidance_adds_one_mtu_per_cwnd_of_acked_data() -> None:
+    s = tx()
+    s.cwnd, s.ssthresh = 12000, 6000  # above ssthresh: congestion avoidance (§7.2.2)
+    for _ in range(60):
+        s.enqueue(1, 53, bytes(1000), unordered=False, max_retransmits=None, lifetime=None,
+                  now=0.0)
+    flush(s)
+    assert s.flight >= s.cwnd
+    acked = -1
+    grown_at: list[int] = []
+    for step in range(1, 7):
+        acked += 4  # 4000 bytes per SACK, the window kept full in between
+        sack(s, acked, now=0.1 * step)
+        flush(s, now=0.1 * step)
+        if s.cwnd != 12000 and not grown_at:
+            grown_at.append(step)
+    # 12000 bytes acknowledged (3 SACKs) before the first MTU is added, not one per SACK
+    assert grown_at == [3]
+    # then 12000 more: not yet the new cwnd of 13200
+    assert s.cwnd == 12000 + 1200 and s.partial_bytes_acked == 12000
+
+
+def test_forward_tsn_always_fits_in_one_packet() -> None:
+    s = tx()
+    s.cwnd = 1 << 30
+    for sid in range(400):  # 400 ordered streams each lose one message
+        s.enqueue(sid, 53, b"x", unordered=False, max_retransmits=0, lifetime=None, now=0.0)
+    flush(s)
+    s.on_t3_expired(1.0)
+    fwd = s.build_forward_tsn(1.0)
+    assert fwd is not None and len(fwd.encode()) <= 1200 - 12
+    assert len(fwd.streams) == (1200 - 12 - 8) // 4
+    assert fwd.new_cumulative_tsn == (TSN0 + len(fwd.streams) - 1) & 0xFFFFFFFF
+    # the peer acknowledges that far; the next FORWARD TSN covers the rest
+    assert s.on_sack(SackChunk(fwd.new_cumulative_tsn, 1 << 20), 1.1) is False
+    rest = s.build_forward_tsn(1.2)
+    assert rest is not None and rest.new_cumulative_tsn == (TSN0 + 399) & 0xFFFFFFFF
+    assert len(rest.streams) == 400 - len(fwd.streams)

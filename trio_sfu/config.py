@@ -71,9 +71,13 @@ def parse_http_host(text: str) -> str:
     except ValueError:
         pass
     labels = host.split(".")
-    if not host or len(host) > 253 or not all(
-        label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
-        for label in labels
+    if (
+        not host
+        or len(host) > 253
+        or not all(
+            label and len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
+            for label in labels
+        )
     ):
         raise ValueError(f"{text!r} is neither an IP address nor a host name")
     return host
@@ -178,8 +182,9 @@ class Config:
 
     http_host: str = field(
         default="0.0.0.0",
-        metadata=_setting("--http-host", "address the HTTP server listens on", parse_http_host,
-                          "HOST"),
+        metadata=_setting(
+            "--http-host", "address the HTTP server listens on", parse_http_host, "HOST"
+        ),
     )
     http_port: int = field(
         default=8080,
@@ -187,67 +192,107 @@ class Config:
     )
     udp_host: str = field(
         default="0.0.0.0",
-        metadata=_setting("--udp-host", "address the media socket binds (0.0.0.0: all IPv4, "
-                          "'::': all IPv6)", parse_bind_ip, "IP"),
+        metadata=_setting(
+            "--udp-host",
+            "address the media socket binds (0.0.0.0: all IPv4, '::': all IPv6)",
+            parse_bind_ip,
+            "IP",
+        ),
     )
     udp_port: int = field(
         default=DEFAULT_UDP_PORT,
-        metadata=_setting("--udp-port", "the one UDP port for all media (ICE, DTLS, SRTP); "
-                          "0 picks a free one", parse_port, "PORT"),
+        metadata=_setting(
+            "--udp-port",
+            "the one UDP port for all media (ICE, DTLS, SRTP); 0 picks a free one",
+            parse_port,
+            "PORT",
+        ),
     )
     public_ips: tuple[str, ...] = field(
         default=(),
-        metadata=_setting("--public-ip", "address advertised in ICE candidates, repeatable "
-                          "(env: comma-separated); default: this host's own addresses of the "
-                          "--udp-host family, loopback included", parse_public_ip, "IP",
-                          repeatable=True),
+        metadata=_setting(
+            "--public-ip",
+            "address advertised in ICE candidates, repeatable "
+            "(env: comma-separated); default: this host's own addresses of the "
+            "--udp-host family, loopback included",
+            parse_public_ip,
+            "IP",
+            repeatable=True,
+        ),
     )
     cert: Path | None = field(
         default=None,
-        metadata=_setting("--cert", "PEM certificate (chain) for HTTPS; needs --key",
-                          parse_path, "FILE"),
+        metadata=_setting(
+            "--cert", "PEM certificate (chain) for HTTPS; needs --key", parse_path, "FILE"
+        ),
     )
     key: Path | None = field(
         default=None,
-        metadata=_setting("--key", "PEM private key for HTTPS; needs --cert", parse_path,
-                          "FILE"),
+        metadata=_setting("--key", "PEM private key for HTTPS; needs --cert", parse_path, "FILE"),
     )
     log_level: str = field(
         default="info",
-        metadata=_setting("--log-level", "one of " + ", ".join(LOG_LEVELS), parse_log_level,
-                          "LEVEL"),
+        metadata=_setting(
+            "--log-level", "one of " + ", ".join(LOG_LEVELS), parse_log_level, "LEVEL"
+        ),
     )
     log_format: str = field(
         default="text",
-        metadata=_setting("--log-format", "text (key=value) or json (one object per line)",
-                          parse_log_format, "FORMAT"),
+        metadata=_setting(
+            "--log-format",
+            "text (key=value) or json (one object per line)",
+            parse_log_format,
+            "FORMAT",
+        ),
     )
     cors_origins: tuple[str, ...] = field(
         default=(),
-        metadata=_setting("--cors-origin", "origin allowed to call the HTTP API from a browser, "
-                          "repeatable, '*' for any (env: comma-separated); default: same origin "
-                          "only", parse_origin, "ORIGIN", repeatable=True),
+        metadata=_setting(
+            "--cors-origin",
+            "origin allowed to call the HTTP API from a browser, "
+            "repeatable, '*' for any (env: comma-separated); default: same origin "
+            "only",
+            parse_origin,
+            "ORIGIN",
+            repeatable=True,
+        ),
     )
     redis_url: str | None = field(
         default=None,
-        metadata=_setting("--redis-url", "cluster state store (absent: embedded in-memory "
-                          "state; cluster mode is not available yet)",
-                          _url_parser(("redis", "rediss", "unix")), "URL"),
+        metadata=_setting(
+            "--redis-url",
+            "cluster state store (absent: embedded in-memory "
+            "state; cluster mode is not available yet)",
+            _url_parser(("redis", "rediss", "unix")),
+            "URL",
+        ),
     )
     nats_url: str | None = field(
         default=None,
-        metadata=_setting("--nats-url", "cluster bus (absent: in-process bus; cluster mode is "
-                          "not available yet)", _url_parser(("nats", "tls", "ws", "wss")), "URL"),
+        metadata=_setting(
+            "--nats-url",
+            "cluster bus (absent: in-process bus; cluster mode is not available yet)",
+            _url_parser(("nats", "tls", "ws", "wss")),
+            "URL",
+        ),
     )
     consent_timeout: float = field(
         default=30.0,
-        metadata=_setting("--consent-timeout", "seconds without ICE consent before a vanished "
-                          "peer is cleaned up (RFC 7675)", parse_timeout, "SECONDS"),
+        metadata=_setting(
+            "--consent-timeout",
+            "seconds without ICE consent before a vanished peer is cleaned up (RFC 7675)",
+            parse_timeout,
+            "SECONDS",
+        ),
     )
     site_dir: Path | None = field(
         default=None,
-        metadata=_setting("--site-dir", "directory served at / (default: the repository's "
-                          "site/)", parse_path, "DIR"),
+        metadata=_setting(
+            "--site-dir",
+            "directory served at / (default: the repository's site/)",
+            parse_path,
+            "DIR",
+        ),
     )
 
     # -- derived values -------------------------------------------------------------------

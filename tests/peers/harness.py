@@ -130,6 +130,18 @@ class PeerProcess:
             f"no {kind!r} line within {timeout:.0f} s; last progress: {self.last_progress}"
         )
 
+    async def receive_any(self) -> dict[str, Any]:
+        """The next JSON line, whatever its shape (for request/response peers)."""
+        try:
+            item = await self._recv_lines.receive()
+        except trio.EndOfChannel:
+            with trio.move_on_after(5):
+                await self.proc.wait()
+            raise self.error(f"stdout closed (exit code {self.proc.poll()})") from None
+        if isinstance(item, str):
+            raise self.error(f"non-JSON line on stdout: {item[:300]!r}")
+        return item
+
     async def answer(self, offer_sdp: str, timeout: float = 30.0) -> str:
         """Use this peer as the answering side: send it the offer, return its answer SDP.
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from trio_sfu.client.peer import ClientPeerConnection
+from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
+from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtp import RtpPacket
 from trio_sfu.rtc import events as ev
 from trio_sfu.rtc.events import IncomingStream
@@ -23,6 +25,8 @@ from trio_sfu.rtc.events import IncomingStream
 log = logging.getLogger(__name__)
 
 Signal = Callable[[str], Awaitable[str]]
+#: Sent packets a publisher keeps per SSRC to answer NACKs with.
+SENT_HISTORY = 1024
 
 
 def connection_id(user: str) -> str:
@@ -172,27 +176,67 @@ class PublisherClient(SfuConnection):
         self.audio = self.pc.add_transceiver("audio", "sendonly") if audio else None
         self.video = self.pc.add_transceiver("video", "sendonly") if video else None
         self._seq: Counter[int] = Counter()
+        self._twcc_seq = 0
+        #: what was sent per SSRC, by sequence number (to answer NACKs)
+        self.sent: defaultdict[int, dict[int, RtpPacket]] = defaultdict(dict)
 
-    def send_frame(self, *, keyframe: bool = False, size: int = 1000) -> None:
-        """One packet per track: a VP8-shaped video packet and an Opus-sized audio packet."""
+    def send_frame(self, *, keyframe: bool = False, size: int = 1000, skip: bool = False) -> None:
+        """One packet per track: a VP8-shaped video packet and an Opus-sized audio packet.
+
+        ``skip`` consumes the sequence numbers without sending (a loss the SFU should NACK).
+        """
         for t, payload in (
             (self.video, _vp8_payload(keyframe, size)),
             (self.audio, bytes(80)),
         ):
             if t is None or not t.sending or not t.media_codecs:
                 continue
-            seq = self._seq[t.sender_ssrc]
-            self._seq[t.sender_ssrc] += 1
-            clock = t.media_codecs[0].clock_rate
-            packet = RtpPacket(
-                payload_type=t.media_codecs[0].payload_type,
-                sequence_number=seq & 0xFFFF,
-                timestamp=(seq * clock // 50) & 0xFFFFFFFF,
-                ssrc=t.sender_ssrc,
-                marker=True,
-                payload=payload,
-            )
-            self.pc.send_rtp(packet.serialize())
+            packet = self.packet(t, payload)
+            history = self.sent[t.sender_ssrc]
+            history[packet.sequence_number] = packet
+            if len(history) > SENT_HISTORY:
+                del history[next(iter(history))]  # oldest first: dicts keep insertion order
+            if not skip:
+                self.pc.send_rtp(packet.serialize())
+
+    def packet(self, t: Transceiver, payload: bytes) -> RtpPacket:
+        """The next RTP packet of ``t`` (with transport-cc when negotiated)."""
+        seq = self._seq[t.sender_ssrc]
+        self._seq[t.sender_ssrc] += 1
+        clock = t.media_codecs[0].clock_rate
+        extensions = {}
+        twcc_id = t.extension_id(URI_TRANSPORT_CC)
+        if twcc_id is not None:
+            extensions[twcc_id] = (self._twcc_seq & 0xFFFF).to_bytes(2, "big")
+            self._twcc_seq += 1
+        return RtpPacket(
+            payload_type=t.media_codecs[0].payload_type,
+            sequence_number=seq & 0xFFFF,
+            timestamp=(seq * clock // 50) & 0xFFFFFFFF,
+            ssrc=t.sender_ssrc,
+            marker=True,
+            extensions=extensions,
+            payload=payload,
+        )
+
+    def resend_as_rtx(self, t: Transceiver, seq: int) -> bool:
+        """Answer a NACK the way a browser does: RFC 4588 RTX with the original's payload."""
+        original = self.sent[t.sender_ssrc].get(seq)
+        rtx_pt = t.rtx_payload_type(original.payload_type) if original is not None else None
+        if original is None or rtx_pt is None or t.sender_rtx_ssrc is None:
+            return False
+        rtx_seq = self._seq[t.sender_rtx_ssrc]
+        self._seq[t.sender_rtx_ssrc] += 1
+        packet = RtpPacket(
+            payload_type=rtx_pt,
+            sequence_number=rtx_seq & 0xFFFF,
+            timestamp=original.timestamp,
+            ssrc=t.sender_rtx_ssrc,
+            marker=original.marker,
+            payload=seq.to_bytes(2, "big") + original.payload,
+        )
+        self.pc.send_rtp(packet.serialize())
+        return True
 
 
 def _vp8_payload(keyframe: bool, size: int) -> bytes:

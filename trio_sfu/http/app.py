@@ -18,7 +18,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trio_sfu.http.cors import install_cors
-from trio_sfu.http.limits import MAX_BODY
+from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import site_blueprint
 from trio_sfu.proto.errors import SdpError
@@ -53,6 +53,7 @@ def create_app(
     install_access_log(app)
     install_cors(app, cors_origins)
     install_error_handlers(app)
+    app.asgi_app = DrainUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     return app
 
 
@@ -75,15 +76,16 @@ def install_access_log(app: QuartTrio) -> None:
         if began is not None:
             extra["ms"] = round((trio.current_time() - began) * 1000, 1)
         level = logging.DEBUG if request.path == "/healthz" else logging.INFO
-        access_log.log(level, "%s %s %s", request.method, request.path, response.status_code,
-                       extra=extra)
+        access_log.log(
+            level, "%s %s %s", request.method, request.path, response.status_code, extra=extra
+        )
         return response
 
 
 def error_response(status: int, message: str) -> Response:
     if request.path == "/rooms" or request.path.startswith("/rooms/"):
-        body = json.dumps({"error": message, "status": status})
-        return Response(body, status=status, content_type="application/json")
+        text = json.dumps({"error": message, "status": status})  # ASCII-only
+        return Response(text, status=status, content_type="application/json")
     # Messages may quote what the client sent; never let an unencodable character turn a
     # 4xx into a 500 while encoding the body.
     body = (message.rstrip("\n") + "\n").encode("utf-8", "backslashreplace")

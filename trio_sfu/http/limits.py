@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import re
 
+import trio
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 from quart import Request
 from werkzeug.exceptions import UnsupportedMediaType
 
@@ -35,8 +44,9 @@ def check_sdp_content_type(request: Request) -> None:
     if request.mimetype != SDP_TYPE:
         got = request.headers.get("Content-Type")
         raise UnsupportedMediaType(
-            f"Content-Type must be {SDP_TYPE}, got {got!r}" if got else
-            f"Content-Type {SDP_TYPE} is required"
+            f"Content-Type must be {SDP_TYPE}, got {got!r}"
+            if got
+            else f"Content-Type {SDP_TYPE} is required"
         )
 
 
@@ -56,3 +66,55 @@ async def read_sdp(request: Request) -> str:
     except UnicodeDecodeError as error:
         # RFC 8866 §5: SDP text is UTF-8 (ISO 10646).
         raise BadRequest(f"SDP is not UTF-8 (byte {error.start})") from None
+
+
+# A client that sends its whole body before reading (httpx, curl, most libraries) would never
+# see an early 413: once a response is complete with the request body unfinished, the server
+# closes, and the kernel answers the rest of the upload with a reset that discards our response.
+# So the response waits until the client has finished its body — read and dropped by Quart past
+# MAX_BODY — within bounds (the "lingering close" idea of RFC 9112 §9.6). Past them we answer
+# and Hypercorn closes the connection. That close runs inside our final send, which Quart-Trio
+# cancels as soon as the disconnect the close itself causes arrives (Hypercorn 0.18), leaving
+# the socket open and the client uploading forever; so that one send is shielded.
+DRAIN_LIMIT = 1024 * 1024
+DRAIN_TIME = 5.0
+
+
+class DrainUnreadBody:
+    """ASGI middleware: hold the response start until the request body has been received."""
+
+    def __init__(self, app: ASGIFramework) -> None:
+        self.app = app
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_received = False  # the client finished its body (or left)
+        stop_waiting = trio.Event()
+        received = 0
+
+        async def watched_receive() -> ASGIReceiveEvent:
+            nonlocal received, body_received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_received = True
+            else:  # http.disconnect: nothing more will come
+                body_received = True
+            if body_received or received > DRAIN_LIMIT:
+                stop_waiting.set()
+            return message
+
+        async def gated_send(message: ASGISendEvent) -> None:
+            if message["type"] == "http.response.start" and not stop_waiting.is_set():
+                with trio.move_on_after(DRAIN_TIME):
+                    await stop_waiting.wait()
+            final = message["type"] == "http.response.body" and not message.get("more_body")
+            with trio.CancelScope(shield=final and not body_received):
+                await send(message)
+
+        await self.app(scope, watched_receive, gated_send)

@@ -347,8 +347,9 @@ class DataChannelEndpoint:
         if ch is None:
             self.dropped_messages += 1
             return
-        if not ch.acked and not ch.locally_opened:
-            ch.acked = True
+        # Any user message on the stream proves the peer processed our OPEN: an implicit ACK
+        # (as Chromium treats it), so unordered sending may start.
+        ch.acked = True
         if ppid in (PPID_STRING_PARTIAL, PPID_BINARY_PARTIAL):
             kind, parts, size = self._partial.get(sid, (ppid, [], 0))
             size += len(data)

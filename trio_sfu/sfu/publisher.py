@@ -5,8 +5,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import trio
+
 from trio_sfu.cluster.commands import PublisherInfo
-from trio_sfu.proto.rtcp import RtcpPacket
+from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
+from trio_sfu.proto.rtcp import ReceiverReport, RtcpPacket, Sdes, SenderReport, serialize_compound
+from trio_sfu.proto.rtp import find_extension
+from trio_sfu.proto.twcc import TwccRecorder
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu.member import Member
@@ -16,6 +21,10 @@ if TYPE_CHECKING:
     from trio_sfu.sfu.room import Room
 
 log = logging.getLogger(__name__)
+
+#: Receiver reports towards a publisher, and the granularity of NACK timers.
+REPORT_INTERVAL = 1.0
+TICK = 0.02
 
 
 class Publisher(Member):
@@ -31,6 +40,18 @@ class Publisher(Member):
             self.tracks.append(PublishedTrack(pc, t, track_id, publisher_id=connection_id))
         self._by_transceiver = {id(track.transceiver): track for track in self.tracks}
         self.announced = False
+        # transport-cc: the publisher's browser estimates its upload bandwidth from our
+        # feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01); one sequence space
+        # for the whole bundled transport, so one recorder and one extension id.
+        self._twcc_id = next(
+            (
+                t.transceiver.extension_id(URI_TRANSPORT_CC)
+                for t in self.tracks
+                if t.transceiver.transport_cc
+            ),
+            None,
+        )
+        self.twcc = TwccRecorder() if self._twcc_id is not None else None
         pc.on_rtp = self._on_rtp
         pc.on_rtcp = self._on_rtcp
 
@@ -46,6 +67,11 @@ class Publisher(Member):
     # -- media ----------------------------------------------------------------------------
 
     def _on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
+        twcc = self.twcc
+        if twcc is not None:
+            value = find_extension(packet, self._twcc_id)  # type: ignore[arg-type]
+            if value is not None and len(value) == 2:
+                twcc.record((value[0] << 8) | value[1], now)
         track = stream.sink
         if track is None:
             track = self._by_transceiver.get(id(stream.transceiver))
@@ -55,14 +81,54 @@ class Publisher(Member):
         track.on_rtp(stream, packet, now)
 
     def _on_rtcp(self, packets: list[RtcpPacket], now: float) -> None:
-        # Sender reports and receiver feedback from publishers are terminated here; the SFU
-        # keeps its own RTCP per leg (issue 3: "RTCP is terminated per leg").
-        return
+        # RTCP is terminated per leg: the publisher's SRs feed our receiver reports (LSR/DLSR);
+        # nothing it sends is relayed to subscribers.
+        for packet in packets:
+            if isinstance(packet, SenderReport):
+                for track in self.tracks:
+                    track.on_sender_report(packet, now)
+
+    async def _rtcp_loop(self) -> None:
+        """NACKs and deferred keyframe requests when due; receiver reports every second
+        (RFC 3550 §6.2's interval, fixed: a publisher leg has exactly one receiver, us)."""
+        tracks = self.tracks
+        sender = tracks[0].transceiver.sender_ssrc
+        cname = tracks[0].transceiver.cname
+        next_report = trio.current_time() + REPORT_INTERVAL
+        while True:
+            await trio.sleep(TICK)
+            now = trio.current_time()
+            for track in tracks:
+                track.tick(now)
+            if now >= next_report:
+                next_report = now + REPORT_INTERVAL
+                blocks = [b for track in tracks for b in track.report_blocks(now)]
+                for i in range(0, max(len(blocks), 1), 31):  # at most 31 blocks per RR
+                    rr = ReceiverReport(ssrc=sender, reports=blocks[i : i + 31])
+                    self.pc.send_rtcp(serialize_compound([rr, Sdes.cname_for(sender, cname)]))
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    async def _send_twcc(self) -> None:
+        """Feedback every ~50 ms while packets arrive (runs in the peer's nursery)."""
+        twcc = self.twcc
+        assert twcc is not None
+        sender = self.tracks[0].transceiver.sender_ssrc
+        while True:
+            due = twcc.get_timer()
+            if due is None:
+                await trio.sleep(0.05)
+                continue
+            await trio.sleep_until(due)
+            media = next((t.media_ssrc for t in self.tracks if t.media_ssrc is not None), 0)
+            for feedback in twcc.build_feedback(trio.current_time(), sender, media):
+                self.pc.send_rtcp(feedback.serialize())
+
     async def on_connected(self) -> None:
         await super().on_connected()
+        if self.twcc is not None:
+            self.pc.start_soon(self._send_twcc)
+        self.pc.start_soon(self._rtcp_loop)
         if not self.announced:
             self.announced = True
             await self.room.publisher_ready(self)

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from trio_sfu.cluster.commands import PublisherInfo
 from trio_sfu.proto.errors import SdpError
-from trio_sfu.proto.rtcp import Fir, Nack, Pli, RtcpPacket
+from trio_sfu.proto.rtcp import (
+    Fir,
+    Nack,
+    Pli,
+    ReceiverReport,
+    RtcpPacket,
+    Sdes,
+    SenderReport,
+    serialize_compound,
+)
 from trio_sfu.proto.rtp import TransportCcSequencer
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import protocol
@@ -29,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: How long a subscriber may take to answer an SDP_OFFER before we give up on it.
 ANSWER_TIMEOUT = 15.0
+#: Sender reports towards a subscriber (RFC 3550 §6.2; one receiver per leg, so fixed).
+REPORT_INTERVAL = 1.0
 
 TrackKey = tuple[str, str]  # (publisher id, track id)
 
@@ -87,6 +99,7 @@ class Subscriber(Member):
         for info in await self.room.publisher_infos():
             self.publisher_joined(info)
         self.pc.start_soon(self._negotiator)
+        self.pc.start_soon(self._report_loop)
 
     async def handle(self, command: protocol.ClientCommand) -> None:
         if isinstance(command, protocol.SdpAnswer):
@@ -210,7 +223,28 @@ class Subscriber(Member):
                     if downtrack is not None:
                         downtrack.source.request_keyframe(now)
             elif isinstance(packet, Nack):
-                pass  # answered from the packet cache (media stages, next slice)
+                downtrack = self._downtracks_by_ssrc.get(packet.media_ssrc)
+                if downtrack is not None:
+                    for seq in packet.lost:
+                        downtrack.retransmit(seq)
+            elif isinstance(packet, ReceiverReport | SenderReport):
+                unix = time.time()
+                for block in packet.reports:
+                    downtrack = self._downtracks_by_ssrc.get(block.ssrc)
+                    if downtrack is not None:
+                        downtrack.stats.on_receiver_report(block, now, unix)
+
+    async def _report_loop(self) -> None:
+        """A sender report per forwarded stream every second, so the subscriber can
+        synchronise audio and video and measure round-trip time (RFC 3550 §6.4.1)."""
+        while True:
+            await trio.sleep(REPORT_INTERVAL)
+            now, unix = trio.current_time(), time.time()
+            for downtrack in list(self._downtracks_by_ssrc.values()):
+                sr = downtrack.sender_report(now, unix)
+                if sr is not None:
+                    sdes = Sdes.cname_for(sr.ssrc, downtrack.transceiver.cname)
+                    self.pc.send_rtcp(serialize_compound([sr, sdes]))
 
     def close_downtracks(self) -> None:
         for downtrack in self.downtracks.values():

@@ -3,12 +3,16 @@
 The per-packet path is ``PublishedTrack.on_rtp`` → ``DownTrack.forward`` for each subscriber →
 ``RtpRewriter.rewrite`` → ``PeerConnection.send_rtp``: plain method calls inside the UDP reader,
 with everything that does not depend on the packet precomputed per down-track (DESIGN.md).
+RTCP is terminated per leg (issue 3): the publisher leg gets our receiver reports, NACKs and
+keyframe requests; each subscriber leg gets our sender reports and NACK retransmissions from
+the track's packet cache.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import struct
+from collections.abc import Callable
 
 from trio_sfu.cluster.commands import CodecInfo, TrackInfo
 from trio_sfu.proto.capabilities import (
@@ -20,13 +24,20 @@ from trio_sfu.proto.capabilities import (
     codec_matches,
 )
 from trio_sfu.proto.jsep import Transceiver
-from trio_sfu.proto.rtcp import Fir, FirEntry, Pli
+from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderReport
 from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from trio_sfu.sfu.media import (
+    FirSequence,
+    KeyframeThrottle,
+    NackGenerator,
+    PacketCache,
+    ReceiveStatistics,
+    SendStatistics,
+    rtx_unwrap,
+    rtx_wrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,10 @@ log = logging.getLogger(__name__)
 _NOT_FORWARDED = frozenset((URI_MID, URI_RID, URI_REPAIRED_RID, URI_TRANSPORT_CC))
 #: Keyframe requests towards a publisher: at most one per track per interval (issue 3).
 KEYFRAME_INTERVAL = 0.5
+#: Until a receiver report tells us better, NACK retries are spaced by this round-trip time.
+DEFAULT_RTT = 0.1
+
+_TS = struct.Struct("!I")
 
 
 def codec_infos(transceiver: Transceiver) -> tuple[CodecInfo, ...]:
@@ -50,6 +65,18 @@ def codec_preferences(track: TrackInfo) -> list[CodecCapability]:
         CodecCapability(c.name, c.clock_rate, c.channels, c.fmtp, list(c.rtcp_fb), c.payload_type)
         for c in track.codecs
     ]
+
+
+class Ingress:
+    """One incoming media SSRC of a track (the only stream, or one simulcast layer)."""
+
+    __slots__ = ("nack", "rid", "ssrc", "stats")
+
+    def __init__(self, ssrc: int, rid: str | None, clock_rate: int, nack: bool) -> None:
+        self.ssrc = ssrc
+        self.rid = rid
+        self.stats = ReceiveStatistics(clock_rate)
+        self.nack = NackGenerator() if nack else None
 
 
 class PublishedTrack:
@@ -70,7 +97,10 @@ class PublishedTrack:
         self.kind = transceiver.kind
         self.info = TrackInfo(track_id, transceiver.kind, codec_infos(transceiver))
         self.downtracks: list[DownTrack] = []
-        #: the SSRC currently forwarded (PLI/FIR target); learned from the first packet
+        media = transceiver.media_codecs
+        self.clock_rate = media[0].clock_rate if media else 90000
+        video = self.kind == "video"
+        #: the SSRC currently forwarded (PLI/FIR and NACK target)
         self.media_ssrc: int | None = (
             transceiver.remote_ssrcs[0] if transceiver.remote_ssrcs else None
         )
@@ -78,11 +108,14 @@ class PublishedTrack:
         self.selected_rid: str | None = (
             transceiver.remote_rids[-1] if transceiver.remote_rids else None
         )
-        self._rtx_pts = frozenset(c.payload_type for c in transceiver.codecs if c.is_rtx)
-        self._keyframe_at = -KEYFRAME_INTERVAL
-        self._fir_seq = 0
+        self.cache = PacketCache() if video else None
+        self._nack = video and transceiver.nack
+        self._apt = {c.payload_type: c.apt for c in transceiver.codecs if c.is_rtx and c.apt}
+        self._ingress: dict[int, Ingress] = {}
+        self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
+        self._fir = FirSequence()
         self.packets = 0
-        self.keyframes_requested = 0
+        self.rtx_received = 0
 
     def __repr__(self) -> str:
         return f"<PublishedTrack {self.publisher_id}/{self.track_id} {self.kind}>"
@@ -90,14 +123,45 @@ class PublishedTrack:
     # -- the hot path ---------------------------------------------------------------------
 
     def on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
-        if stream.repairs is not None or (packet[1] & 0x7F) in self._rtx_pts:
-            return  # RTX repairs our own NACKs towards the publisher (not sent yet)
-        if self.selected_rid is not None and stream.rid != self.selected_rid:
+        apt = self._apt.get(packet[1] & 0x7F)
+        if apt is not None or stream.repairs is not None:
+            # RFC 4588: a retransmission we asked for; forward the original it carries.
+            ingress = self._repaired(stream)
+            if ingress is None or apt is None:
+                return
+            unwrapped = rtx_unwrap(packet, ingress.ssrc, apt)
+            if unwrapped is None:
+                return  # padding-only probe
+            seq, packet = unwrapped
+            if ingress.nack is not None:
+                ingress.nack.on_packet(seq, now)
+            self.rtx_received += 1
+        else:
+            ingress = self._ingress.get(stream.ssrc)
+            if ingress is None:
+                ingress = self._ingress[stream.ssrc] = Ingress(
+                    stream.ssrc, stream.rid, self.clock_rate, self._nack
+                )
+            seq = (packet[2] << 8) | packet[3]
+            ingress.stats.update(seq, _TS.unpack_from(packet, 4)[0], now)
+            if ingress.nack is not None and ingress.nack.on_packet(seq, now):
+                self.request_keyframe(now)  # too much lost to repair: start afresh
+        if ingress.rid != self.selected_rid:
             return
-        self.media_ssrc = stream.ssrc
+        self.media_ssrc = ingress.ssrc
         self.packets += 1
+        if self.cache is not None:
+            self.cache.put(packet)
         for downtrack in self.downtracks:
-            downtrack.forward(packet)
+            downtrack.forward(packet, now)
+
+    def _repaired(self, stream: IncomingStream) -> Ingress | None:
+        if stream.repairs is not None:
+            return self._ingress.get(stream.repairs)
+        for ingress in self._ingress.values():
+            if ingress.rid == stream.rid:
+                return ingress
+        return None
 
     # -- control --------------------------------------------------------------------------
 
@@ -108,24 +172,44 @@ class PublishedTrack:
         self.downtracks = [d for d in self.downtracks if d is not downtrack]
 
     def request_keyframe(self, now: float) -> bool:
-        """PLI (or FIR if PLI was not negotiated) to the publisher, throttled per track."""
-        if self.kind != "video" or self.media_ssrc is None:
+        """PLI (or FIR if only FIR was negotiated) to the publisher, throttled per track."""
+        if self.kind != "video" or self.media_ssrc is None or not self.keyframes.allow(now):
             return False
-        if now - self._keyframe_at < KEYFRAME_INTERVAL:
-            return False
-        self._keyframe_at = now
-        self.keyframes_requested += 1
+        self._send_keyframe_request()
+        return True
+
+    def _send_keyframe_request(self) -> None:
         t = self.transceiver
+        assert self.media_ssrc is not None
         if t.pli or not t.fir:
-            self.pc.send_rtcp(
-                Pli(sender_ssrc=t.sender_ssrc, media_ssrc=self.media_ssrc).serialize()
-            )
+            pli = Pli(sender_ssrc=t.sender_ssrc, media_ssrc=self.media_ssrc)
+            self.pc.send_rtcp(pli.serialize())
         else:
             # RFC 5104 §4.3.1.1: a new request increments the FIR sequence number.
-            self._fir_seq = (self._fir_seq + 1) & 0xFF
-            fir = Fir(sender_ssrc=t.sender_ssrc, entries=[FirEntry(self.media_ssrc, self._fir_seq)])
-            self.pc.send_rtcp(fir.serialize())
-        return True
+            entry = FirEntry(self.media_ssrc, self._fir.next_request())
+            self.pc.send_rtcp(Fir(sender_ssrc=t.sender_ssrc, entries=[entry]).serialize())
+
+    def tick(self, now: float) -> None:
+        """Timers of the publisher leg: NACKs that are due, deferred keyframe requests."""
+        sender = self.transceiver.sender_ssrc
+        for ingress in self._ingress.values():
+            if ingress.nack is None:
+                continue
+            lost = ingress.nack.due(now, ingress.stats.rtt or DEFAULT_RTT)
+            if lost:
+                self.pc.send_rtcp(Nack.from_lost(sender, ingress.ssrc, lost).serialize())
+        if self.media_ssrc is not None and self.keyframes.due(now):
+            self._send_keyframe_request()
+
+    def report_blocks(self, now: float) -> list[ReportBlock]:
+        return [
+            i.stats.report_block(i.ssrc, now) for i in self._ingress.values() if i.stats.started
+        ]
+
+    def on_sender_report(self, sr: SenderReport, now: float) -> None:
+        ingress = self._ingress.get(sr.ssrc)
+        if ingress is not None:
+            ingress.stats.on_sender_report(sr.ntp_msw, sr.ntp_lsw, now)
 
 
 class DownTrack:
@@ -148,9 +232,14 @@ class DownTrack:
         self.source = source
         self._twcc = twcc
         self.rewriter: RtpRewriter | None = None
+        self.stats = SendStatistics(source.clock_rate)
         self._send = pc.send_rtp
+        self._rtx_pt: dict[int, int] = {}
+        self._rtx_seq = 0
         self.forwarded = 0
         self.unmapped = 0
+        self.retransmitted = 0
+        self.nack_misses = 0
 
     def __repr__(self) -> str:
         return f"<DownTrack {self.source!r} -> {self.pc.name}>"
@@ -161,13 +250,16 @@ class DownTrack:
         if t.stopped or not t.sending:
             return False
         pt_map: dict[int, int] = {}
-        clock_rate = 90000
+        clock_rate = self.source.clock_rate
         for pub in self.source.transceiver.media_codecs:
             cap = CodecCapability(pub.name, pub.clock_rate, pub.channels, pub.fmtp)
             for sub in t.media_codecs:
                 if codec_matches(sub, cap):
                     pt_map[pub.payload_type] = sub.payload_type
                     clock_rate = sub.clock_rate
+                    rtx = t.rtx_payload_type(sub.payload_type)
+                    if rtx is not None and t.sender_rtx_ssrc is not None and t.nack:
+                        self._rtx_pt[sub.payload_type] = rtx
                     break
         if not pt_map:
             log.warning(
@@ -192,7 +284,7 @@ class DownTrack:
         )
         return True
 
-    def forward(self, packet: bytes) -> None:
+    def forward(self, packet: bytes, now: float) -> None:
         rewriter = self.rewriter
         if rewriter is None:
             return
@@ -201,7 +293,38 @@ class DownTrack:
             self.unmapped += 1
             return
         self.forwarded += 1
+        self.stats.update(_TS.unpack_from(out, 4)[0], len(out) - 12, now)
         self._send(out)
+
+    def retransmit(self, out_seq: int) -> bool:
+        """Answer the subscriber's NACK for ``out_seq`` from the source's cache (RFC 4585
+        §6.2.1), as RTX when negotiated (RFC 4588), else as the original packet."""
+        rewriter = self.rewriter
+        cache = self.source.cache
+        if rewriter is None or cache is None:
+            return False
+        in_seq = rewriter.to_input_sequence(out_seq)
+        original = cache.get(in_seq) if in_seq is not None else None
+        out = rewriter.rewrite_as(original, out_seq) if original is not None else None
+        if out is None:
+            self.nack_misses += 1
+            return False
+        rtx_pt = self._rtx_pt.get(out[1] & 0x7F)
+        if rtx_pt is not None:
+            ssrc = self.transceiver.sender_rtx_ssrc
+            assert ssrc is not None
+            out = rtx_wrap(out, ssrc, rtx_pt, self._rtx_seq)
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            if out is None:
+                return False
+        self.retransmitted += 1
+        self._send(out)
+        return True
+
+    def sender_report(self, now: float, unix: float) -> SenderReport | None:
+        if self.rewriter is None:
+            return None
+        return self.stats.sender_report(self.transceiver.sender_ssrc, now, unix)
 
     def close(self) -> None:
         self.rewriter = None

@@ -44,6 +44,7 @@ def intersect(ours: Direction, theirs_reversed: Direction) -> Direction:
 
 
 def fail(media: MediaSection, index: int, problem: str) -> SdpError:
+    """An SdpError that names the m-section, so a signaling log shows what the peer got wrong."""
     return SdpError(f"m-section {index} (mid {media.mid!r}): {problem}")
 
 

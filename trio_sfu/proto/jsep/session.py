@@ -630,6 +630,9 @@ class JsepSession:
                      ) -> MediaSection:
         m = MediaSection(t.kind, 9, _RTP_PROTOCOL, mid=slot.mid, direction=direction,
                          rtcp_mux=True, rtcp_rsize=rtcp_rsize)
+        # RFC 8829 §5.2.1 / RFC 8858 §4.2: our RTCP mux policy is "require", so offers say
+        # rtcp-mux-only; answers must not (RFC 8858 §4.3), they only confirm rtcp-mux.
+        m.rtcp_mux_only = setup == "actpass"
         self._transport_attributes(m, setup)
         m.set_codecs([replace(c, rtcp_fb=list(c.rtcp_fb)) for c in codecs])
         m.extmaps = [replace(e) for e in exts]

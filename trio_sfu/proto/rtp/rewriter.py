@@ -61,6 +61,8 @@ class RtpRewriter:
     are de-duplicated over the last 1024 sequence numbers so output numbers stay unique. Packets
     from an SSRC other than the current source, from before the first packet of the current
     source, or older than the duplicate window are dropped and counted in ``dropped``.
+    A NACKed packet is re-sent with :meth:`to_input_sequence` (which input packet it was)
+    and :meth:`rewrite_as` (the same output again, state untouched).
     """
 
     __slots__ = (

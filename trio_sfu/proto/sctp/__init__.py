@@ -3,10 +3,11 @@ RFC 6525). See :class:`SctpAssociation`."""
 
 from __future__ import annotations
 
-from .association import SctpAssociation
+from .association import WEBRTC_TIMERS, SctpAssociation
 from .events import Closed, Established, MessageReceived, SctpEvent, SctpState, StreamsReset
 
 __all__ = [
+    "WEBRTC_TIMERS",
     "Closed",
     "Established",
     "MessageReceived",

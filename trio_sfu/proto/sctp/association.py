@@ -55,6 +55,7 @@ from .packer import PacketBuilder
 from .receiver import ProtocolViolation, Receiver
 from .reconfig import StreamResets
 from .sender import U32, Sender
+from .stats import Counters
 
 _DATA_STATES = frozenset(
     {SctpState.ESTABLISHED, SctpState.SHUTDOWN_PENDING, SctpState.SHUTDOWN_SENT}
@@ -72,7 +73,29 @@ _SENDING_STATES = frozenset(
 )
 
 
-class SctpAssociation:
+# Timers as Chromium's dcsctp runs them under WebRTC: RTO.Min above the peer's 200 ms delayed-ACK
+# timer, backoff capped at 3 s, and no giving up on retransmissions (ICE consent and DTLS decide
+# liveness). Pass as ``SctpAssociation(**WEBRTC_TIMERS)`` (or to DataChannelEndpoint).
+WEBRTC_TIMERS: dict[str, float | None] = {
+    "rto_initial": 0.5,
+    "rto_min": 0.22,
+    "rto_max": 3.0,
+    "max_retransmits": None,
+    "max_init_retransmits": None,
+}
+
+
+class SctpAssociation(Counters):
+    """One SCTP association, both roles: ``connect()`` makes it the initiator; otherwise it
+    listens and answers an INIT statelessly with a signed cookie (both may happen at once).
+
+    ``receive_packet`` raises :class:`~trio_sfu.proto.errors.SctpError` for a malformed packet
+    and changes nothing then; anything else the peer does is reported through events (an ABORT
+    we send for a protocol violation ends in :class:`Closed`). User errors (sending on a closed
+    or resetting stream, a message over the peer's max-message-size) raise ``ValueError``.
+    Counters are plain ints for the metrics endpoint.
+    """
+
     def __init__(
         self,
         *,
@@ -786,29 +809,3 @@ class SctpAssociation:
         while not (tag := self._rand32()):
             pass
         return tag
-
-    # --- counters gathered from the parts ----------------------------------------------------
-
-    @property
-    def heartbeats_sent(self) -> int:
-        return self._hb.sent
-
-    @property
-    def heartbeat_acks_received(self) -> int:
-        return self._hb.acks
-
-    @property
-    def retransmissions(self) -> int:
-        return self._sender.retransmissions if self._sender else 0
-
-    @property
-    def fast_retransmits(self) -> int:
-        return self._sender.fast_retransmits if self._sender else 0
-
-    @property
-    def t3_expirations(self) -> int:
-        return self._sender.t3_expirations if self._sender else 0
-
-    @property
-    def messages_abandoned(self) -> int:
-        return self._sender.messages_abandoned if self._sender else 0

@@ -124,6 +124,7 @@ class Receiver:
         self.data_chunks_received += 1
         if tsn > self.highest:
             self.highest = tsn
+        seg = None
         if c.stream_id >= self.inbound_streams:
             # §6.5: acknowledge, report Invalid Stream Identifier, discard.
             self.invalid_streams.append(c.stream_id)
@@ -133,12 +134,29 @@ class Receiver:
                 self._complete(tsn, c.stream_id, c.ssn, bool(c.flags & FLAG_UNORDERED), c.ppid,
                                c.payload)
             else:
-                self._insert_fragment(tsn, c)
+                seg = self._insert_fragment(tsn, c)
         if tsn == cum + 1:
             self._advance(tsn)
         else:
             self.above.add(tsn)
+        if self._seg_end:
+            self._reap(tsn, seg)
         return True
+
+    def _reap(self, tsn: int, seg: _Segment | None) -> None:
+        """Drop unfinished messages whose next TSN turned out to hold something else.
+
+        With plain DATA a message's fragments have consecutive TSNs, so an unfinished run
+        followed by a received TSN that did not join it can never complete (a sender that
+        abandons a message half sent, or a broken one). Keeping it would pin its bytes forever.
+        """
+        left = self._seg_end.get(tsn - 1)
+        if left is not None and left is not seg and not left.finish:
+            self._drop_segment(left)
+        if seg is not None and not seg.finish:
+            nxt = seg.end + 1
+            if nxt <= self.cum or nxt in self.above:
+                self._drop_segment(seg)
 
     def _advance(self, tsn: int) -> None:
         """Move the cumulative TSN to ``tsn`` and on over contiguous received TSNs."""
@@ -158,7 +176,8 @@ class Receiver:
         if self._deferred:
             self._check_deferred()
 
-    def _insert_fragment(self, tsn: int, c: DataChunk) -> None:
+    def _insert_fragment(self, tsn: int, c: DataChunk) -> _Segment | None:
+        """File a fragment; returns its (still incomplete) segment, None once delivered."""
         frags = self._frags
         frags[tsn] = c
         seg_end = self._seg_end
@@ -202,6 +221,8 @@ class Receiver:
                 parts.append(frags.pop(t).payload)
             self._complete(seg.start, seg.stream_id, seg.ssn, seg.unordered, first.ppid,
                            b"".join(parts))
+            return None
+        return seg
 
     def _drop_segment(self, seg: _Segment) -> None:
         self._seg_start.pop(seg.start, None)

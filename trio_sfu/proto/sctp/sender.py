@@ -139,6 +139,7 @@ class Sender:
         self._current: OutMessage | None = None  # message being fragmented
         self._rtx: list[SentChunk] = []  # heap of chunks marked for retransmission
         self._rtx_pending = 0
+        self._placeholders: list[SentChunk] = []
         self._fast_burst = False
         self._gap_acked = False
         # §7.2.1: initial cwnd and ssthresh.
@@ -257,6 +258,7 @@ class Sender:
                 self._current = msg
             elif msg.expiry is not None and now > msg.expiry:
                 self._abandon(msg)
+                self._flush_placeholders()  # before the next TSN is handed out
                 continue
             remaining = len(msg.data) - msg.offset
             size = remaining if remaining < max_payload else max_payload
@@ -301,6 +303,7 @@ class Sender:
             self.peer_rwnd = max(0, self.peer_rwnd - size)
             pb.add(encoded)
             sent += 1
+        self._flush_placeholders()
         if sent:
             self.data_chunks_sent += sent
             if self.t3 is None:
@@ -337,6 +340,7 @@ class Sender:
             if self._should_abandon(c, now):
                 heapq.heappop(heap)
                 self._abandon(c.msg)
+                self._flush_placeholders()
                 continue
             wire = len(c.encoded) + ((4 - (len(c.encoded) & 3)) & 3)
             if self.flight >= self.cwnd:
@@ -353,6 +357,7 @@ class Sender:
             self.flight += c.size
             pb.add(c.encoded)
             sent += 1
+        self._flush_placeholders()
         self.retransmissions += sent
         if sent and self.t3 is None:
             self.t3 = now + self.rto
@@ -545,8 +550,24 @@ class Sender:
         if self._current is msg:
             self.streams[msg.stream_id].buffered -= len(msg.data) - msg.offset
             self._current = None
+            # Half sent: its fragments so far may all be acknowledged, so nothing would make
+            # the peer skip it (and its SSN). Like dcsctp, give a never-sent placeholder end
+            # fragment the next TSN, abandoned, for the FORWARD TSN to cover.
+            tsn = self.next_tsn
+            self.next_tsn = tsn + 1
+            ph = SentChunk(tsn, msg, 0, b"", 0.0)
+            ph.abandoned = True
+            ph.in_flight = False
+            msg.chunks.append(ph)
+            self._placeholders.append(ph)  # joins `outstanding` after any loop over it
+
+    def _flush_placeholders(self) -> None:
+        if self._placeholders:
+            self.outstanding.extend(self._placeholders)
+            self._placeholders.clear()
 
     def _advance_peer_ack_point(self, now: float) -> None:
+        self._flush_placeholders()
         if not self.partial_reliability:
             return
         out = self.outstanding
@@ -567,12 +588,17 @@ class Sender:
         if self.adv_ack <= self.cum_ack:
             return None
         last_ssn: dict[int, int] = {}
+        max_entries = (self.mtu - COMMON_HEADER_SIZE - 8) // 4
+        new_cum = self.cum_ack
         for i in range(self.adv_ack - self.cum_ack):
             m = self.outstanding[i].msg
             if not m.unordered:
+                if m.stream_id not in last_ssn and len(last_ssn) == max_entries:
+                    break  # keep the chunk inside one packet; the rest goes in the next one
                 last_ssn[m.stream_id] = m.ssn
-        self._fwd_sent_adv = self.adv_ack
+            new_cum += 1
+        self._fwd_sent_adv = new_cum
         self._fwd_sent_at = now
         if self.t3 is None:
             self.t3 = now + self.rto
-        return ForwardTsnChunk(self.adv_ack & U32, sorted(last_ssn.items()))
+        return ForwardTsnChunk(new_cum & U32, sorted(last_ssn.items()))

@@ -1,0 +1,57 @@
+"""Keyframe request throttling per track and FIR command sequence numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_sfu.sfu.media import FirSequence, KeyframeThrottle
+
+
+def test_at_most_one_request_per_interval() -> None:
+    throttle = KeyframeThrottle(0.5)
+    times = [0.0, 0.1, 0.2, 0.49, 0.5, 0.7, 0.99, 1.0, 10.0]
+    allowed = [t for t in times if throttle.allow(t)]
+    assert allowed == [0.0, 0.5, 1.0, 10.0]
+    assert (throttle.sent, throttle.suppressed) == (4, 5)
+
+
+def test_refused_request_is_sent_when_the_interval_ends() -> None:
+    throttle = KeyframeThrottle(0.5)
+    assert throttle.get_timer() is None
+    assert throttle.allow(0.0)
+    assert throttle.get_timer() is None  # nothing refused yet
+    assert not throttle.allow(0.3)  # a second subscriber asks right after the first
+    assert throttle.get_timer() == 0.5
+    assert not throttle.due(0.4)
+    assert throttle.due(0.5)
+    assert throttle.get_timer() is None and not throttle.due(0.6)
+    assert not throttle.allow(0.7)  # throttled again from the deferred request's send time
+    assert throttle.allow(1.0)
+
+
+def test_keyframe_arrival_answers_a_refused_request() -> None:
+    throttle = KeyframeThrottle(0.5)
+    throttle.allow(0.0)
+    throttle.allow(0.2)
+    throttle.on_keyframe()  # the keyframe asked at 0.0 came, after the second request
+    assert throttle.get_timer() is None
+    assert not throttle.due(0.6)
+    assert throttle.sent == 1
+
+
+def test_throttle_arguments() -> None:
+    with pytest.raises(ValueError):
+        KeyframeThrottle(-1)
+    zero = KeyframeThrottle(0)
+    assert all(zero.allow(0.0) for _ in range(3))
+
+
+def test_fir_sequence_increments_per_new_request_and_wraps() -> None:
+    # RFC 5104 §4.3.1.1: +1 modulo 256 per new request, unchanged for a repetition.
+    fir = FirSequence(start=254)
+    assert fir.current == 254
+    assert fir.next_request() == 255
+    assert fir.current == 255  # a repetition reuses it
+    assert fir.next_request() == 0
+    assert fir.next_request() == 1
+    assert FirSequence(start=0x1FF).current == 0xFF

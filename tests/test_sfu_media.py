@@ -1,0 +1,159 @@
+"""RTCP per leg and loss repair through the SFU (issue 3, item 5), with our clients as peers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import trio
+
+from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
+from trio_sfu.client.sfu import PublisherClient, SubscriberClient
+from trio_sfu.proto.rtcp import (
+    Nack,
+    Pli,
+    ReceiverReport,
+    RtcpPacket,
+    SenderReport,
+    TransportCcFeedback,
+)
+from trio_sfu.proto.rtp import parse_rtp
+from trio_sfu.rtc.events import IncomingStream
+
+
+@pytest.fixture
+async def env(nursery: trio.Nursery) -> SfuEnv:
+    return await start_sfu(nursery)
+
+
+class Rtcp:
+    """Collects what one peer receives over RTCP."""
+
+    def __init__(self) -> None:
+        self.packets: list[tuple[float, RtcpPacket]] = []
+
+    def __call__(self, packets: list[RtcpPacket], now: float) -> None:
+        self.packets.extend((now, p) for p in packets)
+
+    def of(self, kind: type) -> list[RtcpPacket]:
+        return [p for _, p in self.packets if isinstance(p, kind)]
+
+
+class Media:
+    """Collects a subscriber's RTP: (ssrc, pt, seq, payload)."""
+
+    def __init__(self, client: SubscriberClient) -> None:
+        self.packets: list[tuple[int, int, int, bytes]] = []
+        self._inner = client.pc.on_rtp
+        client.pc.on_rtp = self
+
+    def __call__(self, stream: IncomingStream, packet: bytes, now: float) -> None:
+        parsed = parse_rtp(packet)
+        self.packets.append(
+            (parsed.ssrc, parsed.payload_type, parsed.sequence_number, parsed.payload)
+        )
+        if self._inner is not None:
+            self._inner(stream, packet, now)
+
+
+async def pair(env: SfuEnv) -> tuple[PublisherClient, SubscriberClient, Rtcp, Rtcp, Media]:
+    bob = await env.subscriber("r", "bob-1")
+    alice = await env.publisher("r", "alice-1", audio=False)
+    alice_rtcp, bob_rtcp = Rtcp(), Rtcp()
+    alice.pc.on_rtcp = alice_rtcp
+    bob.pc.on_rtcp = bob_rtcp
+    media = Media(bob)
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    return alice, bob, alice_rtcp, bob_rtcp, media
+
+
+def video_of(bob: SubscriberClient):  # type: ignore[no-untyped-def]
+    return next(t for t in bob.pc.transceivers if t.kind == "video" and t.receiving)
+
+
+async def test_keyframe_requests_are_throttled_per_track(env: SfuEnv) -> None:
+    alice, bob, alice_rtcp, _, _ = await pair(env)
+    alice.send_frame(keyframe=True)
+    # A new subscriber's video makes the SFU ask the publisher for a keyframe at once.
+    await wait_for(lambda: len(alice_rtcp.of(Pli)) >= 1)
+    await trio.sleep(0.6)
+    before = len(alice_rtcp.of(Pli))
+    # A burst of 20 PLIs from the subscriber in 200 ms: at most one now + one deferred.
+    theirs = video_of(bob)
+    ours = theirs.remote_ssrcs[0]
+    for _ in range(20):
+        bob.pc.send_rtcp(Pli(sender_ssrc=1, media_ssrc=ours).serialize())
+        await trio.sleep(0.01)
+    await trio.sleep(0.8)
+    times = [t for t, p in alice_rtcp.packets if isinstance(p, Pli)][before:]
+    assert 1 <= len(times) <= 2
+    assert all(b - a >= 0.5 for a, b in itertools.pairwise(times))
+    assert all(p.media_ssrc == alice.video.sender_ssrc for p in alice_rtcp.of(Pli))  # type: ignore[attr-defined, union-attr]
+
+
+async def test_subscriber_nack_is_answered_from_the_cache_as_rtx(env: SfuEnv) -> None:
+    alice, bob, _, _, media = await pair(env)
+    for i in range(30):
+        alice.send_frame(keyframe=i == 0, size=300 + i)
+        await trio.sleep(0.002)
+    await wait_for(lambda: len(media.packets) >= 30)
+    t = video_of(bob)
+    media_ssrc = t.remote_ssrcs[0]
+    rtx_ssrc = t.remote_rtx_ssrcs[media_ssrc]
+    wanted = sorted(seq for ssrc, _, seq, _ in media.packets if ssrc == media_ssrc)[10:13]
+    originals = {seq: payload for ssrc, _, seq, payload in media.packets if seq in wanted}
+    bob.pc.send_rtcp(Nack.from_lost(1, media_ssrc, wanted).serialize())
+    await wait_for(lambda: sum(1 for p in media.packets if p[0] == rtx_ssrc) >= 3)
+    assert sum(1 for p in media.packets if p[0] == rtx_ssrc) == 3, (wanted, media.packets[-6:])
+    for ssrc, pt, _, payload in media.packets:
+        if ssrc != rtx_ssrc:
+            continue
+        assert t.codec(pt) is not None and t.codec(pt).is_rtx  # type: ignore[union-attr]
+        osn = int.from_bytes(payload[:2], "big")
+        assert payload[2:] == originals[osn]  # RFC 4588 §4: OSN + the original payload
+
+
+async def test_publisher_loss_is_nacked_and_repaired_by_rtx(env: SfuEnv) -> None:
+    alice, bob, alice_rtcp, _, media = await pair(env)
+    assert alice.video is not None
+    for i in range(40):
+        alice.send_frame(keyframe=i == 0, skip=i in (20, 21))
+        await trio.sleep(0.002)
+    await wait_for(lambda: alice_rtcp.of(Nack))
+    lost = sorted({s for p in alice_rtcp.of(Nack) for s in p.lost})  # type: ignore[attr-defined]
+    assert lost == [20, 21]
+    for seq in lost:
+        assert alice.resend_as_rtx(alice.video, seq)
+    await wait_for(lambda: len({p[2] for p in media.packets}) >= 40)
+    media_ssrc = video_of(bob).remote_ssrcs[0]
+    seqs = sorted(seq for ssrc, _, seq, _ in media.packets if ssrc == media_ssrc)
+    assert seqs == list(range(seqs[0], seqs[0] + 40))  # the repaired packets filled the gap
+    # The SFU stops asking once repaired.
+    await trio.sleep(0.3)
+    count = len(alice_rtcp.of(Nack))
+    await trio.sleep(0.3)
+    assert len(alice_rtcp.of(Nack)) == count
+
+
+async def test_rtcp_is_terminated_per_leg(env: SfuEnv) -> None:
+    alice, bob, alice_rtcp, bob_rtcp, _ = await pair(env)
+    assert alice.video is not None
+    for i in range(150):
+        alice.send_frame(keyframe=i == 0)
+        await trio.sleep(0.01)
+    await wait_for(lambda: bob_rtcp.of(SenderReport) and alice_rtcp.of(ReceiverReport), 5)
+    # Subscribers get the SFU's sender reports for the SSRC the SFU sends them.
+    ours = video_of(bob).remote_ssrcs[0]
+    srs = [p for p in bob_rtcp.of(SenderReport) if p.ssrc == ours]  # type: ignore[attr-defined]
+    assert srs and srs[-1].packet_count > 0 and srs[-1].ntp_msw > 0  # type: ignore[attr-defined]
+    # Publishers get receiver reports about what they sent.
+    blocks = [b for rr in alice_rtcp.of(ReceiverReport) for b in rr.reports]  # type: ignore[attr-defined]
+    mine = [b for b in blocks if b.ssrc == alice.video.sender_ssrc]
+    assert mine and mine[-1].highest_sequence >= 50 and mine[-1].packets_lost == 0
+    # Publishers' own SRs never reach subscribers; only the SFU's do.
+    assert all(p.ssrc == ours for p in bob_rtcp.of(SenderReport))  # type: ignore[attr-defined]
+    # transport-cc feedback flows to the publisher (its estimate depends on it).
+    feedback = alice_rtcp.of(TransportCcFeedback)
+    assert feedback
+    received = {s for f in feedback for s, ok, _ in f.packets if ok}  # type: ignore[attr-defined]
+    assert len(received) >= 100
