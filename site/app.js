@@ -533,8 +533,9 @@ function start() {
   const params = new URLSearchParams(location.search);
   ui.room.value = sanitizeName(params.get('room') ?? '', { fallback: 'lobby' });
   ui.user.value = sanitizeName(params.get('user') ?? '', { maxLength: MAX_USER, fallback: `guest${randomSuffix(4)}` });
-  // ?server=https://sfu.example lets the page talk to another server (CORS must allow it).
-  state.baseUrl = params.get('server') ?? location.origin;
+  // Always the server that served this page: a link must not be able to send someone's
+  // camera elsewhere. Pages that talk to another server use sfu-client.js with a baseUrl.
+  state.baseUrl = location.origin;
 
   ui.form.addEventListener('submit', join);
   ui.leave.addEventListener('click', () => leave());

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from trio_sfu import __version__
-from trio_sfu.cli import build_parser, config_from_args, main
+from trio_sfu.cli import build_parser, config_from_args, flags_markdown, main
 from trio_sfu.config import (
     DEFAULT_UDP_PORT,
     Config,
@@ -123,6 +123,21 @@ def test_help_lists_every_flag_and_env_var() -> None:
         assert required in text
     assert "default 8080" in text
     assert f"default {DEFAULT_UDP_PORT}" in text
+
+
+def test_readme_documents_every_flag() -> None:
+    readme = REPO / "README.md"
+    if not readme.is_file():
+        pytest.skip("no README.md yet")
+    text = readme.read_text()
+    missing = [s.flag for _, s in settings() if s.flag not in text or s.env not in text]
+    assert not missing, f"README.md lacks {missing} (trio_sfu.cli.flags_markdown() has the table)"
+
+
+def test_flags_markdown_has_a_row_per_setting() -> None:
+    rows = flags_markdown().splitlines()[2:]
+    assert len(rows) == len(list(settings()))
+    assert "| `--http-port PORT` | `TRIO_SFU_HTTP_PORT` | `8080` |" in flags_markdown()
 
 
 def test_python_m_help_and_version() -> None:

@@ -7,7 +7,9 @@ Three layers:
   network, no CDN);
 - headless Chromium (Debian's, through Playwright, as in tests/peers/) against a real trio-sfu
   started in-process on ephemeral ports: the demo page driven by clicks, and the module driven
-  the way another page would use it (2 publishers, 2 subscribers, leave and rejoin).
+  the way another page would use it (2 publishers, 2 subscribers, manual mode, leave and
+  rejoin);
+- headless Firefox (Debian's firefox-esr, when installed) with Chromium, both ways.
 
 Playwright's sync API runs in a worker thread while the server runs in this test's Trio loop.
 Every wait is bounded; failures carry the pages' console output.
@@ -393,13 +395,36 @@ async def test_demo_page_two_users_publish_watch_chat_share_and_leave() -> None:
         )
         # A tab that closes without Leave says goodbye on pagehide (STOP + keepalive DELETE), so
         # it is gone long before the server's consent timeout would notice.
+        # carol first joins with the microphone only (an audio-only publisher), then turns the
+        # camera on, which republishes under a new id.
         carol = Page(browser, "carol")
         carol.page.goto(f"{base}/?room={room}&user=carol")
         carol.page.wait_for_function("() => window.sfuDemo !== undefined")
         carol.page.select_option("#resolution", "240p")
+        carol.page.uncheck("#camera")
         carol.page.click("#join")
-        wait_until("bob decoding carol", functools.partial(remote_of, bob, "carol"),
-                   decoding(5), 45, bob, carol)
+        audio_only = wait_until(
+            "bob receiving carol's audio-only publisher",
+            functools.partial(remote_of, bob, "carol"),
+            lambda ts: len(ts) == 1 and ts[0]["kinds"] == ["audio"]
+            and (ts[0]["stats"] or {}).get("audioPackets", 0) > 0,
+            30, bob, carol,
+        )[0]
+        badge = bob.page.locator(f'.tile[data-publisher="{audio_only["publisher"]}"] .badge')
+        assert badge.inner_text() == "audio only"
+        carol.page.check("#camera")
+        wait_until(
+            "bob decoding carol's republished camera", functools.partial(remote_of, bob, "carol"),
+            lambda ts: len(ts) == 1 and ts[0]["publisher"] != audio_only["publisher"]
+            and ts[0]["kinds"] == ["audio", "video"] and decoding(5)(ts),
+            45, bob, carol,
+        )
+        # Unchecking while live mutes the published track instead of republishing.
+        camera_id = snapshot(carol)["ids"]["camera"]
+        carol.page.uncheck("#mic")
+        own_badge = carol.page.locator('.tile[data-key="local:camera"] .badge')
+        assert own_badge.inner_text() == "audio off"
+        assert snapshot(carol)["ids"]["camera"] == camera_id
         assert not carol.problems, "\n".join(carol.problems)
         carol.page.close()
         wait_until("carol gone after closing her tab", functools.partial(remote_of, bob, "carol"),
@@ -584,6 +609,11 @@ user_pref("browser.safebrowsing.phishing.enabled", false);
 """
 
 
+# Set to 1 (e.g. in CI once scripts/setup-system installs firefox-esr) to fail, not skip,
+# when Firefox is missing.
+REQUIRE_FIREFOX_ENV = "TRIO_SFU_REQUIRE_FIREFOX"
+
+
 def find_firefox() -> str | None:
     for name in ("firefox-esr", "firefox"):
         found = shutil.which(name)
@@ -665,7 +695,10 @@ async def test_firefox_module_and_demo(tmp_path: Path) -> None:
     require_chromium()
     firefox = find_firefox()
     if firefox is None:
-        pytest.skip("firefox-esr not installed (Debian package firefox-esr)")
+        missing = "firefox-esr not installed (Debian package firefox-esr)"
+        if os.environ.get(REQUIRE_FIREFOX_ENV) == "1":
+            pytest.fail(f"{missing} ({REQUIRE_FIREFOX_ENV}=1 forbids skipping)")
+        pytest.skip(missing)
     site = tmp_path / "site"
     shutil.copytree(SITE, site)
     for name in ("browser_harness.js", "firefox_check.html"):

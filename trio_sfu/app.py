@@ -100,6 +100,7 @@ async def serve(
         public_addresses=public,
         consent_timeout=config.consent_timeout,
     )
+    started = False
     try:
         sfu = sfu_factory(rtc, config)
         app = create_app(sfu, cors_origins=config.cors_origins, site_dir=config.site_root())
@@ -144,9 +145,23 @@ async def serve(
             # collections from walking it again (they pause 30-90 ms on a large heap).
             gc.freeze()
             task_status.started(running)
+            started = True
+    except BaseExceptionGroup as group:
+        # A start-up failure (an HTTP port in use, a bad certificate) surfaces as itself, not
+        # wrapped in the nurseries' groups, so callers and the CLI can report it plainly.
+        leaf = _sole_leaf(group)
+        if not started and isinstance(leaf, OSError):
+            raise leaf from None
+        raise
     finally:
         rtc.close()
     log.info("trio-sfu stopped")
+
+
+def _sole_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 async def _watch_signals(

@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flags_markdown() -> str:
+    """The flag table for the README, from the same settings that build the parser."""
+    rows = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for f, setting in settings():
+        default = "" if f.default in (None, ()) else f"`{f.default}`"
+        flag = f"`{setting.flag} {setting.metavar}`"
+        rows.append(f"| {flag} | `{setting.env}` | {default} | {setting.help} |")
+    return "\n".join(rows) + "\n"
+
+
 def config_from_args(
     parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
 ) -> Config:

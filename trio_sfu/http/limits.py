@@ -51,7 +51,7 @@ def check_sdp_content_type(request: Request) -> None:
 
 
 async def read_sdp(request: Request) -> str:
-    """The request body as SDP text, read at most ``MAX_BODY`` bytes far.
+    """The request body as SDP text, never buffering more than about ``MAX_BODY`` bytes.
 
     Quart enforces ``MAX_CONTENT_LENGTH`` (set to ``MAX_BODY`` by the app factory) both on a
     declared Content-Length, before reading anything, and while a chunked body streams in,

@@ -1,8 +1,9 @@
 """The demo site: files under ``--site-dir`` served as-is at ``/`` (no build step).
 
-The catch-all route would also match API paths for methods the API does not take (``GET
-/pub/r/id``), so those are answered 405 here, as if the site were not there. Paths are resolved
-and must stay inside the site directory (symlinks included); dot-files are never served.
+The site is the fallback for GET/HEAD requests no route matched, rather than a catch-all route:
+routing then stays honest, so a path nothing serves is 404 whatever the method, and an API path
+asked with the wrong method (``GET /pub/r/id``) is 405. Paths are resolved and must stay inside
+the site directory (symlinks included); dot-files are never served.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-from quart import Blueprint, Response, current_app, request, send_file
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from quart import Quart, Response, request, send_file
+from werkzeug.exceptions import HTTPException, NotFound
+
+from trio_sfu.http.errors import error_response, http_error_response
 
 # Explicit types for what the site ships; the platform's mimetypes table varies (Python 3.11
 # says application/javascript, some /etc/mime.types lack .mjs or .wasm).
@@ -29,7 +32,6 @@ CONTENT_TYPES = {
     ".txt": "text/plain",
     ".md": "text/markdown",
 }
-_NOT_STATIC = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def content_type(path: Path) -> str:
@@ -57,31 +59,27 @@ def resolve(site_dir: Path, path: str) -> Path | None:
         return None
 
 
-def site_blueprint(site_dir: Path | None) -> Blueprint:
-    bp = Blueprint("site", __name__)
-
+def install_site(app: Quart, site_dir: Path | None) -> None:
     async def serve(path: str) -> Response:
         if site_dir is None:
-            raise NotFound("no demo site is configured (--site-dir)")
+            return error_response(404, "404 no demo site is configured (--site-dir)")
         target = resolve(site_dir, path)
         if target is None:
-            raise NotFound(f"/{path} not found")
-        response = await send_file(target, mimetype=content_type(target), conditional=True)
+            return error_response(404, "404 Not Found")
+        try:
+            response = await send_file(target, mimetype=content_type(target), conditional=True)
+        except HTTPException as error:  # e.g. 416 for a Range we cannot satisfy
+            return http_error_response(error)
         # The demo changes while developing it; let the ETag revalidate instead of guessing.
         response.headers["Cache-Control"] = "no-cache"
         return response
 
-    @bp.get("/")
+    @app.get("/")
     async def index() -> Response:
         return await serve("")
 
-    @bp.get("/<path:path>")
-    async def file(path: str) -> Response:
-        adapter = current_app.create_url_adapter(request)
-        if adapter is not None:
-            methods = set(adapter.allowed_methods("/" + path)) - _NOT_STATIC
-            if methods:  # an API route lives here, just not for GET
-                raise MethodNotAllowed(valid_methods=sorted(methods | {"OPTIONS"}))
-        return await serve(path)
-
-    return bp
+    @app.errorhandler(NotFound)
+    async def site_file(error: NotFound) -> Response:
+        if request.method not in ("GET", "HEAD") or request.routing_exception is not error:
+            return http_error_response(error)
+        return await serve(request.path)

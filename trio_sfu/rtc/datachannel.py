@@ -76,7 +76,7 @@ class DataChannel:
         return self._pc._channel_buffered(self.id)
 
     async def wait_buffered_amount_below(self, threshold: int) -> None:
-        """Return once fewer than ``threshold`` bytes wait to be acknowledged."""
+        """Return once fewer than ``threshold`` bytes wait to be sent (W3C bufferedAmount)."""
         while self.buffered_amount >= threshold and self.ready_state == "open":
             await self._pc._buffer_changed()
         await trio.lowlevel.checkpoint()

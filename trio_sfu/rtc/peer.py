@@ -45,6 +45,7 @@ from trio_sfu.proto.errors import DtlsError, RtcpError, SctpError, SrtpError
 from trio_sfu.proto.jsep import JsepSession, LocalTransport, RemoteChanges, Transceiver
 from trio_sfu.proto.rtcp import RtcpPacket, parse_rtcp
 from trio_sfu.proto.rtp import find_extension
+from trio_sfu.proto.sctp import WEBRTC_TIMERS
 from trio_sfu.proto.srtp import SrtpContext
 from trio_sfu.rtc.datachannel import DataChannel
 from trio_sfu.rtc.demux import Kind
@@ -292,6 +293,9 @@ class PeerConnection:
                 max_message_size=self.max_message_size,
                 remote_max_message_size=jsep.remote_max_message_size or 65536,
                 mtu=DTLS_MTU - DTLS_RECORD_OVERHEAD,
+                # Chromium's dcsctp timers: short RTOs, and liveness left to ICE consent and
+                # DTLS rather than SCTP's retransmission limit.
+                **WEBRTC_TIMERS,
             )
             if self._connected.is_set() and role == "client":
                 self._dc.connect(now)

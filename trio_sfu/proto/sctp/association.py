@@ -17,6 +17,7 @@ import os
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 from . import chunks as ch
 from .chunks import (
@@ -76,7 +77,15 @@ _SENDING_STATES = frozenset(
 # Timers as Chromium's dcsctp runs them under WebRTC: RTO.Min above the peer's 200 ms delayed-ACK
 # timer, backoff capped at 3 s, and no giving up on retransmissions (ICE consent and DTLS decide
 # liveness). Pass as ``SctpAssociation(**WEBRTC_TIMERS)`` (or to DataChannelEndpoint).
-WEBRTC_TIMERS: dict[str, float | None] = {
+class TimerOptions(TypedDict, total=False):
+    rto_initial: float
+    rto_min: float
+    rto_max: float
+    max_retransmits: int | None
+    max_init_retransmits: int | None
+
+
+WEBRTC_TIMERS: TimerOptions = {
     "rto_initial": 0.5,
     "rto_min": 0.22,
     "rto_max": 3.0,

@@ -1,0 +1,234 @@
+// trio-sfu wire format: names and ids, the data-channel commands, SDP helpers. Pure functions
+// only (no browser globals at import time), so node runs them too (tests/site/). Pages import
+// everything through sfu-client.js.
+
+// ---------------------------------------------------------------------------- constants
+
+/** Room names and connection ids: the server answers 400 to anything else. */
+export const NAME_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+export const MAX_NAME_LENGTH = 64;
+/** Random suffix per connection (the seed's unique-id rule): 8 of 36 symbols ≈ 41 bits. */
+export const SUFFIX_LENGTH = 8;
+const SUFFIX_ALPHABET = 'abcdefghijklmnopqrstuvwxyz0123456789';
+
+export const SERVER_COMMANDS = Object.freeze([
+  'PUB_JOIN', 'PUB_LEFT', 'SDP_OFFER', 'MEDIA', 'CHAT', 'ERROR', 'RECONNECT',
+]);
+export const CLIENT_COMMANDS = Object.freeze([
+  'SDP_ANSWER', 'STOP', 'SUB', 'UNSUB', 'SUB_MODE', 'CHAT',
+]);
+export const SUB_MODES = Object.freeze(['auto', 'manual']);
+
+// ---------------------------------------------------------------------------- errors
+
+/**
+ * Everything the module reports. `kind` says where it came from:
+ * 'http' (a non-201 answer; `status`, `body`, `retryAfter`), 'server' (an `ERROR` command),
+ * 'protocol' (a message the module cannot parse), 'negotiation' (an SDP_OFFER that failed to
+ * apply), 'connection' (ICE/DTLS/channel failures and timeouts), 'usage' (bad arguments).
+ */
+export class SfuError extends Error {
+  constructor(message, { kind = 'usage', status = 0, body = '', retryAfter = null, cause } = {}) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'SfuError';
+    this.kind = kind;
+    this.status = status;
+    this.body = body;
+    this.retryAfter = retryAfter;
+  }
+}
+
+// ---------------------------------------------------------------------------- ids
+
+export function isValidName(value) {
+  return typeof value === 'string' && NAME_PATTERN.test(value);
+}
+
+/** The user part of a connection id: everything before the last '-'. */
+export function userOfId(id) {
+  if (typeof id !== 'string') return '';
+  const cut = id.lastIndexOf('-');
+  return cut < 0 ? id : id.slice(0, cut);
+}
+
+function defaultRandomBytes(n) {
+  const bytes = new Uint8Array(n);
+  const crypto = globalThis.crypto;
+  if (!crypto || typeof crypto.getRandomValues !== 'function') {
+    throw new SfuError('crypto.getRandomValues is not available');
+  }
+  crypto.getRandomValues(bytes);
+  return bytes;
+}
+
+/**
+ * A random suffix of `length` symbols from [a-z0-9]. Rejection sampling keeps every symbol
+ * equally likely (256 is not a multiple of 36), so collisions stay as rare as the length says.
+ */
+export function randomSuffix(length = SUFFIX_LENGTH, randomBytes = defaultRandomBytes) {
+  if (!Number.isInteger(length) || length < 1 || length > MAX_NAME_LENGTH - 2) {
+    throw new SfuError(`suffix length must be 1..${MAX_NAME_LENGTH - 2}, got ${length}`);
+  }
+  const limit = 256 - (256 % SUFFIX_ALPHABET.length);
+  let out = '';
+  for (let round = 0; out.length < length; round++) {
+    if (round > 64) throw new SfuError('random source keeps returning unusable bytes');
+    for (const b of randomBytes(length * 2)) {
+      if (b < limit) out += SUFFIX_ALPHABET[b % SUFFIX_ALPHABET.length];
+      if (out.length === length) break;
+    }
+  }
+  return out;
+}
+
+/**
+ * A fresh connection id for `user`: `user-<suffix>`. The server derives the user from the part
+ * before the last '-', so a user may contain '-' but the suffix never does.
+ */
+export function makeConnectionId(user, { suffixLength = SUFFIX_LENGTH, randomBytes } = {}) {
+  const maxUser = MAX_NAME_LENGTH - 1 - suffixLength;
+  if (!isValidName(user) || user.length > maxUser) {
+    throw new SfuError(
+      `user must match [A-Za-z0-9_.-] and be 1..${maxUser} characters, got ${JSON.stringify(user)}`);
+  }
+  return `${user}-${randomSuffix(suffixLength, randomBytes)}`;
+}
+
+/**
+ * Turn free text (a name typed by a person) into a valid room or user name: invalid characters
+ * become '_', the result is cut to `maxLength`, and an empty result becomes `fallback`.
+ */
+export function sanitizeName(text, { maxLength = MAX_NAME_LENGTH, fallback = '' } = {}) {
+  const cleaned = String(text ?? '').trim().replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, maxLength);
+  return cleaned === '' ? fallback : cleaned;
+}
+
+// ---------------------------------------------------------------------------- commands
+
+function splitFirst(text) {
+  const cut = text.indexOf(' ');
+  return cut < 0 ? [text, ''] : [text.slice(0, cut), text.slice(cut + 1)];
+}
+
+function invalid(raw, error) {
+  return { type: 'INVALID', error, raw };
+}
+
+/**
+ * Parse one server → client message into `{type, ...}`; never throws. Anything malformed comes
+ * back as `{type: 'INVALID', error, raw}` so a caller can report it and keep going.
+ */
+export function parseServerCommand(message) {
+  if (typeof message !== 'string') return invalid(message, 'not a text message');
+  const [name, arg] = splitFirst(message);
+  switch (name) {
+    case 'PUB_JOIN':
+    case 'PUB_LEFT':
+      if (!isValidName(arg)) return invalid(message, `${name} needs a publisher id`);
+      return { type: name, id: arg, user: userOfId(arg) };
+    case 'SDP_OFFER':
+      if (!arg.trim()) return invalid(message, 'SDP_OFFER without SDP');
+      return { type: name, sdp: arg };
+    case 'MEDIA': {
+      let media;
+      try {
+        media = JSON.parse(arg);
+      } catch (err) {
+        return invalid(message, `MEDIA with bad JSON: ${err.message}`);
+      }
+      if (media === null || typeof media !== 'object' || !Array.isArray(media.publishers)) {
+        return invalid(message, 'MEDIA JSON has no "publishers" array');
+      }
+      return { type: name, media };
+    }
+    case 'CHAT': {
+      const [from, text] = splitFirst(arg);
+      if (!isValidName(from)) return invalid(message, 'CHAT needs a sender id');
+      return { type: name, from, user: userOfId(from), text };
+    }
+    case 'ERROR':
+      return { type: name, text: arg };
+    case 'RECONNECT':
+      return { type: name };
+    default:
+      return invalid(message, `unknown command ${JSON.stringify(name.slice(0, 32))}`);
+  }
+}
+
+/** Parse one client → server message (for fake servers and tests); same shape as above. */
+export function parseClientCommand(message) {
+  if (typeof message !== 'string') return invalid(message, 'not a text message');
+  const [name, arg] = splitFirst(message);
+  switch (name) {
+    case 'SDP_ANSWER':
+      if (!arg.trim()) return invalid(message, 'SDP_ANSWER without SDP');
+      return { type: name, sdp: arg };
+    case 'STOP':
+      return arg === '' ? { type: name } : invalid(message, 'STOP takes no argument');
+    case 'SUB':
+    case 'UNSUB':
+      if (!isValidName(arg)) return invalid(message, `${name} needs a publisher id`);
+      return { type: name, id: arg };
+    case 'SUB_MODE':
+      if (!SUB_MODES.includes(arg)) return invalid(message, 'SUB_MODE needs auto or manual');
+      return { type: name, mode: arg };
+    case 'CHAT':
+      return { type: name, text: arg };
+    default:
+      return invalid(message, `unknown command ${JSON.stringify(name.slice(0, 32))}`);
+  }
+}
+
+function requireName(id, what) {
+  if (!isValidName(id)) throw new SfuError(`${what} must match ${NAME_PATTERN}, got ${JSON.stringify(id)}`);
+  return id;
+}
+
+function requireText(text, what) {
+  if (typeof text !== 'string') throw new SfuError(`${what} must be a string`);
+  return text;
+}
+
+/** Client → server commands, formatted exactly as the server parses them. */
+export const clientCommands = Object.freeze({
+  sdpAnswer: (sdp) => `SDP_ANSWER ${requireText(sdp, 'SDP')}`,
+  stop: () => 'STOP',
+  sub: (id) => `SUB ${requireName(id, 'publisher id')}`,
+  unsub: (id) => `UNSUB ${requireName(id, 'publisher id')}`,
+  subMode: (mode) => {
+    if (!SUB_MODES.includes(mode)) throw new SfuError(`mode must be auto or manual, got ${JSON.stringify(mode)}`);
+    return `SUB_MODE ${mode}`;
+  },
+  chat: (text) => `CHAT ${requireText(text, 'chat text')}`,
+});
+
+/** Server → client commands (used by fakes and tests; the server has its own formatter). */
+export const serverCommands = Object.freeze({
+  pubJoin: (id) => `PUB_JOIN ${requireName(id, 'publisher id')}`,
+  pubLeft: (id) => `PUB_LEFT ${requireName(id, 'publisher id')}`,
+  sdpOffer: (sdp) => `SDP_OFFER ${requireText(sdp, 'SDP')}`,
+  media: (media) => `MEDIA ${JSON.stringify(media)}`,
+  chat: (from, text) => `CHAT ${requireName(from, 'sender id')} ${requireText(text, 'chat text')}`,
+  error: (text) => `ERROR ${requireText(text, 'error text')}`,
+  reconnect: () => 'RECONNECT',
+});
+
+// ---------------------------------------------------------------------------- SDP helpers
+
+/**
+ * The `a=msid:<stream> <track>` of the m-section with `mid`, or null. Browsers hand the stream
+ * id to `ontrack` as `event.streams[0].id`; this is the fallback when they do not.
+ */
+export function msidOfMid(sdp, mid) {
+  if (typeof sdp !== 'string' || mid === null || mid === undefined) return null;
+  const sections = sdp.split(/\r?\n(?=m=)/).slice(1);
+  for (const section of sections) {
+    const lines = section.split(/\r?\n/);
+    if (!lines.some((l) => l === `a=mid:${mid}`)) continue;
+    const msid = lines.find((l) => l.startsWith('a=msid:'));
+    if (!msid) return null;
+    const [stream, track = ''] = msid.slice('a=msid:'.length).trim().split(/\s+/);
+    return { stream, track };
+  }
+  return null;
+}

@@ -1,0 +1,60 @@
+"""How refusals look on the wire: a short body saying what is wrong, and the right status.
+
+``text/plain`` for the signaling and site routes, JSON for the room lists that clients parse.
+Nothing a client sends reaches the generic 500 path: SDP problems are 400, SFU refusals carry
+their own status, and werkzeug's routing and body errors keep theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from trio_sfu.proto.errors import SdpError
+from trio_sfu.sfu.errors import SfuError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str) -> Response:
+    if request.path == "/rooms" or request.path.startswith("/rooms/"):
+        text = json.dumps({"error": message, "status": status})  # ASCII-only
+        return Response(text, status=status, content_type="application/json")
+    # Messages may quote what the client sent; never let an unencodable character turn a
+    # 4xx into a 500 while encoding the body.
+    body = (message.rstrip("\n") + "\n").encode("utf-8", "backslashreplace")
+    return Response(body, status=status, content_type="text/plain; charset=utf-8")
+
+
+def http_error_response(error: HTTPException) -> Response:
+    status = error.code or 500
+    description = error.description
+    if description is None or description == type(error).description:
+        description = error.name  # werkzeug's defaults are long HTML-minded sentences
+    response = error_response(status, f"{status} {description}")
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value  # Allow (405), Retry-After, ...
+    return response
+
+
+def install_error_handlers(app: Quart) -> None:
+    @app.errorhandler(SfuError)
+    async def sfu_error(error: SfuError) -> Response:
+        response = error_response(error.status, error.message)
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        if error.status >= 500:
+            log.warning("request refused: %s", error.message, extra={"path": request.path})
+        return response
+
+    @app.errorhandler(SdpError)
+    async def sdp_error(error: SdpError) -> Response:
+        return error_response(400, f"malformed SDP: {error}")
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        return http_error_response(error)
