@@ -152,7 +152,9 @@ function updateBadge(tile) {
   if (!kinds.length) text = 'no media yet';
   else if (!kinds.includes('video')) text = 'audio only';
   else if (!kinds.includes('audio')) text = 'video only';
-  if (tile.local && off.length) text = [text, `${off.join(' and ')} off`].filter(Boolean).join(', ');
+  if (tile.local && off.length) {
+    text = [text, `${off.join(' and ')} off`].filter(Boolean).join(', ');
+  }
   tile.el.querySelector('.badge').textContent = text;
 }
 
@@ -324,7 +326,10 @@ async function toggleShare() {
   }
   let stream;
   try {
-    stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 15 } }, audio: false });
+    stream = await navigator.mediaDevices.getDisplayMedia({
+      video: { frameRate: { ideal: 15 } },
+      audio: false,
+    });
   } catch (err) {
     note(`screen share: ${err.message}`, 'error');
     return;
@@ -439,9 +444,13 @@ function sendChat(event) {
 
 // ---------------------------------------------------------------------------- join / leave
 
+function userName(text) {
+  return sanitizeName(text, { maxLength: MAX_USER, fallback: `guest${randomSuffix(4)}` });
+}
+
 function readNames() {
   const room = sanitizeName(ui.room.value, { fallback: 'lobby' });
-  const user = sanitizeName(ui.user.value, { maxLength: MAX_USER, fallback: `guest${randomSuffix(4)}` });
+  const user = userName(ui.user.value);
   ui.room.value = room;
   ui.user.value = user;
   const url = new URL(location.href);
@@ -532,7 +541,7 @@ function snapshot() {
 function start() {
   const params = new URLSearchParams(location.search);
   ui.room.value = sanitizeName(params.get('room') ?? '', { fallback: 'lobby' });
-  ui.user.value = sanitizeName(params.get('user') ?? '', { maxLength: MAX_USER, fallback: `guest${randomSuffix(4)}` });
+  ui.user.value = userName(params.get('user') ?? '');
   // Always the server that served this page: a link must not be able to send someone's
   // camera elsewhere. Pages that talk to another server use sfu-client.js with a baseUrl.
   state.baseUrl = location.origin;
@@ -550,7 +559,8 @@ function start() {
   window.sfuDemo = { snapshot, join: () => join(), leave, toggleShare };
   updateControls();
   if (!window.RTCPeerConnection || !navigator.mediaDevices) {
-    note('this browser lacks WebRTC (or the page is not a secure context: use https or localhost)', 'error');
+    note('this browser lacks WebRTC, or the page is not a secure context '
+      + '(use https, or localhost)', 'error');
     state.phase = 'unsupported';
     updateControls();
   }

@@ -11,8 +11,8 @@
 // connection logic against fakes (tests/site/).
 
 import {
-  NAME_PATTERN, SUB_MODES, SfuError, clientCommands, isValidName, makeConnectionId, msidOfMid,
-  parseServerCommand, userOfId,
+  NAME_PATTERN, SfuError, clientCommands, isValidName, makeConnectionId, msidOfMid,
+  parseServerCommand, requireMode, userOfId,
 } from './sfu-protocol.js';
 
 export * from './sfu-protocol.js';
@@ -30,13 +30,16 @@ const DEFAULTS = Object.freeze({
 
 // ---------------------------------------------------------------------------- plumbing
 
+const connectionError = (message, cause) => new SfuError(message, { kind: 'connection', cause });
+const protocolError = (message) => new SfuError(message, { kind: 'protocol' });
+
 function withTimeout(promise, ms, what) {
   let timer;
   return Promise.race([
     promise,
     new Promise((_, reject) => {
       timer = setTimeout(
-        () => reject(new SfuError(`timed out after ${ms} ms: ${what}`, { kind: 'connection' })), ms);
+        () => reject(connectionError(`timed out after ${ms} ms: ${what}`)), ms);
     }),
   ]).finally(() => clearTimeout(timer));
 }
@@ -69,9 +72,9 @@ function waitForOpen(channel, ms) {
       if (err) reject(err); else resolve();
     };
     const onOpen = () => finish(null);
-    const onClose = () => finish(new SfuError('data channel closed before it opened', { kind: 'connection' }));
-    const timer = setTimeout(() => finish(new SfuError(
-      `data channel not open after ${ms} ms (ICE/DTLS did not connect)`, { kind: 'connection' })), ms);
+    const onClose = () => finish(connectionError('data channel closed before it opened'));
+    const timer = setTimeout(() => finish(connectionError(
+      `data channel not open after ${ms} ms (ICE/DTLS did not connect)`)), ms);
     channel.addEventListener('open', onOpen);
     channel.addEventListener('close', onClose);
   });
@@ -144,7 +147,9 @@ function call(fn, ...args) {
 class SfuConnection {
   constructor(role, options) {
     const o = { ...DEFAULTS, ...options };
-    if (!isValidName(o.room)) throw new SfuError(`room must match ${NAME_PATTERN}, got ${JSON.stringify(o.room)}`);
+    if (!isValidName(o.room)) {
+      throw new SfuError(`room must match ${NAME_PATTERN}, got ${JSON.stringify(o.room)}`);
+    }
     makeConnectionId(o.user);  // validates the user now rather than at the first POST
     this.role = role;
     this.options = o;
@@ -155,7 +160,9 @@ class SfuConnection {
     this._fetch = o.fetch ?? globalThis.fetch?.bind(globalThis);
     this._RTCPeerConnection = o.RTCPeerConnection ?? globalThis.RTCPeerConnection;
     if (typeof this._fetch !== 'function') throw new SfuError('fetch is not available');
-    if (typeof this._RTCPeerConnection !== 'function') throw new SfuError('RTCPeerConnection is not available');
+    if (typeof this._RTCPeerConnection !== 'function') {
+      throw new SfuError('RTCPeerConnection is not available');
+    }
   }
 
   /** This connection's id (`user-suffix`); changes on RECONNECT. */
@@ -163,7 +170,11 @@ class SfuConnection {
   get pc() { return this._leg?.pc ?? null; }
   get channel() { return this._leg?.channel ?? null; }
   /** The `/pub/{room}/{id}` or `/sub/{room}/{id}` URL of the current leg. */
-  get url() { return this._leg ? apiUrl(this.options.baseUrl, this.role, this.room, this._leg.id) : null; }
+  get url() { return this._leg ? this._urlOf(this._leg) : null; }
+
+  _urlOf(leg) {
+    return apiUrl(this.options.baseUrl, this.role, this.room, leg.id);
+  }
 
   async _connect() {
     this.state = 'connecting';
@@ -209,7 +220,7 @@ class SfuConnection {
         this._closeLeg(leg);
         if (err instanceof SfuError && err.status === 409 && attempt < o.conflictRetries) continue;
         if (err instanceof SfuError) throw err;
-        throw new SfuError(`${this.role} connection failed: ${err.message}`, { kind: 'connection', cause: err });
+        throw connectionError(`${this.role} connection failed: ${err.message}`, err);
       } finally {
         this._connectingLeg = null;
       }
@@ -224,7 +235,9 @@ class SfuConnection {
     channel.binaryType = 'arraybuffer';
     const leg = { id, pc, channel, closed: false, posted: false, negotiation: Promise.resolve() };
     channel.addEventListener('message', (ev) => this._onMessage(leg, ev.data));
-    channel.addEventListener('close', () => this._onLegLost(leg, 'the server closed the connection'));
+    channel.addEventListener('close', () => {
+      this._onLegLost(leg, 'the server closed the connection');
+    });
     pc.addEventListener('connectionstatechange', () => {
       if (pc.connectionState === 'failed') this._onLegLost(leg, 'the connection failed (ICE/DTLS)');
     });
@@ -234,16 +247,16 @@ class SfuConnection {
 
   async _post(leg, sdp) {
     const o = this.options;
-    const url = apiUrl(o.baseUrl, this.role, this.room, leg.id);
+    const url = this._urlOf(leg);
+    const headers = { 'Content-Type': 'application/sdp', Accept: 'application/sdp' };
     const res = await request(this._fetch, url, {
-      method: 'POST',
-      headers: headersFor(o.token, { 'Content-Type': 'application/sdp', Accept: 'application/sdp' }),
-      body: sdp,
+      method: 'POST', headers: headersFor(o.token, headers), body: sdp,
     }, o.requestTimeoutMs);
     const body = await res.text();
     if (res.status !== 201) {
       const retry = Number.parseInt(res.headers?.get?.('Retry-After') ?? '', 10);
-      throw new SfuError(`POST ${url}: ${res.status} ${body.trim() || res.statusText || ''}`.trim(), {
+      const detail = body.trim() || res.statusText || '';
+      throw new SfuError(`POST ${url}: ${res.status} ${detail}`.trim(), {
         kind: 'http', status: res.status, body, retryAfter: Number.isNaN(retry) ? null : retry,
       });
     }
@@ -290,13 +303,14 @@ class SfuConnection {
     try {
       text = decodeMessage(data);
     } catch (err) {
-      this._error(err instanceof SfuError ? err : new SfuError(`undecodable message: ${err.message}`, { kind: 'protocol' }));
+      const problem = err instanceof SfuError ? err : protocolError(`undecodable: ${err.message}`);
+      this._error(problem);
       return;
     }
     const cmd = parseServerCommand(text);
     switch (cmd.type) {
       case 'INVALID':
-        this._error(new SfuError(`bad command from server: ${cmd.error}`, { kind: 'protocol' }));
+        this._error(protocolError(`bad command from server: ${cmd.error}`));
         return;
       case 'ERROR':
         this._error(new SfuError(cmd.text || 'error', { kind: 'server' }));
@@ -337,7 +351,7 @@ class SfuConnection {
       call(this.options.onReconnect, leg.id, oldLeg.id);
     } catch (err) {
       if (this.state !== 'open') return;  // stopped meanwhile
-      this._error(new SfuError(`reconnect failed: ${err.message}`, { kind: 'connection', cause: err }));
+      this._error(connectionError(`reconnect failed: ${err.message}`, err));
       this._finish('reconnect failed');
     } finally {
       this._reconnecting = false;
@@ -355,7 +369,7 @@ class SfuConnection {
   }
 
   _delete(leg) {
-    return request(this._fetch, apiUrl(this.options.baseUrl, this.role, this.room, leg.id), {
+    return request(this._fetch, this._urlOf(leg), {
       method: 'DELETE', headers: headersFor(this.options.token),
     }, this.options.requestTimeoutMs);
   }
@@ -399,7 +413,7 @@ class SfuConnection {
     if (leg && !leg.closed) {
       this._sendStopQuietly(leg);
       try {
-        this._fetch(apiUrl(this.options.baseUrl, this.role, this.room, leg.id), {
+        this._fetch(this._urlOf(leg), {
           method: 'DELETE', headers: headersFor(this.options.token), keepalive: true,
         }).catch(() => {});
       } catch { /* unloading anyway */ }
@@ -413,7 +427,7 @@ class SfuConnection {
   _afterReconnect(_oldLeg, _newLeg) {}
   _onClosed() {}
   _onCommand(_leg, cmd) {
-    this._error(new SfuError(`unexpected ${cmd.type} on a ${this.role} connection`, { kind: 'protocol' }));
+    this._error(protocolError(`unexpected ${cmd.type} on a ${this.role} connection`));
   }
 }
 
@@ -421,7 +435,9 @@ class PublisherConnection extends SfuConnection {
   constructor(options) {
     super('pub', options);
     const tracks = options.tracks ?? options.stream?.getTracks?.() ?? [];
-    if (!tracks.length) throw new SfuError('a publisher needs a stream (or tracks) with at least one track');
+    if (!tracks.length) {
+      throw new SfuError('a publisher needs a stream (or tracks) with at least one track');
+    }
     this.stream = options.stream ?? null;
     this.tracks = tracks;
   }
@@ -437,16 +453,16 @@ class PublisherConnection extends SfuConnection {
   _setupLeg(leg) {
     // Send-only m-sections, each tagged with the stream so receivers group audio and video.
     const streams = this.stream ? [this.stream] : [];
-    for (const track of this.tracks) leg.pc.addTransceiver(track, { direction: 'sendonly', streams });
+    for (const track of this.tracks) {
+      leg.pc.addTransceiver(track, { direction: 'sendonly', streams });
+    }
   }
 }
 
 class SubscriberConnection extends SfuConnection {
   constructor(options) {
     super('sub', options);
-    const mode = options.mode ?? 'auto';
-    if (!SUB_MODES.includes(mode)) throw new SfuError(`mode must be auto or manual, got ${JSON.stringify(mode)}`);
-    this.mode = mode;
+    this.mode = requireMode(options.mode ?? 'auto');
     this.subscriptions = new Set();  // manual mode: publisher ids named by sub()
     this.publishers = new Map();     // id -> {id, user, stream, tracks: Set}
     this._ended = new WeakSet();
@@ -529,9 +545,12 @@ class SubscriberConnection extends SfuConnection {
       this._reconcile(leg);
     } catch (err) {
       if (leg.closed) return;
-      this._error(new SfuError(`could not apply SDP_OFFER: ${err.message}`, { kind: 'negotiation', cause: err }));
+      const message = `could not apply SDP_OFFER: ${err.message}`;
+      this._error(new SfuError(message, { kind: 'negotiation', cause: err }));
       try {
-        if (pc.signalingState === 'have-remote-offer') await pc.setRemoteDescription({ type: 'rollback' });
+        if (pc.signalingState === 'have-remote-offer') {
+          await pc.setRemoteDescription({ type: 'rollback' });
+        }
       } catch { /* nothing more to undo */ }
     }
   }
@@ -556,7 +575,7 @@ class SubscriberConnection extends SfuConnection {
     const mid = ev.transceiver?.mid;
     const id = stream?.id ?? msidOfMid(leg.pc.remoteDescription?.sdp, mid)?.stream;
     if (!id || id === '-') {
-      this._error(new SfuError(`track on mid ${mid} has no publisher id (msid)`, { kind: 'protocol' }));
+      this._error(protocolError(`track on mid ${mid} has no publisher id (msid)`));
       return;
     }
     const info = this._publisher(leg, id);

@@ -89,7 +89,8 @@ export function makeConnectionId(user, { suffixLength = SUFFIX_LENGTH, randomByt
   const maxUser = MAX_NAME_LENGTH - 1 - suffixLength;
   if (!isValidName(user) || user.length > maxUser) {
     throw new SfuError(
-      `user must match [A-Za-z0-9_.-] and be 1..${maxUser} characters, got ${JSON.stringify(user)}`);
+      `user must match [A-Za-z0-9_.-] and be 1..${maxUser} characters, `
+      + `got ${JSON.stringify(user)}`);
   }
   return `${user}-${randomSuffix(suffixLength, randomBytes)}`;
 }
@@ -180,8 +181,18 @@ export function parseClientCommand(message) {
 }
 
 function requireName(id, what) {
-  if (!isValidName(id)) throw new SfuError(`${what} must match ${NAME_PATTERN}, got ${JSON.stringify(id)}`);
+  if (!isValidName(id)) {
+    throw new SfuError(`${what} must match ${NAME_PATTERN}, got ${JSON.stringify(id)}`);
+  }
   return id;
+}
+
+/** 'auto' or 'manual', else a usage error. */
+export function requireMode(mode) {
+  if (!SUB_MODES.includes(mode)) {
+    throw new SfuError(`mode must be auto or manual, got ${JSON.stringify(mode)}`);
+  }
+  return mode;
 }
 
 function requireText(text, what) {
@@ -195,10 +206,7 @@ export const clientCommands = Object.freeze({
   stop: () => 'STOP',
   sub: (id) => `SUB ${requireName(id, 'publisher id')}`,
   unsub: (id) => `UNSUB ${requireName(id, 'publisher id')}`,
-  subMode: (mode) => {
-    if (!SUB_MODES.includes(mode)) throw new SfuError(`mode must be auto or manual, got ${JSON.stringify(mode)}`);
-    return `SUB_MODE ${mode}`;
-  },
+  subMode: (mode) => `SUB_MODE ${requireMode(mode)}`,
   chat: (text) => `CHAT ${requireText(text, 'chat text')}`,
 });
 

@@ -33,8 +33,9 @@ export function selectedPair(report) {
   const byId = statsById(report);
   let pair = null;
   for (const s of byId.values()) {
-    if (s.type === 'transport' && s.selectedCandidatePairId && byId.has(s.selectedCandidatePairId)) {
-      pair = byId.get(s.selectedCandidatePairId);
+    const id = s.type === 'transport' ? s.selectedCandidatePairId : undefined;
+    if (id && byId.has(id)) {
+      pair = byId.get(id);
       break;
     }
   }
@@ -73,7 +74,9 @@ export function summarizeStats(report, { kind, direction }, previous = null) {
     packets += num(inbound ? r.packetsReceived : r.packetsSent);
     packetsLost += num(r.packetsLost);
     frames += num(inbound ? r.framesDecoded : (r.framesEncoded ?? r.framesSent));
-    if (typeof r.framesPerSecond === 'number') framesPerSecond = (framesPerSecond ?? 0) + r.framesPerSecond;
+    if (typeof r.framesPerSecond === 'number') {
+      framesPerSecond = (framesPerSecond ?? 0) + r.framesPerSecond;
+    }
     if (typeof r.frameWidth === 'number' && r.frameWidth > (width ?? 0)) {
       width = r.frameWidth;
       height = r.frameHeight ?? null;
@@ -82,7 +85,9 @@ export function summarizeStats(report, { kind, direction }, previous = null) {
     timestamp = Math.max(timestamp, num(r.timestamp));
   }
   const sample = { bytes, frames, timestamp };
-  const dt = previous && timestamp > previous.timestamp ? (timestamp - previous.timestamp) / 1000 : 0;
+  const dt = previous && timestamp > previous.timestamp
+    ? (timestamp - previous.timestamp) / 1000
+    : 0;
   const bitrate = dt > 0 && bytes >= previous.bytes ? ((bytes - previous.bytes) * 8) / dt : null;
   let fps = null;
   if (kind === 'video') {
@@ -122,7 +127,8 @@ export async function streamStats(pc, track) {
   else if (receiver) report = await receiver.getStats();
   else report = await pc.getStats(track);
   const direction = sender ? 'outbound' : 'inbound';
-  const summary = summarizeStats(report, { kind: track.kind, direction }, statsCache.get(track) ?? null);
+  const previous = statsCache.get(track) ?? null;
+  const summary = summarizeStats(report, { kind: track.kind, direction }, previous);
   if (!summary.pair) {
     // A selector-filtered report may omit the ICE stats (older Firefox); ask for all of them.
     summary.pair = selectedPair(await pc.getStats());

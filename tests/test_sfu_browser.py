@@ -39,7 +39,8 @@ HELPERS = """async () => {
   };
   window.T = {
     m, pubs: {}, sub: null, tracks: {},
-    hasCodec: (mime) => RTCRtpSender.getCapabilities('video').codecs.some((c) => c.mimeType === mime),
+    hasCodec: (mime) =>
+      RTCRtpSender.getCapabilities('video').codecs.some((c) => c.mimeType === mime),
     async publish(room, user, { width = 640, height = 480, codec = null } = {}) {
       const stream = await navigator.mediaDevices.getUserMedia(
           { audio: true, video: { width, height, frameRate: 30 } });

@@ -121,7 +121,8 @@ class _Refs(HTMLParser):
 
 
 def test_site_needs_no_build_and_nothing_from_outside() -> None:
-    for name in ("index.html", "app.js", "sfu-client.js", "style.css", "README.md"):
+    for name in ("index.html", "app.js", "style.css", "README.md",
+                 "sfu-client.js", "sfu-protocol.js", "sfu-stats.js"):
         assert (SITE / name).is_file(), name
     parser = _Refs()
     parser.feed((SITE / "index.html").read_text())
@@ -134,12 +135,19 @@ def test_site_needs_no_build_and_nothing_from_outside() -> None:
         assert (SITE / value.removeprefix("./")).is_file(), f"index.html refers to missing {value}"
     assert {"style.css", "app.js"} <= {v.removeprefix("./") for v in local}
 
-    imports = re.compile(r"^\s*import\s[^;]*?from\s+'([^']+)'|^\s*import\s+'([^']+)'", re.M | re.S)
-    app_imports = [a or b for a, b in imports.findall((SITE / "app.js").read_text())]
-    assert app_imports == ["./sfu-client.js"]
-    module = (SITE / "sfu-client.js").read_text()
-    assert imports.findall(module) == [], "sfu-client.js must have no dependencies"
-    assert "import(" not in module
+    # The module needs nothing but its two siblings; pages import sfu-client.js only.
+    deps = re.compile(r"^\s*(?:import|export)\s[^;]*?from\s+'([^']+)'|^\s*import\s+'([^']+)'",
+                      re.M | re.S)
+
+    def deps_of(name: str) -> set[str]:
+        text = (SITE / name).read_text()
+        assert "import(" not in text, name
+        return {a or b for a, b in deps.findall(text)}
+
+    assert deps_of("app.js") == {"./sfu-client.js"}
+    assert deps_of("sfu-client.js") == {"./sfu-protocol.js", "./sfu-stats.js"}
+    assert deps_of("sfu-protocol.js") == set()
+    assert deps_of("sfu-stats.js") == set()
     css = (SITE / "style.css").read_text()
     assert not re.search(r"@import|url\(\s*['\"]?(https?:)?//", css)
 
