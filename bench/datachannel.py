@@ -4,9 +4,9 @@ Our client sends fixed-size messages on one reliable ordered channel to a server
 shared UDP endpoint, both in this process (so CPU time is the cost of both ends). Printed: MB/s
 of delivered payload (wall), CPU µs per 1200-byte datagram, and the floor measured in the same
 run — one raw non-blocking ``sendto`` of 1200 bytes plus one pylibsrtp GCM protect — as the
-ratio we track. Nothing is asserted; counts and time are bounded.
+ratio we track (``bench.floor.measure_floor``). Nothing is asserted; counts and time are bounded.
 
-Run: ``.venv/bin/python bench/datachannel.py [megabytes]``
+Run from the repository root: ``.venv/bin/python -m bench.datachannel [megabytes]``
 """
 
 from __future__ import annotations

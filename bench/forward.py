@@ -21,20 +21,19 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import pylibsrtp
 
-from bench.floor import measure_floor
+from bench.floor import MAX_SECONDS, Loopback, gcm_session, measure, measure_floor
 from trio_sfu.proto.rtp import RtpPacket, RtpRewriter, TransportCcSequencer, payload_offset
 from trio_sfu.sfu.media import NackGenerator, PacketCache, ReceiveStatistics, SendStatistics
 
 INPUT = 512  # distinct publisher packets, replayed with fresh per-subscriber state each round
-MAX_SECONDS = 3.0  # per figure
 CHUNK = 256  # outbound packets between drains of the receiving socket
 VIDEO_SSRC, AUDIO_SSRC = 0x11111111, 0x22222222
 
@@ -66,17 +65,6 @@ def publisher_packets() -> list[bytes]:
     return out
 
 
-def gcm_session() -> pylibsrtp.Session:
-    policy = pylibsrtp.Policy(
-        key=os.urandom(28),
-        ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
-        srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
-    )
-    policy.allow_repeat_tx = True  # every round re-sends the same sequence numbers
-    policy.window_size = 2 * INPUT
-    return pylibsrtp.Session(policy)
-
-
 @dataclass(slots=True)
 class Subscriber:
     video: RtpRewriter
@@ -100,70 +88,76 @@ def new_subscriber(n: int, session: pylibsrtp.Session) -> Subscriber:
     )
 
 
-def measure(fanout: int, total: int, packets: list[bytes], full: bool) -> tuple[float, int]:
+@dataclass(slots=True)
+class Round:
+    """What one replay of the input starts afresh: each subscriber's rewriters and send
+    statistics (the sessions' replay windows cover a round) and the publisher-side stages."""
+
+    video: list[tuple[RtpRewriter, SendStatistics, Callable[[bytes], bytes]]]
+    audio: list[tuple[RtpRewriter, SendStatistics, Callable[[bytes], bytes]]]
+    cache: PacketCache
+    video_rx: ReceiveStatistics
+    audio_rx: ReceiveStatistics
+    nack: NackGenerator
+
+
+def measure_fanout(fanout: int, total: int, packets: list[bytes], full: bool
+                   ) -> tuple[float, int]:
     """(CPU µs per outbound packet, sends that hit a full socket buffer)."""
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    rx.bind(("127.0.0.1", 0))
-    rx.setblocking(False)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx.setblocking(False)
-    dest = rx.getsockname()
-    sink = bytearray(2048)
-    sessions = [gcm_session() for _ in range(fanout)]
+    sessions = [gcm_session(window_size=2 * INPUT) for _ in range(fanout)]
     per_chunk = max(1, CHUNK // fanout)
     offsets = [payload_offset(p) for p in packets]
-    sendto = tx.sendto
-    monotonic = time.monotonic
-    done = dropped = 0
-    cpu = 0.0
-    deadline = time.perf_counter() + MAX_SECONDS
-    try:
-        while done < total and time.perf_counter() < deadline:
+    link = Loopback()
+
+    def forward(r: Round, chunk: range) -> int:
+        sendto, dest, monotonic = link.tx.sendto, link.dest, time.monotonic
+        video, audio, cache, nack = r.video, r.audio, r.cache, r.nack
+        video_rx, audio_rx = r.video_rx, r.audio_rx
+        dropped = 0
+        for i in chunk:
+            packet = packets[i]
+            is_video = packet[1] & 0x7F == 96
+            if full:
+                now = monotonic()
+                seq = (packet[2] << 8) | packet[3]
+                ts = int.from_bytes(packet[4:8])
+                size = len(packet) - offsets[i]
+                if is_video:
+                    cache.put(packet)
+                    video_rx.update(seq, ts, now)
+                    nack.on_packet(seq, now)
+                else:
+                    audio_rx.update(seq, ts, now)
+            for rewriter, stats, protect in video if is_video else audio:
+                out = rewriter.rewrite(packet)
+                if out is None:
+                    continue
+                if full:
+                    stats.update(int.from_bytes(out[4:8]), size, now)
+                try:
+                    sendto(protect(out), dest)
+                except BlockingIOError:
+                    dropped += 1
+        link.dropped += dropped
+        return len(chunk) * fanout
+
+    def rounds() -> Iterator[Callable[[], int]]:
+        while True:
             subs = [new_subscriber(i, s) for i, s in enumerate(sessions)]
-            pairs = [(s.video, s.video_stats, s.protect) for s in subs]
-            audio_pairs = [(s.audio, s.audio_stats, s.protect) for s in subs]
-            cache = PacketCache()
-            video_rx, audio_rx = ReceiveStatistics(90000), ReceiveStatistics(48000)
-            nack = NackGenerator()
+            r = Round(
+                [(s.video, s.video_stats, s.protect) for s in subs],
+                [(s.audio, s.audio_stats, s.protect) for s in subs],
+                PacketCache(), ReceiveStatistics(90000), ReceiveStatistics(48000), NackGenerator(),
+            )
             for start in range(0, len(packets), per_chunk):
-                chunk = range(start, min(start + per_chunk, len(packets)))
-                c0 = time.process_time()
-                for i in chunk:
-                    packet = packets[i]
-                    is_video = packet[1] & 0x7F == 96
-                    if full:
-                        now = monotonic()
-                        seq = (packet[2] << 8) | packet[3]
-                        ts = int.from_bytes(packet[4:8])
-                        size = len(packet) - offsets[i]
-                        if is_video:
-                            cache.put(packet)
-                            video_rx.update(seq, ts, now)
-                            nack.on_packet(seq, now)
-                        else:
-                            audio_rx.update(seq, ts, now)
-                    for rewriter, stats, protect in pairs if is_video else audio_pairs:
-                        out = rewriter.rewrite(packet)
-                        if out is None:
-                            continue
-                        if full:
-                            stats.update(int.from_bytes(out[4:8]), size, now)
-                        try:
-                            sendto(protect(out), dest)
-                        except BlockingIOError:
-                            dropped += 1
-                cpu += time.process_time() - c0
-                done += len(chunk) * fanout
-                while True:  # outside the timed region, like the floor's
-                    try:
-                        rx.recv_into(sink)
-                    except BlockingIOError:
-                        break
+                yield partial(forward, r, range(start, min(start + per_chunk, len(packets))))
+                link.drain()  # outside the timed region, like the floor's
+
+    try:
+        cpu, _wall = measure(total, rounds())
     finally:
-        rx.close()
-        tx.close()
-    return cpu / done * 1e6, dropped
+        link.close()
+    return cpu, link.dropped
 
 
 def main() -> None:
@@ -178,8 +172,8 @@ def main() -> None:
     print(f"{'N':>4s} {'bare':>8s} {'full':>8s} {'stages':>8s} {'full/floor':>11s}")
     dropped = 0
     for fanout in fanouts:
-        bare, d1 = measure(fanout, total, packets, full=False)
-        full, d2 = measure(fanout, total, packets, full=True)
+        bare, d1 = measure_fanout(fanout, total, packets, full=False)
+        full, d2 = measure_fanout(fanout, total, packets, full=True)
         dropped += d1 + d2
         print(f"{fanout:4d} {bare:8.2f} {full:8.2f} {full - bare:8.2f} {full / floor_cpu:10.2f}x")
     print(f"floor (protect GCM + sendto 1200 B, same run): {floor_cpu:.2f} µs CPU")

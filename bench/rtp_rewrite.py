@@ -1,28 +1,28 @@
 """CPU cost per packet of the forwarding hot path, beside the floor measured in the same run.
 
-The floor is what every forwarded packet costs no matter how good our Python is: a raw
-non-blocking ``sendto`` of 1200 bytes to a drained UDP socket on 127.0.0.1 plus one pylibsrtp
-``protect`` (AEAD_AES_128_GCM). Each figure is printed in microseconds of CPU time
-(``time.process_time``) and wall time (``time.perf_counter``), with its ratio to the floor;
-DESIGN.md tracks that ratio. Nothing is asserted. Counts and time are bounded.
+The floor (``bench.floor.measure_floor``) is what every forwarded packet costs no matter how
+good our Python is: a raw non-blocking ``sendto`` of 1200 bytes to a drained UDP socket on
+127.0.0.1 plus one pylibsrtp ``protect`` (AEAD_AES_128_GCM). Each figure is printed in
+microseconds of CPU time (``time.process_time``) and wall time (``time.perf_counter``), with its
+ratio to the floor; DESIGN.md tracks that ratio. Nothing is asserted. Counts and time are
+bounded.
 
-Run: ``.venv/bin/python bench/rtp_rewrite.py [packets]``
+Run from the repository root: ``.venv/bin/python -m bench.rtp_rewrite [packets]``
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import time
 from collections.abc import Callable
+from itertools import repeat
 
 import pylibsrtp
 
+from bench.floor import MAX_SECONDS, Loopback, gcm_session, measure, measure_floor, srtp_session
 from trio_sfu.proto.rtp import RtpPacket, RtpRewriter, TransportCcSequencer, read_header
 
 BATCH = 512  # distinct packets per batch: fits in cache like a burst from the socket would
-MAX_SECONDS = 3.0  # per figure
 
 
 def make_packets(count: int) -> list[bytes]:
@@ -41,29 +41,9 @@ def make_packets(count: int) -> list[bytes]:
     ]
 
 
-def measure(name: str, total: int, run_batch: Callable[[], int]) -> tuple[str, float, float]:
-    """Run ``run_batch`` (returns packets done) until ``total`` packets or the time bound."""
-    done = 0
-    cpu = wall = 0.0
-    deadline = time.perf_counter() + MAX_SECONDS
-    while done < total and time.perf_counter() < deadline:
-        c0, w0 = time.process_time(), time.perf_counter()
-        n = run_batch()
-        cpu += time.process_time() - c0
-        wall += time.perf_counter() - w0
-        done += n
-    return name, cpu / done * 1e6, wall / done * 1e6
-
-
-def srtp_session(profile: int) -> pylibsrtp.Session:
-    key_len = 28 if profile == pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM else 30
-    policy = pylibsrtp.Policy(
-        key=os.urandom(key_len), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile
-    )
-    # Every batch re-sends the same sequence numbers.
-    policy.allow_repeat_tx = True
-    policy.window_size = 2 * BATCH
-    return pylibsrtp.Session(policy)
+def row(name: str, total: int, run_batch: Callable[[], int]) -> tuple[str, float, float]:
+    """Time ``run_batch`` (returns packets done) over and over, up to ``total`` packets."""
+    return name, *measure(total, repeat(run_batch))
 
 
 def main() -> None:
@@ -78,27 +58,11 @@ def main() -> None:
         rw = new_rewriter()
         return [out for p in packets if (out := rw.rewrite(p)) is not None]
 
-    outputs = fresh_outputs()
-    assert len(outputs) == BATCH
-    gcm = srtp_session(pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
-    cm = srtp_session(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
-
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    receiver.bind(("127.0.0.1", 0))
-    receiver.setblocking(False)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.setblocking(False)
-    target = receiver.getsockname()
-    sink = bytearray(2048)
-    dropped = 0
-
-    def drain() -> None:
-        try:
-            while True:
-                receiver.recv_into(sink)
-        except BlockingIOError:
-            pass
+    outputs = fresh_outputs()  # every packet, unless a rewriter change drops some
+    # Every batch re-sends the same sequence numbers through one session.
+    gcm = gcm_session(window_size=2 * BATCH)
+    cm = srtp_session(pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, window_size=2 * BATCH)
+    link = Loopback()
 
     def batch_parse() -> int:
         for p in packets:
@@ -117,7 +81,7 @@ def main() -> None:
             protect = session.protect
             for out in outputs:
                 protect(out)
-            return BATCH
+            return len(outputs)
 
         return run
 
@@ -130,53 +94,32 @@ def main() -> None:
                 protect(out)
         return BATCH
 
-    def batch_floor() -> int:
-        nonlocal dropped
-        protect, sendto = gcm.protect, sender.sendto
-        for i, out in enumerate(outputs):
-            data = protect(out)
-            try:
-                sendto(data, target)
-            except BlockingIOError:
-                dropped += 1
-            if i & 63 == 63:
-                drain()
-        drain()
-        return BATCH
-
     def batch_sendto() -> int:
-        nonlocal dropped
-        sendto = sender.sendto
         protected = [gcm.protect(o) for o in outputs[:64]]
         for _ in range(BATCH // 64):
-            for data in protected:
-                try:
-                    sendto(data, target)
-                except BlockingIOError:
-                    dropped += 1
-            drain()
+            link.send_all(protected)
+            link.drain()
         return BATCH
 
-    # The drain's recv_into calls land inside the floor's timing, as they would on a real
-    # server reading its socket; they cost ≈ 1 µs, measured in DESIGN.md.
-    floor = measure("floor: protect (GCM) + sendto 1200 B", total, batch_floor)
+    floor_cpu, floor_wall = measure_floor(total)
     rows = [
-        measure("parse header fields (read_header)", total, batch_parse),
-        measure("RtpRewriter.rewrite, 1200 B, 3 extensions", total, batch_rewrite),
-        measure("pylibsrtp protect AEAD_AES_128_GCM", total, batch_protect(gcm)),
-        measure("pylibsrtp protect AES_CM_128_HMAC_SHA1_80", total, batch_protect(cm)),
-        measure("rewrite + protect (GCM)", total, batch_rewrite_protect),
-        measure("raw sendto 1200 B (+ drain)", total, batch_sendto),
-        floor,
+        row("parse header fields (read_header)", total, batch_parse),
+        row("RtpRewriter.rewrite, 1200 B, 3 extensions", total, batch_rewrite),
+        row("pylibsrtp protect AEAD_AES_128_GCM", total, batch_protect(gcm)),
+        row("pylibsrtp protect AES_CM_128_HMAC_SHA1_80", total, batch_protect(cm)),
+        row("rewrite + protect (GCM)", total, batch_rewrite_protect),
+        # The drain's recv_into calls land inside this figure, as they would on a real server
+        # reading its socket; they cost ≈ 1 µs, measured in DESIGN.md.
+        row("raw sendto 1200 B (+ drain)", total, batch_sendto),
+        ("floor: protect (GCM) + sendto 1200 B", floor_cpu, floor_wall),
     ]
+    link.close()
     print(f"per-packet cost, up to {total} packets or {MAX_SECONDS:.0f} s per figure")
     print(f"{'':44s} {'CPU µs':>8s} {'wall µs':>8s} {'CPU/floor':>10s}")
     for name, cpu, wall in rows:
-        print(f"{name:44s} {cpu:8.2f} {wall:8.2f} {cpu / floor[1]:9.2f}x")
-    if dropped:
-        print(f"({dropped} sends hit a full socket buffer and were dropped)")
-    sender.close()
-    receiver.close()
+        print(f"{name:44s} {cpu:8.2f} {wall:8.2f} {cpu / floor_cpu:9.2f}x")
+    if link.dropped:
+        print(f"({link.dropped} sends hit a full socket buffer and were dropped)")
 
 
 if __name__ == "__main__":

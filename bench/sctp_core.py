@@ -3,9 +3,13 @@
 No DTLS, no sockets: packets go straight from one endpoint to the other with a fake clock that
 advances 50 µs per round of the loop (so congestion control sees a short RTT and opens up).
 The figure is the CPU cost of both ends of SCTP (framing, CRC32c, SACKs, reassembly, DCEP), i.e.
-an upper bound for what the Trio driver can reach over a real socket. Printed, not asserted.
+an upper bound for what the Trio driver can reach over a real socket. Per packet it is printed
+beside the floor measured in the same run (``bench.floor.measure_floor``: one raw ``sendto`` of
+1200 bytes plus one pylibsrtp GCM protect), as every bench does, so that the ratio can be set
+against ``bench.datachannel``'s, which pays for DTLS and the socket on top. Printed, not
+asserted; the amount of data is bounded.
 
-Run: ``.venv/bin/python bench/sctp_core.py [megabytes]``
+Run from the repository root: ``.venv/bin/python -m bench.sctp_core [megabytes]``
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import time
 from collections import deque
 
+from bench.floor import measure_floor
 from trio_sfu.proto.datachannel import (
     AssociationEstablished,
     ChannelMessage,
@@ -103,14 +108,17 @@ def run(total_bytes: int, message_size: int) -> tuple[float, float, int, int]:
 def main() -> None:
     megabytes = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     total = megabytes * 1024 * 1024
+    floor_cpu, _ = measure_floor()
     print(f"DataChannelEndpoint pair in memory, {megabytes} MB per run, both ends in this process")
+    print(f"  floor (raw sendto 1200 B + GCM protect, same run): {floor_cpu:.2f} µs CPU per packet")
     for size in (16 * 1024, 64 * 1024):
         cpu, wall, packets, rtx = run(total, size)
         mbps = total / cpu / 1e6
         print(
             f"  {size // 1024:>3} KiB messages: {mbps:6.1f} MB/s of CPU time "
             f"({total / wall / 1e6:6.1f} MB/s wall), {packets} packets, "
-            f"{cpu / packets * 1e6:5.1f} µs CPU per packet (both ends), {rtx} retransmissions"
+            f"{cpu / packets * 1e6:5.1f} µs CPU per packet (both ends, "
+            f"{cpu / packets * 1e6 / floor_cpu:.2f}× floor), {rtx} retransmissions"
         )
 
 
