@@ -30,6 +30,8 @@ class TrackInfo:
     kind: str  # "audio" | "video"
     #: what the publisher negotiated, in its preference order
     codecs: tuple[CodecInfo, ...] = ()
+    #: the header extensions of the publisher leg: (id, uri)
+    extensions: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(slots=True, frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
+from typing import Protocol
 
 from trio_sfu.cluster.commands import CodecInfo, TrackInfo
 from trio_sfu.proto.capabilities import (
@@ -67,6 +68,57 @@ def codec_preferences(track: TrackInfo) -> list[CodecCapability]:
     ]
 
 
+class TrackSource(Protocol):
+    """What a down-track forwards from: a local publisher's track, or a track relayed from
+    another pod (cluster mode). Described by data (:class:`TrackInfo`), so the down-track never
+    needs the publisher's own transceiver."""
+
+    info: TrackInfo
+    publisher_id: str
+    track_id: str
+    kind: str
+    clock_rate: int
+    cache: PacketCache | None
+
+    def attach(self, downtrack: DownTrack) -> None: ...
+
+    def detach(self, downtrack: DownTrack) -> None: ...
+
+    def request_keyframe(self, now: float) -> bool: ...
+
+
+def forwarding_maps(
+    source: TrackInfo, transceiver: Transceiver
+) -> tuple[dict[int, int], dict[int, int], int, dict[int, int]]:
+    """(payload type map, extension id map, clock rate, RTX payload type per output PT) for
+    forwarding ``source`` on the negotiated ``transceiver`` (issue 3: payload types mapped per
+    subscriber)."""
+    t = transceiver
+    pt_map: dict[int, int] = {}
+    rtx_pt: dict[int, int] = {}
+    clock_rate = 90000
+    for pub in source.codecs:
+        if pub.name.lower() == "rtx":
+            continue
+        cap = CodecCapability(pub.name, pub.clock_rate, pub.channels, pub.fmtp)
+        for sub in t.media_codecs:
+            if codec_matches(sub, cap):
+                pt_map[pub.payload_type] = sub.payload_type
+                clock_rate = sub.clock_rate
+                rtx = t.rtx_payload_type(sub.payload_type)
+                if rtx is not None and t.sender_rtx_ssrc is not None and t.nack:
+                    rtx_pt[sub.payload_type] = rtx
+                break
+    ext_map: dict[int, int] = {}
+    for ext_id, uri in source.extensions:
+        if uri in _NOT_FORWARDED:
+            continue
+        out = t.extension_id(uri)
+        if out is not None:
+            ext_map[ext_id] = out
+    return pt_map, ext_map, clock_rate, rtx_pt
+
+
 class Ingress:
     """One incoming media SSRC of a track (the only stream, or one simulcast layer)."""
 
@@ -94,8 +146,13 @@ class PublishedTrack:
         self.transceiver = transceiver
         self.track_id = track_id
         self.publisher_id = publisher_id
-        self.kind = transceiver.kind
-        self.info = TrackInfo(track_id, transceiver.kind, codec_infos(transceiver))
+        self.kind: str = transceiver.kind
+        self.info = TrackInfo(
+            track_id,
+            transceiver.kind,
+            codec_infos(transceiver),
+            tuple((e.id, e.uri) for e in transceiver.header_extensions),
+        )
         self.downtracks: list[DownTrack] = []
         media = transceiver.media_codecs
         self.clock_rate = media[0].clock_rate if media else 90000
@@ -223,7 +280,7 @@ class DownTrack:
         self,
         pc: PeerConnection,
         transceiver: Transceiver,
-        source: PublishedTrack,
+        source: TrackSource,
         *,
         twcc: Callable[[int], TransportCcSequencer | None],
     ) -> None:
@@ -236,10 +293,12 @@ class DownTrack:
         self._send = pc.send_rtp
         self._rtx_pt: dict[int, int] = {}
         self._rtx_seq = 0
+        self._last_forward = 0.0
         self.forwarded = 0
         self.unmapped = 0
         self.retransmitted = 0
         self.nack_misses = 0
+        self.switches = 0
 
     def __repr__(self) -> str:
         return f"<DownTrack {self.source!r} -> {self.pc.name}>"
@@ -249,31 +308,13 @@ class DownTrack:
         t = self.transceiver
         if t.stopped or not t.sending:
             return False
-        pt_map: dict[int, int] = {}
-        clock_rate = self.source.clock_rate
-        for pub in self.source.transceiver.media_codecs:
-            cap = CodecCapability(pub.name, pub.clock_rate, pub.channels, pub.fmtp)
-            for sub in t.media_codecs:
-                if codec_matches(sub, cap):
-                    pt_map[pub.payload_type] = sub.payload_type
-                    clock_rate = sub.clock_rate
-                    rtx = t.rtx_payload_type(sub.payload_type)
-                    if rtx is not None and t.sender_rtx_ssrc is not None and t.nack:
-                        self._rtx_pt[sub.payload_type] = rtx
-                    break
+        pt_map, ext_map, clock_rate, self._rtx_pt = forwarding_maps(self.source.info, t)
         if not pt_map:
             log.warning(
                 "subscriber accepted none of the publisher's codecs",
                 extra={"peer": self.pc.name, "track": self.source.track_id},
             )
             return False
-        ext_map: dict[int, int] = {}
-        for ext in self.source.transceiver.header_extensions:
-            if ext.uri in _NOT_FORWARDED:
-                continue
-            out = t.extension_id(ext.uri)
-            if out is not None:
-                ext_map[ext.id] = out
         twcc_id = t.extension_id(URI_TRANSPORT_CC)
         self.rewriter = RtpRewriter(
             t.sender_ssrc,
@@ -282,6 +323,26 @@ class DownTrack:
             clock_rate=clock_rate,
             twcc=self._twcc(twcc_id) if twcc_id is not None else None,
         )
+        return True
+
+    def switch(self, source: TrackSource, now: float) -> bool:
+        """Forward ``source`` instead, without renegotiating: same SSRC, sequence numbers and
+        timestamps continue (a WHEP viewer following a replaced publisher). False, and no
+        change, if the subscriber did not negotiate any of the new source's codecs."""
+        rewriter = self.rewriter
+        if rewriter is None:
+            return False
+        pt_map, ext_map, _, rtx_pt = forwarding_maps(source.info, self.transceiver)
+        if not pt_map:
+            return False
+        self.source.detach(self)
+        rewriter.remap(pt_map, ext_map)
+        rewriter.switch_source(now - self._last_forward if self._last_forward else 0.0)
+        self._rtx_pt = rtx_pt
+        self.source = source
+        self.switches += 1
+        source.attach(self)
+        source.request_keyframe(now)
         return True
 
     def forward(self, packet: bytes, now: float) -> None:
@@ -293,6 +354,7 @@ class DownTrack:
             self.unmapped += 1
             return
         self.forwarded += 1
+        self._last_forward = now
         self.stats.update(_TS.unpack_from(out, 4)[0], len(out) - 12, now)
         self._send(out)
 

@@ -106,26 +106,8 @@ class RtpRewriter:
         buffer_size: int = 2048,
     ) -> None:
         self._ssrc = ssrc & 0xFFFFFFFF
-        # Input PT → output PT; -1 drops (e.g. a codec the subscriber did not negotiate).
-        self._pt_map = [-1] * 128
-        for pt_in, pt_out in payload_types.items():
-            if not (0 <= pt_in <= 127 and 0 <= pt_out <= 127):
-                raise ValueError("payload types must be 0..127")
-            self._pt_map[pt_in] = pt_out
         self._twcc = twcc
-        twcc_id = twcc.ext_id if twcc is not None else 0
-        # Input extension id → output id; 0 drops (mid/rid of the publisher leg, unknown ids).
-        self._ext_map = [0] * 256
-        out_ids = [twcc_id] if twcc_id else []
-        for id_in, id_out in (extension_ids or {}).items():
-            if not (1 <= id_in <= 255 and 1 <= id_out <= 255):
-                raise ValueError("extension ids must be 1..255")
-            if id_out == twcc_id:
-                continue  # the subscriber leg's own transport-cc sequence wins
-            self._ext_map[id_in] = id_out
-            out_ids.append(id_out)
-        self._two_byte_out = any(i > 14 for i in out_ids)
-        self._plans: dict[int, _Plan] = {}
+        self.remap(payload_types, extension_ids)
         self._clock_rate = clock_rate
         self._buf = bytearray(buffer_size)
         self._view = memoryview(self._buf)
@@ -150,6 +132,37 @@ class RtpRewriter:
         self.octets = 0
         self.dropped = 0
         self.retransmitted = 0
+
+    def remap(
+        self, payload_types: Mapping[int, int], extension_ids: Mapping[int, int] | None = None
+    ) -> None:
+        """Set the input → output payload type and extension id maps.
+
+        Called at construction and when the source changes to a stream negotiated with other
+        numbers (a WHEP viewer following a replaced publisher): the output side keeps its own
+        numbering, so the subscriber never renegotiates.
+        """
+        # Input PT → output PT; -1 drops (e.g. a codec the subscriber did not negotiate).
+        pt_map = [-1] * 128
+        for pt_in, pt_out in payload_types.items():
+            if not (0 <= pt_in <= 127 and 0 <= pt_out <= 127):
+                raise ValueError("payload types must be 0..127")
+            pt_map[pt_in] = pt_out
+        twcc_id = self._twcc.ext_id if self._twcc is not None else 0
+        # Input extension id → output id; 0 drops (mid/rid of the publisher leg, unknown ids).
+        ext_map = [0] * 256
+        out_ids = [twcc_id] if twcc_id else []
+        for id_in, id_out in (extension_ids or {}).items():
+            if not (1 <= id_in <= 255 and 1 <= id_out <= 255):
+                raise ValueError("extension ids must be 1..255")
+            if id_out == twcc_id:
+                continue  # the subscriber leg's own transport-cc sequence wins
+            ext_map[id_in] = id_out
+            out_ids.append(id_out)
+        self._pt_map = pt_map
+        self._ext_map = ext_map
+        self._two_byte_out = any(i > 14 for i in out_ids)
+        self._plans: dict[int, _Plan] = {}  # cached per extension layout: they depend on the map
 
     @property
     def ssrc(self) -> int:
