@@ -22,8 +22,8 @@ from trio_sfu.cluster.commands import (
     SubLeft,
 )
 from trio_sfu.sfu import protocol
+from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.publisher import Publisher
-from trio_sfu.sfu.subscriber import Subscriber
 
 if TYPE_CHECKING:
     from trio_sfu.sfu.service import Sfu
@@ -36,7 +36,8 @@ class Room:
         self.sfu = sfu
         self.name = name
         self.publishers: dict[str, Publisher] = {}
-        self.subscribers: dict[str, Subscriber] = {}
+        #: seed-API subscribers and WHEP viewers: everyone we send media to
+        self.subscribers: dict[str, Downstream] = {}
         self._cancel = trio.CancelScope()
         self._listening = trio.Event()
 

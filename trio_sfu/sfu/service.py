@@ -14,22 +14,34 @@ from typing import Literal
 import trio
 
 from trio_sfu.cluster.bus import Bus, LocalBus
-from trio_sfu.cluster.commands import PubLeft, SubJoin, SubLeft, SubscriberInfo
+from trio_sfu.cluster.commands import PubLeft, PublisherInfo, SubJoin, SubLeft, SubscriberInfo
 from trio_sfu.cluster.state import MemoryStateStore, StateStore
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
+from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, Unavailable
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.publisher import Publisher
 from trio_sfu.sfu.room import Room
 from trio_sfu.sfu.subscriber import Subscriber
 from trio_sfu.sfu.track import PublishedTrack
+from trio_sfu.sfu.viewer import WhepViewer
 
 log = logging.getLogger(__name__)
 
-Role = Literal["pub", "sub"]
+Role = Literal["pub", "sub", "whep"]
 #: How long DELETE waits for a connection's cleanup before answering anyway.
 STOP_TIMEOUT = 5.0
+#: A WHEP viewer of a room without a publisher is told to come back after this many seconds.
+WHEP_RETRY_AFTER = 2
+#: Direction of our transceivers for the m-sections of a joining peer's offer.
+_DIRECTION_FOR_NEW_SECTIONS: dict[str, str] = {
+    "pub": "recvonly",
+    "sub": "inactive",
+    "whep": "sendonly",
+}
+_ROLE_NAMES = {"pub": "publisher", "sub": "subscriber", "whep": "WHEP viewer"}
+_ROLE_TYPES: dict[str, type[Member]] = {"pub": Publisher, "sub": Subscriber, "whep": WhepViewer}
 
 
 class Sfu:
@@ -67,7 +79,22 @@ class Sfu:
     async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str:
         return await self._join("sub", room, peer_id, offer_sdp)
 
-    async def _join(self, role: Role, room_name: str, peer_id: str, offer_sdp: str) -> str:
+    async def whep(
+        self, room: str, peer_id: str, offer_sdp: str, *, publisher_id: str | None = None
+    ) -> str:
+        """A WHEP viewer: sendonly audio + video following the room's live publisher (or the
+        named one). No live publisher → 409 with Retry-After (draft-ietf-wish-whep)."""
+        return await self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id)
+
+    async def _join(
+        self,
+        role: Role,
+        room_name: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        publisher_id: str | None = None,
+    ) -> str:
         if not protocol.valid_id(room_name):
             raise BadRequest("room must match [A-Za-z0-9_.-]{1,64}")
         if not protocol.valid_id(peer_id):
@@ -75,12 +102,15 @@ class Sfu:
         nursery = self._nursery
         if nursery is None:
             raise Unavailable("the SFU is not running", retry_after=1)
+        publishers: list[PublisherInfo] = []
+        if role == "whep":
+            publishers = await self._live_publishers(room_name, publisher_id)
         if not await self.state.claim_id(peer_id, self.node_id):
             raise Conflict(f"a connection with id {peer_id} is already live")
         try:
             pc = self.rtc.create_peer(
                 f"{role}:{room_name}/{peer_id}",
-                new_transceiver_direction="recvonly" if role == "pub" else "inactive",
+                new_transceiver_direction=_DIRECTION_FOR_NEW_SECTIONS[role],
             )
             try:
                 answer = pc.handle_offer(offer_sdp)
@@ -94,7 +124,11 @@ class Sfu:
                 member = Publisher(room, peer_id, pc)
                 room.publishers[peer_id] = member
             else:
-                member = Subscriber(room, peer_id, pc)
+                if role == "sub":
+                    member = Subscriber(room, peer_id, pc)
+                else:
+                    member = viewer = WhepViewer(room, peer_id, pc, publisher_id=publisher_id)
+                    viewer.start(publishers)
                 room.subscribers[peer_id] = member
                 info = SubscriberInfo(peer_id, member.user, self.node_id)
                 await self.state.add_subscriber(room_name, info)
@@ -112,6 +146,19 @@ class Sfu:
             raise BadRequest("a subscriber offer needs a data channel (m=application)")
         if role == "pub" and not any(t.receiving and t.media_codecs for t in pc.transceivers):
             raise BadRequest("a publisher offer needs audio or video we can receive")
+        if role == "whep" and not any(t.sending and t.media_codecs for t in pc.transceivers):
+            raise BadRequest("a WHEP offer needs recvonly (or sendrecv) audio or video")
+
+    async def _live_publishers(self, room: str, publisher_id: str | None) -> list[PublisherInfo]:
+        """The room's publishers a viewer could watch, oldest first; 409/404 if none fits."""
+        state = await self.state.room(room)
+        publishers = [p for p in (state.publishers.values() if state else ()) if p.tracks]
+        if publisher_id is not None:
+            if not any(p.publisher_id == publisher_id for p in publishers):
+                raise NotFound(f"no live publisher {publisher_id} in room {room}")
+        elif not publishers:
+            raise Conflict(f"room {room} has no live publisher yet", retry_after=WHEP_RETRY_AFTER)
+        return publishers
 
     async def _room(self, name: str) -> Room:
         room = self.rooms.get(name)
@@ -145,7 +192,7 @@ class Sfu:
                 if member.announced:
                     await self.state.remove_publisher(name, member.id)
                     await self.bus.publish(name, PubLeft(name, member.id))
-            elif isinstance(member, Subscriber):
+            elif isinstance(member, Downstream):
                 room.subscribers.pop(member.id, None)
                 member.close_downtracks()
                 await self.state.remove_subscriber(name, member.id)
@@ -159,14 +206,31 @@ class Sfu:
 
     # -- leaving and listing --------------------------------------------------------------
 
-    async def stop(self, role: Role, room_name: str, peer_id: str) -> None:
+    def member(self, role: Role, room_name: str, peer_id: str) -> Member:
         room = self.rooms.get(room_name)
-        members: dict[str, Publisher] | dict[str, Subscriber] | None = None
+        member: Member | None = None
         if room is not None:
-            members = room.publishers if role == "pub" else room.subscribers
-        member = members.get(peer_id) if members is not None else None
+            found = (room.publishers if role == "pub" else room.subscribers).get(peer_id)
+            if isinstance(found, _ROLE_TYPES[role]):
+                member = found
         if member is None:
-            raise NotFound(f"no {'publisher' if role == 'pub' else 'subscriber'} {peer_id}")
+            raise NotFound(f"no {_ROLE_NAMES[role]} {peer_id} in room {room_name}")
+        return member
+
+    def ice_credentials(self, role: Role, room_name: str, peer_id: str) -> tuple[str, str]:
+        """The connection's current local ICE ufrag/pwd (WHIP/WHEP derive their ETag from it)."""
+        agent = self.member(role, room_name, peer_id).pc.ice_agent
+        return agent.local_ufrag, agent.local_pwd
+
+    def restart_ice(
+        self, role: Role, room_name: str, peer_id: str, remote_ufrag: str, remote_pwd: str
+    ) -> tuple[str, str]:
+        """ICE restart (RFC 8445 §9) from a WHIP/WHEP PATCH: new local credentials."""
+        member = self.member(role, room_name, peer_id)
+        return member.pc.restart_ice(remote_ufrag, remote_pwd)
+
+    async def stop(self, role: Role, room_name: str, peer_id: str) -> None:
+        member = self.member(role, room_name, peer_id)
         gone = self._gone.get(id(member))
         member.pc.close("delete")
         if gone is not None:

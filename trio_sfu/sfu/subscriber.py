@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from trio_sfu.cluster.commands import PublisherInfo
 from trio_sfu.proto.errors import SdpError
-from trio_sfu.proto.rtcp import (
-    Fir,
-    Nack,
-    Pli,
-    ReceiverReport,
-    RtcpPacket,
-    Sdes,
-    SenderReport,
-    serialize_compound,
-)
-from trio_sfu.proto.rtp import TransportCcSequencer
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import protocol
-from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.track import DownTrack, codec_preferences
 
 if TYPE_CHECKING:
@@ -39,13 +27,11 @@ log = logging.getLogger(__name__)
 
 #: How long a subscriber may take to answer an SDP_OFFER before we give up on it.
 ANSWER_TIMEOUT = 15.0
-#: Sender reports towards a subscriber (RFC 3550 §6.2; one receiver per leg, so fixed).
-REPORT_INTERVAL = 1.0
 
 TrackKey = tuple[str, str]  # (publisher id, track id)
 
 
-class Subscriber(Member):
+class Subscriber(Downstream):
     role = "subscriber"
 
     def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
@@ -60,9 +46,6 @@ class Subscriber(Member):
         self._dirty = trio.Event()
         self._answers_send, self._answers = trio.open_memory_channel[str](math.inf)
         self._awaiting_answer = False
-        self._twcc: TransportCcSequencer | None = None
-        self._downtracks_by_ssrc: dict[int, DownTrack] = {}
-        pc.on_rtcp = self._on_rtcp
 
     # -- room events ----------------------------------------------------------------------
 
@@ -85,7 +68,7 @@ class Subscriber(Member):
         # Stop forwarding at once; the m-section is stopped in the next offer.
         for key, downtrack in self.downtracks.items():
             if key[0] == publisher_id:
-                downtrack.close()
+                self.stop_forwarding(downtrack)
         self._changed()
         if self.mode == "manual":
             self.send(protocol.media(list(self.known.values())))
@@ -99,7 +82,7 @@ class Subscriber(Member):
         for info in await self.room.publisher_infos():
             self.publisher_joined(info)
         self.pc.start_soon(self._negotiator)
-        self.pc.start_soon(self._report_loop)
+        self.pc.start_soon(self.report_loop)
 
     async def handle(self, command: protocol.ClientCommand) -> None:
         if isinstance(command, protocol.SdpAnswer):
@@ -165,8 +148,7 @@ class Subscriber(Member):
         """Bring the transceivers in line with ``wanted``; return the new (inactive) down-tracks."""
         for key in [k for k in self.downtracks if k[0] not in self.wanted]:
             downtrack = self.downtracks.pop(key)
-            downtrack.close()
-            self._downtracks_by_ssrc.pop(downtrack.transceiver.sender_ssrc, None)
+            self.stop_forwarding(downtrack)
             self.pc.stop_transceiver(downtrack.transceiver)
         added: list[DownTrack] = []
         for publisher_id in sorted(self.wanted):
@@ -187,7 +169,7 @@ class Subscriber(Member):
                     track_id=track.track_id,
                     codec_preferences=codec_preferences(track),
                 )
-                downtrack = DownTrack(self.pc, t, source, twcc=self._twcc_sequencer)
+                downtrack = self.new_downtrack(t, source)
                 self.downtracks[key] = downtrack
                 added.append(downtrack)
         return added
@@ -196,58 +178,9 @@ class Subscriber(Member):
         now = trio.current_time()
         for downtrack in added:
             key = (downtrack.source.publisher_id, downtrack.source.track_id)
-            if self.downtracks.get(key) is not downtrack:
-                continue  # its publisher left while we negotiated
-            if downtrack.activate():
-                downtrack.source.attach(downtrack)
-                self._downtracks_by_ssrc[downtrack.transceiver.sender_ssrc] = downtrack
-                # The first frame comes fast: ask the publisher for a keyframe now.
-                downtrack.source.request_keyframe(now)
-
-    def _twcc_sequencer(self, ext_id: int) -> TransportCcSequencer:
-        if self._twcc is None or self._twcc.ext_id != ext_id:
-            self._twcc = TransportCcSequencer(ext_id)
-        return self._twcc
-
-    # -- feedback from the subscriber -----------------------------------------------------
-
-    def _on_rtcp(self, packets: list[RtcpPacket], now: float) -> None:
-        for packet in packets:
-            if isinstance(packet, Pli):
-                downtrack = self._downtracks_by_ssrc.get(packet.media_ssrc)
-                if downtrack is not None:
-                    downtrack.source.request_keyframe(now)
-            elif isinstance(packet, Fir):
-                for entry in packet.entries:
-                    downtrack = self._downtracks_by_ssrc.get(entry.ssrc)
-                    if downtrack is not None:
-                        downtrack.source.request_keyframe(now)
-            elif isinstance(packet, Nack):
-                downtrack = self._downtracks_by_ssrc.get(packet.media_ssrc)
-                if downtrack is not None:
-                    for seq in packet.lost:
-                        downtrack.retransmit(seq)
-            elif isinstance(packet, ReceiverReport | SenderReport):
-                unix = time.time()
-                for block in packet.reports:
-                    downtrack = self._downtracks_by_ssrc.get(block.ssrc)
-                    if downtrack is not None:
-                        downtrack.stats.on_receiver_report(block, now, unix)
-
-    async def _report_loop(self) -> None:
-        """A sender report per forwarded stream every second, so the subscriber can
-        synchronise audio and video and measure round-trip time (RFC 3550 §6.4.1)."""
-        while True:
-            await trio.sleep(REPORT_INTERVAL)
-            now, unix = trio.current_time(), time.time()
-            for downtrack in list(self._downtracks_by_ssrc.values()):
-                sr = downtrack.sender_report(now, unix)
-                if sr is not None:
-                    sdes = Sdes.cname_for(sr.ssrc, downtrack.transceiver.cname)
-                    self.pc.send_rtcp(serialize_compound([sr, sdes]))
+            if self.downtracks.get(key) is downtrack:  # else its publisher left meanwhile
+                self.start_forwarding(downtrack, now)
 
     def close_downtracks(self) -> None:
-        for downtrack in self.downtracks.values():
-            downtrack.close()
+        super().close_downtracks()
         self.downtracks.clear()
-        self._downtracks_by_ssrc.clear()

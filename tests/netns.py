@@ -1,0 +1,206 @@
+"""Run a command tree inside a fresh network namespace with a veth pair.
+
+Why: libnice (GStreamer's ICE agent) never gathers loopback addresses, and this machine has no
+dummy interface to give it something else that stays on the host. A private network namespace
+with a veth pair gives every process in it two ordinary, non-loopback addresses (one per end)
+that no packet can leave, so GStreamer, the server and the other test peers can meet there.
+
+Command line (the form the tests build with :func:`netns_argv`)::
+
+    unshare --net -- python -m tests.netns --inside -- CMD ARGS...
+
+Inside the new namespace this module brings ``lo`` up, creates ``v0``/``v1``, puts
+:data:`ADDRESS_A` on ``v0`` and :data:`ADDRESS_B` on ``v1``, brings both up, and then *execs*
+``CMD`` with ``TRIO_SFU_NETNS=A,B`` in its environment, so the command (and every process it
+starts) lives in the namespace; the namespace disappears with the last of them. Run without
+``--inside`` it wraps itself in ``unshare --net`` first, which is handy by hand::
+
+    python -m tests.netns -- ip -br addr
+
+The addresses are from 198.18.0.0/15 (RFC 2544, benchmarking), which no real network uses:
+traffic to them exists only inside the namespace.
+
+The Trio side: :func:`netns_unavailable` says why namespaces cannot be used here (not root,
+no ``unshare``/``ip``, a kernel without veth), :func:`require_netns` turns that into a skip
+(a failure under ``TRIO_SFU_REQUIRE_BROWSER=1``, as CI runs), and :func:`open_netns` runs a
+command tree in a namespace with the JSON-line plumbing of ``tests/peers/harness.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.peers.harness import PeerProcess
+
+ADDRESS_A = "198.18.0.1"  # on v0: the server's side by convention
+ADDRESS_B = "198.18.0.2"  # on v1: the peers' side by convention
+PREFIX_LEN = 24
+ENV = "TRIO_SFU_NETNS"  # set inside: "ADDRESS_A,ADDRESS_B"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Commands run inside the namespace before the payload; each must succeed.
+SETUP = (
+    ("ip", "link", "set", "lo", "up"),
+    ("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"),
+    ("ip", "addr", "add", f"{ADDRESS_A}/{PREFIX_LEN}", "dev", "v0"),
+    ("ip", "addr", "add", f"{ADDRESS_B}/{PREFIX_LEN}", "dev", "v1"),
+    ("ip", "link", "set", "v0", "up"),
+    ("ip", "link", "set", "v1", "up"),
+)
+
+
+def inside() -> tuple[str, str] | None:
+    """The two veth addresses when this process runs in a namespace made here, else None."""
+    value = os.environ.get(ENV, "")
+    parts = value.split(",")
+    if len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1]
+
+
+def netns_argv(argv: Sequence[str], *, python: str | None = None) -> list[str]:
+    """The command line that runs ``argv`` in a fresh namespace (see the module docstring)."""
+    unshare = shutil.which("unshare") or "unshare"
+    return [
+        unshare, "--net", "--",
+        python or sys.executable, "-m", "tests.netns", "--inside", "--", *argv,
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def netns_unavailable() -> str | None:
+    """None if a namespace with a veth pair can be made here, else what is missing."""
+    for tool, package in (("unshare", "util-linux"), ("ip", "iproute2")):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (Debian package {package})"
+    try:
+        probe = subprocess.run(
+            netns_argv(["ip", "-o", "-4", "addr", "show", "dev", "v1"]),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"cannot run unshare: {error}"
+    if probe.returncode != 0 or ADDRESS_B not in probe.stdout:
+        detail = (probe.stderr or probe.stdout).strip().splitlines()[-3:]
+        return (
+            "cannot create a network namespace with a veth pair "
+            f"(needs root or CAP_SYS_ADMIN and veth support): {' | '.join(detail)}"
+        )
+    return None
+
+
+def require_netns() -> None:
+    """Skip the calling test when namespaces are unusable (fail under CI's strict flag)."""
+    import pytest
+
+    from tests.peers.harness import REQUIRE_BROWSER_ENV
+
+    missing = netns_unavailable()
+    if missing is None:
+        return
+    if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
+        pytest.fail(f"{missing} ({REQUIRE_BROWSER_ENV}=1 forbids skipping)")
+    pytest.skip(missing)
+
+
+@asynccontextmanager
+async def open_netns(
+    argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] | None = None
+) -> AsyncIterator[PeerProcess]:
+    """Run ``argv`` in a fresh namespace for the duration of the block.
+
+    The process speaks the peers' JSON-line protocol on stdout and logs on stderr; leaving the
+    block closes its stdin, waits, and kills its process group (it leads its own session),
+    which ends everything in the namespace.
+    """
+    import trio
+
+    from tests.peers.harness import PeerProcess, _single_leaf
+
+    proc = await trio.lowlevel.open_process(
+        netns_argv(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    peer = PeerProcess(name or os.path.basename(argv[-1] if argv else "netns"), proc)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer._read_stdout)
+            nursery.start_soon(peer._read_stderr)
+            try:
+                yield peer
+            finally:
+                with trio.CancelScope(shield=True):
+                    await peer.close()
+                    with trio.move_on_after(2):
+                        await peer._stdout_done.wait()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from leaf.__cause__
+
+
+# --------------------------------------------------------------------------- in the namespace
+
+
+def _setup() -> None:
+    # No IPv6 in the namespace: link-local candidates would only add noise to every ICE check.
+    # These sysctls are per namespace; best effort, since a kernel may lack IPv6 altogether.
+    for knob in ("all", "default"):
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{knob}/disable_ipv6", "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+    for command in SETUP:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise SystemExit(
+                f"tests.netns: {' '.join(command)} failed: {done.stderr.strip()}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--inside", action="store_true", help="already in the new namespace (set up and exec)"
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    args = parser.parse_args(argv)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        parser.error("no command given (… -- CMD ARGS...)")
+    if not args.inside:
+        full = netns_argv(command)
+        os.execvp(full[0], full)
+    _setup()
+    os.environ[ENV] = f"{ADDRESS_A},{ADDRESS_B}"
+    try:
+        os.execvp(command[0], command)
+    except OSError as error:
+        print(f"tests.netns: cannot run {command[0]}: {error}", file=sys.stderr)
+        return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())

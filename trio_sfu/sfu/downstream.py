@@ -1,0 +1,112 @@
+"""What every member the SFU sends media to shares: its down-tracks and the RTCP of its leg.
+
+Seed-API subscribers and WHEP viewers differ in how they choose what to receive; once a
+down-track is live they are the same: feedback about our SSRCs (PLI/FIR → keyframe request at
+the source, NACK → retransmission from the cache, receiver reports → round-trip time) and a
+sender report per stream every second (RFC 3550 §6.4.1). RTCP is terminated per leg (issue 3).
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from trio_sfu.cluster.commands import PublisherInfo
+from trio_sfu.proto.jsep import Transceiver
+from trio_sfu.proto.rtcp import (
+    Fir,
+    Nack,
+    Pli,
+    ReceiverReport,
+    RtcpPacket,
+    Sdes,
+    SenderReport,
+    serialize_compound,
+)
+from trio_sfu.proto.rtp import TransportCcSequencer
+from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.track import DownTrack, TrackSource
+
+#: Sender reports towards a receiver (RFC 3550 §6.2; one receiver per leg, so a fixed interval).
+REPORT_INTERVAL = 1.0
+
+
+class Downstream(Member):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._twcc: TransportCcSequencer | None = None
+        #: live down-tracks by the SSRC we send them under (what the receiver's RTCP names)
+        self.live: dict[int, DownTrack] = {}
+        self.pc.on_rtcp = self._on_rtcp
+
+    # The room's events (from the bus), applied to this member.
+    def publisher_joined(self, info: PublisherInfo) -> None:
+        raise NotImplementedError
+
+    def publisher_left(self, publisher_id: str) -> None:
+        raise NotImplementedError
+
+    def new_downtrack(self, transceiver: Transceiver, source: TrackSource) -> DownTrack:
+        return DownTrack(self.pc, transceiver, source, twcc=self._twcc_sequencer)
+
+    def start_forwarding(self, downtrack: DownTrack, now: float) -> bool:
+        """Activate a negotiated down-track and attach it to its source; the source is asked
+        for a keyframe at once so the first frame comes fast (issue 3)."""
+        if not downtrack.activate():
+            return False
+        downtrack.source.attach(downtrack)
+        self.live[downtrack.transceiver.sender_ssrc] = downtrack
+        downtrack.source.request_keyframe(now)
+        return True
+
+    def stop_forwarding(self, downtrack: DownTrack) -> None:
+        downtrack.close()
+        self.live.pop(downtrack.transceiver.sender_ssrc, None)
+
+    def close_downtracks(self) -> None:
+        for downtrack in list(self.live.values()):
+            downtrack.close()
+        self.live.clear()
+
+    def _twcc_sequencer(self, ext_id: int) -> TransportCcSequencer:
+        # One transport-wide sequence space per receiver transport, shared by its streams.
+        if self._twcc is None or self._twcc.ext_id != ext_id:
+            self._twcc = TransportCcSequencer(ext_id)
+        return self._twcc
+
+    def _on_rtcp(self, packets: list[RtcpPacket], now: float) -> None:
+        live = self.live
+        for packet in packets:
+            if isinstance(packet, Pli):
+                downtrack = live.get(packet.media_ssrc)
+                if downtrack is not None:
+                    downtrack.source.request_keyframe(now)
+            elif isinstance(packet, Fir):
+                for entry in packet.entries:
+                    downtrack = live.get(entry.ssrc)
+                    if downtrack is not None:
+                        downtrack.source.request_keyframe(now)
+            elif isinstance(packet, Nack):
+                downtrack = live.get(packet.media_ssrc)
+                if downtrack is not None:
+                    for seq in packet.lost:
+                        downtrack.retransmit(seq)
+            elif isinstance(packet, ReceiverReport | SenderReport):
+                unix = time.time()
+                for block in packet.reports:
+                    downtrack = live.get(block.ssrc)
+                    if downtrack is not None:
+                        downtrack.stats.on_receiver_report(block, now, unix)
+
+    async def report_loop(self) -> None:
+        """A sender report per forwarded stream every second, so the receiver can synchronise
+        audio and video and measure round-trip time (RFC 3550 §6.4.1)."""
+        while True:
+            await trio.sleep(REPORT_INTERVAL)
+            now, unix = trio.current_time(), time.time()
+            for downtrack in list(self.live.values()):
+                sr = downtrack.sender_report(now, unix)
+                if sr is not None:
+                    sdes = Sdes.cname_for(sr.ssrc, downtrack.transceiver.cname)
+                    self.pc.send_rtcp(serialize_compound([sr, sdes]))
