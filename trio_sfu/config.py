@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import struct
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 ENV_PREFIX = "TRIO_SFU_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -43,6 +44,11 @@ class Setting:
     parse: Callable[[str], Any]
     metavar: str
     repeatable: bool = False  # flag given many times; env var comma-separated
+    secret: bool = False  # never repeat the value in messages
+
+    def shown(self, text: str) -> str:
+        """``text`` as an error message may quote it."""
+        return "'***'" if self.secret else repr(text)
 
     @property
     def env(self) -> str:
@@ -149,6 +155,89 @@ def _url_parser(schemes: tuple[str, ...]) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def parse_api_key(text: str) -> str:
+    """The key id tokens carry in their ``kid`` header; an id, not a secret."""
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise ValueError(f"{text!r} does not match [A-Za-z0-9_.-]{{1,64}}")
+    return value
+
+
+def parse_api_secret(text: str) -> str:
+    from trio_sfu.auth import check_secret
+
+    check_secret(text)
+    return text
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server offered to WHIP/WHEP clients in ``Link`` headers (RFC 9725 §4.6).
+
+    On the command line credentials ride in the URL's user part, percent-encoded where needed
+    (``turn:user:secret@turn.example.net:3478?transport=udp``); the Link header carries them as
+    parameters instead, and the URL without them.
+    """
+
+    url: str  # without credentials, e.g. turn:turn.example.net:3478?transport=udp
+    username: str | None = None
+    credential: str | None = field(default=None, repr=False)
+
+    def link(self) -> str:
+        value = f'<{self.url}>; rel="ice-server"'
+        if self.username is not None and self.credential is not None:
+            value += (
+                f"; username={_quoted(self.username)}; credential={_quoted(self.credential)}"
+                '; credential-type="password"'
+            )
+        return value
+
+    def __str__(self) -> str:
+        return self.url if self.username is None else f"{self.url} (user {self.username})"
+
+
+def _quoted(text: str) -> str:
+    # RFC 9110 §5.6.4 quoted-string: backslash-escape DQUOTE and backslash.
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_ICE_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?\Z")
+# Printable ASCII except what a header parameter could be confused by (no controls, no CR/LF).
+_ICE_SECRET = re.compile(r"[\x21-\x7e ]{1,256}\Z")
+
+
+def parse_ice_server(text: str) -> IceServer:
+    """``stun:host[:port]``, ``stuns:...``, ``turn[s]:user:credential@host[:port][?transport=udp|tcp]``
+    (RFC 7064, RFC 7065; credentials percent-decoded). Messages never repeat the credentials."""
+    value = text.strip()
+    scheme, sep, rest = value.partition(":")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("stun", "stuns", "turn", "turns"):
+        raise ValueError("not a stun:, stuns:, turn: or turns: URL")
+    rest, _, query = rest.partition("?")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not at:
+        hostport, userinfo = rest, ""
+    shown = f"{scheme}:{hostport}"
+    match = _ICE_HOST.match(hostport)
+    if not match or (match.group(2) is not None and not 0 < int(match.group(2)) < 65536):
+        raise ValueError(f"{scheme}: URL: the server part is not host[:port]")
+    if query and (scheme.startswith("stun") or query not in ("transport=udp", "transport=tcp")):
+        raise ValueError(f"{shown!r}: only turn URLs take a query, ?transport=udp or tcp")
+    url = shown + (f"?{query}" if query else "")
+    if scheme.startswith("stun"):
+        if at:
+            raise ValueError(f"{shown!r}: STUN servers take no credentials")
+        return IceServer(url)
+    user, colon, credential = userinfo.partition(":")
+    user, credential = unquote(user), unquote(credential)
+    if not at or not colon or not user or not credential:
+        raise ValueError(f"{shown!r}: a TURN server needs credentials (USER:CREDENTIAL@host)")
+    if not _ICE_SECRET.match(user) or not _ICE_SECRET.match(credential):
+        raise ValueError(f"{shown!r}: TURN username and credential must be printable ASCII")
+    return IceServer(url, user, credential)
 
 
 def parse_timeout(text: str) -> float:
@@ -294,12 +383,51 @@ class Config:
             "DIR",
         ),
     )
+    api_key: str | None = field(
+        default=None,
+        metadata=_setting(
+            "--api-key",
+            "key id of the API secret (the tokens' kid); with --api-secret every signaling "
+            "request needs a Bearer token (absent: the API is open to anyone)",
+            parse_api_key,
+            "KEY",
+        ),
+    )
+    api_secret: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_setting(
+            "--api-secret",
+            "HS256 secret that signs tokens, at least 32 bytes; prefer the environment "
+            "variable (a flag shows in the process list)",
+            parse_api_secret,
+            "SECRET",
+            secret=True,
+        ),
+    )
+    ice_servers: tuple[IceServer, ...] = field(
+        default=(),
+        metadata=_setting(
+            "--ice-server",
+            "STUN/TURN server offered to WHIP/WHEP clients (Link headers), repeatable "
+            "(env: comma-separated): stun:host[:port] or "
+            "turn:USER:CREDENTIAL@host[:port][?transport=udp]",
+            parse_ice_server,
+            "URL",
+            repeatable=True,
+            secret=True,
+        ),
+    )
 
     # -- derived values -------------------------------------------------------------------
 
     @property
     def tls(self) -> bool:
         return self.cert is not None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.api_key is not None and self.api_secret is not None
 
     def site_root(self) -> Path | None:
         """The directory to serve, or None when the default one is not there (e.g. a wheel)."""
@@ -347,6 +475,11 @@ class Config:
                 raise ConfigError(f"--cert/--key: cannot load them: {error}") from None
         if self.site_dir is not None and not self.site_dir.is_dir():
             raise ConfigError(f"--site-dir {self.site_dir}: not a directory")
+        if (self.api_key is None) != (self.api_secret is None):
+            raise ConfigError(
+                "--api-key and --api-secret go together: give both to require tokens, or "
+                "neither for an open server"
+            )
         if self.redis_url is not None or self.nats_url is not None:
             raise ConfigError(
                 "cluster mode is not available yet: unset --redis-url/--nats-url "
@@ -393,7 +526,7 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
         try:
             values[f.name] = parse_setting(setting, text)
         except ValueError as error:
-            raise ConfigError(f"{setting.env}={text!r}: {error}") from None
+            raise ConfigError(f"{setting.env}={setting.shown(text)}: {error}") from None
     return values
 
 

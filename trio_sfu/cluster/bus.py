@@ -29,12 +29,32 @@ class Bus(Protocol):
         """An async context manager yielding the room's commands until it exits."""
         ...
 
+    async def send_to_node(self, node_id: str, command: Command) -> None:
+        """A command for one node only (keyframe requests for its publishers' tracks)."""
+        ...
+
+    def listen_node(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Command]]:
+        """This node's own commands."""
+        ...
+
 
 class LocalBus:
-    """The embedded default: per-room lists of memory channels."""
+    """The embedded default: per-room lists of memory channels.
+
+    With one node every track is local, so node-directed commands have no one to reach; they
+    are delivered to this node's own listeners, which keeps the code paths identical.
+    """
+
+    NODE = "\x00node"  # a key no room name can take
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[trio.MemorySendChannel[Command]]] = {}
+
+    async def send_to_node(self, node_id: str, command: Command) -> None:
+        await self.publish(self.NODE, command)
+
+    def listen_node(self) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Command]]:
+        return self.listen(self.NODE)
 
     async def publish(self, room: str, command: Command) -> None:
         for send in list(self._listeners.get(room, ())):

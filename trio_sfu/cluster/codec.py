@@ -233,10 +233,11 @@ _VERSION_BYTE = bytes((VERSION,))
 
 def _frame(items: list[Any]) -> bytes:
     try:
-        return _VERSION_BYTE + msgpack.packb(items, use_bin_type=True)
+        packed: bytes = msgpack.packb(items, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         # e.g. a lone surrogate in a str, an int beyond 64 bits, a field of the wrong type
         raise CodecError(f"cannot encode: {exc}") from exc
+    return _VERSION_BYTE + packed
 
 
 def _unframe(data: bytes) -> list[Any]:

@@ -105,4 +105,12 @@ class Nack:
     sequence_numbers: tuple[int, ...] = field(default=())
 
 
-Command = PubJoin | PubLeft | SubJoin | SubLeft | Chat | KeyframeRequest | Nack
+Command = (
+    PubJoin
+    | PubLeft
+    | SubJoin
+    | SubLeft
+    | Chat
+    | KeyframeRequest
+    | Nack
+)

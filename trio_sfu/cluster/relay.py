@@ -24,6 +24,7 @@ packet. Want message: ``MEDIA_VERSION``, then msgpack ``[op, from_node, [[pub, t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import time
@@ -38,7 +39,6 @@ import trio
 import trio_asyncio
 
 from trio_sfu.cluster.aio import BackendUnavailable
-from trio_sfu.cluster.codec import hex_token
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,14 @@ class RelayLink(Protocol):
     def subject(self, kind: str, *names: str) -> str: ...
 
     def subscription(
-        self, subject: str, on_message: Callable[[bytes], None]
+        self,
+        subject: str,
+        on_message: Callable[[bytes], None],
+        *,
+        require_connected: bool = True,
     ) -> AbstractAsyncContextManager[None]:
-        """Trio: subscribed (server-confirmed) for the block; survives reconnections."""
+        """Trio: subscribed for the block, across reconnections; ``on_message`` runs on the
+        asyncio side. ``require_connected``: raise BackendUnavailable unless NATS is up now."""
         ...
 
     async def publish_raw(self, subject: str, data: bytes) -> None:
@@ -261,10 +266,14 @@ class MediaRelay:
     def _on_want(self, data: bytes) -> None:
         """A want/release from a receiving pod (runs in the nats-py callback, asyncio side)."""
         try:
+            if data[0] != MEDIA_VERSION:
+                raise ValueError("unknown want message version")
             op, node, items = msgpack.unpackb(memoryview(data)[1:], raw=False)
-            if data[0] != MEDIA_VERSION or type(node) is not str or op not in (WANT, RELEASE):
+            if type(node) is not str or op not in (WANT, RELEASE):
                 raise ValueError("bad want message")
-            keys = [(str(pub), str(track)) for pub, track in items]
+            keys = [(pub, track) for pub, track in items]
+            if not all(type(pub) is str and type(track) is str for pub, track in keys):
+                raise ValueError("bad want message")
         except Exception:
             self.counters.malformed += 1
             return
@@ -300,9 +309,14 @@ class MediaRelay:
 
     async def _aio_send_pump(self) -> None:
         """asyncio: publish what the senders queued, one message per track per round."""
-        import asyncio  # the cluster package is the only place asyncio code lives
-
         wake = self._wake_event = asyncio.Event()
+        try:
+            await self._send_rounds(wake)
+        finally:
+            self._wake_event = None
+            self._idle = False
+
+    async def _send_rounds(self, wake: asyncio.Event) -> None:
         counters = self.counters
         link = self._link
         outage = False
@@ -463,7 +477,7 @@ class MediaRelay:
             self._running = True
             try:
                 async with self._link.subscription(
-                    self._link.subject("want", self.node_id), self._on_want
+                    self._link.subject("want", self.node_id), self._on_want, require_connected=False
                 ):
                     task_status.started()
                     await trio.sleep_forever()

@@ -94,6 +94,10 @@ def parse_command(message: str | bytes) -> ClientCommand:
     raise CommandError(f"unknown command {shown!r}")
 
 
+#: Server → client: this pod is draining; reconnect through the same base URL (issue 4).
+RECONNECT = "RECONNECT"
+
+
 def pub_join(publisher_id: str) -> str:
     return f"PUB_JOIN {publisher_id}"
 

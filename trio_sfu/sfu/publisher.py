@@ -52,8 +52,23 @@ class Publisher(Member):
             None,
         )
         self.twcc = TwccRecorder() if self._twcc_id is not None else None
+        relay = room.sfu.relay
+        self._relay_sinks = []
+        if relay is not None:
+            for track in self.tracks:
+                sink = relay.sender(connection_id, track.track_id)
+                track.relay_sink = sink
+                self._relay_sinks.append(sink)
         pc.on_rtp = self._on_rtp
         pc.on_rtcp = self._on_rtcp
+
+    def close_relay(self) -> None:
+        """The publisher left: other pods stop receiving its tracks."""
+        for track in self.tracks:
+            track.relay_sink = None
+        for sink in self._relay_sinks:
+            sink.close()
+        self._relay_sinks.clear()
 
     @property
     def info(self) -> PublisherInfo:

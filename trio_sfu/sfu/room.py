@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trio_sfu.cluster.aio import BackendUnavailable
 from trio_sfu.cluster.commands import (
     Chat,
     Command,
@@ -75,14 +76,17 @@ class Room:
     # -- called by members ----------------------------------------------------------------
 
     async def publisher_infos(self) -> list[PublisherInfo]:
-        state = await self.sfu.state.room(self.name)
+        try:
+            state = await self.sfu.state.room(self.name)
+        except BackendUnavailable:
+            return []  # the bus's PubJoins still arrive; the state returns with Redis
         return list(state.publishers.values()) if state is not None else []
 
     async def publisher_ready(self, publisher: Publisher) -> None:
         """A publisher's transport is up: record it, then tell the room (PUB_JOIN)."""
         info = publisher.info
-        await self.sfu.state.add_publisher(self.name, info)
-        await self.sfu.bus.publish(self.name, PubJoin(self.name, info))
+        self.sfu.reliably(self.sfu.state.add_publisher, self.name, info)
+        self.sfu.reliably(self.sfu.bus.publish, self.name, PubJoin(self.name, info))
         log.info(
             "publisher joined",
             extra={
@@ -94,4 +98,5 @@ class Room:
         )
 
     async def chat(self, from_id: str, text: str) -> None:
-        await self.sfu.bus.publish(self.name, Chat(self.name, from_id, text))
+        self.sfu.reliably(self.sfu.bus.publish, self.name, Chat(self.name, from_id, text))
+        await trio.lowlevel.checkpoint()

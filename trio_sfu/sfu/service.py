@@ -9,12 +9,24 @@ has exactly one place to happen.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import trio
 
+from trio_sfu.cluster.aio import BackendUnavailable
 from trio_sfu.cluster.bus import Bus, LocalBus
-from trio_sfu.cluster.commands import PubLeft, PublisherInfo, SubJoin, SubLeft, SubscriberInfo
+from trio_sfu.cluster.commands import (
+    KeyframeRequest,
+    PubLeft,
+    PublisherInfo,
+    SubJoin,
+    SubLeft,
+    SubscriberInfo,
+    TrackInfo,
+)
 from trio_sfu.cluster.state import MemoryStateStore, StateStore
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
@@ -22,9 +34,10 @@ from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, Unavailable
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.publisher import Publisher
+from trio_sfu.sfu.remote import Relay, RemoteTrack
 from trio_sfu.sfu.room import Room
 from trio_sfu.sfu.subscriber import Subscriber
-from trio_sfu.sfu.track import PublishedTrack
+from trio_sfu.sfu.track import PublishedTrack, TrackSource
 from trio_sfu.sfu.viewer import WhepViewer
 
 log = logging.getLogger(__name__)
@@ -32,6 +45,25 @@ log = logging.getLogger(__name__)
 Role = Literal["pub", "sub", "whep"]
 #: How long DELETE waits for a connection's cleanup before answering anyway.
 STOP_TIMEOUT = 5.0
+#: Retry period of state/bus updates that failed because Redis or NATS was unreachable.
+OUTBOX_RETRY = 1.0
+#: Retry-After for new sessions refused while draining or while a backend is down.
+DRAIN_RETRY_AFTER = 2
+BACKEND_RETRY_AFTER = 2
+
+
+@contextmanager
+def backend_errors() -> Iterator[None]:
+    """A request that needs Redis/NATS while they are down: 503 with Retry-After (issue 4),
+    raised within the backends' 2 s deadline, never a hang and never a 500."""
+    try:
+        yield
+    except BackendUnavailable as exc:
+        raise Unavailable(
+            f"cluster backend unavailable: {exc}", retry_after=BACKEND_RETRY_AFTER
+        ) from exc
+
+
 #: A WHEP viewer of a room without a publisher is told to come back after this many seconds.
 WHEP_RETRY_AFTER = 2
 #: Direction of our transceivers for the m-sections of a joining peer's offer.
@@ -51,13 +83,22 @@ class Sfu:
         *,
         state: StateStore | None = None,
         bus: Bus | None = None,
+        relay: Relay | None = None,
         node_id: str = "local",
     ) -> None:
         self.rtc = rtc
         self.state: StateStore = state if state is not None else MemoryStateStore()
         self.bus: Bus = bus if bus is not None else LocalBus()
+        #: the cross-pod media relay (cluster mode); None: every track is local
+        self.relay = relay
         self.node_id = node_id
         self.rooms: dict[str, Room] = {}
+        self._remote: dict[tuple[str, str], RemoteTrack] = {}
+        #: state/bus updates that must not be lost to an outage, retried in order
+        self._outbox: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
+        self._outbox_wakeup = trio.Event()
+        #: SIGTERM: no new sessions, connected clients told to RECONNECT (issue 4)
+        self.draining = False
         self._gone: dict[int, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -65,11 +106,47 @@ class Sfu:
         """Host every connection; cancelling this closes them all (server shutdown)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._node_commands)
+            nursery.start_soon(self._flush_outbox)
             task_status.started()
             try:
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+
+    def reliably(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Apply a state or bus update now if possible, else as soon as the backend is back,
+        in order (a departure must not be lost to an outage: the room would keep a ghost)."""
+        self._outbox.append((fn, args))
+        self._outbox_wakeup.set()
+
+    async def _flush_outbox(self) -> None:
+        while True:
+            await self._outbox_wakeup.wait()
+            self._outbox_wakeup = trio.Event()
+            while self._outbox:
+                fn, args = self._outbox[0]
+                try:
+                    await fn(*args)
+                except BackendUnavailable:
+                    await trio.sleep(OUTBOX_RETRY)
+                    continue
+                self._outbox.popleft()
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Start a background task that lives as long as the SFU (remote tracks, requests)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    async def _node_commands(self) -> None:
+        """Commands other pods address to this one: keyframe requests for our publishers'
+        tracks from pods whose subscribers lost a picture (throttled at the track)."""
+        async with self.bus.listen_node() as commands:
+            async for command in commands:
+                if isinstance(command, KeyframeRequest):
+                    track = self.local_track(command.publisher_id, command.track_id)
+                    if track is not None:
+                        track.request_keyframe(trio.current_time())
 
     # -- joining --------------------------------------------------------------------------
 
@@ -102,11 +179,14 @@ class Sfu:
         nursery = self._nursery
         if nursery is None:
             raise Unavailable("the SFU is not running", retry_after=1)
-        publishers: list[PublisherInfo] = []
-        if role == "whep":
-            publishers = await self._live_publishers(room_name, publisher_id)
-        if not await self.state.claim_id(peer_id, self.node_id):
-            raise Conflict(f"a connection with id {peer_id} is already live")
+        if self.draining:
+            raise Unavailable("this node is draining; try again", retry_after=DRAIN_RETRY_AFTER)
+        with backend_errors():
+            publishers: list[PublisherInfo] = []
+            if role == "whep":
+                publishers = await self._live_publishers(room_name, publisher_id)
+            if not await self.state.claim_id(peer_id, self.node_id):
+                raise Conflict(f"a connection with id {peer_id} is already live")
         try:
             pc = self.rtc.create_peer(
                 f"{role}:{room_name}/{peer_id}",
@@ -131,11 +211,12 @@ class Sfu:
                     viewer.start(publishers)
                 room.subscribers[peer_id] = member
                 info = SubscriberInfo(peer_id, member.user, self.node_id)
-                await self.state.add_subscriber(room_name, info)
-                await self.bus.publish(room_name, SubJoin(room_name, info))
+                with backend_errors():
+                    await self.state.add_subscriber(room_name, info)
+                self.reliably(self.bus.publish, room_name, SubJoin(room_name, info))
             await nursery.start(self._lifetime, member)
         except BaseException:
-            await self.state.release_id(peer_id)
+            self.reliably(self.state.release_id, peer_id)
             raise
         log.info("joined", extra=member.log_extra)
         return answer
@@ -186,23 +267,23 @@ class Sfu:
     async def _remove(self, member: Member) -> None:
         room = member.room
         name = room.name
-        try:
-            if isinstance(member, Publisher):
-                room.publishers.pop(member.id, None)
-                if member.announced:
-                    await self.state.remove_publisher(name, member.id)
-                    await self.bus.publish(name, PubLeft(name, member.id))
-            elif isinstance(member, Downstream):
-                room.subscribers.pop(member.id, None)
-                member.close_downtracks()
-                await self.state.remove_subscriber(name, member.id)
-                await self.bus.publish(name, SubLeft(name, member.id))
-            await self.state.release_id(member.id)
-        finally:
-            if room.empty and self.rooms.get(name) is room:
-                del self.rooms[name]
-                room.stop()
+        if isinstance(member, Publisher):
+            room.publishers.pop(member.id, None)
+            member.close_relay()
+            if member.announced:
+                self.reliably(self.state.remove_publisher, name, member.id)
+                self.reliably(self.bus.publish, name, PubLeft(name, member.id))
+        elif isinstance(member, Downstream):
+            room.subscribers.pop(member.id, None)
+            member.close_downtracks()
+            self.reliably(self.state.remove_subscriber, name, member.id)
+            self.reliably(self.bus.publish, name, SubLeft(name, member.id))
+        self.reliably(self.state.release_id, member.id)
+        if room.empty and self.rooms.get(name) is room:
+            del self.rooms[name]
+            room.stop()
         log.info("left", extra={**member.log_extra, "reason": member.pc.close_reason})
+        await trio.lowlevel.checkpoint()
 
     # -- leaving and listing --------------------------------------------------------------
 
@@ -238,20 +319,94 @@ class Sfu:
                 await gone.wait()
 
     async def list_rooms(self) -> list[dict[str, object]]:
-        return [state.as_json() for state in await self.state.rooms()]
+        with backend_errors():
+            return [state.as_json() for state in await self.state.rooms()]
 
     async def room_info(self, room: str) -> dict[str, object]:
-        state = await self.state.room(room)
+        with backend_errors():
+            state = await self.state.room(room)
         if state is None or state.empty:
             raise NotFound(f"no room {room}")
         return state.as_json()
 
     # -- media routing ----------------------------------------------------------------------
 
-    def track_source(self, publisher_id: str, track_id: str) -> PublishedTrack | None:
-        """The local track a subscriber forwards from (cluster mode adds relayed tracks)."""
+    # -- cluster ----------------------------------------------------------------------------
+
+    def local_truth(
+        self,
+    ) -> tuple[list[tuple[str, PublisherInfo]], list[tuple[str, SubscriberInfo]]]:
+        """What this node hosts, for the state store to re-assert after Redis lost it."""
+        publishers = [
+            (room.name, p.info)
+            for room in self.rooms.values()
+            for p in room.publishers.values()
+            if p.announced
+        ]
+        subscribers = [
+            (room.name, SubscriberInfo(s.id, s.user, self.node_id))
+            for room in self.rooms.values()
+            for s in room.subscribers.values()
+        ]
+        return publishers, subscribers
+
+    async def on_dead_node(self, node_id: str, removed: list[tuple[str, str, str]]) -> None:
+        """Another pod died (its heartbeat expired): the state store removed its members; tell
+        every room so subscribers get PUB_LEFT (issue 4: within 15 s)."""
+        log.warning("node gone", extra={"node": node_id, "members": len(removed)})
+        for room, kind, connection_id in removed:
+            command = (
+                PubLeft(room, connection_id) if kind == "pub" else SubLeft(room, connection_id)
+            )
+            self.reliably(self.bus.publish, room, command)
+
+    async def ready(self) -> bool:
+        """Readiness for Kubernetes: running, not draining, backends reachable."""
+        if self._nursery is None or self.draining:
+            return False
+        for backend in (self.state, self.bus):
+            check = getattr(backend, "ready", None)
+            if check is not None and not await check():
+                return False
+        return True
+
+    def drain(self) -> None:
+        """SIGTERM: refuse new sessions and ask every connected client to reconnect (through
+        the load balancer, to a live pod); the app exits once empty or after its timeout."""
+        if self.draining:
+            return
+        self.draining = True
+        told = 0
+        for room in self.rooms.values():
+            for member in [*room.publishers.values(), *room.subscribers.values()]:
+                told += member.send(protocol.RECONNECT)
+        log.info("draining", extra={"node": self.node_id, "told": told, "members": self.members})
+
+    @property
+    def members(self) -> int:
+        return sum(len(r.publishers) + len(r.subscribers) for r in self.rooms.values())
+
+    def local_track(self, publisher_id: str, track_id: str) -> PublishedTrack | None:
         for room in self.rooms.values():
             publisher = room.publishers.get(publisher_id)
             if publisher is not None:
                 return publisher.track(track_id)
         return None
+
+    def track_source(
+        self, room: str, publisher: PublisherInfo, track: TrackInfo
+    ) -> TrackSource | None:
+        """What a subscriber forwards from: the local track, or this pod's one subscription to a
+        track relayed from the publisher's pod (issue 4: each remote track once per pod)."""
+        local = self.local_track(publisher.publisher_id, track.track_id)
+        if local is not None or publisher.node == self.node_id or self.relay is None:
+            return local
+        key = (publisher.publisher_id, track.track_id)
+        remote = self._remote.get(key)
+        if remote is None:
+            remote = self._remote[key] = RemoteTrack(self, room, publisher, track)
+        return remote
+
+    def forget_remote(self, remote: RemoteTrack) -> None:
+        if self._remote.get(remote.key) is remote:
+            del self._remote[remote.key]

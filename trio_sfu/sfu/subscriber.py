@@ -159,7 +159,7 @@ class Subscriber(Downstream):
                 key = (publisher_id, track.track_id)
                 if key in self.downtracks:
                     continue
-                source = self.room.sfu.track_source(publisher_id, track.track_id)
+                source = self.room.sfu.track_source(self.room.name, info, track)
                 if source is None:
                     continue
                 t = self.pc.add_transceiver(

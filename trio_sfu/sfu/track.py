@@ -173,6 +173,9 @@ class PublishedTrack:
         self._fir = FirSequence()
         self.packets = 0
         self.rtx_received = 0
+        #: the relay's entry for this track (cluster mode): called per packet, a no-op unless
+        #: another pod currently wants the track
+        self.relay_sink: Callable[[bytes], None] | None = None
 
     def __repr__(self) -> str:
         return f"<PublishedTrack {self.publisher_id}/{self.track_id} {self.kind}>"
@@ -211,6 +214,9 @@ class PublishedTrack:
             self.cache.put(packet)
         for downtrack in self.downtracks:
             downtrack.forward(packet, now)
+        sink = self.relay_sink
+        if sink is not None:
+            sink(packet)
 
     def _repaired(self, stream: IncomingStream) -> Ingress | None:
         if stream.repairs is not None:

@@ -68,9 +68,7 @@ class WhepViewer(Downstream):
                 continue
             used.add(t.kind)  # WHEP: one audio and one video track
             track = _first(info.tracks, t.kind)
-            source = (
-                self.room.sfu.track_source(info.publisher_id, track.track_id) if track else None
-            )
+            source = self.room.sfu.track_source(self.room.name, info, track) if track else None
             if source is None:
                 continue
             current = self.downtracks.get(t.kind)

@@ -51,9 +51,7 @@ class NackGenerator:
         "resets",
     )
 
-    def __init__(
-        self, *, max_age: float = 1.0, max_retries: int = 10, max_gap: int = 1000
-    ) -> None:
+    def __init__(self, *, max_age: float = 1.0, max_retries: int = 10, max_gap: int = 1000) -> None:
         if max_gap < 1 or max_gap >= 0x8000:
             raise ValueError("max_gap must be 1..32767")
         if max_retries < 1:
@@ -161,11 +159,7 @@ class NackGenerator:
         gone: list[int] = []
         next_due = float("inf")
         for ext, entry in missing.items():
-            if (
-                entry.first_seen <= oldest_kept
-                or entry.retries >= max_retries
-                or ext < lowest_kept
-            ):
+            if entry.first_seen <= oldest_kept or entry.retries >= max_retries or ext < lowest_kept:
                 gone.append(ext)
                 continue
             resend = entry.sent_at + interval
