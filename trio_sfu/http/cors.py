@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from quart import Quart, Response, request
 
-ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
+ALLOW_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 ALLOW_HEADERS = "Content-Type, Authorization, If-Match"
 # WHIP/WHEP (later issue) return these to the client; exposing them now costs nothing.
 EXPOSE_HEADERS = "Location, ETag, Link"

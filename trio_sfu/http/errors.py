@@ -13,6 +13,7 @@ import logging
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from trio_sfu.http.guard import AuthRefused
 from trio_sfu.proto.errors import SdpError
 from trio_sfu.sfu.errors import SfuError
 
@@ -49,6 +50,13 @@ def install_error_handlers(app: Quart) -> None:
             response.headers["Retry-After"] = str(error.retry_after)
         if error.status >= 500:
             log.warning("request refused: %s", error.message, extra={"path": request.path})
+        return response
+
+    @app.errorhandler(AuthRefused)
+    async def auth_refused(error: AuthRefused) -> Response:
+        response = error_response(error.status, f"{error.status} {error.message}")
+        # RFC 6750 §3: a 401 MUST carry the challenge; on 403 it names insufficient_scope.
+        response.headers["WWW-Authenticate"] = error.www_authenticate()
         return response
 
     @app.errorhandler(SdpError)

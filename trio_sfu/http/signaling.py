@@ -12,7 +12,10 @@ from typing import Any, Literal, Protocol
 
 from quart import Blueprint, Response, request
 
+from trio_sfu.auth import ANY_ROOM
+from trio_sfu.http.guard import Guard, forbidden
 from trio_sfu.http.limits import SDP_TYPE, check_name, read_sdp
+from trio_sfu.sfu.protocol import user_of
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +36,22 @@ class SfuApi(Protocol):
     async def room_info(self, room: str) -> dict[str, Any]: ...
 
 
-def signaling_blueprint(sfu: SfuApi) -> Blueprint:
+def signaling_blueprint(sfu: SfuApi, guard: Guard | None = None) -> Blueprint:
     bp = Blueprint("signaling", __name__)
+    guard = guard if guard is not None else Guard(None)
 
-    async def offer(role: Role, room: str, peer_id: str) -> Response:
+    def allow(role: Role, room: str, peer_id: str) -> None:
+        """401, then 400 for bad names, then 403 (see :mod:`trio_sfu.http.guard`)."""
+        claims = guard.authenticate()
         check_name("room", room)
         check_name("id", peer_id)
+        guard.authorize(claims, "publish" if role == "pub" else "subscribe", room)
+        if claims is not None and not claims.admin and user_of(peer_id) != claims.identity:
+            # The seed's id rule ties a connection to its user; a token ties it to one user.
+            raise forbidden(f"the id must be {claims.identity}-<suffix> for this token")
+
+    async def offer(role: Role, room: str, peer_id: str) -> Response:
+        allow(role, room, peer_id)
         sdp = await read_sdp(request)
         if role == "pub":
             answer = await sfu.publish(room, peer_id, sdp)
@@ -50,8 +63,7 @@ def signaling_blueprint(sfu: SfuApi) -> Blueprint:
         return response
 
     async def stop(role: Role, room: str, peer_id: str) -> Response:
-        check_name("room", room)
-        check_name("id", peer_id)
+        allow(role, room, peer_id)
         await sfu.stop(role, room, peer_id)
         return Response("", status=204)
 
@@ -73,11 +85,21 @@ def signaling_blueprint(sfu: SfuApi) -> Blueprint:
 
     @bp.get("/rooms")
     async def get_rooms() -> dict[str, Any]:
-        return {"rooms": await sfu.list_rooms()}
+        claims = guard.authenticate()
+        if claims is None:
+            return {"rooms": await sfu.list_rooms()}
+        if not claims.admin:
+            raise forbidden("listing rooms needs an admin token")
+        rooms = await sfu.list_rooms()
+        if claims.room != ANY_ROOM:
+            rooms = [r for r in rooms if r.get("room") == claims.room]
+        return {"rooms": rooms}
 
     @bp.get("/rooms/<room>")
     async def get_room(room: str) -> dict[str, Any]:
+        claims = guard.authenticate()
         check_name("room", room)
+        guard.authorize(claims, None, room)
         return await sfu.room_info(room)
 
     return bp

@@ -1,0 +1,88 @@
+"""Chromium pages speaking trio-sfu through the site's own module, for SFU and cluster tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.peers.browser_client import Browser
+
+# A tiny test API on top of the site's module. The RTCPeerConnection subclass only puts the
+# wanted video codec first (setCodecPreferences), as an application would.
+HELPERS = """async () => {
+  const m = await import('/sfu-client.js');
+  const codecFirst = (mime) => class extends RTCPeerConnection {
+    addTransceiver(track, init) {
+      const t = super.addTransceiver(track, init);
+      if (mime && track.kind === 'video') {
+        const all = RTCRtpSender.getCapabilities('video').codecs;
+        const wanted = all.filter((c) => c.mimeType === mime &&
+            (mime !== 'video/H264' || (c.sdpFmtpLine || '').includes('packetization-mode=1')));
+        t.setCodecPreferences([...wanted, ...all.filter((c) => !wanted.includes(c))]);
+      }
+      return t;
+    }
+  };
+  window.T = {
+    m, pubs: {}, sub: null, tracks: {},
+    hasCodec: (mime) =>
+      RTCRtpSender.getCapabilities('video').codecs.some((c) => c.mimeType === mime),
+    async publish(room, user, { width = 640, height = 480, codec = null } = {}) {
+      const stream = await navigator.mediaDevices.getUserMedia(
+          { audio: true, video: { width, height, frameRate: 30 } });
+      const conn = await m.connectPublisher(
+          { room, user, stream, RTCPeerConnection: codecFirst(codec) });
+      window.T.pubs[conn.id] = conn;
+      return conn.id;
+    },
+    async subscribe(room, user) {
+      window.T.sub = await m.connectSubscriber({ room, user,
+        onTrack: (pid, track, stream) => {
+          (window.T.tracks[pid] ||= {})[track.kind] = track;
+          const v = document.createElement('video');
+          v.muted = true; v.autoplay = true; v.srcObject = stream;
+          document.body.appendChild(v);
+        } });
+      return window.T.sub.id;
+    },
+    async received(pid) {
+      const track = window.T.tracks[pid]?.video;
+      if (!track) return { decoded: 0, codec: null };
+      const report = await window.T.sub.pc.getStats(track);
+      let decoded = 0, codecId = null;
+      for (const r of report.values()) if (r.type === 'inbound-rtp') {
+        decoded = r.framesDecoded || 0; codecId = r.codecId; }
+      const codec = codecId && report.get(codecId) ? report.get(codecId).mimeType : null;
+      return { decoded, codec };
+    },
+    async sending(pid) {
+      const out = { bitrate: 0, target: 0 };
+      for (const r of (await window.T.pubs[pid].pc.getStats()).values()) {
+        if (r.type === 'candidate-pair' && r.nominated && r.availableOutgoingBitrate)
+          out.bitrate = r.availableOutgoingBitrate;
+        if (r.type === 'outbound-rtp' && r.kind === 'video') out.target = r.targetBitrate || 0;
+      }
+      return out;
+    },
+    sections: () => (window.T.sub.pc.remoteDescription?.sdp.match(/^m=/gm) || []).length,
+    async stopPublisher(pid) { await window.T.pubs[pid].stop(); delete window.T.pubs[pid]; },
+  };
+  return true;
+}"""
+
+
+async def open_page(browser: Browser, base_url: str, name: str) -> str:
+    """Open ``name`` on the server at ``base_url`` and install ``window.T``."""
+    await browser.open(name, base_url.rstrip("/") + "/")
+    assert await browser.eval(name, HELPERS) is True
+    return name
+
+
+async def decoding(browser: Browser, page: str, pid: str, frames: int = 30) -> dict[str, Any]:
+    """Wait until ``page`` decoded ``frames`` frames of publisher ``pid``'s video."""
+    result: dict[str, Any] = await browser.wait_for(
+        page,
+        f"window.T.received({pid!r})",
+        lambda r: r["decoded"] >= frames,
+        timeout=30,
+    )
+    return result
