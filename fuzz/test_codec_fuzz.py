@@ -38,7 +38,9 @@ scalars = (
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=30,
 )
 # Arrays that start like a real message: a plausible tag, then anything.
@@ -50,7 +52,8 @@ tagged = st.builds(
 
 
 def framed(items: Any) -> bytes:
-    return bytes((VERSION,)) + msgpack.packb(items, use_bin_type=True)
+    body: bytes = msgpack.packb(items, use_bin_type=True)
+    return bytes((VERSION,)) + body
 
 
 def check_command(data: bytes) -> None:

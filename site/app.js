@@ -54,6 +54,8 @@ const state = {
   room: '',
   user: '',
   baseUrl: '',
+  token: null,     // Bearer token from ?token= (servers started with --api-key/--api-secret)
+  fixed: { room: false, user: false },  // names the token decides
   camera: null,    // {stream, conn}
   screen: null,    // {stream, conn}
   sub: null,
@@ -94,8 +96,8 @@ function updateStatus() {
 function updateControls() {
   const idle = state.phase === 'idle';
   const joined = state.phase === 'joined';
-  ui.room.disabled = !idle;
-  ui.user.disabled = !idle;
+  ui.room.disabled = !idle || state.fixed.room;
+  ui.user.disabled = !idle || state.fixed.user;
   ui.join.disabled = !idle;
   ui.leave.disabled = !joined;
   ui.share.disabled = !joined || !navigator.mediaDevices?.getDisplayMedia;
@@ -231,6 +233,7 @@ function connOptions(extra) {
     baseUrl: state.baseUrl,
     room: state.room,
     user: state.user,
+    token: state.token ?? undefined,
     onError: (err) => note(err.message, 'error'),
     ...extra,
   };
@@ -538,10 +541,41 @@ function snapshot() {
   };
 }
 
+// The claims of a token, read (never verified: the server does that) so the form can use the
+// identity and room the server will insist on. Null when it is not a readable JWT.
+function tokenClaims(token) {
+  try {
+    const part = token.split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const json = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    const claims = JSON.parse(json);
+    return claims && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+function applyToken(token) {
+  state.token = token;
+  const claims = tokenClaims(token);
+  if (typeof claims?.sub === 'string' && claims.sub) {
+    ui.user.value = userName(claims.sub);
+    state.fixed.user = true;
+  }
+  if (typeof claims?.room === 'string' && claims.room && claims.room !== '*') {
+    ui.room.value = sanitizeName(claims.room, { fallback: 'lobby' });
+    state.fixed.room = true;
+  }
+}
+
 function start() {
   const params = new URLSearchParams(location.search);
   ui.room.value = sanitizeName(params.get('room') ?? '', { fallback: 'lobby' });
   ui.user.value = userName(params.get('user') ?? '');
+  // A server that requires tokens is joined with ?token=<JWT> (trio-sfu token ...); the
+  // token's identity and room, when it names one, fill the form and cannot be changed.
+  const token = params.get('token');
+  if (token) applyToken(token.trim());
   // Always the server that served this page: a link must not be able to send someone's
   // camera elsewhere. Pages that talk to another server use sfu-client.js with a baseUrl.
   state.baseUrl = location.origin;

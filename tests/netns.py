@@ -35,7 +35,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -116,21 +116,21 @@ def require_netns() -> None:
 
 
 @asynccontextmanager
-async def open_netns(
+async def open_lines(
     argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[PeerProcess]:
-    """Run ``argv`` in a fresh namespace for the duration of the block.
+    """Run any command that speaks the peers' JSON-line protocol, for the block's duration.
 
-    The process speaks the peers' JSON-line protocol on stdout and logs on stderr; leaving the
-    block closes its stdin, waits, and kills its process group (it leads its own session),
-    which ends everything in the namespace.
+    ``tests/peers/harness.open_peer`` runs a peer under this interpreter; this runs any
+    command (GStreamer's peer needs Debian's ``/usr/bin/python3``). Leaving the block closes
+    the process's stdin, waits, and kills its process group (it leads its own session).
     """
     import trio
 
     from tests.peers.harness import PeerProcess, _single_leaf
 
     proc = await trio.lowlevel.open_process(
-        netns_argv(argv),
+        list(argv),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -138,7 +138,7 @@ async def open_netns(
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
-    peer = PeerProcess(name or os.path.basename(argv[-1] if argv else "netns"), proc)
+    peer = PeerProcess(name or os.path.basename(argv[-1] if argv else "process"), proc)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peer._read_stdout)
@@ -156,6 +156,14 @@ async def open_netns(
         if leaf is None:
             raise
         raise leaf from leaf.__cause__
+
+
+def open_netns(
+    argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] | None = None
+) -> AbstractAsyncContextManager[PeerProcess]:
+    """:func:`open_lines` for ``argv`` run in a fresh namespace; killing the process group
+    at the end ends everything in the namespace, and the namespace with it."""
+    return open_lines(netns_argv(argv), name=name or "netns", env=env)
 
 
 # --------------------------------------------------------------------------- in the namespace

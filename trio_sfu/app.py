@@ -22,6 +22,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import SfuApi, create_app
 from trio_sfu.rtc.server import RtcServer
@@ -103,7 +104,13 @@ async def serve(
     started = False
     try:
         sfu = sfu_factory(rtc, config)
-        app = create_app(sfu, cors_origins=config.cors_origins, site_dir=config.site_root())
+        app = create_app(
+            sfu,
+            cors_origins=config.cors_origins,
+            site_dir=config.site_root(),
+            tokens=token_verifier(config),
+            ice_servers=config.ice_servers,
+        )
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             if handle_signals and threading.current_thread() is threading.main_thread():
@@ -156,6 +163,18 @@ async def serve(
     finally:
         rtc.close()
     log.info("trio-sfu stopped")
+
+
+def token_verifier(config: Config) -> TokenVerifier | None:
+    """The Bearer-token check, or None (and a warning) for an open server (issue 5)."""
+    if config.api_key is None or config.api_secret is None:
+        log.warning(
+            "authentication is off: anyone who can reach the HTTP port may publish, subscribe "
+            "and list rooms (set --api-key and --api-secret to require tokens)"
+        )
+        return None
+    log.info("tokens required", extra={"api_key": config.api_key})
+    return TokenVerifier(config.api_key, config.api_secret)
 
 
 def _sole_leaf(error: BaseException) -> BaseException:

@@ -209,7 +209,7 @@ _ICE_SECRET = re.compile(r"[\x21-\x7e ]{1,256}\Z")
 
 
 def parse_ice_server(text: str) -> IceServer:
-    """``stun:host[:port]``, ``stuns:...``, ``turn[s]:user:credential@host[:port][?transport=udp|tcp]``
+    """``stun[s]:host[:port]`` or ``turn[s]:user:credential@host[:port][?transport=udp|tcp]``
     (RFC 7064, RFC 7065; credentials percent-decoded). Messages never repeat the credentials."""
     value = text.strip()
     scheme, sep, rest = value.partition(":")

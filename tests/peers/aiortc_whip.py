@@ -74,17 +74,17 @@ def auth_headers(token: str | None, content_type: str | None = None) -> dict[str
 async def post_offer(url: str, sdp: str, token: str | None) -> dict[str, Any]:
     """POST the offer (RFC 9725 §4.2); the reply's status, headers, links and body."""
     loop = asyncio.get_running_loop()
-    status, headers, links, body = await loop.run_in_executor(
-        None,
-        lambda: http("POST", url, body=sdp.encode(), headers=auth_headers(token, "application/sdp")),
+    headers = auth_headers(token, "application/sdp")
+    status, found, links, body = await loop.run_in_executor(
+        None, lambda: http("POST", url, body=sdp.encode(), headers=headers)
     )
-    location = headers.get("location")
+    location = found.get("location")
     return {
         "status": status,
         "location": urllib.parse.urljoin(url, location) if location else None,
-        "etag": headers.get("etag"),
+        "etag": found.get("etag"),
         "links": links,
-        "contentType": headers.get("content-type"),
+        "contentType": found.get("content-type"),
         "body": body,
     }
 

@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pattern", default="ball", help="videotestsrc pattern (moving by default)")
     p.add_argument("--keyframe-interval", type=int, default=60,
                    help="frames between VP8 keyframes (vp8enc keyframe-max-dist)")
+    p.add_argument("--mtu", type=int, default=0,
+                   help="rtpvp8pay/rtpopuspay MTU (0: GStreamer's default, 1400 bytes)")
     p.add_argument("--bundle-policy", default="max-bundle",
                    choices=("balanced", "max-compat", "max-bundle"))
     p.add_argument("--verbose", action="store_true")
@@ -67,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def pipeline_description(args: argparse.Namespace) -> str:
+    mtu = f" mtu={args.mtu}" if args.mtu else ""
     parts = [f"webrtcbin name=wb bundle-policy={args.bundle_policy}"]
     if args.video:
         parts.append(
@@ -75,14 +78,14 @@ def pipeline_description(args: argparse.Namespace) -> str:
             f"framerate={args.framerate}/1 ! "
             f"vp8enc deadline=1 cpu-used=8 target-bitrate=600000 "
             f"keyframe-max-dist={args.keyframe_interval} error-resilient=partitions ! "
-            "rtpvp8pay pt=96 picture-id-mode=15-bit ! "
+            f"rtpvp8pay pt=96 picture-id-mode=15-bit{mtu} ! "
             "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000 ! "
             "wb."
         )
     if args.audio:
         parts.append(
             "audiotestsrc is-live=true wave=sine freq=440 ! audioconvert ! audioresample ! "
-            "opusenc ! rtpopuspay pt=111 ! "
+            f"opusenc ! rtpopuspay pt=111{mtu} ! "
             "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! "
             "wb."
         )
@@ -417,7 +420,7 @@ class Publisher:
             time.sleep(0.2)
         if self.location is not None:
             try:
-                status, headers, _, body = http("DELETE", self.location, headers=self.headers())
+                status, _, _, body = http("DELETE", self.location, headers=self.headers())
                 self.delete = {"status": status, "body": body[:500]}
                 common.log("DELETE", self.location, "->", status)
             except Exception as exc:
@@ -435,7 +438,7 @@ class Publisher:
         for media in ("video",) * self.args.video + ("audio",) * self.args.audio:
             if not self.stats.get(media, {}).get("packetsSent"):
                 missing.append(f"no {media} packets sent")
-        if self.location is not None and not (self.delete or {}).get("status", 0) // 100 == 2:
+        if self.location is not None and (self.delete or {}).get("status", 0) // 100 != 2:
             missing.append(f"DELETE not answered 2xx: {self.delete}")
         post = {k: v for k, v in self.post.items() if k not in ("offer", "answer")}
         return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -38,6 +39,22 @@ def _bind(host: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+@dataclass
+class _IceRestart:
+    """A restart in progress: a second agent checking with the new credentials (from a second
+    socket when rebinding) while the current one keeps media and consent going."""
+
+    agent: IceControllingAgent
+    sock: socket.socket | None  # None: the current socket
+    ufrag: str
+    pwd: str
+    remote_ufrag: str | None = None
+    remote_pwd: str | None = None
+    reader_scope: trio.CancelScope | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    succeeded: bool = False
 
 
 class ClientPeerConnection(PeerConnection):
@@ -78,9 +95,11 @@ class ClientPeerConnection(PeerConnection):
         self.host = host
         # RFC 7675 §5.1: a consent check every ~5 s (randomised), well inside the server's
         # 30 s timeout; tests with a shorter server timeout shorten this too.
+        self.consent_interval = consent_interval
         self.ice_agent = IceControllingAgent(ufrag, pwd, consent_interval=consent_interval)
         self._ice_started = False
         self._reader_scope: trio.CancelScope | None = None
+        self._restart: _IceRestart | None = None
 
     @property
     def local_address(self) -> Address:
@@ -90,15 +109,16 @@ class ClientPeerConnection(PeerConnection):
     # -- socket ---------------------------------------------------------------------------
 
     async def _start_io(self, nursery: trio.Nursery) -> None:
-        await nursery.start(self._reader)
+        self._reader_scope = await nursery.start(self._reader, self._sock)
 
     async def _reader(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        sock: socket.socket,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         with trio.CancelScope() as scope:
-            self._reader_scope = scope
-            task_status.started()
-            sock = self._sock
+            task_status.started(scope)
             buf = bytearray(2048)
             view = memoryview(buf)
             while True:
@@ -125,6 +145,10 @@ class ClientPeerConnection(PeerConnection):
             except StunError:
                 return
             self.ice_agent.receive(msg, data, addr, now)
+            restart = self._restart
+            if restart is not None:
+                # Both agents see every STUN message: each keeps only its own transactions.
+                restart.agent.receive(msg, data, addr, now)
             self._ice_pump(now)
         elif kind is not Kind.UNKNOWN and addr == self.remote_address:
             self.datagram_received(kind, data, addr, now)
@@ -148,7 +172,7 @@ class ClientPeerConnection(PeerConnection):
         self._sock = _bind(self.host)
         if self._reader_scope is not None:
             self._reader_scope.cancel()
-        await self._nursery.start(self._reader)
+        self._reader_scope = await self._nursery.start(self._reader, self._sock)
         trio.lowlevel.notify_closing(old)
         old.close()
         now = trio.current_time()
@@ -156,6 +180,97 @@ class ClientPeerConnection(PeerConnection):
         self._ice_pump(now)
         log.info("client rebound", extra={"peer": self.name, "addr": self.local_address})
         return self.local_address
+
+    # -- ICE restart (RFC 8445 §9), signalled by the caller (e.g. a WHIP/WHEP PATCH) -------
+
+    def begin_ice_restart(self, *, rebind: bool = False) -> tuple[str, str]:
+        """New local ICE credentials to signal to the peer; nothing changes on the wire yet.
+
+        With ``rebind`` the new checks (and, once they work, all traffic) use a new local
+        port, as after a network change. Media keeps flowing on the current pair until
+        :meth:`complete_ice_restart` succeeds.
+        """
+        if self._nursery is None or self.closing:
+            raise RuntimeError("the peer is not running")
+        self.abandon_ice_restart()
+        ufrag, pwd = random_ice_credentials()
+        agent = IceControllingAgent(
+            ufrag,
+            pwd,
+            tie_breaker=self.ice_agent.tie_breaker,
+            consent_interval=self.consent_interval,
+            consent_timeout=self.ice_agent.consent_timeout,
+        )
+        sock = _bind(self.host) if rebind else None
+        self._restart = _IceRestart(agent, sock, ufrag, pwd)
+        return ufrag, pwd
+
+    async def complete_ice_restart(
+        self,
+        remote_ufrag: str,
+        remote_pwd: str,
+        candidates: list[Candidate] | None = None,
+        *,
+        timeout: float = 10.0,
+    ) -> bool:
+        """Check the peer with its new credentials; True once the new pair carries the
+        session. False (the restart abandoned, the old pair untouched) when the checks fail
+        or ``timeout`` passes. ``candidates`` default to the peer's current ones (a lite
+        server keeps its addresses across a restart)."""
+        restart = self._restart
+        if restart is None or self._nursery is None:
+            raise RuntimeError("no ICE restart begun (begin_ice_restart)")
+        if candidates is None:
+            remote = list(self.ice_agent.remote_candidates)
+        else:
+            remote = self._usable_candidates(candidates)
+        restart.remote_ufrag, restart.remote_pwd = remote_ufrag, remote_pwd
+        if restart.sock is not None:
+            restart.reader_scope = await self._nursery.start(self._reader, restart.sock)
+        now = trio.current_time()
+        restart.agent.set_remote(remote_ufrag, remote_pwd, remote)
+        restart.agent.start(now)
+        self._ice_pump(now)
+        with trio.move_on_after(timeout):
+            await restart.done.wait()
+        if not restart.succeeded:
+            if self._restart is restart:
+                self.abandon_ice_restart()
+            log.info("ICE restart failed", extra={"peer": self.name})
+        return restart.succeeded
+
+    def abandon_ice_restart(self) -> None:
+        """Forget a restart in progress (e.g. the peer refused it); the current pair stays."""
+        restart, self._restart = self._restart, None
+        if restart is None:
+            return
+        if restart.reader_scope is not None:
+            restart.reader_scope.cancel()
+        if restart.sock is not None:
+            trio.lowlevel.notify_closing(restart.sock)
+            restart.sock.close()
+        restart.done.set()
+
+    def _restart_connected(self, restart: _IceRestart, addr: Address) -> None:
+        """The new pair works: it becomes the session's (media follows, the old pair ends)."""
+        self._restart = None
+        self.ice_agent = restart.agent
+        if restart.sock is not None:
+            old = self._sock
+            self._sock = restart.sock
+            if self._reader_scope is not None:
+                self._reader_scope.cancel()
+            self._reader_scope = restart.reader_scope
+            trio.lowlevel.notify_closing(old)
+            old.close()
+        self.remote_address = addr
+        transport = self.jsep.transport
+        transport.ice_ufrag, transport.ice_pwd = restart.ufrag, restart.pwd
+        self.jsep.remote_ice_ufrag = restart.remote_ufrag
+        self.jsep.remote_ice_pwd = restart.remote_pwd
+        restart.succeeded = True
+        restart.done.set()
+        log.info("ICE restart done", extra={"peer": self.name, "addr": addr})
 
     # -- ICE ------------------------------------------------------------------------------
 
@@ -169,6 +284,13 @@ class ClientPeerConnection(PeerConnection):
     ) -> None:
         if self._ice_started:
             return
+        self.ice_agent.set_remote(ufrag, pwd, self._usable_candidates(candidates))
+        self.ice_agent.start(now)
+        self._ice_started = True
+        self._ice_pump(now)
+
+    def _usable_candidates(self, candidates: list[Candidate]) -> list[Address]:
+        """UDP host addresses of our family, highest priority first (mDNS names skipped)."""
         family = self._sock.family
         usable: list[tuple[int, Address]] = []
         for c in candidates:
@@ -182,12 +304,12 @@ class ClientPeerConnection(PeerConnection):
                 continue
             usable.append((c.priority, (c.host, c.port)))
         usable.sort(key=lambda item: -item[0])
-        self.ice_agent.set_remote(ufrag, pwd, [addr for _, addr in usable])
-        self.ice_agent.start(now)
-        self._ice_started = True
-        self._ice_pump(now)
+        return [addr for _, addr in usable]
 
     def _ice_pump(self, now: float) -> None:
+        restart = self._restart
+        if restart is not None:
+            self._restart_pump(restart, now)
         agent = self.ice_agent
         for datagram, addr in agent.datagrams_to_send(now):
             try:
@@ -208,19 +330,48 @@ class ClientPeerConnection(PeerConnection):
         if self._next_deadline() < self._armed_deadline:
             self._wakeup.set()
 
+    def _restart_pump(self, restart: _IceRestart, now: float) -> None:
+        sock = restart.sock if restart.sock is not None else self._sock
+        for datagram, addr in restart.agent.datagrams_to_send(now):
+            try:
+                sock.sendto(datagram, addr)
+            except (BlockingIOError, OSError):
+                pass
+        while (event := restart.agent.next_event()) is not None:
+            if isinstance(event, IceConnected):
+                self._restart_connected(restart, event.addr)
+                return
+            if isinstance(event, Failed | ConsentLost):
+                # A failed restart is not a failed session: the old pair goes on.
+                self.abandon_ice_restart()
+                return
+
     def _ice_ready(self) -> bool:
         return self.remote_address is not None
 
     def _ice_deadline(self) -> float | None:
-        return self.ice_agent.get_timer()
+        timer = self.ice_agent.get_timer()
+        restart = self._restart
+        if restart is not None:
+            other = restart.agent.get_timer()
+            if other is not None and (timer is None or other < timer):
+                timer = other
+        return timer
 
     def _ice_handle_timer(self, now: float) -> None:
+        restart = self._restart
+        if restart is not None:
+            timer = restart.agent.get_timer()
+            if timer is not None and timer <= now:
+                restart.agent.handle_timer(now)
+                self._ice_pump(now)
         timer = self.ice_agent.get_timer()
         if timer is not None and timer <= now:
             self.ice_agent.handle_timer(now)
             self._ice_pump(now)
 
     def _teardown(self) -> None:
+        self.abandon_ice_restart()
         super()._teardown()
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()

@@ -510,4 +510,3 @@ class RedisStateStore:
             await handler(*args)
         except Exception:
             log.exception("state store handler failed", extra=self._log_extra)
-

@@ -261,7 +261,15 @@ class MediaRelay:
             del leases[node]
         if not leases:
             del self._interest[key]
+            self._update_sender(key)
         return leases
+
+    def _update_sender(self, key: tuple[str, str]) -> None:
+        sender = self._senders.get(key)
+        if sender is not None:
+            sender.wanted = key in self._interest
+            if not sender.wanted:
+                sender.queue.clear()
 
     def _on_want(self, data: bytes) -> None:
         """A want/release from a receiving pod (runs in the nats-py callback, asyncio side)."""
@@ -287,20 +295,12 @@ class MediaRelay:
                     leases.pop(node, None)
                     if not leases:
                         del self._interest[key]
-            sender = self._senders.get(key)
-            if sender is not None:
-                sender.wanted = key in self._interest
-                if not sender.wanted:
-                    sender.queue.clear()
+            self._update_sender(key)
 
     def _expire_leases(self) -> None:
         now = time.monotonic()
         for key in list(self._interest):
             self._live_leases(key, now)
-        for key, sender in self._senders.items():
-            if sender.wanted and key not in self._interest:
-                sender.wanted = False
-                sender.queue.clear()
 
     def _wake_sender(self) -> None:
         event = self._wake_event

@@ -1,5 +1,5 @@
-"""The Quart-Trio application: signaling API, room lists, health, the demo site, CORS, errors,
-and one access-log line per request."""
+"""The Quart-Trio application: signaling API, WHIP/WHEP, room lists, health, the demo site,
+CORS, errors, token checks, and one access-log line per request."""
 
 from __future__ import annotations
 
@@ -11,11 +11,16 @@ import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
+from trio_sfu.auth import TokenVerifier
+from trio_sfu.config import IceServer
 from trio_sfu.http.cors import install_cors
 from trio_sfu.http.errors import install_error_handlers
+from trio_sfu.http.guard import Guard
 from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody
+from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import install_site
+from trio_sfu.http.whip import WhipSfuApi, whip_blueprint
 
 access_log = logging.getLogger("trio_sfu.http.access")
 
@@ -28,14 +33,24 @@ def create_app(
     *,
     cors_origins: Sequence[str] = (),
     site_dir: Path | None = None,
+    tokens: TokenVerifier | None = None,
+    ice_servers: Sequence[IceServer] = (),
+    sessions: Sessions | None = None,
 ) -> QuartTrio:
+    """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
+    (see :mod:`trio_sfu.http.guard`); WHIP/WHEP routes exist when the SFU offers them."""
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
         BODY_TIMEOUT=BODY_TIMEOUT,
         JSON_SORT_KEYS=False,
     )
-    app.register_blueprint(signaling_blueprint(sfu))
+    guard = Guard(tokens)
+    app.register_blueprint(signaling_blueprint(sfu, guard))
+    if isinstance(sfu, WhipSfuApi):
+        app.register_blueprint(
+            whip_blueprint(sfu, guard, ice_servers=ice_servers, sessions=sessions)
+        )
 
     @app.get("/healthz")
     async def healthz() -> Response:

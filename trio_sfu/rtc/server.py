@@ -133,6 +133,27 @@ class ServerPeerConnection(PeerConnection):
         self.closing = True
         self._endpoint.unregister(self)
 
+    def restart_ice(self, remote_ufrag: str, remote_pwd: str) -> tuple[str, str]:
+        """An ICE restart signalled outside SDP (a WHIP/WHEP PATCH carrying an RFC 8840
+        fragment): fresh local credentials, returned for the answer fragment.
+
+        Make before break (RFC 8445 §9): the lite agent keeps accepting the previous
+        credentials, and the endpoint keeps routing the previous ufrag, until a check with the
+        new ones arrives, so media and consent go on over the old pair meanwhile and a restart
+        the client never completes costs nothing. The JSEP transport learns both sides' new
+        credentials too, so a later offer/answer neither carries stale ones nor mistakes them
+        for another restart.
+        """
+        ufrag, pwd = random_ice_credentials()
+        transport = self.jsep.transport
+        transport.ice_ufrag, transport.ice_pwd = ufrag, pwd
+        self.jsep.remote_ice_ufrag, self.jsep.remote_ice_pwd = remote_ufrag, remote_pwd
+        self.ice_agent.restart(ufrag, pwd)
+        self.ice_agent.set_remote_credentials(remote_ufrag, remote_pwd)
+        self._endpoint.register_ufrags(self)
+        log.info("ICE restart", extra={"peer": self.name})
+        return ufrag, pwd
+
     # -- called by the endpoint -----------------------------------------------------------
 
     def address_validated(self, addr: Address, nominated: bool, now: float) -> None:

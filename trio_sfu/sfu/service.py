@@ -20,6 +20,7 @@ from trio_sfu.cluster.aio import BackendUnavailable
 from trio_sfu.cluster.bus import Bus, LocalBus
 from trio_sfu.cluster.commands import (
     KeyframeRequest,
+    PubJoin,
     PubLeft,
     PublisherInfo,
     SubJoin,
@@ -359,6 +360,13 @@ class Sfu:
                 PubLeft(room, connection_id) if kind == "pub" else SubLeft(room, connection_id)
             )
             self.reliably(self.bus.publish, room, command)
+
+    async def on_revived(self) -> None:
+        """Redis lost sight of this pod long enough for others to sweep it (they announced our
+        publishers as gone); the store has re-asserted our state, so announce them again."""
+        for room_name, info in self.local_truth()[0]:
+            self.reliably(self.bus.publish, room_name, PubJoin(room_name, info))
+        await trio.lowlevel.checkpoint()
 
     async def ready(self) -> bool:
         """Readiness for Kubernetes: running, not draining, backends reachable."""

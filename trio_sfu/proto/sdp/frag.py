@@ -1,6 +1,6 @@
-"""SDP fragments for trickle ICE and ICE restarts (RFC 8840 §9, ``application/trickle-ice-sdpfrag``).
+"""SDP fragments for trickle ICE and ICE restarts (RFC 8840 §9: trickle-ice-sdpfrag).
 
-WHIP and WHEP (RFC 9725 §4.4) carry them in HTTP PATCH bodies: the client sends its new
+WHIP and WHEP (RFC 9725) carry them in HTTP PATCH bodies: the client sends its new
 candidates, or new ICE credentials for a restart, and the server answers a restart with its own
 fragment. A fragment is a few session-level attributes (``ice-lite``, ``ice-options``,
 ``ice-ufrag``, ``ice-pwd``, ``group``, ``end-of-candidates``) followed by m-lines, each with
