@@ -7,11 +7,21 @@ Then the same through HTTP: a WHIP publisher (our client) restarts with a PATCH 
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
+import httpx
 import trio
 
-from tests.rtc_helpers import Received, connect, new_client, rtp
+from tests.rtc_helpers import Received, client_certificate, connect, new_client, rtp
+from tests.test_http import http_server
+from tests.test_whip_http import WhipPeer, patch, pump, restart_frag
 from trio_sfu.client import ClientPeerConnection
+from trio_sfu.client.sfu import SubscriberClient
+from trio_sfu.http import create_app
+from trio_sfu.proto.sdp.frag import parse_frag
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
+from trio_sfu.sfu.service import Sfu
 
 
 async def echo_until(client: ClientPeerConnection, ssrc: int, back: Received, seqs: range) -> None:
@@ -136,3 +146,66 @@ async def test_abandoned_restart_changes_nothing(
     client.abandon_ice_restart()
     assert (client.ice_agent, client.local_address, spc.ice_agent.local_ufrags) == before
     await echo_until(client, ssrc, back, range(50, 100))
+
+
+# -- through HTTP: a WHIP publisher (our client) restarts with a PATCH fragment --------------------
+
+
+async def test_whip_patch_restart_moves_media_and_a_refused_one_changes_nothing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    rtc = RtcServer.bind("127.0.0.1", 0, consent_timeout=30.0)
+    nursery.start_soon(rtc.serve)
+    sfu = Sfu(rtc)
+    await nursery.start(sfu.run)
+    try:
+        async with http_server(create_app(sfu, site_dir=tmp_path)) as url, httpx.AsyncClient(
+            base_url=url, timeout=10
+        ) as http:
+            sub = SubscriberClient("bob-x9", certificate=client_certificate())
+            await nursery.start(sub.connect, functools.partial(sfu.subscribe, "r1", "bob-x9"))
+            await sub.wait_open()
+            publisher = WhipPeer("whip")
+            assert (await publisher.post(http, "/whip/r1")).status_code == 201
+            await nursery.start(publisher.pc.run)
+            publisher_id = (await sub.expect("PUB_JOIN whip-")).split()[1]
+            await pump(publisher, lambda: sub.packets[publisher_id] >= 20)
+            server_pc = sfu.member("pub", "r1", publisher_id).pc
+            old_addr = server_pc.remote_address
+
+            # A refused restart (a stale ETag: 412) is dropped by the client; nothing changes.
+            ufrag, pwd = publisher.pc.begin_ice_restart(rebind=True)
+            r = await patch(http, publisher.url, restart_frag(ufrag, pwd), '"stale"')
+            assert r.status_code == 412
+            publisher.pc.abandon_ice_restart()
+            count = sub.packets[publisher_id]
+            await pump(publisher, lambda: sub.packets[publisher_id] >= count + 20)
+            assert server_pc.remote_address == old_addr
+
+            # RFC 9725 restart: new credentials with If-Match: *, the server's come back.
+            ufrag, pwd = publisher.pc.begin_ice_restart(rebind=True)
+            r = await patch(http, publisher.url, restart_frag(ufrag, pwd), "*")
+            assert r.status_code == 200, r.text
+            frag = parse_frag(r.text)
+            assert frag.ice_ufrag and frag.ice_pwd
+            assert r.headers["etag"] != publisher.etag
+            assert await publisher.pc.complete_ice_restart(
+                frag.ice_ufrag, frag.ice_pwd, [c for _, c in frag.candidates]
+            )
+            new_addr = publisher.pc.local_address
+            assert new_addr != old_addr
+            with trio.fail_after(5):
+                while server_pc.remote_address != new_addr:
+                    await trio.sleep(0.01)
+            # Media resumes on the new path: the subscriber keeps receiving.
+            count = sub.packets[publisher_id]
+            await pump(publisher, lambda: sub.packets[publisher_id] >= count + 40)
+            # The new ETag guards trickle now.
+            r = await patch(http, publisher.url, f"a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n",
+                            r.headers["etag"])
+            assert r.status_code == 204
+            assert (await http.delete(publisher.url)).status_code == 200
+            await sub.expect(f"PUB_LEFT {publisher_id}")
+            sub.stop()
+    finally:
+        rtc.close()

@@ -439,7 +439,7 @@ async def test_pod_swept_during_a_partition_reasserts_and_is_told(server: RedisS
         await eventually(lambda: _true(a.revived), timeout=5)
         assert await b.store.room("main") == a.expected("main")
         assert not await b.store.claim_id("alice-1", "pod-b")
-        assert a.revived == 1
+        assert a.revived >= 1  # told after the re-assert that follows the sweep
 
 
 # -- Redis failures -------------------------------------------------------------------------
@@ -471,7 +471,9 @@ async def test_redis_restarted_empty_is_refilled_within_10_s(server: RedisServer
         await eventually(lambda: _same_keys(inspect, before), timeout=10)
         assert all(ttl > 0 for ttl in (await inspect.keys()).values())
         assert a.dead == b.dead == []  # nobody was announced gone
-        assert a.revived == b.revived == 0
+        # Both re-asserted, and both were told so: whoever joined while Redis had forgotten
+        # them must hear of their publishers again.
+        assert a.revived >= 1 and b.revived >= 1
 
 
 async def _same_keys(inspect: Inspector, keys: set[str]) -> bool:

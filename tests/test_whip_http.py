@@ -2,12 +2,14 @@
 of issue 5 items 2 and 3, against a fake SFU implementing the contract of /work/notes/whip.md,
 with and without tokens; and nothing a client sends to these routes is a 500.
 
-The real SFU with our Python client (a WHIP publisher seen by a seed-API subscriber, a WHEP
-viewer receiving its media, an ICE restart through PATCH) is in tests/test_whip_e2e.py.
+At the end, the real SFU with our Python client: a WHIP publisher seen by a seed-API subscriber
+as PUB_JOIN, a WHEP viewer receiving its media, DELETE ending it (PUB_LEFT). ICE restarts
+through PATCH with the real SFU are in tests/test_ice_restart.py.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import time
@@ -17,7 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
+from tests.rtc_helpers import Received, client_certificate, new_client
 from tests.test_http import (
     RAW_GARBAGE,
     FakeSfu,
@@ -28,12 +32,17 @@ from tests.test_http import (
     raw_exchange,
 )
 from trio_sfu.auth import TokenVerifier, create_token
+from trio_sfu.client.sfu import SubscriberClient
 from trio_sfu.config import parse_ice_server
 from trio_sfu.http import create_app
 from trio_sfu.http.sessions import Sessions, etag_for
 from trio_sfu.proto.errors import SdpError
+from trio_sfu.proto.rtp import RtpPacket, parse_rtp
+from trio_sfu.proto.sdp import parse as parse_sdp
 from trio_sfu.proto.sdp.frag import parse_frag
+from trio_sfu.rtc.server import RtcServer
 from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, Unavailable
+from trio_sfu.sfu.service import Sfu
 
 SDP = "application/sdp"
 FRAG = "application/trickle-ice-sdpfrag"
@@ -685,3 +694,169 @@ async def test_raw_garbage_never_500(http: httpx.AsyncClient, fake: FakeWhipSfu)
         status = await raw_exchange(base, data)
         assert status is None or status < 500, (data[:80], status)
     assert (await http.get("/healthz")).status_code == 200
+
+
+# -- against the real SFU, with our Python client -------------------------------------------------
+
+
+class WhipPeer:
+    """Our client as a WHIP publisher or WHEP viewer: media only (no data channel), one stream,
+    its session URL and ETag kept as a WHIP client keeps them."""
+
+    def __init__(self, kind: str) -> None:
+        self.pc = new_client(consent_interval=1.0)
+        direction = "sendonly" if kind == "whip" else "recvonly"
+        stream = "whip-stream"
+        self.audio = self.pc.add_transceiver("audio", direction, stream_id=stream)
+        self.video = self.pc.add_transceiver("video", direction, stream_id=stream)
+        self.received = Received()
+        self.pc.on_rtp = self.received
+        self.url = ""
+        self.etag = ""
+        self._seq = 0
+
+    async def post(self, http: httpx.AsyncClient, path: str, **headers: str) -> httpx.Response:
+        r = await post(http, path, self.pc.create_offer(), **headers)
+        if r.status_code == 201:
+            self.pc.handle_answer(r.text)
+            self.url, self.etag = r.headers["location"], r.headers["etag"]
+        return r
+
+    def send_frame(self, *, keyframe: bool = False) -> None:
+        seq = self._seq
+        self._seq += 1
+        for t, payload in ((self.video, vp8_payload(keyframe)), (self.audio, bytes(80))):
+            codec = t.media_codecs[0]
+            self.pc.send_rtp(RtpPacket(
+                payload_type=codec.payload_type, sequence_number=seq & 0xFFFF,
+                timestamp=(seq * codec.clock_rate // 30) & 0xFFFFFFFF, ssrc=t.sender_ssrc,
+                marker=True, payload=payload,
+            ).serialize())
+
+
+def vp8_payload(keyframe: bool) -> bytes:
+    # RFC 7741 §4.2 descriptor (S=1) + a VP8 frame header (RFC 6386 §9.1 start code on keyframes)
+    return b"\x10" + (b"\x00\x00\x00\x9d\x01\x2a" if keyframe else b"\x01") + bytes(600)
+
+
+@pytest.fixture
+async def real(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[tuple[str, Sfu]]:
+    rtc = RtcServer.bind("127.0.0.1", 0, consent_timeout=30.0)
+    nursery.start_soon(rtc.serve)
+    sfu = Sfu(rtc)
+    await nursery.start(sfu.run)
+    app = create_app(sfu, site_dir=tmp_path, ice_servers=ICE_SERVERS,
+                     tokens=TokenVerifier(KEY, SECRET))
+    try:
+        async with http_server(app) as url:
+            yield url, sfu
+    finally:
+        rtc.close()
+
+
+async def pump(publisher: WhipPeer, until: Any, *, timeout: float = 10) -> None:
+    """Send a frame every 20 ms (a keyframe every 10) until ``until()`` holds (bounded)."""
+    with trio.fail_after(timeout):
+        while not until():
+            publisher.send_frame(keyframe=publisher._seq % 10 == 0)
+            await trio.sleep(0.02)
+
+
+async def test_real_whip_publisher_seen_by_a_seed_subscriber_and_a_whep_viewer(
+    real: tuple[str, Sfu], nursery: trio.Nursery
+) -> None:
+    url, sfu = real
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        # Nobody publishes yet: a WHEP viewer is told to come back later.
+        early = WhipPeer("whep")
+        r = await early.post(http, "/whep/r1", Authorization=tok("viewer", subscribe=True))
+        assert r.status_code == 409 and int(r.headers["retry-after"]) > 0, r.text
+
+        sub = SubscriberClient("bob-x9", certificate=client_certificate())
+        await nursery.start(sub.connect, functools.partial(sfu.subscribe, "r1", "bob-x9"))
+        await sub.wait_open()
+
+        publisher = WhipPeer("whip")
+        r = await publisher.post(http, "/whip/r1", Authorization=tok("cam", publish=True))
+        assert r.status_code == 201, r.text
+        # RFC 9725: every m-section of the answer recvonly and RTP/RTCP-multiplexed. (The
+        # answer carries rtcp-mux; RFC 8858 §4.3 forbids rtcp-mux-only in an answer.)
+        desc = parse_sdp(r.text)
+        assert [(m.kind, desc.effective_direction(m)) for m in desc.media] == [
+            ("audio", "recvonly"), ("video", "recvonly")]
+        assert all(m.rtcp_mux for m in desc.media), r.text
+        await nursery.start(publisher.pc.run)
+        with trio.fail_after(10):
+            await publisher.pc.wait_connected()
+        # An ordinary publisher for the seed API: PUB_JOIN with the token's identity.
+        line = await sub.expect("PUB_JOIN ")
+        publisher_id = line.split()[1]
+        assert re.fullmatch(r"cam-[0-9a-f]{8}", publisher_id), line
+        await pump(publisher, lambda: sub.packets[publisher_id] >= 20)
+
+        # A WHEP viewer of the room receives the publisher's video and audio.
+        viewer = WhipPeer("whep")
+        r = await viewer.post(http, "/whep/r1", Authorization=tok("viewer", subscribe=True))
+        assert r.status_code == 201, r.text
+        answer_desc = parse_sdp(r.text)
+        assert {(m.kind, answer_desc.effective_direction(m)) for m in answer_desc.media} == {
+            ("audio", "sendonly"), ("video", "sendonly")}
+        await nursery.start(viewer.pc.run)
+        with trio.fail_after(10):
+            await viewer.pc.wait_connected()
+
+        video_ssrcs = set(viewer.video.remote_ssrcs)
+
+        def viewer_keyframes() -> int:
+            # The publisher's VP8 keyframes, forwarded (the header is rewritten, not the data).
+            return sum(
+                1 for p in viewer.received.payloads
+                if parse_rtp(p).ssrc in video_ssrcs and parse_rtp(p).payload[1:4] == bytes(3)
+                and parse_rtp(p).payload[4:7] == b"\x9d\x01\x2a"
+            )
+
+        await pump(publisher, lambda: viewer_keyframes() >= 2 and len(viewer.received.packets)
+                   > 40)
+        kinds = {t.kind for t in viewer.pc.transceivers
+                 for ssrc, _ in viewer.received.packets if ssrc in t.remote_ssrcs}
+        assert kinds == {"audio", "video"}
+
+        # DELETE the WHIP session: the publisher leaves the room for everyone.
+        r = await http.delete(publisher.url, headers={"Authorization": tok("cam", publish=True)})
+        assert r.status_code == 200
+        assert await sub.expect(f"PUB_LEFT {publisher_id}")
+        r = await http.delete(publisher.url, headers={"Authorization": tok("cam", publish=True)})
+        assert r.status_code == 404
+        r = await http.delete(viewer.url, headers={"Authorization": tok("viewer", subscribe=True)})
+        assert r.status_code == 200
+        with trio.fail_after(10):
+            await viewer.pc.wait_closed()
+            await publisher.pc.wait_closed()
+        sub.stop()
+
+
+async def test_real_whip_offers_refused(real: tuple[str, Sfu]) -> None:
+    url, sfu = real
+    auth = {"Authorization": tok("cam", publish=True)}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        two_video = WhipPeer("whip")
+        two_video.pc.add_transceiver("video", "sendonly", stream_id="whip-stream")
+        r = await post(http, "/whip/r1", two_video.pc.create_offer(), **auth)
+        assert r.status_code == 422 and "at most one video" in r.text
+        receiving = WhipPeer("whep")
+        r = await post(http, "/whip/r1", receiving.pc.create_offer(), **auth)
+        assert r.status_code == 422 and "recvonly" in r.text
+        r = await post(http, "/whip/r1", "v=0\r\nx\r\n", **auth)
+        assert r.status_code == 400
+    assert sfu.rooms == {}
+    for peer in (two_video, receiving):
+        peer.pc.close()
+
+
+async def test_random_requests_never_500_real(real: tuple[str, Sfu]) -> None:
+    url, sfu = real
+    await assert_never_500(url, whip_requests(seed=21, count=300))
+    for data in WHIP_GARBAGE:
+        status = await raw_exchange(url, data)
+        assert status is None or status < 500, (data[:80], status)
+    assert sfu.rooms == {}

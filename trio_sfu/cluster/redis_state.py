@@ -344,9 +344,10 @@ class RedisStateStore:
         ``on_dead_node`` is also called with this node's own id when a re-assert removed
         members Redis still listed but we no longer host (a removal that failed while Redis
         was unreachable), so their departure is announced once as well.
-        ``on_revived`` is called after a re-assert if other pods had swept us meanwhile (a
-        partition longer than the heartbeat TTL): they announced our publishers' departure,
-        so the SFU should announce them again.
+        ``on_revived`` is called after every re-assert: other pods may have swept us meanwhile
+        (a partition longer than the heartbeat TTL) and announced our publishers' departure,
+        or joined while Redis had forgotten them (restarted empty), so the SFU announces them
+        again (a repeated PubJoin is harmless).
         Started once the first heartbeat was tried, whether or not Redis answered.
         """
         if self._run_scope is not None:
@@ -419,10 +420,12 @@ class RedisStateStore:
                 if self._dirty or self._revive_pending:
                     await self._reconcile(local)
                     next_refresh = 0.0
-                    if self._revive_pending:
-                        self._revive_pending = False
-                        if on_revived is not None and self._nursery is not None:
-                            self._nursery.start_soon(self._notify, on_revived)
+                    self._revive_pending = False
+                    # After any re-assert, not only after a sweep: a pod that joined while Redis
+                    # had forgotten our publishers (restarted empty) never heard of them, and a
+                    # repeated PubJoin is harmless to those who had.
+                    if on_revived is not None and self._nursery is not None:
+                        self._nursery.start_soon(self._notify, on_revived)
                 if trio.current_time() >= next_refresh:
                     await self._script("refresh", timeout=RECONCILE_TIMEOUT)
                     next_refresh = trio.current_time() + self.refresh_interval
