@@ -60,7 +60,7 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def forged(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"") -> str:
+def forged(header: dict[str, Any], payload: Any, signature: bytes = b"") -> str:
     return ".".join(
         [b64url(json.dumps(header).encode()), b64url(json.dumps(payload).encode()),
          b64url(signature)]
@@ -163,14 +163,15 @@ def test_garbage_never_escapes_as_anything_but_token_error() -> None:
 
 
 def test_create_token_refuses_what_cannot_verify() -> None:
-    for kwargs, message in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"identity": "a b"}, "identity"),
         ({"room": "r/1"}, "room"),
         ({"ttl": 0}, "positive"),
         ({"publish": False}, "at least one grant"),
         ({"secret": "short"}, "at least 32 bytes"),
         ({"key": "k 1"}, "API key"),
-    ]:
+    ]
+    for kwargs, message in cases:
         args: dict[str, Any] = {"identity": "a", "room": "r1", "publish": True, **kwargs}
         secret = args.pop("secret", SECRET)
         key = args.pop("key", KEY)
@@ -327,7 +328,7 @@ async def guarded(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Fake
 
 
 def challenge(r: httpx.Response) -> str:
-    return r.headers.get("www-authenticate", "")
+    return str(r.headers.get("www-authenticate", ""))
 
 
 async def test_missing_and_bad_tokens_are_401(
@@ -502,7 +503,7 @@ async def test_real_server_with_tokens(site: Path, nursery: trio.Nursery) -> Non
     config = local_config(site, api_key=KEY, api_secret=SECRET)
     running = await nursery.start(functools.partial(serve, config, handle_signals=False))
     url = f"http://127.0.0.1:{running.http_port}"
-    options = {"certificate": client_certificate()}
+    options: dict[str, Any] = {"certificate": client_certificate()}
     sub = SubscriberClient("bob-x9", **options)
     await nursery.start(sub.connect, token_signal(url, "sub", "r1", "bob-x9",
                                                   token("bob", subscribe=True)))

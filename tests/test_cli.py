@@ -27,6 +27,7 @@ from trio_sfu.config import (
     _linux_addresses,
     default_site_dir,
     host_addresses,
+    parse_ice_server,
     parse_origin,
     settings,
 )
@@ -101,7 +102,7 @@ def usage_error(
 def test_help_lists_every_flag_and_env_var() -> None:
     text = build_parser().format_help()
     names = [(s.flag, s.env) for _, s in settings()]
-    assert len(names) == 14
+    assert len(names) == 19
     for flag, env in names:
         assert flag in text
         assert env in text
@@ -216,6 +217,14 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ),
     ("TRIO_SFU_CONSENT_TIMEOUT", "7.5", "consent_timeout", 7.5),
     ("TRIO_SFU_SITE_DIR", str(REPO / "tests"), "site_dir", REPO / "tests"),
+    ("TRIO_SFU_NODE_ID", "pod-7", "node_id", "pod-7"),
+    ("TRIO_SFU_DRAIN_TIMEOUT", "12", "drain_timeout", 12.0),
+    (
+        "TRIO_SFU_ICE_SERVER",
+        "stun:stun.example:3478",
+        "ice_servers",
+        (parse_ice_server("stun:stun.example:3478"),),
+    ),
 ]
 
 
@@ -227,8 +236,29 @@ def test_env_fallback(env: str, text: str, name: str, value: Any) -> None:
 
 def test_every_setting_has_an_env_case() -> None:
     covered = {env for env, *_ in ENV_CASES}
-    untestable_here = {"TRIO_SFU_CERT", "TRIO_SFU_KEY", "TRIO_SFU_REDIS_URL", "TRIO_SFU_NATS_URL"}
+    # These only make sense in pairs; test_pairs_from_env covers them.
+    untestable_here = {
+        "TRIO_SFU_CERT",
+        "TRIO_SFU_KEY",
+        "TRIO_SFU_REDIS_URL",
+        "TRIO_SFU_NATS_URL",
+        "TRIO_SFU_API_KEY",
+        "TRIO_SFU_API_SECRET",
+    }
     assert {s.env for _, s in settings()} == covered | untestable_here
+
+
+def test_pairs_from_env() -> None:
+    env = {"TRIO_SFU_API_KEY": "k1", "TRIO_SFU_API_SECRET": "s" * 32}
+    config = parse([], env)
+    assert (config.api_key, config.api_secret) == ("k1", "s" * 32)
+    env = {"TRIO_SFU_REDIS_URL": "redis://r:6379/0", "TRIO_SFU_NATS_URL": "nats://n:4222"}
+    config = parse([], env)
+    assert (config.redis_url, config.nats_url, config.cluster) == (
+        "redis://r:6379/0",
+        "nats://n:4222",
+        True,
+    )
 
 
 def test_cert_and_key_from_env(tls_files: tuple[Path, Path]) -> None:
@@ -283,8 +313,10 @@ def test_flags_win_over_env() -> None:
         (["--consent-timeout", "0"], "not between 0 and 3600"),
         (["--consent-timeout", "soon"], "not a number of seconds"),
         (["--redis-url", "localhost:6379"], "not a URL starting with redis"),
-        (["--redis-url", "redis://localhost:6379"], "cluster mode is not available yet"),
-        (["--nats-url", "nats://localhost:4222"], "cluster mode is not available yet"),
+        (["--redis-url", "redis://localhost:6379"], "needs both --redis-url and --nats-url"),
+        (["--nats-url", "nats://localhost:4222"], "needs both --redis-url and --nats-url"),
+        (["--node-id", "no/slash"], "is not a node id"),
+        (["--drain-timeout", "-1"], "between 0 and 86400"),
         (["--cert", "/nonexistent.pem"], "--cert and --key go together"),
         (["--cert", "/nonexistent.pem", "--key", "/nonexistent.key"], "no such file"),
         (["--site-dir", "/nonexistent-site"], "--site-dir /nonexistent-site: not a directory"),
@@ -303,7 +335,7 @@ def test_bad_flags_exit_2(
         ("TRIO_SFU_HTTP_PORT", "eighty", "TRIO_SFU_HTTP_PORT='eighty': 'eighty' is not a port"),
         ("TRIO_SFU_PUBLIC_IP", "203.0.113.7,nope", "TRIO_SFU_PUBLIC_IP="),
         ("TRIO_SFU_LOG_FORMAT", "yaml", "TRIO_SFU_LOG_FORMAT='yaml'"),
-        ("TRIO_SFU_NATS_URL", "nats://n:4222", "cluster mode is not available yet"),
+        ("TRIO_SFU_NATS_URL", "nats://n:4222", "needs both --redis-url and --nats-url"),
     ],
 )
 def test_bad_env_exits_2(

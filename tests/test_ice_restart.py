@@ -172,6 +172,10 @@ async def test_whip_patch_restart_moves_media_and_a_refused_one_changes_nothing(
             await pump(publisher, lambda: sub.packets[publisher_id] >= 20)
             server_pc = sfu.member("pub", "r1", publisher_id).pc
             old_addr = server_pc.remote_address
+            # The POST's ETag names the SFU's current ICE session: trickle with it is accepted.
+            ufrag = publisher.pc.ice_agent.local_ufrag
+            r = await patch(http, publisher.url, f"a=ice-ufrag:{ufrag}\r\n", publisher.etag)
+            assert r.status_code == 204, r.text
 
             # A refused restart (a stale ETag: 412) is dropped by the client; nothing changes.
             ufrag, pwd = publisher.pc.begin_ice_restart(rebind=True)

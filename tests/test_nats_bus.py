@@ -215,23 +215,47 @@ async def test_nats_down_requests_fail_fast(nats: NatsServer) -> None:
         assert not await a.ready()
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """SIGSTOP is asynchronous: true once every thread of the process is in state T."""
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/stat") as stat:
+            states.append(stat.read().rsplit(")", 1)[1].split()[0])
+    return all(state in ("T", "t") for state in states)
+
+
 async def test_a_frozen_server_never_hangs_a_call(nats: NatsServer) -> None:
     assert nats.proc is not None
-    async with pods(nats.url, "a") as (a,):
-        os.kill(nats.proc.pid, signal.SIGSTOP)
+    pid = nats.proc.pid
+    async with pods(nats.url, "a", "b") as (a, b), b.listen("r") as at_b:
+        os.kill(pid, signal.SIGSTOP)
         try:
             with trio.fail_after(FAIL_FAST):
+                while not all_threads_stopped(pid):
+                    await trio.sleep(0.01)
+            with trio.fail_after(FAIL_FAST):
                 assert not await a.ready()  # no PONG in time
+            with trio.fail_after(FAIL_FAST):
+                assert not await b.ready()
             with trio.fail_after(FAIL_FAST):
                 try:
                     await a.publish("r", Chat("r", "x", "into the void"))
                 except BackendUnavailable:
                     pass
         finally:
-            os.kill(nats.proc.pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGCONT)
         with trio.fail_after(RESUME):
-            while not await a.ready():
+            while not (await a.ready() and await b.ready()):
                 await trio.sleep(0.1)
+        # The PONGs nobody waited for any more arrived and broke nothing: the same connections
+        # (no reconnect) still carry commands. (nats-py's flush(timeout) would have killed the
+        # read loop here, leaving a client that looks connected and hears nothing.)
+        await a.publish("r", Chat("r", "x", "after the thaw"))
+        with trio.fail_after(5):
+            while (await at_b.receive()) != Chat("r", "x", "after the thaw"):
+                pass
+        assert a.reconnects == 0
+        assert b.reconnects == 0
 
 
 async def until_delivered(

@@ -10,7 +10,7 @@ from aiortc.rtcdtlstransport import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_8
 from pylibsrtp import Policy, Session
 
 from trio_sfu.proto.errors import SrtpError
-from trio_sfu.proto.srtp import PROFILES, SrtpContext
+from trio_sfu.proto.srtp import MAX_DATAGRAM, PROFILES, SrtpContext
 
 GCM = "SRTP_AEAD_AES_128_GCM"
 CM = "SRTP_AES128_CM_SHA1_80"
@@ -158,4 +158,14 @@ def test_bad_parameters() -> None:
     with pytest.raises(SrtpError):
         client.protect_rtp(b"\x80\x60")  # shorter than an RTP header
     with pytest.raises(SrtpError):
-        client.protect_rtp(rtp(1, payload=b"x" * 1500))  # beyond libsrtp's buffer
+        client.protect_rtp(rtp(1, payload=b"x" * MAX_DATAGRAM))  # beyond our buffer
+
+
+@pytest.mark.parametrize("profile", [GCM, CM])
+@pytest.mark.parametrize("size", [1356, 1400, 1500, MAX_DATAGRAM - 16])
+def test_large_packets_are_protected(profile: str, size: int) -> None:
+    """GStreamer sends 1400-byte RTP by default; pylibsrtp alone refuses above 1356 bytes."""
+    client, server = pair(profile)
+    packet = rtp(1, payload=b"y" * (size - 12))
+    assert len(packet) == size
+    assert server.unprotect_rtp(client.protect_rtp(packet)) == packet

@@ -316,7 +316,7 @@ async def created(http: httpx.AsyncClient, path: str = "/whip/r1", **headers: st
 
 
 async def test_delete(http: httpx.AsyncClient, fake: FakeWhipSfu, sessions: Sessions) -> None:
-    url, etag = await created(http)
+    url, _ = await created(http)
     peer = fake.calls[-1][2]
     # If-Match is ignored on DELETE.
     r = await http.delete(url, headers={"If-Match": '"not-the-etag"'})
@@ -388,7 +388,7 @@ async def test_trickle_is_204_without_body_or_etag(
 async def test_bad_fragments_are_400(
     http: httpx.AsyncClient, fake: FakeWhipSfu, body: str, reason: str
 ) -> None:
-    url, etag = await created(http)
+    url, _ = await created(http)
     r = await http.patch(url, content=body.encode("utf-8", "surrogateescape")
                          if body != "\xff" else b"\xff",
                          headers={"Content-Type": FRAG, "If-Match": "*"})
@@ -611,8 +611,9 @@ def whip_requests(seed: int, count: int) -> list[tuple[str, str, dict[str, str],
         if rng.random() < 0.5:
             headers["If-Match"] = rng.choice(["*", '"x"', "W/\"x\"", "", ",,,", '"', "\x7f"])
         if rng.random() < 0.3:
-            headers["Authorization"] = rng.choice(["Bearer x", "Bearer", "Basic a", "Bearer " + "a" * 5000,
-                                                   "bearer a.b.c"])
+            headers["Authorization"] = rng.choice(
+                ["Bearer x", "Bearer", "Basic a", "Bearer " + "a" * 5000, "bearer a.b.c"]
+            )
         method = rng.choice(["POST", "PATCH", "DELETE", "OPTIONS", "GET", "PUT", "HEAD"])
         requests.append((method, path, headers, body))
     return requests
@@ -860,3 +861,24 @@ async def test_random_requests_never_500_real(real: tuple[str, Sfu]) -> None:
         status = await raw_exchange(url, data)
         assert status is None or status < 500, (data[:80], status)
     assert sfu.rooms == {}
+
+
+async def test_sessions_of_ended_connections_are_pruned(
+    http: httpx.AsyncClient, fake: FakeWhipSfu, sessions: Sessions
+) -> None:
+    """Connections end on their own (consent timeout, STOP): later POSTs forget their
+    sessions a few at a time, so the table follows the SFU without a task of its own."""
+    for _ in range(12):
+        await created(http)
+    live = [(await created(http, "/whep/r1"))[0] for _ in range(2)]
+    assert len(sessions) == 14
+    for key in [k for k in fake.creds if k[0] == "pub"]:
+        del fake.creds[key]  # the 12 publishers are gone
+    await created(http, "/whep/r1")
+    assert len(sessions) <= 14 + 1 - 6  # 8 checked: at most 2 of them were alive
+    await created(http, "/whep/r1")
+    # Two POSTs checked every session: only live ones remain, none was dropped wrongly.
+    assert len(sessions) == 4
+    assert all((s.role, s.room, s.peer_id) in fake.creds for s in sessions)
+    for url in live:
+        assert (await http.delete(url)).status_code == 200

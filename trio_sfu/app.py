@@ -9,14 +9,16 @@ same without the grace period.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -26,6 +28,10 @@ from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import SfuApi, create_app
 from trio_sfu.rtc.server import RtcServer
+
+if TYPE_CHECKING:
+    from trio_sfu.cluster.nats_bus import NatsBus
+    from trio_sfu.cluster.redis_state import RedisStateStore
 
 log = logging.getLogger(__name__)
 
@@ -103,56 +109,81 @@ async def serve(
     )
     started = False
     try:
-        sfu = sfu_factory(rtc, config)
-        app = create_app(
-            sfu,
-            cors_origins=config.cors_origins,
-            site_dir=config.site_root(),
-            tokens=token_verifier(config),
-            ice_servers=config.ice_servers,
-        )
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            if handle_signals and threading.current_thread() is threading.main_thread():
-                await nursery.start(_watch_signals, stop, nursery.cancel_scope)
-            nursery.start_soon(rtc.serve)
-            await nursery.start(sfu.run)
+        async with cluster_backends(config) as backends:
+            if backends is not None:
+                from trio_sfu.sfu.service import Sfu
 
-            async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                await hypercorn_serve(
-                    app,
-                    hypercorn_config(config),
-                    shutdown_trigger=stop.wait,
-                    task_status=task_status,
+                cluster_sfu = Sfu(
+                    rtc,
+                    state=backends.state,
+                    bus=backends.bus,
+                    relay=backends.bus.relay,
+                    node_id=backends.node_id,
                 )
-                # HTTP has stopped (gracefully): now end the peers and the UDP reader.
-                nursery.cancel_scope.cancel()
+                sfu: SfuService = cluster_sfu
+            else:
+                sfu = sfu_factory(rtc, config)
+            app = create_app(
+                sfu,
+                cors_origins=config.cors_origins,
+                site_dir=config.site_root(),
+                tokens=token_verifier(config),
+                ice_servers=config.ice_servers,
+            )
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                if handle_signals and threading.current_thread() is threading.main_thread():
+                    drain = functools.partial(_drain, sfu, config.drain_timeout, stop)
+                    await nursery.start(_watch_signals, stop, nursery.cancel_scope, drain)
+                nursery.start_soon(rtc.serve)
+                await nursery.start(sfu.run)
+                if backends is not None:
+                    await nursery.start(
+                        functools.partial(
+                            backends.state.run,
+                            cluster_sfu.local_truth,
+                            cluster_sfu.on_dead_node,
+                            on_revived=cluster_sfu.on_revived,
+                        )
+                    )
 
-            binds = await nursery.start(http)
-            running = Running(
-                http_port=_bound_port(binds[0]),
-                udp_port=rtc.endpoint.local_address[1],
-                demo_url=config.demo_url(_bound_port(binds[0])),
-                public_addresses=public,
-                rtc=rtc,
-                sfu=sfu,
-                _stop=stop,
-            )
-            log.info(
-                "trio-sfu started",
-                extra={
-                    "http": binds,
-                    "udp_port": running.udp_port,
-                    "public_ips": public,
-                    "site_dir": str(config.site_root()),
-                },
-            )
-            print(f"trio-sfu: demo at {running.demo_url}", file=sys.stdout, flush=True)
-            # DESIGN.md: everything alive now lives for the whole process; keep full
-            # collections from walking it again (they pause 30-90 ms on a large heap).
-            gc.freeze()
-            task_status.started(running)
-            started = True
+                async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                    await hypercorn_serve(
+                        app,
+                        hypercorn_config(config),
+                        shutdown_trigger=stop.wait,
+                        task_status=task_status,
+                    )
+                    # HTTP has stopped (gracefully): now end the peers and the UDP reader.
+                    nursery.cancel_scope.cancel()
+
+                binds = await nursery.start(http)
+                running = Running(
+                    http_port=_bound_port(binds[0]),
+                    udp_port=rtc.endpoint.local_address[1],
+                    demo_url=config.demo_url(_bound_port(binds[0])),
+                    public_addresses=public,
+                    rtc=rtc,
+                    sfu=sfu,
+                    _stop=stop,
+                )
+                log.info(
+                    "trio-sfu started",
+                    extra={
+                        "http": binds,
+                        "udp_port": running.udp_port,
+                        "public_ips": public,
+                        "site_dir": str(config.site_root()),
+                        "node": backends.node_id if backends is not None else "local",
+                        "cluster": backends is not None,
+                    },
+                )
+                print(f"trio-sfu: demo at {running.demo_url}", file=sys.stdout, flush=True)
+                # DESIGN.md: everything alive now lives for the whole process; keep full
+                # collections from walking it again (they pause 30-90 ms on a large heap).
+                gc.freeze()
+                task_status.started(running)
+                started = True
     except BaseExceptionGroup as group:
         # A start-up failure (an HTTP port in use, a bad certificate) surfaces as itself, not
         # wrapped in the nurseries' groups, so callers and the CLI can report it plainly.
@@ -163,6 +194,55 @@ async def serve(
     finally:
         rtc.close()
     log.info("trio-sfu stopped")
+
+
+@dataclass
+class Backends:
+    node_id: str
+    state: RedisStateStore
+    bus: NatsBus
+
+
+@asynccontextmanager
+async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
+    """Redis state and the NATS bus when both URLs are set (issue 4), else None.
+
+    The asyncio side is imported only here: trio-asyncio changes asyncio's loop policy for the
+    whole process, which single-node servers (and tests driving browsers) do not need.
+    """
+    if not config.cluster:
+        yield None
+        return
+    from trio_sfu.cluster.aio import open_asyncio
+    from trio_sfu.cluster.nats_bus import NatsBus
+    from trio_sfu.cluster.redis_state import RedisStateStore
+
+    assert config.redis_url is not None and config.nats_url is not None
+    node_id = config.effective_node_id()
+    async with open_asyncio():
+        state = RedisStateStore(config.redis_url, node_id)
+        bus = NatsBus(config.nats_url, node_id)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus.run)
+            try:
+                yield Backends(node_id, state, bus)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    # Our heartbeat goes first: the other pods sweep our members at once.
+                    await state.close()
+                nursery.cancel_scope.cancel()
+
+
+async def _drain(sfu: SfuService, timeout: float, stop: trio.Event) -> None:
+    """SIGTERM (issue 4): /readyz turns 503, new sessions get 503 + Retry-After, connected
+    clients get RECONNECT; stop once no connection is left or after ``timeout``."""
+    drain = getattr(sfu, "drain", None)
+    if drain is not None:
+        drain()
+        with trio.move_on_after(timeout):
+            while getattr(sfu, "members", 0):
+                await trio.sleep(0.2)
+    stop.set()
 
 
 def token_verifier(config: Config) -> TokenVerifier | None:
@@ -186,16 +266,26 @@ def _sole_leaf(error: BaseException) -> BaseException:
 async def _watch_signals(
     stop: trio.Event,
     root: trio.CancelScope,
+    drain: Callable[[], Awaitable[None]] | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if not stop.is_set():
-                log.info("shutting down", extra={"signal": name})
-                stop.set()
-            else:
-                log.warning("second signal: stopping now", extra={"signal": name})
-                root.cancel()
+    """SIGINT stops at once (gracefully); SIGTERM drains first when a drain is given (the
+    Kubernetes way to take a pod out); a second signal of either kind stops now."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            signalled = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signalled:
+                    log.warning("second signal: stopping now", extra={"signal": name})
+                    root.cancel()
+                    return
+                signalled = True
+                if signum == signal.SIGTERM and drain is not None:
+                    log.info("draining", extra={"signal": name})
+                    nursery.start_soon(drain)
+                else:
+                    log.info("shutting down", extra={"signal": name})
+                    stop.set()

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import socket
 import ssl
 import struct
@@ -56,6 +57,23 @@ class Setting:
 
 
 # -- parsers: str -> value, ValueError with a message fit for a user -------------------------
+
+
+def parse_node_id(text: str) -> str:
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise ValueError(f"{value!r} is not a node id ([A-Za-z0-9_.-]{{1,64}})")
+    return value
+
+
+def parse_drain_timeout(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise ValueError(f"{value} is not between 0 and 86400 seconds")
+    return value
 
 
 def parse_port(text: str) -> int:
@@ -350,8 +368,7 @@ class Config:
         default=None,
         metadata=_setting(
             "--redis-url",
-            "cluster state store (absent: embedded in-memory "
-            "state; cluster mode is not available yet)",
+            "cluster room state (with --nats-url; absent: embedded in-memory state)",
             _url_parser(("redis", "rediss", "unix")),
             "URL",
         ),
@@ -360,9 +377,28 @@ class Config:
         default=None,
         metadata=_setting(
             "--nats-url",
-            "cluster bus (absent: in-process bus; cluster mode is not available yet)",
+            "cluster commands and media relay (with --redis-url; absent: in-process bus)",
             _url_parser(("nats", "tls", "ws", "wss")),
             "URL",
+        ),
+    )
+    node_id: str | None = field(
+        default=None,
+        metadata=_setting(
+            "--node-id",
+            "this pod's name in the cluster (default: the host name and a random suffix)",
+            parse_node_id,
+            "ID",
+        ),
+    )
+    drain_timeout: float = field(
+        default=60.0,
+        metadata=_setting(
+            "--drain-timeout",
+            "on SIGTERM: refuse new sessions, send RECONNECT to clients, and exit when empty "
+            "or after this many seconds",
+            parse_drain_timeout,
+            "SECONDS",
         ),
     )
     consent_timeout: float = field(
@@ -426,6 +462,18 @@ class Config:
         return self.cert is not None
 
     @property
+    def cluster(self) -> bool:
+        return self.redis_url is not None and self.nats_url is not None
+
+    def effective_node_id(self) -> str:
+        """``--node-id``, or the host name (as far as it fits the id pattern) plus a random
+        suffix, so two pods on one host, or a restarted pod, never share a node id."""
+        if self.node_id is not None:
+            return self.node_id
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:48].strip("-.") or "node"
+        return f"{host}-{secrets.token_hex(3)}"
+
+    @property
     def auth_enabled(self) -> bool:
         return self.api_key is not None and self.api_secret is not None
 
@@ -480,10 +528,15 @@ class Config:
                 "--api-key and --api-secret go together: give both to require tokens, or "
                 "neither for an open server"
             )
-        if self.redis_url is not None or self.nats_url is not None:
+        if (self.redis_url is None) != (self.nats_url is None):
+            given, missing = (
+                ("--redis-url", "--nats-url")
+                if self.nats_url is None
+                else ("--nats-url", "--redis-url")
+            )
             raise ConfigError(
-                "cluster mode is not available yet: unset --redis-url/--nats-url "
-                "(TRIO_SFU_REDIS_URL/TRIO_SFU_NATS_URL) to run the embedded single node"
+                f"cluster mode needs both --redis-url and --nats-url: {given} is set but "
+                f"{missing} is not (unset both for the embedded single node)"
             )
         if self.public_ips and ipaddress.ip_address(self.udp_host).is_unspecified:
             version = ipaddress.ip_address(self.udp_host).version

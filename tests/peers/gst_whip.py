@@ -31,9 +31,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import common  # run as a script: tests/peers is sys.path[0]
+if TYPE_CHECKING or __package__:
+    from . import common  # imported by the tests as tests.peers.<module>
+else:
+    import common  # run as a script: tests/peers is sys.path[0]
 
 PROGRESS_EVERY = 1.0
 HTTP_TIMEOUT = 15.0

@@ -17,6 +17,7 @@ import trio
 from aioice import Candidate
 
 from trio_sfu.proto import stun
+from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.proto.dtls import Certificate
 from trio_sfu.proto.errors import StunError
 from trio_sfu.proto.ice import Connected as IceConnected
@@ -119,7 +120,7 @@ class ClientPeerConnection(PeerConnection):
     ) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            buf = bytearray(2048)
+            buf = bytearray(MAX_DATAGRAM)  # longer ones arrive truncated and fail SRTP checks
             view = memoryview(buf)
             while True:
                 await trio.lowlevel.wait_readable(sock)

@@ -18,14 +18,14 @@ from typing import Any, TypeVar
 import trio
 import trio_asyncio
 
+from trio_sfu.cluster.errors import BackendUnavailable
+
+__all__ = ["CALL_TIMEOUT", "BackendUnavailable", "call", "open_asyncio"]
+
 T = TypeVar("T")
 
 #: Default deadline for one control-plane call into asyncio.
 CALL_TIMEOUT = 1.5
-
-
-class BackendUnavailable(Exception):
-    """Redis or NATS did not answer in time (or refused); callers map it to 503."""
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -48,6 +49,17 @@ T = TypeVar("T")
 DEFAULT_PREFIX = "trio-sfu"
 #: A prefix is one or more plain subject tokens (no wildcards, no empty tokens).
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
+
+
+#: How long an abandoned PING may wait for its PONG (see ``_aio_ping``); the client's own stale
+#: check (two unanswered pings) reconnects long before.
+_PONG_PATIENCE = 60
+
+
+def _consume_result(future: asyncio.Future[None]) -> None:
+    """Mark an abandoned probe's outcome as seen (asyncio warns about unretrieved errors)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Registration:
@@ -94,6 +106,9 @@ class NatsBus:
         self.start_timeout = start_timeout
         self._client: Client | None = None  # the current client, connected or not
         self._registry: set[_Registration] = set()
+        self._probes: weakref.WeakKeyDictionary[Client, asyncio.Future[None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._connected_once = trio.Event()
         self._outage = False
         self._closing = False
@@ -110,6 +125,12 @@ class NatsBus:
         return len(self._registry)
 
     @property
+    def reconnects(self) -> int:
+        """Reconnections of the current client so far (nats-py's count)."""
+        client = self._client
+        return int(client.stats["reconnects"]) if client is not None else 0
+
+    @property
     def connected(self) -> bool:
         client = self._client
         return client is not None and client.is_connected
@@ -121,10 +142,42 @@ class NatsBus:
             await trio.lowlevel.checkpoint()
             return False
         try:
-            await self._call(client.flush, 1, timeout=1.0)
+            await self._call(self._aio_ping, client, 1.0, timeout=1.5)
         except BackendUnavailable:
             return False
         return True
+
+    async def _aio_ping(self, client: Client, timeout: float, *, fresh: bool = False) -> None:
+        """A PING/PONG round trip, bounded by ``timeout``, that is safe to abandon.
+
+        Two nats-py (2.16) traps shape it. ``flush(timeout)`` cancels its PONG future on timeout,
+        and the late PONG then raises InvalidStateError in ``_process_pong``, ending the read
+        loop: a client that looks connected and hears nothing until the stale-ping check
+        replaces it. So the round trip runs in its own task with a long limit (a reconnect drops
+        its future first) and callers stop *waiting* after ``timeout``, cancelling nothing.
+        And the PING goes straight to the transport, ahead of commands still pending for the
+        flusher task, so we wait for those to be handed over first: the PONG then proves the
+        server has everything we sent before it (``fresh``: a SUB we rely on next).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        probe = self._probes.get(client)
+        if fresh or probe is None or probe.done():
+            while client.pending_data_size and client.is_connected:
+                if loop.time() >= deadline:
+                    raise BackendUnavailable("NATS: outbound buffer not draining")
+                await asyncio.sleep(0)
+            probe = asyncio.ensure_future(client.flush(_PONG_PATIENCE))
+            probe.add_done_callback(_consume_result)
+            self._probes[client] = probe
+        done, _ = await asyncio.wait({probe}, timeout=max(0.0, deadline - loop.time()))
+        if not done:
+            raise BackendUnavailable("NATS: no PONG in time")
+        try:
+            probe.result()
+        except (AssertionError, AttributeError, nats.errors.Error, OSError) as exc:
+            # nats-py asserts a transport it just lost; any of these means "not there now"
+            raise BackendUnavailable(f"NATS: {type(exc).__name__}") from exc
 
     async def _call(
         self, fn: Callable[..., Awaitable[T]], *args: Any, timeout: float | None = None
@@ -206,7 +259,7 @@ class NatsBus:
                 await self._aio_subscribe(client, registration)
             if confirm:
                 # A PING round trip: the server has our SUB before the caller relies on it.
-                await client.flush(max(1, int(self.call_timeout)))
+                await self._aio_ping(client, self.call_timeout, fresh=True)
 
     async def _aio_subscribe(self, client: Client, registration: _Registration) -> None:
         registration.client = client

@@ -54,7 +54,26 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        """Liveness: the process answers (Kubernetes restarts it otherwise)."""
         return Response("ok\n", content_type="text/plain")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness (issue 4): Redis and NATS reachable when configured, not draining. A
+        Kubernetes Service stops sending new clients to a pod that answers 503 here."""
+        check = getattr(sfu, "ready", None)
+        ready = True if check is None else await check()
+        if ready:
+            return Response("ready\n", content_type="text/plain")
+        return Response("not ready\n", status=503, content_type="text/plain")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Counters in the Prometheus text format (no token: scraped from inside the cluster)."""
+        source = getattr(sfu, "metrics", None)
+        values = source() if source is not None else {}
+        body = "".join(f"{name} {value}\n" for name, value in sorted(values.items()))
+        return Response(body, content_type="text/plain; version=0.0.4")
 
     install_access_log(app)
     install_cors(app, cors_origins)
@@ -82,7 +101,8 @@ def install_access_log(app: QuartTrio) -> None:
         }
         if began is not None:
             extra["ms"] = round((trio.current_time() - began) * 1000, 1)
-        level = logging.DEBUG if request.path == "/healthz" else logging.INFO
+        probe = request.path in ("/healthz", "/readyz", "/metrics")
+        level = logging.DEBUG if probe else logging.INFO
         access_log.log(
             level, "%s %s %s", request.method, request.path, response.status_code, extra=extra
         )

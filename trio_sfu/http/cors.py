@@ -14,7 +14,7 @@ from quart import Quart, Response, request
 
 ALLOW_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 ALLOW_HEADERS = "Content-Type, Authorization, If-Match"
-# WHIP/WHEP (later issue) return these to the client; exposing them now costs nothing.
+# WHIP/WHEP answers carry the session URL, its ETag and the ICE servers (RFC 9725).
 EXPOSE_HEADERS = "Location, ETag, Link"
 PREFLIGHT_MAX_AGE = "600"
 

@@ -238,11 +238,12 @@ def whip_blueprint(
         # RFC 9725: DELETE ends the session; clients should not send If-Match, and it is
         # ignored when they do.
         session, _ = session_for(session_id)
-        table.remove(session)
         try:
             await sfu.stop(session.role, session.room, session.peer_id)
         except NotFound:
             pass  # already gone on its own: the resource is gone all the same
+        # (any other refusal propagates and leaves the session in place, to be retried)
+        table.remove(session)
         log.info("%s session deleted", session.kind.upper(), extra=session.log_extra)
         return Response("", status=200)
 

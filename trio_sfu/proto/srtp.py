@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Final
 
 import pylibsrtp
-from pylibsrtp import Policy, Session
+from pylibsrtp import SRTP_MAX_TRAILER_LEN, Policy, Session
+from pylibsrtp._binding import ffi
 
 from trio_sfu.proto.errors import SrtpError
 
@@ -53,6 +54,13 @@ PROFILES: Final[dict[str, SrtpProfile]] = {
 }
 
 
+#: The largest datagram the stack handles (the UDP readers use the same size). pylibsrtp
+#: works in a 1500-byte buffer and reserves the largest trailer in it, so out of the box it
+#: refuses RTP above 1356 bytes — and GStreamer's default MTU is 1400: its keyframes' first
+#: packets were dropped. The buffer is pylibsrtp's own attribute, read on every call.
+MAX_DATAGRAM = 4096
+
+
 def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Session:
     policy = Policy(
         key=key_and_salt,
@@ -61,7 +69,10 @@ def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Se
     )
     if outbound:
         policy.allow_repeat_tx = True
-    return Session(policy)
+    session = Session(policy)
+    session._cdata = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
+    session._buffer = ffi.buffer(session._cdata)
+    return session
 
 
 class SrtpContext:

@@ -25,6 +25,7 @@ from typing import Protocol
 import trio
 
 from trio_sfu.proto import stun
+from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.proto.errors import StunError
 from trio_sfu.proto.ice import IceLiteAgent
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
@@ -181,7 +182,7 @@ class UdpEndpoint:
     async def serve(self) -> None:
         """Read and dispatch until cancelled or closed. Runs in the process's root nursery."""
         sock = self._sock
-        buf = bytearray(2048)
+        buf = bytearray(MAX_DATAGRAM)  # longer ones arrive truncated and fail SRTP checks
         view = memoryview(buf)
         recv = sock.recvfrom_into
         stats = self.stats

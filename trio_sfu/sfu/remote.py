@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from trio_sfu.cluster.aio import BackendUnavailable
 from trio_sfu.cluster.commands import KeyframeRequest, PublisherInfo, TrackInfo
+from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.sfu.media import KeyframeThrottle, PacketCache
 from trio_sfu.sfu.track import KEYFRAME_INTERVAL
 

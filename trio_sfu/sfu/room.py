@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_sfu.cluster.aio import BackendUnavailable
 from trio_sfu.cluster.commands import (
     Chat,
     Command,
@@ -22,6 +21,7 @@ from trio_sfu.cluster.commands import (
     SubJoin,
     SubLeft,
 )
+from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.publisher import Publisher

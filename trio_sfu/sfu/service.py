@@ -16,7 +16,6 @@ from typing import Literal
 
 import trio
 
-from trio_sfu.cluster.aio import BackendUnavailable
 from trio_sfu.cluster.bus import Bus, LocalBus
 from trio_sfu.cluster.commands import (
     KeyframeRequest,
@@ -28,6 +27,7 @@ from trio_sfu.cluster.commands import (
     SubscriberInfo,
     TrackInfo,
 )
+from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.cluster.state import MemoryStateStore, StateStore
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
@@ -51,6 +51,12 @@ OUTBOX_RETRY = 1.0
 #: Retry-After for new sessions refused while draining or while a backend is down.
 DRAIN_RETRY_AFTER = 2
 BACKEND_RETRY_AFTER = 2
+
+
+def vars_of(counters: object) -> dict[str, int]:
+    """The int fields of a slots dataclass of counters."""
+    names = getattr(counters, "__slots__", ()) or vars(counters)
+    return {n: v for n in names if isinstance(v := getattr(counters, n), int)}
 
 
 @contextmanager
@@ -217,7 +223,11 @@ class Sfu:
                 self.reliably(self.bus.publish, room_name, SubJoin(room_name, info))
             await nursery.start(self._lifetime, member)
         except BaseException:
-            self.reliably(self.state.release_id, peer_id)
+            with trio.CancelScope(shield=True):
+                try:  # at once, so the client may retry with this id right away
+                    await self.state.release_id(peer_id)
+                except BackendUnavailable:
+                    self.reliably(self.state.release_id, peer_id)
             raise
         log.info("joined", extra=member.log_extra)
         return answer
@@ -389,6 +399,26 @@ class Sfu:
             for member in [*room.publishers.values(), *room.subscribers.values()]:
                 told += member.send(protocol.RECONNECT)
         log.info("draining", extra={"node": self.node_id, "told": told, "members": self.members})
+
+    def metrics(self) -> dict[str, float]:
+        """Plain counters for ``GET /metrics`` (Prometheus text): read, never computed per
+        packet."""
+        out: dict[str, float] = {
+            "trio_sfu_rooms": len(self.rooms),
+            "trio_sfu_publishers": sum(len(r.publishers) for r in self.rooms.values()),
+            "trio_sfu_subscribers": sum(len(r.subscribers) for r in self.rooms.values()),
+            "trio_sfu_remote_tracks": len(self._remote),
+            "trio_sfu_outbox": len(self._outbox),
+            "trio_sfu_draining": int(self.draining),
+        }
+        for name, value in vars_of(self.rtc.endpoint.stats).items():
+            out[f"trio_sfu_udp_{name}_total"] = value
+        counters = getattr(self.relay, "counters", None)
+        if counters is not None:
+            for name, value in vars_of(counters).items():
+                suffix = "" if name == "subscriptions" else "_total"
+                out[f"trio_sfu_relay_{name}{suffix}"] = value
+        return out
 
     @property
     def members(self) -> int:
