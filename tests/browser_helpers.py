@@ -34,8 +34,10 @@ HELPERS = """async () => {
       window.T.pubs[conn.id] = conn;
       return conn.id;
     },
+    reconnects: [],
     async subscribe(room, user) {
       window.T.sub = await m.connectSubscriber({ room, user,
+        onReconnect: (newId, oldId) => window.T.reconnects.push([newId, oldId]),
         onTrack: (pid, track, stream) => {
           (window.T.tracks[pid] ||= {})[track.kind] = track;
           const v = document.createElement('video');
@@ -47,7 +49,9 @@ HELPERS = """async () => {
     async received(pid) {
       const track = window.T.tracks[pid]?.video;
       if (!track) return { decoded: 0, codec: null };
-      const report = await window.T.sub.pc.getStats(track);
+      let report;
+      try { report = await window.T.sub.pc.getStats(track); }
+      catch (e) { return { decoded: 0, codec: null }; }  // a track of a replaced connection
       let decoded = 0, codecId = null;
       for (const r of report.values()) if (r.type === 'inbound-rtp') {
         decoded = r.framesDecoded || 0; codecId = r.codecId; }

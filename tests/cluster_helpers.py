@@ -151,10 +151,14 @@ class LoadBalancer:
         self.pods = pods
         self._turn = itertools.count()
         self.routed: list[str] = []  # pod names, one per forwarded request
+        #: a pod to try first (a test placing a client on a given pod), else round-robin
+        self.prefer: str | None = None
 
     async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes):  # type: ignore[no-untyped-def]
         live = [p for p in self.pods.values() if p.alive]
-        start = next(self._turn)
+        if self.prefer is not None:
+            live.sort(key=lambda p: p.name != self.prefer)
+        start = 0 if self.prefer is not None else next(self._turn)
         last = None
         async with httpx.AsyncClient() as http:
             for i in range(len(live)):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from trio_sfu.cluster import codec
 from trio_sfu.cluster.codec import (
+    TAG_PUB_JOIN,
     VERSION,
     CodecError,
     decode,
@@ -58,6 +59,9 @@ track_infos = st.builds(
     track_id=anything,
     kind=st.sampled_from(["audio", "video"]),
     codecs=st.lists(codec_infos, max_size=4).map(tuple),
+    extensions=st.lists(
+        st.tuples(st.integers(1, 255), st.text(max_size=80)), max_size=6
+    ).map(tuple),
 )
 publisher_infos = st.builds(
     PublisherInfo,
@@ -95,7 +99,12 @@ ALICE = PublisherInfo(
     "pod-a-1b2c3d",
     (
         TrackInfo("8c3e0f2a-5b7d-4e1f-9a6c-2d4b8e0f1a3c", "audio", (OPUS,)),
-        TrackInfo("1f9a6c2d-4b8e-0f1a-3c8c-3e0f2a5b7d4e", "video", (VP8, RTX)),
+        TrackInfo(
+            "1f9a6c2d-4b8e-0f1a-3c8c-3e0f2a5b7d4e",
+            "video",
+            (VP8, RTX),
+            ((2, "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),),
+        ),
     ),
 )
 BOB = SubscriberInfo("bob-9x8y7", "bob", "pod-b-4e5f6a")
@@ -154,8 +163,10 @@ def test_every_member_of_the_union_is_covered() -> None:
 
 def test_encodings_are_small() -> None:
     sizes = {type(c).__name__: len(encode(c)) for c in EVERY_TYPE}
-    # A publisher with an Opus and a VP8+RTX track, ids and all, in one small UDP-sized message.
-    assert sizes["PubJoin"] < 300
+    # A publisher with an Opus and a VP8+RTX track, ids and all, in one small UDP-sized message;
+    # its one header extension costs its URI plus a few bytes.
+    uri = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+    assert sizes["PubJoin"] < 300 + len(uri) + 4
     # Positional fields: a command costs its strings plus a handful of bytes.
     assert sizes["PubLeft"] == 1 + 1 + 1 + (1 + 6) + (1 + 11)
     assert sizes["Chat"] <= 1 + 1 + 1 + 7 + 10 + len("hello, ünïcode ✓".encode()) + 1
@@ -250,3 +261,11 @@ def test_hex_tokens_are_single_tokens_and_distinct(a: str, b: str) -> None:
 def test_dots_in_names_stay_inside_one_token() -> None:
     assert hex_token("a.b") == "612e62"
     assert hex_token("a..b") != hex_token("a.b")
+
+
+def test_a_track_record_without_extensions_decodes() -> None:
+    """Records written before extensions were added (three fields) still decode."""
+    old = frame([TAG_PUB_JOIN, "r", ["p-1", "p", "n", [["t", "video", []]]]])
+    command = decode(old)
+    assert isinstance(command, PubJoin)
+    assert command.publisher.tracks == (TrackInfo("t", "video", (), ()),)

@@ -258,6 +258,36 @@ async def test_a_frozen_server_never_hangs_a_call(nats: NatsServer) -> None:
         assert b.reconnects == 0
 
 
+async def test_ready_again_after_a_freeze_long_enough_to_reconnect(nats: NatsServer) -> None:
+    assert nats.proc is not None
+    pid = nats.proc.pid
+
+    def quick_pings(bus: NatsBus) -> None:
+        bus.ping_interval = 0.3  # stale after three unanswered pings, ≈ 1 s
+
+    async with pods(nats.url, "a", setup=quick_pings) as (a,):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with trio.fail_after(FAIL_FAST):
+                while not all_threads_stopped(pid):
+                    await trio.sleep(0.01)
+            with trio.fail_after(FAIL_FAST):
+                assert not await a.ready()  # leaves its PING outstanding
+            with trio.fail_after(RESUME):
+                while a.connected:  # the client gives the silent server up
+                    await trio.sleep(0.05)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # The reconnect dropped the old PING's future; ready() must not wait on it.
+        with trio.fail_after(RESUME):
+            while not await a.ready():
+                await trio.sleep(0.1)
+        assert a.reconnects >= 1
+        async with a.listen("r") as commands:
+            await a.publish("r", Chat("r", "x", "back"))
+            assert await receive(commands) == Chat("r", "x", "back")
+
+
 async def until_delivered(
     sender: NatsBus, room: str, channel: trio.MemoryReceiveChannel[Command]
 ) -> int:

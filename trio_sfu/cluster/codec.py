@@ -123,16 +123,30 @@ def _unpack_codec(value: Any) -> CodecInfo:
 
 
 def _pack_track(t: TrackInfo) -> list[Any]:
-    return [t.track_id, t.kind, [_pack_codec(c) for c in t.codecs]]
+    # The extensions came after the first release of version 1: appended, so older decoders
+    # ignore them and newer ones read an absent list as none.
+    return [
+        t.track_id,
+        t.kind,
+        [_pack_codec(c) for c in t.codecs],
+        [[ext_id, uri] for ext_id, uri in t.extensions],
+    ]
 
 
 def _unpack_track(value: Any) -> TrackInfo:
     f = _list(value, "track", 3)
+    extensions = _list(f[3], "track.extensions") if len(f) > 3 else []
     return TrackInfo(
         track_id=_str(f[0], "track.track_id"),
         kind=_str(f[1], "track.kind"),
         codecs=tuple(_unpack_codec(c) for c in _list(f[2], "track.codecs")),
+        extensions=tuple(_unpack_extension(e) for e in extensions),
     )
+
+
+def _unpack_extension(value: Any) -> tuple[int, str]:
+    f = _list(value, "extension", 2)
+    return _int(f[0], "extension.id", 1, 255), _str(f[1], "extension.uri")
 
 
 def _pack_publisher(p: PublisherInfo) -> list[Any]:

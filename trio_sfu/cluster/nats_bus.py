@@ -24,19 +24,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import nats.errors
 import trio
-import trio_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from trio_sfu.cluster import aio
-from trio_sfu.cluster.aio import BackendUnavailable
+from trio_sfu.cluster.aio import BackendUnavailable, trio_asyncio
 from trio_sfu.cluster.bus import LISTENER_BACKLOG
 from trio_sfu.cluster.codec import CodecError, decode, encode, hex_token
 from trio_sfu.cluster.commands import Command
@@ -106,9 +104,7 @@ class NatsBus:
         self.start_timeout = start_timeout
         self._client: Client | None = None  # the current client, connected or not
         self._registry: set[_Registration] = set()
-        self._probes: weakref.WeakKeyDictionary[Client, asyncio.Future[None]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._probe: tuple[tuple[Client, int], asyncio.Future[None]] | None = None
         self._connected_once = trio.Event()
         self._outage = False
         self._closing = False
@@ -161,7 +157,11 @@ class NatsBus:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        probe = self._probes.get(client)
+        # A reconnect discards outstanding PONG futures: a probe from an earlier connection
+        # would never finish, so probes are shared only within one connection.
+        generation = (client, client.stats["reconnects"])
+        held = self._probe
+        probe = held[1] if held is not None and held[0] == generation else None
         if fresh or probe is None or probe.done():
             while client.pending_data_size and client.is_connected:
                 if loop.time() >= deadline:
@@ -169,7 +169,7 @@ class NatsBus:
                 await asyncio.sleep(0)
             probe = asyncio.ensure_future(client.flush(_PONG_PATIENCE))
             probe.add_done_callback(_consume_result)
-            self._probes[client] = probe
+            self._probe = (generation, probe)
         done, _ = await asyncio.wait({probe}, timeout=max(0.0, deadline - loop.time()))
         if not done:
             raise BackendUnavailable("NATS: no PONG in time")

@@ -36,9 +36,8 @@ from typing import Any, Protocol
 
 import msgpack
 import trio
-import trio_asyncio
 
-from trio_sfu.cluster.aio import BackendUnavailable
+from trio_sfu.cluster.aio import BackendUnavailable, trio_asyncio
 
 log = logging.getLogger(__name__)
 
