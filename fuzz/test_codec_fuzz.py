@@ -24,7 +24,7 @@ from trio_sfu.cluster.codec import (
     encode_publisher,
     encode_subscriber,
 )
-from trio_sfu.cluster.relay import MEDIA_VERSION, pack_packets, unpack_packets
+from trio_sfu.cluster.framing import MEDIA_VERSION, pack_packets, unpack_packets
 
 # msgpack values of the shapes a decoder meets: ints of every width, strs, bytes, None, bools,
 # floats, and nested arrays and maps.

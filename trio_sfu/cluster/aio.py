@@ -5,6 +5,12 @@ publish ≈ 73 µs, so control-plane calls (a Redis command, a room command) may
 while media never does — it goes through deques drained by one long-lived asyncio task per
 direction (see ``cluster/relay``).
 
+Importing trio-asyncio patches asyncio for the whole process (its own loop policy, even for
+loops created outside Trio), so only the cluster adapters import this module, and the app
+imports those only when cluster mode starts. A process that also runs plain asyncio — the test
+suite driving Playwright and aiortc in-process — must not import it (tests/aio has its own
+pytest process).
+
 Every bridged call has a deadline: a request that needs Redis or NATS while they are down must
 turn into ``503 Retry-After`` within 2 s (issue 4), never hang.
 """

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -38,20 +37,20 @@ import msgpack
 import trio
 
 from trio_sfu.cluster.aio import BackendUnavailable, trio_asyncio
+from trio_sfu.cluster.framing import (
+    _VERSION_BYTE,
+    MAX_MESSAGE,
+    MEDIA_VERSION,
+    pack_packets,
+    unpack_packets,
+)
 
 log = logging.getLogger(__name__)
 
-MEDIA_VERSION = 1
-_VERSION_BYTE = bytes((MEDIA_VERSION,))
-_LENGTH = struct.Struct("!H")
-#: RTP over UDP cannot exceed this (RFC 768 length field); the 2-byte prefix relies on it.
-MAX_PACKET = 0xFFFF
 
 #: Packets queued per track before the oldest are dropped (NATS down or the pump starved):
 #: ≈ 1 s of a 2.5 Mbit/s video track; older media is useless to a subscriber anyway.
 QUEUE_LIMIT = 256
-#: Upper bound of one NATS message (the server's default max_payload is 1 MiB).
-MAX_MESSAGE = 64 * 1024
 #: Received messages waiting for the Trio pump before the oldest are dropped.
 RECEIVE_LIMIT = 4096
 
@@ -98,52 +97,6 @@ class RelayCounters:
     overflow: int = 0
     #: media subscriptions open now (one per remote track this pod receives)
     subscriptions: int = 0
-
-
-def pack_packets(packets: deque[bytes], limit: int = MAX_MESSAGE) -> tuple[bytes, int, int]:
-    """Take packets off the left of ``packets`` into one media message of at most ``limit``.
-
-    Returns (message, packets packed, packets dropped as too large). At least one packet is
-    taken per call even if it alone exceeds ``limit``, so the caller always makes progress.
-    """
-    parts = [_VERSION_BYTE]
-    size = 1
-    count = dropped = 0
-    pack = _LENGTH.pack
-    while packets:
-        length = len(packets[0])
-        if count and size + 2 + length > limit:
-            break
-        packet = packets.popleft()
-        if length > MAX_PACKET:
-            dropped += 1
-            continue
-        parts.append(pack(length))
-        parts.append(packet)
-        size += 2 + length
-        count += 1
-    return b"".join(parts), count, dropped
-
-
-def unpack_packets(message: bytes) -> list[bytes]:
-    """The packets of one media message; ValueError if it is not one of our version."""
-    if not message or message[0] != MEDIA_VERSION:
-        raise ValueError("not a media message of this version")
-    view = memoryview(message)
-    end = len(message)
-    offset = 1
-    packets = []
-    unpack_from = _LENGTH.unpack_from
-    while offset < end:
-        if offset + 2 > end:
-            raise ValueError("truncated length prefix")
-        (length,) = unpack_from(message, offset)
-        offset += 2
-        if offset + length > end:
-            raise ValueError("truncated packet")
-        packets.append(bytes(view[offset : offset + length]))
-        offset += length
-    return packets
 
 
 class TrackSender:

@@ -25,7 +25,7 @@ from trio_sfu.cluster.commands import CodecInfo, PublisherInfo, SubscriberInfo, 
 from trio_sfu.cluster.redis_state import RedisStateStore
 from trio_sfu.cluster.state import MemoryStateStore, RoomState, StateStore
 
-from .services import RedisServer, redis_server
+from tests.services import RedisServer, redis_server
 
 PREFIX = "t-sfu"
 #: Short intervals for tests that only need the mechanism, not the production timing.

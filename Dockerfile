@@ -1,0 +1,44 @@
+# trio-sfu: one process = one pod = one core (docs/DESIGN.md). Kubernetes manifests that run
+# this image in cluster mode are in deploy/kubernetes/; docs/cluster.md explains them.
+#
+#   docker build -t trio-sfu .
+#   docker run --rm -p 8080:8080 -p 7882:7882/udp -e TRIO_SFU_PUBLIC_IP=<this host's IP> trio-sfu
+#
+# Inside a container the process sees only the container's addresses; --public-ip
+# (TRIO_SFU_PUBLIC_IP) must name the address clients send media to, and the UDP port must be
+# published on the same number (ICE candidates carry the port the process binds).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Every binary dependency ships a manylinux wheel: no compiler, no system libraries.
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY trio_sfu ./trio_sfu
+RUN pip install .
+# The demo site lives beside the package in the repository, not inside the wheel.
+COPY site ./site
+
+RUN groupadd --system --gid 10001 sfu \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sfu
+USER 10001:10001
+
+ENV TRIO_SFU_SITE_DIR=/app/site \
+    TRIO_SFU_HTTP_PORT=8080 \
+    TRIO_SFU_UDP_PORT=7882
+# HTTP: signaling, WHIP/WHEP, /healthz, /readyz, /metrics, the demo site.
+EXPOSE 8080/tcp
+# The one UDP port for all media (ICE, DTLS, SRTP).
+EXPOSE 7882/udp
+
+# SIGTERM drains (no new sessions, RECONNECT to clients, exit when empty or after
+# --drain-timeout); SIGINT stops at once.
+STOPSIGNAL SIGTERM
+# No curl in the slim image: the interpreter does the request (a non-2xx answer raises).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('TRIO_SFU_HTTP_PORT') or '8080'), timeout=2)"]
+
+CMD ["trio-sfu", "serve"]
