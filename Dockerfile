@@ -39,6 +39,7 @@ EXPOSE 7882/udp
 STOPSIGNAL SIGTERM
 # No curl in the slim image: the interpreter does the request (a non-2xx answer raises).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('TRIO_SFU_HTTP_PORT') or '8080'), timeout=2)"]
+    CMD ["python", "-c", \
+         "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('TRIO_SFU_HTTP_PORT') or '8080'), timeout=2)"]
 
 CMD ["trio-sfu", "serve"]

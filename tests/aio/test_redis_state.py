@@ -19,13 +19,12 @@ import pytest
 import redis
 import trio
 
+from tests.services import RedisServer, redis_server
 from trio_sfu.cluster.aio import BackendUnavailable, open_asyncio
 from trio_sfu.cluster.codec import encode_publisher
 from trio_sfu.cluster.commands import CodecInfo, PublisherInfo, SubscriberInfo, TrackInfo
 from trio_sfu.cluster.redis_state import RedisStateStore
 from trio_sfu.cluster.state import MemoryStateStore, RoomState, StateStore
-
-from tests.services import RedisServer, redis_server
 
 PREFIX = "t-sfu"
 #: Short intervals for tests that only need the mechanism, not the production timing.
@@ -440,6 +439,26 @@ async def test_pod_swept_during_a_partition_reasserts_and_is_told(server: RedisS
         assert await b.store.room("main") == a.expected("main")
         assert not await b.store.claim_id("alice-1", "pod-b")
         assert a.revived >= 1  # told after the re-assert that follows the sweep
+
+
+async def test_a_restarted_process_reusing_its_node_id_leaves_no_ghost(
+    server: RedisServer,
+) -> None:
+    """A container restarted under the same node id within the heartbeat TTL: the new process
+    re-asserts its (empty) truth at start, so the old process's members are removed and
+    announced, instead of living on under the new process's TTL refreshes."""
+    old = Node(server.url, "pod-a", **FAST)
+    watcher = Node(server.url, "pod-b", **FAST)
+    async with cluster(old, watcher) as nursery:
+        await old.store.claim_id("alice-1", "pod-a")
+        await old.add_pub("main", "alice-1")
+        old.kill()  # gone without a goodbye; its heartbeat is still alive
+        new = Node(server.url, "pod-a", **FAST)
+        await nursery.start(new.run)
+        await eventually(lambda: _true(new.dead), timeout=5)
+        assert new.dead == [("pod-a", [("main", "pub", "alice-1")])]
+        assert await watcher.store.room("main") is None
+        assert await watcher.store.claim_id("alice-1", "pod-b")  # the id is free again
 
 
 # -- Redis failures -------------------------------------------------------------------------

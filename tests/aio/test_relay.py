@@ -14,11 +14,11 @@ import msgpack
 import pytest
 import trio
 
-from tests.services import NatsServer, nats_server
 from tests.aio.test_nats_bus import FAIL_FAST, RESUME, pods
+from tests.services import NatsServer, nats_server
 from trio_sfu.cluster.aio import BackendUnavailable
-from trio_sfu.cluster.nats_bus import NatsBus
 from trio_sfu.cluster.framing import MAX_PACKET, MEDIA_VERSION, pack_packets, unpack_packets
+from trio_sfu.cluster.nats_bus import NatsBus
 from trio_sfu.cluster.relay import QUEUE_LIMIT, RELEASE, WANT
 
 

@@ -17,12 +17,12 @@ import trio
 from aioice import Candidate
 
 from trio_sfu.proto import stun
-from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.proto.dtls import Certificate
 from trio_sfu.proto.errors import StunError
 from trio_sfu.proto.ice import Connected as IceConnected
 from trio_sfu.proto.ice import ConsentLost, Failed, IceControllingAgent
 from trio_sfu.proto.jsep import RemoteChanges
+from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
 from trio_sfu.rtc.peer import Address, PeerConnection, random_ice_credentials
 from trio_sfu.rtc.server import host_candidate

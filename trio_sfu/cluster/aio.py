@@ -17,7 +17,6 @@ turn into ``503 Retry-After`` within 2 s (issue 4), never hang.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -26,13 +25,6 @@ import trio
 import trio_asyncio
 
 from trio_sfu.cluster.errors import BackendUnavailable
-
-# Importing trio-asyncio makes every asyncio loop created *outside* Trio a Trio-driven one too
-# (its SyncTrioEventLoop): a plain ``asyncio.run`` elsewhere in the process (a library, another
-# thread, a test) then starts a nested Trio run and corrupts Trio's global state. Setting a
-# standard policy keeps those loops standard; inside Trio, trio-asyncio's own policy still
-# applies (it only consults this one outside Trio context).
-asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 __all__ = ["CALL_TIMEOUT", "BackendUnavailable", "call", "open_asyncio", "trio_asyncio"]
 

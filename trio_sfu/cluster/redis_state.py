@@ -168,7 +168,10 @@ class RedisStateStore:
         self._claims: set[str] = set()
         self._gate = _Gate()
         #: a mutation failed or timed out: Redis may not match the local truth
-        self._dirty = False
+        # Start by re-asserting (an empty truth at first): a previous process with this node id
+        # that died less than a heartbeat TTL ago would otherwise leave its members behind,
+        # kept alive by our own TTL refreshes (a restarted container reusing its name).
+        self._dirty = True
         #: other pods announced our members' departure; re-announce once re-asserted
         self._revive_pending = False
         self._outage = False

@@ -25,9 +25,9 @@ from typing import Protocol
 import trio
 
 from trio_sfu.proto import stun
-from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.proto.errors import StunError
 from trio_sfu.proto.ice import IceLiteAgent
+from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
 
 log = logging.getLogger(__name__)

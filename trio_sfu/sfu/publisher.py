@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Receiver reports towards a publisher, and the granularity of NACK timers.
+#: Receiver reports towards a publisher.
 REPORT_INTERVAL = 1.0
-TICK = 0.02
+#: A timer sleep longer than this counts as idle: the next packet wakes the task.
+IDLE_SLEEP = 0.06
 
 
 class Publisher(Member):
@@ -59,6 +60,8 @@ class Publisher(Member):
                 sink = relay.sender(connection_id, track.track_id)
                 track.relay_sink = sink
                 self._relay_sinks.append(sink)
+        self._wake = trio.Event()
+        self._idle = False
         pc.on_rtp = self._on_rtp
         pc.on_rtcp = self._on_rtcp
 
@@ -82,6 +85,9 @@ class Publisher(Member):
     # -- media ----------------------------------------------------------------------------
 
     def _on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
+        if self._idle:  # the timer task sleeps long: this packet may need it sooner
+            self._idle = False
+            self._wake.set()
         twcc = self.twcc
         if twcc is not None:
             value = find_extension(packet, self._twcc_id)  # type: ignore[arg-type]
@@ -103,18 +109,41 @@ class Publisher(Member):
                 for track in self.tracks:
                     track.on_sender_report(packet, now)
 
-    async def _rtcp_loop(self) -> None:
-        """NACKs and deferred keyframe requests when due; receiver reports every second
-        (RFC 3550 §6.2's interval, fixed: a publisher leg has exactly one receiver, us)."""
+    async def _timers(self) -> None:
+        """The publisher leg's timers, in one task that sleeps until the earliest deadline:
+        transport-cc feedback (~50 ms while packets arrive), NACKs and deferred keyframe
+        requests when due, and a receiver report every second (RFC 3550 §6.2's interval,
+        fixed: a publisher leg has exactly one receiver, us). When nothing but the next report
+        is pending the task sleeps until then; the first packet to arrive wakes it, since it
+        may start a feedback interval or reveal a gap to NACK."""
         tracks = self.tracks
         sender = tracks[0].transceiver.sender_ssrc
         cname = tracks[0].transceiver.cname
+        twcc = self.twcc
         next_report = trio.current_time() + REPORT_INTERVAL
         while True:
-            await trio.sleep(TICK)
-            now = trio.current_time()
+            deadline = next_report
             for track in tracks:
-                track.tick(now)
+                deadline = min(deadline, track.next_timer())
+            if twcc is not None:
+                due = twcc.get_timer()
+                if due is not None:
+                    deadline = min(deadline, due)
+            self._wake = trio.Event()
+            self._idle = deadline - trio.current_time() > IDLE_SLEEP
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            self._idle = False
+            now = trio.current_time()
+            if twcc is not None:
+                due = twcc.get_timer()
+                if due is not None and due <= now:
+                    media = next((t.media_ssrc for t in tracks if t.media_ssrc is not None), 0)
+                    for feedback in twcc.build_feedback(now, sender, media):
+                        self.pc.send_rtcp(feedback.serialize())
+            for track in tracks:
+                if track.next_timer() <= now:
+                    track.tick(now)
             if now >= next_report:
                 next_report = now + REPORT_INTERVAL
                 blocks = [b for track in tracks for b in track.report_blocks(now)]
@@ -122,28 +151,9 @@ class Publisher(Member):
                     rr = ReceiverReport(ssrc=sender, reports=blocks[i : i + 31])
                     self.pc.send_rtcp(serialize_compound([rr, Sdes.cname_for(sender, cname)]))
 
-    # -- lifecycle ------------------------------------------------------------------------
-
-    async def _send_twcc(self) -> None:
-        """Feedback every ~50 ms while packets arrive (runs in the peer's nursery)."""
-        twcc = self.twcc
-        assert twcc is not None
-        sender = self.tracks[0].transceiver.sender_ssrc
-        while True:
-            due = twcc.get_timer()
-            if due is None:
-                await trio.sleep(0.05)
-                continue
-            await trio.sleep_until(due)
-            media = next((t.media_ssrc for t in self.tracks if t.media_ssrc is not None), 0)
-            for feedback in twcc.build_feedback(trio.current_time(), sender, media):
-                self.pc.send_rtcp(feedback.serialize())
-
     async def on_connected(self) -> None:
         await super().on_connected()
-        if self.twcc is not None:
-            self.pc.start_soon(self._send_twcc)
-        self.pc.start_soon(self._rtcp_loop)
+        self.pc.start_soon(self._timers)
         if not self.announced:
             self.announced = True
             await self.room.publisher_ready(self)

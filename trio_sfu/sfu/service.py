@@ -205,7 +205,8 @@ class Sfu:
             except BaseException:
                 pc.abandon()
                 raise
-            room = await self._room(room_name)
+            with backend_errors():  # a room's first member subscribes to its bus subject
+                room = await self._room(room_name)
             member: Member
             if role == "pub":
                 member = Publisher(room, peer_id, pc)

@@ -252,6 +252,17 @@ class PublishedTrack:
             entry = FirEntry(self.media_ssrc, self._fir.next_request())
             self.pc.send_rtcp(Fir(sender_ssrc=t.sender_ssrc, entries=[entry]).serialize())
 
+    def next_timer(self) -> float:
+        """When :meth:`tick` has something to do (inf: nothing pending)."""
+        due = float("inf")
+        for ingress in self._ingress.values():
+            if ingress.nack is not None:
+                timer = ingress.nack.get_timer()
+                if timer is not None and timer < due:
+                    due = timer
+        timer = self.keyframes.get_timer()
+        return timer if timer is not None and timer < due else due
+
     def tick(self, now: float) -> None:
         """Timers of the publisher leg: NACKs that are due, deferred keyframe requests."""
         sender = self.transceiver.sender_ssrc
