@@ -213,3 +213,22 @@ async def test_redis_and_nats_restarts(
                     late.pc.close("retry")
                     await trio.sleep(0.5)
         assert await late.expect("PUB_JOIN alice-1", timeout=10)
+
+
+async def test_whip_publisher_on_a_is_watched_through_whep_on_b(pods: dict[str, Pod]) -> None:
+    """Issue 5 in cluster mode: aiortc publishes through WHIP to pod A; another aiortc plays it
+    through WHEP on pod B (the media crosses the relay)."""
+    from tests.test_third_party_clients import finish, whep_viewer, whip_publisher
+
+    async with whip_publisher(pods["a"].url + "/whip/wr", "--mark", "60") as publisher:
+        await publisher.receive("connected", 30)
+        async with whep_viewer(
+            pods["b"].url + "/whep/wr", "--min-frames", "60", "--timeout", "45"
+        ) as viewer:
+            watched = await viewer.receive("result", 60)
+        assert watched["ok"], {**watched, "stderr": viewer.stderr_tail()}
+        assert watched["post"]["status"] == 201 and watched["delete"]["status"] == 200
+        result = await finish(publisher)
+    assert result["ok"], result
+    b = await metrics(pods["b"])
+    assert b["trio_sfu_relay_packets_received_total"] > 0  # it came through the relay
