@@ -22,7 +22,7 @@ from aioice import Candidate
 
 from ..errors import SdpError
 from .model import Attribute, Group, IceCandidate
-from .parser import _candidate, _LineError, _token, _uint
+from .parser import _candidate, _LineError, _token, _uint, feed_lines
 
 __all__ = ["MAX_FRAG_LENGTH", "FragMedia", "SdpFrag", "build_frag", "parse_frag"]
 
@@ -276,26 +276,8 @@ class _FragParser:
 
 def parse_frag(text: str | bytes, *, max_length: int = MAX_FRAG_LENGTH) -> SdpFrag:
     """Parse a trickle-ice-sdpfrag body (LF or CRLF); raises :class:`SdpError` only."""
-    if isinstance(text, bytes | bytearray | memoryview):
-        if len(text) > max_length:
-            raise SdpError(f"fragment is larger than {max_length} bytes")
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError:
-            raise SdpError("fragment is not valid UTF-8") from None
-    if not isinstance(text, str):
-        raise SdpError("fragment must be text")
-    if len(text) > max_length:
-        raise SdpError(f"fragment is larger than {max_length} characters")
     parser = _FragParser()
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip(" \t\r")
-        if not line:
-            continue
-        try:
-            parser.line(line)
-        except _LineError as exc:
-            raise SdpError(str(exc), number, line) from None
+    feed_lines(text, parser.line, max_length=max_length, what="fragment")
     try:
         return parser.finish()
     except _LineError as exc:

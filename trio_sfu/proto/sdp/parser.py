@@ -605,30 +605,37 @@ class _Parser:
             desc.extra_lines.append((kind, value))
 
 
-def parse(text: str | bytes, *, max_length: int = MAX_SDP_LENGTH) -> SessionDescription:
-    """Parse an SDP (LF or CRLF line endings); raises :class:`SdpError` and nothing else."""
+def feed_lines(
+    text: str | bytes, line: Callable[[str], None], *, max_length: int, what: str
+) -> None:
+    """Check the size and encoding of an SDP-like body, then hand each non-empty line (LF or
+    CRLF endings) to ``line``; a :class:`_LineError` becomes an :class:`SdpError` naming the
+    line number and the line. Shared by SDP and trickle-ice-sdpfrag (RFC 8840) parsing."""
     if isinstance(text, bytes | bytearray | memoryview):
         if len(text) > max_length:
-            raise SdpError(f"SDP is larger than {max_length} bytes")
+            raise SdpError(f"{what} is larger than {max_length} bytes")
         try:
             text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SdpError("SDP is not valid UTF-8") from exc
+        except UnicodeDecodeError:
+            raise SdpError(f"{what} is not valid UTF-8") from None
     if not isinstance(text, str):
-        raise SdpError("SDP must be text")
+        raise SdpError(f"{what} must be text")
     if len(text) > max_length:
-        raise SdpError(f"SDP is larger than {max_length} characters")
-
-    parser = _Parser()
-    number = 0
+        raise SdpError(f"{what} is larger than {max_length} characters")
     for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip(" \t\r")
-        if not line:
+        stripped = raw.strip(" \t\r")
+        if not stripped:
             continue
         try:
-            parser.line(line)
+            line(stripped)
         except _LineError as exc:
-            raise SdpError(str(exc), number, line) from None
+            raise SdpError(str(exc), number, stripped) from None
+
+
+def parse(text: str | bytes, *, max_length: int = MAX_SDP_LENGTH) -> SessionDescription:
+    """Parse an SDP (LF or CRLF line endings); raises :class:`SdpError` and nothing else."""
+    parser = _Parser()
+    feed_lines(text, parser.line, max_length=max_length, what="SDP")
     try:
         if parser.builder is not None:
             parser.builder.finish()
