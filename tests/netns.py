@@ -125,37 +125,11 @@ async def open_lines(
     command (GStreamer's peer needs Debian's ``/usr/bin/python3``). Leaving the block closes
     the process's stdin, waits, and kills its process group (it leads its own session).
     """
-    import trio
+    from tests.peers.harness import open_command
 
-    from tests.peers.harness import PeerProcess, _single_leaf
-
-    proc = await trio.lowlevel.open_process(
-        list(argv),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
-    peer = PeerProcess(name or os.path.basename(argv[-1] if argv else "process"), proc)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(peer._read_stdout)
-            nursery.start_soon(peer._read_stderr)
-            try:
-                yield peer
-            finally:
-                with trio.CancelScope(shield=True):
-                    await peer.close()
-                    with trio.move_on_after(2):
-                        await peer._stdout_done.wait()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        leaf = _single_leaf(group)
-        if leaf is None:
-            raise
-        raise leaf from leaf.__cause__
+    label = name or os.path.basename(argv[-1] if argv else "process")
+    async with open_command(argv, name=label, env=env, cwd=REPO) as peer:
+        yield peer
 
 
 def open_netns(

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -202,14 +202,30 @@ async def open_peer(script: str, *args: str) -> AsyncIterator[PeerProcess]:
     whole process group, so no browser outlives a test.
     """
     path = os.path.join(PEERS_DIR, script)
+    async with open_command([sys.executable, path, *args], name=script) as peer:
+        yield peer
+
+
+@asynccontextmanager
+async def open_command(
+    argv: Sequence[str],
+    *,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> AsyncIterator[PeerProcess]:
+    """Run any command that speaks the peers' JSON-line protocol, for the block's duration
+    (a peer under another interpreter, e.g. GStreamer's under Debian's python3)."""
     proc = await trio.lowlevel.open_process(
-        [sys.executable, path, *args],
+        list(argv),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
     )
-    peer = PeerProcess(script, proc)
+    peer = PeerProcess(name, proc)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(peer._read_stdout)
