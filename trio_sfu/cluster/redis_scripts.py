@@ -287,10 +287,6 @@ SCRIPTS: dict[str, str] = {
 SEP = "\0"
 
 
-def member_token(room: str, kind: str, connection_id: str) -> str:
-    return f"{room}{SEP}{kind}{SEP}{connection_id}"
-
-
 def split_token(token: str) -> tuple[str, str, str]:
     room, kind, connection_id = token.split(SEP, 2)
     return room, kind, connection_id

@@ -33,10 +33,3 @@ def _build_table() -> tuple[Kind, ...]:
 
 
 KIND_BY_FIRST_BYTE: tuple[Kind, ...] = _build_table()
-
-
-def classify(data: bytes) -> Kind:
-    """The demux class of a datagram; empty datagrams are UNKNOWN."""
-    if not data:
-        return Kind.UNKNOWN
-    return KIND_BY_FIRST_BYTE[data[0]]

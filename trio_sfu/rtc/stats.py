@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
@@ -20,6 +20,3 @@ class PeerStats:
     dtls_dropped: int = 0
     sctp_malformed: int = 0
     dc_messages_in: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)

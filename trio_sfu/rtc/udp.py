@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -172,10 +171,6 @@ class UdpEndpoint:
             return
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
-
-    def sender(self) -> Callable[[bytes, Address], None]:
-        """The bound send function (one attribute lookup less per packet for callers)."""
-        return self.sendto
 
     # -- receiving ------------------------------------------------------------------------
 

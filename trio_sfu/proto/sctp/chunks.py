@@ -435,16 +435,15 @@ def serialize_packet(
     return bytes(buf)
 
 
-def chunk_wire_size(encoded_len: int) -> int:
-    return encoded_len + _pad(encoded_len)
-
-
 def describe_causes(causes: list[ErrorCause]) -> str:
     """A short text for an ABORT's causes; user and violation causes carry readable text."""
     parts = []
     for code, body in causes:
-        text = body.decode("utf-8", "replace") if code in (CAUSE_USER_ABORT,
-                                                            CAUSE_PROTOCOL_VIOLATION) else ""
+        text = (
+            body.decode("utf-8", "replace")
+            if code in (CAUSE_USER_ABORT, CAUSE_PROTOCOL_VIOLATION)
+            else ""
+        )
         parts.append(f"cause {code}" + (f": {text}" if text else ""))
     return (" (" + "; ".join(parts) + ")") if parts else ""
 
