@@ -232,3 +232,51 @@ async def test_whip_publisher_on_a_is_watched_through_whep_on_b(pods: dict[str, 
     assert result["ok"], result
     b = await metrics(pods["b"])
     assert b["trio_sfu_relay_packets_received_total"] > 0  # it came through the relay
+
+
+@pytest.mark.parametrize("backend", ["redis", "nats"])
+async def test_backend_down_means_503_fast_and_media_keeps_flowing(
+    pods: dict[str, Pod],
+    redis_srv: RedisServer,
+    nats_srv: NatsServer,
+    nursery: trio.Nursery,
+    backend: str,
+) -> None:
+    """Issue 4: while Redis or NATS is unreachable, media between connected clients keeps
+    flowing and a request that needs them answers 503 + Retry-After within 2 s. Media that
+    crosses pods rides on NATS, so with NATS down only same-pod media can flow (it resumes
+    across pods when NATS returns: test_redis_and_nats_restarts)."""
+    near = await join(nursery, subscriber("near-1"), pods["a"].url, "sub", "r")
+    far = await join(nursery, subscriber("far-1"), pods["b"].url, "sub", "r")
+    alice = await join(nursery, publisher("alice-1"), pods["a"].url, "pub", "r")
+    assert isinstance(near, SubscriberClient) and isinstance(far, SubscriberClient)
+    assert isinstance(alice, PublisherClient)
+    await stream_until(alice, lambda: near.packets["alice-1"] > 50 and far.packets["alice-1"] > 50)
+    server = redis_srv if backend == "redis" else nats_srv
+    server.stop()
+    try:
+        # A request that needs the backend: 503 with Retry-After, within 2 s, never a hang.
+        probe = subscriber("late-1")
+        offer = probe.pc.create_offer()
+        async with httpx.AsyncClient() as http:
+            began = trio.current_time()
+            response = await http.post(
+                pods["c"].url + "/sub/r2/late-1",
+                content=offer.encode(),
+                headers={"Content-Type": "application/sdp"},
+                timeout=10,
+            )
+            took = trio.current_time() - began
+            ready = await http.get(pods["c"].url + "/readyz", timeout=10)
+        probe.pc.close("unused")
+        assert response.status_code == 503, response.text
+        assert int(response.headers["Retry-After"]) > 0
+        assert took < 2.5  # the 2 s budget plus HTTP overhead on a loaded machine
+        assert ready.status_code == 503
+        # Media between connected clients keeps flowing meanwhile.
+        watching = [near] if backend == "nats" else [near, far]
+        for sub in watching:
+            before = sub.packets["alice-1"]
+            await stream_until(alice, functools.partial(flowing, sub, before + 100), timeout=15)
+    finally:
+        server.start()
