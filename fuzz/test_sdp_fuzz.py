@@ -3,6 +3,7 @@ round-trips (parse(serialize(x)) == x, and the serialization is a fixed point)."
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from aioice import Candidate
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fuzz.mutations import mutated_text
 from trio_sfu.proto.errors import SdpError
 from trio_sfu.proto.jsep import JsepSession, LocalTransport
 from trio_sfu.proto.sdp import SessionDescription, parse
@@ -46,35 +48,9 @@ def _parse_or_sdp_error(text: str | bytes) -> SessionDescription | None:
     return desc
 
 
-@st.composite
-def mutated_fixture(draw: st.DrawFn) -> str:
-    """A real browser SDP with a few characters or tokens replaced, lines dropped, duplicated
-    or swapped, and maybe truncated."""
-    text = draw(st.sampled_from(sorted(TEXTS.values())))
-    lines = text.split("\r\n")
-    for _ in range(draw(st.integers(0, 3))):
-        op = draw(st.integers(0, 3))
-        i = draw(st.integers(0, len(lines) - 1))
-        if op == 0:
-            del lines[i]
-        elif op == 1:
-            lines.insert(i, lines[draw(st.integers(0, len(lines) - 1))])
-        elif op == 2:
-            j = draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-        else:
-            parts = lines[i].split(" ")
-            k = draw(st.integers(0, len(parts) - 1))
-            parts[k] = draw(st.sampled_from(TOKENS))
-            lines[i] = " ".join(parts)
-    text = draw(st.sampled_from(["\r\n", "\n"])).join(lines)
-    for _ in range(draw(st.integers(0, 3))):
-        pos = draw(st.integers(0, len(text)))
-        repl = draw(st.one_of(st.sampled_from(TOKENS), st.text(max_size=3)))
-        text = text[:pos] + repl + text[pos + draw(st.integers(0, 2)):]
-    if draw(st.booleans()):
-        text = text[: draw(st.integers(0, len(text)))]
-    return text
+mutated_fixture = functools.partial(
+    mutated_text, sorted(TEXTS.values()), TOKENS, truncate=True
+)
 
 
 @st.composite

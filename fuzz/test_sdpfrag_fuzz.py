@@ -4,10 +4,13 @@ what build_frag writes parses back to the same credentials and candidates."""
 
 from __future__ import annotations
 
+import functools
+
 from aioice import Candidate
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fuzz.mutations import mutated_text
 from trio_sfu.proto.errors import SdpError
 from trio_sfu.proto.sdp.frag import SdpFrag, build_frag, parse_frag
 
@@ -46,31 +49,7 @@ def _check(text: str | bytes) -> SdpFrag | None:
     return frag
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> str:
-    lines = draw(st.sampled_from(SAMPLES)).split("\r\n")
-    for _ in range(draw(st.integers(0, 4))):
-        op = draw(st.integers(0, 3))
-        i = draw(st.integers(0, len(lines) - 1))
-        if op == 0:
-            del lines[i]
-        elif op == 1:
-            lines.insert(i, lines[draw(st.integers(0, len(lines) - 1))])
-        elif op == 2:
-            j = draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-        else:
-            parts = lines[i].split(" ")
-            parts[draw(st.integers(0, len(parts) - 1))] = draw(st.sampled_from(TOKENS))
-            lines[i] = " ".join(parts)
-        if not lines:
-            break
-    text = draw(st.sampled_from(["\r\n", "\n"])).join(lines)
-    for _ in range(draw(st.integers(0, 3))):
-        pos = draw(st.integers(0, len(text)))
-        repl = draw(st.one_of(st.sampled_from(TOKENS), st.text(max_size=3)))
-        text = text[:pos] + repl + text[pos + draw(st.integers(0, 2)):]
-    return text
+mutated = functools.partial(mutated_text, SAMPLES, TOKENS, line_rounds=4)
 
 
 def test_samples_parse() -> None:
