@@ -30,6 +30,7 @@ from trio_sfu.http import SfuApi, create_app
 from trio_sfu.rtc.server import RtcServer
 
 if TYPE_CHECKING:
+    from trio_sfu.cluster.forward import ClusterForwarder
     from trio_sfu.cluster.nats_bus import NatsBus
     from trio_sfu.cluster.redis_state import RedisStateStore
 
@@ -129,6 +130,7 @@ async def serve(
                 site_dir=config.site_root(),
                 tokens=token_verifier(config),
                 ice_servers=config.ice_servers,
+                forwarder=backends.forwarder if backends is not None else None,
             )
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
@@ -146,6 +148,8 @@ async def serve(
                             on_revived=cluster_sfu.on_revived,
                         )
                     )
+                    # Requests other pods forward here (a session this pod holds).
+                    await nursery.start(backends.forwarder.serve, app)
 
                 async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                     await hypercorn_serve(
@@ -201,6 +205,7 @@ class Backends:
     node_id: str
     state: RedisStateStore
     bus: NatsBus
+    forwarder: ClusterForwarder
 
 
 @asynccontextmanager
@@ -214,6 +219,7 @@ async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
         yield None
         return
     from trio_sfu.cluster.aio import open_asyncio
+    from trio_sfu.cluster.forward import ClusterForwarder
     from trio_sfu.cluster.nats_bus import NatsBus
     from trio_sfu.cluster.redis_state import RedisStateStore
 
@@ -225,7 +231,7 @@ async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
         async with trio.open_nursery() as nursery:
             await nursery.start(bus.run)
             try:
-                yield Backends(node_id, state, bus)
+                yield Backends(node_id, state, bus, ClusterForwarder(bus, state, node_id))
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     # Our heartbeat goes first: the other pods sweep our members at once.
