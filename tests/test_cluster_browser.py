@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -71,3 +72,67 @@ async def test_draining_pod_moves_its_chromium_subscriber(
         with trio.fail_after(30):
             await pods["b"].proc.wait()
         assert pods["b"].proc.returncode == 0
+
+
+async def _frames(browser: Browser, page: str, pid: str) -> int:
+    return int((await browser.eval(page, f"window.T.received({pid!r})"))["decoded"])
+
+
+@pytest.mark.parametrize("outage", ["restart", "freeze-20s"])
+async def test_relayed_media_decodes_again_within_2s_of_nats_back(
+    pods: dict[str, Pod], backends: tuple[RedisServer, NatsServer], browser: Browser, outage: str
+) -> None:
+    """Issue 9, item 3: NATS restarted, or frozen 20 s (SIGSTOP): a cross-pod Chromium
+    subscriber (pod C) and a cross-pod aiortc WHEP viewer (pod B) of a Chromium publisher
+    (pod A) decode new frames again within 2 s of NATS being back."""
+    from tests.test_third_party_clients import whep_viewer
+
+    _, nats = backends
+    alice = await open_page(browser, pods["a"].url, "alice")
+    pid = await browser.eval(alice, "window.T.publish('room1', 'alice')")
+    carol = await open_page(browser, pods["c"].url, "carol")
+    await browser.eval(carol, "window.T.subscribe('room1', 'carol')")
+    await decoding(browser, carol, pid)
+    aiortc_frames: list[tuple[float, int]] = []
+    async with (
+        whep_viewer(
+            pods["b"].url + "/whep/room1",
+            "--until-stopped", "--timeout", "120", "--progress-every", "0.1",
+        ) as viewer,
+        trio.open_nursery() as nursery,
+    ):
+        viewer.on_progress = lambda item: aiortc_frames.append(
+            (trio.current_time(), int(item["framesDecoded"]))
+        )
+        nursery.start_soon(viewer.receive, "never-sent", 300)
+        with trio.fail_after(30):
+            while not aiortc_frames or aiortc_frames[-1][1] < 30:
+                await trio.sleep(0.1)
+        assert nats.proc is not None
+        if outage == "restart":
+            nats.restart()
+        else:
+            nats.proc.send_signal(signal.SIGSTOP)
+            await trio.sleep(20)
+            nats.proc.send_signal(signal.SIGCONT)
+        back = trio.current_time()
+        chromium_at_back = await _frames(browser, carol, pid)
+        aiortc_at_back = aiortc_frames[-1][1]
+        chromium_again = aiortc_again = None
+        with trio.move_on_after(15):
+            while chromium_again is None or aiortc_again is None:
+                now = trio.current_time()
+                if chromium_again is None and (
+                    await _frames(browser, carol, pid) >= chromium_at_back + 5
+                ):
+                    chromium_again = now - back
+                if aiortc_again is None and aiortc_frames[-1][1] >= aiortc_at_back + 5:
+                    aiortc_again = aiortc_frames[-1][0] - back
+                await trio.sleep(0.05)
+        print(
+            f"\nNATS {outage}: Chromium decodes again {chromium_again} s, aiortc "
+            f"{aiortc_again} s after NATS is back"
+        )
+        assert chromium_again is not None and chromium_again <= 2.0, chromium_again
+        assert aiortc_again is not None and aiortc_again <= 2.0, aiortc_again
+        nursery.cancel_scope.cancel()

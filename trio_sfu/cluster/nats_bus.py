@@ -366,6 +366,7 @@ class NatsBus:
 
     async def _on_reconnected(self) -> None:
         self._outage = False
+        self.relay.renew_wants()
         log.info("NATS reconnected", extra={"node": self.node_id})
 
     async def _on_error(self, exc: Exception) -> None:
@@ -413,6 +414,7 @@ class NatsBus:
                     await self._aio_subscribe(client, registration)
             if self._outage:
                 self._outage = False
+                self.relay.renew_wants()
                 log.info("NATS connected", extra={"node": self.node_id})
             self._connected_once.set()  # a trio.Event set from asyncio: fine in trio-asyncio
             await closed.wait()

@@ -19,6 +19,7 @@ import trio
 from trio_sfu.cluster.bus import Bus, LocalBus
 from trio_sfu.cluster.commands import (
     KeyframeRequest,
+    Nack,
     PubJoin,
     PubLeft,
     PublisherInfo,
@@ -147,12 +148,17 @@ class Sfu:
 
     async def _node_commands(self) -> None:
         """Commands other pods address to this one: keyframe requests for our publishers'
-        tracks from pods whose subscribers lost a picture (throttled at the track)."""
+        tracks from pods whose subscribers lost a picture (throttled at the track), and NACKs
+        for relayed packets those pods could not answer (issue 9)."""
         async with self.bus.listen_node() as commands:
             async for command in commands:
-                if isinstance(command, KeyframeRequest):
+                if isinstance(command, KeyframeRequest | Nack):
                     track = self.local_track(command.publisher_id, command.track_id)
-                    if track is not None:
+                    if track is None:
+                        continue
+                    if isinstance(command, Nack):
+                        track.resend_to_relay(command.sequence_numbers, trio.current_time())
+                    else:
                         track.request_keyframe(trio.current_time())
 
     # -- joining --------------------------------------------------------------------------
