@@ -19,6 +19,7 @@ request ``[1, method, path, query, [[name, value], ...], body, client, origin]``
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import msgpack
@@ -101,6 +102,15 @@ class ClusterForwarder:
                 f"cannot find the pod holding {connection_id} now: {exc}", retry_after=RETRY_AFTER
             ) from exc
         return owner
+
+    async def other_live_node(self) -> str | None:
+        """A live pod other than this one (at random), or None: where a draining pod sends a
+        new session (issue 9, item 2)."""
+        try:
+            nodes = [n for n in await self.state.live_nodes() if n != self.node_id]
+        except BackendUnavailable:
+            return None
+        return random.choice(nodes) if nodes else None
 
     async def forward(self, node: str, forwarded: ForwardedRequest) -> ForwardedResponse:
         try:

@@ -14,7 +14,7 @@ everything the SFU calls is Trio-native and bounded:
   so listeners and the relay survive a NATS restart without the SFU doing anything. If the
   client ever closes for good, ``run`` builds a new one and resubscribes from its registry.
 
-Subjects (names hex-encoded by ``codec.hex_token``; ``p`` is the cluster prefix):
+Subjects (names escaped by ``codec.subject_token``; ``p`` is the cluster prefix):
 ``p.room.<room>`` room commands, ``p.node.<node>`` node commands,
 ``p.media.<node>.<publisher>.<track>`` relayed RTP, ``p.want.<node>`` relay interest.
 """
@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from trio_sfu.cluster import aio
 from trio_sfu.cluster.aio import BackendUnavailable, trio_asyncio
 from trio_sfu.cluster.bus import LISTENER_BACKLOG
-from trio_sfu.cluster.codec import CodecError, decode, encode, hex_token
+from trio_sfu.cluster.codec import CodecError, decode, encode, subject_token
 from trio_sfu.cluster.commands import Command
 from trio_sfu.cluster.errors import NodeUnreachable
 from trio_sfu.cluster.relay import MediaRelay
@@ -124,7 +124,7 @@ class NatsBus:
     # -- names and state -------------------------------------------------------------------
 
     def subject(self, kind: str, *names: str) -> str:
-        return ".".join((self.prefix, kind, *(hex_token(n) for n in names)))
+        return ".".join((self.prefix, kind, *(subject_token(n) for n in names)))
 
     @property
     def subscriptions(self) -> int:

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import trio
 from quart import Response, request
 
+from trio_sfu.sfu.errors import SfuError
+
 #: Set on a request replayed on the owning pod: it is answered there, never forwarded again.
 FORWARDED_HEADER = "X-Trio-Sfu-Forwarded"
 #: Headers that describe one hop of the connection, not the request (RFC 9110 §7.6.1).
@@ -71,6 +73,10 @@ class Forwarder(Protocol):
         Raises :class:`~trio_sfu.sfu.errors.Unavailable` when that cannot be known now."""
         ...
 
+    async def other_live_node(self) -> str | None:
+        """A live pod other than this one, or None (a draining pod's new sessions go there)."""
+        ...
+
     async def forward(self, node: str, forwarded: ForwardedRequest) -> ForwardedResponse:
         """The owner's answer. Raises :class:`~trio_sfu.sfu.errors.NotFound` when ``node`` is
         not a live pod, :class:`~trio_sfu.sfu.errors.Unavailable` when it did not answer."""
@@ -106,6 +112,21 @@ async def forward_current(forwarder: Forwarder, node: str) -> Response:
     for name, value in answer.headers:
         response.headers.add(name, value)
     return response
+
+
+async def forward_new_session(forwarder: Forwarder | None, draining: bool) -> Response | None:
+    """A draining pod (issue 9, item 2) hands a new session's POST to a live pod, so a client
+    that a load balancer still sends here is served rather than refused; None: answer here
+    (not draining, already forwarded once, or no other live pod: then the 503 stands)."""
+    if forwarder is None or not draining or is_forwarded():
+        return None
+    node = await forwarder.other_live_node()
+    if node is None:
+        return None
+    try:
+        return await forward_current(forwarder, node)
+    except SfuError:
+        return None  # that pod vanished meanwhile: our own 503 + Retry-After follows
 
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]

@@ -13,7 +13,12 @@ from typing import Any, Literal, Protocol
 from quart import Blueprint, Response, request
 
 from trio_sfu.auth import ANY_ROOM
-from trio_sfu.http.forwarding import Forwarder, forward_current, is_forwarded
+from trio_sfu.http.forwarding import (
+    Forwarder,
+    forward_current,
+    forward_new_session,
+    is_forwarded,
+)
 from trio_sfu.http.guard import Guard, forbidden
 from trio_sfu.http.limits import SDP_TYPE, check_name, read_sdp
 from trio_sfu.sfu.errors import NotFound
@@ -56,6 +61,9 @@ def signaling_blueprint(
 
     async def offer(role: Role, room: str, peer_id: str) -> Response:
         allow(role, room, peer_id)
+        elsewhere = await forward_new_session(forwarder, getattr(sfu, "draining", False))
+        if elsewhere is not None:
+            return elsewhere
         sdp = await read_sdp(request)
         if role == "pub":
             answer = await sfu.publish(room, peer_id, sdp)

@@ -23,7 +23,12 @@ from werkzeug.exceptions import UnprocessableEntity
 from trio_sfu.auth import Claims
 from trio_sfu.config import IceServer
 from trio_sfu.http.errors import error_response
-from trio_sfu.http.forwarding import Forwarder, forward_current, is_forwarded
+from trio_sfu.http.forwarding import (
+    Forwarder,
+    forward_current,
+    forward_new_session,
+    is_forwarded,
+)
 from trio_sfu.http.guard import Guard
 from trio_sfu.http.limits import MAX_BODY, SDP_TYPE, check_name, read_sdp
 from trio_sfu.http.sessions import (
@@ -180,6 +185,9 @@ def whip_blueprint(
         if publisher is not None:
             check_name("publisher", publisher)
         guard.authorize(claims, "publish" if kind == "whip" else "subscribe", room)
+        elsewhere = await forward_new_session(forwarder, getattr(sfu, "draining", False))
+        if elsewhere is not None:
+            return elsewhere
         draining()
         offer = await read_sdp(request)
         desc = parse_sdp(offer)

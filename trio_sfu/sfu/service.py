@@ -395,17 +395,24 @@ class Sfu:
                 return False
         return True
 
-    def drain(self) -> None:
-        """SIGTERM: refuse new sessions and ask every connected client to reconnect (through
-        the load balancer, to a live pod); the app exits once empty or after its timeout."""
-        if self.draining:
-            return
-        self.draining = True
+    def drain(self, *, reconnect: bool = True) -> None:
+        """SIGTERM: refuse new sessions (``/readyz`` turns 503) and, with ``reconnect``, ask
+        every connected client to reconnect (through the load balancer, to a live pod); the
+        app sends the RECONNECTs only after ``--drain-notice`` (issue 9), once balancers had
+        time to stop sending new clients here. It exits once empty or after its timeout."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining", extra={"node": self.node_id, "members": self.members})
+        if reconnect:
+            self.send_reconnect()
+
+    def send_reconnect(self) -> None:
+        """RECONNECT to every connected client (they come back through the load balancer)."""
         told = 0
         for room in self.rooms.values():
             for member in [*room.publishers.values(), *room.subscribers.values()]:
                 told += member.send(protocol.RECONNECT)
-        log.info("draining", extra={"node": self.node_id, "told": told, "members": self.members})
+        log.info("RECONNECT sent", extra={"node": self.node_id, "told": told})
 
     def metrics(self) -> dict[str, float]:
         """Plain counters for ``GET /metrics`` (Prometheus text): read, never computed per
