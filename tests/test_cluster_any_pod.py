@@ -13,10 +13,20 @@ import statistics
 
 import httpx
 import pytest
+import redis
 import trio
 
-from tests.cluster_helpers import Pod, serve_load_balancer
-from tests.test_cluster import join, nats_srv, pods, publisher, redis_srv, subscriber
+from tests.cluster_helpers import Pod, run_pods, serve_load_balancer
+from tests.services import NatsServer, RedisServer
+from tests.test_cluster import (
+    join,
+    nats_srv,
+    pods,
+    publisher,
+    redis_srv,
+    stream_until,
+    subscriber,
+)
 from tests.test_whip_http import FRAG, SDP, WHIP_OFFER, patch, restart_frag, trickle_frag
 from trio_sfu.client.sfu import SubscriberClient
 from trio_sfu.http.sessions import Sessions
@@ -143,3 +153,37 @@ async def test_session_of_a_dead_pod_is_404_at_once(pods: dict[str, Pod]) -> Non
             assert r.status_code == 404, r.text
             assert "not on a live pod" in r.text
             assert took < 2.0  # NATS says "no responders" at once; generous bound, no hang
+
+
+async def test_two_clusters_with_different_prefixes_share_redis_and_nats(
+    redis_srv: RedisServer, nats_srv: NatsServer, nursery: trio.Nursery
+) -> None:
+    """Issue 9, item 5: --cluster-prefix. Two clusters on one Redis and one NATS, with the same
+    node ids and the same room name, never see each other."""
+    async with (
+        run_pods(["a", "b"], redis_url=redis_srv.url, nats_url=nats_srv.url,
+                 extra_env={"TRIO_SFU_CLUSTER_PREFIX": "blue"}) as blue,
+        run_pods(["a", "b"], redis_url=redis_srv.url, nats_url=nats_srv.url,
+                 extra_env={"TRIO_SFU_CLUSTER_PREFIX": "green"}) as green,
+    ):
+        blue_sub = await join(nursery, subscriber("bob-1"), blue["b"].url, "sub", "r")
+        green_sub = await join(nursery, subscriber("bob-2"), green["b"].url, "sub", "r")
+        assert isinstance(blue_sub, SubscriberClient) and isinstance(green_sub, SubscriberClient)
+        alice = await join(nursery, publisher("alice-1"), blue["a"].url, "pub", "r")
+        assert await blue_sub.expect("PUB_JOIN") == "PUB_JOIN alice-1"
+        await stream_until(alice, lambda: blue_sub.packets["alice-1"] > 50)  # type: ignore[arg-type]
+        # The same id is free in the other cluster (ids are per cluster).
+        await join(nursery, publisher("alice-1"), green["a"].url, "pub", "r")
+        assert await green_sub.expect("PUB_JOIN") == "PUB_JOIN alice-1"
+        alice.send("CHAT only blue")
+        assert await blue_sub.expect("CHAT") == "CHAT alice-1 only blue"
+        async with httpx.AsyncClient(timeout=10) as http:
+            views = {
+                name: (await http.get(pods["a"].url + "/rooms/r")).json()
+                for name, pods in (("blue", blue), ("green", green))
+            }
+        assert [s["id"] for s in views["blue"]["subscribers"]] == ["bob-1"]
+        assert [s["id"] for s in views["green"]["subscribers"]] == ["bob-2"]
+        assert not [line for line in green_sub.lines if "CHAT" in line]
+        keys = redis.Redis.from_url(redis_srv.url).keys("*")
+        assert keys and all(k.startswith((b"blue:", b"green:")) for k in keys), keys
