@@ -111,3 +111,62 @@ async def test_unanswerable_nacks_go_to_the_publishers_pod_gathered(
     await trio.sleep(0.05)
     assert sfu.sent == [("pod-a", Nack("r", "alice-1", "v0", (10, 11, 12)))]
     assert track.nacks_forwarded == 3
+
+
+class RecordingRelay:
+    """The relay as the publisher's pod sees it: what each track's sink was given."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, list[bytes]] = {}
+
+    def sender(self, publisher_id: str, track_id: str) -> Any:
+        packets = self.sent.setdefault(track_id, [])
+
+        class Sink:
+            def __call__(self, packet: bytes) -> None:
+                packets.append(packet)
+
+            def close(self) -> None:
+                pass
+
+        return Sink()
+
+    def subscribe(self, *args: Any) -> Any:
+        raise AssertionError("single pod: nothing is received from other pods")
+
+
+async def test_publishers_pod_answers_a_relayed_nack_from_its_cache(
+    nursery: trio.Nursery,
+) -> None:
+    """The other half: a ``Nack`` command relays the packets again from the track's cache, and
+    asks the publisher for a keyframe when some are no longer there."""
+    from tests.sfu_helpers import SfuEnv, wait_for
+    from trio_sfu.rtc.server import RtcServer
+    from trio_sfu.sfu.service import Sfu
+
+    server = RtcServer.bind("127.0.0.1", 0)
+    nursery.start_soon(server.serve)
+    relay = RecordingRelay()
+    sfu = Sfu(server, relay=relay)  # type: ignore[arg-type]
+    await nursery.start(sfu.run)
+    env = SfuEnv(server, sfu, nursery)
+    alice = await env.publisher("r", "alice-1")
+    video = next(t for t in sfu.rooms["r"].publishers["alice-1"].tracks if t.kind == "video")
+    sent = relay.sent[video.track_id]
+    for i in range(20):
+        alice.send_frame(keyframe=i == 0)
+        await trio.sleep(0.005)
+    await wait_for(lambda: len(sent) >= 20)
+    before = list(sent)
+    wanted = (before[3], before[7])
+    seqs = tuple((p[2] << 8) | p[3] for p in wanted)
+    keyframes = video.keyframes.sent
+    await sfu.bus.send_to_node("local", Nack("r", "alice-1", video.track_id, seqs))
+    await wait_for(lambda: len(sent) >= len(before) + 2)
+    assert sent[len(before):] == list(wanted)
+    assert video.keyframes.sent == keyframes  # all were in the cache
+    gone = ((seqs[0] - 5000) & 0xFFFF,)
+    await trio.sleep(0.6)  # past the keyframe throttle
+    await sfu.bus.send_to_node("local", Nack("r", "alice-1", video.track_id, gone))
+    await wait_for(lambda: video.keyframes.sent == keyframes + 1)
+    alice.stop()
