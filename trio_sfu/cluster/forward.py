@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import msgpack
 import trio
@@ -82,11 +84,32 @@ def decode_response(data: bytes) -> ForwardedResponse:
     )
 
 
+class RequestLink(Protocol):
+    """What forwarding needs of NATS (``NatsBus`` provides it)."""
+
+    async def request_node(self, node_id: str, data: bytes, timeout: float) -> bytes: ...
+
+    def serve_node_requests(
+        self, on_request: Callable[[bytes, str], None]
+    ) -> AbstractAsyncContextManager[None]: ...
+
+    async def publish_raw(self, subject: str, data: bytes) -> None: ...
+
+
+class Owners(Protocol):
+    """What forwarding needs of Redis (``RedisStateStore`` provides it)."""
+
+    async def owner_of(self, connection_id: str) -> str | None: ...
+
+    async def live_nodes(self) -> list[str]: ...
+
+
 class ClusterForwarder:
     """The :class:`~trio_sfu.http.forwarding.Forwarder` of cluster mode."""
 
-    def __init__(self, bus: Any, state: Any, node_id: str, *, timeout: float = FORWARD_TIMEOUT):
-        # bus: NatsBus (request_node, serve_node_requests, publish_raw); state: RedisStateStore
+    def __init__(
+        self, bus: RequestLink, state: Owners, node_id: str, *, timeout: float = FORWARD_TIMEOUT
+    ) -> None:
         self.bus = bus
         self.state = state
         self.node_id = node_id
@@ -96,12 +119,11 @@ class ClusterForwarder:
 
     async def owner_of(self, connection_id: str) -> str | None:
         try:
-            owner: str | None = await self.state.owner_of(connection_id)
+            return await self.state.owner_of(connection_id)
         except BackendUnavailable as exc:
             raise Unavailable(
                 f"cannot find the pod holding {connection_id} now: {exc}", retry_after=RETRY_AFTER
             ) from exc
-        return owner
 
     async def other_live_node(self) -> str | None:
         """A live pod other than this one (at random), or None: where a draining pod sends a

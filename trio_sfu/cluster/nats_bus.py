@@ -16,7 +16,8 @@ everything the SFU calls is Trio-native and bounded:
 
 Subjects (names escaped by ``codec.subject_token``; ``p`` is the cluster prefix):
 ``p.room.<room>`` room commands, ``p.node.<node>`` node commands,
-``p.media.<node>.<publisher>.<track>`` relayed RTP, ``p.want.<node>`` relay interest.
+``p.media.<node>.<publisher>.<track>`` relayed RTP, ``p.want.<node>`` relay interest,
+``p.http.<node>`` HTTP requests forwarded to the pod holding a connection (request/reply).
 """
 
 from __future__ import annotations
