@@ -152,7 +152,8 @@ async def test_session_of_a_dead_pod_is_404_at_once(pods: dict[str, Pod]) -> Non
             took = trio.current_time() - began
             assert r.status_code == 404, r.text
             assert "not on a live pod" in r.text
-            assert took < 2.0  # NATS says "no responders" at once; generous bound, no hang
+            # NATS says "no responders" at once; a hang would last the 6 s forward timeout.
+            assert took < 5.0, took
 
 
 async def test_two_clusters_with_different_prefixes_share_redis_and_nats(
