@@ -216,7 +216,7 @@ async def subscriber_scenario(spec: PeerSpec, base_url: str, *, churn: int = CHU
                 join = await sub.until(
                     "PUB_JOIN", lambda: sub.commands("PUB_JOIN")[joins_before:])
                 pid = str(join[0]["arg"])
-                mark = len(sub.lines)
+                mark = next(i for i, x in enumerate(sub.lines) if x is join[0])
                 await sub.until(f"an answered SDP_OFFER adding {pid}",
                                 lambda: sub.answered_after(mark))
                 if decode:
