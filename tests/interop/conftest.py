@@ -89,8 +89,7 @@ async def interop_app(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[In
     shutil.copytree(REPO / "site", site)
     for page in PAGE_DIR.iterdir():
         shutil.copy(page, site / page.name)
-    config = Config(http_host="127.0.0.1", http_port=0, udp_host="127.0.0.1", udp_port=0,
-                    public_ips=("127.0.0.1",), site_dir=site)
+    config = Config(http_host="127.0.0.1", http_port=0, udp_port=0, site_dir=site)
     running: Running = await nursery.start(serve, config)
     yield InteropApp(running, f"http://127.0.0.1:{running.http_port}")
     running.shutdown()

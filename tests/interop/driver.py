@@ -20,7 +20,13 @@ from typing import Any
 
 import trio
 
-from tests.peers.harness import PEERS_DIR, PeerError, PeerProcess, open_command
+from tests.peers.harness import (
+    PEERS_DIR,
+    REQUIRE_BROWSER_ENV,
+    PeerError,
+    PeerProcess,
+    open_command,
+)
 
 SCENARIOS = ("subscriber", "publisher", "whep")
 MIN_FRAMES = 60
@@ -47,6 +53,19 @@ class PeerSpec:
     def open(self, args: list[str]) -> AbstractAsyncContextManager[PeerProcess]:
         """Run the peer for the block's duration (override to run it elsewhere, e.g. a netns)."""
         return open_command(self.argv(args), name=self.name, env=self.env)
+
+
+def require(spec: PeerSpec) -> None:
+    """Skip a test whose peer cannot run here, naming what is missing (CI, which sets
+    TRIO_SFU_REQUIRE_BROWSER=1 and installs every peer, fails instead)."""
+    import pytest
+
+    missing = spec.missing()
+    if missing is None:
+        return
+    if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
+        pytest.fail(f"{spec.name}: {missing} ({REQUIRE_BROWSER_ENV}=1 forbids skipping)")
+    pytest.skip(f"{spec.name}: {missing}")
 
 
 def python_peer(script: str) -> Callable[[list[str]], list[str]]:
@@ -251,7 +270,8 @@ async def publisher_scenario(spec: PeerSpec, base_url: str, browser: Any,
     await browser.eval(page, f"window.T.subscribe({room!r}, 'watcher')")
     pid = fresh(f"{spec.name.replace('_', '')}-")
     async with running(spec, protocol_args("publisher", base_url, room, pid)) as pub:
-        await pub.until("connected line", lambda: pub.of_type("connected"))
+        connected = await pub.until("connected line", lambda: pub.of_type("connected"))
+        pid = str(connected[0].get("id") or pid)  # a peer may pick its own suffix
         received = await decoding(browser, page, pid, min_frames)
         pub.check_healthy()
     await browser.close_page(page)
@@ -279,6 +299,6 @@ async def whep_scenario(spec: PeerSpec, base_url: str, *,
 
 __all__ = [
     "CHURN", "MIN_FRAMES", "SCENARIOS", "PeerLog", "PeerSpec", "protocol_args",
-    "publisher_scenario", "python_peer", "running", "subscriber_scenario", "whep_scenario",
-    "whip_publisher",
+    "publisher_scenario", "python_peer", "require", "running", "subscriber_scenario",
+    "whep_scenario", "whip_publisher",
 ]
