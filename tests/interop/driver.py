@@ -280,16 +280,19 @@ async def publisher_scenario(spec: PeerSpec, base_url: str, browser: Any,
 
 async def whep_scenario(spec: PeerSpec, base_url: str, *,
                         min_frames: int = MIN_FRAMES) -> dict[str, Any]:
-    """A WHEP viewer POSTed the moment the room's WHIP publisher got its 201 (still connecting)."""
+    """A WHEP viewer POSTed right after the room's WHIP publisher got its 201, while that
+    publisher is still connecting: the publisher (``--hold``) applies its answer, and so
+    starts ICE/DTLS, only once the viewer's POST was answered — no timing luck involved."""
     room = fresh("ix")
     async with running(spec, protocol_args("whep", base_url, room, fresh("viewer-"))) as viewer:
         await viewer.until("ready line", lambda: viewer.of_type("ready"))
-        async with whip_publisher(base_url, room) as pub:
+        async with whip_publisher(base_url, room, "--hold") as pub:
             with trio.fail_after(STEP_TIMEOUT):
                 await pub.receive("published")
             await viewer.peer.send({"type": "post"})
             posted = await viewer.until("posted line", lambda: viewer.of_type("posted"))
             assert posted[0].get("status") == 201, viewer.fail(f"WHEP POST got {posted[0]}")
+            await pub.send({"type": "go"})
             await viewer.until(f"{min_frames} decoded frames",
                                lambda: viewer.decoded.get("whep", 0) >= min_frames)
             viewer.check_healthy()
