@@ -319,10 +319,24 @@ async def test_missing_sdp_answer_withdraws_the_offer_without_closing(
     await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
 
 
-async def test_live_port_for_a_stopped_section_is_tolerated(env: SfuEnv) -> None:
+async def test_live_port_for_a_stopped_section_is_tolerated(
+    env: SfuEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     """aiortc and libdatachannel answer a stopped section with a live port: the server takes it
-    as rejected, sends no ERROR, keeps the connection, and recycles the section later."""
+    as rejected, sends no ERROR, keeps the connection, recycles the section later, and says so
+    in its log once per connection."""
+    caplog.set_level("INFO", logger="trio_sfu.sfu.subscriber")
     bob = await env.subscriber("r", "bob-1", auto_answer=False)
+
+    def answer_stopped_with_live_ports() -> None:
+        offer = bob.offers[bob._answered]
+        assert sum(p == 0 for _, p, _, _ in sections(offer)) == 2
+        bob._answered += 1
+        text = bob.pc.handle_offer(offer)
+        assert "m=audio 0 " in text and "m=video 0 " in text
+        bob.send("SDP_ANSWER " + text.replace("m=audio 0 ", "m=audio 9 ")
+                 .replace("m=video 0 ", "m=video 9 "))
+
     alice = await env.publisher("r", "alice-1")
     await wait_for(lambda: len(bob.offers) == 1)
     bob.answer()
@@ -330,13 +344,7 @@ async def test_live_port_for_a_stopped_section_is_tolerated(env: SfuEnv) -> None
     alice.stop()
     await bob.expect("PUB_LEFT alice-1")
     await wait_for(lambda: len(bob.offers) == 2)
-    offer = bob.offers[1]
-    assert sum(p == 0 for _, p, _, _ in sections(offer)) == 2
-    bob._answered += 1
-    text = bob.pc.handle_offer(offer)
-    assert "m=audio 0 " in text and "m=video 0 " in text
-    bob.send("SDP_ANSWER " + text.replace("m=audio 0 ", "m=audio 9 ")
-             .replace("m=video 0 ", "m=video 9 "))
+    answer_stopped_with_live_ports()
     carol = await env.publisher("r", "carol-1")
     await wait_for(lambda: len(bob.offers) == 3)
     assert not any(line.startswith("ERROR") for line in bob.lines)
@@ -346,6 +354,16 @@ async def test_live_port_for_a_stopped_section_is_tolerated(env: SfuEnv) -> None
     await wait_for(lambda: env.forwarding("r", "bob-1", "carol-1"))
     await stream(carol, 10)
     await wait_for(lambda: bob.packets["carol-1"] >= 10)
+    carol.stop()
+    await bob.expect("PUB_LEFT carol-1")
+    await wait_for(lambda: len(bob.offers) == 4)
+    answer_stopped_with_live_ports()
+    await wait_for(lambda: bob.pc.jsep.signaling_state == "stable"
+                   and not env.sfu.rooms["r"].subscribers["bob-1"]._awaiting_answer)
+    await trio.sleep(0.1)
+    assert not any(line.startswith("ERROR") for line in bob.lines)
+    logged = [r for r in caplog.records if r.getMessage() == "tolerated SDP_ANSWER"]
+    assert len(logged) == 1 and "taken as rejected" in logged[0].detail  # type: ignore[attr-defined]
 
 
 async def test_publisher_without_ssrc_lines_or_mid_is_routed_by_payload_type(
