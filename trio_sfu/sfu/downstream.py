@@ -48,6 +48,10 @@ class Downstream(Member):
     def publisher_left(self, publisher_id: str) -> None:
         raise NotImplementedError
 
+    def publisher_changed(self, info: PublisherInfo) -> None:
+        """A live publisher added, removed, muted or unmuted tracks (TrackChange, issue 15)."""
+        raise NotImplementedError
+
     def new_downtrack(self, transceiver: Transceiver, source: TrackSource) -> DownTrack:
         return DownTrack(self.pc, transceiver, source, twcc=self._twcc_sequencer)
 

@@ -20,6 +20,7 @@ from trio_sfu.cluster.commands import (
     PublisherInfo,
     SubJoin,
     SubLeft,
+    TrackChange,
 )
 from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.sfu import protocol
@@ -63,6 +64,9 @@ class Room:
         if isinstance(command, PubJoin):
             for subscriber in list(self.subscribers.values()):
                 subscriber.publisher_joined(command.publisher)
+        elif isinstance(command, TrackChange):
+            for subscriber in list(self.subscribers.values()):
+                subscriber.publisher_changed(command.publisher)
         elif isinstance(command, PubLeft):
             for subscriber in list(self.subscribers.values()):
                 subscriber.publisher_left(command.publisher_id)
@@ -96,6 +100,12 @@ class Room:
                 "video": info.video,
             },
         )
+
+    def tracks_changed(self, info: PublisherInfo) -> None:
+        """A live publisher's tracks changed (issue 15): the state store keeps ``GET /rooms``
+        counts true, the bus tells every pod's subscribers (TrackChange)."""
+        self.sfu.reliably(self.sfu.state.add_publisher, self.name, info)
+        self.sfu.reliably(self.sfu.bus.publish, self.name, TrackChange(self.name, info))
 
     async def chat(self, from_id: str, text: str) -> None:
         self.sfu.reliably(self.sfu.bus.publish, self.name, Chat(self.name, from_id, text))

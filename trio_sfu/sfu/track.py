@@ -176,6 +176,8 @@ class PublishedTrack:
         #: the relay's entry for this track (cluster mode): called per packet, a no-op unless
         #: another pod currently wants the track
         self.relay_sink: Callable[[bytes], None] | None = None
+        #: the publisher's MUTE (issue 15): its packets are dropped before this track sees them
+        self.muted = False
 
     def __repr__(self) -> str:
         return f"<PublishedTrack {self.publisher_id}/{self.track_id} {self.kind}>"
