@@ -5,8 +5,12 @@ TRACK_ADD/TRACK_REMOVE to subscribers with recycled sections, MUTE/MUTED without
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
 from trio_sfu.client.sfu import PublisherClient, SignalingError, SubscriberClient
@@ -223,3 +227,90 @@ async def test_second_connection_screen_share_still_works(env: SfuEnv) -> None:
     await bob.expect("PUB_JOIN alice-2")
     await wait_for(lambda: env.forwarding("r", "bob-1", "alice-2") and stable(bob))
     assert {p for p, _ in bob.live_tracks()} == {"alice-1", "alice-2"}
+
+
+# -- convergence under random changes (Hypothesis) ---------------------------------------------
+
+Op = tuple[int, str, int]
+ops_strategy = st.lists(
+    st.tuples(
+        st.integers(0, 2),  # which of the 3 publishers
+        st.sampled_from(["add audio", "add video", "remove", "mute", "unmute"]),
+        st.integers(0, 7),  # which of its tracks (modulo how many it has)
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@settings(max_examples=12, deadline=None)
+@given(ops=ops_strategy, delays=st.lists(st.sampled_from([0.0, 0.01, 0.05]), min_size=1))
+def test_random_track_changes_converge_with_a_slow_subscriber(
+    ops: list[Op], delays: list[float]
+) -> None:
+    """Random add/remove/mute from 3 publishers while the subscriber answers slowly (offers
+    wait, changes merge): in the end its live sections are exactly the publishers' live
+    tracks, TRACK_ADD/TRACK_REMOVE told the same story, MUTED the last mute state of each."""
+    trio.run(_converge, ops, delays)
+
+
+async def _converge(ops: list[Op], delays: list[float]) -> None:
+    async with trio.open_nursery() as nursery:
+        env = await start_sfu(nursery)
+        bob = await env.subscriber("r", "bob-1", auto_answer=False)
+
+        async def slow_answers() -> None:
+            i = 0
+            while True:
+                await wait_for(lambda: len(bob.offers) > bob._answered, timeout=math.inf)
+                await trio.sleep(delays[i % len(delays)])
+                i += 1
+                bob.answer()
+
+        nursery.start_soon(slow_answers)
+        pubs = [await env.publisher("r", f"p{i}-x", video=False) for i in range(3)]
+        muted: dict[str, bool] = {}
+        for index, op, which in ops:
+            pub = pubs[index]
+            live = [t for t in pub.tracks if not t.stopped and not t.stopping]
+            if op.startswith("add"):
+                t = await pub.add_track(op.split()[1], f"t{len(pub.tracks)}")
+                muted[t.track_id] = False
+            elif not live:
+                continue
+            elif op == "remove":
+                await pub.remove_track(live[which % len(live)])
+            else:
+                t = live[which % len(live)]
+                pub.mute(t, op == "mute")
+                muted[t.track_id] = op == "mute"
+        expected = {
+            (pub.id, t.track_id)
+            for pub in pubs
+            for t in pub.tracks
+            if not t.stopped and not t.stopping
+        }
+
+        def converged() -> bool:
+            return (
+                stable(bob)
+                and len(bob.offers) == bob._answered
+                and bob.live_tracks() == expected
+                and not env.sfu.rooms["r"].subscribers["bob-1"]._dirty.is_set()
+            )
+
+        await wait_for(converged, timeout=30)
+        told: set[tuple[str, str]] = set()
+        mute_state: dict[str, bool] = {}
+        for line in bob.lines:
+            name, *args = line.split(" ")
+            if name == "TRACK_ADD":
+                told.add((args[0], args[1]))
+            elif name == "TRACK_REMOVE":
+                told.discard((args[0], args[1]))
+            elif name == "MUTED":
+                mute_state[args[1]] = args[2] == "on"
+        assert told == expected
+        for _, track_id in expected:
+            assert mute_state.get(track_id, False) == muted.get(track_id, False)
+        nursery.cancel_scope.cancel()
