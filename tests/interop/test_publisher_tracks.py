@@ -90,10 +90,6 @@ SUBSCRIBER = """async ([room]) => {
 }"""
 
 
-async def open_at(browser: Browser, app: InteropApp, page: str) -> None:
-    await browser.open(page, app.base_url + "/")
-
-
 def aio_lines(aio: PeerLog, name: str) -> list[str]:
     return [f"{name} {x.get('arg')}" for x in aio.commands(name)]
 
@@ -119,16 +115,24 @@ async def received(browser: Browser, track: str) -> dict[str, Any]:
 async def test_chromium_publisher_adds_shares_removes_and_mutes_on_one_connection(
     interop_app: InteropApp, interop_browser: Browser
 ) -> None:
+    base = interop_app.base_url
+    summary = await tracks_scenario(interop_browser, publisher=base, chromium=base, aiortc=base)
+    print("one server:", summary)
+
+
+async def tracks_scenario(
+    browser: Browser, *, publisher: str, chromium: str, aiortc: str
+) -> dict[str, Any]:
+    """The scenario above; the publisher, the Chromium subscriber and the aiortc subscriber
+    each join through their own base URL (different pods of a cluster, or one server)."""
     require(AIORTC)
-    browser = interop_browser
     room = fresh("tracks")
-    args = [*protocol_args("subscriber", interop_app.base_url, room, fresh("carol-")),
-            "--per-track"]
+    args = [*protocol_args("subscriber", aiortc, room, fresh("carol-")), "--per-track"]
     async with running(AIORTC, args) as aio:
         await aio.until("connected line", lambda: aio.of_type("connected"))
-        await open_at(browser, interop_app, "bob")
+        await browser.open("bob", chromium + "/")
         await browser.eval("bob", SUBSCRIBER, [room])
-        await open_at(browser, interop_app, "alice")
+        await browser.open("alice", publisher + "/")
         mic = await browser.eval("alice", PUBLISHER, [room])
         pid = await browser.eval("alice", "window.P.conn.id")
         await both_hear(browser, aio, f"TRACK_ADD {pid} {mic} audio mic")
@@ -179,4 +183,4 @@ async def test_chromium_publisher_adds_shares_removes_and_mutes_on_one_connectio
         errors = [e for e in await browser.eval("bob", "window.S.events") if e.startswith("ERROR")]
         assert not errors
         aio.check_healthy()
-        print("decoded by aiortc:", aio.decoded, "SDP_OFFER m-lines:", aio_sections)
+        return {"decoded by aiortc": dict(aio.decoded), "aiortc SDP_OFFER m-lines": aio_sections}
