@@ -330,29 +330,43 @@ async def publisher_scenario(
     return {"chromium": received, "peer": result}
 
 
+def streaming(peer: LinePeer) -> bool:
+    """A publisher peer is connected and has sent a second of video."""
+    progress = peer.of("progress")
+    return bool(progress) and progress[-1]["state"] == "connected" and progress[-1]["rtpOut"] > 30
+
+
 async def whep_scenario(
     start_peer: Callable[[str], Any], base: str, room: str,
-    decoded: Callable[[LinePeer], int],
+    decoded: Callable[[LinePeer], int], host: str = "127.0.0.1", live_first: bool = False,
 ) -> dict[str, Any]:
     """A WHEP viewer POSTed 0 ms after a WHIP publisher's POST was answered, while that
     publisher is certainly still connecting, gets ``201`` and decodes ≥ 60 frames once the
     publisher's media flows (issue 8, must-have 6).
 
     Deterministic, not a race: the viewer's offer is made beforehand (``--wait-post``), and the
-    publisher (werift, fed by GStreamer) holds the server's answer (``--hold-answer``), so no
-    ICE check of it reaches the server before the viewer's POST is answered.
+    publisher (werift, fed VP8 and Opus by GStreamer) holds the server's answer
+    (``--hold-answer``), so no ICE check of it reaches the server before the viewer's POST is
+    answered.
+
+    ``live_first`` validates the viewer itself (the harness tests): the publisher connects and
+    streams before the viewer POSTs, which works without issue 8's fix.
     """
     whip = node_argv("werift_peer.mjs", "whip", f"{base}/whip/{room}", "--hold-answer",
-                     "--timeout", "120")
+                     "--ice-address", host, "--audio", "--timeout", "120")
     async with start_peer(f"{base}/whep/{room}") as viewer:
         await viewer.wait(lambda: viewer.of("ready"), 30, "the WHEP viewer's offer")
         async with open_line_peer(whip, "werift_whip") as publisher:
             await publisher.wait(lambda: publisher.of("posted"), 30, "POST /whip answered")
             assert publisher.of("posted")[0]["status"] == 201, publisher.of("posted")
+            if live_first:
+                await publisher.process.send({"type": "apply"})
+                await publisher.wait(lambda: streaming(publisher), 30, "the WHIP publisher live")
             await viewer.process.send({"type": "post"})
             await viewer.wait(lambda: viewer.of("posted"), 30, "POST /whep answered")
             posted = viewer.of("posted")[0]
-            await publisher.process.send({"type": "apply"})
+            if not live_first:
+                await publisher.process.send({"type": "apply"})
             assert posted["status"] == 201, posted
             await viewer.wait(lambda: decoded(viewer) >= FRAMES, 45,
                               f"WHEP viewer: {FRAMES} decoded frames")

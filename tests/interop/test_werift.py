@@ -70,3 +70,21 @@ async def test_werift_whep_viewer_of_a_whip_publisher_posted_just_before() -> No
             return sink.decoded
 
         await whep_scenario(start, base, "wwhep", decoded)
+
+
+async def test_harness_werift_whep_viewer_of_a_live_whip_publisher() -> None:
+    """Validates the WHEP viewer where today's server already works (publisher live first)."""
+    require_node_package("werift")
+    async with loopback_server() as (_, base, _clients), rtp_sink() as sink:
+
+        def start(url: str) -> object:
+            return open_line_peer(
+                node_argv(SCRIPT, "whep", url, "--rtp-out", str(sink.port), "--wait-post",
+                          "--timeout", "120"),
+                "werift",
+            )
+
+        def decoded(_peer: LinePeer) -> int:
+            return sink.decoded
+
+        await whep_scenario(start, base, "wwhep", decoded, live_first=True)

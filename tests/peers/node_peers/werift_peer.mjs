@@ -58,6 +58,10 @@ async function makeStack(args, log) {
     // RFC 9725 §4.2: sendonly media in one MediaStream, no data channel.
     tracks.video = new MediaStreamTrack({ kind: "video" });
     pc.addTransceiver(tracks.video, { direction: "sendonly" });
+    if (args.audio) {
+      tracks.audio = new MediaStreamTrack({ kind: "audio" });
+      pc.addTransceiver(tracks.audio, { direction: "sendonly" });
+    }
   } else {
     dc = pc.createDataChannel("sfu");
     dc.stateChanged.subscribe((state) => {
