@@ -264,3 +264,85 @@ async def test_join_errors(env: SfuEnv) -> None:
     assert env.server.endpoint.demux_entries() > 0
     again = await env.subscriber("r", "ok-1")
     assert again.pc.connected and bob.pc.connected
+
+
+# -- failed renegotiations leave the connection and its media up (issue 8, item 2) ---------------
+
+
+async def test_bad_sdp_answer_gets_error_and_existing_media_stays_up(env: SfuEnv) -> None:
+    bob = await env.subscriber("r", "bob-1", auto_answer=False)
+    alice = await env.publisher("r", "alice-1")
+    await wait_for(lambda: len(bob.offers) == 1)
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    await stream(alice, 10)
+    await wait_for(lambda: bob.packets["alice-1"] >= 10)
+
+    carol = await env.publisher("r", "carol-1")
+    await wait_for(lambda: len(bob.offers) == 2)
+    # Answer the second offer with the first answer again: it lacks the offer's new sections.
+    stale = bob.pc.jsep.current_local_description
+    assert stale is not None
+    bob.send("SDP_ANSWER " + stale.serialize())
+    bob._answered += 1  # that offer is done with; the client never applied it
+    error = await bob.expect("ERROR", timeout=5)
+    assert error.startswith("ERROR bad SDP_ANSWER: answer does not have the offer's m-sections")
+    assert error.endswith("; offer withdrawn, retrying")
+    # The connection and alice's media are untouched.
+    before = bob.packets["alice-1"]
+    await stream(alice, 10)
+    await wait_for(lambda: bob.packets["alice-1"] >= before + 10)
+    assert bob.pc.close_reason is None and "bob-1" in env.sfu.rooms["r"].subscribers
+    # The server tries again (after RETRY_DELAY) and this time the answer is good.
+    await wait_for(lambda: len(bob.offers) == 3, timeout=10)
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "carol-1"))
+    await stream(carol, 10)
+    await wait_for(lambda: bob.packets["carol-1"] >= 10)
+
+
+async def test_missing_sdp_answer_withdraws_the_offer_without_closing(
+    env: SfuEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_sfu.sfu import subscriber
+
+    monkeypatch.setattr(subscriber, "ANSWER_TIMEOUT", 0.5)
+    bob = await env.subscriber("r", "bob-1", auto_answer=False)
+    await env.publisher("r", "alice-1")
+    await wait_for(lambda: len(bob.offers) == 1)
+    bob._answered += 1  # ignore it
+    assert await bob.expect("ERROR", timeout=5) == (
+        "ERROR no SDP_ANSWER within 0.5 s; offer withdrawn, retrying")
+    assert bob.pc.jsep.signaling_state == "stable" and bob.pc.close_reason is None
+    await wait_for(lambda: len(bob.offers) == 2, timeout=10)
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+
+
+async def test_live_port_for_a_stopped_section_is_tolerated(env: SfuEnv) -> None:
+    """aiortc and libdatachannel answer a stopped section with a live port: the server takes it
+    as rejected, sends no ERROR, keeps the connection, and recycles the section later."""
+    bob = await env.subscriber("r", "bob-1", auto_answer=False)
+    alice = await env.publisher("r", "alice-1")
+    await wait_for(lambda: len(bob.offers) == 1)
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    alice.stop()
+    await bob.expect("PUB_LEFT alice-1")
+    await wait_for(lambda: len(bob.offers) == 2)
+    offer = bob.offers[1]
+    assert sum(p == 0 for _, p, _, _ in sections(offer)) == 2
+    bob._answered += 1
+    text = bob.pc.handle_offer(offer)
+    assert "m=audio 0 " in text and "m=video 0 " in text
+    bob.send("SDP_ANSWER " + text.replace("m=audio 0 ", "m=audio 9 ")
+             .replace("m=video 0 ", "m=video 9 "))
+    carol = await env.publisher("r", "carol-1")
+    await wait_for(lambda: len(bob.offers) == 3)
+    assert not any(line.startswith("ERROR") for line in bob.lines)
+    recycled = sections(bob.offers[2])
+    assert len(recycled) == 3 and {s for _, _, s, _ in recycled if s} == {"carol-1"}
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "carol-1"))
+    await stream(carol, 10)
+    await wait_for(lambda: bob.packets["carol-1"] >= 10)

@@ -251,10 +251,18 @@ class PeerConnection:
     def create_offer(self, *, ice_restart: bool = False) -> str:
         return self.jsep.create_offer(ice_restart=ice_restart).serialize()
 
-    def handle_answer(self, sdp: str) -> None:
-        """Apply the remote answer to our offer (SdpError if unacceptable; state unchanged)."""
+    def handle_answer(self, sdp: str) -> list[str]:
+        """Apply the remote answer to our offer (SdpError if unacceptable; state unchanged).
+
+        Returns what was tolerated in it (e.g. a stopped section answered with a live port).
+        """
         changes = self.jsep.set_remote_description(sdp, "answer")
         self._apply_remote(changes)
+        return changes.tolerated
+
+    def rollback(self) -> None:
+        """Withdraw our pending offer (RFC 8829 §4.1.10): back to the last agreed state."""
+        self.jsep.rollback()
 
     def handle_offer(self, sdp: str) -> str:
         """Apply a remote offer and return our answer (SdpError if unacceptable)."""

@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How long a subscriber may take to answer an SDP_OFFER before we give up on it.
+#: How long a subscriber may take to answer an SDP_OFFER before the offer is withdrawn.
 ANSWER_TIMEOUT = 15.0
+#: Failed renegotiations retried at once (after 1 s, 2 s, 4 s) before waiting for a change.
+RETRIES = 3
+RETRY_DELAY = 1.0
 
 TrackKey = tuple[str, str]  # (publisher id, track id)
 
@@ -46,6 +49,9 @@ class Subscriber(Downstream):
         self._dirty = trio.Event()
         self._answers_send, self._answers = trio.open_memory_channel[str](math.inf)
         self._awaiting_answer = False
+        #: down-tracks added to the session, forwarding once an answer accepts them
+        self._pending: list[DownTrack] = []
+        self._tolerated_logged = False
 
     # -- room events ----------------------------------------------------------------------
 
@@ -113,10 +119,15 @@ class Subscriber(Downstream):
     # -- renegotiation (one at a time; changes meanwhile are merged into the next offer) --------
 
     async def _negotiator(self) -> None:
+        """One offer at a time. A renegotiation that fails (no answer in time, an answer we
+        cannot apply) is rolled back (RFC 8829 §4.1.10): the connection and the media already
+        flowing stay up, the client hears ``ERROR`` with the reason, and the offer is tried
+        again after a pause, up to ``RETRIES`` times, then at the next change."""
+        failures = 0
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
-            added = self._apply_wanted()
+            self._pending.extend(self._apply_wanted())
             if not self._needs_offer():
                 continue
             offer = self.pc.create_offer()
@@ -129,17 +140,38 @@ class Subscriber(Downstream):
             with trio.move_on_after(ANSWER_TIMEOUT):
                 answer = await self._answers.receive()
             self._awaiting_answer = False
+            problem: str | None = None
             if answer is None:
-                self.send(protocol.error(f"no SDP_ANSWER within {ANSWER_TIMEOUT:.0f} s"))
-                self.pc.close("no SDP_ANSWER")
-                return
-            try:
-                self.pc.handle_answer(answer)
-            except SdpError as exc:
-                self.send(protocol.error(f"bad SDP_ANSWER: {exc}"))
-                self.pc.close("bad SDP_ANSWER")
-                return
-            self._activate(added)
+                problem = f"no SDP_ANSWER within {ANSWER_TIMEOUT:g} s"
+            else:
+                try:
+                    tolerated = self.pc.handle_answer(answer)
+                except SdpError as exc:
+                    problem = f"bad SDP_ANSWER: {exc}"
+                else:
+                    self._note_tolerated(tolerated)
+            if problem is None:
+                failures = 0
+                self._activate()
+                continue
+            self.pc.rollback()
+            failures += 1
+            retry = failures <= RETRIES
+            then = "retrying" if retry else "retrying at the next change"
+            self.send(protocol.error(f"{problem}; offer withdrawn, {then}"))
+            log.warning("renegotiation failed", extra={
+                **self.log_extra, "reason": problem, "failures": failures})
+            if retry:
+                await trio.sleep(RETRY_DELAY * 2 ** (failures - 1))
+                self._changed()
+            else:
+                failures = 0
+
+    def _note_tolerated(self, tolerated: list[str]) -> None:
+        """Say once per connection that the client's answers bend the rules (not per offer)."""
+        if tolerated and not self._tolerated_logged:
+            self._tolerated_logged = True
+            log.info("tolerated SDP_ANSWER", extra={**self.log_extra, "detail": tolerated[0]})
 
     def _needs_offer(self) -> bool:
         return any(t.mid is None or t.stopping for t in self.pc.jsep.transceivers)
@@ -174,12 +206,18 @@ class Subscriber(Downstream):
                 added.append(downtrack)
         return added
 
-    def _activate(self, added: list[DownTrack]) -> None:
+    def _activate(self) -> None:
+        """Start forwarding the down-tracks the last answer accepted."""
         now = trio.current_time()
-        for downtrack in added:
+        pending, self._pending = self._pending, []
+        for downtrack in pending:
             key = (downtrack.source.publisher_id, downtrack.source.track_id)
-            if self.downtracks.get(key) is downtrack:  # else its publisher left meanwhile
-                self.start_forwarding(downtrack, now)
+            if self.downtracks.get(key) is not downtrack:
+                continue  # its publisher left meanwhile
+            if downtrack.transceiver.mid is None:
+                self._pending.append(downtrack)  # in no offer yet
+            else:
+                self.start_forwarding(downtrack, now)  # False if the answer rejected it
 
     def close_downtracks(self) -> None:
         super().close_downtracks()
