@@ -1,100 +1,42 @@
-"""node-datachannel (npm: libdatachannel in C++, its prebuilt binary) against trio-sfu: issue 8's
-interop matrix row.
+"""node-datachannel (npm: libdatachannel in C++, its prebuilt binary) in every scenario of the
+interop matrix.
 
-node-datachannel runs in its own node process (``tests/peers/node_peers/ndc_peer.mjs``); it has
-no codecs, so GStreamer feeds its publisher VP8 RTP and the VP8 its subscriber receives is
-decoded here with PyAV (``tests/interop/line_peers.py``). Proof of media is decoded frames.
-
-libdatachannel chooses DTLS or DTLS-SRTP once, from the first negotiation, so its subscriber
-offers a recvonly video section beside the data channel (see ``ndc_peer.mjs``).
+libdatachannel chooses plain DTLS or DTLS-SRTP once, from the first negotiation, so its
+subscriber offers one recvonly video section beside the data channel (see ``ndc_peer.mjs``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.interop.line_peers import (
-    LinePeer,
-    node_argv,
-    open_line_peer,
-    publisher_scenario,
-    require_node_package,
-    rtp_sink,
-    subscriber_scenario,
-    whep_scenario,
-)
-from tests.test_third_party_clients import loopback_server
-
-NEEDS_I8A_WHEP = pytest.mark.xfail(
-    strict=True,
-    reason="needs i8a: WHEP before the publisher is live (issue 8 must-have 6; today 409)",
-)
-NEEDS_I8A_ANSWERS = pytest.mark.xfail(
-    strict=True,
-    reason="needs i8a: answers we tolerate (issue 8 must-have 2; libdatachannel answers the "
-    "stopped section with a live port and the server closes the connection)",
-)
-
-SCRIPT = "ndc_peer.mjs"
+from tests.interop.conftest import InteropApp
+from tests.interop.driver import publisher_scenario, require, subscriber_scenario, whep_scenario
+from tests.interop.node_specs import NODE_DATACHANNEL, held_whep_scenario
+from tests.peers.browser_client import Browser
 
 pytestmark = pytest.mark.slow
 
 
-@NEEDS_I8A_ANSWERS
-async def test_node_datachannel_seed_subscriber_through_publishers_coming_and_going() -> None:
-    require_node_package("node-datachannel")
-    async with loopback_server() as (_, base, _clients), rtp_sink() as sink:
-        argv = node_argv(SCRIPT, "sub", f"{base}/sub/nsub/ndc-sub1",
-                         "--rtp-out", str(sink.port), "--timeout", "240")
-        async with open_line_peer(argv, "ndc") as peer:
-            log = await subscriber_scenario(peer, sink, base, "nsub", "127.0.0.1")
-            result = await peer.stop()
-        assert result["ok"], result
-        assert result["delete"]["status"] == 204, result
-        print("node-datachannel subscriber:", log)
+async def test_node_datachannel_subscriber(interop_app: InteropApp) -> None:
+    require(NODE_DATACHANNEL)
+    summary = await subscriber_scenario(NODE_DATACHANNEL, interop_app.base_url)
+    print("node-datachannel subscriber:", summary)
 
 
-async def test_node_datachannel_publisher_decoded_by_chromium() -> None:
-    require_node_package("node-datachannel")
-    async with loopback_server() as (_, base, _clients):
-
-        def start(url: str) -> object:
-            return open_line_peer(node_argv(SCRIPT, "pub", url, "--timeout", "120"), "ndc")
-
-        await publisher_scenario(start, base, "npub", "ndc-pub1")
+async def test_node_datachannel_publisher(
+    interop_app: InteropApp, interop_browser: Browser
+) -> None:
+    require(NODE_DATACHANNEL)
+    await publisher_scenario(NODE_DATACHANNEL, interop_app.base_url, interop_browser)
 
 
-@NEEDS_I8A_WHEP
-async def test_node_datachannel_whep_viewer_of_a_whip_publisher_posted_just_before() -> None:
-    require_node_package("node-datachannel")
-    async with loopback_server() as (_, base, _clients), rtp_sink() as sink:
-
-        def start(url: str) -> object:
-            return open_line_peer(
-                node_argv(SCRIPT, "whep", url, "--rtp-out", str(sink.port), "--wait-post",
-                          "--timeout", "120"),
-                "ndc",
-            )
-
-        def decoded(_peer: LinePeer) -> int:
-            return sink.decoded
-
-        await whep_scenario(start, base, "nwhep", decoded)
+async def test_node_datachannel_whep(interop_app: InteropApp) -> None:
+    require(NODE_DATACHANNEL)
+    await whep_scenario(NODE_DATACHANNEL, interop_app.base_url)
 
 
-async def test_harness_node_datachannel_whep_viewer_of_a_live_whip_publisher() -> None:
-    """Validates the WHEP viewer where today's server already works (publisher live first)."""
-    require_node_package("node-datachannel")
-    async with loopback_server() as (_, base, _clients), rtp_sink() as sink:
-
-        def start(url: str) -> object:
-            return open_line_peer(
-                node_argv(SCRIPT, "whep", url, "--rtp-out", str(sink.port), "--wait-post",
-                          "--timeout", "120"),
-                "ndc",
-            )
-
-        def decoded(_peer: LinePeer) -> int:
-            return sink.decoded
-
-        await whep_scenario(start, base, "nwhep", decoded, live_first=True)
+async def test_node_datachannel_whep_viewer_while_the_publisher_holds_its_answer(
+    interop_app: InteropApp,
+) -> None:
+    require(NODE_DATACHANNEL)
+    await held_whep_scenario(NODE_DATACHANNEL, interop_app.base_url)

@@ -4,17 +4,16 @@
 The receiving counterpart of ``gst_whip.py``: a different WebRTC stack from the server's
 (libnice, GStreamer's DTLS/SRTP/SCTP and RTP stack), used the way an application uses it.
 
-``--role sub``: POST ``/sub/{room}/{id}`` with an offer holding one data channel; then, on
-that channel, answer every ``SDP_OFFER`` with ``SDP_ANSWER`` (README "Data-channel protocol").
-``--role whep``: POST a recvonly audio + video offer to ``/whep/...`` (with ``--wait-post``,
-only when told, so the test can time it). Every incoming video stream is depacketized and
-decoded by GStreamer (``rtpvp8depay ! vp8dec``); a frame counts when ``vp8dec`` outputs it.
+``--role subscriber``: POST ``/sub/{room}/{id}`` with an offer holding one data channel; then,
+on that channel, answer every ``SDP_OFFER`` with ``SDP_ANSWER`` (README "Data-channel
+protocol"). ``--role whep``: make a recvonly audio + video offer, print ``ready`` and POST it to
+``/whep/{room}`` when told. Every incoming video stream is depacketized and decoded by
+GStreamer (``rtpvp8depay ! vp8dec``); a frame counts when ``vp8dec`` outputs it, for the
+publisher whose ``a=msid`` the stream's m-section carries in the latest offer.
 
 Runs under Debian's ``/usr/bin/python3`` (``python3-gi``, ``python3-gst-1.0``) inside a network
 namespace (``tests/netns.py``: libnice ignores loopback) and imports nothing from trio_sfu.
-Lines on stdout are those of ``tests/peers/node_peers/common.mjs`` (``posted``, ``open``,
-``message``, ``offer``, ``answered``, ``ready``, ``state``, ``progress`` with ``decoded``,
-``result``), so ``tests/interop/line_peers.py`` drives all of them alike.
+Command line and lines on stdout: the interop matrix's peer protocol (tests/interop/README.md).
 """
 
 from __future__ import annotations
@@ -39,14 +38,34 @@ GATHER_TIMEOUT = 10.0
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--role", choices=("sub", "whep"), default="sub")
-    p.add_argument("--url", required=True)
+    p.add_argument("--role", choices=("subscriber", "whep"), required=True)
+    p.add_argument("--base-url", required=True)
+    p.add_argument("--room", required=True)
+    p.add_argument("--id", default="")
     p.add_argument("--token")
-    p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--wait-post", action="store_true",
-                   help="make the offer, print 'ready', POST on a {'type': 'post'} line")
+    p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--verbose", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    base = args.base_url.rstrip("/")
+    if args.role == "subscriber":
+        if not args.id:
+            p.error("--role subscriber needs --id")
+        args.url = f"{base}/sub/{args.room}/{args.id}"
+    else:
+        args.url = f"{base}/whep/{args.room}"
+    return args
+
+
+def section_owners(sdp: str) -> list[str | None]:
+    """Per m-section (in order), the stream id of its ``a=msid`` (RFC 8830 §2): the
+    publisher's id in the server's offers (README "Data-channel protocol")."""
+    owners: list[str | None] = []
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            owners.append(None)
+        elif line.startswith("a=msid:") and owners and owners[-1] is None:
+            owners[-1] = line[len("a=msid:"):].split()[0]
+    return owners
 
 
 class Receiver:
@@ -70,8 +89,10 @@ class Receiver:
         self.renegotiations: list[dict[str, Any]] = []
         self.pending: list[str] = []  # SDP_OFFERs waiting for the one in progress
         self.busy = False
-        self.decoded = 0
-        self.streams = 0
+        self.decoded: dict[str, int] = {}
+        self.frames_dirty = False
+        self.owners: list[str | None] = []  # m-line index -> publisher id (latest offer)
+        self.connected_sent = False
         self.phase = "init"
         self.post: dict[str, Any] | None = None
         self.delete: dict[str, Any] | None = None
@@ -140,7 +161,7 @@ class Receiver:
     # ------------------------------------------------------------------ the first offer
 
     def begin(self) -> bool:
-        if self.args.role == "sub":
+        if self.args.role == "subscriber":
             self.channel = self.webrtc.emit("create-data-channel", "sfu", None)
             self.channel.connect("on-open", lambda _c: self.GLib.idle_add(self._on_open))
             self.channel.connect(
@@ -175,7 +196,7 @@ class Receiver:
         if self.phase != "gathering":
             return False
         sdp = self.webrtc.get_property("local-description").sdp.as_text()
-        if self.args.wait_post:
+        if self.args.role == "whep":  # the driver times the POST (README here)
             self.phase = "ready"
             self._ready_offer = sdp
             common.emit({"type": "ready"})
@@ -184,7 +205,6 @@ class Receiver:
         return False
 
     def _send_post(self, sdp: str) -> None:
-        self._offer = sdp
         self.phase = "posting"
         threading.Thread(target=self._post, args=(sdp,), daemon=True).start()
 
@@ -228,20 +248,27 @@ class Receiver:
 
     # ------------------------------------------------------------------ seed protocol
 
+    def connected(self) -> None:
+        if not self.connected_sent:
+            self.connected_sent = True
+            common.emit({"type": "connected", "id": self.args.id})
+
     def _on_open(self) -> bool:
         self.opened = True
-        common.emit({"type": "open"})
+        self.connected()
         return False
 
     def _on_text(self, text: str) -> bool:
-        if not text.startswith("SDP_OFFER "):
+        name, _, arg = text.partition(" ")
+        if name != "SDP_OFFER":
             self.messages.append(text)
-            common.emit({"type": "message", "text": text})
+            common.emit({"type": "command", "name": name, "arg": arg})
             return False
-        offer = text[len("SDP_OFFER "):]
+        offer = arg
         entry = {"n": len(self.renegotiations) + 1}
         self.renegotiations.append(entry)
-        common.emit({"type": "offer", "n": entry["n"], "sdp": offer})
+        mids = [line[6:].strip() for line in offer.splitlines() if line.startswith("a=mid:")]
+        common.emit({"type": "command", "name": "SDP_OFFER", "mids": mids})
         self.pending.append(offer)
         if not self.busy:
             self._next_offer()
@@ -263,6 +290,7 @@ class Receiver:
             if error is not None:
                 self._refused(n, f"set-remote-description: {error}")
                 return False
+            self.owners = section_owners(offer)
             self.webrtc.emit("create-answer", None, self.promise(on_answer, "answer"))
             return False
 
@@ -281,7 +309,7 @@ class Receiver:
                 return False
             self.channel.emit("send-string", f"SDP_ANSWER {sdp}")
             self.renegotiations[n - 1]["answered"] = True
-            common.emit({"type": "answered", "n": n, "ok": True, "sdp": sdp})
+            common.emit({"type": "answered", "ok": True})
             self._next_offer()
             return False
 
@@ -290,7 +318,7 @@ class Receiver:
     def _refused(self, n: int, reason: str) -> None:
         self.renegotiations[n - 1]["error"] = reason
         self.error(f"SDP_OFFER {n}: {reason}")
-        common.emit({"type": "answered", "n": n, "ok": False, "error": reason})
+        common.emit({"type": "answered", "ok": False, "error": reason})
         self._next_offer()
 
     # ------------------------------------------------------------------ media
@@ -314,37 +342,49 @@ class Receiver:
             self.error(f"cannot link {pad.get_name()} ({media} {encoding})")
             return
         if media == "video" and encoding == "VP8":
-            self.streams += 1
-            common.emit({"type": "track", "kind": "video", "pad": pad.get_name()})
+            # webrtcbin names its source pads src_<m-line index>.
+            mline = int(pad.get_name().rsplit("_", 1)[1])
             decoder = next(e for e in bin_.iterate_elements() if e.get_factory()
                            and e.get_factory().get_name() == "vp8dec")
-            decoder.get_static_pad("src").add_probe(
-                self.Gst.PadProbeType.BUFFER, self._on_frame, None
-            )
 
-    def _on_frame(self, _pad: Any, _info: Any, _data: Any) -> Any:
-        self.decoded += 1  # one decoded picture (a GLib-thread counter; read for progress)
-        return self.Gst.PadProbeReturn.OK
+            def on_picture(_pad: Any, _info: Any, _data: Any) -> Any:
+                self.GLib.idle_add(self._on_frame, mline)  # a streaming thread: count on main
+                return self.Gst.PadProbeReturn.OK
+
+            decoder.get_static_pad("src").add_probe(self.Gst.PadProbeType.BUFFER, on_picture, None)
+
+    def _on_frame(self, mline: int) -> bool:
+        """One decoded picture of the stream at ``mline``: it counts for the publisher that
+        owns that m-section now."""
+        if self.args.role == "whep":
+            owner: str | None = "whep"
+        else:
+            owner = self.owners[mline] if mline < len(self.owners) else None
+        key = owner or f"mline-{mline}"
+        self.decoded[key] = self.decoded.get(key, 0) + 1
+        self.frames_dirty = True
+        return False
 
     # ------------------------------------------------------------------ lifetime
 
     def _on_connection_state(self, element: Any, _pspec: Any) -> None:
-        state = element.get_property("connection-state").value_nick
-        self.state = state
-        common.emit({"type": "state", "state": state})
+        self.GLib.idle_add(self._state, element.get_property("connection-state").value_nick)
 
-    def progress(self) -> dict[str, Any]:
-        return {
-            "type": "progress", "state": self.state, "phase": self.phase, "opened": self.opened,
-            "decoded": self.decoded, "streams": self.streams,
-            "offers": len(self.renegotiations),
-            "answered": sum(1 for r in self.renegotiations if r.get("answered")),
-        }
+    def _state(self, state: str) -> bool:
+        self.state = state
+        common.log("connection-state", state)
+        if state == "connected" and self.args.role == "whep":
+            self.connected()
+        elif state in ("failed", "closed") and not self.stopping:
+            common.emit({"type": "closed", "reason": f"connection {state}"})
+        return False
 
     def _tick(self) -> bool:
         if self.stopping:
             return False
-        common.emit(self.progress())
+        if self.frames_dirty:
+            self.frames_dirty = False
+            common.emit({"type": "frames", "decoded": self.decoded})
         now = time.monotonic()
         if now - self.start > self.args.timeout:
             self.error("timeout")
@@ -383,8 +423,7 @@ class Receiver:
         self.GLib.timeout_add(int(PROGRESS_EVERY * 1000), self._tick)
         self.GLib.timeout_add(50, self._poll_stdin)
         self.loop.run()
-        final = self.progress()
-        delete_url = self.args.url if self.args.role == "sub" else self.location
+        delete_url = self.args.url if self.args.role == "subscriber" else self.location
         if self.post and self.post.get("status") == 201 and delete_url:
             try:
                 status, _, _, body = http("DELETE", delete_url, headers=self.headers())
@@ -393,15 +432,15 @@ class Receiver:
                 self.delete = {"error": f"{type(exc).__name__}: {exc}"}
                 self.error(f"DELETE failed: {exc}")
         self.pipeline.set_state(self.Gst.State.NULL)
+        if self.frames_dirty:
+            common.emit({"type": "frames", "decoded": self.decoded})
         post = {k: v for k, v in (self.post or {}).items() if k != "answer"}
         return {
             "type": "result",
             "ok": not self.errors and bool(self.post) and post.get("status") == 201,
             "errors": self.errors, "messages": self.messages,
-            "renegotiations": self.renegotiations, "decoded": final["decoded"],
-            "streams": self.streams, "state": self.state, "opened": self.opened,
-            "post": post, "answer": (self.post or {}).get("answer"), "delete": self.delete,
-            "offer": getattr(self, "_offer", None),
+            "renegotiations": self.renegotiations, "decoded": self.decoded,
+            "state": self.state, "post": post, "delete": self.delete,
         }
 
 

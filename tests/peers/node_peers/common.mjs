@@ -5,18 +5,21 @@
 // seed data-channel protocol, when RTP starts) is decided here, once, so the two stacks are
 // driven exactly alike and differ only where their own WebRTC implementations differ.
 //
-// The line protocol with the parent (tests/interop/node_peer.py) is the one of the other
-// peers: one JSON object per line on stdout, logs on stderr, `{"type": "stop"}` or EOF on stdin
-// to end. Lines: `posted` (the POST's status and Location), `open` (the data channel),
-// `message` (every seed command that is not an SDP_OFFER: PUB_JOIN, PUB_LEFT, ERROR, ...),
-// `offer` / `answered` (each SDP_OFFER and our SDP_ANSWER, or the stack's error), `track`,
-// `ready` (with --wait-post: the offer is made, POST on a `{"type": "post"}` line),
-// `state`, `progress` (about once a second) and the final `result`.
+// Command line and stdout lines: the interop matrix's peer protocol (tests/interop/README.md):
+// --role subscriber|publisher|whep --base-url URL --room ROOM --id ID --timeout S, lines
+// `ready`, `posted`, `connected`, `command`, `answered`, `frames`, `closed`, `result`; stdin
+// `{"type": "stop"}` (or EOF) and `{"type": "post"}`. Options of these peers beyond it:
+//   --python PATH      the interpreter (with PyAV) that runs tests/peers/vp8_decoder.py
+//   --ice-address IP   the only host candidate offered (default 127.0.0.1)
+//   --role whip        a WHIP publisher (POST {base}/whip/{room}, audio + video, no channel)
+//   --hold-answer      POST, print `posted`, apply the answer only on `{"type": "apply"}`:
+//                      the client is then certainly still connecting (no ICE check sent)
 //
-// Neither stack has codecs. A subscriber or WHEP viewer writes every received VP8 RTP packet
-// (after SRTP, as its stack hands it over) to 127.0.0.1:--rtp-out, where the test decodes it
-// with PyAV; a publisher sends the RTP that tests/peers/gst_rtp_source.py (GStreamer) writes to
-// its local UDP port. Proof of media is therefore decoded frames, counted by the test.
+// Neither stack has codecs. A subscriber or WHEP viewer forwards every VP8 RTP packet its
+// stack hands it (after SRTP) to tests/peers/vp8_decoder.py (PyAV), which reports decoded
+// frames per SSRC; the SSRC is mapped to its publisher through the server's a=ssrc/a=msid
+// lines. A publisher sends the RTP that tests/peers/gst_rtp_source.py (GStreamer) writes to
+// its local UDP ports. Proof of media is therefore decoded frames.
 
 import { spawn } from "node:child_process";
 import dgram from "node:dgram";
@@ -41,8 +44,8 @@ export function emit(obj) {
 
 export function parseArgs(argv) {
   const args = {
-    role: "sub", url: null, rtpOut: 0, timeout: 120, iceAddress: "127.0.0.1", token: null,
-    width: 320, height: 240, audio: false, verbose: false, waitPost: false,
+    role: null, baseUrl: null, room: null, id: null, timeout: 300, python: "python3",
+    iceAddress: "127.0.0.1", token: null, width: 320, height: 240, verbose: false,
     holdAnswer: false,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -52,21 +55,46 @@ export function parseArgs(argv) {
       return argv[++i];
     };
     if (key === "--role") args.role = value();
-    else if (key === "--url") args.url = value();
-    else if (key === "--rtp-out") args.rtpOut = Number(value());
+    else if (key === "--base-url") args.baseUrl = value().replace(/\/+$/, "");
+    else if (key === "--room") args.room = value();
+    else if (key === "--id") args.id = value();
     else if (key === "--timeout") args.timeout = Number(value());
+    else if (key === "--python") args.python = value();
     else if (key === "--ice-address") args.iceAddress = value();
     else if (key === "--token") args.token = value();
-    else if (key === "--audio") args.audio = true;
-    else if (key === "--wait-post") args.waitPost = true;
     else if (key === "--hold-answer") args.holdAnswer = true;
     else if (key === "--verbose") args.verbose = true;
     else throw new Error(`unknown argument ${key}`);
   }
-  if (!["sub", "pub", "whip", "whep"].includes(args.role)) throw new Error(`bad --role ${args.role}`);
-  if (!args.url) throw new Error("--url is required");
-  if (["sub", "whep"].includes(args.role) && !args.rtpOut) throw new Error(`--role ${args.role} needs --rtp-out`);
+  const paths = {
+    subscriber: `/sub/${args.room}/${args.id}`, publisher: `/pub/${args.room}/${args.id}`,
+    whep: `/whep/${args.room}`, whip: `/whip/${args.room}`,
+  };
+  if (!(args.role in paths)) throw new Error(`bad --role ${args.role}`);
+  if (!args.baseUrl || !args.room) throw new Error("--base-url and --room are required");
+  if ((args.role === "subscriber" || args.role === "publisher") && !args.id) {
+    throw new Error(`--role ${args.role} needs --id`);
+  }
+  args.url = args.baseUrl + paths[args.role];
+  args.sends = args.role === "publisher" || args.role === "whip";
+  args.receives = args.role === "subscriber" || args.role === "whep";
   return args;
+}
+
+// RFC 5576 §4.1 a=ssrc lines with their section's a=msid (RFC 8830 §2): SSRC -> the stream
+// id, which the server sets to the publisher's id (README "Data-channel protocol").
+export function ssrcOwners(sdp) {
+  const owners = new Map();
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const msid = section.match(/^a=msid:(\S+)/m);
+    if (!msid) continue;
+    for (const m of section.matchAll(/^a=ssrc:(\d+) /gm)) owners.set(Number(m[1]), msid[1]);
+  }
+  return owners;
+}
+
+export function mids(sdp) {
+  return [...sdp.matchAll(/^a=mid:(\S+)/gm)].map((m) => m[1]);
 }
 
 // RFC 4566 §6 a=rtpmap: the payload types that carry VP8 in a description.
@@ -74,10 +102,6 @@ export function vp8PayloadTypes(sdp) {
   const types = new Set();
   for (const m of sdp.matchAll(/^a=rtpmap:(\d+) VP8\/90000/gim)) types.add(Number(m[1]));
   return types;
-}
-
-export function mediaSections(sdp) {
-  return sdp.split(/\r?\n/).filter((l) => l.startsWith("m=")).length;
 }
 
 // Only host candidates on --ice-address: the server under test listens there, and a stack
@@ -131,11 +155,10 @@ function readStdin() {
   return { stopped, go, proceed };
 }
 
-// Starts GStreamer writing VP8 (and Opus) RTP to local UDP sockets; calls onPacket(kind, buf).
+// Starts GStreamer writing VP8 and Opus RTP to local UDP sockets; calls onPacket(kind, buf).
 async function startSource(args, onPacket) {
   const sockets = {};
-  const kinds = args.audio ? ["video", "audio"] : ["video"];
-  for (const kind of kinds) {
+  for (const kind of ["video", "audio"]) {
     const socket = dgram.createSocket("udp4");
     socket.on("message", (buf) => onPacket(kind, buf));
     await new Promise((r) => socket.bind(0, "127.0.0.1", r));
@@ -144,10 +167,10 @@ async function startSource(args, onPacket) {
   const argv = [
     path.join(PEERS_DIR, "gst_rtp_source.py"),
     "--video-port", String(sockets.video.address().port),
+    "--audio-port", String(sockets.audio.address().port),
     "--width", String(args.width), "--height", String(args.height),
     "--timeout", String(args.timeout + 30),
   ];
-  if (sockets.audio) argv.push("--audio-port", String(sockets.audio.address().port));
   const child = spawn(DEBIAN_PYTHON, argv, { stdio: ["pipe", "ignore", "inherit"] });
   child.on("exit", (code, signal) => log("gst_rtp_source exited", code, signal));
   return {
@@ -159,115 +182,157 @@ async function startSource(args, onPacket) {
   };
 }
 
+// Starts tests/peers/vp8_decoder.py; resolves to {port, stop()} once it listens, and calls
+// onCounts({ssrc: frames}) with its running totals.
+function startDecoder(args, onCounts) {
+  const child = spawn(args.python, [path.join(PEERS_DIR, "vp8_decoder.py")],
+                      { stdio: ["pipe", "pipe", "inherit"] });
+  child.on("exit", (code, signal) => log("vp8_decoder exited", code, signal));
+  return new Promise((resolve, reject) => {
+    child.on("error", reject);
+    const rl = readline.createInterface({ input: child.stdout });
+    rl.on("line", (line) => {
+      const msg = JSON.parse(line);
+      if (msg.type === "port") {
+        resolve({
+          port: msg.port,
+          stop() {
+            try { child.stdin.end(); } catch { /* already gone */ }
+            setTimeout(() => child.kill("SIGKILL"), 3000).unref();
+          },
+        });
+      } else if (msg.type === "decoded") onCounts(msg.ssrc);
+    });
+    rl.on("close", () => reject(new Error("vp8_decoder.py ended before listening")));
+  });
+}
+
 // Runs one role with a stack adapter (see werift_peer.mjs / ndc_peer.mjs for the contract):
 //   stack.offer() -> complete local offer SDP (gathering done)
 //   stack.setAnswer(sdp)
-//   stack.renegotiate(offerSdp) -> answer SDP            (role sub)
-//   stack.sendText(text), stack.onText = cb, stack.onOpen = cb   (sub, pub)
-//   stack.onRtp = (buf) => ...   video RTP after SRTP    (sub, whep)
-//   stack.sendRtp(kind, buf)                              (pub)
-//   stack.state() -> connection state string; stack.close()
+//   stack.renegotiate(offerSdp) -> answer SDP                     (subscriber)
+//   stack.sendText(text), stack.onText = cb, stack.onOpen = cb    (subscriber, publisher)
+//   stack.onRtp = (buf, requestKeyframe) => ...  video RTP after SRTP   (subscriber, whep)
+//   stack.sendRtp(kind, buf)                                       (publisher, whip)
+//   stack.onState = cb(state); stack.state(); stack.close()
 export async function run(name, makeStack) {
   NAME = name;
   const args = parseArgs(process.argv.slice(2));
   log("started:", process.argv.slice(2).join(" "));
   const errors = [];
-  const messages = [];
-  const renegotiations = [];
-  const counts = { rtpIn: 0, vp8In: 0, rtpOut: 0, sourcePackets: 0, keyframeRequests: 0 };
   let vp8 = new Set();
+  let owners = new Map(); // SSRC -> publisher id (subscriber) from the latest SDP_OFFER
+  const decoded = {}; // publisher id -> frames
+  const perSsrc = {}; // SSRC -> frames already counted
   let post = null;
   let del = null;
-  let opened = false;
+  let connectedSent = false;
+  let stopping = false;
   let source = null;
+  let decoder = null;
+  let framesDirty = false;
   const { stopped, go, proceed } = readStdin();
   const deadline = new Promise((r) => setTimeout(() => r("timeout"), args.timeout * 1000).unref());
   const out = dgram.createSocket("udp4");
   const stack = await makeStack(args, log);
+
+  function connected() {
+    if (connectedSent) return;
+    connectedSent = true;
+    emit({ type: "connected", id: args.id });
+  }
+
+  if (args.receives) {
+    decoder = await startDecoder(args, (counts) => {
+      for (const [key, total] of Object.entries(counts)) {
+        const ssrc = Number(key);
+        const fresh = total - (perSsrc[ssrc] || 0);
+        perSsrc[ssrc] = total;
+        if (fresh <= 0) continue;
+        // Frames of a stream count for the publisher that owns its SSRC now.
+        const owner = args.role === "whep" ? "whep" : owners.get(ssrc) || `ssrc-${ssrc}`;
+        decoded[owner] = (decoded[owner] || 0) + fresh;
+        framesDirty = true;
+      }
+    });
+  }
 
   // What an application feeding a decoder does: ask each new video stream for a keyframe
   // (RFC 4585 §6.3.1 PLI) when it starts, and once or twice more in case the first request
   // went out before the sender was ready. Bounded: three requests per SSRC.
   const asked = new Set();
   stack.onRtp = (buf, requestKeyframe) => {
-    counts.rtpIn++;
     // RTCP (RFC 5761 §4: PT 192-223 in the second octet) and RTX are not VP8 data.
-    if (buf.length < 12 || !vp8.has(buf[1] & 0x7f)) return;
-    counts.vp8In++;
-    out.send(buf, args.rtpOut, "127.0.0.1");
+    if (buf.length < 12 || !vp8.has(buf[1] & 0x7f) || !decoder) return;
+    out.send(buf, decoder.port, "127.0.0.1");
     const ssrc = buf.readUInt32BE(8);
     if (requestKeyframe && !asked.has(ssrc)) {
       asked.add(ssrc);
-      counts.keyframeRequests++;
       requestKeyframe(ssrc);
-      for (const delay of [1000, 3000]) {
-        setTimeout(() => { counts.keyframeRequests++; requestKeyframe(ssrc); }, delay).unref();
-      }
+      for (const delay of [1000, 3000]) setTimeout(() => requestKeyframe(ssrc), delay).unref();
     }
   };
-  stack.onTrack = (info) => emit({ type: "track", ...info });
-  stack.onState = (state) => emit({ type: "state", state });
-  stack.onOpen = () => { opened = true; emit({ type: "open" }); };
+  stack.onState = (state) => {
+    log("connection state", state);
+    if (state === "connected" && args.role !== "subscriber") connected();
+    if ((state === "closed" || state === "failed") && !stopping) {
+      emit({ type: "closed", reason: `connection ${state}` });
+    }
+  };
+  stack.onOpen = () => { if (args.role === "subscriber") connected(); };
 
-  // The seed protocol (README "Data-channel protocol"): answer each SDP_OFFER in turn.
+  // The seed protocol (README "Data-channel protocol"): every server command is reported;
+  // each SDP_OFFER is answered in turn, as the stack's own API does it.
   let chain = Promise.resolve();
   stack.onText = (text) => {
-    if (!text.startsWith("SDP_OFFER ")) {
-      messages.push(text);
-      emit({ type: "message", text });
+    const space = text.indexOf(" ");
+    const command = space < 0 ? text : text.slice(0, space);
+    const arg = space < 0 ? "" : text.slice(space + 1);
+    if (command !== "SDP_OFFER") {
+      emit({ type: "command", name: command, arg });
       return;
     }
-    const offer = text.slice("SDP_OFFER ".length);
-    const n = renegotiations.length + 1;
-    const entry = { n, sections: mediaSections(offer) };
-    renegotiations.push(entry);
-    emit({ type: "offer", n, sdp: offer });
+    emit({ type: "command", name: command, mids: mids(arg) });
     chain = chain.then(async () => {
       try {
-        const answer = await stack.renegotiate(offer);
-        for (const pt of vp8PayloadTypes(offer)) vp8.add(pt);
+        const answer = await stack.renegotiate(arg);
+        for (const pt of vp8PayloadTypes(arg)) vp8.add(pt);
+        owners = ssrcOwners(arg);
         stack.sendText(`SDP_ANSWER ${answer}`);
-        entry.answered = true;
-        emit({ type: "answered", n, ok: true, sdp: answer });
+        emit({ type: "answered", ok: true });
       } catch (e) {
-        entry.error = String(e && e.stack ? e.stack : e);
-        errors.push(`SDP_OFFER ${n}: ${e}`);
-        emit({ type: "answered", n, ok: false, error: String(e) });
+        errors.push(`SDP_OFFER: ${e}`);
+        emit({ type: "answered", ok: false, error: String(e) });
       }
     });
   };
 
-  let progressTimer = null;
+  const framesTimer = setInterval(() => {
+    if (!framesDirty) return;
+    framesDirty = false;
+    emit({ type: "frames", decoded });
+  }, 500);
   try {
     const offer = await stack.offer();
-    if (args.waitPost) {
-      // The test times the POST itself (e.g. right after another client's POST).
+    log("offer sections:", offer.split(/\r?\n/).filter((l) => l.startsWith("m=")).join(" | "));
+    if (args.role === "whep") {
+      // The driver times the POST itself (right after a publisher's POST).
       emit({ type: "ready" });
       const why = await go;
       if (why !== "post") throw new Error(`told to stop before posting (${why})`);
     }
-    const ct = "application/sdp";
-    post = await request(args, "POST", args.url, offer, ct);
+    post = await request(args, "POST", args.url, offer, "application/sdp");
     emit({ type: "posted", status: post.status, location: post.location, etag: post.etag });
     if (post.status !== 201) throw new Error(`POST ${args.url} answered ${post.status}: ${post.text}`);
-    if (args.role !== "sub") for (const pt of vp8PayloadTypes(post.text)) vp8.add(pt);
+    if (args.role !== "subscriber") for (const pt of vp8PayloadTypes(post.text)) vp8.add(pt);
     if (args.holdAnswer) {
-      // Keep the connection from starting (no ICE checks before the answer is applied), so
-      // the test can act while this client is certainly still connecting.
       const why = await proceed;
       if (why !== "apply") throw new Error(`told to stop before applying the answer (${why})`);
     }
     await stack.setAnswer(post.text);
-    if (args.role === "pub" || args.role === "whip") {
-      source = await startSource(args, (kind, buf) => {
-        counts.sourcePackets++;
-        if (stack.sendRtp(kind, buf)) counts.rtpOut++;
-      });
+    if (args.sends) {
+      source = await startSource(args, (kind, buf) => stack.sendRtp(kind, buf));
     }
-    progressTimer = setInterval(() => emit({
-      type: "progress", state: stack.state(), opened, ...counts,
-      offers: renegotiations.length, answered: renegotiations.filter((r) => r.answered).length,
-    }), 1000);
     const reason = await Promise.race([stopped, deadline]);
     log("stopping:", reason);
     if (reason === "timeout") errors.push("timeout");
@@ -275,11 +340,13 @@ export async function run(name, makeStack) {
     errors.push(String(e && e.stack ? e.stack : e));
     log("failed:", e && e.stack ? e.stack : e);
   } finally {
-    if (progressTimer) clearInterval(progressTimer);
+    stopping = true;
+    clearInterval(framesTimer);
     await chain;
   }
   if (source) source.stop();
-  const location = args.role === "sub" || args.role === "pub" ? args.url : post && post.location;
+  const location = args.role === "subscriber" || args.role === "publisher"
+    ? args.url : post && post.location;
   if (post && post.status === 201 && location) {
     try {
       const r = await request(args, "DELETE", location);
@@ -289,17 +356,16 @@ export async function run(name, makeStack) {
       errors.push(`DELETE: ${e}`);
     }
   }
+  if (framesDirty) emit({ type: "frames", decoded });
   const result = {
     type: "result",
     ok: errors.length === 0 && !!post && post.status === 201,
-    errors, messages, renegotiations, ...counts, opened,
-    state: stack.state(),
-    post: post && { status: post.status, location: post.location, etag: post.etag,
+    errors, decoded, state: stack.state(), delete: del,
+    post: post && { status: post.status, location: post.location,
                     body: post.status === 201 ? undefined : post.text.slice(0, 500) },
-    answer: post && post.status === 201 ? post.text : undefined,
-    delete: del,
   };
   try { stack.close(); } catch (e) { log("close:", e); }
+  if (decoder) decoder.stop();
   out.close();
   emit(result);
   // The stacks keep timers (consent, SCTP) alive; the result is out, so end here.

@@ -1,7 +1,7 @@
 // node-datachannel (npm; libdatachannel's C++ stack with libjuice ICE and its prebuilt binary)
 // as an independent peer of trio-sfu.
 //
-//   node ndc_peer.mjs --role sub|pub|whip|whep --url URL [--rtp-out PORT] [--timeout S]
+//   node ndc_peer.mjs --role subscriber|publisher|whep|whip --base-url URL --room R --id ID
 //
 // The roles, the HTTP and the seed protocol are in common.mjs; this file is the library's own
 // API only (not its W3C polyfill, which has no media), with negotiation driven by hand
@@ -13,6 +13,8 @@ import { keepCandidates, run } from "./common.mjs";
 const { PeerConnection, Video, RtcpReceivingSession } = nodeDataChannel;
 const VIDEO_SSRC = 0x11223344; // what tests/peers/gst_rtp_source.py writes by default
 const VIDEO_PT = 96;
+const AUDIO_SSRC = 0x55667788;
+const AUDIO_PT = 111;
 
 async function makeStack(args, log) {
   nodeDataChannel.initLogger(args.verbose ? "Debug" : "Warning", (level, message) => {
@@ -25,6 +27,8 @@ async function makeStack(args, log) {
     disableAutoNegotiation: true,
   });
   const stack = { onRtp: null, onText: null, onOpen: null, onTrack: null, onState: null };
+  // Every Track object stays referenced here: node-datachannel closes a track whose JS object
+  // is garbage-collected, and libdatachannel then leaves it out of the next description.
   const tracks = {};
   let dc = null;
   let gatheringDone = null;
@@ -66,27 +70,33 @@ async function makeStack(args, log) {
 
   if (args.role === "whep") {
     const audio = new nodeDataChannel.Audio("0", "RecvOnly");
-    audio.addOpusCodec(111);
-    pc.addTrack(audio);
+    audio.addOpusCodec(AUDIO_PT);
+    tracks.recvAudio = pc.addTrack(audio);
     const video = new Video("1", "RecvOnly");
     video.addVP8Codec(VIDEO_PT);
     receiveOn(pc.addTrack(video));
-  } else if (args.role === "pub" || args.role === "whip") {
+  } else if (args.sends) {
+    // Raw RTP goes out as GStreamer wrote it, so the SSRCs and payload types declared here
+    // are those of tests/peers/gst_rtp_source.py.
     const video = new Video("0", "SendOnly");
     video.addVP8Codec(VIDEO_PT);
-    video.addSSRC(VIDEO_SSRC, "ndc-video", "ndc-stream", "ndc-video");
+    video.addSSRC(VIDEO_SSRC, "ndc", "ndc-stream", "ndc-video");
     tracks.video = pc.addTrack(video);
+    const audio = new nodeDataChannel.Audio("1", "SendOnly");
+    audio.addOpusCodec(AUDIO_PT);
+    audio.addSSRC(AUDIO_SSRC, "ndc", "ndc-stream", "ndc-audio");
+    tracks.audio = pc.addTrack(audio);
   }
-  if (args.role === "sub") {
+  if (args.role === "subscriber") {
     // libdatachannel picks its transport once, when the connection starts: DTLS-SRTP only if
     // the first negotiation had audio or video, plain DTLS otherwise, and media offered later
     // then fails ("The connection has no media transport"). So a libdatachannel subscriber
     // offers one recvonly video section up front, beside the seed protocol's data channel.
     const video = new Video("v", "RecvOnly");
     video.addVP8Codec(VIDEO_PT);
-    pc.addTrack(video);
+    tracks.placeholder = pc.addTrack(video);
   }
-  if (args.role === "sub" || args.role === "pub") {
+  if (args.role === "subscriber" || args.role === "publisher") {
     dc = pc.createDataChannel("sfu");
     dc.onOpen(() => stack.onOpen && stack.onOpen());
     dc.onMessage((msg) => {

@@ -1,12 +1,12 @@
 // werift (npm, a WebRTC stack in TypeScript) as an independent peer of trio-sfu.
 //
-//   node werift_peer.mjs --role sub|pub|whip|whep --url URL [--rtp-out PORT] [--timeout S]
+//   node werift_peer.mjs --role subscriber|publisher|whep|whip --base-url URL --room R --id ID
 //
-// sub: a seed-API subscriber (POST /sub/{room}/{id} with a data channel only, then answers
-// every SDP_OFFER on it); pub: a seed-API publisher (POST /pub/{room}/{id}, one sendonly VP8
-// track fed by GStreamer, plus the data channel); whip: a WHIP publisher (the same track, no
-// data channel); whep: a WHEP viewer (recvonly audio + video).
-// The roles, the HTTP and the seed protocol are in common.mjs; this file is werift's API only.
+// subscriber: a seed-API subscriber (POST /sub/{room}/{id} with a data channel only, then
+// answers every SDP_OFFER on it); publisher: a seed-API publisher (sendonly VP8 + Opus fed by
+// GStreamer, plus the data channel); whip: the same tracks over WHIP; whep: a WHEP viewer
+// (recvonly audio + video). The roles, the HTTP, the seed protocol and the line protocol are
+// in common.mjs; this file is werift's API only.
 
 import { MediaStreamTrack, RTCPeerConnection, RTCRtpCodecParameters } from "werift";
 import { keepCandidates, run } from "./common.mjs";
@@ -54,15 +54,14 @@ async function makeStack(args, log) {
   if (args.role === "whep") {
     pc.addTransceiver("audio", { direction: "recvonly" });
     pc.addTransceiver("video", { direction: "recvonly" });
-  } else if (args.role === "whip") {
-    // RFC 9725 §4.2: sendonly media in one MediaStream, no data channel.
+  } else if (args.sends) {
+    // RFC 9725 §4.2 (WHIP) and the seed publisher alike: sendonly audio + video.
     tracks.video = new MediaStreamTrack({ kind: "video" });
     pc.addTransceiver(tracks.video, { direction: "sendonly" });
-    if (args.audio) {
-      tracks.audio = new MediaStreamTrack({ kind: "audio" });
-      pc.addTransceiver(tracks.audio, { direction: "sendonly" });
-    }
-  } else {
+    tracks.audio = new MediaStreamTrack({ kind: "audio" });
+    pc.addTransceiver(tracks.audio, { direction: "sendonly" });
+  }
+  if (args.role === "subscriber" || args.role === "publisher") {
     dc = pc.createDataChannel("sfu");
     dc.stateChanged.subscribe((state) => {
       if (state === "open") stack.onOpen && stack.onOpen();
@@ -71,14 +70,6 @@ async function makeStack(args, log) {
       const text = typeof msg === "string" ? msg : Buffer.from(msg).toString("utf8");
       stack.onText && stack.onText(text);
     });
-    if (args.role === "pub") {
-      tracks.video = new MediaStreamTrack({ kind: "video" });
-      pc.addTransceiver(tracks.video, { direction: "sendonly" });
-      if (args.audio) {
-        tracks.audio = new MediaStreamTrack({ kind: "audio" });
-        pc.addTransceiver(tracks.audio, { direction: "sendonly" });
-      }
-    }
   }
 
   async function gathered() {
