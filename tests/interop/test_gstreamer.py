@@ -20,7 +20,11 @@ pytestmark = pytest.mark.slow
 # then gets the stopped section's m-line back under a new mid (RFC 8829 §5.2.2 recycling), and
 # GStreamer 1.22 refuses its own answer: "transceiver direction changes are not implemented"
 # (webrtcbin keeps one transceiver per m-line, negotiated inactive, and cannot make it recvonly
-# again). The server must offer the new publisher a fresh m-line for such a stack.
+# again). Tried by hand: stopped sections written sendonly instead of inactive get one
+# publisher further, then webrtcbin fails on "Fingerprint in media 1 differs from previous
+# fingerprint"; with recycling turned off (new publishers always on new m-lines) the whole
+# scenario passes (14 offers answered, 70 and 72 frames decoded). So the server must offer a
+# new publisher a fresh m-line for such a stack.
 NEEDS_NO_RECYCLING = pytest.mark.xfail(
     strict=True,
     reason="needs i8a: webrtcbin 1.22 refuses a recycled m-line ('transceiver direction "
