@@ -897,3 +897,26 @@ def test_our_offer_answered_by_aiortc() -> None:
             await pc.close()
 
     asyncio.run(main())
+
+
+def test_stopped_section_keeps_its_full_form_until_recycled() -> None:
+    """A section stopped in one round is still written in full in later offers (RFC 8829
+    §5.2.2) while it waits to be recycled; every stack that refused the bare form needs that."""
+    a, b = server(), client()
+    b.add_data_channel()
+    _negotiate(b, a)
+    audio, video = a.add_transceiver("audio", "sendonly"), a.add_transceiver("video", "sendonly")
+    _negotiate(a, b)
+    a.stop_transceiver(audio)
+    a.stop_transceiver(video)
+    _negotiate(a, b)
+    fresh = a.add_transceiver("audio", "sendonly")
+    offer, answer = _negotiate(a, b)
+    assert fresh.mline_index == 1 and offer.media[1].port != 0
+    waiting = offer.media[2]
+    assert (waiting.port, waiting.mid, waiting.direction) == (0, "2", "inactive")
+    assert [c.name for c in waiting.codecs if not c.is_rtx] == [
+        c.name for c in video.media_codecs]
+    assert waiting.ice_ufrag == offer.media[0].ice_ufrag and waiting.fingerprints
+    assert waiting.setup == "actpass" and waiting.msid == [] and waiting.candidates == []
+    assert offer.groups[0].mids == ["0", "3"] and answer.media[2].port == 0

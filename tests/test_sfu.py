@@ -346,3 +346,30 @@ async def test_live_port_for_a_stopped_section_is_tolerated(env: SfuEnv) -> None
     await wait_for(lambda: env.forwarding("r", "bob-1", "carol-1"))
     await stream(carol, 10)
     await wait_for(lambda: bob.packets["carol-1"] >= 10)
+
+
+async def test_publisher_without_ssrc_lines_or_mid_is_routed_by_payload_type(
+    env: SfuEnv,
+) -> None:
+    """RFC 8843 §9.2 (issue 8, item 5): GStreamer 1.22 can offer audio + video with no a=ssrc
+    and send no MID extension; each stream is bound by the payload type only its section has."""
+    bob = await env.subscriber("r", "bob-1")
+
+    async def bare_signal(offer: str) -> str:
+        kept = [line for line in offer.split("\r\n")
+                if not line.startswith(("a=ssrc", "a=msid")) and "sdes:mid" not in line]
+        return await env.sfu.publish("r", "alice-1", "\r\n".join(kept))
+
+    alice = PublisherClient("alice-1", **env.client_options)
+    await env.nursery.start(alice.connect, bare_signal)
+    await alice.wait_open()
+    assert alice.video.extension_id("urn:ietf:params:rtp-hdrext:sdes:mid") is None
+    publisher = env.sfu.rooms["r"].publishers["alice-1"]
+    assert all(not t.transceiver.remote_ssrcs for t in publisher.tracks)
+    await bob.expect("PUB_JOIN alice-1")
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    await stream(alice, 20)
+    await wait_for(lambda: bob.packets["alice-1"] >= 30)
+    kinds = {s.transceiver.kind for s in bob.pc.incoming_streams if s.packets}
+    assert kinds == {"audio", "video"}
+    assert publisher.pc.stats.rtp_unknown_ssrc == 0

@@ -217,10 +217,12 @@ async def stop_publisher(pub: PeerProcess) -> None:
 
 
 async def subscriber_scenario(spec: PeerSpec, base_url: str, *, churn: int = CHURN,
-                              min_frames: int = MIN_FRAMES) -> dict[str, Any]:
+                              min_frames: int = MIN_FRAMES,
+                              publisher_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """The seed API's core: one subscriber connection through 2 + ``churn`` publishers.
 
-    Returns a summary (offers answered, publishers seen) for the test to print or check.
+    ``publisher_args`` go to every aiortc WHIP publisher (e.g. ``("--ice-address", ADDR)``
+    inside a network namespace). Returns a summary (offers answered, publishers seen).
     """
     room = fresh("ix")
     async with running(spec, protocol_args("subscriber", base_url, room,
@@ -229,7 +231,7 @@ async def subscriber_scenario(spec: PeerSpec, base_url: str, *, churn: int = CHU
 
         async def join_and_leave(decode: bool) -> str:
             joins_before = len(sub.commands("PUB_JOIN"))
-            async with whip_publisher(base_url, room) as pub:
+            async with whip_publisher(base_url, room, *publisher_args) as pub:
                 with trio.fail_after(STEP_TIMEOUT):
                     await pub.receive("published")
                 join = await sub.until(
@@ -278,15 +280,15 @@ async def publisher_scenario(spec: PeerSpec, base_url: str, browser: Any,
     return received
 
 
-async def whep_scenario(spec: PeerSpec, base_url: str, *,
-                        min_frames: int = MIN_FRAMES) -> dict[str, Any]:
+async def whep_scenario(spec: PeerSpec, base_url: str, *, min_frames: int = MIN_FRAMES,
+                        publisher_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """A WHEP viewer POSTed right after the room's WHIP publisher got its 201, while that
     publisher is still connecting: the publisher (``--hold``) applies its answer, and so
     starts ICE/DTLS, only once the viewer's POST was answered — no timing luck involved."""
     room = fresh("ix")
     async with running(spec, protocol_args("whep", base_url, room, fresh("viewer-"))) as viewer:
         await viewer.until("ready line", lambda: viewer.of_type("ready"))
-        async with whip_publisher(base_url, room, "--hold") as pub:
+        async with whip_publisher(base_url, room, "--hold", *publisher_args) as pub:
             with trio.fail_after(STEP_TIMEOUT):
                 await pub.receive("published")
             await viewer.peer.send({"type": "post"})

@@ -493,7 +493,9 @@ class PeerConnection:
 
     def _learn_stream(self, ssrc: int, packet: bytes) -> IncomingStream | None:
         """An SSRC the SDP did not declare: route it by its MID (RFC 8843 §9.2) and RID
-        (RFC 8852) header extensions, or to the only receiving transceiver there is."""
+        (RFC 8852) header extensions, else by a payload type only one receiving section
+        negotiated (RFC 8843 §9.2; GStreamer 1.22 sends neither ssrc lines nor MID), else to
+        the only receiving transceiver there is."""
         if len(self._streams) >= MAX_STREAMS:
             return None
         transceiver: Transceiver | None = None
@@ -503,12 +505,21 @@ class PeerConnection:
             if mid is not None:
                 wanted = mid.decode("ascii", "replace")
                 transceiver = next((t for t in receiving if t.mid == wanted), None)
+        pt = packet[1] & 0x7F
+        if transceiver is None:
+            owners = [t for t in receiving if t.codec(pt) is not None]
+            transceiver = owners[0] if len(owners) == 1 else None
         if transceiver is None and len(receiving) == 1:
             transceiver = receiving[0]
         if transceiver is None:
             return None
         rid: str | None = None
         repairs: int | None = None
+        codec = transceiver.codec(pt)
+        if codec is not None and codec.is_rtx:  # RFC 4588: repairs this section's one stream
+            media = [s.ssrc for s in self._streams.values()
+                     if s.transceiver is transceiver and s.repairs is None]
+            repairs = media[0] if len(media) == 1 else None
         if self._rid_ext_id is not None:
             value = find_extension(packet, self._rid_ext_id)
             rid = value.decode("ascii", "replace") if value else None
