@@ -55,13 +55,16 @@ GST_PUB = PeerSpec("gstreamer", ("publisher",), gst_whip_argv, gst_unavailable)
 async def scenario(name: str) -> dict[str, Any]:
     addresses = inside()
     assert addresses is not None, "run through tests.netns"
-    server_host, _ = addresses
+    server_host, peer_host = addresses
+    publishers = ("--ice-address", peer_host)  # the aiortc WHIP publishers' side
     async with running_server(server_host) as running:
         base = f"http://{server_host}:{running.http_port}"
         if name == "subscriber":
-            return {"type": "result", "summary": await subscriber_scenario(GST_SUB, base)}
+            return {"type": "result", "summary": await subscriber_scenario(
+                GST_SUB, base, publisher_args=publishers)}
         if name == "whep":
-            return {"type": "result", "summary": await whep_scenario(GST_SUB, base)}
+            return {"type": "result", "summary": await whep_scenario(
+                GST_SUB, base, publisher_args=publishers)}
         from tests.peers.browser_client import open_browser
 
         async with open_browser() as browser:  # Chromium in the namespace too

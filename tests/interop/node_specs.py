@@ -1,4 +1,4 @@
-"""werift and node-datachannel (npm) as rows of the interop matrix, plus one scenario of theirs.
+"""werift and node-datachannel (npm) as rows of the interop matrix.
 
 Each stack runs in its own node process (``tests/peers/node_peers/``, pinned by its
 package-lock.json, installed by ``scripts/setup-node``) and speaks the matrix's peer protocol
@@ -9,22 +9,13 @@ run by this interpreter) decodes what their subscribers and viewers receive.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import shutil
 import subprocess
 import sys
-from typing import Any
 
-from tests.interop.driver import (
-    MIN_FRAMES,
-    STEP_TIMEOUT,
-    PeerSpec,
-    fresh,
-    protocol_args,
-    running,
-)
+from tests.interop.driver import PeerSpec
 from tests.peers.harness import PEERS_DIR
 
 NODE_DIR = os.path.join(PEERS_DIR, "node_peers")
@@ -89,34 +80,3 @@ def node_spec(name: str, script: str, package: str) -> PeerSpec:
 
 WERIFT = node_spec("werift", "werift_peer.mjs", "werift")
 NODE_DATACHANNEL = node_spec("node_datachannel", "ndc_peer.mjs", "node-datachannel")
-#: the publisher of :func:`held_whep_scenario`: werift over WHIP, holding the server's answer
-WERIFT_WHIP = dataclasses.replace(WERIFT, name="werift_whip")
-
-
-async def held_whep_scenario(viewer: PeerSpec, base_url: str) -> dict[str, Any]:
-    """The WHEP viewer POSTs while the room's only WHIP publisher is certainly connecting.
-
-    The matrix's ``whep`` scenario POSTs the moment the publisher's ``201`` arrives, which is a
-    race on loopback (the publisher may be live by then). Here the werift publisher holds the
-    server's answer (``--hold-answer``: no ICE check can have reached the server) until the
-    viewer's POST is answered; the viewer must get ``201`` and then decode ≥ 60 frames
-    (issue 8, must-have 6).
-    """
-    room = fresh("held")
-    async with running(viewer, protocol_args("whep", base_url, room, fresh("viewer-"))) as v:
-        await v.until("ready line", lambda: v.of_type("ready"))
-        publisher_args = [*protocol_args("whip", base_url, room, fresh("whip-")), "--hold-answer"]
-        async with running(WERIFT_WHIP, publisher_args) as pub:
-            posted = await pub.until("the WHIP POST answered", lambda: pub.of_type("posted"))
-            assert posted[0]["status"] == 201, pub.fail(f"WHIP POST got {posted[0]}")
-            await v.peer.send({"type": "post"})
-            viewed = await v.until("posted line", lambda: v.of_type("posted"))
-            assert not pub.of_type("connected"), pub.fail("connected before its answer applied")
-            await pub.peer.send({"type": "apply"})
-            assert viewed[0]["status"] == 201, v.fail(f"WHEP POST got {viewed[0]}")
-            await pub.until("the WHIP publisher connected", lambda: pub.of_type("connected"))
-            await v.until(f"{MIN_FRAMES} decoded frames",
-                          lambda: v.decoded.get("whep", 0) >= MIN_FRAMES, STEP_TIMEOUT)
-            v.check_healthy()
-            pub.check_healthy()
-        return {"decoded": dict(v.decoded)}

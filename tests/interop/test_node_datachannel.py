@@ -11,7 +11,7 @@ import pytest
 
 from tests.interop.conftest import InteropApp
 from tests.interop.driver import publisher_scenario, require, subscriber_scenario, whep_scenario
-from tests.interop.node_specs import NODE_DATACHANNEL, held_whep_scenario
+from tests.interop.node_specs import NODE_DATACHANNEL
 from tests.peers.browser_client import Browser
 
 pytestmark = pytest.mark.slow
@@ -34,9 +34,3 @@ async def test_node_datachannel_whep(interop_app: InteropApp) -> None:
     require(NODE_DATACHANNEL)
     await whep_scenario(NODE_DATACHANNEL, interop_app.base_url)
 
-
-async def test_node_datachannel_whep_viewer_while_the_publisher_holds_its_answer(
-    interop_app: InteropApp,
-) -> None:
-    require(NODE_DATACHANNEL)
-    await held_whep_scenario(NODE_DATACHANNEL, interop_app.base_url)

@@ -6,7 +6,7 @@ import pytest
 
 from tests.interop.conftest import InteropApp
 from tests.interop.driver import publisher_scenario, require, subscriber_scenario, whep_scenario
-from tests.interop.node_specs import WERIFT, held_whep_scenario
+from tests.interop.node_specs import WERIFT
 from tests.peers.browser_client import Browser
 
 pytestmark = pytest.mark.slow
@@ -26,9 +26,3 @@ async def test_werift_whep(interop_app: InteropApp) -> None:
     require(WERIFT)
     await whep_scenario(WERIFT, interop_app.base_url)
 
-
-async def test_werift_whep_viewer_while_the_publisher_holds_its_answer(
-    interop_app: InteropApp,
-) -> None:
-    require(WERIFT)
-    await held_whep_scenario(WERIFT, interop_app.base_url)

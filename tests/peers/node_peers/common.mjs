@@ -11,9 +11,6 @@
 // `{"type": "stop"}` (or EOF) and `{"type": "post"}`. Options of these peers beyond it:
 //   --python PATH      the interpreter (with PyAV) that runs tests/peers/vp8_decoder.py
 //   --ice-address IP   the only host candidate offered (default 127.0.0.1)
-//   --role whip        a WHIP publisher (POST {base}/whip/{room}, audio + video, no channel)
-//   --hold-answer      POST, print `posted`, apply the answer only on `{"type": "apply"}`:
-//                      the client is then certainly still connecting (no ICE check sent)
 //
 // Neither stack has codecs. A subscriber or WHEP viewer forwards every VP8 RTP packet its
 // stack hands it (after SRTP) to tests/peers/vp8_decoder.py (PyAV), which reports decoded
@@ -46,7 +43,6 @@ export function parseArgs(argv) {
   const args = {
     role: null, baseUrl: null, room: null, id: null, timeout: 300, python: "python3",
     iceAddress: "127.0.0.1", token: null, width: 320, height: 240, verbose: false,
-    holdAnswer: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i];
@@ -62,13 +58,12 @@ export function parseArgs(argv) {
     else if (key === "--python") args.python = value();
     else if (key === "--ice-address") args.iceAddress = value();
     else if (key === "--token") args.token = value();
-    else if (key === "--hold-answer") args.holdAnswer = true;
     else if (key === "--verbose") args.verbose = true;
     else throw new Error(`unknown argument ${key}`);
   }
   const paths = {
     subscriber: `/sub/${args.room}/${args.id}`, publisher: `/pub/${args.room}/${args.id}`,
-    whep: `/whep/${args.room}`, whip: `/whip/${args.room}`,
+    whep: `/whep/${args.room}`,
   };
   if (!(args.role in paths)) throw new Error(`bad --role ${args.role}`);
   if (!args.baseUrl || !args.room) throw new Error("--base-url and --room are required");
@@ -76,7 +71,7 @@ export function parseArgs(argv) {
     throw new Error(`--role ${args.role} needs --id`);
   }
   args.url = args.baseUrl + paths[args.role];
-  args.sends = args.role === "publisher" || args.role === "whip";
+  args.sends = args.role === "publisher";
   args.receives = args.role === "subscriber" || args.role === "whep";
   return args;
 }
@@ -136,23 +131,21 @@ async function request(args, method, url, body, contentType) {
 }
 
 // Reads {"type": ...} lines from the parent: `stopped` resolves on "stop" or EOF, `go` on
-// "post", `proceed` on "apply" (both also with `stopped`, so a waiting peer never hangs).
+// "post" (or with `stopped`, so a waiting peer never hangs).
 function readStdin() {
-  let stop, post, apply;
+  let stop, post;
   const stopped = new Promise((r) => { stop = r; });
   const go = new Promise((r) => { post = r; });
-  const proceed = new Promise((r) => { apply = r; });
   const rl = readline.createInterface({ input: process.stdin });
   rl.on("line", (line) => {
     let msg;
     try { msg = JSON.parse(line); } catch { log("ignoring non-JSON stdin line"); return; }
-    if (msg.type === "stop") { stop("stop"); post("stop"); apply("stop"); }
+    if (msg.type === "stop") { stop("stop"); post("stop"); }
     else if (msg.type === "post") post("post");
-    else if (msg.type === "apply") apply("apply");
     else log("ignoring stdin message", msg.type);
   });
-  rl.on("close", () => { stop("stdin closed"); post("stdin closed"); apply("stdin closed"); });
-  return { stopped, go, proceed };
+  rl.on("close", () => { stop("stdin closed"); post("stdin closed"); });
+  return { stopped, go };
 }
 
 // Starts GStreamer writing VP8 and Opus RTP to local UDP sockets; calls onPacket(kind, buf).
@@ -213,7 +206,7 @@ function startDecoder(args, onCounts) {
 //   stack.renegotiate(offerSdp) -> answer SDP                     (subscriber)
 //   stack.sendText(text), stack.onText = cb, stack.onOpen = cb    (subscriber, publisher)
 //   stack.onRtp = (buf, requestKeyframe) => ...  video RTP after SRTP   (subscriber, whep)
-//   stack.sendRtp(kind, buf)                                       (publisher, whip)
+//   stack.sendRtp(kind, buf)                                       (publisher)
 //   stack.onState = cb(state); stack.state(); stack.close()
 export async function run(name, makeStack) {
   NAME = name;
@@ -231,7 +224,7 @@ export async function run(name, makeStack) {
   let source = null;
   let decoder = null;
   let framesDirty = false;
-  const { stopped, go, proceed } = readStdin();
+  const { stopped, go } = readStdin();
   const deadline = new Promise((r) => setTimeout(() => r("timeout"), args.timeout * 1000).unref());
   const out = dgram.createSocket("udp4");
   const stack = await makeStack(args, log);
@@ -325,10 +318,6 @@ export async function run(name, makeStack) {
     emit({ type: "posted", status: post.status, location: post.location, etag: post.etag });
     if (post.status !== 201) throw new Error(`POST ${args.url} answered ${post.status}: ${post.text}`);
     if (args.role !== "subscriber") for (const pt of vp8PayloadTypes(post.text)) vp8.add(pt);
-    if (args.holdAnswer) {
-      const why = await proceed;
-      if (why !== "apply") throw new Error(`told to stop before applying the answer (${why})`);
-    }
     await stack.setAnswer(post.text);
     if (args.sends) {
       source = await startSource(args, (kind, buf) => stack.sendRtp(kind, buf));

@@ -1,7 +1,7 @@
 // node-datachannel (npm; libdatachannel's C++ stack with libjuice ICE and its prebuilt binary)
 // as an independent peer of trio-sfu.
 //
-//   node ndc_peer.mjs --role subscriber|publisher|whep|whip --base-url URL --room R --id ID
+//   node ndc_peer.mjs --role subscriber|publisher|whep --base-url URL --room R --id ID
 //
 // The roles, the HTTP and the seed protocol are in common.mjs; this file is the library's own
 // API only (not its W3C polyfill, which has no media), with negotiation driven by hand

@@ -1,11 +1,10 @@
 // werift (npm, a WebRTC stack in TypeScript) as an independent peer of trio-sfu.
 //
-//   node werift_peer.mjs --role subscriber|publisher|whep|whip --base-url URL --room R --id ID
+//   node werift_peer.mjs --role subscriber|publisher|whep --base-url URL --room R --id ID
 //
 // subscriber: a seed-API subscriber (POST /sub/{room}/{id} with a data channel only, then
 // answers every SDP_OFFER on it); publisher: a seed-API publisher (sendonly VP8 + Opus fed by
-// GStreamer, plus the data channel); whip: the same tracks over WHIP; whep: a WHEP viewer
-// (recvonly audio + video). The roles, the HTTP, the seed protocol and the line protocol are
+// GStreamer, plus the data channel); whep: a WHEP viewer (recvonly audio + video). The roles, the HTTP, the seed protocol and the line protocol are
 // in common.mjs; this file is werift's API only.
 
 import { MediaStreamTrack, RTCPeerConnection, RTCRtpCodecParameters } from "werift";
@@ -55,7 +54,7 @@ async function makeStack(args, log) {
     pc.addTransceiver("audio", { direction: "recvonly" });
     pc.addTransceiver("video", { direction: "recvonly" });
   } else if (args.sends) {
-    // RFC 9725 §4.2 (WHIP) and the seed publisher alike: sendonly audio + video.
+    // The seed publisher: sendonly audio + video (and the data channel below).
     tracks.video = new MediaStreamTrack({ kind: "video" });
     pc.addTransceiver(tracks.video, { direction: "sendonly" });
     tracks.audio = new MediaStreamTrack({ kind: "audio" });
