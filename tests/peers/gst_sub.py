@@ -98,8 +98,8 @@ class Receiver:
         self.delete: dict[str, Any] | None = None
         self.location: str | None = None
         self.state = "new"
-        self.opened = False
         self.stopping = False
+        self._ready_offer = ""  # whep: the offer made, POSTed on the driver's "post"
         self.channel: Any = None
 
         self.pipeline = Gst.Pipeline.new("sub")
@@ -127,7 +127,8 @@ class Receiver:
 
     def _on_bus_error(self, _bus: Any, message: Any) -> None:
         err, debug = message.parse_error()
-        # A decoder branch of a stream that has ended can fail without harming the connection.
+        # Recorded (the result is not ok) but not fatal: the driver sees the stream's frames
+        # stop and names the step, which says more than an abrupt exit would.
         source = message.src.get_name() if message.src is not None else "?"
         self.error(f"pipeline error from {source}: {err.message} ({debug})")
 
@@ -254,7 +255,6 @@ class Receiver:
             common.emit({"type": "connected", "id": self.args.id})
 
     def _on_open(self) -> bool:
-        self.opened = True
         self.connected()
         return False
 

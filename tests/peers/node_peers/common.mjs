@@ -99,9 +99,9 @@ export function vp8PayloadTypes(sdp) {
   return types;
 }
 
-// Only host candidates on --ice-address: the server under test listens there, and a stack
-// that also offers its other interfaces would only make the server probe addresses the test
-// cannot vouch for.
+// Only our host candidates on --ice-address, the address the test set up to reach the server
+// (loopback, or a namespace's veth end): other interfaces would only make the server probe
+// addresses outside the test.
 export function keepCandidates(sdp, address) {
   const lines = sdp.split(/\r?\n/).filter((line) => {
     if (!line.startsWith("a=candidate:")) return true;
