@@ -332,7 +332,11 @@ class Receiver:
         encoding = (s.get_string("encoding-name") or "").upper()
         common.log("pad", pad.get_name(), media, encoding)
         if media == "video" and encoding == "VP8":
-            branch = "queue ! rtpvp8depay ! vp8dec ! fakesink sync=false async=false"
+            # As a player would: after a loss, wait for a keyframe and ask for one (PLI).
+            branch = (
+                "queue ! rtpvp8depay wait-for-keyframe=true request-keyframe=true ! vp8dec ! "
+                "fakesink sync=false async=false"
+            )
         else:
             branch = "fakesink sync=false async=false"
         bin_ = self.Gst.parse_bin_from_description(branch, True)
