@@ -30,3 +30,10 @@ async def test_aiortc_publisher(interop_app: InteropApp, interop_browser: Browse
 
 async def test_aiortc_whep(interop_app: InteropApp) -> None:
     await whep_scenario(AIORTC, interop_app.base_url)
+
+
+async def test_unannounced_ssrcs_reach_a_whep_viewer(interop_app: InteropApp) -> None:
+    """Issue 8, item 5 with a real stack: an aiortc WHIP publisher whose offer has no a=ssrc
+    and no MID extension (as GStreamer 1.22 can send) is decoded by an aiortc WHEP viewer:
+    the server binds each stream by its payload type (RFC 8843 §9.2)."""
+    await whep_scenario(AIORTC, interop_app.base_url, publisher_args=("--unannounced",))

@@ -101,6 +101,15 @@ async def delete_session(location: str, token: str | None) -> dict[str, Any]:
     return {"status": status, "body": body[:500]}
 
 
+def unannounced(sdp: str) -> str:
+    """The offer without a=ssrc/ssrc-group lines and without the MID header extension, as
+    GStreamer 1.22 can publish: the answer then lacks the extension, so aiortc sends no MID,
+    and the server must bind the streams by payload type (RFC 8843 §9.2)."""
+    lines = [line for line in sdp.split("\r\n")
+             if not line.startswith("a=ssrc") and "urn:ietf:params:rtp-hdrext:sdes:mid" not in line]
+    return "\r\n".join(lines)
+
+
 def marked_track_class() -> type:
     """A VideoStreamTrack: moving luma stripes, constant chroma ``mark`` (built lazily)."""
     from aiortc import VideoStreamTrack
@@ -176,6 +185,8 @@ async def run(args: argparse.Namespace, stdin: common.StdinLines) -> dict[str, A
     )
     await pc.setLocalDescription(await pc.createOffer())  # gathers: a complete offer
     offer = pc.localDescription.sdp
+    if args.unannounced:
+        offer = unannounced(offer)
     post = await post_offer(args.url, offer, args.token)
     delete: dict[str, Any] | None = None
     reason: str | None = None
@@ -254,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--unannounced", action="store_true",
+                   help="POST the offer without a=ssrc lines and without the MID extension")
     p.add_argument("--hold", action="store_true",
                    help="after the 201, wait for a {\"type\": \"go\"} line before applying "
                         "the answer (so ICE/DTLS cannot start: the server sees a publisher "

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: How long a subscriber may take to answer an SDP_OFFER before the offer is withdrawn.
 ANSWER_TIMEOUT = 15.0
-#: Failed renegotiations retried at once (after 1 s, 2 s, 4 s) before waiting for a change.
+#: A failed offer is sent again this many times (after 1 s, 2 s, 4 s), then withdrawn.
 RETRIES = 3
 RETRY_DELAY = 1.0
 
@@ -119,11 +119,12 @@ class Subscriber(Downstream):
     # -- renegotiation (one at a time; changes meanwhile are merged into the next offer) --------
 
     async def _negotiator(self) -> None:
-        """One offer at a time. A renegotiation that fails (no answer in time, an answer we
-        cannot apply) is rolled back (RFC 8829 §4.1.10): the connection and the media already
-        flowing stay up, the client hears ``ERROR`` with the reason, and the offer is tried
-        again after a pause, up to ``RETRIES`` times, then at the next change."""
-        failures = 0
+        """One offer at a time. When a renegotiation fails (no answer in time, an answer we
+        cannot apply) the connection and the media already flowing stay up and the client
+        hears ``ERROR`` with the reason; the *same* offer is sent again after 1, 2 and 4 s (a
+        client may have applied it, so only that offer is sure to fit its state, and a late
+        answer to it still counts); after that it is withdrawn (RFC 8829 §4.1.10 rollback)
+        until the next change."""
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
@@ -132,40 +133,47 @@ class Subscriber(Downstream):
                 continue
             offer = self.pc.create_offer()
             self.negotiations += 1
-            self._awaiting_answer = True
-            if not self.send(protocol.sdp_offer(offer)):
-                self.pc.close("control channel gone during renegotiation")
-                return
-            answer: str | None = None
-            with trio.move_on_after(ANSWER_TIMEOUT):
-                answer = await self._answers.receive()
-            self._awaiting_answer = False
-            problem: str | None = None
-            if answer is None:
-                problem = f"no SDP_ANSWER within {ANSWER_TIMEOUT:g} s"
-            else:
+            while True:  # answers left over from an earlier offer are not for this one
                 try:
-                    tolerated = self.pc.handle_answer(answer)
-                except SdpError as exc:
-                    problem = f"bad SDP_ANSWER: {exc}"
-                else:
-                    self._note_tolerated(tolerated)
-            if problem is None:
-                failures = 0
-                self._activate()
-                continue
-            self.pc.rollback()
-            failures += 1
-            retry = failures <= RETRIES
-            then = "retrying" if retry else "retrying at the next change"
-            self.send(protocol.error(f"{problem}; offer withdrawn, {then}"))
-            log.warning("renegotiation failed", extra={
-                **self.log_extra, "reason": problem, "failures": failures})
-            if retry:
-                await trio.sleep(RETRY_DELAY * 2 ** (failures - 1))
-                self._changed()
-            else:
-                failures = 0
+                    self._answers.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            self._awaiting_answer = True  # until this offer is settled, resends included
+            try:
+                for attempt in range(RETRIES + 1):
+                    if not self.send(protocol.sdp_offer(offer)):
+                        self.pc.close("control channel gone during renegotiation")
+                        return
+                    problem = await self._await_answer()
+                    if problem is None:
+                        self._activate()
+                        break
+                    last = attempt == RETRIES
+                    if last:
+                        self.pc.rollback()
+                    then = ("offer withdrawn until the next change" if last
+                            else "sending it again")
+                    self.send(protocol.error(f"{problem}; {then}"))
+                    log.warning("renegotiation failed", extra={
+                        **self.log_extra, "reason": problem, "attempt": attempt + 1})
+                    if not last:
+                        await trio.sleep(RETRY_DELAY * 2**attempt)
+            finally:
+                self._awaiting_answer = False
+
+    async def _await_answer(self) -> str | None:
+        """Wait for the answer to the offer in flight and apply it; the problem, or None."""
+        answer: str | None = None
+        with trio.move_on_after(ANSWER_TIMEOUT):
+            answer = await self._answers.receive()
+        if answer is None:
+            return f"no SDP_ANSWER within {ANSWER_TIMEOUT:g} s"
+        try:
+            tolerated = self.pc.handle_answer(answer)
+        except SdpError as exc:
+            return f"bad SDP_ANSWER: {exc}"
+        self._note_tolerated(tolerated)
+        return None
 
     def _note_tolerated(self, tolerated: list[str]) -> None:
         """Say once per connection that the client's answers bend the rules (not per offer)."""
