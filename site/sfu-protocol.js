@@ -15,7 +15,7 @@ export const SERVER_COMMANDS = Object.freeze([
   'PUB_JOIN', 'PUB_LEFT', 'SDP_OFFER', 'MEDIA', 'CHAT', 'ERROR', 'RECONNECT',
 ]);
 export const CLIENT_COMMANDS = Object.freeze([
-  'SDP_ANSWER', 'STOP', 'SUB', 'UNSUB', 'SUB_MODE', 'CHAT',
+  'SDP_ANSWER', 'STOP', 'SUB', 'UNSUB', 'SUB_MODE', 'SDP_RECYCLE', 'CHAT',
 ]);
 export const SUB_MODES = Object.freeze(['auto', 'manual']);
 
@@ -173,6 +173,9 @@ export function parseClientCommand(message) {
     case 'SUB_MODE':
       if (!SUB_MODES.includes(arg)) return invalid(message, 'SUB_MODE needs auto or manual');
       return { type: name, mode: arg };
+    case 'SDP_RECYCLE':
+      if (arg !== 'on' && arg !== 'off') return invalid(message, 'SDP_RECYCLE needs on or off');
+      return { type: name, on: arg === 'on' };
     case 'CHAT':
       return { type: name, text: arg };
     default:
@@ -207,6 +210,7 @@ export const clientCommands = Object.freeze({
   sub: (id) => `SUB ${requireName(id, 'publisher id')}`,
   unsub: (id) => `UNSUB ${requireName(id, 'publisher id')}`,
   subMode: (mode) => `SUB_MODE ${requireMode(mode)}`,
+  sdpRecycle: (on) => `SDP_RECYCLE ${on ? 'on' : 'off'}`,
   chat: (text) => `CHAT ${requireText(text, 'chat text')}`,
 });
 

@@ -61,7 +61,12 @@ class ChatCommand:
     text: str
 
 
-ClientCommand = SdpAnswer | Stop | Sub | Unsub | SubMode | ChatCommand
+@dataclass(slots=True, frozen=True)
+class SdpRecycle:
+    on: bool
+
+
+ClientCommand = SdpAnswer | Stop | Sub | Unsub | SubMode | ChatCommand | SdpRecycle
 
 
 def parse_command(message: str | bytes) -> ClientCommand:
@@ -84,6 +89,10 @@ def parse_command(message: str | bytes) -> ClientCommand:
         if arg not in ("auto", "manual"):
             raise CommandError("SUB_MODE takes auto or manual")
         return SubMode(arg)
+    if name == "SDP_RECYCLE":
+        if arg not in ("on", "off"):
+            raise CommandError("SDP_RECYCLE takes on or off")
+        return SdpRecycle(arg == "on")
     if name == "CHAT":
         if not arg:
             raise CommandError("CHAT needs a text")
