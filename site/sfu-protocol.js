@@ -17,7 +17,7 @@ export const SERVER_COMMANDS = Object.freeze([
 ]);
 export const CLIENT_COMMANDS = Object.freeze([
   'SDP_ANSWER', 'SDP_OFFER', 'ADD_MEDIA', 'REMOVE_MEDIA', 'MUTE', 'STOP', 'SUB', 'UNSUB',
-  'SUB_MODE', 'CHAT',
+  'SUB_MODE', 'SDP_RECYCLE', 'CHAT',
 ]);
 export const SUB_MODES = Object.freeze(['auto', 'manual']);
 export const MEDIA_KINDS = Object.freeze(['audio', 'video']);
@@ -218,6 +218,9 @@ export function parseClientCommand(message) {
     case 'SUB_MODE':
       if (!SUB_MODES.includes(arg)) return invalid(message, 'SUB_MODE needs auto or manual');
       return { type: name, mode: arg };
+    case 'SDP_RECYCLE':
+      if (arg !== 'on' && arg !== 'off') return invalid(message, 'SDP_RECYCLE needs on or off');
+      return { type: name, on: arg === 'on' };
     case 'CHAT':
       return { type: name, text: arg };
     default:
@@ -273,6 +276,7 @@ export const clientCommands = Object.freeze({
   sub: (id) => `SUB ${requireName(id, 'publisher id')}`,
   unsub: (id) => `UNSUB ${requireName(id, 'publisher id')}`,
   subMode: (mode) => `SUB_MODE ${requireMode(mode)}`,
+  sdpRecycle: (on) => `SDP_RECYCLE ${on ? 'on' : 'off'}`,
   chat: (text) => `CHAT ${requireText(text, 'chat text')}`,
 });
 

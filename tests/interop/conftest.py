@@ -58,6 +58,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     if report.when == "call" or report.skipped or report.failed:
         outcome = "skip" if report.skipped else "FAIL" if report.failed else "pass"
+        if report.skipped and hasattr(report, "wasxfail"):
+            outcome = "xfail"  # a known failure (strict xfail naming its cause), not a skip
         previous = _results.get(cell)
         if previous != "FAIL":  # a teardown error after a pass still fails the cell
             _results[cell] = outcome

@@ -92,6 +92,8 @@ test('every client command round-trips through parseClientCommand', () => {
     [clientCommands.sub('bob-1'), { type: 'SUB', id: 'bob-1' }],
     [clientCommands.unsub('bob-1'), { type: 'UNSUB', id: 'bob-1' }],
     [clientCommands.subMode('manual'), { type: 'SUB_MODE', mode: 'manual' }],
+    [clientCommands.sdpRecycle(false), { type: 'SDP_RECYCLE', on: false }],
+    [clientCommands.sdpRecycle(true), { type: 'SDP_RECYCLE', on: true }],
     [clientCommands.chat('a  b'), { type: 'CHAT', text: 'a  b' }],
     [clientCommands.sdpOffer('v=0\r\n'), { type: 'SDP_OFFER', sdp: 'v=0\r\n' }],
     [clientCommands.addMedia('video', 'screen'), { type: 'ADD_MEDIA', kind: 'video', appId: 'screen' }],
@@ -104,7 +106,8 @@ test('every client command round-trips through parseClientCommand', () => {
     seen.add(want.type);
   }
   assert.deepEqual([...seen].sort(), [...CLIENT_COMMANDS].sort());
-  for (const bad of ['STOP now', 'SUB', 'SUB_MODE', 'SUB_MODE AUTO', 'SDP_ANSWER ', 'PUB_JOIN a-1']) {
+  for (const bad of ['STOP now', 'SUB', 'SUB_MODE', 'SUB_MODE AUTO', 'SDP_ANSWER ', 'PUB_JOIN a-1',
+    'SDP_RECYCLE', 'SDP_RECYCLE no']) {
     assert.equal(parseClientCommand(bad).type, 'INVALID', bad);
   }
 });

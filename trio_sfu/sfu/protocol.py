@@ -90,9 +90,14 @@ class ChatCommand:
     text: str
 
 
+@dataclass(slots=True, frozen=True)
+class SdpRecycle:
+    on: bool
+
+
 ClientCommand = (
     SdpAnswer | SdpOffer | AddMedia | RemoveMedia | Mute | Stop | Sub | Unsub | SubMode
-    | ChatCommand
+    | ChatCommand | SdpRecycle
 )
 #: A track id as it travels in commands: an msid track id (RFC 8830 §2 allows any token
 #: characters, browsers send UUIDs or ``{uuid}``) or our ``mid<N>`` fallback.
@@ -135,6 +140,10 @@ def parse_command(message: str | bytes) -> ClientCommand:
         if arg not in ("auto", "manual"):
             raise CommandError("SUB_MODE takes auto or manual")
         return SubMode(arg)
+    if name == "SDP_RECYCLE":
+        if arg not in ("on", "off"):
+            raise CommandError("SDP_RECYCLE takes on or off")
+        return SdpRecycle(arg == "on")
     if name == "CHAT":
         if not arg:
             raise CommandError("CHAT needs a text")

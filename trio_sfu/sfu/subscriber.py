@@ -137,6 +137,10 @@ class Subscriber(Downstream):
                 self.send(protocol.error("no SDP_OFFER is waiting for an answer"))
                 return
             self._answers_send.send_nowait(command.sdp)
+        elif isinstance(command, protocol.SdpRecycle):
+            # Off: new tracks always get new m-sections (a stack that cannot take a recycled
+            # m-line, e.g. GStreamer 1.22); the SDP then grows with every publisher seen.
+            self.pc.jsep.recycle = command.on
         elif isinstance(command, protocol.SubMode):
             self.mode = command.mode
             self.wanted = set(self.known) if self.mode == "auto" else set()
