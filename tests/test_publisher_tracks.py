@@ -314,3 +314,53 @@ async def _converge(ops: list[Op], delays: list[float]) -> None:
         for _, track_id in expected:
             assert mute_state.get(track_id, False) == muted.get(track_id, False)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_section_turned_inactive_removes_its_track_and_sending_again_restores_it(
+    env: SfuEnv,
+) -> None:
+    """What a browser's removeTrack / replaceTrack+direction does (no REMOVE_MEDIA): the section
+    stays, its direction stops it bringing media (RFC 8829 §5.3.1: we answer inactive), and the
+    track goes; sending on it again brings the same track back, without a new section."""
+    bob = await env.subscriber("r", "bob-1")
+    alice = await env.publisher("r", "alice-1")
+    assert alice.video is not None
+    video = alice.video.track_id
+    await wait_for(lambda: stable(bob) and ("alice-1", video) in bob.live_tracks())
+    alice.video.direction = "inactive"
+    answer = await alice.renegotiate()
+    assert [m.direction for m in parse(answer).media if m.kind == "video"] == ["inactive"]
+    assert await bob.expect("TRACK_REMOVE") == f"TRACK_REMOVE alice-1 {video}"
+    await wait_for(lambda: stable(bob) and ("alice-1", video) not in bob.live_tracks())
+    assert await room_counts(env, "r", "alice-1") == (1, 0)
+    alice.video.direction = "sendonly"
+    await alice.renegotiate()
+    assert await bob.expect("TRACK_ADD") == f"TRACK_ADD alice-1 {video} video camera"
+    await wait_for(lambda: stable(bob) and ("alice-1", video) in bob.live_tracks())
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    at = bob.track_packets[video]
+    await stream(alice, 20)
+    await wait_for(lambda: bob.track_packets[video] >= at + 10)
+    assert len(parse(alice.pc.jsep.local_description.serialize()).media) == 3  # type: ignore[union-attr]
+
+
+async def test_removed_media_never_comes_back_on_that_connection(env: SfuEnv) -> None:
+    """REMOVE_MEDIA retires the track id: packets of a client that keeps sending are dropped,
+    and a later offer still showing the section does not revive it."""
+    bob = await env.subscriber("r", "bob-1")
+    alice = await env.publisher("r", "alice-1")
+    assert alice.video is not None
+    video = alice.video.track_id
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1") and stable(bob))
+    alice.send("REMOVE_MEDIA video camera")
+    assert await bob.expect("TRACK_REMOVE") == f"TRACK_REMOVE alice-1 {video}"
+    await alice.renegotiate()  # the section still sends: not revived
+    await wait_for(lambda: stable(bob) and ("alice-1", video) not in bob.live_tracks())
+    at = bob.track_packets[video]
+    audio_at = bob.track_packets[alice.audio.track_id] if alice.audio else 0
+    await stream(alice, 20)
+    assert alice.audio is not None
+    await wait_for(lambda: bob.track_packets[alice.audio.track_id] >= audio_at + 15)
+    assert bob.track_packets[video] == at
+    assert sum(line.startswith(f"TRACK_ADD alice-1 {video}") for line in bob.lines) == 1
+    assert server_publisher(env, "r", "alice-1").info.video == 0
