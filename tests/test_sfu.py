@@ -207,6 +207,9 @@ async def test_manual_mode(env: SfuEnv) -> None:
     await wait_for(lambda: bob.pc.jsep.signaling_state == "stable" and not bob.active_publishers())
     bob.send("SUB carol-1")
     await wait_for(lambda: bob.active_publishers() == {"carol-1"})
+    # bob applied the offer; the server must have applied bob's answer too before the 5
+    # frames are sent, or they arrive while nothing is forwarded yet (a race under load).
+    await wait_for(lambda: env.forwarding("r", "bob-1", "carol-1"))
     await stream(carol, 5)
     await stream(alice, 5)
     await wait_for(lambda: bob.packets["carol-1"] >= 4)
