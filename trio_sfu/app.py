@@ -61,6 +61,7 @@ class Running:
 
     http_port: int
     udp_port: int
+    tcp_port: int | None  # None: ICE-TCP is off
     demo_url: str
     public_addresses: list[str]
     rtc: RtcServer
@@ -106,6 +107,8 @@ async def serve(
         config.udp_port,
         public_addresses=public,
         consent_timeout=config.consent_timeout,
+        tcp_port=config.tcp_bind_port(),
+        tcp_public_port=config.tcp_public_port,
     )
     started = False
     try:
@@ -161,6 +164,7 @@ async def serve(
                 running = Running(
                     http_port=_bound_port(binds[0]),
                     udp_port=rtc.endpoint.local_address[1],
+                    tcp_port=rtc.tcp.local_address[1] if rtc.tcp is not None else None,
                     demo_url=config.demo_url(_bound_port(binds[0])),
                     public_addresses=public,
                     rtc=rtc,
@@ -172,6 +176,7 @@ async def serve(
                     extra={
                         "http": binds,
                         "udp_port": running.udp_port,
+                        "tcp_port": running.tcp_port,
                         "public_ips": public,
                         "site_dir": str(config.site_root()),
                         "node": backends.node_id if backends is not None else "local",

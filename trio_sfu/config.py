@@ -86,6 +86,31 @@ def parse_port(text: str) -> int:
     return port
 
 
+#: ``--tcp-port`` values besides a port number.
+TCP_SAME_AS_UDP = "same"
+TCP_OFF = "off"
+
+
+def parse_tcp_port(text: str) -> str:
+    """``same`` (the UDP port's number), ``off``, or a port number (0: a free one)."""
+    value = text.strip().lower()
+    if value in (TCP_SAME_AS_UDP, TCP_OFF):
+        return value
+    try:
+        return str(parse_port(value))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a port number, '{TCP_SAME_AS_UDP}' or '{TCP_OFF}'"
+        ) from None
+
+
+def parse_public_port(text: str) -> int:
+    port = parse_port(text)
+    if port == 0:
+        raise ValueError("0 is not a port a client can connect to (1-65535)")
+    return port
+
+
 def parse_http_host(text: str) -> str:
     host = text.strip()
     if host.startswith("[") and host.endswith("]"):
@@ -315,6 +340,27 @@ class Config:
             "PORT",
         ),
     )
+    tcp_port: str = field(
+        default=TCP_SAME_AS_UDP,
+        metadata=_setting(
+            "--tcp-port",
+            "the one TCP port for ICE-TCP (RFC 6544 passive candidates, for clients whose "
+            "network drops UDP): a number (0 picks a free one), 'same' (the UDP port's "
+            "number) or 'off'",
+            parse_tcp_port,
+            "PORT",
+        ),
+    )
+    tcp_public_port: int | None = field(
+        default=None,
+        metadata=_setting(
+            "--tcp-public-port",
+            "TCP port advertised in ICE-TCP candidates when a pass-through TCP load balancer "
+            "or NAT maps another port to this pod's (default: the bound --tcp-port)",
+            parse_public_port,
+            "PORT",
+        ),
+    )
     public_ips: tuple[str, ...] = field(
         default=(),
         metadata=_setting(
@@ -483,6 +529,15 @@ class Config:
             return self.site_dir
         default = default_site_dir()
         return default if default.is_dir() else None
+
+    def tcp_bind_port(self) -> int | None:
+        """The ICE-TCP port to bind: None when off, -1 for "the UDP port's number"
+        (``RtcServer.bind``'s convention)."""
+        if self.tcp_port == TCP_OFF:
+            return None
+        if self.tcp_port == TCP_SAME_AS_UDP:
+            return -1
+        return int(self.tcp_port)
 
     def advertised_addresses(self) -> list[str]:
         """``--public-ip`` values, else this host's addresses the UDP socket can receive on."""

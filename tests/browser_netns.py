@@ -1,0 +1,284 @@
+"""Chromium pages against a trio-sfu inside a network namespace that drops UDP (issue 12).
+
+Run by the tests as a *scenario runner* inside a fresh namespace (``tests/netns.py``)::
+
+    python -m tests.netns -- python -m tests.browser_netns SCENARIO
+
+It starts the server in-process (HTTP on every address, media advertised at the namespace's
+veth address), applies the scenario's iptables rules, drives headless Chromium through the
+site's JS module (``tests/site/browser_harness.js``, as ``tests/test_site.py`` does), and prints
+one JSON result line. The namespace is private: the rules and traffic vanish with it.
+
+Scenarios:
+
+* ``tcp``: all UDP dropped from the start; a publisher and a subscriber must connect over
+  ICE-TCP, decode, chat, and report a TCP selected pair.
+* ``switch``: both connect (over UDP), then UDP is dropped mid-call; media must resume
+  over TCP within 5 s, on the same connection ids (no new POST).
+* ``turn``: all UDP to the SFU's port dropped; both clients use ``iceTransportPolicy:
+  "relay"`` through Debian's coturn on loopback, with credentials from ``GET /ice-servers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import trio
+
+from tests.netns import inside
+from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS
+from tests.test_site import HARNESS_JS, SITE, Page, wait_until
+from trio_sfu.app import Running, serve
+from trio_sfu.config import Config
+
+TURN_SECRET = "issue12-turn-secret-for-tests-only-0123456789"
+TURNSERVER = "/usr/bin/turnserver"
+FRAMES = 60
+SCENARIO_TIMEOUT = 170.0
+
+
+def iptables(*rule: str) -> None:
+    done = subprocess.run(["iptables", *rule], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"iptables {' '.join(rule)} failed: {done.stderr.strip()}")
+
+
+def drop_all_udp() -> None:
+    """Every UDP datagram delivered in this namespace is dropped (both directions: the server
+    and the browser both live here, so INPUT sees everything)."""
+    iptables("-I", "INPUT", "-p", "udp", "-j", "DROP")
+
+
+@asynccontextmanager
+async def running_server(address: str, **config: Any) -> AsyncIterator[Running]:
+    cfg = Config(
+        http_host="0.0.0.0", http_port=0, udp_port=0, public_ips=(address,), site_dir=SITE,
+        **config,
+    )
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(
+            functools.partial(serve, cfg, handle_signals=False)
+        )
+        try:
+            yield running
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def coturn(address: str) -> Iterator[int]:
+    """Debian's coturn on ``address`` (inside the namespace), TURN REST credentials
+    (``use-auth-secret``) with :data:`TURN_SECRET`; yields its listening port."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="coturn-")
+    conf = os.path.join(workdir, "turnserver.conf")
+    with open(conf, "w") as f:
+        f.write("\n".join([
+            f"listening-ip={address}", f"relay-ip={address}", f"listening-port={port}",
+            "use-auth-secret", f"static-auth-secret={TURN_SECRET}", "realm=trio-sfu.test",
+            "no-tls", "no-dtls", "no-cli", "fingerprint", "no-multicast-peers",
+            # The relay talks to the SFU inside this private namespace: allow its addresses.
+            f"allowed-peer-ip={address}", "min-port=49152", "max-port=49300",
+            f"pidfile={workdir}/turnserver.pid", "simple-log", f"log-file={workdir}/turn.log",
+            "",
+        ]))
+    proc = subprocess.Popen(
+        [TURNSERVER, "-c", conf, "--no-stdout-log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with socket.socket() as probe:
+                probe.settimeout(1)
+                if probe.connect_ex((address, port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                detail = proc.stderr.read() if proc.stderr else b""
+                raise RuntimeError(f"coturn did not start: {detail!r}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pair_is(protocol: str, *, relay: bool = False) -> Callable[[Any], bool]:
+    def ok(pair: Any) -> bool:
+        if not pair or pair.get("state") != "succeeded":
+            return False
+        if relay:
+            return bool(pair["local"] and pair["local"]["candidateType"] == "relay")
+        return bool(pair["remote"] and pair["remote"]["protocol"] == protocol)
+
+    return ok
+
+
+def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
+                 turn_port: int | None) -> None:
+    """The Playwright side (a worker thread): publish, subscribe, decode, chat, pairs."""
+    from playwright.sync_api import sync_playwright
+
+    harness = HARNESS_JS.read_text()
+    room = f"tcp-{scenario}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000
+        )
+        try:
+            page = Page(browser, "page")
+            page.page.goto(f"{base}/?room={room}")
+            page.page.add_script_tag(content=harness, type="module")
+            page.page.wait_for_function("() => window.harness !== undefined")
+            rtc: dict[str, Any] = {}
+            if scenario == "turn":
+                servers = page.js("async () => (await fetch('/ice-servers')).json()")
+                out["iceServers"] = servers
+                rtc = {"iceServers": servers["iceServers"], "iceTransportPolicy": "relay"}
+            pub_id = page.js("o => harness.publish('alice', o)",
+                             {"room": room, "user": "alice", "rtcConfiguration": rtc})
+            sub_id = page.js("o => harness.subscribe('bob', o)",
+                             {"room": room, "user": "bob", "rtcConfiguration": rtc})
+            out["ids"] = [pub_id, sub_id]
+
+            def status() -> dict[str, Any]:
+                result: dict[str, Any] = page.js("n => harness.status(n)", "bob")
+                return result
+
+            def frames(st: dict[str, Any]) -> int:
+                return int(st["tiles"].get(pub_id, {}).get("framesDecoded", 0))
+
+            st = wait_until(f"bob decoding {FRAMES} frames", status,
+                            lambda s: frames(s) >= FRAMES, 60, page)
+            out["framesDecoded"] = frames(st)
+            if scenario == "switch":
+                before = {n: page.js("n => harness.selectedPair(n)", n) for n in ("alice", "bob")}
+                out["pairsBefore"] = before
+                start = frames(st)
+                drop_all_udp()
+                blocked_at = time.monotonic()
+                logging.getLogger("scenario").info("UDP dropped")
+                out["blockedAt"] = start
+                # Media must resume within 5 s (the first frames decoded after the block; what
+                # was in flight may add a few, hence +5), then keep flowing: +60 frames.
+                st = wait_until("bob decoding again after UDP was dropped", status,
+                                lambda s: frames(s) >= start + 5, 30, page)
+                out["firstFramesSeconds"] = round(time.monotonic() - blocked_at, 2)
+                st = wait_until("bob decoding 60 frames over TCP", status,
+                                lambda s: frames(s) >= start + FRAMES, 30, page)
+                out["framesAfterSwitch"] = frames(st) - start
+                out["resumeSeconds"] = round(time.monotonic() - blocked_at, 2)
+                out["idsAfter"] = [page.js("() => harness.ids()")]
+            # Chat over the data channel (the subscriber's own CHAT comes back to it).
+            page.js("([n, t]) => harness.chat(n, t)", ["bob", f"hello over {scenario}"])
+            st = wait_until("bob's chat line delivered", status,
+                            lambda s: any(t == f"hello over {scenario}" for _, t in s["chat"]),
+                            20, page)
+            out["chat"] = st["chat"]
+            want = pair_is("tcp", relay=scenario == "turn")
+            out["pairs"] = {
+                n: wait_until(f"{n}'s selected pair", functools.partial(
+                    page.js, "n => harness.selectedPair(n)", n), want, 20, page)
+                for n in ("alice", "bob")
+            }
+            out["errors"] = page.js("() => harness.errors")
+            out["problems"] = page.problems
+            page.js("() => harness.stopAll()")
+        finally:
+            browser.close()
+
+
+async def scenario(name: str) -> dict[str, Any]:
+    addresses = inside()
+    assert addresses is not None, "run through tests.netns"
+    server_host, _ = addresses
+    out: dict[str, Any] = {"type": "result", "scenario": name}
+    extra: dict[str, Any] = {}
+    with contextlib_exit() as stack:
+        turn_port = None
+        if name == "turn":
+            turn_port = stack.enter_context(coturn("127.0.0.1"))
+            extra = {
+                "ice_servers": (), "turn_secret": TURN_SECRET,
+                "turn_urls": (f"turn:127.0.0.1:{turn_port}?transport=tcp",),
+            }
+        if name == "tcp":
+            drop_all_udp()
+        async with running_server(server_host, **extra) as running:
+            if name == "turn":
+                # The SFU's UDP and TCP ports are unreachable from the browser except through
+                # the relay: the relay's peer traffic arrives from 127.0.0.1's relay-ip.
+                pass
+            base = f"http://127.0.0.1:{running.http_port}"
+            out["udpPort"], out["tcpPort"] = running.udp_port, running.tcp_port
+            with trio.fail_after(SCENARIO_TIMEOUT):
+                await trio.to_thread.run_sync(
+                    browser_part, name, base, out, running, turn_port, abandon_on_cancel=True
+                )
+            tcp = running.rtc.tcp
+            out["tcpStats"] = None if tcp is None else {
+                "accepted": tcp.stats.accepted, "bound": tcp.stats.bound,
+                "framesIn": tcp.stats.frames_in, "sendDropped": tcp.stats.send_dropped,
+            }
+            out["udpIn"] = running.rtc.endpoint.stats.datagrams_in
+    return out
+
+
+@contextmanager
+def contextlib_exit() -> Iterator[Any]:
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        yield stack
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="ICE-TCP/TURN browser scenarios (netns)")
+    parser.add_argument("scenario", choices=("tcp", "switch", "turn"))
+    args = parser.parse_args(argv)
+    protocol = sys.stdout
+    sys.stdout = sys.stderr  # the server prints its URL; only the result goes to stdout
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("trio_sfu.rtc.tcp").setLevel(logging.DEBUG)
+    try:
+        result = trio.run(scenario, args.scenario)
+    except BaseException as error:  # report, then fail: the parent reads one line either way
+        import traceback
+
+        traceback.print_exc()
+        leaf: BaseException = error
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        result = {"type": "result", "error": f"{type(leaf).__name__}: {leaf}"}
+    protocol.write(json.dumps(result) + "\n")
+    protocol.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
