@@ -234,6 +234,7 @@ function connOptions(extra) {
     room: state.room,
     user: state.user,
     token: state.token ?? undefined,
+    fetchIceServers: true,  // STUN/TURN from GET /ice-servers (fresh TURN credentials)
     onError: (err) => note(err.message, 'error'),
     ...extra,
   };

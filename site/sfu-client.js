@@ -26,6 +26,9 @@ const DEFAULTS = Object.freeze({
   connectTimeoutMs: 20000,  // POST answered until the command channel is open
   stopTimeoutMs: 1500,      // STOP sent until the server closes the channel
   conflictRetries: 2,       // 409: the random suffix collided; retry with a fresh one
+  // GET {baseUrl}/ice-servers before each connection and use its STUN/TURN servers (fresh,
+  // short-lived TURN credentials) unless rtcConfiguration names iceServers itself.
+  fetchIceServers: false,
 });
 
 // ---------------------------------------------------------------------------- plumbing
@@ -92,6 +95,10 @@ function waitForClose(channel, ms) {
     const timer = setTimeout(() => finish(false), ms);
     channel.addEventListener('close', onClose);
   });
+}
+
+function iceServersUrl(baseUrl) {
+  return `${String(baseUrl ?? '').replace(/\/+$/, '')}/ice-servers`;
 }
 
 function apiUrl(baseUrl, role, room, id) {
@@ -195,10 +202,31 @@ class SfuConnection {
     }
   }
 
+  /**
+   * The RTCConfiguration of a new leg: `rtcConfiguration`, plus the server's STUN/TURN list
+   * when `fetchIceServers` is set (TURN credentials expire, so fetched for every leg). A
+   * server without the route, or any failure, leaves host candidates only (ICE-TCP included).
+   */
+  async _rtcConfiguration() {
+    const o = this.options;
+    const config = { ...(o.rtcConfiguration ?? {}) };
+    if (!o.fetchIceServers || config.iceServers) return config;
+    try {
+      const res = await request(this._fetch, iceServersUrl(o.baseUrl), {
+        method: 'GET', headers: headersFor(o.token, { Accept: 'application/json' }),
+      }, o.requestTimeoutMs);
+      if (res.status === 200) {
+        const body = await res.json();
+        if (Array.isArray(body?.iceServers)) config.iceServers = body.iceServers;
+      }
+    } catch { /* host candidates only */ }
+    return config;
+  }
+
   async _openLeg() {
     const o = this.options;
     for (let attempt = 0; ; attempt++) {
-      const leg = this._newLeg(makeConnectionId(this.user));
+      const leg = this._newLeg(makeConnectionId(this.user), await this._rtcConfiguration());
       this._connectingLeg = leg;
       try {
         const offer = await leg.pc.createOffer();
@@ -227,8 +255,8 @@ class SfuConnection {
     }
   }
 
-  _newLeg(id) {
-    const pc = new this._RTCPeerConnection(this.options.rtcConfiguration ?? {});
+  _newLeg(id, rtcConfiguration) {
+    const pc = new this._RTCPeerConnection(rtcConfiguration ?? this.options.rtcConfiguration ?? {});
     // The first channel the client opens carries the commands (created before the offer, so
     // the offer has its m=application section).
     const channel = pc.createDataChannel(this.options.dataChannelLabel);

@@ -27,6 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import SfuApi, create_app
+from trio_sfu.http.ice_servers import IceServerList
 from trio_sfu.rtc.server import RtcServer
 
 if TYPE_CHECKING:
@@ -131,7 +132,12 @@ async def serve(
                 cors_origins=config.cors_origins,
                 site_dir=config.site_root(),
                 tokens=token_verifier(config),
-                ice_servers=config.ice_servers,
+                ice_servers=IceServerList(
+                    config.ice_servers,
+                    turn_urls=config.turn_urls,
+                    turn_secret=config.turn_secret,
+                    ttl=config.turn_ttl,
+                ),
             )
             stop = trio.Event()
             async with trio.open_nursery() as nursery:

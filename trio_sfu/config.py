@@ -283,6 +283,33 @@ def parse_ice_server(text: str) -> IceServer:
     return IceServer(url, user, credential)
 
 
+def parse_turn_url(text: str) -> str:
+    """``turn[s]:host[:port][?transport=udp|tcp]`` without credentials (they are made per
+    client from ``--turn-secret``)."""
+    value = text.strip()
+    if "@" in value:
+        raise ValueError("give TURN URLs without credentials: they come from --turn-secret")
+    if not value.lower().startswith(("turn:", "turns:")):
+        raise ValueError(f"{value!r} is not a turn: or turns: URL")
+    return parse_ice_server(value.replace(":", ":u:c@", 1)).url
+
+
+def parse_turn_secret(text: str) -> str:
+    if len(text) < 16:
+        raise ValueError("the TURN secret must be at least 16 characters")
+    return text
+
+
+def parse_turn_ttl(text: str) -> float:
+    try:
+        seconds = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 60 <= seconds <= 7 * 86400:
+        raise ValueError(f"{seconds:g} is not between 60 s and 7 days")
+    return seconds
+
+
 def parse_timeout(text: str) -> float:
     try:
         seconds = float(text.strip())
@@ -500,6 +527,39 @@ class Config:
             secret=True,
         ),
     )
+    turn_urls: tuple[str, ...] = field(
+        default=(),
+        metadata=_setting(
+            "--turn-url",
+            "TURN server handed to clients (GET /ice-servers, Link headers) with short-lived "
+            "credentials from --turn-secret, repeatable (env: comma-separated): "
+            "turn:host[:port][?transport=udp|tcp] or turns:...",
+            parse_turn_url,
+            "URL",
+            repeatable=True,
+        ),
+    )
+    turn_secret: str | None = field(
+        default=None,
+        metadata=_setting(
+            "--turn-secret",
+            "the shared secret of coturn's use-auth-secret (static-auth-secret): TURN "
+            "credentials are expiry:identity and base64(HMAC-SHA1(secret, username)); "
+            "prefer the variable, a flag shows in ps",
+            parse_turn_secret,
+            "SECRET",
+            secret=True,
+        ),
+    )
+    turn_ttl: float = field(
+        default=3600.0,
+        metadata=_setting(
+            "--turn-ttl",
+            "seconds a TURN credential stays valid (60 s to 7 days)",
+            parse_turn_ttl,
+            "SECONDS",
+        ),
+    )
 
     # -- derived values -------------------------------------------------------------------
 
@@ -592,6 +652,11 @@ class Config:
             raise ConfigError(
                 f"cluster mode needs both --redis-url and --nats-url: {given} is set but "
                 f"{missing} is not (unset both for the embedded single node)"
+            )
+        if bool(self.turn_urls) != (self.turn_secret is not None):
+            raise ConfigError(
+                "--turn-url and --turn-secret go together: the URLs get credentials made "
+                "from the secret (static TURN credentials go in --ice-server)"
             )
         if self.public_ips and ipaddress.ip_address(self.udp_host).is_unspecified:
             version = ipaddress.ip_address(self.udp_host).version

@@ -36,10 +36,12 @@ function removeTile(sub, id) {
   sub.removedAt[id] = now();
 }
 
-async function publish(name, { room, user, width = 320, height = 240, rtcConfiguration }) {
+async function publish(name, {
+  room, user, width = 320, height = 240, rtcConfiguration, fetchIceServers = false,
+}) {
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width, height } });
   const conn = await connectPublisher({
-    baseUrl: location.origin, room, user, stream, rtcConfiguration,
+    baseUrl: location.origin, room, user, stream, rtcConfiguration, fetchIceServers,
     onError: (err) => errors.push(`${name}: ${err.kind}: ${err.message}`),
     onClose: (reason) => { pubs[name].closed = reason; },
   });
@@ -55,14 +57,16 @@ async function unpublish(name) {
   return pub.stoppedAt;
 }
 
-async function subscribe(name, { room, user, mode = 'auto', rtcConfiguration }) {
+async function subscribe(name, {
+  room, user, mode = 'auto', rtcConfiguration, fetchIceServers = false,
+}) {
   const sub = {
     name, conn: null, tiles: {}, events: [], joinedAt: {}, leftAt: {}, removedAt: {}, chat: [],
     media: null,
   };
   subs[name] = sub;
   sub.conn = await connectSubscriber({
-    baseUrl: location.origin, room, user, mode, rtcConfiguration,
+    baseUrl: location.origin, room, user, mode, rtcConfiguration, fetchIceServers,
     onPublisherJoin: (id) => { sub.events.push(['join', id]); sub.joinedAt[id] = now(); },
     onPublisherLeft: (id) => {
       sub.events.push(['left', id]);
