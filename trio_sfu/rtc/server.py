@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -198,6 +199,9 @@ class ServerPeerConnection(PeerConnection):
         self.server = server
         #: where media goes: the selected pair's path (None until a valid check)
         self.path: Path | None = None
+        #: called when media moves to another path (not for the first one): the SFU asks for
+        #: keyframes, since whatever was sent on the old path meanwhile is lost
+        self.on_path_changed: Callable[[float], None] | None = None
         self.ice_agent = IceLiteAgent(
             ufrag, pwd, consent_timeout=server.consent_timeout, now=trio.current_time()
         )
@@ -254,6 +258,8 @@ class ServerPeerConnection(PeerConnection):
                 )
             self.path = path
             self.remote_address = path.address
+            if current is not None and self.on_path_changed is not None:
+                self.on_path_changed(now)
 
     def path_closed(self, path: Path) -> None:
         """A TCP connection ended: if it carried the media, nothing is sent until the client's

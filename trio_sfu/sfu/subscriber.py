@@ -46,6 +46,13 @@ class Subscriber(Downstream):
         self._dirty = trio.Event()
         self._answers_send, self._answers = trio.open_memory_channel[str](math.inf)
         self._awaiting_answer = False
+        pc.on_path_changed = self._path_changed
+
+    def _path_changed(self, now: float) -> None:
+        """This subscriber's media moved to another path: what was sent on the old one is
+        lost, so its decoders need keyframes."""
+        for downtrack in self.downtracks.values():
+            downtrack.source.request_keyframe(now)
 
     # -- room events ----------------------------------------------------------------------
 
