@@ -29,6 +29,13 @@ const DEFAULTS = Object.freeze({
   // GET {baseUrl}/ice-servers before each connection and use its STUN/TURN servers (fresh,
   // short-lived TURN credentials) unless rtcConfiguration names iceServers itself.
   fetchIceServers: false,
+  // A leg lost without RECONNECT (ICE/DTLS failed, the channel closed: the network changed,
+  // the pod died) is replaced under a new id after 0.5 s, 1 s, 2 s, ... (at most
+  // reconnectMaxDelayMs, ±20 % jitter), up to reconnectAttempts times, before onClose.
+  reconnectOnLoss: false,
+  reconnectAttempts: 6,
+  reconnectBaseDelayMs: 500,
+  reconnectMaxDelayMs: 8000,
 });
 
 // ---------------------------------------------------------------------------- plumbing
@@ -314,7 +321,55 @@ class SfuConnection {
   _onLegLost(leg, reason) {
     if (leg.closed) return;
     this._closeLeg(leg);
-    if (leg === this._leg && this.state === 'open') this._finish(reason);
+    if (leg !== this._leg || this.state !== 'open') return;
+    if (this.options.reconnectOnLoss && !this._reconnecting) {
+      this._recoverLostLeg(leg, reason);
+    } else {
+      this._finish(reason);
+    }
+  }
+
+  /** Delay before recovery attempt `n` (0-based): exponential, capped, ±20 % jitter. */
+  _backoffMs(n) {
+    const o = this.options;
+    const delay = Math.min(o.reconnectMaxDelayMs, o.reconnectBaseDelayMs * 2 ** n);
+    return Math.round(delay * (0.8 + 0.4 * Math.random()));
+  }
+
+  /**
+   * The current leg was lost (not a RECONNECT from the server): connect again under a new id
+   * with exponential back-off. The old leg is DELETEd quietly so the server frees it now
+   * rather than at its consent timeout. Kept apart from `_reconnect` (the server-initiated
+   * move), which needs no back-off.
+   */
+  async _recoverLostLeg(oldLeg, reason) {
+    this._reconnecting = true;
+    this._deleteQuietly(oldLeg);
+    try {
+      for (let attempt = 0; attempt < this.options.reconnectAttempts; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, this._backoffMs(attempt)));
+        if (this.state !== 'open') return;  // stopped meanwhile
+        let leg;
+        try {
+          leg = await this._openLeg();
+        } catch (err) {
+          if (this.state !== 'open') return;
+          this._error(connectionError(`reconnect attempt ${attempt + 1} failed: ${err.message}`, err));
+          continue;
+        }
+        if (this.state !== 'open') {
+          this._closeLeg(leg);
+          return;
+        }
+        this._leg = leg;
+        this._afterReconnect(oldLeg, leg);
+        call(this.options.onReconnect, leg.id, oldLeg.id);
+        return;
+      }
+      this._finish(`${reason}; reconnecting failed`);
+    } finally {
+      this._reconnecting = false;
+    }
   }
 
   _finish(reason) {
