@@ -8,16 +8,20 @@ Chromium and the server inside a network namespace whose iptables drop UDP
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import sys
+from pathlib import Path as FilePath
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from tests.netns import open_netns, require_netns
 from tests.peers.harness import require_chromium
+from trio_sfu.app import serve
 from trio_sfu.config import Config, ConfigError
 from trio_sfu.proto import stun
 from trio_sfu.proto.framing import Deframer, frame
@@ -357,6 +361,45 @@ def test_tcp_port_setting() -> None:
             Config.from_env({"TRIO_SFU_TCP_PORT": bad})
     with pytest.raises(ConfigError, match="TRIO_SFU_TCP_PUBLIC_PORT"):
         Config.from_env({"TRIO_SFU_TCP_PUBLIC_PORT": "0"})
+
+
+# --------------------------------------------------------------------------- the whole server
+
+
+FIXTURES = FilePath(__file__).parent / "fixtures" / "sdp"
+
+
+async def test_the_server_answers_with_udp_and_tcp_candidates_and_takes_webkit_offers() -> None:
+    """A real server (ports 0, TCP on by default): every answer carries the UDP host
+    candidate and the passive TCP one below it; Safari-shaped and older-WebKit offers are
+    accepted (issue 12, WebKit item), and leave no TCP route behind."""
+    config = Config(http_host="127.0.0.1", http_port=0, udp_port=0, public_ips=("127.0.0.1",))
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(functools.partial(serve, config, handle_signals=False))
+        assert running.tcp_port == running.udp_port  # "same" by default
+        base = f"http://127.0.0.1:{running.http_port}"
+        async with httpx.AsyncClient(base_url=base) as http:
+            for path, name in (
+                ("/pub/r1/safari-x1", "safari-publisher-offer"),
+                ("/pub/r1/webkit-x2", "webkit-legacy-publisher-offer"),
+                ("/sub/r1/safari-x3", "safari-subscriber-offer"),
+            ):
+                offer = (FIXTURES / f"{name}.sdp").read_bytes()
+                r = await http.post(path, content=offer,
+                                    headers={"Content-Type": "application/sdp"})
+                assert r.status_code == 201, (name, r.text)
+                lines = [x for x in r.text.split("\r\n") if x.startswith("a=candidate:")]
+                udp = [x for x in lines if " udp " in x]
+                tcp = [x for x in lines if " tcp " in x]
+                assert udp and tcp, r.text
+                assert all(x.endswith("typ host tcptype passive") for x in tcp)
+                assert f" {running.tcp_port} typ host tcptype passive" in tcp[0]
+                assert int(tcp[0].split()[3]) < int(udp[0].split()[3])  # priority
+            # Each is a live connection (publishers join the room once connected).
+            for path in ("/pub/r1/safari-x1", "/pub/r1/webkit-x2", "/sub/r1/safari-x3"):
+                assert (await http.delete(path)).status_code == 204
+        assert running.rtc.tcp is not None and running.rtc.tcp.routes() == 0
+        nursery.cancel_scope.cancel()
 
 
 # --------------------------------------------------------------------------- Chromium, no UDP
