@@ -30,7 +30,7 @@ from trio_sfu.rtc.demux import Kind
 from trio_sfu.rtc.path import Path
 from trio_sfu.rtc.server import RtcServer
 from trio_sfu.rtc.tcp import TcpEndpoint
-from trio_sfu.rtc.udp import Address
+from trio_sfu.rtc.udp import Address, UdpPath
 
 # --------------------------------------------------------------------------- the endpoint
 
@@ -348,6 +348,50 @@ async def test_tcp_passive_candidates_rank_below_udp() -> None:
         assert [c.port for c in advertised.candidates if c.transport == "tcp"] == [443]
     finally:
         advertised.close()
+
+
+class FakeTcpPath:
+    transport = "tcp"
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.usable = True
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+async def test_a_server_peer_follows_the_nominated_path_across_transports() -> None:
+    """UDP first, then a nominated TCP check moves the media (and asks for keyframes);
+    unnominated checks elsewhere do not; a closed TCP path is dropped until the next check."""
+    rtc = RtcServer.bind("127.0.0.1", 0, tcp_port=0)
+    try:
+        peer = rtc.create_peer("p")
+        moves: list[float] = []
+        peer.on_path_changed = moves.append
+        udp = UdpPath(rtc.endpoint, ("127.0.0.1", 5000))
+        peer.address_validated(udp, nominated=False, now=1.0)  # nowhere else to send: taken
+        assert peer.path == udp and peer.remote_address == ("127.0.0.1", 5000) and moves == []
+        tcp = FakeTcpPath(("127.0.0.1", 6000))
+        peer.address_validated(tcp, nominated=False, now=2.0)
+        assert peer.path == udp  # a check is not a nomination
+        peer.address_validated(tcp, nominated=True, now=3.0)
+        assert peer.path is tcp and peer.remote_address == tcp.address and moves == [3.0]
+        peer._send_datagram(b"\x80x")
+        assert tcp.sent == [b"\x80x"]
+        peer.address_validated(UdpPath(rtc.endpoint, ("127.0.0.1", 5000)), True, now=4.0)
+        assert peer.path == udp and moves == [3.0, 4.0]  # and back to UDP (equal paths)
+        peer.address_validated(tcp, nominated=True, now=5.0)
+        tcp.usable = False
+        peer.path_closed(tcp)
+        assert peer.path is None and peer.remote_address is None
+        peer._send_datagram(b"\x80y")  # nowhere to send: dropped
+        peer.address_validated(udp, nominated=False, now=6.0)
+        assert peer.path == udp
+        peer.abandon()
+    finally:
+        rtc.close()
 
 
 def test_tcp_port_setting() -> None:
