@@ -14,7 +14,7 @@ Scenarios:
 * ``tcp``: all UDP dropped from the start; a publisher and a subscriber must connect over
   ICE-TCP, decode, chat, and report a TCP selected pair.
 * ``switch``: both connect (over UDP), then UDP is dropped mid-call; media must resume
-  over TCP within 5 s, on the same connection ids (no new POST).
+  over TCP on the same connection ids (no new POST); then UDP comes back and both move back.
 * ``turn``: all UDP to the SFU's port dropped; both clients use ``iceTransportPolicy:
   "relay"`` through Debian's coturn on loopback, with credentials from ``GET /ice-servers``.
 """
@@ -205,6 +205,22 @@ def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
                     page.js, "n => harness.selectedPair(n)", n), want, 20, page)
                 for n in ("alice", "bob")
             }
+            if scenario == "switch":
+                # The reverse: UDP comes back; Chromium moves back to its better (UDP) pair
+                # when its checks on it succeed again, and media keeps flowing on the same ids.
+                iptables("-D", "INPUT", "-p", "udp", "-j", "DROP")
+                unblocked_at = time.monotonic()
+                out["pairsBack"] = {
+                    n: wait_until(f"{n} back on a UDP pair", functools.partial(
+                        page.js, "n => harness.selectedPair(n)", n), pair_is("udp"), 90, page)
+                    for n in ("alice", "bob")
+                }
+                out["backSeconds"] = round(time.monotonic() - unblocked_at, 1)
+                start = frames(status())
+                st = wait_until("bob decoding on UDP again", status,
+                                lambda s: frames(s) >= start + 30, 30, page)
+                out["framesBack"] = frames(st) - start
+                out["idsBack"] = [page.js("() => harness.ids()")]
             out["errors"] = page.js("() => harness.errors")
             out["problems"] = page.problems
             page.js("() => harness.stopAll()")

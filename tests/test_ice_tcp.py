@@ -442,6 +442,10 @@ async def test_the_server_answers_with_udp_and_tcp_candidates_and_takes_webkit_o
             # Each is a live connection (publishers join the room once connected).
             for path in ("/pub/r1/safari-x1", "/pub/r1/webkit-x2", "/sub/r1/safari-x3"):
                 assert (await http.delete(path)).status_code == 204
+            metrics = (await http.get("/metrics")).text
+            assert "trio_sfu_tcp_connections 0\n" in metrics
+            assert "trio_sfu_tcp_send_dropped_total 0\n" in metrics
+            assert "trio_sfu_udp_stun_rejected_total" in metrics  # inherited counters kept
         assert running.rtc.tcp is not None and running.rtc.tcp.routes() == 0
         nursery.cancel_scope.cancel()
 
@@ -483,9 +487,10 @@ async def test_chromium_over_ice_tcp_when_udp_is_dropped() -> None:
 
 
 @pytest.mark.browser
-async def test_chromium_moves_from_udp_to_tcp_mid_call_without_a_new_post() -> None:
+async def test_chromium_moves_from_udp_to_tcp_and_back_mid_call_without_a_new_post() -> None:
     """UDP is dropped mid-call: both connections move to their TCP pair (Chromium nominates
-    it; the server follows the nomination) on the same connection ids, and media resumes."""
+    it; the server follows the nomination and asks for keyframes) on the same connection ids,
+    and media resumes; UDP comes back: both move back to UDP, media still flowing."""
     require_netns()
     require_chromium()
     result = await run_scenario("switch")
@@ -496,5 +501,9 @@ async def test_chromium_moves_from_udp_to_tcp_mid_call_without_a_new_post() -> N
     assert result["framesAfterSwitch"] >= 60, result
     assert any(text == "hello over switch" for _, text in result["chat"]), result
     print(f"UDP dropped mid-call: first frames again after {result['firstFramesSeconds']} s, "
-          f"60 frames after {result['resumeSeconds']} s")
+          f"60 frames after {result['resumeSeconds']} s; back on UDP {result['backSeconds']} s "
+          "after it returned")
     assert result["firstFramesSeconds"] <= 20, result  # generous: Chromium decides when
+    for name in ("alice", "bob"):
+        assert result["pairsBack"][name]["remote"]["protocol"] == "udp", result
+    assert result["framesBack"] >= 30 and result["idsBack"] == [result["ids"]], result
