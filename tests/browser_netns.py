@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,7 @@ from typing import Any
 import trio
 
 from tests.netns import inside
-from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS
+from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
 from tests.test_site import HARNESS_JS, SITE, Page, wait_until
 from trio_sfu.app import Running, serve
 from trio_sfu.config import Config
@@ -147,8 +148,9 @@ def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
     harness = HARNESS_JS.read_text()
     room = f"tcp-{scenario}"
     with sync_playwright() as pw:
+        extra = shlex.split(os.environ.get(EXTRA_ARGS_ENV, ""))  # e.g. ICE logging
         browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS + extra, headless=True, timeout=30_000
         )
         try:
             page = Page(browser, "page")

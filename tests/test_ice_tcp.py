@@ -52,7 +52,8 @@ class RecordingPeer:
 
     def address_validated(self, path: Path, nominated: bool, now: float) -> None:
         self.validated.append((path, nominated))
-        self.path = path
+        if self.path is None or nominated:  # as ServerPeerConnection does
+            self.path = path
 
     def path_closed(self, path: Path) -> None:
         self.closed.append(path)
@@ -160,6 +161,32 @@ async def test_a_valid_check_binds_the_connection_and_frames_flow_both_ways() ->
         assert peer.closed == [path] and not path.usable
         path.send(b"\x80late")  # a closed path drops, never raises
         assert endpoint.connections == 0 and endpoint.routes() == 0
+        nursery.cancel_scope.cancel()
+    endpoint.close()
+
+
+async def test_media_over_a_bound_connection_moves_the_peer_there() -> None:
+    """A client sends media only on its selected pair: SRTP or DTLS arriving over a bound TCP
+    connection while the peer sends elsewhere moves the peer to it (as a nomination would);
+    STUN alone (a check on a backup pair) does not."""
+    peer = RecordingPeer()
+    async with trio.open_nursery() as nursery:
+        endpoint = await start_endpoint(nursery, {peer.ufrag: peer})
+        client = await connect(endpoint)
+        await client.send(peer.check(nominate=False))
+        await client.receive()
+        [(conn, nominated)] = peer.validated
+        assert not nominated
+        elsewhere = FakeTcpPath(("127.0.0.1", 1))
+        peer.path = elsewhere  # e.g. the UDP pair the client used until now
+        await client.send(peer.check(nominate=False))
+        await client.receive()
+        assert peer.path is elsewhere  # a check on a backup pair moves nothing
+        await client.send(b"\x80\x60" + bytes(30))
+        with trio.fail_after(5):
+            while not peer.received:
+                await trio.sleep(0.01)
+        assert peer.path is conn and peer.validated[-1] == (conn, True)
         nursery.cancel_scope.cancel()
     endpoint.close()
 

@@ -338,6 +338,12 @@ class TcpEndpoint:
             owner.address_validated(conn, reply.nominated, now)
             return conn.usable
         if kind is Kind.SRTP or kind is Kind.DTLS:
+            if peer.path is not conn:
+                # A client sends media and DTLS only on its selected pair (RFC 8445 §12.1), and
+                # this connection is authenticated (a valid check bound it; TCP cannot be
+                # spoofed): the client moved here. Follow now rather than at its next
+                # nominating check, which Chromium sends up to one ping interval (2.5 s) later.
+                peer.address_validated(conn, True, now)
             peer.datagram_received(kind, data, conn.address, now)
         elif kind is Kind.STUN:
             owner, reply = authenticate_check(data, conn.address, now, self._lookup, self.stats)

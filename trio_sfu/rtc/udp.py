@@ -49,6 +49,7 @@ class EndpointPeer(Protocol):
 
     ice_agent: IceLiteAgent
     remote_address: Address | None
+    path: Path | None  # where media goes (the selected pair's path)
 
     def datagram_received(self, kind: Kind, data: bytes, addr: Address, now: float) -> None: ...
 
