@@ -15,8 +15,11 @@ Scenarios:
   ICE-TCP, decode, chat, and report a TCP selected pair.
 * ``switch``: both connect (over UDP), then UDP is dropped mid-call; media must resume
   over TCP on the same connection ids (no new POST); then UDP comes back and both move back.
-* ``turn``: all UDP to the SFU's port dropped; both clients use ``iceTransportPolicy:
-  "relay"`` through Debian's coturn on loopback, with credentials from ``GET /ice-servers``.
+* ``turn``: both clients use ``iceTransportPolicy: "relay"`` through Debian's coturn on
+  loopback, with credentials from ``GET /ice-servers``.
+* ``lb``: all UDP dropped, and the pod's TCP port reachable only through a pass-through TCP
+  balancer on the namespace's other address (443-style): the pod advertises the balancer's
+  address and port (``--public-ip``, ``--tcp-public-port``) and both clients connect through it.
 """
 
 from __future__ import annotations
@@ -202,6 +205,9 @@ def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
                             20, page)
             out["chat"] = st["chat"]
             want = pair_is("tcp", relay=scenario == "turn")
+            if scenario == "lb":
+                out["answerCandidates"] = page.js(
+                    "n => harness.remoteCandidates(n)", "alice")
             out["pairs"] = {
                 n: wait_until(f"{n}'s selected pair", functools.partial(
                     page.js, "n => harness.selectedPair(n)", n), want, 20, page)
@@ -230,12 +236,54 @@ def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
             browser.close()
 
 
+class PassThroughBalancer:
+    """A pass-through TCP load balancer in miniature (a 443-style front for ICE-TCP): accepts
+    on its own address and port and copies bytes both ways to one pod's TCP port, without
+    looking at them. The pod advertises the balancer's address and port (``--public-ip``,
+    ``--tcp-public-port``), never its own."""
+
+    def __init__(self, host: str) -> None:
+        self.listener = trio.socket.socket()
+        self.host = host
+        self.target: tuple[str, int] | None = None
+        self.connections = 0
+
+    async def bind(self) -> int:
+        await self.listener.bind((self.host, 0))
+        self.listener.listen(64)
+        port: int = self.listener.getsockname()[1]
+        return port
+
+    async def serve(self) -> None:
+        listeners = [trio.SocketListener(self.listener)]
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, downstream: trio.SocketStream) -> None:
+        assert self.target is not None
+        self.connections += 1
+        async with downstream, await trio.open_tcp_stream(*self.target) as upstream:
+
+            async def copy(a: trio.SocketStream, b: trio.SocketStream) -> None:
+                try:
+                    while data := await a.receive_some(65536):
+                        await b.send_all(data)
+                except trio.BrokenResourceError:
+                    pass
+                nursery.cancel_scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(copy, downstream, upstream)
+                nursery.start_soon(copy, upstream, downstream)
+
+
 async def scenario(name: str) -> dict[str, Any]:
     addresses = inside()
     assert addresses is not None, "run through tests.netns"
-    server_host, _ = addresses
+    server_host, other_host = addresses
     out: dict[str, Any] = {"type": "result", "scenario": name}
     extra: dict[str, Any] = {}
+    advertised = server_host
+    balancer: PassThroughBalancer | None = None
     with contextlib_exit() as stack:
         turn_port = None
         if name == "turn":
@@ -244,9 +292,21 @@ async def scenario(name: str) -> dict[str, Any]:
                 "turn_secret": TURN_SECRET,
                 "turn_urls": (f"turn:127.0.0.1:{turn_port}?transport=tcp",),
             }
-        if name == "tcp":
+        if name in ("tcp", "lb"):
             drop_all_udp()
-        async with running_server(server_host, **extra) as running:
+        if name == "lb":
+            # The pod's own TCP port is reachable only through the balancer's address and
+            # port, which are what the pod advertises.
+            balancer = PassThroughBalancer(other_host)
+            extra = {"tcp_public_port": await balancer.bind()}
+            advertised = other_host
+        async with running_server(advertised, **extra) as running, \
+                trio.open_nursery() as side:
+            if balancer is not None:
+                assert running.tcp_port is not None
+                balancer.target = (server_host, running.tcp_port)
+                side.start_soon(balancer.serve)
+                out["balancer"] = [other_host, extra["tcp_public_port"]]
             base = f"http://127.0.0.1:{running.http_port}"
             out["udpPort"], out["tcpPort"] = running.udp_port, running.tcp_port
             with trio.fail_after(SCENARIO_TIMEOUT):
@@ -259,6 +319,8 @@ async def scenario(name: str) -> dict[str, Any]:
                 "framesIn": tcp.stats.frames_in, "sendDropped": tcp.stats.send_dropped,
             }
             out["udpIn"] = running.rtc.endpoint.stats.datagrams_in
+            out["balancerConnections"] = balancer.connections if balancer else None
+            side.cancel_scope.cancel()
     return out
 
 
@@ -272,7 +334,7 @@ def contextlib_exit() -> Iterator[Any]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="ICE-TCP/TURN browser scenarios (netns)")
-    parser.add_argument("scenario", choices=("tcp", "switch", "turn"))
+    parser.add_argument("scenario", choices=("tcp", "switch", "turn", "lb"))
     args = parser.parse_args(argv)
     protocol = sys.stdout
     sys.stdout = sys.stderr  # the server prints its URL; only the result goes to stdout

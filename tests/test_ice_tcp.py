@@ -534,3 +534,25 @@ async def test_chromium_moves_from_udp_to_tcp_and_back_mid_call_without_a_new_po
     for name in ("alice", "bob"):
         assert result["pairsBack"][name]["remote"]["protocol"] == "udp", result
     assert result["framesBack"] >= 30 and result["idsBack"] == [result["ids"]], result
+
+
+@pytest.mark.browser
+async def test_chromium_through_a_pass_through_tcp_balancer_with_the_advertised_port() -> None:
+    """Port choice for real deployments (issue 12): no UDP, and the pod's TCP port reachable
+    only through a pass-through TCP balancer on another address and port (a 443-style front).
+    The pod advertises the balancer (--public-ip, --tcp-public-port), Chromium connects
+    through it on both connections, decodes and chats."""
+    require_netns()
+    require_chromium()
+    result = await run_scenario("lb")
+    host, port = result["balancer"]
+    assert port != result["tcpPort"]
+    tcp = [c for c in result["answerCandidates"] if " tcp " in c]
+    assert tcp and all(f" {host} {port} typ host tcptype passive" in c for c in tcp), result
+    for name in ("alice", "bob"):
+        pair = result["pairs"][name]
+        assert_tcp_pair(pair)
+        assert (pair["remote"]["address"], pair["remote"]["port"]) == (host, port), pair
+    assert result["framesDecoded"] >= 60, result
+    assert any(text == "hello over lb" for _, text in result["chat"]), result
+    assert result["balancerConnections"] >= 2 and result["tcpStats"]["bound"] >= 2, result

@@ -144,6 +144,13 @@ async function selectedPair(name) {
   };
 }
 
+/** The remote ICE candidates (a=candidate lines) of a connection's current answer. */
+function remoteCandidates(name) {
+  const conn = (subs[name] ?? pubs[name]).conn;
+  const sdp = conn.pc.remoteDescription?.sdp ?? '';
+  return [...new Set(sdp.split('\r\n').filter((l) => l.startsWith('a=candidate:')))];
+}
+
 async function stopAll() {
   await Promise.allSettled([
     ...Object.values(pubs).map((p) => p.conn.stop()),
@@ -152,7 +159,7 @@ async function stopAll() {
 }
 
 window.harness = {
-  publish, unpublish, subscribe, status, stopAll, errors, selectedPair,
+  publish, unpublish, subscribe, status, stopAll, errors, selectedPair, remoteCandidates,
   ids: () => [...Object.values(pubs), ...Object.values(subs)].map((x) => x.conn.id),
   chat: (name, text) => subs[name].conn.chat(text),
   sub: (name, id) => subs[name].conn.sub(id),
