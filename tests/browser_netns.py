@@ -276,6 +276,32 @@ class PassThroughBalancer:
                 nursery.start_soon(copy, upstream, downstream)
 
 
+async def unbound_flood(host: str, port: int, out: dict[str, Any]) -> None:
+    """200 TCP connections that never send anything, and 20 that send garbage, held open
+    while the browsers connect: each must be closed by the server (bounded: its bind
+    timeout), and the browsers must not notice."""
+    opened = trio.current_time()
+    closed_after: list[float] = []
+
+    async def hold(garbage: bytes) -> None:
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            if garbage:
+                await stream.send_all(garbage)
+            try:
+                while await stream.receive_some(4096):
+                    pass
+            except trio.BrokenResourceError:
+                pass
+            closed_after.append(trio.current_time() - opened)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(220):
+            nursery.start_soon(hold, os.urandom(100 + i) if i >= 200 else b"")
+    out["floodClosedAfter"] = [round(min(closed_after), 1), round(max(closed_after), 1),
+                               len(closed_after)]
+
+
 async def scenario(name: str) -> dict[str, Any]:
     addresses = inside()
     assert addresses is not None, "run through tests.netns"
@@ -309,15 +335,36 @@ async def scenario(name: str) -> dict[str, Any]:
                 out["balancer"] = [other_host, extra["tcp_public_port"]]
             base = f"http://127.0.0.1:{running.http_port}"
             out["udpPort"], out["tcpPort"] = running.udp_port, running.tcp_port
+            fds_before = len(os.listdir("/proc/self/fd"))
+            flood = trio.Event()
+            if name == "tcp":
+                assert running.tcp_port is not None
+
+                async def flooding() -> None:
+                    await unbound_flood(server_host, running.tcp_port or 0, out)
+                    flood.set()
+
+                side.start_soon(flooding)
+            else:
+                flood.set()
             with trio.fail_after(SCENARIO_TIMEOUT):
                 await trio.to_thread.run_sync(
                     browser_part, name, base, out, running, turn_port, abandon_on_cancel=True
                 )
+            with trio.fail_after(30):
+                await flood.wait()
             tcp = running.rtc.tcp
+            if tcp is not None:
+                with trio.move_on_after(10):  # the browsers' connections end with their peers
+                    while tcp.connections:
+                        await trio.sleep(0.1)
             out["tcpStats"] = None if tcp is None else {
                 "accepted": tcp.stats.accepted, "bound": tcp.stats.bound,
                 "framesIn": tcp.stats.frames_in, "sendDropped": tcp.stats.send_dropped,
+                "closedUnbound": tcp.stats.closed_unbound, "connections": tcp.connections,
+                "routes": tcp.routes(), "pending": tcp.pending,
             }
+            out["fdsLeaked"] = len(os.listdir("/proc/self/fd")) - fds_before
             out["udpIn"] = running.rtc.endpoint.stats.datagrams_in
             out["balancerConnections"] = balancer.connections if balancer else None
             side.cancel_scope.cancel()

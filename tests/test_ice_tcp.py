@@ -500,7 +500,8 @@ def assert_tcp_pair(pair: dict[str, Any]) -> None:
 async def test_chromium_over_ice_tcp_when_udp_is_dropped() -> None:
     """The issue's proof: publisher and subscriber in a namespace whose iptables drop all UDP
     connect over ICE-TCP; the subscriber decodes >= 60 frames, the data channel carries chat,
-    and getStats() shows a TCP selected pair on both connections."""
+    and getStats() shows a TCP selected pair on both connections — while 200 connections
+    that never send a check and 20 that send garbage are held open on the same port."""
     require_netns()
     require_chromium()
     result = await run_scenario("tcp")
@@ -509,8 +510,17 @@ async def test_chromium_over_ice_tcp_when_udp_is_dropped() -> None:
     for name in ("alice", "bob"):
         assert_tcp_pair(result["pairs"][name])
     assert result["udpIn"] == 0, "UDP reached the server although iptables drops it"
-    assert result["tcpStats"]["bound"] >= 2, result
+    stats = result["tcpStats"]
+    assert stats["bound"] >= 2, result
     assert result["errors"] == [] and result["problems"] == [], result
+    # Meanwhile 200 silent connections and 20 sending garbage: every one closed by the server
+    # within its bind timeout (10 s, + scheduling slack), nothing left behind afterwards.
+    first, last, count = result["floodClosedAfter"]
+    assert count == 220 and last <= 10 + 5, result
+    assert stats["closedUnbound"] >= 220, result
+    assert (stats["connections"], stats["routes"], stats["pending"]) == (0, 0, 0), result
+    assert result["fdsLeaked"] <= 0, result
+    print(f"220 unbound connections closed {first}-{last} s after opening, beside Chromium")
 
 
 @pytest.mark.browser
