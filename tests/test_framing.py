@@ -48,6 +48,10 @@ def test_any_chunking_parses_to_the_same_datagrams(items: list[bytes], data: st.
 
 def test_the_held_tail_is_bounded_by_one_frame() -> None:
     deframer = Deframer()
+    assert deframer.awaiting is None
+    assert deframer.feed(b"\x01") == [] and deframer.awaiting is None
+    assert deframer.feed(b"\x00") == [] and deframer.awaiting == 256
+    deframer = Deframer()
     assert deframer.feed(b"\xff\xff" + bytes(MAX_FRAME - 1)) == []
     assert deframer.pending == 2 + MAX_FRAME - 1
     assert deframer.feed(b"\x01\x00\x01") == [bytes(MAX_FRAME - 1) + b"\x01"]

@@ -219,6 +219,20 @@ async def test_anything_but_a_valid_check_first_closes_the_connection(first: Any
     endpoint.close()
 
 
+async def test_an_unbound_connection_announcing_a_long_frame_is_closed_at_once() -> None:
+    """A first frame must be a check (hundreds of bytes): one announcing more than 2 KiB is
+    refused by its header, before its bytes are buffered and long before the bind timeout."""
+    peer = RecordingPeer()
+    async with trio.open_nursery() as nursery:
+        endpoint = await start_endpoint(nursery, {peer.ufrag: peer}, bind_timeout=60)
+        client = await connect(endpoint)
+        await client.stream.send_all(b"\x10\x00" + bytes(100))  # announces 4096 bytes
+        assert await client.closed_by_server(5)
+        assert endpoint.stats.closed_unbound == 1 and endpoint.stats.bind_timeouts == 0
+        nursery.cancel_scope.cancel()
+    endpoint.close()
+
+
 async def test_silent_and_garbage_connections_are_closed_and_peers_unaffected() -> None:
     """The issue's proof: 200 connections that never send a valid check, plus garbage, while
     a legitimate peer streams; each is closed within the bind timeout (bounded), nothing

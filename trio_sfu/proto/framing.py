@@ -41,6 +41,13 @@ class Deframer:
         """Bytes held for an unfinished frame (bounded by 2 + 65535)."""
         return len(self._buf)
 
+    @property
+    def awaiting(self) -> int | None:
+        """The declared length of the unfinished frame (None until its 2-byte header is in):
+        lets a driver refuse a frame by its announced size before buffering it."""
+        buf = self._buf
+        return (buf[0] << 8) | buf[1] if len(buf) >= HEADER else None
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Append ``data`` and return every datagram it completed, in order (one list per
         read, not per datagram; a list rather than a generator so the state is consistent

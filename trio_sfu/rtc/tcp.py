@@ -8,8 +8,9 @@ Rules, the same as the UDP endpoint's (``rtc/udp.py``):
 
 * A connection is bound to a peer only after a STUN Binding request on it carried that peer's
   USERNAME and a valid MESSAGE-INTEGRITY and FINGERPRINT (RFC 8445 §7.3). Anything else first
-  — garbage, an unknown USERNAME, a bad signature, DTLS or RTP — closes the connection, and one
-  that sends nothing valid is closed after ``bind_timeout``. At most ``max_pending`` unbound
+  — garbage, an unknown USERNAME, a bad signature, DTLS or RTP, a first frame longer than any
+  check — closes the connection, and one that sends nothing valid is closed after
+  ``bind_timeout``. At most ``max_pending`` unbound
   connections exist at once; the oldest goes first, so a flood cannot starve real clients.
 * Once bound, every frame is demultiplexed by its first byte (RFC 7983) and handed to that
   peer; a check with another peer's USERNAME is refused (a connection never changes owner).
@@ -47,8 +48,12 @@ BIND_TIMEOUT = 10.0
 MAX_PENDING = 512
 #: Bytes queued per connection before frames are dropped (≈ 1 s of 2 Mbit/s video).
 SEND_BUFFER = 256 * 1024
-#: Bytes read per ``recv`` (a few frames of media at a time).
-READ_SIZE = 65536
+#: Bytes read per ``recv`` (a dozen frames of media at a time; a busy connection reads again).
+READ_SIZE = 16384
+#: The longest first frame an unbound connection may announce: it must be a STUN check (a few
+#: hundred bytes), so anything longer is not ICE and the connection is closed at once. With the
+#: read buffer this bounds an unbound connection's memory to ≈ 20 KiB.
+MAX_UNBOUND_FRAME = 2048
 #: Frames handled per wake-up before yielding, so one busy connection cannot starve others.
 BATCH_BYTES = 256 * 1024
 
@@ -315,6 +320,8 @@ class TcpEndpoint:
                     stats.frames_in += 1
                     if not self._frame(conn, frame, now):
                         return
+                if conn.peer is None and (deframer.awaiting or 0) > MAX_UNBOUND_FRAME:
+                    return  # a first "frame" far longer than any check: not ICE
             if budget <= 0:
                 await trio.lowlevel.checkpoint()
 
@@ -367,7 +374,10 @@ class TcpEndpoint:
         conn.scope.deadline = math.inf
         self._by_peer.setdefault(id(peer), set()).add(conn)
         self.stats.bound += 1
-        log.debug("tcp connection bound", extra={"addr": conn.address})
+        log.debug(
+            "tcp connection bound",
+            extra={"peer": getattr(peer, "name", None), "addr": conn.address},
+        )
 
     def close(self) -> None:
         if self._sock.fileno() < 0:
