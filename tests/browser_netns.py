@@ -17,6 +17,8 @@ Scenarios:
   over TCP on the same connection ids (no new POST); then UDP comes back and both move back.
 * ``turn``: both clients use ``iceTransportPolicy: "relay"`` through Debian's coturn on
   loopback, with credentials from ``GET /ice-servers``.
+* ``recover``: the subscriber's connection is lost mid-call; the JS module (``reconnectOnLoss``)
+  reconnects under a new id after its back-off and decodes again.
 * ``lb``: all UDP dropped, and the pod's TCP port reachable only through a pass-through TCP
   balancer on the namespace's other address (443-style): the pod advertises the balancer's
   address and port (``--public-ip``, ``--tcp-public-port``) and both clients connect through it.
@@ -167,6 +169,8 @@ def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
                 options |= {"fetchIceServers": True,
                             "rtcConfiguration": {"iceTransportPolicy": "relay"}}
             pub_id = page.js("o => harness.publish('alice', o)", options | {"user": "alice"})
+            if scenario == "recover":
+                options |= {"reconnectOnLoss": True, "reconnectBaseDelayMs": 200}
             sub_id = page.js("o => harness.subscribe('bob', o)", options | {"user": "bob"})
             out["ids"] = [pub_id, sub_id]
 
@@ -198,13 +202,29 @@ def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
                 out["framesAfterSwitch"] = frames(st) - start
                 out["resumeSeconds"] = round(time.monotonic() - blocked_at, 2)
                 out["idsAfter"] = [page.js("() => harness.ids()")]
+            if scenario == "recover":
+                # bob's connection is lost (its channel closes, as on a dead network): the
+                # module DELETEs it and reconnects under a new id after its back-off, and bob
+                # decodes alice again; the server forgets the old id.
+                lost = page.js("n => harness.breakLeg(n)", "bob")
+                lost_at = time.monotonic()
+                st = wait_until("bob reconnected", status,
+                                lambda s: any(e[0] == "reconnect" for e in s["events"]), 30, page)
+                out["reconnect"] = next(e for e in st["events"] if e[0] == "reconnect")
+                out["reconnectSeconds"] = round(time.monotonic() - lost_at, 2)
+                st = wait_until("bob decoding alice on the new connection", status,
+                                lambda s: frames(s) >= 30, 30, page)
+                out["framesAfterReconnect"] = frames(st)
+                out["lostId"] = lost
+                out["closeEvents"] = [e for e in st["events"] if e[0] == "close"]
+                out["serverMembers"] = server.sfu.members  # type: ignore[attr-defined]
             # Chat over the data channel (the subscriber's own CHAT comes back to it).
             page.js("([n, t]) => harness.chat(n, t)", ["bob", f"hello over {scenario}"])
             st = wait_until("bob's chat line delivered", status,
                             lambda s: any(t == f"hello over {scenario}" for _, t in s["chat"]),
                             20, page)
             out["chat"] = st["chat"]
-            want = pair_is("tcp", relay=scenario == "turn")
+            want = pair_is("udp" if scenario == "recover" else "tcp", relay=scenario == "turn")
             if scenario == "lb":
                 out["answerCandidates"] = page.js(
                     "n => harness.remoteCandidates(n)", "alice")
@@ -381,7 +401,7 @@ def contextlib_exit() -> Iterator[Any]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="ICE-TCP/TURN browser scenarios (netns)")
-    parser.add_argument("scenario", choices=("tcp", "switch", "turn", "lb"))
+    parser.add_argument("scenario", choices=("tcp", "switch", "turn", "lb", "recover"))
     args = parser.parse_args(argv)
     protocol = sys.stdout
     sys.stdout = sys.stderr  # the server prints its URL; only the result goes to stdout

@@ -580,3 +580,23 @@ async def test_chromium_through_a_pass_through_tcp_balancer_with_the_advertised_
     assert result["framesDecoded"] >= 60, result
     assert any(text == "hello over lb" for _, text in result["chat"]), result
     assert result["balancerConnections"] >= 2 and result["tcpStats"]["bound"] >= 2, result
+
+
+@pytest.mark.browser
+async def test_the_js_module_recovers_a_lost_connection_under_a_new_id() -> None:
+    """Network change, the client's side (issue 12): a subscriber whose connection is lost
+    (its channel closes, as on a dead network) is reconnected by site/sfu-client.js
+    (reconnectOnLoss) under a new id of the same user after its back-off, decodes the
+    publisher again and chats under the new id; the server holds the new leg, not the old."""
+    require_netns()
+    require_chromium()
+    result = await run_scenario("recover")
+    _, new_id, old_id = result["reconnect"]
+    assert old_id == result["lostId"] == result["ids"][1] and new_id != old_id, result
+    assert new_id.startswith("bob-"), result
+    assert result["framesAfterReconnect"] >= 30, result
+    assert result["closeEvents"] == [], "onClose fired although the module recovered"
+    assert result["serverMembers"] == 2, result  # alice and the new bob, not the lost leg
+    assert ["bob-" + new_id.split("-", 1)[1], "hello over recover"] in result["chat"], result
+    assert result["errors"] == [], result
+    print(f"lost connection replaced after {result['reconnectSeconds']} s")

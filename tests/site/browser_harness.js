@@ -58,7 +58,8 @@ async function unpublish(name) {
 }
 
 async function subscribe(name, {
-  room, user, mode = 'auto', rtcConfiguration, fetchIceServers = false,
+  room, user, mode = 'auto', rtcConfiguration, fetchIceServers = false, reconnectOnLoss = false,
+  reconnectBaseDelayMs,
 }) {
   const sub = {
     name, conn: null, tiles: {}, events: [], joinedAt: {}, leftAt: {}, removedAt: {}, chat: [],
@@ -67,6 +68,8 @@ async function subscribe(name, {
   subs[name] = sub;
   sub.conn = await connectSubscriber({
     baseUrl: location.origin, room, user, mode, rtcConfiguration, fetchIceServers,
+    reconnectOnLoss, reconnectBaseDelayMs,
+    onReconnect: (id, oldId) => sub.events.push(['reconnect', id, oldId]),
     onPublisherJoin: (id) => { sub.events.push(['join', id]); sub.joinedAt[id] = now(); },
     onPublisherLeft: (id) => {
       sub.events.push(['left', id]);
@@ -144,6 +147,14 @@ async function selectedPair(name) {
   };
 }
 
+/** Lose a connection's current leg as a dead network would (its command channel closes). */
+function breakLeg(name) {
+  const conn = (subs[name] ?? pubs[name]).conn;
+  const id = conn.id;
+  conn.channel.close();
+  return id;
+}
+
 /** The remote ICE candidates (a=candidate lines) of a connection's current answer. */
 function remoteCandidates(name) {
   const conn = (subs[name] ?? pubs[name]).conn;
@@ -160,6 +171,7 @@ async function stopAll() {
 
 window.harness = {
   publish, unpublish, subscribe, status, stopAll, errors, selectedPair, remoteCandidates,
+  breakLeg,
   ids: () => [...Object.values(pubs), ...Object.values(subs)].map((x) => x.conn.id),
   chat: (name, text) => subs[name].conn.chat(text),
   sub: (name, id) => subs[name].conn.sub(id),
