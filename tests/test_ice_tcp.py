@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import socket
 import sys
 from pathlib import Path as FilePath
 from typing import Any
@@ -433,6 +434,15 @@ async def test_a_server_peer_follows_the_nominated_path_across_transports() -> N
         peer.abandon()
     finally:
         rtc.close()
+
+
+async def test_a_taken_tcp_port_is_named() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"ICE-TCP port 127.0.0.1:{port} \\(--tcp-port\\)"):
+            RtcServer.bind("127.0.0.1", 0, tcp_port=port)
 
 
 def test_tcp_port_setting() -> None:

@@ -168,10 +168,13 @@ def _bind_endpoints(
         number = endpoint.local_address[1] if tcp_port == SAME_AS_UDP else tcp_port
         try:
             return endpoint, TcpEndpoint.bind(host, number, endpoint.peer_for_ufrag)
-        except OSError:
+        except OSError as exc:
             endpoint.close()
             if attempt == tries - 1:
-                raise
+                # Name the port: "[Errno 98] Address already in use" alone says nothing.
+                raise OSError(
+                    exc.errno, f"ICE-TCP port {host}:{number} (--tcp-port): {exc.strerror}"
+                ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
