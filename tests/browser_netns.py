@@ -54,6 +54,7 @@ TURN_SECRET = "issue12-turn-secret-for-tests-only-0123456789"
 TURNSERVER = "/usr/bin/turnserver"
 FRAMES = 60
 SCENARIO_TIMEOUT = 170.0
+CONSENT_TIMEOUT = 5.0
 
 
 def iptables(*rule: str) -> None:
@@ -184,6 +185,11 @@ def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
             st = wait_until(f"bob decoding {FRAMES} frames", status,
                             lambda s: frames(s) >= FRAMES, 60, page)
             out["framesDecoded"] = frames(st)
+            if scenario == "tcp":
+                time.sleep(2 * CONSENT_TIMEOUT + 1)
+                later = status()
+                out["framesAfterConsent"] = frames(later) - frames(st)
+                out["stateAfterConsent"] = later["state"]
             if scenario == "switch":
                 before = {n: page.js("n => harness.selectedPair(n)", n) for n in ("alice", "bob")}
                 out["pairsBefore"] = before
@@ -340,6 +346,10 @@ async def scenario(name: str) -> dict[str, Any]:
             }
         if name in ("tcp", "lb"):
             drop_all_udp()
+        if name == "tcp":
+            # ICE consent (RFC 7675) must be renewed over TCP too: with a 5 s consent timeout
+            # the call below outlives it twice.
+            extra["consent_timeout"] = CONSENT_TIMEOUT
         if name == "lb":
             # The pod's own TCP port is reachable only through the balancer's address and
             # port, which are what the pod advertises.

@@ -534,6 +534,8 @@ async def test_chromium_over_ice_tcp_when_udp_is_dropped() -> None:
     for name in ("alice", "bob"):
         assert_tcp_pair(result["pairs"][name])
     assert result["udpIn"] == 0, "UDP reached the server although iptables drops it"
+    # Consent is renewed over TCP: 11 s later with a 5 s consent timeout, still decoding.
+    assert result["stateAfterConsent"] == "open" and result["framesAfterConsent"] >= 60, result
     stats = result["tcpStats"]
     assert stats["bound"] >= 2, result
     assert result["errors"] == [] and result["problems"] == [], result
