@@ -154,7 +154,7 @@ class ClientPeerConnection(PeerConnection):
         elif kind is not Kind.UNKNOWN and addr == self.remote_address:
             self.datagram_received(kind, data, addr, now)
 
-    def _send_datagram(self, data: bytes) -> None:
+    def _send_datagram(self, data: bytes | memoryview) -> None:
         addr = self.remote_address
         if addr is None:
             return

@@ -13,11 +13,12 @@ rewrite done in a preallocated ``bytearray`` is frozen with ``bytes(buf[:n])`` f
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 import pylibsrtp
 from pylibsrtp import SRTP_MAX_TRAILER_LEN, Policy, Session
-from pylibsrtp._binding import ffi
+from pylibsrtp._binding import ffi, lib
 
 from trio_sfu.proto.errors import SrtpError
 
@@ -60,6 +61,9 @@ PROFILES: Final[dict[str, SrtpProfile]] = {
 #: packets were dropped. The buffer is pylibsrtp's own attribute, read on every call.
 MAX_DATAGRAM = 4096
 
+_U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
+
 
 def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Session:
     policy = Policy(
@@ -84,7 +88,7 @@ class SrtpContext:
     or a sequence number outside the replay window of what was already sent).
     """
 
-    __slots__ = ("_rx", "_tx", "profile")
+    __slots__ = ("_len", "_out", "_out_view", "_rx", "_tx", "_tx_ctx", "profile")
 
     def __init__(self, profile: str, tx_key: bytes, rx_key: bytes) -> None:
         """``tx_key``/``rx_key`` are master key || master salt for each direction."""
@@ -97,6 +101,11 @@ class SrtpContext:
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"cannot create SRTP sessions: {exc}") from None
         self.profile = profile
+        # protect_rtp_as works in a buffer of its own, straight on libsrtp (see there).
+        self._tx_ctx = self._tx._srtp[0]
+        self._out = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
+        self._out_view = memoryview(ffi.buffer(self._out))
+        self._len = ffi.new("int *")
 
     @classmethod
     def from_dtls(cls, profile: str, keying_material: bytes, *, is_client: bool) -> SrtpContext:
@@ -123,6 +132,34 @@ class SrtpContext:
             return self._tx.protect(packet)
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"SRTP protect failed: {exc}") from None
+
+    def protect_rtp_as(
+        self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int
+    ) -> memoryview:
+        """Protect ``packet`` sent under ``ssrc``, with ``twcc_seq`` written at byte
+        ``twcc_offset`` when that is not negative; returns a view valid until the next call.
+
+        The forwarding fan-out (issue 10): a group of subscribers shares one rewritten packet,
+        and what differs per subscriber — its SSRC and its transport-wide sequence number
+        (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2) — is patched in while the
+        packet is copied into libsrtp's buffer, which protects in place (RFC 3711 §3.3). No
+        object is made per call but the returned slice; pylibsrtp's ``protect`` would copy
+        twice and allocate a length cell.
+        """
+        n = len(packet)
+        if n < 12 or n > MAX_DATAGRAM:
+            raise SrtpError("SRTP protect failed: bad packet length")
+        out = self._out_view
+        out[:n] = packet
+        _U32.pack_into(out, 8, ssrc)
+        if twcc_offset >= 0:
+            _U16.pack_into(out, twcc_offset, twcc_seq)
+        length = self._len
+        length[0] = n
+        status = lib.srtp_protect(self._tx_ctx, self._out, length)
+        if status:
+            raise SrtpError(f"SRTP protect failed: libsrtp status {status}")
+        return out[: length[0]]
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
         try:

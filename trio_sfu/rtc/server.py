@@ -169,7 +169,7 @@ class ServerPeerConnection(PeerConnection):
 
     # -- PeerConnection hooks -------------------------------------------------------------
 
-    def _send_datagram(self, data: bytes) -> None:
+    def _send_datagram(self, data: bytes | memoryview) -> None:
         addr = self.remote_address
         if addr is not None:
             self._endpoint.sendto(data, addr)

@@ -156,7 +156,7 @@ class UdpEndpoint:
 
     # -- sending --------------------------------------------------------------------------
 
-    def sendto(self, data: bytes, addr: Address) -> None:
+    def sendto(self, data: bytes | memoryview, addr: Address) -> None:
         """Send now or drop: a full socket buffer must never block the reader (DESIGN.md)."""
         try:
             self._sock.sendto(data, addr)
