@@ -17,7 +17,7 @@ import struct
 from typing import Final
 
 import pylibsrtp
-from pylibsrtp import SRTP_MAX_TRAILER_LEN, Policy, Session
+from pylibsrtp import ERRORS, SRTP_MAX_TRAILER_LEN, Policy, Session
 from pylibsrtp._binding import ffi, lib
 
 from trio_sfu.proto.errors import SrtpError
@@ -61,6 +61,11 @@ PROFILES: Final[dict[str, SrtpProfile]] = {
 #: packets were dropped. The buffer is pylibsrtp's own attribute, read on every call.
 MAX_DATAGRAM = 4096
 
+def _reason(status: int) -> str:
+    """libsrtp's name for a status code, as pylibsrtp words it ("replay check failed", …)."""
+    return ERRORS[status] if 0 <= status < len(ERRORS) else f"libsrtp status {status}"
+
+
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
 
@@ -88,7 +93,18 @@ class SrtpContext:
     or a sequence number outside the replay window of what was already sent).
     """
 
-    __slots__ = ("_len", "_out", "_out_view", "_rx", "_tx", "_tx_ctx", "profile")
+    __slots__ = (
+        "_in",
+        "_in_buffer",
+        "_len",
+        "_out",
+        "_out_view",
+        "_rx",
+        "_rx_ctx",
+        "_tx",
+        "_tx_ctx",
+        "profile",
+    )
 
     def __init__(self, profile: str, tx_key: bytes, rx_key: bytes) -> None:
         """``tx_key``/``rx_key`` are master key || master salt for each direction."""
@@ -106,6 +122,9 @@ class SrtpContext:
         self._out = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
         self._out_view = memoryview(ffi.buffer(self._out))
         self._len = ffi.new("int *")
+        self._rx_ctx = self._rx._srtp[0]
+        self._in = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
+        self._in_buffer = ffi.buffer(self._in)
 
     @classmethod
     def from_dtls(cls, profile: str, keying_material: bytes, *, is_client: bool) -> SrtpContext:
@@ -158,14 +177,23 @@ class SrtpContext:
         length[0] = n
         status = lib.srtp_protect(self._tx_ctx, self._out, length)
         if status:
-            raise SrtpError(f"SRTP protect failed: libsrtp status {status}")
+            raise SrtpError(f"SRTP protect failed: {_reason(status)}")
         return out[: length[0]]
 
     def unprotect_rtp(self, packet: bytes) -> bytes:
-        try:
-            return self._rx.unprotect(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise SrtpError(f"SRTP unprotect failed: {exc}") from None
+        """The plain RTP packet; straight on libsrtp with a preallocated length cell (the
+        per-packet ingress path, issue 10), one copy in and one out."""
+        n = len(packet)
+        if n > MAX_DATAGRAM:
+            raise SrtpError("SRTP unprotect failed: packet too long")
+        buffer = self._in_buffer
+        buffer[0:n] = packet
+        length = self._len
+        length[0] = n
+        status = lib.srtp_unprotect(self._rx_ctx, self._in, length)
+        if status:
+            raise SrtpError(f"SRTP unprotect failed: {_reason(status)}")
+        return buffer[0 : length[0]]  # type: ignore[no-any-return]
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         try:
