@@ -8,11 +8,11 @@ and N = 10, 50, 100, 200, 400 subscribers; 20 rooms × (1 publisher + 5 subscrib
 idle subscribers (no publisher) for the memory each connected peer costs.
 
 Per scenario, from the server's ``/proc/<pid>/stat`` (utime + stime) and its ``/metrics``
-(``trio_sfu_udp_datagrams_out_total``), sampled every 0.5 s by this process over the steady
-window (from the first to the last half-second whose outbound rate is ≥ 30 % of the peak): server CPU %,
-outbound packets/s and CPU µs per outbound packet; from the load tester's JSON: loss, added
-latency p50/p99 (send time in the payload → subscriber's decrypt, one monotonic clock) and
-POST → data channel open p50/p99.
+(``trio_sfu_udp_datagrams_out_total``), sampled every 0.5 s by this process over the media
+phase (from the first to the last half-second whose outbound rate is ≥ 30 % of the peak):
+server CPU %, outbound packets/s and CPU µs per outbound packet; from the load tester's JSON:
+loss, added latency p50/p99 (send time in the payload → subscriber's decrypt, one monotonic
+clock) and POST → data channel open p50/p99.
 
 The floor, per scenario, is measured the same way: this process pinned to the server's core
 protects (pylibsrtp AEAD_AES_128_GCM) and sends with a raw non-blocking ``sendto`` each

@@ -428,6 +428,29 @@ class Sfu:
             "trio_sfu_draining": int(self.draining),
         }
         out.update(process_metrics())
+        # The hot path's plain ints, summed here at scrape time (never per packet): live peers'
+        # counters, and the forwarding groups (issue 10) of local and relayed tracks.
+        peers: dict[str, int] = {}
+        groups = downtracks = track_packets = track_rtx = 0
+        for room in self.rooms.values():
+            for member in [*room.publishers.values(), *room.subscribers.values()]:
+                for name, value in vars_of(member.pc.stats).items():
+                    peers[name] = peers.get(name, 0) + value
+            for publisher in room.publishers.values():
+                for track in publisher.tracks:
+                    track_packets += track.packets
+                    track_rtx += track.rtx_received
+                    groups += len(track.fanout.groups)
+                    downtracks += len(track.fanout)
+        for remote in self._remote.values():
+            groups += len(remote.fanout.groups)
+            downtracks += len(remote.fanout)
+        for name, value in peers.items():
+            out[f"trio_sfu_peer_{name}"] = value
+        out["trio_sfu_track_packets"] = track_packets
+        out["trio_sfu_track_rtx_received"] = track_rtx
+        out["trio_sfu_forwarding_groups"] = groups
+        out["trio_sfu_downtracks"] = downtracks
         for name, value in vars_of(self.rtc.endpoint.stats).items():
             out[f"trio_sfu_udp_{name}_total"] = value
         counters = getattr(self.relay, "counters", None)
