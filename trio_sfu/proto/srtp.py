@@ -70,6 +70,16 @@ _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
 
 
+#: One work buffer for every SRTP call of the process (libsrtp protects and unprotects in
+#: place). Every call is synchronous and the result is copied out or sent before the next
+#: one, on the one thread that runs Trio, so sharing is safe — and saves pylibsrtp's two
+#: buffers per peer (≈ 8 KB each peer at MAX_DATAGRAM, issue 10's memory per idle peer).
+_WORK = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
+_WORK_BUFFER = ffi.buffer(_WORK)
+_WORK_VIEW = memoryview(_WORK_BUFFER)
+_LENGTH = ffi.new("int *")
+
+
 def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Session:
     policy = Policy(
         key=key_and_salt,
@@ -79,8 +89,8 @@ def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Se
     if outbound:
         policy.allow_repeat_tx = True
     session = Session(policy)
-    session._cdata = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
-    session._buffer = ffi.buffer(session._cdata)
+    session._cdata = _WORK
+    session._buffer = _WORK_BUFFER
     return session
 
 
@@ -93,18 +103,7 @@ class SrtpContext:
     or a sequence number outside the replay window of what was already sent).
     """
 
-    __slots__ = (
-        "_in",
-        "_in_buffer",
-        "_len",
-        "_out",
-        "_out_view",
-        "_rx",
-        "_rx_ctx",
-        "_tx",
-        "_tx_ctx",
-        "profile",
-    )
+    __slots__ = ("_rx", "_rx_ctx", "_tx", "_tx_ctx", "profile")
 
     def __init__(self, profile: str, tx_key: bytes, rx_key: bytes) -> None:
         """``tx_key``/``rx_key`` are master key || master salt for each direction."""
@@ -117,14 +116,9 @@ class SrtpContext:
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"cannot create SRTP sessions: {exc}") from None
         self.profile = profile
-        # protect_rtp_as works in a buffer of its own, straight on libsrtp (see there).
+        # The per-packet calls go straight to libsrtp (see protect_rtp_as / unprotect_rtp).
         self._tx_ctx = self._tx._srtp[0]
-        self._out = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
-        self._out_view = memoryview(ffi.buffer(self._out))
-        self._len = ffi.new("int *")
         self._rx_ctx = self._rx._srtp[0]
-        self._in = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
-        self._in_buffer = ffi.buffer(self._in)
 
     @classmethod
     def from_dtls(cls, profile: str, keying_material: bytes, *, is_client: bool) -> SrtpContext:
@@ -163,19 +157,20 @@ class SrtpContext:
         (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2) — is patched in while the
         packet is copied into libsrtp's buffer, which protects in place (RFC 3711 §3.3). No
         object is made per call but the returned slice; pylibsrtp's ``protect`` would copy
-        twice and allocate a length cell.
+        twice and allocate a length cell. The view is into the process's one SRTP work
+        buffer: send or copy it before the next SRTP call.
         """
         n = len(packet)
         if n < 12 or n > MAX_DATAGRAM:
             raise SrtpError("SRTP protect failed: bad packet length")
-        out = self._out_view
+        out = _WORK_VIEW
         out[:n] = packet
         _U32.pack_into(out, 8, ssrc)
         if twcc_offset >= 0:
             _U16.pack_into(out, twcc_offset, twcc_seq)
-        length = self._len
+        length = _LENGTH
         length[0] = n
-        status = lib.srtp_protect(self._tx_ctx, self._out, length)
+        status = lib.srtp_protect(self._tx_ctx, _WORK, length)
         if status:
             raise SrtpError(f"SRTP protect failed: {_reason(status)}")
         return out[: length[0]]
@@ -186,11 +181,11 @@ class SrtpContext:
         n = len(packet)
         if n > MAX_DATAGRAM:
             raise SrtpError("SRTP unprotect failed: packet too long")
-        buffer = self._in_buffer
+        buffer = _WORK_BUFFER
         buffer[0:n] = packet
-        length = self._len
+        length = _LENGTH
         length[0] = n
-        status = lib.srtp_unprotect(self._rx_ctx, self._in, length)
+        status = lib.srtp_unprotect(self._rx_ctx, _WORK, length)
         if status:
             raise SrtpError(f"SRTP unprotect failed: {_reason(status)}")
         return buffer[0 : length[0]]  # type: ignore[no-any-return]
