@@ -175,6 +175,7 @@ async def _publisher(
     totals: WorkerTotals,
     started: Any,
     go: Any,
+    reader: Any,
 ) -> None:
     import trio
 
@@ -183,7 +184,9 @@ async def _publisher(
     video = config.video_bitrate > 0
     user = f"{config.identity}.{job.room}.p{job.index}"
     peer_id = f"{user}-{secrets.token_hex(3)}"
-    client = PublisherClient(peer_id, audio=config.audio, video=video, host=config.host)
+    client = PublisherClient(
+        peer_id, audio=config.audio, video=video, host=config.host, shared_reader=reader
+    )
     signal = http_signal(config.url, "pub", job.room, peer_id, **_http_options(config))
     async with trio.open_nursery() as nursery:
         begin = time.monotonic()
@@ -260,6 +263,7 @@ async def _subscriber(
     receivers: list[Receiver],
     started: Any,
     go: Any,
+    reader: Any,
 ) -> None:
     import trio
 
@@ -267,7 +271,7 @@ async def _subscriber(
 
     user = f"{config.identity}.{job.room}.s{job.index}"
     peer_id = f"{user}-{secrets.token_hex(3)}"
-    client = SubscriberClient(peer_id, host=config.host)
+    client = SubscriberClient(peer_id, host=config.host, shared_reader=reader)
     receiver = Receiver()
     client.pc.on_rtp = lambda _stream, packet, _now: receiver.on_rtp(packet)
     signal = http_signal(config.url, "sub", job.room, peer_id, **_http_options(config))
@@ -303,6 +307,8 @@ def _worker_main(
     """One worker process: connect ``jobs``, wait for ``go_flag``, report every second."""
     import trio
 
+    from trio_sfu.client.peer import SharedReader
+
     try:
         import gc
 
@@ -320,12 +326,17 @@ def _worker_main(
             nonlocal ready
             ready += 1
 
+        # One reader task for every client socket of this worker: one wake-up drains all.
+        reader = SharedReader()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
             for job in jobs:
                 if job.role == "pub":
-                    nursery.start_soon(_publisher, config, job, totals, started, go)
+                    nursery.start_soon(_publisher, config, job, totals, started, go, reader)
                 else:
-                    nursery.start_soon(_subscriber, config, job, totals, receivers, started, go)
+                    nursery.start_soon(
+                        _subscriber, config, job, totals, receivers, started, go, reader
+                    )
                 await trio.sleep(0)
             with trio.move_on_after(CONNECT_TIMEOUT + 5):
                 while ready < len(jobs):
@@ -380,7 +391,10 @@ def _worker_main(
     try:
         trio.run(main)
     except BaseException as exc:  # report, never hang the parent
-        out.put(("failed", worker, f"{type(exc).__name__}: {exc}"))
+        import traceback
+
+        detail = "".join(traceback.format_exception(exc))
+        out.put(("failed", worker, f"{type(exc).__name__}: {exc}\n{detail[-3000:]}"))
 
 
 # -- the parent ---------------------------------------------------------------------------
