@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -338,6 +339,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 10, 50 only; shorter runs")
     parser.add_argument("--sizes", type=int, nargs="*", help="subscriber counts to run")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every server and load process started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server_cpus, client_cpus = cores()
     if server_cpus is None:
         print("only one core: server and clients share it (figures are not comparable)")

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import queue
 import secrets
+import signal
 import struct
 import sys
 import time
@@ -760,6 +761,8 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv))
     config = config_from(args, parser)
+    # SIGTERM unwinds like Ctrl-C: the worker processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(config, progress=not args.no_progress)
     if args.json == "-":
         json.dump(result, sys.stdout, indent=2)
