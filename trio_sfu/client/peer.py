@@ -74,6 +74,12 @@ class SharedReader:
         self._clients: dict[int, tuple[socket.socket, Callable[[bytes, Address, float], None]]] = {}
 
     def add(self, sock: socket.socket, received: Callable[[bytes, Address, float], None]) -> None:
+        # A busy tester must not lose what the server sent: room for ~1 s of a subscriber's
+        # media while this process catches up (the default buffer holds ≈ 90 datagrams).
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        except OSError:  # pragma: no cover - capped by the kernel, not fatal
+            pass
         fd = sock.fileno()
         self._clients[fd] = (sock, received)
         try:
