@@ -761,6 +761,11 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv))
     config = config_from(args, parser)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'trio-sfu[load]'")
     # SIGTERM unwinds like Ctrl-C: the worker processes are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(config, progress=not args.no_progress)
