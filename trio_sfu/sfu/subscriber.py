@@ -54,6 +54,13 @@ class Subscriber(Downstream):
         self._tolerated_logged = False
         #: down-tracks of removed tracks, whose sections the next offer stops
         self._retiring: list[DownTrack] = []
+        pc.on_path_changed = self._path_changed
+
+    def _path_changed(self, now: float) -> None:
+        """This subscriber's media moved to another path: what was sent on the old one is
+        lost, so its decoders need keyframes."""
+        for downtrack in self.downtracks.values():
+            downtrack.source.request_keyframe(now)
 
     # -- room events ----------------------------------------------------------------------
 
