@@ -8,9 +8,10 @@ has exactly one place to happen.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -55,8 +56,11 @@ BACKEND_RETRY_AFTER = 2
 
 
 def vars_of(counters: object) -> dict[str, int]:
-    """The int fields of a slots dataclass of counters."""
-    names = getattr(counters, "__slots__", ()) or vars(counters)
+    """The int fields of a (slots) dataclass of counters, inherited ones included."""
+    if dataclasses.is_dataclass(counters):
+        names: Iterable[str] = [f.name for f in dataclasses.fields(counters)]
+    else:
+        names = vars(counters)
     return {n: v for n in names if isinstance(v := getattr(counters, n), int)}
 
 
@@ -456,6 +460,11 @@ class Sfu:
         }
         for name, value in vars_of(self.rtc.endpoint.stats).items():
             out[f"trio_sfu_udp_{name}_total"] = value
+        tcp = self.rtc.tcp
+        if tcp is not None:
+            out["trio_sfu_tcp_connections"] = tcp.connections
+            for name, value in vars_of(tcp.stats).items():
+                out[f"trio_sfu_tcp_{name}_total"] = value
         counters = getattr(self.relay, "counters", None)
         if counters is not None:
             for name, value in vars_of(counters).items():
