@@ -274,7 +274,7 @@ class ServerPeerConnection(PeerConnection):
 
     # -- PeerConnection hooks -------------------------------------------------------------
 
-    def _send_datagram(self, data: bytes) -> None:
+    def _send_datagram(self, data: bytes | memoryview) -> None:
         path = self.path
         if path is not None:
             path.send(data)

@@ -69,7 +69,7 @@ class UdpPath:
     transport: str = "udp"
     usable: bool = True
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         self.endpoint.sendto(data, self.address)
 
 
@@ -218,7 +218,7 @@ class UdpEndpoint:
 
     # -- sending --------------------------------------------------------------------------
 
-    def sendto(self, data: bytes, addr: Address) -> None:
+    def sendto(self, data: bytes | memoryview, addr: Address) -> None:
         """Send now or drop: a full socket buffer must never block the reader (DESIGN.md)."""
         try:
             self._sock.sendto(data, addr)
