@@ -14,20 +14,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Every binary dependency ships a manylinux wheel: no compiler, no system libraries.
+# Every binary dependency ships a manylinux wheel: no compiler, no system libraries. The
+# versions are the tested ones (constraints.txt); the demo site goes into the package
+# (setup.py copies site/ to trio_sfu/site), so nothing is served from outside it.
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in constraints.txt README.md ./
 COPY trio_sfu ./trio_sfu
-RUN pip install .
-# The demo site lives beside the package in the repository, not inside the wheel.
 COPY site ./site
+RUN pip install -c constraints.txt . && rm -rf /app/trio_sfu /app/site
 
 RUN groupadd --system --gid 10001 sfu \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sfu
 USER 10001:10001
 
-ENV TRIO_SFU_SITE_DIR=/app/site \
-    TRIO_SFU_HTTP_PORT=8080 \
+ENV TRIO_SFU_HTTP_PORT=8080 \
     TRIO_SFU_UDP_PORT=7882
 # HTTP: signaling, WHIP/WHEP, /healthz, /readyz, /metrics, the demo site.
 EXPOSE 8080/tcp

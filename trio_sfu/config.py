@@ -275,8 +275,12 @@ def parse_path(text: str) -> Path:
 
 
 def default_site_dir() -> Path:
-    """The demo site shipped next to the package in the repository (``<repo>/site``)."""
-    return Path(__file__).resolve().parent.parent / "site"
+    """The demo site: inside the installed package (``trio_sfu/site``, copied there when the
+    wheel is built, see setup.py), else the repository's ``site/`` beside the package (a
+    checkout or an editable install)."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "site"
+    return shipped if shipped.is_dir() else package.parent / "site"
 
 
 def _setting(flag: str, help: str, parse: Callable[[str], Any], metavar: str, **kw: Any) -> Any:
@@ -414,7 +418,7 @@ class Config:
         default=None,
         metadata=_setting(
             "--site-dir",
-            "directory served at / (default: the repository's site/)",
+            "directory served at / (default: the demo site shipped with the package)",
             parse_path,
             "DIR",
         ),
