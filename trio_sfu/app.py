@@ -27,6 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import SfuApi, create_app
+from trio_sfu.metrics import metrics_app, node_registry
 from trio_sfu.rtc.server import RtcServer
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class Running:
     rtc: RtcServer
     sfu: SfuApi
     _stop: trio.Event = field(repr=False)
+    #: the --metrics-port listener's bound port, if there is one
+    metrics_port: int | None = None
 
     def shutdown(self) -> None:
         """Begin the graceful stop a SIGTERM would begin; ``serve`` returns when it is done."""
@@ -83,6 +86,16 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.errorlog = logging.getLogger("trio_sfu.http.server")
     hc.graceful_timeout = GRACEFUL_TIMEOUT
     hc.include_server_header = False
+    return hc
+
+
+def metrics_hypercorn_config(config: Config) -> HypercornConfig:
+    """The --metrics-port listener: plain HTTP on --http-host, /metrics only, no token."""
+    assert config.metrics_port is not None
+    hc = hypercorn_config(config)
+    host = f"[{config.http_host}]" if ":" in config.http_host else config.http_host
+    hc.bind = [f"{host}:{config.metrics_port}"]
+    hc.certfile = hc.keyfile = None
     return hc
 
 
@@ -123,12 +136,19 @@ async def serve(
                 sfu: SfuService = cluster_sfu
             else:
                 sfu = sfu_factory(rtc, config)
+            registry = node_registry(
+                sfu,
+                backends.node_id if backends is not None else "local",
+                room_limit=config.metrics_rooms,
+            )
             app = create_app(
                 sfu,
                 cors_origins=config.cors_origins,
                 site_dir=config.site_root(),
                 tokens=token_verifier(config),
                 ice_servers=config.ice_servers,
+                metrics=registry,
+                metrics_open=config.metrics_open,
             )
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
@@ -158,6 +178,17 @@ async def serve(
                     nursery.cancel_scope.cancel()
 
                 binds = await nursery.start(http)
+                metrics_port = None
+                if config.metrics_port is not None:
+                    metrics_binds = await nursery.start(
+                        functools.partial(
+                            hypercorn_serve,
+                            metrics_app(registry),
+                            metrics_hypercorn_config(config),
+                            shutdown_trigger=stop.wait,
+                        )
+                    )
+                    metrics_port = _bound_port(metrics_binds[0])
                 running = Running(
                     http_port=_bound_port(binds[0]),
                     udp_port=rtc.endpoint.local_address[1],
@@ -166,6 +197,7 @@ async def serve(
                     rtc=rtc,
                     sfu=sfu,
                     _stop=stop,
+                    metrics_port=metrics_port,
                 )
                 log.info(
                     "trio-sfu started",
@@ -174,6 +206,7 @@ async def serve(
                         "udp_port": running.udp_port,
                         "public_ips": public,
                         "site_dir": str(config.site_root()),
+                        "metrics": metrics_port,
                         "node": backends.node_id if backends is not None else "local",
                         "cluster": backends is not None,
                     },

@@ -21,9 +21,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trio_sfu import __version__
-from trio_sfu.config import Config, ConfigError, Setting, parse_setting, settings
+from trio_sfu.config import (
+    CONFIG_ENV,
+    Config,
+    ConfigError,
+    Setting,
+    config_toml,
+    file_values,
+    parse_path,
+    parse_setting,
+    settings,
+)
 
-COMMANDS = ("serve", "token")
+COMMANDS = ("serve", "token", "config", "watch")
 #: The longest a token may live: a token cannot be revoked short of changing the secret.
 MAX_TTL = 366 * 86400
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -54,19 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
         choices=COMMANDS,
         default="serve",
         help="what to do (default: serve): run the SFU, its HTTP API and the demo site; "
-        "'token' prints an access token (see trio-sfu token --help)",
+        "'config --print' prints the settings serve would use, as a --config file; "
+        "'token' prints an access token (see trio-sfu token --help); 'watch ROOM' prints a "
+        "room's events (see trio-sfu watch --help)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        type=_argument_type(Setting("--config", "", parse_path, "FILE")),
+        default=None,
+        help="a TOML file of settings, keys named like the flags without '--' "
+        f"(http-port = 8080); flags and environment variables win over it [env {CONFIG_ENV}]",
+    )
+    parser.add_argument(
+        "--print", dest="print_config", action="store_true",
+        help="with 'config': print the effective settings",
+    )
     for f, setting in settings():
-        default = f.default if f.default not in (None, ()) else None
+        default = f.default if f.default not in (None, (), False) else None
         shown = f", default {default}" if default is not None else ""
         kwargs: dict[str, Any] = {
             "dest": f.name,
-            "metavar": setting.metavar,
-            "type": _argument_type(setting),
             "default": None,
             "help": f"{setting.help} [env {setting.env}{shown}]",
         }
+        if setting.switch:
+            kwargs.update(action="store_const", const=True)
+        else:
+            kwargs.update(metavar=setting.metavar, type=_argument_type(setting))
         if setting.repeatable:
             kwargs["action"] = "append"
         parser.add_argument(setting.flag, **kwargs)
@@ -78,7 +105,7 @@ def flags_markdown() -> str:
     rows = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for f, setting in settings():
         default = "" if f.default in (None, ()) else f"`{f.default}`"
-        flag = f"`{setting.flag} {setting.metavar}`"
+        flag = f"`{setting.flag} {setting.metavar}`".replace(" `", "`")
         rows.append(f"| {flag} | `{setting.env}` | {default} | {setting.help} |")
     return "\n".join(rows) + "\n"
 
@@ -86,8 +113,20 @@ def flags_markdown() -> str:
 def config_from_args(
     parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]
 ) -> Config:
-    """Flags, else environment, else defaults; any problem is a usage error (exit 2)."""
+    """Flags, else environment, else the --config file, else defaults; any problem is a
+    usage error (exit 2)."""
     values: dict[str, Any] = {}
+    path = args.config_file
+    if path is None and environ.get(CONFIG_ENV, ""):
+        try:
+            path = parse_path(environ[CONFIG_ENV])
+        except ValueError as error:
+            parser.error(f"environment variable {CONFIG_ENV}: {error}")
+    if path is not None:
+        try:
+            values.update(file_values(path))
+        except ConfigError as error:
+            parser.error(str(error))
     for f, setting in settings():
         given = getattr(args, f.name)
         if given is not None:
@@ -189,7 +228,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = parser.parse_args(argv)
     if args.command == "token":
         parser.error("'token' comes first and takes its own flags: trio-sfu token --help")
+    if args.command == "watch":
+        parser.error("'watch' comes first and takes its own flags: trio-sfu watch --help")
+    if args.print_config != (args.command == "config"):
+        parser.error("'config' takes --print (and --print goes with 'config'): "
+                     "trio-sfu config --print [--config FILE] [flags]")
     config = config_from_args(parser, args, environ)
+    if args.command == "config":
+        print(config_toml(config), end="")
+        return 0
 
     # Heavy imports only once we know we will serve (keeps --help and usage errors fast).
     import trio

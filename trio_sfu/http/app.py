@@ -8,14 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import trio
+from prometheus_client import CollectorRegistry
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from trio_sfu.auth import TokenVerifier
+from trio_sfu.auth import ANY_ROOM, TokenVerifier
 from trio_sfu.config import IceServer
 from trio_sfu.http.cors import install_cors
 from trio_sfu.http.errors import install_error_handlers
-from trio_sfu.http.guard import Guard
+from trio_sfu.http.guard import Guard, forbidden
 from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
@@ -36,9 +37,18 @@ def create_app(
     tokens: TokenVerifier | None = None,
     ice_servers: Sequence[IceServer] = (),
     sessions: Sessions | None = None,
+    metrics: CollectorRegistry | None = None,
+    metrics_open: bool = False,
 ) -> QuartTrio:
     """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
-    (see :mod:`trio_sfu.http.guard`); WHIP/WHEP routes exist when the SFU offers them."""
+    (see :mod:`trio_sfu.http.guard`), and so does ``/metrics`` (an admin token for all rooms)
+    unless ``metrics_open``; WHIP/WHEP routes exist when the SFU offers them. ``metrics`` is
+    the node's registry (default: one over ``sfu``)."""
+    from trio_sfu.metrics import CONTENT_TYPE, exposition, node_registry
+
+    registry = metrics if metrics is not None else node_registry(
+        sfu, str(getattr(sfu, "node_id", "local"))
+    )
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
@@ -68,12 +78,14 @@ def create_app(
         return Response("not ready\n", status=503, content_type="text/plain")
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        """Counters in the Prometheus text format (no token: scraped from inside the cluster)."""
-        source = getattr(sfu, "metrics", None)
-        values = source() if source is not None else {}
-        body = "".join(f"{name} {value}\n" for name, value in sorted(values.items()))
-        return Response(body, content_type="text/plain; version=0.0.4")
+    async def get_metrics() -> Response:
+        """Prometheus metrics (:mod:`trio_sfu.metrics`); room names and counts are for the
+        operator, so with tokens on this needs an admin token for every room."""
+        if not metrics_open:
+            claims = guard.authenticate()
+            if claims is not None and not (claims.admin and claims.room == ANY_ROOM):
+                raise forbidden("/metrics needs an admin token for all rooms ('*')")
+        return Response(exposition(registry), content_type=CONTENT_TYPE)
 
     install_access_log(app)
     install_cors(app, cors_origins)

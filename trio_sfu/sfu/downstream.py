@@ -26,6 +26,7 @@ from trio_sfu.proto.rtcp import (
 )
 from trio_sfu.proto.rtp import TransportCcSequencer
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.node_stats import LOSS_BUCKETS, RTT_BUCKETS, Buckets
 from trio_sfu.sfu.track import DownTrack, TrackSource
 
 #: Sender reports towards a receiver (RFC 3550 §6.2; one receiver per leg, so a fixed interval).
@@ -39,6 +40,26 @@ class Downstream(Member):
         #: live down-tracks by the SSRC we send them under (what the receiver's RTCP names)
         self.live: dict[int, DownTrack] = {}
         self.pc.on_rtcp = self._on_rtcp
+        # Feedback from the receiver (RTCP rate, not per media packet) and the totals of
+        # down-tracks that ended, for counters().
+        self.nacks_received = 0
+        self.nacks_answered = 0
+        self.pli_received = 0
+        self.fir_received = 0
+        self._ended_octets = 0
+        #: what the receiver's reports said, one observation per report block (≈ 1/s/stream)
+        self.rtt_reports = Buckets(RTT_BUCKETS)
+        self.loss_reports = Buckets(LOSS_BUCKETS)
+
+    def counters(self) -> dict[str, int]:
+        out = super().counters()
+        out["nacks_received"] = self.nacks_received
+        out["nacks_answered"] = self.nacks_answered
+        out["pli_received"] = self.pli_received
+        out["fir_received"] = self.fir_received
+        out["rtx_out"] = self.nacks_answered
+        out["bytes_out"] = self._ended_octets + sum(d.stats.octets for d in self.live.values())
+        return out
 
     # The room's events (from the bus), applied to this member.
     def publisher_joined(self, info: PublisherInfo) -> None:
@@ -62,11 +83,13 @@ class Downstream(Member):
 
     def stop_forwarding(self, downtrack: DownTrack) -> None:
         downtrack.close()
-        self.live.pop(downtrack.transceiver.sender_ssrc, None)
+        if self.live.pop(downtrack.transceiver.sender_ssrc, None) is not None:
+            self._ended_octets += downtrack.stats.octets
 
     def close_downtracks(self) -> None:
         for downtrack in list(self.live.values()):
             downtrack.close()
+            self._ended_octets += downtrack.stats.octets
         self.live.clear()
 
     def _twcc_sequencer(self, ext_id: int) -> TransportCcSequencer:
@@ -79,25 +102,31 @@ class Downstream(Member):
         live = self.live
         for packet in packets:
             if isinstance(packet, Pli):
+                self.pli_received += 1
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
                     downtrack.source.request_keyframe(now)
             elif isinstance(packet, Fir):
+                self.fir_received += 1
                 for entry in packet.entries:
                     downtrack = live.get(entry.ssrc)
                     if downtrack is not None:
                         downtrack.source.request_keyframe(now)
             elif isinstance(packet, Nack):
+                self.nacks_received += len(packet.lost)
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
                     for seq in packet.lost:
-                        downtrack.retransmit(seq)
+                        self.nacks_answered += downtrack.retransmit(seq)
             elif isinstance(packet, ReceiverReport | SenderReport):
                 unix = time.time()
                 for block in packet.reports:
                     downtrack = live.get(block.ssrc)
                     if downtrack is not None:
-                        downtrack.stats.on_receiver_report(block, now, unix)
+                        rtt = downtrack.stats.on_receiver_report(block, now, unix)
+                        if rtt is not None:
+                            self.rtt_reports.observe(rtt)
+                        self.loss_reports.observe(block.fraction_lost / 256)
 
     async def report_loop(self) -> None:
         """A sender report per forwarded stream every second, so the receiver can synchronise

@@ -62,6 +62,8 @@ class Publisher(Member):
                 self._relay_sinks.append(sink)
         self._wake = trio.Event()
         self._idle = False
+        #: incoming RTP streams seen (the peer forgets them once closed; we keep the totals)
+        self._streams: list[IncomingStream] = []
         pc.on_rtp = self._on_rtp
         pc.on_rtcp = self._on_rtcp
 
@@ -82,6 +84,17 @@ class Publisher(Member):
     def track(self, track_id: str) -> PublishedTrack | None:
         return next((t for t in self.tracks if t.track_id == track_id), None)
 
+    def counters(self) -> dict[str, int]:
+        out = super().counters()
+        out["rtx_in"] = sum(t.rtx_received for t in self.tracks)
+        out["nacks_sent"] = sum(t.nack_requested for t in self.tracks)
+        out["pli_sent"] = out["fir_sent"] = 0
+        for t in self.tracks:
+            out["fir_sent" if t.uses_fir else "pli_sent"] += t.keyframes.sent
+        out["keyframe_requests_throttled"] = sum(t.keyframes.suppressed for t in self.tracks)
+        out["bytes_in"] = sum(s.octets for s in self._streams)
+        return out
+
     # -- media ----------------------------------------------------------------------------
 
     def _on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
@@ -99,6 +112,7 @@ class Publisher(Member):
             if track is None:
                 return
             stream.sink = track
+            self._streams.append(stream)  # once per stream: its octets count in counters()
         track.on_rtp(stream, packet, now)
 
     def _on_rtcp(self, packets: list[RtcpPacket], now: float) -> None:

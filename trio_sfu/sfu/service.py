@@ -9,6 +9,7 @@ has exactly one place to happen.
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -32,8 +33,9 @@ from trio_sfu.cluster.state import MemoryStateStore, StateStore
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
-from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, Unavailable
+from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, SfuError, Unavailable
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.node_stats import NodeStats
 from trio_sfu.sfu.publisher import Publisher
 from trio_sfu.sfu.remote import Relay, RemoteTrack
 from trio_sfu.sfu.room import Room
@@ -53,10 +55,9 @@ DRAIN_RETRY_AFTER = 2
 BACKEND_RETRY_AFTER = 2
 
 
-def vars_of(counters: object) -> dict[str, int]:
-    """The int fields of a slots dataclass of counters."""
-    names = getattr(counters, "__slots__", ()) or vars(counters)
-    return {n: v for n in names if isinstance(v := getattr(counters, n), int)}
+def _snake(name: str) -> str:
+    """``BadRequest`` → ``bad_request`` (a refusal's kind as a metrics label)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 @contextmanager
@@ -108,6 +109,8 @@ class Sfu:
         self.draining = False
         self._gone: dict[int, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        #: join outcomes, timings and the totals of members that left (read by /metrics)
+        self.stats = NodeStats()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host every connection; cancelling this closes them all (server shutdown)."""
@@ -158,17 +161,38 @@ class Sfu:
     # -- joining --------------------------------------------------------------------------
 
     async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._join("pub", room, peer_id, offer_sdp)
+        return await self._counted("pub", self._join("pub", room, peer_id, offer_sdp))
 
     async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._join("sub", room, peer_id, offer_sdp)
+        return await self._counted("sub", self._join("sub", room, peer_id, offer_sdp))
 
     async def whep(
         self, room: str, peer_id: str, offer_sdp: str, *, publisher_id: str | None = None
     ) -> str:
         """A WHEP viewer: sendonly audio + video following the room's live publisher (or the
         named one). No live publisher → 409 with Retry-After (draft-ietf-wish-whep)."""
-        return await self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id)
+        return await self._counted(
+            "whep", self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id)
+        )
+
+    async def _counted(self, role: Role, join: Awaitable[str]) -> str:
+        """A join, timed from the request to the answer, and its outcome counted (/metrics:
+        ``ok`` or the refusal's kind, e.g. ``conflict``, ``unavailable``, ``cancelled``)."""
+        began = trio.current_time()
+        name = _ROLE_TYPES[role].role  # the logs' and metrics' vocabulary
+        try:
+            answer = await join
+        except SfuError as error:
+            self.stats.refused(name, _snake(type(error).__name__))
+            raise
+        except trio.Cancelled:
+            self.stats.refused(name, "cancelled")
+            raise
+        except BaseException:
+            self.stats.refused(name, "error")
+            raise
+        self.stats.joined(name, trio.current_time() - began)
+        return answer
 
     async def _join(
         self,
@@ -269,12 +293,23 @@ class Sfu:
             async with trio.open_nursery() as nursery:
                 await nursery.start(member.pc.run)
                 member.pc.start_soon(member.serve)
+                member.pc.start_soon(self._time_connect, member)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self._remove(member)
                 self._gone.pop(id(member), None)
                 gone.set()
+
+    async def _time_connect(self, member: Member) -> None:
+        """ICE + DTLS set-up time, from the accepted join to DTLS up (/metrics)."""
+        failed = False
+        try:
+            await member.pc.wait_connected()
+        except* ConnectionError:
+            failed = True  # closed before connecting: its session time says so
+        if not failed:
+            self.stats.connected(member.role, trio.current_time() - member.started)
 
     async def _remove(self, member: Member) -> None:
         room = member.room
@@ -294,7 +329,22 @@ class Sfu:
         if room.empty and self.rooms.get(name) is room:
             del self.rooms[name]
             room.stop()
-        log.info("left", extra={**member.log_extra, "reason": member.pc.close_reason})
+        counters = member.counters()
+        seconds = trio.current_time() - member.started
+        reports = (
+            (member.rtt_reports, member.loss_reports) if isinstance(member, Downstream) else None
+        )
+        self.stats.left(member.role, seconds, counters, reports)
+        log.info(
+            "left",
+            extra={
+                **member.log_extra,
+                "reason": member.pc.close_reason,
+                "duration": round(seconds, 3),
+                "bytes_in": counters.get("bytes_in", 0),
+                "bytes_out": counters.get("bytes_out", 0),
+            },
+        )
         await trio.lowlevel.checkpoint()
 
     # -- leaving and listing --------------------------------------------------------------
@@ -400,26 +450,6 @@ class Sfu:
             for member in [*room.publishers.values(), *room.subscribers.values()]:
                 told += member.send(protocol.RECONNECT)
         log.info("draining", extra={"node": self.node_id, "told": told, "members": self.members})
-
-    def metrics(self) -> dict[str, float]:
-        """Plain counters for ``GET /metrics`` (Prometheus text): read, never computed per
-        packet."""
-        out: dict[str, float] = {
-            "trio_sfu_rooms": len(self.rooms),
-            "trio_sfu_publishers": sum(len(r.publishers) for r in self.rooms.values()),
-            "trio_sfu_subscribers": sum(len(r.subscribers) for r in self.rooms.values()),
-            "trio_sfu_remote_tracks": len(self._remote),
-            "trio_sfu_outbox": len(self._outbox),
-            "trio_sfu_draining": int(self.draining),
-        }
-        for name, value in vars_of(self.rtc.endpoint.stats).items():
-            out[f"trio_sfu_udp_{name}_total"] = value
-        counters = getattr(self.relay, "counters", None)
-        if counters is not None:
-            for name, value in vars_of(counters).items():
-                suffix = "" if name == "subscriptions" else "_total"
-                out[f"trio_sfu_relay_{name}{suffix}"] = value
-        return out
 
     @property
     def members(self) -> int:

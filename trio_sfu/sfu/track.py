@@ -234,6 +234,16 @@ class PublishedTrack:
     def detach(self, downtrack: DownTrack) -> None:
         self.downtracks = [d for d in self.downtracks if d is not downtrack]
 
+    @property
+    def uses_fir(self) -> bool:
+        """Keyframe requests go out as FIR (RFC 5104) rather than PLI (RFC 4585)."""
+        return not self.transceiver.pli and self.transceiver.fir
+
+    @property
+    def nack_requested(self) -> int:
+        """Sequence numbers this track asked the publisher to retransmit (RFC 4585 NACKs)."""
+        return sum(i.nack.requested for i in self._ingress.values() if i.nack is not None)
+
     def request_keyframe(self, now: float) -> bool:
         """PLI (or FIR if only FIR was negotiated) to the publisher, throttled per track."""
         if self.kind != "video" or self.media_ssrc is None or not self.keyframes.allow(now):
@@ -244,7 +254,7 @@ class PublishedTrack:
     def _send_keyframe_request(self) -> None:
         t = self.transceiver
         assert self.media_ssrc is not None
-        if t.pli or not t.fir:
+        if not self.uses_fir:
             pli = Pli(sender_ssrc=t.sender_ssrc, media_ssrc=self.media_ssrc)
             self.pc.send_rtcp(pli.serialize())
         else:
