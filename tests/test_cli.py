@@ -102,7 +102,7 @@ def usage_error(
 def test_help_lists_every_flag_and_env_var() -> None:
     text = build_parser().format_help()
     names = [(s.flag, s.env) for _, s in settings()]
-    assert len(names) == 22
+    assert len(names) == 23
     for flag, env in names:
         assert flag in text
         assert env in text
@@ -225,6 +225,7 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
         "ice_servers",
         (parse_ice_server("stun:stun.example:3478"),),
     ),
+    ("TRIO_SFU_REQUIRE_BACKENDS", "true", "require_backends", True),
     ("TRIO_SFU_METRICS_OPEN", "yes", "metrics_open", True),
     ("TRIO_SFU_METRICS_OPEN", "0", "metrics_open", False),
     ("TRIO_SFU_METRICS_PORT", "9100", "metrics_port", 9100),

@@ -15,8 +15,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 
 # Requests still running when the HTTP side stops get this long before they are cancelled.
 GRACEFUL_TIMEOUT = 5.0
+
+
+class StartupError(Exception):
+    """The process cannot start; the message is one line naming what (an address and port,
+    a backend's URL). ``status`` is the exit status the CLI uses."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SfuService(SfuApi, Protocol):
@@ -114,12 +123,18 @@ async def serve(
     """Run a node until SIGINT/SIGTERM, :meth:`Running.shutdown` or cancellation."""
     config.check()
     public = config.advertised_addresses()
-    rtc = RtcServer.bind(
-        config.udp_host,
-        config.udp_port,
-        public_addresses=public,
-        consent_timeout=config.consent_timeout,
-    )
+    try:
+        rtc = RtcServer.bind(
+            config.udp_host,
+            config.udp_port,
+            public_addresses=public,
+            consent_timeout=config.consent_timeout,
+        )
+    except OSError as error:
+        raise StartupError(
+            f"cannot bind the UDP media port {_address(config.udp_host, config.udp_port)}: "
+            f"{error.strerror or error}"
+        ) from None
     started = False
     try:
         async with cluster_backends(config) as backends:
@@ -177,17 +192,19 @@ async def serve(
                     # HTTP has stopped (gracefully): now end the peers and the UDP reader.
                     nursery.cancel_scope.cancel()
 
-                binds = await nursery.start(http)
+                with _naming_port("HTTP", config.http_host, config.http_port):
+                    binds = await nursery.start(http)
                 metrics_port = None
                 if config.metrics_port is not None:
-                    metrics_binds = await nursery.start(
-                        functools.partial(
-                            hypercorn_serve,
-                            metrics_app(registry),
-                            metrics_hypercorn_config(config),
-                            shutdown_trigger=stop.wait,
+                    with _naming_port("metrics", config.http_host, config.metrics_port):
+                        metrics_binds = await nursery.start(
+                            functools.partial(
+                                hypercorn_serve,
+                                metrics_app(registry),
+                                metrics_hypercorn_config(config),
+                                shutdown_trigger=stop.wait,
+                            )
                         )
-                    )
                     metrics_port = _bound_port(metrics_binds[0])
                 running = Running(
                     http_port=_bound_port(binds[0]),
@@ -209,9 +226,11 @@ async def serve(
                         "metrics": metrics_port,
                         "node": backends.node_id if backends is not None else "local",
                         "cluster": backends is not None,
+                        "demo": running.demo_url,
                     },
                 )
-                print(f"trio-sfu: demo at {running.demo_url}", file=sys.stdout, flush=True)
+                if config.log_format == "text":  # JSON logs stay JSON only: the line has it
+                    print(f"trio-sfu: demo at {running.demo_url}", file=sys.stdout, flush=True)
                 # DESIGN.md: everything alive now lives for the whole process; keep full
                 # collections from walking it again (they pause 30-90 ms on a large heap).
                 gc.freeze()
@@ -221,7 +240,7 @@ async def serve(
         # A start-up failure (an HTTP port in use, a bad certificate) surfaces as itself, not
         # wrapped in the nurseries' groups, so callers and the CLI can report it plainly.
         leaf = _sole_leaf(group)
-        if not started and isinstance(leaf, OSError):
+        if not started and isinstance(leaf, OSError | StartupError):
             raise leaf from None
         raise
     finally:
@@ -256,7 +275,8 @@ async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
         state = RedisStateStore(config.redis_url, node_id)
         bus = NatsBus(config.nats_url, node_id)
         async with trio.open_nursery() as nursery:
-            await nursery.start(bus.run)
+            await nursery.start(bus.run)  # waits a moment for NATS, then starts anyway
+            await _check_backends(config, state, bus)
             try:
                 yield Backends(node_id, state, bus)
             finally:
@@ -264,6 +284,52 @@ async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
                     # Our heartbeat goes first: the other pods sweep our members at once.
                     await state.close()
                 nursery.cancel_scope.cancel()
+
+
+async def _check_backends(config: Config, state: RedisStateStore, bus: NatsBus) -> None:
+    """Backends not answering at start: with --require-backends that ends the process (one
+    line naming them); by default the pod starts, retries with back-off, and /readyz says
+    503 until they answer."""
+    assert config.redis_url is not None and config.nats_url is not None
+    down = [
+        f"{name} at {Config.shown_url(url)}"
+        for name, url, backend in (
+            ("Redis", config.redis_url, state),
+            ("NATS", config.nats_url, bus),
+        )
+        if not await backend.ready()
+    ]
+    if not down:
+        return
+    if config.require_backends:
+        raise StartupError(f"cannot reach {' and '.join(down)} (--require-backends)", status=2)
+    log.warning(
+        "cluster backend unreachable at start-up: retrying; /readyz answers 503 until it is back",
+        extra={"unreachable": down},
+    )
+
+
+@contextmanager
+def _naming_port(what: str, host: str, port: int) -> Iterator[None]:
+    """A bind failure (port in use, no such address) as one line naming the address."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf = _sole_leaf(group)
+        if isinstance(leaf, OSError):
+            raise StartupError(
+                f"cannot listen on the {what} port {_address(host, port)}: "
+                f"{leaf.strerror or leaf}"
+            ) from None
+        raise
+    except OSError as error:
+        raise StartupError(
+            f"cannot listen on the {what} port {_address(host, port)}: {error.strerror or error}"
+        ) from None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _drain(sfu: SfuService, timeout: float, stop: trio.Event) -> None:

@@ -14,6 +14,7 @@ same pair the server is started with.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -219,11 +220,86 @@ def token_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return 0
 
 
+def build_watch_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-sfu watch",
+        description="Print a room's events live (publishers and subscribers joining and "
+        "leaving, chat with --chat) from a running trio-sfu, over its WebSocket stream "
+        "GET /rooms/{room}/events. Ends when the server closes the stream.",
+    )
+    parser.add_argument("room", nargs="?", help="the room; omit it with --all")
+    parser.add_argument("--all", action="store_true",
+                        help="every room (GET /events; needs an admin token for all rooms)")
+    parser.add_argument("--url", default=None, metavar="URL",
+                        help="the server, e.g. http://127.0.0.1:8080 [env TRIO_SFU_URL, "
+                        "default http://127.0.0.1:8080]")
+    parser.add_argument("--token", default=None, metavar="TOKEN",
+                        help="an access token for the room [env TRIO_SFU_TOKEN]")
+    parser.add_argument("--chat", action="store_true", help="include chat messages")
+    parser.add_argument("--json", action="store_true", help="print each event as JSON")
+    return parser
+
+
+def watch_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    import trio
+
+    from trio_sfu.client.events import (
+        EventStreamClosed,
+        EventStreamRefused,
+        describe,
+        room_events,
+    )
+    from trio_sfu.sfu.protocol import valid_id
+
+    parser = build_watch_parser()
+    args = parser.parse_args(argv)
+    if (args.room is None) != args.all:
+        parser.error("name a ROOM, or give --all (and not both)")
+    if args.room is not None and not valid_id(args.room):
+        parser.error(f"{args.room!r} is not a room name ([A-Za-z0-9_.-]{{1,64}})")
+    url = args.url or environ.get("TRIO_SFU_URL") or "http://127.0.0.1:8080"
+    token = args.token or environ.get("TRIO_SFU_TOKEN") or None
+
+    async def run() -> int:
+        try:
+            async with room_events(url, args.room, token=token, chat=args.chat) as events:
+                async for event in events:
+                    line = json.dumps(event) if args.json else describe(event)
+                    print(line, flush=True)
+        except EventStreamRefused as error:
+            print(f"trio-sfu watch: {url}: refused: {error}", file=sys.stderr)
+            return 1
+        except EventStreamClosed as closed:
+            print(f"trio-sfu watch: {closed}", file=sys.stderr)
+            return 0 if closed.code in (1000, 1001, 1012) else 1
+        except OSError as error:
+            print(f"trio-sfu watch: cannot connect to {url}: {error}", file=sys.stderr)
+            return 1
+        return 0
+
+    try:
+        return trio.run(run)
+    except KeyboardInterrupt:
+        return 130
+
+
+def fail(config: Config, message: str) -> None:
+    """One line on stderr: plain text, or a JSON log object when the logs are JSON."""
+    if config.log_format == "json":
+        import logging
+
+        logging.getLogger("trio_sfu").critical(message, extra={"event": "start-up failed"})
+    else:
+        print(f"trio-sfu: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     environ = os.environ if environ is None else environ
     if argv[:1] == ["token"]:
         return token_main(argv[1:], environ)
+    if argv[:1] == ["watch"]:
+        return watch_main(argv[1:], environ)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "token":
@@ -241,14 +317,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     # Heavy imports only once we know we will serve (keeps --help and usage errors fast).
     import trio
 
-    from trio_sfu.app import serve
+    from trio_sfu.app import StartupError, serve
     from trio_sfu.logs import setup_logging
 
     setup_logging(config.log_level, config.log_format)
     try:
         trio.run(serve, config)
-    except OSError as error:  # e.g. a port already in use
-        print(f"trio-sfu: cannot start: {error}", file=sys.stderr)
+    except StartupError as error:  # a port in use, a backend required but unreachable
+        fail(config, str(error))
+        return error.status
+    except OSError as error:
+        fail(config, f"cannot start: {error}")
         return 1
     except ConfigError as error:  # defensive: check() already ran
         print(f"trio-sfu: {error}", file=sys.stderr)

@@ -483,6 +483,17 @@ class Config:
         ),
     )
 
+    require_backends: bool = field(
+        default=False,
+        metadata=_setting(
+            "--require-backends",
+            "exit (status 2) if Redis or NATS cannot be reached at start-up (default: start "
+            "anyway, retry with back-off, /readyz 503 until they answer)",
+            parse_bool,
+            "",
+            switch=True,
+        ),
+    )
     metrics_open: bool = field(
         default=False,
         metadata=_setting(
@@ -520,6 +531,19 @@ class Config:
     @property
     def tls(self) -> bool:
         return self.cert is not None
+
+    @staticmethod
+    def shown_url(url: str) -> str:
+        """``url`` as logs and errors may show it: no user or password."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        try:
+            port = f":{parts.port}" if parts.port is not None else ""
+        except ValueError:
+            port = ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
 
     @property
     def cluster(self) -> bool:

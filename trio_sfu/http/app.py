@@ -57,6 +57,10 @@ def create_app(
     )
     guard = Guard(tokens)
     app.register_blueprint(signaling_blueprint(sfu, guard))
+    if isinstance(getattr(sfu, "drained", None), trio.Event) and hasattr(sfu, "bus"):
+        from trio_sfu.http.events import events_blueprint
+
+        app.register_blueprint(events_blueprint(sfu, guard))  # type: ignore[arg-type]
     if isinstance(sfu, WhipSfuApi):
         app.register_blueprint(
             whip_blueprint(sfu, guard, ice_servers=ice_servers, sessions=sessions)
@@ -113,8 +117,11 @@ def install_access_log(app: QuartTrio) -> None:
         }
         if began is not None:
             extra["ms"] = round((trio.current_time() - began) * 1000, 1)
-        probe = request.path in ("/healthz", "/readyz", "/metrics")
-        level = logging.DEBUG if probe else logging.INFO
+        # Probes and the demo's files at debug: INFO is for what changes the SFU's state.
+        quiet = request.path in ("/healthz", "/readyz", "/metrics") or (
+            getattr(g, "static", False) and response.status_code < 400
+        )
+        level = logging.DEBUG if quiet else logging.INFO
         access_log.log(
             level, "%s %s %s", request.method, request.path, response.status_code, extra=extra
         )

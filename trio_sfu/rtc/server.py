@@ -151,7 +151,7 @@ class ServerPeerConnection(PeerConnection):
         self.ice_agent.restart(ufrag, pwd)
         self.ice_agent.set_remote_credentials(remote_ufrag, remote_pwd)
         self._endpoint.register_ufrags(self)
-        log.info("ICE restart", extra={"peer": self.name})
+        log.info("ICE restart", extra=self.log_extra)
         return ufrag, pwd
 
     # -- called by the endpoint -----------------------------------------------------------
@@ -163,7 +163,7 @@ class ServerPeerConnection(PeerConnection):
             if self.remote_address is not None:
                 log.info(
                     "peer address changed",
-                    extra={"peer": self.name, "old": self.remote_address, "new": addr},
+                    extra={**self.log_extra, "old": self.remote_address, "new": addr},
                 )
             self.remote_address = addr
 

@@ -34,6 +34,7 @@ class Member:
         self.pc = pc
         self.control: DataChannel | None = None
         self.log_extra = {"room": room.name, "peer": connection_id, "role": self.role}
+        pc.log_extra = self.log_extra  # one vocabulary in the rtc layer's lines too
         #: when the join was accepted (session duration, in ``left`` logs and /metrics)
         self.started = trio.current_time()
 

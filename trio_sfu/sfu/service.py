@@ -53,6 +53,9 @@ OUTBOX_RETRY = 1.0
 #: Retry-After for new sessions refused while draining or while a backend is down.
 DRAIN_RETRY_AFTER = 2
 BACKEND_RETRY_AFTER = 2
+#: Back-off (seconds) of the node-command subscription while the bus is unreachable.
+BACKEND_RETRY_MIN = 0.25
+BACKEND_RETRY_MAX = 5.0
 
 
 def _snake(name: str) -> str:
@@ -107,6 +110,8 @@ class Sfu:
         self._outbox_wakeup = trio.Event()
         #: SIGTERM: no new sessions, connected clients told to RECONNECT (issue 4)
         self.draining = False
+        #: set once draining begins (room-event streams tell their watchers, then close)
+        self.drained = trio.Event()
         self._gone: dict[int, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         #: join outcomes, timings and the totals of members that left (read by /metrics)
@@ -151,12 +156,26 @@ class Sfu:
     async def _node_commands(self) -> None:
         """Commands other pods address to this one: keyframe requests for our publishers'
         tracks from pods whose subscribers lost a picture (throttled at the track)."""
-        async with self.bus.listen_node() as commands:
-            async for command in commands:
-                if isinstance(command, KeyframeRequest):
-                    track = self.local_track(command.publisher_id, command.track_id)
-                    if track is not None:
-                        track.request_keyframe(trio.current_time())
+        delay = BACKEND_RETRY_MIN
+        while True:
+            try:
+                async with self.bus.listen_node() as commands:
+                    delay = BACKEND_RETRY_MIN
+                    async for command in commands:
+                        if isinstance(command, KeyframeRequest):
+                            track = self.local_track(command.publisher_id, command.track_id)
+                            if track is not None:
+                                track.request_keyframe(trio.current_time())
+                return
+            except BackendUnavailable as exc:
+                # The bus is down (at start-up, or lost): /readyz says 503 meanwhile; retry
+                # with back-off rather than taking the process down.
+                log.warning(
+                    "node commands unavailable, retrying",
+                    extra={"node": self.node_id, "error": str(exc), "retry_in": delay},
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, BACKEND_RETRY_MAX)
 
     # -- joining --------------------------------------------------------------------------
 
@@ -445,6 +464,7 @@ class Sfu:
         if self.draining:
             return
         self.draining = True
+        self.drained.set()
         told = 0
         for room in self.rooms.values():
             for member in [*room.publishers.values(), *room.subscribers.values()]:

@@ -339,7 +339,7 @@ class DownTrack:
         if not pt_map:
             log.warning(
                 "subscriber accepted none of the publisher's codecs",
-                extra={"peer": self.pc.name, "track": self.source.track_id},
+                extra={**self.pc.log_extra, "track": self.source.track_id},
             )
             return False
         twcc_id = t.extension_id(URI_TRANSPORT_CC)
