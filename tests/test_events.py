@@ -203,12 +203,12 @@ async def test_trio_sfu_watch_prints_a_join_within_a_second(nursery: trio.Nurser
                 while b"publishers: none" not in buffer:
                     buffer += await proc.stdout.receive_some(4096)
             bob = SubscriberClient("bob-1", certificate=client_certificate())
+            joined_at = time.monotonic()  # from the POST: signaling + event
             await nursery.start(bob.connect, http_signal(url, "sub", "r", "bob-1"))
-            joined_at = time.monotonic()
             with trio.fail_after(1.0):
                 while b"bob-1 subscribes" not in buffer:
                     buffer += await proc.stdout.receive_some(4096)
-            assert time.monotonic() - joined_at < 1.0
+            print(f"watch printed the join {time.monotonic() - joined_at:.3f} s after the POST")
         finally:
             proc.terminate()
             with trio.move_on_after(10):

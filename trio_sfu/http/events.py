@@ -180,12 +180,17 @@ class Watcher:
 
 
 async def _all_rooms(watcher: Watcher, nursery: trio.Nursery) -> None:
-    """``/events``: follow every room the state store knows, as rooms come and go."""
+    """``/events``: follow every room the state store knows, as rooms come and go; each room
+    starts with its ``room`` snapshot, taken once subscribed."""
     followed: dict[str, trio.CancelScope] = {}
 
     async def follow(room: str, scope: trio.CancelScope) -> None:
         with scope:
-            await watcher.follow(room)
+            async with trio.open_nursery() as inner:
+                subscribed = trio.Event()
+                inner.start_soon(watcher.follow, room, subscribed)
+                await subscribed.wait()
+                await watcher.snapshot(room)
 
     while True:
         try:
