@@ -223,3 +223,23 @@ async def test_metrics_port_is_open_and_serves_only_metrics() -> None:
             assert value(families, "trio_sfu_rooms") == 0
         finally:
             running.shutdown()
+
+
+async def test_grafana_dashboard_uses_only_names_we_export(env: SfuEnv) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "trio-sfu.json"
+    exprs = [t["expr"] for p in json.loads(dashboard.read_text())["panels"] for t in p["targets"]]
+    async with metrics_url(env) as url:
+        families = await scrape(url)
+    used = {name for e in exprs for name in re.findall(r"\b(?:trio_sfu|process)_\w+", e)}
+    unknown = [n for n in used if re.sub(r"_(total|bucket|count|sum)$", "", n) not in families]
+    assert used and not unknown, unknown
+    for name in used:  # and with the right type for the suffix the query uses
+        family = families[re.sub(r"_(total|bucket|count|sum)$", "", name)]
+        if name.endswith("_bucket"):
+            assert family.type == "histogram", name
+        if name.endswith("_total"):
+            assert family.type == "counter", name
