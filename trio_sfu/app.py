@@ -78,6 +78,8 @@ class Running:
     _stop: trio.Event = field(repr=False)
     #: the --metrics-port listener's bound port, if there is one
     metrics_port: int | None = None
+    #: the HTTP/3 (QUIC) port, if --quic-port
+    quic_port: int | None = None
 
     def shutdown(self) -> None:
         """Begin the graceful stop a SIGTERM would begin; ``serve`` returns when it is done."""
@@ -91,6 +93,10 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     if config.cert is not None and config.key is not None:
         hc.certfile = str(config.cert)
         hc.keyfile = str(config.key)
+        if config.quic_port is not None:
+            # HTTP/3 over QUIC (Hypercorn on aioquic); every HTTP/1.1 and HTTP/2 response
+            # then carries Alt-Svc: h3=":<bound port>" so browsers can switch (RFC 9114 §3.1.1).
+            hc.quic_bind = [f"{host}:{config.quic_port}"]
     hc.accesslog = None  # the app logs each request itself, with structured fields
     hc.errorlog = logging.getLogger("trio_sfu.http.server")
     hc.graceful_timeout = GRACEFUL_TIMEOUT
@@ -105,7 +111,14 @@ def metrics_hypercorn_config(config: Config) -> HypercornConfig:
     host = f"[{config.http_host}]" if ":" in config.http_host else config.http_host
     hc.bind = [f"{host}:{config.metrics_port}"]
     hc.certfile = hc.keyfile = None
+    hc.quic_bind = []
     return hc
+
+
+def _quic_port(hc: HypercornConfig) -> int | None:
+    """The UDP port Hypercorn bound for QUIC (the one its Alt-Svc header names)."""
+    addresses = getattr(hc, "_quic_addresses", None) or []
+    return int(addresses[0][1]) if addresses else None
 
 
 def _bound_port(url: str) -> int:
@@ -182,10 +195,12 @@ async def serve(
                         )
                     )
 
+                http_config = hypercorn_config(config)
+
                 async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                     await hypercorn_serve(
                         app,
-                        hypercorn_config(config),
+                        http_config,
                         shutdown_trigger=stop.wait,
                         task_status=task_status,
                     )
@@ -215,6 +230,7 @@ async def serve(
                     sfu=sfu,
                     _stop=stop,
                     metrics_port=metrics_port,
+                    quic_port=_quic_port(http_config),
                 )
                 log.info(
                     "trio-sfu started",
@@ -224,6 +240,7 @@ async def serve(
                         "public_ips": public,
                         "site_dir": str(config.site_root()),
                         "metrics": metrics_port,
+                        "quic": running.quic_port,
                         "node": backends.node_id if backends is not None else "local",
                         "cluster": backends is not None,
                         "demo": running.demo_url,

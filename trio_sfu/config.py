@@ -365,6 +365,16 @@ class Config:
         default=None,
         metadata=_setting("--key", "PEM private key for HTTPS; needs --cert", parse_path, "FILE"),
     )
+    quic_port: int | None = field(
+        default=None,
+        metadata=_setting(
+            "--quic-port",
+            "also serve HTTP/3 (QUIC, aioquic) on this UDP port of --http-host, advertised "
+            "to browsers with Alt-Svc; needs --cert/--key; 0 picks a free one",
+            parse_port,
+            "PORT",
+        ),
+    )
     log_level: str = field(
         default="info",
         metadata=_setting(
@@ -605,6 +615,8 @@ class Config:
                 context.load_cert_chain(self.cert, self.key)
             except (ssl.SSLError, OSError) as error:
                 raise ConfigError(f"--cert/--key: cannot load them: {error}") from None
+        if self.quic_port is not None and self.cert is None:
+            raise ConfigError("--quic-port needs --cert and --key: HTTP/3 is always TLS")
         if self.site_dir is not None and not self.site_dir.is_dir():
             raise ConfigError(f"--site-dir {self.site_dir}: not a directory")
         if (self.api_key is None) != (self.api_secret is None):

@@ -114,6 +114,7 @@ def install_access_log(app: QuartTrio) -> None:
             "path": request.path,
             "status": response.status_code,
             "client": request.remote_addr,
+            "http": request.http_version,
         }
         if began is not None:
             extra["ms"] = round((trio.current_time() - began) * 1000, 1)
