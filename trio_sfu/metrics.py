@@ -91,6 +91,7 @@ class SfuCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         sfu, node = self.sfu, self.node
         rooms: dict[str, Any] = getattr(sfu, "rooms", {})
+        outboxes: dict[str, Any] = getattr(sfu, "_outboxes", {})
         gauges = {
             "rooms": ("rooms with a member on this node", len(rooms)),
             "publishers": (
@@ -109,7 +110,9 @@ class SfuCollector(Collector):
                 "tracks relayed from other nodes for this node's subscribers",
                 len(getattr(sfu, "_remote", ())),
             ),
-            "outbox": ("state/bus updates waiting for a backend", len(getattr(sfu, "_outbox", ()))),
+            "outbox": ("state/bus updates waiting for a backend", sum(map(len, outboxes.values()))),
+            "outbox_state": ("state updates waiting for Redis", len(outboxes.get("state", ()))),
+            "outbox_bus": ("bus updates waiting for NATS", len(outboxes.get("bus", ()))),
             "draining": ("1 while draining (SIGTERM)", int(getattr(sfu, "draining", False))),
         }
         for name, (help_text, value) in gauges.items():

@@ -16,6 +16,7 @@ from trio_sfu.auth import ANY_ROOM, TokenVerifier
 from trio_sfu.config import IceServer
 from trio_sfu.http.cors import install_cors
 from trio_sfu.http.errors import install_error_handlers
+from trio_sfu.http.forwarding import Forwarder
 from trio_sfu.http.guard import Guard, forbidden
 from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody
 from trio_sfu.http.sessions import Sessions
@@ -37,13 +38,16 @@ def create_app(
     tokens: TokenVerifier | None = None,
     ice_servers: Sequence[IceServer] = (),
     sessions: Sessions | None = None,
+    forwarder: Forwarder | None = None,
     metrics: CollectorRegistry | None = None,
     metrics_open: bool = False,
 ) -> QuartTrio:
     """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
     (see :mod:`trio_sfu.http.guard`), and so does ``/metrics`` (an admin token for all rooms)
-    unless ``metrics_open``; WHIP/WHEP routes exist when the SFU offers them. ``metrics`` is
-    the node's registry (default: one over ``sfu``)."""
+    unless ``metrics_open``; WHIP/WHEP routes exist when the SFU offers them. With a
+    ``forwarder`` (cluster mode) requests about a connection held by another pod are answered
+    by that pod (:mod:`trio_sfu.http.forwarding`). ``metrics`` is the node's registry
+    (default: one over ``sfu``)."""
     from trio_sfu.metrics import CONTENT_TYPE, exposition, node_registry
 
     registry = metrics if metrics is not None else node_registry(
@@ -56,14 +60,16 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     guard = Guard(tokens)
-    app.register_blueprint(signaling_blueprint(sfu, guard))
+    app.register_blueprint(signaling_blueprint(sfu, guard, forwarder))
     if isinstance(getattr(sfu, "drained", None), trio.Event) and hasattr(sfu, "bus"):
         from trio_sfu.http.events import events_blueprint
 
         app.register_blueprint(events_blueprint(sfu, guard))  # type: ignore[arg-type]
     if isinstance(sfu, WhipSfuApi):
         app.register_blueprint(
-            whip_blueprint(sfu, guard, ice_servers=ice_servers, sessions=sessions)
+            whip_blueprint(
+                sfu, guard, ice_servers=ice_servers, sessions=sessions, forwarder=forwarder
+            )
         )
 
     @app.get("/healthz")

@@ -27,6 +27,7 @@ from trio_sfu.proto.rtcp import (
 from trio_sfu.proto.rtp import TransportCcSequencer
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.node_stats import LOSS_BUCKETS, RTT_BUCKETS, Buckets
+from trio_sfu.sfu.remote import RemoteTrack
 from trio_sfu.sfu.track import DownTrack, TrackSource
 
 #: Sender reports towards a receiver (RFC 3550 §6.2; one receiver per leg, so a fixed interval).
@@ -116,8 +117,16 @@ class Downstream(Member):
                 self.nacks_received += len(packet.lost)
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
-                    for seq in packet.lost:
-                        self.nacks_answered += downtrack.retransmit(seq)
+                    missed = [seq for seq in packet.lost if not downtrack.retransmit(seq)]
+                    self.nacks_answered += len(packet.lost) - len(missed)
+                    if missed and isinstance(downtrack.source, RemoteTrack):
+                        # Relayed media this pod lacks: ask the publisher's pod (issue 9).
+                        rewriter = downtrack.rewriter
+                        if rewriter is not None:
+                            inputs = [rewriter.to_input_sequence(seq) for seq in missed]
+                            downtrack.source.nack_missed(
+                                [seq for seq in inputs if seq is not None], now
+                            )
             elif isinstance(packet, ReceiverReport | SenderReport):
                 unix = time.time()
                 for block in packet.reports:

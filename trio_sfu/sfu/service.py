@@ -20,6 +20,7 @@ import trio
 from trio_sfu.cluster.bus import Bus, LocalBus
 from trio_sfu.cluster.commands import (
     KeyframeRequest,
+    Nack,
     PubJoin,
     PubLeft,
     PublisherInfo,
@@ -87,6 +88,34 @@ _ROLE_NAMES = {"pub": "publisher", "sub": "subscriber", "whep": "WHEP viewer"}
 _ROLE_TYPES: dict[str, type[Member]] = {"pub": Publisher, "sub": Subscriber, "whep": WhepViewer}
 
 
+class Outbox:
+    """Updates of one backend, applied in order, each retried until the backend answers."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
+        self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+        self._items.append((fn, args))
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while self._items:
+                fn, args = self._items[0]
+                try:
+                    await fn(*args)
+                except BackendUnavailable:
+                    await trio.sleep(OUTBOX_RETRY)
+                    continue
+                self._items.popleft()
+
+
 class Sfu:
     def __init__(
         self,
@@ -105,9 +134,9 @@ class Sfu:
         self.node_id = node_id
         self.rooms: dict[str, Room] = {}
         self._remote: dict[tuple[str, str], RemoteTrack] = {}
-        #: state/bus updates that must not be lost to an outage, retried in order
-        self._outbox: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
-        self._outbox_wakeup = trio.Event()
+        #: state and bus updates that must not be lost to an outage, retried in order; one
+        #: outbox per backend, so a Redis outage never holds back a PUB_LEFT on NATS (issue 9)
+        self._outboxes = {"state": Outbox(), "bus": Outbox()}
         #: SIGTERM: no new sessions, connected clients told to RECONNECT (issue 4)
         self.draining = False
         #: set once draining begins (room-event streams tell their watchers, then close)
@@ -122,7 +151,8 @@ class Sfu:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._node_commands)
-            nursery.start_soon(self._flush_outbox)
+            for outbox in self._outboxes.values():
+                nursery.start_soon(outbox.flush)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -132,21 +162,8 @@ class Sfu:
     def reliably(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Apply a state or bus update now if possible, else as soon as the backend is back,
         in order (a departure must not be lost to an outage: the room would keep a ghost)."""
-        self._outbox.append((fn, args))
-        self._outbox_wakeup.set()
-
-    async def _flush_outbox(self) -> None:
-        while True:
-            await self._outbox_wakeup.wait()
-            self._outbox_wakeup = trio.Event()
-            while self._outbox:
-                fn, args = self._outbox[0]
-                try:
-                    await fn(*args)
-                except BackendUnavailable:
-                    await trio.sleep(OUTBOX_RETRY)
-                    continue
-                self._outbox.popleft()
+        backend = "bus" if getattr(fn, "__self__", None) is self.bus else "state"
+        self._outboxes[backend].put(fn, args)
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Start a background task that lives as long as the SFU (remote tracks, requests)."""
@@ -155,21 +172,28 @@ class Sfu:
 
     async def _node_commands(self) -> None:
         """Commands other pods address to this one: keyframe requests for our publishers'
-        tracks from pods whose subscribers lost a picture (throttled at the track)."""
+        tracks from pods whose subscribers lost a picture (throttled at the track), and NACKs
+        for relayed packets those pods could not answer (issue 9). While the bus is down (at
+        start-up, or lost) /readyz says 503; the subscription is retried with back-off rather
+        than taking the process down."""
         delay = BACKEND_RETRY_MIN
         while True:
             try:
                 async with self.bus.listen_node() as commands:
                     delay = BACKEND_RETRY_MIN
                     async for command in commands:
-                        if isinstance(command, KeyframeRequest):
+                        if isinstance(command, KeyframeRequest | Nack):
                             track = self.local_track(command.publisher_id, command.track_id)
-                            if track is not None:
+                            if track is None:
+                                continue
+                            if isinstance(command, Nack):
+                                track.resend_to_relay(
+                                    command.sequence_numbers, trio.current_time()
+                                )
+                            else:
                                 track.request_keyframe(trio.current_time())
                 return
             except BackendUnavailable as exc:
-                # The bus is down (at start-up, or lost): /readyz says 503 meanwhile; retry
-                # with back-off rather than taking the process down.
                 log.warning(
                     "node commands unavailable, retrying",
                     extra={"node": self.node_id, "error": str(exc), "retry_in": delay},
@@ -458,18 +482,25 @@ class Sfu:
                 return False
         return True
 
-    def drain(self) -> None:
-        """SIGTERM: refuse new sessions and ask every connected client to reconnect (through
-        the load balancer, to a live pod); the app exits once empty or after its timeout."""
-        if self.draining:
-            return
-        self.draining = True
-        self.drained.set()
+    def drain(self, *, reconnect: bool = True) -> None:
+        """SIGTERM: refuse new sessions (``/readyz`` turns 503) and, with ``reconnect``, ask
+        every connected client to reconnect (through the load balancer, to a live pod); the
+        app sends the RECONNECTs only after ``--drain-notice`` (issue 9), once balancers had
+        time to stop sending new clients here. It exits once empty or after its timeout."""
+        if not self.draining:
+            self.draining = True
+            self.drained.set()
+            log.info("draining", extra={"node": self.node_id, "members": self.members})
+        if reconnect:
+            self.send_reconnect()
+
+    def send_reconnect(self) -> None:
+        """RECONNECT to every connected client (they come back through the load balancer)."""
         told = 0
         for room in self.rooms.values():
             for member in [*room.publishers.values(), *room.subscribers.values()]:
                 told += member.send(protocol.RECONNECT)
-        log.info("draining", extra={"node": self.node_id, "told": told, "members": self.members})
+        log.info("RECONNECT sent", extra={"node": self.node_id, "told": told})
 
     @property
     def members(self) -> int:
