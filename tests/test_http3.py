@@ -1,7 +1,9 @@
 """HTTP/3 (issue 13, item 3): with --cert/--key/--quic-port, Hypercorn also serves QUIC
 (aioquic), every HTTP/1.1 and HTTP/2 response advertises it in Alt-Svc, and a publisher and a
-subscriber signal entirely over HTTP/3 (aioquic's client) — the server's access log shows
-those requests arrived as HTTP/3 — then media flows between them through the SFU."""
+subscriber signal entirely over HTTP/3 — with aioquic's client, and with Chromium
+(``--origin-to-force-quic-on``, the test certificate trusted by its SPKI hash) loading the demo
+and publishing and subscribing through it. The server's access log shows the requests arrived
+as HTTP/3; media flows through the SFU in both cases."""
 
 from __future__ import annotations
 
@@ -75,3 +77,86 @@ async def test_publish_and_subscribe_over_http3(
 def test_quic_needs_tls() -> None:
     with pytest.raises(ConfigError, match="--quic-port needs --cert"):
         Config(quic_port=8443).check()
+
+
+def _spki_sha256(cert: Path) -> str:
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    public = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = public.public_bytes(serialization.Encoding.DER,
+                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def _free_port_pair() -> int:
+    """A port number free for both TCP and UDP on loopback (Chromium's forced QUIC origin
+    uses the HTTPS origin's port number for UDP)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(port)
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
+@pytest.mark.browser
+async def test_chromium_publishes_and_subscribes_over_http3(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from typing import Any
+
+    from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS
+    from tests.peers.harness import require_chromium
+    from tests.test_site import HARNESS_JS, SCENARIO_TIMEOUT, Page, wait_until
+
+    require_chromium()
+    caplog.set_level(logging.INFO, logger="trio_sfu.http.access")
+    cert, key = write_self_signed(tmp_path)
+    port = _free_port_pair()
+    config = Config(http_host="127.0.0.1", http_port=port, udp_host="127.0.0.1", udp_port=0,
+                    cert=cert, key=key, quic_port=port)
+    args = [*CHROMIUM_ARGS, f"--origin-to-force-quic-on=127.0.0.1:{port}",
+            f"--ignore-certificate-errors-spki-list={_spki_sha256(cert)}"]
+    harness = HARNESS_JS.read_text()
+
+    def scenario() -> None:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+            try:
+                p = Page(browser, "h3")
+                p.page.goto(f"https://127.0.0.1:{port}/?room=h3")
+                p.page.add_script_tag(content=harness, type="module")
+                p.page.wait_for_function("() => window.harness !== undefined")
+                pub = p.js("o => harness.publish('alice', o)", {"room": "h3", "user": "alice"})
+                p.js("o => harness.subscribe('carol', o)", {"room": "h3", "user": "carol"})
+
+                def status() -> Any:
+                    return p.js("n => harness.status(n)", "carol")
+
+                wait_until("carol decoding 30 frames over an HTTP/3-signaled session", status,
+                           lambda st: pub in st["tiles"]
+                           and st["tiles"][pub]["framesDecoded"] >= 30, 60, p)
+            finally:
+                browser.close()
+
+    async with trio.open_nursery() as server:
+        running: Running = await server.start(
+            functools.partial(serve, config, handle_signals=False))
+        with trio.fail_after(SCENARIO_TIMEOUT):
+            await trio.to_thread.run_sync(scenario, abandon_on_cancel=True)
+        running.shutdown()
+    posts = {(r.path.split("/")[1], r.http) for r in caplog.records  # type: ignore[attr-defined]
+             if getattr(r, "method", None) == "POST"}
+    assert posts == {("pub", "3"), ("sub", "3")}, posts
