@@ -213,11 +213,15 @@ async def serve(
                     # HTTP has stopped (gracefully): now end the peers and the UDP reader.
                     nursery.cancel_scope.cancel()
 
-                with _naming_port("HTTP", config.http_host, config.http_port):
+                where = f"the HTTP port {_address(config.http_host, config.http_port)}"
+                if config.quic_port is not None:
+                    where += f" or the QUIC port {_address(config.http_host, config.quic_port)}/udp"
+                with _naming_port(where):
                     binds = await nursery.start(http)
                 metrics_port = None
                 if config.metrics_port is not None:
-                    with _naming_port("metrics", config.http_host, config.metrics_port):
+                    where = f"the metrics port {_address(config.http_host, config.metrics_port)}"
+                    with _naming_port(where):
                         metrics_binds = await nursery.start(
                             functools.partial(
                                 hypercorn_serve,
@@ -337,22 +341,17 @@ async def _check_backends(config: Config, state: RedisStateStore, bus: NatsBus) 
 
 
 @contextmanager
-def _naming_port(what: str, host: str, port: int) -> Iterator[None]:
+def _naming_port(where: str) -> Iterator[None]:
     """A bind failure (port in use, no such address) as one line naming the address."""
     try:
         yield
     except BaseExceptionGroup as group:
         leaf = _sole_leaf(group)
         if isinstance(leaf, OSError):
-            raise StartupError(
-                f"cannot listen on the {what} port {_address(host, port)}: "
-                f"{leaf.strerror or leaf}"
-            ) from None
+            raise StartupError(f"cannot listen on {where}: {leaf.strerror or leaf}") from None
         raise
     except OSError as error:
-        raise StartupError(
-            f"cannot listen on the {what} port {_address(host, port)}: {error.strerror or error}"
-        ) from None
+        raise StartupError(f"cannot listen on {where}: {error.strerror or error}") from None
 
 
 def _address(host: str, port: int) -> str:
