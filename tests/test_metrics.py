@@ -6,6 +6,7 @@ counters by exactly what the test made happen. Also: tokens guard it, --metrics-
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -116,12 +117,25 @@ async def test_session_moves_counters_by_the_right_amounts(env: SfuEnv) -> None:
         for seq in lost:
             assert alice.resend_as_rtx(alice.video, seq)
         await wait_for(lambda: len({p[2] for p in media.packets}) >= 40)
+        # Three RTX padding-only probes, as browsers send to probe bandwidth (no OSN).
+        video = alice.video
+        rtx_ssrc, rtx_pt = video.sender_rtx_ssrc, video.rtx_payload_type(video.media_codecs[0]
+                                                                       .payload_type)
+        assert rtx_ssrc is not None and rtx_pt is not None
+        for _ in range(3):
+            seq = alice._seq[rtx_ssrc] & 0xFFFF
+            alice._seq[rtx_ssrc] += 1
+            header = struct.pack("!BBHII", 0xA0, rtx_pt, seq, 1234, rtx_ssrc)
+            alice.pc.send_rtp(header + bytes(9) + b"\x0a")  # 10 bytes of padding, no payload
+        await wait_for(lambda: sum(t.padding_received for t in
+                                   env.sfu.rooms["r"].publishers["alice-1"].tracks) == 3)
         await trio.sleep(0.3)  # the NACK generator has nothing left to ask
 
         before = await scrape(url)
         nacks_sent = sum(len(p.lost) for p in alice_rtcp.of(Nack))  # type: ignore[attr-defined]
         assert value(before, "trio_sfu_nack_requests_total", event="sent") == nacks_sent
         assert value(before, "trio_sfu_packets_total", direction="in", kind="rtx") == 2
+        assert value(before, "trio_sfu_packets_total", direction="in", kind="padding") == 3
         assert value(before, "trio_sfu_packets_total", direction="in", kind="rtp") >= 40
 
         # Subscriber feedback: a NACK for 3 packets (answered from the cache) and 2 PLIs.

@@ -51,6 +51,7 @@ _MEMBER_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "rtcp_out": ("packets", "", {"direction": "out", "kind": "rtcp"}),
     "rtx_in": ("packets", "", {"direction": "in", "kind": "rtx"}),
     "rtx_out": ("packets", "", {"direction": "out", "kind": "rtx"}),
+    "padding_in": ("packets", "", {"direction": "in", "kind": "padding"}),
     "bytes_in": ("rtp_payload_bytes", "", {"direction": "in"}),
     "bytes_out": ("rtp_payload_bytes", "", {"direction": "out"}),
     "nacks_received": ("nack_requests", "", {"event": "received"}),
@@ -66,7 +67,7 @@ _MEMBER_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 _FAMILY_HELP = {
     "packets": "RTP/RTCP packets to and from peers, by direction and kind (rtx: retransmissions "
-    "sent for NACKs, or received from publishers)",
+    "sent for NACKs, or received from publishers; padding: publishers' RTX probes)",
     "rtp_payload_bytes": "RTP payload octets received from publishers and sent to subscribers",
     "nack_requests": "sequence numbers in NACKs: received from subscribers, answered from the "
     "cache, sent to publishers",

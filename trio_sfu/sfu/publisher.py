@@ -87,6 +87,7 @@ class Publisher(Member):
     def counters(self) -> dict[str, int]:
         out = super().counters()
         out["rtx_in"] = sum(t.rtx_received for t in self.tracks)
+        out["padding_in"] = sum(t.padding_received for t in self.tracks)
         out["nacks_sent"] = sum(t.nack_requested for t in self.tracks)
         out["pli_sent"] = out["fir_sent"] = 0
         for t in self.tracks:

@@ -173,6 +173,8 @@ class PublishedTrack:
         self._fir = FirSequence()
         self.packets = 0
         self.rtx_received = 0
+        #: RTX padding-only packets (bandwidth probes, RFC 4588 §8.3: no OSN), never forwarded
+        self.padding_received = 0
         #: the relay's entry for this track (cluster mode): called per packet, a no-op unless
         #: another pod currently wants the track
         self.relay_sink: Callable[[bytes], None] | None = None
@@ -191,6 +193,7 @@ class PublishedTrack:
                 return
             unwrapped = rtx_unwrap(packet, ingress.ssrc, apt)
             if unwrapped is None:
+                self.padding_received += 1
                 return  # padding-only probe
             seq, packet = unwrapped
             if ingress.nack is not None:
