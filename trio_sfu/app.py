@@ -27,6 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import SfuApi, create_app
+from trio_sfu.http.ice_servers import IceServerList
 from trio_sfu.metrics import metrics_app, node_registry
 from trio_sfu.rtc.server import RtcServer
 
@@ -72,6 +73,7 @@ class Running:
 
     http_port: int
     udp_port: int
+    tcp_port: int | None  # None: ICE-TCP is off
     demo_url: str
     public_addresses: list[str]
     rtc: RtcServer
@@ -143,11 +145,16 @@ async def serve(
             config.udp_port,
             public_addresses=public,
             consent_timeout=config.consent_timeout,
+            tcp_port=config.tcp_bind_port(),
+            tcp_public_port=config.tcp_public_port,
         )
     except OSError as error:
+        reason = error.strerror or str(error)
+        if reason.startswith("ICE-TCP port"):  # the TCP bind names its own port
+            raise StartupError(f"cannot bind the {reason}") from None
         raise StartupError(
             f"cannot bind the UDP media port {_address(config.udp_host, config.udp_port)}: "
-            f"{error.strerror or error}"
+            f"{reason}"
         ) from None
     started = False
     try:
@@ -175,7 +182,12 @@ async def serve(
                 cors_origins=config.cors_origins,
                 site_dir=config.site_root(),
                 tokens=token_verifier(config),
-                ice_servers=config.ice_servers,
+                ice_servers=IceServerList(
+                    config.ice_servers,
+                    turn_urls=config.turn_urls,
+                    turn_secret=config.turn_secret,
+                    ttl=config.turn_ttl,
+                ),
                 forwarder=backends.forwarder if backends is not None else None,
                 metrics=registry,
                 metrics_open=config.metrics_open,
@@ -234,6 +246,7 @@ async def serve(
                 running = Running(
                     http_port=_bound_port(binds[0]),
                     udp_port=rtc.endpoint.local_address[1],
+                    tcp_port=rtc.tcp.local_address[1] if rtc.tcp is not None else None,
                     demo_url=config.demo_url(_bound_port(binds[0])),
                     public_addresses=public,
                     rtc=rtc,
@@ -247,6 +260,7 @@ async def serve(
                     extra={
                         "http": binds,
                         "udp_port": running.udp_port,
+                        "tcp_port": running.tcp_port,
                         "public_ips": public,
                         "site_dir": str(config.site_root()),
                         "metrics": metrics_port,

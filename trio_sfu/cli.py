@@ -34,7 +34,7 @@ from trio_sfu.config import (
     settings,
 )
 
-COMMANDS = ("serve", "token", "config", "watch")
+COMMANDS = ("serve", "token", "config", "watch", "load")
 #: The longest a token may live: a token cannot be revoked short of changing the secret.
 MAX_TTL = 366 * 86400
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do (default: serve): run the SFU, its HTTP API and the demo site; "
         "'config --print' prints the settings serve would use, as a --config file; "
         "'token' prints an access token (see trio-sfu token --help); 'watch ROOM' prints a "
-        "room's events (see trio-sfu watch --help)",
+        "room's events (see trio-sfu watch --help); 'load' load-tests a running server (see "
+        "trio-sfu load --help)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -300,12 +301,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return token_main(argv[1:], environ)
     if argv[:1] == ["watch"]:
         return watch_main(argv[1:], environ)
+    if argv[:1] == ["load"]:
+        from trio_sfu.client.load import main as load_main
+
+        return load_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "token":
-        parser.error("'token' comes first and takes its own flags: trio-sfu token --help")
-    if args.command == "watch":
-        parser.error("'watch' comes first and takes its own flags: trio-sfu watch --help")
+    if args.command in ("token", "watch", "load"):
+        parser.error(
+            f"'{args.command}' comes first and takes its own flags: "
+            f"trio-sfu {args.command} --help"
+        )
     if args.print_config != (args.command == "config"):
         parser.error("'config' takes --print (and --print goes with 'config'): "
                      "trio-sfu config --print [--config FILE] [flags]")

@@ -15,6 +15,7 @@ docs/metrics.md, and deploy/grafana/trio-sfu.json is built on them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -116,6 +117,15 @@ class SfuCollector(Collector):
             "outbox_bus": ("bus updates waiting for NATS", len(outboxes.get("bus", ()))),
             "draining": ("1 while draining (SIGTERM)", int(getattr(sfu, "draining", False))),
         }
+        # Forwarding groups (issue 10): one rewrite per incoming packet per group.
+        sources = [t for r in rooms.values() for p in r.publishers.values() for t in p.tracks]
+        sources += list(getattr(sfu, "_remote", {}).values())
+        fanouts = [f for f in (getattr(s, "fanout", None) for s in sources) if f is not None]
+        gauges["forwarding_groups"] = (
+            "forwarding groups (one rewrite per packet each) of local and relayed tracks",
+            sum(len(f.groups) for f in fanouts),
+        )
+        gauges["downtracks"] = ("down-tracks fed by those groups", sum(len(f) for f in fanouts))
         for name, (help_text, value) in gauges.items():
             family = GaugeMetricFamily(f"trio_sfu_{name}", help_text, labels=["node"])
             family.add_metric([node], value)
@@ -261,6 +271,20 @@ class SfuCollector(Collector):
                 )
                 family.add_metric([self.node], value)
                 yield family
+        tcp = getattr(getattr(sfu, "rtc", None), "tcp", None)
+        if tcp is not None:  # ICE-TCP (RFC 6544): its connections and its endpoint's counters
+            gauge = GaugeMetricFamily(
+                "trio_sfu_tcp_connections", "ICE-TCP connections open now", labels=["node"]
+            )
+            gauge.add_metric([self.node], tcp.connections)
+            yield gauge
+            for name, value in _ints(tcp.stats):
+                family = CounterMetricFamily(
+                    f"trio_sfu_tcp_{name}", f"ICE-TCP: {name.replace('_', ' ')}",
+                    labels=["node"],
+                )
+                family.add_metric([self.node], value)
+                yield family
         counters = getattr(getattr(sfu, "relay", None), "counters", None)
         if counters is not None:
             for name, value in _ints(counters):
@@ -307,7 +331,11 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 
 def _ints(counters: object) -> Iterator[tuple[str, int]]:
-    names = getattr(counters, "__slots__", ()) or vars(counters)
+    """The int fields of a (slots) dataclass of counters, inherited ones included."""
+    if dataclasses.is_dataclass(counters):
+        names: Iterable[str] = [f.name for f in dataclasses.fields(counters)]
+    else:
+        names = vars(counters)
     for name in names:
         value = getattr(counters, name)
         if isinstance(value, int) and not isinstance(value, bool):
