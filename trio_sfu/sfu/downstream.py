@@ -59,7 +59,7 @@ class Downstream(Member):
         out["pli_received"] = self.pli_received
         out["fir_received"] = self.fir_received
         out["rtx_out"] = self.nacks_answered
-        out["bytes_out"] = self._ended_octets + sum(d.stats.octets for d in self.live.values())
+        out["bytes_out"] = self._ended_octets + sum(d.sent_octets for d in self.live.values())
         return out
 
     # The room's events (from the bus), applied to this member.
@@ -83,14 +83,15 @@ class Downstream(Member):
         return True
 
     def stop_forwarding(self, downtrack: DownTrack) -> None:
+        sent = downtrack.sent_octets
         downtrack.close()
         if self.live.pop(downtrack.transceiver.sender_ssrc, None) is not None:
-            self._ended_octets += downtrack.stats.octets
+            self._ended_octets += sent
 
     def close_downtracks(self) -> None:
         for downtrack in list(self.live.values()):
+            self._ended_octets += downtrack.sent_octets
             downtrack.close()
-            self._ended_octets += downtrack.stats.octets
         self.live.clear()
 
     def _twcc_sequencer(self, ext_id: int) -> TransportCcSequencer:

@@ -411,6 +411,13 @@ class DownTrack:
             twcc=TransportCcSequencer(twcc_id) if twcc_id else None,
         )
 
+    @property
+    def sent_octets(self) -> int:
+        """RTP payload octets sent on this down-track so far: its share of what the groups it
+        belonged to sent (read for logs and /metrics, never per packet)."""
+        group = self.group
+        return group.stats.octets - self._base_octets if group is not None else self._sent_octets
+
     def joined(self, group: ForwardingGroup) -> None:
         self.group = group
         self._base_packets = group.stats.packets - self._sent_packets
