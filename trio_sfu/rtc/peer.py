@@ -119,6 +119,9 @@ class PeerConnection:
         #: where media goes: the nominated (server) or selected (client) remote address
         self.remote_address: Address | None = None
         self.stats = PeerStats()
+        #: fields of this connection's log lines; the SFU replaces them with its own
+        #: vocabulary (room, peer = the connection id, role), see Member
+        self.log_extra: dict[str, str] = {"peer": self.name}
         #: hot-path callbacks, set by the application
         self.on_rtp: RtpCallback | None = None
         self.on_rtcp: RtcpCallback | None = None
@@ -182,7 +185,7 @@ class PeerConnection:
             return
         self.closing = True
         self.close_reason = reason
-        log.info("peer closing", extra={"peer": self.name, "reason": reason})
+        log.info("peer closing", extra={**self.log_extra, "reason": reason})
         dtls = self._dtls
         try:
             # Both calls are no-ops when that layer already ended (a remote ABORT or alert).
@@ -195,7 +198,7 @@ class PeerConnection:
                 for datagram in dtls.datagrams_to_send():
                     self._send_datagram(datagram)
         except (DtlsError, SctpError) as exc:  # best effort: the peer may already be gone
-            log.debug("close notification failed", extra={"peer": self.name, "error": str(exc)})
+            log.debug("close notification failed", extra={**self.log_extra, "error": str(exc)})
         for channel in self._channels.values():
             channel.ready_state = "closed"
         self._closed.set()
@@ -640,7 +643,7 @@ class PeerConnection:
             self._srtp = event.srtp_context()
         log.info(
             "peer connected",
-            extra={"peer": self.name, "srtp": event.srtp_profile, "addr": self.remote_address},
+            extra={**self.log_extra, "srtp": event.srtp_profile, "addr": self.remote_address},
         )
         self._connected.set()
         self._emit(Connected())

@@ -239,7 +239,7 @@ class ServerPeerConnection(PeerConnection):
         self.ice_agent.restart(ufrag, pwd)
         self.ice_agent.set_remote_credentials(remote_ufrag, remote_pwd)
         self._endpoint.register_ufrags(self)
-        log.info("ICE restart", extra={"peer": self.name})
+        log.info("ICE restart", extra=self.log_extra)
         return ufrag, pwd
 
     # -- called by the endpoint -----------------------------------------------------------
@@ -254,7 +254,7 @@ class ServerPeerConnection(PeerConnection):
                 log.info(
                     "peer path changed",
                     extra={
-                        "peer": self.name,
+                        **self.log_extra,
                         "old": f"{current.transport}:{current.address}",
                         "new": f"{path.transport}:{path.address}",
                     },
@@ -268,7 +268,7 @@ class ServerPeerConnection(PeerConnection):
         """A TCP connection ended: if it carried the media, nothing is sent until the client's
         next valid check on another path (an ICE restart, or consent expiry closes us)."""
         if path is self.path:
-            log.info("peer path closed", extra={"peer": self.name, "path": str(path.address)})
+            log.info("peer path closed", extra={**self.log_extra, "path": str(path.address)})
             self.path = None
             self.remote_address = None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import trio
+
 from trio_sfu.rtc import events as ev
 from trio_sfu.rtc.datachannel import DataChannel
 from trio_sfu.rtc.server import ServerPeerConnection
@@ -32,6 +34,23 @@ class Member:
         self.pc = pc
         self.control: DataChannel | None = None
         self.log_extra = {"room": room.name, "peer": connection_id, "role": self.role}
+        pc.log_extra = self.log_extra  # one vocabulary in the rtc layer's lines too
+        #: when the join was accepted (session duration, in ``left`` logs and /metrics)
+        self.started = trio.current_time()
+
+    def counters(self) -> dict[str, int]:
+        """This connection's totals so far, read from the plain counters the media path
+        bumps (never computed per packet): for ``left`` logs and the node's /metrics, which
+        adds them to its retired totals when the member leaves."""
+        stats = self.pc.stats
+        return {
+            "rtp_in": stats.rtp_in,
+            "rtp_out": stats.rtp_out,
+            "rtcp_in": stats.rtcp_in,
+            "rtcp_out": stats.rtcp_out,
+            "srtp_failures": stats.srtp_rejected + stats.srtcp_rejected,
+            "dropped_sends": stats.media_not_sent,
+        }
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.room.name}/{self.id}>"

@@ -90,6 +90,8 @@ class Publisher(Member):
             self._open_relay(track)
         self._wake = trio.Event()
         self._idle = False
+        #: incoming RTP streams seen (the peer forgets them once closed; we keep the totals)
+        self._streams: list[IncomingStream] = []
         pc.on_rtp = self._on_rtp
         pc.on_rtcp = self._on_rtcp
         pc.on_path_changed = self._path_changed
@@ -151,6 +153,18 @@ class Publisher(Member):
     def track(self, track_id: str) -> PublishedTrack | None:
         return next((t for t in self.tracks if t.track_id == track_id), None)
 
+    def counters(self) -> dict[str, int]:
+        out = super().counters()
+        out["rtx_in"] = sum(t.rtx_received for t in self.tracks)
+        out["padding_in"] = sum(t.padding_received for t in self.tracks)
+        out["nacks_sent"] = sum(t.nack_requested for t in self.tracks)
+        out["pli_sent"] = out["fir_sent"] = 0
+        for t in self.tracks:
+            out["fir_sent" if t.uses_fir else "pli_sent"] += t.keyframes.sent
+        out["keyframe_requests_throttled"] = sum(t.keyframes.suppressed for t in self.tracks)
+        out["bytes_in"] = sum(s.octets for s in self._streams)
+        return out
+
     # -- media ----------------------------------------------------------------------------
 
     def _on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
@@ -168,6 +182,7 @@ class Publisher(Member):
             if track is None:
                 return
             stream.sink = track
+            self._streams.append(stream)  # once per stream: its octets count in counters()
         if track.muted:
             return  # MUTE: nothing forwarded or relayed until it unmutes (issue 15)
         track.on_rtp(stream, packet, now)

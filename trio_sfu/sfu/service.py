@@ -8,12 +8,10 @@ has exactly one place to happen.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import time
+import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -36,8 +34,9 @@ from trio_sfu.cluster.state import MemoryStateStore, StateStore
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
-from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, Unavailable
+from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, SfuError, Unavailable
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.node_stats import NodeStats
 from trio_sfu.sfu.publisher import Publisher
 from trio_sfu.sfu.remote import Relay, RemoteTrack
 from trio_sfu.sfu.room import Room
@@ -55,28 +54,14 @@ OUTBOX_RETRY = 1.0
 #: Retry-After for new sessions refused while draining or while a backend is down.
 DRAIN_RETRY_AFTER = 2
 BACKEND_RETRY_AFTER = 2
+#: Back-off (seconds) of the node-command subscription while the bus is unreachable.
+BACKEND_RETRY_MIN = 0.25
+BACKEND_RETRY_MAX = 5.0
 
 
-def vars_of(counters: object) -> dict[str, int]:
-    """The int fields of a (slots) dataclass of counters, inherited ones included."""
-    if dataclasses.is_dataclass(counters):
-        names: Iterable[str] = [f.name for f in dataclasses.fields(counters)]
-    else:
-        names = vars(counters)
-    return {n: v for n in names if isinstance(v := getattr(counters, n), int)}
-
-
-def process_metrics() -> dict[str, float]:
-    """The Prometheus process collector's standard names, so load testers and dashboards can
-    read the pod's CPU time and memory from ``/metrics`` (``trio-sfu load`` plots the CPU)."""
-    out: dict[str, float] = {"process_cpu_seconds_total": round(time.process_time(), 6)}
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        out["process_resident_memory_bytes"] = pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # not Linux: CPU time only
-        pass
-    return out
+def _snake(name: str) -> str:
+    """``BadRequest`` → ``bad_request`` (a refusal's kind as a metrics label)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 @contextmanager
@@ -154,8 +139,12 @@ class Sfu:
         self._outboxes = {"state": Outbox(), "bus": Outbox()}
         #: SIGTERM: no new sessions, connected clients told to RECONNECT (issue 4)
         self.draining = False
+        #: set once draining begins (room-event streams tell their watchers, then close)
+        self.drained = trio.Event()
         self._gone: dict[int, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        #: join outcomes, timings and the totals of members that left (read by /metrics)
+        self.stats = NodeStats()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host every connection; cancelling this closes them all (server shutdown)."""
@@ -184,32 +173,69 @@ class Sfu:
     async def _node_commands(self) -> None:
         """Commands other pods address to this one: keyframe requests for our publishers'
         tracks from pods whose subscribers lost a picture (throttled at the track), and NACKs
-        for relayed packets those pods could not answer (issue 9)."""
-        async with self.bus.listen_node() as commands:
-            async for command in commands:
-                if isinstance(command, KeyframeRequest | Nack):
-                    track = self.local_track(command.publisher_id, command.track_id)
-                    if track is None:
-                        continue
-                    if isinstance(command, Nack):
-                        track.resend_to_relay(command.sequence_numbers, trio.current_time())
-                    else:
-                        track.request_keyframe(trio.current_time())
+        for relayed packets those pods could not answer (issue 9). While the bus is down (at
+        start-up, or lost) /readyz says 503; the subscription is retried with back-off rather
+        than taking the process down."""
+        delay = BACKEND_RETRY_MIN
+        while True:
+            try:
+                async with self.bus.listen_node() as commands:
+                    delay = BACKEND_RETRY_MIN
+                    async for command in commands:
+                        if isinstance(command, KeyframeRequest | Nack):
+                            track = self.local_track(command.publisher_id, command.track_id)
+                            if track is None:
+                                continue
+                            if isinstance(command, Nack):
+                                track.resend_to_relay(
+                                    command.sequence_numbers, trio.current_time()
+                                )
+                            else:
+                                track.request_keyframe(trio.current_time())
+                return
+            except BackendUnavailable as exc:
+                log.warning(
+                    "node commands unavailable, retrying",
+                    extra={"node": self.node_id, "error": str(exc), "retry_in": delay},
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, BACKEND_RETRY_MAX)
 
     # -- joining --------------------------------------------------------------------------
 
     async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._join("pub", room, peer_id, offer_sdp)
+        return await self._counted("pub", self._join("pub", room, peer_id, offer_sdp))
 
     async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._join("sub", room, peer_id, offer_sdp)
+        return await self._counted("sub", self._join("sub", room, peer_id, offer_sdp))
 
     async def whep(
         self, room: str, peer_id: str, offer_sdp: str, *, publisher_id: str | None = None
     ) -> str:
         """A WHEP viewer: sendonly audio + video following the room's live publisher (or the
         named one). No live publisher → 409 with Retry-After (draft-ietf-wish-whep)."""
-        return await self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id)
+        return await self._counted(
+            "whep", self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id)
+        )
+
+    async def _counted(self, role: Role, join: Awaitable[str]) -> str:
+        """A join, timed from the request to the answer, and its outcome counted (/metrics:
+        ``ok`` or the refusal's kind, e.g. ``conflict``, ``unavailable``, ``cancelled``)."""
+        began = trio.current_time()
+        name = _ROLE_TYPES[role].role  # the logs' and metrics' vocabulary
+        try:
+            answer = await join
+        except SfuError as error:
+            self.stats.refused(name, _snake(type(error).__name__))
+            raise
+        except trio.Cancelled:
+            self.stats.refused(name, "cancelled")
+            raise
+        except BaseException:
+            self.stats.refused(name, "error")
+            raise
+        self.stats.joined(name, trio.current_time() - began)
+        return answer
 
     async def _join(
         self,
@@ -321,12 +347,23 @@ class Sfu:
             async with trio.open_nursery() as nursery:
                 await nursery.start(member.pc.run)
                 member.pc.start_soon(member.serve)
+                member.pc.start_soon(self._time_connect, member)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self._remove(member)
                 self._gone.pop(id(member), None)
                 gone.set()
+
+    async def _time_connect(self, member: Member) -> None:
+        """ICE + DTLS set-up time, from the accepted join to DTLS up (/metrics)."""
+        failed = False
+        try:
+            await member.pc.wait_connected()
+        except* ConnectionError:
+            failed = True  # closed before connecting: its session time says so
+        if not failed:
+            self.stats.connected(member.role, trio.current_time() - member.started)
 
     async def _remove(self, member: Member) -> None:
         room = member.room
@@ -346,7 +383,22 @@ class Sfu:
         if room.empty and self.rooms.get(name) is room:
             del self.rooms[name]
             room.stop()
-        log.info("left", extra={**member.log_extra, "reason": member.pc.close_reason})
+        counters = member.counters()
+        seconds = trio.current_time() - member.started
+        reports = (
+            (member.rtt_reports, member.loss_reports) if isinstance(member, Downstream) else None
+        )
+        self.stats.left(member.role, seconds, counters, reports)
+        log.info(
+            "left",
+            extra={
+                **member.log_extra,
+                "reason": member.pc.close_reason,
+                "duration": round(seconds, 3),
+                "bytes_in": counters.get("bytes_in", 0),
+                "bytes_out": counters.get("bytes_out", 0),
+            },
+        )
         await trio.lowlevel.checkpoint()
 
     # -- leaving and listing --------------------------------------------------------------
@@ -448,6 +500,7 @@ class Sfu:
         time to stop sending new clients here. It exits once empty or after its timeout."""
         if not self.draining:
             self.draining = True
+            self.drained.set()
             log.info("draining", extra={"node": self.node_id, "members": self.members})
         if reconnect:
             self.send_reconnect()
@@ -459,57 +512,6 @@ class Sfu:
             for member in [*room.publishers.values(), *room.subscribers.values()]:
                 told += member.send(protocol.RECONNECT)
         log.info("RECONNECT sent", extra={"node": self.node_id, "told": told})
-
-    def metrics(self) -> dict[str, float]:
-        """Plain counters for ``GET /metrics`` (Prometheus text): read, never computed per
-        packet."""
-        out: dict[str, float] = {
-            "trio_sfu_rooms": len(self.rooms),
-            "trio_sfu_publishers": sum(len(r.publishers) for r in self.rooms.values()),
-            "trio_sfu_subscribers": sum(len(r.subscribers) for r in self.rooms.values()),
-            "trio_sfu_remote_tracks": len(self._remote),
-            "trio_sfu_outbox": sum(len(o) for o in self._outboxes.values()),
-            "trio_sfu_outbox_state": len(self._outboxes["state"]),
-            "trio_sfu_outbox_bus": len(self._outboxes["bus"]),
-            "trio_sfu_draining": int(self.draining),
-        }
-        out.update(process_metrics())
-        # The hot path's plain ints, summed here at scrape time (never per packet): live peers'
-        # counters, and the forwarding groups (issue 10) of local and relayed tracks.
-        peers: dict[str, int] = {}
-        groups = downtracks = track_packets = track_rtx = 0
-        for room in self.rooms.values():
-            for member in [*room.publishers.values(), *room.subscribers.values()]:
-                for name, value in vars_of(member.pc.stats).items():
-                    peers[name] = peers.get(name, 0) + value
-            for publisher in room.publishers.values():
-                for track in publisher.tracks:
-                    track_packets += track.packets
-                    track_rtx += track.rtx_received
-                    groups += len(track.fanout.groups)
-                    downtracks += len(track.fanout)
-        for remote in self._remote.values():
-            groups += len(remote.fanout.groups)
-            downtracks += len(remote.fanout)
-        for name, value in peers.items():
-            out[f"trio_sfu_peer_{name}"] = value
-        out["trio_sfu_track_packets"] = track_packets
-        out["trio_sfu_track_rtx_received"] = track_rtx
-        out["trio_sfu_forwarding_groups"] = groups
-        out["trio_sfu_downtracks"] = downtracks
-        for name, value in vars_of(self.rtc.endpoint.stats).items():
-            out[f"trio_sfu_udp_{name}_total"] = value
-        tcp = self.rtc.tcp
-        if tcp is not None:
-            out["trio_sfu_tcp_connections"] = tcp.connections
-            for name, value in vars_of(tcp.stats).items():
-                out[f"trio_sfu_tcp_{name}_total"] = value
-        counters = getattr(self.relay, "counters", None)
-        if counters is not None:
-            for name, value in vars_of(counters).items():
-                suffix = "" if name == "subscriptions" else "_total"
-                out[f"trio_sfu_relay_{name}{suffix}"] = value
-        return out
 
     @property
     def members(self) -> int:
