@@ -31,6 +31,8 @@ class Member:
         self.user = protocol.user_of(connection_id)
         self.pc = pc
         self.control: DataChannel | None = None
+        #: set once the SFU took it out of its room (cleanup runs once, whoever asks first)
+        self.removed = False
         self.log_extra = {"room": room.name, "peer": connection_id, "role": self.role}
 
     def __repr__(self) -> str:

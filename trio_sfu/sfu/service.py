@@ -12,6 +12,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import trio
@@ -32,7 +33,7 @@ from trio_sfu.cluster.state import MemoryStateStore, StateStore
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
-from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, Unavailable
+from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, TooMany, Unavailable
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.publisher import Publisher
 from trio_sfu.sfu.remote import Relay, RemoteTrack
@@ -51,6 +52,20 @@ OUTBOX_RETRY = 1.0
 #: Retry-After for new sessions refused while draining or while a backend is down.
 DRAIN_RETRY_AFTER = 2
 BACKEND_RETRY_AFTER = 2
+#: Retry-After for a join refused because its room or this node is full.
+ROOM_FULL_RETRY_AFTER = 5
+ROOMS_FULL_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SfuLimits:
+    """Admission limits the SFU itself enforces (docs/security.md); the HTTP layer adds the
+    per-address ones. Both are per node: a cluster's capacity is the sum of its pods'."""
+
+    #: members (publishers, subscribers, WHEP viewers) of one room on this node
+    max_members_per_room: int = 200
+    #: rooms with at least one member on this node
+    max_rooms: int = 1000
 
 
 def vars_of(counters: object) -> dict[str, int]:
@@ -92,14 +107,18 @@ class Sfu:
         bus: Bus | None = None,
         relay: Relay | None = None,
         node_id: str = "local",
+        limits: SfuLimits | None = None,
     ) -> None:
         self.rtc = rtc
+        self.limits = limits if limits is not None else SfuLimits()
         self.state: StateStore = state if state is not None else MemoryStateStore()
         self.bus: Bus = bus if bus is not None else LocalBus()
         #: the cross-pod media relay (cluster mode); None: every track is local
         self.relay = relay
         self.node_id = node_id
         self.rooms: dict[str, Room] = {}
+        #: rooms whose listener is starting: registered in ``rooms`` once it runs
+        self._opening: dict[str, trio.Event] = {}
         self._remote: dict[tuple[str, str], RemoteTrack] = {}
         #: state/bus updates that must not be lost to an outage, retried in order
         self._outbox: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
@@ -188,26 +207,40 @@ class Sfu:
             raise Unavailable("the SFU is not running", retry_after=1)
         if self.draining:
             raise Unavailable("this node is draining; try again", retry_after=DRAIN_RETRY_AFTER)
+        if not getattr(self.bus, "connected", True):
+            # A member that joined now would not hear its room until NATS is back (issue 9).
+            raise Unavailable(
+                "cluster backend unavailable: NATS is not connected",
+                retry_after=BACKEND_RETRY_AFTER,
+            )
         with backend_errors():
             publishers: list[PublisherInfo] = []
             if role == "whep":
                 publishers = await self._live_publishers(room_name, publisher_id)
             if not await self.state.claim_id(peer_id, self.node_id):
                 raise Conflict(f"a connection with id {peer_id} is already live")
+        # Everything below is undone if the join does not complete, whatever stops it (a
+        # client reset cancels the request, a backend fails, a refusal): the peer and its
+        # routes, the member and its store entry, a room it alone opened (issue 14 item 1).
+        pc: ServerPeerConnection | None = None
+        member: Member | None = None
         try:
             pc = self.rtc.create_peer(
                 f"{role}:{room_name}/{peer_id}",
                 new_transceiver_direction=_DIRECTION_FOR_NEW_SECTIONS[role],
             )
-            try:
-                answer = pc.handle_offer(offer_sdp)
-                self._check_offer(role, pc)
-            except BaseException:
-                pc.abandon()
-                raise
+            answer = pc.handle_offer(offer_sdp)
+            self._check_offer(role, pc)
             with backend_errors():  # a room's first member subscribes to its bus subject
                 room = await self._room(room_name)
-            member: Member
+            if len(room.publishers) + len(room.subscribers) >= self.limits.max_members_per_room:
+                raise TooMany(
+                    f"room {room_name} is full ({self.limits.max_members_per_room} members "
+                    "on this node)",
+                    retry_after=ROOM_FULL_RETRY_AFTER,
+                )
+            # No checkpoint between getting the room and joining it: a room is never seen
+            # empty (and dropped) by another join's cleanup while we are on our way in.
             if role == "pub":
                 member = Publisher(room, peer_id, pc)
                 room.publishers[peer_id] = member
@@ -225,10 +258,7 @@ class Sfu:
             await nursery.start(self._lifetime, member)
         except BaseException:
             with trio.CancelScope(shield=True):
-                try:  # at once, so the client may retry with this id right away
-                    await self.state.release_id(peer_id)
-                except BackendUnavailable:
-                    self.reliably(self.state.release_id, peer_id)
+                await self._abort_join(room_name, peer_id, pc, member)
             raise
         log.info("joined", extra=member.log_extra)
         return answer
@@ -254,12 +284,59 @@ class Sfu:
         return publishers
 
     async def _room(self, name: str) -> Room:
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(self, name)
+        """The room, registered only once its listener runs (a join that waits for another
+        join to open the same room shares it; a failed opening registers nothing)."""
+        while True:
+            room = self.rooms.get(name)
+            if room is not None:
+                return room
+            opening = self._opening.get(name)
+            if opening is None:
+                break
+            await opening.wait()  # then look again: that opening may have failed
+        if len(self.rooms) + len(self._opening) >= self.limits.max_rooms:
+            raise Unavailable(
+                f"this node hosts its maximum of {self.limits.max_rooms} rooms",
+                retry_after=ROOMS_FULL_RETRY_AFTER,
+            )
+        opened = self._opening[name] = trio.Event()
+        try:
+            room = Room(self, name)
             assert self._nursery is not None
             await self._nursery.start(room.listen)
-        return room
+            self.rooms[name] = room
+            return room
+        finally:
+            del self._opening[name]
+            opened.set()
+
+    async def _abort_join(
+        self,
+        room_name: str,
+        peer_id: str,
+        pc: ServerPeerConnection | None,
+        member: Member | None,
+    ) -> None:
+        """Undo a join that did not complete (called shielded)."""
+        if member is not None:
+            await self._remove(member)  # no-op if its lifetime already did it
+        if pc is not None:
+            pc.abandon()  # its routes, if it never ran (run's teardown did it otherwise)
+        if member is None:
+            # The member's removal released the id; without one, release it here, at once,
+            # so the client may retry with this id right away.
+            try:
+                await self.state.release_id(peer_id)
+            except BackendUnavailable:
+                self.reliably(self.state.release_id, peer_id)
+        room = self.rooms.get(room_name)
+        if room is not None and room.empty:
+            self._drop_room(room)
+
+    def _drop_room(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        room.stop()
 
     async def _lifetime(
         self, member: Member, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -277,23 +354,29 @@ class Sfu:
                 gone.set()
 
     async def _remove(self, member: Member) -> None:
+        """Take a member out of its room, the state store and the bus; once only."""
+        if member.removed:
+            await trio.lowlevel.checkpoint()
+            return
+        member.removed = True
         room = member.room
         name = room.name
         if isinstance(member, Publisher):
-            room.publishers.pop(member.id, None)
+            if room.publishers.get(member.id) is member:
+                del room.publishers[member.id]
             member.close_relay()
             if member.announced:
                 self.reliably(self.state.remove_publisher, name, member.id)
                 self.reliably(self.bus.publish, name, PubLeft(name, member.id))
         elif isinstance(member, Downstream):
-            room.subscribers.pop(member.id, None)
+            if room.subscribers.get(member.id) is member:
+                del room.subscribers[member.id]
             member.close_downtracks()
             self.reliably(self.state.remove_subscriber, name, member.id)
             self.reliably(self.bus.publish, name, SubLeft(name, member.id))
         self.reliably(self.state.release_id, member.id)
-        if room.empty and self.rooms.get(name) is room:
-            del self.rooms[name]
-            room.stop()
+        if room.empty:
+            self._drop_room(room)
         log.info("left", extra={**member.log_extra, "reason": member.pc.close_reason})
         await trio.lowlevel.checkpoint()
 
