@@ -6,7 +6,9 @@ can raise anything else, which is how "no 500 for anything a client can send" ho
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
 
 import trio
 from hypercorn.typing import (
@@ -20,7 +22,7 @@ from hypercorn.typing import (
 from quart import Request
 from werkzeug.exceptions import UnsupportedMediaType
 
-from trio_sfu.sfu.errors import BadRequest
+from trio_sfu.sfu.errors import BadRequest, TooMany, Unavailable
 
 # The seed's ids: ASCII letters, digits, `_`, `.` and `-`, short enough to log and key on.
 NAME_PATTERN = "[A-Za-z0-9_.-]{1,64}"
@@ -118,3 +120,104 @@ class DrainUnreadBody:
                 await send(message)
 
         await self.app(scope, watched_receive, gated_send)
+
+
+# -- admission: joins per second (issue 14 item 4) -------------------------------------------
+
+#: The join routes: a POST to any of them creates a session.
+JOIN_ROUTES = ("pub", "sub", "whip", "whep")
+#: Buckets kept for this many addresses at most; idle (full) ones are forgotten first.
+MAX_TRACKED_SOURCES = 10_000
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; one token per admitted event."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def refill(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens
+
+    def take(self, now: float) -> float:
+        """0 if a token was taken, else the seconds until one is there."""
+        if self.refill(now) >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class JoinRateLimits:
+    """Joins per second from one client address and in total, each a token bucket allowing
+    bursts of twice its rate. A refusal costs nothing but the check: it happens before the
+    body is read, the token verified or a peer made, so a flood cannot starve the node."""
+
+    def __init__(self, *, per_source: float = 10.0, total: float = 200.0) -> None:
+        self.per_source = per_source
+        self.total = total
+        self._total = TokenBucket(total, 2 * total, trio.current_time())
+        self._sources: dict[str, TokenBucket] = {}
+
+    def check(self, source: str) -> None:
+        """Take a token for a join from ``source``, else raise (429 one address, 503 all)."""
+        now = trio.current_time()
+        bucket = self._sources.get(source)
+        if bucket is None:
+            if len(self._sources) >= MAX_TRACKED_SOURCES:
+                self._forget_idle(now)
+            bucket = self._sources[source] = TokenBucket(
+                self.per_source, 2 * self.per_source, now
+            )
+        wait = bucket.take(now)
+        if wait:
+            raise TooMany(
+                f"too many joins from {source} (at most {self.per_source:g} per second)",
+                retry_after=max(1, math.ceil(wait)),
+            )
+        wait = self._total.take(now)
+        if wait:
+            bucket.tokens += 1  # not this address's fault
+            raise Unavailable(
+                f"this node is admitting {self.total:g} joins per second; try again",
+                retry_after=max(1, math.ceil(wait)),
+            )
+
+    def _forget_idle(self, now: float) -> None:
+        for source, bucket in list(self._sources.items()):
+            if bucket.refill(now) >= bucket.burst:
+                del self._sources[source]
+        while len(self._sources) >= MAX_TRACKED_SOURCES:  # all busy: forget the oldest
+            del self._sources[next(iter(self._sources))]
+
+
+def is_join(method: str, path: str) -> bool:
+    return method == "POST" and path.lstrip("/").split("/", 1)[0] in JOIN_ROUTES
+
+
+# -- HTTP/2 without TLS ----------------------------------------------------------------------
+
+
+def refuse_cleartext_http2() -> None:
+    """Make Hypercorn answer h2c upgrades and HTTP/2 prior-knowledge prefaces on a cleartext
+    connection as HTTP/1.1 (RFC 9110 §7.8: a server may ignore Upgrade), for servers whose
+    Hypercorn config sets ``trio_sfu_h2c = False``. Hypercorn (0.18) has no setting for it;
+    cleartext HTTP/2 is where the rapid-reset flood costs an attacker least (no TLS)."""
+    from hypercorn.protocol.h11 import H11Protocol
+
+    if getattr(H11Protocol, "_trio_sfu_patched", False):
+        return
+    original = H11Protocol._check_protocol
+
+    async def check_protocol(self: H11Protocol, event: Any) -> None:
+        if getattr(self.config, "trio_sfu_h2c", True):
+            await original(self, event)
+
+    H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign]
+    H11Protocol._trio_sfu_patched = True  # type: ignore[attr-defined]

@@ -52,6 +52,7 @@ class RtcServer:
         public_addresses: list[str],
         *,
         consent_timeout: float = 30.0,
+        connect_timeout: float | None = None,
     ) -> None:
         if not public_addresses:
             raise ValueError("at least one address to advertise is needed")
@@ -61,6 +62,9 @@ class RtcServer:
         self.certificate = certificate
         self.public_addresses = list(public_addresses)
         self.consent_timeout = consent_timeout
+        #: how long a new peer has to get ICE and DTLS up (default: the consent timeout); a
+        #: half-open session holds ~100 KiB, so servers facing the internet keep this short
+        self.connect_timeout = consent_timeout if connect_timeout is None else connect_timeout
         port = endpoint.local_address[1]
         count = len(public_addresses)
         self.candidates = [
@@ -77,6 +81,7 @@ class RtcServer:
         *,
         public_addresses: list[str] | None = None,
         consent_timeout: float = 30.0,
+        connect_timeout: float | None = None,
         certificate: Certificate | None = None,
     ) -> RtcServer:
         endpoint = UdpEndpoint.bind(host, port)
@@ -87,6 +92,7 @@ class RtcServer:
             certificate or Certificate.generate(),
             public_addresses,
             consent_timeout=consent_timeout,
+            connect_timeout=connect_timeout,
         )
 
     async def serve(self) -> None:
@@ -110,7 +116,7 @@ class ServerPeerConnection(PeerConnection):
 
     def __init__(self, server: RtcServer, *, name: str = "", **options: Any) -> None:
         ufrag, pwd = random_ice_credentials()
-        options.setdefault("connect_timeout", server.consent_timeout)
+        options.setdefault("connect_timeout", server.connect_timeout)
         super().__init__(
             certificate=server.certificate,
             ice_ufrag=ufrag,

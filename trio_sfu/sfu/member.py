@@ -33,6 +33,8 @@ class Member:
         self.control: DataChannel | None = None
         #: set once the SFU took it out of its room (cleanup runs once, whoever asks first)
         self.removed = False
+        #: the client address while the session is still connecting (admission control)
+        self.connecting_from: str | None = None
         self.log_extra = {"room": room.name, "peer": connection_id, "role": self.role}
 
     def __repr__(self) -> str:

@@ -55,6 +55,8 @@ BACKEND_RETRY_AFTER = 2
 #: Retry-After for a join refused because its room or this node is full.
 ROOM_FULL_RETRY_AFTER = 5
 ROOMS_FULL_RETRY_AFTER = 5
+#: Retry-After for a join refused because too many sessions are still connecting.
+HALF_OPEN_RETRY_AFTER = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,15 @@ class SfuLimits:
     max_members_per_room: int = 200
     #: rooms with at least one member on this node
     max_rooms: int = 1000
+    #: sessions from one client address still connecting (joined, DTLS not up yet)
+    max_half_open_per_source: int = 20
+    #: sessions still connecting, all addresses together
+    max_half_open: int = 500
+    #: CHAT messages per second one member may send, and how many at once (token bucket)
+    chat_rate: float = 5.0
+    chat_burst: int = 20
+    #: bytes queued on one member's control channel before chat to it is dropped
+    max_send_buffer: int = 1024 * 1024
 
 
 def vars_of(counters: object) -> dict[str, int]:
@@ -119,6 +130,9 @@ class Sfu:
         self.rooms: dict[str, Room] = {}
         #: rooms whose listener is starting: registered in ``rooms`` once it runs
         self._opening: dict[str, trio.Event] = {}
+        #: sessions still connecting, by client address (admission control, issue 14 item 4)
+        self._half_open: dict[str, int] = {}
+        self._half_open_total = 0
         self._remote: dict[tuple[str, str], RemoteTrack] = {}
         #: state/bus updates that must not be lost to an outage, retried in order
         self._outbox: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
@@ -176,18 +190,31 @@ class Sfu:
 
     # -- joining --------------------------------------------------------------------------
 
-    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._join("pub", room, peer_id, offer_sdp)
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
+        """Join as a publisher; ``source`` is the client's address (admission limits)."""
+        return await self._join("pub", room, peer_id, offer_sdp, source=source)
 
-    async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._join("sub", room, peer_id, offer_sdp)
+    async def subscribe(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
+        return await self._join("sub", room, peer_id, offer_sdp, source=source)
 
     async def whep(
-        self, room: str, peer_id: str, offer_sdp: str, *, publisher_id: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        publisher_id: str | None = None,
+        source: str | None = None,
     ) -> str:
         """A WHEP viewer: sendonly audio + video following the room's live publisher (or the
         named one). No live publisher → 409 with Retry-After (draft-ietf-wish-whep)."""
-        return await self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id)
+        return await self._join(
+            "whep", room, peer_id, offer_sdp, publisher_id=publisher_id, source=source
+        )
 
     async def _join(
         self,
@@ -197,6 +224,7 @@ class Sfu:
         offer_sdp: str,
         *,
         publisher_id: str | None = None,
+        source: str | None = None,
     ) -> str:
         if not protocol.valid_id(room_name):
             raise BadRequest("room must match [A-Za-z0-9_.-]{1,64}")
@@ -213,12 +241,17 @@ class Sfu:
                 "cluster backend unavailable: NATS is not connected",
                 retry_after=BACKEND_RETRY_AFTER,
             )
-        with backend_errors():
-            publishers: list[PublisherInfo] = []
-            if role == "whep":
-                publishers = await self._live_publishers(room_name, publisher_id)
-            if not await self.state.claim_id(peer_id, self.node_id):
-                raise Conflict(f"a connection with id {peer_id} is already live")
+        self._admit(source)
+        try:
+            with backend_errors():
+                publishers: list[PublisherInfo] = []
+                if role == "whep":
+                    publishers = await self._live_publishers(room_name, publisher_id)
+                if not await self.state.claim_id(peer_id, self.node_id):
+                    raise Conflict(f"a connection with id {peer_id} is already live")
+        except BaseException:
+            self._settle(source)
+            raise
         # Everything below is undone if the join does not complete, whatever stops it (a
         # client reset cancels the request, a backend fails, a refusal): the peer and its
         # routes, the member and its store entry, a room it alone opened (issue 14 item 1).
@@ -251,12 +284,16 @@ class Sfu:
                     member = viewer = WhepViewer(room, peer_id, pc, publisher_id=publisher_id)
                     viewer.start(publishers)
                 room.subscribers[peer_id] = member
+            member.connecting_from = source  # half-open until DTLS is up (or it leaves)
+            source = None
+            if role != "pub":
                 info = SubscriberInfo(peer_id, member.user, self.node_id)
                 with backend_errors():
                     await self.state.add_subscriber(room_name, info)
                 self.reliably(self.bus.publish, room_name, SubJoin(room_name, info))
             await nursery.start(self._lifetime, member)
         except BaseException:
+            self._settle(source)
             with trio.CancelScope(shield=True):
                 await self._abort_join(room_name, peer_id, pc, member)
             raise
@@ -310,6 +347,49 @@ class Sfu:
             del self._opening[name]
             opened.set()
 
+    def _admit(self, source: str | None) -> None:
+        """Count a join from ``source`` as half-open, or refuse it: one address may not hold
+        more than its share of connecting sessions, nor everyone together more than the
+        node's (each costs ~100 KiB until DTLS is up or ``--connect-timeout`` ends it)."""
+        if source is None:
+            return  # in-process callers (tests, the client library) are not admitted
+        limits = self.limits
+        if self._half_open.get(source, 0) >= limits.max_half_open_per_source:
+            raise TooMany(
+                f"too many sessions from {source} still connecting "
+                f"(at most {limits.max_half_open_per_source})",
+                retry_after=HALF_OPEN_RETRY_AFTER,
+            )
+        if self._half_open_total >= limits.max_half_open:
+            raise Unavailable(
+                f"too many sessions still connecting on this node (at most {limits.max_half_open})",
+                retry_after=HALF_OPEN_RETRY_AFTER,
+            )
+        self._half_open[source] = self._half_open.get(source, 0) + 1
+        self._half_open_total += 1
+
+    def _settle(self, source: str | None) -> None:
+        """A session admitted from ``source`` stopped being half-open (connected or gone)."""
+        if source is None:
+            return
+        left = self._half_open[source] - 1
+        if left:
+            self._half_open[source] = left
+        else:
+            del self._half_open[source]
+        self._half_open_total -= 1
+
+    def _connected(self, member: Member) -> None:
+        source, member.connecting_from = member.connecting_from, None
+        self._settle(source)
+
+    async def _when_connected(self, member: Member) -> None:
+        try:
+            await member.pc.wait_connected()
+        except ConnectionError:
+            return  # _remove settles it
+        self._connected(member)
+
     async def _abort_join(
         self,
         room_name: str,
@@ -346,6 +426,8 @@ class Sfu:
             async with trio.open_nursery() as nursery:
                 await nursery.start(member.pc.run)
                 member.pc.start_soon(member.serve)
+                if member.connecting_from is not None:
+                    member.pc.start_soon(self._when_connected, member)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -359,6 +441,7 @@ class Sfu:
             await trio.lowlevel.checkpoint()
             return
         member.removed = True
+        self._connected(member)
         room = member.room
         name = room.name
         if isinstance(member, Publisher):
