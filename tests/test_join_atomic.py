@@ -17,7 +17,8 @@ from trio_sfu.cluster.commands import Command, SubscriberInfo
 from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.cluster.state import MemoryStateStore
 from trio_sfu.sfu.errors import TooMany, Unavailable
-from trio_sfu.sfu.service import Sfu, SfuLimits
+from trio_sfu.sfu.limits import SfuLimits
+from trio_sfu.sfu.service import Sfu
 
 #: A join that has not finished after this many scheduling steps of its task never will.
 MAX_STEPS = 400

@@ -33,7 +33,7 @@ from trio_sfu.rtc.server import RtcServer
 if TYPE_CHECKING:
     from trio_sfu.cluster.nats_bus import NatsBus
     from trio_sfu.cluster.redis_state import RedisStateStore
-    from trio_sfu.sfu.service import SfuLimits
+    from trio_sfu.sfu.limits import SfuLimits
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def embedded_sfu(rtc: RtcServer, config: Config) -> SfuService:
 
 
 def sfu_limits(config: Config) -> SfuLimits:
-    from trio_sfu.sfu.service import SfuLimits
+    from trio_sfu.sfu.limits import SfuLimits
 
     return SfuLimits(
         max_members_per_room=config.max_members_per_room,

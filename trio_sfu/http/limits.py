@@ -23,6 +23,7 @@ from quart import Request
 from werkzeug.exceptions import UnsupportedMediaType
 
 from trio_sfu.sfu.errors import BadRequest, TooMany, Unavailable
+from trio_sfu.sfu.limits import TokenBucket
 
 # The seed's ids: ASCII letters, digits, `_`, `.` and `-`, short enough to log and key on.
 NAME_PATTERN = "[A-Za-z0-9_.-]{1,64}"
@@ -128,30 +129,6 @@ class DrainUnreadBody:
 JOIN_ROUTES = ("pub", "sub", "whip", "whep")
 #: Buckets kept for this many addresses at most; idle (full) ones are forgotten first.
 MAX_TRACKED_SOURCES = 10_000
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; one token per admitted event."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def refill(self, now: float) -> float:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.tokens
-
-    def take(self, now: float) -> float:
-        """0 if a token was taken, else the seconds until one is there."""
-        if self.refill(now) >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
 
 
 class JoinRateLimits:

@@ -38,6 +38,10 @@ def host_candidate(ip: str, port: int, local_preference: int = 65535) -> Candida
     )
 
 
+#: RFC 9260 §16's recommended Association.Max.Retrans.
+SCTP_MAX_RETRANS = 10
+
+
 class RtcServer:
     """What every server peer shares: one certificate, one UDP port, one candidate list.
 
@@ -65,6 +69,10 @@ class RtcServer:
         #: how long a new peer has to get ICE and DTLS up (default: the consent timeout); a
         #: half-open session holds ~100 KiB, so servers facing the internet keep this short
         self.connect_timeout = consent_timeout if connect_timeout is None else connect_timeout
+        #: RFC 9260 §8.1 Association.Max.Retrans: a peer whose SCTP stops acknowledging (while
+        #: its ICE consent stays alive) is aborted after this many unanswered retransmissions,
+        #: ~20 s with WebRTC's 3 s RTO cap, instead of buffering for it forever.
+        self.sctp_max_retransmits = SCTP_MAX_RETRANS
         port = endpoint.local_address[1]
         count = len(public_addresses)
         self.candidates = [
@@ -117,6 +125,7 @@ class ServerPeerConnection(PeerConnection):
     def __init__(self, server: RtcServer, *, name: str = "", **options: Any) -> None:
         ufrag, pwd = random_ice_credentials()
         options.setdefault("connect_timeout", server.connect_timeout)
+        options.setdefault("sctp_max_retransmits", server.sctp_max_retransmits)
         super().__init__(
             certificate=server.certificate,
             ice_ufrag=ufrag,

@@ -39,6 +39,8 @@ class Room:
     def __init__(self, sfu: Sfu, name: str) -> None:
         self.sfu = sfu
         self.name = name
+        #: what each member may send and have queued (chat rate, send-buffer cap)
+        self.limits = sfu.limits
         self.publishers: dict[str, Publisher] = {}
         #: seed-API subscribers and WHEP viewers: everyone we send media to
         self.subscribers: dict[str, Downstream] = {}
@@ -89,7 +91,7 @@ class Room:
         elif isinstance(command, Chat):
             line = protocol.chat(command.from_id, command.text)
             for subscriber in list(self.subscribers.values()):
-                subscriber.send(line)
+                subscriber.send_chat(line)
         elif isinstance(command, SubJoin | SubLeft):
             pass
 

@@ -12,7 +12,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Literal
 
 import trio
@@ -34,6 +33,7 @@ from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, TooMany, Unavailable
+from trio_sfu.sfu.limits import SfuLimits
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.publisher import Publisher
 from trio_sfu.sfu.remote import Relay, RemoteTrack
@@ -57,26 +57,6 @@ ROOM_FULL_RETRY_AFTER = 5
 ROOMS_FULL_RETRY_AFTER = 5
 #: Retry-After for a join refused because too many sessions are still connecting.
 HALF_OPEN_RETRY_AFTER = 2
-
-
-@dataclass(frozen=True, slots=True)
-class SfuLimits:
-    """Admission limits the SFU itself enforces (docs/security.md); the HTTP layer adds the
-    per-address ones. Both are per node: a cluster's capacity is the sum of its pods'."""
-
-    #: members (publishers, subscribers, WHEP viewers) of one room on this node
-    max_members_per_room: int = 200
-    #: rooms with at least one member on this node
-    max_rooms: int = 1000
-    #: sessions from one client address still connecting (joined, DTLS not up yet)
-    max_half_open_per_source: int = 20
-    #: sessions still connecting, all addresses together
-    max_half_open: int = 500
-    #: CHAT messages per second one member may send, and how many at once (token bucket)
-    chat_rate: float = 5.0
-    chat_burst: int = 20
-    #: bytes queued on one member's control channel before chat to it is dropped
-    max_send_buffer: int = 1024 * 1024
 
 
 def vars_of(counters: object) -> dict[str, int]:
