@@ -4,6 +4,7 @@ entry behind, and a room is registered only once its listener runs (and keeps on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 
@@ -244,3 +245,34 @@ async def test_room_and_node_limits(nursery: trio.Nursery) -> None:
     assert sorted(state._ids) == ["bob-1", "bob-2", "carol-1"]
     assert sorted(env.sfu.rooms) == ["a", "b"]
 
+
+
+async def test_half_open_sessions_are_limited_per_source_and_freed(
+    nursery: trio.Nursery,
+) -> None:
+    """Sessions that never connect count against their address until the connect timeout
+    ends them; then the address may join again (and the node is none the worse)."""
+    env = await start_sfu(nursery)
+    env.server.connect_timeout = 0.5
+    env.sfu.limits = SfuLimits(max_half_open_per_source=3, max_half_open=4)
+    for i in range(3):
+        await env.sfu.subscribe("r", f"a-{i}", offer_for("sub", f"a-{i}"), source="10.0.0.1")
+    with pytest.raises(TooMany, match="still connecting") as refused:
+        await env.sfu.subscribe("r", "a-9", offer_for("sub", "a-9"), source="10.0.0.1")
+    assert refused.value.retry_after
+    await env.sfu.subscribe("r", "b-0", offer_for("sub", "b-0"), source="10.0.0.2")
+    with pytest.raises(Unavailable, match="still connecting on this node"):
+        await env.sfu.subscribe("r", "c-0", offer_for("sub", "c-0"), source="10.0.0.3")
+    assert env.sfu.metrics()["trio_sfu_half_open"] == 4
+    # The connect timeout ends them all; nothing is left and the address may join again.
+    await wait_for(lambda: not env.sfu.rooms, timeout=5)
+    assert env.sfu.metrics()["trio_sfu_half_open"] == 0
+    assert env.server.endpoint.demux_entries() == 0
+    # A session that connects stops counting as half-open.
+    env.server.connect_timeout = 30
+    bob = SubscriberClient("bob-1", **env.client_options)
+    signal = functools.partial(env.sfu.subscribe, "r", "bob-1", source="10.0.0.1")
+    await nursery.start(bob.connect, signal)
+    await bob.wait_open()
+    await wait_for(lambda: env.sfu.metrics()["trio_sfu_half_open"] == 0, timeout=5)
+    assert bob.pc.connected

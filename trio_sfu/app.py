@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Requests still running when the HTTP side stops get this long before they are cancelled.
 GRACEFUL_TIMEOUT = 5.0
+#: Connections the kernel queues for accept (Hypercorn's default is 100; capped by somaxconn).
+LISTEN_BACKLOG = 2048
 #: Concurrent HTTP/2 streams per connection (Hypercorn's default is 100).
 H2_MAX_STREAMS = 32
 
@@ -104,6 +106,8 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     # HTTP/2 reset floods (CVE-2023-44487 "rapid reset"): few concurrent streams per
     # connection, and no cleartext HTTP/2 unless asked for (docs/security.md).
     hc.h2_max_concurrent_streams = H2_MAX_STREAMS
+    # A burst of joins must queue in the kernel, not be reset (issue 14: 1,000 at once).
+    hc.backlog = LISTEN_BACKLOG
     hc.trio_sfu_h2c = config.http2_cleartext  # type: ignore[attr-defined]
     refuse_cleartext_http2()
     return hc

@@ -16,7 +16,7 @@ from trio_sfu.config import IceServer
 from trio_sfu.http.cors import install_cors
 from trio_sfu.http.errors import install_error_handlers
 from trio_sfu.http.guard import Guard
-from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody, JoinRateLimits, is_join
+from trio_sfu.http.limits import MAX_BODY, AdmitJoins, DrainUnreadBody, JoinRateLimits
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import install_site
@@ -47,8 +47,6 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     guard = Guard(tokens)
-    if join_limits is not None:
-        install_join_limits(app, join_limits)
     app.register_blueprint(signaling_blueprint(sfu, guard))
     if isinstance(sfu, WhipSfuApi):
         app.register_blueprint(
@@ -82,18 +80,10 @@ def create_app(
     install_cors(app, cors_origins)
     install_error_handlers(app)
     install_site(app, site_dir)  # after the generic handlers: it refines 404
+    if join_limits is not None:
+        app.asgi_app = AdmitJoins(app.asgi_app, join_limits)  # type: ignore[method-assign]
     app.asgi_app = DrainUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     return app
-
-
-def install_join_limits(app: QuartTrio, limits: JoinRateLimits) -> None:
-    """Joins per second per address and in total, checked before anything else is done
-    for the request (docs/security.md)."""
-
-    @app.before_request
-    async def admit() -> None:
-        if is_join(request.method, request.path):
-            limits.check(request.remote_addr or "?")
 
 
 def install_access_log(app: QuartTrio) -> None:

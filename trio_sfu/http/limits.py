@@ -22,7 +22,7 @@ from hypercorn.typing import (
 from quart import Request
 from werkzeug.exceptions import UnsupportedMediaType
 
-from trio_sfu.sfu.errors import BadRequest, TooMany, Unavailable
+from trio_sfu.sfu.errors import BadRequest, SfuError, TooMany, Unavailable
 from trio_sfu.sfu.limits import TokenBucket
 
 # The seed's ids: ASCII letters, digits, `_`, `.` and `-`, short enough to log and key on.
@@ -176,6 +176,45 @@ class JoinRateLimits:
 
 def is_join(method: str, path: str) -> bool:
     return method == "POST" and path.lstrip("/").split("/", 1)[0] in JOIN_ROUTES
+
+
+class AdmitJoins:
+    """ASGI middleware: joins past :class:`JoinRateLimits` are answered here, before the
+    framework routes, parses or logs anything, so refusing a flood costs the least we can
+    (a legitimate join queued behind a thousand refusals waits for them all). Refusals are
+    counted, not logged one by one."""
+
+    def __init__(self, app: ASGIFramework, limits: JoinRateLimits) -> None:
+        self.app = app
+        self.limits = limits
+        self.refused = 0
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "http" and is_join(scope["method"], scope["path"]):
+            client = scope.get("client")
+            try:
+                self.limits.check(client[0] if client else "?")
+            except SfuError as refusal:
+                self.refused += 1
+                body = (refusal.message + "\n").encode("ascii", "backslashreplace")
+                headers = [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(refusal.retry_after or 1).encode()),
+                ]
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": refusal.status,
+                        "headers": headers,
+                        "trailers": False,
+                    }
+                )
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
+        await self.app(scope, receive, send)
 
 
 # -- HTTP/2 without TLS ----------------------------------------------------------------------

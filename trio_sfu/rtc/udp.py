@@ -139,6 +139,10 @@ class UdpEndpoint:
             if self._by_addr.get(addr) is peer:
                 del self._by_addr[addr]
 
+    def peers(self) -> int:
+        """How many peers are registered (created and not yet torn down)."""
+        return len(self._addrs_of)
+
     def demux_entries(self) -> int:
         """How many routes exist (tests assert it returns to zero after peers leave)."""
         return len(self._by_addr) + len(self._by_ufrag) + len(self._addrs_of)

@@ -364,11 +364,14 @@ class Sfu:
         self._settle(source)
 
     async def _when_connected(self, member: Member) -> None:
+        connected = False
         try:
             await member.pc.wait_connected()
-        except ConnectionError:
-            return  # _remove settles it
-        self._connected(member)
+            connected = True
+        except* ConnectionError:
+            pass  # closed before connecting: _remove settles it
+        if connected:
+            self._connected(member)
 
     async def _abort_join(
         self,
@@ -556,6 +559,9 @@ class Sfu:
             "trio_sfu_subscribers": sum(len(r.subscribers) for r in self.rooms.values()),
             "trio_sfu_remote_tracks": len(self._remote),
             "trio_sfu_outbox": len(self._outbox),
+            "trio_sfu_peers": self.rtc.endpoint.peers(),
+            "trio_sfu_udp_routes": self.rtc.endpoint.demux_entries(),
+            "trio_sfu_half_open": self._half_open_total,
             "trio_sfu_draining": int(self.draining),
         }
         for name, value in vars_of(self.rtc.endpoint.stats).items():
