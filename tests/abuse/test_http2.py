@@ -4,6 +4,7 @@ HTTP/1.1; with --http2-cleartext yes they switch protocol as Hypercorn does."""
 
 from __future__ import annotations
 
+import httpx
 import trio
 
 from tests.abuse.server import run_server, tracebacks
@@ -42,3 +43,53 @@ async def test_cleartext_http2_when_asked_for() -> None:
         assert upgraded.startswith(b"HTTP/1.1 101"), upgraded[:80]
         preface = await exchange(server.port, PREFACE)
         assert len(preface) >= 9 and preface[3] == SETTINGS_TYPE, preface[:80]
+
+
+async def test_an_http2_stream_reset_flood_gets_goaway() -> None:
+    """CVE-2023-44487: open and reset streams as fast as possible on one connection; the
+    server closes it with GOAWAY after about MAX_REQUESTS_PER_CONNECTION streams (instead of
+    never), and answers other clients meanwhile."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from trio_sfu.app import MAX_REQUESTS_PER_CONNECTION
+
+    async with run_server(http2_cleartext="yes") as server:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        sent = 0
+        goaway = None
+        headers = [(":method", "GET"), (":path", "/healthz"), (":scheme", "http"),
+                   (":authority", "sfu")]  # fmt: skip
+        with trio.move_on_after(30):
+            while goaway is None and sent < 20 * MAX_REQUESTS_PER_CONNECTION:
+                for _ in range(20):
+                    stream_id = conn.get_next_available_stream_id()
+                    conn.send_headers(stream_id, headers, end_stream=True)
+                    conn.reset_stream(stream_id)
+                    sent += 1
+                try:
+                    await stream.send_all(conn.data_to_send())
+                except trio.BrokenResourceError:
+                    break
+                with trio.move_on_after(0.01):
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        break
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.ConnectionTerminated):
+                            goaway = event
+        await stream.aclose()
+        print(f"reset flood: {sent} streams opened and reset, GOAWAY: {goaway}")
+        assert goaway is not None
+        # Client-initiated stream ids are odd: how many streams the server took before GOAWAY.
+        # It counts requests as they finish, so on a busy machine a few hundred more slip in
+        # than the limit; Hypercorn's own default (1,000) is never reached.
+        accepted = (goaway.last_stream_id + 1) // 2
+        assert MAX_REQUESTS_PER_CONNECTION <= accepted < 1000
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(server.url + "/healthz")).status_code == 200
+        assert not tracebacks(server)
