@@ -81,7 +81,9 @@ def create_app(
     install_error_handlers(app)
     install_site(app, site_dir)  # after the generic handlers: it refines 404
     if join_limits is not None:
-        app.asgi_app = AdmitJoins(app.asgi_app, join_limits)  # type: ignore[method-assign]
+        app.asgi_app = AdmitJoins(  # type: ignore[method-assign]
+            app.asgi_app, join_limits, cors_origins=cors_origins
+        )
     app.asgi_app = DrainUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     return app
 

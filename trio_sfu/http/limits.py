@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from typing import Any
 
 import trio
@@ -22,6 +23,7 @@ from hypercorn.typing import (
 from quart import Request
 from werkzeug.exceptions import UnsupportedMediaType
 
+from trio_sfu.http.cors import allowed_origin
 from trio_sfu.sfu.errors import BadRequest, SfuError, TooMany, Unavailable
 from trio_sfu.sfu.limits import TokenBucket
 
@@ -178,15 +180,32 @@ def is_join(method: str, path: str) -> bool:
     return method == "POST" and path.lstrip("/").split("/", 1)[0] in JOIN_ROUTES
 
 
+async def _discard_body(receive: ASGIReceiveCallable) -> None:
+    """Read what the client sends of its body, within bounds, before we answer (see
+    DrainUnreadBody for why an early answer would be lost)."""
+    received = 0
+    with trio.move_on_after(DRAIN_TIME):
+        while received <= DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
 class AdmitJoins:
     """ASGI middleware: joins past :class:`JoinRateLimits` are answered here, before the
     framework routes, parses or logs anything, so refusing a flood costs the least we can
     (a legitimate join queued behind a thousand refusals waits for them all). Refusals are
     counted, not logged one by one."""
 
-    def __init__(self, app: ASGIFramework, limits: JoinRateLimits) -> None:
+    def __init__(
+        self, app: ASGIFramework, limits: JoinRateLimits, *, cors_origins: Collection[str] = ()
+    ) -> None:
         self.app = app
         self.limits = limits
+        self.cors_origins = frozenset(cors_origins)
         self.refused = 0
 
     async def __call__(
@@ -198,12 +217,23 @@ class AdmitJoins:
                 self.limits.check(client[0] if client else "?")
             except SfuError as refusal:
                 self.refused += 1
+                await _discard_body(receive)
                 body = (refusal.message + "\n").encode("ascii", "backslashreplace")
                 headers = [
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"content-length", str(len(body)).encode()),
                     (b"retry-after", str(refusal.retry_after or 1).encode()),
                 ]
+                if self.cors_origins:  # a browser on another origin may read the refusal
+                    origin = next(
+                        (v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"),
+                        None,
+                    )
+                    allow = allowed_origin(self.cors_origins, origin)
+                    if allow is not None:
+                        headers.append((b"access-control-allow-origin", allow.encode("latin-1")))
+                    if "*" not in self.cors_origins:
+                        headers.append((b"vary", b"Origin"))
                 await send(
                     {
                         "type": "http.response.start",
