@@ -4,12 +4,15 @@ others get everything; and with the default limits the flood is cut at its sende
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from tests.abuse.server import Server, run_server, tracebacks
 from tests.rtc_helpers import client_certificate
 from tests.test_member_limits import stall
 from trio_sfu.client.sfu import SubscriberClient, http_signal
+
+pytestmark = pytest.mark.slow
 
 LINE = "x" * 4000  # 4 KB, as in the probe
 

@@ -5,9 +5,12 @@ HTTP/1.1; with --http2-cleartext yes they switch protocol as Hypercorn does."""
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from tests.abuse.server import run_server, tracebacks
+
+pytestmark = pytest.mark.slow
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 UPGRADE = (

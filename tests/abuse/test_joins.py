@@ -10,9 +10,12 @@ import struct
 import sys
 
 import httpx
+import pytest
 import trio
 
 from tests.abuse.server import Server, run_server, tracebacks
+
+pytestmark = pytest.mark.slow
 
 SDP = {"Content-Type": "application/sdp"}
 #: The attacker and the legitimate client are different loopback addresses.

@@ -5,6 +5,7 @@ completes brings them back to exactly the baseline, and media keeps flowing thro
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from tests.abuse.server import run_server, tracebacks
@@ -12,6 +13,8 @@ from tests.rtc_helpers import client_certificate
 from tests.test_whip_http import WhipPeer, patch, pump, restart_frag
 from trio_sfu.client.sfu import SubscriberClient, http_signal
 from trio_sfu.proto.sdp.frag import parse_frag
+
+pytestmark = pytest.mark.slow
 
 RESTARTS = 3000
 
