@@ -26,7 +26,19 @@ const DEFAULTS = Object.freeze({
   connectTimeoutMs: 20000,  // POST answered until the command channel is open
   stopTimeoutMs: 1500,      // STOP sent until the server closes the channel
   conflictRetries: 2,       // 409: the random suffix collided; retry with a fresh one
+  // 502/503/504 or no answer (a draining pod, a pod gone, a backend outage): retry with
+  // back-off, honouring Retry-After; never give up on the first one.
+  unavailableRetries: 8,
+  retryBaseMs: 250,         // first back-off without Retry-After, doubled per retry
+  retryMaxMs: 4000,         // longest wait between two tries (also caps Retry-After)
 });
+
+/** Statuses that mean "not now, maybe elsewhere": worth another try through the same URL. */
+const RETRYABLE = new Set([0, 502, 503, 504]);
+
+function sleep(ms) {
+  return new Promise((resolve) => { setTimeout(resolve, ms); });
+}
 
 // ---------------------------------------------------------------------------- plumbing
 
@@ -197,6 +209,7 @@ class SfuConnection {
 
   async _openLeg() {
     const o = this.options;
+    let unavailable = 0;
     for (let attempt = 0; ; attempt++) {
       const leg = this._newLeg(makeConnectionId(this.user));
       this._connectingLeg = leg;
@@ -219,6 +232,18 @@ class SfuConnection {
         if (leg.posted) this._deleteQuietly(leg);
         this._closeLeg(leg);
         if (err instanceof SfuError && err.status === 409 && attempt < o.conflictRetries) continue;
+        if (err instanceof SfuError && err.kind === 'http' && RETRYABLE.has(err.status)
+            && !leg.posted && unavailable < o.unavailableRetries) {
+          // The POST created nothing (503 comes before anything is made): try again, through
+          // the same base URL, which a load balancer sends to a live pod.
+          const backoff = Math.min(o.retryMaxMs, o.retryBaseMs * 2 ** unavailable);
+          const wait = err.retryAfter != null ? Math.min(o.retryMaxMs, err.retryAfter * 1000)
+            : backoff;
+          unavailable++;
+          await sleep(wait);
+          this._checkNotStopped();
+          continue;
+        }
         if (err instanceof SfuError) throw err;
         throw connectionError(`${this.role} connection failed: ${err.message}`, err);
       } finally {

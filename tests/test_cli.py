@@ -102,7 +102,7 @@ def usage_error(
 def test_help_lists_every_flag_and_env_var() -> None:
     text = build_parser().format_help()
     names = [(s.flag, s.env) for _, s in settings()]
-    assert len(names) == 30
+    assert len(names) == 32
     for flag, env in names:
         assert flag in text
         assert env in text
@@ -219,6 +219,8 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("TRIO_SFU_SITE_DIR", str(REPO / "tests"), "site_dir", REPO / "tests"),
     ("TRIO_SFU_NODE_ID", "pod-7", "node_id", "pod-7"),
     ("TRIO_SFU_DRAIN_TIMEOUT", "12", "drain_timeout", 12.0),
+    ("TRIO_SFU_DRAIN_NOTICE", "4.5", "drain_notice", 4.5),
+    ("TRIO_SFU_CLUSTER_PREFIX", "blue", "cluster_prefix", "blue"),
     (
         "TRIO_SFU_ICE_SERVER",
         "stun:stun.example:3478",

@@ -76,6 +76,24 @@ def parse_drain_timeout(text: str) -> float:
     return value
 
 
+def parse_drain_notice(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 600:
+        raise ValueError(f"{value} is not between 0 and 600 seconds")
+    return value
+
+
+def parse_cluster_prefix(text: str) -> str:
+    """One plain token: valid in a Redis key and as a NATS subject token, readable in both."""
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
+        raise ValueError(f"{value!r} is not a cluster prefix ([A-Za-z0-9_-]{{1,32}})")
+    return value
+
+
 def parse_port(text: str) -> int:
     try:
         port = int(text.strip())
@@ -434,6 +452,26 @@ class Config:
             "or after this many seconds",
             parse_drain_timeout,
             "SECONDS",
+        ),
+    )
+    drain_notice: float = field(
+        default=2.0,
+        metadata=_setting(
+            "--drain-notice",
+            "on SIGTERM: seconds between /readyz turning 503 and RECONNECT going out, so that "
+            "load balancers stop sending clients here first (two 1 s health-check periods)",
+            parse_drain_notice,
+            "SECONDS",
+        ),
+    )
+    cluster_prefix: str = field(
+        default="trio-sfu",
+        metadata=_setting(
+            "--cluster-prefix",
+            "the first part of every Redis key and NATS subject: clusters with different "
+            "prefixes share one Redis and one NATS without seeing each other",
+            parse_cluster_prefix,
+            "PREFIX",
         ),
     )
     consent_timeout: float = field(

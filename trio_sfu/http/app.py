@@ -15,6 +15,7 @@ from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import IceServer
 from trio_sfu.http.cors import install_cors
 from trio_sfu.http.errors import install_error_handlers
+from trio_sfu.http.forwarding import Forwarder
 from trio_sfu.http.guard import Guard
 from trio_sfu.http.limits import MAX_BODY, AdmitJoins, DrainUnreadBody, JoinRateLimits
 from trio_sfu.http.sessions import Sessions
@@ -36,10 +37,13 @@ def create_app(
     tokens: TokenVerifier | None = None,
     ice_servers: Sequence[IceServer] = (),
     sessions: Sessions | None = None,
+    forwarder: Forwarder | None = None,
     join_limits: JoinRateLimits | None = None,
 ) -> QuartTrio:
     """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
-    (see :mod:`trio_sfu.http.guard`); WHIP/WHEP routes exist when the SFU offers them."""
+    (see :mod:`trio_sfu.http.guard`); WHIP/WHEP routes exist when the SFU offers them. With a
+    ``forwarder`` (cluster mode) requests about a connection held by another pod are answered
+    by that pod (:mod:`trio_sfu.http.forwarding`)."""
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
@@ -47,10 +51,12 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     guard = Guard(tokens)
-    app.register_blueprint(signaling_blueprint(sfu, guard))
+    app.register_blueprint(signaling_blueprint(sfu, guard, forwarder))
     if isinstance(sfu, WhipSfuApi):
         app.register_blueprint(
-            whip_blueprint(sfu, guard, ice_servers=ice_servers, sessions=sessions)
+            whip_blueprint(
+                sfu, guard, ice_servers=ice_servers, sessions=sessions, forwarder=forwarder
+            )
         )
 
     @app.get("/healthz")

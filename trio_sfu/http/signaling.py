@@ -13,8 +13,15 @@ from typing import Any, Literal, Protocol
 from quart import Blueprint, Response, request
 
 from trio_sfu.auth import ANY_ROOM
+from trio_sfu.http.forwarding import (
+    Forwarder,
+    forward_current,
+    forward_new_session,
+    is_forwarded,
+)
 from trio_sfu.http.guard import Guard, forbidden
 from trio_sfu.http.limits import SDP_TYPE, check_name, read_sdp
+from trio_sfu.sfu.errors import NotFound
 from trio_sfu.sfu.protocol import user_of
 
 log = logging.getLogger(__name__)
@@ -40,7 +47,9 @@ class SfuApi(Protocol):
     async def room_info(self, room: str) -> dict[str, Any]: ...
 
 
-def signaling_blueprint(sfu: SfuApi, guard: Guard | None = None) -> Blueprint:
+def signaling_blueprint(
+    sfu: SfuApi, guard: Guard | None = None, forwarder: Forwarder | None = None
+) -> Blueprint:
     bp = Blueprint("signaling", __name__)
     guard = guard if guard is not None else Guard(None)
 
@@ -56,6 +65,9 @@ def signaling_blueprint(sfu: SfuApi, guard: Guard | None = None) -> Blueprint:
 
     async def offer(role: Role, room: str, peer_id: str) -> Response:
         allow(role, room, peer_id)
+        elsewhere = await forward_new_session(forwarder, getattr(sfu, "draining", False))
+        if elsewhere is not None:
+            return elsewhere
         sdp = await read_sdp(request)
         source = request.remote_addr  # admission limits count sessions per client address
         if role == "pub":
@@ -69,7 +81,18 @@ def signaling_blueprint(sfu: SfuApi, guard: Guard | None = None) -> Blueprint:
 
     async def stop(role: Role, room: str, peer_id: str) -> Response:
         allow(role, room, peer_id)
-        await sfu.stop(role, room, peer_id)
+        try:
+            await sfu.stop(role, room, peer_id)
+        except NotFound:
+            if forwarder is None or is_forwarded():
+                raise
+            # Cluster mode: the connection may live on another pod; its claim says which.
+            owner = await forwarder.owner_of(peer_id)
+            if owner is None:
+                raise NotFound(f"no connection {peer_id} on any live pod") from None
+            if owner == forwarder.node_id:
+                raise
+            return await forward_current(forwarder, owner)
         return Response("", status=204)
 
     @bp.post("/pub/<room>/<peer_id>")

@@ -19,6 +19,7 @@ import trio
 from trio_sfu.cluster.bus import Bus, LocalBus
 from trio_sfu.cluster.commands import (
     KeyframeRequest,
+    Nack,
     PubJoin,
     PubLeft,
     PublisherInfo,
@@ -89,6 +90,34 @@ _ROLE_NAMES = {"pub": "publisher", "sub": "subscriber", "whep": "WHEP viewer"}
 _ROLE_TYPES: dict[str, type[Member]] = {"pub": Publisher, "sub": Subscriber, "whep": WhepViewer}
 
 
+class Outbox:
+    """Updates of one backend, applied in order, each retried until the backend answers."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
+        self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+        self._items.append((fn, args))
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while self._items:
+                fn, args = self._items[0]
+                try:
+                    await fn(*args)
+                except BackendUnavailable:
+                    await trio.sleep(OUTBOX_RETRY)
+                    continue
+                self._items.popleft()
+
+
 class Sfu:
     def __init__(
         self,
@@ -114,9 +143,9 @@ class Sfu:
         self._half_open: dict[str, int] = {}
         self._half_open_total = 0
         self._remote: dict[tuple[str, str], RemoteTrack] = {}
-        #: state/bus updates that must not be lost to an outage, retried in order
-        self._outbox: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
-        self._outbox_wakeup = trio.Event()
+        #: state and bus updates that must not be lost to an outage, retried in order; one
+        #: outbox per backend, so a Redis outage never holds back a PUB_LEFT on NATS (issue 9)
+        self._outboxes = {"state": Outbox(), "bus": Outbox()}
         #: SIGTERM: no new sessions, connected clients told to RECONNECT (issue 4)
         self.draining = False
         self._gone: dict[int, trio.Event] = {}
@@ -127,7 +156,8 @@ class Sfu:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._node_commands)
-            nursery.start_soon(self._flush_outbox)
+            for outbox in self._outboxes.values():
+                nursery.start_soon(outbox.flush)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -137,21 +167,8 @@ class Sfu:
     def reliably(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Apply a state or bus update now if possible, else as soon as the backend is back,
         in order (a departure must not be lost to an outage: the room would keep a ghost)."""
-        self._outbox.append((fn, args))
-        self._outbox_wakeup.set()
-
-    async def _flush_outbox(self) -> None:
-        while True:
-            await self._outbox_wakeup.wait()
-            self._outbox_wakeup = trio.Event()
-            while self._outbox:
-                fn, args = self._outbox[0]
-                try:
-                    await fn(*args)
-                except BackendUnavailable:
-                    await trio.sleep(OUTBOX_RETRY)
-                    continue
-                self._outbox.popleft()
+        backend = "bus" if getattr(fn, "__self__", None) is self.bus else "state"
+        self._outboxes[backend].put(fn, args)
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Start a background task that lives as long as the SFU (remote tracks, requests)."""
@@ -160,12 +177,17 @@ class Sfu:
 
     async def _node_commands(self) -> None:
         """Commands other pods address to this one: keyframe requests for our publishers'
-        tracks from pods whose subscribers lost a picture (throttled at the track)."""
+        tracks from pods whose subscribers lost a picture (throttled at the track), and NACKs
+        for relayed packets those pods could not answer (issue 9)."""
         async with self.bus.listen_node() as commands:
             async for command in commands:
-                if isinstance(command, KeyframeRequest):
+                if isinstance(command, KeyframeRequest | Nack):
                     track = self.local_track(command.publisher_id, command.track_id)
-                    if track is not None:
+                    if track is None:
+                        continue
+                    if isinstance(command, Nack):
+                        track.resend_to_relay(command.sequence_numbers, trio.current_time())
+                    else:
                         track.request_keyframe(trio.current_time())
 
     # -- joining --------------------------------------------------------------------------
@@ -538,17 +560,24 @@ class Sfu:
                 return False
         return True
 
-    def drain(self) -> None:
-        """SIGTERM: refuse new sessions and ask every connected client to reconnect (through
-        the load balancer, to a live pod); the app exits once empty or after its timeout."""
-        if self.draining:
-            return
-        self.draining = True
+    def drain(self, *, reconnect: bool = True) -> None:
+        """SIGTERM: refuse new sessions (``/readyz`` turns 503) and, with ``reconnect``, ask
+        every connected client to reconnect (through the load balancer, to a live pod); the
+        app sends the RECONNECTs only after ``--drain-notice`` (issue 9), once balancers had
+        time to stop sending new clients here. It exits once empty or after its timeout."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining", extra={"node": self.node_id, "members": self.members})
+        if reconnect:
+            self.send_reconnect()
+
+    def send_reconnect(self) -> None:
+        """RECONNECT to every connected client (they come back through the load balancer)."""
         told = 0
         for room in self.rooms.values():
             for member in [*room.publishers.values(), *room.subscribers.values()]:
                 told += member.send(protocol.RECONNECT)
-        log.info("draining", extra={"node": self.node_id, "told": told, "members": self.members})
+        log.info("RECONNECT sent", extra={"node": self.node_id, "told": told})
 
     def metrics(self) -> dict[str, float]:
         """Plain counters for ``GET /metrics`` (Prometheus text): read, never computed per
@@ -558,7 +587,9 @@ class Sfu:
             "trio_sfu_publishers": sum(len(r.publishers) for r in self.rooms.values()),
             "trio_sfu_subscribers": sum(len(r.subscribers) for r in self.rooms.values()),
             "trio_sfu_remote_tracks": len(self._remote),
-            "trio_sfu_outbox": len(self._outbox),
+            "trio_sfu_outbox": sum(len(o) for o in self._outboxes.values()),
+            "trio_sfu_outbox_state": len(self._outboxes["state"]),
+            "trio_sfu_outbox_bus": len(self._outboxes["bus"]),
             "trio_sfu_peers": self.rtc.endpoint.peers(),
             "trio_sfu_udp_routes": self.rtc.endpoint.demux_entries(),
             "trio_sfu_half_open": self._half_open_total,

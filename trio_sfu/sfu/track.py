@@ -234,6 +234,22 @@ class PublishedTrack:
     def detach(self, downtrack: DownTrack) -> None:
         self.downtracks = [d for d in self.downtracks if d is not downtrack]
 
+    def resend_to_relay(self, sequence_numbers: tuple[int, ...], now: float) -> None:
+        """Another pod's subscribers lost these relayed packets (a ``Nack`` command, issue 9):
+        relay them again from the cache; if some are gone, ask the publisher for a keyframe."""
+        sink, cache = self.relay_sink, self.cache
+        if sink is None or cache is None:
+            return
+        missing = False
+        for seq in sequence_numbers:
+            packet = cache.get(seq)
+            if packet is None:
+                missing = True
+            else:
+                sink(packet)
+        if missing:
+            self.request_keyframe(now)
+
     def request_keyframe(self, now: float) -> bool:
         """PLI (or FIR if only FIR was negotiated) to the publisher, throttled per track."""
         if self.kind != "video" or self.media_ssrc is None or not self.keyframes.allow(now):
