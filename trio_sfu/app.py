@@ -44,7 +44,7 @@ GRACEFUL_TIMEOUT = 5.0
 LISTEN_BACKLOG = 2048
 #: Requests (HTTP/2 streams, reset or not) one connection may make before it is closed with
 #: GOAWAY (Hypercorn's default is 1000): a reset flood has to reconnect, and pay for it.
-MAX_REQUESTS_PER_CONNECTION = 200
+MAX_REQUESTS_PER_CONNECTION = 100
 #: Concurrent HTTP/2 streams per connection (Hypercorn's default is 100).
 H2_MAX_STREAMS = 32
 
