@@ -39,15 +39,17 @@ async def test_chat_rate_limit_per_member(nursery: trio.Nursery) -> None:
     env.sfu.limits = SfuLimits(chat_rate=2.0, chat_burst=5)
     bob = await env.subscriber("r", "bob-1")
     carol = await env.subscriber("r", "carol-1")
+    began = trio.current_time()
     for i in range(30):
         carol.send(f"CHAT line {i}")
     error = await carol.expect("ERROR chat rate limit")
     print(error)
     await trio.sleep(0.5)
-    # The burst went through, the rest was refused (a refill of 2/s adds at most a couple).
+    # The burst went through, the rest was refused (but for what 2/s refilled meanwhile).
     got = len(chats(bob))
-    print(f"30 CHAT sent at once → {got} relayed")
-    assert 5 <= got <= 8
+    elapsed = trio.current_time() - began
+    print(f"30 CHAT sent at once → {got} relayed in {elapsed:.2f} s")
+    assert 5 <= got <= 5 + 2 * elapsed + 1
     # The allowance comes back with time, and the connection stayed.
     await trio.sleep(1.0)
     carol.send("CHAT later")
