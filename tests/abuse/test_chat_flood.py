@@ -74,16 +74,16 @@ async def test_chat_flood_is_cut_at_the_sender_by_default(nursery: trio.Nursery)
     async with run_server() as server:
         listener = await join(nursery, server, "r", "listener-1")
         sender = await join(nursery, server, "r", "sender-1")
+        began = trio.current_time()
         for _ in range(1000):
             sender.send(f"CHAT {LINE}")
             await sender.control.wait_buffered_amount_below(256 * 1024)
         error = await sender.expect("ERROR chat rate limit")
-        began = trio.current_time()
         await trio.sleep(1.0)
         got = chats(listener)
-        elapsed = trio.current_time() - began + 5  # generous: the send loop's own duration
-        print(f"1,000 CHAT at once: {got} relayed; the sender got {error!r}")
-        # Defaults: bursts of 20, then 5 per second.
-        assert 20 <= got <= 20 + 5 * elapsed + 5
+        elapsed = trio.current_time() - began
+        print(f"1,000 CHAT at once: {got} relayed in {elapsed:.1f} s; the sender got {error!r}")
+        # Defaults: bursts of 20, then 5 per second (what refilled while they arrived).
+        assert 20 <= got <= 20 + 5 * elapsed + 1
         assert sender.pc.connected and listener.pc.connected
         assert not tracebacks(server)
