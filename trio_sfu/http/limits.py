@@ -135,8 +135,9 @@ MAX_TRACKED_SOURCES = 10_000
 
 class JoinRateLimits:
     """Joins per second from one client address and in total, each a token bucket allowing
-    bursts of twice its rate. A refusal costs nothing but the check: it happens before the
-    body is read, the token verified or a peer made, so a flood cannot starve the node."""
+    bursts of twice its rate. A refusal costs little more than the check: it happens before
+    the request is routed, its token verified or a peer made, so a flood cannot starve the
+    node."""
 
     def __init__(self, *, per_source: float = 10.0, total: float = 200.0) -> None:
         self.per_source = per_source
@@ -198,7 +199,7 @@ class AdmitJoins:
     """ASGI middleware: joins past :class:`JoinRateLimits` are answered here, before the
     framework routes, parses or logs anything, so refusing a flood costs the least we can
     (a legitimate join queued behind a thousand refusals waits for them all). Refusals are
-    counted, not logged one by one."""
+    counted in :attr:`refused`, not logged one by one."""
 
     def __init__(
         self, app: ASGIFramework, limits: JoinRateLimits, *, cors_origins: Collection[str] = ()
