@@ -312,13 +312,24 @@ class Sfu:
             raise BadRequest("a WHEP offer needs recvonly (or sendrecv) audio or video")
 
     async def _live_publishers(self, room: str, publisher_id: str | None) -> list[PublisherInfo]:
-        """The room's publishers a viewer could watch, oldest first; 409/404 if none fits."""
+        """The room's publishers a viewer could watch, oldest first; 409/404 if none fits.
+
+        A publisher of this pod that is still connecting (its offer told us its tracks, its
+        ICE/DTLS is not up yet) counts as coming: the viewer gets its 201 now and is attached
+        when the publisher is announced (issue 8) — WHIP and WHEP clients are often started
+        together.
+        """
         state = await self.state.room(room)
         publishers = [p for p in (state.publishers.values() if state else ()) if p.tracks]
+        local = self.rooms.get(room)
+        coming = {p.id for p in (local.publishers.values() if local else ())
+                  if not p.announced and p.tracks and p.pc.close_reason is None}
         if publisher_id is not None:
-            if not any(p.publisher_id == publisher_id for p in publishers):
+            if publisher_id not in coming and not any(
+                p.publisher_id == publisher_id for p in publishers
+            ):
                 raise NotFound(f"no live publisher {publisher_id} in room {room}")
-        elif not publishers:
+        elif not publishers and not coming:
             raise Conflict(f"room {room} has no live publisher yet", retry_after=WHEP_RETRY_AFTER)
         return publishers
 
