@@ -509,6 +509,45 @@ def test_subscriber_renegotiation_with_firefox_answer() -> None:
     assert s.remote_ice_ufrag == "101750b7" and s.dtls_role == "client"
 
 
+@pytest.mark.parametrize(
+    ("name", "stream", "tracks"),
+    [
+        ("safari-publisher-offer", "8a1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+         ["2b9e8c7a-1d3f-4e5a-9b6c-7d8e9f0a1b2c", "c4d5e6f7-0a1b-4c2d-8e3f-4a5b6c7d8e9f"]),
+        # older WebKit: no media-level a=msid, only a=ssrc:<ssrc> msid:/mslabel:/label:
+        ("webkit-legacy-publisher-offer", "5kx3DhQ6fEo1nR2bLmT7",
+         ["a7b6c5d4-e3f2-4a1b-9c8d-7e6f5a4b3c2d", "1f2e3d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"]),
+    ],
+)
+def test_answer_webkit_shaped_publisher_offers(name: str, stream: str, tracks: list[str]) -> None:
+    """Safari-shaped offers (issue 12): no a=extmap-allow-mixed, H264 first, a=rtcp-rsize,
+    both a=msid forms. Accepted; H264 stays first; tracks keep their ids; RTX pairs found."""
+    text = fixture(name)
+    assert "a=extmap-allow-mixed" not in text and "a=rtcp-rsize" in text
+    s = server()
+    answer = answer_offer(s, text)
+    assert [m.kind for m in answer.media] == ["audio", "video", "application"]
+    assert [m.direction for m in answer.media[:2]] == ["recvonly", "recvonly"]
+    assert not answer.extmap_allow_mixed  # never claimed when the offer did not
+    video = answer.media[1]
+    first = video.codecs[0]
+    assert (first.name, first.payload_type) == ("H264", 96)
+    assert first.fmtp is not None and "profile-level-id=640c1f" in first.fmtp
+    assert video.rtcp_rsize  # mirrored (RFC 5506)
+    audio_t, video_t = s.transceivers
+    assert [audio_t.remote_msid, video_t.remote_msid] == [(stream, t) for t in tracks]
+    assert len(video_t.remote_ssrcs) == 1 and len(video_t.remote_rtx_ssrcs) == 1
+    assert s.data_mid == "2" and s.dtls_role == "server"
+
+
+def test_answer_safari_subscriber_offer() -> None:
+    s = server()
+    changes = s.set_remote_description(fixture("safari-subscriber-offer"), "offer")
+    assert changes.data_channel_added and changes.added == []
+    assert [m.kind for m in s.create_answer().media] == ["application"]
+    assert s.remote_candidates[0].host.endswith(".local")  # mDNS, as Safari sends
+
+
 # -- browsers offer again, we answer -----------------------------------------------------------
 
 

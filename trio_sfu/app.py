@@ -27,6 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import SfuApi, create_app
+from trio_sfu.http.ice_servers import IceServerList
 from trio_sfu.http.limits import JoinRateLimits, refuse_cleartext_http2
 from trio_sfu.rtc.server import RtcServer
 
@@ -85,6 +86,7 @@ class Running:
 
     http_port: int
     udp_port: int
+    tcp_port: int | None  # None: ICE-TCP is off
     demo_url: str
     public_addresses: list[str]
     rtc: RtcServer
@@ -139,6 +141,8 @@ async def serve(
         public_addresses=public,
         consent_timeout=config.consent_timeout,
         connect_timeout=config.connect_timeout,
+        tcp_port=config.tcp_bind_port(),
+        tcp_public_port=config.tcp_public_port,
     )
     started = False
     try:
@@ -162,7 +166,12 @@ async def serve(
                 cors_origins=config.cors_origins,
                 site_dir=config.site_root(),
                 tokens=token_verifier(config),
-                ice_servers=config.ice_servers,
+                ice_servers=IceServerList(
+                    config.ice_servers,
+                    turn_urls=config.turn_urls,
+                    turn_secret=config.turn_secret,
+                    ttl=config.turn_ttl,
+                ),
                 forwarder=backends.forwarder if backends is not None else None,
                 join_limits=JoinRateLimits(
                     per_source=config.max_joins_per_ip, total=config.max_joins
@@ -203,6 +212,7 @@ async def serve(
                 running = Running(
                     http_port=_bound_port(binds[0]),
                     udp_port=rtc.endpoint.local_address[1],
+                    tcp_port=rtc.tcp.local_address[1] if rtc.tcp is not None else None,
                     demo_url=config.demo_url(_bound_port(binds[0])),
                     public_addresses=public,
                     rtc=rtc,
@@ -214,6 +224,7 @@ async def serve(
                     extra={
                         "http": binds,
                         "udp_port": running.udp_port,
+                        "tcp_port": running.tcp_port,
                         "public_ips": public,
                         "site_dir": str(config.site_root()),
                         "node": backends.node_id if backends is not None else "local",

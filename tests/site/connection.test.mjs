@@ -408,3 +408,46 @@ test('a failed RECONNECT closes the connection and says why (after its retries)'
   assert.deepEqual(rec.of('close'), [['close', 'reconnect failed']]);
   assert.match(rec.of('error')[0][2], /reconnect failed: POST .* 503 full/);
 });
+
+test('reconnectOnLoss: a lost leg comes back under a new id, the old one is DELETEd', async () => {
+  const fetch = fakeFetch();
+  const rec = recorder();
+  const sub = await connectSubscriber(base({
+    user: 'bob', mode: 'manual', fetch, reconnectOnLoss: true, reconnectBaseDelayMs: 5,
+    ...rec.callbacks,
+  }));
+  const oldId = sub.id;
+  sub.sub('alice-1');
+  sub.pc.fail();  // ICE failed: the network changed under the client
+  await until(() => rec.of('reconnect').length === 1, 'reconnect');
+  assert.notEqual(sub.id, oldId);
+  assert.match(sub.id, /^bob-[a-z0-9]{8}$/);
+  assert.deepEqual(rec.of('reconnect'), [['reconnect', sub.id, oldId]]);
+  assert.deepEqual(rec.of('close'), []);
+  assert.equal(sub.state, 'open');
+  const methods = fetch.requests.map((r) => `${r.method} ${r.url.split('/').slice(-1)[0]}`);
+  assert.ok(methods.includes(`DELETE ${oldId}`), methods.join(', '));
+  assert.ok(methods.includes(`POST ${sub.id}`), methods.join(', '));
+  assert.deepEqual(sub.channel.sent, ['SUB_MODE manual', 'SUB alice-1']);
+  await sub.stop();
+});
+
+test('reconnectOnLoss: back-off grows and ends in onClose when every attempt fails', async () => {
+  let posts = 0;
+  const fetch = fakeFetch((req) => (req.method === 'POST' && ++posts > 1 ? { status: 503, body: 'down' } : null));
+  const rec = recorder();
+  const pub = await connectPublisher(base({
+    user: 'alice', stream: camera(), fetch, reconnectOnLoss: true, reconnectAttempts: 3,
+    reconnectBaseDelayMs: 2, reconnectMaxDelayMs: 6, unavailableRetries: 0, ...rec.callbacks,
+  }));
+  const delays = [0, 1, 2, 3, 10].map((n) => pub._backoffMs(n));
+  assert.ok(delays[0] >= 1 && delays[0] <= 3, delays);       // 2 ms ± 20 %
+  assert.ok(delays[1] >= 3 && delays[1] <= 5, delays);       // 4 ms
+  for (const d of delays.slice(2)) assert.ok(d >= 4 && d <= 8, delays);  // capped at 6 ms
+  pub.channel.close();  // the server side went away
+  await until(() => rec.of('close').length === 1, 'close');
+  assert.deepEqual(rec.of('close'), [['close', 'the server closed the connection; reconnecting failed']]);
+  assert.equal(posts, 4);  // the first connection and three attempts
+  assert.equal(rec.of('error').length, 3);
+  assert.match(rec.of('error')[0][2], /reconnect attempt 1 failed: POST .* 503 down/);
+});

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import trio
-from quart import Response, g, request
+from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 
 from trio_sfu.auth import TokenVerifier
@@ -17,6 +17,7 @@ from trio_sfu.http.cors import install_cors
 from trio_sfu.http.errors import install_error_handlers
 from trio_sfu.http.forwarding import Forwarder
 from trio_sfu.http.guard import Guard
+from trio_sfu.http.ice_servers import IceServerList, ice_server_list
 from trio_sfu.http.limits import MAX_BODY, AdmitJoins, DrainUnreadBody, JoinRateLimits
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
@@ -35,7 +36,7 @@ def create_app(
     cors_origins: Sequence[str] = (),
     site_dir: Path | None = None,
     tokens: TokenVerifier | None = None,
-    ice_servers: Sequence[IceServer] = (),
+    ice_servers: Sequence[IceServer] | IceServerList = (),
     sessions: Sessions | None = None,
     forwarder: Forwarder | None = None,
     join_limits: JoinRateLimits | None = None,
@@ -51,13 +52,25 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     guard = Guard(tokens)
-    app.register_blueprint(signaling_blueprint(sfu, guard, forwarder))
+    servers = ice_server_list(ice_servers)
+    app.register_blueprint(signaling_blueprint(sfu, guard, forwarder, ice_servers=servers))
     if isinstance(sfu, WhipSfuApi):
         app.register_blueprint(
             whip_blueprint(
-                sfu, guard, ice_servers=ice_servers, sessions=sessions, forwarder=forwarder
+                sfu, guard, ice_servers=servers, sessions=sessions, forwarder=forwarder
             )
         )
+
+    @app.get("/ice-servers")
+    async def get_ice_servers() -> Response:
+        """The STUN/TURN servers for ``RTCConfiguration.iceServers``, TURN credentials fresh
+        for this caller (a token's identity; any valid token will do when tokens are on, so a
+        relay is never handed to someone the API would refuse). Never cached: they expire."""
+        claims = guard.authenticate()
+        body = servers.as_json(claims.identity if claims is not None else None)
+        response = jsonify(body)
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -30,6 +30,7 @@ from trio_sfu.http.forwarding import (
     is_forwarded,
 )
 from trio_sfu.http.guard import Guard
+from trio_sfu.http.ice_servers import IceServerList, ice_server_list
 from trio_sfu.http.limits import MAX_BODY, SDP_TYPE, check_name, read_sdp
 from trio_sfu.http.sessions import (
     PRUNE_PER_CREATE,
@@ -161,7 +162,7 @@ def whip_blueprint(
     sfu: WhipSfuApi,
     guard: Guard,
     *,
-    ice_servers: Sequence[IceServer] = (),
+    ice_servers: Sequence[IceServer] | IceServerList = (),
     sessions: Sessions | None = None,
     forwarder: Forwarder | None = None,
 ) -> Blueprint:
@@ -169,7 +170,7 @@ def whip_blueprint(
     if sessions is None:
         sessions = Sessions(forwarder.node_id if forwarder is not None else None)
     table = sessions
-    links = [server.link() for server in ice_servers]
+    servers = ice_server_list(ice_servers)
 
     def prune() -> None:
         """Forget sessions whose connection the SFU already ended (a consent timeout, a
@@ -235,7 +236,8 @@ def whip_blueprint(
         response = Response(answer, status=201, content_type=SDP_TYPE)
         response.headers["Location"] = session.url
         response.headers["ETag"] = etag
-        for link in links:  # RFC 9725 §4.6: one Link per STUN/TURN server (RFC 8288)
+        # RFC 9725 §4.6: one Link per STUN/TURN server (RFC 8288), TURN credentials fresh.
+        for link in servers.links(claims.identity if claims is not None else None):
             response.headers.add("Link", link)
         log.info("%s session created", kind.upper(), extra=session.log_extra)
         return response

@@ -564,6 +564,22 @@ class PeerConnection:
         self.stats.rtp_out += 1
         self._send_datagram(protected)
 
+    def send_rtp_as(self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int) -> None:
+        """Protect and send a forwarding group's packet as this peer's stream ``ssrc``, with
+        this transport's transport-cc number at ``twcc_offset`` (-1: none) — see
+        :meth:`SrtpContext.protect_rtp_as`."""
+        srtp = self._srtp
+        if srtp is None or self.remote_address is None:
+            self.stats.media_not_sent += 1
+            return
+        try:
+            protected = srtp.protect_rtp_as(packet, ssrc, twcc_offset, twcc_seq)
+        except SrtpError:
+            self.stats.media_not_sent += 1
+            return
+        self.stats.rtp_out += 1
+        self._send_datagram(protected)
+
     def send_rtcp(self, packet: bytes) -> None:
         srtp = self._srtp
         if srtp is None or self.remote_address is None:
@@ -690,7 +706,7 @@ class PeerConnection:
     async def _start_io(self, nursery: trio.Nursery) -> None:
         """Start the subclass's own tasks (the client's socket reader)."""
 
-    def _send_datagram(self, data: bytes) -> None:
+    def _send_datagram(self, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
     def _ice_remote_credentials(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -17,7 +18,9 @@ from aioice import Candidate
 from trio_sfu.proto.dtls import Certificate
 from trio_sfu.proto.ice import IceLiteAgent
 from trio_sfu.proto.jsep import RemoteChanges
-from trio_sfu.rtc.peer import Address, PeerConnection, random_ice_credentials
+from trio_sfu.rtc.path import Path
+from trio_sfu.rtc.peer import PeerConnection, random_ice_credentials
+from trio_sfu.rtc.tcp import TcpEndpoint
 from trio_sfu.rtc.udp import UdpEndpoint
 
 log = logging.getLogger(__name__)
@@ -42,11 +45,34 @@ def host_candidate(ip: str, port: int, local_preference: int = 65535) -> Candida
 SCTP_MAX_RETRANS = 10
 
 
-class RtcServer:
-    """What every server peer shares: one certificate, one UDP port, one candidate list.
+def tcp_passive_candidate(ip: str, port: int, other_preference: int = 8191) -> Candidate:
+    """A passive ICE-TCP host candidate (RFC 6544 §4.5), ranked below every UDP candidate.
 
-    ``public_addresses`` are what we advertise (NAT 1:1 / a node's public IP); the socket
-    itself may be bound to a wildcard address.
+    RFC 6544 §4.2: local preference = 2^13 · direction-pref + other-pref, with direction-pref
+    4 for a passive host candidate; that is at most 40959, below the 65535 of our UDP
+    candidates, so a client that can use UDP does.
+    """
+    local_preference = (4 << 13) | (other_preference & 0x1FFF)
+    priority = (126 << 24) | (local_preference << 8) | (256 - 1)
+    return Candidate(
+        foundation=secrets.token_hex(4),
+        component=1,
+        transport="tcp",
+        priority=priority,
+        host=ip,
+        port=port,
+        type="host",
+        tcptype="passive",
+    )
+
+
+class RtcServer:
+    """What every server peer shares: one certificate, one UDP port, one candidate list, and
+    (unless turned off) one ICE-TCP port.
+
+    ``public_addresses`` are what we advertise (NAT 1:1 / a node's public IP); the sockets
+    themselves may be bound to a wildcard address. ``tcp_public_port`` is the TCP port to
+    advertise when a pass-through load balancer maps another one to ours (default: ours).
     """
 
     def __init__(
@@ -57,6 +83,8 @@ class RtcServer:
         *,
         consent_timeout: float = 30.0,
         connect_timeout: float | None = None,
+        tcp: TcpEndpoint | None = None,
+        tcp_public_port: int | None = None,
     ) -> None:
         if not public_addresses:
             raise ValueError("at least one address to advertise is needed")
@@ -73,13 +101,18 @@ class RtcServer:
         #: its ICE consent stays alive) is aborted after this many unanswered retransmissions,
         #: ~20 s with WebRTC's 3 s RTO cap, instead of buffering for it forever.
         self.sctp_max_retransmits = SCTP_MAX_RETRANS
+        self.tcp = tcp
         port = endpoint.local_address[1]
-        count = len(public_addresses)
         self.candidates = [
             host_candidate(ip, port, local_preference=65535 - i)
             for i, ip in enumerate(public_addresses)
         ]
-        assert len(self.candidates) == count
+        if tcp is not None:
+            tcp_port = tcp_public_port or tcp.local_address[1]
+            self.candidates += [
+                tcp_passive_candidate(ip, tcp_port, other_preference=8191 - i)
+                for i, ip in enumerate(public_addresses)
+            ]
 
     @classmethod
     def bind(
@@ -91,27 +124,72 @@ class RtcServer:
         consent_timeout: float = 30.0,
         connect_timeout: float | None = None,
         certificate: Certificate | None = None,
+        tcp_port: int | None = None,
+        tcp_public_port: int | None = None,
     ) -> RtcServer:
-        endpoint = UdpEndpoint.bind(host, port)
+        """Bind the UDP port and, unless ``tcp_port`` is None, the ICE-TCP port on the same
+        host. ``tcp_port`` -1 means "the same number as the UDP port" (with a UDP port of 0,
+        a free number both protocols have; a few tries, since another process may take the
+        TCP one between the two binds)."""
         if public_addresses is None:
             public_addresses = [host if host not in ("0.0.0.0", "::") else "127.0.0.1"]
-        return cls(
-            endpoint,
-            certificate or Certificate.generate(),
-            public_addresses,
-            consent_timeout=consent_timeout,
-            connect_timeout=connect_timeout,
-        )
+        endpoint, tcp = _bind_endpoints(host, port, tcp_port)
+        try:
+            return cls(
+                endpoint,
+                certificate or Certificate.generate(),
+                public_addresses,
+                consent_timeout=consent_timeout,
+                connect_timeout=connect_timeout,
+                tcp=tcp,
+                tcp_public_port=tcp_public_port,
+            )
+        except BaseException:
+            endpoint.close()
+            if tcp is not None:
+                tcp.close()
+            raise
 
     async def serve(self) -> None:
-        """Read the UDP port until cancelled (one task for the whole process)."""
-        await self.endpoint.serve()
+        """Read the UDP port (and serve the TCP one) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            if self.tcp is not None:
+                nursery.start_soon(self.tcp.serve)
+            await self.endpoint.serve()
+            nursery.cancel_scope.cancel()
 
     def create_peer(self, name: str = "", **options: Any) -> ServerPeerConnection:
         return ServerPeerConnection(self, name=name, **options)
 
     def close(self) -> None:
         self.endpoint.close()
+        if self.tcp is not None:
+            self.tcp.close()
+
+
+#: RtcServer.bind's ``tcp_port`` value for "the same number as the UDP port".
+SAME_AS_UDP = -1
+
+
+def _bind_endpoints(
+    host: str, port: int, tcp_port: int | None
+) -> tuple[UdpEndpoint, TcpEndpoint | None]:
+    tries = 20 if port == 0 and tcp_port == SAME_AS_UDP else 1
+    for attempt in range(tries):
+        endpoint = UdpEndpoint.bind(host, port)
+        if tcp_port is None:
+            return endpoint, None
+        number = endpoint.local_address[1] if tcp_port == SAME_AS_UDP else tcp_port
+        try:
+            return endpoint, TcpEndpoint.bind(host, number, endpoint.peer_for_ufrag)
+        except OSError as exc:
+            endpoint.close()
+            if attempt == tries - 1:
+                # Name the port: "[Errno 98] Address already in use" alone says nothing.
+                raise OSError(
+                    exc.errno, f"ICE-TCP port {host}:{number} (--tcp-port): {exc.strerror}"
+                ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ServerPeerConnection(PeerConnection):
@@ -137,6 +215,11 @@ class ServerPeerConnection(PeerConnection):
             **options,
         )
         self.server = server
+        #: where media goes: the selected pair's path (None until a valid check)
+        self.path: Path | None = None
+        #: called when media moves to another path (not for the first one): the SFU asks for
+        #: keyframes, since whatever was sent on the old path meanwhile is lost
+        self.on_path_changed: Callable[[float], None] | None = None
         self.ice_agent = IceLiteAgent(
             ufrag, pwd, consent_timeout=server.consent_timeout, now=trio.current_time()
         )
@@ -146,7 +229,12 @@ class ServerPeerConnection(PeerConnection):
     def abandon(self) -> None:
         """Forget a peer that will never run (its offer was refused): drop its routes."""
         self.closing = True
+        self._unregister()
+
+    def _unregister(self) -> None:
         self._endpoint.unregister(self)
+        if self.server.tcp is not None:
+            self.server.tcp.unregister(self)
 
     def restart_ice(self, remote_ufrag: str, remote_pwd: str) -> tuple[str, str]:
         """An ICE restart signalled outside SDP (a WHIP/WHEP PATCH carrying an RFC 8840
@@ -171,23 +259,40 @@ class ServerPeerConnection(PeerConnection):
 
     # -- called by the endpoint -----------------------------------------------------------
 
-    def address_validated(self, addr: Address, nominated: bool, now: float) -> None:
-        """A valid check came from ``addr``: media goes there once it is nominated (or if we
-        have nowhere else to send). A client whose address changed nominates the new one."""
-        if self.remote_address is None or (nominated and addr != self.remote_address):
-            if self.remote_address is not None:
+    def address_validated(self, path: Path, nominated: bool, now: float) -> None:
+        """A valid check came over ``path``: media goes there once it is nominated (or if we
+        have nowhere else to send). A client whose address changed, or that moved between UDP
+        and TCP, nominates the new path."""
+        current = self.path
+        if current is None or not current.usable or (nominated and path != current):
+            if current is not None:
                 log.info(
-                    "peer address changed",
-                    extra={"peer": self.name, "old": self.remote_address, "new": addr},
+                    "peer path changed",
+                    extra={
+                        "peer": self.name,
+                        "old": f"{current.transport}:{current.address}",
+                        "new": f"{path.transport}:{path.address}",
+                    },
                 )
-            self.remote_address = addr
+            self.path = path
+            self.remote_address = path.address
+            if current is not None and self.on_path_changed is not None:
+                self.on_path_changed(now)
+
+    def path_closed(self, path: Path) -> None:
+        """A TCP connection ended: if it carried the media, nothing is sent until the client's
+        next valid check on another path (an ICE restart, or consent expiry closes us)."""
+        if path is self.path:
+            log.info("peer path closed", extra={"peer": self.name, "path": str(path.address)})
+            self.path = None
+            self.remote_address = None
 
     # -- PeerConnection hooks -------------------------------------------------------------
 
-    def _send_datagram(self, data: bytes) -> None:
-        addr = self.remote_address
-        if addr is not None:
-            self._endpoint.sendto(data, addr)
+    def _send_datagram(self, data: bytes | memoryview) -> None:
+        path = self.path
+        if path is not None:
+            path.send(data)
 
     def _ice_remote_credentials(
         self,
@@ -216,5 +321,5 @@ class ServerPeerConnection(PeerConnection):
             self.close("consent timeout")
 
     def _teardown(self) -> None:
-        self._endpoint.unregister(self)
+        self._unregister()
         super()._teardown()

@@ -52,6 +52,13 @@ class Subscriber(Downstream):
         #: down-tracks added to the session, forwarding once an answer accepts them
         self._pending: list[DownTrack] = []
         self._tolerated_logged = False
+        pc.on_path_changed = self._path_changed
+
+    def _path_changed(self, now: float) -> None:
+        """This subscriber's media moved to another path: what was sent on the old one is
+        lost, so its decoders need keyframes."""
+        for downtrack in self.downtracks.values():
+            downtrack.source.request_keyframe(now)
 
     # -- room events ----------------------------------------------------------------------
 
