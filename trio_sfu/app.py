@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 GRACEFUL_TIMEOUT = 5.0
 #: Connections the kernel queues for accept (Hypercorn's default is 100; capped by somaxconn).
 LISTEN_BACKLOG = 2048
-#: Requests (HTTP/2 streams, reset or not) one connection may make before it is closed with
-#: GOAWAY (Hypercorn's default is 1000): a reset flood has to reconnect, and pay for it.
-MAX_REQUESTS_PER_CONNECTION = 100
 #: Concurrent HTTP/2 streams per connection (Hypercorn's default is 100).
 H2_MAX_STREAMS = 32
 
@@ -112,7 +109,9 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     # HTTP/2 reset floods (CVE-2023-44487 "rapid reset"): few concurrent streams per
     # connection, and no cleartext HTTP/2 unless asked for (docs/security.md).
     hc.h2_max_concurrent_streams = H2_MAX_STREAMS
-    hc.keep_alive_max_requests = MAX_REQUESTS_PER_CONNECTION  # then GOAWAY / close
+    # Hypercorn's keep_alive_max_requests (1000) ends a connection with GOAWAY after that many
+    # streams, reset or not; lower values make it close HTTP/1.1 keep-alive connections under
+    # clients still sending on them, so it stays at its default.
     # A burst of joins must queue in the kernel, not be reset (issue 14: 1,000 at once).
     hc.backlog = LISTEN_BACKLOG
     hc.trio_sfu_h2c = config.http2_cleartext  # type: ignore[attr-defined]

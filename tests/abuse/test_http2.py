@@ -50,13 +50,14 @@ async def test_cleartext_http2_when_asked_for() -> None:
 
 async def test_an_http2_stream_reset_flood_gets_goaway() -> None:
     """CVE-2023-44487: open and reset streams as fast as possible on one connection; the
-    server closes it with GOAWAY after about MAX_REQUESTS_PER_CONNECTION streams (instead of
+    server closes it with GOAWAY after about ``keep_alive_max_requests`` streams (instead of
     never), and answers other clients meanwhile."""
     import h2.config
     import h2.connection
     import h2.events
+    from hypercorn.config import Config as HypercornConfig
 
-    from trio_sfu.app import MAX_REQUESTS_PER_CONNECTION
+    limit = HypercornConfig.keep_alive_max_requests
 
     async with run_server(http2_cleartext="yes") as server:
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)
@@ -68,7 +69,7 @@ async def test_an_http2_stream_reset_flood_gets_goaway() -> None:
         headers = [(":method", "GET"), (":path", "/healthz"), (":scheme", "http"),
                    (":authority", "sfu")]  # fmt: skip
         with trio.move_on_after(30):
-            while goaway is None and sent < 20 * MAX_REQUESTS_PER_CONNECTION:
+            while goaway is None and sent < 20 * limit:
                 for _ in range(20):
                     stream_id = conn.get_next_available_stream_id()
                     conn.send_headers(stream_id, headers, end_stream=True)
@@ -89,10 +90,9 @@ async def test_an_http2_stream_reset_flood_gets_goaway() -> None:
         print(f"reset flood: {sent} streams opened and reset, GOAWAY: {goaway}")
         assert goaway is not None
         # Client-initiated stream ids are odd: how many streams the server took before GOAWAY.
-        # It counts requests as they finish, so on a busy machine a few hundred more slip in
-        # than the limit; Hypercorn's own default (1,000) is never reached.
+        # It counts requests as they finish, so on a busy machine more slip in than the limit.
         accepted = (goaway.last_stream_id + 1) // 2
-        assert MAX_REQUESTS_PER_CONNECTION <= accepted < 1000
+        assert limit <= accepted <= 3 * limit
         async with httpx.AsyncClient(timeout=10) as http:
             assert (await http.get(server.url + "/healthz")).status_code == 200
         assert not tracebacks(server)
