@@ -28,6 +28,7 @@ from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import SfuApi, create_app
 from trio_sfu.http.ice_servers import IceServerList
+from trio_sfu.http.limits import JoinRateLimits, refuse_cleartext_http2
 from trio_sfu.metrics import metrics_app, node_registry
 from trio_sfu.rtc.server import RtcServer
 
@@ -35,11 +36,16 @@ if TYPE_CHECKING:
     from trio_sfu.cluster.forward import ClusterForwarder
     from trio_sfu.cluster.nats_bus import NatsBus
     from trio_sfu.cluster.redis_state import RedisStateStore
+    from trio_sfu.sfu.limits import SfuLimits
 
 log = logging.getLogger(__name__)
 
 # Requests still running when the HTTP side stops get this long before they are cancelled.
 GRACEFUL_TIMEOUT = 5.0
+#: Connections the kernel queues for accept (Hypercorn's default is 100; capped by somaxconn).
+LISTEN_BACKLOG = 2048
+#: Concurrent HTTP/2 streams per connection (Hypercorn's default is 100).
+H2_MAX_STREAMS = 32
 
 
 class StartupError(Exception):
@@ -63,8 +69,22 @@ def embedded_sfu(rtc: RtcServer, config: Config) -> SfuService:
     from trio_sfu.sfu.service import Sfu
 
     # The consent timeout lives on the RtcServer, which every peer shares.
-    sfu: SfuService = Sfu(rtc)
+    sfu: SfuService = Sfu(rtc, limits=sfu_limits(config))
     return sfu
+
+
+def sfu_limits(config: Config) -> SfuLimits:
+    from trio_sfu.sfu.limits import SfuLimits
+
+    return SfuLimits(
+        max_members_per_room=config.max_members_per_room,
+        max_rooms=config.max_rooms,
+        max_half_open_per_source=config.max_half_open_per_ip,
+        max_half_open=config.max_half_open,
+        chat_rate=config.chat_rate,
+        chat_burst=config.chat_burst,
+        max_send_buffer=config.max_send_buffer,
+    )
 
 
 @dataclass
@@ -104,6 +124,16 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.errorlog = logging.getLogger("trio_sfu.http.server")
     hc.graceful_timeout = GRACEFUL_TIMEOUT
     hc.include_server_header = False
+    # HTTP/2 reset floods (CVE-2023-44487 "rapid reset"): few concurrent streams per
+    # connection, and no cleartext HTTP/2 unless asked for (docs/security.md).
+    hc.h2_max_concurrent_streams = H2_MAX_STREAMS
+    # Hypercorn's keep_alive_max_requests (1000) ends a connection with GOAWAY after that many
+    # streams, reset or not; lower values make it close HTTP/1.1 keep-alive connections under
+    # clients still sending on them, so it stays at its default.
+    # A burst of joins must queue in the kernel, not be reset (issue 14: 1,000 at once).
+    hc.backlog = LISTEN_BACKLOG
+    hc.trio_sfu_h2c = config.http2_cleartext  # type: ignore[attr-defined]
+    refuse_cleartext_http2()
     return hc
 
 
@@ -145,6 +175,7 @@ async def serve(
             config.udp_port,
             public_addresses=public,
             consent_timeout=config.consent_timeout,
+            connect_timeout=config.connect_timeout,
             tcp_port=config.tcp_bind_port(),
             tcp_public_port=config.tcp_public_port,
         )
@@ -168,6 +199,7 @@ async def serve(
                     bus=backends.bus,
                     relay=backends.bus.relay,
                     node_id=backends.node_id,
+                    limits=sfu_limits(config),
                 )
                 sfu: SfuService = cluster_sfu
             else:
@@ -191,6 +223,9 @@ async def serve(
                 forwarder=backends.forwarder if backends is not None else None,
                 metrics=registry,
                 metrics_open=config.metrics_open,
+                join_limits=JoinRateLimits(
+                    per_source=config.max_joins_per_ip, total=config.max_joins
+                ),
             )
             stop = trio.Event()
             async with trio.open_nursery() as nursery:

@@ -362,6 +362,19 @@ def parse_timeout(text: str) -> float:
     return seconds
 
 
+def _rate_parser() -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number per second") from None
+        if not 0 < value <= 1_000_000:
+            raise ValueError(f"{text!r} is not between 0 and 1000000 per second")
+        return value
+
+    return parse
+
+
 def parse_path(text: str) -> Path:
     if not text.strip():
         raise ValueError("empty path")
@@ -557,6 +570,112 @@ class Config:
             "seconds without ICE consent before a vanished peer is cleaned up (RFC 7675)",
             parse_timeout,
             "SECONDS",
+        ),
+    )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=_setting(
+            "--connect-timeout",
+            "seconds a new session has to complete ICE and DTLS before it is dropped "
+            "(half-open sessions cost memory; docs/security.md)",
+            parse_timeout,
+            "SECONDS",
+        ),
+    )
+    max_half_open_per_ip: int = field(
+        default=20,
+        metadata=_setting(
+            "--max-half-open-per-ip",
+            "sessions one client address may have still connecting; past it joins get 429",
+            _count_parser(1, 1_000_000),
+            "N",
+        ),
+    )
+    max_half_open: int = field(
+        default=500,
+        metadata=_setting(
+            "--max-half-open",
+            "sessions still connecting on this node, all addresses; past it joins get 503",
+            _count_parser(1, 1_000_000),
+            "N",
+        ),
+    )
+    max_joins_per_ip: float = field(
+        default=10.0,
+        metadata=_setting(
+            "--max-joins-per-ip",
+            "joins per second one client address may start (bursts of twice as many); "
+            "past it 429",
+            _rate_parser(),
+            "PER_S",
+        ),
+    )
+    max_joins: float = field(
+        default=200.0,
+        metadata=_setting(
+            "--max-joins",
+            "joins per second this node starts, all addresses (bursts of twice as many); "
+            "past it 503",
+            _rate_parser(),
+            "PER_S",
+        ),
+    )
+    max_members_per_room: int = field(
+        default=200,
+        metadata=_setting(
+            "--max-members-per-room",
+            "members of one room on this node (publishers, subscribers, viewers); past it 429",
+            _count_parser(1, 1_000_000),
+            "N",
+        ),
+    )
+    max_rooms: int = field(
+        default=1000,
+        metadata=_setting(
+            "--max-rooms",
+            "rooms this node hosts at once; past it joins to a new room get 503",
+            _count_parser(1, 1_000_000),
+            "N",
+        ),
+    )
+    chat_rate: float = field(
+        default=5.0,
+        metadata=_setting(
+            "--chat-rate",
+            "CHAT messages per second one member may send (bursts of --chat-burst); "
+            "past it the member gets ERROR and the message is dropped",
+            _rate_parser(),
+            "PER_S",
+        ),
+    )
+    chat_burst: int = field(
+        default=20,
+        metadata=_setting(
+            "--chat-burst",
+            "CHAT messages one member may send at once before --chat-rate applies",
+            _count_parser(1, 10_000),
+            "N",
+        ),
+    )
+    max_send_buffer: int = field(
+        default=1024 * 1024,
+        metadata=_setting(
+            "--max-send-buffer",
+            "bytes queued on one member's control channel (bufferedAmount) before chat to "
+            "it is dropped; a member left at the cap for 10 s is disconnected",
+            _count_parser(16 * 1024, 1 << 30),
+            "BYTES",
+        ),
+    )
+    http2_cleartext: bool = field(
+        default=False,
+        metadata=_setting(
+            "--http2-cleartext",
+            "accept HTTP/2 without TLS (h2c upgrade and prior knowledge); HTTP/2 over TLS is "
+            "always on",
+            parse_bool,
+            "",
+            switch=True,
         ),
     )
     site_dir: Path | None = field(

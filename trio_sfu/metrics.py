@@ -116,7 +116,20 @@ class SfuCollector(Collector):
             "outbox_state": ("state updates waiting for Redis", len(outboxes.get("state", ()))),
             "outbox_bus": ("bus updates waiting for NATS", len(outboxes.get("bus", ()))),
             "draining": ("1 while draining (SIGTERM)", int(getattr(sfu, "draining", False))),
+            "half_open": (
+                "sessions admitted and still connecting (ICE/DTLS), held against --max-half-open",
+                getattr(sfu, "half_open", 0),
+            ),
         }
+        endpoint = getattr(getattr(sfu, "rtc", None), "endpoint", None)
+        if endpoint is not None:
+            gauges["peers"] = (
+                "peer connections registered on the media endpoint", endpoint.peers()
+            )
+            gauges["udp_routes"] = (
+                "addresses and ICE usernames routed to a peer (demultiplexing entries)",
+                endpoint.demux_entries(),
+            )
         # Forwarding groups (issue 10): one rewrite per incoming packet per group.
         sources = [t for r in rooms.values() for p in r.publishers.values() for t in p.tracks]
         sources += list(getattr(sfu, "_remote", {}).values())

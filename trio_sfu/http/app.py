@@ -19,7 +19,7 @@ from trio_sfu.http.errors import install_error_handlers
 from trio_sfu.http.forwarding import Forwarder
 from trio_sfu.http.guard import Guard, forbidden
 from trio_sfu.http.ice_servers import IceServerList, ice_server_list
-from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody
+from trio_sfu.http.limits import MAX_BODY, AdmitJoins, DrainUnreadBody, JoinRateLimits
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import install_site
@@ -42,6 +42,7 @@ def create_app(
     forwarder: Forwarder | None = None,
     metrics: CollectorRegistry | None = None,
     metrics_open: bool = False,
+    join_limits: JoinRateLimits | None = None,
 ) -> QuartTrio:
     """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
     (see :mod:`trio_sfu.http.guard`), and so does ``/metrics`` (an admin token for all rooms)
@@ -114,6 +115,10 @@ def create_app(
     install_cors(app, cors_origins)
     install_error_handlers(app)
     install_site(app, site_dir)  # after the generic handlers: it refines 404
+    if join_limits is not None:
+        app.asgi_app = AdmitJoins(  # type: ignore[method-assign]
+            app.asgi_app, join_limits, cors_origins=cors_origins
+        )
     app.asgi_app = DrainUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     return app
 

@@ -46,6 +46,7 @@ from trio_sfu.proto.jsep import JsepSession, LocalTransport, RemoteChanges, Tran
 from trio_sfu.proto.rtcp import RtcpPacket, parse_rtcp
 from trio_sfu.proto.rtp import find_extension
 from trio_sfu.proto.sctp import WEBRTC_TIMERS
+from trio_sfu.proto.sctp.association import TimerOptions
 from trio_sfu.proto.srtp import SrtpContext
 from trio_sfu.rtc.datachannel import DataChannel
 from trio_sfu.rtc.demux import Kind
@@ -95,6 +96,7 @@ class PeerConnection:
         name: str = "",
         max_message_size: int = 262144,
         connect_timeout: float = 30.0,
+        sctp_max_retransmits: int | None = None,
         new_transceiver_direction: str = "recvonly",
         jsep_options: dict[str, Any] | None = None,
     ) -> None:
@@ -116,6 +118,8 @@ class PeerConnection:
         )
         self.max_message_size = max_message_size
         self.connect_timeout = connect_timeout
+        #: RFC 9260 Association.Max.Retrans; None: never give up (Chromium's choice)
+        self.sctp_max_retransmits = sctp_max_retransmits
         #: where media goes: the nominated (server) or selected (client) remote address
         self.remote_address: Address | None = None
         self.stats = PeerStats()
@@ -299,14 +303,18 @@ class PeerConnection:
                 self.close(f"dtls: {exc}")
                 return
         if jsep.data_mid is not None and self._dc is None and role is not None:
+            sctp_timers: TimerOptions = {
+                **WEBRTC_TIMERS,
+                "max_retransmits": self.sctp_max_retransmits,
+            }
             self._dc = DataChannelEndpoint(
                 is_dtls_client=role == "client",
                 max_message_size=self.max_message_size,
                 remote_max_message_size=jsep.remote_max_message_size or 65536,
                 mtu=DTLS_MTU - DTLS_RECORD_OVERHEAD,
-                # Chromium's dcsctp timers: short RTOs, and liveness left to ICE consent and
-                # DTLS rather than SCTP's retransmission limit.
-                **WEBRTC_TIMERS,
+                # Chromium's dcsctp timers (short RTOs); liveness left to ICE consent unless
+                # a retransmission limit is set (the server's, against stalled peers).
+                **sctp_timers,
             )
             if self._connected.is_set() and role == "client":
                 self._dc.connect(now)

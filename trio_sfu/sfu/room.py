@@ -32,11 +32,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Wait before listening again after a room's listener ended (a backend may be down).
+LISTENER_RETRY = 0.5
+
 
 class Room:
     def __init__(self, sfu: Sfu, name: str) -> None:
         self.sfu = sfu
         self.name = name
+        #: what each member may send and have queued (chat rate, send-buffer cap)
+        self.limits = sfu.limits
         self.publishers: dict[str, Publisher] = {}
         #: seed-API subscribers and WHEP viewers: everyone we send media to
         self.subscribers: dict[str, Downstream] = {}
@@ -50,12 +55,29 @@ class Room:
     async def listen(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Apply the room's bus commands to local members until the room empties."""
+        """Apply the room's bus commands to local members until :meth:`stop`.
+
+        Started when the room opens (the first subscription's failure is the joiner's 503).
+        A listener that ends later — NATS or the local bus cut off a listener that fell
+        behind, a subscription lost — is made again, so a room never goes deaf while it has
+        members (issue 9 item 4, issue 14 item 1).
+        """
         with self._cancel:
             async with self.sfu.bus.listen(self.name) as commands:
                 task_status.started()
-                async for command in commands:
-                    self._apply(command)
+                await self._follow(commands)
+            while True:
+                log.warning("room listener ended; listening again", extra={"room": self.name})
+                await trio.sleep(LISTENER_RETRY)
+                try:
+                    async with self.sfu.bus.listen(self.name) as commands:
+                        await self._follow(commands)
+                except BackendUnavailable:
+                    pass
+
+    async def _follow(self, commands: trio.MemoryReceiveChannel[Command]) -> None:
+        async for command in commands:
+            self._apply(command)
 
     def stop(self) -> None:
         self._cancel.cancel()
@@ -73,7 +95,7 @@ class Room:
         elif isinstance(command, Chat):
             line = protocol.chat(command.from_id, command.text)
             for subscriber in list(self.subscribers.values()):
-                subscriber.send(line)
+                subscriber.send_chat(line)
         elif isinstance(command, SubJoin | SubLeft):
             pass
 

@@ -34,7 +34,8 @@ from trio_sfu.cluster.state import MemoryStateStore, StateStore
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
-from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, SfuError, Unavailable
+from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, SfuError, TooMany, Unavailable
+from trio_sfu.sfu.limits import SfuLimits
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.node_stats import NodeStats
 from trio_sfu.sfu.publisher import Publisher
@@ -57,6 +58,11 @@ BACKEND_RETRY_AFTER = 2
 #: Back-off (seconds) of the node-command subscription while the bus is unreachable.
 BACKEND_RETRY_MIN = 0.25
 BACKEND_RETRY_MAX = 5.0
+#: Retry-After for a join refused because its room or this node is full.
+ROOM_FULL_RETRY_AFTER = 5
+ROOMS_FULL_RETRY_AFTER = 5
+#: Retry-After for a join refused because too many sessions are still connecting.
+HALF_OPEN_RETRY_AFTER = 2
 
 
 def _snake(name: str) -> str:
@@ -125,14 +131,21 @@ class Sfu:
         bus: Bus | None = None,
         relay: Relay | None = None,
         node_id: str = "local",
+        limits: SfuLimits | None = None,
     ) -> None:
         self.rtc = rtc
+        self.limits = limits if limits is not None else SfuLimits()
         self.state: StateStore = state if state is not None else MemoryStateStore()
         self.bus: Bus = bus if bus is not None else LocalBus()
         #: the cross-pod media relay (cluster mode); None: every track is local
         self.relay = relay
         self.node_id = node_id
         self.rooms: dict[str, Room] = {}
+        #: rooms whose listener is starting: registered in ``rooms`` once it runs
+        self._opening: dict[str, trio.Event] = {}
+        #: sessions still connecting, by client address (admission control, issue 14 item 4)
+        self._half_open: dict[str, int] = {}
+        self._half_open_total = 0
         self._remote: dict[tuple[str, str], RemoteTrack] = {}
         #: state and bus updates that must not be lost to an outage, retried in order; one
         #: outbox per backend, so a Redis outage never holds back a PUB_LEFT on NATS (issue 9)
@@ -203,19 +216,36 @@ class Sfu:
 
     # -- joining --------------------------------------------------------------------------
 
-    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._counted("pub", self._join("pub", room, peer_id, offer_sdp))
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
+        """Join as a publisher; ``source`` is the client's address (admission limits)."""
+        return await self._counted(
+            "pub", self._join("pub", room, peer_id, offer_sdp, source=source)
+        )
 
-    async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._counted("sub", self._join("sub", room, peer_id, offer_sdp))
+    async def subscribe(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
+        return await self._counted(
+            "sub", self._join("sub", room, peer_id, offer_sdp, source=source)
+        )
 
     async def whep(
-        self, room: str, peer_id: str, offer_sdp: str, *, publisher_id: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        publisher_id: str | None = None,
+        source: str | None = None,
     ) -> str:
         """A WHEP viewer: sendonly audio + video following the room's live publisher (or the
         named one). No live publisher → 409 with Retry-After (draft-ietf-wish-whep)."""
         return await self._counted(
-            "whep", self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id)
+            "whep", self._join(
+                "whep", room, peer_id, offer_sdp, publisher_id=publisher_id, source=source
+            ),
         )
 
     async def _counted(self, role: Role, join: Awaitable[str]) -> str:
@@ -245,6 +275,7 @@ class Sfu:
         offer_sdp: str,
         *,
         publisher_id: str | None = None,
+        source: str | None = None,
     ) -> str:
         if not protocol.valid_id(room_name):
             raise BadRequest("room must match [A-Za-z0-9_.-]{1,64}")
@@ -255,26 +286,45 @@ class Sfu:
             raise Unavailable("the SFU is not running", retry_after=1)
         if self.draining:
             raise Unavailable("this node is draining; try again", retry_after=DRAIN_RETRY_AFTER)
-        with backend_errors():
-            publishers: list[PublisherInfo] = []
-            if role == "whep":
-                publishers = await self._live_publishers(room_name, publisher_id)
-            if not await self.state.claim_id(peer_id, self.node_id):
-                raise Conflict(f"a connection with id {peer_id} is already live")
+        if not getattr(self.bus, "connected", True):
+            # A member that joined now would not hear its room until NATS is back (issue 9).
+            raise Unavailable(
+                "cluster backend unavailable: NATS is not connected",
+                retry_after=BACKEND_RETRY_AFTER,
+            )
+        self._admit(source)
+        try:
+            with backend_errors():
+                publishers: list[PublisherInfo] = []
+                if role == "whep":
+                    publishers = await self._live_publishers(room_name, publisher_id)
+                if not await self.state.claim_id(peer_id, self.node_id):
+                    raise Conflict(f"a connection with id {peer_id} is already live")
+        except BaseException:
+            self._settle(source)
+            raise
+        # Everything below is undone if the join does not complete, whatever stops it (a
+        # client reset cancels the request, a backend fails, a refusal): the peer and its
+        # routes, the member and its store entry, a room it alone opened (issue 14 item 1).
+        pc: ServerPeerConnection | None = None
+        member: Member | None = None
         try:
             pc = self.rtc.create_peer(
                 f"{role}:{room_name}/{peer_id}",
                 new_transceiver_direction=_DIRECTION_FOR_NEW_SECTIONS[role],
             )
-            try:
-                answer = pc.handle_offer(offer_sdp)
-                self._check_offer(role, pc)
-            except BaseException:
-                pc.abandon()
-                raise
+            answer = pc.handle_offer(offer_sdp)
+            self._check_offer(role, pc)
             with backend_errors():  # a room's first member subscribes to its bus subject
                 room = await self._room(room_name)
-            member: Member
+            if len(room.publishers) + len(room.subscribers) >= self.limits.max_members_per_room:
+                raise TooMany(
+                    f"room {room_name} is full ({self.limits.max_members_per_room} members "
+                    "on this node)",
+                    retry_after=ROOM_FULL_RETRY_AFTER,
+                )
+            # No checkpoint between getting the room and joining it: a room is never seen
+            # empty (and dropped) by another join's cleanup while we are on our way in.
             if role == "pub":
                 member = Publisher(room, peer_id, pc)
                 room.publishers[peer_id] = member
@@ -285,17 +335,18 @@ class Sfu:
                     member = viewer = WhepViewer(room, peer_id, pc, publisher_id=publisher_id)
                     viewer.start(publishers)
                 room.subscribers[peer_id] = member
+            member.connecting_from = source  # half-open until DTLS is up (or it leaves)
+            source = None
+            if role != "pub":
                 info = SubscriberInfo(peer_id, member.user, self.node_id)
                 with backend_errors():
                     await self.state.add_subscriber(room_name, info)
                 self.reliably(self.bus.publish, room_name, SubJoin(room_name, info))
             await nursery.start(self._lifetime, member)
         except BaseException:
+            self._settle(source)
             with trio.CancelScope(shield=True):
-                try:  # at once, so the client may retry with this id right away
-                    await self.state.release_id(peer_id)
-                except BackendUnavailable:
-                    self.reliably(self.state.release_id, peer_id)
+                await self._abort_join(room_name, peer_id, pc, member)
             raise
         log.info("joined", extra=member.log_extra)
         return answer
@@ -332,12 +383,105 @@ class Sfu:
         return publishers
 
     async def _room(self, name: str) -> Room:
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(self, name)
+        """The room, registered only once its listener runs (a join that waits for another
+        join to open the same room shares it; a failed opening registers nothing)."""
+        while True:
+            room = self.rooms.get(name)
+            if room is not None:
+                return room
+            opening = self._opening.get(name)
+            if opening is None:
+                break
+            await opening.wait()  # then look again: that opening may have failed
+        if len(self.rooms) + len(self._opening) >= self.limits.max_rooms:
+            raise Unavailable(
+                f"this node hosts its maximum of {self.limits.max_rooms} rooms",
+                retry_after=ROOMS_FULL_RETRY_AFTER,
+            )
+        opened = self._opening[name] = trio.Event()
+        try:
+            room = Room(self, name)
             assert self._nursery is not None
             await self._nursery.start(room.listen)
-        return room
+            self.rooms[name] = room
+            return room
+        finally:
+            del self._opening[name]
+            opened.set()
+
+    def _admit(self, source: str | None) -> None:
+        """Count a join from ``source`` as half-open, or refuse it: one address may not hold
+        more than its share of connecting sessions, nor everyone together more than the
+        node's (each costs ~100 KiB until DTLS is up or ``--connect-timeout`` ends it)."""
+        if source is None:
+            return  # in-process callers (tests, the client library) are not admitted
+        limits = self.limits
+        if self._half_open.get(source, 0) >= limits.max_half_open_per_source:
+            raise TooMany(
+                f"too many sessions from {source} still connecting "
+                f"(at most {limits.max_half_open_per_source})",
+                retry_after=HALF_OPEN_RETRY_AFTER,
+            )
+        if self._half_open_total >= limits.max_half_open:
+            raise Unavailable(
+                f"too many sessions still connecting on this node (at most {limits.max_half_open})",
+                retry_after=HALF_OPEN_RETRY_AFTER,
+            )
+        self._half_open[source] = self._half_open.get(source, 0) + 1
+        self._half_open_total += 1
+
+    def _settle(self, source: str | None) -> None:
+        """A session admitted from ``source`` stopped being half-open (connected or gone)."""
+        if source is None:
+            return
+        left = self._half_open[source] - 1
+        if left:
+            self._half_open[source] = left
+        else:
+            del self._half_open[source]
+        self._half_open_total -= 1
+
+    def _connected(self, member: Member) -> None:
+        source, member.connecting_from = member.connecting_from, None
+        self._settle(source)
+
+    async def _when_connected(self, member: Member) -> None:
+        connected = False
+        try:
+            await member.pc.wait_connected()
+            connected = True
+        except* ConnectionError:
+            pass  # closed before connecting: _remove settles it
+        if connected:
+            self._connected(member)
+
+    async def _abort_join(
+        self,
+        room_name: str,
+        peer_id: str,
+        pc: ServerPeerConnection | None,
+        member: Member | None,
+    ) -> None:
+        """Undo a join that did not complete (called shielded)."""
+        if member is not None:
+            await self._remove(member)  # no-op if its lifetime already did it
+        if pc is not None:
+            pc.abandon()  # its routes, if it never ran (run's teardown did it otherwise)
+        if member is None:
+            # The member's removal released the id; without one, release it here, at once,
+            # so the client may retry with this id right away.
+            try:
+                await self.state.release_id(peer_id)
+            except BackendUnavailable:
+                self.reliably(self.state.release_id, peer_id)
+        room = self.rooms.get(room_name)
+        if room is not None and room.empty:
+            self._drop_room(room)
+
+    def _drop_room(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        room.stop()
 
     async def _lifetime(
         self, member: Member, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -348,6 +492,8 @@ class Sfu:
                 await nursery.start(member.pc.run)
                 member.pc.start_soon(member.serve)
                 member.pc.start_soon(self._time_connect, member)
+                if member.connecting_from is not None:
+                    member.pc.start_soon(self._when_connected, member)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -366,23 +512,30 @@ class Sfu:
             self.stats.connected(member.role, trio.current_time() - member.started)
 
     async def _remove(self, member: Member) -> None:
+        """Take a member out of its room, the state store and the bus; once only."""
+        if member.removed:
+            await trio.lowlevel.checkpoint()
+            return
+        member.removed = True
+        self._connected(member)
         room = member.room
         name = room.name
         if isinstance(member, Publisher):
-            room.publishers.pop(member.id, None)
+            if room.publishers.get(member.id) is member:
+                del room.publishers[member.id]
             member.close_relay()
             if member.announced:
                 self.reliably(self.state.remove_publisher, name, member.id)
                 self.reliably(self.bus.publish, name, PubLeft(name, member.id))
         elif isinstance(member, Downstream):
-            room.subscribers.pop(member.id, None)
+            if room.subscribers.get(member.id) is member:
+                del room.subscribers[member.id]
             member.close_downtracks()
             self.reliably(self.state.remove_subscriber, name, member.id)
             self.reliably(self.bus.publish, name, SubLeft(name, member.id))
         self.reliably(self.state.release_id, member.id)
-        if room.empty and self.rooms.get(name) is room:
-            del self.rooms[name]
-            room.stop()
+        if room.empty:
+            self._drop_room(room)
         counters = member.counters()
         seconds = trio.current_time() - member.started
         reports = (
@@ -512,6 +665,11 @@ class Sfu:
             for member in [*room.publishers.values(), *room.subscribers.values()]:
                 told += member.send(protocol.RECONNECT)
         log.info("RECONNECT sent", extra={"node": self.node_id, "told": told})
+
+    @property
+    def half_open(self) -> int:
+        """Sessions admitted from a client address and not yet connected (admission control)."""
+        return self._half_open_total
 
     @property
     def members(self) -> int:
