@@ -6,6 +6,7 @@ UDP path routes on; :mod:`.rewriter` rewrites a publisher's packets for one subs
 
 from __future__ import annotations
 
+from trio_sfu.proto.rtp.audio_level import audio_level, loudness
 from trio_sfu.proto.rtp.packet import (
     ONE_BYTE_PROFILE,
     TWO_BYTE_PROFILE,
@@ -31,8 +32,10 @@ __all__ = [
     "RtpRewriter",
     "SequenceUnwrapper",
     "TransportCcSequencer",
+    "audio_level",
     "find_extension",
     "is_rtcp",
+    "loudness",
     "parse_rtp",
     "payload_offset",
     "read_header",
