@@ -24,6 +24,7 @@ from trio_sfu.proto.rtp.packet import (
     rtp_timestamp,
 )
 from trio_sfu.proto.rtp.rewriter import RtpRewriter, TransportCcSequencer
+from trio_sfu.proto.rtp.rid import rid_value
 
 __all__ = [
     "ONE_BYTE_PROFILE",
@@ -39,6 +40,7 @@ __all__ = [
     "parse_rtp",
     "payload_offset",
     "read_header",
+    "rid_value",
     "rtp_marker",
     "rtp_payload_type",
     "rtp_sequence",
