@@ -31,11 +31,11 @@ BASIC = bytes.fromhex("80e01234deadbeef01020304aabb")
 # CC=2 with two CSRCs.
 WITH_CSRCS = bytes.fromhex("8260000100000002000000031111111122222222ff")
 # RFC 8285 §4.2 one-byte form: id 1 len 1 (0x10 42), id 2 len 2 (0x21 0102), 3 bytes padding.
-ONE_BYTE = bytes.fromhex("9060000700000064000000c8bede00021042210102000000cafe")
+ONE_BYTE = bytes.fromhex("9060000700000064000000c8" "bede0002" "104221010200" "0000" "cafe")
 # RFC 8285 §4.3 two-byte form, appbits 5: id 20 len 3 "abc", id 1 len 0, 2 bytes padding.
-TWO_BYTE = bytes.fromhex("9060000700000064000000c8100500021403616263010000beef")
+TWO_BYTE = bytes.fromhex("9060000700000064000000c8" "10050002" "1403616263010000" "beef")
 # RFC 3550 §5.1 padding: P=1, 4 padding octets, the last one counting them.
-PADDED = bytes.fromhex("a00a00010000000200000003010200000004")
+PADDED = bytes.fromhex("a00a00010000000200000003" "0102" "00000004")
 
 
 def test_basic_header_parse_and_serialize() -> None:
@@ -72,7 +72,9 @@ def test_two_byte_extensions_round_trip_preserve_appbits() -> None:
     assert p.extension_profile == 0x1005
     assert p.serialize() == TWO_BYTE
     # A two-byte block stays two-byte even when its elements would fit the one-byte form.
-    small = parse_rtp(bytes.fromhex("9060000700000064000000c81000000101014200") + b"x")
+    small = parse_rtp(
+        bytes.fromhex("9060000700000064000000c8" "10000001" "01014200") + b"x"
+    )
     assert small.extensions == {1: b"\x42"}
     assert small.serialize()[12:16] == bytes.fromhex("10000001")
 
@@ -103,12 +105,9 @@ def test_extension_form_chosen_automatically(extensions: dict[int, bytes], profi
 def test_extensions_from_aiortc_encoder_parse() -> None:
     for exts in ([(1, b"\x42"), (3, b"\x00\x07")], [(20, b"abc"), (2, b"\x01")]):
         profile, value = aiortc_rtp.pack_header_extensions(exts)
-        raw = (
-            bytes.fromhex("9060000700000064000000c8")
-            + struct.pack("!HH", profile, len(value) // 4)
-            + value
-            + b"pay"
-        )
+        raw = bytes.fromhex("9060000700000064000000c8") + struct.pack(
+            "!HH", profile, len(value) // 4
+        ) + value + b"pay"
         p = parse_rtp(raw)
         assert p.extensions == dict(exts)
         assert p.payload == b"pay"
@@ -124,13 +123,13 @@ def test_switching_form_when_content_no_longer_fits() -> None:
 
 def test_id_15_stops_one_byte_processing() -> None:
     # RFC 8285 §4.2: elements from id 15 on are ignored.
-    raw = bytes.fromhex("906000010000000000000000bede00021041f0ff20550000") + b"p"
+    raw = bytes.fromhex("906000010000000000000000" "bede0002" "1041f0ff20550000") + b"p"
     assert parse_rtp(raw).extensions == {1: b"\x41"}
     assert find_extension(raw, 2) is None
 
 
 def test_unknown_extension_profile_is_opaque() -> None:
-    raw = bytes.fromhex("906000010000000000000000abcd000101020304") + b"z"
+    raw = bytes.fromhex("906000010000000000000000" "abcd0001" "01020304") + b"z"
     p = parse_rtp(raw)
     assert p.extension_profile == 0xABCD and p.extension_data == bytes.fromhex("01020304")
     assert p.extensions == {}
@@ -156,9 +155,9 @@ def test_padding_round_trip() -> None:
         bytes([0x8F]) + BASIC[1:],  # 15 CSRCs, none present
         ONE_BYTE[:14],  # extension header cut
         ONE_BYTE[:12] + bytes.fromhex("bede0009") + ONE_BYTE[16:],  # block past the end
-        bytes.fromhex("906000010000000000000000bede00013f010203"),  # element past block
-        bytes.fromhex("90600001000000000000000010000001000000ff"),  # 2-byte header cut
-        bytes.fromhex("906000010000000000000000100000010105aabb"),  # 2-byte value past
+        bytes.fromhex("906000010000000000000000" "bede0001" "3f010203"),  # element past block
+        bytes.fromhex("906000010000000000000000" "10000001" "000000ff"),  # 2-byte header cut
+        bytes.fromhex("906000010000000000000000" "10000001" "0105aabb"),  # 2-byte value past
         PADDED[:-1] + b"\x00",  # padding count 0
         PADDED[:-1] + b"\x07",  # more padding than payload
         bytes.fromhex("a06000010000000000000000"),  # P set, nothing to pad
@@ -222,13 +221,7 @@ def test_sequence_unwrapper() -> None:
     u = SequenceUnwrapper()
     assert u.highest is None
     assert [u.unwrap(s) for s in (65533, 65535, 65534, 0, 2, 1, 65535)] == [
-        65533,
-        65535,
-        65534,
-        65536,
-        65538,
-        65537,
-        65535,
+        65533, 65535, 65534, 65536, 65538, 65537, 65535,
     ]
     assert u.highest == 65538
     assert u.peek(3) == 65539 and u.highest == 65538
@@ -268,14 +261,18 @@ def rewriter(**kw: object) -> RtpRewriter:
 
 def test_rewrite_exact_bytes_with_extension_remap_and_twcc() -> None:
     # Publisher: abs-send-time id 2 (3 bytes), transport-cc id 3, mid id 4 "0".
-    raw = bytes.fromhex("906000100000200011223344bede000322aabbcc3100074030000000") + b"hi"
+    raw = bytes.fromhex(
+        "90600010" "00002000" "11223344" "bede0003" "22aabbcc" "310007" "4030" "000000"
+    ) + b"hi"
     assert parse_rtp(raw).extensions == {2: b"\xaa\xbb\xcc", 3: b"\x00\x07", 4: b"0"}
     twcc = TransportCcSequencer(ext_id=5, start=0x0100)
     rw = rewriter(extension_ids={2: 6}, twcc=twcc)
     out = rw.rewrite(raw)
     # SSRC, PT and numbering rewritten; abs-send-time now id 6; the publisher's transport-cc
     # slot carries the subscriber's sequence under id 5; mid became padding. Same size.
-    assert out == bytes.fromhex("906403e810000000cafebabebede000362aabbcc5101000000000000") + b"hi"
+    assert out == bytes.fromhex(
+        "90640" "3e8" "10000000" "cafebabe" "bede0003" "62aabbcc" "510100" "0000" "000000"
+    ) + b"hi"
     assert parse_rtp(out).extensions == {6: b"\xaa\xbb\xcc", 5: b"\x01\x00"}
     assert twcc.next_seq == 0x0101
     # The same layout again takes the cached plan and gives the same shape.
@@ -289,10 +286,7 @@ def test_rewrite_matches_aiortc_view() -> None:
     twcc = TransportCcSequencer(ext_id=3)
     rw = rewriter(extension_ids={1: 1, 2: 2}, twcc=twcc)
     raw = make(
-        40000,
-        123456,
-        marker=True,
-        payload=bytes(range(200)),
+        40000, 123456, marker=True, payload=bytes(range(200)),
         extensions={1: b"\x85", 2: b"\x01\x02\x03", 3: b"\xff\xfe", 4: b"audio"},
     )
     out = rw.rewrite(raw)
@@ -309,7 +303,9 @@ def test_rewrite_matches_aiortc_view() -> None:
                 id=3,
                 uri="http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
             ),
-            RTCRtpHeaderExtensionParameters(id=4, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+            RTCRtpHeaderExtensionParameters(
+                id=4, uri="urn:ietf:params:rtp-hdrext:sdes:mid"
+            ),
         ]
     )
     ext_map = aiortc_rtp.HeaderExtensionsMap()
@@ -333,9 +329,7 @@ def test_rewrite_offsets_and_wraparound() -> None:
         outs.append(parse_rtp(out))
     assert [p.sequence_number for p in outs] == [65534, 65535, 0, 1]
     assert [p.timestamp for p in outs] == [
-        0xFFFFF000,
-        (0xFFFFF000 + 3000) & 0xFFFFFFFF,
-        (0xFFFFF000 + 6000) & 0xFFFFFFFF,
+        0xFFFFF000, (0xFFFFF000 + 3000) & 0xFFFFFFFF, (0xFFFFF000 + 6000) & 0xFFFFFFFF,
         (0xFFFFF000 + 9000) & 0xFFFFFFFF,
     ]
     assert outs[2].timestamp == 1904  # wrapped past 2**32
