@@ -67,6 +67,21 @@ async def pair(env: SfuEnv) -> tuple[PublisherClient, SubscriberClient, Rtcp, Rt
     return alice, bob, alice_rtcp, bob_rtcp, media
 
 
+def scrape(env: SfuEnv) -> dict[str, float]:
+    """/metrics as prometheus-client renders it, keyed by sample name and labels (but node)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trio_sfu.metrics import exposition, node_registry
+
+    text = exposition(node_registry(env.sfu, "local")).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items() if k != "node")
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out
+
+
 def video_of(bob: SubscriberClient):  # type: ignore[no-untyped-def]
     return next(t for t in bob.pc.transceivers if t.kind == "video" and t.receiving)
 
@@ -157,3 +172,32 @@ async def test_rtcp_is_terminated_per_leg(env: SfuEnv) -> None:
     assert feedback
     received = {s for f in feedback for s, ok, _ in f.packets if ok}  # type: ignore[attr-defined]
     assert len(received) >= 100
+
+
+async def test_subscribers_with_one_mapping_share_forwarding_groups(env: SfuEnv) -> None:
+    """Issue 10: two subscribers on our stack negotiate the same numbers, so each of the
+    publisher's tracks is rewritten once per packet for both (one group per track); each still
+    gets its own SSRC and the publisher's payloads, in order, without a gap."""
+    bob = await env.subscriber("r", "bob-1")
+    carol = await env.subscriber("r", "carol-1")
+    alice = await env.publisher("r", "alice-1")
+    media = [Media(bob), Media(carol)]
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    await wait_for(lambda: env.forwarding("r", "carol-1", "alice-1"))
+    metrics = scrape(env)
+    assert metrics["trio_sfu_downtracks"] == 4  # 2 subscribers × (audio, video)
+    assert metrics["trio_sfu_forwarding_groups"] == 2  # one per track
+    for i in range(20):
+        alice.send_frame(keyframe=i == 0, size=600 + i)
+        await trio.sleep(0.005)
+    await wait_for(lambda: all(len(m.packets) >= 40 for m in media))
+    ssrcs = [{p[0] for p in m.packets} for m in media]
+    assert len(ssrcs[0]) == len(ssrcs[1]) == 2 and not ssrcs[0] & ssrcs[1]
+    for m in media:
+        video = [p for p in m.packets if len(p[3]) > 200]
+        assert [len(p[3]) for p in video] == [600 + i for i in range(20)]
+        seqs = [p[2] for p in video]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    after = scrape(env)  # the hot path's plain ints, summed at scrape time
+    assert after['trio_sfu_packets_total{direction="in",kind="rtp"}'] >= 40
+    assert after['trio_sfu_packets_total{direction="out",kind="rtp"}'] >= 80

@@ -30,6 +30,6 @@ class Path(Protocol):
         """False once the path can carry nothing more (a closed TCP connection)."""
         ...
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         """Send one datagram now, or drop and count it; never blocks, never raises."""
         ...

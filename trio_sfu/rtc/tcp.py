@@ -108,7 +108,7 @@ class TcpConnection:
 
     # -- sending (synchronous, never blocks) -------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         """Frame ``data`` (RFC 4571) and send it now, queue it, or drop it if the queue is full."""
         stats = self._endpoint.stats
         n = len(data)

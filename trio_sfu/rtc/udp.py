@@ -69,7 +69,7 @@ class UdpPath:
     transport: str = "udp"
     usable: bool = True
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         self.endpoint.sendto(data, self.address)
 
 
@@ -142,6 +142,7 @@ class UdpEndpoint:
         self._by_addr: dict[Address, EndpointPeer] = {}
         self._by_ufrag: dict[str, EndpointPeer] = {}
         self._addrs_of: dict[int, list[Address]] = {}  # id(peer) -> its addresses, oldest first
+        self._ufrags_of: dict[int, tuple[str, ...]] = {}  # id(peer) -> the ufrags routed to it
         self.stats = EndpointStats()
 
     @classmethod
@@ -179,18 +180,30 @@ class UdpEndpoint:
         self.register_ufrags(peer)
 
     def register_ufrags(self, peer: EndpointPeer) -> None:
-        """Route every ufrag the peer's agent accepts (two during an ICE restart)."""
-        for ufrag in peer.ice_agent.local_ufrags:
+        """Route exactly the ufrags the peer's agent accepts now (two during an ICE restart,
+        one again once the restart completes): every restart would otherwise leave a stale
+        route behind (issue 14 item 5)."""
+        ufrags = peer.ice_agent.local_ufrags
+        for ufrag in self._ufrags_of.get(id(peer), ()):
+            if ufrag not in ufrags and self._by_ufrag.get(ufrag) is peer:
+                del self._by_ufrag[ufrag]
+        for ufrag in ufrags:
             self._by_ufrag.setdefault(ufrag, peer)
+        self._ufrags_of[id(peer)] = ufrags
         self._addrs_of.setdefault(id(peer), [])
 
     def unregister(self, peer: EndpointPeer) -> None:
         """Forget every route to ``peer``; safe to call twice."""
-        for ufrag in [u for u, p in self._by_ufrag.items() if p is peer]:
-            del self._by_ufrag[ufrag]
+        for ufrag in self._ufrags_of.pop(id(peer), ()):
+            if self._by_ufrag.get(ufrag) is peer:
+                del self._by_ufrag[ufrag]
         for addr in self._addrs_of.pop(id(peer), []):
             if self._by_addr.get(addr) is peer:
                 del self._by_addr[addr]
+
+    def peers(self) -> int:
+        """How many peers are registered (created and not yet torn down)."""
+        return len(self._addrs_of)
 
     def demux_entries(self) -> int:
         """How many routes exist (tests assert it returns to zero after peers leave)."""
@@ -218,7 +231,7 @@ class UdpEndpoint:
 
     # -- sending --------------------------------------------------------------------------
 
-    def sendto(self, data: bytes, addr: Address) -> None:
+    def sendto(self, data: bytes | memoryview, addr: Address) -> None:
         """Send now or drop: a full socket buffer must never block the reader (DESIGN.md)."""
         try:
             self._sock.sendto(data, addr)
@@ -293,6 +306,8 @@ class UdpEndpoint:
             self.sendto(reply.response, addr)
         if not reply.valid:
             return
+        if peer.ice_agent.local_ufrags != self._ufrags_of.get(id(peer)):
+            self.register_ufrags(peer)  # a check with new credentials completed a restart
         self._add_address(peer, addr, keep=peer.remote_address)
         peer.address_validated(UdpPath(self, addr), reply.nominated, now)
 

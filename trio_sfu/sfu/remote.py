@@ -28,6 +28,7 @@ import trio
 
 from trio_sfu.cluster.commands import KeyframeRequest, Nack, PublisherInfo, TrackInfo
 from trio_sfu.cluster.errors import BackendUnavailable
+from trio_sfu.sfu.groups import Fanout, ForwardingGroup
 from trio_sfu.sfu.media import KeyframeThrottle, PacketCache
 from trio_sfu.sfu.track import KEYFRAME_INTERVAL
 
@@ -80,7 +81,7 @@ class RemoteTrack:
         media = [c for c in info.codecs if c.name.lower() != "rtx"]
         self.clock_rate = media[0].clock_rate if media else 90000
         self.cache = PacketCache() if self.kind == "video" else None
-        self.downtracks: list[DownTrack] = []
+        self.fanout = Fanout()
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
         self.packets = 0
         self.gaps = 0  # relayed gaps that asked for a keyframe
@@ -115,20 +116,20 @@ class RemoteTrack:
                     if lost and (lost >= GAP_KEYFRAME or now - last[1] >= STALL):
                         self.gaps += 1
                         self.request_keyframe(now)
-        for downtrack in self.downtracks:
-            downtrack.forward(packet, now)
+        for group in self.fanout.groups:
+            group.forward(packet, now)
 
     # -- TrackSource ----------------------------------------------------------------------
 
-    def attach(self, downtrack: DownTrack) -> None:
-        self.downtracks = [*self.downtracks, downtrack]
+    def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None:
+        self.fanout.add(downtrack, carry)
         if self._scope is None:
             self._scope = trio.CancelScope()
             self.sfu.spawn(self._receive, self._scope)
 
     def detach(self, downtrack: DownTrack) -> None:
-        self.downtracks = [d for d in self.downtracks if d is not downtrack]
-        if not self.downtracks:
+        self.fanout.remove(downtrack)
+        if not self.fanout:
             self.stop()
 
     def stop(self) -> None:

@@ -1,8 +1,10 @@
 """Forwarding: one published track fanned out to its subscribers' down-tracks.
 
-The per-packet path is ``PublishedTrack.on_rtp`` → ``DownTrack.forward`` for each subscriber →
-``RtpRewriter.rewrite`` → ``PeerConnection.send_rtp``: plain method calls inside the UDP reader,
-with everything that does not depend on the packet precomputed per down-track (DESIGN.md).
+The per-packet path is ``PublishedTrack.on_rtp`` → ``ForwardingGroup.forward`` for each group
+of subscribers that see the same rewrite (one ``RtpRewriter.rewrite``) → ``DownTrack.deliver``
+for each member → ``PeerConnection.send_rtp_as`` (its SSRC and transport-cc number patched in,
+SRTP, send): plain method calls inside the UDP reader, with everything that does not depend on
+the packet precomputed per group or per down-track (DESIGN.md, issue 10).
 RTCP is terminated per leg (issue 3): the publisher leg gets our receiver reports, NACKs and
 keyframe requests; each subscriber leg gets our sender reports and NACK retransmissions from
 the track's packet cache.
@@ -29,6 +31,7 @@ from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderRep
 from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
+from trio_sfu.sfu.groups import Fanout, ForwardingGroup, GroupKey
 from trio_sfu.sfu.media import (
     FirSequence,
     KeyframeThrottle,
@@ -80,7 +83,9 @@ class TrackSource(Protocol):
     clock_rate: int
     cache: PacketCache | None
 
-    def attach(self, downtrack: DownTrack) -> None: ...
+    fanout: Fanout
+
+    def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None: ...
 
     def detach(self, downtrack: DownTrack) -> None: ...
 
@@ -153,7 +158,7 @@ class PublishedTrack:
             codec_infos(transceiver),
             tuple((e.id, e.uri) for e in transceiver.header_extensions),
         )
-        self.downtracks: list[DownTrack] = []
+        self.fanout = Fanout()
         media = transceiver.media_codecs
         self.clock_rate = media[0].clock_rate if media else 90000
         video = self.kind == "video"
@@ -173,9 +178,13 @@ class PublishedTrack:
         self._fir = FirSequence()
         self.packets = 0
         self.rtx_received = 0
+        #: RTX padding-only packets (bandwidth probes, RFC 4588 §8.3: no OSN), never forwarded
+        self.padding_received = 0
         #: the relay's entry for this track (cluster mode): called per packet, a no-op unless
         #: another pod currently wants the track
         self.relay_sink: Callable[[bytes], None] | None = None
+        #: the publisher's MUTE (issue 15): its packets are dropped before this track sees them
+        self.muted = False
 
     def __repr__(self) -> str:
         return f"<PublishedTrack {self.publisher_id}/{self.track_id} {self.kind}>"
@@ -191,6 +200,7 @@ class PublishedTrack:
                 return
             unwrapped = rtx_unwrap(packet, ingress.ssrc, apt)
             if unwrapped is None:
+                self.padding_received += 1
                 return  # padding-only probe
             seq, packet = unwrapped
             if ingress.nack is not None:
@@ -212,8 +222,8 @@ class PublishedTrack:
         self.packets += 1
         if self.cache is not None:
             self.cache.put(packet)
-        for downtrack in self.downtracks:
-            downtrack.forward(packet, now)
+        for group in self.fanout.groups:
+            group.forward(packet, now)
         sink = self.relay_sink
         if sink is not None:
             sink(packet)
@@ -228,11 +238,21 @@ class PublishedTrack:
 
     # -- control --------------------------------------------------------------------------
 
-    def attach(self, downtrack: DownTrack) -> None:
-        self.downtracks = [*self.downtracks, downtrack]
+    def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None:
+        self.fanout.add(downtrack, carry)
 
     def detach(self, downtrack: DownTrack) -> None:
-        self.downtracks = [d for d in self.downtracks if d is not downtrack]
+        self.fanout.remove(downtrack)
+
+    @property
+    def uses_fir(self) -> bool:
+        """Keyframe requests go out as FIR (RFC 5104) rather than PLI (RFC 4585)."""
+        return not self.transceiver.pli and self.transceiver.fir
+
+    @property
+    def nack_requested(self) -> int:
+        """Sequence numbers this track asked the publisher to retransmit (RFC 4585 NACKs)."""
+        return sum(i.nack.requested for i in self._ingress.values() if i.nack is not None)
 
     def resend_to_relay(self, sequence_numbers: tuple[int, ...], now: float) -> None:
         """Another pod's subscribers lost these relayed packets (a ``Nack`` command, issue 9):
@@ -260,7 +280,7 @@ class PublishedTrack:
     def _send_keyframe_request(self) -> None:
         t = self.transceiver
         assert self.media_ssrc is not None
-        if t.pli or not t.fir:
+        if not self.uses_fir:
             pli = Pli(sender_ssrc=t.sender_ssrc, media_ssrc=self.media_ssrc)
             self.pc.send_rtcp(pli.serialize())
         else:
@@ -303,10 +323,13 @@ class PublishedTrack:
 
 
 class DownTrack:
-    """One published track as one subscriber receives it: a sendonly transceiver + rewriter.
+    """One published track as one subscriber receives it: a sendonly transceiver in a
+    forwarding group of its source (:mod:`trio_sfu.sfu.groups`).
 
-    The rewriter is built once the subscriber's answer fixed the payload types and extension
-    ids; until then (and after :meth:`close`) nothing is forwarded.
+    The group's rewriter does what every subscriber with the same negotiated mapping shares;
+    the down-track adds what is its own — its SSRC, its transport-wide sequence number, SRTP
+    and the send (:meth:`deliver`). It joins a group once the subscriber's answer fixed the
+    payload types and extension ids; until then (and after :meth:`close`) nothing is sent.
     """
 
     def __init__(
@@ -321,14 +344,20 @@ class DownTrack:
         self.transceiver = transceiver
         self.source = source
         self._twcc = twcc
-        self.rewriter: RtpRewriter | None = None
+        self.group: ForwardingGroup | None = None
+        self.group_key: GroupKey = ((), (), source.clock_rate, 0)
+        #: RTT and our SRs; counts and timestamp mapping come from the group when reporting
         self.stats = SendStatistics(source.clock_rate)
-        self._send = pc.send_rtp
+        self._send = pc.send_rtp_as
+        self._ssrc = transceiver.sender_ssrc
+        self._sequencer: TransportCcSequencer | None = None
         self._rtx_pt: dict[int, int] = {}
         self._rtx_seq = 0
-        self._last_forward = 0.0
-        self.forwarded = 0
-        self.unmapped = 0
+        # What this subscriber was sent = its group's counts minus these (set on joining).
+        self._base_packets = 0
+        self._base_octets = 0
+        self._sent_packets = 0
+        self._sent_octets = 0
         self.retransmitted = 0
         self.nack_misses = 0
         self.switches = 0
@@ -336,91 +365,145 @@ class DownTrack:
     def __repr__(self) -> str:
         return f"<DownTrack {self.source!r} -> {self.pc.name}>"
 
+    @property
+    def rewriter(self) -> RtpRewriter | None:
+        """The rewriter of the group this down-track is in (None: not forwarding)."""
+        return self.group.rewriter if self.group is not None else None
+
     def activate(self) -> bool:
-        """Build the rewriter from what was negotiated; False if nothing can be forwarded."""
+        """Work out the forwarding mapping from what was negotiated; False if nothing can be
+        forwarded. The source's :meth:`TrackSource.attach` then puts it in a group."""
         t = self.transceiver
         if t.stopped or not t.sending:
             return False
-        pt_map, ext_map, clock_rate, self._rtx_pt = forwarding_maps(self.source.info, t)
-        if not pt_map:
+        if not self._configure(self.source.info):
             log.warning(
                 "subscriber accepted none of the publisher's codecs",
-                extra={"peer": self.pc.name, "track": self.source.track_id},
+                extra={**self.pc.log_extra, "track": self.source.track_id},
             )
             return False
-        twcc_id = t.extension_id(URI_TRANSPORT_CC)
-        self.rewriter = RtpRewriter(
-            t.sender_ssrc,
-            pt_map,
-            ext_map,
-            clock_rate=clock_rate,
-            twcc=self._twcc(twcc_id) if twcc_id is not None else None,
-        )
         return True
+
+    def _configure(self, info: TrackInfo) -> bool:
+        t = self.transceiver
+        pt_map, ext_map, clock_rate, rtx_pt = forwarding_maps(info, t)
+        if not pt_map:
+            return False
+        twcc_id = t.extension_id(URI_TRANSPORT_CC) or 0
+        self.group_key = (
+            tuple(sorted(pt_map.items())),
+            tuple(sorted(ext_map.items())),
+            clock_rate,
+            twcc_id,
+        )
+        self._sequencer = self._twcc(twcc_id) if twcc_id else None
+        self._rtx_pt = rtx_pt
+        self._ssrc = t.sender_ssrc
+        return True
+
+    def new_rewriter(self) -> RtpRewriter:
+        """A rewriter for a new group with this down-track's mapping. Its SSRC and
+        transport-cc numbers are placeholders: :meth:`deliver` writes each member's own."""
+        pt_map, ext_map, clock_rate, twcc_id = self.group_key
+        return RtpRewriter(
+            0,
+            dict(pt_map),
+            dict(ext_map),
+            clock_rate=clock_rate,
+            twcc=TransportCcSequencer(twcc_id) if twcc_id else None,
+        )
+
+    @property
+    def sent_octets(self) -> int:
+        """RTP payload octets sent on this down-track so far: its share of what the groups it
+        belonged to sent (read for logs and /metrics, never per packet)."""
+        group = self.group
+        return group.stats.octets - self._base_octets if group is not None else self._sent_octets
+
+    def joined(self, group: ForwardingGroup) -> None:
+        self.group = group
+        self._base_packets = group.stats.packets - self._sent_packets
+        self._base_octets = group.stats.octets - self._sent_octets
+
+    def left(self, group: ForwardingGroup) -> None:
+        self._sent_packets = group.stats.packets - self._base_packets
+        self._sent_octets = group.stats.octets - self._base_octets
+        self.group = None
 
     def switch(self, source: TrackSource, now: float) -> bool:
         """Forward ``source`` instead, without renegotiating: same SSRC, sequence numbers and
         timestamps continue (a WHEP viewer following a replaced publisher). False, and no
         change, if the subscriber did not negotiate any of the new source's codecs."""
-        rewriter = self.rewriter
-        if rewriter is None:
+        group = self.group
+        if group is None:
             return False
-        pt_map, ext_map, _, rtx_pt = forwarding_maps(source.info, self.transceiver)
+        pt_map, ext_map, _, _ = forwarding_maps(source.info, self.transceiver)
         if not pt_map:
             return False
         self.source.detach(self)
-        rewriter.remap(pt_map, ext_map)
-        rewriter.switch_source(now - self._last_forward if self._last_forward else 0.0)
-        self._rtx_pt = rtx_pt
+        self._configure(source.info)
         self.source = source
         self.switches += 1
-        source.attach(self)
+        # Numbering of its own that continues the old group's: a group of its own.
+        source.attach(self, carry=group)
+        rewriter = self.rewriter
+        assert rewriter is not None
+        rewriter.remap(pt_map, ext_map)
+        rewriter.switch_source(now - group.last_forward if group.last_forward else 0.0)
         source.request_keyframe(now)
         return True
 
-    def forward(self, packet: bytes, now: float) -> None:
-        rewriter = self.rewriter
-        if rewriter is None:
-            return
-        out = rewriter.rewrite(packet)
-        if out is None:
-            self.unmapped += 1
-            return
-        self.forwarded += 1
-        self._last_forward = now
-        self.stats.update(_TS.unpack_from(out, 4)[0], len(out) - 12, now)
-        self._send(out)
+    def deliver(self, out: bytes, twcc_offset: int) -> None:
+        """Send the group's rewritten packet as this subscriber's (the per-member hot path)."""
+        sequencer = self._sequencer
+        seq = 0
+        if sequencer is not None:
+            seq = sequencer.next_seq
+            sequencer.next_seq = (seq + 1) & 0xFFFF
+        self._send(out, self._ssrc, twcc_offset, seq)
 
     def retransmit(self, out_seq: int) -> bool:
         """Answer the subscriber's NACK for ``out_seq`` from the source's cache (RFC 4585
         §6.2.1), as RTX when negotiated (RFC 4588), else as the original packet."""
-        rewriter = self.rewriter
+        group = self.group
         cache = self.source.cache
-        if rewriter is None or cache is None:
+        if group is None or cache is None:
             return False
+        rewriter = group.rewriter
         in_seq = rewriter.to_input_sequence(out_seq)
         original = cache.get(in_seq) if in_seq is not None else None
         out = rewriter.rewrite_as(original, out_seq) if original is not None else None
         if out is None:
             self.nack_misses += 1
             return False
+        twcc_offset = rewriter.twcc_offset
+        ssrc = self._ssrc
         rtx_pt = self._rtx_pt.get(out[1] & 0x7F)
         if rtx_pt is not None:
-            ssrc = self.transceiver.sender_rtx_ssrc
-            assert ssrc is not None
-            out = rtx_wrap(out, ssrc, rtx_pt, self._rtx_seq)
+            rtx_ssrc = self.transceiver.sender_rtx_ssrc
+            assert rtx_ssrc is not None
+            out = rtx_wrap(out, rtx_ssrc, rtx_pt, self._rtx_seq)
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             if out is None:
                 return False
+            ssrc = rtx_ssrc
         self.retransmitted += 1
-        self._send(out)
+        sequencer = self._sequencer
+        seq = 0
+        if sequencer is not None:
+            seq = sequencer.next_seq
+            sequencer.next_seq = (seq + 1) & 0xFFFF
+        self._send(out, ssrc, twcc_offset, seq)
         return True
 
     def sender_report(self, now: float, unix: float) -> SenderReport | None:
-        if self.rewriter is None:
+        group = self.group
+        if group is None:
             return None
-        return self.stats.sender_report(self.transceiver.sender_ssrc, now, unix)
+        sent = group.stats
+        self.stats.follow(sent, sent.packets - self._base_packets, sent.octets - self._base_octets)
+        return self.stats.sender_report(self._ssrc, now, unix)
 
     def close(self) -> None:
-        self.rewriter = None
         self.source.detach(self)
+        self.group = None
