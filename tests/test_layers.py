@@ -354,3 +354,18 @@ def test_temporal_switching_is_decodable(
         m.frame(k, 0, k == 0 or rnd.random() < 0.02, rnd.random() < sync_p, lost, change)
     m.check_frames_whole()
     assert m.out, "the first keyframe is always forwarded"
+
+
+def test_clone_continues_then_diverges() -> None:
+    sel = LayerSelector()
+    sel.set_target(0, temporal=2, now=0.0)
+    assert _feed(sel, 0, 10, 0, key=True, ts=100)
+    twin = sel.clone()
+    assert _feed(sel, 0, 11, 2, ts=3100, now=0.03) and _feed(twin, 0, 11, 2, ts=3100, now=0.03)
+    assert (sel.seq, sel.ts) == (twin.seq, twin.ts) == (11, 3100)
+    twin.set_target(0, temporal=0, now=0.05)  # the split-off subscriber wants less
+    assert _feed(sel, 0, 12, 2, ts=6100, now=0.06)
+    assert not _feed(twin, 0, 12, 2, ts=6100, now=0.06)
+    assert _feed(sel, 0, 13, 0, ts=9100, now=0.1) and _feed(twin, 0, 13, 0, ts=9100, now=0.1)
+    assert (sel.seq, twin.seq) == (13, 12)
+    assert sel.target_temporal == 2

@@ -102,6 +102,14 @@ class LayerSelector:
         self._last_request = float("-inf")
         self._down_deadline = float("inf")
 
+    def clone(self) -> LayerSelector:
+        """An independent copy: a subscriber leaving its forwarding group for another choice
+        continues from exactly this state, so its numbering has no glitch at the split."""
+        twin = LayerSelector.__new__(LayerSelector)
+        for name in LayerSelector.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
+
     # -- control ---------------------------------------------------------------------------
 
     def set_target(
