@@ -562,3 +562,21 @@ def test_clone_continues_exactly_and_independently() -> None:
     out = twin.rewrite(other)
     assert out is not None and rtp_sequence(out) == (rtp_sequence(a) + 1) & 0xFFFF
     assert original.rewrite(other) is None  # still bound to the first source
+
+
+def test_rid_extension_values() -> None:
+    """RFC 8852 RID / repaired-RID values: valid rid-ids only, NUL padding ignored."""
+    from trio_sfu.proto.rtp import RtpPacket, find_extension, rid_value
+
+    pkt = RtpPacket(payload_type=96, sequence_number=1, ssrc=5, payload=b"x")
+    pkt.extensions[10] = b"h"
+    pkt.extensions[11] = b"q-1_x"
+    data = pkt.serialize()
+    assert rid_value(find_extension(data, 10)) == "h"
+    assert rid_value(find_extension(data, 11)) == "q-1_x"
+    assert rid_value(find_extension(data, 12)) is None
+    assert rid_value(b"lo\x00\x00") == "lo"
+    assert rid_value(b"") is None
+    assert rid_value(b"a b") is None
+    assert rid_value("é".encode()) is None
+    assert rid_value(b"x" * 256) is None

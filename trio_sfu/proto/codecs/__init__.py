@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trio_sfu.proto.codecs import av1, h264, vp8, vp9
+from trio_sfu.proto.codecs import av1, av1_dd, h264, vp8, vp9
 
-__all__ = ["av1", "h264", "is_keyframe", "vp8", "vp9"]
+__all__ = ["av1", "av1_dd", "h264", "is_keyframe", "vp8", "vp9"]
 
 _DETECTORS: dict[str, Callable[[bytes], bool]] = {
     "VP8": vp8.is_keyframe,

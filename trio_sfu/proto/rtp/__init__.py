@@ -6,6 +6,7 @@ UDP path routes on; :mod:`.rewriter` rewrites a publisher's packets for one subs
 
 from __future__ import annotations
 
+from trio_sfu.proto.rtp.audio_level import audio_level, loudness
 from trio_sfu.proto.rtp.packet import (
     ONE_BYTE_PROFILE,
     TWO_BYTE_PROFILE,
@@ -23,6 +24,7 @@ from trio_sfu.proto.rtp.packet import (
     rtp_timestamp,
 )
 from trio_sfu.proto.rtp.rewriter import RtpRewriter, TransportCcSequencer
+from trio_sfu.proto.rtp.rid import rid_value
 
 __all__ = [
     "ONE_BYTE_PROFILE",
@@ -31,11 +33,14 @@ __all__ = [
     "RtpRewriter",
     "SequenceUnwrapper",
     "TransportCcSequencer",
+    "audio_level",
     "find_extension",
     "is_rtcp",
+    "loudness",
     "parse_rtp",
     "payload_offset",
     "read_header",
+    "rid_value",
     "rtp_marker",
     "rtp_payload_type",
     "rtp_sequence",

@@ -1,0 +1,227 @@
+"""Simulcast/SVC layer selection for one forwarding group (sans-IO, no Trio, no allocation).
+
+A *forwarding group* is one track at one layer choice: every subscriber in it receives the
+same packets with the same sequence numbers and timestamps, so a group owns exactly one
+:class:`LayerSelector` and only the SSRC, transport-cc number and SRTP differ per subscriber.
+
+The selector sees every incoming packet of the track (all simulcast streams) as plain ints
+and bools, decides forward/drop, and for forwarded packets leaves the output sequence number
+and timestamp in :attr:`LayerSelector.seq` / :attr:`LayerSelector.ts`:
+
+- **Simulcast streams** (RFC 8853; one SSRC/RID per stream) are independent encodings, so a
+  switch to another stream (up or down) happens only at the first packet of a keyframe of
+  the target stream. While waiting, :meth:`LayerSelector.keyframe_request` says which stream
+  to send a PLI for, at most once per ``keyframe_interval``. A switch *down* keeps the old
+  stream flowing until the keyframe arrives but at most ``down_timeout`` seconds: then the
+  group pauses (the link is assumed unable to carry the higher layer) until it does.
+- **Spatial layers** inside one stream (VP9/AV1 SVC): packets with a spatial id above the
+  limit are dropped; the limit goes down at any frame start, and up only at a keyframe
+  (``L3T3_KEY`` style: upper spatial layers depend on each other only within a keyframe).
+- **Temporal layers** (VP8 TID, VP9 TID, AV1 temporal id): packets above the limit are
+  dropped; the limit goes down at any frame start and up one layer at a time, at a
+  layer-sync frame of exactly that layer (RFC 7741 §4.2 ``Y`` bit; VP9 ``U`` switching-up
+  point; AV1 frames whose template allows switching) or at once on a keyframe.
+
+Limits change only at frame starts, so a frame is forwarded whole or not at all (no partial
+frame reaches a decoder). Output sequence numbers close over every dropped packet and across
+stream switches (``seq`` of the first packet after a switch is the previous output + 1), so a
+subscriber sees gaps only where packets were really lost upstream; output timestamps jump
+across a switch by the wall-clock time elapsed (at least one tick), never backwards.
+
+Reordered or duplicate packets (older than the newest seen on the forwarded stream) are
+dropped: once drops happened between them their output number is ambiguous; the subscriber's
+NACK (mapped back by the rewriter's history) recovers them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NO_LIMIT", "LayerSelector"]
+
+NO_LIMIT = 255
+"""A spatial/temporal limit that forwards every layer."""
+
+_SEQ_MASK = 0xFFFF
+_TS_MASK = 0xFFFFFFFF
+
+
+class LayerSelector:
+    """Forward/drop decisions and continuous numbering for one forwarding group.
+
+    Call :meth:`set_target` when the allocator or a client hint changes the group's choice,
+    :meth:`push` for every incoming packet of the track, and :meth:`keyframe_request`
+    after pushes (or on a timer) to learn which stream needs a PLI/FIR.
+    """
+
+    __slots__ = (
+        "_clock_rate",
+        "_down_deadline",
+        "_down_timeout",
+        "_keyframe_interval",
+        "_last_in_seq",
+        "_last_request",
+        "_last_time",
+        "_seq_offset",
+        "_started",
+        "_ts_offset",
+        "current",
+        "seq",
+        "spatial",
+        "target_spatial",
+        "target_stream",
+        "target_temporal",
+        "temporal",
+        "ts",
+    )
+
+    def __init__(
+        self,
+        clock_rate: int = 90000,
+        *,
+        keyframe_interval: float = 0.5,
+        down_timeout: float = 1.0,
+    ) -> None:
+        self._clock_rate = clock_rate
+        self._keyframe_interval = keyframe_interval
+        self._down_timeout = down_timeout
+        self.target_stream: int | None = None
+        self.target_spatial = NO_LIMIT
+        self.target_temporal = NO_LIMIT
+        self.current: int | None = None
+        """The stream being forwarded, or None while paused/waiting for a keyframe."""
+        self.spatial = 0
+        self.temporal = 0
+        self.seq = 0
+        """Output sequence number of the last forwarded packet."""
+        self.ts = 0
+        """Output timestamp of the last forwarded packet."""
+        self._started = False
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._last_in_seq = 0
+        self._last_time = 0.0
+        self._last_request = float("-inf")
+        self._down_deadline = float("inf")
+
+    def clone(self) -> LayerSelector:
+        """An independent copy: a subscriber leaving its forwarding group for another choice
+        continues from exactly this state, so its numbering has no glitch at the split."""
+        twin = LayerSelector.__new__(LayerSelector)
+        for name in LayerSelector.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
+
+    # -- control ---------------------------------------------------------------------------
+
+    def set_target(
+        self,
+        stream: int | None,
+        spatial: int = NO_LIMIT,
+        temporal: int = NO_LIMIT,
+        *,
+        now: float,
+    ) -> None:
+        """Choose the stream (simulcast index, 0 = lowest; None = off) and layer limits.
+
+        Streams are ordered by quality, so a lower index than the current one is a switch
+        down and gets the ``down_timeout`` bound.
+        """
+        if stream != self.target_stream:
+            self._down_deadline = (
+                now + self._down_timeout
+                if stream is None or (self.current is not None and stream < self.current)
+                else float("inf")
+            )
+            self._last_request = float("-inf")  # a new target asks at once
+        self.target_stream = stream
+        self.target_spatial = spatial
+        self.target_temporal = temporal
+
+    def waiting(self) -> bool:
+        """Whether a keyframe is needed: another stream, or a higher spatial layer."""
+        target = self.target_stream
+        if target is None:
+            return False
+        return target != self.current or self.target_spatial > self.spatial
+
+    def keyframe_request(self, now: float) -> int | None:
+        """The stream to request a keyframe of (PLI/FIR), throttled; None if none is due."""
+        if not self.waiting() or now - self._last_request < self._keyframe_interval:
+            return None
+        self._last_request = now
+        return self.target_stream
+
+    # -- per packet ------------------------------------------------------------------------
+
+    def push(
+        self,
+        stream: int,
+        spatial: int,
+        temporal: int,
+        seq: int,
+        ts: int,
+        keyframe: bool,
+        frame_start: bool,
+        layer_sync: bool,
+        now: float,
+    ) -> bool:
+        """Decide one packet; True means forward it with :attr:`seq`/:attr:`ts`.
+
+        ``keyframe`` is true only on the first packet of a keyframe (what the codec
+        detectors in :mod:`trio_sfu.proto.codecs` report); ``frame_start`` on the first
+        packet of every frame (of every spatial layer frame for SVC); ``layer_sync`` when
+        the frame is a temporal switching-up point.
+        """
+        if stream != self.current:
+            if not (stream == self.target_stream and keyframe and frame_start):
+                return False
+            self._switch(stream, seq, ts, now)
+        else:
+            diff = (seq - self._last_in_seq) & _SEQ_MASK
+            if diff == 0 or diff >= 0x8000:
+                return False  # duplicate or reordered: see the module docstring
+            self._last_in_seq = seq
+            if frame_start:
+                target = self.target_stream
+                if target is None or (target < stream and now >= self._down_deadline):
+                    # Off, or the lower stream's keyframe is overdue: pause at this frame
+                    # boundary; the dropped packet is closed over on resume.
+                    self.current = None
+                    return False
+                self._frame_limits(temporal, keyframe, layer_sync)
+            if spatial > self.spatial or temporal > self.temporal:
+                self._seq_offset -= 1  # close the gap the dropped packet would leave
+                return False
+        self.seq = (seq + self._seq_offset) & _SEQ_MASK
+        self.ts = (ts + self._ts_offset) & _TS_MASK
+        self._last_time = now
+        return True
+
+    def _switch(self, stream: int, seq: int, ts: int, now: float) -> None:
+        """Start forwarding ``stream`` at a keyframe, continuing the output numbering."""
+        if self._started:
+            out_seq = (self.seq + 1) & _SEQ_MASK
+            ticks = max(1, round((now - self._last_time) * self._clock_rate))
+            out_ts = (self.ts + ticks) & _TS_MASK
+        else:
+            out_seq, out_ts = seq, ts
+            self._started = True
+        self._seq_offset = out_seq - seq
+        self._ts_offset = out_ts - ts
+        self._last_in_seq = seq
+        self.current = stream
+        self.spatial = self.target_spatial
+        self.temporal = self.target_temporal
+        self._down_deadline = float("inf")
+
+    def _frame_limits(self, temporal: int, keyframe: bool, layer_sync: bool) -> None:
+        """Move the spatial/temporal limits at a frame start (see the module docstring)."""
+        if keyframe:
+            self.spatial = self.target_spatial
+            self.temporal = self.target_temporal
+            return
+        if self.target_spatial < self.spatial:
+            self.spatial = self.target_spatial
+        if self.target_temporal < self.temporal:
+            self.temporal = self.target_temporal
+        elif layer_sync and temporal == self.temporal + 1 and temporal <= self.target_temporal:
+            self.temporal = temporal
