@@ -7,11 +7,10 @@ seed-API subscriber (our Python client) proves it sees a WHIP publisher by *deco
 the RTP is depacketized here (RFC 7741) and decoded with PyAV, so a frame counts only if it is
 complete and decodable.
 
-The proof tests skip with a clear message while the server has no ``/whip``/``/whep`` routes.
-The ``test_harness_*`` tests validate the clients meanwhile against the seed API's ``/pub``
-(a WHIP-shaped endpoint that already exists: one POST of an offer, ``201`` with the answer and
-a ``Location``, DELETE to leave), so a failing proof test points at the server, not at the
-harness.
+The server always has ``/whip``/``/whep`` routes; a 404 fails the test. The ``test_harness_*``
+tests validate the clients against the seed API's ``/pub`` (a WHIP-shaped endpoint: one POST
+of an offer, ``201`` with the answer and a ``Location``, DELETE to leave), so a failing proof
+test points at the server, not at the harness.
 
 A test that needs the namespace runs this module as its *scenario runner* inside one:
 ``python -m tests.netns -- python -m tests.test_third_party_clients SCENARIO ...`` starts the
@@ -98,17 +97,14 @@ def require_page() -> None:
         pytest.skip(message)
 
 
-async def whip_routes_missing(base: str) -> str | None:
-    """None once the server answers on /whip and /whep, else a reason to skip (issue 5's
-    server side is built in parallel; until then these paths are 404)."""
+async def assert_whip_routes(base: str) -> None:
+    """The server always registers /whip and /whep (``http/app.py``): a 404 is a failure."""
     import httpx
 
     async with httpx.AsyncClient(timeout=10) as client:
         for path in ("/whip/probe", "/whep/probe"):
             response = await client.options(base + path)
-            if response.status_code == 404:
-                return f"the server has no {path.rsplit('/', 1)[0]} route yet (issue 5 server side)"
-    return None
+            assert response.status_code != 404, f"the server has no {path} route"
 
 
 # --------------------------------------------------------------------------- VP8 decoding
@@ -324,9 +320,7 @@ async def gst_scenario(endpoint: str, room: str, mtu: int = 0) -> dict[str, Any]
     async with running_server(server_host) as running, trio.open_nursery() as nursery:
         base = f"http://{server_host}:{running.http_port}"
         if endpoint == "whip":
-            missing = await whip_routes_missing(base)
-            if missing:
-                return {**out, "skip": missing}
+            await assert_whip_routes(base)
             url = f"{base}/whip/{room}"
         else:
             url = f"{base}/pub/{room}/gst-1"
@@ -401,14 +395,12 @@ def scenario_main(argv: list[str]) -> int:
 
 
 async def run_in_netns(*args: str, timeout: float = 150) -> dict[str, Any]:
-    """Run a scenario of this module inside a fresh namespace; its result line, or skip."""
+    """Run a scenario of this module inside a fresh namespace; its result line."""
     argv = [sys.executable, "-m", "tests.test_third_party_clients", *args]
     async with open_netns(argv, name="scenario") as runner:
         with trio.fail_after(timeout):
             result = await runner.receive("result")
         tail = runner.stderr_tail()
-    if "skip" in result:
-        pytest.skip(result["skip"])
     assert "error" not in result, f"{result['error']}\n--- scenario stderr ---\n{tail}"
     result["stderrTail"] = tail
     return result
@@ -513,9 +505,7 @@ async def loopback_server(**overrides: Any) -> AsyncIterator[tuple[Running, str,
 
 
 async def require_whip(base: str) -> None:
-    missing = await whip_routes_missing(base)
-    if missing:
-        pytest.skip(missing)
+    await assert_whip_routes(base)
 
 
 def whip_publisher(url: str, *extra: str) -> Any:

@@ -26,7 +26,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
-from trio_sfu.http import SfuApi, create_app
+from trio_sfu.http import HttpSfuApi, SfuApi, create_app
 from trio_sfu.rtc.server import RtcServer
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 GRACEFUL_TIMEOUT = 5.0
 
 
-class SfuService(SfuApi, Protocol):
+class SfuService(HttpSfuApi, Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
 

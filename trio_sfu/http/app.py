@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import trio
 from quart import Response, g, request
@@ -20,6 +21,7 @@ from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import install_site
+from trio_sfu.http.whip import Role as WhipRole
 from trio_sfu.http.whip import WhipSfuApi, whip_blueprint
 
 access_log = logging.getLogger("trio_sfu.http.access")
@@ -28,8 +30,17 @@ access_log = logging.getLogger("trio_sfu.http.access")
 BODY_TIMEOUT = 10
 
 
+class HttpSfuApi(SfuApi, WhipSfuApi, Protocol):
+    """Everything the HTTP layer serves: the seed API and WHIP/WHEP, always both (a missing
+    route must be a failure a test sees, not a 404 a client has to guess about)."""
+
+    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str: ...
+
+    async def stop(self, role: WhipRole, room: str, peer_id: str) -> None: ...
+
+
 def create_app(
-    sfu: SfuApi,
+    sfu: HttpSfuApi,
     *,
     cors_origins: Sequence[str] = (),
     site_dir: Path | None = None,
@@ -38,7 +49,7 @@ def create_app(
     sessions: Sessions | None = None,
 ) -> QuartTrio:
     """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
-    (see :mod:`trio_sfu.http.guard`); WHIP/WHEP routes exist when the SFU offers them."""
+    (see :mod:`trio_sfu.http.guard`); the WHIP/WHEP routes are always there."""
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
@@ -47,10 +58,7 @@ def create_app(
     )
     guard = Guard(tokens)
     app.register_blueprint(signaling_blueprint(sfu, guard))
-    if isinstance(sfu, WhipSfuApi):
-        app.register_blueprint(
-            whip_blueprint(sfu, guard, ice_servers=ice_servers, sessions=sessions)
-        )
+    app.register_blueprint(whip_blueprint(sfu, guard, ice_servers=ice_servers, sessions=sessions))
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -15,8 +15,9 @@ import trio
 from aioice import Candidate
 
 from trio_sfu.proto.dtls import Certificate
-from trio_sfu.proto.ice import IceLiteAgent
+from trio_sfu.proto.ice import IceLiteAgent, IceReply
 from trio_sfu.proto.jsep import RemoteChanges
+from trio_sfu.proto.stun import Message
 from trio_sfu.rtc.peer import Address, PeerConnection, random_ice_credentials
 from trio_sfu.rtc.udp import UdpEndpoint
 
@@ -156,18 +157,35 @@ class ServerPeerConnection(PeerConnection):
 
     # -- called by the endpoint -----------------------------------------------------------
 
-    def address_validated(self, addr: Address, nominated: bool, now: float) -> None:
-        """A valid check came from ``addr``: media goes there once it is nominated (or if we
-        have nowhere else to send). A client whose address changed nominates the new one."""
-        if self.remote_address is None or (nominated and addr != self.remote_address):
-            if self.remote_address is not None:
-                log.info(
-                    "peer address changed",
-                    extra={"peer": self.name, "old": self.remote_address, "new": addr},
-                )
-            self.remote_address = addr
+    def check_received(self, msg: Message, data: bytes, addr: Address, now: float) -> IceReply:
+        """One STUN Binding request carrying our ufrag: the lite agent validates it and applies
+        the path rule (docs/security.md, "Path changes"); media follows its choice."""
+        agent = self.ice_agent
+        agent.heard(self.heard_at)
+        reply = agent.handle_request(msg, data, addr, now)
+        if reply.valid:
+            self._follow_path(now)
+        return reply
+
+    def _follow_path(self, now: float) -> None:
+        selected = self.ice_agent.selected
+        if selected == self.remote_address:
+            return
+        if self.remote_address is not None:
+            log.info(
+                "peer address changed",
+                extra={"peer": self.name, "old": self.remote_address, "new": selected},
+            )
+        self.remote_address = selected
+        self.heard_at = now
 
     # -- PeerConnection hooks -------------------------------------------------------------
+
+    def _ice_authenticated(self, addr: Address, now: float) -> None:
+        agent = self.ice_agent
+        agent.heard(self.heard_at)
+        agent.authenticated(addr, now)
+        self._follow_path(now)
 
     def _send_datagram(self, data: bytes) -> None:
         addr = self.remote_address
@@ -194,10 +212,18 @@ class ServerPeerConnection(PeerConnection):
         return self.remote_address is not None
 
     def _ice_deadline(self) -> float | None:
-        return self.ice_agent.consent_expires_at
+        agent = self.ice_agent
+        agent.heard(self.heard_at)
+        path = agent.path_deadline
+        consent = agent.consent_expires_at
+        return consent if path is None else min(path, consent)
 
     def _ice_handle_timer(self, now: float) -> None:
-        if self.ice_agent.consent_expired(now):
+        agent = self.ice_agent
+        agent.heard(self.heard_at)
+        if agent.handle_timer(now):
+            self._follow_path(now)
+        if agent.consent_expired(now):
             self.close("consent timeout")
 
     def _teardown(self) -> None:

@@ -8,9 +8,10 @@ forwarding never hops through a channel or a task switch.
 
 Security rule (the issue's ICE requirement): an address is routed to a peer only after a STUN
 Binding request from it carried that peer's USERNAME and a valid MESSAGE-INTEGRITY and
-FINGERPRINT. DTLS and SRTP from unknown addresses are dropped and counted. That same rule lets a
-client whose address changed keep its session: its first valid check from the new address
-registers it.
+FINGERPRINT, and never while another connected peer owns it. DTLS and SRTP from unknown
+addresses are dropped and counted. A client whose address changed keeps its session: its valid
+check registers the new address, and the lite agent moves media there once authenticated
+SRTP/DTLS arrives from it (docs/security.md, "Path changes").
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import trio
 
 from trio_sfu.proto import stun
 from trio_sfu.proto.errors import StunError
-from trio_sfu.proto.ice import IceLiteAgent
+from trio_sfu.proto.ice import IceLiteAgent, IceReply
 from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
 
@@ -48,9 +49,13 @@ class EndpointPeer(Protocol):
     ice_agent: IceLiteAgent
     remote_address: Address | None
 
+    @property
+    def connected(self) -> bool: ...
+
     def datagram_received(self, kind: Kind, data: bytes, addr: Address, now: float) -> None: ...
 
-    def address_validated(self, addr: Address, nominated: bool, now: float) -> None: ...
+    def check_received(self, msg: stun.Message, data: bytes, addr: Address, now: float) -> IceReply:
+        ...
 
 
 @dataclass(slots=True)
@@ -69,6 +74,7 @@ class EndpointStats:
     stun_unknown_user: int = 0
     stun_rejected: int = 0  # parsed, known user, but integrity/fingerprint/role refused
     stun_ignored: int = 0  # responses/indications: a lite server sends no requests
+    stun_address_taken: int = 0  # a check from an address bound to another, connected peer
 
 
 class UdpEndpoint:
@@ -139,8 +145,8 @@ class UdpEndpoint:
         if other is peer:
             return
         if other is not None:
-            # The address moved to another session (a client reused a port): the valid
-            # check from it is the newer truth.
+            # The address moved to another session whose owner never connected (a client
+            # reused its socket for a new offer): the valid check from it is the newer truth.
             olds = self._addrs_of.get(id(other))
             if olds is not None and addr in olds:
                 olds.remove(addr)
@@ -238,14 +244,20 @@ class UdpEndpoint:
             # RFC 8445 §7.3: an unknown USERNAME gets no answer from us (no oracle for scanners).
             self.stats.stun_unknown_user += 1
             return
-        reply = peer.ice_agent.handle_request(msg, data, addr, now)
+        owner = self._by_addr.get(addr)
+        if owner is not None and owner is not peer and owner.connected:
+            # An address bound to a live peer is never handed to another session, whatever
+            # that session's credentials (docs/security.md, "Path changes"): a valid check of
+            # one's own session from a spoofed source would otherwise steal the victim's media.
+            self.stats.stun_address_taken += 1
+            return
+        reply = peer.check_received(msg, data, addr, now)
         if reply.response is not None:
             self.sendto(reply.response, addr)
         if not reply.valid:
             self.stats.stun_rejected += 1
             return
         self._add_address(peer, addr, keep=peer.remote_address)
-        peer.address_validated(addr, reply.nominated, now)
 
     def close(self) -> None:
         if self._sock.fileno() < 0:
