@@ -106,9 +106,17 @@ async def test_no_own_media_and_screen_share_as_second_connection(env: SfuEnv) -
 
 
 async def test_rejoin_under_a_new_id(env: SfuEnv) -> None:
+    """The same user leaves and comes back under a new id: the subscriber's section for the
+    old id is stopped, the new one negotiated, and media is counted under the new id only."""
     bob = await env.subscriber("r", "bob-1")
     first = await env.publisher("r", "alice-1")
     await bob.expect("PUB_JOIN alice-1")
+    await wait_for(
+        lambda: bob.pc.jsep.signaling_state == "stable" and bob.negotiated_for("alice-1")
+    )
+    await stream(first, 10)
+    await wait_for(lambda: bob.packets["alice-1"] >= 10)
+    before = bob.packets["alice-1"]
     first.stop()
     await bob.expect("PUB_LEFT alice-1")
     second = await env.publisher("r", "alice-2")
@@ -116,9 +124,10 @@ async def test_rejoin_under_a_new_id(env: SfuEnv) -> None:
     await wait_for(
         lambda: bob.pc.jsep.signaling_state == "stable" and bob.negotiated_for("alice-2")
     )
+    assert bob.active_publishers() == {"alice-2"}
     await stream(second, 10)
     await wait_for(lambda: bob.packets["alice-2"] >= 10)
-    assert bob.packets["alice-1"] == 0 or bob.packets["alice-2"] > 0
+    assert bob.packets["alice-1"] == before and bob.packets["?"] == 0
 
 
 async def test_renegotiations_are_serialised_and_merged(env: SfuEnv) -> None:
