@@ -406,3 +406,24 @@ async def test_a_valid_check_from_a_live_peers_address_is_refused(
             await trio.sleep(0.01)
     assert rtc_server.endpoint.stats.stun_rejected == rejected
     hijack.close()
+
+
+async def test_transport_rtt_comes_from_the_sctp_association(
+    rtc_server: RtcServer, nursery: trio.Nursery
+) -> None:
+    """The publisher leg's NACK timing uses the SCTP SRTT of the same transport (RFC 9260
+    §6.3.1): measured once data has been acknowledged, None before and without channels."""
+    client = new_client()
+    channel = client.create_data_channel("c")
+    spc = await connect(rtc_server, nursery, client)
+    await next_event(client, ev.DataChannelOpen)
+    for i in range(5):
+        channel.send(f"m{i}")
+        await next_event(client, ev.DataChannelMessage)  # echoed: both directions acked
+    with trio.fail_after(5):
+        while spc.transport_rtt is None:
+            await trio.sleep(0.01)
+    assert 0 <= spc.transport_rtt < 1.0  # loopback
+    bare = new_client()
+    bare.add_transceiver("video", "sendrecv")
+    assert (await connect(rtc_server, nursery, bare)).transport_rtt is None

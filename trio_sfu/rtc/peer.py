@@ -237,6 +237,16 @@ class PeerConnection:
     def connected(self) -> bool:
         return self._connected.is_set() and not self.closing
 
+    @property
+    def transport_rtt(self) -> float | None:
+        """Smoothed round-trip time (s) of this peer's transport, from the SCTP association
+        riding the same DTLS/ICE path (RFC 9260 §6.3.1 SRTT); None without data channels or
+        before the first measurement. The publisher leg's NACK timing uses it: RFC 3550 lets
+        only the sender of an SR measure RTT, and the SFU sends none to a publisher."""
+        dc = self._dc
+        sender = dc.association.sender if dc is not None else None
+        return sender.srtt if sender is not None else None
+
     # ------------------------------------------------------------------------------------
     # negotiation
 

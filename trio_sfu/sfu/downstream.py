@@ -91,7 +91,7 @@ class Downstream(Member):
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
                     for seq in packet.lost:
-                        downtrack.retransmit(seq)
+                        downtrack.retransmit(seq, now)
             elif isinstance(packet, ReceiverReport | SenderReport):
                 unix = time.time()
                 for block in packet.reports:

@@ -18,7 +18,7 @@ import trio
 
 from trio_sfu.cluster.commands import KeyframeRequest, PublisherInfo, TrackInfo
 from trio_sfu.cluster.errors import BackendUnavailable
-from trio_sfu.sfu.media import KeyframeThrottle, PacketCache
+from trio_sfu.sfu.media import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.track import KEYFRAME_INTERVAL
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class RemoteTrack:
         self.cache = PacketCache() if self.kind == "video" else None
         self.downtracks: list[DownTrack] = []
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
+        self.gate: KeyframeGate[DownTrack] = KeyframeGate(
+            (c.payload_type, c.name) for c in media if self.kind == "video"
+        )
         self.packets = 0
         self._scope: trio.CancelScope | None = None
 
@@ -80,20 +83,30 @@ class RemoteTrack:
         self.packets += 1
         if self.cache is not None:
             self.cache.put(packet)
+        if self.gate.waiting or self.keyframes.pending:
+            released = self.gate.watch(packet, now, self.keyframes)
+            if released:
+                self.downtracks = [*self.downtracks, *released]
+            elif self.gate.waiting:
+                self.request_keyframe(now)  # throttled: keeps asking while someone waits
         for downtrack in self.downtracks:
             downtrack.forward(packet, now)
 
     # -- TrackSource ----------------------------------------------------------------------
 
     def attach(self, downtrack: DownTrack) -> None:
-        self.downtracks = [*self.downtracks, downtrack]
+        if self.gate.active:
+            self.gate.hold(downtrack)  # a new video subscriber starts at a keyframe
+        else:
+            self.downtracks = [*self.downtracks, downtrack]
         if self._scope is None:
             self._scope = trio.CancelScope()
             self.sfu.spawn(self._receive, self._scope)
 
     def detach(self, downtrack: DownTrack) -> None:
+        self.gate.drop(downtrack)
         self.downtracks = [d for d in self.downtracks if d is not downtrack]
-        if not self.downtracks:
+        if not self.downtracks and not self.gate.waiting:
             self.stop()
 
     def stop(self) -> None:

@@ -26,11 +26,12 @@ from trio_sfu.proto.capabilities import (
 )
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderReport
-from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer
+from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, payload_size
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
 from trio_sfu.sfu.media import (
     FirSequence,
+    KeyframeGate,
     KeyframeThrottle,
     NackGenerator,
     PacketCache,
@@ -47,8 +48,11 @@ log = logging.getLogger(__name__)
 _NOT_FORWARDED = frozenset((URI_MID, URI_RID, URI_REPAIRED_RID, URI_TRANSPORT_CC))
 #: Keyframe requests towards a publisher: at most one per track per interval (issue 3).
 KEYFRAME_INTERVAL = 0.5
-#: Until a receiver report tells us better, NACK retries are spaced by this round-trip time.
+#: Until a receiver report or the SCTP association tells us better, the round-trip time.
 DEFAULT_RTT = 0.1
+#: Retransmissions remembered per down-track (sequence numbers modulo this), to ignore a NACK
+#: repeated within one round trip.
+_RESENT_SLOTS = 1024
 
 _TS = struct.Struct("!I")
 
@@ -80,7 +84,8 @@ class TrackSource(Protocol):
     clock_rate: int
     cache: PacketCache | None
 
-    def attach(self, downtrack: DownTrack) -> None: ...
+    def attach(self, downtrack: DownTrack) -> None:
+        """Start forwarding to ``downtrack`` (a video one from the next keyframe on)."""
 
     def detach(self, downtrack: DownTrack) -> None: ...
 
@@ -170,6 +175,9 @@ class PublishedTrack:
         self._apt = {c.payload_type: c.apt for c in transceiver.codecs if c.is_rtx and c.apt}
         self._ingress: dict[int, Ingress] = {}
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
+        self.gate: KeyframeGate[DownTrack] = KeyframeGate(
+            (c.payload_type, c.name) for c in media if video
+        )
         self._fir = FirSequence()
         self.packets = 0
         self.rtx_received = 0
@@ -212,11 +220,21 @@ class PublishedTrack:
         self.packets += 1
         if self.cache is not None:
             self.cache.put(packet)
+        if self.gate.waiting or self.keyframes.pending:
+            self._watch_keyframes(packet, now)
         for downtrack in self.downtracks:
             downtrack.forward(packet, now)
         sink = self.relay_sink
         if sink is not None:
             sink(packet)
+
+    def _watch_keyframes(self, packet: bytes, now: float) -> None:
+        """Only while a subscriber waits for its first keyframe or a request is pending."""
+        released = self.gate.watch(packet, now, self.keyframes)
+        if released:
+            self.downtracks = [*self.downtracks, *released]
+        elif self.gate.waiting:
+            self.request_keyframe(now)  # throttled: keeps asking while someone waits
 
     def _repaired(self, stream: IncomingStream) -> Ingress | None:
         if stream.repairs is not None:
@@ -229,9 +247,14 @@ class PublishedTrack:
     # -- control --------------------------------------------------------------------------
 
     def attach(self, downtrack: DownTrack) -> None:
-        self.downtracks = [*self.downtracks, downtrack]
+        """A new subscriber of a video track waits for the next keyframe (``gate``)."""
+        if self.gate.active:
+            self.gate.hold(downtrack)
+        else:
+            self.downtracks = [*self.downtracks, downtrack]
 
     def detach(self, downtrack: DownTrack) -> None:
+        self.gate.drop(downtrack)
         self.downtracks = [d for d in self.downtracks if d is not downtrack]
 
     def request_keyframe(self, now: float) -> bool:
@@ -266,10 +289,11 @@ class PublishedTrack:
     def tick(self, now: float) -> None:
         """Timers of the publisher leg: NACKs that are due, deferred keyframe requests."""
         sender = self.transceiver.sender_ssrc
+        rtt = self.pc.transport_rtt or DEFAULT_RTT
         for ingress in self._ingress.values():
             if ingress.nack is None:
                 continue
-            lost = ingress.nack.due(now, ingress.stats.rtt or DEFAULT_RTT)
+            lost = ingress.nack.due(now, rtt)
             if lost:
                 self.pc.send_rtcp(Nack.from_lost(sender, ingress.ssrc, lost).serialize())
         if self.media_ssrc is not None and self.keyframes.due(now):
@@ -310,11 +334,15 @@ class DownTrack:
         self._send = pc.send_rtp
         self._rtx_pt: dict[int, int] = {}
         self._rtx_seq = 0
+        # When each recently retransmitted sequence number went out (slot = seq % size).
+        self._resent_seq = [-1] * _RESENT_SLOTS
+        self._resent_at = [0.0] * _RESENT_SLOTS
         self._last_forward = 0.0
         self.forwarded = 0
         self.unmapped = 0
         self.retransmitted = 0
         self.nack_misses = 0
+        self.nack_repeats = 0  # NACKs for a packet retransmitted less than an RTT ago
         self.switches = 0
 
     def __repr__(self) -> str:
@@ -372,15 +400,29 @@ class DownTrack:
             return
         self.forwarded += 1
         self._last_forward = now
-        self.stats.update(_TS.unpack_from(out, 4)[0], len(out) - 12, now)
+        # RFC 3550 §6.4.1: the SR's octet count is payload only (no header, extension, padding).
+        self.stats.update(_TS.unpack_from(out, 4)[0], payload_size(out), now)
         self._send(out)
 
-    def retransmit(self, out_seq: int) -> bool:
+    @property
+    def rtt(self) -> float:
+        """This subscriber's round-trip time: from its receiver reports (RFC 3550 §6.4.1,
+        LSR/DLSR against our SRs), else its transport's SCTP SRTT, else a default."""
+        return self.stats.rtt or self.pc.transport_rtt or DEFAULT_RTT
+
+    def retransmit(self, out_seq: int, now: float) -> bool:
         """Answer the subscriber's NACK for ``out_seq`` from the source's cache (RFC 4585
-        §6.2.1), as RTX when negotiated (RFC 4588), else as the original packet."""
+        §6.2.1), as RTX when negotiated (RFC 4588), else as the original packet.
+
+        A NACK repeated within one round trip of our retransmission is not answered again:
+        the repair is still on its way (libwebrtc's receiver re-NACKs on its own timer)."""
         rewriter = self.rewriter
         cache = self.source.cache
         if rewriter is None or cache is None:
+            return False
+        slot = out_seq % _RESENT_SLOTS
+        if self._resent_seq[slot] == out_seq and now - self._resent_at[slot] < self.rtt:
+            self.nack_repeats += 1
             return False
         in_seq = rewriter.to_input_sequence(out_seq)
         original = cache.get(in_seq) if in_seq is not None else None
@@ -397,6 +439,8 @@ class DownTrack:
             if out is None:
                 return False
         self.retransmitted += 1
+        self._resent_seq[slot] = out_seq
+        self._resent_at[slot] = now
         self._send(out)
         return True
 
