@@ -194,6 +194,24 @@ async def test_subscriber_rtt_from_receiver_reports_spaces_repeated_nacks(env: S
     await wait_for(lambda: rtx_count() >= 2)
 
 
+async def test_forwarding_counters_reach_metrics(env: SfuEnv) -> None:
+    """The per-packet counters of tracks and down-tracks are exported by /metrics (summed at
+    scrape time), not written for nobody."""
+    alice, bob, _, _, media = await pair(env)
+    for i in range(20):
+        alice.send_frame(keyframe=i == 0)
+        await trio.sleep(0.005)
+    await wait_for(lambda: len(media.packets) >= 20)
+    ours = video_of(bob).remote_ssrcs[0]
+    bob.pc.send_rtcp(Nack.from_lost(1, ours, [media.packets[3][2]]).serialize())
+    await wait_for(lambda: env.sfu.metrics()["trio_sfu_live_rtx_sent"] >= 1)
+    metrics = env.sfu.metrics()
+    assert metrics["trio_sfu_live_rtp_received"] >= 20
+    assert metrics["trio_sfu_live_rtp_forwarded"] >= 20
+    assert metrics["trio_sfu_live_keyframe_requests"] >= 1
+    assert metrics["trio_sfu_live_rtp_unmapped"] == 0
+
+
 async def test_subscriber_nack_is_answered_from_the_cache_as_rtx(env: SfuEnv) -> None:
     alice, bob, _, _, media = await pair(env)
     for i in range(30):

@@ -310,14 +310,22 @@ def aiortc_argv(script: str, url: str, *extra: str) -> list[str]:
 # --------------------------------------------------------------------------- the scenarios
 
 
-async def gst_scenario(endpoint: str, room: str, mtu: int = 0) -> dict[str, Any]:
+async def gst_scenario(
+    endpoint: str, room: str, mtu: int = 0, stream: float = 0, consent_timeout: float = 30.0
+) -> dict[str, Any]:
     """GStreamer publishes to ``/whip/{room}`` (or the seed ``/pub``); a seed-API subscriber
-    and, for WHIP, an aiortc WHEP viewer decode its video. Runs inside the namespace."""
+    and, for WHIP, an aiortc WHEP viewer decode its video. Runs inside the namespace.
+
+    With ``stream`` seconds, the publisher then keeps streaming that long and the subscriber
+    must keep decoding all along (``streamed``: frames per 5 s window), against a server whose
+    ``--consent-timeout`` is ``consent_timeout``: libnice sends no consent checks after
+    nomination, so only consent from its authenticated media keeps it (RFC 7675)."""
     addresses = inside()
     assert addresses is not None, "run through tests.netns"
     server_host, peer_host = addresses
     out: dict[str, Any] = {"type": "result"}
-    async with running_server(server_host) as running, trio.open_nursery() as nursery:
+    async with running_server(server_host, consent_timeout=consent_timeout) as running, \
+            trio.open_nursery() as nursery:
         base = f"http://{server_host}:{running.http_port}"
         if endpoint == "whip":
             await assert_whip_routes(base)
@@ -325,7 +333,8 @@ async def gst_scenario(endpoint: str, room: str, mtu: int = 0) -> dict[str, Any]
         else:
             url = f"{base}/pub/{room}/gst-1"
         sub, frames = await decoding_subscriber(nursery, base, room, peer_host)
-        argv = gst_argv(url, "--timeout", "90", *(("--mtu", str(mtu)) if mtu else ()))
+        argv = gst_argv(url, "--timeout", str(90 + stream),
+                        *(("--mtu", str(mtu)) if mtu else ()))
         async with open_lines(argv, name="gst_whip") as gst:
             out["published"] = await gst.receive("published", 30)
             out["connected"] = await gst.receive("connected", 30)
@@ -337,6 +346,17 @@ async def gst_scenario(endpoint: str, room: str, mtu: int = 0) -> dict[str, Any]
                 error.add_note(f"server side: {server_counters(running, room)}")
                 raise
             out["subscriber"] = frames.summary()
+            if stream:
+                windows: list[int] = []
+                with trio.move_on_after(stream):
+                    while True:
+                        before = frames.decoded
+                        await trio.sleep(5)
+                        windows.append(frames.decoded - before)
+                out["streamed"] = windows
+                out["closedDuringStream"] = [
+                    line for line in sub.lines if line.startswith("PUB_LEFT ")
+                ]
             if endpoint == "whip":
                 async with open_lines(
                     aiortc_argv("aiortc_whep.py", f"{base}/whep/{room}", "--ice-address",
@@ -372,6 +392,8 @@ def scenario_main(argv: list[str]) -> int:
     parser.add_argument("--endpoint", choices=("whip", "pub"), default="whip")
     parser.add_argument("--room", default="gstroom")
     parser.add_argument("--mtu", type=int, default=0, help="GStreamer's RTP MTU (0: default)")
+    parser.add_argument("--stream", type=float, default=0, help="keep streaming this long (s)")
+    parser.add_argument("--consent-timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     protocol = sys.stdout
     sys.stdout = sys.stderr  # the server prints its URL; only the result goes to stdout
@@ -379,7 +401,9 @@ def scenario_main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     try:
-        result = trio.run(gst_scenario, args.endpoint, args.room, args.mtu)
+        result = trio.run(
+            gst_scenario, args.endpoint, args.room, args.mtu, args.stream, args.consent_timeout
+        )
     except BaseException as error:  # report, then fail: the parent reads one line either way
         import traceback
 
@@ -456,6 +480,26 @@ async def test_harness_gstreamer_publishes_to_the_seed_api_in_a_namespace() -> N
     assert sub["decoded"] >= 60 and sub["keyframes"] >= 1 and sub["size"] == [320, 240], sub
     # Both ends of the veth pair, never loopback: libnice would not have connected otherwise.
     assert ADDRESS_A in gst["answer"] and ADDRESS_B in gst["offer"]
+
+
+@pytest.mark.slow
+async def test_gstreamer_publisher_streams_60_s_without_consent_checks() -> None:
+    """Issue 8 item 3: libnice sends no consent checks after nomination, so a GStreamer
+    publisher was closed by "consent timeout" while streaming. With consent from its
+    authenticated media (RFC 7675) it streams 60 s — six times the server's 10 s consent
+    timeout — and the subscriber decodes throughout; DELETE still ends it."""
+    require_netns()
+    require_gst()
+    result = await run_in_netns(
+        "gst", "--endpoint", "whip", "--room", "gstlong", "--stream", "60",
+        "--consent-timeout", "10", timeout=240,
+    )
+    assert result["closedDuringStream"] == [], result
+    windows = result["streamed"]
+    assert len(windows) >= 11 and all(n >= 25 for n in windows), windows  # ~30 fps × 5 s
+    assert result["gst"]["ok"], result["gst"]
+    assert result["gst"]["delete"]["status"] == 200, result["gst"]["delete"]
+    assert result["pubLeft"].startswith("PUB_LEFT ")
 
 
 @pytest.mark.slow

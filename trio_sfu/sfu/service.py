@@ -419,7 +419,37 @@ class Sfu:
             for name, value in vars_of(counters).items():
                 suffix = "" if name == "subscriptions" else "_total"
                 out[f"trio_sfu_relay_{name}{suffix}"] = value
+        for name, value in self.media_counters().items():
+            out[f"trio_sfu_live_{name}"] = value
         return out
+
+    def media_counters(self) -> dict[str, int]:
+        """The forwarding path's plain int counters, summed over the live tracks and
+        down-tracks of this node (read only here, at scrape time; never per packet). They
+        count what the members now in rooms did, so they fall when members leave: gauges,
+        not Prometheus counters (hence no ``_total``)."""
+        totals = dict.fromkeys(
+            ("rtp_forwarded", "rtp_unmapped", "rtx_sent", "nack_misses", "nack_repeats",
+             "source_switches", "rtp_received", "rtx_received", "keyframe_requests",
+             "keyframe_requests_suppressed"),
+            0,
+        )
+        for room in self.rooms.values():
+            for publisher in room.publishers.values():
+                for track in publisher.tracks:
+                    totals["rtp_received"] += track.packets
+                    totals["rtx_received"] += track.rtx_received
+                    totals["keyframe_requests"] += track.keyframes.sent
+                    totals["keyframe_requests_suppressed"] += track.keyframes.suppressed
+            for member in room.subscribers.values():
+                for downtrack in member.live.values():
+                    totals["rtp_forwarded"] += downtrack.forwarded
+                    totals["rtp_unmapped"] += downtrack.unmapped
+                    totals["rtx_sent"] += downtrack.retransmitted
+                    totals["nack_misses"] += downtrack.nack_misses
+                    totals["nack_repeats"] += downtrack.nack_repeats
+                    totals["source_switches"] += downtrack.switches
+        return totals
 
     @property
     def members(self) -> int:
