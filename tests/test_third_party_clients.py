@@ -357,6 +357,12 @@ async def gst_scenario(
                 out["closedDuringStream"] = [
                     line for line in sub.lines if line.startswith("PUB_LEFT ")
                 ]
+                if out["closedDuringStream"]:
+                    out["error"] = (f"the publisher was closed while streaming: "
+                                    f"{out['closedDuringStream']}, frames per 5 s {windows}")
+                    sub.stop()
+                    nursery.cancel_scope.cancel()
+                    return out
             if endpoint == "whip":
                 async with open_lines(
                     aiortc_argv("aiortc_whep.py", f"{base}/whep/{room}", "--ice-address",
