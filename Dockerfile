@@ -31,8 +31,10 @@ ENV TRIO_SFU_SITE_DIR=/app/site \
     TRIO_SFU_UDP_PORT=7882
 # HTTP: signaling, WHIP/WHEP, /healthz, /readyz, /metrics, the demo site.
 EXPOSE 8080/tcp
-# The one UDP port for all media (ICE, DTLS, SRTP).
+# The one UDP port for all media (ICE, DTLS, SRTP), and the same number over TCP for ICE-TCP
+# (clients whose network drops UDP; --tcp-port, default "same").
 EXPOSE 7882/udp
+EXPOSE 7882/tcp
 
 # SIGTERM drains (no new sessions, RECONNECT to clients, exit when empty or after
 # --drain-timeout); SIGINT stops at once.

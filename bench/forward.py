@@ -1,18 +1,19 @@
-"""CPU cost per forwarded packet with the media stages, beside the floor measured in the same run.
+"""CPU per forwarded packet on the real forwarding path, in one process, beside the floor measured
+in the same run.
 
-One publisher's stream — VP8-like video (1200-byte packets with abs-send-time, transport-cc and
-mid extensions) interleaved with Opus-like audio (120 bytes, audio level), three video packets
-to one audio, roughly 1.5 Mbit/s beside 50 packets/s — fanned out to N subscribers inside one
-process, as the UDP reader does it: per incoming packet the publisher-side stages (packet cache,
-receive statistics, NACK tracking), then per subscriber ``RtpRewriter.rewrite``, send
-statistics, its own pylibsrtp AEAD_AES_128_GCM ``protect`` and one raw non-blocking ``sendto``
-to a loopback socket that is drained outside the timed region. Subscribers share nothing but
-the socket; each has one transport-cc sequence for its two tracks.
+The path is the pod's own from the publisher's track on: ``PublishedTrack.on_rtp`` (receive
+statistics, NACK tracking, packet cache) → ``ForwardingGroup.forward`` (one ``RtpRewriter``
+per group) → ``DownTrack.deliver`` → ``ServerPeerConnection.send_rtp_as`` (SSRC and
+transport-cc number patched in, AEAD_AES_128_GCM protect) → ``UdpEndpoint.sendto`` → raw
+``sendto`` to a loopback socket drained between batches outside the timed region. What it
+leaves out is the ingress (recv + unprotect, a few µs per *incoming* packet) — ``bench.pod``
+measures the whole pod end to end.
 
-Printed per N: CPU µs (``time.process_time``) per outbound packet with only
-rewrite + protect + sendto ("bare") and with every stage ("full"), the stages' share, and the
-ratio of "full" to the floor (``bench.floor.measure_floor``: protect + sendto of 1200 bytes)
-measured in the same run. Nothing is asserted; packet counts and time are bounded.
+Per N subscribers, two figures: all subscribers negotiated the same mapping (one forwarding
+group, the usual case), and every subscriber in a group of its own (what every packet cost
+before issue 10: one rewrite per subscriber). Printed: CPU µs (``time.process_time``) per
+outbound packet and the ratio to the floor (``bench.floor.measure_floor``: protect + sendto of
+1200 bytes, same run). Nothing is asserted; packet counts and time are bounded.
 
 Run from the repository root: ``.venv/bin/python -m bench.forward [outbound packets] [N ...]``
 """
@@ -22,163 +23,130 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 
-import pylibsrtp
+import trio
 
-from bench.floor import MAX_SECONDS, Loopback, gcm_session, measure, measure_floor
-from trio_sfu.proto.rtp import RtpPacket, RtpRewriter, TransportCcSequencer, payload_offset
-from trio_sfu.sfu.media import NackGenerator, PacketCache, ReceiveStatistics, SendStatistics
+from bench.floor import Loopback, measure, measure_floor
+from trio_sfu.proto.capabilities import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC
+from trio_sfu.proto.jsep import Transceiver
+from trio_sfu.proto.rtp import RtpPacket, TransportCcSequencer
+from trio_sfu.proto.sdp.model import HeaderExtension, RtpCodec
+from trio_sfu.proto.srtp import SrtpContext
+from trio_sfu.rtc.events import IncomingStream
+from trio_sfu.rtc.server import RtcServer
+from trio_sfu.sfu.track import DownTrack, PublishedTrack
 
-INPUT = 512  # distinct publisher packets, replayed with fresh per-subscriber state each round
+PUB_SSRC = 0x11111111
 CHUNK = 256  # outbound packets between drains of the receiving socket
-VIDEO_SSRC, AUDIO_SSRC = 0x11111111, 0x22222222
+FB = ["nack", "nack pli", "transport-cc"]
 
 
-def publisher_packets() -> list[bytes]:
-    out = []
-    video_seq = audio_seq = 0
-    for i in range(INPUT):
-        if i % 4 == 3:
-            out.append(
-                RtpPacket(
-                    111, 20000 + audio_seq, 960 * audio_seq, AUDIO_SSRC,
-                    extensions={1: b"\x85", 3: (i & 0xFFFF).to_bytes(2, "big"), 4: b"0"},
-                    payload=os.urandom(120),
-                ).serialize()
-            )
-            audio_seq += 1
-        else:
-            out.append(
-                RtpPacket(
-                    96, 40000 + video_seq, 3000 * (video_seq // 6), VIDEO_SSRC,
-                    marker=video_seq % 6 == 5,
-                    extensions={2: b"\x12\x34\x56", 3: (i & 0xFFFF).to_bytes(2, "big"),
-                                4: b"1"},
-                    payload=os.urandom(1200),
-                ).serialize()
-            )
-            video_seq += 1
-    return out
+class _PublisherLeg:
+    name = "publisher"
+
+    def send_rtcp(self, packet: bytes) -> None:
+        pass  # keyframe requests and NACKs towards the publisher: not part of the figure
 
 
-@dataclass(slots=True)
-class Subscriber:
-    video: RtpRewriter
-    audio: RtpRewriter
-    video_stats: SendStatistics
-    audio_stats: SendStatistics
-    protect: Callable[[bytes], bytes]
-
-
-def new_subscriber(n: int, session: pylibsrtp.Session) -> Subscriber:
-    twcc = TransportCcSequencer(ext_id=5)
-    return Subscriber(
-        RtpRewriter(0xA0000000 + n, {96: 98}, {2: 3}, twcc=twcc, initial_sequence=1000),
-        RtpRewriter(
-            0xB0000000 + n, {111: 109}, {1: 1}, clock_rate=48000, twcc=twcc,
-            initial_sequence=2000,
-        ),
-        SendStatistics(90000),
-        SendStatistics(48000),
-        session.protect,
+def _transceiver(direction: str, ssrc: int) -> Transceiver:
+    return Transceiver(
+        kind="video",
+        direction=direction,  # type: ignore[arg-type]
+        sender_ssrc=ssrc,
+        sender_rtx_ssrc=ssrc + 1,
+        cname="bench",
+        stream_id="s",
+        track_id="t",
+        current_direction=direction,  # type: ignore[arg-type]
+        codecs=[RtpCodec(96, "VP8", 90000, rtcp_fb=list(FB)), RtpCodec(97, "rtx", 90000,
+                                                                         fmtp="apt=96")],
+        header_extensions=[
+            HeaderExtension(4, URI_MID),
+            HeaderExtension(3, URI_TRANSPORT_CC),
+            HeaderExtension(2, URI_ABS_SEND_TIME),
+        ],
+        remote_ssrcs=[PUB_SSRC] if direction == "recvonly" else [],
     )
 
 
-@dataclass(slots=True)
-class Round:
-    """What one replay of the input starts afresh: each subscriber's rewriters and send
-    statistics (the sessions' replay windows cover a round) and the publisher-side stages."""
-
-    video: list[tuple[RtpRewriter, SendStatistics, Callable[[bytes], bytes]]]
-    audio: list[tuple[RtpRewriter, SendStatistics, Callable[[bytes], bytes]]]
-    cache: PacketCache
-    video_rx: ReceiveStatistics
-    audio_rx: ReceiveStatistics
-    nack: NackGenerator
+def _packet(seq: int, payload: bytes) -> bytes:
+    return RtpPacket(
+        96, seq & 0xFFFF, 3000 * (seq // 6), PUB_SSRC, marker=seq % 6 == 5,
+        extensions={4: b"0", 3: (seq & 0xFFFF).to_bytes(2, "big"), 2: b"\x12\x34\x56"},
+        payload=payload,
+    ).serialize()
 
 
-def measure_fanout(fanout: int, total: int, packets: list[bytes], full: bool
-                   ) -> tuple[float, int]:
-    """(CPU µs per outbound packet, sends that hit a full socket buffer)."""
-    sessions = [gcm_session(window_size=2 * INPUT) for _ in range(fanout)]
-    per_chunk = max(1, CHUNK // fanout)
-    offsets = [payload_offset(p) for p in packets]
+async def measure_fanout(fanout: int, total: int, shared: bool) -> float:
+    """CPU µs per outbound packet for one publisher track fanned out to ``fanout``."""
+    server = RtcServer.bind("127.0.0.1")
     link = Loopback()
-
-    def forward(r: Round, chunk: range) -> int:
-        sendto, dest, monotonic = link.tx.sendto, link.dest, time.monotonic
-        video, audio, cache, nack = r.video, r.audio, r.cache, r.nack
-        video_rx, audio_rx = r.video_rx, r.audio_rx
-        dropped = 0
-        for i in chunk:
-            packet = packets[i]
-            is_video = packet[1] & 0x7F == 96
-            if full:
-                now = monotonic()
-                seq = (packet[2] << 8) | packet[3]
-                ts = int.from_bytes(packet[4:8])
-                size = len(packet) - offsets[i]
-                if is_video:
-                    cache.put(packet)
-                    video_rx.update(seq, ts, now)
-                    nack.on_packet(seq, now)
-                else:
-                    audio_rx.update(seq, ts, now)
-            for rewriter, stats, protect in video if is_video else audio:
-                out = rewriter.rewrite(packet)
-                if out is None:
-                    continue
-                if full:
-                    stats.update(int.from_bytes(out[4:8]), size, now)
-                try:
-                    sendto(protect(out), dest)
-                except BlockingIOError:
-                    dropped += 1
-        link.dropped += dropped
-        return len(chunk) * fanout
-
-    def rounds() -> Iterator[Callable[[], int]]:
-        while True:
-            subs = [new_subscriber(i, s) for i, s in enumerate(sessions)]
-            r = Round(
-                [(s.video, s.video_stats, s.protect) for s in subs],
-                [(s.audio, s.audio_stats, s.protect) for s in subs],
-                PacketCache(), ReceiveStatistics(90000), ReceiveStatistics(48000), NackGenerator(),
+    try:
+        transceiver = _transceiver("recvonly", 1)
+        track = PublishedTrack(
+            _PublisherLeg(), transceiver, "t", publisher_id="pub"  # type: ignore[arg-type]
+        )
+        stream = IncomingStream(PUB_SSRC, transceiver)
+        for i in range(fanout):
+            pc = server.create_peer(name=f"sub{i}")
+            key = os.urandom(28)
+            pc._srtp = SrtpContext("SRTP_AEAD_AES_128_GCM", key, key)  # as DTLS would
+            pc.remote_address = link.dest
+            sequencer = TransportCcSequencer(3)
+            downtrack = DownTrack(
+                pc, _transceiver("sendonly", 0x1000 + 2 * i), track, twcc=lambda _id, s=sequencer: s
             )
-            for start in range(0, len(packets), per_chunk):
-                yield partial(forward, r, range(start, min(start + per_chunk, len(packets))))
+            assert downtrack.activate()
+            track.attach(downtrack)
+            if not shared:
+                track.fanout.split(downtrack)
+        assert len(track.fanout.groups) == (1 if shared else fanout)
+        payload = os.urandom(1100)
+        per_chunk = max(1, CHUNK // fanout)
+        seq = 0
+
+        def forward(packets: list[bytes]) -> int:
+            on_rtp = track.on_rtp
+            now = trio.current_time()
+            for packet in packets:
+                on_rtp(stream, packet, now)
+            return len(packets) * fanout
+
+        def batches() -> Iterator[Callable[[], int]]:
+            nonlocal seq
+            while True:
+                packets = [_packet(seq + k, payload) for k in range(per_chunk)]
+                seq += per_chunk
+                yield partial(forward, packets)
                 link.drain()  # outside the timed region, like the floor's
 
-    try:
-        cpu, _wall = measure(total, rounds())
+        cpu, _wall = measure(total, batches())
+        return cpu
     finally:
         link.close()
-    return cpu, link.dropped
+        server.close()
+
+
+async def main_async(total: int, fanouts: list[int]) -> None:
+    floor_cpu, _ = measure_floor()
+    print(f"one VP8-shaped track (1100-byte payloads) on the real forwarding path, up to {total} "
+          "outbound packets per figure; CPU µs per outbound packet")
+    print(f"{'N':>4s} {'1 group':>9s} {'N groups':>9s} {'1 group/floor':>14s}")
+    for fanout in fanouts:
+        one = await measure_fanout(fanout, total, shared=True)
+        many = await measure_fanout(fanout, total, shared=False)
+        print(f"{fanout:4d} {one:9.2f} {many:9.2f} {one / floor_cpu:13.2f}x")
+    print(f"floor (protect GCM + sendto 1200 B, same run): {floor_cpu:.2f} µs CPU")
 
 
 def main() -> None:
-    total = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    fanouts = [int(a) for a in sys.argv[2:]] or [1, 10, 50]
-    packets = publisher_packets()
+    total = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
+    fanouts = [int(a) for a in sys.argv[2:]] or [1, 10, 50, 100]
     gc.collect()
     gc.freeze()
-    floor_cpu, _floor_wall = measure_floor()
-    print(f"fan-out of one publisher (3 video : 1 audio), up to {total} outbound packets or "
-          f"{MAX_SECONDS:.0f} s per figure; CPU µs per outbound packet")
-    print(f"{'N':>4s} {'bare':>8s} {'full':>8s} {'stages':>8s} {'full/floor':>11s}")
-    dropped = 0
-    for fanout in fanouts:
-        bare, d1 = measure_fanout(fanout, total, packets, full=False)
-        full, d2 = measure_fanout(fanout, total, packets, full=True)
-        dropped += d1 + d2
-        print(f"{fanout:4d} {bare:8.2f} {full:8.2f} {full - bare:8.2f} {full / floor_cpu:10.2f}x")
-    print(f"floor (protect GCM + sendto 1200 B, same run): {floor_cpu:.2f} µs CPU")
-    if dropped:
-        print(f"({dropped} sends hit a full socket buffer and were dropped)")
+    trio.run(main_async, total, fanouts)
 
 
 if __name__ == "__main__":

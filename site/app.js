@@ -234,7 +234,10 @@ function connOptions(extra) {
     room: state.room,
     user: state.user,
     token: state.token ?? undefined,
+    fetchIceServers: true,  // STUN/TURN from GET /ice-servers (fresh TURN credentials)
+    reconnectOnLoss: true,  // a lost connection comes back under a new id, with back-off
     onError: (err) => note(err.message, 'error'),
+    onReconnect: (id, oldId) => note(`connection lost: reconnected as ${id} (was ${oldId})`),
     ...extra,
   };
 }

@@ -26,7 +26,29 @@ const DEFAULTS = Object.freeze({
   connectTimeoutMs: 20000,  // POST answered until the command channel is open
   stopTimeoutMs: 1500,      // STOP sent until the server closes the channel
   conflictRetries: 2,       // 409: the random suffix collided; retry with a fresh one
+  // GET {baseUrl}/ice-servers before each connection and use its STUN/TURN servers (fresh,
+  // short-lived TURN credentials) unless rtcConfiguration names iceServers itself.
+  fetchIceServers: false,
+  // A leg lost without RECONNECT (ICE/DTLS failed, the channel closed: the network changed,
+  // the pod died) is replaced under a new id after 0.5 s, 1 s, 2 s, ... (at most
+  // reconnectMaxDelayMs, ±20 % jitter), up to reconnectAttempts times, before onClose.
+  reconnectOnLoss: false,
+  reconnectAttempts: 6,
+  reconnectBaseDelayMs: 500,
+  reconnectMaxDelayMs: 8000,
+  // 502/503/504 or no answer (a draining pod, a pod gone, a backend outage): retry with
+  // back-off, honouring Retry-After; never give up on the first one.
+  unavailableRetries: 8,
+  retryBaseMs: 250,         // first back-off without Retry-After, doubled per retry
+  retryMaxMs: 4000,         // longest wait between two tries (also caps Retry-After)
 });
+
+/** Statuses that mean "not now, maybe elsewhere": worth another try through the same URL. */
+const RETRYABLE = new Set([0, 502, 503, 504]);
+
+function sleep(ms) {
+  return new Promise((resolve) => { setTimeout(resolve, ms); });
+}
 
 // ---------------------------------------------------------------------------- plumbing
 
@@ -92,6 +114,10 @@ function waitForClose(channel, ms) {
     const timer = setTimeout(() => finish(false), ms);
     channel.addEventListener('close', onClose);
   });
+}
+
+function iceServersUrl(baseUrl) {
+  return `${String(baseUrl ?? '').replace(/\/+$/, '')}/ice-servers`;
 }
 
 function apiUrl(baseUrl, role, room, id) {
@@ -195,10 +221,32 @@ class SfuConnection {
     }
   }
 
+  /**
+   * The RTCConfiguration of a new leg: `rtcConfiguration`, plus the server's STUN/TURN list
+   * when `fetchIceServers` is set (TURN credentials expire, so fetched for every leg). A
+   * server without the route, or any failure, leaves host candidates only (ICE-TCP included).
+   */
+  async _rtcConfiguration() {
+    const o = this.options;
+    const config = { ...(o.rtcConfiguration ?? {}) };
+    if (!o.fetchIceServers || config.iceServers) return config;
+    try {
+      const res = await request(this._fetch, iceServersUrl(o.baseUrl), {
+        method: 'GET', headers: headersFor(o.token, { Accept: 'application/json' }),
+      }, o.requestTimeoutMs);
+      if (res.status === 200) {
+        const body = await res.json();
+        if (Array.isArray(body?.iceServers)) config.iceServers = body.iceServers;
+      }
+    } catch { /* host candidates only */ }
+    return config;
+  }
+
   async _openLeg() {
     const o = this.options;
+    let unavailable = 0;
     for (let attempt = 0; ; attempt++) {
-      const leg = this._newLeg(makeConnectionId(this.user));
+      const leg = this._newLeg(makeConnectionId(this.user), await this._rtcConfiguration());
       this._connectingLeg = leg;
       try {
         const offer = await leg.pc.createOffer();
@@ -219,6 +267,18 @@ class SfuConnection {
         if (leg.posted) this._deleteQuietly(leg);
         this._closeLeg(leg);
         if (err instanceof SfuError && err.status === 409 && attempt < o.conflictRetries) continue;
+        if (err instanceof SfuError && err.kind === 'http' && RETRYABLE.has(err.status)
+            && !leg.posted && unavailable < o.unavailableRetries) {
+          // The POST created nothing (503 comes before anything is made): try again, through
+          // the same base URL, which a load balancer sends to a live pod.
+          const backoff = Math.min(o.retryMaxMs, o.retryBaseMs * 2 ** unavailable);
+          const wait = err.retryAfter != null ? Math.min(o.retryMaxMs, err.retryAfter * 1000)
+            : backoff;
+          unavailable++;
+          await sleep(wait);
+          this._checkNotStopped();
+          continue;
+        }
         if (err instanceof SfuError) throw err;
         throw connectionError(`${this.role} connection failed: ${err.message}`, err);
       } finally {
@@ -227,8 +287,8 @@ class SfuConnection {
     }
   }
 
-  _newLeg(id) {
-    const pc = new this._RTCPeerConnection(this.options.rtcConfiguration ?? {});
+  _newLeg(id, rtcConfiguration) {
+    const pc = new this._RTCPeerConnection(rtcConfiguration ?? this.options.rtcConfiguration ?? {});
     // The first channel the client opens carries the commands (created before the offer, so
     // the offer has its m=application section).
     const channel = pc.createDataChannel(this.options.dataChannelLabel);
@@ -286,7 +346,55 @@ class SfuConnection {
   _onLegLost(leg, reason) {
     if (leg.closed) return;
     this._closeLeg(leg);
-    if (leg === this._leg && this.state === 'open') this._finish(reason);
+    if (leg !== this._leg || this.state !== 'open') return;
+    if (this.options.reconnectOnLoss && !this._reconnecting) {
+      this._recoverLostLeg(leg, reason);
+    } else {
+      this._finish(reason);
+    }
+  }
+
+  /** Delay before recovery attempt `n` (0-based): exponential, capped, ±20 % jitter. */
+  _backoffMs(n) {
+    const o = this.options;
+    const delay = Math.min(o.reconnectMaxDelayMs, o.reconnectBaseDelayMs * 2 ** n);
+    return Math.round(delay * (0.8 + 0.4 * Math.random()));
+  }
+
+  /**
+   * The current leg was lost (not a RECONNECT from the server): connect again under a new id
+   * with exponential back-off. The old leg is DELETEd quietly so the server frees it now
+   * rather than at its consent timeout. Kept apart from `_reconnect` (the server-initiated
+   * move), which needs no back-off.
+   */
+  async _recoverLostLeg(oldLeg, reason) {
+    this._reconnecting = true;
+    this._deleteQuietly(oldLeg);
+    try {
+      for (let attempt = 0; attempt < this.options.reconnectAttempts; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, this._backoffMs(attempt)));
+        if (this.state !== 'open') return;  // stopped meanwhile
+        let leg;
+        try {
+          leg = await this._openLeg();
+        } catch (err) {
+          if (this.state !== 'open') return;
+          this._error(connectionError(`reconnect attempt ${attempt + 1} failed: ${err.message}`, err));
+          continue;
+        }
+        if (this.state !== 'open') {
+          this._closeLeg(leg);
+          return;
+        }
+        this._leg = leg;
+        this._afterReconnect(oldLeg, leg);
+        call(this.options.onReconnect, leg.id, oldLeg.id);
+        return;
+      }
+      this._finish(`${reason}; reconnecting failed`);
+    } finally {
+      this._reconnecting = false;
+    }
   }
 
   _finish(reason) {

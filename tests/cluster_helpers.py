@@ -144,24 +144,65 @@ async def wait_ready(pod: Pod, timeout: float = 20) -> None:
 
 
 class LoadBalancer:
-    """Round-robin HTTP forwarding over the pods that are alive; a 503 or a refused connection
-    moves the request to the next pod (a Kubernetes Service with readiness probes, in small)."""
+    """An HTTP balancer over the pods, of one of three kinds (issue 9 measures drains with each):
 
-    def __init__(self, pods: dict[str, Pod]) -> None:
+    - ``retrying`` (the default): round robin over the pods whose process is alive; a 503 or a
+      refused connection moves the request to the next pod (nginx's ``proxy_next_upstream``,
+      or a Kubernetes Service whose endpoints follow the pods, in small).
+    - ``round-robin``: every request to the next pod in turn, whatever its state; a refused
+      connection is a 502 (a balancer with no checks at all).
+    - ``health-checking``: round robin over the pods whose ``/readyz`` answered 200 at the last
+      check, every ``check_interval`` (HAProxy ``check inter 1s fall 1``); no retries.
+    """
+
+    KINDS = ("retrying", "round-robin", "health-checking")
+
+    def __init__(
+        self, pods: dict[str, Pod], kind: str = "retrying", check_interval: float = 1.0
+    ) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(kind)
         self.pods = pods
+        self.kind = kind
+        self.check_interval = check_interval
         self._turn = itertools.count()
         self.routed: list[str] = []  # pod names, one per forwarded request
+        self.statuses: list[tuple[str, str, int]] = []  # (pod, method path, status) per answer
         #: a pod to try first (a test placing a client on a given pod), else round-robin
         self.prefer: str | None = None
+        self.healthy: set[str] = set(pods)
+
+    async def check_health(self) -> None:
+        """The health-checking kind's probe loop (runs for the balancer's lifetime)."""
+        async with httpx.AsyncClient() as http:
+            while True:
+                for pod in list(self.pods.values()):
+                    try:
+                        ok = (await http.get(pod.url + "/readyz", timeout=1)).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    if ok:
+                        self.healthy.add(pod.name)
+                    else:
+                        self.healthy.discard(pod.name)
+                await trio.sleep(self.check_interval)
+
+    def _candidates(self) -> list[Pod]:
+        if self.kind == "round-robin":
+            return list(self.pods.values())
+        if self.kind == "health-checking":
+            return [p for p in self.pods.values() if p.name in self.healthy]
+        return [p for p in self.pods.values() if p.alive]
 
     async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes):  # type: ignore[no-untyped-def]
-        live = [p for p in self.pods.values() if p.alive]
+        live = self._candidates()
         if self.prefer is not None:
             live.sort(key=lambda p: p.name != self.prefer)
         start = 0 if self.prefer is not None else next(self._turn)
+        tries = len(live) if self.kind == "retrying" else min(1, len(live))
         last = None
         async with httpx.AsyncClient() as http:
-            for i in range(len(live)):
+            for i in range(tries):
                 pod = live[(start + i) % len(live)]
                 try:
                     response = await http.request(
@@ -170,21 +211,24 @@ class LoadBalancer:
                 except httpx.HTTPError:
                     continue
                 last = response
-                if response.status_code != 503:
+                self.statuses.append((pod.name, f"{method} {path}", response.status_code))
+                if response.status_code != 503 or self.kind != "retrying":
                     self.routed.append(pod.name)
                     return response
         return last
 
 
 @asynccontextmanager
-async def serve_load_balancer(pods: dict[str, Pod]) -> AsyncIterator[tuple[str, LoadBalancer]]:
+async def serve_load_balancer(
+    pods: dict[str, Pod], kind: str = "retrying"
+) -> AsyncIterator[tuple[str, LoadBalancer]]:
     """An HTTP server on a free port forwarding to ``pods``; yields (base URL, balancer)."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
     from quart import Response, request
     from quart_trio import QuartTrio
 
-    balancer = LoadBalancer(pods)
+    balancer = LoadBalancer(pods, kind)
     app = QuartTrio("lb")
 
     @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"])
@@ -210,6 +254,8 @@ async def serve_load_balancer(pods: dict[str, Pod]) -> AsyncIterator[tuple[str, 
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     async with trio.open_nursery() as nursery:
+        if kind == "health-checking":
+            nursery.start_soon(balancer.check_health)
         binds = await nursery.start(serve, app, config)
         port = int(binds[0].rsplit(":", 1)[1])
         try:

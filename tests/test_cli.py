@@ -102,7 +102,7 @@ def usage_error(
 def test_help_lists_every_flag_and_env_var() -> None:
     text = build_parser().format_help()
     names = [(s.flag, s.env) for _, s in settings()]
-    assert len(names) == 19
+    assert len(names) == 26
     for flag, env in names:
         assert flag in text
         assert env in text
@@ -199,6 +199,10 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("TRIO_SFU_HTTP_PORT", "9000", "http_port", 9000),
     ("TRIO_SFU_UDP_HOST", "::", "udp_host", "::"),
     ("TRIO_SFU_UDP_PORT", "0", "udp_port", 0),
+    ("TRIO_SFU_TCP_PORT", "Off", "tcp_port", "off"),
+    ("TRIO_SFU_TCP_PORT", "8443", "tcp_port", "8443"),
+    ("TRIO_SFU_TCP_PUBLIC_PORT", "443", "tcp_public_port", 443),
+    ("TRIO_SFU_TURN_TTL", "600", "turn_ttl", 600.0),
     ("TRIO_SFU_PUBLIC_IP", "203.0.113.7", "public_ips", ("203.0.113.7",)),
     (
         "TRIO_SFU_PUBLIC_IP",
@@ -219,6 +223,8 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("TRIO_SFU_SITE_DIR", str(REPO / "tests"), "site_dir", REPO / "tests"),
     ("TRIO_SFU_NODE_ID", "pod-7", "node_id", "pod-7"),
     ("TRIO_SFU_DRAIN_TIMEOUT", "12", "drain_timeout", 12.0),
+    ("TRIO_SFU_DRAIN_NOTICE", "4.5", "drain_notice", 4.5),
+    ("TRIO_SFU_CLUSTER_PREFIX", "blue", "cluster_prefix", "blue"),
     (
         "TRIO_SFU_ICE_SERVER",
         "stun:stun.example:3478",
@@ -244,6 +250,8 @@ def test_every_setting_has_an_env_case() -> None:
         "TRIO_SFU_NATS_URL",
         "TRIO_SFU_API_KEY",
         "TRIO_SFU_API_SECRET",
+        "TRIO_SFU_TURN_URL",  # with TURN_SECRET: test_turn.py::test_turn_settings
+        "TRIO_SFU_TURN_SECRET",
     }
     assert {s.env for _, s in settings()} == covered | untestable_here
 

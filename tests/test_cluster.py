@@ -165,25 +165,32 @@ async def test_killed_pod_is_cleaned_and_its_publisher_comes_back(
     assert again.pc.connected
 
 
-async def test_draining_pod_sends_reconnect(pods: dict[str, Pod], nursery: trio.Nursery) -> None:
+async def test_draining_pod_sends_reconnect(
+    pods: dict[str, Pod], redis_srv: RedisServer, nursery: trio.Nursery
+) -> None:
+    """Issue 9, item 2: readiness turns 503 at once; a new session that still reaches the
+    draining pod is served by a live pod; RECONNECT goes out only after --drain-notice."""
     async with serve_load_balancer(pods) as (base, _balancer):
         bob = await join(nursery, subscriber("bob-1"), pods["b"].url, "sub", "r")
         pods["b"].terminate()
-        assert await bob.expect("RECONNECT", timeout=10) == "RECONNECT"
-        # New sessions on the draining pod get 503 + Retry-After.
+        began = trio.current_time()
         async with httpx.AsyncClient() as http:
-            response = await http.post(
-                pods["b"].url + "/sub/r/late-1",
-                content=b"v=0\r\n",
-                headers={"Content-Type": "application/sdp"},
-            )
-            ready = await http.get(pods["b"].url + "/readyz")
-        assert response.status_code == 503 and "Retry-After" in response.headers
-        assert ready.status_code == 503
+            with trio.fail_after(5):
+                while (await http.get(pods["b"].url + "/readyz")).status_code != 503:
+                    await trio.sleep(0.05)
+        assert trio.current_time() - began < 1.5  # before the RECONNECTs (2 s notice)
+        assert not [line for line in bob.lines if line == "RECONNECT"]
+        late = await join(nursery, subscriber("late-1"), pods["b"].url, "sub", "r")
+        owner = redis.Redis.from_url(redis_srv.url).get("trio-sfu:id:late-1")
+        assert owner in (b"a", b"c"), owner  # forwarded to a live pod, not refused
+        assert late.pc.connected
+        assert await bob.expect("RECONNECT", timeout=10) == "RECONNECT"
+        assert trio.current_time() - began >= 1.9  # --drain-notice: 2 s by default
         # Through the load balancer, a reconnect lands on a live pod.
         back = await join(nursery, subscriber("bob-2"), base, "sub", "r")
         assert back.pc.connected
         bob.stop()
+        late.stop()
         with trio.fail_after(30):
             await pods["b"].proc.wait()
         assert pods["b"].proc.returncode == 0

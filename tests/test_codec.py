@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from trio_sfu.cluster import codec
 from trio_sfu.cluster.codec import (
+    MAX_TOKEN,
     TAG_PUB_JOIN,
     VERSION,
     CodecError,
@@ -22,7 +23,7 @@ from trio_sfu.cluster.codec import (
     encode,
     encode_publisher,
     encode_subscriber,
-    hex_token,
+    subject_token,
 )
 from trio_sfu.cluster.commands import (
     Chat,
@@ -251,16 +252,24 @@ def test_unencodable_values_are_codec_errors() -> None:
 # -- subject tokens ----------------------------------------------------------------------------
 
 
-@given(st.text(max_size=64), st.text(max_size=64))
-def test_hex_tokens_are_single_tokens_and_distinct(a: str, b: str) -> None:
-    token = hex_token(a)
-    assert all(c in "0123456789abcdef" for c in token)
-    assert (hex_token(a) == hex_token(b)) == (a == b)
+@given(st.text(max_size=80), st.text(max_size=80))
+def test_subject_tokens_are_single_bounded_tokens_and_distinct(a: str, b: str) -> None:
+    token = subject_token(a)
+    assert token and len(token) <= MAX_TOKEN
+    assert all(c.isascii() and (c.isalnum() or c in "_-~") for c in token)
+    assert (subject_token(a) == subject_token(b)) == (a == b)
 
 
-def test_dots_in_names_stay_inside_one_token() -> None:
-    assert hex_token("a.b") == "612e62"
-    assert hex_token("a..b") != hex_token("a.b")
+def test_subject_tokens_are_readable() -> None:
+    assert subject_token("room-1_a") == "room-1_a"  # the common case: unchanged
+    assert subject_token("a.b") == "a~2eb"
+    assert subject_token("a..b") != subject_token("a.b")
+    assert subject_token("~2e") == "~7e2e"  # the escape character is escaped itself
+    assert subject_token("") == "~"
+    assert subject_token("*") == "~2a" and subject_token(">") == "~3e"
+    long = "{" + "f" * 60 + "}"
+    token = subject_token(long)
+    assert len(token) == MAX_TOKEN and token.startswith("~7bffff") and "~~" in token
 
 
 def test_a_track_record_without_extensions_decodes() -> None:

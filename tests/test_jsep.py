@@ -270,11 +270,16 @@ def test_sections_without_common_codec_or_support_are_rejected_not_errors() -> N
     assert [m.port for m in answer.media] == [40000, 0, 40000, 0, 0, 0, 0]
     assert answer.groups == [Group("BUNDLE", ["0", "2"])]
     rejected = answer.media[1]
-    assert (rejected.kind, rejected.mid, rejected.formats) == ("video", "1", ["0"])
-    assert rejected.codecs == [] and rejected.candidates == [] and rejected.direction is None
+    # RFC 8829 §5.3.1 / §5.2.2: the rejected section keeps the offered formats and the
+    # session's transport attributes (the full form), but no candidates and no msid.
+    assert (rejected.kind, rejected.mid, rejected.direction) == ("video", "1", "inactive")
+    assert rejected.formats == ["104", "107", "116", "117", "100", "101", "118", "119", "120"]
+    assert rejected.codecs[0].name == "H264" and rejected.candidates == []
+    assert rejected.ice_ufrag == answer.media[0].ice_ufrag and rejected.fingerprints
+    assert rejected.setup == "passive" and rejected.msid == [] and rejected.ssrcs == []
     assert [(m.kind, m.protocol, m.mid, m.formats) for m in answer.media[3:]] == [
-        ("text", "RTP/AVP", "3", ["0"]), ("application", "DTLS/SCTP", "4", ["5000"]),
-        ("audio", "UDP/TLS/RTP/SAVPF", "5", ["0"]), ("audio", "UDP/TLS/RTP/SAVPF", "6", ["0"])]
+        ("text", "RTP/AVP", "3", ["98"]), ("application", "DTLS/SCTP", "4", ["5000"]),
+        ("audio", "UDP/TLS/RTP/SAVPF", "5", ["111"]), ("audio", "UDP/TLS/RTP/SAVPF", "6", ["111"])]
     assert len(s.transceivers) == 1 and s.data_mid == "2"
 
 
@@ -504,6 +509,45 @@ def test_subscriber_renegotiation_with_firefox_answer() -> None:
     assert s.remote_ice_ufrag == "101750b7" and s.dtls_role == "client"
 
 
+@pytest.mark.parametrize(
+    ("name", "stream", "tracks"),
+    [
+        ("safari-publisher-offer", "8a1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+         ["2b9e8c7a-1d3f-4e5a-9b6c-7d8e9f0a1b2c", "c4d5e6f7-0a1b-4c2d-8e3f-4a5b6c7d8e9f"]),
+        # older WebKit: no media-level a=msid, only a=ssrc:<ssrc> msid:/mslabel:/label:
+        ("webkit-legacy-publisher-offer", "5kx3DhQ6fEo1nR2bLmT7",
+         ["a7b6c5d4-e3f2-4a1b-9c8d-7e6f5a4b3c2d", "1f2e3d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"]),
+    ],
+)
+def test_answer_webkit_shaped_publisher_offers(name: str, stream: str, tracks: list[str]) -> None:
+    """Safari-shaped offers (issue 12): no a=extmap-allow-mixed, H264 first, a=rtcp-rsize,
+    both a=msid forms. Accepted; H264 stays first; tracks keep their ids; RTX pairs found."""
+    text = fixture(name)
+    assert "a=extmap-allow-mixed" not in text and "a=rtcp-rsize" in text
+    s = server()
+    answer = answer_offer(s, text)
+    assert [m.kind for m in answer.media] == ["audio", "video", "application"]
+    assert [m.direction for m in answer.media[:2]] == ["recvonly", "recvonly"]
+    assert not answer.extmap_allow_mixed  # never claimed when the offer did not
+    video = answer.media[1]
+    first = video.codecs[0]
+    assert (first.name, first.payload_type) == ("H264", 96)
+    assert first.fmtp is not None and "profile-level-id=640c1f" in first.fmtp
+    assert video.rtcp_rsize  # mirrored (RFC 5506)
+    audio_t, video_t = s.transceivers
+    assert [audio_t.remote_msid, video_t.remote_msid] == [(stream, t) for t in tracks]
+    assert len(video_t.remote_ssrcs) == 1 and len(video_t.remote_rtx_ssrcs) == 1
+    assert s.data_mid == "2" and s.dtls_role == "server"
+
+
+def test_answer_safari_subscriber_offer() -> None:
+    s = server()
+    changes = s.set_remote_description(fixture("safari-subscriber-offer"), "offer")
+    assert changes.data_channel_added and changes.added == []
+    assert [m.kind for m in s.create_answer().media] == ["application"]
+    assert s.remote_candidates[0].host.endswith(".local")  # mDNS, as Safari sends
+
+
 # -- browsers offer again, we answer -----------------------------------------------------------
 
 
@@ -634,8 +678,14 @@ def test_stop_then_recycle_same_index_new_mid() -> None:
     a.stop_transceiver(video)
     offer, answer = _negotiate(a, b)
     assert (offer.media[2].port, offer.media[2].msid, offer.media[2].mid) == (0, [], "2")
-    assert offer.media[2].formats == ["0"] and offer.media[2].ssrcs == []
-    assert "m=video 0 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\n" in str(offer)
+    assert offer.media[2].ssrcs == [] and offer.media[2].direction == "inactive"
+    stopped = str(offer).split("m=video ")[1]
+    formats = " ".join(str(c.payload_type) for c in video.codecs)
+    assert stopped.startswith(f"0 UDP/TLS/RTP/SAVPF {formats}\r\nc=IN IP4 0.0.0.0\r\n")
+    for line in ("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:sha-256 ", "a=setup:actpass",
+                 "a=mid:2", "a=inactive", "a=rtcp-mux", "a=rtpmap:96 VP8/90000"):
+        assert f"\r\n{line}" in stopped, line
+    assert "a=msid" not in stopped and "a=candidate" not in stopped and "a=ssrc" not in stopped
     assert offer.groups[0].mids == ["0", "1"] and answer.media[2].port == 0
     assert video.stopped and video in a.transceivers  # until its section is recycled
     new = a.add_transceiver("audio", "sendonly")
@@ -751,19 +801,31 @@ def test_answer_rejecting_a_section_stops_the_transceiver() -> None:
     assert offer.media[2].port == 0
 
 
-def test_answer_accepting_a_rejected_section_is_an_error() -> None:
+def test_answer_accepting_a_rejected_section_is_taken_as_rejecting_it() -> None:
+    """aiortc and libdatachannel answer a stopped section with a live port (issue 8): what we
+    offered decides, the deviation is reported once in the changes, and nothing else moves."""
     a, b = server(), client()
     b.add_data_channel()
     _negotiate(b, a)
     t = a.add_transceiver("audio", "sendonly")
+    kept = a.add_transceiver("video", "sendonly")
     _negotiate(a, b)
     a.stop_transceiver(t)
     offer = a.create_offer()
     b.set_remote_description(str(offer), "offer")
     answer = b.create_answer()
     answer.media[1].port = 9
-    with pytest.raises(SdpError, match="accepts a section the offer rejected"):
-        a.set_remote_description(answer, "answer")
+    answer.media[1].direction = "recvonly"
+    answer.groups[0].mids.append("1")
+    changes = a.set_remote_description(str(answer), "answer")
+    assert a.signaling_state == "stable"
+    assert changes.tolerated == ["m-section 1 (mid '1'): answer accepts a section the offer "
+                                 "rejected; taken as rejected"]
+    assert t.stopped and t.current_direction is None and not t.sending
+    assert kept.current_direction == "sendonly" and not kept.stopped
+    recycled = a.add_transceiver("video", "sendonly")
+    again = a.create_offer()
+    assert again.media[1].port != 0 and again.media[1].mid == "3" and recycled.mid == "3"
 
 
 # -- capabilities ------------------------------------------------------------------------------
@@ -874,3 +936,26 @@ def test_our_offer_answered_by_aiortc() -> None:
             await pc.close()
 
     asyncio.run(main())
+
+
+def test_stopped_section_keeps_its_full_form_until_recycled() -> None:
+    """A section stopped in one round is still written in full in later offers (RFC 8829
+    §5.2.2) while it waits to be recycled; every stack that refused the bare form needs that."""
+    a, b = server(), client()
+    b.add_data_channel()
+    _negotiate(b, a)
+    audio, video = a.add_transceiver("audio", "sendonly"), a.add_transceiver("video", "sendonly")
+    _negotiate(a, b)
+    a.stop_transceiver(audio)
+    a.stop_transceiver(video)
+    _negotiate(a, b)
+    fresh = a.add_transceiver("audio", "sendonly")
+    offer, answer = _negotiate(a, b)
+    assert fresh.mline_index == 1 and offer.media[1].port != 0
+    waiting = offer.media[2]
+    assert (waiting.port, waiting.mid, waiting.direction) == (0, "2", "inactive")
+    assert [c.name for c in waiting.codecs if not c.is_rtx] == [
+        c.name for c in video.media_codecs]
+    assert waiting.ice_ufrag == offer.media[0].ice_ufrag and waiting.fingerprints
+    assert waiting.setup == "actpass" and waiting.msid == [] and waiting.candidates == []
+    assert offer.groups[0].mids == ["0", "3"] and answer.media[2].port == 0

@@ -530,3 +530,47 @@ def test_payload_size_excludes_header_extension_and_padding(data: bytes, size: i
     assert payload_size(data) == size
     if size:
         assert payload_size(data) == len(parse_rtp(data).payload)
+
+
+def _twcc_stream(count: int) -> list[bytes]:
+    return [
+        RtpPacket(
+            96, 100 + i, 3000 * i, 0x1111,
+            extensions={3: (i & 0xFFFF).to_bytes(2, "big"), 2: b"\x01\x02\x03"},
+            payload=bytes([i & 0xFF]) * 50,
+        ).serialize()
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_twcc_offset_points_at_the_written_transport_sequence() -> None:
+    """Issue 10: forwarding groups number per subscriber at ``twcc_offset``."""
+    twcc = TransportCcSequencer(5, start=700)
+    rewriter = RtpRewriter(0x2222, {96: 100}, {2: 4}, twcc=twcc)
+    for i, packet in enumerate(_twcc_stream(5)):
+        out = rewriter.rewrite(packet)
+        assert out is not None and rewriter.twcc_offset > 12
+        at = rewriter.twcc_offset
+        assert out[at : at + 2] == (700 + i).to_bytes(2, "big")
+        assert find_extension(out, 5) == (700 + i).to_bytes(2, "big")
+    plain = RtpRewriter(0x2222, {96: 100}, {2: 4})
+    assert plain.rewrite(_twcc_stream(1)[0]) is not None and plain.twcc_offset == -1
+
+
+def test_clone_continues_exactly_and_independently() -> None:
+    """Issue 10: a subscriber leaving its group for numbering of its own sees no glitch."""
+    packets = _twcc_stream(12)
+    original = RtpRewriter(0x2222, {96: 100}, {2: 4}, twcc=TransportCcSequencer(5))
+    for packet in packets[:5]:
+        original.rewrite(packet)
+    twin = original.clone()
+    for packet in packets[5:]:
+        a, b = original.rewrite(packet), twin.rewrite(packet)
+        assert a == b  # same numbering, same transport-cc sequence (a copy of it)
+    # Independent from here on: a source switch of the clone leaves the original alone.
+    twin.switch_source(0.5)
+    assert original.rewrite(packets[5]) is None  # a duplicate for the original
+    other = RtpPacket(96, 9000, 123, 0x3333, payload=b"x").serialize()
+    out = twin.rewrite(other)
+    assert out is not None and rtp_sequence(out) == (rtp_sequence(a) + 1) & 0xFFFF
+    assert original.rewrite(other) is None  # still bound to the first source

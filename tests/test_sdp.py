@@ -638,3 +638,34 @@ def test_effective_values_fall_back_to_the_session_level() -> None:
     assert (desc.effective_ice_ufrag(second), desc.effective_setup(second)) == ("med", "passive")
     assert desc.effective_direction(second) == "inactive"
     assert parse(MINIMAL + "m=audio 9 RTP/AVP 0\r\n").effective_direction(first) == "sendrecv"
+
+
+# A stopped transceiver's section in the full form Chromium writes and trio-sfu now writes too
+# (RFC 8829 §5.2.2): port 0, the session's ICE/DTLS attributes, a=inactive, its codecs, no msid.
+STOPPED_SECTION = (
+    "m=video 0 UDP/TLS/RTP/SAVPF 96 97\r\n"
+    "c=IN IP4 0.0.0.0\r\n"
+    "a=ice-ufrag:4MdZ\r\n"
+    "a=ice-pwd:itCHnl7t7A/Xpta8O/WaLCXF\r\n"
+    "a=fingerprint:sha-256 3C:D6:51:11:2D:1F:01:73:02:52:13:AB:85:3D:5D:C5:35:B3:FF:AD:1F:BF:"
+    "18:D2:02:22:97:B6:D8:14:1A:E9\r\n"
+    "a=setup:actpass\r\n"
+    "a=mid:2\r\n"
+    "a=inactive\r\n"
+    "a=rtcp-mux\r\n"
+    "a=rtpmap:96 VP8/90000\r\n"
+    "a=rtcp-fb:96 nack pli\r\n"
+    "a=rtpmap:97 rtx/90000\r\n"
+    "a=fmtp:97 apt=96\r\n"
+)
+
+
+def test_full_form_stopped_section_round_trips() -> None:
+    desc = parse(MINIMAL + STOPPED_SECTION)
+    m = desc.media[0]
+    assert m.stopped and not m.bundle_only and m.direction == "inactive" and m.rtcp_mux
+    assert (m.ice_ufrag, m.setup, m.mid) == ("4MdZ", "actpass", "2")
+    assert [(c.payload_type, c.name) for c in m.codecs] == [(96, "VP8"), (97, "rtx")]
+    assert m.codecs[1].apt == 96 and m.msid == [] and m.candidates == []
+    assert desc.serialize().endswith(STOPPED_SECTION)
+    assert parse(desc.serialize()) == desc

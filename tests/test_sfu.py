@@ -283,3 +283,176 @@ async def test_join_errors(env: SfuEnv) -> None:
     assert env.server.endpoint.demux_entries() > 0
     again = await env.subscriber("r", "ok-1")
     assert again.pc.connected and bob.pc.connected
+
+
+# -- failed renegotiations leave the connection and its media up (issue 8, item 2) ---------------
+
+
+async def test_bad_sdp_answer_gets_error_and_existing_media_stays_up(env: SfuEnv) -> None:
+    bob = await env.subscriber("r", "bob-1", auto_answer=False)
+    alice = await env.publisher("r", "alice-1")
+    await wait_for(lambda: len(bob.offers) == 1)
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    await stream(alice, 10)
+    await wait_for(lambda: bob.packets["alice-1"] >= 10)
+
+    carol = await env.publisher("r", "carol-1")
+    await wait_for(lambda: len(bob.offers) == 2)
+    # Answer the second offer with the first answer again: it lacks the offer's new sections.
+    stale = bob.pc.jsep.current_local_description
+    assert stale is not None
+    bob.send("SDP_ANSWER " + stale.serialize())
+    bob._answered += 1  # that offer is done with; the client never applied it
+    error = await bob.expect("ERROR", timeout=5)
+    assert error.startswith("ERROR bad SDP_ANSWER: answer does not have the offer's m-sections")
+    assert error.endswith("; sending it again")
+    # The connection and alice's media are untouched.
+    before = bob.packets["alice-1"]
+    await stream(alice, 10)
+    await wait_for(lambda: bob.packets["alice-1"] >= before + 10)
+    assert bob.pc.close_reason is None and "bob-1" in env.sfu.rooms["r"].subscribers
+    # The server sends the same offer again (after RETRY_DELAY); this time the answer is good.
+    await wait_for(lambda: len(bob.offers) == 3, timeout=10)
+    assert bob.offers[2] == bob.offers[1]
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "carol-1"))
+    await stream(carol, 10)
+    await wait_for(lambda: bob.packets["carol-1"] >= 10)
+
+
+async def test_missing_sdp_answer_withdraws_the_offer_without_closing(
+    env: SfuEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_sfu.sfu import subscriber
+
+    monkeypatch.setattr(subscriber, "ANSWER_TIMEOUT", 0.5)
+    bob = await env.subscriber("r", "bob-1", auto_answer=False)
+    await env.publisher("r", "alice-1")
+    await wait_for(lambda: len(bob.offers) == 1)
+    bob._answered += 1  # ignore it
+    assert await bob.expect("ERROR", timeout=5) == (
+        "ERROR no SDP_ANSWER within 0.5 s; sending it again")
+    assert bob.pc.close_reason is None
+    await wait_for(lambda: len(bob.offers) == 2, timeout=10)
+    assert bob.offers[1] == bob.offers[0]
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+
+
+async def test_late_answer_to_a_resent_offer_still_counts(
+    env: SfuEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offer is sent again unchanged, so an answer that comes after the timeout (to the
+    first copy) is still the answer to the offer in flight."""
+    from trio_sfu.sfu import subscriber
+
+    monkeypatch.setattr(subscriber, "ANSWER_TIMEOUT", 0.3)
+    monkeypatch.setattr(subscriber, "RETRY_DELAY", 0.05)
+    bob = await env.subscriber("r", "bob-1", auto_answer=False)
+    alice = await env.publisher("r", "alice-1")
+    await bob.expect("ERROR no SDP_ANSWER within 0.3 s; sending it again", timeout=5)
+    bob.answer()  # the first copy, late
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    await stream(alice, 10)
+    await wait_for(lambda: bob.packets["alice-1"] >= 10)
+    assert all(offer == bob.offers[0] for offer in bob.offers)
+
+
+async def test_offer_withdrawn_after_the_retries_then_renegotiated_at_the_next_change(
+    env: SfuEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_sfu.sfu import subscriber
+
+    monkeypatch.setattr(subscriber, "ANSWER_TIMEOUT", 0.2)
+    monkeypatch.setattr(subscriber, "RETRY_DELAY", 0.01)
+    bob = await env.subscriber("r", "bob-1", auto_answer=False)
+    await env.publisher("r", "alice-1")
+    await bob.expect("ERROR no SDP_ANSWER within 0.2 s; offer withdrawn until the next change",
+                     timeout=10)
+    assert len(bob.offers) == subscriber.RETRIES + 1
+    member = env.sfu.rooms["r"].subscribers["bob-1"]
+    assert member.pc.jsep.signaling_state == "stable" and member.pc.close_reason is None
+    bob._answered = len(bob.offers)  # the client never applied any of them
+    carol = await env.publisher("r", "carol-1")
+    await wait_for(lambda: len(bob.offers) == subscriber.RETRIES + 2)
+    assert {s for _, _, s, _ in sections(bob.offers[-1]) if s} == {"alice-1", "carol-1"}
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1")
+                   and env.forwarding("r", "bob-1", "carol-1"))
+    await stream(carol, 10)
+    await wait_for(lambda: bob.packets["carol-1"] >= 10)
+
+
+async def test_live_port_for_a_stopped_section_is_tolerated(
+    env: SfuEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiortc and libdatachannel answer a stopped section with a live port: the server takes it
+    as rejected, sends no ERROR, keeps the connection, recycles the section later, and says so
+    in its log once per connection."""
+    caplog.set_level("INFO", logger="trio_sfu.sfu.subscriber")
+    bob = await env.subscriber("r", "bob-1", auto_answer=False)
+
+    def answer_stopped_with_live_ports() -> None:
+        offer = bob.offers[bob._answered]
+        assert sum(p == 0 for _, p, _, _ in sections(offer)) == 2
+        bob._answered += 1
+        text = bob.pc.handle_offer(offer)
+        assert "m=audio 0 " in text and "m=video 0 " in text
+        bob.send("SDP_ANSWER " + text.replace("m=audio 0 ", "m=audio 9 ")
+                 .replace("m=video 0 ", "m=video 9 "))
+
+    alice = await env.publisher("r", "alice-1")
+    await wait_for(lambda: len(bob.offers) == 1)
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    alice.stop()
+    await bob.expect("PUB_LEFT alice-1")
+    await wait_for(lambda: len(bob.offers) == 2)
+    answer_stopped_with_live_ports()
+    carol = await env.publisher("r", "carol-1")
+    await wait_for(lambda: len(bob.offers) == 3)
+    assert not any(line.startswith("ERROR") for line in bob.lines)
+    recycled = sections(bob.offers[2])
+    assert len(recycled) == 3 and {s for _, _, s, _ in recycled if s} == {"carol-1"}
+    bob.answer()
+    await wait_for(lambda: env.forwarding("r", "bob-1", "carol-1"))
+    await stream(carol, 10)
+    await wait_for(lambda: bob.packets["carol-1"] >= 10)
+    carol.stop()
+    await bob.expect("PUB_LEFT carol-1")
+    await wait_for(lambda: len(bob.offers) == 4)
+    answer_stopped_with_live_ports()
+    await wait_for(lambda: bob.pc.jsep.signaling_state == "stable"
+                   and not env.sfu.rooms["r"].subscribers["bob-1"]._awaiting_answer)
+    await trio.sleep(0.1)
+    assert not any(line.startswith("ERROR") for line in bob.lines)
+    logged = [r for r in caplog.records if r.getMessage() == "tolerated SDP_ANSWER"]
+    assert len(logged) == 1 and "taken as rejected" in logged[0].detail  # type: ignore[attr-defined]
+
+
+async def test_publisher_without_ssrc_lines_or_mid_is_routed_by_payload_type(
+    env: SfuEnv,
+) -> None:
+    """RFC 8843 §9.2 (issue 8, item 5): GStreamer 1.22 can offer audio + video with no a=ssrc
+    and send no MID extension; each stream is bound by the payload type only its section has."""
+    bob = await env.subscriber("r", "bob-1")
+
+    async def bare_signal(offer: str) -> str:
+        kept = [line for line in offer.split("\r\n")
+                if not line.startswith(("a=ssrc", "a=msid")) and "sdes:mid" not in line]
+        return await env.sfu.publish("r", "alice-1", "\r\n".join(kept))
+
+    alice = PublisherClient("alice-1", **env.client_options)
+    await env.nursery.start(alice.connect, bare_signal)
+    await alice.wait_open()
+    assert alice.video.extension_id("urn:ietf:params:rtp-hdrext:sdes:mid") is None
+    publisher = env.sfu.rooms["r"].publishers["alice-1"]
+    assert all(not t.transceiver.remote_ssrcs for t in publisher.tracks)
+    await bob.expect("PUB_JOIN alice-1")
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    await stream(alice, 20)
+    await wait_for(lambda: bob.packets["alice-1"] >= 30)
+    kinds = {s.transceiver.kind for s in bob.pc.incoming_streams if s.packets}
+    assert kinds == {"audio", "video"}
+    assert publisher.pc.stats.rtp_unknown_ssrc == 0

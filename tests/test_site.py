@@ -37,6 +37,7 @@ import pytest
 import trio
 
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS
+from tests.peers.firefox import FIREFOX_PREFS, REQUIRE_FIREFOX_ENV, find_firefox
 from tests.peers.harness import require_chromium
 from trio_sfu.app import serve
 from trio_sfu.config import Config
@@ -596,39 +597,6 @@ async def test_module_two_publishers_two_subscribers_leave_and_rejoin() -> None:
 
 
 # ------------------------------------------------------------------------------------ firefox
-
-FIREFOX_PREFS = """\
-user_pref("media.navigator.streams.fake", true);
-user_pref("media.navigator.permission.disabled", true);
-user_pref("media.autoplay.default", 0);
-user_pref("media.autoplay.blocking_policy", 0);
-user_pref("media.peerconnection.ice.loopback", true);
-user_pref("media.peerconnection.ice.obfuscate_host_addresses", false);
-user_pref("browser.shell.checkDefaultBrowser", false);
-user_pref("browser.startup.homepage_override.mstone", "ignore");
-user_pref("datareporting.policy.dataSubmissionEnabled", false);
-user_pref("toolkit.telemetry.reportingpolicy.firstRun", false);
-user_pref("app.update.disabledForTesting", true);
-user_pref("extensions.update.enabled", false);
-user_pref("network.captive-portal-service.enabled", false);
-user_pref("network.connectivity-service.enabled", false);
-user_pref("browser.safebrowsing.malware.enabled", false);
-user_pref("browser.safebrowsing.phishing.enabled", false);
-"""
-
-
-# Set to 1 (e.g. in CI once scripts/setup-system installs firefox-esr) to fail, not skip,
-# when Firefox is missing.
-REQUIRE_FIREFOX_ENV = "TRIO_SFU_REQUIRE_FIREFOX"
-
-
-def find_firefox() -> str | None:
-    for name in ("firefox-esr", "firefox"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
 
 class Collector:
     """Where the Firefox page reports (POSTed JSON) and asks for its next step (GET /cmd).

@@ -169,3 +169,27 @@ def test_large_packets_are_protected(profile: str, size: int) -> None:
     packet = rtp(1, payload=b"y" * (size - 12))
     assert len(packet) == size
     assert server.unprotect_rtp(client.protect_rtp(packet)) == packet
+
+
+@pytest.mark.parametrize("profile", BOTH)
+def test_protect_as_patches_ssrc_and_transport_sequence(profile: str) -> None:
+    """Issue 10: a forwarding group's packet protected as one subscriber's stream — its SSRC
+    and transport-cc number written in on the way into libsrtp; the input is not modified."""
+    client, server = pair(profile)
+    # X=1, one-byte form: id 5 (transport-cc), 2 bytes at offset 17, one byte of padding.
+    packet = bytes.fromhex("9060000700000064000000c8" "bede0001" "51" "0000" "00") + b"\x77" * 300
+    original = bytes(packet)
+    for n, ssrc in enumerate((0x0A0B0C0D, 0x01020304)):
+        view = server.protect_rtp_as(packet, ssrc, 17, 4000 + n)
+        plain = client.unprotect_rtp(bytes(view))
+        assert plain[8:12] == ssrc.to_bytes(4, "big")
+        assert plain[17:19] == (4000 + n).to_bytes(2, "big")
+        assert plain[:8] == packet[:8] and plain[19:] == packet[19:]
+    assert packet == original
+    # Without a transport-cc offset only the SSRC changes.
+    view = server.protect_rtp_as(rtp(9), 0x99, -1, 0)
+    assert client.unprotect_rtp(bytes(view)) == rtp(9, ssrc=0x99)
+    with pytest.raises(SrtpError):
+        server.protect_rtp_as(b"\x80" * 11, 1, -1, 0)
+    with pytest.raises(SrtpError):
+        server.protect_rtp_as(rtp(10, payload=bytes(MAX_DATAGRAM)), 1, -1, 0)

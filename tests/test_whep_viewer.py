@@ -8,6 +8,7 @@ import trio
 from tests.rtc_helpers import client_certificate
 from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
 from trio_sfu.client import ClientPeerConnection
+from trio_sfu.client.sfu import PublisherClient
 from trio_sfu.proto.rtp import parse_rtp
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound
@@ -123,3 +124,43 @@ async def test_viewer_ice_credentials(env: SfuEnv) -> None:
     answer = viewer.pc.jsep.current_remote_description
     assert answer is not None and answer.media[0].ice_ufrag == ufrag
     assert answer.media[0].ice_pwd == pwd
+
+
+async def test_viewer_posted_while_the_publisher_connects(env: SfuEnv) -> None:
+    """Issue 8, item 6: WHIP and WHEP clients start together; the viewer's POST lands while
+    the publisher's ICE/DTLS is still connecting. It gets its answer (not 409) and the media as
+    soon as the publisher is up. A named publisher that is still connecting counts too."""
+    posted, release = trio.Event(), trio.Event()
+
+    async def held_signal(offer: str) -> str:
+        answer = await env.sfu.publish("r", "alice-1", offer)
+        posted.set()
+        await release.wait()  # the publisher cannot connect before it has the answer
+        return answer
+
+    alice = PublisherClient("alice-1", **env.client_options)
+    env.nursery.start_soon(alice.connect, held_signal)
+    with trio.fail_after(5):
+        await posted.wait()
+    assert not env.sfu.rooms["r"].publishers["alice-1"].announced
+    viewer, pinned = Viewer(), Viewer()
+    await viewer.join(env, "r", "viewer-1")
+    await pinned.join(env, "r", "viewer-2", publisher_id="alice-1")
+    members = env.sfu.rooms["r"].subscribers
+    assert members["viewer-1"].following is None  # type: ignore[attr-defined]
+    release.set()
+    await alice.wait_open()
+    await wait_for(lambda: all(members[v].following == "alice-1"  # type: ignore[attr-defined]
+                               for v in ("viewer-1", "viewer-2")))
+    await stream(alice, 20)
+    await wait_for(lambda: len(viewer.video()) >= 15 and len(pinned.video()) >= 15)
+
+
+async def test_whep_without_any_publisher_is_still_409(env: SfuEnv) -> None:
+    sub = await env.subscriber("r", "bob-1")  # the room exists, but nobody publishes
+    offer = Viewer().pc.create_offer()
+    with pytest.raises(Conflict, match="no live publisher"):
+        await env.sfu.whep("r", "v-1", offer)
+    with pytest.raises(NotFound):
+        await env.sfu.whep("r", "v-2", offer, publisher_id="alice-1")
+    sub.stop()

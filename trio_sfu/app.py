@@ -27,9 +27,11 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import HttpSfuApi, SfuApi, create_app
+from trio_sfu.http.ice_servers import IceServerList
 from trio_sfu.rtc.server import RtcServer
 
 if TYPE_CHECKING:
+    from trio_sfu.cluster.forward import ClusterForwarder
     from trio_sfu.cluster.nats_bus import NatsBus
     from trio_sfu.cluster.redis_state import RedisStateStore
 
@@ -61,6 +63,7 @@ class Running:
 
     http_port: int
     udp_port: int
+    tcp_port: int | None  # None: ICE-TCP is off
     demo_url: str
     public_addresses: list[str]
     rtc: RtcServer
@@ -106,6 +109,8 @@ async def serve(
         config.udp_port,
         public_addresses=public,
         consent_timeout=config.consent_timeout,
+        tcp_port=config.tcp_bind_port(),
+        tcp_public_port=config.tcp_public_port,
     )
     started = False
     try:
@@ -128,12 +133,20 @@ async def serve(
                 cors_origins=config.cors_origins,
                 site_dir=config.site_root(),
                 tokens=token_verifier(config),
-                ice_servers=config.ice_servers,
+                ice_servers=IceServerList(
+                    config.ice_servers,
+                    turn_urls=config.turn_urls,
+                    turn_secret=config.turn_secret,
+                    ttl=config.turn_ttl,
+                ),
+                forwarder=backends.forwarder if backends is not None else None,
             )
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 if handle_signals and threading.current_thread() is threading.main_thread():
-                    drain = functools.partial(_drain, sfu, config.drain_timeout, stop)
+                    drain = functools.partial(
+                        _drain, sfu, config.drain_timeout, stop, notice=config.drain_notice
+                    )
                     await nursery.start(_watch_signals, stop, nursery.cancel_scope, drain)
                 nursery.start_soon(rtc.serve)
                 await nursery.start(sfu.run)
@@ -146,6 +159,8 @@ async def serve(
                             on_revived=cluster_sfu.on_revived,
                         )
                     )
+                    # Requests other pods forward here (a session this pod holds).
+                    await nursery.start(backends.forwarder.serve, app)
 
                 async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                     await hypercorn_serve(
@@ -161,6 +176,7 @@ async def serve(
                 running = Running(
                     http_port=_bound_port(binds[0]),
                     udp_port=rtc.endpoint.local_address[1],
+                    tcp_port=rtc.tcp.local_address[1] if rtc.tcp is not None else None,
                     demo_url=config.demo_url(_bound_port(binds[0])),
                     public_addresses=public,
                     rtc=rtc,
@@ -172,6 +188,7 @@ async def serve(
                     extra={
                         "http": binds,
                         "udp_port": running.udp_port,
+                        "tcp_port": running.tcp_port,
                         "public_ips": public,
                         "site_dir": str(config.site_root()),
                         "node": backends.node_id if backends is not None else "local",
@@ -201,6 +218,7 @@ class Backends:
     node_id: str
     state: RedisStateStore
     bus: NatsBus
+    forwarder: ClusterForwarder
 
 
 @asynccontextmanager
@@ -214,18 +232,21 @@ async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
         yield None
         return
     from trio_sfu.cluster.aio import open_asyncio
+    from trio_sfu.cluster.forward import ClusterForwarder
     from trio_sfu.cluster.nats_bus import NatsBus
     from trio_sfu.cluster.redis_state import RedisStateStore
 
     assert config.redis_url is not None and config.nats_url is not None
     node_id = config.effective_node_id()
     async with open_asyncio():
-        state = RedisStateStore(config.redis_url, node_id)
-        bus = NatsBus(config.nats_url, node_id)
+        # One prefix for every Redis key and NATS subject (issue 9): clusters that share the
+        # servers but not the prefix never see each other's rooms.
+        state = RedisStateStore(config.redis_url, node_id, prefix=config.cluster_prefix)
+        bus = NatsBus(config.nats_url, node_id, prefix=config.cluster_prefix)
         async with trio.open_nursery() as nursery:
             await nursery.start(bus.run)
             try:
-                yield Backends(node_id, state, bus)
+                yield Backends(node_id, state, bus, ClusterForwarder(bus, state, node_id))
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     # Our heartbeat goes first: the other pods sweep our members at once.
@@ -233,13 +254,16 @@ async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
                 nursery.cancel_scope.cancel()
 
 
-async def _drain(sfu: SfuService, timeout: float, stop: trio.Event) -> None:
-    """SIGTERM (issue 4): /readyz turns 503, new sessions get 503 + Retry-After, connected
-    clients get RECONNECT; stop once no connection is left or after ``timeout``."""
+async def _drain(sfu: SfuService, timeout: float, stop: trio.Event, *, notice: float = 0.0) -> None:
+    """SIGTERM (issues 4 and 9): ``/readyz`` turns 503 at once and new sessions go elsewhere;
+    after ``notice`` seconds (load balancers have seen the 503 by then) connected clients get
+    RECONNECT; stop once no connection is left or ``timeout`` after the signal."""
     drain = getattr(sfu, "drain", None)
     if drain is not None:
-        drain()
         with trio.move_on_after(timeout):
+            drain(reconnect=False)
+            await trio.sleep(notice)
+            getattr(sfu, "send_reconnect", lambda: None)()
             while getattr(sfu, "members", 0):
                 await trio.sleep(0.2)
     stop.set()

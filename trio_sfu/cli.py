@@ -23,7 +23,7 @@ from typing import Any
 from trio_sfu import __version__
 from trio_sfu.config import Config, ConfigError, Setting, parse_setting, settings
 
-COMMANDS = ("serve", "token")
+COMMANDS = ("serve", "token", "load")
 #: The longest a token may live: a token cannot be revoked short of changing the secret.
 MAX_TTL = 366 * 86400
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=COMMANDS,
         default="serve",
         help="what to do (default: serve): run the SFU, its HTTP API and the demo site; "
-        "'token' prints an access token (see trio-sfu token --help)",
+        "'token' prints an access token (see trio-sfu token --help); 'load' load-tests a "
+        "running server (see trio-sfu load --help)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for f, setting in settings():
@@ -185,10 +186,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     if argv[:1] == ["token"]:
         return token_main(argv[1:], environ)
+    if argv[:1] == ["load"]:
+        from trio_sfu.client.load import main as load_main
+
+        return load_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "token":
-        parser.error("'token' comes first and takes its own flags: trio-sfu token --help")
+    if args.command in ("token", "load"):
+        parser.error(
+            f"'{args.command}' comes first and takes its own flags: "
+            f"trio-sfu {args.command} --help"
+        )
     config = config_from_args(parser, args, environ)
 
     # Heavy imports only once we know we will serve (keeps --help and usage errors fast).

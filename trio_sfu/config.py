@@ -76,6 +76,24 @@ def parse_drain_timeout(text: str) -> float:
     return value
 
 
+def parse_drain_notice(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 600:
+        raise ValueError(f"{value} is not between 0 and 600 seconds")
+    return value
+
+
+def parse_cluster_prefix(text: str) -> str:
+    """One plain token: valid in a Redis key and as a NATS subject token, readable in both."""
+    value = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
+        raise ValueError(f"{value!r} is not a cluster prefix ([A-Za-z0-9_-]{{1,32}})")
+    return value
+
+
 def parse_port(text: str) -> int:
     try:
         port = int(text.strip())
@@ -83,6 +101,31 @@ def parse_port(text: str) -> int:
         raise ValueError(f"{text!r} is not a port number") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"{port} is not a port number (0-65535; 0 picks a free port)")
+    return port
+
+
+#: ``--tcp-port`` values besides a port number.
+TCP_SAME_AS_UDP = "same"
+TCP_OFF = "off"
+
+
+def parse_tcp_port(text: str) -> str:
+    """``same`` (the UDP port's number), ``off``, or a port number (0: a free one)."""
+    value = text.strip().lower()
+    if value in (TCP_SAME_AS_UDP, TCP_OFF):
+        return value
+    try:
+        return str(parse_port(value))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a port number, '{TCP_SAME_AS_UDP}' or '{TCP_OFF}'"
+        ) from None
+
+
+def parse_public_port(text: str) -> int:
+    port = parse_port(text)
+    if port == 0:
+        raise ValueError("0 is not a port a client can connect to (1-65535)")
     return port
 
 
@@ -258,6 +301,33 @@ def parse_ice_server(text: str) -> IceServer:
     return IceServer(url, user, credential)
 
 
+def parse_turn_url(text: str) -> str:
+    """``turn[s]:host[:port][?transport=udp|tcp]`` without credentials (they are made per
+    client from ``--turn-secret``)."""
+    value = text.strip()
+    if "@" in value:
+        raise ValueError("give TURN URLs without credentials: they come from --turn-secret")
+    if not value.lower().startswith(("turn:", "turns:")):
+        raise ValueError(f"{value!r} is not a turn: or turns: URL")
+    return parse_ice_server(value.replace(":", ":u:c@", 1)).url
+
+
+def parse_turn_secret(text: str) -> str:
+    if len(text) < 16:
+        raise ValueError("the TURN secret must be at least 16 characters")
+    return text
+
+
+def parse_turn_ttl(text: str) -> float:
+    try:
+        seconds = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 60 <= seconds <= 7 * 86400:
+        raise ValueError(f"{seconds:g} is not between 60 s and 7 days")
+    return seconds
+
+
 def parse_timeout(text: str) -> float:
     try:
         seconds = float(text.strip())
@@ -312,6 +382,27 @@ class Config:
             "--udp-port",
             "the one UDP port for all media (ICE, DTLS, SRTP); 0 picks a free one",
             parse_port,
+            "PORT",
+        ),
+    )
+    tcp_port: str = field(
+        default=TCP_SAME_AS_UDP,
+        metadata=_setting(
+            "--tcp-port",
+            "the one TCP port for ICE-TCP (RFC 6544 passive candidates, for clients whose "
+            "network drops UDP): a number (0 picks a free one), 'same' (the UDP port's "
+            "number) or 'off'",
+            parse_tcp_port,
+            "PORT",
+        ),
+    )
+    tcp_public_port: int | None = field(
+        default=None,
+        metadata=_setting(
+            "--tcp-public-port",
+            "TCP port advertised in ICE-TCP candidates when a pass-through TCP load balancer "
+            "or NAT maps another port to this pod's (default: the bound --tcp-port)",
+            parse_public_port,
             "PORT",
         ),
     )
@@ -401,6 +492,26 @@ class Config:
             "SECONDS",
         ),
     )
+    drain_notice: float = field(
+        default=2.0,
+        metadata=_setting(
+            "--drain-notice",
+            "on SIGTERM: seconds between /readyz turning 503 and RECONNECT going out, so that "
+            "load balancers stop sending clients here first (two 1 s health-check periods)",
+            parse_drain_notice,
+            "SECONDS",
+        ),
+    )
+    cluster_prefix: str = field(
+        default="trio-sfu",
+        metadata=_setting(
+            "--cluster-prefix",
+            "the first part of every Redis key and NATS subject: clusters with different "
+            "prefixes share one Redis and one NATS without seeing each other",
+            parse_cluster_prefix,
+            "PREFIX",
+        ),
+    )
     consent_timeout: float = field(
         default=30.0,
         metadata=_setting(
@@ -455,6 +566,39 @@ class Config:
             secret=True,
         ),
     )
+    turn_urls: tuple[str, ...] = field(
+        default=(),
+        metadata=_setting(
+            "--turn-url",
+            "TURN server handed to clients (GET /ice-servers, Link headers) with short-lived "
+            "credentials from --turn-secret, repeatable (env: comma-separated): "
+            "turn:host[:port][?transport=udp|tcp] or turns:...",
+            parse_turn_url,
+            "URL",
+            repeatable=True,
+        ),
+    )
+    turn_secret: str | None = field(
+        default=None,
+        metadata=_setting(
+            "--turn-secret",
+            "the shared secret of coturn's use-auth-secret (static-auth-secret): TURN "
+            "credentials are expiry:identity and base64(HMAC-SHA1(secret, username)); "
+            "prefer the variable, a flag shows in ps",
+            parse_turn_secret,
+            "SECRET",
+            secret=True,
+        ),
+    )
+    turn_ttl: float = field(
+        default=3600.0,
+        metadata=_setting(
+            "--turn-ttl",
+            "seconds a TURN credential stays valid (60 s to 7 days)",
+            parse_turn_ttl,
+            "SECONDS",
+        ),
+    )
 
     # -- derived values -------------------------------------------------------------------
 
@@ -484,6 +628,15 @@ class Config:
             return self.site_dir
         default = default_site_dir()
         return default if default.is_dir() else None
+
+    def tcp_bind_port(self) -> int | None:
+        """The ICE-TCP port to bind: None when off, -1 for "the UDP port's number"
+        (``RtcServer.bind``'s convention)."""
+        if self.tcp_port == TCP_OFF:
+            return None
+        if self.tcp_port == TCP_SAME_AS_UDP:
+            return -1
+        return int(self.tcp_port)
 
     def advertised_addresses(self) -> list[str]:
         """``--public-ip`` values, else this host's addresses the UDP socket can receive on."""
@@ -538,6 +691,11 @@ class Config:
             raise ConfigError(
                 f"cluster mode needs both --redis-url and --nats-url: {given} is set but "
                 f"{missing} is not (unset both for the embedded single node)"
+            )
+        if bool(self.turn_urls) != (self.turn_secret is not None):
+            raise ConfigError(
+                "--turn-url and --turn-secret go together: the URLs get credentials made "
+                "from the secret (static TURN credentials go in --ice-server)"
             )
         if self.public_ips and ipaddress.ip_address(self.udp_host).is_unspecified:
             version = ipaddress.ip_address(self.udp_host).version

@@ -579,3 +579,30 @@ async def test_writes_lost_in_a_frozen_redis_are_reconciled(server: RedisServer)
         assert ("main", "pub", "ghost-1") in removed
         assert set(removed) <= {("main", "pub", "ghost-1"), ("main", "sub", "bob-1")}
         assert await inspect.smembers(f"{PREFIX}:node:pod-a:members") == {"main\0pub\0alice-1"}
+
+
+async def test_swept_stays_bounded(server: RedisServer) -> None:
+    """Issue 9: every ended pod lands in ``swept``; it must not grow without bound."""
+    b = Node(server.url, "pod-b", **FAST)
+    inspect = Inspector(server)
+    dead = [f"gone-{i}" for i in range(300)]
+    await inspect(lambda c: c.sadd(f"{PREFIX}:nodes", *dead))
+    async with cluster(b):
+        await eventually(lambda: _true(len(b.dead) >= 300), timeout=30)
+        assert await inspect(lambda c: c.scard(f"{PREFIX}:swept")) == 256
+        assert await inspect.smembers(f"{PREFIX}:nodes") == {"pod-b"}
+
+
+async def test_owner_of_and_live_nodes(server: RedisServer) -> None:
+    """What forwarding reads (issue 9): who holds an id, and which pods are alive."""
+    a, b = Node(server.url, "pod-a", **FAST), Node(server.url, "pod-b", **FAST)
+    async with cluster(a, b):
+        assert await a.store.claim_id("alice-1", "pod-a")
+        assert await b.store.owner_of("alice-1") == "pod-a"
+        assert await a.store.owner_of("alice-1") == "pod-a"
+        assert await b.store.owner_of("nobody-1") is None
+        assert await b.store.live_nodes() == ["pod-a", "pod-b"]
+        a.kill()
+        await eventually(lambda: _true(b.dead), timeout=10)
+        assert await b.store.live_nodes() == ["pod-b"]
+        assert await b.store.owner_of("alice-1") is None

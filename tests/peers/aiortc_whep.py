@@ -169,7 +169,7 @@ class Viewer:
         last = 0.0
         while not self.errors:
             now = time.monotonic()
-            if now - last >= PROGRESS_EVERY:
+            if now - last >= self.args.progress_every:
                 last = now
                 common.emit(self.status())
             try:
@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until-stopped", action="store_true",
                    help="keep viewing after --min-frames until a stop line or stdin EOF")
     p.add_argument("--connect-timeout", type=float, default=20.0)
+    p.add_argument("--progress-every", type=float, default=PROGRESS_EVERY,
+                   help="seconds between progress lines")
     args = p.parse_args(argv)
     common.log("started:", " ".join(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(

@@ -7,12 +7,13 @@ is a constant ``--mark`` so a viewer can tell which publisher a decoded frame ca
 publisher-replacement test needs that). Imports nothing from trio_sfu.
 
 Lines on stdout: ``{"type": "published", "status", "location", "etag", "links"}``,
-``{"type": "connected"}``, ``{"type": "firstFrame", "t": <time.monotonic()>}`` when the first
-video frame (a keyframe: the encoder's first) goes to the encoder, ``{"type": "progress"}``
-about once a second, and ``{"type": "result", "ok", "post", "delete", "framesSent",
-"errors"}``. It stops after ``--duration`` seconds connected (0: never), on a
-``{"type": "stop"}`` line or on stdin EOF. ``time.monotonic()`` is CLOCK_MONOTONIC, the same
-clock in every process of the machine, so the tests can compare these times across processes.
+``{"type": "connected"}`` (with ``--hold``, only after a ``{"type": "go"}`` line),
+``{"type": "firstFrame", "t": <time.monotonic()>}`` when the first video frame (a keyframe:
+the encoder's first) goes to the encoder, ``{"type": "progress"}`` about once a second, and
+``{"type": "result", "ok", "post", "delete", "framesSent", "errors"}``. It stops after
+``--duration`` seconds connected (0: never), on a ``{"type": "stop"}`` line or on stdin EOF.
+``time.monotonic()`` is CLOCK_MONOTONIC, the same clock in every process of the machine, so
+the tests can compare these times across processes.
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ async def delete_session(location: str, token: str | None) -> dict[str, Any]:
     return {"status": status, "body": body[:500]}
 
 
+def unannounced(sdp: str) -> str:
+    """The offer without a=ssrc/ssrc-group lines and without the MID header extension, as
+    GStreamer 1.22 can publish: the answer then lacks the extension, so aiortc sends no MID,
+    and the server must bind the streams by payload type (RFC 8843 §9.2)."""
+    lines = [line for line in sdp.split("\r\n")
+             if not line.startswith("a=ssrc") and "urn:ietf:params:rtp-hdrext:sdes:mid" not in line]
+    return "\r\n".join(lines)
+
+
 def marked_track_class() -> type:
     """A VideoStreamTrack: moving luma stripes, constant chroma ``mark`` (built lazily)."""
     from aiortc import VideoStreamTrack
@@ -175,6 +185,8 @@ async def run(args: argparse.Namespace, stdin: common.StdinLines) -> dict[str, A
     )
     await pc.setLocalDescription(await pc.createOffer())  # gathers: a complete offer
     offer = pc.localDescription.sdp
+    if args.unannounced:
+        offer = unannounced(offer)
     post = await post_offer(args.url, offer, args.token)
     delete: dict[str, Any] | None = None
     reason: str | None = None
@@ -184,6 +196,10 @@ async def run(args: argparse.Namespace, stdin: common.StdinLines) -> dict[str, A
         errors.append("201 without a Location header")
     else:
         common.emit({"type": "published", **{k: v for k, v in post.items() if k != "body"}})
+        if args.hold:  # stay "connecting" on the server until told to go on
+            go = await common.async_wait_for(stdin, "go", deadline)
+            if go is None:
+                errors.append("no go line before --timeout")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=post["body"], type="answer"))
         last = 0.0
         while not errors:
@@ -249,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--unannounced", action="store_true",
+                   help="POST the offer without a=ssrc lines and without the MID extension")
+    p.add_argument("--hold", action="store_true",
+                   help="after the 201, wait for a {\"type\": \"go\"} line before applying "
+                        "the answer (so ICE/DTLS cannot start: the server sees a publisher "
+                        "that is still connecting)")
     args = p.parse_args(argv)
     common.log("started:", " ".join(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(

@@ -249,6 +249,9 @@
 
     if (opts.video) {
       const track = stream.getVideoTracks()[0];
+      // 'detail' makes Chromium keep the resolution and drop frame rate on a busy CPU
+      // (maintain-resolution), so the size checks below do not depend on the machine's load.
+      track.contentHint = 'detail';
       const tr = pc.addTransceiver(track, { direction: 'sendrecv', streams: [stream] });
       const codecs = RTCRtpReceiver.getCapabilities('video').codecs;
       const isVp8 = (c) => c.mimeType.toLowerCase() === 'video/vp8';

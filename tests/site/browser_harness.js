@@ -36,10 +36,12 @@ function removeTile(sub, id) {
   sub.removedAt[id] = now();
 }
 
-async function publish(name, { room, user, width = 320, height = 240 }) {
+async function publish(name, {
+  room, user, width = 320, height = 240, rtcConfiguration, fetchIceServers = false,
+}) {
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width, height } });
   const conn = await connectPublisher({
-    baseUrl: location.origin, room, user, stream,
+    baseUrl: location.origin, room, user, stream, rtcConfiguration, fetchIceServers,
     onError: (err) => errors.push(`${name}: ${err.kind}: ${err.message}`),
     onClose: (reason) => { pubs[name].closed = reason; },
   });
@@ -55,14 +57,19 @@ async function unpublish(name) {
   return pub.stoppedAt;
 }
 
-async function subscribe(name, { room, user, mode = 'auto' }) {
+async function subscribe(name, {
+  room, user, mode = 'auto', rtcConfiguration, fetchIceServers = false, reconnectOnLoss = false,
+  reconnectBaseDelayMs,
+}) {
   const sub = {
     name, conn: null, tiles: {}, events: [], joinedAt: {}, leftAt: {}, removedAt: {}, chat: [],
     media: null,
   };
   subs[name] = sub;
   sub.conn = await connectSubscriber({
-    baseUrl: location.origin, room, user, mode,
+    baseUrl: location.origin, room, user, mode, rtcConfiguration, fetchIceServers,
+    reconnectOnLoss, reconnectBaseDelayMs,
+    onReconnect: (id, oldId) => sub.events.push(['reconnect', id, oldId]),
     onPublisherJoin: (id) => { sub.events.push(['join', id]); sub.joinedAt[id] = now(); },
     onPublisherLeft: (id) => {
       sub.events.push(['left', id]);
@@ -116,6 +123,45 @@ async function status(name) {
   };
 }
 
+/**
+ * The selected ICE candidate pair of a publisher's or subscriber's current connection, from
+ * getStats(): the local and remote candidates' protocol, type and address.
+ */
+async function selectedPair(name) {
+  const conn = (subs[name] ?? pubs[name]).conn;
+  const report = await conn.pc.getStats();
+  let pairId = null;
+  report.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId; });
+  if (!pairId) {
+    report.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pairId = s.id; });
+  }
+  const pair = pairId && report.get(pairId);
+  if (!pair) return null;
+  const side = (c) => c && {
+    protocol: c.protocol, candidateType: c.candidateType, address: c.address ?? c.ip,
+    port: c.port, relayProtocol: c.relayProtocol ?? null, tcpType: c.tcpType ?? null,
+  };
+  return {
+    id: conn.id, state: pair.state, bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived,
+    local: side(report.get(pair.localCandidateId)), remote: side(report.get(pair.remoteCandidateId)),
+  };
+}
+
+/** Lose a connection's current leg as a dead network would (its command channel closes). */
+function breakLeg(name) {
+  const conn = (subs[name] ?? pubs[name]).conn;
+  const id = conn.id;
+  conn.channel.close();
+  return id;
+}
+
+/** The remote ICE candidates (a=candidate lines) of a connection's current answer. */
+function remoteCandidates(name) {
+  const conn = (subs[name] ?? pubs[name]).conn;
+  const sdp = conn.pc.remoteDescription?.sdp ?? '';
+  return [...new Set(sdp.split('\r\n').filter((l) => l.startsWith('a=candidate:')))];
+}
+
 async function stopAll() {
   await Promise.allSettled([
     ...Object.values(pubs).map((p) => p.conn.stop()),
@@ -124,7 +170,9 @@ async function stopAll() {
 }
 
 window.harness = {
-  publish, unpublish, subscribe, status, stopAll, errors,
+  publish, unpublish, subscribe, status, stopAll, errors, selectedPair, remoteCandidates,
+  breakLeg,
+  ids: () => [...Object.values(pubs), ...Object.values(subs)].map((x) => x.conn.id),
   chat: (name, text) => subs[name].conn.chat(text),
   sub: (name, id) => subs[name].conn.sub(id),
   unsub: (name, id) => subs[name].conn.unsub(id),

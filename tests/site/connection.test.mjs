@@ -107,10 +107,44 @@ test('HTTP errors reject with status and body, and the peer connection is closed
   assert.ok(FakePeerConnection.instances[0].closed);
 });
 
-test('503 reports Retry-After', async () => {
+test('503 reports Retry-After once the retries are spent', async () => {
   const fetch = fakeFetch(() => ({ status: 503, body: 'draining', headers: { 'Retry-After': '7' } }));
-  await assert.rejects(connectPublisher(base({ user: 'alice', stream: camera(), fetch })),
+  await assert.rejects(
+    connectPublisher(base({ user: 'alice', stream: camera(), fetch, unavailableRetries: 0 })),
     (err) => err.status === 503 && err.retryAfter === 7);
+});
+
+test('503, 502 and no answer are retried with back-off, honouring Retry-After', async () => {
+  const answers = [
+    { status: 503, body: 'draining', headers: { 'Retry-After': '0' } },
+    { status: 502, body: 'no pod available' },
+    new Error('connection refused'),
+  ];
+  const fetch = fakeFetch(() => {
+    const next = answers.shift();
+    if (next instanceof Error) throw next;
+    return next ?? null;
+  });
+  const began = Date.now();
+  const pub = await connectPublisher(base({
+    user: 'alice', stream: camera(), fetch, retryBaseMs: 20, retryMaxMs: 100,
+  }));
+  const posts = fetch.requests.filter((r) => r.method === 'POST');
+  assert.equal(posts.length, 4);
+  assert.equal(pub.id, posts[3].url.split('/').pop());
+  // Retry-After 0: at once; then 20 ms doubled to 40 ms.
+  assert.ok(Date.now() - began >= 60, `${Date.now() - began} ms`);
+  await pub.stop();
+});
+
+test('503 is not retried forever', async () => {
+  const fetch = fakeFetch(() => ({ status: 503, body: 'draining' }));
+  await assert.rejects(
+    connectPublisher(base({
+      user: 'alice', stream: camera(), fetch, retryBaseMs: 1, unavailableRetries: 3,
+    })),
+    (err) => err.status === 503);
+  assert.equal(fetch.requests.filter((r) => r.method === 'POST').length, 4);
 });
 
 test('409 (suffix collision) retries with a fresh id, then gives up', async () => {
@@ -361,13 +395,59 @@ test('RECONNECT moves to a new id with the same user and keeps callbacks and SUB
   assert.deepEqual(sub.channel.sent.slice(-1), ['CHAT hi']);
 });
 
-test('a failed RECONNECT closes the connection and says why', async () => {
+test('a failed RECONNECT closes the connection and says why (after its retries)', async () => {
   let posts = 0;
   const fetch = fakeFetch((req) => (req.method === 'POST' && ++posts > 1 ? { status: 503, body: 'full' } : null));
   const rec = recorder();
-  const pub = await connectPublisher(base({ user: 'alice', stream: camera(), fetch, ...rec.callbacks }));
+  const pub = await connectPublisher(base({
+    user: 'alice', stream: camera(), fetch, unavailableRetries: 2, retryBaseMs: 1, ...rec.callbacks,
+  }));
   pub.channel.receive('RECONNECT');
   await until(() => rec.of('close').length === 1, 'close');
+  assert.equal(posts, 4);  // the first connection, then the reconnect's try and two retries
   assert.deepEqual(rec.of('close'), [['close', 'reconnect failed']]);
   assert.match(rec.of('error')[0][2], /reconnect failed: POST .* 503 full/);
+});
+
+test('reconnectOnLoss: a lost leg comes back under a new id, the old one is DELETEd', async () => {
+  const fetch = fakeFetch();
+  const rec = recorder();
+  const sub = await connectSubscriber(base({
+    user: 'bob', mode: 'manual', fetch, reconnectOnLoss: true, reconnectBaseDelayMs: 5,
+    ...rec.callbacks,
+  }));
+  const oldId = sub.id;
+  sub.sub('alice-1');
+  sub.pc.fail();  // ICE failed: the network changed under the client
+  await until(() => rec.of('reconnect').length === 1, 'reconnect');
+  assert.notEqual(sub.id, oldId);
+  assert.match(sub.id, /^bob-[a-z0-9]{8}$/);
+  assert.deepEqual(rec.of('reconnect'), [['reconnect', sub.id, oldId]]);
+  assert.deepEqual(rec.of('close'), []);
+  assert.equal(sub.state, 'open');
+  const methods = fetch.requests.map((r) => `${r.method} ${r.url.split('/').slice(-1)[0]}`);
+  assert.ok(methods.includes(`DELETE ${oldId}`), methods.join(', '));
+  assert.ok(methods.includes(`POST ${sub.id}`), methods.join(', '));
+  assert.deepEqual(sub.channel.sent, ['SUB_MODE manual', 'SUB alice-1']);
+  await sub.stop();
+});
+
+test('reconnectOnLoss: back-off grows and ends in onClose when every attempt fails', async () => {
+  let posts = 0;
+  const fetch = fakeFetch((req) => (req.method === 'POST' && ++posts > 1 ? { status: 503, body: 'down' } : null));
+  const rec = recorder();
+  const pub = await connectPublisher(base({
+    user: 'alice', stream: camera(), fetch, reconnectOnLoss: true, reconnectAttempts: 3,
+    reconnectBaseDelayMs: 2, reconnectMaxDelayMs: 6, unavailableRetries: 0, ...rec.callbacks,
+  }));
+  const delays = [0, 1, 2, 3, 10].map((n) => pub._backoffMs(n));
+  assert.ok(delays[0] >= 1 && delays[0] <= 3, delays);       // 2 ms ± 20 %
+  assert.ok(delays[1] >= 3 && delays[1] <= 5, delays);       // 4 ms
+  for (const d of delays.slice(2)) assert.ok(d >= 4 && d <= 8, delays);  // capped at 6 ms
+  pub.channel.close();  // the server side went away
+  await until(() => rec.of('close').length === 1, 'close');
+  assert.deepEqual(rec.of('close'), [['close', 'the server closed the connection; reconnecting failed']]);
+  assert.equal(posts, 4);  // the first connection and three attempts
+  assert.equal(rec.of('error').length, 3);
+  assert.match(rec.of('error')[0][2], /reconnect attempt 1 failed: POST .* 503 down/);
 });

@@ -34,21 +34,65 @@ def connection_id(user: str) -> str:
     return f"{user}-{secrets.token_hex(3)}"
 
 
-def http_signal(base_url: str, role: str, room: str, peer_id: str, **client_options: Any) -> Signal:
-    """POST the offer to ``{base_url}/{role}/{room}/{id}``; the 201 body is the answer."""
+#: Answers that mean "not now, maybe on another pod": a draining pod, a pod gone behind a load
+#: balancer, a backend outage. Nothing was created, so the same POST may be sent again.
+RETRYABLE = frozenset({502, 503, 504})
+
+
+def retry_delay(retried: int, retry_after: str | None, base: float, cap: float) -> float:
+    """Seconds before the next try: the server's Retry-After if it sent one (capped), else a
+    back-off doubling from ``base``."""
+    if retry_after is not None:
+        try:
+            return min(cap, max(0.0, float(retry_after)))
+        except ValueError:
+            pass  # an HTTP-date: fall back to our own back-off
+    return float(min(cap, base * 2.0**retried))
+
+
+def http_signal(
+    base_url: str,
+    role: str,
+    room: str,
+    peer_id: str,
+    *,
+    retries: int = 8,
+    retry_base: float = 0.25,
+    retry_max: float = 4.0,
+    **client_options: Any,
+) -> Signal:
+    """POST the offer to ``{base_url}/{role}/{room}/{id}``; the 201 body is the answer.
+
+    A 502/503/504 or no answer at all is retried up to ``retries`` times (issue 9: a client
+    never gives up on the first 503 of a draining pod), after Retry-After or a back-off.
+    """
 
     async def signal(offer: str) -> str:
         import httpx
 
+        url = f"{base_url.rstrip('/')}/{role}/{room}/{peer_id}"
+        retried = 0
         async with httpx.AsyncClient(**client_options) as http:
-            response = await http.post(
-                f"{base_url.rstrip('/')}/{role}/{room}/{peer_id}",
-                content=offer.encode(),
-                headers={"Content-Type": "application/sdp"},
-            )
-        if response.status_code != 201:
-            raise SignalingError(response.status_code, response.text)
-        return response.text
+            while True:
+                try:
+                    response = await http.post(
+                        url, content=offer.encode(), headers={"Content-Type": "application/sdp"}
+                    )
+                except httpx.TransportError as exc:
+                    if retried >= retries:
+                        raise SignalingError(0, f"no answer from {url}: {exc!r}") from exc
+                    delay = retry_delay(retried, None, retry_base, retry_max)
+                else:
+                    if response.status_code == 201:
+                        return response.text
+                    if response.status_code not in RETRYABLE or retried >= retries:
+                        raise SignalingError(response.status_code, response.text)
+                    delay = retry_delay(
+                        retried, response.headers.get("Retry-After"), retry_base, retry_max
+                    )
+                retried += 1
+                log.info("signaling retry", extra={"peer": peer_id, "delay": delay})
+                await trio.sleep(delay)
 
     return signal
 

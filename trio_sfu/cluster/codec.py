@@ -15,6 +15,8 @@ Every value is checked on decode: the bytes come off the network, and a ``CodecE
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -56,13 +58,35 @@ class CodecError(ValueError):
     """Bytes that are not a command (or info) this release understands."""
 
 
-def hex_token(name: str) -> str:
-    """A name as one NATS subject token: lowercase hex of its UTF-8 bytes.
+#: Characters a subject token keeps as they are: readable with ``nats sub``, and none of them
+#: special to NATS (``.`` separates tokens, ``*``/``>`` are wildcards, whitespace ends a subject).
+_PLAIN = re.compile(r"[^A-Za-z0-9_-]+")
+#: Longest token a name becomes; longer ones are cut and end in a hash of the whole name.
+MAX_TOKEN = 40
+_HASHED_KEEP = MAX_TOKEN - 18  # the readable head; then "~~" and 16 hex digits of SHA-256
 
-    Names may contain ``.`` (a token separator in NATS), and a track id from a browser may hold
-    anything; hex keeps every name one valid token and keeps distinct names distinct.
+
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"~{b:02x}" for b in match.group().encode("utf-8", "surrogatepass"))
+
+
+def subject_token(name: str) -> str:
+    """A name as one readable NATS subject token (issue 9, item 5).
+
+    ``[A-Za-z0-9_-]`` stay as they are; any other character (``.``, the separator, above all)
+    becomes ``~`` and the two hex digits of each UTF-8 byte, so distinct names stay distinct
+    (``~`` itself is escaped). An empty name is ``~``. A token longer than ``MAX_TOKEN`` keeps
+    its first characters and ends in ``~~`` and 64 bits of the name's SHA-256, which no escape
+    produces — so a media subject stays under ≈ 160 characters whatever a browser calls its
+    track, and names stay readable.
     """
-    return name.encode("utf-8", "surrogatepass").hex()
+    token = _PLAIN.sub(_escape, name)
+    if not token:
+        return "~"
+    if len(token) > MAX_TOKEN:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return token[:_HASHED_KEEP] + "~~" + digest
+    return token
 
 
 def _fail(message: str) -> NoReturn:

@@ -11,3 +11,7 @@ from __future__ import annotations
 
 class BackendUnavailable(Exception):
     """Redis or NATS did not answer in time (or refused); callers map it to 503."""
+
+
+class NodeUnreachable(Exception):
+    """No pod listens on a node's subject: that node is not running (or not connected)."""

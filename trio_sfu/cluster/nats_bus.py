@@ -14,9 +14,10 @@ everything the SFU calls is Trio-native and bounded:
   so listeners and the relay survive a NATS restart without the SFU doing anything. If the
   client ever closes for good, ``run`` builds a new one and resubscribes from its registry.
 
-Subjects (names hex-encoded by ``codec.hex_token``; ``p`` is the cluster prefix):
+Subjects (names escaped by ``codec.subject_token``; ``p`` is the cluster prefix):
 ``p.room.<room>`` room commands, ``p.node.<node>`` node commands,
-``p.media.<node>.<publisher>.<track>`` relayed RTP, ``p.want.<node>`` relay interest.
+``p.media.<node>.<publisher>.<track>`` relayed RTP, ``p.want.<node>`` relay interest,
+``p.http.<node>`` HTTP requests forwarded to the pod holding a connection (request/reply).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from nats.aio.msg import Msg
 from trio_sfu.cluster import aio
 from trio_sfu.cluster.aio import BackendUnavailable, trio_asyncio
 from trio_sfu.cluster.bus import LISTENER_BACKLOG
-from trio_sfu.cluster.codec import CodecError, decode, encode, hex_token
+from trio_sfu.cluster.codec import CodecError, decode, encode, subject_token
 from trio_sfu.cluster.commands import Command
+from trio_sfu.cluster.errors import NodeUnreachable
 from trio_sfu.cluster.relay import MediaRelay
 
 log = logging.getLogger(__name__)
@@ -63,17 +65,27 @@ def _consume_result(future: asyncio.Future[None]) -> None:
 class _Registration:
     """One subscription we want to hold, whichever client is current."""
 
-    __slots__ = ("client", "on_message", "sub", "subject")
+    __slots__ = ("client", "on_message", "on_request", "sub", "subject")
 
-    def __init__(self, subject: str, on_message: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        subject: str,
+        on_message: Callable[[bytes], None] | None = None,
+        on_request: Callable[[bytes, str], None] | None = None,
+    ) -> None:
         self.subject = subject
         self.on_message = on_message
+        self.on_request = on_request  # requests: the reply subject comes along
         self.client: Client | None = None
         self.sub: Any = None
 
     async def deliver(self, msg: Msg) -> None:
         # nats-py insists on a coroutine callback; ours are sync hand-offs.
-        self.on_message(msg.data)
+        if self.on_request is not None:
+            if msg.reply:
+                self.on_request(msg.data, msg.reply)
+        elif self.on_message is not None:
+            self.on_message(msg.data)
 
 
 class NatsBus:
@@ -113,7 +125,7 @@ class NatsBus:
     # -- names and state -------------------------------------------------------------------
 
     def subject(self, kind: str, *names: str) -> str:
-        return ".".join((self.prefix, kind, *(hex_token(n) for n in names)))
+        return ".".join((self.prefix, kind, *(subject_token(n) for n in names)))
 
     @property
     def subscriptions(self) -> int:
@@ -214,6 +226,39 @@ class NatsBus:
         await client.publish(subject, data)
         return True
 
+    async def request_node(self, node_id: str, data: bytes, timeout: float) -> bytes:
+        """Request/reply with one pod (``p.http.<node>``): its answer within ``timeout``.
+
+        Raises NodeUnreachable at once when no pod listens there (the server's no-responders
+        status: the node is not running), BackendUnavailable when NATS is down or the node
+        did not answer in time.
+        """
+        client = await self._require_connection()
+        subject = self.subject("http", node_id)
+        try:
+            msg = await aio.call(client.request, subject, data, timeout, timeout=timeout + 0.5)
+        except nats.errors.NoRespondersError as exc:
+            raise NodeUnreachable(node_id) from exc
+        except nats.errors.TimeoutError as exc:
+            raise BackendUnavailable(f"node {node_id} did not answer in {timeout:g} s") from exc
+        except nats.errors.Error as exc:
+            raise BackendUnavailable(f"NATS: {type(exc).__name__}: {exc}") from exc
+        return bytes(msg.data)
+
+    @asynccontextmanager
+    async def serve_node_requests(
+        self, on_request: Callable[[bytes, str], None]
+    ) -> AsyncIterator[None]:
+        """Answer requests sent to this pod with ``request_node`` for the block:
+        ``on_request(data, reply_subject)`` runs on the asyncio side (a sync hand-off); the
+        answer goes back with ``publish_raw(reply_subject, ...)``. Held across outages."""
+        registration = _Registration(self.subject("http", self.node_id), on_request=on_request)
+        try:
+            await self._call(self._aio_register, registration, False)
+            yield
+        finally:
+            await self._unregister(registration)
+
     # -- subscribing -----------------------------------------------------------------------
 
     @asynccontextmanager
@@ -230,7 +275,7 @@ class NatsBus:
         has confirmed the subscription when the block starts. Without it (the relay's own
         inbox), the subscription is registered and made whenever a connection exists.
         """
-        registration = _Registration(subject, on_message)
+        registration = _Registration(subject, on_message=on_message)
         if require_connected:
             await self._require_connection()
         try:
@@ -322,6 +367,7 @@ class NatsBus:
 
     async def _on_reconnected(self) -> None:
         self._outage = False
+        self.relay.renew_wants()
         log.info("NATS reconnected", extra={"node": self.node_id})
 
     async def _on_error(self, exc: Exception) -> None:
@@ -369,6 +415,7 @@ class NatsBus:
                     await self._aio_subscribe(client, registration)
             if self._outage:
                 self._outage = False
+                self.relay.renew_wants()
                 log.info("NATS connected", extra={"node": self.node_id})
             self._connected_once.set()  # a trio.Event set from asyncio: fine in trio-asyncio
             await closed.wait()

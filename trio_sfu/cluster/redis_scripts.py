@@ -18,7 +18,8 @@ inside one and NUL separates the parts of a member token)::
     P:node:N:ids             set   ids this node claimed (what a sweep releases)
     P:node:N:session         str   set by the node's last re-assert; gone = Redis lost our state
     P:id:ID                  str   claim of a connection id -> owner node
-    P:swept                  set   nodes swept while perhaps alive (so they can re-announce)
+    P:swept                  set   nodes swept while perhaps alive (logged when they return;
+                                   at most 256: extra entries are dropped at random)
 
 Every key gets a TTL in the same script that creates it. Keys are computed inside the scripts
 (the node's members decide which room keys a sweep touches), which standalone Redis and
@@ -36,6 +37,7 @@ local NODE = ARGV[2]
 local TTL = tonumber(ARGV[3])
 local HB_TTL = tonumber(ARGV[4])
 local SEP = '\0'
+local SWEPT_MAX = 256
 
 local function k_rooms() return P .. ':rooms' end
 local function k_nodes() return P .. ':nodes' end
@@ -109,6 +111,11 @@ local function sweep(dead)
              k_node(dead, 'alive'))
   redis.call('SADD', k_swept(), dead)
   redis.call('PEXPIRE', k_swept(), TTL)
+  -- Bounded (issue 9): every ended pod lands here and each sweep refreshes the TTL. The set
+  -- only tells a returning pod to log that it was swept; its missing session key is what makes
+  -- it re-assert and re-announce, so forgetting old entries loses nothing.
+  local excess = redis.call('SCARD', k_swept()) - SWEPT_MAX
+  if excess > 0 then redis.call('SPOP', k_swept(), excess) end
   return removed
 end
 """

@@ -254,6 +254,28 @@ class RedisStateStore:
         self._claims.discard(connection_id)
         await self._mutate("release", connection_id)
 
+    async def owner_of(self, connection_id: str) -> str | None:
+        """The node holding a connection id (its claim), or None: where a request about that
+        connection is forwarded (issue 9). BackendUnavailable when Redis does not answer."""
+        _check_name("connection id", connection_id)
+        if connection_id in self._claims:
+            await trio.lowlevel.checkpoint()
+            return self.node_id
+        value = await self._call(self._redis.get, f"{self.prefix}:id:{connection_id}")
+        return None if value is None else _text(value)
+
+    async def live_nodes(self) -> list[str]:
+        """Nodes whose heartbeat is current (this one included): where a draining pod sends
+        new sessions (issue 9). BackendUnavailable when Redis does not answer."""
+        members = await self._call(self._redis.smembers, f"{self.prefix}:nodes")
+        nodes = sorted(_text(n) for n in members)
+        if not nodes:
+            return []
+        alive = await self._call(
+            self._redis.mget, [f"{self.prefix}:node:{n}:alive" for n in nodes]
+        )
+        return [n for n, beat in zip(nodes, alive, strict=True) if beat is not None]
+
     async def add_publisher(self, room: str, info: PublisherInfo) -> None:
         await self._add(room, "pub", info.publisher_id, encode_publisher(info))
 

@@ -188,6 +188,8 @@ class MediaRelay:
         self._rx_waiting = False
         self._rx_event = trio.Event()
         self._running = False
+        #: set when NATS reconnected: renew every want now, not at the next interval
+        self._renew_now = trio.Event()
 
     # -- sending pod -----------------------------------------------------------------------
 
@@ -404,10 +406,18 @@ class MediaRelay:
             # Everything queued so far is delivered; let other tasks (and asyncio) run.
             await trio.lowlevel.checkpoint()
 
+    def renew_wants(self) -> None:
+        """NATS reconnected (issue 9): the publisher pods may have let our leases lapse during
+        the outage, so renew them now rather than up to ``want_interval`` later. Safe to call
+        from the asyncio side (trio-asyncio runs both on one thread)."""
+        self._renew_now.set()
+
     async def _refresh_wants(self) -> None:
         """Trio: renew our leases on every publisher pod we receive from; expire others'."""
         while True:
-            await trio.sleep(self.want_interval)
+            with trio.move_on_after(self.want_interval):
+                await self._renew_now.wait()
+            self._renew_now = trio.Event()
             self._expire_leases()
             by_node: dict[str, list[tuple[str, str]]] = {}
             for node, pub, track in self._inbound:

@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Protocol
 
 import trio
-from quart import Response, g, request
+from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import IceServer
 from trio_sfu.http.cors import install_cors
 from trio_sfu.http.errors import install_error_handlers
+from trio_sfu.http.forwarding import Forwarder
 from trio_sfu.http.guard import Guard
+from trio_sfu.http.ice_servers import IceServerList, ice_server_list
 from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
@@ -45,11 +47,14 @@ def create_app(
     cors_origins: Sequence[str] = (),
     site_dir: Path | None = None,
     tokens: TokenVerifier | None = None,
-    ice_servers: Sequence[IceServer] = (),
+    ice_servers: Sequence[IceServer] | IceServerList = (),
     sessions: Sessions | None = None,
+    forwarder: Forwarder | None = None,
 ) -> QuartTrio:
     """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
-    (see :mod:`trio_sfu.http.guard`); the WHIP/WHEP routes are always there."""
+    (see :mod:`trio_sfu.http.guard`); the WHIP/WHEP routes are always there. With a
+    ``forwarder`` (cluster mode) requests about a connection held by another pod are answered
+    by that pod (:mod:`trio_sfu.http.forwarding`)."""
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
@@ -57,8 +62,22 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     guard = Guard(tokens)
-    app.register_blueprint(signaling_blueprint(sfu, guard))
-    app.register_blueprint(whip_blueprint(sfu, guard, ice_servers=ice_servers, sessions=sessions))
+    servers = ice_server_list(ice_servers)
+    app.register_blueprint(signaling_blueprint(sfu, guard, forwarder, ice_servers=servers))
+    app.register_blueprint(
+        whip_blueprint(sfu, guard, ice_servers=servers, sessions=sessions, forwarder=forwarder)
+    )
+
+    @app.get("/ice-servers")
+    async def get_ice_servers() -> Response:
+        """The STUN/TURN servers for ``RTCConfiguration.iceServers``, TURN credentials fresh
+        for this caller (a token's identity; any valid token will do when tokens are on, so a
+        relay is never handed to someone the API would refuse). Never cached: they expire."""
+        claims = guard.authenticate()
+        body = servers.as_json(claims.identity if claims is not None else None)
+        response = jsonify(body)
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -7,8 +7,10 @@ support": a strong entity-tag per ICE session): it changes exactly when an ICE r
 the session new ones, which is what ``If-Match`` protects against (a trickle PATCH that arrives
 after a restart must not apply to the new generation).
 
-This table lives in one process. In cluster mode a session's PATCH/DELETE must reach the pod
-that created it (or the table must move to the shared state store).
+This table lives in one process. In cluster mode a session id ends with ``.<node>``, the pod
+that holds it, so any pod can forward the session's PATCH/DELETE there without a lookup
+(:mod:`trio_sfu.http.forwarding`; node ids match ``[A-Za-z0-9_.-]`` and the random part never
+holds a ``.``).
 """
 
 from __future__ import annotations
@@ -123,8 +125,16 @@ class Session:
 class Sessions:
     """The live sessions of this process, oldest first."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str | None = None) -> None:
         self._by_id: dict[str, Session] = {}
+        #: the node id that ends every session id (cluster mode), or None
+        self.node = node
+
+    @staticmethod
+    def node_of(session_id: str) -> str | None:
+        """The pod a session id names (cluster mode), or None for a single-node id."""
+        _, dot, node = session_id.partition(".")
+        return node if dot and node else None
 
     def create(
         self,
@@ -137,7 +147,9 @@ class Sessions:
         remote_pwd: str | None,
         server: Transport,
     ) -> Session:
-        session_id = secrets.token_urlsafe(24)  # 192 bits: unguessable
+        session_id = secrets.token_urlsafe(24)  # 192 bits: unguessable, never holds "."
+        if self.node is not None:
+            session_id = f"{session_id}.{self.node}"
         session = Session(session_id, kind, room, peer_id, owner, remote_ufrag, remote_pwd, server)
         self._by_id[session_id] = session
         return session

@@ -12,9 +12,17 @@ from typing import Any, Literal, Protocol
 
 from quart import Blueprint, Response, request
 
-from trio_sfu.auth import ANY_ROOM
+from trio_sfu.auth import ANY_ROOM, Claims
+from trio_sfu.http.forwarding import (
+    Forwarder,
+    forward_current,
+    forward_new_session,
+    is_forwarded,
+)
 from trio_sfu.http.guard import Guard, forbidden
+from trio_sfu.http.ice_servers import IceServerList
 from trio_sfu.http.limits import SDP_TYPE, check_name, read_sdp
+from trio_sfu.sfu.errors import NotFound
 from trio_sfu.sfu.protocol import user_of
 
 log = logging.getLogger(__name__)
@@ -36,11 +44,18 @@ class SfuApi(Protocol):
     async def room_info(self, room: str) -> dict[str, Any]: ...
 
 
-def signaling_blueprint(sfu: SfuApi, guard: Guard | None = None) -> Blueprint:
+def signaling_blueprint(
+    sfu: SfuApi,
+    guard: Guard | None = None,
+    forwarder: Forwarder | None = None,
+    *,
+    ice_servers: IceServerList | None = None,
+) -> Blueprint:
     bp = Blueprint("signaling", __name__)
     guard = guard if guard is not None else Guard(None)
+    servers = ice_servers if ice_servers is not None else IceServerList()
 
-    def allow(role: Role, room: str, peer_id: str) -> None:
+    def allow(role: Role, room: str, peer_id: str) -> Claims | None:
         """401, then 400 for bad names, then 403 (see :mod:`trio_sfu.http.guard`)."""
         claims = guard.authenticate()
         check_name("room", room)
@@ -49,9 +64,13 @@ def signaling_blueprint(sfu: SfuApi, guard: Guard | None = None) -> Blueprint:
         if claims is not None and not claims.admin and user_of(peer_id) != claims.identity:
             # The seed's id rule ties a connection to its user; a token ties it to one user.
             raise forbidden(f"the id must be {claims.identity}-<suffix> for this token")
+        return claims
 
     async def offer(role: Role, room: str, peer_id: str) -> Response:
-        allow(role, room, peer_id)
+        claims = allow(role, room, peer_id)
+        elsewhere = await forward_new_session(forwarder, getattr(sfu, "draining", False))
+        if elsewhere is not None:
+            return elsewhere
         sdp = await read_sdp(request)
         if role == "pub":
             answer = await sfu.publish(room, peer_id, sdp)
@@ -60,11 +79,27 @@ def signaling_blueprint(sfu: SfuApi, guard: Guard | None = None) -> Blueprint:
         response = Response(answer, status=201, content_type=SDP_TYPE)
         # The connection's resource: DELETE it to leave (WHIP, RFC 9725 §4.2, does the same).
         response.headers["Location"] = f"/{role}/{room}/{peer_id}"
+        # As WHIP does (RFC 9725 §4.6): the STUN/TURN servers, TURN credentials for this user,
+        # for a client's next connection or ICE restart (GET /ice-servers gives them before).
+        identity = claims.identity if claims is not None else user_of(peer_id)
+        for link in servers.links(identity):
+            response.headers.add("Link", link)
         return response
 
     async def stop(role: Role, room: str, peer_id: str) -> Response:
         allow(role, room, peer_id)
-        await sfu.stop(role, room, peer_id)
+        try:
+            await sfu.stop(role, room, peer_id)
+        except NotFound:
+            if forwarder is None or is_forwarded():
+                raise
+            # Cluster mode: the connection may live on another pod; its claim says which.
+            owner = await forwarder.owner_of(peer_id)
+            if owner is None:
+                raise NotFound(f"no connection {peer_id} on any live pod") from None
+            if owner == forwarder.node_id:
+                raise
+            return await forward_current(forwarder, owner)
         return Response("", status=204)
 
     @bp.post("/pub/<room>/<peer_id>")

@@ -23,7 +23,14 @@ from werkzeug.exceptions import UnprocessableEntity
 from trio_sfu.auth import Claims
 from trio_sfu.config import IceServer
 from trio_sfu.http.errors import error_response
+from trio_sfu.http.forwarding import (
+    Forwarder,
+    forward_current,
+    forward_new_session,
+    is_forwarded,
+)
 from trio_sfu.http.guard import Guard
+from trio_sfu.http.ice_servers import IceServerList, ice_server_list
 from trio_sfu.http.limits import MAX_BODY, SDP_TYPE, check_name, read_sdp
 from trio_sfu.http.sessions import (
     PRUNE_PER_CREATE,
@@ -147,12 +154,15 @@ def whip_blueprint(
     sfu: WhipSfuApi,
     guard: Guard,
     *,
-    ice_servers: Sequence[IceServer] = (),
+    ice_servers: Sequence[IceServer] | IceServerList = (),
     sessions: Sessions | None = None,
+    forwarder: Forwarder | None = None,
 ) -> Blueprint:
     bp = Blueprint("whip", __name__)
-    table = sessions if sessions is not None else Sessions()
-    links = [server.link() for server in ice_servers]
+    if sessions is None:
+        sessions = Sessions(forwarder.node_id if forwarder is not None else None)
+    table = sessions
+    servers = ice_server_list(ice_servers)
 
     def prune() -> None:
         """Forget sessions whose connection the SFU already ended (a consent timeout, a
@@ -176,6 +186,9 @@ def whip_blueprint(
         if publisher is not None:
             check_name("publisher", publisher)
         guard.authorize(claims, "publish" if kind == "whip" else "subscribe", room)
+        elsewhere = await forward_new_session(forwarder, getattr(sfu, "draining", False))
+        if elsewhere is not None:
+            return elsewhere
         draining()
         offer = await read_sdp(request)
         desc = parse_sdp(offer)
@@ -212,7 +225,8 @@ def whip_blueprint(
         response = Response(answer, status=201, content_type=SDP_TYPE)
         response.headers["Location"] = session.url
         response.headers["ETag"] = etag
-        for link in links:  # RFC 9725 §4.6: one Link per STUN/TURN server (RFC 8288)
+        # RFC 9725 §4.6: one Link per STUN/TURN server (RFC 8288), TURN credentials fresh.
+        for link in servers.links(claims.identity if claims is not None else None):
             response.headers.add("Link", link)
         log.info("%s session created", kind.upper(), extra=session.log_extra)
         return response
@@ -331,13 +345,25 @@ def whip_blueprint(
         response.headers["Allow"] = "OPTIONS, POST"
         return response
 
+    async def elsewhere(session_id: str) -> Response | None:
+        """Cluster mode: the owning pod's answer to a request about a session held there."""
+        if forwarder is None or table.get(session_id) is not None or is_forwarded():
+            return None
+        node = Sessions.node_of(session_id)
+        if node is None or node == forwarder.node_id:
+            return None
+        guard.authenticate()  # 401 here, as the owner would say it
+        return await forward_current(forwarder, node)
+
     @bp.delete("/sessions/<session_id>", provide_automatic_options=False)
     async def delete(session_id: str) -> Response:
-        return await delete_session(session_id)
+        forwarded = await elsewhere(session_id)
+        return forwarded if forwarded is not None else await delete_session(session_id)
 
     @bp.patch("/sessions/<session_id>", provide_automatic_options=False)
     async def patch(session_id: str) -> Response:
-        return await patch_session(session_id)
+        forwarded = await elsewhere(session_id)
+        return forwarded if forwarded is not None else await patch_session(session_id)
 
     @bp.route("/sessions/<session_id>", methods=["OPTIONS"])
     async def options_session(session_id: str) -> Response:

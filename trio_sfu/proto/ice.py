@@ -205,6 +205,21 @@ class IceLiteAgent:
             return True
         return False
 
+    def trusted_candidate(self, addr: Address, now: float) -> None:
+        """A path that cannot be spoofed (an ICE-TCP connection a valid check bound) carries
+        the peer's traffic: make it the candidate, so the authenticated media on it moves the
+        path at once (a client sends media only on its selected pair, RFC 8445 §12.1)."""
+        if addr != self.selected:
+            self.candidate = addr
+            self._candidate_at = now
+
+    def selected_lost(self) -> None:
+        """The selected pair can carry nothing more (its TCP connection closed): the next
+        valid check selects its address at once, as before any traffic."""
+        self.selected = None
+        self.candidate = None
+        self.confirmed = False
+
     def _nominate(self, addr: Address, now: float) -> None:
         """A valid check with USE-CANDIDATE from ``addr`` (RFC 8445 §7.3.1.5)."""
         if addr == self.selected:

@@ -13,11 +13,12 @@ rewrite done in a preallocated ``bytearray`` is frozen with ``bytes(buf[:n])`` f
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 import pylibsrtp
-from pylibsrtp import SRTP_MAX_TRAILER_LEN, Policy, Session
-from pylibsrtp._binding import ffi
+from pylibsrtp import ERRORS, SRTP_MAX_TRAILER_LEN, Policy, Session
+from pylibsrtp._binding import ffi, lib
 
 from trio_sfu.proto.errors import SrtpError
 
@@ -60,6 +61,24 @@ PROFILES: Final[dict[str, SrtpProfile]] = {
 #: packets were dropped. The buffer is pylibsrtp's own attribute, read on every call.
 MAX_DATAGRAM = 4096
 
+def _reason(status: int) -> str:
+    """libsrtp's name for a status code, as pylibsrtp words it ("replay check failed", …)."""
+    return ERRORS[status] if 0 <= status < len(ERRORS) else f"libsrtp status {status}"
+
+
+_U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
+
+
+#: One work buffer for every SRTP call of the process (libsrtp protects and unprotects in
+#: place). Every call is synchronous and the result is copied out or sent before the next
+#: one, on the one thread that runs Trio, so sharing is safe — and saves pylibsrtp's two
+#: buffers per peer (≈ 8 KB each peer at MAX_DATAGRAM, issue 10's memory per idle peer).
+_WORK = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
+_WORK_BUFFER = ffi.buffer(_WORK)
+_WORK_VIEW = memoryview(_WORK_BUFFER)
+_LENGTH = ffi.new("int *")
+
 
 def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Session:
     policy = Policy(
@@ -70,8 +89,8 @@ def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Se
     if outbound:
         policy.allow_repeat_tx = True
     session = Session(policy)
-    session._cdata = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
-    session._buffer = ffi.buffer(session._cdata)
+    session._cdata = _WORK
+    session._buffer = _WORK_BUFFER
     return session
 
 
@@ -84,7 +103,7 @@ class SrtpContext:
     or a sequence number outside the replay window of what was already sent).
     """
 
-    __slots__ = ("_rx", "_tx", "profile")
+    __slots__ = ("_rx", "_rx_ctx", "_tx", "_tx_ctx", "profile")
 
     def __init__(self, profile: str, tx_key: bytes, rx_key: bytes) -> None:
         """``tx_key``/``rx_key`` are master key || master salt for each direction."""
@@ -97,6 +116,9 @@ class SrtpContext:
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"cannot create SRTP sessions: {exc}") from None
         self.profile = profile
+        # The per-packet calls go straight to libsrtp (see protect_rtp_as / unprotect_rtp).
+        self._tx_ctx = self._tx._srtp[0]
+        self._rx_ctx = self._rx._srtp[0]
 
     @classmethod
     def from_dtls(cls, profile: str, keying_material: bytes, *, is_client: bool) -> SrtpContext:
@@ -124,11 +146,49 @@ class SrtpContext:
         except (pylibsrtp.Error, ValueError, TypeError) as exc:
             raise SrtpError(f"SRTP protect failed: {exc}") from None
 
+    def protect_rtp_as(
+        self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int
+    ) -> memoryview:
+        """Protect ``packet`` sent under ``ssrc``, with ``twcc_seq`` written at byte
+        ``twcc_offset`` when that is not negative; returns a view valid until the next call.
+
+        The forwarding fan-out (issue 10): a group of subscribers shares one rewritten packet,
+        and what differs per subscriber — its SSRC and its transport-wide sequence number
+        (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2) — is patched in while the
+        packet is copied into libsrtp's buffer, which protects in place (RFC 3711 §3.3). No
+        object is made per call but the returned slice; pylibsrtp's ``protect`` would copy
+        twice and allocate a length cell. The view is into the process's one SRTP work
+        buffer: send or copy it before the next SRTP call.
+        """
+        n = len(packet)
+        if n < 12 or n > MAX_DATAGRAM:
+            raise SrtpError("SRTP protect failed: bad packet length")
+        out = _WORK_VIEW
+        out[:n] = packet
+        _U32.pack_into(out, 8, ssrc)
+        if twcc_offset >= 0:
+            _U16.pack_into(out, twcc_offset, twcc_seq)
+        length = _LENGTH
+        length[0] = n
+        status = lib.srtp_protect(self._tx_ctx, _WORK, length)
+        if status:
+            raise SrtpError(f"SRTP protect failed: {_reason(status)}")
+        return out[: length[0]]
+
     def unprotect_rtp(self, packet: bytes) -> bytes:
-        try:
-            return self._rx.unprotect(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise SrtpError(f"SRTP unprotect failed: {exc}") from None
+        """The plain RTP packet; straight on libsrtp with a preallocated length cell (the
+        per-packet ingress path, issue 10), one copy in and one out."""
+        n = len(packet)
+        if n > MAX_DATAGRAM:
+            raise SrtpError("SRTP unprotect failed: packet too long")
+        buffer = _WORK_BUFFER
+        buffer[0:n] = packet
+        length = _LENGTH
+        length[0] = n
+        status = lib.srtp_unprotect(self._rx_ctx, _WORK, length)
+        if status:
+            raise SrtpError(f"SRTP unprotect failed: {_reason(status)}")
+        return buffer[0 : length[0]]  # type: ignore[no-any-return]
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         try:

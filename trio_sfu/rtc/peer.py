@@ -265,10 +265,18 @@ class PeerConnection:
     def create_offer(self, *, ice_restart: bool = False) -> str:
         return self.jsep.create_offer(ice_restart=ice_restart).serialize()
 
-    def handle_answer(self, sdp: str) -> None:
-        """Apply the remote answer to our offer (SdpError if unacceptable; state unchanged)."""
+    def handle_answer(self, sdp: str) -> list[str]:
+        """Apply the remote answer to our offer (SdpError if unacceptable; state unchanged).
+
+        Returns what was tolerated in it (e.g. a stopped section answered with a live port).
+        """
         changes = self.jsep.set_remote_description(sdp, "answer")
         self._apply_remote(changes)
+        return changes.tolerated
+
+    def rollback(self) -> None:
+        """Withdraw our pending offer (RFC 8829 §4.1.10): back to the last agreed state."""
+        self.jsep.rollback()
 
     def handle_offer(self, sdp: str) -> str:
         """Apply a remote offer and return our answer (SdpError if unacceptable)."""
@@ -512,7 +520,9 @@ class PeerConnection:
 
     def _learn_stream(self, ssrc: int, packet: bytes) -> IncomingStream | None:
         """An SSRC the SDP did not declare: route it by its MID (RFC 8843 §9.2) and RID
-        (RFC 8852) header extensions, or to the only receiving transceiver there is."""
+        (RFC 8852) header extensions, else by a payload type only one receiving section
+        negotiated (RFC 8843 §9.2; GStreamer 1.22 sends neither ssrc lines nor MID), else to
+        the only receiving transceiver there is."""
         if len(self._streams) >= MAX_STREAMS:
             return None
         transceiver: Transceiver | None = None
@@ -522,12 +532,21 @@ class PeerConnection:
             if mid is not None:
                 wanted = mid.decode("ascii", "replace")
                 transceiver = next((t for t in receiving if t.mid == wanted), None)
+        pt = packet[1] & 0x7F
+        if transceiver is None:
+            owners = [t for t in receiving if t.codec(pt) is not None]
+            transceiver = owners[0] if len(owners) == 1 else None
         if transceiver is None and len(receiving) == 1:
             transceiver = receiving[0]
         if transceiver is None:
             return None
         rid: str | None = None
         repairs: int | None = None
+        codec = transceiver.codec(pt)
+        if codec is not None and codec.is_rtx:  # RFC 4588: repairs this section's one stream
+            media = [s.ssrc for s in self._streams.values()
+                     if s.transceiver is transceiver and s.repairs is None]
+            repairs = media[0] if len(media) == 1 else None
         if self._rid_ext_id is not None:
             value = find_extension(packet, self._rid_ext_id)
             rid = value.decode("ascii", "replace") if value else None
@@ -558,6 +577,22 @@ class PeerConnection:
             return
         try:
             protected = srtp.protect_rtp(packet)
+        except SrtpError:
+            self.stats.media_not_sent += 1
+            return
+        self.stats.rtp_out += 1
+        self._send_datagram(protected)
+
+    def send_rtp_as(self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int) -> None:
+        """Protect and send a forwarding group's packet as this peer's stream ``ssrc``, with
+        this transport's transport-cc number at ``twcc_offset`` (-1: none) — see
+        :meth:`SrtpContext.protect_rtp_as`."""
+        srtp = self._srtp
+        if srtp is None or self.remote_address is None:
+            self.stats.media_not_sent += 1
+            return
+        try:
+            protected = srtp.protect_rtp_as(packet, ssrc, twcc_offset, twcc_seq)
         except SrtpError:
             self.stats.media_not_sent += 1
             return
@@ -692,7 +727,7 @@ class PeerConnection:
     async def _start_io(self, nursery: trio.Nursery) -> None:
         """Start the subclass's own tasks (the client's socket reader)."""
 
-    def _send_datagram(self, data: bytes) -> None:
+    def _send_datagram(self, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
     def _ice_remote_credentials(

@@ -9,19 +9,25 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import trio
 from aioice import Candidate
 
 from trio_sfu.proto.dtls import Certificate
-from trio_sfu.proto.ice import IceLiteAgent, IceReply
+from trio_sfu.proto.ice import IceLiteAgent
 from trio_sfu.proto.jsep import RemoteChanges
-from trio_sfu.proto.stun import Message
-from trio_sfu.rtc.peer import Address, PeerConnection, random_ice_credentials
+from trio_sfu.rtc.path import Address, Path
+from trio_sfu.rtc.peer import PeerConnection, random_ice_credentials
+from trio_sfu.rtc.tcp import TcpEndpoint
 from trio_sfu.rtc.udp import UdpEndpoint
 
 log = logging.getLogger(__name__)
+
+#: Paths remembered per peer (a browser checks from several candidates), as the endpoint
+#: keeps addresses (``MAX_ADDRESSES_PER_PEER``).
+MAX_PATHS = 8
 
 
 def host_candidate(ip: str, port: int, local_preference: int = 65535) -> Candidate:
@@ -39,11 +45,34 @@ def host_candidate(ip: str, port: int, local_preference: int = 65535) -> Candida
     )
 
 
-class RtcServer:
-    """What every server peer shares: one certificate, one UDP port, one candidate list.
+def tcp_passive_candidate(ip: str, port: int, other_preference: int = 8191) -> Candidate:
+    """A passive ICE-TCP host candidate (RFC 6544 §4.5), ranked below every UDP candidate.
 
-    ``public_addresses`` are what we advertise (NAT 1:1 / a node's public IP); the socket
-    itself may be bound to a wildcard address.
+    RFC 6544 §4.2: local preference = 2^13 · direction-pref + other-pref, with direction-pref
+    4 for a passive host candidate; that is at most 40959, below the 65535 of our UDP
+    candidates, so a client that can use UDP does.
+    """
+    local_preference = (4 << 13) | (other_preference & 0x1FFF)
+    priority = (126 << 24) | (local_preference << 8) | (256 - 1)
+    return Candidate(
+        foundation=secrets.token_hex(4),
+        component=1,
+        transport="tcp",
+        priority=priority,
+        host=ip,
+        port=port,
+        type="host",
+        tcptype="passive",
+    )
+
+
+class RtcServer:
+    """What every server peer shares: one certificate, one UDP port, one candidate list, and
+    (unless turned off) one ICE-TCP port.
+
+    ``public_addresses`` are what we advertise (NAT 1:1 / a node's public IP); the sockets
+    themselves may be bound to a wildcard address. ``tcp_public_port`` is the TCP port to
+    advertise when a pass-through load balancer maps another one to ours (default: ours).
     """
 
     def __init__(
@@ -53,6 +82,8 @@ class RtcServer:
         public_addresses: list[str],
         *,
         consent_timeout: float = 30.0,
+        tcp: TcpEndpoint | None = None,
+        tcp_public_port: int | None = None,
     ) -> None:
         if not public_addresses:
             raise ValueError("at least one address to advertise is needed")
@@ -62,13 +93,18 @@ class RtcServer:
         self.certificate = certificate
         self.public_addresses = list(public_addresses)
         self.consent_timeout = consent_timeout
+        self.tcp = tcp
         port = endpoint.local_address[1]
-        count = len(public_addresses)
         self.candidates = [
             host_candidate(ip, port, local_preference=65535 - i)
             for i, ip in enumerate(public_addresses)
         ]
-        assert len(self.candidates) == count
+        if tcp is not None:
+            tcp_port = tcp_public_port or tcp.local_address[1]
+            self.candidates += [
+                tcp_passive_candidate(ip, tcp_port, other_preference=8191 - i)
+                for i, ip in enumerate(public_addresses)
+            ]
 
     @classmethod
     def bind(
@@ -79,26 +115,71 @@ class RtcServer:
         public_addresses: list[str] | None = None,
         consent_timeout: float = 30.0,
         certificate: Certificate | None = None,
+        tcp_port: int | None = None,
+        tcp_public_port: int | None = None,
     ) -> RtcServer:
-        endpoint = UdpEndpoint.bind(host, port)
+        """Bind the UDP port and, unless ``tcp_port`` is None, the ICE-TCP port on the same
+        host. ``tcp_port`` -1 means "the same number as the UDP port" (with a UDP port of 0,
+        a free number both protocols have; a few tries, since another process may take the
+        TCP one between the two binds)."""
         if public_addresses is None:
             public_addresses = [host if host not in ("0.0.0.0", "::") else "127.0.0.1"]
-        return cls(
-            endpoint,
-            certificate or Certificate.generate(),
-            public_addresses,
-            consent_timeout=consent_timeout,
-        )
+        endpoint, tcp = _bind_endpoints(host, port, tcp_port)
+        try:
+            return cls(
+                endpoint,
+                certificate or Certificate.generate(),
+                public_addresses,
+                consent_timeout=consent_timeout,
+                tcp=tcp,
+                tcp_public_port=tcp_public_port,
+            )
+        except BaseException:
+            endpoint.close()
+            if tcp is not None:
+                tcp.close()
+            raise
 
     async def serve(self) -> None:
-        """Read the UDP port until cancelled (one task for the whole process)."""
-        await self.endpoint.serve()
+        """Read the UDP port (and serve the TCP one) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            if self.tcp is not None:
+                nursery.start_soon(self.tcp.serve)
+            await self.endpoint.serve()
+            nursery.cancel_scope.cancel()
 
     def create_peer(self, name: str = "", **options: Any) -> ServerPeerConnection:
         return ServerPeerConnection(self, name=name, **options)
 
     def close(self) -> None:
         self.endpoint.close()
+        if self.tcp is not None:
+            self.tcp.close()
+
+
+#: RtcServer.bind's ``tcp_port`` value for "the same number as the UDP port".
+SAME_AS_UDP = -1
+
+
+def _bind_endpoints(
+    host: str, port: int, tcp_port: int | None
+) -> tuple[UdpEndpoint, TcpEndpoint | None]:
+    tries = 20 if port == 0 and tcp_port == SAME_AS_UDP else 1
+    for attempt in range(tries):
+        endpoint = UdpEndpoint.bind(host, port)
+        if tcp_port is None:
+            return endpoint, None
+        number = endpoint.local_address[1] if tcp_port == SAME_AS_UDP else tcp_port
+        try:
+            return endpoint, TcpEndpoint.bind(host, number, endpoint.peer_for_ufrag)
+        except OSError as exc:
+            endpoint.close()
+            if attempt == tries - 1:
+                # Name the port: "[Errno 98] Address already in use" alone says nothing.
+                raise OSError(
+                    exc.errno, f"ICE-TCP port {host}:{number} (--tcp-port): {exc.strerror}"
+                ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ServerPeerConnection(PeerConnection):
@@ -123,6 +204,13 @@ class ServerPeerConnection(PeerConnection):
             **options,
         )
         self.server = server
+        #: where media goes: the selected pair's path (None until a valid check)
+        self.path: Path | None = None
+        #: called when media moves to another path (not for the first one): the SFU asks for
+        #: keyframes, since whatever was sent on the old path meanwhile is lost
+        self.on_path_changed: Callable[[float], None] | None = None
+        #: the paths valid checks came over, by remote address (newest last, bounded)
+        self._paths: dict[Address, Path] = {}
         self.ice_agent = IceLiteAgent(
             ufrag, pwd, consent_timeout=server.consent_timeout, now=trio.current_time()
         )
@@ -132,7 +220,12 @@ class ServerPeerConnection(PeerConnection):
     def abandon(self) -> None:
         """Forget a peer that will never run (its offer was refused): drop its routes."""
         self.closing = True
+        self._unregister()
+
+    def _unregister(self) -> None:
         self._endpoint.unregister(self)
+        if self.server.tcp is not None:
+            self.server.tcp.unregister(self)
 
     def restart_ice(self, remote_ufrag: str, remote_pwd: str) -> tuple[str, str]:
         """An ICE restart signalled outside SDP (a WHIP/WHEP PATCH carrying an RFC 8840
@@ -157,27 +250,54 @@ class ServerPeerConnection(PeerConnection):
 
     # -- called by the endpoint -----------------------------------------------------------
 
-    def check_received(self, msg: Message, data: bytes, addr: Address, now: float) -> IceReply:
-        """One STUN Binding request carrying our ufrag: the lite agent validates it and applies
-        the path rule (docs/security.md, "Path changes"); media follows its choice."""
-        agent = self.ice_agent
-        agent.heard(self.heard_at)
-        reply = agent.handle_request(msg, data, addr, now)
-        if reply.valid:
-            self._follow_path(now)
-        return reply
+    def address_validated(self, path: Path, nominated: bool, now: float) -> None:
+        """A valid check came over ``path``; the lite agent has applied the path rule to it
+        (docs/security.md, "Path changes"), and media follows the agent's choice. A client
+        whose address changed, or that moved between UDP and TCP, gets the new path once
+        authenticated media comes over it or the old one goes silent."""
+        paths = self._paths
+        paths.pop(path.address, None)
+        paths[path.address] = path
+        while len(paths) > MAX_PATHS:
+            del paths[next(iter(paths))]
+        if nominated and path.transport == "tcp":
+            self.ice_agent.trusted_candidate(path.address, now)
+        self._follow_path(now)
+
+    def path_closed(self, path: Path) -> None:
+        """A TCP connection ended: if it carried the media, nothing is sent until the client's
+        next valid check on another path (an ICE restart, or consent expiry closes us)."""
+        if self._paths.get(path.address) is path:
+            del self._paths[path.address]
+        if path is self.path:
+            log.info("peer path closed", extra={"peer": self.name, "path": str(path.address)})
+            self.path = None
+            self.remote_address = None
+            self.ice_agent.selected_lost()
 
     def _follow_path(self, now: float) -> None:
+        """Send where the agent selected, over the path that address's checks came by."""
         selected = self.ice_agent.selected
-        if selected == self.remote_address:
+        current = self.path
+        if selected is None or (current is not None and current.address == selected):
             return
-        if self.remote_address is not None:
+        path = self._paths.get(selected)
+        if path is None or not path.usable:
+            return
+        if current is not None:
             log.info(
-                "peer address changed",
-                extra={"peer": self.name, "old": self.remote_address, "new": selected},
+                "peer path changed",
+                extra={
+                    "peer": self.name,
+                    "old": f"{current.transport}:{current.address}",
+                    "new": f"{path.transport}:{path.address}",
+                },
             )
-        self.remote_address = selected
+        self.path = path
+        self.remote_address = path.address
         self.heard_at = now
+        if current is not None and self.on_path_changed is not None:
+            self.on_path_changed(now)
 
     # -- PeerConnection hooks -------------------------------------------------------------
 
@@ -187,10 +307,10 @@ class ServerPeerConnection(PeerConnection):
         agent.authenticated(addr, now)
         self._follow_path(now)
 
-    def _send_datagram(self, data: bytes) -> None:
-        addr = self.remote_address
-        if addr is not None:
-            self._endpoint.sendto(data, addr)
+    def _send_datagram(self, data: bytes | memoryview) -> None:
+        path = self.path
+        if path is not None:
+            path.send(data)
 
     def _ice_remote_credentials(
         self,
@@ -227,5 +347,5 @@ class ServerPeerConnection(PeerConnection):
             self.close("consent timeout")
 
     def _teardown(self) -> None:
-        self._endpoint.unregister(self)
+        self._unregister()
         super()._teardown()

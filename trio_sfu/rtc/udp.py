@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +30,7 @@ from trio_sfu.proto.errors import StunError
 from trio_sfu.proto.ice import IceLiteAgent, IceReply
 from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
+from trio_sfu.rtc.path import Path
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +75,95 @@ class EndpointPeer(Protocol):
 
     ice_agent: IceLiteAgent
     remote_address: Address | None
+    path: Path | None  # where media goes (the selected pair's path)
+    heard_at: float  # last authenticated media on the selected pair (consent, RFC 7675)
 
     @property
     def connected(self) -> bool: ...
 
     def datagram_received(self, kind: Kind, data: bytes, addr: Address, now: float) -> None: ...
 
-    def check_received(self, msg: stun.Message, data: bytes, addr: Address, now: float) -> IceReply:
-        ...
+    def address_validated(self, path: Path, nominated: bool, now: float) -> None: ...
+
+    def path_closed(self, path: Path) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPath:
+    """A remote address on the shared socket (see :mod:`trio_sfu.rtc.path`); made once per
+    valid check, not per packet. Two paths to the same address on the same endpoint are
+    equal, so a repeated check is no path change."""
+
+    endpoint: UdpEndpoint
+    address: Address
+    transport: str = "udp"
+    usable: bool = True
+
+    def send(self, data: bytes | memoryview) -> None:
+        self.endpoint.sendto(data, self.address)
 
 
 @dataclass(slots=True)
-class EndpointStats:
+class CheckStats:
+    """The STUN-check counters both transports keep (see :func:`authenticate_check`)."""
+
+    stun_malformed: int = 0
+    stun_unknown_user: int = 0
+    stun_rejected: int = 0  # parsed, known user, but integrity/fingerprint/role refused
+    stun_ignored: int = 0  # responses/indications: a lite server sends no requests
+    stun_address_taken: int = 0  # a check from an address bound to another, connected peer
+
+
+def authenticate_check(
+    data: bytes,
+    addr: Address,
+    now: float,
+    lookup: Callable[[str], EndpointPeer | None],
+    stats: CheckStats,
+    *,
+    owner: EndpointPeer | None = None,
+) -> tuple[EndpointPeer | None, IceReply | None]:
+    """Parse a STUN datagram and let the peer its USERNAME names judge it (RFC 8445 §7.3).
+
+    Returns the peer (None for an unknown USERNAME: no answer at all, so scanners learn
+    nothing) and the agent's reply, whose ``response`` goes back over the same path and whose
+    ``valid`` says whether the path may be routed to that peer. Counts into ``stats``.
+
+    ``owner`` is the peer the source address is already bound to, if any: an address bound
+    to a connected peer is never handed to another session, whatever that session's
+    credentials (docs/security.md, "Path changes") — a valid check of one's own session from
+    a spoofed source would otherwise steal the victim's media. Such a check gets no answer.
+    """
+    try:
+        msg = stun.parse(data)
+    except StunError:
+        stats.stun_malformed += 1
+        return None, None
+    if msg.message_method != stun.Method.BINDING or msg.message_class != stun.Class.REQUEST:
+        stats.stun_ignored += 1
+        return None, None
+    try:
+        local_ufrag, _ = stun.username_parts(msg)
+    except StunError:
+        stats.stun_rejected += 1
+        return None, None
+    peer = lookup(local_ufrag)
+    if peer is None:
+        stats.stun_unknown_user += 1
+        return None, None
+    if owner is not None and owner is not peer and owner.connected:
+        stats.stun_address_taken += 1
+        return None, None
+    agent = peer.ice_agent
+    agent.heard(peer.heard_at)  # the path rule weighs how recently the current pair was heard
+    reply = agent.handle_request(msg, data, addr, now)
+    if not reply.valid:
+        stats.stun_rejected += 1
+    return peer, reply
+
+
+@dataclass(slots=True)
+class EndpointStats(CheckStats):
     """Plain counters (read by metrics and tests); never touched by anything but the reader."""
 
     datagrams_in: int = 0
@@ -95,11 +174,6 @@ class EndpointStats:
     send_errors: int = 0
     unknown_address: int = 0  # DTLS/SRTP from an address no valid STUN check vouched for
     unknown_kind: int = 0  # first byte outside every RFC 7983 range
-    stun_malformed: int = 0
-    stun_unknown_user: int = 0
-    stun_rejected: int = 0  # parsed, known user, but integrity/fingerprint/role refused
-    stun_ignored: int = 0  # responses/indications: a lite server sends no requests
-    stun_address_taken: int = 0  # a check from an address bound to another, connected peer
 
 
 class UdpEndpoint:
@@ -204,7 +278,9 @@ class UdpEndpoint:
 
     # -- sending --------------------------------------------------------------------------
 
-    def sendto(self, data: bytes, addr: Address, source: SourceCmsg | None = None) -> None:
+    def sendto(
+        self, data: bytes | memoryview, addr: Address, source: SourceCmsg | None = None
+    ) -> None:
         """Send now or drop: a full socket buffer must never block the reader (DESIGN.md).
 
         From the local address ``addr``'s checks arrived on (``source``, or the one recorded
@@ -289,45 +365,28 @@ class UdpEndpoint:
         else:
             self.stats.unknown_kind += 1
 
+    def peer_for_ufrag(self, ufrag: str) -> EndpointPeer | None:
+        """The live peer whose local ICE ufrag this is (the TCP endpoint shares the table)."""
+        return self._by_ufrag.get(ufrag)
+
     def _stun_received(
         self, data: bytes, addr: Address, now: float, source: SourceCmsg | None = None
     ) -> None:
-        try:
-            msg = stun.parse(data)
-        except StunError:
-            self.stats.stun_malformed += 1
+        peer, reply = authenticate_check(
+            data, addr, now, self._by_ufrag.get, self.stats, owner=self._by_addr.get(addr)
+        )
+        if peer is None or reply is None:
             return
-        if msg.message_method != stun.Method.BINDING or msg.message_class != stun.Class.REQUEST:
-            self.stats.stun_ignored += 1
-            return
-        try:
-            local_ufrag, _ = stun.username_parts(msg)
-        except StunError:
-            self.stats.stun_rejected += 1
-            return
-        peer = self._by_ufrag.get(local_ufrag)
-        if peer is None:
-            # RFC 8445 §7.3: an unknown USERNAME gets no answer from us (no oracle for scanners).
-            self.stats.stun_unknown_user += 1
-            return
-        owner = self._by_addr.get(addr)
-        if owner is not None and owner is not peer and owner.connected:
-            # An address bound to a live peer is never handed to another session, whatever
-            # that session's credentials (docs/security.md, "Path changes"): a valid check of
-            # one's own session from a spoofed source would otherwise steal the victim's media.
-            self.stats.stun_address_taken += 1
-            return
-        reply = peer.check_received(msg, data, addr, now)
         if reply.response is not None:
             self.sendto(reply.response, addr, source)
         if not reply.valid:
-            self.stats.stun_rejected += 1
             return
         self._add_address(peer, addr, keep=peer.remote_address)
         if source is not None and self._by_addr.get(addr) is peer:
             # Media to this address leaves from where its checks arrive (RFC 8445 §7.3:
             # the response's source is the request's destination; symmetric for media too).
             self._source_of[addr] = source
+        peer.address_validated(UdpPath(self, addr), reply.nominated, now)
 
     def close(self) -> None:
         if self._sock.fileno() < 0:

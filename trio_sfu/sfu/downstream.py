@@ -26,6 +26,7 @@ from trio_sfu.proto.rtcp import (
 )
 from trio_sfu.proto.rtp import TransportCcSequencer
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.remote import RemoteTrack
 from trio_sfu.sfu.track import DownTrack, TrackSource
 
 #: Sender reports towards a receiver (RFC 3550 §6.2; one receiver per leg, so a fixed interval).
@@ -90,8 +91,15 @@ class Downstream(Member):
             elif isinstance(packet, Nack):
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
-                    for seq in packet.lost:
-                        downtrack.retransmit(seq, now)
+                    missed = [seq for seq in packet.lost if not downtrack.retransmit(seq, now)]
+                    if missed and isinstance(downtrack.source, RemoteTrack):
+                        # Relayed media this pod lacks: ask the publisher's pod (issue 9).
+                        rewriter = downtrack.rewriter
+                        if rewriter is not None:
+                            inputs = [rewriter.to_input_sequence(seq) for seq in missed]
+                            downtrack.source.nack_missed(
+                                [seq for seq in inputs if seq is not None], now
+                            )
             elif isinstance(packet, ReceiverReport | SenderReport):
                 unix = time.time()
                 for block in packet.reports:

@@ -64,6 +64,14 @@ class Publisher(Member):
         self._idle = False
         pc.on_rtp = self._on_rtp
         pc.on_rtcp = self._on_rtcp
+        pc.on_path_changed = self._path_changed
+
+    def _path_changed(self, now: float) -> None:
+        """The publisher's media moved (a new address, or UDP to ICE-TCP): what it sent on the
+        old path while that failed is lost, so ask for keyframes now rather than after every
+        subscriber's decoder gave up."""
+        for track in self.tracks:
+            track.request_keyframe(now)
 
     def close_relay(self) -> None:
         """The publisher left: other pods stop receiving its tracks."""

@@ -5,6 +5,16 @@ once (issue 4) and fans out locally, exactly as for a local track: a :class:`Rem
 :class:`~trio_sfu.sfu.track.TrackSource`. It keeps its own packet cache, so local subscribers'
 NACKs are answered here; keyframe requests go to the publisher's pod as a node command,
 throttled here first so a room full of subscribers sends one.
+
+Repair (issue 9, item 3). The relay is a copy of the publisher pod's stream, late repairs
+included, so a gap here is either the publisher's own loss (repaired on its pod, and the repair
+relayed late) or media the relay dropped (NATS down, a queue overflow), which nobody will ever
+send. So: a gap of :data:`GAP_KEYFRAME` packets or more, or any gap after :data:`STALL` seconds
+of silence, asks the publisher's pod for a keyframe at once (throttled); a subscriber's NACK
+this pod's cache cannot answer goes to the publisher's pod as a ``Nack`` command, which sends
+the packets again through the relay from its own cache or, if they are gone there too, asks the
+publisher for a keyframe. After a NATS outage the first relayed packet opens a large gap, so
+every cross-pod subscriber gets a keyframe about one relay round trip after NATS is back.
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from trio_sfu.cluster.commands import KeyframeRequest, PublisherInfo, TrackInfo
+from trio_sfu.cluster.commands import KeyframeRequest, Nack, PublisherInfo, TrackInfo
 from trio_sfu.cluster.errors import BackendUnavailable
+from trio_sfu.sfu.groups import Fanout, ForwardingGroup
 from trio_sfu.sfu.media import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.track import KEYFRAME_INTERVAL
 
@@ -26,6 +37,14 @@ if TYPE_CHECKING:
     from trio_sfu.sfu.track import DownTrack
 
 log = logging.getLogger(__name__)
+
+#: A relayed video gap this many packets long is not worth NACKing: ask for a keyframe.
+GAP_KEYFRAME = 32
+#: Any relayed video gap after this much silence (seconds) is an outage: ask for a keyframe.
+STALL = 0.5
+#: Subscribers' NACKs this pod could not answer are gathered this long (seconds) and sent to
+#: the publisher's pod as one command.
+NACK_GATHER = 0.01
 
 
 class TrackSink(Protocol):
@@ -62,12 +81,17 @@ class RemoteTrack:
         media = [c for c in info.codecs if c.name.lower() != "rtx"]
         self.clock_rate = media[0].clock_rate if media else 90000
         self.cache = PacketCache() if self.kind == "video" else None
-        self.downtracks: list[DownTrack] = []
+        self.fanout = Fanout()
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
         self.gate: KeyframeGate[DownTrack] = KeyframeGate(
             (c.payload_type, c.name) for c in media if self.kind == "video"
         )
         self.packets = 0
+        self.gaps = 0  # relayed gaps that asked for a keyframe
+        self.nacks_forwarded = 0  # sequence numbers asked of the publisher's pod
+        #: per relayed SSRC: the next sequence number expected and when the last one came
+        self._expected: dict[int, tuple[int, float]] = {}
+        self._nack_pending: set[int] = set()
         self._scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
@@ -83,30 +107,45 @@ class RemoteTrack:
         self.packets += 1
         if self.cache is not None:
             self.cache.put(packet)
+            seq = (packet[2] << 8) | packet[3]
+            ssrc = int.from_bytes(packet[8:12], "big")
+            last = self._expected.get(ssrc)
+            if last is None:
+                self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
+            else:
+                lost = (seq - last[0]) & 0xFFFF
+                if lost < 0x8000:  # in order or a jump forward (RFC 3550 §A.1 arithmetic)
+                    self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
+                    if lost and (lost >= GAP_KEYFRAME or now - last[1] >= STALL):
+                        self.gaps += 1
+                        self.request_keyframe(now)
         if self.gate.waiting or self.keyframes.pending:
             released = self.gate.watch(packet, now, self.keyframes)
             if released:
-                self.downtracks = [*self.downtracks, *released]
+                for downtrack in released:
+                    self.fanout.add(downtrack)
             elif self.gate.waiting:
                 self.request_keyframe(now)  # throttled: keeps asking while someone waits
-        for downtrack in self.downtracks:
-            downtrack.forward(packet, now)
+        for group in self.fanout.groups:
+            group.forward(packet, now)
 
     # -- TrackSource ----------------------------------------------------------------------
 
-    def attach(self, downtrack: DownTrack) -> None:
-        if self.gate.active:
+    def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None:
+        # A switched down-track (``carry``: WHEP following a new publisher) continues its
+        # numbering in a group at once; switch() asks for the keyframe. A new one waits.
+        if self.gate.active and carry is None:
             self.gate.hold(downtrack)  # a new video subscriber starts at a keyframe
         else:
-            self.downtracks = [*self.downtracks, downtrack]
+            self.fanout.add(downtrack, carry)
         if self._scope is None:
             self._scope = trio.CancelScope()
             self.sfu.spawn(self._receive, self._scope)
 
     def detach(self, downtrack: DownTrack) -> None:
         self.gate.drop(downtrack)
-        self.downtracks = [d for d in self.downtracks if d is not downtrack]
-        if not self.downtracks and not self.gate.waiting:
+        self.fanout.remove(downtrack)
+        if not self.fanout and not self.gate.waiting:
             self.stop()
 
     def stop(self) -> None:
@@ -121,7 +160,28 @@ class RemoteTrack:
         self.sfu.spawn(self._send_keyframe_request)
         return True
 
+    def nack_missed(self, sequence_numbers: list[int], now: float) -> None:
+        """Relayed packets (input sequence numbers) a subscriber NACKed and this pod's cache
+        does not hold: ask the publisher's pod, gathered over a few milliseconds."""
+        if self.kind != "video" or not sequence_numbers:
+            return
+        first = not self._nack_pending
+        self._nack_pending.update(sequence_numbers)
+        if first:
+            self.sfu.spawn(self._send_nacks)
+
     # -- tasks ----------------------------------------------------------------------------
+
+    async def _send_nacks(self) -> None:
+        await trio.sleep(NACK_GATHER)
+        seqs, self._nack_pending = tuple(sorted(self._nack_pending)), set()
+        self.nacks_forwarded += len(seqs)
+        try:
+            await self.sfu.bus.send_to_node(
+                self.node, Nack(self.room, self.publisher_id, self.track_id, seqs)
+            )
+        except BackendUnavailable:
+            pass  # NATS is down: the gap after it comes back asks for a keyframe
 
     async def _receive(self, scope: trio.CancelScope) -> None:
         """Hold the relay subscription while local subscribers need it; retry while NATS is

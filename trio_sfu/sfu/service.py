@@ -8,9 +8,12 @@ has exactly one place to happen.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -19,6 +22,7 @@ import trio
 from trio_sfu.cluster.bus import Bus, LocalBus
 from trio_sfu.cluster.commands import (
     KeyframeRequest,
+    Nack,
     PubJoin,
     PubLeft,
     PublisherInfo,
@@ -54,9 +58,25 @@ BACKEND_RETRY_AFTER = 2
 
 
 def vars_of(counters: object) -> dict[str, int]:
-    """The int fields of a slots dataclass of counters."""
-    names = getattr(counters, "__slots__", ()) or vars(counters)
+    """The int fields of a (slots) dataclass of counters, inherited ones included."""
+    if dataclasses.is_dataclass(counters):
+        names: Iterable[str] = [f.name for f in dataclasses.fields(counters)]
+    else:
+        names = vars(counters)
     return {n: v for n in names if isinstance(v := getattr(counters, n), int)}
+
+
+def process_metrics() -> dict[str, float]:
+    """The Prometheus process collector's standard names, so load testers and dashboards can
+    read the pod's CPU time and memory from ``/metrics`` (``trio-sfu load`` plots the CPU)."""
+    out: dict[str, float] = {"process_cpu_seconds_total": round(time.process_time(), 6)}
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        out["process_resident_memory_bytes"] = pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: CPU time only
+        pass
+    return out
 
 
 @contextmanager
@@ -83,6 +103,34 @@ _ROLE_NAMES = {"pub": "publisher", "sub": "subscriber", "whep": "WHEP viewer"}
 _ROLE_TYPES: dict[str, type[Member]] = {"pub": Publisher, "sub": Subscriber, "whep": WhepViewer}
 
 
+class Outbox:
+    """Updates of one backend, applied in order, each retried until the backend answers."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
+        self._wakeup = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+        self._items.append((fn, args))
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while self._items:
+                fn, args = self._items[0]
+                try:
+                    await fn(*args)
+                except BackendUnavailable:
+                    await trio.sleep(OUTBOX_RETRY)
+                    continue
+                self._items.popleft()
+
+
 class Sfu:
     def __init__(
         self,
@@ -101,9 +149,9 @@ class Sfu:
         self.node_id = node_id
         self.rooms: dict[str, Room] = {}
         self._remote: dict[tuple[str, str], RemoteTrack] = {}
-        #: state/bus updates that must not be lost to an outage, retried in order
-        self._outbox: deque[tuple[Callable[..., Awaitable[object]], tuple[object, ...]]] = deque()
-        self._outbox_wakeup = trio.Event()
+        #: state and bus updates that must not be lost to an outage, retried in order; one
+        #: outbox per backend, so a Redis outage never holds back a PUB_LEFT on NATS (issue 9)
+        self._outboxes = {"state": Outbox(), "bus": Outbox()}
         #: SIGTERM: no new sessions, connected clients told to RECONNECT (issue 4)
         self.draining = False
         self._gone: dict[int, trio.Event] = {}
@@ -114,7 +162,8 @@ class Sfu:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._node_commands)
-            nursery.start_soon(self._flush_outbox)
+            for outbox in self._outboxes.values():
+                nursery.start_soon(outbox.flush)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -124,21 +173,8 @@ class Sfu:
     def reliably(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Apply a state or bus update now if possible, else as soon as the backend is back,
         in order (a departure must not be lost to an outage: the room would keep a ghost)."""
-        self._outbox.append((fn, args))
-        self._outbox_wakeup.set()
-
-    async def _flush_outbox(self) -> None:
-        while True:
-            await self._outbox_wakeup.wait()
-            self._outbox_wakeup = trio.Event()
-            while self._outbox:
-                fn, args = self._outbox[0]
-                try:
-                    await fn(*args)
-                except BackendUnavailable:
-                    await trio.sleep(OUTBOX_RETRY)
-                    continue
-                self._outbox.popleft()
+        backend = "bus" if getattr(fn, "__self__", None) is self.bus else "state"
+        self._outboxes[backend].put(fn, args)
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Start a background task that lives as long as the SFU (remote tracks, requests)."""
@@ -147,12 +183,17 @@ class Sfu:
 
     async def _node_commands(self) -> None:
         """Commands other pods address to this one: keyframe requests for our publishers'
-        tracks from pods whose subscribers lost a picture (throttled at the track)."""
+        tracks from pods whose subscribers lost a picture (throttled at the track), and NACKs
+        for relayed packets those pods could not answer (issue 9)."""
         async with self.bus.listen_node() as commands:
             async for command in commands:
-                if isinstance(command, KeyframeRequest):
+                if isinstance(command, KeyframeRequest | Nack):
                     track = self.local_track(command.publisher_id, command.track_id)
-                    if track is not None:
+                    if track is None:
+                        continue
+                    if isinstance(command, Nack):
+                        track.resend_to_relay(command.sequence_numbers, trio.current_time())
+                    else:
                         track.request_keyframe(trio.current_time())
 
     # -- joining --------------------------------------------------------------------------
@@ -243,13 +284,24 @@ class Sfu:
             raise BadRequest("a WHEP offer needs recvonly (or sendrecv) audio or video")
 
     async def _live_publishers(self, room: str, publisher_id: str | None) -> list[PublisherInfo]:
-        """The room's publishers a viewer could watch, oldest first; 409/404 if none fits."""
+        """The room's publishers a viewer could watch, oldest first; 409/404 if none fits.
+
+        A publisher of this pod that is still connecting (its offer told us its tracks, its
+        ICE/DTLS is not up yet) counts as coming: the viewer gets its 201 now and is attached
+        when the publisher is announced (issue 8) — WHIP and WHEP clients are often started
+        together.
+        """
         state = await self.state.room(room)
         publishers = [p for p in (state.publishers.values() if state else ()) if p.tracks]
+        local = self.rooms.get(room)
+        coming = {p.id for p in (local.publishers.values() if local else ())
+                  if not p.announced and p.tracks and p.pc.close_reason is None}
         if publisher_id is not None:
-            if not any(p.publisher_id == publisher_id for p in publishers):
+            if publisher_id not in coming and not any(
+                p.publisher_id == publisher_id for p in publishers
+            ):
                 raise NotFound(f"no live publisher {publisher_id} in room {room}")
-        elif not publishers:
+        elif not publishers and not coming:
             raise Conflict(f"room {room} has no live publisher yet", retry_after=WHEP_RETRY_AFTER)
         return publishers
 
@@ -389,17 +441,24 @@ class Sfu:
                 return False
         return True
 
-    def drain(self) -> None:
-        """SIGTERM: refuse new sessions and ask every connected client to reconnect (through
-        the load balancer, to a live pod); the app exits once empty or after its timeout."""
-        if self.draining:
-            return
-        self.draining = True
+    def drain(self, *, reconnect: bool = True) -> None:
+        """SIGTERM: refuse new sessions (``/readyz`` turns 503) and, with ``reconnect``, ask
+        every connected client to reconnect (through the load balancer, to a live pod); the
+        app sends the RECONNECTs only after ``--drain-notice`` (issue 9), once balancers had
+        time to stop sending new clients here. It exits once empty or after its timeout."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining", extra={"node": self.node_id, "members": self.members})
+        if reconnect:
+            self.send_reconnect()
+
+    def send_reconnect(self) -> None:
+        """RECONNECT to every connected client (they come back through the load balancer)."""
         told = 0
         for room in self.rooms.values():
             for member in [*room.publishers.values(), *room.subscribers.values()]:
                 told += member.send(protocol.RECONNECT)
-        log.info("draining", extra={"node": self.node_id, "told": told, "members": self.members})
+        log.info("RECONNECT sent", extra={"node": self.node_id, "told": told})
 
     def metrics(self) -> dict[str, float]:
         """Plain counters for ``GET /metrics`` (Prometheus text): read, never computed per
@@ -409,11 +468,42 @@ class Sfu:
             "trio_sfu_publishers": sum(len(r.publishers) for r in self.rooms.values()),
             "trio_sfu_subscribers": sum(len(r.subscribers) for r in self.rooms.values()),
             "trio_sfu_remote_tracks": len(self._remote),
-            "trio_sfu_outbox": len(self._outbox),
+            "trio_sfu_outbox": sum(len(o) for o in self._outboxes.values()),
+            "trio_sfu_outbox_state": len(self._outboxes["state"]),
+            "trio_sfu_outbox_bus": len(self._outboxes["bus"]),
             "trio_sfu_draining": int(self.draining),
         }
+        out.update(process_metrics())
+        # The hot path's plain ints, summed here at scrape time (never per packet): live peers'
+        # counters, and the forwarding groups (issue 10) of local and relayed tracks.
+        peers: dict[str, int] = {}
+        groups = downtracks = track_packets = track_rtx = 0
+        for room in self.rooms.values():
+            for member in [*room.publishers.values(), *room.subscribers.values()]:
+                for name, value in vars_of(member.pc.stats).items():
+                    peers[name] = peers.get(name, 0) + value
+            for publisher in room.publishers.values():
+                for track in publisher.tracks:
+                    track_packets += track.packets
+                    track_rtx += track.rtx_received
+                    groups += len(track.fanout.groups)
+                    downtracks += len(track.fanout)
+        for remote in self._remote.values():
+            groups += len(remote.fanout.groups)
+            downtracks += len(remote.fanout)
+        for name, value in peers.items():
+            out[f"trio_sfu_peer_{name}"] = value
+        out["trio_sfu_track_packets"] = track_packets
+        out["trio_sfu_track_rtx_received"] = track_rtx
+        out["trio_sfu_forwarding_groups"] = groups
+        out["trio_sfu_downtracks"] = downtracks
         for name, value in vars_of(self.rtc.endpoint.stats).items():
             out[f"trio_sfu_udp_{name}_total"] = value
+        tcp = self.rtc.tcp
+        if tcp is not None:
+            out["trio_sfu_tcp_connections"] = tcp.connections
+            for name, value in vars_of(tcp.stats).items():
+                out[f"trio_sfu_tcp_{name}_total"] = value
         counters = getattr(self.relay, "counters", None)
         if counters is not None:
             for name, value in vars_of(counters).items():
@@ -429,7 +519,7 @@ class Sfu:
         count what the members now in rooms did, so they fall when members leave: gauges,
         not Prometheus counters (hence no ``_total``)."""
         totals = dict.fromkeys(
-            ("rtp_forwarded", "rtp_unmapped", "rtx_sent", "nack_misses", "nack_repeats",
+            ("rtx_sent", "nack_misses", "nack_repeats",
              "source_switches", "rtp_received", "rtx_received", "keyframe_requests",
              "keyframe_requests_suppressed"),
             0,
@@ -443,8 +533,6 @@ class Sfu:
                     totals["keyframe_requests_suppressed"] += track.keyframes.suppressed
             for member in room.subscribers.values():
                 for downtrack in member.live.values():
-                    totals["rtp_forwarded"] += downtrack.forwarded
-                    totals["rtp_unmapped"] += downtrack.unmapped
                     totals["rtx_sent"] += downtrack.retransmitted
                     totals["nack_misses"] += downtrack.nack_misses
                     totals["nack_repeats"] += downtrack.nack_repeats

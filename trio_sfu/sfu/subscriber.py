@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How long a subscriber may take to answer an SDP_OFFER before we give up on it.
+#: How long a subscriber may take to answer an SDP_OFFER before the offer is withdrawn.
 ANSWER_TIMEOUT = 15.0
+#: A failed offer is sent again this many times (after 1 s, 2 s, 4 s), then withdrawn.
+RETRIES = 3
+RETRY_DELAY = 1.0
 
 TrackKey = tuple[str, str]  # (publisher id, track id)
 
@@ -46,6 +49,16 @@ class Subscriber(Downstream):
         self._dirty = trio.Event()
         self._answers_send, self._answers = trio.open_memory_channel[str](math.inf)
         self._awaiting_answer = False
+        #: down-tracks added to the session, forwarding once an answer accepts them
+        self._pending: list[DownTrack] = []
+        self._tolerated_logged = False
+        pc.on_path_changed = self._path_changed
+
+    def _path_changed(self, now: float) -> None:
+        """This subscriber's media moved to another path: what was sent on the old one is
+        lost, so its decoders need keyframes."""
+        for downtrack in self.downtracks.values():
+            downtrack.source.request_keyframe(now)
 
     # -- room events ----------------------------------------------------------------------
 
@@ -113,33 +126,67 @@ class Subscriber(Downstream):
     # -- renegotiation (one at a time; changes meanwhile are merged into the next offer) --------
 
     async def _negotiator(self) -> None:
+        """One offer at a time. When a renegotiation fails (no answer in time, an answer we
+        cannot apply) the connection and the media already flowing stay up and the client
+        hears ``ERROR`` with the reason; the *same* offer is sent again after 1, 2 and 4 s (a
+        client may have applied it, so only that offer is sure to fit its state, and a late
+        answer to it still counts); after that it is withdrawn (RFC 8829 §4.1.10 rollback)
+        until the next change."""
         while True:
             await self._dirty.wait()
             self._dirty = trio.Event()
-            added = self._apply_wanted()
+            self._pending.extend(self._apply_wanted())
             if not self._needs_offer():
                 continue
             offer = self.pc.create_offer()
             self.negotiations += 1
-            self._awaiting_answer = True
-            if not self.send(protocol.sdp_offer(offer)):
-                self.pc.close("control channel gone during renegotiation")
-                return
-            answer: str | None = None
-            with trio.move_on_after(ANSWER_TIMEOUT):
-                answer = await self._answers.receive()
-            self._awaiting_answer = False
-            if answer is None:
-                self.send(protocol.error(f"no SDP_ANSWER within {ANSWER_TIMEOUT:.0f} s"))
-                self.pc.close("no SDP_ANSWER")
-                return
+            while True:  # answers left over from an earlier offer are not for this one
+                try:
+                    self._answers.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            self._awaiting_answer = True  # until this offer is settled, resends included
             try:
-                self.pc.handle_answer(answer)
-            except SdpError as exc:
-                self.send(protocol.error(f"bad SDP_ANSWER: {exc}"))
-                self.pc.close("bad SDP_ANSWER")
-                return
-            self._activate(added)
+                for attempt in range(RETRIES + 1):
+                    if not self.send(protocol.sdp_offer(offer)):
+                        self.pc.close("control channel gone during renegotiation")
+                        return
+                    problem = await self._await_answer()
+                    if problem is None:
+                        self._activate()
+                        break
+                    last = attempt == RETRIES
+                    if last:
+                        self.pc.rollback()
+                    then = ("offer withdrawn until the next change" if last
+                            else "sending it again")
+                    self.send(protocol.error(f"{problem}; {then}"))
+                    log.warning("renegotiation failed", extra={
+                        **self.log_extra, "reason": problem, "attempt": attempt + 1})
+                    if not last:
+                        await trio.sleep(RETRY_DELAY * 2**attempt)
+            finally:
+                self._awaiting_answer = False
+
+    async def _await_answer(self) -> str | None:
+        """Wait for the answer to the offer in flight and apply it; the problem, or None."""
+        answer: str | None = None
+        with trio.move_on_after(ANSWER_TIMEOUT):
+            answer = await self._answers.receive()
+        if answer is None:
+            return f"no SDP_ANSWER within {ANSWER_TIMEOUT:g} s"
+        try:
+            tolerated = self.pc.handle_answer(answer)
+        except SdpError as exc:
+            return f"bad SDP_ANSWER: {exc}"
+        self._note_tolerated(tolerated)
+        return None
+
+    def _note_tolerated(self, tolerated: list[str]) -> None:
+        """Say once per connection that the client's answers bend the rules (not per offer)."""
+        if tolerated and not self._tolerated_logged:
+            self._tolerated_logged = True
+            log.info("tolerated SDP_ANSWER", extra={**self.log_extra, "detail": tolerated[0]})
 
     def _needs_offer(self) -> bool:
         return any(t.mid is None or t.stopping for t in self.pc.jsep.transceivers)
@@ -174,12 +221,18 @@ class Subscriber(Downstream):
                 added.append(downtrack)
         return added
 
-    def _activate(self, added: list[DownTrack]) -> None:
+    def _activate(self) -> None:
+        """Start forwarding the down-tracks the last answer accepted."""
         now = trio.current_time()
-        for downtrack in added:
+        pending, self._pending = self._pending, []
+        for downtrack in pending:
             key = (downtrack.source.publisher_id, downtrack.source.track_id)
-            if self.downtracks.get(key) is downtrack:  # else its publisher left meanwhile
-                self.start_forwarding(downtrack, now)
+            if self.downtracks.get(key) is not downtrack:
+                continue  # its publisher left meanwhile
+            if downtrack.transceiver.mid is None:
+                self._pending.append(downtrack)  # in no offer yet
+            else:
+                self.start_forwarding(downtrack, now)  # False if the answer rejected it
 
     def close_downtracks(self) -> None:
         super().close_downtracks()

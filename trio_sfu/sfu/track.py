@@ -1,8 +1,10 @@
 """Forwarding: one published track fanned out to its subscribers' down-tracks.
 
-The per-packet path is ``PublishedTrack.on_rtp`` → ``DownTrack.forward`` for each subscriber →
-``RtpRewriter.rewrite`` → ``PeerConnection.send_rtp``: plain method calls inside the UDP reader,
-with everything that does not depend on the packet precomputed per down-track (DESIGN.md).
+The per-packet path is ``PublishedTrack.on_rtp`` → ``ForwardingGroup.forward`` for each group
+of subscribers that see the same rewrite (one ``RtpRewriter.rewrite``) → ``DownTrack.deliver``
+for each member → ``PeerConnection.send_rtp_as`` (its SSRC and transport-cc number patched in,
+SRTP, send): plain method calls inside the UDP reader, with everything that does not depend on
+the packet precomputed per group or per down-track (DESIGN.md, issue 10).
 RTCP is terminated per leg (issue 3): the publisher leg gets our receiver reports, NACKs and
 keyframe requests; each subscriber leg gets our sender reports and NACK retransmissions from
 the track's packet cache.
@@ -26,9 +28,10 @@ from trio_sfu.proto.capabilities import (
 )
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderReport
-from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, payload_size
+from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
+from trio_sfu.sfu.groups import Fanout, ForwardingGroup, GroupKey
 from trio_sfu.sfu.media import (
     FirSequence,
     KeyframeGate,
@@ -84,7 +87,9 @@ class TrackSource(Protocol):
     clock_rate: int
     cache: PacketCache | None
 
-    def attach(self, downtrack: DownTrack) -> None:
+    fanout: Fanout
+
+    def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None:
         """Start forwarding to ``downtrack`` (a video one from the next keyframe on)."""
 
     def detach(self, downtrack: DownTrack) -> None: ...
@@ -158,7 +163,7 @@ class PublishedTrack:
             codec_infos(transceiver),
             tuple((e.id, e.uri) for e in transceiver.header_extensions),
         )
-        self.downtracks: list[DownTrack] = []
+        self.fanout = Fanout()
         media = transceiver.media_codecs
         self.clock_rate = media[0].clock_rate if media else 90000
         video = self.kind == "video"
@@ -222,8 +227,8 @@ class PublishedTrack:
             self.cache.put(packet)
         if self.gate.waiting or self.keyframes.pending:
             self._watch_keyframes(packet, now)
-        for downtrack in self.downtracks:
-            downtrack.forward(packet, now)
+        for group in self.fanout.groups:
+            group.forward(packet, now)
         sink = self.relay_sink
         if sink is not None:
             sink(packet)
@@ -232,7 +237,8 @@ class PublishedTrack:
         """Only while a subscriber waits for its first keyframe or a request is pending."""
         released = self.gate.watch(packet, now, self.keyframes)
         if released:
-            self.downtracks = [*self.downtracks, *released]
+            for downtrack in released:
+                self.fanout.add(downtrack)
         elif self.gate.waiting:
             self.request_keyframe(now)  # throttled: keeps asking while someone waits
 
@@ -246,16 +252,34 @@ class PublishedTrack:
 
     # -- control --------------------------------------------------------------------------
 
-    def attach(self, downtrack: DownTrack) -> None:
+    def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None:
         """A new subscriber of a video track waits for the next keyframe (``gate``)."""
-        if self.gate.active:
+        # A switched down-track (``carry``: WHEP following a new publisher) continues its
+        # numbering in a group at once; switch() asks for the keyframe. A new one waits.
+        if self.gate.active and carry is None:
             self.gate.hold(downtrack)
         else:
-            self.downtracks = [*self.downtracks, downtrack]
+            self.fanout.add(downtrack, carry)
 
     def detach(self, downtrack: DownTrack) -> None:
         self.gate.drop(downtrack)
-        self.downtracks = [d for d in self.downtracks if d is not downtrack]
+        self.fanout.remove(downtrack)
+
+    def resend_to_relay(self, sequence_numbers: tuple[int, ...], now: float) -> None:
+        """Another pod's subscribers lost these relayed packets (a ``Nack`` command, issue 9):
+        relay them again from the cache; if some are gone, ask the publisher for a keyframe."""
+        sink, cache = self.relay_sink, self.cache
+        if sink is None or cache is None:
+            return
+        missing = False
+        for seq in sequence_numbers:
+            packet = cache.get(seq)
+            if packet is None:
+                missing = True
+            else:
+                sink(packet)
+        if missing:
+            self.request_keyframe(now)
 
     def request_keyframe(self, now: float) -> bool:
         """PLI (or FIR if only FIR was negotiated) to the publisher, throttled per track."""
@@ -311,10 +335,13 @@ class PublishedTrack:
 
 
 class DownTrack:
-    """One published track as one subscriber receives it: a sendonly transceiver + rewriter.
+    """One published track as one subscriber receives it: a sendonly transceiver in a
+    forwarding group of its source (:mod:`trio_sfu.sfu.groups`).
 
-    The rewriter is built once the subscriber's answer fixed the payload types and extension
-    ids; until then (and after :meth:`close`) nothing is forwarded.
+    The group's rewriter does what every subscriber with the same negotiated mapping shares;
+    the down-track adds what is its own — its SSRC, its transport-wide sequence number, SRTP
+    and the send (:meth:`deliver`). It joins a group once the subscriber's answer fixed the
+    payload types and extension ids; until then (and after :meth:`close`) nothing is sent.
     """
 
     def __init__(
@@ -329,17 +356,23 @@ class DownTrack:
         self.transceiver = transceiver
         self.source = source
         self._twcc = twcc
-        self.rewriter: RtpRewriter | None = None
+        self.group: ForwardingGroup | None = None
+        self.group_key: GroupKey = ((), (), source.clock_rate, 0)
+        #: RTT and our SRs; counts and timestamp mapping come from the group when reporting
         self.stats = SendStatistics(source.clock_rate)
-        self._send = pc.send_rtp
+        self._send = pc.send_rtp_as
+        self._ssrc = transceiver.sender_ssrc
+        self._sequencer: TransportCcSequencer | None = None
         self._rtx_pt: dict[int, int] = {}
         self._rtx_seq = 0
         # When each recently retransmitted sequence number went out (slot = seq % size).
         self._resent_seq = [-1] * _RESENT_SLOTS
         self._resent_at = [0.0] * _RESENT_SLOTS
-        self._last_forward = 0.0
-        self.forwarded = 0
-        self.unmapped = 0
+        # What this subscriber was sent = its group's counts minus these (set on joining).
+        self._base_packets = 0
+        self._base_octets = 0
+        self._sent_packets = 0
+        self._sent_octets = 0
         self.retransmitted = 0
         self.nack_misses = 0
         self.nack_repeats = 0  # NACKs for a packet retransmitted less than an RTT ago
@@ -348,61 +381,95 @@ class DownTrack:
     def __repr__(self) -> str:
         return f"<DownTrack {self.source!r} -> {self.pc.name}>"
 
+    @property
+    def rewriter(self) -> RtpRewriter | None:
+        """The rewriter of the group this down-track is in (None: not forwarding)."""
+        return self.group.rewriter if self.group is not None else None
+
     def activate(self) -> bool:
-        """Build the rewriter from what was negotiated; False if nothing can be forwarded."""
+        """Work out the forwarding mapping from what was negotiated; False if nothing can be
+        forwarded. The source's :meth:`TrackSource.attach` then puts it in a group."""
         t = self.transceiver
         if t.stopped or not t.sending:
             return False
-        pt_map, ext_map, clock_rate, self._rtx_pt = forwarding_maps(self.source.info, t)
-        if not pt_map:
+        if not self._configure(self.source.info):
             log.warning(
                 "subscriber accepted none of the publisher's codecs",
                 extra={"peer": self.pc.name, "track": self.source.track_id},
             )
             return False
-        twcc_id = t.extension_id(URI_TRANSPORT_CC)
-        self.rewriter = RtpRewriter(
-            t.sender_ssrc,
-            pt_map,
-            ext_map,
-            clock_rate=clock_rate,
-            twcc=self._twcc(twcc_id) if twcc_id is not None else None,
-        )
         return True
+
+    def _configure(self, info: TrackInfo) -> bool:
+        t = self.transceiver
+        pt_map, ext_map, clock_rate, rtx_pt = forwarding_maps(info, t)
+        if not pt_map:
+            return False
+        twcc_id = t.extension_id(URI_TRANSPORT_CC) or 0
+        self.group_key = (
+            tuple(sorted(pt_map.items())),
+            tuple(sorted(ext_map.items())),
+            clock_rate,
+            twcc_id,
+        )
+        self._sequencer = self._twcc(twcc_id) if twcc_id else None
+        self._rtx_pt = rtx_pt
+        self._ssrc = t.sender_ssrc
+        return True
+
+    def new_rewriter(self) -> RtpRewriter:
+        """A rewriter for a new group with this down-track's mapping. Its SSRC and
+        transport-cc numbers are placeholders: :meth:`deliver` writes each member's own."""
+        pt_map, ext_map, clock_rate, twcc_id = self.group_key
+        return RtpRewriter(
+            0,
+            dict(pt_map),
+            dict(ext_map),
+            clock_rate=clock_rate,
+            twcc=TransportCcSequencer(twcc_id) if twcc_id else None,
+        )
+
+    def joined(self, group: ForwardingGroup) -> None:
+        self.group = group
+        self._base_packets = group.stats.packets - self._sent_packets
+        self._base_octets = group.stats.octets - self._sent_octets
+
+    def left(self, group: ForwardingGroup) -> None:
+        self._sent_packets = group.stats.packets - self._base_packets
+        self._sent_octets = group.stats.octets - self._base_octets
+        self.group = None
 
     def switch(self, source: TrackSource, now: float) -> bool:
         """Forward ``source`` instead, without renegotiating: same SSRC, sequence numbers and
         timestamps continue (a WHEP viewer following a replaced publisher). False, and no
         change, if the subscriber did not negotiate any of the new source's codecs."""
-        rewriter = self.rewriter
-        if rewriter is None:
+        group = self.group
+        if group is None:
             return False
-        pt_map, ext_map, _, rtx_pt = forwarding_maps(source.info, self.transceiver)
+        pt_map, ext_map, _, _ = forwarding_maps(source.info, self.transceiver)
         if not pt_map:
             return False
         self.source.detach(self)
-        rewriter.remap(pt_map, ext_map)
-        rewriter.switch_source(now - self._last_forward if self._last_forward else 0.0)
-        self._rtx_pt = rtx_pt
+        self._configure(source.info)
         self.source = source
         self.switches += 1
-        source.attach(self)
+        # Numbering of its own that continues the old group's: a group of its own.
+        source.attach(self, carry=group)
+        rewriter = self.rewriter
+        assert rewriter is not None
+        rewriter.remap(pt_map, ext_map)
+        rewriter.switch_source(now - group.last_forward if group.last_forward else 0.0)
         source.request_keyframe(now)
         return True
 
-    def forward(self, packet: bytes, now: float) -> None:
-        rewriter = self.rewriter
-        if rewriter is None:
-            return
-        out = rewriter.rewrite(packet)
-        if out is None:
-            self.unmapped += 1
-            return
-        self.forwarded += 1
-        self._last_forward = now
-        # RFC 3550 §6.4.1: the SR's octet count is payload only (no header, extension, padding).
-        self.stats.update(_TS.unpack_from(out, 4)[0], payload_size(out), now)
-        self._send(out)
+    def deliver(self, out: bytes, twcc_offset: int) -> None:
+        """Send the group's rewritten packet as this subscriber's (the per-member hot path)."""
+        sequencer = self._sequencer
+        seq = 0
+        if sequencer is not None:
+            seq = sequencer.next_seq
+            sequencer.next_seq = (seq + 1) & 0xFFFF
+        self._send(out, self._ssrc, twcc_offset, seq)
 
     @property
     def rtt(self) -> float:
@@ -416,39 +483,51 @@ class DownTrack:
 
         A NACK repeated within one round trip of our retransmission is not answered again:
         the repair is still on its way (libwebrtc's receiver re-NACKs on its own timer)."""
-        rewriter = self.rewriter
+        group = self.group
         cache = self.source.cache
-        if rewriter is None or cache is None:
+        if group is None or cache is None:
             return False
         slot = out_seq % _RESENT_SLOTS
         if self._resent_seq[slot] == out_seq and now - self._resent_at[slot] < self.rtt:
             self.nack_repeats += 1
             return False
+        rewriter = group.rewriter
         in_seq = rewriter.to_input_sequence(out_seq)
         original = cache.get(in_seq) if in_seq is not None else None
         out = rewriter.rewrite_as(original, out_seq) if original is not None else None
         if out is None:
             self.nack_misses += 1
             return False
+        twcc_offset = rewriter.twcc_offset
+        ssrc = self._ssrc
         rtx_pt = self._rtx_pt.get(out[1] & 0x7F)
         if rtx_pt is not None:
-            ssrc = self.transceiver.sender_rtx_ssrc
-            assert ssrc is not None
-            out = rtx_wrap(out, ssrc, rtx_pt, self._rtx_seq)
+            rtx_ssrc = self.transceiver.sender_rtx_ssrc
+            assert rtx_ssrc is not None
+            out = rtx_wrap(out, rtx_ssrc, rtx_pt, self._rtx_seq)
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             if out is None:
                 return False
+            ssrc = rtx_ssrc
         self.retransmitted += 1
         self._resent_seq[slot] = out_seq
         self._resent_at[slot] = now
-        self._send(out)
+        sequencer = self._sequencer
+        seq = 0
+        if sequencer is not None:
+            seq = sequencer.next_seq
+            sequencer.next_seq = (seq + 1) & 0xFFFF
+        self._send(out, ssrc, twcc_offset, seq)
         return True
 
     def sender_report(self, now: float, unix: float) -> SenderReport | None:
-        if self.rewriter is None:
+        group = self.group
+        if group is None:
             return None
-        return self.stats.sender_report(self.transceiver.sender_ssrc, now, unix)
+        sent = group.stats
+        self.stats.follow(sent, sent.packets - self._base_packets, sent.octets - self._base_octets)
+        return self.stats.sender_report(self._ssrc, now, unix)
 
     def close(self) -> None:
-        self.rewriter = None
         self.source.detach(self)
+        self.group = None

@@ -17,7 +17,7 @@ import base64
 import ipaddress
 import os
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from aioice import Candidate
@@ -94,6 +94,8 @@ class _Slot:
     data: bool = False
     # zero port in the current local or remote description: recyclable (RFC 8829 §5.2.2)
     rejected: bool = False
+    # the section's codecs as last written or offered, repeated when it is stopped (§5.2.2)
+    codecs: list[RtpCodec] = field(default_factory=list)
 
 
 class JsepSession:
@@ -250,13 +252,14 @@ class JsepSession:
             if slot.data and not slot.rejected:
                 m = self._data_section(slot, "actpass")
             elif live is None or slot.rejected or live.stopped or live.stopping:
-                m = self._zero_port_section(slot)
+                m = self._zero_port_section(slot, "actpass")
             else:
                 live.mid, live.mline_index = slot.mid, i
                 codecs = live.codecs or self._offer_codecs(self._caps(live), pts_in_use)
                 exts = live.header_extensions or self._offer_extensions(live.kind, ids_in_use)
                 m = self._rtp_section(slot, live, codecs, exts, live.direction, "actpass", True,
                                       [], None)
+                slot.codecs = list(codecs)
             slot.formats = list(m.formats)
             sections.append(m)
         desc = self._description(sections, extmap_allow_mixed=True, bundle=True)
@@ -318,12 +321,13 @@ class JsepSession:
             if old is not None and old.mid == mid:
                 if old.kind != m.kind:
                     raise fail(m, i, f"kind changed from {old.kind} to {m.kind}")
-                slot = replace(old, protocol=m.protocol, formats=list(m.formats))
+                slot = replace(old, protocol=m.protocol, formats=list(m.formats),
+                               codecs=list(m.codecs) or old.codecs)
             elif old is not None and not old.rejected:
                 raise fail(m, i, f"replaces live mid {old.mid!r} (only zero-port is recycled)")
             else:
                 slot = _Slot(mid, m.kind, m.protocol, list(m.formats),
-                             data=m.kind == "application")
+                             data=m.kind == "application", codecs=list(m.codecs))
             accept = self._acceptable(m, i, slot, group, has_data, any(not s.rejected
                                                                       for s in slots))
             slot.rejected = not accept
@@ -397,12 +401,17 @@ class JsepSession:
         if offer is None or len(desc.media) != len(slots):
             raise SdpError("answer does not have the offer's m-sections (RFC 3264 §6)")
         negotiated: list[tuple[list[RtpCodec], list[HeaderExtension], Direction]] = []
+        tolerated: list[str] = []
         for i, (slot, m, mine) in enumerate(zip(slots, desc.media, offer.media, strict=True)):
             if m.kind != mine.kind:
                 raise fail(m, i, f"answer has kind {m.kind}, offer {mine.kind}")
             accepted = not m.stopped
             if accepted and mine.port == 0:
-                raise fail(m, i, "answer accepts a section the offer rejected")
+                # RFC 3264 §6 forbids it, yet aiortc and libdatachannel answer a stopped
+                # section with a live port. What we offered decides: it stays rejected.
+                tolerated.append(str(fail(m, i, "answer accepts a section the offer rejected; "
+                                             "taken as rejected")))
+                accepted = False
             if accepted and m.mid != slot.mid:
                 raise fail(m, i, f"answer mid differs from the offer's {slot.mid!r}")
             slot.rejected = not accepted
@@ -432,6 +441,7 @@ class JsepSession:
             if self._dtls_role is not None and role != self._dtls_role:
                 raise SdpError(f"answer a=setup:{transport.setup} would change the DTLS role")
         changes = self._transport_changes(transport)
+        changes.tolerated = tolerated
         # -- validated: commit -------------------------------------------------------------
         for i, (slot, m) in enumerate(zip(slots, desc.media, strict=True)):
             t = slot.transceiver
@@ -491,15 +501,15 @@ class JsepSession:
             t = slot.transceiver
             result = None
             if slot.rejected:
-                section = self._zero_port_section(slot)
+                section = self._zero_port_section(slot, setup)
             elif slot.data:
                 section = self._data_section(slot, setup)
             elif t is None or t.stopped or t.stopping:
-                section = self._zero_port_section(slot)
+                section = self._zero_port_section(slot, setup)
             else:
                 codecs = negotiate_codecs(m.codecs, self._caps(t))
                 if not any(not c.is_rtx for c in codecs):
-                    section = self._zero_port_section(slot)
+                    section = self._zero_port_section(slot, setup)
                 else:
                     exts = negotiate_extensions(m.extmaps, self.header_extensions, t.kind)
                     direction = intersect(t.direction,
@@ -509,6 +519,7 @@ class JsepSession:
                                                 m.rtcp_rsize, rids, simulcast)
                     section.protocol = m.protocol
                     result = (codecs, exts, direction)
+                    slot.codecs = list(codecs)
             results.append(result)
             sections.append(section)
         offered_group = offer.bundle_group()
@@ -656,18 +667,32 @@ class JsepSession:
         m.max_message_size = self.transport.max_message_size
         return m
 
-    def _zero_port_section(self, slot: _Slot) -> MediaSection:
-        """A rejected/stopped section: port 0, no msid, not bundled (RFC 8829 §5.2.2).
+    def _zero_port_section(self, slot: _Slot, setup: str) -> MediaSection:
+        """A rejected/stopped section in the full form browsers write (RFC 8829 §5.2.2).
 
-        RTP sections carry only the static format 0 (what browsers write too): it needs no
-        rtpmap, so every parser accepts it, and a long-lived session's dead sections stay tiny.
+        Port 0, `a=inactive`, no msid, no ssrc, no candidates and not in the BUNDLE group — but
+        with the session's ICE credentials, fingerprint and setup, rtcp-mux and the section's
+        own codecs. A bare `m=video 0 ... 0` is legal SDP, yet real stacks refuse it: aiortc
+        wants ICE credentials in every section, GStreamer a fingerprint, werift one of its
+        codecs (issue 8). Sections we know no codecs for keep the static format 0.
         """
-        if "RTP/" in slot.protocol.upper() or not slot.formats:
-            formats = [_DATACHANNEL_FORMAT] if slot.data else ["0"]
+        m = MediaSection(slot.kind, 0, slot.protocol, mid=slot.mid)
+        self._transport_attributes(m, setup)
+        m.port, m.connection = 0, Connection("IN", "IP4", "0.0.0.0")
+        m.candidates, m.end_of_candidates = [], False
+        if slot.data and slot.protocol.upper() in _SCTP_PROTOCOLS:
+            m.formats, m.sctp_port = [_DATACHANNEL_FORMAT], self.transport.sctp_port
+        elif "RTP/" in slot.protocol.upper():
+            m.direction, m.rtcp_mux = "inactive", True
+            t = slot.transceiver
+            codecs = t.codecs if t is not None and t.codecs else slot.codecs
+            if codecs:
+                m.set_codecs([replace(c, rtcp_fb=list(c.rtcp_fb)) for c in codecs])
+            else:
+                m.formats = ["0"]
         else:
-            formats = slot.formats
-        return MediaSection(slot.kind, 0, slot.protocol, list(formats),
-                            connection=Connection("IN", "IP4", "0.0.0.0"), mid=slot.mid)
+            m.formats = list(slot.formats) or ["0"]
+        return m
 
     def _description(self, sections: list[MediaSection], *, extmap_allow_mixed: bool,
                      bundle: bool, order: list[str] | None = None) -> SessionDescription:

@@ -143,3 +143,5 @@ class RemoteChanges:
     fingerprint_changed: bool = False
     data_channel_added: bool = False
     data_channel_stopped: bool = False
+    #: deviations of the peer's description we accepted anyway (each a readable sentence)
+    tolerated: list[str] = field(default_factory=list)

@@ -91,6 +91,7 @@ class RtpRewriter:
         "octets",
         "packets",
         "retransmitted",
+        "twcc_offset",
     )
 
     def __init__(
@@ -132,6 +133,24 @@ class RtpRewriter:
         self.octets = 0
         self.dropped = 0
         self.retransmitted = 0
+        #: where the last output's transport-cc sequence number sits (-1: none), so a
+        #: forwarding group can rewrite once and number per subscriber transport
+        self.twcc_offset = -1
+
+    def clone(self) -> RtpRewriter:
+        """An independent copy that continues exactly where this one is (same sequence,
+        timestamp and duplicate-window state): a subscriber leaving a forwarding group for
+        numbering of its own starts from the group's state, so it sees no glitch."""
+        twin = RtpRewriter.__new__(RtpRewriter)
+        for name in RtpRewriter.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin._seen = list(self._seen)
+        twin._buf = bytearray(self._buf)
+        twin._view = memoryview(twin._buf)
+        if self._twcc is not None:
+            twin._twcc = TransportCcSequencer(self._twcc.ext_id, self._twcc.next_seq)
+        twin._plans = dict(self._plans)
+        return twin
 
     def remap(
         self, payload_types: Mapping[int, int], extension_ids: Mapping[int, int] | None = None
@@ -286,10 +305,14 @@ class RtpRewriter:
                     tseq = twcc.next_seq
                     twcc.next_seq = (tseq + 1) & 0xFFFF
                     block |= tseq << plan[4]
+                    self.twcc_offset = hdr_end - 2 - (plan[4] >> 3)
+                else:
+                    self.twcc_offset = -1
                 buf[pos:hdr_end] = block.to_bytes(hdr_end - pos)
                 out = hdr_end
             elif mode == _DROP_BLOCK:
                 out = pos
+                self.twcc_offset = -1
             else:
                 out = self._write_extensions(packet, pos, hdr_end)
                 if out < 0:
@@ -300,7 +323,11 @@ class RtpRewriter:
             if pos > n:
                 self.dropped += 1
                 return None
-            out = pos if self._twcc is None else self._write_extensions(packet, pos, pos)
+            if self._twcc is None:
+                out = pos
+                self.twcc_offset = -1
+            else:
+                out = self._write_extensions(packet, pos, pos)
         if pos > 12:
             buf[12:pos] = packet[12:pos]
 
@@ -399,10 +426,14 @@ class RtpRewriter:
                     tseq = twcc.next_seq
                     twcc.next_seq = (tseq + 1) & 0xFFFF
                     block |= tseq << plan[4]
+                    self.twcc_offset = hdr_end - 2 - (plan[4] >> 3)
+                else:
+                    self.twcc_offset = -1
                 buf[pos:hdr_end] = block.to_bytes(hdr_end - pos)
                 out = hdr_end
             elif mode == _DROP_BLOCK:
                 out = pos
+                self.twcc_offset = -1
             else:
                 out = self._write_extensions(packet, pos, hdr_end)
                 if out < 0:
@@ -411,7 +442,11 @@ class RtpRewriter:
             hdr_end = pos
             if pos > n:
                 return -1, 0
-            out = pos if self._twcc is None else self._write_extensions(packet, pos, pos)
+            if self._twcc is None:
+                out = pos
+                self.twcc_offset = -1
+            else:
+                out = self._write_extensions(packet, pos, pos)
         if pos > 12:
             buf[12:pos] = packet[12:pos]
         return out, hdr_end
@@ -600,6 +635,7 @@ class RtpRewriter:
                     p += length
                 i += 2 + length
         twcc = self._twcc
+        self.twcc_offset = -1
         if twcc is not None:
             seq = twcc.next_seq
             twcc.next_seq = (seq + 1) & 0xFFFF
@@ -611,6 +647,7 @@ class RtpRewriter:
                 buf[p] = (twcc.ext_id << 4) | 1
                 p += 1
             _U16.pack_into(buf, p, seq)
+            self.twcc_offset = p
             p += 2
         if p == out + 4:
             return out

@@ -70,6 +70,18 @@ class SendStatistics:
         self._last_ts = rtp_ts
         self._last_time = now
 
+    def follow(self, source: SendStatistics, packets: int, octets: int) -> None:
+        """Take the timestamp mapping of ``source`` with this stream's own counts.
+
+        A forwarding group accounts each packet once for all its subscribers (issue 10); a
+        subscriber's SR uses the group's mapping and the counts since it joined.
+        """
+        self._started = source._started
+        self._last_ts = source._last_ts
+        self._last_time = source._last_time
+        self.packets = packets
+        self.octets = octets
+
     def sender_report(self, ssrc: int, now: float, unix: float) -> SenderReport | None:
         """An SR for ``now`` (monotonic) = ``unix`` (wall clock); None before any packet.
 

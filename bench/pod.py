@@ -1,0 +1,387 @@
+"""A real pod measured end to end with ``trio-sfu load`` (issue 10), beside the floor measured in
+the same run the same way.
+
+The server is ``python -m trio_sfu`` pinned to one core (``os.sched_setaffinity``), the load
+tester ``python -m trio_sfu load`` (our own client stack, real ICE/DTLS/SRTP/SCTP) pinned to
+the other. Scenarios: one room with one publisher (VP8-shaped 1.5 Mbit/s video + Opus 50/s)
+and N = 10, 50, 100, 200, 400 subscribers; 20 rooms × (1 publisher + 5 subscribers); and N
+idle subscribers (no publisher) for the memory each connected peer costs.
+
+Per scenario, from the server's ``/proc/<pid>/stat`` (utime + stime) and its ``/metrics``
+(``trio_sfu_udp_datagrams_out_total``), sampled every 0.5 s by this process over the media
+phase (from the first to the last half-second whose outbound rate is ≥ 30 % of the peak):
+server CPU %, outbound packets/s and CPU µs per outbound packet; from the load tester's JSON:
+loss, added latency p50/p99 (send time in the payload → subscriber's decrypt, one monotonic
+clock) and POST → data channel open p50/p99.
+
+The floor, per scenario, is measured the same way: this process pinned to the server's core
+protects (pylibsrtp AEAD_AES_128_GCM) and sends with a raw non-blocking ``sendto`` each
+incoming packet to as many loopback sockets as the pod sends it to, at the pod's input rate,
+while a separate process on the other core drains those sockets — so the kernel's loopback
+delivery is charged the same way as the pod's. pod − floor is the pod's own work per packet.
+
+``--source DIR`` runs the server from another source tree (e.g. an export of an older commit:
+``git archive <rev> | tar -x -C DIR``) with the same load tester, for before/after figures.
+Figures, not asserts; every process started here is stopped at the end.
+
+Run from the repository root: ``.venv/bin/python -m bench.pod [--quick] [--source DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.floor import gcm_session, rtp_packets
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_LINE = re.compile(r"trio-sfu: demo at (http://127\.0\.0\.1:\d+/)")
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+DURATION = 8.0
+#: The load of one publisher: ≈ 30 frames/s × 6 video packets + 50 audio packets.
+INPUT_RATE = 230
+
+
+def cores() -> tuple[set[int] | None, set[int] | None]:
+    """(server core, client cores): the first allowed core and the rest; None if only one."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None, None
+    return {allowed[0]}, set(allowed[1:])
+
+
+def pinned(cpus: set[int] | None) -> Any:
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return pin
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (proc(5) 14, 15)
+
+    def rss(self) -> int:
+        with open(f"/proc/{self.proc.pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+
+    def packets_out(self) -> float | None:
+        try:
+            text = httpx.get(self.url + "metrics", timeout=2).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("trio_sfu_udp_datagrams_out_total "):
+                return float(line.split()[1])
+        return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+
+def start_server(source: Path | None, cpus: set[int] | None) -> Server:
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    argv = [
+        sys.executable, "-m", "trio_sfu",
+        "--http-host", "127.0.0.1", "--http-port", "0",
+        "--udp-host", "127.0.0.1", "--udp-port", "0",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=source or REPO,
+        env=env,
+        preexec_fn=pinned(cpus),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = DEMO_LINE.search(line)
+    if match is None:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return Server(proc, match.group(1))
+
+
+@dataclass
+class Sampler:
+    """(time, server CPU s, outbound datagrams, RSS) every 0.5 s, in a thread."""
+
+    server: Server
+    samples: list[tuple[float, float, float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            out = self.server.packets_out()
+            try:
+                sample = (time.monotonic(), self.server.cpu_seconds(), out, self.server.rss())
+            except OSError:
+                return
+            if out is not None:
+                self.samples.append(sample)  # type: ignore[arg-type]
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> Sampler:
+        self._thread = threading.Thread(target=self.run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def steady(self) -> tuple[float, float, float] | None:
+        """(seconds, CPU s, packets out) from the first to the last sample interval whose
+        outbound rate is at least 30 % of the peak: the media phase, not the joins before
+        it or the drain after (a client catching up in bursts stays inside it)."""
+        s = self.samples
+        rates = [((b[2] - a[2]) / (b[0] - a[0]), i) for i, (a, b) in enumerate(pairwise(s))]
+        if not rates:
+            return None
+        peak = max(r for r, _ in rates)
+        if peak <= 0:
+            return None
+        good = [i for r, i in rates if r >= 0.3 * peak]
+        first, last = s[good[0]], s[good[-1] + 1]
+        return last[0] - first[0], last[1] - first[1], last[2] - first[2]
+
+
+def run_load(url: str, cpus: set[int] | None, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_sfu", "load", "--url", url, "--no-progress", "--json", "-",
+         *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        preexec_fn=pinned(cpus),
+    )
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"load failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+_DRAINER = textwrap.dedent(
+    """
+    import selectors, socket, sys
+    n = int(sys.argv[1])
+    sel = selectors.DefaultSelector()
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        socks.append(s)
+    print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+    sel.register(sys.stdin, selectors.EVENT_READ)
+    buf = bytearray(4096)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is sys.stdin:
+                sys.exit(0)
+            try:
+                while True:
+                    key.fileobj.recv_into(buf)
+            except BlockingIOError:
+                pass
+    """
+)
+
+
+def measure_floor(
+    fanout: int, input_rate: float, seconds: float, server: set[int] | None,
+    clients: set[int] | None, size: int = 1100,
+) -> float:
+    """CPU µs per outbound packet: per input packet, GCM protect + raw sendto to each of
+    ``fanout`` loopback sockets drained by a process on the client core, at ``input_rate``."""
+    drainer = subprocess.Popen(
+        [sys.executable, "-c", _DRAINER, str(fanout)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=pinned(clients),
+    )
+    before = os.sched_getaffinity(0)
+    try:
+        assert drainer.stdout is not None
+        ports = [int(p) for p in drainer.stdout.readline().split()]
+        if server:
+            os.sched_setaffinity(0, server)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.setblocking(False)
+        sessions = [gcm_session() for _ in range(fanout)]
+        packets = rtp_packets(int(input_rate * seconds) + 1, size=size)
+        dests = [("127.0.0.1", p) for p in ports]
+        sent = 0
+        interval = 1 / input_rate
+        start = time.monotonic()
+        c0 = time.process_time()
+        for i, packet in enumerate(packets):
+            for session, dest in zip(sessions, dests, strict=True):
+                try:
+                    sock.sendto(session.protect(packet), dest)
+                except BlockingIOError:
+                    pass
+                sent += 1
+            delay = start + (i + 1) * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        cpu = time.process_time() - c0
+        sock.close()
+        return cpu / sent * 1e6
+    finally:
+        os.sched_setaffinity(0, before)
+        if drainer.stdin is not None:
+            drainer.stdin.close()
+        drainer.wait(10)
+
+
+@dataclass
+class Row:
+    name: str
+    subscribers: int
+    out_rate: float
+    cpu_percent: float
+    us_per_packet: float
+    floor_us: float
+    loss: float
+    p50_ms: float | None
+    p99_ms: float | None
+    join_p50_ms: float | None
+    join_p99_ms: float | None
+    delivered_rate: float
+
+
+def scenario(
+    name: str, source: Path | None, server_cpus: set[int] | None,
+    client_cpus: set[int] | None, fanout: int, input_rate: float, duration: float,
+    *load_args: str,
+) -> Row:
+    server = start_server(source, server_cpus)
+    try:
+        with Sampler(server) as sampler:
+            result = run_load(server.url, client_cpus, "--duration", str(duration), *load_args)
+        steady = sampler.steady()
+    finally:
+        server.stop()
+    seconds, cpu, out = steady if steady is not None else (1.0, 0.0, 0.0)
+    floor = measure_floor(fanout, input_rate, min(4.0, duration / 2), server_cpus, client_cpus)
+    return Row(
+        name=name,
+        subscribers=result["clients"]["subscribers"],
+        out_rate=out / seconds,
+        cpu_percent=100 * cpu / seconds,
+        us_per_packet=cpu / out * 1e6 if out else float("nan"),
+        floor_us=floor,
+        loss=result["packets"]["loss"],
+        p50_ms=result["latency_ms"]["p50"],
+        p99_ms=result["latency_ms"]["p99"],
+        join_p50_ms=result["join_ms"]["p50"],
+        join_p99_ms=result["join_ms"]["p99"],
+        delivered_rate=result["packets"]["delivered"] / duration,
+    )
+
+
+def idle_memory(
+    source: Path | None, server_cpus: set[int] | None, client_cpus: set[int] | None, peers: int
+) -> float:
+    """Bytes of server RSS per connected idle subscriber (no media)."""
+    server = start_server(source, server_cpus)
+    try:
+        time.sleep(1.0)
+        base = server.rss()
+        with Sampler(server) as sampler:
+            run_load(server.url, client_cpus, "--publishers", "0", "--subscribers", str(peers),
+                     "--duration", "4")
+        peak = max((s[3] for s in sampler.samples), default=base)
+    finally:
+        server.stop()
+    return (peak - base) / peers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, help="run the server from this source tree")
+    parser.add_argument("--quick", action="store_true", help="N = 10, 50 only; shorter runs")
+    parser.add_argument("--sizes", type=int, nargs="*", help="subscriber counts to run")
+    args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every server and load process started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    server_cpus, client_cpus = cores()
+    if server_cpus is None:
+        print("only one core: server and clients share it (figures are not comparable)")
+    sizes = args.sizes or ([10, 50] if args.quick else [10, 50, 100, 200, 400])
+    duration = 5.0 if args.quick else DURATION
+    print(f"server on CPU {server_cpus}, clients on {client_cpus}; source "
+          f"{args.source or 'this tree'}; {duration:.0f} s per run")
+    rows: list[Row] = []
+    for n in sizes:
+        rows.append(scenario(f"1 pub → {n} subs", args.source, server_cpus, client_cpus, n,
+                             INPUT_RATE, duration, "--subscribers", str(n)))
+        print_row(rows[-1])
+    if not args.quick:
+        rows.append(scenario("20 rooms × (1+5)", args.source, server_cpus, client_cpus, 5,
+                             20 * INPUT_RATE, duration, "--rooms", "20", "--subscribers", "5"))
+        print_row(rows[-1])
+    peers = 50 if args.quick else 200
+    memory = idle_memory(args.source, server_cpus, client_cpus, peers)
+    print()
+    print("| scenario | out pkt/s | server CPU | µs/out pkt | floor µs | pod − floor | loss |"
+          " latency p50/p99 ms | join p50/p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(table_row(r))
+    print(f"\nmemory per idle connected subscriber ({peers} peers): {memory / 1024:.0f} KiB")
+
+
+def print_row(r: Row) -> None:
+    print(f"  {r.name}: {r.out_rate:,.0f} out pkt/s, CPU {r.cpu_percent:.0f} %, "
+          f"{r.us_per_packet:.1f} µs/pkt (floor {r.floor_us:.1f}), loss {100 * r.loss:.3f} %, "
+          f"latency p50 {r.p50_ms} p99 {r.p99_ms} ms, join p50 {r.join_p50_ms} ms, "
+          f"delivered {r.delivered_rate:,.0f}/s", flush=True)
+
+
+def table_row(r: Row) -> str:
+    return (
+        f"| {r.name} | {r.out_rate:,.0f} | {r.cpu_percent:.0f} % | {r.us_per_packet:.1f} | "
+        f"{r.floor_us:.1f} | {r.us_per_packet - r.floor_us:.1f} | {100 * r.loss:.2f} % | "
+        f"{r.p50_ms} / {r.p99_ms} | {r.join_p50_ms} / {r.join_p99_ms} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Firefox ESR for the tests: where it is, and the profile preferences every test uses.
+
+Firefox runs without an automation protocol here (Playwright drives only its own patched
+builds), so its pages drive themselves and report over plain HTTP (tests/test_site.py's
+Collector, tests/peers/interop_browser.py). Imports nothing from trio_sfu.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+FIREFOX_PREFS = """\
+user_pref("media.navigator.streams.fake", true);
+user_pref("media.navigator.permission.disabled", true);
+user_pref("media.autoplay.default", 0);
+user_pref("media.autoplay.blocking_policy", 0);
+user_pref("media.peerconnection.ice.loopback", true);
+user_pref("media.peerconnection.ice.obfuscate_host_addresses", false);
+user_pref("browser.shell.checkDefaultBrowser", false);
+user_pref("browser.startup.homepage_override.mstone", "ignore");
+user_pref("datareporting.policy.dataSubmissionEnabled", false);
+user_pref("toolkit.telemetry.reportingpolicy.firstRun", false);
+user_pref("app.update.disabledForTesting", true);
+user_pref("extensions.update.enabled", false);
+user_pref("network.captive-portal-service.enabled", false);
+user_pref("network.connectivity-service.enabled", false);
+user_pref("browser.safebrowsing.malware.enabled", false);
+user_pref("browser.safebrowsing.phishing.enabled", false);
+"""
+
+
+# Set to 1 (e.g. in CI once scripts/setup-system installs firefox-esr) to fail, not skip,
+# when Firefox is missing.
+REQUIRE_FIREFOX_ENV = "TRIO_SFU_REQUIRE_FIREFOX"
+
+
+def find_firefox() -> str | None:
+    for name in ("firefox-esr", "firefox"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None

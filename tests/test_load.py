@@ -1,0 +1,104 @@
+"""``trio-sfu load`` (issue 10) against a real server process: real clients on our own stack,
+JSON and plot checked (counts, not timing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_LINE = re.compile(r"trio-sfu: demo at (http://127\.0\.0\.1:\d+/)")
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "trio_sfu",
+            "--http-host", "127.0.0.1", "--http-port", "0",
+            "--udp-host", "127.0.0.1", "--udp-port", "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # bounded: EOF if start-up fails
+        match = DEMO_LINE.search(line)
+        assert match is not None, f"no demo URL in {line!r}"
+        yield match.group(1)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def load(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_sfu", "load", "--url", url, "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_load_reports_what_subscribers_received(server: str, tmp_path: Path) -> None:
+    plot = tmp_path / "load.png"
+    done = load(
+        server,
+        "--room", "ci",
+        "--publishers", "1",
+        "--subscribers", "3",
+        "--video-bitrate", "300k",
+        "--duration", "3",
+        "--processes", "2",
+        "--json", "-",
+        "--plot", str(plot),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["clients"] == {"publishers": 1, "subscribers": 3, "connected": 4, "failed": 0}
+    packets = result["packets"]
+    assert packets["sent"] > 0
+    # Every subscriber gets both tracks: what arrived is three times what was sent, give or
+    # take the packets in flight when the publisher joined and left.
+    assert packets["delivered"] > 0 and packets["expected"] > 0
+    assert packets["lost"] == 0 and packets["loss"] == 0.0
+    assert packets["delivered"] <= 3 * packets["sent"]
+    assert result["latency_ms"]["p50"] is not None and result["latency_ms"]["p50"] > 0
+    assert result["join_ms"]["p50"] is not None
+    rows = result["seconds"]
+    assert rows and sum(r["delivered"] for r in rows) > 0
+    # The server's CPU comes from its /metrics (process_cpu_seconds_total).
+    assert any(r["server_cpu_percent"] is not None for r in rows)
+    assert result["server"]["cpu_percent"] is not None
+    assert result["errors"] == []
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_load_table_and_usage_errors(server: str) -> None:
+    done = load(server, "--subscribers", "1", "--duration", "1", "--video-bitrate", "0")
+    assert done.returncode == 0, done.stderr
+    assert "packets delivered to subscribers" in done.stdout
+    bad = load(server, "--video-bitrate", "fast")
+    assert bad.returncode == 2 and "bitrate" in bad.stderr
+    nothing = load(server, "--video-bitrate", "0", "--no-audio")
+    assert nothing.returncode == 2 and "send nothing" in nothing.stderr
+
+
+def test_unreachable_server_fails_cleanly() -> None:
+    done = load("http://127.0.0.1:9/", "--duration", "1", "--json", "-")
+    assert done.returncode == 1
+    result = json.loads(done.stdout)
+    assert result["clients"]["connected"] == 0 and result["clients"]["failed"] == 2
+    assert result["errors"]

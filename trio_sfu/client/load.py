@@ -1,0 +1,783 @@
+"""``trio-sfu load``: a packet-level load tester on our own client stack (issue 10).
+
+Synthetic publishers send RTP at real sizes and rates — VP8-shaped video (30 frames/s, each
+frame cut into packets of at most 1100 bytes, 1.5 Mbit/s by default) and Opus-sized audio
+(50 packets/s) — over real connections to a running server (HTTP POST, ICE, DTLS-SRTP, SCTP
+data channel, renegotiation). Every payload carries a send time, so subscribers measure what
+they receive without decoding: sequence continuity (loss = holes in each SSRC's numbering) and
+the added latency (arrival − send time; publishers and subscribers run on this machine, so one
+monotonic clock serves both).
+
+Clients are spread over ``--processes`` worker processes so the tester is not the bottleneck.
+Each worker connects its clients, waits until every worker is ready, then runs for
+``--duration`` seconds and reports per-second figures (latency as log-binned histograms, so
+percentiles merge exactly across workers). The parent shows a live progress bar, scrapes the
+server's ``/metrics`` each second for its CPU time, and prints a summary table; ``--json`` and
+``--plot`` write the full result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import queue
+import secrets
+import signal
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Marks a load-test payload; followed by the send time (monotonic s) and a counter.
+MAGIC = b"TSFL"
+_STAMP = struct.Struct("!4sdI")
+#: The largest video packet payload (a browser's packetiser stays under the path MTU).
+VIDEO_PACKET = 1100
+VIDEO_FPS = 30
+AUDIO_RATE = 50
+AUDIO_PAYLOAD = 80
+#: Latency histogram: this many bins per decade from 1 µs (bin 0) upwards.
+BINS_PER_DECADE = 100
+#: Seconds a worker may take to connect all its clients.
+CONNECT_TIMEOUT = 60.0
+
+
+@dataclass
+class LoadConfig:
+    url: str
+    rooms: list[str]
+    publishers: int = 1
+    subscribers: int = 1
+    video_bitrate: int = 1_500_000
+    audio: bool = True
+    duration: float = 10.0
+    processes: int = 1
+    token: str | None = None
+    identity: str = "load"
+    host: str = "127.0.0.1"
+    keyframe_interval: float = 2.0
+
+
+@dataclass
+class Assignment:
+    role: str  # "pub" | "sub"
+    room: str
+    index: int
+
+
+def assignments(config: LoadConfig) -> list[Assignment]:
+    """Every client to start; subscribers first so they see the publishers arrive."""
+    out: list[Assignment] = []
+    for room in config.rooms:
+        out += [Assignment("sub", room, i) for i in range(config.subscribers)]
+    for room in config.rooms:
+        out += [Assignment("pub", room, i) for i in range(config.publishers)]
+    return out
+
+
+def latency_bin(seconds: float) -> int:
+    return max(0, int(math.log10(max(seconds, 1e-6) * 1e6) * BINS_PER_DECADE))
+
+
+def bin_seconds(index: int) -> float:
+    """The upper edge of a latency bin."""
+    return 10 ** ((index + 1) / BINS_PER_DECADE) / 1e6
+
+
+def percentile(histogram: Counter[int], q: float) -> float | None:
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for index in sorted(histogram):
+        seen += histogram[index]
+        if seen >= rank:
+            return bin_seconds(index)
+    return bin_seconds(max(histogram))
+
+
+# -- the worker process -------------------------------------------------------------------
+
+
+@dataclass
+class _Stream:
+    """What a subscriber received on one SSRC."""
+
+    first: int
+    highest: int
+    received: int = 0
+
+
+@dataclass
+class WorkerTotals:
+    sent: int = 0
+    received: int = 0
+    expected: int = 0
+    stamped: int = 0
+    connected: int = 0
+    failed: int = 0
+    join_seconds: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Receiver:
+    """A subscriber's per-packet check: continuity per SSRC and the send time in the payload."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, _Stream] = {}
+        self.latency: Counter[int] = Counter()
+        self.received = 0
+        self.stamped = 0
+
+    def on_rtp(self, packet: bytes) -> None:
+        now = time.monotonic()
+        ssrc = int.from_bytes(packet[8:12])
+        seq = (packet[2] << 8) | packet[3]
+        stream = self.streams.get(ssrc)
+        if stream is None:
+            stream = self.streams[ssrc] = _Stream(seq, seq)
+        else:
+            # RFC 3550 A.1: unwrap against the highest seen.
+            diff = (seq - stream.highest) & 0xFFFF
+            if diff >= 0x8000:
+                diff -= 0x10000
+            if diff > 0:
+                stream.highest += diff
+        stream.received += 1
+        self.received += 1
+        at = packet.find(MAGIC, 12, 12 + 64 + 8)
+        if at >= 0 and at + _STAMP.size <= len(packet):
+            _, sent, _ = _STAMP.unpack_from(packet, at)
+            self.latency[latency_bin(now - sent)] += 1
+            self.stamped += 1
+
+    @property
+    def expected(self) -> int:
+        return sum(s.highest - s.first + 1 for s in self.streams.values())
+
+
+def _video_payload(keyframe: bool, size: int, stamp: bytes) -> bytes:
+    # RFC 7741 §4.2 descriptor (S=1) and the VP8 payload header's P bit / keyframe start code
+    # (RFC 6386 §9.1), then the stamp: shaped like VP8 to anything that peeks at it.
+    head = b"\x10\x00\x00\x00\x9d\x01\x2a" if keyframe else b"\x10\x01"
+    return head + stamp + bytes(max(0, size - len(head) - len(stamp)))
+
+
+async def _publisher(
+    config: LoadConfig,
+    job: Assignment,
+    totals: WorkerTotals,
+    started: Any,
+    go: Any,
+    reader: Any,
+) -> None:
+    import trio
+
+    from trio_sfu.client.sfu import PublisherClient, http_signal
+
+    video = config.video_bitrate > 0
+    user = f"{config.identity}.{job.room}.p{job.index}"
+    peer_id = f"{user}-{secrets.token_hex(3)}"
+    client = PublisherClient(
+        peer_id, audio=config.audio, video=video, host=config.host, shared_reader=reader
+    )
+    signal = http_signal(config.url, "pub", job.room, peer_id, **_http_options(config))
+    async with trio.open_nursery() as nursery:
+        begin = time.monotonic()
+        try:
+            await nursery.start(client.connect, signal)
+            await client.wait_open(CONNECT_TIMEOUT)
+        except Exception as exc:  # a failed join is a result, not a crash of the tester
+            totals.failed += 1
+            totals.errors.append(f"{peer_id}: {exc}")
+            nursery.cancel_scope.cancel()
+            started()
+            return
+        totals.join_seconds.append(time.monotonic() - begin)
+        totals.connected += 1
+        started()
+        await go.wait()
+        await _send_media(config, client, totals)
+        client.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def _send_media(config: LoadConfig, client: Any, totals: WorkerTotals) -> None:
+    """Frames at 30/s (each cut in ≤ 1100-byte packets) and audio at 50/s until the end."""
+    import trio
+
+    pc = client.pc
+    frame_bytes = config.video_bitrate / 8 / VIDEO_FPS
+    per_frame = max(1, math.ceil(frame_bytes / VIDEO_PACKET))
+    packet_size = int(frame_bytes / per_frame)
+    end = time.monotonic() + config.duration
+    next_video = next_audio = time.monotonic()
+    next_key = next_video
+    counter = 0
+    video_t = client.video if client.video is not None and client.video.sending else None
+    audio_t = client.audio if client.audio is not None and client.audio.sending else None
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            return
+        if video_t is not None and now >= next_video:
+            keyframe = now >= next_key
+            if keyframe:
+                next_key = now + config.keyframe_interval
+            for i in range(per_frame):
+                counter += 1
+                stamp = _STAMP.pack(MAGIC, time.monotonic(), counter)
+                payload = _video_payload(keyframe and i == 0, packet_size, stamp)
+                packet = client.packet(video_t, payload)
+                packet.marker = i == per_frame - 1
+                packet.timestamp = int(next_video * 90000) & 0xFFFFFFFF
+                pc.send_rtp(packet.serialize())
+                totals.sent += 1
+            next_video += 1 / VIDEO_FPS
+        if audio_t is not None and now >= next_audio:
+            counter += 1
+            stamp = _STAMP.pack(MAGIC, time.monotonic(), counter)
+            packet = client.packet(audio_t, stamp + bytes(AUDIO_PAYLOAD - len(stamp)))
+            packet.timestamp = int(next_audio * 48000) & 0xFFFFFFFF
+            pc.send_rtp(packet.serialize())
+            totals.sent += 1
+            next_audio += 1 / AUDIO_RATE
+        due = min(
+            next_video if video_t is not None else end,
+            next_audio if audio_t is not None else end,
+            end,
+        )
+        await trio.sleep(max(0.0, due - time.monotonic()))
+
+
+async def _subscriber(
+    config: LoadConfig,
+    job: Assignment,
+    totals: WorkerTotals,
+    receivers: list[Receiver],
+    started: Any,
+    go: Any,
+    reader: Any,
+) -> None:
+    import trio
+
+    from trio_sfu.client.sfu import SubscriberClient, http_signal
+
+    user = f"{config.identity}.{job.room}.s{job.index}"
+    peer_id = f"{user}-{secrets.token_hex(3)}"
+    client = SubscriberClient(peer_id, host=config.host, shared_reader=reader)
+    receiver = Receiver()
+    client.pc.on_rtp = lambda _stream, packet, _now: receiver.on_rtp(packet)
+    signal = http_signal(config.url, "sub", job.room, peer_id, **_http_options(config))
+    async with trio.open_nursery() as nursery:
+        begin = time.monotonic()
+        try:
+            await nursery.start(client.connect, signal)
+            await client.wait_open(CONNECT_TIMEOUT)
+        except Exception as exc:
+            totals.failed += 1
+            totals.errors.append(f"{peer_id}: {exc}")
+            nursery.cancel_scope.cancel()
+            started()
+            return
+        totals.join_seconds.append(time.monotonic() - begin)
+        totals.connected += 1
+        receivers.append(receiver)
+        started()
+        await go.wait()
+        await trio.sleep(config.duration + 1.0)  # the last packets in flight
+        client.stop()
+        nursery.cancel_scope.cancel()
+
+
+def _http_options(config: LoadConfig) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+    return {"headers": headers, "timeout": 30.0}
+
+
+def _worker_main(
+    worker: int, config: LoadConfig, jobs: list[Assignment], out: Any, go_flag: Any
+) -> None:
+    """One worker process: connect ``jobs``, wait for ``go_flag``, report every second."""
+    import trio
+
+    from trio_sfu.client.peer import SharedReader
+
+    try:
+        import gc
+
+        gc.freeze()
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+    async def main() -> None:
+        totals = WorkerTotals()
+        receivers: list[Receiver] = []
+        go = trio.Event()
+        ready = 0
+
+        def started() -> None:
+            nonlocal ready
+            ready += 1
+
+        # One reader task for every client socket of this worker: one wake-up drains all.
+        reader = SharedReader()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            for job in jobs:
+                if job.role == "pub":
+                    nursery.start_soon(_publisher, config, job, totals, started, go, reader)
+                else:
+                    nursery.start_soon(
+                        _subscriber, config, job, totals, receivers, started, go, reader
+                    )
+                await trio.sleep(0)
+            with trio.move_on_after(CONNECT_TIMEOUT + 5):
+                while ready < len(jobs):
+                    await trio.sleep(0.05)
+            out.put(("ready", worker, totals.connected, totals.failed))
+            await trio.to_thread.run_sync(go_flag.wait)
+            go.set()
+            start = time.monotonic()
+            last_received = last_expected = last_sent = 0
+            last_hist: Counter[int] = Counter()
+            second = 0
+            while time.monotonic() < start + config.duration + 1.0:
+                second += 1
+                await trio.sleep_until(_trio_deadline(start + second))
+                received = sum(r.received for r in receivers)
+                expected = sum(r.expected for r in receivers)
+                hist: Counter[int] = Counter()
+                for r in receivers:
+                    hist.update(r.latency)
+                delta = hist.copy()
+                delta.subtract(last_hist)
+                delta = +delta
+                out.put(
+                    (
+                        "tick",
+                        worker,
+                        second,
+                        received - last_received,
+                        expected - last_expected,
+                        totals.sent - last_sent,
+                        dict(delta),
+                    )
+                )
+                last_received, last_expected, last_sent, last_hist = (
+                    received,
+                    expected,
+                    totals.sent,
+                    hist,
+                )
+            totals.received = sum(r.received for r in receivers)
+            totals.expected = sum(r.expected for r in receivers)
+            totals.stamped = sum(r.stamped for r in receivers)
+            final: Counter[int] = Counter()
+            for r in receivers:
+                final.update(r.latency)
+            out.put(("done", worker, asdict(totals), dict(final)))
+            nursery.cancel_scope.cancel()
+
+    def _trio_deadline(monotonic: float) -> float:
+        return trio.current_time() + (monotonic - time.monotonic())
+
+    try:
+        trio.run(main)
+    except BaseException as exc:  # report, never hang the parent
+        import traceback
+
+        detail = "".join(traceback.format_exception(exc))
+        out.put(("failed", worker, f"{type(exc).__name__}: {exc}\n{detail[-3000:]}"))
+
+
+# -- the parent ---------------------------------------------------------------------------
+
+
+def _scrape(url: str, token: str | None) -> dict[str, float]:
+    import httpx
+
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/metrics", timeout=2.0)
+    except httpx.HTTPError:
+        return {}
+    if response.status_code != 200:
+        return {}
+    values: dict[str, float] = {}
+    for line in response.text.splitlines():
+        name, _, value = line.partition(" ")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            continue
+    return values
+
+
+def run(config: LoadConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run the whole test and return the result (what ``--json`` writes)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    jobs = assignments(config)
+    processes = max(1, min(config.processes, len(jobs)))
+    shares: list[list[Assignment]] = [jobs[i::processes] for i in range(processes)]
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    go = ctx.Event()
+    workers = [
+        ctx.Process(target=_worker_main, args=(i, config, share, out, go), daemon=True)
+        for i, share in enumerate(shares)
+    ]
+    console = Console(stderr=True)
+    connected = failed = 0
+    errors: list[str] = []
+    seconds: dict[int, dict[str, Any]] = {}
+    finals: list[dict[str, Any]] = []
+    latency_total: Counter[int] = Counter()
+    cpu: dict[int, float] = {}
+    out_packets: dict[int, float] = {}
+    for w in workers:
+        w.start()
+    try:
+        ready = 0
+        deadline = time.monotonic() + CONNECT_TIMEOUT + 30
+        with console.status(f"connecting {len(jobs)} clients over {processes} process(es)…"):
+            while ready < processes and time.monotonic() < deadline:
+                try:
+                    msg = out.get(timeout=0.5)
+                except queue.Empty:
+                    if not any(w.is_alive() for w in workers):
+                        break
+                    continue
+                if msg[0] == "ready":
+                    ready += 1
+                    connected += msg[2]
+                    failed += msg[3]
+                elif msg[0] == "failed":
+                    errors.append(f"worker {msg[1]}: {msg[2]}")
+                    ready += 1
+        go.set()
+        start = time.monotonic()
+        base = _scrape(config.url, config.token)
+        last_cpu = base.get("process_cpu_seconds_total")
+        last_out = base.get("trio_sfu_udp_datagrams_out_total")
+        last_scrape = start
+        done = 0
+        columns = (
+            TextColumn("[bold]load"),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+            task = bar.add_task("load", total=config.duration, status="")
+            live = sum(1 for w in workers if w.is_alive())
+            while done < live:
+                try:
+                    msg = out.get(timeout=0.2)
+                except queue.Empty:
+                    msg = None
+                    if not any(w.is_alive() for w in workers) and out.empty():
+                        break
+                now = time.monotonic()
+                if now - last_scrape >= 1.0:
+                    second = round(now - start)
+                    metrics = _scrape(config.url, config.token)
+                    value = metrics.get("process_cpu_seconds_total")
+                    if value is not None and last_cpu is not None:
+                        cpu[second] = 100 * (value - last_cpu) / (now - last_scrape)
+                    last_cpu = value
+                    sent = metrics.get("trio_sfu_udp_datagrams_out_total")
+                    if sent is not None and last_out is not None:
+                        out_packets[second] = (sent - last_out) / (now - last_scrape)
+                    last_out = sent
+                    last_scrape = now
+                if msg is None:
+                    continue
+                if msg[0] == "tick":
+                    _, _, second, received, expected, sent_pkts, hist = msg
+                    row = seconds.setdefault(
+                        second, {"delivered": 0, "expected": 0, "sent": 0, "hist": Counter()}
+                    )
+                    row["delivered"] += received
+                    row["expected"] += expected
+                    row["sent"] += sent_pkts
+                    row["hist"].update({int(k): v for k, v in hist.items()})
+                    p50 = percentile(row["hist"], 0.5)
+                    status = (
+                        f"{connected} clients · {row['delivered']} pkt/s delivered"
+                        + (f" · p50 {p50 * 1000:.2f} ms" if p50 is not None else "")
+                        + (f" · server CPU {cpu[max(cpu)]:.0f} %" if cpu else "")
+                    )
+                    bar.update(task, completed=min(second, config.duration), status=status)
+                elif msg[0] == "done":
+                    done += 1
+                    finals.append(msg[2])
+                    latency_total.update({int(k): v for k, v in msg[3].items()})
+                elif msg[0] == "failed":
+                    done += 1
+                    errors.append(f"worker {msg[1]}: {msg[2]}")
+    finally:
+        go.set()
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.kill()
+    return _result(config, processes, connected, failed, errors, seconds, finals,
+                   latency_total, cpu, out_packets)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 3)
+
+
+def _result(
+    config: LoadConfig,
+    processes: int,
+    connected: int,
+    failed: int,
+    errors: list[str],
+    seconds: dict[int, dict[str, Any]],
+    finals: list[dict[str, Any]],
+    latency: Counter[int],
+    cpu: dict[int, float],
+    out_packets: dict[int, float],
+) -> dict[str, Any]:
+    sent = sum(f["sent"] for f in finals)
+    received = sum(f["received"] for f in finals)
+    expected = sum(f["expected"] for f in finals)
+    joins = sorted(j for f in finals for j in f["join_seconds"])
+    for f in finals:
+        errors += f["errors"]
+    lost = max(0, expected - received)
+    rows = []
+    for second in sorted(seconds):
+        if second > math.ceil(config.duration):
+            continue  # the drain after the publishers stopped (counted in the totals)
+        row = seconds[second]
+        missing = max(0, row["expected"] - row["delivered"])
+        rows.append(
+            {
+                "t": second,
+                "sent": row["sent"],
+                "delivered": row["delivered"],
+                "lost": missing,
+                "loss": missing / row["expected"] if row["expected"] else 0.0,
+                "latency_p50_ms": _ms(percentile(row["hist"], 0.5)),
+                "latency_p99_ms": _ms(percentile(row["hist"], 0.99)),
+                "server_cpu_percent": round(cpu[second], 1) if second in cpu else None,
+                "server_out_packets_per_s": (
+                    round(out_packets[second]) if second in out_packets else None
+                ),
+            }
+        )
+    measured_cpu = [v for k, v in cpu.items() if 1 <= k <= config.duration]
+
+    def at(q: float) -> float | None:
+        return joins[min(len(joins) - 1, int(q * len(joins)))] if joins else None
+
+    return {
+        "config": asdict(config) | {"token": bool(config.token), "processes": processes},
+        "clients": {
+            "publishers": config.publishers * len(config.rooms),
+            "subscribers": config.subscribers * len(config.rooms),
+            "connected": connected,
+            "failed": failed,
+        },
+        "join_ms": {
+            "p50": _ms(at(0.5)),
+            "p99": _ms(at(0.99)),
+            "max": _ms(joins[-1] if joins else None),
+        },
+        "packets": {
+            "sent": sent,
+            "delivered": received,
+            "expected": expected,
+            "lost": lost,
+            "loss": lost / expected if expected else 0.0,
+        },
+        "latency_ms": {
+            "p50": _ms(percentile(latency, 0.5)),
+            "p99": _ms(percentile(latency, 0.99)),
+            "max": _ms(bin_seconds(max(latency)) if latency else None),
+        },
+        "server": {
+            "cpu_percent": (
+                round(sum(measured_cpu) / len(measured_cpu), 1) if measured_cpu else None
+            ),
+        },
+        "seconds": rows,
+        "errors": errors[:50],
+    }
+
+
+def summary_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="trio-sfu load", show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    c, p, lat, j = result["clients"], result["packets"], result["latency_ms"], result["join_ms"]
+    duration = result["config"]["duration"]
+    table.add_row("clients connected / failed", f"{c['connected']} / {c['failed']}")
+    table.add_row("join (POST → data channel) p50 / p99", f"{j['p50']} / {j['p99']} ms")
+    table.add_row("packets sent by publishers", str(p["sent"]))
+    table.add_row("packets delivered to subscribers", str(p["delivered"]))
+    table.add_row("delivered per second", f"{p['delivered'] / duration:.0f}")
+    table.add_row("lost", f"{p['lost']} ({100 * p['loss']:.3f} %)")
+    table.add_row("added latency p50 / p99 / max", f"{lat['p50']} / {lat['p99']} / {lat['max']} ms")
+    cpu = result["server"]["cpu_percent"]
+    table.add_row("server CPU (from /metrics)", "n/a" if cpu is None else f"{cpu} %")
+    if result["errors"]:
+        table.add_row("errors", str(len(result["errors"])))
+    return table
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Per-second delivered packets, loss, added latency and server CPU, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["seconds"]
+    t = [r["t"] for r in rows]
+    fig, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
+    axes[0].plot(t, [r["delivered"] for r in rows], marker=".")
+    axes[0].set_ylabel("delivered pkt/s")
+    axes[1].plot(t, [100 * r["loss"] for r in rows], marker=".", color="tab:red")
+    axes[1].set_ylabel("loss %")
+    axes[2].plot(t, [r["latency_p50_ms"] for r in rows], marker=".", label="p50")
+    axes[2].plot(t, [r["latency_p99_ms"] for r in rows], marker=".", label="p99")
+    axes[2].set_ylabel("added latency ms")
+    axes[2].legend()
+    cpu = [(r["t"], r["server_cpu_percent"]) for r in rows if r["server_cpu_percent"] is not None]
+    if cpu:
+        axes[3].plot([x for x, _ in cpu], [y for _, y in cpu], marker=".", color="tab:green")
+    else:
+        axes[3].text(0.5, 0.5, "server CPU not readable from /metrics", ha="center",
+                     transform=axes[3].transAxes)
+    axes[3].set_ylabel("server CPU %")
+    axes[3].set_xlabel("second")
+    c = result["clients"]
+    fig.suptitle(f"trio-sfu load: {c['publishers']} publishers, {c['subscribers']} subscribers")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _bitrate(text: str) -> int:
+    units = {"k": 1_000, "m": 1_000_000}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a bitrate like 1.5M, 800k or 0"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trio-sfu load",
+        description="Load-test a running trio-sfu with synthetic publishers and subscribers on "
+        "trio-sfu's own client stack; prints a summary, optionally JSON and a plot.",
+    )
+    parser.add_argument("--url", required=True, help="the server's HTTP base URL")
+    parser.add_argument("--room", action="append", dest="rooms", metavar="NAME",
+                        help="a room to load (repeatable)")
+    parser.add_argument("--rooms", type=_positive_int, default=None, metavar="N",
+                        dest="room_count", help="load N rooms named load-0 … load-N-1")
+    parser.add_argument("--publishers", type=_positive_int, default=1, help="per room (1)")
+    parser.add_argument("--subscribers", type=_positive_int, default=1, help="per room (1)")
+    parser.add_argument("--video-bitrate", type=_bitrate, default=1_500_000, metavar="BPS",
+                        help="per publisher, e.g. 1.5M (default), 800k; 0 for no video")
+    parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True,
+                        help="Opus-sized audio at 50 packets/s (default on)")
+    parser.add_argument("--duration", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--processes", type=_positive_int, default=1,
+                        help="worker processes the clients are spread over (1)")
+    parser.add_argument("--token", default=os.environ.get("TRIO_SFU_TOKEN"),
+                        help="Bearer token for servers with --api-secret (env TRIO_SFU_TOKEN)")
+    parser.add_argument("--identity", default="load", help="user-name prefix of the clients")
+    parser.add_argument("--host", default="127.0.0.1", help="local address the clients bind")
+    parser.add_argument("--json", metavar="PATH", help="write the result as JSON ('-': stdout)")
+    parser.add_argument("--plot", metavar="PNG", help="write a per-second plot (matplotlib)")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    return parser
+
+
+def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> LoadConfig:
+    rooms = list(args.rooms or [])
+    if args.room_count:
+        rooms += [f"load-{i}" for i in range(args.room_count)]
+    if not rooms:
+        rooms = ["load"]
+    if args.duration <= 0 or args.duration > 86400:
+        parser.error("--duration must be between 0 and 86400 seconds")
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.publishers + args.subscribers == 0:
+        parser.error("nothing to do: --publishers and --subscribers are both 0")
+    if args.video_bitrate == 0 and not args.audio:
+        parser.error("publishers would send nothing: give --video-bitrate or --audio")
+    return LoadConfig(
+        url=args.url,
+        rooms=rooms,
+        publishers=args.publishers,
+        subscribers=args.subscribers,
+        video_bitrate=args.video_bitrate,
+        audio=args.audio,
+        duration=args.duration,
+        processes=args.processes,
+        token=args.token,
+        identity=args.identity,
+        host=args.host,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    from rich.console import Console
+
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    config = config_from(args, parser)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'trio-sfu[load]'")
+    # SIGTERM unwinds like Ctrl-C: the worker processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    result = run(config, progress=not args.no_progress)
+    if args.json == "-":
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        Console().print(summary_table(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+    if args.plot:
+        plot(result, args.plot)
+    return 0 if result["clients"]["connected"] else 1
+
