@@ -7,27 +7,39 @@
 # Inside a container the process sees only the container's addresses; --public-ip
 # (TRIO_SFU_PUBLIC_IP) must name the address clients send media to, and the UDP port must be
 # published on the same number (ICE candidates carry the port the process binds).
-FROM python:3.11-slim
+# Any image with Python >= 3.11 and its venv module; scripts/build-image builds one without a
+# registry (a Debian bookworm root bootstrapped with mmdebstrap) and passes it here.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Every binary dependency ships a manylinux wheel: no compiler, no system libraries.
+# Every binary dependency ships a manylinux wheel: no compiler, no system libraries. The
+# versions are the tested ones (constraints.txt); the demo site goes into the package
+# (setup.py copies site/ to trio_sfu/site), so nothing is served from outside it.
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# .image-wheels (optional): wheels scripts/build-image collected on the host, for builds
+# without a package index (the glob lets the COPY succeed when it is absent).
+COPY pyproject.toml setup.py MANIFEST.in constraints.txt README.md .image-wheel[s] ./
 COPY trio_sfu ./trio_sfu
-RUN pip install .
-# The demo site lives beside the package in the repository, not inside the wheel.
 COPY site ./site
+# In a venv: Debian's own python3 refuses system-wide pip installs (PEP 668).
+RUN python3 -m venv /opt/trio-sfu \
+    && offline="" && if [ -d .image-wheels ] || ls *.whl >/dev/null 2>&1; then \
+        mkdir -p .image-wheels && mv *.whl .image-wheels/ 2>/dev/null; \
+        offline="--no-index --find-links .image-wheels"; fi \
+    && /opt/trio-sfu/bin/pip install $offline -c constraints.txt . \
+    && rm -rf /app/trio_sfu /app/site /app/.image-wheels
+ENV PATH=/opt/trio-sfu/bin:$PATH
 
 RUN groupadd --system --gid 10001 sfu \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sfu
 USER 10001:10001
 
-ENV TRIO_SFU_SITE_DIR=/app/site \
-    TRIO_SFU_HTTP_PORT=8080 \
+ENV TRIO_SFU_HTTP_PORT=8080 \
     TRIO_SFU_UDP_PORT=7882
 # HTTP: signaling, WHIP/WHEP, /healthz, /readyz, /metrics, the demo site.
 EXPOSE 8080/tcp

@@ -94,8 +94,8 @@ class Server:
         except httpx.HTTPError:
             return None
         for line in text.splitlines():
-            if line.startswith("trio_sfu_udp_datagrams_out_total "):
-                return float(line.split()[1])
+            if line.startswith("trio_sfu_udp_datagrams_out_total"):  # {node="..."} value
+                return float(line.rsplit(" ", 1)[1])
         return None
 
     def stop(self) -> None:

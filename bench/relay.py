@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import shutil
 import struct
 import sys
@@ -191,7 +192,8 @@ async def metrics(http: httpx.AsyncClient, pod: Pod) -> dict[str, float]:
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
-            values[name] = float(value)
+            # Series whose only label is the node's are keyed by their bare name.
+            values[re.sub(r'\{node="[^"]*"\}$', "", name)] = float(value)
     return values
 
 

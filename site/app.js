@@ -1,8 +1,12 @@
 // trio-sfu demo page: join a room, publish camera/mic and screen, watch everyone else, chat.
 //
 // All protocol work is in sfu-client.js; this file is only UI. One subscriber connection (auto
-// mode) receives every other user's publishers; the camera and the screen are two publisher
-// connections of the same user, each with its own id, as the seed's unique-id rule wants.
+// mode) receives every other user's publishers; mic, camera and screen share are tracks of one
+// publisher connection (issue 15): the camera may start off and be turned on later
+// (addTrack → ADD_MEDIA + SDP_OFFER), unchecking a device mutes it (MUTE, no renegotiation),
+// and a share is added and removed on the same connection. Remote tiles are labelled by the
+// track's APP_ID (camera, screen, …). A user who joined without camera and mic shares the
+// screen on a connection of its own (a publisher needs a track to start).
 // `window.sfuDemo.snapshot()` exposes the page state for the end-to-end tests.
 
 import {
@@ -56,8 +60,8 @@ const state = {
   baseUrl: '',
   token: null,     // Bearer token from ?token= (servers started with --api-key/--api-secret)
   fixed: { room: false, user: false },  // names the token decides
-  camera: null,    // {stream, conn}
-  screen: null,    // {stream, conn}
+  camera: null,    // {stream, conn}: the publisher connection (mic, camera and shared screen)
+  screen: null,    // {stream, conn, shared}: shared = a track of state.camera.conn
   sub: null,
   tiles: new Map(),  // key ('local:camera', 'local:screen' or a publisher id) -> tile
   chat: [],
@@ -89,7 +93,7 @@ function updateStatus() {
   const parts = [`Room ${state.room} as ${state.user}`];
   if (state.sub) parts.push(`watching as ${state.sub.id}`);
   if (state.camera?.conn) parts.push(`publishing ${state.camera.conn.id}`);
-  if (state.screen?.conn) parts.push(`sharing ${state.screen.conn.id}`);
+  if (state.screen?.conn) parts.push(`sharing on ${state.screen.conn.id}`);
   ui.status.textContent = `${parts.join(' · ')}.`;
 }
 
@@ -131,6 +135,9 @@ function makeTile(key, { label, local, publisher = null }) {
     user: publisher ? userOfId(publisher) : state.user,
     conn: null,  // local tiles: the publisher connection carrying the tracks
     tracks: new Set(),
+    trackIds: new Map(),  // remote tiles: track -> the server's track id
+    appIds: new Map(),    // remote tiles: track -> APP_ID
+    muted: new Set(),     // remote tiles: track ids the publisher muted
     stats: null,
   };
   state.tiles.set(key, tile);
@@ -150,6 +157,8 @@ function showStream(tile, stream) {
 function updateBadge(tile) {
   const kinds = [...tile.tracks].filter((t) => t.readyState !== 'ended').map((t) => t.kind);
   const off = [...tile.tracks].filter((t) => t.enabled === false).map((t) => t.kind);
+  const muted = [...tile.tracks].filter((t) => tile.muted.has(tile.trackIds.get(t)))
+    .map((t) => tile.appIds.get(t) ?? t.kind);
   let text = '';
   if (!kinds.length) text = 'no media yet';
   else if (!kinds.includes('video')) text = 'audio only';
@@ -157,6 +166,7 @@ function updateBadge(tile) {
   if (tile.local && off.length) {
     text = [text, `${off.join(' and ')} off`].filter(Boolean).join(', ');
   }
+  if (muted.length) text = [text, `${muted.join(' and ')} muted`].filter(Boolean).join(', ');
   tile.el.querySelector('.badge').textContent = text;
 }
 
@@ -282,33 +292,56 @@ function onPublisherClosed(entry, key, reason) {
   note(`publisher ${entry.conn?.id ?? ''} closed: ${reason}`, 'error');
   if (state.camera === entry) state.camera = null;
   if (state.screen === entry) state.screen = null;
+  if (state.screen?.shared && state.screen.conn === entry.conn) {
+    // The shared screen was a track of this connection: it is gone with it.
+    removeTile('local:screen');
+    stopTracks(state.screen.stream);
+    state.screen = null;
+  }
   removeTile(key);
   stopTracks(entry.stream);
   updateControls();
 }
 
-/** Camera and mic checkboxes while joined: mute a published track, or republish to add one. */
+/**
+ * Camera and mic checkboxes while joined: a device not yet published is added to the same
+ * connection (ADD_MEDIA + the browser's SDP_OFFER); a published one is muted or unmuted (MUTE:
+ * subscribers are told, nothing is renegotiated). Without any publisher yet, one is started.
+ */
 async function onDeviceToggle() {
   if (state.phase !== 'joined') return;
-  const stream = state.camera?.stream;
-  const video = stream?.getVideoTracks()[0];
-  const audio = stream?.getAudioTracks()[0];
-  const needVideo = ui.camera.checked && !video;
-  const needAudio = ui.mic.checked && !audio;
-  if (needVideo || needAudio) {
-    // A new track needs a new m-section: publish again under a new id (seed rule) instead of
-    // renegotiating the old connection.
+  const entry = state.camera;
+  if (!entry?.conn) {
     try {
-      await stopCamera();
       await startCamera();
     } catch (err) {
       note(`camera/mic: ${err.message}`, 'error');
     }
     return;
   }
-  if (video) video.enabled = ui.camera.checked;
-  if (audio) audio.enabled = ui.mic.checked;
   const tile = state.tiles.get('local:camera');
+  for (const [kind, wanted, appId] of [['video', ui.camera.checked, 'camera'],
+    ['audio', ui.mic.checked, 'mic']]) {
+    const track = entry.stream.getTracks().find((t) => t.kind === kind);
+    try {
+      if (!track && wanted) {
+        const got = await navigator.mediaDevices.getUserMedia(
+          kind === 'video' ? { video: cameraConstraints() } : { audio: true });
+        const added = got.getTracks()[0];
+        if (state.camera !== entry) { added.stop(); return; }
+        entry.stream.addTrack(added);
+        tile?.tracks.add(added);
+        if (tile) showStream(tile, entry.stream);
+        await entry.conn.addTrack(added, appId);
+        note(`${appId} added to ${entry.conn.id}`);
+      } else if (track && track.enabled !== wanted) {
+        track.enabled = wanted;
+        entry.conn.mute(track, !wanted);
+      }
+    } catch (err) {
+      note(`${appId}: ${err.message}`, 'error');
+    }
+  }
   if (tile) updateBadge(tile);
 }
 
@@ -347,19 +380,28 @@ async function toggleShare() {
   const [track] = stream.getVideoTracks();
   if (track && 'contentHint' in track) track.contentHint = 'detail';
   track?.addEventListener('ended', () => { if (state.screen?.stream === stream) stopShare(); });
-  const entry = { stream, conn: null };
+  const publisher = state.camera?.conn ?? null;
+  const entry = { stream, conn: null, shared: publisher !== null };
   state.screen = entry;
   const tile = makeTile('local:screen', { label: `${state.user} (your screen)`, local: true });
   for (const t of stream.getTracks()) tile.tracks.add(t);
   showStream(tile, stream);
   updateControls();
   try {
-    entry.conn = await connectPublisher(connOptions({
-      stream,
-      onClose: (reason) => onPublisherClosed(entry, 'local:screen', reason),
-    }));
-    tile.conn = entry.conn;
-    note(`sharing screen as ${entry.conn.id}`);
+    if (publisher) {
+      // A track of the publisher connection, labelled 'screen' for everyone's tiles.
+      entry.conn = publisher;
+      tile.conn = publisher;
+      await publisher.addTrack(track, 'screen');
+      note(`sharing screen on ${publisher.id}`);
+    } else {
+      entry.conn = await connectPublisher(connOptions({
+        stream,
+        onClose: (reason) => onPublisherClosed(entry, 'local:screen', reason),
+      }));
+      tile.conn = entry.conn;
+      note(`sharing screen as ${entry.conn.id}`);
+    }
   } catch (err) {
     note(`screen share: ${err.message}`, 'error');
     if (state.screen === entry) await stopShare();
@@ -372,9 +414,21 @@ async function stopShare() {
   if (!entry) return;
   state.screen = null;
   removeTile('local:screen');
-  stopTracks(entry.stream);
   updateControls();
-  await entry.conn?.stop();
+  if (entry.shared) {
+    const [track] = entry.stream.getVideoTracks();
+    try {
+      if (entry.conn?.state === 'open' && entry.conn.tracks.includes(track)) {
+        await entry.conn.removeTrack(track);
+      }
+    } catch (err) {
+      note(`stop sharing: ${err.message}`, 'error');
+    }
+    stopTracks(entry.stream);
+  } else {
+    stopTracks(entry.stream);
+    await entry.conn?.stop();
+  }
 }
 
 function stopTracks(stream) {
@@ -392,18 +446,44 @@ function subscriberCallbacks() {
     },
     onPublisherLeft: (id, user) => {
       note(`${user} left (${id})`);
-      removeTile(id);
+      for (const key of [...state.tiles.keys()]) {
+        if (key === id || key.startsWith(`${id}:`)) removeTile(key);
+      }
     },
-    onTrack: (id, track, stream) => {
-      const tile = makeTile(id, { label: userOfId(id), local: false, publisher: id });
+    onTrackAdd: (id, trackId, kind, appId) => note(`${userOfId(id)} added ${appId} (${kind})`),
+    onTrackRemove: (id, trackId) => note(`${userOfId(id)} removed track ${trackId}`),
+    onMuted: (id, trackId, muted) => {
+      for (const tile of state.tiles.values()) {
+        if (tile.publisher !== id) continue;
+        if (muted) tile.muted.add(trackId); else tile.muted.delete(trackId);
+        updateBadge(tile);
+      }
+    },
+    onTrack: (id, track, stream, info) => {
+      // The publisher's mic and camera share its main tile; any other video (a screen share,
+      // a second camera) gets a tile of its own, labelled by its APP_ID.
+      const appId = info?.appId ?? (track.kind === 'audio' ? 'mic' : 'camera');
+      const main = track.kind === 'audio' || appId === 'camera';
+      const key = main ? id : `${id}:${info?.trackId ?? track.id}`;
+      const label = main ? userOfId(id) : `${userOfId(id)} · ${appId}`;
+      const tile = makeTile(key, { label, local: false, publisher: id });
       tile.tracks.add(track);
-      showStream(tile, stream ?? new MediaStream([...tile.tracks]));
+      tile.trackIds.set(track, info?.trackId ?? track.id);
+      tile.appIds.set(track, appId);
+      if (info?.muted) tile.muted.add(info.trackId);
+      const live = [...tile.tracks].filter((t) => t.readyState !== 'ended');
+      showStream(tile, new MediaStream(live));
     },
     onTrackEnded: (id, track) => {
-      const tile = state.tiles.get(id);
-      if (!tile) return;
-      tile.tracks.delete(track);
-      updateBadge(tile);
+      for (const tile of [...state.tiles.values()]) {
+        if (tile.publisher !== id || !tile.tracks.has(track)) continue;
+        tile.tracks.delete(track);
+        if (tile.key !== id && !tile.tracks.size) {
+          removeTile(tile.key);
+        } else {
+          showStream(tile, new MediaStream([...tile.tracks]));
+        }
+      }
     },
     onChat: (from, text) => addChat(from, text),
     onClose: (reason) => {
@@ -525,7 +605,7 @@ function snapshot() {
     user: state.user,
     ids: {
       camera: state.camera?.conn?.id ?? null,
-      screen: state.screen?.conn?.id ?? null,
+      screen: state.screen?.conn?.id ?? null,  // the camera's id when shared on it
       subscriber: state.sub?.id ?? null,
     },
     tiles: [...state.tiles.values()].map((t) => ({
@@ -535,6 +615,8 @@ function snapshot() {
       local: t.local,
       label: t.label,
       kinds: [...t.tracks].filter((x) => x.readyState !== 'ended').map((x) => x.kind).sort(),
+      appIds: [...t.appIds.values()].sort(),
+      muted: [...t.muted].sort(),
       stats: t.stats,
       shown: Object.fromEntries(
         [...t.el.querySelectorAll('[data-stat]')].map((d) => [d.dataset.stat, d.textContent])),

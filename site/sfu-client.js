@@ -421,6 +421,7 @@ class SfuConnection {
         this._error(protocolError(`bad command from server: ${cmd.error}`));
         return;
       case 'ERROR':
+        if (this._onServerError(leg, cmd.text)) return;
         this._error(new SfuError(cmd.text || 'error', { kind: 'server' }));
         return;
       case 'CHAT':
@@ -534,11 +535,20 @@ class SfuConnection {
   _afterOpen(_leg) {}
   _afterReconnect(_oldLeg, _newLeg) {}
   _onClosed() {}
+  _onServerError(_leg, _text) { return false; }
   _onCommand(_leg, cmd) {
     this._error(protocolError(`unexpected ${cmd.type} on a ${this.role} connection`));
   }
 }
 
+const DEFAULT_APP_IDS = Object.freeze({ audio: 'mic', video: 'camera' });
+const APP_ID_PATTERN = NAME_PATTERN;
+
+/**
+ * A publisher: one connection whose tracks may change over time (issue 15). The browser stays
+ * the offerer of everything it sends: addTrack/removeTrack renegotiate with SDP_OFFER on the
+ * command channel, the server answers SDP_ANSWER and never offers to a publisher (no glare).
+ */
 class PublisherConnection extends SfuConnection {
   constructor(options) {
     super('pub', options);
@@ -547,15 +557,31 @@ class PublisherConnection extends SfuConnection {
       throw new SfuError('a publisher needs a stream (or tracks) with at least one track');
     }
     this.stream = options.stream ?? null;
-    this.tracks = tracks;
+    this.tracks = [...tracks];
+    /** track -> APP_ID; the first offer's tracks are labelled by the server (mic/camera). */
+    this.appIds = new Map(tracks.map((t) => [t, DEFAULT_APP_IDS[t.kind]]));
+    this.muted = new Set();
+    this._answerWaiter = null;
   }
 
   _onCommand(leg, cmd) {
-    // A publisher's channel carries no room events today; pass them on if the server sends them.
-    if (cmd.type === 'PUB_JOIN') call(this.options.onPublisherJoin, cmd.id, cmd.user);
+    if (cmd.type === 'SDP_ANSWER') {
+      const waiter = this._answerWaiter;
+      if (waiter && waiter.leg === leg) waiter.resolve(cmd.sdp);
+      else this._error(protocolError('SDP_ANSWER without an SDP_OFFER'));
+    } else if (cmd.type === 'PUB_JOIN') call(this.options.onPublisherJoin, cmd.id, cmd.user);
     else if (cmd.type === 'PUB_LEFT') call(this.options.onPublisherLeft, cmd.id, cmd.user);
     else if (cmd.type === 'MEDIA') call(this.options.onMedia, cmd.media);
     else super._onCommand(leg, cmd);
+  }
+
+  _onServerError(leg, text) {
+    const waiter = this._answerWaiter;
+    if (waiter && waiter.leg === leg && /^(bad SDP_OFFER|SDP_OFFER refused)/.test(text)) {
+      waiter.reject(new SfuError(text, { kind: 'negotiation' }));
+      return true;
+    }
+    return false;
   }
 
   _setupLeg(leg) {
@@ -564,6 +590,92 @@ class PublisherConnection extends SfuConnection {
     for (const track of this.tracks) {
       leg.pc.addTransceiver(track, { direction: 'sendonly', streams });
     }
+  }
+
+  /** The id subscribers know `track` by (its msid track id in our SDP), or null. */
+  trackId(track) {
+    const pc = this.pc;
+    const t = pc?.getTransceivers().find((x) => x.sender.track === track);
+    if (!t || t.mid === null) return null;
+    return msidOfMid(pc.localDescription?.sdp, t.mid)?.track || track.id;
+  }
+
+  /**
+   * Start sending `track` on this connection, labelled `appId` (e.g. 'camera', 'screen'):
+   * ADD_MEDIA, then an SDP_OFFER adding a sendonly section. Resolves once answered.
+   */
+  async addTrack(track, appId = DEFAULT_APP_IDS[track?.kind]) {
+    if (!track || !['audio', 'video'].includes(track.kind)) {
+      throw new SfuError('addTrack needs an audio or video MediaStreamTrack');
+    }
+    if (typeof appId !== 'string' || !APP_ID_PATTERN.test(appId)) {
+      throw new SfuError(`APP_ID must match ${APP_ID_PATTERN}, got ${JSON.stringify(appId)}`);
+    }
+    if (this.tracks.includes(track)) throw new SfuError('that track is already published');
+    const leg = this._leg;
+    this._send(clientCommands.addMedia(track.kind, appId));
+    this.tracks.push(track);
+    this.appIds.set(track, appId);
+    const streams = this.stream ? [this.stream] : [];
+    await this._renegotiate(leg, () => {
+      leg.pc.addTransceiver(track, { direction: 'sendonly', streams });
+    });
+    return this.trackId(track);
+  }
+
+  /**
+   * Stop sending `track`: REMOVE_MEDIA (subscribers stop receiving it at once), then an
+   * SDP_OFFER stopping its section (port 0; the server and subscribers recycle it later).
+   */
+  async removeTrack(track) {
+    const index = this.tracks.indexOf(track);
+    if (index < 0) throw new SfuError('that track is not published');
+    const leg = this._leg;
+    this._send(clientCommands.removeMedia(track.kind, this.appIds.get(track)));
+    this.tracks.splice(index, 1);
+    this.appIds.delete(track);
+    this.muted.delete(track);
+    await this._renegotiate(leg, () => {
+      const t = leg.pc.getTransceivers().find((x) => x.sender.track === track);
+      if (t) t.stop();
+    });
+  }
+
+  /** Pause (`on`) or resume forwarding `track` to subscribers; no renegotiation. */
+  mute(track, on = true) {
+    const id = this.trackId(track);
+    if (id === null) throw new SfuError('that track is not published (yet)');
+    this._send(clientCommands.mute(id, on));
+    if (on) this.muted.add(track); else this.muted.delete(track);
+  }
+
+  /** One renegotiation at a time on a leg; `change` alters the pc right before the offer. */
+  _renegotiate(leg, change) {
+    const run = async () => {
+      if (leg.closed || leg !== this._leg) return;
+      const pc = leg.pc;
+      change();
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForGathering(pc, this.options.gatherTimeoutMs);
+      let answer;
+      try {
+        answer = await withTimeout(new Promise((resolve, reject) => {
+          this._answerWaiter = { leg, resolve, reject };
+          leg.channel.send(clientCommands.sdpOffer(pc.localDescription.sdp));
+        }), this.options.requestTimeoutMs, 'SDP_ANSWER');
+      } catch (err) {
+        if (pc.signalingState === 'have-local-offer') {
+          try { await pc.setLocalDescription({ type: 'rollback' }); } catch { /* closed */ }
+        }
+        throw err;
+      } finally {
+        this._answerWaiter = null;
+      }
+      await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+    };
+    const done = leg.negotiation.then(run, run);
+    leg.negotiation = done.catch(() => {});
+    return done;
   }
 }
 
@@ -605,7 +717,11 @@ class SubscriberConnection extends SfuConnection {
   _publisher(leg, id) {
     let info = this.publishers.get(id);
     if (!info) {
-      info = { id, user: userOfId(id), stream: null, tracks: new Set(), leg, announced: false };
+      info = {
+        id, user: userOfId(id), stream: null, tracks: new Set(), leg, announced: false,
+        // issue 15: what TRACK_ADD/MUTED said, by the server's track id (the msid track id)
+        appIds: new Map(), kinds: new Map(), muted: new Set(), trackIds: new Map(),
+      };
       this.publishers.set(id, info);
     }
     return info;
@@ -626,6 +742,33 @@ class SubscriberConnection extends SfuConnection {
         this.publishers.delete(cmd.id);
         if (info) for (const track of info.tracks) this._trackEnded(info, track);
         call(this.options.onPublisherLeft, cmd.id, cmd.user);
+        return;
+      }
+      case 'TRACK_ADD': {
+        const info = this._publisher(leg, cmd.id);
+        info.appIds.set(cmd.track, cmd.appId);
+        info.kinds.set(cmd.track, cmd.kind);
+        call(this.options.onTrackAdd, cmd.id, cmd.track, cmd.kind, cmd.appId);
+        return;
+      }
+      case 'TRACK_REMOVE': {
+        const info = this.publishers.get(cmd.id);
+        if (info) {
+          info.appIds.delete(cmd.track);
+          info.kinds.delete(cmd.track);
+          info.muted.delete(cmd.track);
+          // Its section stops in the next SDP_OFFER; the track ends now for the page.
+          for (const [track, id] of info.trackIds) {
+            if (id === cmd.track) this._trackEnded(info, track);
+          }
+        }
+        call(this.options.onTrackRemove, cmd.id, cmd.track);
+        return;
+      }
+      case 'MUTED': {
+        const info = this._publisher(leg, cmd.id);
+        if (cmd.muted) info.muted.add(cmd.track); else info.muted.delete(cmd.track);
+        call(this.options.onMuted, cmd.id, cmd.track, cmd.muted);
         return;
       }
       case 'MEDIA':
@@ -681,7 +824,8 @@ class SubscriberConnection extends SfuConnection {
     if (leg.closed) return;
     const stream = ev.streams?.[0] ?? null;
     const mid = ev.transceiver?.mid;
-    const id = stream?.id ?? msidOfMid(leg.pc.remoteDescription?.sdp, mid)?.stream;
+    const msid = msidOfMid(leg.pc.remoteDescription?.sdp, mid);
+    const id = stream?.id ?? msid?.stream;
     if (!id || id === '-') {
       this._error(protocolError(`track on mid ${mid} has no publisher id (msid)`));
       return;
@@ -689,19 +833,26 @@ class SubscriberConnection extends SfuConnection {
     const info = this._publisher(leg, id);
     info.leg = leg;
     if (stream) info.stream = stream;
-    if (info.tracks.has(ev.track)) return;
+    const trackId = msid?.track || ev.track.id;
+    // A recycled section brings a new publisher track on the same receiver track object.
+    const previous = info.trackIds.get(ev.track);
+    info.trackIds.set(ev.track, trackId);
+    if (info.tracks.has(ev.track) && previous === trackId) return;
+    this._ended.delete(ev.track);
     info.tracks.add(ev.track);
     const ended = () => this._trackEnded(info, ev.track);
     ev.track.addEventListener('ended', ended, { once: true });
     stream?.addEventListener?.('removetrack', (e) => { if (e.track === ev.track) ended(); });
-    call(this.options.onTrack, id, ev.track, stream);
+    call(this.options.onTrack, id, ev.track, stream, {
+      trackId, appId: info.appIds.get(trackId) ?? null, muted: info.muted.has(trackId),
+    });
   }
 
   _trackEnded(info, track) {
     if (this._ended.has(track)) return;
     this._ended.add(track);
     info.tracks.delete(track);
-    call(this.options.onTrackEnded, info.id, track);
+    call(this.options.onTrackEnded, info.id, track, info.trackIds.get(track) ?? null);
   }
 
   _onClosed() {
@@ -731,7 +882,9 @@ class SubscriberConnection extends SfuConnection {
 
 /**
  * Publish `stream` (its audio and/or video tracks) as `user` in `room`. Resolves once the
- * command channel is open, with an object exposing `id`, `pc`, `chat(text)`, `stop()`.
+ * command channel is open, with an object exposing `id`, `pc`, `chat(text)`, `stop()`, and
+ * (issue 15) `addTrack(track, appId)`, `removeTrack(track)`, `mute(track, on)`, `trackId(track)`:
+ * tracks added and removed over the connection's life, each a renegotiation the browser offers.
  *
  * Options: baseUrl (default ''), room, user, stream or tracks, token (Bearer auth), onChat,
  * onError, onClose(reason), onReconnect(newId, oldId), dataChannelLabel, rtcConfiguration,
@@ -748,7 +901,9 @@ export async function connectPublisher(options) {
  * `sub(id)`, `unsub(id)`, `setMode(mode)`, `chat(text)`, `stop()`.
  *
  * Callbacks: onPublisherJoin(id, user), onPublisherLeft(id, user), onTrack(publisherId, track,
- * stream), onTrackEnded(publisherId, track), onMedia(json), onChat(fromId, text),
+ * stream, {trackId, appId, muted}), onTrackEnded(publisherId, track, trackId),
+ * onTrackAdd(publisherId, trackId, kind, appId), onTrackRemove(publisherId, trackId),
+ * onMuted(publisherId, trackId, muted), onMedia(json), onChat(fromId, text),
  * onError(SfuError), onClose(reason), onReconnect(newId, oldId). Other options as for
  * connectPublisher, plus mode: 'auto' (default) or 'manual'.
  */

@@ -12,12 +12,17 @@ export const SUFFIX_LENGTH = 8;
 const SUFFIX_ALPHABET = 'abcdefghijklmnopqrstuvwxyz0123456789';
 
 export const SERVER_COMMANDS = Object.freeze([
-  'PUB_JOIN', 'PUB_LEFT', 'SDP_OFFER', 'MEDIA', 'CHAT', 'ERROR', 'RECONNECT',
+  'PUB_JOIN', 'PUB_LEFT', 'TRACK_ADD', 'TRACK_REMOVE', 'MUTED', 'SDP_OFFER', 'SDP_ANSWER',
+  'MEDIA', 'CHAT', 'ERROR', 'RECONNECT',
 ]);
 export const CLIENT_COMMANDS = Object.freeze([
-  'SDP_ANSWER', 'STOP', 'SUB', 'UNSUB', 'SUB_MODE', 'CHAT',
+  'SDP_ANSWER', 'SDP_OFFER', 'ADD_MEDIA', 'REMOVE_MEDIA', 'MUTE', 'STOP', 'SUB', 'UNSUB',
+  'SUB_MODE', 'SDP_RECYCLE', 'CHAT',
 ]);
 export const SUB_MODES = Object.freeze(['auto', 'manual']);
+export const MEDIA_KINDS = Object.freeze(['audio', 'video']);
+/** A track id as the server names it: the msid track id (RFC 8830 token chars) or `mid<N>`. */
+export const TRACK_PATTERN = /^[!#$%&'*+.^_`{|}~0-9A-Za-z-]{1,64}$/;
 
 // ---------------------------------------------------------------------------- errors
 
@@ -128,8 +133,32 @@ export function parseServerCommand(message) {
       if (!isValidName(arg)) return invalid(message, `${name} needs a publisher id`);
       return { type: name, id: arg, user: userOfId(arg) };
     case 'SDP_OFFER':
-      if (!arg.trim()) return invalid(message, 'SDP_OFFER without SDP');
+    case 'SDP_ANSWER':
+      if (!arg.trim()) return invalid(message, `${name} without SDP`);
       return { type: name, sdp: arg };
+    case 'TRACK_ADD': {
+      const [id, track, kind, appId, ...rest] = arg.split(' ');
+      if (rest.length || !isValidName(id) || !TRACK_PATTERN.test(track ?? '')
+          || !MEDIA_KINDS.includes(kind) || !isValidName(appId ?? '')) {
+        return invalid(message, 'TRACK_ADD needs <PUB_ID> <TRACK> <audio|video> <APP_ID>');
+      }
+      return { type: name, id, user: userOfId(id), track, kind, appId };
+    }
+    case 'TRACK_REMOVE': {
+      const [id, track, ...rest] = arg.split(' ');
+      if (rest.length || !isValidName(id) || !TRACK_PATTERN.test(track ?? '')) {
+        return invalid(message, 'TRACK_REMOVE needs <PUB_ID> <TRACK>');
+      }
+      return { type: name, id, user: userOfId(id), track };
+    }
+    case 'MUTED': {
+      const [id, track, state, ...rest] = arg.split(' ');
+      if (rest.length || !isValidName(id) || !TRACK_PATTERN.test(track ?? '')
+          || (state !== 'on' && state !== 'off')) {
+        return invalid(message, 'MUTED needs <PUB_ID> <TRACK> on|off');
+      }
+      return { type: name, id, user: userOfId(id), track, muted: state === 'on' };
+    }
     case 'MEDIA': {
       let media;
       try {
@@ -162,8 +191,24 @@ export function parseClientCommand(message) {
   const [name, arg] = splitFirst(message);
   switch (name) {
     case 'SDP_ANSWER':
-      if (!arg.trim()) return invalid(message, 'SDP_ANSWER without SDP');
+    case 'SDP_OFFER':
+      if (!arg.trim()) return invalid(message, `${name} without SDP`);
       return { type: name, sdp: arg };
+    case 'ADD_MEDIA':
+    case 'REMOVE_MEDIA': {
+      const [kind, appId, ...rest] = arg.split(' ');
+      if (rest.length || !MEDIA_KINDS.includes(kind) || !isValidName(appId ?? '')) {
+        return invalid(message, `${name} needs audio|video and an APP_ID`);
+      }
+      return { type: name, kind, appId };
+    }
+    case 'MUTE': {
+      const [track, state, ...rest] = arg.split(' ');
+      if (rest.length || !TRACK_PATTERN.test(track) || (state !== 'on' && state !== 'off')) {
+        return invalid(message, 'MUTE needs <TRACK> on|off');
+      }
+      return { type: name, track, muted: state === 'on' };
+    }
     case 'STOP':
       return arg === '' ? { type: name } : invalid(message, 'STOP takes no argument');
     case 'SUB':
@@ -173,6 +218,9 @@ export function parseClientCommand(message) {
     case 'SUB_MODE':
       if (!SUB_MODES.includes(arg)) return invalid(message, 'SUB_MODE needs auto or manual');
       return { type: name, mode: arg };
+    case 'SDP_RECYCLE':
+      if (arg !== 'on' && arg !== 'off') return invalid(message, 'SDP_RECYCLE needs on or off');
+      return { type: name, on: arg === 'on' };
     case 'CHAT':
       return { type: name, text: arg };
     default:
@@ -195,6 +243,22 @@ export function requireMode(mode) {
   return mode;
 }
 
+function requireKind(kind) {
+  if (!MEDIA_KINDS.includes(kind)) {
+    throw new SfuError(`kind must be audio or video, got ${JSON.stringify(kind)}`);
+  }
+  return kind;
+}
+
+function requireTrack(track) {
+  if (typeof track !== 'string' || !TRACK_PATTERN.test(track)) {
+    throw new SfuError(`track id must match ${TRACK_PATTERN}, got ${JSON.stringify(track)}`);
+  }
+  return track;
+}
+
+const onOff = (on) => (on ? 'on' : 'off');
+
 function requireText(text, what) {
   if (typeof text !== 'string') throw new SfuError(`${what} must be a string`);
   return text;
@@ -203,10 +267,16 @@ function requireText(text, what) {
 /** Client → server commands, formatted exactly as the server parses them. */
 export const clientCommands = Object.freeze({
   sdpAnswer: (sdp) => `SDP_ANSWER ${requireText(sdp, 'SDP')}`,
+  sdpOffer: (sdp) => `SDP_OFFER ${requireText(sdp, 'SDP')}`,
+  addMedia: (kind, appId) => `ADD_MEDIA ${requireKind(kind)} ${requireName(appId, 'APP_ID')}`,
+  removeMedia: (kind, appId) =>
+    `REMOVE_MEDIA ${requireKind(kind)} ${requireName(appId, 'APP_ID')}`,
+  mute: (track, on) => `MUTE ${requireTrack(track)} ${onOff(on)}`,
   stop: () => 'STOP',
   sub: (id) => `SUB ${requireName(id, 'publisher id')}`,
   unsub: (id) => `UNSUB ${requireName(id, 'publisher id')}`,
   subMode: (mode) => `SUB_MODE ${requireMode(mode)}`,
+  sdpRecycle: (on) => `SDP_RECYCLE ${on ? 'on' : 'off'}`,
   chat: (text) => `CHAT ${requireText(text, 'chat text')}`,
 });
 
@@ -215,6 +285,13 @@ export const serverCommands = Object.freeze({
   pubJoin: (id) => `PUB_JOIN ${requireName(id, 'publisher id')}`,
   pubLeft: (id) => `PUB_LEFT ${requireName(id, 'publisher id')}`,
   sdpOffer: (sdp) => `SDP_OFFER ${requireText(sdp, 'SDP')}`,
+  sdpAnswer: (sdp) => `SDP_ANSWER ${requireText(sdp, 'SDP')}`,
+  trackAdd: (id, track, kind, appId) => `TRACK_ADD ${requireName(id, 'publisher id')} `
+    + `${requireTrack(track)} ${requireKind(kind)} ${requireName(appId, 'APP_ID')}`,
+  trackRemove: (id, track) =>
+    `TRACK_REMOVE ${requireName(id, 'publisher id')} ${requireTrack(track)}`,
+  muted: (id, track, on) =>
+    `MUTED ${requireName(id, 'publisher id')} ${requireTrack(track)} ${onOff(on)}`,
   media: (media) => `MEDIA ${JSON.stringify(media)}`,
   chat: (from, text) => `CHAT ${requireName(from, 'sender id')} ${requireText(text, 'chat text')}`,
   error: (text) => `ERROR ${requireText(text, 'error text')}`,

@@ -9,6 +9,7 @@ empty and NATS restarted are survived with no client action.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -85,7 +86,8 @@ async def metrics(pod: Pod) -> dict[str, float]:
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
-            values[name] = float(value)
+            # Series whose only label is the node's are keyed by their bare name.
+            values[re.sub(r'\{node="[^"]*"\}$', "", name)] = float(value)
     return values
 
 

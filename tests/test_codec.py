@@ -37,6 +37,7 @@ from trio_sfu.cluster.commands import (
     SubJoin,
     SubLeft,
     SubscriberInfo,
+    TrackChange,
     TrackInfo,
 )
 
@@ -63,6 +64,8 @@ track_infos = st.builds(
     extensions=st.lists(
         st.tuples(st.integers(1, 255), st.text(max_size=80)), max_size=6
     ).map(tuple),
+    app_id=st.just("") | names,
+    muted=st.booleans(),
 )
 publisher_infos = st.builds(
     PublisherInfo,
@@ -76,6 +79,7 @@ subscriber_infos = st.builds(SubscriberInfo, subscriber_id=names, user=anything,
 commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(PubJoin, room=names, publisher=publisher_infos),
     st.builds(PubLeft, room=names, publisher_id=names),
+    st.builds(TrackChange, room=names, publisher=publisher_infos),
     st.builds(SubJoin, room=names, subscriber=subscriber_infos),
     st.builds(SubLeft, room=names, subscriber_id=names),
     st.builds(Chat, room=names, from_id=names, text=st.text(max_size=500)),
@@ -113,6 +117,7 @@ BOB = SubscriberInfo("bob-9x8y7", "bob", "pod-b-4e5f6a")
 EVERY_TYPE: list[Command] = [
     PubJoin("room-1", ALICE),
     PubLeft("room-1", "alice-7f3k2"),
+    TrackChange("room-1", ALICE),
     SubJoin("room-1", BOB),
     SubLeft("room-1", "bob-9x8y7"),
     Chat("room-1", "bob-9x8y7", "hello, ünïcode ✓"),
@@ -278,3 +283,27 @@ def test_a_track_record_without_extensions_decodes() -> None:
     command = decode(old)
     assert isinstance(command, PubJoin)
     assert command.publisher.tracks == (TrackInfo("t", "video", (), ()),)
+
+
+def test_a_track_record_without_app_id_decodes_unlabelled_and_unmuted() -> None:
+    """Records written before issue 15 (four fields) decode with no label, not muted."""
+    old = frame([TAG_PUB_JOIN, "r", ["p-1", "p", "n", [["t", "video", [], []]]]])
+    command = decode(old)
+    assert isinstance(command, PubJoin)
+    assert command.publisher.tracks == (TrackInfo("t", "video", (), (), "", False),)
+
+
+def test_a_track_change_carries_labels_and_mute() -> None:
+    info = dataclasses.replace(
+        ALICE,
+        tracks=(dataclasses.replace(ALICE.tracks[1], app_id="screen", muted=True),),
+    )
+    decoded = decode(encode(TrackChange("room-1", info)))
+    assert isinstance(decoded, TrackChange)
+    assert decoded.publisher.tracks[0].app_id == "screen" and decoded.publisher.tracks[0].muted
+
+
+def test_a_non_bool_muted_is_a_codec_error() -> None:
+    bad = frame([TAG_PUB_JOIN, "r", ["p-1", "p", "n", [["t", "video", [], [], "cam", 1]]]])
+    with pytest.raises(CodecError):
+        decode(bad)

@@ -51,12 +51,16 @@ class FakeSfu:
         if self.fail is not None:
             raise self.fail
 
-    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str:
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
         self.calls.append(("publish", room, peer_id, offer_sdp))
         self._maybe_fail()
         return f"v=0\r\ns=answer to {peer_id}\r\n"
 
-    async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str:
+    async def subscribe(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
         self.calls.append(("subscribe", room, peer_id, offer_sdp))
         self._maybe_fail()
         return f"v=0\r\ns=answer to {peer_id}\r\n"

@@ -509,8 +509,8 @@ async def test_the_server_answers_with_udp_and_tcp_candidates_and_takes_webkit_o
             for path in ("/pub/r1/safari-x1", "/pub/r1/webkit-x2", "/sub/r1/safari-x3"):
                 assert (await http.delete(path)).status_code == 204
             metrics = (await http.get("/metrics")).text
-            assert "trio_sfu_tcp_connections 0\n" in metrics
-            assert "trio_sfu_tcp_send_dropped_total 0\n" in metrics
+            assert 'trio_sfu_tcp_connections{node="local"} 0.0\n' in metrics
+            assert 'trio_sfu_tcp_send_dropped_total{node="local"} 0.0\n' in metrics
             assert "trio_sfu_udp_stun_rejected_total" in metrics  # inherited counters kept
         assert running.rtc.tcp is not None and running.rtc.tcp.routes() == 0
         nursery.cancel_scope.cancel()

@@ -959,3 +959,18 @@ def test_stopped_section_keeps_its_full_form_until_recycled() -> None:
     assert waiting.ice_ufrag == offer.media[0].ice_ufrag and waiting.fingerprints
     assert waiting.setup == "actpass" and waiting.msid == [] and waiting.candidates == []
     assert offer.groups[0].mids == ["0", "3"] and answer.media[2].port == 0
+
+
+def test_recycling_can_be_turned_off() -> None:
+    a, b = server(), client()
+    b.add_data_channel()
+    _negotiate(b, a)
+    a.recycle = False
+    video = a.add_transceiver("video", "sendonly")
+    _negotiate(a, b)
+    a.stop_transceiver(video)
+    _negotiate(a, b)
+    fresh = a.add_transceiver("video", "sendonly")
+    offer, _ = _negotiate(a, b)
+    assert [m.port == 0 for m in offer.media] == [False, True, False]
+    assert fresh.mline_index == 2 and offer.media[1].mid == video.mid

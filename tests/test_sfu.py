@@ -225,6 +225,8 @@ async def test_manual_mode(env: SfuEnv) -> None:
     await wait_for(lambda: bob.pc.jsep.signaling_state == "stable" and not bob.active_publishers())
     bob.send("SUB carol-1")
     await wait_for(lambda: bob.active_publishers() == {"carol-1"})
+    # bob applied the offer; the server must have applied bob's answer too before the 5
+    # frames are sent, or they arrive while nothing is forwarded yet (a race under load).
     await wait_for(lambda: env.forwarding("r", "bob-1", "carol-1"))
     await stream(carol, 5)
     await stream(alice, 5)
@@ -247,6 +249,7 @@ async def test_bad_commands_get_error_and_the_connection_stays(env: SfuEnv) -> N
         ("SDP_ANSWER v=0", "ERROR no SDP_OFFER is waiting for an answer"),
         ("CHAT", "ERROR CHAT needs a text"),
         ("STOP now", "ERROR STOP takes no argument"),
+        ("SDP_RECYCLE maybe", "ERROR SDP_RECYCLE takes on or off"),
     ]:
         bob.send(bad)
         assert await bob.expect("ERROR") == reply
@@ -456,3 +459,27 @@ async def test_publisher_without_ssrc_lines_or_mid_is_routed_by_payload_type(
     kinds = {s.transceiver.kind for s in bob.pc.incoming_streams if s.packets}
     assert kinds == {"audio", "video"}
     assert publisher.pc.stats.rtp_unknown_ssrc == 0
+
+
+async def test_sdp_recycle_off_gives_every_new_track_a_new_section(env: SfuEnv) -> None:
+    """For stacks that cannot take a recycled m-line (GStreamer 1.22): `SDP_RECYCLE off` makes
+    every publisher's tracks new m-sections; the stopped ones stay stopped."""
+    bob = await env.subscriber("r", "bob-1")
+    bob.send("SDP_RECYCLE off")
+    counts = []
+    for pid in ("p0-x", "p1-x", "p2-x"):
+        pub = await env.publisher("r", pid)
+        await wait_for(functools.partial(env.forwarding, "r", "bob-1", pid))
+        counts.append(bob.media_sections())
+        await stream(pub, 10)
+        await wait_for(lambda p=pid: bob.packets[p] >= 10)
+        pub.stop()
+        await bob.expect(f"PUB_LEFT {pid}")
+        await wait_for(lambda: bob.pc.jsep.signaling_state == "stable" and not any(
+            t.receiving for t in bob.pc.transceivers))
+    assert counts == [3, 5, 7]  # data + 2 per publisher, nothing reused
+    assert not any(line.startswith("ERROR") for line in bob.lines)
+    bob.send("SDP_RECYCLE on")
+    await env.publisher("r", "p9-x")
+    await wait_for(lambda: env.forwarding("r", "bob-1", "p9-x"))
+    assert bob.media_sections() == 7  # back to recycling: the new tracks took stopped m-lines

@@ -361,22 +361,27 @@ async def test_demo_page_two_users_publish_watch_chat_share_and_leave() -> None:
             assert p.page.locator("#chat-log li .text").all_inner_texts() == [line]
         assert alice.page.input_value("#chat-input") == ""
 
-        # Screen share: a second publisher connection of the same user.
+        # Screen share: a track of alice's one publisher connection (issue 15), in a tile of
+        # its own at bob, labelled by its APP_ID.
         alice.page.click("#share")
-        ids = wait_until("alice's screen connection", lambda: snapshot(alice)["ids"],
+        ids = wait_until("alice's screen track", lambda: snapshot(alice)["ids"],
                          lambda i: i["screen"] is not None, 20, alice)
-        assert ids["screen"] != ids["camera"] and ids["screen"].startswith("alice-")
+        assert ids["screen"] == ids["camera"] and ids["screen"].startswith("alice-")
         wait_until(
             "bob decoding alice's camera and screen",
             lambda: remote_tiles(snapshot(bob), "alice"),
             lambda ts: len(ts) == 2 and decoding(10)(ts), 45, alice, bob,
         )
         screen_tile = next(t for t in remote_tiles(snapshot(bob), "alice")
-                           if t["publisher"] == ids["screen"])
-        assert screen_tile["kinds"] == ["video"]
-        alice.page.click("#share")  # stop sharing
+                           if t["appIds"] == ["screen"])
+        assert screen_tile["kinds"] == ["video"] and screen_tile["publisher"] == ids["camera"]
+        assert screen_tile["label"] == "alice · screen"
+        assert bob.page.locator(
+            f'.tile[data-key="{screen_tile["key"]}"] .name').inner_text() == "alice · screen"
+        alice.page.click("#share")  # stop sharing: the track is removed, the connection stays
         wait_until("the screen tile gone at bob", lambda: remote_tiles(snapshot(bob), "alice"),
-                   lambda ts: [t["publisher"] for t in ts] == [ids["camera"]], 10, alice, bob)
+                   lambda ts: [t["key"] for t in ts] == [ids["camera"]], 10, alice, bob)
+        assert snapshot(alice)["ids"]["camera"] == ids["camera"]
 
         # The server's room list agrees with what the pages show.
         bob_ids = snapshot(bob)["ids"]
@@ -405,7 +410,7 @@ async def test_demo_page_two_users_publish_watch_chat_share_and_leave() -> None:
         # A tab that closes without Leave says goodbye on pagehide (STOP + keepalive DELETE), so
         # it is gone long before the server's consent timeout would notice.
         # carol first joins with the microphone only (an audio-only publisher), then turns the
-        # camera on, which republishes under a new id.
+        # camera on: a track added to the same connection (issue 15), not a new publisher.
         carol = Page(browser, "carol")
         carol.page.goto(f"{base}/?room={room}&user=carol")
         carol.page.wait_for_function("() => window.sfuDemo !== undefined")
@@ -423,17 +428,25 @@ async def test_demo_page_two_users_publish_watch_chat_share_and_leave() -> None:
         assert badge.inner_text() == "audio only"
         carol.page.check("#camera")
         wait_until(
-            "bob decoding carol's republished camera", functools.partial(remote_of, bob, "carol"),
-            lambda ts: len(ts) == 1 and ts[0]["publisher"] != audio_only["publisher"]
+            "bob decoding carol's added camera", functools.partial(remote_of, bob, "carol"),
+            lambda ts: len(ts) == 1 and ts[0]["publisher"] == audio_only["publisher"]
             and ts[0]["kinds"] == ["audio", "video"] and decoding(5)(ts),
             45, bob, carol,
         )
-        # Unchecking while live mutes the published track instead of republishing.
+        # Unchecking while live mutes the published track (MUTE): bob's tile says so.
         camera_id = snapshot(carol)["ids"]["camera"]
+        assert camera_id == audio_only["publisher"]
         carol.page.uncheck("#mic")
         own_badge = carol.page.locator('.tile[data-key="local:camera"] .badge')
         assert own_badge.inner_text() == "audio off"
         assert snapshot(carol)["ids"]["camera"] == camera_id
+        wait_until("bob seeing carol's mic muted", functools.partial(remote_of, bob, "carol"),
+                   lambda ts: len(ts) == 1 and len(ts[0]["muted"]) == 1, 10, bob, carol)
+        remote_badge = bob.page.locator(f'.tile[data-key="{camera_id}"] .badge')
+        assert remote_badge.inner_text() == "mic muted"
+        carol.page.check("#mic")
+        wait_until("bob seeing carol's mic back", functools.partial(remote_of, bob, "carol"),
+                   lambda ts: len(ts) == 1 and ts[0]["muted"] == [], 10, bob, carol)
         assert not carol.problems, "\n".join(carol.problems)
         carol.page.close()
         wait_until("carol gone after closing her tab", functools.partial(remote_of, bob, "carol"),

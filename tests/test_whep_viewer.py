@@ -164,3 +164,28 @@ async def test_whep_without_any_publisher_is_still_409(env: SfuEnv) -> None:
     with pytest.raises(NotFound):
         await env.sfu.whep("r", "v-2", offer, publisher_id="alice-1")
     sub.stop()
+
+
+async def test_viewer_follows_its_publishers_track_changes(env: SfuEnv) -> None:
+    """Issue 15: the followed publisher joins audio-only and adds its camera later, then swaps
+    it for a screen share: the viewer's one video section carries whichever video the publisher
+    sends now (switched, never renegotiated)."""
+    alice = await env.publisher("r", "alice-1", video=False)
+    await wait_for(lambda: env.sfu.rooms["r"].publishers["alice-1"].announced)
+    viewer = Viewer()
+    await viewer.join(env, "r", "viewer-1")
+    answer = viewer.pc.jsep.current_remote_description
+    await stream(alice, 10)
+    await wait_for(lambda: any(p[0] == "audio" for p in viewer.packets))
+    assert viewer.video() == []
+    camera = await alice.add_track("video", "camera")
+    await stream(alice, 20)
+    await wait_for(lambda: len(viewer.video()) >= 15)
+    screen = await alice.add_track("video", "screen")
+    await alice.remove_track(camera)
+    seen = len(viewer.video())
+    await stream(alice, 20)
+    await wait_for(lambda: len(viewer.video()) >= seen + 15)
+    downtrack = env.sfu.rooms["r"].subscribers["viewer-1"].downtracks["video"]  # type: ignore[attr-defined]
+    assert downtrack.source.track_id == screen.track_id
+    assert viewer.pc.jsep.current_remote_description is answer  # never renegotiated

@@ -111,13 +111,21 @@ class FakeWhipSfu(FakeSfu):
         self.creds[key] = creds
         return creds
 
-    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str:
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
         self.calls.append(("publish", room, peer_id, offer_sdp))
         self._maybe_fail()
         return answer(*self._new_creds(("pub", room, peer_id)), "recvonly")
 
     async def whep(
-        self, room: str, peer_id: str, offer_sdp: str, *, publisher_id: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        publisher_id: str | None = None,
+        source: str | None = None,
     ) -> str:
         self.calls.append(("whep", room, peer_id, publisher_id))
         if self.whep_fail is not None:

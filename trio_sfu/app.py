@@ -15,8 +15,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,17 +28,33 @@ from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import HttpSfuApi, SfuApi, create_app
 from trio_sfu.http.ice_servers import IceServerList
+from trio_sfu.http.limits import JoinRateLimits, refuse_cleartext_http2
+from trio_sfu.metrics import metrics_app, node_registry
 from trio_sfu.rtc.server import RtcServer
 
 if TYPE_CHECKING:
     from trio_sfu.cluster.forward import ClusterForwarder
     from trio_sfu.cluster.nats_bus import NatsBus
     from trio_sfu.cluster.redis_state import RedisStateStore
+    from trio_sfu.sfu.limits import SfuLimits
 
 log = logging.getLogger(__name__)
 
 # Requests still running when the HTTP side stops get this long before they are cancelled.
 GRACEFUL_TIMEOUT = 5.0
+#: Connections the kernel queues for accept (Hypercorn's default is 100; capped by somaxconn).
+LISTEN_BACKLOG = 2048
+#: Concurrent HTTP/2 streams per connection (Hypercorn's default is 100).
+H2_MAX_STREAMS = 32
+
+
+class StartupError(Exception):
+    """The process cannot start; the message is one line naming what (an address and port,
+    a backend's URL). ``status`` is the exit status the CLI uses."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SfuService(HttpSfuApi, Protocol):
@@ -53,8 +69,22 @@ def embedded_sfu(rtc: RtcServer, config: Config) -> SfuService:
     from trio_sfu.sfu.service import Sfu
 
     # The consent timeout lives on the RtcServer, which every peer shares.
-    sfu: SfuService = Sfu(rtc)
+    sfu: SfuService = Sfu(rtc, limits=sfu_limits(config))
     return sfu
+
+
+def sfu_limits(config: Config) -> SfuLimits:
+    from trio_sfu.sfu.limits import SfuLimits
+
+    return SfuLimits(
+        max_members_per_room=config.max_members_per_room,
+        max_rooms=config.max_rooms,
+        max_half_open_per_source=config.max_half_open_per_ip,
+        max_half_open=config.max_half_open,
+        chat_rate=config.chat_rate,
+        chat_burst=config.chat_burst,
+        max_send_buffer=config.max_send_buffer,
+    )
 
 
 @dataclass
@@ -69,6 +99,10 @@ class Running:
     rtc: RtcServer
     sfu: SfuApi
     _stop: trio.Event = field(repr=False)
+    #: the --metrics-port listener's bound port, if there is one
+    metrics_port: int | None = None
+    #: the HTTP/3 (QUIC) port, if --quic-port
+    quic_port: int | None = None
 
     def shutdown(self) -> None:
         """Begin the graceful stop a SIGTERM would begin; ``serve`` returns when it is done."""
@@ -82,11 +116,42 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     if config.cert is not None and config.key is not None:
         hc.certfile = str(config.cert)
         hc.keyfile = str(config.key)
+        if config.quic_port is not None:
+            # HTTP/3 over QUIC (Hypercorn on aioquic); every HTTP/1.1 and HTTP/2 response
+            # then carries Alt-Svc: h3=":<bound port>" so browsers can switch (RFC 9114 §3.1.1).
+            hc.quic_bind = [f"{host}:{config.quic_port}"]
     hc.accesslog = None  # the app logs each request itself, with structured fields
     hc.errorlog = logging.getLogger("trio_sfu.http.server")
     hc.graceful_timeout = GRACEFUL_TIMEOUT
     hc.include_server_header = False
+    # HTTP/2 reset floods (CVE-2023-44487 "rapid reset"): few concurrent streams per
+    # connection, and no cleartext HTTP/2 unless asked for (docs/security.md).
+    hc.h2_max_concurrent_streams = H2_MAX_STREAMS
+    # Hypercorn's keep_alive_max_requests (1000) ends a connection with GOAWAY after that many
+    # streams, reset or not; lower values make it close HTTP/1.1 keep-alive connections under
+    # clients still sending on them, so it stays at its default.
+    # A burst of joins must queue in the kernel, not be reset (issue 14: 1,000 at once).
+    hc.backlog = LISTEN_BACKLOG
+    hc.trio_sfu_h2c = config.http2_cleartext  # type: ignore[attr-defined]
+    refuse_cleartext_http2()
     return hc
+
+
+def metrics_hypercorn_config(config: Config) -> HypercornConfig:
+    """The --metrics-port listener: plain HTTP on --http-host, /metrics only, no token."""
+    assert config.metrics_port is not None
+    hc = hypercorn_config(config)
+    host = f"[{config.http_host}]" if ":" in config.http_host else config.http_host
+    hc.bind = [f"{host}:{config.metrics_port}"]
+    hc.certfile = hc.keyfile = None
+    hc.quic_bind = []
+    return hc
+
+
+def _quic_port(hc: HypercornConfig) -> int | None:
+    """The UDP port Hypercorn bound for QUIC (the one its Alt-Svc header names)."""
+    addresses = getattr(hc, "_quic_addresses", None) or []
+    return int(addresses[0][1]) if addresses else None
 
 
 def _bound_port(url: str) -> int:
@@ -104,14 +169,24 @@ async def serve(
     """Run a node until SIGINT/SIGTERM, :meth:`Running.shutdown` or cancellation."""
     config.check()
     public = config.advertised_addresses()
-    rtc = RtcServer.bind(
-        config.udp_host,
-        config.udp_port,
-        public_addresses=public,
-        consent_timeout=config.consent_timeout,
-        tcp_port=config.tcp_bind_port(),
-        tcp_public_port=config.tcp_public_port,
-    )
+    try:
+        rtc = RtcServer.bind(
+            config.udp_host,
+            config.udp_port,
+            public_addresses=public,
+            consent_timeout=config.consent_timeout,
+            connect_timeout=config.connect_timeout,
+            tcp_port=config.tcp_bind_port(),
+            tcp_public_port=config.tcp_public_port,
+        )
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if reason.startswith("ICE-TCP port"):  # the TCP bind names its own port
+            raise StartupError(f"cannot bind the {reason}") from None
+        raise StartupError(
+            f"cannot bind the UDP media port {_address(config.udp_host, config.udp_port)}: "
+            f"{reason}"
+        ) from None
     started = False
     try:
         async with cluster_backends(config) as backends:
@@ -124,10 +199,16 @@ async def serve(
                     bus=backends.bus,
                     relay=backends.bus.relay,
                     node_id=backends.node_id,
+                    limits=sfu_limits(config),
                 )
                 sfu: SfuService = cluster_sfu
             else:
                 sfu = sfu_factory(rtc, config)
+            registry = node_registry(
+                sfu,
+                backends.node_id if backends is not None else "local",
+                room_limit=config.metrics_rooms,
+            )
             app = create_app(
                 sfu,
                 cors_origins=config.cors_origins,
@@ -140,6 +221,11 @@ async def serve(
                     ttl=config.turn_ttl,
                 ),
                 forwarder=backends.forwarder if backends is not None else None,
+                metrics=registry,
+                metrics_open=config.metrics_open,
+                join_limits=JoinRateLimits(
+                    per_source=config.max_joins_per_ip, total=config.max_joins
+                ),
             )
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
@@ -162,17 +248,36 @@ async def serve(
                     # Requests other pods forward here (a session this pod holds).
                     await nursery.start(backends.forwarder.serve, app)
 
+                http_config = hypercorn_config(config)
+
                 async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                     await hypercorn_serve(
                         app,
-                        hypercorn_config(config),
+                        http_config,
                         shutdown_trigger=stop.wait,
                         task_status=task_status,
                     )
                     # HTTP has stopped (gracefully): now end the peers and the UDP reader.
                     nursery.cancel_scope.cancel()
 
-                binds = await nursery.start(http)
+                where = f"the HTTP port {_address(config.http_host, config.http_port)}"
+                if config.quic_port is not None:
+                    where += f" or the QUIC port {_address(config.http_host, config.quic_port)}/udp"
+                with _naming_port(where):
+                    binds = await nursery.start(http)
+                metrics_port = None
+                if config.metrics_port is not None:
+                    where = f"the metrics port {_address(config.http_host, config.metrics_port)}"
+                    with _naming_port(where):
+                        metrics_binds = await nursery.start(
+                            functools.partial(
+                                hypercorn_serve,
+                                metrics_app(registry),
+                                metrics_hypercorn_config(config),
+                                shutdown_trigger=stop.wait,
+                            )
+                        )
+                    metrics_port = _bound_port(metrics_binds[0])
                 running = Running(
                     http_port=_bound_port(binds[0]),
                     udp_port=rtc.endpoint.local_address[1],
@@ -182,6 +287,8 @@ async def serve(
                     rtc=rtc,
                     sfu=sfu,
                     _stop=stop,
+                    metrics_port=metrics_port,
+                    quic_port=_quic_port(http_config),
                 )
                 log.info(
                     "trio-sfu started",
@@ -191,11 +298,15 @@ async def serve(
                         "tcp_port": running.tcp_port,
                         "public_ips": public,
                         "site_dir": str(config.site_root()),
+                        "metrics": metrics_port,
+                        "quic": running.quic_port,
                         "node": backends.node_id if backends is not None else "local",
                         "cluster": backends is not None,
+                        "demo": running.demo_url,
                     },
                 )
-                print(f"trio-sfu: demo at {running.demo_url}", file=sys.stdout, flush=True)
+                if config.log_format == "text":  # JSON logs stay JSON only: the line has it
+                    print(f"trio-sfu: demo at {running.demo_url}", file=sys.stdout, flush=True)
                 # DESIGN.md: everything alive now lives for the whole process; keep full
                 # collections from walking it again (they pause 30-90 ms on a large heap).
                 gc.freeze()
@@ -205,7 +316,7 @@ async def serve(
         # A start-up failure (an HTTP port in use, a bad certificate) surfaces as itself, not
         # wrapped in the nurseries' groups, so callers and the CLI can report it plainly.
         leaf = _sole_leaf(group)
-        if not started and isinstance(leaf, OSError):
+        if not started and isinstance(leaf, OSError | StartupError):
             raise leaf from None
         raise
     finally:
@@ -244,7 +355,8 @@ async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
         state = RedisStateStore(config.redis_url, node_id, prefix=config.cluster_prefix)
         bus = NatsBus(config.nats_url, node_id, prefix=config.cluster_prefix)
         async with trio.open_nursery() as nursery:
-            await nursery.start(bus.run)
+            await nursery.start(bus.run)  # waits a moment for NATS, then starts anyway
+            await _check_backends(config, state, bus)
             try:
                 yield Backends(node_id, state, bus, ClusterForwarder(bus, state, node_id))
             finally:
@@ -252,6 +364,47 @@ async def cluster_backends(config: Config) -> AsyncIterator[Backends | None]:
                     # Our heartbeat goes first: the other pods sweep our members at once.
                     await state.close()
                 nursery.cancel_scope.cancel()
+
+
+async def _check_backends(config: Config, state: RedisStateStore, bus: NatsBus) -> None:
+    """Backends not answering at start: with --require-backends that ends the process (one
+    line naming them); by default the pod starts, retries with back-off, and /readyz says
+    503 until they answer."""
+    assert config.redis_url is not None and config.nats_url is not None
+    down = [
+        f"{name} at {Config.shown_url(url)}"
+        for name, url, backend in (
+            ("Redis", config.redis_url, state),
+            ("NATS", config.nats_url, bus),
+        )
+        if not await backend.ready()
+    ]
+    if not down:
+        return
+    if config.require_backends:
+        raise StartupError(f"cannot reach {' and '.join(down)} (--require-backends)", status=2)
+    log.warning(
+        "cluster backend unreachable at start-up: retrying; /readyz answers 503 until it is back",
+        extra={"unreachable": down},
+    )
+
+
+@contextmanager
+def _naming_port(where: str) -> Iterator[None]:
+    """A bind failure (port in use, no such address) as one line naming the address."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf = _sole_leaf(group)
+        if isinstance(leaf, OSError):
+            raise StartupError(f"cannot listen on {where}: {leaf.strerror or leaf}") from None
+        raise
+    except OSError as error:
+        raise StartupError(f"cannot listen on {where}: {error.strerror or error}") from None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _drain(sfu: SfuService, timeout: float, stop: trio.Event, *, notice: float = 0.0) -> None:

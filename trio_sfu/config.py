@@ -19,6 +19,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class Setting:
     metavar: str
     repeatable: bool = False  # flag given many times; env var comma-separated
     secret: bool = False  # never repeat the value in messages
+    switch: bool = False  # a flag without a value (on when given); env/file: true or false
 
     def shown(self, text: str) -> str:
         """``text`` as an error message may quote it."""
@@ -64,6 +66,28 @@ def parse_node_id(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
         raise ValueError(f"{value!r} is not a node id ([A-Za-z0-9_.-]{{1,64}})")
     return value
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not true or false (1/0, yes/no, on/off)")
+
+
+def _count_parser(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise ValueError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
 
 
 def parse_drain_timeout(text: str) -> float:
@@ -338,6 +362,19 @@ def parse_timeout(text: str) -> float:
     return seconds
 
 
+def _rate_parser() -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number per second") from None
+        if not 0 < value <= 1_000_000:
+            raise ValueError(f"{text!r} is not between 0 and 1000000 per second")
+        return value
+
+    return parse
+
+
 def parse_path(text: str) -> Path:
     if not text.strip():
         raise ValueError("empty path")
@@ -345,8 +382,12 @@ def parse_path(text: str) -> Path:
 
 
 def default_site_dir() -> Path:
-    """The demo site shipped next to the package in the repository (``<repo>/site``)."""
-    return Path(__file__).resolve().parent.parent / "site"
+    """The demo site: inside the installed package (``trio_sfu/site``, copied there when the
+    wheel is built, see setup.py), else the repository's ``site/`` beside the package (a
+    checkout or an editable install)."""
+    package = Path(__file__).resolve().parent
+    shipped = package / "site"
+    return shipped if shipped.is_dir() else package.parent / "site"
 
 
 def _setting(flag: str, help: str, parse: Callable[[str], Any], metavar: str, **kw: Any) -> Any:
@@ -427,6 +468,16 @@ class Config:
     key: Path | None = field(
         default=None,
         metadata=_setting("--key", "PEM private key for HTTPS; needs --cert", parse_path, "FILE"),
+    )
+    quic_port: int | None = field(
+        default=None,
+        metadata=_setting(
+            "--quic-port",
+            "also serve HTTP/3 (QUIC, aioquic) on this UDP port of --http-host, advertised "
+            "to browsers with Alt-Svc; needs --cert/--key; 0 picks a free one",
+            parse_port,
+            "PORT",
+        ),
     )
     log_level: str = field(
         default="info",
@@ -522,11 +573,117 @@ class Config:
             "SECONDS",
         ),
     )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=_setting(
+            "--connect-timeout",
+            "seconds a new session has to complete ICE and DTLS before it is dropped "
+            "(half-open sessions cost memory; docs/security.md)",
+            parse_timeout,
+            "SECONDS",
+        ),
+    )
+    max_half_open_per_ip: int = field(
+        default=20,
+        metadata=_setting(
+            "--max-half-open-per-ip",
+            "sessions one client address may have still connecting; past it joins get 429",
+            _count_parser(1, 1_000_000),
+            "N",
+        ),
+    )
+    max_half_open: int = field(
+        default=500,
+        metadata=_setting(
+            "--max-half-open",
+            "sessions still connecting on this node, all addresses; past it joins get 503",
+            _count_parser(1, 1_000_000),
+            "N",
+        ),
+    )
+    max_joins_per_ip: float = field(
+        default=10.0,
+        metadata=_setting(
+            "--max-joins-per-ip",
+            "joins per second one client address may start (bursts of twice as many); "
+            "past it 429",
+            _rate_parser(),
+            "PER_S",
+        ),
+    )
+    max_joins: float = field(
+        default=200.0,
+        metadata=_setting(
+            "--max-joins",
+            "joins per second this node starts, all addresses (bursts of twice as many); "
+            "past it 503",
+            _rate_parser(),
+            "PER_S",
+        ),
+    )
+    max_members_per_room: int = field(
+        default=200,
+        metadata=_setting(
+            "--max-members-per-room",
+            "members of one room on this node (publishers, subscribers, viewers); past it 429",
+            _count_parser(1, 1_000_000),
+            "N",
+        ),
+    )
+    max_rooms: int = field(
+        default=1000,
+        metadata=_setting(
+            "--max-rooms",
+            "rooms this node hosts at once; past it joins to a new room get 503",
+            _count_parser(1, 1_000_000),
+            "N",
+        ),
+    )
+    chat_rate: float = field(
+        default=5.0,
+        metadata=_setting(
+            "--chat-rate",
+            "CHAT messages per second one member may send (bursts of --chat-burst); "
+            "past it the member gets ERROR and the message is dropped",
+            _rate_parser(),
+            "PER_S",
+        ),
+    )
+    chat_burst: int = field(
+        default=20,
+        metadata=_setting(
+            "--chat-burst",
+            "CHAT messages one member may send at once before --chat-rate applies",
+            _count_parser(1, 10_000),
+            "N",
+        ),
+    )
+    max_send_buffer: int = field(
+        default=1024 * 1024,
+        metadata=_setting(
+            "--max-send-buffer",
+            "bytes queued on one member's control channel (bufferedAmount) before chat to "
+            "it is dropped; a member left at the cap for 10 s is disconnected",
+            _count_parser(16 * 1024, 1 << 30),
+            "BYTES",
+        ),
+    )
+    http2_cleartext: bool = field(
+        default=False,
+        metadata=_setting(
+            "--http2-cleartext",
+            "accept HTTP/2 without TLS (h2c upgrade and prior knowledge); HTTP/2 over TLS is "
+            "always on",
+            parse_bool,
+            "",
+            switch=True,
+        ),
+    )
     site_dir: Path | None = field(
         default=None,
         metadata=_setting(
             "--site-dir",
-            "directory served at / (default: the repository's site/)",
+            "directory served at / (default: the demo site shipped with the package)",
             parse_path,
             "DIR",
         ),
@@ -600,11 +757,67 @@ class Config:
         ),
     )
 
+    require_backends: bool = field(
+        default=False,
+        metadata=_setting(
+            "--require-backends",
+            "exit (status 2) if Redis or NATS cannot be reached at start-up (default: start "
+            "anyway, retry with back-off, /readyz 503 until they answer)",
+            parse_bool,
+            "",
+            switch=True,
+        ),
+    )
+    metrics_open: bool = field(
+        default=False,
+        metadata=_setting(
+            "--metrics-open",
+            "serve /metrics without a token even when tokens are required (default: an admin "
+            "token for all rooms, unless --metrics-port)",
+            parse_bool,
+            "",
+            switch=True,
+        ),
+    )
+    metrics_port: int | None = field(
+        default=None,
+        metadata=_setting(
+            "--metrics-port",
+            "also serve /metrics, without a token, on this port of --http-host (for the "
+            "cluster's scraper; keep it off the public network)",
+            parse_port,
+            "PORT",
+        ),
+    )
+    metrics_rooms: int = field(
+        default=50,
+        metadata=_setting(
+            "--metrics-rooms",
+            "per-room series in /metrics for at most this many rooms (the largest); the rest "
+            "are summed under room=\"(other)\"",
+            _count_parser(0, 10000),
+            "N",
+        ),
+    )
+
     # -- derived values -------------------------------------------------------------------
 
     @property
     def tls(self) -> bool:
         return self.cert is not None
+
+    @staticmethod
+    def shown_url(url: str) -> str:
+        """``url`` as logs and errors may show it: no user or password."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        try:
+            port = f":{parts.port}" if parts.port is not None else ""
+        except ValueError:
+            port = ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
 
     @property
     def cluster(self) -> bool:
@@ -675,6 +888,8 @@ class Config:
                 context.load_cert_chain(self.cert, self.key)
             except (ssl.SSLError, OSError) as error:
                 raise ConfigError(f"--cert/--key: cannot load them: {error}") from None
+        if self.quic_port is not None and self.cert is None:
+            raise ConfigError("--quic-port needs --cert and --key: HTTP/3 is always TLS")
         if self.site_dir is not None and not self.site_dir.is_dir():
             raise ConfigError(f"--site-dir {self.site_dir}: not a directory")
         if (self.api_key is None) != (self.api_secret is None):
@@ -740,6 +955,90 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
         except ValueError as error:
             raise ConfigError(f"{setting.env}={setting.shown(text)}: {error}") from None
     return values
+
+
+# -- the configuration file (--config trio-sfu.toml) -----------------------------------------
+# Keys are the flags without their dashes (``http-port = 8080``; ``http_port`` is accepted too);
+# values are TOML strings, numbers, booleans (for switches) or lists (for repeatable flags).
+# Precedence: flag > environment > file > default.
+
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+
+def file_key(setting: Setting) -> str:
+    return setting.flag.removeprefix("--")
+
+
+def file_values(path: Path) -> dict[str, Any]:
+    """The fields set in the TOML file at ``path``; any problem is a ConfigError naming the
+    file and the key (unknown keys included, all of them at once)."""
+    try:
+        with open(path, "rb") as stream:
+            data = tomllib.load(stream)
+    except OSError as error:
+        raise ConfigError(f"--config {path}: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--config {path}: not valid TOML: {error}") from None
+    by_key = {file_key(s): (f, s) for f, s in settings()}
+    unknown = sorted(k for k in data if k.replace("_", "-") not in by_key)
+    if unknown:
+        raise ConfigError(
+            f"--config {path}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} (keys are the flags without '--', e.g. http-port)"
+        )
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        f, setting = by_key[key.replace("_", "-")]
+        if f.name in values:
+            raise ConfigError(f"--config {path}: {key} is given twice ({file_key(setting)})")
+        try:
+            values[f.name] = _file_value(setting, raw)
+        except ValueError as error:
+            shown = setting.shown(str(raw)) if isinstance(raw, str) else "***" if (
+                setting.secret) else repr(raw)
+            raise ConfigError(f"--config {path}: {key} = {shown}: {error}") from None
+    return values
+
+
+def _file_value(setting: Setting, raw: object) -> Any:
+    if setting.switch:
+        if not isinstance(raw, bool):
+            raise ValueError("must be true or false")
+        return raw
+    if setting.repeatable:
+        if isinstance(raw, str):
+            return parse_setting(setting, raw)
+        if not isinstance(raw, list) or not all(isinstance(v, str | int) for v in raw):
+            raise ValueError("must be a list of strings (or one comma-separated string)")
+        return tuple(setting.parse(str(v)) for v in raw)
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ValueError("must be a string or a number")
+    return setting.parse(str(raw))
+
+
+def config_toml(config: Config) -> str:
+    """``config`` as a file ``--config`` reads back (secrets masked, unset keys commented)."""
+    lines = ["# trio-sfu configuration: flag > environment > this file > default"]
+    for f, setting in settings():
+        value = getattr(config, f.name)
+        key = file_key(setting)
+        if value is None or value == ():
+            lines.append(f"# {key} =  (unset)")
+        elif setting.secret:
+            lines.append(f"{key} = \"***\"  # secret, not shown")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # JSON strings are TOML basic strings
 
 
 # -- this host's addresses (the default --public-ip) -----------------------------------------

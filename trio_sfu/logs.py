@@ -87,6 +87,9 @@ def setup_logging(level: str = "info", fmt: str = "text", stream: TextIO | None 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Libraries' warnings.warn() would print raw lines to stderr: route them through the
+    # same handler (a JSON stream stays JSON only).
+    logging.captureWarnings(True)
     # Third-party chatter stays at warning unless we debug.
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
     for name in ("aioice", "hpack", "h2", "h11"):

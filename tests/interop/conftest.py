@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.interop.driver import SCENARIOS
+from tests.interop.driver import SCENARIOS, SPECS, require
 from tests.peers.browser_client import Browser, open_browser
 from tests.peers.harness import require_chromium
 from trio_sfu.app import Running, serve
@@ -76,6 +76,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for peer in peers:
         row = "".join(_results.get((peer, s), "-").ljust(12) for s in SCENARIOS)
         tr.write_line(peer.ljust(width) + row)
+
+
+@pytest.fixture(autouse=True)
+def _peer_available(request: pytest.FixtureRequest) -> None:
+    """Skip (or fail, under TRIO_SFU_REQUIRE_BROWSER=1) a cell whose peer cannot run here,
+    before any server starts. Synchronous on purpose: pytest-trio drops the message of a
+    skip raised inside an async test (it re-raises a bare pytest.skip()), and the message
+    must name the missing tool."""
+    cell = _cells.get(request.node.nodeid)
+    if cell is None:
+        return
+    spec = SPECS.get(cell[0])
+    if spec is not None:
+        require(spec)
+    if cell[1] == "publisher":
+        require_chromium()  # the Chromium subscriber on the other side
 
 
 @dataclass

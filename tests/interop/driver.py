@@ -36,6 +36,10 @@ STEP_TIMEOUT = 45.0  # one step of a scenario (a join decoded, a leave renegotia
 PEER_TIMEOUT = 300.0  # the peer's own --timeout: the whole scenario
 
 
+#: every PeerSpec by its matrix row name ("-" as "_"), for conftest.py's availability check
+SPECS: dict[str, PeerSpec] = {}
+
+
 @dataclass(frozen=True)
 class PeerSpec:
     """One row of the matrix: how to run a peer and what it supports.
@@ -49,6 +53,9 @@ class PeerSpec:
     argv: Callable[[list[str]], list[str]]
     missing: Callable[[], str | None] = lambda: None
     env: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        SPECS[self.name.replace("-", "_")] = self
 
     def open(self, args: list[str]) -> AbstractAsyncContextManager[PeerProcess]:
         """Run the peer for the block's duration (override to run it elsewhere, e.g. a netns)."""

@@ -16,23 +16,11 @@ from tests.test_third_party_clients import require_gst
 
 pytestmark = pytest.mark.slow
 
-# With i8a's stopped sections, webrtcbin accepts the re-offer after PUB_LEFT; the next publisher
-# then gets the stopped section's m-line back under a new mid (RFC 8829 §5.2.2 recycling), and
-# GStreamer 1.22 refuses its own answer: "transceiver direction changes are not implemented"
-# (webrtcbin keeps one transceiver per m-line, negotiated inactive, and cannot make it recvonly
-# again). Tried by hand: stopped sections written sendonly instead of inactive get one
-# publisher further, then webrtcbin fails on "Fingerprint in media 1 differs from previous
-# fingerprint"; with recycling turned off (new publishers always on new m-lines) the whole
-# scenario passes (14 offers answered, 70 and 72 frames decoded). So the server must offer a
-# new publisher a fresh m-line for such a stack.
-NEEDS_NO_RECYCLING = pytest.mark.xfail(
-    strict=True,
-    reason="needs i8a: webrtcbin 1.22 refuses a recycled m-line ('transceiver direction "
-    "changes are not implemented. Media 1') on the second publisher's SDP_OFFER",
-)
+# webrtcbin 1.22 cannot take a recycled m-line ("transceiver direction changes are not
+# implemented"): the GStreamer subscriber sends SDP_RECYCLE off, so every publisher gets new
+# m-sections (tests/interop/test_offers.py shows both behaviours offline).
 
 
-@NEEDS_NO_RECYCLING
 async def test_gstreamer_subscriber() -> None:
     require_netns()
     require_gst()

@@ -255,6 +255,8 @@ class Receiver:
             common.emit({"type": "connected", "id": self.args.id})
 
     def _on_open(self) -> bool:
+        # webrtcbin 1.22 cannot take a recycled m-line (README "Data-channel protocol")
+        self.channel.emit("send-string", "SDP_RECYCLE off")
         self.connected()
         return False
 

@@ -30,8 +30,9 @@ else:
 FRAMES_EVERY = 0.5
 
 
-def msid_of_mid(sdp: str, mid: str | None) -> str | None:
-    """The stream id (the publisher id, for trio-sfu) of the section with ``a=mid:mid``."""
+def msid_of_mid(sdp: str, mid: str | None, *, with_track: bool = False) -> str | None:
+    """The stream id (the publisher id, for trio-sfu) of the section with ``a=mid:mid``; with
+    ``with_track``, ``"<stream> <track>"`` (one publisher's tracks apart, issue 15)."""
     current: str | None = None
     for line in sdp.splitlines():
         if line.startswith("m="):
@@ -39,7 +40,8 @@ def msid_of_mid(sdp: str, mid: str | None) -> str | None:
         elif line.startswith("a=mid:"):
             current = line[6:].strip()
         elif line.startswith("a=msid:") and current == mid:
-            return line[7:].split()[0]
+            parts = line[7:].split()
+            return " ".join(parts[:2]) if with_track else parts[0]
     return None
 
 
@@ -149,7 +151,7 @@ class Peer:
             if args.role == "subscriber":
                 mid = next((t.mid for t in pc.getTransceivers()
                             if t.receiver.track is track), None)
-                key = msid_of_mid(self.applying, mid)
+                key = msid_of_mid(self.applying, mid, with_track=args.per_track)
             common.log("track", track.kind, "from", key)
             self.tasks.append(asyncio.ensure_future(self.consume(track, key)))
 
@@ -237,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--id", required=True)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--per-track", action="store_true",
+                   help="count decoded frames per '<publisher> <track>' (msid), not per publisher")
     args = p.parse_args(argv)
     args.base_url = args.base_url.rstrip("/")
     common.log("started:", " ".join(sys.argv[1:] if argv is None else argv))

@@ -92,7 +92,13 @@ test('every client command round-trips through parseClientCommand', () => {
     [clientCommands.sub('bob-1'), { type: 'SUB', id: 'bob-1' }],
     [clientCommands.unsub('bob-1'), { type: 'UNSUB', id: 'bob-1' }],
     [clientCommands.subMode('manual'), { type: 'SUB_MODE', mode: 'manual' }],
+    [clientCommands.sdpRecycle(false), { type: 'SDP_RECYCLE', on: false }],
+    [clientCommands.sdpRecycle(true), { type: 'SDP_RECYCLE', on: true }],
     [clientCommands.chat('a  b'), { type: 'CHAT', text: 'a  b' }],
+    [clientCommands.sdpOffer('v=0\r\n'), { type: 'SDP_OFFER', sdp: 'v=0\r\n' }],
+    [clientCommands.addMedia('video', 'screen'), { type: 'ADD_MEDIA', kind: 'video', appId: 'screen' }],
+    [clientCommands.removeMedia('audio', 'mic'), { type: 'REMOVE_MEDIA', kind: 'audio', appId: 'mic' }],
+    [clientCommands.mute('t-1', true), { type: 'MUTE', track: 't-1', muted: true }],
   ];
   const seen = new Set();
   for (const [text, want] of cases) {
@@ -100,7 +106,8 @@ test('every client command round-trips through parseClientCommand', () => {
     seen.add(want.type);
   }
   assert.deepEqual([...seen].sort(), [...CLIENT_COMMANDS].sort());
-  for (const bad of ['STOP now', 'SUB', 'SUB_MODE', 'SUB_MODE AUTO', 'SDP_ANSWER ', 'PUB_JOIN a-1']) {
+  for (const bad of ['STOP now', 'SUB', 'SUB_MODE', 'SUB_MODE AUTO', 'SDP_ANSWER ', 'PUB_JOIN a-1',
+    'SDP_RECYCLE', 'SDP_RECYCLE no']) {
     assert.equal(parseClientCommand(bad).type, 'INVALID', bad);
   }
 });
@@ -114,7 +121,51 @@ test('every server command round-trips through parseServerCommand', () => {
     [serverCommands.chat('alice-1', 'hi there'), 'CHAT'],
     [serverCommands.error('nope'), 'ERROR'],
     [serverCommands.reconnect(), 'RECONNECT'],
+    [serverCommands.sdpAnswer('v=0\r\n'), 'SDP_ANSWER'],
+    [serverCommands.trackAdd('alice-1', 't1', 'video', 'camera'), 'TRACK_ADD'],
+    [serverCommands.trackRemove('alice-1', 't1'), 'TRACK_REMOVE'],
+    [serverCommands.muted('alice-1', 't1', true), 'MUTED'],
   ];
   for (const [text, type] of cases) assert.equal(parseServerCommand(text).type, type, text);
   assert.deepEqual(cases.map((c) => c[1]).sort(), [...SERVER_COMMANDS].sort());
+});
+
+test('TRACK_ADD, TRACK_REMOVE and MUTED name a publisher and one of its tracks (issue 15)', () => {
+  assert.deepEqual(parseServerCommand('TRACK_ADD alice-k3 {9f-1a} video screen'),
+    { type: 'TRACK_ADD', id: 'alice-k3', user: 'alice', track: '{9f-1a}', kind: 'video',
+      appId: 'screen' });
+  assert.deepEqual(parseServerCommand('TRACK_REMOVE alice-k3 mid2'),
+    { type: 'TRACK_REMOVE', id: 'alice-k3', user: 'alice', track: 'mid2' });
+  assert.deepEqual(parseServerCommand('MUTED alice-k3 t1 on'),
+    { type: 'MUTED', id: 'alice-k3', user: 'alice', track: 't1', muted: true });
+  assert.equal(parseServerCommand('MUTED alice-k3 t1 off').muted, false);
+  for (const bad of ['TRACK_ADD alice-k3 t1 data cam', 'TRACK_ADD alice-k3 t1 video',
+    'TRACK_ADD a-1 t1 video cam extra', 'TRACK_REMOVE a-1', 'TRACK_REMOVE a-1 t"1',
+    'MUTED a-1 t1 maybe', 'MUTED a-1 t1', 'MUTED bad/id t1 on']) {
+    assert.equal(parseServerCommand(bad).type, 'INVALID', bad);
+  }
+});
+
+test('a publisher renegotiates with SDP_OFFER and labels tracks with ADD_MEDIA (issue 15)', () => {
+  const sdp = 'v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n';
+  assert.deepEqual(parseServerCommand(`SDP_ANSWER ${sdp}`), { type: 'SDP_ANSWER', sdp });
+  assert.equal(clientCommands.sdpOffer(sdp), `SDP_OFFER ${sdp}`);
+  assert.equal(clientCommands.addMedia('video', 'camera'), 'ADD_MEDIA video camera');
+  assert.equal(clientCommands.removeMedia('audio', 'mic'), 'REMOVE_MEDIA audio mic');
+  assert.equal(clientCommands.mute('{ab-1}', true), 'MUTE {ab-1} on');
+  assert.equal(clientCommands.mute('t1', false), 'MUTE t1 off');
+  assert.throws(() => clientCommands.addMedia('data', 'x'), SfuError);
+  assert.throws(() => clientCommands.addMedia('video', 'a b'), SfuError);
+  assert.throws(() => clientCommands.mute('a b', true), SfuError);
+  for (const line of [clientCommands.sdpOffer(sdp), clientCommands.addMedia('video', 'screen'),
+    clientCommands.removeMedia('video', 'screen'), clientCommands.mute('t1', true)]) {
+    assert.notEqual(parseClientCommand(line).type, 'INVALID', line);
+  }
+  for (const line of [serverCommands.trackAdd('a-1', 't1', 'audio', 'mic'),
+    serverCommands.trackRemove('a-1', 't1'), serverCommands.muted('a-1', 't1', false),
+    serverCommands.sdpAnswer(sdp)]) {
+    assert.notEqual(parseServerCommand(line).type, 'INVALID', line);
+  }
+  assert.equal(parseClientCommand('ADD_MEDIA video').type, 'INVALID');
+  assert.equal(parseClientCommand('MUTE t1 yes').type, 'INVALID');
 });

@@ -409,6 +409,82 @@ test('a failed RECONNECT closes the connection and says why (after its retries)'
   assert.match(rec.of('error')[0][2], /reconnect failed: POST .* 503 full/);
 });
 
+test('a publisher adds, mutes and removes tracks on its one connection (issue 15)', async () => {
+  const mic = new FakeTrack('audio', 'mic1');
+  const pub = await connectPublisher(base({ user: 'alice', tracks: [mic], fetch: fakeFetch() }));
+  const { channel, pc } = pub;
+  const answerOffers = (text) => {
+    if (text.startsWith('SDP_OFFER ')) setTimeout(() => channel.receive('SDP_ANSWER v=0\r\nok\r\n'), 0);
+  };
+  channel.onSend = answerOffers;
+  const cam = new FakeTrack('video', 'cam1');
+  assert.equal(await pub.addTrack(cam, 'camera'), 'cam1');
+  assert.equal(channel.sent[0], 'ADD_MEDIA video camera');
+  assert.match(channel.sent[1], /^SDP_OFFER v=0\r\nfake-offer tracks=audio,video/);
+  assert.match(channel.sent[1], /a=candidate:fake/);  // the complete offer, after gathering
+  assert.equal(pc.remoteDescription.sdp, 'v=0\r\nok\r\n');
+  assert.deepEqual(pub.tracks, [mic, cam]);
+
+  pub.mute(cam, true);
+  pub.mute(cam, false);
+  assert.deepEqual(channel.sent.slice(2), ['MUTE cam1 on', 'MUTE cam1 off']);
+
+  await pub.removeTrack(cam);
+  assert.equal(channel.sent[4], 'REMOVE_MEDIA video camera');
+  assert.match(channel.sent[5], /^SDP_OFFER /);
+  assert.ok(pc.transceivers[1].stopped, 'the section is stopped, for the server to recycle');
+  assert.deepEqual(pub.tracks, [mic]);
+
+  // A refused offer rejects (kind 'negotiation') and is rolled back; the connection stays.
+  channel.onSend = (text) => {
+    if (text.startsWith('SDP_OFFER ')) {
+      setTimeout(() => channel.receive('ERROR bad SDP_OFFER: no'), 0);
+    }
+  };
+  const errors = [];
+  pub.options.onError = (e) => errors.push(e);
+  await assert.rejects(pub.addTrack(new FakeTrack('video', 'scr1'), 'screen'),
+    (e) => e instanceof SfuError && e.kind === 'negotiation' && /bad SDP_OFFER/.test(e.message));
+  assert.equal(pc.calls.at(-1), 'setLocalDescription rollback');
+  assert.deepEqual(errors, [], 'the refusal goes to the caller, not onError');
+  assert.equal(pub.state, 'open');
+  channel.onSend = answerOffers;
+  await pub.addTrack(new FakeTrack('video', 'scr2'), 'screen');  // the next one works
+
+  await assert.rejects(pub.addTrack(new FakeTrack('video', 'x'), 'a b'), SfuError);
+  await assert.rejects(pub.addTrack(mic, 'mic'), SfuError);
+  await assert.rejects(pub.removeTrack(new FakeTrack('audio', 'nope')), SfuError);
+  assert.throws(() => pub.mute(new FakeTrack('audio', 'nope'), true), SfuError);
+});
+
+test('a subscriber hears TRACK_ADD / TRACK_REMOVE / MUTED and gets APP_IDs with tracks', async () => {
+  const events = [];
+  const sub = await connectSubscriber(base({
+    user: 'bob', fetch: fakeFetch(),
+    onTrack: (id, track, stream, info) => events.push(['track', id, track.kind, info]),
+    onTrackEnded: (id, track, trackId) => events.push(['ended', id, trackId]),
+    onTrackAdd: (...a) => events.push(['add', ...a]),
+    onTrackRemove: (...a) => events.push(['remove', ...a]),
+    onMuted: (...a) => events.push(['muted', ...a]),
+  }));
+  const { channel } = sub;
+  channel.receive('PUB_JOIN alice-1');
+  channel.receive('TRACK_ADD alice-1 a1 audio mic');
+  channel.receive('TRACK_ADD alice-1 s1 video screen');
+  channel.receive('MUTED alice-1 s1 on');
+  channel.receive(`SDP_OFFER ${fakeOffer([
+    { kind: 'audio', mid: '1', msid: 'alice-1:a1' }, { kind: 'video', mid: '2', msid: 'alice-1:s1' }])}`);
+  await until(() => events.filter((e) => e[0] === 'track').length === 2, 'two tracks');
+  assert.deepEqual(events.filter((e) => e[0] !== 'track'), [
+    ['add', 'alice-1', 'a1', 'audio', 'mic'], ['add', 'alice-1', 's1', 'video', 'screen'],
+    ['muted', 'alice-1', 's1', true]]);
+  assert.deepEqual(events.filter((e) => e[0] === 'track').map((e) => e[3]), [
+    { trackId: 'a1', appId: 'mic', muted: false }, { trackId: 's1', appId: 'screen', muted: true }]);
+  channel.receive('TRACK_REMOVE alice-1 s1');
+  assert.deepEqual(events.slice(-2), [['ended', 'alice-1', 's1'], ['remove', 'alice-1', 's1']]);
+  assert.deepEqual([...sub.publishers.get('alice-1').appIds], [['a1', 'mic']]);
+});
+
 test('reconnectOnLoss: a lost leg comes back under a new id, the old one is DELETEd', async () => {
   const fetch = fakeFetch();
   const rec = recorder();

@@ -130,6 +130,8 @@ export class FakePeerConnection extends EventTarget {
       mid: null, direction: init.direction, currentDirection: null, streams: init.streams,
       sender: { track, getStats: async () => new Map() },
       receiver: { track: null, getStats: async () => new Map() },
+      stopped: false,
+      stop() { this.stopped = true; this.direction = 'stopped'; },
     };
     this.transceivers.push(t);
     return t;
@@ -185,6 +187,8 @@ export class FakePeerConnection extends EventTarget {
       this.remoteDescription = { ...desc };
       this.signalingState = 'stable';
       this.connectionState = 'connected';
+      // Our offer's new sections get their mids once answered.
+      this.transceivers.forEach((t, i) => { if (t.mid === null) t.mid = `${i}`; });
       if (this.autoOpen) setTimeout(() => this.channels[0]?.open(), 0);
       return;
     }

@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import os
 import queue
+import re
 import secrets
 import signal
 import struct
@@ -412,7 +413,11 @@ def _scrape(url: str, token: str | None) -> dict[str, float]:
         return {}
     values: dict[str, float] = {}
     for line in response.text.splitlines():
-        name, _, value = line.partition(" ")
+        if line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        # Series whose only label is the node's are keyed by their bare name.
+        name = re.sub(r'\{node="[^"]*"\}$', "", name)
         try:
             values[name] = float(value)
         except ValueError:

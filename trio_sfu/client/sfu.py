@@ -170,6 +170,8 @@ class SubscriberClient(SfuConnection):
     def __init__(self, peer_id: str, *, auto_answer: bool = True, **options: Any) -> None:
         super().__init__(peer_id, new_transceiver_direction="recvonly", **options)
         self.packets: Counter[str] = Counter()
+        #: RTP per received track (the msid track id), to tell a publisher's tracks apart
+        self.track_packets: Counter[str] = Counter()
         self.offers: list[str] = []
         #: when False, offers wait in :attr:`offers` until :meth:`answer` is called
         self.auto_answer = auto_answer
@@ -194,11 +196,20 @@ class SubscriberClient(SfuConnection):
     def _on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
         msid = stream.transceiver.remote_msid
         self.packets[msid[0] if msid else "?"] += 1
+        self.track_packets[msid[1] or "?" if msid else "?"] += 1
 
     def active_publishers(self) -> set[str]:
         """Publishers with a live (negotiated, not stopped) receiving section."""
         return {
             t.remote_msid[0]
+            for t in self.pc.transceivers
+            if t.remote_msid and t.receiving and not t.stopped and not t.stopping
+        }
+
+    def live_tracks(self) -> set[tuple[str, str]]:
+        """(publisher id, track id) of every live receiving section."""
+        return {
+            (t.remote_msid[0], t.remote_msid[1] or "")
             for t in self.pc.transceivers
             if t.remote_msid and t.receiving and not t.stopped and not t.stopping
         }
@@ -219,6 +230,12 @@ class PublisherClient(SfuConnection):
         super().__init__(peer_id, **options)
         self.audio = self.pc.add_transceiver("audio", "sendonly") if audio else None
         self.video = self.pc.add_transceiver("video", "sendonly") if video else None
+        #: every section we send on, in order (tracks added later are appended)
+        self.tracks: list[Transceiver] = [t for t in (self.audio, self.video) if t is not None]
+        #: the label (APP_ID) of each added track, by transceiver
+        self.app_ids: dict[int, str] = {}
+        self.renegotiations = 0
+        self._renegotiating = trio.Lock()
         self._seq: Counter[int] = Counter()
         self._twcc_seq = 0
         #: what was sent per SSRC, by sequence number (to answer NACKs)
@@ -229,12 +246,10 @@ class PublisherClient(SfuConnection):
 
         ``skip`` consumes the sequence numbers without sending (a loss the SFU should NACK).
         """
-        for t, payload in (
-            (self.video, _vp8_payload(keyframe, size)),
-            (self.audio, bytes(80)),
-        ):
-            if t is None or not t.sending or not t.media_codecs:
+        for t in self.tracks:
+            if t.stopped or t.stopping or not t.sending or not t.media_codecs:
                 continue
+            payload = _vp8_payload(keyframe, size) if t.kind == "video" else bytes(80)
             packet = self.packet(t, payload)
             history = self.sent[t.sender_ssrc]
             history[packet.sequence_number] = packet
@@ -242,6 +257,56 @@ class PublisherClient(SfuConnection):
                 del history[next(iter(history))]  # oldest first: dicts keep insertion order
             if not skip:
                 self.pc.send_rtp(packet.serialize())
+
+    # -- tracks over time (issue 15): we stay the offerer of everything we send ---------------
+
+    async def add_track(self, kind: str, app_id: str, *, timeout: float = 10) -> Transceiver:
+        """``ADD_MEDIA <kind> <app_id>``, then an ``SDP_OFFER`` with a new sendonly section
+        (a stopped one recycled); returns once the ``SDP_ANSWER`` is applied."""
+        t = self.pc.add_transceiver(kind, "sendonly")
+        self.tracks.append(t)
+        self.app_ids[id(t)] = app_id
+        self.send(f"ADD_MEDIA {kind} {app_id}")
+        await self.renegotiate(timeout=timeout)
+        return t
+
+    async def remove_track(
+        self, t: Transceiver, *, announce: bool = True, timeout: float = 10
+    ) -> None:
+        """``REMOVE_MEDIA`` (forwarding stops at once), then an offer stopping the section."""
+        app_id = self.app_ids.pop(id(t), None) or ("mic" if t.kind == "audio" else "camera")
+        if announce:
+            self.send(f"REMOVE_MEDIA {t.kind} {app_id}")
+        self.pc.stop_transceiver(t)
+        if t in self.tracks:
+            self.tracks.remove(t)
+        await self.renegotiate(timeout=timeout)
+
+    def mute(self, t: Transceiver, on: bool) -> None:
+        """``MUTE <track> on|off``: the SFU stops/resumes forwarding, no renegotiation."""
+        self.send(f"MUTE {t.track_id} {'on' if on else 'off'}")
+
+    async def renegotiate(self, *, timeout: float = 10) -> str:
+        """Offer our current sections; apply the SFU's ``SDP_ANSWER`` (one at a time)."""
+        async with self._renegotiating:
+            offer = self.pc.create_offer()
+            self.send("SDP_OFFER " + offer)
+            try:
+                with trio.fail_after(timeout):
+                    while True:
+                        line = await self.expect("", timeout=timeout)
+                        if line.startswith(("SDP_ANSWER ", "ERROR bad SDP_OFFER")):
+                            break
+            except BaseException:
+                self.pc.rollback()
+                raise
+            if line.startswith("ERROR"):
+                self.pc.rollback()
+                raise SignalingError(0, line)
+            answer = line[len("SDP_ANSWER ") :]
+            self.pc.handle_answer(answer)
+            self.renegotiations += 1
+            return answer
 
     def packet(self, t: Transceiver, payload: bytes) -> RtpPacket:
         """The next RTP packet of ``t`` (with transport-cc when negotiated)."""

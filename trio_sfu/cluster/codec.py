@@ -34,13 +34,13 @@ from trio_sfu.cluster.commands import (
     SubJoin,
     SubLeft,
     SubscriberInfo,
+    TrackChange,
     TrackInfo,
 )
 
 VERSION = 1
 
 # Type tags. Never reuse a retired number: a stale pod would decode it as the wrong type.
-# 8 is kept for TrackChange (issue 4 names it; the Command union does not have it yet).
 TAG_PUB_JOIN = 1
 TAG_PUB_LEFT = 2
 TAG_SUB_JOIN = 3
@@ -48,6 +48,7 @@ TAG_SUB_LEFT = 4
 TAG_CHAT = 5
 TAG_KEYFRAME_REQUEST = 6
 TAG_NACK = 7
+TAG_TRACK_CHANGE = 8
 TAG_PUBLISHER_INFO = 64
 TAG_SUBSCRIBER_INFO = 65
 
@@ -154,17 +155,24 @@ def _pack_track(t: TrackInfo) -> list[Any]:
         t.kind,
         [_pack_codec(c) for c in t.codecs],
         [[ext_id, uri] for ext_id, uri in t.extensions],
+        t.app_id,
+        t.muted,
     ]
 
 
 def _unpack_track(value: Any) -> TrackInfo:
     f = _list(value, "track", 3)
     extensions = _list(f[3], "track.extensions") if len(f) > 3 else []
+    muted = f[5] if len(f) > 5 else False
+    if not isinstance(muted, bool):
+        _fail("track.muted: not a bool")
     return TrackInfo(
         track_id=_str(f[0], "track.track_id"),
         kind=_str(f[1], "track.kind"),
         codecs=tuple(_unpack_codec(c) for c in _list(f[2], "track.codecs")),
         extensions=tuple(_unpack_extension(e) for e in extensions),
+        app_id=_str(f[4], "track.app_id") if len(f) > 4 else "",
+        muted=muted,
     )
 
 
@@ -209,6 +217,8 @@ def _pack_command(command: Command) -> list[Any]:
             return [TAG_PUB_JOIN, room, _pack_publisher(publisher)]
         case PubLeft(room, publisher_id):
             return [TAG_PUB_LEFT, room, publisher_id]
+        case TrackChange(room, publisher):
+            return [TAG_TRACK_CHANGE, room, _pack_publisher(publisher)]
         case SubJoin(room, subscriber):
             return [TAG_SUB_JOIN, room, _pack_subscriber(subscriber)]
         case SubLeft(room, subscriber_id):
@@ -228,6 +238,10 @@ def _pub_join(f: list[Any]) -> Command:
 
 def _pub_left(f: list[Any]) -> Command:
     return PubLeft(_str(f[1], "room"), _str(f[2], "publisher_id"))
+
+
+def _track_change(f: list[Any]) -> Command:
+    return TrackChange(_str(f[1], "room"), _unpack_publisher(f[2]))
 
 
 def _sub_join(f: list[Any]) -> Command:
@@ -261,6 +275,7 @@ _UNPACKERS: dict[int, tuple[int, Callable[[list[Any]], Command]]] = {
     TAG_CHAT: (4, _chat),
     TAG_KEYFRAME_REQUEST: (4, _keyframe_request),
     TAG_NACK: (5, _nack),
+    TAG_TRACK_CHANGE: (3, _track_change),
 }
 
 

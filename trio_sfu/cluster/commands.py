@@ -32,6 +32,10 @@ class TrackInfo:
     codecs: tuple[CodecInfo, ...] = ()
     #: the header extensions of the publisher leg: (id, uri)
     extensions: tuple[tuple[int, str], ...] = ()
+    #: the publisher's label for the track (``camera``, ``screen``, ``mic``…; issue 15)
+    app_id: str = ""
+    #: the publisher muted it (``MUTE``): nothing is forwarded until it unmutes
+    muted: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,6 +71,18 @@ class PubJoin:
 class PubLeft:
     room: str
     publisher_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class TrackChange:
+    """A live publisher's tracks changed (added, removed, muted or unmuted; issue 15).
+
+    It carries the publisher's whole new info rather than a delta: a pod applies it by
+    comparing with what it knew, so a lost or reordered change is repaired by the next one.
+    """
+
+    room: str
+    publisher: PublisherInfo
 
 
 @dataclass(slots=True, frozen=True)
@@ -108,6 +124,7 @@ class Nack:
 Command = (
     PubJoin
     | PubLeft
+    | TrackChange
     | SubJoin
     | SubLeft
     | Chat

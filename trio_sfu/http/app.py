@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Protocol
 
 import trio
+from prometheus_client import CollectorRegistry
 from quart import Response, g, jsonify, request
 from quart_trio import QuartTrio
 
-from trio_sfu.auth import TokenVerifier
+from trio_sfu.auth import ANY_ROOM, TokenVerifier
 from trio_sfu.config import IceServer
 from trio_sfu.http.cors import install_cors
 from trio_sfu.http.errors import install_error_handlers
 from trio_sfu.http.forwarding import Forwarder
-from trio_sfu.http.guard import Guard
+from trio_sfu.http.guard import Guard, forbidden
 from trio_sfu.http.ice_servers import IceServerList, ice_server_list
-from trio_sfu.http.limits import MAX_BODY, DrainUnreadBody
+from trio_sfu.http.limits import MAX_BODY, AdmitJoins, DrainUnreadBody, JoinRateLimits
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import install_site
@@ -36,7 +37,9 @@ class HttpSfuApi(SfuApi, WhipSfuApi, Protocol):
     """Everything the HTTP layer serves: the seed API and WHIP/WHEP, always both (a missing
     route must be a failure a test sees, not a 404 a client has to guess about)."""
 
-    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str: ...
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str: ...
 
     async def stop(self, role: WhipRole, room: str, peer_id: str) -> None: ...
 
@@ -50,11 +53,21 @@ def create_app(
     ice_servers: Sequence[IceServer] | IceServerList = (),
     sessions: Sessions | None = None,
     forwarder: Forwarder | None = None,
+    metrics: CollectorRegistry | None = None,
+    metrics_open: bool = False,
+    join_limits: JoinRateLimits | None = None,
 ) -> QuartTrio:
     """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
-    (see :mod:`trio_sfu.http.guard`); the WHIP/WHEP routes are always there. With a
+    (see :mod:`trio_sfu.http.guard`), and so does ``/metrics`` (an admin token for all rooms)
+    unless ``metrics_open``; the WHIP/WHEP routes are always there. With a
     ``forwarder`` (cluster mode) requests about a connection held by another pod are answered
-    by that pod (:mod:`trio_sfu.http.forwarding`)."""
+    by that pod (:mod:`trio_sfu.http.forwarding`). ``metrics`` is the node's registry
+    (default: one over ``sfu``)."""
+    from trio_sfu.metrics import CONTENT_TYPE, exposition, node_registry
+
+    registry = metrics if metrics is not None else node_registry(
+        sfu, str(getattr(sfu, "node_id", "local"))
+    )
     app = QuartTrio(__name__, static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY,
@@ -64,6 +77,10 @@ def create_app(
     guard = Guard(tokens)
     servers = ice_server_list(ice_servers)
     app.register_blueprint(signaling_blueprint(sfu, guard, forwarder, ice_servers=servers))
+    if isinstance(getattr(sfu, "drained", None), trio.Event) and hasattr(sfu, "bus"):
+        from trio_sfu.http.events import events_blueprint
+
+        app.register_blueprint(events_blueprint(sfu, guard))  # type: ignore[arg-type]
     app.register_blueprint(
         whip_blueprint(sfu, guard, ice_servers=servers, sessions=sessions, forwarder=forwarder)
     )
@@ -95,17 +112,23 @@ def create_app(
         return Response("not ready\n", status=503, content_type="text/plain")
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        """Counters in the Prometheus text format (no token: scraped from inside the cluster)."""
-        source = getattr(sfu, "metrics", None)
-        values = source() if source is not None else {}
-        body = "".join(f"{name} {value}\n" for name, value in sorted(values.items()))
-        return Response(body, content_type="text/plain; version=0.0.4")
+    async def get_metrics() -> Response:
+        """Prometheus metrics (:mod:`trio_sfu.metrics`); room names and counts are for the
+        operator, so with tokens on this needs an admin token for every room."""
+        if not metrics_open:
+            claims = guard.authenticate()
+            if claims is not None and not (claims.admin and claims.room == ANY_ROOM):
+                raise forbidden("/metrics needs an admin token for all rooms ('*')")
+        return Response(exposition(registry), content_type=CONTENT_TYPE)
 
     install_access_log(app)
     install_cors(app, cors_origins)
     install_error_handlers(app)
     install_site(app, site_dir)  # after the generic handlers: it refines 404
+    if join_limits is not None:
+        app.asgi_app = AdmitJoins(  # type: ignore[method-assign]
+            app.asgi_app, join_limits, cors_origins=cors_origins
+        )
     app.asgi_app = DrainUnreadBody(app.asgi_app)  # type: ignore[method-assign]
     return app
 
@@ -125,11 +148,15 @@ def install_access_log(app: QuartTrio) -> None:
             "path": request.path,
             "status": response.status_code,
             "client": request.remote_addr,
+            "http": request.http_version,
         }
         if began is not None:
             extra["ms"] = round((trio.current_time() - began) * 1000, 1)
-        probe = request.path in ("/healthz", "/readyz", "/metrics")
-        level = logging.DEBUG if probe else logging.INFO
+        # Probes and the demo's files at debug: INFO is for what changes the SFU's state.
+        quiet = request.path in ("/healthz", "/readyz", "/metrics") or (
+            getattr(g, "static", False) and response.status_code < 400
+        )
+        level = logging.DEBUG if quiet else logging.INFO
         access_log.log(
             level, "%s %s %s", request.method, request.path, response.status_code, extra=extra
         )

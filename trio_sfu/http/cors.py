@@ -8,7 +8,7 @@ the API same-origin.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from quart import Quart, Response, request
 
@@ -19,6 +19,15 @@ EXPOSE_HEADERS = "Location, ETag, Link"
 PREFLIGHT_MAX_AGE = "600"
 
 
+def allowed_origin(origins: Collection[str], origin: str | None) -> str | None:
+    """The ``Access-Control-Allow-Origin`` value for a request from ``origin``, or None."""
+    if "*" in origins:
+        return "*"
+    if origin is not None and origin.lower().rstrip("/") in origins:
+        return origin
+    return None
+
+
 def install_cors(app: Quart, origins: Sequence[str]) -> None:
     if not origins:
         return
@@ -26,11 +35,7 @@ def install_cors(app: Quart, origins: Sequence[str]) -> None:
     allowed = frozenset(origins)
 
     def allow_origin(origin: str | None) -> str | None:
-        if any_origin:
-            return "*"
-        if origin is not None and origin.lower().rstrip("/") in allowed:
-            return origin
-        return None
+        return allowed_origin(allowed, origin)
 
     @app.before_request
     async def preflight() -> Response | None:

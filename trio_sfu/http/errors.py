@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 
-from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException
+from quart import Quart, Response, has_websocket_context, request, websocket
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import WebsocketMismatch
 
 from trio_sfu.http.guard import AuthRefused
 from trio_sfu.proto.errors import SdpError
@@ -20,8 +21,15 @@ from trio_sfu.sfu.errors import SfuError
 log = logging.getLogger(__name__)
 
 
+def current_path() -> str:
+    """The path of the current HTTP request or WebSocket handshake."""
+    return websocket.path if has_websocket_context() else request.path
+
+
 def error_response(status: int, message: str) -> Response:
-    if request.path == "/rooms" or request.path.startswith("/rooms/"):
+    """A refusal; in a WebSocket handshake it becomes the HTTP answer to the upgrade."""
+    path = current_path()
+    if path == "/rooms" or path.startswith("/rooms/"):
         text = json.dumps({"error": message, "status": status})  # ASCII-only
         return Response(text, status=status, content_type="application/json")
     # Messages may quote what the client sent; never let an unencodable character turn a
@@ -31,6 +39,14 @@ def error_response(status: int, message: str) -> Response:
 
 
 def http_error_response(error: HTTPException) -> Response:
+    if has_websocket_context() and isinstance(error, WebsocketMismatch | MethodNotAllowed):
+        # An upgrade where only HTTP is served (whatever methods that path takes).
+        return error_response(404, "404 no WebSocket is served at this path")
+    if isinstance(error, WebsocketMismatch):
+        response = error_response(426, "426 this path is a WebSocket: upgrade to it")
+        response.headers["Upgrade"] = "websocket"
+        response.headers["Connection"] = "Upgrade"
+        return response
     status = error.code or 500
     description = error.description
     if description is None or description == type(error).description:
@@ -49,7 +65,7 @@ def install_error_handlers(app: Quart) -> None:
         if error.retry_after is not None:
             response.headers["Retry-After"] = str(error.retry_after)
         if error.status >= 500:
-            log.warning("request refused: %s", error.message, extra={"path": request.path})
+            log.warning("request refused: %s", error.message, extra={"path": current_path()})
         return response
 
     @app.errorhandler(AuthRefused)

@@ -6,7 +6,10 @@ can raise anything else, which is how "no 500 for anything a client can send" ho
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Collection
+from typing import Any
 
 import trio
 from hypercorn.typing import (
@@ -20,7 +23,9 @@ from hypercorn.typing import (
 from quart import Request
 from werkzeug.exceptions import UnsupportedMediaType
 
-from trio_sfu.sfu.errors import BadRequest
+from trio_sfu.http.cors import allowed_origin
+from trio_sfu.sfu.errors import BadRequest, SfuError, TooMany, Unavailable
+from trio_sfu.sfu.limits import TokenBucket
 
 # The seed's ids: ASCII letters, digits, `_`, `.` and `-`, short enough to log and key on.
 NAME_PATTERN = "[A-Za-z0-9_.-]{1,64}"
@@ -118,3 +123,148 @@ class DrainUnreadBody:
                 await send(message)
 
         await self.app(scope, watched_receive, gated_send)
+
+
+# -- admission: joins per second (issue 14 item 4) -------------------------------------------
+
+#: The join routes: a POST to any of them creates a session.
+JOIN_ROUTES = ("pub", "sub", "whip", "whep")
+#: Buckets kept for this many addresses at most; idle (full) ones are forgotten first.
+MAX_TRACKED_SOURCES = 10_000
+
+
+class JoinRateLimits:
+    """Joins per second from one client address and in total, each a token bucket allowing
+    bursts of twice its rate. A refusal costs little more than the check: it happens before
+    the request is routed, its token verified or a peer made, so a flood cannot starve the
+    node."""
+
+    def __init__(self, *, per_source: float = 10.0, total: float = 200.0) -> None:
+        self.per_source = per_source
+        self.total = total
+        self._total = TokenBucket(total, 2 * total, trio.current_time())
+        self._sources: dict[str, TokenBucket] = {}
+
+    def check(self, source: str) -> None:
+        """Take a token for a join from ``source``, else raise (429 one address, 503 all)."""
+        now = trio.current_time()
+        bucket = self._sources.get(source)
+        if bucket is None:
+            if len(self._sources) >= MAX_TRACKED_SOURCES:
+                self._forget_idle(now)
+            bucket = self._sources[source] = TokenBucket(
+                self.per_source, 2 * self.per_source, now
+            )
+        wait = bucket.take(now)
+        if wait:
+            raise TooMany(
+                f"too many joins from {source} (at most {self.per_source:g} per second)",
+                retry_after=max(1, math.ceil(wait)),
+            )
+        wait = self._total.take(now)
+        if wait:
+            bucket.tokens += 1  # not this address's fault
+            raise Unavailable(
+                f"this node is admitting {self.total:g} joins per second; try again",
+                retry_after=max(1, math.ceil(wait)),
+            )
+
+    def _forget_idle(self, now: float) -> None:
+        for source, bucket in list(self._sources.items()):
+            if bucket.refill(now) >= bucket.burst:
+                del self._sources[source]
+        while len(self._sources) >= MAX_TRACKED_SOURCES:  # all busy: forget the oldest
+            del self._sources[next(iter(self._sources))]
+
+
+def is_join(method: str, path: str) -> bool:
+    return method == "POST" and path.lstrip("/").split("/", 1)[0] in JOIN_ROUTES
+
+
+async def _discard_body(receive: ASGIReceiveCallable) -> None:
+    """Read what the client sends of its body, within bounds, before we answer (see
+    DrainUnreadBody for why an early answer would be lost)."""
+    received = 0
+    with trio.move_on_after(DRAIN_TIME):
+        while received <= DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
+class AdmitJoins:
+    """ASGI middleware: joins past :class:`JoinRateLimits` are answered here, before the
+    framework routes, parses or logs anything, so refusing a flood costs the least we can
+    (a legitimate join queued behind a thousand refusals waits for them all). Refusals are
+    counted in :attr:`refused`, not logged one by one."""
+
+    def __init__(
+        self, app: ASGIFramework, limits: JoinRateLimits, *, cors_origins: Collection[str] = ()
+    ) -> None:
+        self.app = app
+        self.limits = limits
+        self.cors_origins = frozenset(cors_origins)
+        self.refused = 0
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "http" and is_join(scope["method"], scope["path"]):
+            client = scope.get("client")
+            try:
+                self.limits.check(client[0] if client else "?")
+            except SfuError as refusal:
+                self.refused += 1
+                await _discard_body(receive)
+                body = (refusal.message + "\n").encode("ascii", "backslashreplace")
+                headers = [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(refusal.retry_after or 1).encode()),
+                ]
+                if self.cors_origins:  # a browser on another origin may read the refusal
+                    origin = next(
+                        (v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"),
+                        None,
+                    )
+                    allow = allowed_origin(self.cors_origins, origin)
+                    if allow is not None:
+                        headers.append((b"access-control-allow-origin", allow.encode("latin-1")))
+                    if "*" not in self.cors_origins:
+                        headers.append((b"vary", b"Origin"))
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": refusal.status,
+                        "headers": headers,
+                        "trailers": False,
+                    }
+                )
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
+        await self.app(scope, receive, send)
+
+
+# -- HTTP/2 without TLS ----------------------------------------------------------------------
+
+
+def refuse_cleartext_http2() -> None:
+    """Make Hypercorn answer h2c upgrades and HTTP/2 prior-knowledge prefaces on a cleartext
+    connection as HTTP/1.1 (RFC 9110 §7.8: a server may ignore Upgrade), for servers whose
+    Hypercorn config sets ``trio_sfu_h2c = False``. Hypercorn (0.18) has no setting for it;
+    cleartext HTTP/2 is where the rapid-reset flood costs an attacker least (no TLS)."""
+    from hypercorn.protocol.h11 import H11Protocol
+
+    if getattr(H11Protocol, "_trio_sfu_patched", False):
+        return
+    original = H11Protocol._check_protocol
+
+    async def check_protocol(self: H11Protocol, event: Any) -> None:
+        if getattr(self.config, "trio_sfu_h2c", True):
+            await original(self, event)
+
+    H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign]
+    H11Protocol._trio_sfu_patched = True  # type: ignore[attr-defined]

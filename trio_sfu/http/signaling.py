@@ -33,9 +33,13 @@ Role = Literal["pub", "sub"]
 class SfuApi(Protocol):
     """What the HTTP layer needs from the SFU (``trio_sfu.sfu.service.Sfu`` provides it)."""
 
-    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str: ...
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str: ...
 
-    async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str: ...
+    async def subscribe(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str: ...
 
     async def stop(self, role: Role, room: str, peer_id: str) -> None: ...
 
@@ -72,10 +76,11 @@ def signaling_blueprint(
         if elsewhere is not None:
             return elsewhere
         sdp = await read_sdp(request)
+        source = request.remote_addr  # admission limits count sessions per client address
         if role == "pub":
-            answer = await sfu.publish(room, peer_id, sdp)
+            answer = await sfu.publish(room, peer_id, sdp, source=source)
         else:
-            answer = await sfu.subscribe(room, peer_id, sdp)
+            answer = await sfu.subscribe(room, peer_id, sdp, source=source)
         response = Response(answer, status=201, content_type=SDP_TYPE)
         # The connection's resource: DELETE it to leave (WHIP, RFC 9725 §4.2, does the same).
         response.headers["Location"] = f"/{role}/{room}/{peer_id}"

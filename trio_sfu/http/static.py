@@ -11,7 +11,7 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-from quart import Quart, Response, request, send_file
+from quart import Quart, Response, g, has_websocket_context, request, send_file
 from werkzeug.exceptions import HTTPException, NotFound
 
 from trio_sfu.http.errors import error_response, http_error_response
@@ -61,6 +61,7 @@ def resolve(site_dir: Path, path: str) -> Path | None:
 
 def install_site(app: Quart, site_dir: Path | None) -> None:
     async def serve(path: str) -> Response:
+        g.static = True  # the access log keeps site files at debug
         if site_dir is None:
             return error_response(404, "404 no demo site is configured (--site-dir)")
         target = resolve(site_dir, path)
@@ -80,6 +81,8 @@ def install_site(app: Quart, site_dir: Path | None) -> None:
 
     @app.errorhandler(NotFound)
     async def site_file(error: NotFound) -> Response:
+        if has_websocket_context():  # no WebSocket here: the upgrade gets a plain 404
+            return http_error_response(error)
         if request.method not in ("GET", "HEAD") or request.routing_exception is not error:
             return http_error_response(error)
         return await serve(request.path)

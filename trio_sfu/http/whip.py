@@ -59,10 +59,18 @@ Role = Literal["pub", "sub", "whep"]
 class WhipSfuApi(Protocol):
     """What WHIP/WHEP need from the SFU beyond the seed API (see /work/notes/whip.md)."""
 
-    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str: ...
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str: ...
 
     async def whep(
-        self, room: str, peer_id: str, offer_sdp: str, *, publisher_id: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        publisher_id: str | None = None,
+        source: str | None = None,
     ) -> str: ...
 
     async def stop(self, role: Role, room: str, peer_id: str) -> None: ...
@@ -198,11 +206,14 @@ def whip_blueprint(
             check_whep_offer(desc)
         prune()
         peer_id = _peer_id(claims, kind)
+        source = request.remote_addr  # admission limits count sessions per client address
         if kind == "whip":
-            answer = await sfu.publish(room, peer_id, offer)
+            answer = await sfu.publish(room, peer_id, offer, source=source)
         else:
             try:
-                answer = await sfu.whep(room, peer_id, offer, publisher_id=publisher)
+                answer = await sfu.whep(
+                    room, peer_id, offer, publisher_id=publisher, source=source
+                )
             except Conflict as error:
                 if error.retry_after is None:  # no live publisher: tell the viewer when to retry
                     error.retry_after = RETRY_AFTER

@@ -46,6 +46,7 @@ from trio_sfu.proto.jsep import JsepSession, LocalTransport, RemoteChanges, Tran
 from trio_sfu.proto.rtcp import RtcpPacket, parse_rtcp
 from trio_sfu.proto.rtp import find_extension
 from trio_sfu.proto.sctp import WEBRTC_TIMERS
+from trio_sfu.proto.sctp.association import TimerOptions
 from trio_sfu.proto.srtp import SrtpContext
 from trio_sfu.rtc.datachannel import DataChannel
 from trio_sfu.rtc.demux import Kind
@@ -95,6 +96,7 @@ class PeerConnection:
         name: str = "",
         max_message_size: int = 262144,
         connect_timeout: float = 30.0,
+        sctp_max_retransmits: int | None = None,
         new_transceiver_direction: str = "recvonly",
         jsep_options: dict[str, Any] | None = None,
     ) -> None:
@@ -116,6 +118,8 @@ class PeerConnection:
         )
         self.max_message_size = max_message_size
         self.connect_timeout = connect_timeout
+        #: RFC 9260 Association.Max.Retrans; None: never give up (Chromium's choice)
+        self.sctp_max_retransmits = sctp_max_retransmits
         #: where media goes: the nominated (server) or selected (client) remote address
         self.remote_address: Address | None = None
         #: When authenticated SRTP/SRTCP last came from :attr:`remote_address` (written on the
@@ -123,6 +127,9 @@ class PeerConnection:
         self.heard_at = trio.current_time()
         self._dtls_authenticated = 0  # DTLS records that decrypted (handshake or data)
         self.stats = PeerStats()
+        #: fields of this connection's log lines; the SFU replaces them with its own
+        #: vocabulary (room, peer = the connection id, role), see Member
+        self.log_extra: dict[str, str] = {"peer": self.name}
         #: hot-path callbacks, set by the application
         self.on_rtp: RtpCallback | None = None
         self.on_rtcp: RtcpCallback | None = None
@@ -186,7 +193,7 @@ class PeerConnection:
             return
         self.closing = True
         self.close_reason = reason
-        log.info("peer closing", extra={"peer": self.name, "reason": reason})
+        log.info("peer closing", extra={**self.log_extra, "reason": reason})
         dtls = self._dtls
         try:
             # Both calls are no-ops when that layer already ended (a remote ABORT or alert).
@@ -199,7 +206,7 @@ class PeerConnection:
                 for datagram in dtls.datagrams_to_send():
                     self._send_datagram(datagram)
         except (DtlsError, SctpError) as exc:  # best effort: the peer may already be gone
-            log.debug("close notification failed", extra={"peer": self.name, "error": str(exc)})
+            log.debug("close notification failed", extra={**self.log_extra, "error": str(exc)})
         for channel in self._channels.values():
             channel.ready_state = "closed"
         self._closed.set()
@@ -310,14 +317,18 @@ class PeerConnection:
                 self.close(f"dtls: {exc}")
                 return
         if jsep.data_mid is not None and self._dc is None and role is not None:
+            sctp_timers: TimerOptions = {
+                **WEBRTC_TIMERS,
+                "max_retransmits": self.sctp_max_retransmits,
+            }
             self._dc = DataChannelEndpoint(
                 is_dtls_client=role == "client",
                 max_message_size=self.max_message_size,
                 remote_max_message_size=jsep.remote_max_message_size or 65536,
                 mtu=DTLS_MTU - DTLS_RECORD_OVERHEAD,
-                # Chromium's dcsctp timers: short RTOs, and liveness left to ICE consent and
-                # DTLS rather than SCTP's retransmission limit.
-                **WEBRTC_TIMERS,
+                # Chromium's dcsctp timers (short RTOs); liveness left to ICE consent unless
+                # a retransmission limit is set (the server's, against stalled peers).
+                **sctp_timers,
             )
             if self._connected.is_set() and role == "client":
                 self._dc.connect(now)
@@ -669,7 +680,7 @@ class PeerConnection:
             self._srtp = event.srtp_context()
         log.info(
             "peer connected",
-            extra={"peer": self.name, "srtp": event.srtp_profile, "addr": self.remote_address},
+            extra={**self.log_extra, "srtp": event.srtp_profile, "addr": self.remote_address},
         )
         self._connected.set()
         self._emit(Connected())

@@ -45,6 +45,10 @@ def host_candidate(ip: str, port: int, local_preference: int = 65535) -> Candida
     )
 
 
+#: RFC 9260 §16's recommended Association.Max.Retrans.
+SCTP_MAX_RETRANS = 10
+
+
 def tcp_passive_candidate(ip: str, port: int, other_preference: int = 8191) -> Candidate:
     """A passive ICE-TCP host candidate (RFC 6544 §4.5), ranked below every UDP candidate.
 
@@ -82,6 +86,7 @@ class RtcServer:
         public_addresses: list[str],
         *,
         consent_timeout: float = 30.0,
+        connect_timeout: float | None = None,
         tcp: TcpEndpoint | None = None,
         tcp_public_port: int | None = None,
     ) -> None:
@@ -93,6 +98,13 @@ class RtcServer:
         self.certificate = certificate
         self.public_addresses = list(public_addresses)
         self.consent_timeout = consent_timeout
+        #: how long a new peer has to get ICE and DTLS up (default: the consent timeout); a
+        #: half-open session holds ~100 KiB, so servers facing the internet keep this short
+        self.connect_timeout = consent_timeout if connect_timeout is None else connect_timeout
+        #: RFC 9260 §8.1 Association.Max.Retrans: a peer whose SCTP stops acknowledging (while
+        #: its ICE consent stays alive) is aborted after this many unanswered retransmissions,
+        #: ~20 s with WebRTC's 3 s RTO cap, instead of buffering for it forever.
+        self.sctp_max_retransmits = SCTP_MAX_RETRANS
         self.tcp = tcp
         port = endpoint.local_address[1]
         self.candidates = [
@@ -114,6 +126,7 @@ class RtcServer:
         *,
         public_addresses: list[str] | None = None,
         consent_timeout: float = 30.0,
+        connect_timeout: float | None = None,
         certificate: Certificate | None = None,
         tcp_port: int | None = None,
         tcp_public_port: int | None = None,
@@ -131,6 +144,7 @@ class RtcServer:
                 certificate or Certificate.generate(),
                 public_addresses,
                 consent_timeout=consent_timeout,
+                connect_timeout=connect_timeout,
                 tcp=tcp,
                 tcp_public_port=tcp_public_port,
             )
@@ -192,7 +206,8 @@ class ServerPeerConnection(PeerConnection):
 
     def __init__(self, server: RtcServer, *, name: str = "", **options: Any) -> None:
         ufrag, pwd = random_ice_credentials()
-        options.setdefault("connect_timeout", server.consent_timeout)
+        options.setdefault("connect_timeout", server.connect_timeout)
+        options.setdefault("sctp_max_retransmits", server.sctp_max_retransmits)
         super().__init__(
             certificate=server.certificate,
             ice_ufrag=ufrag,
@@ -245,7 +260,7 @@ class ServerPeerConnection(PeerConnection):
         self.ice_agent.restart(ufrag, pwd)
         self.ice_agent.set_remote_credentials(remote_ufrag, remote_pwd)
         self._endpoint.register_ufrags(self)
-        log.info("ICE restart", extra={"peer": self.name})
+        log.info("ICE restart", extra=self.log_extra)
         return ufrag, pwd
 
     # -- called by the endpoint -----------------------------------------------------------
@@ -270,7 +285,7 @@ class ServerPeerConnection(PeerConnection):
         if self._paths.get(path.address) is path:
             del self._paths[path.address]
         if path is self.path:
-            log.info("peer path closed", extra={"peer": self.name, "path": str(path.address)})
+            log.info("peer path closed", extra={**self.log_extra, "path": str(path.address)})
             self.path = None
             self.remote_address = None
             self.ice_agent.selected_lost()
@@ -288,7 +303,7 @@ class ServerPeerConnection(PeerConnection):
             log.info(
                 "peer path changed",
                 extra={
-                    "peer": self.name,
+                    **self.log_extra,
                     "old": f"{current.transport}:{current.address}",
                     "new": f"{path.transport}:{path.address}",
                 },

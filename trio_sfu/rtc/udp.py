@@ -198,6 +198,7 @@ class UdpEndpoint:
         self._by_addr: dict[Address, EndpointPeer] = {}
         self._by_ufrag: dict[str, EndpointPeer] = {}
         self._addrs_of: dict[int, list[Address]] = {}  # id(peer) -> its addresses, oldest first
+        self._ufrags_of: dict[int, tuple[str, ...]] = {}  # id(peer) -> the ufrags routed to it
         self.stats = EndpointStats()
 
     @classmethod
@@ -235,19 +236,31 @@ class UdpEndpoint:
         self.register_ufrags(peer)
 
     def register_ufrags(self, peer: EndpointPeer) -> None:
-        """Route every ufrag the peer's agent accepts (two during an ICE restart)."""
-        for ufrag in peer.ice_agent.local_ufrags:
+        """Route exactly the ufrags the peer's agent accepts now (two during an ICE restart,
+        one again once the restart completes): every restart would otherwise leave a stale
+        route behind (issue 14 item 5)."""
+        ufrags = peer.ice_agent.local_ufrags
+        for ufrag in self._ufrags_of.get(id(peer), ()):
+            if ufrag not in ufrags and self._by_ufrag.get(ufrag) is peer:
+                del self._by_ufrag[ufrag]
+        for ufrag in ufrags:
             self._by_ufrag.setdefault(ufrag, peer)
+        self._ufrags_of[id(peer)] = ufrags
         self._addrs_of.setdefault(id(peer), [])
 
     def unregister(self, peer: EndpointPeer) -> None:
         """Forget every route to ``peer``; safe to call twice."""
-        for ufrag in [u for u, p in self._by_ufrag.items() if p is peer]:
-            del self._by_ufrag[ufrag]
+        for ufrag in self._ufrags_of.pop(id(peer), ()):
+            if self._by_ufrag.get(ufrag) is peer:
+                del self._by_ufrag[ufrag]
         for addr in self._addrs_of.pop(id(peer), []):
             if self._by_addr.get(addr) is peer:
                 del self._by_addr[addr]
                 self._source_of.pop(addr, None)
+
+    def peers(self) -> int:
+        """How many peers are registered (created and not yet torn down)."""
+        return len(self._addrs_of)
 
     def demux_entries(self) -> int:
         """How many routes exist (tests assert it returns to zero after peers leave)."""
@@ -381,6 +394,8 @@ class UdpEndpoint:
             self.sendto(reply.response, addr, source)
         if not reply.valid:
             return
+        if peer.ice_agent.local_ufrags != self._ufrags_of.get(id(peer)):
+            self.register_ufrags(peer)  # a check with new credentials completed a restart
         self._add_address(peer, addr, keep=peer.remote_address)
         if source is not None and self._by_addr.get(addr) is peer:
             # Media to this address leaves from where its checks arrive (RFC 8445 §7.3:

@@ -26,6 +26,7 @@ from trio_sfu.proto.rtcp import (
 )
 from trio_sfu.proto.rtp import TransportCcSequencer
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.node_stats import LOSS_BUCKETS, RTT_BUCKETS, Buckets
 from trio_sfu.sfu.remote import RemoteTrack
 from trio_sfu.sfu.track import DownTrack, TrackSource
 
@@ -40,12 +41,36 @@ class Downstream(Member):
         #: live down-tracks by the SSRC we send them under (what the receiver's RTCP names)
         self.live: dict[int, DownTrack] = {}
         self.pc.on_rtcp = self._on_rtcp
+        # Feedback from the receiver (RTCP rate, not per media packet) and the totals of
+        # down-tracks that ended, for counters().
+        self.nacks_received = 0
+        self.nacks_answered = 0
+        self.pli_received = 0
+        self.fir_received = 0
+        self._ended_octets = 0
+        #: what the receiver's reports said, one observation per report block (≈ 1/s/stream)
+        self.rtt_reports = Buckets(RTT_BUCKETS)
+        self.loss_reports = Buckets(LOSS_BUCKETS)
+
+    def counters(self) -> dict[str, int]:
+        out = super().counters()
+        out["nacks_received"] = self.nacks_received
+        out["nacks_answered"] = self.nacks_answered
+        out["pli_received"] = self.pli_received
+        out["fir_received"] = self.fir_received
+        out["rtx_out"] = self.nacks_answered
+        out["bytes_out"] = self._ended_octets + sum(d.sent_octets for d in self.live.values())
+        return out
 
     # The room's events (from the bus), applied to this member.
     def publisher_joined(self, info: PublisherInfo) -> None:
         raise NotImplementedError
 
     def publisher_left(self, publisher_id: str) -> None:
+        raise NotImplementedError
+
+    def publisher_changed(self, info: PublisherInfo) -> None:
+        """A live publisher added, removed, muted or unmuted tracks (TrackChange, issue 15)."""
         raise NotImplementedError
 
     def new_downtrack(self, transceiver: Transceiver, source: TrackSource) -> DownTrack:
@@ -62,11 +87,14 @@ class Downstream(Member):
         return True
 
     def stop_forwarding(self, downtrack: DownTrack) -> None:
+        sent = downtrack.sent_octets
         downtrack.close()
-        self.live.pop(downtrack.transceiver.sender_ssrc, None)
+        if self.live.pop(downtrack.transceiver.sender_ssrc, None) is not None:
+            self._ended_octets += sent
 
     def close_downtracks(self) -> None:
         for downtrack in list(self.live.values()):
+            self._ended_octets += downtrack.sent_octets
             downtrack.close()
         self.live.clear()
 
@@ -80,18 +108,22 @@ class Downstream(Member):
         live = self.live
         for packet in packets:
             if isinstance(packet, Pli):
+                self.pli_received += 1
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
                     downtrack.source.request_keyframe(now)
             elif isinstance(packet, Fir):
+                self.fir_received += 1
                 for entry in packet.entries:
                     downtrack = live.get(entry.ssrc)
                     if downtrack is not None:
                         downtrack.source.request_keyframe(now)
             elif isinstance(packet, Nack):
+                self.nacks_received += len(packet.lost)
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
                     missed = [seq for seq in packet.lost if not downtrack.retransmit(seq, now)]
+                    self.nacks_answered += len(packet.lost) - len(missed)
                     if missed and isinstance(downtrack.source, RemoteTrack):
                         # Relayed media this pod lacks: ask the publisher's pod (issue 9).
                         rewriter = downtrack.rewriter
@@ -105,7 +137,10 @@ class Downstream(Member):
                 for block in packet.reports:
                     downtrack = live.get(block.ssrc)
                     if downtrack is not None:
-                        downtrack.stats.on_receiver_report(block, now, unix)
+                        rtt = downtrack.stats.on_receiver_report(block, now, unix)
+                        if rtt is not None:
+                            self.rtt_reports.observe(rtt)
+                        self.loss_reports.observe(block.fraction_lost / 256)
 
     async def report_loop(self) -> None:
         """A sender report per forwarded stream every second, so the receiver can synchronise

@@ -35,3 +35,10 @@ class Unavailable(SfuError):
     """Draining, overloaded, or a cluster dependency is down: try again later."""
 
     status = 503
+
+
+class TooMany(SfuError):
+    """An admission limit (members per room, joins per second, half-open sessions from one
+    address): try again after ``retry_after`` seconds (RFC 6585 §4)."""
+
+    status = 429

@@ -5,15 +5,22 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import trio
+
 from trio_sfu.rtc import events as ev
 from trio_sfu.rtc.datachannel import DataChannel
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import protocol
+from trio_sfu.sfu.limits import TokenBucket
 
 if TYPE_CHECKING:
     from trio_sfu.sfu.room import Room
 
 log = logging.getLogger(__name__)
+
+#: Room above the send-buffer cap for control messages (PUB_JOIN, SDP_OFFER, ERROR): chat is
+#: dropped at the cap, but what keeps the session correct still goes out until this much more.
+CONTROL_HEADROOM = 256 * 1024
 
 
 class Member:
@@ -31,21 +38,78 @@ class Member:
         self.user = protocol.user_of(connection_id)
         self.pc = pc
         self.control: DataChannel | None = None
+        #: set once the SFU took it out of its room (cleanup runs once, whoever asks first)
+        self.removed = False
+        #: the client address while the session is still connecting (admission control)
+        self.connecting_from: str | None = None
+        self.limits = room.limits
+        self._chat = TokenBucket(
+            self.limits.chat_rate, self.limits.chat_burst, trio.current_time()
+        )
+        #: since when chat to this member is being dropped (its send buffer is at the cap)
+        self._stalled_since: float | None = None
+        self.chat_dropped = 0
         self.log_extra = {"room": room.name, "peer": connection_id, "role": self.role}
+        pc.log_extra = self.log_extra  # one vocabulary in the rtc layer's lines too
+        #: when the join was accepted (session duration, in ``left`` logs and /metrics)
+        self.started = trio.current_time()
+
+    def counters(self) -> dict[str, int]:
+        """This connection's totals so far, read from the plain counters the media path
+        bumps (never computed per packet): for ``left`` logs and the node's /metrics, which
+        adds them to its retired totals when the member leaves."""
+        stats = self.pc.stats
+        return {
+            "rtp_in": stats.rtp_in,
+            "rtp_out": stats.rtp_out,
+            "rtcp_in": stats.rtcp_in,
+            "rtcp_out": stats.rtcp_out,
+            "srtp_failures": stats.srtp_rejected + stats.srtcp_rejected,
+            "dropped_sends": stats.media_not_sent,
+        }
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.room.name}/{self.id}>"
 
     def send(self, text: str) -> bool:
-        """Send one command on the control channel; False if it is not open (yet/any more)."""
+        """Send one command on the control channel; False if it is not open (yet/any more).
+
+        Control messages go out even past the send-buffer cap, up to ``CONTROL_HEADROOM``
+        more; a member that far behind is disconnected (docs/security.md).
+        """
         channel = self.control
         if channel is None or channel.ready_state != "open":
+            return False
+        if channel.buffered_amount + len(text) > self.limits.max_send_buffer + CONTROL_HEADROOM:
+            self.pc.close("send buffer full")
             return False
         try:
             channel.send(text)
         except RuntimeError:
             return False
         return True
+
+    def send_chat(self, line: str) -> bool:
+        """Relay a CHAT line, unless this member's send buffer is at the cap (a
+        ``bufferedAmount``-style limit): then the line is dropped and the member told once per
+        stall with an ``ERROR``; still stalled after ``send_stall_limit`` seconds it is closed:
+        it has stopped reading (or acknowledging), and the room should not keep paying for
+        it."""
+        channel = self.control
+        if channel is None or channel.ready_state != "open":
+            return False
+        if channel.buffered_amount + len(line) <= self.limits.max_send_buffer:
+            self._stalled_since = None
+            return self.send(line)
+        self.chat_dropped += 1
+        now = trio.current_time()
+        if self._stalled_since is None:
+            self._stalled_since = now
+            log.info("chat dropped: send buffer full", extra=self.log_extra)
+            self.send(protocol.error("chat to you is being dropped: your connection is behind"))
+        elif now - self._stalled_since >= self.limits.send_stall_limit:
+            self.pc.close("send buffer full")
+        return False
 
     async def serve(self) -> None:
         """Handle the peer's control events until it closes (runs in the peer's nursery)."""
@@ -74,6 +138,15 @@ class Member:
         if isinstance(command, protocol.Stop):
             self.pc.close("stop")
         elif isinstance(command, protocol.ChatCommand):
+            wait = self._chat.take(trio.current_time())
+            if wait:
+                self.send(
+                    protocol.error(
+                        f"chat rate limit: at most {self.limits.chat_rate:g} per second "
+                        f"(bursts of {self.limits.chat_burst}); message dropped"
+                    )
+                )
+                return
             await self.room.chat(self.id, command.text)
         else:
             name = type(command).__name__

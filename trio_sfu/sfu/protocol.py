@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from trio_sfu.cluster.commands import PublisherInfo
+from trio_sfu.cluster.commands import PublisherInfo, TrackInfo
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: A chat line may be long, but not unbounded (the data channel allows 256 KiB messages).
@@ -34,6 +34,35 @@ def user_of(connection_id: str) -> str:
 @dataclass(slots=True, frozen=True)
 class SdpAnswer:
     sdp: str
+
+
+@dataclass(slots=True, frozen=True)
+class SdpOffer:
+    """A publisher renegotiates (issue 15): it stays the offerer of everything it sends."""
+
+    sdp: str
+
+
+@dataclass(slots=True, frozen=True)
+class AddMedia:
+    """The label (``APP_ID``) of the ``kind`` section the publisher's next SDP_OFFER adds."""
+
+    kind: str
+    app_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class RemoveMedia:
+    """Stop forwarding the publisher's ``kind`` track labelled ``app_id``, at once."""
+
+    kind: str
+    app_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Mute:
+    track_id: str
+    on: bool
 
 
 @dataclass(slots=True, frozen=True)
@@ -61,7 +90,18 @@ class ChatCommand:
     text: str
 
 
-ClientCommand = SdpAnswer | Stop | Sub | Unsub | SubMode | ChatCommand
+@dataclass(slots=True, frozen=True)
+class SdpRecycle:
+    on: bool
+
+
+ClientCommand = (
+    SdpAnswer | SdpOffer | AddMedia | RemoveMedia | Mute | Stop | Sub | Unsub | SubMode
+    | ChatCommand | SdpRecycle
+)
+#: A track id as it travels in commands: an msid track id (RFC 8830 §2 allows any token
+#: characters, browsers send UUIDs or ``{uuid}``) or our ``mid<N>`` fallback.
+TRACK_PATTERN = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]{1,64}")
 
 
 def parse_command(message: str | bytes) -> ClientCommand:
@@ -72,6 +112,22 @@ def parse_command(message: str | bytes) -> ClientCommand:
         if not arg.strip():
             raise CommandError("SDP_ANSWER needs an SDP")
         return SdpAnswer(arg)
+    if name == "SDP_OFFER":
+        if not arg.strip():
+            raise CommandError("SDP_OFFER needs an SDP")
+        return SdpOffer(arg)
+    if name in ("ADD_MEDIA", "REMOVE_MEDIA"):
+        kind, _, app_id = arg.partition(" ")
+        if kind not in ("audio", "video") or not valid_id(app_id):
+            raise CommandError(
+                f"{name} takes audio or video and an APP_ID ([A-Za-z0-9_.-]{{1,64}})"
+            )
+        return AddMedia(kind, app_id) if name == "ADD_MEDIA" else RemoveMedia(kind, app_id)
+    if name == "MUTE":
+        track_id, _, state = arg.partition(" ")
+        if TRACK_PATTERN.fullmatch(track_id) is None or state not in ("on", "off"):
+            raise CommandError("MUTE takes a track id and on or off")
+        return Mute(track_id, state == "on")
     if name == "STOP":
         if arg:
             raise CommandError("STOP takes no argument")
@@ -84,6 +140,10 @@ def parse_command(message: str | bytes) -> ClientCommand:
         if arg not in ("auto", "manual"):
             raise CommandError("SUB_MODE takes auto or manual")
         return SubMode(arg)
+    if name == "SDP_RECYCLE":
+        if arg not in ("on", "off"):
+            raise CommandError("SDP_RECYCLE takes on or off")
+        return SdpRecycle(arg == "on")
     if name == "CHAT":
         if not arg:
             raise CommandError("CHAT needs a text")
@@ -110,6 +170,22 @@ def sdp_offer(sdp: str) -> str:
     return f"SDP_OFFER {sdp}"
 
 
+def sdp_answer(sdp: str) -> str:
+    return f"SDP_ANSWER {sdp}"
+
+
+def track_add(publisher_id: str, track: TrackInfo) -> str:
+    return f"TRACK_ADD {publisher_id} {track.track_id} {track.kind} {track.app_id or track.kind}"
+
+
+def track_remove(publisher_id: str, track_id: str) -> str:
+    return f"TRACK_REMOVE {publisher_id} {track_id}"
+
+
+def muted(publisher_id: str, track_id: str, on: bool) -> str:
+    return f"MUTED {publisher_id} {track_id} {'on' if on else 'off'}"
+
+
 def chat(from_id: str, text: str) -> str:
     return f"CHAT {from_id} {text}"
 
@@ -127,7 +203,15 @@ def media(publishers: list[PublisherInfo]) -> str:
                 "user": p.user,
                 "audio": p.audio,
                 "video": p.video,
-                "tracks": [{"kind": t.kind, "track": t.track_id} for t in p.tracks],
+                "tracks": [
+                    {
+                        "kind": t.kind,
+                        "track": t.track_id,
+                        "app_id": t.app_id or t.kind,
+                        "muted": t.muted,
+                    }
+                    for t in p.tracks
+                ],
             }
             for p in sorted(publishers, key=lambda p: p.publisher_id)
         ]

@@ -1,20 +1,34 @@
-"""A publisher: one browser (or bot) connection sending audio and/or video into a room."""
+"""A publisher: one browser (or bot) connection sending audio and/or video into a room.
+
+Its tracks may change over the connection's life (issue 15): the publisher stays the offerer
+of everything it sends and renegotiates with ``SDP_OFFER`` on the control channel; we answer
+``SDP_ANSWER`` and never offer to a publisher, so there is no glare to resolve. ``ADD_MEDIA``
+labels the section its next offer adds, ``REMOVE_MEDIA`` stops forwarding a track at once and
+``MUTE`` pauses one without any renegotiation. Every change reaches the room as one
+``TrackChange`` carrying the publisher's whole new info.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
 
 from trio_sfu.cluster.commands import PublisherInfo
 from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
+from trio_sfu.proto.errors import SdpError
+from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import ReceiverReport, RtcpPacket, Sdes, SenderReport, serialize_compound
 from trio_sfu.proto.rtp import find_extension
 from trio_sfu.proto.twcc import TwccRecorder
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.server import ServerPeerConnection
+from trio_sfu.sfu import protocol
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.remote import TrackSink
 from trio_sfu.sfu.track import PublishedTrack
 
 if TYPE_CHECKING:
@@ -26,6 +40,20 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL = 1.0
 #: A timer sleep longer than this counts as idle: the next packet wakes the task.
 IDLE_SLEEP = 0.06
+#: The label of a track no ``ADD_MEDIA`` named (a first offer's tracks, older clients).
+DEFAULT_APP_IDS = {"audio": "mic", "video": "camera"}
+#: ``ADD_MEDIA`` labels waiting for an offer, per kind (a bound: a client cannot grow it).
+MAX_PENDING_LABELS = 16
+
+
+def track_key(t: Transceiver) -> str:
+    """A received section's track id: the msid track id (RFC 8830 §2), else ``mid<N>``."""
+    return t.remote_msid[1] if t.remote_msid and t.remote_msid[1] else f"mid{t.mid}"
+
+
+def receiving(t: Transceiver) -> bool:
+    """Whether a section currently brings us media we can forward."""
+    return not t.stopped and not t.stopping and t.receiving and bool(t.media_codecs)
 
 
 class Publisher(Member):
@@ -34,12 +62,15 @@ class Publisher(Member):
     def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
         super().__init__(room, connection_id, pc)
         self.tracks: list[PublishedTrack] = []
+        self._by_transceiver: dict[int, PublishedTrack] = {}
+        #: labels of each track (APP_ID) and the tracks a REMOVE_MEDIA retired for good
+        self.app_ids: dict[str, str] = {}
+        self._retired: set[str] = set()
+        self._labels: dict[str, deque[str]] = {"audio": deque(), "video": deque()}
+        self.renegotiations = 0
         for t in pc.transceivers:
-            if t.stopped or not t.receiving or not t.media_codecs:
-                continue
-            track_id = t.remote_msid[1] if t.remote_msid and t.remote_msid[1] else f"mid{t.mid}"
-            self.tracks.append(PublishedTrack(pc, t, track_id, publisher_id=connection_id))
-        self._by_transceiver = {id(track.transceiver): track for track in self.tracks}
+            if receiving(t):
+                self._add_track(t)
         self.announced = False
         # transport-cc: the publisher's browser estimates its upload bandwidth from our
         # feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01); one sequence space
@@ -53,15 +84,14 @@ class Publisher(Member):
             None,
         )
         self.twcc = TwccRecorder() if self._twcc_id is not None else None
-        relay = room.sfu.relay
-        self._relay_sinks = []
-        if relay is not None:
-            for track in self.tracks:
-                sink = relay.sender(connection_id, track.track_id)
-                track.relay_sink = sink
-                self._relay_sinks.append(sink)
+        self._relay = room.sfu.relay
+        self._relay_sinks: dict[str, TrackSink] = {}
+        for track in self.tracks:
+            self._open_relay(track)
         self._wake = trio.Event()
         self._idle = False
+        #: incoming RTP streams seen (the peer forgets them once closed; we keep the totals)
+        self._streams: list[IncomingStream] = []
         pc.on_rtp = self._on_rtp
         pc.on_rtcp = self._on_rtcp
         pc.on_path_changed = self._path_changed
@@ -73,22 +103,67 @@ class Publisher(Member):
         for track in self.tracks:
             track.request_keyframe(now)
 
+    def _add_track(self, t: Transceiver) -> PublishedTrack:
+        track = PublishedTrack(self.pc, t, track_key(t), publisher_id=self.id)
+        labels = self._labels[t.kind]
+        self.app_ids[track.track_id] = labels.popleft() if labels else DEFAULT_APP_IDS[t.kind]
+        self.tracks.append(track)
+        self._by_transceiver[id(t)] = track
+        return track
+
+    def _open_relay(self, track: PublishedTrack) -> None:
+        if self._relay is not None:
+            sink = self._relay.sender(self.id, track.track_id)
+            track.relay_sink = sink
+            self._relay_sinks[track.track_id] = sink
+
+    def _drop_track(self, track: PublishedTrack) -> None:
+        """Stop forwarding ``track`` at once: subscribers stop its sections on TrackChange."""
+        self.tracks.remove(track)
+        self._by_transceiver.pop(id(track.transceiver), None)
+        self.app_ids.pop(track.track_id, None)
+        for stream in self.pc.incoming_streams:
+            if stream.sink is track:
+                stream.sink = None  # looked up again: the transceiver no longer maps to it
+        track.relay_sink = None
+        sink = self._relay_sinks.pop(track.track_id, None)
+        if sink is not None:
+            sink.close()
+
     def close_relay(self) -> None:
         """The publisher left: other pods stop receiving its tracks."""
         for track in self.tracks:
             track.relay_sink = None
-        for sink in self._relay_sinks:
+        for sink in self._relay_sinks.values():
             sink.close()
         self._relay_sinks.clear()
 
     @property
     def info(self) -> PublisherInfo:
         return PublisherInfo(
-            self.id, self.user, self.room.sfu.node_id, tuple(t.info for t in self.tracks)
+            self.id,
+            self.user,
+            self.room.sfu.node_id,
+            tuple(
+                replace(t.info, app_id=self.app_ids.get(t.track_id, ""), muted=t.muted)
+                for t in self.tracks
+            ),
         )
 
     def track(self, track_id: str) -> PublishedTrack | None:
         return next((t for t in self.tracks if t.track_id == track_id), None)
+
+    def counters(self) -> dict[str, int]:
+        out = super().counters()
+        out["rtx_in"] = sum(t.rtx_received for t in self.tracks)
+        out["padding_in"] = sum(t.padding_received for t in self.tracks)
+        out["nacks_sent"] = sum(t.nack_requested for t in self.tracks)
+        out["pli_sent"] = out["fir_sent"] = 0
+        for t in self.tracks:
+            out["fir_sent" if t.uses_fir else "pli_sent"] += t.keyframes.sent
+        out["keyframe_requests_throttled"] = sum(t.keyframes.suppressed for t in self.tracks)
+        out["bytes_in"] = sum(s.octets for s in self._streams)
+        return out
 
     # -- media ----------------------------------------------------------------------------
 
@@ -107,6 +182,9 @@ class Publisher(Member):
             if track is None:
                 return
             stream.sink = track
+            self._streams.append(stream)  # once per stream: its octets count in counters()
+        if track.muted:
+            return  # MUTE: nothing forwarded or relayed until it unmutes (issue 15)
         track.on_rtp(stream, packet, now)
 
     def _on_rtcp(self, packets: list[RtcpPacket], now: float) -> None:
@@ -127,9 +205,9 @@ class Publisher(Member):
         tracks = self.tracks
         sender = tracks[0].transceiver.sender_ssrc
         cname = tracks[0].transceiver.cname
-        twcc = self.twcc
         next_report = trio.current_time() + REPORT_INTERVAL
         while True:
+            twcc = self.twcc  # a renegotiation may bring transport-cc along (issue 15)
             deadline = next_report
             for track in tracks:
                 deadline = min(deadline, track.next_timer())
@@ -158,6 +236,100 @@ class Publisher(Member):
                 for i in range(0, max(len(blocks), 1), 31):  # at most 31 blocks per RR
                     rr = ReceiverReport(ssrc=sender, reports=blocks[i : i + 31])
                     self.pc.send_rtcp(serialize_compound([rr, Sdes.cname_for(sender, cname)]))
+
+    # -- tracks over time (issue 15) ---------------------------------------------------------
+
+    async def handle(self, command: protocol.ClientCommand) -> None:
+        if isinstance(command, protocol.SdpOffer):
+            self._renegotiate(command.sdp)
+        elif isinstance(command, protocol.AddMedia):
+            labels = self._labels[command.kind]
+            if len(labels) >= MAX_PENDING_LABELS:
+                self.send(protocol.error(f"more than {MAX_PENDING_LABELS} ADD_MEDIA pending"))
+            else:
+                labels.append(command.app_id)
+        elif isinstance(command, protocol.RemoveMedia):
+            track = next(
+                (
+                    t
+                    for t in self.tracks
+                    if t.kind == command.kind and self.app_ids.get(t.track_id) == command.app_id
+                ),
+                None,
+            )
+            if track is None:
+                self.send(protocol.error(f"no {command.kind} track {command.app_id} to remove"))
+                return
+            self._retired.add(track.track_id)
+            self._drop_track(track)
+            self._announce_change("removed")
+        elif isinstance(command, protocol.Mute):
+            found = self.track(command.track_id)
+            if found is None:
+                self.send(protocol.error(f"no track {command.track_id} to mute"))
+                return
+            if found.muted == command.on:
+                return
+            found.muted = command.on
+            if not command.on:  # the first frame after unmuting must be decodable
+                found.request_keyframe(trio.current_time())
+            self._announce_change("muted" if command.on else "unmuted")
+        else:
+            await super().handle(command)
+
+    def _renegotiate(self, offer: str) -> None:
+        """Apply the publisher's new offer and answer it; then bring the tracks in line with
+        the sections that now bring media (RFC 8829 §5.3.1: a section may be added, stopped
+        — port 0 — or turned inactive/recvonly by removeTrack). A bad offer changes nothing
+        (the JSEP session's state stays as it was) and gets ``ERROR``."""
+        try:
+            answer = self.pc.handle_offer(offer)
+        except SdpError as exc:
+            self.send(protocol.error(f"bad SDP_OFFER: {exc}"))
+            return
+        except RuntimeError as exc:  # JsepStateError: not stable (cannot happen: no offers)
+            self.send(protocol.error(f"SDP_OFFER refused: {exc}"))
+            return
+        self.renegotiations += 1
+        live = {id(t): t for t in self.pc.transceivers if receiving(t)}
+        removed = [
+            track
+            for track in self.tracks
+            if id(track.transceiver) not in live or track_key(track.transceiver) != track.track_id
+        ]
+        for track in removed:
+            self._drop_track(track)
+        known = {t.track_id for t in self.tracks}
+        added = []
+        for t in live.values():
+            key = track_key(t)
+            if id(t) in self._by_transceiver or key in known or key in self._retired:
+                continue
+            track = self._add_track(t)
+            self._open_relay(track)
+            added.append(track)
+            known.add(key)
+        if self._twcc_id is None and added:
+            self._twcc_id = next(
+                (t.transceiver.extension_id(URI_TRANSPORT_CC)
+                 for t in added if t.transceiver.transport_cc),
+                None,
+            )
+            if self._twcc_id is not None:
+                self.twcc = TwccRecorder()
+        self.send(protocol.sdp_answer(answer))
+        if added or removed:
+            self._announce_change("renegotiated")
+
+    def _announce_change(self, why: str) -> None:
+        if not self.announced:
+            return  # the PUB_JOIN, still to come, carries the tracks as they are then
+        info = self.info
+        self.room.tracks_changed(info)
+        log.info(
+            "publisher tracks changed",
+            extra={**self.log_extra, "why": why, "audio": info.audio, "video": info.video},
+        )
 
     async def on_connected(self) -> None:
         await super().on_connected()

@@ -20,6 +20,7 @@ from trio_sfu.cluster.commands import (
     PublisherInfo,
     SubJoin,
     SubLeft,
+    TrackChange,
 )
 from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.sfu import protocol
@@ -31,11 +32,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Wait before listening again after a room's listener ended (a backend may be down).
+LISTENER_RETRY = 0.5
+
 
 class Room:
     def __init__(self, sfu: Sfu, name: str) -> None:
         self.sfu = sfu
         self.name = name
+        #: what each member may send and have queued (chat rate, send-buffer cap)
+        self.limits = sfu.limits
         self.publishers: dict[str, Publisher] = {}
         #: seed-API subscribers and WHEP viewers: everyone we send media to
         self.subscribers: dict[str, Downstream] = {}
@@ -49,12 +55,29 @@ class Room:
     async def listen(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Apply the room's bus commands to local members until the room empties."""
+        """Apply the room's bus commands to local members until :meth:`stop`.
+
+        Started when the room opens (the first subscription's failure is the joiner's 503).
+        A listener that ends later — NATS or the local bus cut off a listener that fell
+        behind, a subscription lost — is made again, so a room never goes deaf while it has
+        members (issue 9 item 4, issue 14 item 1).
+        """
         with self._cancel:
             async with self.sfu.bus.listen(self.name) as commands:
                 task_status.started()
-                async for command in commands:
-                    self._apply(command)
+                await self._follow(commands)
+            while True:
+                log.warning("room listener ended; listening again", extra={"room": self.name})
+                await trio.sleep(LISTENER_RETRY)
+                try:
+                    async with self.sfu.bus.listen(self.name) as commands:
+                        await self._follow(commands)
+                except BackendUnavailable:
+                    pass
+
+    async def _follow(self, commands: trio.MemoryReceiveChannel[Command]) -> None:
+        async for command in commands:
+            self._apply(command)
 
     def stop(self) -> None:
         self._cancel.cancel()
@@ -63,13 +86,16 @@ class Room:
         if isinstance(command, PubJoin):
             for subscriber in list(self.subscribers.values()):
                 subscriber.publisher_joined(command.publisher)
+        elif isinstance(command, TrackChange):
+            for subscriber in list(self.subscribers.values()):
+                subscriber.publisher_changed(command.publisher)
         elif isinstance(command, PubLeft):
             for subscriber in list(self.subscribers.values()):
                 subscriber.publisher_left(command.publisher_id)
         elif isinstance(command, Chat):
             line = protocol.chat(command.from_id, command.text)
             for subscriber in list(self.subscribers.values()):
-                subscriber.send(line)
+                subscriber.send_chat(line)
         elif isinstance(command, SubJoin | SubLeft):
             pass
 
@@ -96,6 +122,12 @@ class Room:
                 "video": info.video,
             },
         )
+
+    def tracks_changed(self, info: PublisherInfo) -> None:
+        """A live publisher's tracks changed (issue 15): the state store keeps ``GET /rooms``
+        counts true, the bus tells every pod's subscribers (TrackChange)."""
+        self.sfu.reliably(self.sfu.state.add_publisher, self.name, info)
+        self.sfu.reliably(self.sfu.bus.publish, self.name, TrackChange(self.name, info))
 
     async def chat(self, from_id: str, text: str) -> None:
         self.sfu.reliably(self.sfu.bus.publish, self.name, Chat(self.name, from_id, text))

@@ -8,12 +8,10 @@ has exactly one place to happen.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import time
+import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -36,8 +34,10 @@ from trio_sfu.cluster.state import MemoryStateStore, StateStore
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
-from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, Unavailable
+from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, SfuError, TooMany, Unavailable
+from trio_sfu.sfu.limits import SfuLimits
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.node_stats import NodeStats
 from trio_sfu.sfu.publisher import Publisher
 from trio_sfu.sfu.remote import Relay, RemoteTrack
 from trio_sfu.sfu.room import Room
@@ -55,28 +55,19 @@ OUTBOX_RETRY = 1.0
 #: Retry-After for new sessions refused while draining or while a backend is down.
 DRAIN_RETRY_AFTER = 2
 BACKEND_RETRY_AFTER = 2
+#: Back-off (seconds) of the node-command subscription while the bus is unreachable.
+BACKEND_RETRY_MIN = 0.25
+BACKEND_RETRY_MAX = 5.0
+#: Retry-After for a join refused because its room or this node is full.
+ROOM_FULL_RETRY_AFTER = 5
+ROOMS_FULL_RETRY_AFTER = 5
+#: Retry-After for a join refused because too many sessions are still connecting.
+HALF_OPEN_RETRY_AFTER = 2
 
 
-def vars_of(counters: object) -> dict[str, int]:
-    """The int fields of a (slots) dataclass of counters, inherited ones included."""
-    if dataclasses.is_dataclass(counters):
-        names: Iterable[str] = [f.name for f in dataclasses.fields(counters)]
-    else:
-        names = vars(counters)
-    return {n: v for n in names if isinstance(v := getattr(counters, n), int)}
-
-
-def process_metrics() -> dict[str, float]:
-    """The Prometheus process collector's standard names, so load testers and dashboards can
-    read the pod's CPU time and memory from ``/metrics`` (``trio-sfu load`` plots the CPU)."""
-    out: dict[str, float] = {"process_cpu_seconds_total": round(time.process_time(), 6)}
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        out["process_resident_memory_bytes"] = pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # not Linux: CPU time only
-        pass
-    return out
+def _snake(name: str) -> str:
+    """``BadRequest`` → ``bad_request`` (a refusal's kind as a metrics label)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 @contextmanager
@@ -140,22 +131,33 @@ class Sfu:
         bus: Bus | None = None,
         relay: Relay | None = None,
         node_id: str = "local",
+        limits: SfuLimits | None = None,
     ) -> None:
         self.rtc = rtc
+        self.limits = limits if limits is not None else SfuLimits()
         self.state: StateStore = state if state is not None else MemoryStateStore()
         self.bus: Bus = bus if bus is not None else LocalBus()
         #: the cross-pod media relay (cluster mode); None: every track is local
         self.relay = relay
         self.node_id = node_id
         self.rooms: dict[str, Room] = {}
+        #: rooms whose listener is starting: registered in ``rooms`` once it runs
+        self._opening: dict[str, trio.Event] = {}
+        #: sessions still connecting, by client address (admission control, issue 14 item 4)
+        self._half_open: dict[str, int] = {}
+        self._half_open_total = 0
         self._remote: dict[tuple[str, str], RemoteTrack] = {}
         #: state and bus updates that must not be lost to an outage, retried in order; one
         #: outbox per backend, so a Redis outage never holds back a PUB_LEFT on NATS (issue 9)
         self._outboxes = {"state": Outbox(), "bus": Outbox()}
         #: SIGTERM: no new sessions, connected clients told to RECONNECT (issue 4)
         self.draining = False
+        #: set once draining begins (room-event streams tell their watchers, then close)
+        self.drained = trio.Event()
         self._gone: dict[int, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        #: join outcomes, timings and the totals of members that left (read by /metrics)
+        self.stats = NodeStats()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host every connection; cancelling this closes them all (server shutdown)."""
@@ -184,32 +186,86 @@ class Sfu:
     async def _node_commands(self) -> None:
         """Commands other pods address to this one: keyframe requests for our publishers'
         tracks from pods whose subscribers lost a picture (throttled at the track), and NACKs
-        for relayed packets those pods could not answer (issue 9)."""
-        async with self.bus.listen_node() as commands:
-            async for command in commands:
-                if isinstance(command, KeyframeRequest | Nack):
-                    track = self.local_track(command.publisher_id, command.track_id)
-                    if track is None:
-                        continue
-                    if isinstance(command, Nack):
-                        track.resend_to_relay(command.sequence_numbers, trio.current_time())
-                    else:
-                        track.request_keyframe(trio.current_time())
+        for relayed packets those pods could not answer (issue 9). While the bus is down (at
+        start-up, or lost) /readyz says 503; the subscription is retried with back-off rather
+        than taking the process down."""
+        delay = BACKEND_RETRY_MIN
+        while True:
+            try:
+                async with self.bus.listen_node() as commands:
+                    delay = BACKEND_RETRY_MIN
+                    async for command in commands:
+                        if isinstance(command, KeyframeRequest | Nack):
+                            track = self.local_track(command.publisher_id, command.track_id)
+                            if track is None:
+                                continue
+                            if isinstance(command, Nack):
+                                track.resend_to_relay(
+                                    command.sequence_numbers, trio.current_time()
+                                )
+                            else:
+                                track.request_keyframe(trio.current_time())
+                return
+            except BackendUnavailable as exc:
+                log.warning(
+                    "node commands unavailable, retrying",
+                    extra={"node": self.node_id, "error": str(exc), "retry_in": delay},
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, BACKEND_RETRY_MAX)
 
     # -- joining --------------------------------------------------------------------------
 
-    async def publish(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._join("pub", room, peer_id, offer_sdp)
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
+        """Join as a publisher; ``source`` is the client's address (admission limits)."""
+        return await self._counted(
+            "pub", self._join("pub", room, peer_id, offer_sdp, source=source)
+        )
 
-    async def subscribe(self, room: str, peer_id: str, offer_sdp: str) -> str:
-        return await self._join("sub", room, peer_id, offer_sdp)
+    async def subscribe(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str:
+        return await self._counted(
+            "sub", self._join("sub", room, peer_id, offer_sdp, source=source)
+        )
 
     async def whep(
-        self, room: str, peer_id: str, offer_sdp: str, *, publisher_id: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        publisher_id: str | None = None,
+        source: str | None = None,
     ) -> str:
         """A WHEP viewer: sendonly audio + video following the room's live publisher (or the
         named one). No live publisher → 409 with Retry-After (draft-ietf-wish-whep)."""
-        return await self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id)
+        return await self._counted(
+            "whep", self._join(
+                "whep", room, peer_id, offer_sdp, publisher_id=publisher_id, source=source
+            ),
+        )
+
+    async def _counted(self, role: Role, join: Awaitable[str]) -> str:
+        """A join, timed from the request to the answer, and its outcome counted (/metrics:
+        ``ok`` or the refusal's kind, e.g. ``conflict``, ``unavailable``, ``cancelled``)."""
+        began = trio.current_time()
+        name = _ROLE_TYPES[role].role  # the logs' and metrics' vocabulary
+        try:
+            answer = await join
+        except SfuError as error:
+            self.stats.refused(name, _snake(type(error).__name__))
+            raise
+        except trio.Cancelled:
+            self.stats.refused(name, "cancelled")
+            raise
+        except BaseException:
+            self.stats.refused(name, "error")
+            raise
+        self.stats.joined(name, trio.current_time() - began)
+        return answer
 
     async def _join(
         self,
@@ -219,6 +275,7 @@ class Sfu:
         offer_sdp: str,
         *,
         publisher_id: str | None = None,
+        source: str | None = None,
     ) -> str:
         if not protocol.valid_id(room_name):
             raise BadRequest("room must match [A-Za-z0-9_.-]{1,64}")
@@ -229,26 +286,45 @@ class Sfu:
             raise Unavailable("the SFU is not running", retry_after=1)
         if self.draining:
             raise Unavailable("this node is draining; try again", retry_after=DRAIN_RETRY_AFTER)
-        with backend_errors():
-            publishers: list[PublisherInfo] = []
-            if role == "whep":
-                publishers = await self._live_publishers(room_name, publisher_id)
-            if not await self.state.claim_id(peer_id, self.node_id):
-                raise Conflict(f"a connection with id {peer_id} is already live")
+        if not getattr(self.bus, "connected", True):
+            # A member that joined now would not hear its room until NATS is back (issue 9).
+            raise Unavailable(
+                "cluster backend unavailable: NATS is not connected",
+                retry_after=BACKEND_RETRY_AFTER,
+            )
+        self._admit(source)
+        try:
+            with backend_errors():
+                publishers: list[PublisherInfo] = []
+                if role == "whep":
+                    publishers = await self._live_publishers(room_name, publisher_id)
+                if not await self.state.claim_id(peer_id, self.node_id):
+                    raise Conflict(f"a connection with id {peer_id} is already live")
+        except BaseException:
+            self._settle(source)
+            raise
+        # Everything below is undone if the join does not complete, whatever stops it (a
+        # client reset cancels the request, a backend fails, a refusal): the peer and its
+        # routes, the member and its store entry, a room it alone opened (issue 14 item 1).
+        pc: ServerPeerConnection | None = None
+        member: Member | None = None
         try:
             pc = self.rtc.create_peer(
                 f"{role}:{room_name}/{peer_id}",
                 new_transceiver_direction=_DIRECTION_FOR_NEW_SECTIONS[role],
             )
-            try:
-                answer = pc.handle_offer(offer_sdp)
-                self._check_offer(role, pc)
-            except BaseException:
-                pc.abandon()
-                raise
+            answer = pc.handle_offer(offer_sdp)
+            self._check_offer(role, pc)
             with backend_errors():  # a room's first member subscribes to its bus subject
                 room = await self._room(room_name)
-            member: Member
+            if len(room.publishers) + len(room.subscribers) >= self.limits.max_members_per_room:
+                raise TooMany(
+                    f"room {room_name} is full ({self.limits.max_members_per_room} members "
+                    "on this node)",
+                    retry_after=ROOM_FULL_RETRY_AFTER,
+                )
+            # No checkpoint between getting the room and joining it: a room is never seen
+            # empty (and dropped) by another join's cleanup while we are on our way in.
             if role == "pub":
                 member = Publisher(room, peer_id, pc)
                 room.publishers[peer_id] = member
@@ -259,17 +335,18 @@ class Sfu:
                     member = viewer = WhepViewer(room, peer_id, pc, publisher_id=publisher_id)
                     viewer.start(publishers)
                 room.subscribers[peer_id] = member
+            member.connecting_from = source  # half-open until DTLS is up (or it leaves)
+            source = None
+            if role != "pub":
                 info = SubscriberInfo(peer_id, member.user, self.node_id)
                 with backend_errors():
                     await self.state.add_subscriber(room_name, info)
                 self.reliably(self.bus.publish, room_name, SubJoin(room_name, info))
             await nursery.start(self._lifetime, member)
         except BaseException:
+            self._settle(source)
             with trio.CancelScope(shield=True):
-                try:  # at once, so the client may retry with this id right away
-                    await self.state.release_id(peer_id)
-                except BackendUnavailable:
-                    self.reliably(self.state.release_id, peer_id)
+                await self._abort_join(room_name, peer_id, pc, member)
             raise
         log.info("joined", extra=member.log_extra)
         return answer
@@ -306,12 +383,105 @@ class Sfu:
         return publishers
 
     async def _room(self, name: str) -> Room:
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(self, name)
+        """The room, registered only once its listener runs (a join that waits for another
+        join to open the same room shares it; a failed opening registers nothing)."""
+        while True:
+            room = self.rooms.get(name)
+            if room is not None:
+                return room
+            opening = self._opening.get(name)
+            if opening is None:
+                break
+            await opening.wait()  # then look again: that opening may have failed
+        if len(self.rooms) + len(self._opening) >= self.limits.max_rooms:
+            raise Unavailable(
+                f"this node hosts its maximum of {self.limits.max_rooms} rooms",
+                retry_after=ROOMS_FULL_RETRY_AFTER,
+            )
+        opened = self._opening[name] = trio.Event()
+        try:
+            room = Room(self, name)
             assert self._nursery is not None
             await self._nursery.start(room.listen)
-        return room
+            self.rooms[name] = room
+            return room
+        finally:
+            del self._opening[name]
+            opened.set()
+
+    def _admit(self, source: str | None) -> None:
+        """Count a join from ``source`` as half-open, or refuse it: one address may not hold
+        more than its share of connecting sessions, nor everyone together more than the
+        node's (each costs ~100 KiB until DTLS is up or ``--connect-timeout`` ends it)."""
+        if source is None:
+            return  # in-process callers (tests, the client library) are not admitted
+        limits = self.limits
+        if self._half_open.get(source, 0) >= limits.max_half_open_per_source:
+            raise TooMany(
+                f"too many sessions from {source} still connecting "
+                f"(at most {limits.max_half_open_per_source})",
+                retry_after=HALF_OPEN_RETRY_AFTER,
+            )
+        if self._half_open_total >= limits.max_half_open:
+            raise Unavailable(
+                f"too many sessions still connecting on this node (at most {limits.max_half_open})",
+                retry_after=HALF_OPEN_RETRY_AFTER,
+            )
+        self._half_open[source] = self._half_open.get(source, 0) + 1
+        self._half_open_total += 1
+
+    def _settle(self, source: str | None) -> None:
+        """A session admitted from ``source`` stopped being half-open (connected or gone)."""
+        if source is None:
+            return
+        left = self._half_open[source] - 1
+        if left:
+            self._half_open[source] = left
+        else:
+            del self._half_open[source]
+        self._half_open_total -= 1
+
+    def _connected(self, member: Member) -> None:
+        source, member.connecting_from = member.connecting_from, None
+        self._settle(source)
+
+    async def _when_connected(self, member: Member) -> None:
+        connected = False
+        try:
+            await member.pc.wait_connected()
+            connected = True
+        except* ConnectionError:
+            pass  # closed before connecting: _remove settles it
+        if connected:
+            self._connected(member)
+
+    async def _abort_join(
+        self,
+        room_name: str,
+        peer_id: str,
+        pc: ServerPeerConnection | None,
+        member: Member | None,
+    ) -> None:
+        """Undo a join that did not complete (called shielded)."""
+        if member is not None:
+            await self._remove(member)  # no-op if its lifetime already did it
+        if pc is not None:
+            pc.abandon()  # its routes, if it never ran (run's teardown did it otherwise)
+        if member is None:
+            # The member's removal released the id; without one, release it here, at once,
+            # so the client may retry with this id right away.
+            try:
+                await self.state.release_id(peer_id)
+            except BackendUnavailable:
+                self.reliably(self.state.release_id, peer_id)
+        room = self.rooms.get(room_name)
+        if room is not None and room.empty:
+            self._drop_room(room)
+
+    def _drop_room(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        room.stop()
 
     async def _lifetime(
         self, member: Member, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -321,6 +491,9 @@ class Sfu:
             async with trio.open_nursery() as nursery:
                 await nursery.start(member.pc.run)
                 member.pc.start_soon(member.serve)
+                member.pc.start_soon(self._time_connect, member)
+                if member.connecting_from is not None:
+                    member.pc.start_soon(self._when_connected, member)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -328,25 +501,57 @@ class Sfu:
                 self._gone.pop(id(member), None)
                 gone.set()
 
+    async def _time_connect(self, member: Member) -> None:
+        """ICE + DTLS set-up time, from the accepted join to DTLS up (/metrics)."""
+        failed = False
+        try:
+            await member.pc.wait_connected()
+        except* ConnectionError:
+            failed = True  # closed before connecting: its session time says so
+        if not failed:
+            self.stats.connected(member.role, trio.current_time() - member.started)
+
     async def _remove(self, member: Member) -> None:
+        """Take a member out of its room, the state store and the bus; once only."""
+        if member.removed:
+            await trio.lowlevel.checkpoint()
+            return
+        member.removed = True
+        self._connected(member)
         room = member.room
         name = room.name
         if isinstance(member, Publisher):
-            room.publishers.pop(member.id, None)
+            if room.publishers.get(member.id) is member:
+                del room.publishers[member.id]
             member.close_relay()
             if member.announced:
                 self.reliably(self.state.remove_publisher, name, member.id)
                 self.reliably(self.bus.publish, name, PubLeft(name, member.id))
         elif isinstance(member, Downstream):
-            room.subscribers.pop(member.id, None)
+            if room.subscribers.get(member.id) is member:
+                del room.subscribers[member.id]
             member.close_downtracks()
             self.reliably(self.state.remove_subscriber, name, member.id)
             self.reliably(self.bus.publish, name, SubLeft(name, member.id))
         self.reliably(self.state.release_id, member.id)
-        if room.empty and self.rooms.get(name) is room:
-            del self.rooms[name]
-            room.stop()
-        log.info("left", extra={**member.log_extra, "reason": member.pc.close_reason})
+        if room.empty:
+            self._drop_room(room)
+        counters = member.counters()
+        seconds = trio.current_time() - member.started
+        reports = (
+            (member.rtt_reports, member.loss_reports) if isinstance(member, Downstream) else None
+        )
+        self.stats.left(member.role, seconds, counters, reports)
+        log.info(
+            "left",
+            extra={
+                **member.log_extra,
+                "reason": member.pc.close_reason,
+                "duration": round(seconds, 3),
+                "bytes_in": counters.get("bytes_in", 0),
+                "bytes_out": counters.get("bytes_out", 0),
+            },
+        )
         await trio.lowlevel.checkpoint()
 
     # -- leaving and listing --------------------------------------------------------------
@@ -448,6 +653,7 @@ class Sfu:
         time to stop sending new clients here. It exits once empty or after its timeout."""
         if not self.draining:
             self.draining = True
+            self.drained.set()
             log.info("draining", extra={"node": self.node_id, "members": self.members})
         if reconnect:
             self.send_reconnect()
@@ -460,84 +666,10 @@ class Sfu:
                 told += member.send(protocol.RECONNECT)
         log.info("RECONNECT sent", extra={"node": self.node_id, "told": told})
 
-    def metrics(self) -> dict[str, float]:
-        """Plain counters for ``GET /metrics`` (Prometheus text): read, never computed per
-        packet."""
-        out: dict[str, float] = {
-            "trio_sfu_rooms": len(self.rooms),
-            "trio_sfu_publishers": sum(len(r.publishers) for r in self.rooms.values()),
-            "trio_sfu_subscribers": sum(len(r.subscribers) for r in self.rooms.values()),
-            "trio_sfu_remote_tracks": len(self._remote),
-            "trio_sfu_outbox": sum(len(o) for o in self._outboxes.values()),
-            "trio_sfu_outbox_state": len(self._outboxes["state"]),
-            "trio_sfu_outbox_bus": len(self._outboxes["bus"]),
-            "trio_sfu_draining": int(self.draining),
-        }
-        out.update(process_metrics())
-        # The hot path's plain ints, summed here at scrape time (never per packet): live peers'
-        # counters, and the forwarding groups (issue 10) of local and relayed tracks.
-        peers: dict[str, int] = {}
-        groups = downtracks = track_packets = track_rtx = 0
-        for room in self.rooms.values():
-            for member in [*room.publishers.values(), *room.subscribers.values()]:
-                for name, value in vars_of(member.pc.stats).items():
-                    peers[name] = peers.get(name, 0) + value
-            for publisher in room.publishers.values():
-                for track in publisher.tracks:
-                    track_packets += track.packets
-                    track_rtx += track.rtx_received
-                    groups += len(track.fanout.groups)
-                    downtracks += len(track.fanout)
-        for remote in self._remote.values():
-            groups += len(remote.fanout.groups)
-            downtracks += len(remote.fanout)
-        for name, value in peers.items():
-            out[f"trio_sfu_peer_{name}"] = value
-        out["trio_sfu_track_packets"] = track_packets
-        out["trio_sfu_track_rtx_received"] = track_rtx
-        out["trio_sfu_forwarding_groups"] = groups
-        out["trio_sfu_downtracks"] = downtracks
-        for name, value in vars_of(self.rtc.endpoint.stats).items():
-            out[f"trio_sfu_udp_{name}_total"] = value
-        tcp = self.rtc.tcp
-        if tcp is not None:
-            out["trio_sfu_tcp_connections"] = tcp.connections
-            for name, value in vars_of(tcp.stats).items():
-                out[f"trio_sfu_tcp_{name}_total"] = value
-        counters = getattr(self.relay, "counters", None)
-        if counters is not None:
-            for name, value in vars_of(counters).items():
-                suffix = "" if name == "subscriptions" else "_total"
-                out[f"trio_sfu_relay_{name}{suffix}"] = value
-        for name, value in self.media_counters().items():
-            out[f"trio_sfu_live_{name}"] = value
-        return out
-
-    def media_counters(self) -> dict[str, int]:
-        """The forwarding path's plain int counters, summed over the live tracks and
-        down-tracks of this node (read only here, at scrape time; never per packet). They
-        count what the members now in rooms did, so they fall when members leave: gauges,
-        not Prometheus counters (hence no ``_total``)."""
-        totals = dict.fromkeys(
-            ("rtx_sent", "nack_misses", "nack_repeats",
-             "source_switches", "rtp_received", "rtx_received", "keyframe_requests",
-             "keyframe_requests_suppressed"),
-            0,
-        )
-        for room in self.rooms.values():
-            for publisher in room.publishers.values():
-                for track in publisher.tracks:
-                    totals["rtp_received"] += track.packets
-                    totals["rtx_received"] += track.rtx_received
-                    totals["keyframe_requests"] += track.keyframes.sent
-                    totals["keyframe_requests_suppressed"] += track.keyframes.suppressed
-            for member in room.subscribers.values():
-                for downtrack in member.live.values():
-                    totals["rtx_sent"] += downtrack.retransmitted
-                    totals["nack_misses"] += downtrack.nack_misses
-                    totals["nack_repeats"] += downtrack.nack_repeats
-                    totals["source_switches"] += downtrack.switches
-        return totals
+    @property
+    def half_open(self) -> int:
+        """Sessions admitted from a client address and not yet connected (admission control)."""
+        return self._half_open_total
 
     @property
     def members(self) -> int:

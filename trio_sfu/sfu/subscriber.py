@@ -52,6 +52,8 @@ class Subscriber(Downstream):
         #: down-tracks added to the session, forwarding once an answer accepts them
         self._pending: list[DownTrack] = []
         self._tolerated_logged = False
+        #: down-tracks of removed tracks, whose sections the next offer stops
+        self._retiring: list[DownTrack] = []
         pc.on_path_changed = self._path_changed
 
     def _path_changed(self, now: float) -> None:
@@ -67,6 +69,10 @@ class Subscriber(Downstream):
             return  # the seed's rule: never a user's own media; joins are idempotent
         self.known[info.publisher_id] = info
         self.send(protocol.pub_join(info.publisher_id))
+        for track in info.tracks:  # PUB_JOIN is about the connection, TRACK_ADD its tracks
+            self.send(protocol.track_add(info.publisher_id, track))
+            if track.muted:
+                self.send(protocol.muted(info.publisher_id, track.track_id, True))
         if self.mode == "auto":
             self.wanted.add(info.publisher_id)
             self._changed()
@@ -86,6 +92,41 @@ class Subscriber(Downstream):
         if self.mode == "manual":
             self.send(protocol.media(list(self.known.values())))
 
+    def publisher_changed(self, info: PublisherInfo) -> None:
+        """A publisher's tracks changed (issue 15): TRACK_ADD / TRACK_REMOVE / MUTED, and a
+        renegotiation if the set of tracks changed (a removed track stops forwarding now; its
+        section is stopped in the next offer and recycled by a later one). A mute alone is
+        no renegotiation."""
+        if info.user == self.user:
+            return
+        old = self.known.get(info.publisher_id)
+        if old is None:
+            self.publisher_joined(info)
+            return
+        self.known[info.publisher_id] = info
+        before = {t.track_id: t for t in old.tracks}
+        after = {t.track_id: t for t in info.tracks}
+        pid = info.publisher_id
+        for track_id in before.keys() - after.keys():
+            self.send(protocol.track_remove(pid, track_id))
+            downtrack = self.downtracks.pop((pid, track_id), None)
+            if downtrack is not None:
+                self.stop_forwarding(downtrack)
+                self._retiring.append(downtrack)
+        for track in info.tracks:
+            previous = before.get(track.track_id)
+            if previous is None:
+                self.send(protocol.track_add(pid, track))
+                if track.muted:
+                    self.send(protocol.muted(pid, track.track_id, True))
+            elif previous.muted != track.muted:
+                self.send(protocol.muted(pid, track.track_id, track.muted))
+        if before.keys() != after.keys():
+            if pid in self.wanted:
+                self._changed()
+            if self.mode == "manual":
+                self.send(protocol.media(list(self.known.values())))
+
     def _changed(self) -> None:
         self._dirty.set()
 
@@ -103,6 +144,10 @@ class Subscriber(Downstream):
                 self.send(protocol.error("no SDP_OFFER is waiting for an answer"))
                 return
             self._answers_send.send_nowait(command.sdp)
+        elif isinstance(command, protocol.SdpRecycle):
+            # Off: new tracks always get new m-sections (a stack that cannot take a recycled
+            # m-line, e.g. GStreamer 1.22); the SDP then grows with every publisher seen.
+            self.pc.jsep.recycle = command.on
         elif isinstance(command, protocol.SubMode):
             self.mode = command.mode
             self.wanted = set(self.known) if self.mode == "auto" else set()
@@ -193,8 +238,10 @@ class Subscriber(Downstream):
 
     def _apply_wanted(self) -> list[DownTrack]:
         """Bring the transceivers in line with ``wanted``; return the new (inactive) down-tracks."""
+        retiring, self._retiring = self._retiring, []
         for key in [k for k in self.downtracks if k[0] not in self.wanted]:
-            downtrack = self.downtracks.pop(key)
+            retiring.append(self.downtracks.pop(key))
+        for downtrack in retiring:
             self.stop_forwarding(downtrack)
             self.pc.stop_transceiver(downtrack.transceiver)
         added: list[DownTrack] = []

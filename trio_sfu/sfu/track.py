@@ -186,9 +186,13 @@ class PublishedTrack:
         self._fir = FirSequence()
         self.packets = 0
         self.rtx_received = 0
+        #: RTX padding-only packets (bandwidth probes, RFC 4588 §8.3: no OSN), never forwarded
+        self.padding_received = 0
         #: the relay's entry for this track (cluster mode): called per packet, a no-op unless
         #: another pod currently wants the track
         self.relay_sink: Callable[[bytes], None] | None = None
+        #: the publisher's MUTE (issue 15): its packets are dropped before this track sees them
+        self.muted = False
 
     def __repr__(self) -> str:
         return f"<PublishedTrack {self.publisher_id}/{self.track_id} {self.kind}>"
@@ -204,6 +208,7 @@ class PublishedTrack:
                 return
             unwrapped = rtx_unwrap(packet, ingress.ssrc, apt)
             if unwrapped is None:
+                self.padding_received += 1
                 return  # padding-only probe
             seq, packet = unwrapped
             if ingress.nack is not None:
@@ -265,6 +270,16 @@ class PublishedTrack:
         self.gate.drop(downtrack)
         self.fanout.remove(downtrack)
 
+    @property
+    def uses_fir(self) -> bool:
+        """Keyframe requests go out as FIR (RFC 5104) rather than PLI (RFC 4585)."""
+        return not self.transceiver.pli and self.transceiver.fir
+
+    @property
+    def nack_requested(self) -> int:
+        """Sequence numbers this track asked the publisher to retransmit (RFC 4585 NACKs)."""
+        return sum(i.nack.requested for i in self._ingress.values() if i.nack is not None)
+
     def resend_to_relay(self, sequence_numbers: tuple[int, ...], now: float) -> None:
         """Another pod's subscribers lost these relayed packets (a ``Nack`` command, issue 9):
         relay them again from the cache; if some are gone, ask the publisher for a keyframe."""
@@ -291,7 +306,7 @@ class PublishedTrack:
     def _send_keyframe_request(self) -> None:
         t = self.transceiver
         assert self.media_ssrc is not None
-        if t.pli or not t.fir:
+        if not self.uses_fir:
             pli = Pli(sender_ssrc=t.sender_ssrc, media_ssrc=self.media_ssrc)
             self.pc.send_rtcp(pli.serialize())
         else:
@@ -395,7 +410,7 @@ class DownTrack:
         if not self._configure(self.source.info):
             log.warning(
                 "subscriber accepted none of the publisher's codecs",
-                extra={"peer": self.pc.name, "track": self.source.track_id},
+                extra={**self.pc.log_extra, "track": self.source.track_id},
             )
             return False
         return True
@@ -428,6 +443,13 @@ class DownTrack:
             clock_rate=clock_rate,
             twcc=TransportCcSequencer(twcc_id) if twcc_id else None,
         )
+
+    @property
+    def sent_octets(self) -> int:
+        """RTP payload octets sent on this down-track so far: its share of what the groups it
+        belonged to sent (read for logs and /metrics, never per packet)."""
+        group = self.group
+        return group.stats.octets - self._base_octets if group is not None else self._sent_octets
 
     def joined(self, group: ForwardingGroup) -> None:
         self.group = group

@@ -109,6 +109,27 @@ class WhepViewer(Downstream):
             self._follow(replacement, trio.current_time())
         # else: keep the transceivers; the next publisher to join is followed.
 
+    def publisher_changed(self, info: PublisherInfo) -> None:
+        """The followed publisher's tracks changed: keep forwarding its first audio and first
+        video track (a viewer never renegotiates; a kind it no longer sends just pauses)."""
+        known = [p for p in self._candidates if p.publisher_id == info.publisher_id]
+        if not known:
+            self.publisher_joined(info)
+            return
+        self._candidates = [info if p is known[0] else p for p in self._candidates]
+        if info.publisher_id != self.following:
+            return
+        now = trio.current_time()
+        for kind, downtrack in self.downtracks.items():
+            track = _first(info.tracks, kind)
+            if track is None or track.track_id == downtrack.source.track_id:
+                continue
+            source = self.room.sfu.track_source(self.room.name, info, track)
+            if source is not None:
+                downtrack.switch(source, now)
+        if len(self.downtracks) < 2:
+            self._follow(info, now)  # a kind it had not sent before
+
     def send(self, text: str) -> bool:
         return False  # a viewer has no command channel
 

@@ -119,6 +119,11 @@ class JsepSession:
         )
         #: direction of transceivers created for new m-sections of a remote offer
         self.new_transceiver_direction: Direction = new_transceiver_direction
+        #: reuse stopped m-sections for new transceivers in our offers (RFC 8829 §5.2.2); off
+        #: for a peer that cannot take a recycled m-line (GStreamer 1.22's webrtcbin keeps the
+        #: stopped section's transceiver and refuses its direction change), which then gets
+        #: a new m-section for every new transceiver
+        self.recycle = True
         self._random = random_bytes
         self.signaling_state: SignalingState = "stable"
         self.data_mid: str | None = None
@@ -235,7 +240,7 @@ class JsepSession:
         waiting = [t for t in self._transceivers if t.mid is None and not t.stopped]
         assigned: list[Transceiver] = []
         for i, slot in enumerate(slots):  # RFC 8829 §5.2.2: recycle zero-port sections
-            if slot.rejected and waiting:
+            if slot.rejected and waiting and self.recycle:
                 t = waiting.pop(0)
                 slots[i] = _Slot(self._new_mid(), t.kind, _RTP_PROTOCOL, [], t)
                 assigned.append(t)

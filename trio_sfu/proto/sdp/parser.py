@@ -9,6 +9,7 @@ could fail is guarded: the fuzz suite asserts that nothing but SdpError ever esc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from ..errors import SdpError
@@ -70,6 +71,21 @@ def _token(text: str, what: str) -> str:
     if len(parts) != 1:
         raise _LineError(f"{what} must be a single token")
     return parts[0]
+
+
+# RFC 8866 §9: token-char, and proto = token *("/" token). An answer echoes a rejected
+# section's media, proto and formats, so they must be what the grammar allows (never, e.g.,
+# non-ASCII text a client smuggled in for us to repeat).
+_TOKEN = r"[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7e]+"
+_MEDIA_TOKEN = re.compile(_TOKEN + r"\Z")
+_PROTO = re.compile(f"{_TOKEN}(?:/{_TOKEN})*" + r"\Z")
+
+
+def _mid(value: str) -> str:
+    mid = _token(value, "mid")
+    if not _MEDIA_TOKEN.match(mid):
+        raise _LineError(f"mid must be a token (RFC 5888): {mid[:40]!r}")
+    return mid
 
 
 _DIRECTION_VALUES: dict[str, Direction] = {
@@ -444,7 +460,7 @@ def _h_max_message_size(b: _MediaBuilder, value: str) -> None:
 
 
 _MEDIA_HANDLERS: dict[str, Callable[[_MediaBuilder, str], None]] = {
-    "mid": _m_once("mid", "mid", lambda v: _token(v, "mid")),
+    "mid": _m_once("mid", "mid", _mid),
     "ice-ufrag": _m_once("ice_ufrag", "ice-ufrag", lambda v: _token(v, "ice-ufrag")),
     "ice-pwd": _m_once("ice_pwd", "ice-pwd", lambda v: _token(v, "ice-pwd")),
     "setup": _m_once("setup", "setup", _setup),
@@ -521,6 +537,13 @@ def _media_line(value: str) -> MediaSection:
     parts = value.split()
     if len(parts) < 4:
         raise _LineError("m= needs <media> <port> <proto> <fmt>...")
+    if not _MEDIA_TOKEN.match(parts[0]):
+        raise _LineError(f"media must be a token: {parts[0][:40]!r}")
+    if not _PROTO.match(parts[2]):
+        raise _LineError(f"proto must be tokens separated by '/': {parts[2][:40]!r}")
+    for fmt in parts[3:]:
+        if not _MEDIA_TOKEN.match(fmt):
+            raise _LineError(f"fmt must be a token: {fmt[:40]!r}")
     port_text, slash, count_text = parts[1].partition("/")
     port = _uint(port_text, "port", 65535)
     port_count = _uint(count_text, "port count", 65535, 1) if slash else None
