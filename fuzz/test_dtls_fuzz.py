@@ -1,10 +1,12 @@
 """DTLS fuzzing: random and mutated datagrams never raise anything but DtlsError (the
-transport in fact never raises on input), and never break an established association."""
+transport in fact never raises on input), and never break an established association. Each
+example gets its own fresh association, so examples shrink and replay."""
 
 from __future__ import annotations
 
 import contextlib
 import struct
+from dataclasses import dataclass
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,43 +52,66 @@ def drain(t: DtlsTransport) -> list[object]:
     return out
 
 
-# One established association shared by every example: garbage accumulates across examples,
-# which is the harsher test. Real datagrams (every handshake flight and some application
-# records) seed the mutations.
-SEEDS: list[bytes] = []
-CLIENT, SERVER = new_pair()
-SERVER.start(0.0)
-CLIENT.start(0.0)
-pump(CLIENT, SERVER, SEEDS)
-assert isinstance(drain(CLIENT)[0], HandshakeComplete)
-assert isinstance(drain(SERVER)[0], HandshakeComplete)
-for payload in (b"a" * 10, b"b" * 300):
-    CLIENT.send(payload)
-    SERVER.send(payload)
-    SEEDS += CLIENT.datagrams_to_send() + SERVER.datagrams_to_send()
+def established() -> tuple[DtlsTransport, DtlsTransport, list[bytes]]:
+    """A fresh established association and its real datagrams (every handshake flight and
+    some application records), which seed the mutations. Built per example, so an example
+    depends on nothing an earlier one did: Hypothesis can shrink and replay it."""
+    seeds: list[bytes] = []
+    client, server = new_pair()
+    server.start(0.0)
+    client.start(0.0)
+    pump(client, server, seeds)
+    assert isinstance(drain(client)[0], HandshakeComplete)
+    assert isinstance(drain(server)[0], HandshakeComplete)
+    for payload in (b"a" * 10, b"b" * 300):
+        client.send(payload)
+        server.send(payload)
+        seeds += client.datagrams_to_send() + server.datagrams_to_send()
+    return client, server, seeds
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 5))):
-        op = draw(st.integers(0, 4))
+# A mutation is drawn as data (which seed, which edits at which relative positions) and applied
+# to the fresh association's own datagrams, so the same example replays the same edits.
+Edit = tuple[int, int, int, bytes]  # (operation, position 0..65535, value, inserted bytes)
+edits = st.lists(
+    st.tuples(st.integers(0, 4), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
+              st.binary(min_size=1, max_size=16)),
+    min_size=1, max_size=5,
+)
+
+
+def mutate(seed: bytes, plan: list[Edit]) -> bytes:
+    data = bytearray(seed)
+    for op, where, value, blob in plan:
         if op == 0:
-            i = draw(st.integers(0, len(data) - 1))
-            data[i] ^= 1 << draw(st.integers(0, 7))
+            data[where * len(data) >> 16] ^= 1 << (value & 7)
         elif op == 1:
-            del data[draw(st.integers(1, len(data))) :]
+            del data[1 + (where * len(data) >> 16) :]
         elif op == 2:
-            i = draw(st.integers(0, len(data)))
-            data[i:i] = draw(st.binary(min_size=1, max_size=16))
+            i = where * (len(data) + 1) >> 16
+            data[i:i] = blob
         elif op == 3 and len(data) >= 13:  # a record length that lies
-            struct.pack_into("!H", data, 11, draw(st.integers(0, 0xFFFF)))
+            struct.pack_into("!H", data, 11, value)
         elif len(data) >= 5:  # another epoch / content type
-            struct.pack_into("!H", data, 3, draw(st.integers(0, 3)))
-            data[0] = draw(st.sampled_from([20, 21, 22, 23, 24, 25]))
+            struct.pack_into("!H", data, 3, value & 3)
+            data[0] = (20, 21, 22, 23, 24, 25)[value % 6]
         if not data:
             data.append(22)
     return bytes(data)
+
+
+@dataclass(frozen=True)
+class Mutated:
+    """Edits to the ``index``-th (mod how many there are) real datagram."""
+
+    index: int
+    plan: list[Edit]
+
+    def apply(self, seeds: list[bytes]) -> bytes:
+        return mutate(seeds[self.index % len(seeds)], self.plan)
+
+
+mutated = st.builds(Mutated, st.integers(0, 63), edits)
 
 
 dtls_range = st.builds(
@@ -101,39 +126,45 @@ record_like = st.builds(
     st.integers(0, 2**48 - 1),
     st.binary(max_size=200),
 )
-datagrams = st.lists(st.one_of(dtls_range, record_like, mutated()), min_size=1, max_size=5)
+datagrams = st.lists(st.one_of(dtls_range, record_like, mutated), min_size=1, max_size=5)
 
 
-def feed(t: DtlsTransport, batch: list[bytes]) -> list[object]:
-    for data in batch:
+def feed(t: DtlsTransport, batch: list[bytes | Mutated], seeds: list[bytes]) -> list[object]:
+    for item in batch:
+        data = item.apply(seeds) if isinstance(item, Mutated) else item
         with contextlib.suppress(DtlsError):  # the transport never raises on input,
             t.receive_datagram(data, 1.0)  # but DtlsError would be within the contract
         t.datagrams_to_send()
     return drain(t)
 
 
+SEEDS = established()[2]
+
+
 @given(datagrams)
-def test_established_association_survives(batch: list[bytes]) -> None:
-    for target in (SERVER, CLIENT):
-        evs = feed(target, batch)
+def test_established_association_survives(batch: list[bytes | Mutated]) -> None:
+    client, server, seeds = established()
+    for target in (server, client):
+        evs = feed(target, batch, seeds)
         # Only genuine application records (replayed seeds) may come out: DTLS has replay
         # protection, so even those are dropped once seen.
         assert all(isinstance(e, ApplicationData) for e in evs), evs
         assert target.state is DtlsState.CONNECTED
-    CLIENT.send(b"ping")
-    SERVER.send(b"pong")
-    pump(CLIENT, SERVER)
-    assert drain(SERVER) == [ApplicationData(b"ping")]
-    assert drain(CLIENT) == [ApplicationData(b"pong")]
+    client.send(b"ping")
+    server.send(b"pong")
+    pump(client, server)
+    assert drain(server) == [ApplicationData(b"ping")]
+    assert drain(client) == [ApplicationData(b"pong")]
 
 
 @given(datagrams, st.booleans())
-def test_fresh_transport_raises_nothing(batch: list[bytes], is_server: bool) -> None:
+def test_fresh_transport_raises_nothing(batch: list[bytes | Mutated], is_server: bool) -> None:
+    seeds = SEEDS  # another association's datagrams: real records this one cannot decrypt
     client, server = new_pair()
     target = server if is_server else client
     target.start(0.0)
     target.datagrams_to_send()
-    evs = feed(target, batch)
+    evs = feed(target, batch, seeds)
     # Garbage may kill a handshake in progress (a forged fatal alert is indistinguishable
     # from a real one before keys exist), but it never completes one.
     assert all(isinstance(e, Closed) and e.error for e in evs), evs

@@ -44,12 +44,13 @@ class SfuEnv:
 
 
     def forwarding(self, room: str, subscriber_id: str, publisher_id: str) -> bool:
-        """The server side applied the subscriber's answer: ``publisher_id`` is forwarded."""
+        """The server side applied the subscriber's answer: ``publisher_id`` is forwarded
+        (a video down-track from its source's next keyframe on: it may still wait for one)."""
         sub = self.sfu.rooms.get(room) and self.sfu.rooms[room].subscribers.get(subscriber_id)
         if not sub:
             return False
         tracks = [d for (p, _), d in sub.downtracks.items() if p == publisher_id]
-        return bool(tracks) and all(d.rewriter is not None for d in tracks)
+        return bool(tracks) and all(sub.live.get(d.transceiver.sender_ssrc) is d for d in tracks)
 
 
 async def start_sfu(nursery: trio.Nursery, *, consent_timeout: float = 30.0) -> SfuEnv:

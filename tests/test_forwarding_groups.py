@@ -143,6 +143,8 @@ class Subscriber:
     started: bool = False
 
 
+VP8_KEY = b"\x10\x00\x00\x00\x9d\x01\x2a"
+
 Op = tuple[str, int, int]
 ops = st.lists(
     st.one_of(
@@ -213,7 +215,11 @@ class World:
             seq = self.seq & 0xFFFF
             self.seq += 1
             self.now += 0.01
-            self.payloads[seq] = os.urandom(8) + seq.to_bytes(2, "big")
+            # Each packet starts a VP8 keyframe (RFC 7741 descriptor, RFC 6386 §9.1 start
+            # code): a new subscriber waits for one (KeyframeGate), and here the next packet
+            # after a join always is one, so the model's "forwarded from the next packet on"
+            # holds.
+            self.payloads[seq] = VP8_KEY + os.urandom(8) + seq.to_bytes(2, "big")
             self.order[seq] = self.seq
             audience = [s for s in self.subscribers if s.active]
             if lose:
@@ -283,7 +289,9 @@ class World:
                 sub.downtrack.close()
                 sub.active = False
             elif name == "split":
-                assert self.track.fanout.split(sub.downtrack) is not None
+                # A subscriber still waiting for its first keyframe is in no group yet.
+                held = sub.downtrack in self.track.gate.waiting
+                assert (self.track.fanout.split(sub.downtrack) is None) == held
             elif name == "leg_loss":
                 sub.leg.drop_next = b
             elif name == "nack":
@@ -298,10 +306,13 @@ class World:
         have = {m.sequence_number for m in media if m.ssrc == ssrc}
         ref = media[0].sequence_number
         diffs = [((s - ref + 0x8000) & 0xFFFF) - 0x8000 for s in have]
+        # A NACK follows the loss by at least a round trip, and one repeated within a round
+        # trip of our retransmission is not answered again (DownTrack.retransmit).
+        self.now += 0.2
         for k in range(min(diffs), max(diffs)):
             out_seq = (ref + k) & 0xFFFF
             if out_seq not in have:
-                sub.downtrack.retransmit(out_seq)
+                sub.downtrack.retransmit(out_seq, self.now)
 
     @staticmethod
     def media_pt(sub: Subscriber) -> int:

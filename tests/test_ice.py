@@ -596,3 +596,120 @@ def test_interop_our_controlling_agent_against_aioice_controlled() -> None:
 
     events = asyncio.run(main())
     assert isinstance(events[0], Connected) and events[0].addr[0] == bind
+
+
+# -- consent from media and the path rule (docs/security.md, "Path changes") --------------------
+
+OTHER = ("203.0.113.9", 40000)
+
+
+def confirmed_lite() -> IceLiteAgent:
+    """A lite agent whose selected pair (CLIENT) has carried authenticated media at t=1."""
+    agent = new_lite()
+    assert lite_handle(agent, request(), CLIENT, now=1.0).nominated
+    assert agent.selected == CLIENT and not agent.confirmed
+    assert not agent.authenticated(CLIENT, 1.0)
+    assert agent.confirmed
+    return agent
+
+
+def test_authenticated_media_keeps_consent_without_checks() -> None:
+    """RFC 7675 §5.1: consent is the media sender's duty; authenticated media on the selected
+    pair keeps a peer that sends no checks (libnice after nomination) alive."""
+    agent = confirmed_lite()
+    for t in range(2, 120):
+        agent.heard(float(t))  # what the driver does for each authenticated packet
+        assert not agent.consent_expired(t + 0.5)
+    # Silence from then on: consent ends one timeout after the last authenticated packet.
+    assert agent.consent_expires_at == 119.0 + 30.0
+    assert not agent.consent_expired(148.9) and agent.consent_expired(149.0)
+
+
+def test_media_from_an_unvalidated_or_other_address_keeps_nothing_alive() -> None:
+    agent = confirmed_lite()
+    assert not agent.authenticated(OTHER, 20.0)  # validated but never nominated
+    assert agent.selected == CLIENT and agent.consent_expires_at == 31.0
+
+
+def test_heard_never_moves_consent_backwards() -> None:
+    agent = confirmed_lite()
+    agent.heard(10.0)
+    agent.heard(5.0)
+    assert agent.consent_expires_at == 40.0
+
+
+def test_a_nominating_check_alone_does_not_move_a_confirmed_path() -> None:
+    agent = confirmed_lite()
+    reply = lite_handle(agent, request(), OTHER, now=2.0)
+    # Answered (the peer's own check is valid) and remembered, but media stays where it was.
+    assert reply.valid and reply.nominated
+    assert agent.selected == CLIENT and agent.candidate == OTHER
+    # Any number of such checks: still not moved, and they do not renew consent.
+    for t in (2.5, 3.0, 3.5):
+        lite_handle(agent, request(), OTHER, now=t)
+    assert agent.selected == CLIENT and agent.consent_expires_at == 31.0
+
+
+def test_authenticated_media_from_the_candidate_moves_the_path() -> None:
+    agent = confirmed_lite()
+    lite_handle(agent, request(), OTHER, now=2.0)
+    assert agent.authenticated(OTHER, 2.1)
+    assert agent.selected == OTHER and agent.candidate is None and agent.confirmed
+    assert agent.consent_expires_at == 32.1
+    # And back again takes the same proof: a check from the old address is only a candidate.
+    lite_handle(agent, request(), CLIENT, now=3.0)
+    assert agent.selected == OTHER and agent.candidate == CLIENT
+
+
+def test_the_candidate_takes_over_once_the_selected_pair_is_silent() -> None:
+    """A peer that moved but sends nothing authenticated yet (an idle data channel) still
+    moves: the old pair is silent for ``path_silence`` seconds."""
+    agent = confirmed_lite()
+    assert agent.path_silence == 8.0  # min(PATH_SILENCE, consent timeout / 2)
+    agent.heard(4.0)
+    lite_handle(agent, request(), OTHER, now=5.0)
+    assert agent.path_deadline == 12.0
+    assert not agent.handle_timer(11.9) and agent.selected == CLIENT
+    lite_handle(agent, request(), OTHER, now=10.0)  # the candidate keeps checking
+    assert agent.handle_timer(12.0)
+    assert agent.selected == OTHER and agent.candidate is None
+    # Consent on the new pair runs from its last check, not from the move.
+    assert agent.consent_expires_at == 40.0
+
+
+def test_live_selected_pair_keeps_the_path_against_a_candidate() -> None:
+    agent = confirmed_lite()
+    lite_handle(agent, request(), OTHER, now=2.0)
+    for t in range(3, 60):
+        agent.heard(float(t))  # the real peer keeps streaming from CLIENT
+        assert not agent.handle_timer(float(t))
+    assert agent.selected == CLIENT
+
+
+def test_a_nominating_check_after_silence_moves_at_once() -> None:
+    agent = confirmed_lite()
+    lite_handle(agent, request(), OTHER, now=9.5)  # 8.5 s after the last input on CLIENT
+    assert agent.selected == OTHER
+
+
+def test_a_stale_candidate_is_forgotten_rather_than_selected() -> None:
+    agent = IceLiteAgent(SERVER_UFRAG, SERVER_PWD, consent_timeout=30.0, path_silence=20.0, now=0)
+    agent.set_remote_credentials(CLIENT_UFRAG, CLIENT_PWD)
+    lite_handle(agent, request(), CLIENT, now=1.0)
+    agent.authenticated(CLIENT, 1.0)
+    lite_handle(agent, request(), OTHER, now=2.0)
+    agent.heard(40.0)
+    # The selected pair went silent at 40; by then the candidate's one check is 58 s old.
+    assert not agent.handle_timer(60.0)
+    assert agent.selected == CLIENT and agent.candidate is None
+
+
+def test_before_any_authenticated_traffic_the_newest_nomination_wins() -> None:
+    """Nothing flows yet that could be stolen: a browser nominating another pair during
+    connectivity checks (aggressive nomination) gets it at once, as RFC 8445 §8.1.1 lets
+    the controlling agent decide."""
+    agent = new_lite()
+    lite_handle(agent, request(attrs={"PRIORITY": 1, "ICE-CONTROLLING": 1}), OTHER, now=1.0)
+    assert agent.selected == OTHER  # first valid check: somewhere to send
+    lite_handle(agent, request(), CLIENT, now=1.1)
+    assert agent.selected == CLIENT and agent.candidate is None

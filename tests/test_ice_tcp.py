@@ -44,6 +44,8 @@ class RecordingPeer:
         self.ice_agent = IceLiteAgent(self.ufrag, self.pwd, now=trio.current_time())
         self.remote_address: Address | None = None
         self.path: Path | None = None
+        self.heard_at = trio.current_time()  # authenticated media time (EndpointPeer)
+        self.connected = False
         self.received: list[tuple[Kind, bytes]] = []
         self.validated: list[tuple[Path, bool]] = []
         self.closed: list[Path] = []
@@ -406,30 +408,43 @@ class FakeTcpPath:
 
 async def test_a_server_peer_follows_the_nominated_path_across_transports() -> None:
     """UDP first, then a nominated TCP check moves the media (and asks for keyframes);
-    unnominated checks elsewhere do not; a closed TCP path is dropped until the next check."""
+    unnominated checks elsewhere do not; a closed TCP path is dropped until the next check.
+    Each check goes through the lite agent first, as the endpoints do (the path rule of
+    docs/security.md: before any authenticated traffic, the newest nomination wins)."""
     rtc = RtcServer.bind("127.0.0.1", 0, tcp_port=0)
     try:
         peer = rtc.create_peer("p")
         moves: list[float] = []
         peer.on_path_changed = moves.append
+
+        def validated(path: Path, nominated: bool, now: float) -> None:
+            agent = peer.ice_agent
+            data = stun.binding_request(
+                username=f"{agent.local_ufrag}:remote", password=agent.local_pwd,
+                priority=1 << 24, tie_breaker=1, transaction_id=secrets.token_bytes(12),
+                use_candidate=nominated,
+            )
+            assert agent.handle_request(stun.parse(data), data, path.address, now).valid
+            peer.address_validated(path, nominated, now)
+
         udp = UdpPath(rtc.endpoint, ("127.0.0.1", 5000))
-        peer.address_validated(udp, nominated=False, now=1.0)  # nowhere else to send: taken
+        validated(udp, False, 1.0)  # nowhere else to send: taken
         assert peer.path == udp and peer.remote_address == ("127.0.0.1", 5000) and moves == []
         tcp = FakeTcpPath(("127.0.0.1", 6000))
-        peer.address_validated(tcp, nominated=False, now=2.0)
+        validated(tcp, False, 2.0)
         assert peer.path == udp  # a check is not a nomination
-        peer.address_validated(tcp, nominated=True, now=3.0)
+        validated(tcp, True, 3.0)
         assert peer.path is tcp and peer.remote_address == tcp.address and moves == [3.0]
         peer._send_datagram(b"\x80x")
         assert tcp.sent == [b"\x80x"]
-        peer.address_validated(UdpPath(rtc.endpoint, ("127.0.0.1", 5000)), True, now=4.0)
+        validated(UdpPath(rtc.endpoint, ("127.0.0.1", 5000)), True, 4.0)
         assert peer.path == udp and moves == [3.0, 4.0]  # and back to UDP (equal paths)
-        peer.address_validated(tcp, nominated=True, now=5.0)
+        validated(tcp, True, 5.0)
         tcp.usable = False
         peer.path_closed(tcp)
         assert peer.path is None and peer.remote_address is None
         peer._send_datagram(b"\x80y")  # nowhere to send: dropped
-        peer.address_validated(udp, nominated=False, now=6.0)
+        validated(udp, False, 6.0)
         assert peer.path == udp
         peer.abandon()
     finally:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trio_sfu.sfu.media import FirSequence, KeyframeThrottle
+from trio_sfu.sfu.media import FirSequence, KeyframeGate, KeyframeThrottle
+from trio_sfu.sfu.media.keyframe import KEYFRAME_WAIT
 
 
 def test_at_most_one_request_per_interval() -> None:
@@ -55,3 +56,54 @@ def test_fir_sequence_increments_per_new_request_and_wraps() -> None:
     assert fir.next_request() == 0
     assert fir.next_request() == 1
     assert FirSequence(start=0x1FF).current == 0xFF
+
+
+# -- the gate: new subscribers start at a keyframe ----------------------------------------------
+
+VP8_KEY = bytes([0x80, 96, 0, 1]) + bytes(8) + b"\x10" + b"\x00\x00\x00\x9d\x01\x2a" + bytes(20)
+VP8_DELTA = bytes([0x80, 96, 0, 2]) + bytes(8) + b"\x10" + b"\x01" + bytes(20)
+
+
+def test_gate_holds_until_a_keyframe_starts() -> None:
+    gate: KeyframeGate[str] = KeyframeGate([(96, "VP8"), (97, "rtx")])
+    assert gate.active
+    gate.hold("bob")
+    throttle = KeyframeThrottle(0.5)
+    assert gate.watch(VP8_DELTA, 1.0, throttle) == []
+    assert gate.waiting == ["bob"]
+    assert gate.watch(VP8_KEY, 1.1, throttle) == ["bob"]
+    assert gate.waiting == []
+
+
+def test_gate_keyframe_ends_a_pending_request() -> None:
+    gate: KeyframeGate[str] = KeyframeGate([(96, "VP8")])
+    throttle = KeyframeThrottle(0.5)
+    assert throttle.allow(0.0) and not throttle.allow(0.1)
+    assert throttle.pending
+    gate.watch(VP8_DELTA, 0.2, throttle)
+    assert throttle.pending
+    gate.watch(VP8_KEY, 0.3, throttle)
+    assert not throttle.pending and throttle.get_timer() is None and not throttle.due(0.6)
+
+
+def test_gate_gives_up_waiting_after_keyframe_wait() -> None:
+    """A publisher that ignores PLI, or frames the detectors cannot read (E2EE), must not
+    leave a subscriber black forever."""
+    gate: KeyframeGate[str] = KeyframeGate([(96, "VP8")])
+    throttle = KeyframeThrottle(0.5)
+    gate.hold("bob")
+    assert gate.watch(VP8_DELTA, 10.0, throttle) == []
+    assert gate.watch(VP8_DELTA, 10.0 + KEYFRAME_WAIT - 0.01, throttle) == []
+    assert gate.watch(VP8_DELTA, 10.0 + KEYFRAME_WAIT, throttle) == ["bob"]
+
+
+def test_gate_is_inactive_for_audio_and_unknown_codecs() -> None:
+    assert not KeyframeGate([(111, "opus")]).active
+    assert not KeyframeGate([(100, "x-unknown")]).active
+    gate: KeyframeGate[str] = KeyframeGate([(96, "VP8")])
+    gate.hold("a")
+    gate.hold("b")
+    gate.drop("a")
+    assert gate.waiting == ["b"]
+    # A packet of another payload type (RTX, or a codec we cannot read) is not a keyframe.
+    assert not gate.is_keyframe(bytes([0x80, 97]) + VP8_KEY[2:])

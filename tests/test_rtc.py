@@ -149,12 +149,19 @@ async def test_address_change_keeps_media_flowing(
             await trio.sleep(0.01)
     old_address = spc.remote_address
     new_local = await client.rebind()
+    # The nominating check from the new address alone does not move a confirmed path
+    # (docs/security.md, "Path changes"): it waits as the candidate ...
+    with trio.fail_after(5):
+        while spc.ice_agent.candidate != new_local:
+            await trio.sleep(0.01)
+    assert spc.remote_address == old_address != new_local
+    # ... until authenticated SRTP arrives from there: the first packet moves the path, so
+    # every echo, that packet's included, goes to the new address.
+    for seq in range(50, 100):
+        client.send_rtp(rtp(video.sender_ssrc, seq))
     with trio.fail_after(5):
         while spc.remote_address != new_local:
             await trio.sleep(0.01)
-    assert old_address != new_local
-    for seq in range(50, 100):
-        client.send_rtp(rtp(video.sender_ssrc, seq))
     with trio.fail_after(5):
         while len(back.packets) < 100:
             await trio.sleep(0.01)
@@ -303,3 +310,120 @@ async def test_malformed_offer_is_an_sdp_error(rtc_server: RtcServer) -> None:
     with pytest.raises(SdpError):
         spc.handle_offer("v=0\r\nthis is not sdp\r\n")
     rtc_server.endpoint.unregister(spc)
+
+
+# -- consent from media, and no path theft (docs/security.md, "Path changes") -------------------
+
+
+async def test_media_alone_keeps_consent_and_silence_ends_it(nursery: trio.Nursery) -> None:
+    """RFC 7675 puts consent on the sender of media: a client that sends no consent checks
+    after connecting (libnice does this) but keeps sending authenticated SRTP — or only
+    data-channel messages (DTLS) — is not closed; once it sends nothing it ends at the
+    consent timeout."""
+    server = RtcServer.bind("127.0.0.1", 0, consent_timeout=1.0)
+    nursery.start_soon(server.serve)
+    # consent_interval far beyond the test: the client never sends a check after connecting.
+    media = new_client(consent_interval=10_000.0)
+    video = media.add_transceiver("video", "sendrecv")
+    chat = new_client(consent_interval=10_000.0)
+    channel = chat.create_data_channel("c")
+    async with trio.open_nursery() as clients:
+        spc_media = await connect(server, clients, media, server_nursery=nursery)
+        spc_chat = await connect(server, clients, chat, server_nursery=nursery)
+        # Four consent timeouts of media / messages and nothing else.
+        for seq in range(160):
+            media.send_rtp(rtp(video.sender_ssrc, seq))
+            if seq % 5 == 0 and channel.ready_state == "open":
+                channel.send(f"m{seq}")
+            await trio.sleep(0.025)
+        assert not spc_media.closing, spc_media.close_reason
+        assert not spc_chat.closing, spc_chat.close_reason
+        assert spc_media.stats.rtp_in >= 150 and spc_chat.stats.dc_messages_in >= 25
+        # Now both go quiet (no close_notify): the consent timeout ends them.
+        media.closing = chat.closing = True
+        clients.cancel_scope.cancel()
+    with trio.fail_after(5):
+        await spc_media.wait_closed()
+        await spc_chat.wait_closed()
+    assert spc_media.close_reason == spc_chat.close_reason == "consent timeout"
+    server.close()
+
+
+async def test_a_valid_check_from_a_live_peers_address_is_refused(
+    rtc_server: RtcServer, nursery: trio.Nursery
+) -> None:
+    """An attacker with its own session sends a valid nominating check of that session from
+    the victim's address (here: from the victim's own socket, which is what a spoofed source
+    looks like to the server). The address stays the victim's; the attacker's session gets
+    no route, no answer, and media keeps flowing to the victim."""
+    from trio_sfu.proto import stun
+
+    victim = new_client()
+    video = victim.add_transceiver("video", "sendrecv")
+    back = Received()
+    victim.on_rtp = back
+    spc = await connect(rtc_server, nursery, victim)
+    for seq in range(20):
+        victim.send_rtp(rtp(video.sender_ssrc, seq))
+    with trio.fail_after(5):
+        while len(back.packets) < 20:
+            await trio.sleep(0.01)
+
+    attacker = new_client()
+    attacker.add_transceiver("video", "sendrecv")
+    hijack = rtc_server.create_peer("attacker")
+    attacker.handle_answer(hijack.handle_offer(attacker.create_offer()))
+    await nursery.start(hijack.run)
+    check = stun.binding_request(
+        username=f"{hijack.ice_agent.local_ufrag}:{attacker.ice_agent.local_ufrag}",
+        password=hijack.ice_agent.local_pwd,
+        priority=stun.ice_priority(),
+        tie_breaker=1,
+        transaction_id=random.randbytes(12),
+        use_candidate=True,
+    )
+    server_addr = rtc_server.endpoint.local_address
+    taken = rtc_server.endpoint.stats.stun_address_taken
+    for _ in range(10):
+        victim._sock.sendto(check, server_addr)
+    with trio.fail_after(5):
+        while rtc_server.endpoint.stats.stun_address_taken < taken + 10:
+            await trio.sleep(0.01)
+    assert victim.local_address not in (hijack.remote_address, hijack.ice_agent.selected)
+    assert hijack.ice_agent.candidate != victim.local_address
+    assert spc.remote_address == victim.local_address
+    for seq in range(20, 60):
+        victim.send_rtp(rtp(video.sender_ssrc, seq))
+    with trio.fail_after(5):
+        while len(back.packets) < 60:
+            await trio.sleep(0.01)
+    # The same check from the attacker's own address is accepted: the rule is about the
+    # address's owner, not the credentials.
+    rejected = rtc_server.endpoint.stats.stun_rejected
+    attacker._sock.sendto(check, server_addr)
+    with trio.fail_after(5):
+        while hijack.remote_address != attacker.local_address:
+            await trio.sleep(0.01)
+    assert rtc_server.endpoint.stats.stun_rejected == rejected
+    hijack.close()
+
+
+async def test_transport_rtt_comes_from_the_sctp_association(
+    rtc_server: RtcServer, nursery: trio.Nursery
+) -> None:
+    """The publisher leg's NACK timing uses the SCTP SRTT of the same transport (RFC 9260
+    §6.3.1): measured once data has been acknowledged, None before and without channels."""
+    client = new_client()
+    channel = client.create_data_channel("c")
+    spc = await connect(rtc_server, nursery, client)
+    await next_event(client, ev.DataChannelOpen)
+    for i in range(5):
+        channel.send(f"m{i}")
+        await next_event(client, ev.DataChannelMessage)  # echoed: both directions acked
+    with trio.fail_after(5):
+        while spc.transport_rtt is None:
+            await trio.sleep(0.01)
+    assert 0 <= spc.transport_rtt < 1.0  # loopback
+    bare = new_client()
+    bare.add_transceiver("video", "sendrecv")
+    assert (await connect(rtc_server, nursery, bare)).transport_rtt is None

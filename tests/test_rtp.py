@@ -18,6 +18,7 @@ from trio_sfu.proto.rtp import (
     is_rtcp,
     parse_rtp,
     payload_offset,
+    payload_size,
     read_header,
     rtp_marker,
     rtp_payload_type,
@@ -518,6 +519,17 @@ def test_large_packet_grows_buffer() -> None:
     assert out is not None
     p = parse_rtp(out)
     assert p.extensions == {1: exts[1]} and len(p.payload) == 3000
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [(BASIC, 2), (WITH_CSRCS, 1), (ONE_BYTE, 2), (TWO_BYTE, 2), (PADDED, 2), (b"\x80" * 11, 0)],
+)
+def test_payload_size_excludes_header_extension_and_padding(data: bytes, size: int) -> None:
+    """What an SR's octet count adds up (RFC 3550 §6.4.1)."""
+    assert payload_size(data) == size
+    if size:
+        assert payload_size(data) == len(parse_rtp(data).payload)
 
 
 def _twcc_stream(count: int) -> list[bytes]:

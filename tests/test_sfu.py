@@ -43,6 +43,9 @@ async def test_new_publisher_reaches_existing_subscriber(env: SfuEnv) -> None:
     assert ("audio", 9, "alice-1", "sendonly") in [(k, 9, s, d) for k, _, s, d in media]
     assert sorted(k for k, _, s, _ in media if s == "alice-1") == ["audio", "video"]
     await wait_for(lambda: bob.pc.jsep.signaling_state == "stable" and bob.offers)
+    # The server applied the answer too: a video down-track then waits for a keyframe, so
+    # frames sent before it is attached would all be held back (issue 8 item 7).
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
     await stream(alice, 20)
     await wait_for(lambda: bob.packets["alice-1"] >= 30)
     # Order: PUB_JOIN before the SDP_OFFER carrying its tracks.
@@ -80,6 +83,9 @@ async def test_late_subscriber_gets_all_existing_publishers(env: SfuEnv) -> None
     joins = {(await late.expect("PUB_JOIN")).split()[1] for _ in range(5)}
     assert joins == {"u0-a", "u1-a", "u2-a", "voice-a", "cam-a"}
     await wait_for(lambda: late.pc.jsep.signaling_state == "stable" and late.media_sections() == 9)
+    await wait_for(lambda: all(
+        env.forwarding("r", "late-1", p.id) for p in [*publishers, audio_only, video_only]
+    ))
     for p in [*publishers, audio_only, video_only]:
         await stream(p, 5)
     await wait_for(lambda: all(late.packets[p.id] >= 4 for p in publishers))
@@ -96,6 +102,7 @@ async def test_no_own_media_and_screen_share_as_second_connection(env: SfuEnv) -
     await wait_for(
         lambda: bob_sub.media_sections() == 4 and bob_sub.pc.jsep.signaling_state == "stable"
     )
+    await wait_for(lambda: env.forwarding("r", "bob-s1", "alice-screen1"))
     await stream(camera, 5)
     await stream(screen, 5)
     await wait_for(lambda: bob_sub.packets["alice-screen1"] >= 4)
@@ -106,9 +113,18 @@ async def test_no_own_media_and_screen_share_as_second_connection(env: SfuEnv) -
 
 
 async def test_rejoin_under_a_new_id(env: SfuEnv) -> None:
+    """The same user leaves and comes back under a new id: the subscriber's section for the
+    old id is stopped, the new one negotiated, and media is counted under the new id only."""
     bob = await env.subscriber("r", "bob-1")
     first = await env.publisher("r", "alice-1")
     await bob.expect("PUB_JOIN alice-1")
+    await wait_for(
+        lambda: bob.pc.jsep.signaling_state == "stable" and bob.negotiated_for("alice-1")
+    )
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    await stream(first, 10)
+    await wait_for(lambda: bob.packets["alice-1"] >= 10)
+    before = bob.packets["alice-1"]
     first.stop()
     await bob.expect("PUB_LEFT alice-1")
     second = await env.publisher("r", "alice-2")
@@ -116,9 +132,11 @@ async def test_rejoin_under_a_new_id(env: SfuEnv) -> None:
     await wait_for(
         lambda: bob.pc.jsep.signaling_state == "stable" and bob.negotiated_for("alice-2")
     )
+    assert bob.active_publishers() == {"alice-2"}
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-2"))
     await stream(second, 10)
     await wait_for(lambda: bob.packets["alice-2"] >= 10)
-    assert bob.packets["alice-1"] == 0 or bob.packets["alice-2"] > 0
+    assert bob.packets["alice-1"] == before and bob.packets["?"] == 0
 
 
 async def test_renegotiations_are_serialised_and_merged(env: SfuEnv) -> None:

@@ -9,10 +9,12 @@ import trio
 
 from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
 from trio_sfu.client.sfu import PublisherClient, SubscriberClient
+from trio_sfu.proto.codecs import vp8
 from trio_sfu.proto.rtcp import (
     Nack,
     Pli,
     ReceiverReport,
+    ReportBlock,
     RtcpPacket,
     SenderReport,
     TransportCcFeedback,
@@ -92,18 +94,119 @@ async def test_keyframe_requests_are_throttled_per_track(env: SfuEnv) -> None:
     # A new subscriber's video makes the SFU ask the publisher for a keyframe at once.
     await wait_for(lambda: len(alice_rtcp.of(Pli)) >= 1)
     await trio.sleep(0.6)
-    before = len(alice_rtcp.of(Pli))
-    # A burst of 20 PLIs from the subscriber in 200 ms: at most one now + one deferred.
     theirs = video_of(bob)
     ours = theirs.remote_ssrcs[0]
+
+    def plis_since(count: int) -> list[float]:
+        return [t for t, p in alice_rtcp.packets if isinstance(p, Pli)][count:]
+
+    # A burst of 20 PLIs from the subscriber in 200 ms: one goes now, the rest are refused;
+    # the publisher's keyframe then answers them, so none is sent when the interval ends.
+    before = len(alice_rtcp.of(Pli))
+    for _ in range(20):
+        bob.pc.send_rtcp(Pli(sender_ssrc=1, media_ssrc=ours).serialize())
+        await trio.sleep(0.01)
+    await wait_for(lambda: len(plis_since(before)) >= 1)
+    alice.send_frame(keyframe=True)
+    await trio.sleep(0.8)
+    assert len(plis_since(before)) == 1
+
+    # The same burst with no keyframe in answer: the refused requests go once, 500 ms later.
+    before = len(alice_rtcp.of(Pli))
     for _ in range(20):
         bob.pc.send_rtcp(Pli(sender_ssrc=1, media_ssrc=ours).serialize())
         await trio.sleep(0.01)
     await trio.sleep(0.8)
-    times = [t for t, p in alice_rtcp.packets if isinstance(p, Pli)][before:]
-    assert 1 <= len(times) <= 2
+    times = plis_since(before)
+    assert len(times) == 2
     assert all(b - a >= 0.5 for a, b in itertools.pairwise(times))
     assert all(p.media_ssrc == alice.video.sender_ssrc for p in alice_rtcp.of(Pli))  # type: ignore[attr-defined, union-attr]
+
+
+async def test_a_new_subscriber_starts_at_a_keyframe(env: SfuEnv) -> None:
+    """Delta frames before the first keyframe are held back (they could not be decoded),
+    the SFU keeps asking for a keyframe meanwhile, and the first packet the subscriber gets
+    starts a keyframe."""
+    alice, _, alice_rtcp, _, media = await pair(env)
+    for _ in range(10):
+        alice.send_frame(keyframe=False)
+        await trio.sleep(0.02)
+    await wait_for(lambda: len(alice_rtcp.of(Pli)) >= 1)
+    await trio.sleep(0.1)
+    assert media.packets == []
+    alice.send_frame(keyframe=True)
+    for _ in range(5):
+        alice.send_frame(keyframe=False)
+    await wait_for(lambda: len(media.packets) >= 6)
+    await trio.sleep(0.1)
+    assert len(media.packets) == 6
+    assert vp8.is_keyframe(media.packets[0][3])
+    assert not any(vp8.is_keyframe(p[3]) for p in media.packets[1:])
+
+
+async def test_sender_report_counts_payload_octets_only(env: SfuEnv) -> None:
+    """RFC 3550 §6.4.1: the SR's sender's octet count is payload octets, "not including header
+    or padding" — the forwarded packets carry a transport-cc extension, which must not count."""
+    alice, bob, _, bob_rtcp, media = await pair(env)
+    for i in range(40):
+        alice.send_frame(keyframe=i == 0, size=200 + i)
+        await trio.sleep(0.005)
+    ours = video_of(bob).remote_ssrcs[0]
+    await wait_for(lambda: sum(p[0] == ours for p in media.packets) == 40)
+
+    def final() -> SenderReport | None:
+        srs = [p for p in bob_rtcp.of(SenderReport) if p.ssrc == ours]  # type: ignore[attr-defined]
+        return next((sr for sr in reversed(srs) if sr.packet_count == 40), None)  # type: ignore[attr-defined]
+
+    await wait_for(lambda: final() is not None, 10)
+    sr = final()
+    assert sr is not None
+    assert sr.octet_count == sum(len(p[3]) for p in media.packets if p[0] == ours)
+    assert sr.octet_count == sum(200 + i for i in range(40))
+
+
+async def test_subscriber_rtt_from_receiver_reports_spaces_repeated_nacks(env: SfuEnv) -> None:
+    """RTT per subscriber from its RR (RFC 3550 §6.4.1: A - LSR - DLSR against our SR), and
+    the NACK path uses it: a NACK repeated within one round trip of our retransmission is not
+    answered twice; one after the round trip is."""
+    alice, bob, _, bob_rtcp, media = await pair(env)
+    for i in range(30):
+        alice.send_frame(keyframe=i == 0, size=300 + i)
+        await trio.sleep(0.01)
+    t = video_of(bob)
+    ours = t.remote_ssrcs[0]
+    rtx_ssrc = t.remote_rtx_ssrcs[ours]
+    await wait_for(lambda: any(p.ssrc == ours for p in bob_rtcp.of(SenderReport)), 10)  # type: ignore[attr-defined]
+    await trio.sleep(0.25)
+    arrived, sr = next(
+        (t, p) for t, p in reversed(bob_rtcp.packets)
+        if isinstance(p, SenderReport) and p.ssrc == ours
+    )
+    # DLSR: how long we held the SR before reporting; the SFU must subtract it.
+    held = trio.current_time() - arrived
+    block = ReportBlock(ours, highest_sequence=30, lsr=sr.compact_ntp, dlsr=int(held * 65536))
+    downtrack = next(
+        d for (pid, _), d in env.sfu.rooms["r"].subscribers["bob-1"].downtracks.items()
+        if pid == "alice-1" and d.source.kind == "video"
+    )
+    assert downtrack.stats.rtt is None
+    bob.pc.send_rtcp(ReceiverReport(ssrc=1, reports=[block]).serialize())
+    await wait_for(lambda: downtrack.stats.rtt is not None)
+    rtt = downtrack.stats.rtt
+    assert rtt is not None and 0 <= rtt < 1.0 and downtrack.rtt == rtt
+
+    def rtx_count() -> int:
+        return sum(1 for p in media.packets if p[0] == rtx_ssrc)
+
+    wanted = sorted(seq for ssrc, _, seq, _ in media.packets if ssrc == ours)[5]
+    for _ in range(3):  # three NACKs back to back: one repair
+        bob.pc.send_rtcp(Nack.from_lost(1, ours, [wanted]).serialize())
+    await wait_for(lambda: rtx_count() >= 1)
+    await trio.sleep(0.05)
+    assert rtx_count() == 1 and downtrack.nack_repeats >= 1
+    await trio.sleep(max(rtt, 0.01) + 0.05)  # one round trip later: answered again
+    bob.pc.send_rtcp(Nack.from_lost(1, ours, [wanted]).serialize())
+    await wait_for(lambda: rtx_count() >= 2)
 
 
 async def test_subscriber_nack_is_answered_from_the_cache_as_rtx(env: SfuEnv) -> None:
@@ -184,9 +287,6 @@ async def test_subscribers_with_one_mapping_share_forwarding_groups(env: SfuEnv)
     media = [Media(bob), Media(carol)]
     await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
     await wait_for(lambda: env.forwarding("r", "carol-1", "alice-1"))
-    metrics = scrape(env)
-    assert metrics["trio_sfu_downtracks"] == 4  # 2 subscribers × (audio, video)
-    assert metrics["trio_sfu_forwarding_groups"] == 2  # one per track
     for i in range(20):
         alice.send_frame(keyframe=i == 0, size=600 + i)
         await trio.sleep(0.005)
@@ -199,5 +299,8 @@ async def test_subscribers_with_one_mapping_share_forwarding_groups(env: SfuEnv)
         seqs = [p[2] for p in video]
         assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
     after = scrape(env)  # the hot path's plain ints, summed at scrape time
+    # (Counted once forwarding runs: a video down-track joins its group at the first keyframe.)
+    assert after["trio_sfu_downtracks"] == 4  # 2 subscribers × (audio, video)
+    assert after["trio_sfu_forwarding_groups"] == 2  # one per track
     assert after['trio_sfu_packets_total{direction="in",kind="rtp"}'] >= 40
     assert after['trio_sfu_packets_total{direction="out",kind="rtp"}'] >= 80

@@ -7,11 +7,10 @@ seed-API subscriber (our Python client) proves it sees a WHIP publisher by *deco
 the RTP is depacketized here (RFC 7741) and decoded with PyAV, so a frame counts only if it is
 complete and decodable.
 
-The proof tests skip with a clear message while the server has no ``/whip``/``/whep`` routes.
-The ``test_harness_*`` tests validate the clients meanwhile against the seed API's ``/pub``
-(a WHIP-shaped endpoint that already exists: one POST of an offer, ``201`` with the answer and
-a ``Location``, DELETE to leave), so a failing proof test points at the server, not at the
-harness.
+The server always has ``/whip``/``/whep`` routes; a 404 fails the test. The ``test_harness_*``
+tests validate the clients against the seed API's ``/pub`` (a WHIP-shaped endpoint: one POST
+of an offer, ``201`` with the answer and a ``Location``, DELETE to leave), so a failing proof
+test points at the server, not at the harness.
 
 A test that needs the namespace runs this module as its *scenario runner* inside one:
 ``python -m tests.netns -- python -m tests.test_third_party_clients SCENARIO ...`` starts the
@@ -98,17 +97,14 @@ def require_page() -> None:
         pytest.skip(message)
 
 
-async def whip_routes_missing(base: str) -> str | None:
-    """None once the server answers on /whip and /whep, else a reason to skip (issue 5's
-    server side is built in parallel; until then these paths are 404)."""
+async def assert_whip_routes(base: str) -> None:
+    """The server always registers /whip and /whep (``http/app.py``): a 404 is a failure."""
     import httpx
 
     async with httpx.AsyncClient(timeout=10) as client:
         for path in ("/whip/probe", "/whep/probe"):
             response = await client.options(base + path)
-            if response.status_code == 404:
-                return f"the server has no {path.rsplit('/', 1)[0]} route yet (issue 5 server side)"
-    return None
+            assert response.status_code != 404, f"the server has no {path} route"
 
 
 # --------------------------------------------------------------------------- VP8 decoding
@@ -314,24 +310,31 @@ def aiortc_argv(script: str, url: str, *extra: str) -> list[str]:
 # --------------------------------------------------------------------------- the scenarios
 
 
-async def gst_scenario(endpoint: str, room: str, mtu: int = 0) -> dict[str, Any]:
+async def gst_scenario(
+    endpoint: str, room: str, mtu: int = 0, stream: float = 0, consent_timeout: float = 30.0
+) -> dict[str, Any]:
     """GStreamer publishes to ``/whip/{room}`` (or the seed ``/pub``); a seed-API subscriber
-    and, for WHIP, an aiortc WHEP viewer decode its video. Runs inside the namespace."""
+    and, for WHIP, an aiortc WHEP viewer decode its video. Runs inside the namespace.
+
+    With ``stream`` seconds, the publisher then keeps streaming that long and the subscriber
+    must keep decoding all along (``streamed``: frames per 5 s window), against a server whose
+    ``--consent-timeout`` is ``consent_timeout``: libnice sends no consent checks after
+    nomination, so only consent from its authenticated media keeps it (RFC 7675)."""
     addresses = inside()
     assert addresses is not None, "run through tests.netns"
     server_host, peer_host = addresses
     out: dict[str, Any] = {"type": "result"}
-    async with running_server(server_host) as running, trio.open_nursery() as nursery:
+    async with running_server(server_host, consent_timeout=consent_timeout) as running, \
+            trio.open_nursery() as nursery:
         base = f"http://{server_host}:{running.http_port}"
         if endpoint == "whip":
-            missing = await whip_routes_missing(base)
-            if missing:
-                return {**out, "skip": missing}
+            await assert_whip_routes(base)
             url = f"{base}/whip/{room}"
         else:
             url = f"{base}/pub/{room}/gst-1"
         sub, frames = await decoding_subscriber(nursery, base, room, peer_host)
-        argv = gst_argv(url, "--timeout", "90", *(("--mtu", str(mtu)) if mtu else ()))
+        argv = gst_argv(url, "--timeout", str(90 + stream),
+                        *(("--mtu", str(mtu)) if mtu else ()))
         async with open_lines(argv, name="gst_whip") as gst:
             out["published"] = await gst.receive("published", 30)
             out["connected"] = await gst.receive("connected", 30)
@@ -343,6 +346,23 @@ async def gst_scenario(endpoint: str, room: str, mtu: int = 0) -> dict[str, Any]
                 error.add_note(f"server side: {server_counters(running, room)}")
                 raise
             out["subscriber"] = frames.summary()
+            if stream:
+                windows: list[int] = []
+                with trio.move_on_after(stream):
+                    while True:
+                        before = frames.decoded
+                        await trio.sleep(5)
+                        windows.append(frames.decoded - before)
+                out["streamed"] = windows
+                out["closedDuringStream"] = [
+                    line for line in sub.lines if line.startswith("PUB_LEFT ")
+                ]
+                if out["closedDuringStream"]:
+                    out["error"] = (f"the publisher was closed while streaming: "
+                                    f"{out['closedDuringStream']}, frames per 5 s {windows}")
+                    sub.stop()
+                    nursery.cancel_scope.cancel()
+                    return out
             if endpoint == "whip":
                 async with open_lines(
                     aiortc_argv("aiortc_whep.py", f"{base}/whep/{room}", "--ice-address",
@@ -378,6 +398,8 @@ def scenario_main(argv: list[str]) -> int:
     parser.add_argument("--endpoint", choices=("whip", "pub"), default="whip")
     parser.add_argument("--room", default="gstroom")
     parser.add_argument("--mtu", type=int, default=0, help="GStreamer's RTP MTU (0: default)")
+    parser.add_argument("--stream", type=float, default=0, help="keep streaming this long (s)")
+    parser.add_argument("--consent-timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     protocol = sys.stdout
     sys.stdout = sys.stderr  # the server prints its URL; only the result goes to stdout
@@ -385,7 +407,9 @@ def scenario_main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     try:
-        result = trio.run(gst_scenario, args.endpoint, args.room, args.mtu)
+        result = trio.run(
+            gst_scenario, args.endpoint, args.room, args.mtu, args.stream, args.consent_timeout
+        )
     except BaseException as error:  # report, then fail: the parent reads one line either way
         import traceback
 
@@ -401,14 +425,12 @@ def scenario_main(argv: list[str]) -> int:
 
 
 async def run_in_netns(*args: str, timeout: float = 150) -> dict[str, Any]:
-    """Run a scenario of this module inside a fresh namespace; its result line, or skip."""
+    """Run a scenario of this module inside a fresh namespace; its result line."""
     argv = [sys.executable, "-m", "tests.test_third_party_clients", *args]
     async with open_netns(argv, name="scenario") as runner:
         with trio.fail_after(timeout):
             result = await runner.receive("result")
         tail = runner.stderr_tail()
-    if "skip" in result:
-        pytest.skip(result["skip"])
     assert "error" not in result, f"{result['error']}\n--- scenario stderr ---\n{tail}"
     result["stderrTail"] = tail
     return result
@@ -467,6 +489,26 @@ async def test_harness_gstreamer_publishes_to_the_seed_api_in_a_namespace() -> N
 
 
 @pytest.mark.slow
+async def test_gstreamer_publisher_streams_60_s_without_consent_checks() -> None:
+    """Issue 8 item 3: libnice sends no consent checks after nomination, so a GStreamer
+    publisher was closed by "consent timeout" while streaming. With consent from its
+    authenticated media (RFC 7675) it streams 60 s — six times the server's 10 s consent
+    timeout — and the subscriber decodes throughout; DELETE still ends it."""
+    require_netns()
+    require_gst()
+    result = await run_in_netns(
+        "gst", "--endpoint", "whip", "--room", "gstlong", "--stream", "60",
+        "--consent-timeout", "10", timeout=240,
+    )
+    assert result["closedDuringStream"] == [], result
+    windows = result["streamed"]
+    assert len(windows) >= 11 and all(n >= 25 for n in windows), windows  # ~30 fps × 5 s
+    assert result["gst"]["ok"], result["gst"]
+    assert result["gst"]["delete"]["status"] == 200, result["gst"]["delete"]
+    assert result["pubLeft"].startswith("PUB_LEFT ")
+
+
+@pytest.mark.slow
 async def test_gstreamer_whip_publisher_decoded_by_subscriber_and_whep_viewer() -> None:
     """Issue 5: webrtcbin publishes to /whip/{room}; a seed-API subscriber and an aiortc WHEP
     viewer both decode its video; DELETE ends it (PUB_LEFT). GStreamer keeps its defaults, so
@@ -513,9 +555,7 @@ async def loopback_server(**overrides: Any) -> AsyncIterator[tuple[Running, str,
 
 
 async def require_whip(base: str) -> None:
-    missing = await whip_routes_missing(base)
-    if missing:
-        pytest.skip(missing)
+    await assert_whip_routes(base)
 
 
 def whip_publisher(url: str, *extra: str) -> Any:

@@ -26,7 +26,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
-from trio_sfu.http import SfuApi, create_app
+from trio_sfu.http import HttpSfuApi, SfuApi, create_app
 from trio_sfu.http.ice_servers import IceServerList
 from trio_sfu.http.limits import JoinRateLimits, refuse_cleartext_http2
 from trio_sfu.metrics import metrics_app, node_registry
@@ -57,7 +57,7 @@ class StartupError(Exception):
         self.status = status
 
 
-class SfuService(SfuApi, Protocol):
+class SfuService(HttpSfuApi, Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
 

@@ -567,7 +567,8 @@ class Config:
         default=30.0,
         metadata=_setting(
             "--consent-timeout",
-            "seconds without ICE consent before a vanished peer is cleaned up (RFC 7675)",
+            "seconds without consent (a valid check or authenticated media) before a peer is "
+            "closed (RFC 7675)",
             parse_timeout,
             "SECONDS",
         ),

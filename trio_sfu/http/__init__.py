@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trio_sfu.http.app import create_app
+from trio_sfu.http.app import HttpSfuApi, create_app
 from trio_sfu.http.signaling import SfuApi
 
-__all__ = ["SfuApi", "create_app"]
+__all__ = ["HttpSfuApi", "SfuApi", "create_app"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -23,6 +24,7 @@ from trio_sfu.http.limits import MAX_BODY, AdmitJoins, DrainUnreadBody, JoinRate
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import install_site
+from trio_sfu.http.whip import Role as WhipRole
 from trio_sfu.http.whip import WhipSfuApi, whip_blueprint
 
 access_log = logging.getLogger("trio_sfu.http.access")
@@ -31,8 +33,19 @@ access_log = logging.getLogger("trio_sfu.http.access")
 BODY_TIMEOUT = 10
 
 
+class HttpSfuApi(SfuApi, WhipSfuApi, Protocol):
+    """Everything the HTTP layer serves: the seed API and WHIP/WHEP, always both (a missing
+    route must be a failure a test sees, not a 404 a client has to guess about)."""
+
+    async def publish(
+        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+    ) -> str: ...
+
+    async def stop(self, role: WhipRole, room: str, peer_id: str) -> None: ...
+
+
 def create_app(
-    sfu: SfuApi,
+    sfu: HttpSfuApi,
     *,
     cors_origins: Sequence[str] = (),
     site_dir: Path | None = None,
@@ -46,7 +59,7 @@ def create_app(
 ) -> QuartTrio:
     """The app over ``sfu``. With ``tokens`` every signaling route needs a Bearer token
     (see :mod:`trio_sfu.http.guard`), and so does ``/metrics`` (an admin token for all rooms)
-    unless ``metrics_open``; WHIP/WHEP routes exist when the SFU offers them. With a
+    unless ``metrics_open``; the WHIP/WHEP routes are always there. With a
     ``forwarder`` (cluster mode) requests about a connection held by another pod are answered
     by that pod (:mod:`trio_sfu.http.forwarding`). ``metrics`` is the node's registry
     (default: one over ``sfu``)."""
@@ -68,12 +81,9 @@ def create_app(
         from trio_sfu.http.events import events_blueprint
 
         app.register_blueprint(events_blueprint(sfu, guard))  # type: ignore[arg-type]
-    if isinstance(sfu, WhipSfuApi):
-        app.register_blueprint(
-            whip_blueprint(
-                sfu, guard, ice_servers=servers, sessions=sessions, forwarder=forwarder
-            )
-        )
+    app.register_blueprint(
+        whip_blueprint(sfu, guard, ice_servers=servers, sessions=sessions, forwarder=forwarder)
+    )
 
     @app.get("/ice-servers")
     async def get_ice_servers() -> Response:

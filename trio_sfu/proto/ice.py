@@ -1,9 +1,12 @@
 """ICE for one peer, sans-IO: the server's lite agent and the client's controlling agent.
 
-The server is ICE-lite (RFC 8445 §2.5): it never sends checks, it only answers them, and a
-valid check is also what proves the peer still wants our traffic (RFC 7675). The client side
-(tests, bots, the load tester) is a full agent restricted to what talking to a lite server
-needs: UDP host candidates of one component, the controlling role and aggressive nomination.
+The server is ICE-lite (RFC 8445 §2.5): it never sends checks, it only answers them. What
+proves the peer still wants our traffic (RFC 7675) is any authenticated input on the selected
+pair: a valid check, or SRTP/SRTCP/DTLS that passed authentication (the driver reports those).
+The lite agent also owns the path rule: where media goes, and what it takes to move it.
+The client side (tests, bots, the load tester) is a full agent restricted to what talking to a
+lite server needs: UDP host candidates of one component, the controlling role and aggressive
+nomination.
 
 Neither class touches a socket or a clock: the driver passes ``now`` (monotonic seconds) in,
 sends what :meth:`IceControllingAgent.datagrams_to_send` returns and calls ``handle_timer``
@@ -21,6 +24,7 @@ from trio_sfu.proto import stun
 from trio_sfu.proto.stun import Class, Message, Method
 
 __all__ = [
+    "PATH_SILENCE",
     "Connected",
     "ConsentLost",
     "Failed",
@@ -73,6 +77,11 @@ class ConsentLost:
 
 IceEvent = Connected | Failed | ConsentLost
 
+#: How long a confirmed selected pair must go without authenticated input before a nominating
+#: check from another address alone moves the path: longer than RFC 7675 §5.1's randomised
+#: consent interval (5 s x 1.2), so a live peer that sends only consent checks never looks silent.
+PATH_SILENCE = 8.0
+
 
 def _drop(reason: str) -> IceReply:
     return IceReply(None, False, False, reason)
@@ -101,17 +110,35 @@ class IceLiteAgent:
     """
 
     def __init__(
-        self, local_ufrag: str, local_pwd: str, *, consent_timeout: float = 30.0, now: float
+        self,
+        local_ufrag: str,
+        local_pwd: str,
+        *,
+        consent_timeout: float = 30.0,
+        path_silence: float | None = None,
+        now: float,
     ) -> None:
         self.local_ufrag = local_ufrag
         self.local_pwd = local_pwd
         self.remote_ufrag: str | None = None
         self.remote_pwd: str | None = None
         self.consent_timeout = consent_timeout
-        # Consent starts granted for one timeout: the peer needs time to send its first check.
-        self._consent_expires_at = now + consent_timeout
-        #: The address of the last valid nominated check: where media should go.
+        self.path_silence = (
+            path_silence if path_silence is not None else min(PATH_SILENCE, consent_timeout / 2)
+        )
+        #: Last authenticated input on the selected pair: a valid check, or (written by the
+        #: driver) SRTP/SRTCP that passed authentication or a DTLS record that decrypted.
+        #: Consent starts granted for one timeout: the peer needs time to send its first check.
+        self.heard_at = now
+        #: Where media goes: the first valid check's address, then the path rule below.
         self.selected: Address | None = None
+        #: Whether the selected pair has carried authenticated DTLS/SRTP; until then a
+        #: nominating check alone may move it (nothing is flowing that could be stolen).
+        self.confirmed = False
+        #: A nominated address waiting for proof (see :meth:`authenticated`) and when its
+        #: last valid check came.
+        self.candidate: Address | None = None
+        self._candidate_at = now
         # During an ICE restart the old credentials stay valid until the peer uses the new
         # ones (RFC 8445 §9: media keeps flowing on the previous pair meanwhile).
         self._previous: tuple[str, str, str | None] | None = None
@@ -145,10 +172,92 @@ class IceLiteAgent:
 
     @property
     def consent_expires_at(self) -> float:
-        return self._consent_expires_at
+        return self.heard_at + self.consent_timeout
 
     def consent_expired(self, now: float) -> bool:
-        return now >= self._consent_expires_at
+        return now >= self.heard_at + self.consent_timeout
+
+    # -- the path (where media goes) ---------------------------------------------------------
+
+    def heard(self, at: float) -> None:
+        """Authenticated media on the selected pair at ``at`` (the driver records the time on
+        its hot path and hands it over lazily, before any decision that depends on it)."""
+        if at > self.heard_at:
+            self.heard_at = at
+
+    def authenticated(self, addr: Address, now: float) -> bool:
+        """SRTP/SRTCP that passed authentication and the replay check, or a DTLS record that
+        decrypted, came from ``addr`` (a validated address of this peer). Returns whether the
+        selected pair moved there.
+
+        RFC 7675 §5.1 puts the duty of consent on the *sender* of media; a lite server sends
+        no checks, so authenticated traffic on the selected pair is what keeps it alive here
+        (a peer that streams but sends no consent checks, like libnice after nomination, is
+        not cut off). On the candidate address it is the second, unforgeable proof that the
+        peer really moved (see docs/security.md, "Path changes")."""
+        if addr == self.selected:
+            self.heard(now)
+            self.confirmed = True
+            return False
+        if addr == self.candidate:
+            self._move(addr, now)
+            self.confirmed = True
+            return True
+        return False
+
+    def trusted_candidate(self, addr: Address, now: float) -> None:
+        """A path that cannot be spoofed (an ICE-TCP connection a valid check bound) carries
+        the peer's traffic: make it the candidate, so the authenticated media on it moves the
+        path at once (a client sends media only on its selected pair, RFC 8445 §12.1)."""
+        if addr != self.selected:
+            self.candidate = addr
+            self._candidate_at = now
+
+    def selected_lost(self) -> None:
+        """The selected pair can carry nothing more (its TCP connection closed): the next
+        valid check selects its address at once, as before any traffic."""
+        self.selected = None
+        self.candidate = None
+        self.confirmed = False
+
+    def _nominate(self, addr: Address, now: float) -> None:
+        """A valid check with USE-CANDIDATE from ``addr`` (RFC 8445 §7.3.1.5)."""
+        if addr == self.selected:
+            self.heard(now)
+            self.candidate = None  # the peer confirms the pair it has
+        elif self.selected is None or not self.confirmed:
+            self._move(addr, now)
+        elif now - self.heard_at >= self.path_silence:
+            self._move(addr, now)  # the old pair went silent: the peer left it
+        else:
+            # One check is not enough to take a confirmed path away: a replayed or spoofed
+            # check costs nothing. Wait for authenticated media from there, or silence here.
+            self.candidate = addr
+            self._candidate_at = now
+
+    def _move(self, addr: Address, now: float) -> None:
+        self.selected = addr
+        self.candidate = None
+        self.heard_at = now
+
+    @property
+    def path_deadline(self) -> float | None:
+        """When the selected pair counts as silent and a waiting candidate takes over."""
+        if self.candidate is None:
+            return None
+        return self.heard_at + self.path_silence
+
+    def handle_timer(self, now: float) -> bool:
+        """Move to the candidate once the selected pair has been silent long enough; returns
+        whether the path moved. Consent then runs from the candidate's last check."""
+        deadline = self.path_deadline
+        if self.candidate is None or deadline is None or now < deadline:
+            return False
+        if now - self._candidate_at >= self.consent_timeout:
+            self.candidate = None  # it went quiet too: nothing to move to
+            return False
+        self._move(self.candidate, self._candidate_at)
+        return True
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -184,10 +293,14 @@ class IceLiteAgent:
             self._previous = None  # the peer uses the restarted credentials: forget the old
         nominated = "USE-CANDIDATE" in attrs
         if nominated:
-            self.selected = addr
-        # RFC 7675: consent is per pair; checks on other pairs do not keep this one alive.
-        if nominated or self.selected is None or addr == self.selected:
-            self._consent_expires_at = now + self.consent_timeout
+            self._nominate(addr, now)
+        elif self.selected is None:
+            self._move(addr, now)  # nowhere else to send yet
+        elif addr == self.selected:
+            # RFC 7675: consent is per pair; checks on other pairs do not keep this one alive.
+            self.heard(now)
+        elif addr == self.candidate:
+            self._candidate_at = now
         return IceReply(stun.binding_success(msg, addr, pwd), True, nominated)
 
     def _password_for(self, username: str) -> tuple[str, bool] | None:

@@ -122,6 +122,10 @@ class PeerConnection:
         self.sctp_max_retransmits = sctp_max_retransmits
         #: where media goes: the nominated (server) or selected (client) remote address
         self.remote_address: Address | None = None
+        #: When authenticated SRTP/SRTCP last came from :attr:`remote_address` (written on the
+        #: hot path; the ICE side reads it lazily for consent, RFC 7675).
+        self.heard_at = trio.current_time()
+        self._dtls_authenticated = 0  # DTLS records that decrypted (handshake or data)
         self.stats = PeerStats()
         #: fields of this connection's log lines; the SFU replaces them with its own
         #: vocabulary (room, peer = the connection id, role), see Member
@@ -239,6 +243,16 @@ class PeerConnection:
     @property
     def connected(self) -> bool:
         return self._connected.is_set() and not self.closing
+
+    @property
+    def transport_rtt(self) -> float | None:
+        """Smoothed round-trip time (s) of this peer's transport, from the SCTP association
+        riding the same DTLS/ICE path (RFC 9260 §6.3.1 SRTT); None without data channels or
+        before the first measurement. The publisher leg's NACK timing uses it: RFC 3550 lets
+        only the sender of an SR measure RTT, and the SFU sends none to a publisher."""
+        dc = self._dc
+        sender = dc.association.sender if dc is not None else None
+        return sender.srtt if sender is not None else None
 
     # ------------------------------------------------------------------------------------
     # negotiation
@@ -458,13 +472,17 @@ class PeerConnection:
                 self.stats.media_dropped += 1
                 return
             if 192 <= data[1] <= 223:  # RFC 5761 §4: RTCP packet types 192..223
-                self._rtcp_received(srtp, data, now)
+                self._rtcp_received(srtp, data, addr, now)
                 return
             try:
                 plain = srtp.unprotect_rtp(data)
             except SrtpError:
                 self.stats.srtp_rejected += 1
                 return
+            if addr == self.remote_address:
+                self.heard_at = now
+            else:
+                self._ice_authenticated(addr, now)
             ssrc = int.from_bytes(plain[8:12], "big")
             stream = self._streams.get(ssrc)
             if stream is None:
@@ -483,15 +501,24 @@ class PeerConnection:
             if dtls is None or self.closing:
                 self.stats.dtls_dropped += 1
                 return
+            before = self._dtls_authenticated
             dtls.receive_datagram(data, now)
             self._pump(now)
+            if self._dtls_authenticated != before and not self.closing:
+                # A record that decrypted under the session keys (OpenSSL checks its MAC and
+                # the DTLS replay window, RFC 6347 §4.1.2.6): proof of the peer, not a replay.
+                self._ice_authenticated(addr, now)
 
-    def _rtcp_received(self, srtp: SrtpContext, data: bytes, now: float) -> None:
+    def _rtcp_received(self, srtp: SrtpContext, data: bytes, addr: Address, now: float) -> None:
         try:
             plain = srtp.unprotect_rtcp(data)
         except SrtpError:
             self.stats.srtcp_rejected += 1
             return
+        if addr == self.remote_address:
+            self.heard_at = now
+        else:
+            self._ice_authenticated(addr, now)
         try:
             packets = parse_rtcp(plain)
         except RtcpError:
@@ -614,6 +641,8 @@ class PeerConnection:
             return
         dc = self._dc
         while (event := dtls.next_event()) is not None:
+            if isinstance(event, (ApplicationData, HandshakeComplete)):
+                self._dtls_authenticated += 1
             if isinstance(event, ApplicationData):
                 if dc is not None:
                     try:
@@ -731,3 +760,7 @@ class PeerConnection:
 
     def _ice_handle_timer(self, now: float) -> None:
         raise NotImplementedError
+
+    def _ice_authenticated(self, addr: Address, now: float) -> None:
+        """Authenticated SRTP/SRTCP/DTLS from ``addr`` (a DTLS record, or media from an
+        address other than :attr:`remote_address`): the ICE side may move the path there."""

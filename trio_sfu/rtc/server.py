@@ -18,12 +18,16 @@ from aioice import Candidate
 from trio_sfu.proto.dtls import Certificate
 from trio_sfu.proto.ice import IceLiteAgent
 from trio_sfu.proto.jsep import RemoteChanges
-from trio_sfu.rtc.path import Path
+from trio_sfu.rtc.path import Address, Path
 from trio_sfu.rtc.peer import PeerConnection, random_ice_credentials
 from trio_sfu.rtc.tcp import TcpEndpoint
 from trio_sfu.rtc.udp import UdpEndpoint
 
 log = logging.getLogger(__name__)
+
+#: Paths remembered per peer (a browser checks from several candidates), as the endpoint
+#: keeps addresses (``MAX_ADDRESSES_PER_PEER``).
+MAX_PATHS = 8
 
 
 def host_candidate(ip: str, port: int, local_preference: int = 65535) -> Candidate:
@@ -220,6 +224,8 @@ class ServerPeerConnection(PeerConnection):
         #: called when media moves to another path (not for the first one): the SFU asks for
         #: keyframes, since whatever was sent on the old path meanwhile is lost
         self.on_path_changed: Callable[[float], None] | None = None
+        #: the paths valid checks came over, by remote address (newest last, bounded)
+        self._paths: dict[Address, Path] = {}
         self.ice_agent = IceLiteAgent(
             ufrag, pwd, consent_timeout=server.consent_timeout, now=trio.current_time()
         )
@@ -260,34 +266,61 @@ class ServerPeerConnection(PeerConnection):
     # -- called by the endpoint -----------------------------------------------------------
 
     def address_validated(self, path: Path, nominated: bool, now: float) -> None:
-        """A valid check came over ``path``: media goes there once it is nominated (or if we
-        have nowhere else to send). A client whose address changed, or that moved between UDP
-        and TCP, nominates the new path."""
-        current = self.path
-        if current is None or not current.usable or (nominated and path != current):
-            if current is not None:
-                log.info(
-                    "peer path changed",
-                    extra={
-                        **self.log_extra,
-                        "old": f"{current.transport}:{current.address}",
-                        "new": f"{path.transport}:{path.address}",
-                    },
-                )
-            self.path = path
-            self.remote_address = path.address
-            if current is not None and self.on_path_changed is not None:
-                self.on_path_changed(now)
+        """A valid check came over ``path``; the lite agent has applied the path rule to it
+        (docs/security.md, "Path changes"), and media follows the agent's choice. A client
+        whose address changed, or that moved between UDP and TCP, gets the new path once
+        authenticated media comes over it or the old one goes silent."""
+        paths = self._paths
+        paths.pop(path.address, None)
+        paths[path.address] = path
+        while len(paths) > MAX_PATHS:
+            del paths[next(iter(paths))]
+        if nominated and path.transport == "tcp":
+            self.ice_agent.trusted_candidate(path.address, now)
+        self._follow_path(now)
 
     def path_closed(self, path: Path) -> None:
         """A TCP connection ended: if it carried the media, nothing is sent until the client's
         next valid check on another path (an ICE restart, or consent expiry closes us)."""
+        if self._paths.get(path.address) is path:
+            del self._paths[path.address]
         if path is self.path:
             log.info("peer path closed", extra={**self.log_extra, "path": str(path.address)})
             self.path = None
             self.remote_address = None
+            self.ice_agent.selected_lost()
+
+    def _follow_path(self, now: float) -> None:
+        """Send where the agent selected, over the path that address's checks came by."""
+        selected = self.ice_agent.selected
+        current = self.path
+        if selected is None or (current is not None and current.address == selected):
+            return
+        path = self._paths.get(selected)
+        if path is None or not path.usable:
+            return
+        if current is not None:
+            log.info(
+                "peer path changed",
+                extra={
+                    **self.log_extra,
+                    "old": f"{current.transport}:{current.address}",
+                    "new": f"{path.transport}:{path.address}",
+                },
+            )
+        self.path = path
+        self.remote_address = path.address
+        self.heard_at = now
+        if current is not None and self.on_path_changed is not None:
+            self.on_path_changed(now)
 
     # -- PeerConnection hooks -------------------------------------------------------------
+
+    def _ice_authenticated(self, addr: Address, now: float) -> None:
+        agent = self.ice_agent
+        agent.heard(self.heard_at)
+        agent.authenticated(addr, now)
+        self._follow_path(now)
 
     def _send_datagram(self, data: bytes | memoryview) -> None:
         path = self.path
@@ -314,10 +347,18 @@ class ServerPeerConnection(PeerConnection):
         return self.remote_address is not None
 
     def _ice_deadline(self) -> float | None:
-        return self.ice_agent.consent_expires_at
+        agent = self.ice_agent
+        agent.heard(self.heard_at)
+        path = agent.path_deadline
+        consent = agent.consent_expires_at
+        return consent if path is None else min(path, consent)
 
     def _ice_handle_timer(self, now: float) -> None:
-        if self.ice_agent.consent_expired(now):
+        agent = self.ice_agent
+        agent.heard(self.heard_at)
+        if agent.handle_timer(now):
+            self._follow_path(now)
+        if agent.consent_expired(now):
             self.close("consent timeout")
 
     def _teardown(self) -> None:

@@ -8,9 +8,10 @@ forwarding never hops through a channel or a task switch.
 
 Security rule (the issue's ICE requirement): an address is routed to a peer only after a STUN
 Binding request from it carried that peer's USERNAME and a valid MESSAGE-INTEGRITY and
-FINGERPRINT. DTLS and SRTP from unknown addresses are dropped and counted. That same rule lets a
-client whose address changed keep its session: its first valid check from the new address
-registers it.
+FINGERPRINT, and never while another connected peer owns it. DTLS and SRTP from unknown
+addresses are dropped and counted. A client whose address changed keeps its session: its valid
+check registers the new address, and the lite agent moves media there once authenticated
+SRTP/DTLS arrives from it (docs/security.md, "Path changes").
 """
 
 from __future__ import annotations
@@ -43,6 +44,31 @@ MAX_ADDRESSES_PER_PEER = 8
 #: starve the HTTP server or the peers' timers.
 BATCH = 256
 
+# Linux <linux/in.h> / <linux/in6.h>; Python < 3.12 lacks IP_PKTINFO.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+#: Room for one in_pktinfo (12 bytes) or in6_pktinfo (20 bytes) control message.
+PKTINFO_SPACE = socket.CMSG_SPACE(20)
+
+#: The control message that makes ``sendmsg`` use a given local source address.
+SourceCmsg = list[tuple[int, int, bytes]]
+
+
+def source_cmsg(ancillary: list[tuple[int, int, bytes]]) -> SourceCmsg | None:
+    """From a received datagram's IP_PKTINFO / IPV6_PKTINFO data, the control message that
+    sends a reply from the very address the datagram was sent to (with the same interface for
+    IPv6, which link-local addresses need). None if the kernel gave none."""
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            # struct in_pktinfo {ifindex; spec_dst; addr}: addr is the header's destination;
+            # for sending, spec_dst is the source and ifindex 0 leaves routing to the kernel.
+            return [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + data[8:12] + bytes(4))]
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
+            # struct in6_pktinfo {addr; ifindex}: the same layout both ways.
+            return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, bytes(data[:20]))]
+    return None
+
 
 class EndpointPeer(Protocol):
     """What the endpoint needs from a peer connection; implemented by ``rtc.peer``."""
@@ -50,6 +76,10 @@ class EndpointPeer(Protocol):
     ice_agent: IceLiteAgent
     remote_address: Address | None
     path: Path | None  # where media goes (the selected pair's path)
+    heard_at: float  # last authenticated media on the selected pair (consent, RFC 7675)
+
+    @property
+    def connected(self) -> bool: ...
 
     def datagram_received(self, kind: Kind, data: bytes, addr: Address, now: float) -> None: ...
 
@@ -81,6 +111,7 @@ class CheckStats:
     stun_unknown_user: int = 0
     stun_rejected: int = 0  # parsed, known user, but integrity/fingerprint/role refused
     stun_ignored: int = 0  # responses/indications: a lite server sends no requests
+    stun_address_taken: int = 0  # a check from an address bound to another, connected peer
 
 
 def authenticate_check(
@@ -89,12 +120,19 @@ def authenticate_check(
     now: float,
     lookup: Callable[[str], EndpointPeer | None],
     stats: CheckStats,
+    *,
+    owner: EndpointPeer | None = None,
 ) -> tuple[EndpointPeer | None, IceReply | None]:
     """Parse a STUN datagram and let the peer its USERNAME names judge it (RFC 8445 §7.3).
 
     Returns the peer (None for an unknown USERNAME: no answer at all, so scanners learn
     nothing) and the agent's reply, whose ``response`` goes back over the same path and whose
     ``valid`` says whether the path may be routed to that peer. Counts into ``stats``.
+
+    ``owner`` is the peer the source address is already bound to, if any: an address bound
+    to a connected peer is never handed to another session, whatever that session's
+    credentials (docs/security.md, "Path changes") — a valid check of one's own session from
+    a spoofed source would otherwise steal the victim's media. Such a check gets no answer.
     """
     try:
         msg = stun.parse(data)
@@ -113,7 +151,12 @@ def authenticate_check(
     if peer is None:
         stats.stun_unknown_user += 1
         return None, None
-    reply = peer.ice_agent.handle_request(msg, data, addr, now)
+    if owner is not None and owner is not peer and owner.connected:
+        stats.stun_address_taken += 1
+        return None, None
+    agent = peer.ice_agent
+    agent.heard(peer.heard_at)  # the path rule weighs how recently the current pair was heard
+    reply = agent.handle_request(msg, data, addr, now)
     if not reply.valid:
         stats.stun_rejected += 1
     return peer, reply
@@ -139,6 +182,19 @@ class UdpEndpoint:
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self._sock = sock
+        # Bound to a wildcard address, the kernel would pick each reply's source address by
+        # route, not by where the peer sent to: ask for the destination of every datagram
+        # and send from it (bench/source_address.py measured this at ≈ 0.6 µs per packet
+        # each way; a socket bound to one address needs none of it).
+        host = sock.getsockname()[0]
+        self._pktinfo = host in ("0.0.0.0", "::")
+        if self._pktinfo:
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        #: per validated remote address, the local address its checks arrive on
+        self._source_of: dict[Address, SourceCmsg] = {}
         self._by_addr: dict[Address, EndpointPeer] = {}
         self._by_ufrag: dict[str, EndpointPeer] = {}
         self._addrs_of: dict[int, list[Address]] = {}  # id(peer) -> its addresses, oldest first
@@ -200,6 +256,7 @@ class UdpEndpoint:
         for addr in self._addrs_of.pop(id(peer), []):
             if self._by_addr.get(addr) is peer:
                 del self._by_addr[addr]
+                self._source_of.pop(addr, None)
 
     def peers(self) -> int:
         """How many peers are registered (created and not yet torn down)."""
@@ -207,15 +264,17 @@ class UdpEndpoint:
 
     def demux_entries(self) -> int:
         """How many routes exist (tests assert it returns to zero after peers leave)."""
-        return len(self._by_addr) + len(self._by_ufrag) + len(self._addrs_of)
+        return (
+            len(self._by_addr) + len(self._by_ufrag) + len(self._addrs_of) + len(self._source_of)
+        )
 
     def _add_address(self, peer: EndpointPeer, addr: Address, keep: Address | None) -> None:
         other = self._by_addr.get(addr)
         if other is peer:
             return
         if other is not None:
-            # The address moved to another session (a client reused a port): the valid
-            # check from it is the newer truth.
+            # The address moved to another session whose owner never connected (a client
+            # reused its socket for a new offer): the valid check from it is the newer truth.
             olds = self._addrs_of.get(id(other))
             if olds is not None and addr in olds:
                 olds.remove(addr)
@@ -228,13 +287,24 @@ class UdpEndpoint:
             addrs.remove(victim)
             if self._by_addr.get(victim) is peer:
                 del self._by_addr[victim]
+                self._source_of.pop(victim, None)
 
     # -- sending --------------------------------------------------------------------------
 
-    def sendto(self, data: bytes | memoryview, addr: Address) -> None:
-        """Send now or drop: a full socket buffer must never block the reader (DESIGN.md)."""
+    def sendto(
+        self, data: bytes | memoryview, addr: Address, source: SourceCmsg | None = None
+    ) -> None:
+        """Send now or drop: a full socket buffer must never block the reader (DESIGN.md).
+
+        From the local address ``addr``'s checks arrived on (``source``, or the one recorded
+        for ``addr``), so a peer sees answers and media from the address it talks to."""
+        if source is None:
+            source = self._source_of.get(addr)
         try:
-            self._sock.sendto(data, addr)
+            if source is None:
+                self._sock.sendto(data, addr)
+            else:
+                self._sock.sendmsg((data,), source, 0, addr)
         except BlockingIOError:
             self.stats.send_dropped += 1
             return
@@ -255,6 +325,10 @@ class UdpEndpoint:
         buf = bytearray(MAX_DATAGRAM)  # longer ones arrive truncated and fail SRTP checks
         view = memoryview(buf)
         recv = sock.recvfrom_into
+        recvmsg = sock.recvmsg_into
+        bufs = [buf]
+        pktinfo = self._pktinfo
+        ancillary: list[tuple[int, int, bytes]] = []
         stats = self.stats
         while True:
             try:
@@ -264,7 +338,10 @@ class UdpEndpoint:
             now = trio.current_time()
             for _ in range(BATCH):
                 try:
-                    n, addr = recv(buf)
+                    if pktinfo:
+                        n, ancillary, _, addr = recvmsg(bufs, PKTINFO_SPACE)
+                    else:
+                        n, addr = recv(buf)
                 except BlockingIOError:
                     break
                 except OSError:
@@ -272,13 +349,20 @@ class UdpEndpoint:
                     continue
                 stats.datagrams_in += 1
                 stats.bytes_in += n
-                self.dispatch(bytes(view[:n]), addr[:2], now)
+                self.dispatch(bytes(view[:n]), addr[:2], now, ancillary)
             else:
                 # A full batch: let the rest of the process run before draining more.
                 await trio.lowlevel.checkpoint()
 
-    def dispatch(self, data: bytes, addr: Address, now: float) -> None:
-        """Route one datagram. Never raises for anything the network can send."""
+    def dispatch(
+        self,
+        data: bytes,
+        addr: Address,
+        now: float,
+        ancillary: list[tuple[int, int, bytes]] | None = None,
+    ) -> None:
+        """Route one datagram. Never raises for anything the network can send. ``ancillary``
+        is the datagram's IP_PKTINFO data (where it was sent to), read only for STUN."""
         if not data:
             self.stats.unknown_kind += 1
             return
@@ -290,7 +374,7 @@ class UdpEndpoint:
                 return
             peer.datagram_received(kind, data, addr, now)
         elif kind is Kind.STUN:
-            self._stun_received(data, addr, now)
+            self._stun_received(data, addr, now, source_cmsg(ancillary) if ancillary else None)
         else:
             self.stats.unknown_kind += 1
 
@@ -298,17 +382,25 @@ class UdpEndpoint:
         """The live peer whose local ICE ufrag this is (the TCP endpoint shares the table)."""
         return self._by_ufrag.get(ufrag)
 
-    def _stun_received(self, data: bytes, addr: Address, now: float) -> None:
-        peer, reply = authenticate_check(data, addr, now, self._by_ufrag.get, self.stats)
+    def _stun_received(
+        self, data: bytes, addr: Address, now: float, source: SourceCmsg | None = None
+    ) -> None:
+        peer, reply = authenticate_check(
+            data, addr, now, self._by_ufrag.get, self.stats, owner=self._by_addr.get(addr)
+        )
         if peer is None or reply is None:
             return
         if reply.response is not None:
-            self.sendto(reply.response, addr)
+            self.sendto(reply.response, addr, source)
         if not reply.valid:
             return
         if peer.ice_agent.local_ufrags != self._ufrags_of.get(id(peer)):
             self.register_ufrags(peer)  # a check with new credentials completed a restart
         self._add_address(peer, addr, keep=peer.remote_address)
+        if source is not None and self._by_addr.get(addr) is peer:
+            # Media to this address leaves from where its checks arrive (RFC 8445 §7.3:
+            # the response's source is the request's destination; symmetric for media too).
+            self._source_of[addr] = source
         peer.address_validated(UdpPath(self, addr), reply.nominated, now)
 
     def close(self) -> None:

@@ -122,7 +122,7 @@ class Downstream(Member):
                 self.nacks_received += len(packet.lost)
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
-                    missed = [seq for seq in packet.lost if not downtrack.retransmit(seq)]
+                    missed = [seq for seq in packet.lost if not downtrack.retransmit(seq, now)]
                     self.nacks_answered += len(packet.lost) - len(missed)
                     if missed and isinstance(downtrack.source, RemoteTrack):
                         # Relayed media this pod lacks: ask the publisher's pod (issue 9).

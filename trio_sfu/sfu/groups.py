@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from trio_sfu.proto.rtp import RtpRewriter
+from trio_sfu.proto.rtp import RtpRewriter, payload_size
 from trio_sfu.sfu.media import SendStatistics
 
 if TYPE_CHECKING:
@@ -55,7 +55,8 @@ class ForwardingGroup:
         if out is None:
             return
         self.last_forward = now
-        self.stats.update(_TS.unpack_from(out, 4)[0], len(out) - 12, now)
+        # RFC 3550 §6.4.1: the SR's octet count is payload only (no header, extension, padding).
+        self.stats.update(_TS.unpack_from(out, 4)[0], payload_size(out), now)
         at = rewriter.twcc_offset
         for member in self.members:
             member.deliver(out, at)

@@ -29,7 +29,7 @@ import trio
 from trio_sfu.cluster.commands import KeyframeRequest, Nack, PublisherInfo, TrackInfo
 from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup
-from trio_sfu.sfu.media import KeyframeThrottle, PacketCache
+from trio_sfu.sfu.media import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.track import KEYFRAME_INTERVAL
 
 if TYPE_CHECKING:
@@ -83,6 +83,9 @@ class RemoteTrack:
         self.cache = PacketCache() if self.kind == "video" else None
         self.fanout = Fanout()
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
+        self.gate: KeyframeGate[DownTrack] = KeyframeGate(
+            (c.payload_type, c.name) for c in media if self.kind == "video"
+        )
         self.packets = 0
         self.gaps = 0  # relayed gaps that asked for a keyframe
         self.nacks_forwarded = 0  # sequence numbers asked of the publisher's pod
@@ -116,20 +119,33 @@ class RemoteTrack:
                     if lost and (lost >= GAP_KEYFRAME or now - last[1] >= STALL):
                         self.gaps += 1
                         self.request_keyframe(now)
+        if self.gate.waiting or self.keyframes.pending:
+            released = self.gate.watch(packet, now, self.keyframes)
+            if released:
+                for downtrack in released:
+                    self.fanout.add(downtrack)
+            elif self.gate.waiting:
+                self.request_keyframe(now)  # throttled: keeps asking while someone waits
         for group in self.fanout.groups:
             group.forward(packet, now)
 
     # -- TrackSource ----------------------------------------------------------------------
 
     def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None:
-        self.fanout.add(downtrack, carry)
+        # A switched down-track (``carry``: WHEP following a new publisher) continues its
+        # numbering in a group at once; switch() asks for the keyframe. A new one waits.
+        if self.gate.active and carry is None:
+            self.gate.hold(downtrack)  # a new video subscriber starts at a keyframe
+        else:
+            self.fanout.add(downtrack, carry)
         if self._scope is None:
             self._scope = trio.CancelScope()
             self.sfu.spawn(self._receive, self._scope)
 
     def detach(self, downtrack: DownTrack) -> None:
+        self.gate.drop(downtrack)
         self.fanout.remove(downtrack)
-        if not self.fanout:
+        if not self.fanout and not self.gate.waiting:
             self.stop()
 
     def stop(self) -> None:

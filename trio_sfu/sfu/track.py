@@ -34,6 +34,7 @@ from trio_sfu.rtc.peer import PeerConnection
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup, GroupKey
 from trio_sfu.sfu.media import (
     FirSequence,
+    KeyframeGate,
     KeyframeThrottle,
     NackGenerator,
     PacketCache,
@@ -50,8 +51,11 @@ log = logging.getLogger(__name__)
 _NOT_FORWARDED = frozenset((URI_MID, URI_RID, URI_REPAIRED_RID, URI_TRANSPORT_CC))
 #: Keyframe requests towards a publisher: at most one per track per interval (issue 3).
 KEYFRAME_INTERVAL = 0.5
-#: Until a receiver report tells us better, NACK retries are spaced by this round-trip time.
+#: Until a receiver report or the SCTP association tells us better, the round-trip time.
 DEFAULT_RTT = 0.1
+#: Retransmissions remembered per down-track (sequence numbers modulo this), to ignore a NACK
+#: repeated within one round trip.
+_RESENT_SLOTS = 1024
 
 _TS = struct.Struct("!I")
 
@@ -85,7 +89,8 @@ class TrackSource(Protocol):
 
     fanout: Fanout
 
-    def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None: ...
+    def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None:
+        """Start forwarding to ``downtrack`` (a video one from the next keyframe on)."""
 
     def detach(self, downtrack: DownTrack) -> None: ...
 
@@ -175,6 +180,9 @@ class PublishedTrack:
         self._apt = {c.payload_type: c.apt for c in transceiver.codecs if c.is_rtx and c.apt}
         self._ingress: dict[int, Ingress] = {}
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
+        self.gate: KeyframeGate[DownTrack] = KeyframeGate(
+            (c.payload_type, c.name) for c in media if video
+        )
         self._fir = FirSequence()
         self.packets = 0
         self.rtx_received = 0
@@ -222,11 +230,22 @@ class PublishedTrack:
         self.packets += 1
         if self.cache is not None:
             self.cache.put(packet)
+        if self.gate.waiting or self.keyframes.pending:
+            self._watch_keyframes(packet, now)
         for group in self.fanout.groups:
             group.forward(packet, now)
         sink = self.relay_sink
         if sink is not None:
             sink(packet)
+
+    def _watch_keyframes(self, packet: bytes, now: float) -> None:
+        """Only while a subscriber waits for its first keyframe or a request is pending."""
+        released = self.gate.watch(packet, now, self.keyframes)
+        if released:
+            for downtrack in released:
+                self.fanout.add(downtrack)
+        elif self.gate.waiting:
+            self.request_keyframe(now)  # throttled: keeps asking while someone waits
 
     def _repaired(self, stream: IncomingStream) -> Ingress | None:
         if stream.repairs is not None:
@@ -239,9 +258,16 @@ class PublishedTrack:
     # -- control --------------------------------------------------------------------------
 
     def attach(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> None:
-        self.fanout.add(downtrack, carry)
+        """A new subscriber of a video track waits for the next keyframe (``gate``)."""
+        # A switched down-track (``carry``: WHEP following a new publisher) continues its
+        # numbering in a group at once; switch() asks for the keyframe. A new one waits.
+        if self.gate.active and carry is None:
+            self.gate.hold(downtrack)
+        else:
+            self.fanout.add(downtrack, carry)
 
     def detach(self, downtrack: DownTrack) -> None:
+        self.gate.drop(downtrack)
         self.fanout.remove(downtrack)
 
     @property
@@ -302,10 +328,11 @@ class PublishedTrack:
     def tick(self, now: float) -> None:
         """Timers of the publisher leg: NACKs that are due, deferred keyframe requests."""
         sender = self.transceiver.sender_ssrc
+        rtt = self.pc.transport_rtt or DEFAULT_RTT
         for ingress in self._ingress.values():
             if ingress.nack is None:
                 continue
-            lost = ingress.nack.due(now, ingress.stats.rtt or DEFAULT_RTT)
+            lost = ingress.nack.due(now, rtt)
             if lost:
                 self.pc.send_rtcp(Nack.from_lost(sender, ingress.ssrc, lost).serialize())
         if self.media_ssrc is not None and self.keyframes.due(now):
@@ -353,6 +380,9 @@ class DownTrack:
         self._sequencer: TransportCcSequencer | None = None
         self._rtx_pt: dict[int, int] = {}
         self._rtx_seq = 0
+        # When each recently retransmitted sequence number went out (slot = seq % size).
+        self._resent_seq = [-1] * _RESENT_SLOTS
+        self._resent_at = [0.0] * _RESENT_SLOTS
         # What this subscriber was sent = its group's counts minus these (set on joining).
         self._base_packets = 0
         self._base_octets = 0
@@ -360,6 +390,7 @@ class DownTrack:
         self._sent_octets = 0
         self.retransmitted = 0
         self.nack_misses = 0
+        self.nack_repeats = 0  # NACKs for a packet retransmitted less than an RTT ago
         self.switches = 0
 
     def __repr__(self) -> str:
@@ -462,12 +493,25 @@ class DownTrack:
             sequencer.next_seq = (seq + 1) & 0xFFFF
         self._send(out, self._ssrc, twcc_offset, seq)
 
-    def retransmit(self, out_seq: int) -> bool:
+    @property
+    def rtt(self) -> float:
+        """This subscriber's round-trip time: from its receiver reports (RFC 3550 §6.4.1,
+        LSR/DLSR against our SRs), else its transport's SCTP SRTT, else a default."""
+        return self.stats.rtt or self.pc.transport_rtt or DEFAULT_RTT
+
+    def retransmit(self, out_seq: int, now: float) -> bool:
         """Answer the subscriber's NACK for ``out_seq`` from the source's cache (RFC 4585
-        §6.2.1), as RTX when negotiated (RFC 4588), else as the original packet."""
+        §6.2.1), as RTX when negotiated (RFC 4588), else as the original packet.
+
+        A NACK repeated within one round trip of our retransmission is not answered again:
+        the repair is still on its way (libwebrtc's receiver re-NACKs on its own timer)."""
         group = self.group
         cache = self.source.cache
         if group is None or cache is None:
+            return False
+        slot = out_seq % _RESENT_SLOTS
+        if self._resent_seq[slot] == out_seq and now - self._resent_at[slot] < self.rtt:
+            self.nack_repeats += 1
             return False
         rewriter = group.rewriter
         in_seq = rewriter.to_input_sequence(out_seq)
@@ -488,6 +532,8 @@ class DownTrack:
                 return False
             ssrc = rtx_ssrc
         self.retransmitted += 1
+        self._resent_seq[slot] = out_seq
+        self._resent_at[slot] = now
         sequencer = self._sequencer
         seq = 0
         if sequencer is not None:

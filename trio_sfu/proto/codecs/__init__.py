@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from trio_sfu.proto.codecs import av1, av1_dd, h264, vp8, vp9
 
-__all__ = ["av1", "av1_dd", "h264", "is_keyframe", "vp8", "vp9"]
+__all__ = ["av1", "av1_dd", "h264", "is_keyframe", "keyframe_detector", "vp8", "vp9"]
 
 _DETECTORS: dict[str, Callable[[bytes], bool]] = {
     "VP8": vp8.is_keyframe,
@@ -15,6 +15,12 @@ _DETECTORS: dict[str, Callable[[bytes], bool]] = {
     "AV1": av1.is_keyframe,
     "AV1X": av1.is_keyframe,  # the name early Chromium builds negotiated
 }
+
+
+def keyframe_detector(codec_name: str) -> Callable[[bytes], bool] | None:
+    """The codec's keyframe test on an RTP payload, by SDP name; None for audio and unknown
+    codecs (nothing to wait for). Resolved once per track so the per-packet call is direct."""
+    return _DETECTORS.get(codec_name.upper())
 
 
 def is_keyframe(codec_name: str, payload: bytes) -> bool:

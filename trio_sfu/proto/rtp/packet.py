@@ -21,6 +21,7 @@ __all__ = [
     "is_rtcp",
     "parse_rtp",
     "payload_offset",
+    "payload_size",
     "read_header",
     "rtp_marker",
     "rtp_payload_type",
@@ -109,6 +110,22 @@ def payload_offset(data: bytes) -> int:
     if b0 & 0x20:
         end -= data[-1]
     return pos if pos <= end else -1
+
+
+def payload_size(data: bytes) -> int:
+    """Payload octets of an RTP packet: no header, CSRCs, extension or padding, as an SR's
+    sender's octet count wants them (RFC 3550 §6.4.1); 0 for a malformed header."""
+    n = len(data)
+    if n < 12:
+        return 0
+    b0 = data[0]
+    pos = 12 + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if pos + 4 > n:
+            return 0
+        pos += 4 + 4 * _U16.unpack_from(data, pos + 2)[0]
+    end = n - data[-1] if b0 & 0x20 else n
+    return end - pos if end > pos else 0
 
 
 def find_extension(data: bytes, ext_id: int) -> bytes | None:

@@ -8,6 +8,7 @@ Each is a small sans-IO class — no Trio, no sockets, no clock reads; time come
   from publishers;
 * :class:`NackGenerator`: which of a publisher's packets to NACK, and when;
 * :class:`KeyframeThrottle` / :class:`FirSequence`: PLI/FIR towards a publisher;
+* :class:`KeyframeGate`: new subscribers start at a keyframe;
 * :class:`ReceiveStatistics` / :class:`SendStatistics`: the RR of the publisher leg and the
   SR of the subscriber leg, with round-trip times (RTCP is terminated per leg).
 """
@@ -15,7 +16,7 @@ Each is a small sans-IO class — no Trio, no sockets, no clock reads; time come
 from __future__ import annotations
 
 from trio_sfu.sfu.media.cache import PacketCache
-from trio_sfu.sfu.media.keyframe import FirSequence, KeyframeThrottle
+from trio_sfu.sfu.media.keyframe import FirSequence, KeyframeGate, KeyframeThrottle
 from trio_sfu.sfu.media.nack import NackGenerator
 from trio_sfu.sfu.media.receive_stats import ReceiveStatistics
 from trio_sfu.sfu.media.rtx import rtx_unwrap, rtx_wrap
@@ -23,6 +24,7 @@ from trio_sfu.sfu.media.send_stats import SendStatistics
 
 __all__ = [
     "FirSequence",
+    "KeyframeGate",
     "KeyframeThrottle",
     "NackGenerator",
     "PacketCache",

@@ -8,7 +8,21 @@ its bitrate. The SFU therefore forwards at most one PLI/FIR per track per interv
 
 from __future__ import annotations
 
-__all__ = ["FirSequence", "KeyframeThrottle"]
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from trio_sfu.proto.codecs import keyframe_detector
+from trio_sfu.proto.rtp.packet import payload_offset
+
+__all__ = ["KEYFRAME_WAIT", "FirSequence", "KeyframeGate", "KeyframeThrottle"]
+
+T = TypeVar("T")
+
+#: A new subscriber waits at most this long for a keyframe before it gets whatever comes (a
+#: publisher that ignores PLI, or a payload the detectors cannot read, such as end-to-end
+#: encrypted frames), so waiting never turns into a black screen.
+KEYFRAME_WAIT = 3.0
+
 
 
 class KeyframeThrottle:
@@ -20,14 +34,14 @@ class KeyframeThrottle:
     instead of waiting for its own retry. The driver arms a timer at :meth:`get_timer`.
     """
 
-    __slots__ = ("_last", "_min_interval", "_pending", "sent", "suppressed")
+    __slots__ = ("_last", "_min_interval", "pending", "sent", "suppressed")
 
     def __init__(self, min_interval: float = 0.5) -> None:
         if min_interval < 0:
             raise ValueError("min_interval must not be negative")
         self._min_interval = min_interval
         self._last: float | None = None
-        self._pending = False
+        self.pending = False
         self.sent = 0
         self.suppressed = 0
 
@@ -36,32 +50,34 @@ class KeyframeThrottle:
         last = self._last
         if last is None or now - last >= self._min_interval:
             self._last = now
-            self._pending = False
+            self.pending = False
             self.sent += 1
             return True
-        self._pending = True
+        self.pending = True
         self.suppressed += 1
         return False
 
     def on_keyframe(self) -> None:
-        """A keyframe arrived from the publisher: it answers any refused request."""
-        self._pending = False
+        """A keyframe arrived from the publisher: it answers any refused request, which is
+        therefore not sent when the interval ends (the driver watches for keyframes only while
+        :attr:`pending` is set, so this costs nothing otherwise)."""
+        self.pending = False
 
     def get_timer(self) -> float | None:
         """When a refused request becomes due; None if there is none."""
-        if not self._pending or self._last is None:
+        if not self.pending or self._last is None:
             return None
         return self._last + self._min_interval
 
     def due(self, now: float) -> bool:
         """True if a refused request should be sent now (and counts as sent)."""
-        if not self._pending:
+        if not self.pending:
             return False
         last = self._last
         if last is not None and now - last < self._min_interval:
             return False
         self._last = now
-        self._pending = False
+        self.pending = False
         self.sent += 1
         return True
 
@@ -88,3 +104,66 @@ class FirSequence:
         """The number for a new request."""
         self._seq = (self._seq + 1) & 0xFF
         return self._seq
+
+
+class KeyframeGate(Generic[T]):
+    """Down-tracks that joined a video track wait here until a keyframe starts, so the first
+    frame a subscriber gets is one it can decode (and the keyframe also ends the track's
+    throttle, :meth:`KeyframeThrottle.on_keyframe`).
+
+    Sans-IO: the track calls :meth:`is_keyframe` and :meth:`release` per packet only while
+    something waits (:attr:`waiting`) or a request is pending, so the detectors in
+    ``proto/codecs`` cost nothing on the steady path.
+    """
+
+    __slots__ = ("_detectors", "_since", "waiting")
+
+    def __init__(self, codecs: Iterable[tuple[int, str]]) -> None:
+        """``codecs``: (payload type, SDP codec name) of the track's media formats."""
+        self._detectors: dict[int, Callable[[bytes], bool]] = {}
+        for pt, name in codecs:
+            detector = keyframe_detector(name)
+            if detector is not None:
+                self._detectors[pt] = detector
+        self.waiting: list[T] = []
+        self._since: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether this track has keyframes to wait for (a video codec we can read)."""
+        return bool(self._detectors)
+
+    def hold(self, item: T) -> None:
+        self.waiting.append(item)
+
+    def drop(self, item: T) -> None:
+        self.waiting = [w for w in self.waiting if w is not item]
+        if not self.waiting:
+            self._since = None
+
+    def is_keyframe(self, packet: bytes) -> bool:
+        """Whether this RTP packet starts a keyframe (by its payload type's codec)."""
+        detector = self._detectors.get(packet[1] & 0x7F)
+        if detector is None:
+            return False
+        offset = payload_offset(packet)
+        return offset >= 0 and detector(packet[offset:])
+
+    def watch(self, packet: bytes, now: float, throttle: KeyframeThrottle) -> list[T]:
+        """One packet of the track while something waits or a request is pending: a keyframe
+        answers the throttle's pending request; returns the waiters to forward from this
+        packet on (empty while they still wait: the caller asks for a keyframe again)."""
+        keyframe = self.is_keyframe(packet)
+        if keyframe:
+            throttle.on_keyframe()
+        return self.release(keyframe, now) if self.waiting else []
+
+    def release(self, keyframe: bool, now: float) -> list[T]:
+        """The waiters to forward from this packet on: all of them when it starts a keyframe
+        or they waited :data:`KEYFRAME_WAIT`, else none."""
+        if self._since is None:
+            self._since = now
+        if not keyframe and now - self._since < KEYFRAME_WAIT:
+            return []
+        released, self.waiting, self._since = self.waiting, [], None
+        return released

@@ -26,9 +26,8 @@ class ReceiveStatistics:
     by in-order packets that start a new timestamp as libwebrtc does, so the packets of one
     video frame (same timestamp, sent in a burst) do not dilute it.
 
-    ``rtt`` (seconds, None until known) is not measured here: RFC 3550 only lets the sender of
-    an SR measure it. A driver that also sends to this peer sets it from that leg's
-    :class:`~trio_sfu.sfu.media.send_stats.SendStatistics`.
+    No round-trip time here: RFC 3550 only lets the sender of an SR measure it; the publisher
+    leg's NACK timing uses the transport's SCTP SRTT instead (``PeerConnection.transport_rtt``).
     """
 
     __slots__ = (
@@ -47,7 +46,6 @@ class ReceiveStatistics:
         "_started",
         "_timed",
         "received",
-        "rtt",
     )
 
     def __init__(self, clock_rate: int) -> None:
@@ -68,7 +66,6 @@ class ReceiveStatistics:
         self._lsr = 0
         self._sr_arrival = 0.0
         self.received = 0  # packets received, duplicates included (RFC 3550 A.3)
-        self.rtt: float | None = None
 
     def _init_seq(self, seq: int) -> None:
         # RFC 3550 A.1 init_seq

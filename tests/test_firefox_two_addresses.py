@@ -1,0 +1,195 @@
+"""Firefox ESR against a server bound to ``0.0.0.0`` on a host with several addresses (issue 8,
+item 4): the answers to its checks, and the media, must come from the address it sent to.
+
+Inside a fresh network namespace (``tests/netns.py``: 198.18.0.1 on ``v0``, 198.18.0.2 on
+``v1``) the server binds the wildcard address and advertises 198.18.0.1. Firefox runs in a
+namespace of its own behind a second veth pair (198.19.0.2 ⇄ 198.19.0.1, the server's side),
+as a browser on another machine would: its checks go to 198.18.0.1, and the kernel, left to
+itself, answers from 198.19.0.1 — the address of the route back — which Firefox drops
+(``Peer address mismatch``). Firefox publishes and subscribes to itself through the server
+(``tests/site/firefox_check.html``), and the test requires 60 decoded frames of its own video.
+
+This module is also the scenario runner the namespace executes
+(``python -m tests.test_firefox_two_addresses run``); it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.netns import ADDRESS_A, REPO, inside, netns_argv, require_netns
+from tests.test_site import (
+    FIREFOX_PREFS,
+    NODE_TESTS,
+    REQUIRE_FIREFOX_ENV,
+    SITE,
+    Collector,
+    find_firefox,
+)
+
+FRAMES = 60
+SCENARIO_TIMEOUT = 150
+HOST_SIDE = "198.19.0.1"  # the server's namespace, facing Firefox's
+FIREFOX_SIDE = "198.19.0.2"
+
+
+@pytest.mark.browser
+def test_firefox_connects_to_a_wildcard_server_on_a_two_address_host() -> None:
+    require_netns()
+    if find_firefox() is None:
+        missing = "firefox-esr not installed (Debian package firefox-esr)"
+        if os.environ.get(REQUIRE_FIREFOX_ENV) == "1":
+            pytest.fail(f"{missing} ({REQUIRE_FIREFOX_ENV}=1 forbids skipping)")
+        pytest.skip(missing)
+    argv = netns_argv([sys.executable, "-m", "tests.test_firefox_two_addresses", "run"])
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT + 30
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result (exit {done.returncode})\n{done.stderr[-4000:]}"
+    result = json.loads(lines[-1])
+    assert "error" not in result, (
+        f"{result['error']}; page problems {result.get('problems')}; server UDP "
+        f"{result.get('udp')}\n{result.get('log', '')}\n{done.stderr[-3000:]}"
+    )
+    assert result["decoded"] >= FRAMES, result
+    # The pair Firefox chose: its only address to the advertised one.
+    assert result["pair"].startswith(f"udp host {FIREFOX_SIDE}:"), result
+    assert result["pair"].endswith(f"{ADDRESS_A}:{result['udp_port']}"), result
+
+
+async def scenario() -> dict[str, Any]:
+    from trio_sfu.app import serve
+    from trio_sfu.config import Config
+
+    addresses = inside()
+    assert addresses is not None, "run through tests.netns"
+    firefox = find_firefox()
+    assert firefox is not None
+    # Firefox's own namespace behind a second veth pair: the server's host then has three
+    # addresses (198.18.0.1 advertised, 198.18.0.2, and HOST_SIDE facing Firefox), and the
+    # route back to Firefox leaves from HOST_SIDE, not from the address Firefox sent to.
+    for argv in (
+        ("ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1"),
+        ("ip", "addr", "add", f"{HOST_SIDE}/24", "dev", "w0"),
+        ("ip", "link", "set", "w0", "up"),
+    ):
+        subprocess.run(argv, check=True)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        site = tmp / "site"
+        shutil.copytree(SITE, site)
+        for name in ("browser_harness.js", "firefox_check.html"):
+            shutil.copy(NODE_TESTS / name, site / name)
+        profile = tmp / "profile"
+        profile.mkdir()
+        (profile / "user.js").write_text(
+            FIREFOX_PREFS
+            # Served from HOST_SIDE, not localhost: allow getUserMedia there; and never let
+            # Firefox go "offline" for want of a link it likes.
+            + 'user_pref("media.devices.insecure.enabled", true);\n'
+            + 'user_pref("media.getusermedia.insecure.enabled", true);\n'
+            + 'user_pref("network.manage-offline-status", false);\n'
+        )
+        log = tmp / "firefox.log"
+        collector = Collector(log)
+        reachable = http.server.ThreadingHTTPServer(
+            (HOST_SIDE, 0), collector.server.RequestHandlerClass
+        )
+        reachable.daemon_threads = True
+        threading.Thread(target=reachable.serve_forever, daemon=True).start()
+        collector.url = f"http://{HOST_SIDE}:{reachable.server_address[1]}/"
+        config = Config(
+            http_host=HOST_SIDE, http_port=0, udp_host="0.0.0.0", udp_port=0,
+            public_ips=(ADDRESS_A,), site_dir=site,
+        )
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(functools.partial(serve, config, handle_signals=False))
+            url = (f"http://{HOST_SIDE}:{running.http_port}/firefox_check.html"
+                   f"?room=two-addr&collect={collector.url}")
+            env = {**os.environ, "HOME": str(tmp), "MOZ_CRASHREPORTER_DISABLE": "1"}
+            setup = (
+                "while ! ip link show w1 >/dev/null 2>&1; do sleep 0.05; done; "
+                f"ip link set lo up && ip addr add {FIREFOX_SIDE}/24 dev w1 && "
+                f"ip link set w1 up && ip route add default via {HOST_SIDE} && exec \"$@\""
+            )
+            with log.open("wb") as out:
+                fox = subprocess.Popen(
+                    ["unshare", "--net", "--", "sh", "-c", setup, "sh",
+                     firefox, "--headless", "--no-remote", "--profile", str(profile), url],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,
+                )
+            try:
+                for _ in range(100):  # unshare has made the namespace once it runs sh
+                    moved = subprocess.run(
+                        ["ip", "link", "set", "w1", "netns", str(fox.pid)], capture_output=True
+                    )
+                    if moved.returncode == 0:
+                        break
+                    await trio.sleep(0.05)
+                result = await watch(collector, running.udp_port)
+                result["udp"] = repr(running.rtc.endpoint.stats)
+                result["movedToFirefox"] = moved.returncode == 0
+            finally:
+                os.killpg(fox.pid, signal.SIGKILL)
+                fox.wait(timeout=10)
+                reachable.shutdown()
+                nursery.cancel_scope.cancel()
+        if result.get("decoded", 0) < FRAMES:
+            result["log"] = collector.log()
+        return result
+
+
+async def watch(collector: Collector, udp_port: int) -> dict[str, Any]:
+    """Until Firefox's subscriber decoded FRAMES of its own publisher (bounded)."""
+    best = 0
+    with trio.move_on_after(SCENARIO_TIMEOUT - 30):
+        while True:
+            await trio.sleep(0.5)
+            ids, status = collector.last("ids"), collector.last("status")
+            if ids is None or status is None:
+                continue
+            tile = status["sub"]["tiles"].get(ids["pubId"])
+            if tile is None:
+                continue
+            best = max(best, tile["framesDecoded"])
+            # The demo (in the page's iframe) shows the candidate pair once its stats have it.
+            demo = status["demo"]["tiles"]
+            pair = next((t["shown"]["pair"] for t in demo
+                         if t["shown"].get("pair", "").startswith("udp ")), "")
+            if best >= FRAMES and pair:
+                return {"decoded": best, "pair": pair, "udp_port": udp_port,
+                        "problems": collector.problems()}
+    return {"decoded": best, "udp_port": udp_port, "pair": "",
+            "error": f"Firefox decoded {best} frames of its own video (want {FRAMES})",
+            "problems": collector.problems()}
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["run"]:
+    from trio_sfu.logs import setup_logging
+
+    setup_logging("info", stream=sys.stderr)
+    try:
+        out = trio.run(scenario)
+    except BaseException as error:  # report, then fail: the parent reads one line either way
+        import traceback
+
+        traceback.print_exc()
+        out = {"error": f"{type(error).__name__}: {error}"}
+    print(json.dumps(out), flush=True)
+    sys.exit(0 if "error" not in out else 1)
