@@ -23,6 +23,12 @@ LISTENER_BACKLOG = 10_000
 
 
 class Bus(Protocol):
+    @property
+    def connected(self) -> bool:
+        """False while the bus cannot deliver (NATS unreachable): a member joining then would
+        not hear its room, so joins are refused until it is back."""
+        ...
+
     async def publish(self, room: str, command: Command) -> None: ...
 
     def listen(self, room: str) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Command]]:
@@ -49,6 +55,10 @@ class LocalBus:
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[trio.MemorySendChannel[Command]]] = {}
+
+    @property
+    def connected(self) -> bool:
+        return True  # in-process: always delivers
 
     async def send_to_node(self, node_id: str, command: Command) -> None:
         await self.publish(self.NODE, command)

@@ -286,7 +286,7 @@ class Sfu:
             raise Unavailable("the SFU is not running", retry_after=1)
         if self.draining:
             raise Unavailable("this node is draining; try again", retry_after=DRAIN_RETRY_AFTER)
-        if not getattr(self.bus, "connected", True):
+        if not self.bus.connected:
             # A member that joined now would not hear its room until NATS is back (issue 9).
             raise Unavailable(
                 "cluster backend unavailable: NATS is not connected",
