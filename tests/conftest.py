@@ -1,12 +1,14 @@
-"""Shared fixtures: a live RtcServer on loopback, and task accounting for leak checks."""
+"""Shared fixtures: a live RtcServer on loopback, disposable redis-server/nats-server processes
+for the cluster tests, and task accounting for leak checks."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
 
+from tests.services import NatsServer, RedisServer, nats_server, redis_server
 from trio_sfu.rtc.server import RtcServer
 
 
@@ -18,6 +20,20 @@ async def rtc_server(nursery: trio.Nursery) -> AsyncIterator[RtcServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def redis_srv() -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port (tests may kill or freeze it)."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def nats_srv() -> Iterator[NatsServer]:
+    """A nats-server of the test's own on a free port."""
+    with nats_server() as server:
+        yield server
 
 
 def live_tasks() -> list[trio.lowlevel.Task]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,7 +19,7 @@ import trio
 
 from tests.cluster_helpers import Pod, run_pods, serve_load_balancer
 from tests.rtc_helpers import client_certificate
-from tests.services import NatsServer, RedisServer, nats_server, redis_server
+from tests.services import NatsServer, RedisServer
 from trio_sfu.client.sfu import (
     PublisherClient,
     SfuConnection,
@@ -29,18 +29,6 @@ from trio_sfu.client.sfu import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-def nats_srv() -> Iterator[NatsServer]:
-    with nats_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -20,10 +20,8 @@ from tests.cluster_helpers import Pod, run_pods, serve_load_balancer
 from tests.services import NatsServer, RedisServer
 from tests.test_cluster import (
     join,
-    nats_srv,
     pods,
     publisher,
-    redis_srv,
     stream_until,
     subscriber,
 )
@@ -34,7 +32,7 @@ from trio_sfu.proto.sdp.frag import parse_frag
 
 pytestmark = pytest.mark.slow
 
-__all__ = ["nats_srv", "pods", "redis_srv"]  # fixtures used here
+__all__ = ["pods"]  # fixtures used here (redis_srv, nats_srv: tests/conftest.py)
 
 
 def owner_of(url: str, pods: dict[str, Pod]) -> Pod:

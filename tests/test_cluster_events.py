@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,23 +16,11 @@ import trio
 
 from tests.cluster_helpers import Pod, run_pods
 from tests.rtc_helpers import client_certificate
-from tests.services import NatsServer, RedisServer, nats_server, redis_server
+from tests.services import NatsServer, RedisServer
 from trio_sfu.client.events import room_events
 from trio_sfu.client.sfu import SubscriberClient, http_signal
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-def nats_srv() -> Iterator[NatsServer]:
-    with nats_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster_helpers import Pod
 from tests.services import RedisServer
-from tests.test_cluster import join, nats_srv, pods, publisher, redis_srv, subscriber
+from tests.test_cluster import join, pods, publisher, subscriber
 from trio_sfu.client.sfu import SignalingError, SubscriberClient, http_signal
 
 pytestmark = pytest.mark.slow
 
-__all__ = ["nats_srv", "pods", "redis_srv"]  # fixtures used here
+__all__ = ["pods"]  # fixtures used here
 
 
 async def test_same_id_after_sigkill_is_accepted_within_5s(

@@ -6,30 +6,17 @@ before and after it joined, and CHAT)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import httpx
 import pytest
 import trio
 
 from tests.cluster_helpers import run_pods
-from tests.services import NatsServer, RedisServer, nats_server, redis_server
+from tests.services import NatsServer, RedisServer
 from tests.test_cluster import flowing, join, metrics, publisher, stream_until, subscriber
 from trio_sfu.client.sfu import PublisherClient, SignalingError, SubscriberClient
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-def nats_srv() -> Iterator[NatsServer]:
-    with nats_server() as server:
-        yield server
 
 
 async def test_joins_during_a_nats_outage_are_refused_and_leave_no_deaf_room(

@@ -11,11 +11,10 @@ import trio
 
 from tests.cluster_helpers import Pod, run_pods
 from tests.services import NatsServer, RedisServer
-from tests.test_cluster import join, nats_srv, publisher, redis_srv, room_json, subscriber
+from tests.test_cluster import join, publisher, room_json, subscriber
 from trio_sfu.client.sfu import PublisherClient, SubscriberClient
 
 pytestmark = pytest.mark.slow
-__all__ = ["nats_srv", "redis_srv"]  # fixtures
 
 
 @pytest.fixture
