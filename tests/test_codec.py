@@ -26,6 +26,7 @@ from trio_sfu.cluster.codec import (
     subject_token,
 )
 from trio_sfu.cluster.commands import (
+    ActiveSpeaker,
     Chat,
     CodecInfo,
     Command,
@@ -34,6 +35,7 @@ from trio_sfu.cluster.commands import (
     PubJoin,
     PubLeft,
     PublisherInfo,
+    SpeakerLevels,
     SubJoin,
     SubLeft,
     SubscriberInfo,
@@ -91,6 +93,19 @@ commands: st.SearchStrategy[Command] = st.one_of(
         track_id=anything,
         sequence_numbers=st.lists(st.integers(0, 0xFFFF), max_size=40).map(tuple),
     ),
+    st.builds(
+        SpeakerLevels,
+        room=names,
+        node=names,
+        levels=st.lists(st.tuples(names, st.integers(0, 127)), max_size=8).map(tuple),
+    ),
+    st.builds(
+        ActiveSpeaker,
+        room=names,
+        node=names,
+        speaker=st.just("") | names,
+        levels=st.lists(st.tuples(names, st.integers(-127, 0)), max_size=8).map(tuple),
+    ),
 )
 
 # -- realistic values --------------------------------------------------------------------------
@@ -123,6 +138,8 @@ EVERY_TYPE: list[Command] = [
     Chat("room-1", "bob-9x8y7", "hello, ünïcode ✓"),
     KeyframeRequest("room-1", "alice-7f3k2", "1f9a6c2d-4b8e-0f1a-3c8c-3e0f2a5b7d4e"),
     Nack("room-1", "alice-7f3k2", "1f9a6c2d-4b8e-0f1a-3c8c-3e0f2a5b7d4e", (65535, 0, 1, 2)),
+    SpeakerLevels("room-1", "pod-a-1b2c3d", (("alice-7f3k2", 97), ("carol-1", 0))),
+    ActiveSpeaker("room-1", "pod-a-1b2c3d", "alice-7f3k2", (("alice-7f3k2", -30),)),
 ]
 
 

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import msgpack
 
 from trio_sfu.cluster.commands import (
+    ActiveSpeaker,
     Chat,
     CodecInfo,
     Command,
@@ -31,6 +32,7 @@ from trio_sfu.cluster.commands import (
     PubJoin,
     PubLeft,
     PublisherInfo,
+    SpeakerLevels,
     SubJoin,
     SubLeft,
     SubscriberInfo,
@@ -49,6 +51,8 @@ TAG_CHAT = 5
 TAG_KEYFRAME_REQUEST = 6
 TAG_NACK = 7
 TAG_TRACK_CHANGE = 8
+TAG_SPEAKER_LEVELS = 9
+TAG_ACTIVE_SPEAKER = 10
 TAG_PUBLISHER_INFO = 64
 TAG_SUBSCRIBER_INFO = 65
 
@@ -229,6 +233,10 @@ def _pack_command(command: Command) -> list[Any]:
             return [TAG_KEYFRAME_REQUEST, room, publisher_id, track_id]
         case Nack(room, publisher_id, track_id, sequence_numbers):
             return [TAG_NACK, room, publisher_id, track_id, list(sequence_numbers)]
+        case SpeakerLevels(room, node, levels):
+            return [TAG_SPEAKER_LEVELS, room, node, _pack_levels(levels)]
+        case ActiveSpeaker(room, node, speaker, levels):
+            return [TAG_ACTIVE_SPEAKER, room, node, speaker, _pack_levels(levels)]
     _fail(f"not a command: {type(command).__name__}")
 
 
@@ -266,6 +274,29 @@ def _nack(f: list[Any]) -> Command:
     return Nack(_str(f[1], "room"), _str(f[2], "publisher_id"), _str(f[3], "track_id"), seqs)
 
 
+def _pack_levels(levels: tuple[tuple[str, int], ...]) -> list[Any]:
+    return [[p, v] for p, v in levels]
+
+
+def _unpack_levels(value: Any) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in _list(value, "levels"):
+        f = _list(item, "level", 2)
+        # loudness 0..127 in reports, dBov -127..0 in decisions
+        out.append((_str(f[0], "level.publisher_id"), _int(f[1], "level.value", -127, 127)))
+    return tuple(out)
+
+
+def _speaker_levels(f: list[Any]) -> Command:
+    return SpeakerLevels(_str(f[1], "room"), _str(f[2], "node"), _unpack_levels(f[3]))
+
+
+def _active_speaker(f: list[Any]) -> Command:
+    return ActiveSpeaker(
+        _str(f[1], "room"), _str(f[2], "node"), _str(f[3], "speaker"), _unpack_levels(f[4])
+    )
+
+
 #: tag → (number of items including the tag, unpacker)
 _UNPACKERS: dict[int, tuple[int, Callable[[list[Any]], Command]]] = {
     TAG_PUB_JOIN: (3, _pub_join),
@@ -276,6 +307,8 @@ _UNPACKERS: dict[int, tuple[int, Callable[[list[Any]], Command]]] = {
     TAG_KEYFRAME_REQUEST: (4, _keyframe_request),
     TAG_NACK: (5, _nack),
     TAG_TRACK_CHANGE: (3, _track_change),
+    TAG_SPEAKER_LEVELS: (4, _speaker_levels),
+    TAG_ACTIVE_SPEAKER: (5, _active_speaker),
 }
 
 

@@ -121,6 +121,27 @@ class Nack:
     sequence_numbers: tuple[int, ...] = field(default=())
 
 
+@dataclass(slots=True, frozen=True)
+class SpeakerLevels:
+    """One pod's audio publishers' mean loudness (``127 - RFC 6464 level``; 0 is silence)
+    over the last speaker window, four times a second (issue 11; ``sfu/speaker.py``)."""
+
+    room: str
+    node: str
+    levels: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class ActiveSpeaker:
+    """The room's deciding pod's active speaker (``""``: none yet) and the smoothed levels
+    (dBov, loudest first) of who is audible; on change, at most twice a second otherwise."""
+
+    room: str
+    node: str
+    speaker: str
+    levels: tuple[tuple[str, int], ...] = ()
+
+
 Command = (
     PubJoin
     | PubLeft
@@ -130,4 +151,6 @@ Command = (
     | Chat
     | KeyframeRequest
     | Nack
+    | SpeakerLevels
+    | ActiveSpeaker
 )

@@ -11,6 +11,8 @@ hear, so a pod with no member in the room streams the same events as the pods ho
 ``subscriber_joined``  ``peer``, ``user``, ``node``
 ``subscriber_left``    ``peer``
 ``chat``               ``from``, ``text`` (only with ``?chat=1``)
+``speaker``            ``peer``: the room's active speaker changed (issue 11); ``levels``
+                       [{``peer``, ``dbov``}] of who is audible, loudest first
 ``node_drained``       ``node``: the pod serving this stream drains; it closes the
                        stream with 1012 (service restart) — reconnect to another pod
 =====================  =============================================================
@@ -35,7 +37,15 @@ import trio
 from quart import Blueprint, websocket
 
 from trio_sfu.auth import ANY_ROOM, Claims
-from trio_sfu.cluster.commands import Chat, Command, PubJoin, PubLeft, SubJoin, SubLeft
+from trio_sfu.cluster.commands import (
+    ActiveSpeaker,
+    Chat,
+    Command,
+    PubJoin,
+    PubLeft,
+    SubJoin,
+    SubLeft,
+)
 from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.cluster.state import RoomState
 from trio_sfu.http.guard import Guard, forbidden, unauthorized
@@ -92,6 +102,14 @@ def event_of(command: Command, *, chat: bool) -> dict[str, Any] | None:
     return None
 
 
+def speaker_event(command: ActiveSpeaker) -> dict[str, Any]:
+    """A new active speaker as watchers see it."""
+    return {
+        "type": "speaker", "room": command.room, "peer": command.speaker,
+        "levels": [{"peer": p, "dbov": v} for p, v in command.levels],
+    }
+
+
 def _claims(guard: Guard) -> Claims | None:
     """Bearer token from the header or ``access_token`` (RFC 6750 §2.1, §2.3); None if off."""
     verifier = guard.verifier
@@ -143,7 +161,14 @@ class Watcher:
         async with self.source.bus.listen(room) as commands:
             if subscribed is not None:
                 subscribed.set()
+            speaker = ""  # the room's decisions repeat; a watcher hears each change once
             async for command in commands:
+                if isinstance(command, ActiveSpeaker):
+                    if not command.speaker or command.speaker == speaker:
+                        continue
+                    speaker = command.speaker
+                    self.put(speaker_event(command))
+                    continue
                 event = event_of(command, chat=self.chat)
                 if event is not None:
                     self.put(event)

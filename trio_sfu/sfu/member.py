@@ -111,6 +111,16 @@ class Member:
             self.pc.close("send buffer full")
         return False
 
+    def send_event(self, line: str) -> bool:
+        """Send a line the next one supersedes (``SPEAKER``, ``SPEAKERS``): dropped, silently,
+        while this member's send buffer is at the cap — a late one is worth nothing."""
+        channel = self.control
+        if channel is None or channel.ready_state != "open":
+            return False
+        if channel.buffered_amount + len(line) > self.limits.max_send_buffer:
+            return False
+        return self.send(line)
+
     async def serve(self) -> None:
         """Handle the peer's control events until it closes (runs in the peer's nursery)."""
         async for event in self.pc.events:

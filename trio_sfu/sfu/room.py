@@ -8,16 +8,19 @@ the local subscribers. The same code path serves one process and a cluster.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
 from trio_sfu.cluster.commands import (
+    ActiveSpeaker,
     Chat,
     Command,
     PubJoin,
     PubLeft,
     PublisherInfo,
+    SpeakerLevels,
     SubJoin,
     SubLeft,
     TrackChange,
@@ -26,6 +29,7 @@ from trio_sfu.cluster.errors import BackendUnavailable
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.publisher import Publisher
+from trio_sfu.sfu.speaker import WINDOW, RoomSpeakers
 
 if TYPE_CHECKING:
     from trio_sfu.sfu.service import Sfu
@@ -47,6 +51,18 @@ class Room:
         self.subscribers: dict[str, Downstream] = {}
         self._cancel = trio.CancelScope()
         self._listening = trio.Event()
+        #: the room's active speaker across pods (issue 11), ticked by :meth:`_speaker_timer`
+        self.speakers = RoomSpeakers(sfu.node_id)
+        #: called with the publisher id when the room's active speaker changes (the
+        #: bandwidth allocator's priority hook; called in the room's listener task)
+        self.speaker_listeners: list[Callable[[str], None]] = []
+        self._speaker_wake = trio.Event()
+        self._speaker_scope = trio.CancelScope()
+
+    @property
+    def speaker(self) -> str | None:
+        """The room's active speaker (a publisher id, maybe on another pod), or None."""
+        return self.speakers.speaker
 
     @property
     def empty(self) -> bool:
@@ -63,6 +79,7 @@ class Room:
         members (issue 9 item 4, issue 14 item 1).
         """
         with self._cancel:
+            self.sfu.spawn(self._speaker_timer)
             async with self.sfu.bus.listen(self.name) as commands:
                 task_status.started()
                 await self._follow(commands)
@@ -81,6 +98,79 @@ class Room:
 
     def stop(self) -> None:
         self._cancel.cancel()
+        self._speaker_scope.cancel()
+
+    # -- active speaker (issue 11) --------------------------------------------------------
+
+    def _has_audio(self) -> bool:
+        return any(
+            p.announced and any(t.level_id for t in p.tracks) for p in self.publishers.values()
+        )
+
+    def _local_levels(self) -> tuple[tuple[str, int], ...] | None:
+        """This window's report for our announced audio publishers (None: we have none)."""
+        sums = []
+        for publisher in self.publishers.values():
+            if not publisher.announced:
+                continue
+            total = count = 0
+            best = -1
+            for track in publisher.tracks:
+                if track.level_id:
+                    t, c = track.take_levels()
+                    mean = t // c if c else 0
+                    if mean > best:  # a publisher's loudest audio track speaks for it
+                        best, total, count = mean, t, c
+            if best >= 0:
+                sums.append((publisher.id, total, count))
+        return RoomSpeakers.report(sums) if sums else None
+
+    async def _speaker_timer(self) -> None:
+        """Every :data:`WINDOW` while the room has audio publishers here or hears another
+        pod's reports: report ours, tick the detector, publish the decision if we decide.
+        Idle (no wake-ups) in a room without audio. Reports are best effort: one lost in an
+        outage is only a missed window, so nothing is queued for later."""
+        with self._speaker_scope:
+            await self._speaker_windows()
+
+    async def _speaker_windows(self) -> None:
+        deadline = trio.current_time()
+        while True:
+            if not self._has_audio() and not self.speakers.active:
+                self._speaker_wake = trio.Event()
+                await self._speaker_wake.wait()
+                deadline = trio.current_time()
+                continue
+            deadline = max(deadline + WINDOW, trio.current_time())
+            await trio.sleep_until(deadline)
+            now = trio.current_time()
+            levels = self._local_levels()
+            decision = self.speakers.tick(now)
+            try:
+                if levels is not None:
+                    await self.sfu.bus.publish(
+                        self.name, SpeakerLevels(self.name, self.sfu.node_id, levels)
+                    )
+                if decision is not None:
+                    speaker, listed = decision
+                    await self.sfu.bus.publish(
+                        self.name, ActiveSpeaker(self.name, self.sfu.node_id, speaker, listed)
+                    )
+            except BackendUnavailable:
+                pass
+
+    def _on_decision(self, command: ActiveSpeaker) -> None:
+        before = self.speakers.speaker
+        lines = self.speakers.heard_decision(command.speaker, command.levels, trio.current_time())
+        for subscriber in list(self.subscribers.values()):
+            for line in lines:
+                subscriber.send_event(line)
+        after = self.speakers.speaker
+        if after is not None and after != before:
+            log.info("active speaker", extra={"room": self.name, "peer": after,
+                                              "node": command.node})
+            for listener in list(self.speaker_listeners):
+                listener(after)
 
     def _apply(self, command: Command) -> None:
         if isinstance(command, PubJoin):
@@ -90,8 +180,14 @@ class Room:
             for subscriber in list(self.subscribers.values()):
                 subscriber.publisher_changed(command.publisher)
         elif isinstance(command, PubLeft):
+            self.speakers.publisher_left(command.publisher_id)
             for subscriber in list(self.subscribers.values()):
                 subscriber.publisher_left(command.publisher_id)
+        elif isinstance(command, SpeakerLevels):
+            self.speakers.heard_levels(command.node, command.levels, trio.current_time())
+            self._speaker_wake.set()
+        elif isinstance(command, ActiveSpeaker):
+            self._on_decision(command)
         elif isinstance(command, Chat):
             line = protocol.chat(command.from_id, command.text)
             for subscriber in list(self.subscribers.values()):
@@ -113,6 +209,7 @@ class Room:
         info = publisher.info
         self.sfu.reliably(self.sfu.state.add_publisher, self.name, info)
         self.sfu.reliably(self.sfu.bus.publish, self.name, PubJoin(self.name, info))
+        self._speaker_wake.set()
         log.info(
             "publisher joined",
             extra={
@@ -128,6 +225,7 @@ class Room:
         counts true, the bus tells every pod's subscribers (TrackChange)."""
         self.sfu.reliably(self.sfu.state.add_publisher, self.name, info)
         self.sfu.reliably(self.sfu.bus.publish, self.name, TrackChange(self.name, info))
+        self._speaker_wake.set()
 
     async def chat(self, from_id: str, text: str) -> None:
         self.sfu.reliably(self.sfu.bus.publish, self.name, Chat(self.name, from_id, text))

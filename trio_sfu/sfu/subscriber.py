@@ -18,6 +18,7 @@ from trio_sfu.proto.errors import SdpError
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import protocol
 from trio_sfu.sfu.downstream import Downstream
+from trio_sfu.sfu.speaker import speaker_line
 from trio_sfu.sfu.track import DownTrack, codec_preferences
 
 if TYPE_CHECKING:
@@ -135,6 +136,9 @@ class Subscriber(Downstream):
     async def on_control_open(self) -> None:
         for info in await self.room.publisher_infos():
             self.publisher_joined(info)
+        speaker = self.room.speaker  # a late joiner learns the room's speaker (issue 11)
+        if speaker is not None:
+            self.send_event(speaker_line(speaker))
         self.pc.start_soon(self._negotiator)
         self.pc.start_soon(self.report_loop)
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from trio_sfu.cluster.commands import CodecInfo, TrackInfo
 from trio_sfu.proto.capabilities import (
+    URI_AUDIO_LEVEL,
     URI_MID,
     URI_REPAIRED_RID,
     URI_RID,
@@ -28,7 +29,7 @@ from trio_sfu.proto.capabilities import (
 )
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderReport
-from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer
+from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, packet_loudness
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup, GroupKey
@@ -193,6 +194,11 @@ class PublishedTrack:
         self.relay_sink: Callable[[bytes], None] | None = None
         #: the publisher's MUTE (issue 15): its packets are dropped before this track sees them
         self.muted = False
+        #: RFC 6464 audio levels (issue 11): the negotiated extension id (0: none) and the
+        #: loudness summed since the room's speaker timer last took it (:meth:`take_levels`)
+        self.level_id = (transceiver.extension_id(URI_AUDIO_LEVEL) or 0) if not video else 0
+        self.level_total = 0
+        self.level_count = 0
 
     def __repr__(self) -> str:
         return f"<PublishedTrack {self.publisher_id}/{self.track_id} {self.kind}>"
@@ -200,6 +206,9 @@ class PublishedTrack:
     # -- the hot path ---------------------------------------------------------------------
 
     def on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
+        if self.level_id:  # an audio track: two int additions for the room's speaker
+            self.level_total += packet_loudness(packet, self.level_id)
+            self.level_count += 1
         apt = self._apt.get(packet[1] & 0x7F)
         if apt is not None or stream.repairs is not None:
             # RFC 4588: a retransmission we asked for; forward the original it carries.
@@ -237,6 +246,12 @@ class PublishedTrack:
         sink = self.relay_sink
         if sink is not None:
             sink(packet)
+
+    def take_levels(self) -> tuple[int, int]:
+        """(loudness total, packets) since the last call; the speaker timer's read."""
+        out = self.level_total, self.level_count
+        self.level_total = self.level_count = 0
+        return out
 
     def _watch_keyframes(self, packet: bytes, now: float) -> None:
         """Only while a subscriber waits for its first keyframe or a request is pending."""

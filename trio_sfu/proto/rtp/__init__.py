@@ -6,7 +6,7 @@ UDP path routes on; :mod:`.rewriter` rewrites a publisher's packets for one subs
 
 from __future__ import annotations
 
-from trio_sfu.proto.rtp.audio_level import audio_level, loudness
+from trio_sfu.proto.rtp.audio_level import audio_level, loudness, packet_loudness
 from trio_sfu.proto.rtp.packet import (
     ONE_BYTE_PROFILE,
     TWO_BYTE_PROFILE,
@@ -38,6 +38,7 @@ __all__ = [
     "find_extension",
     "is_rtcp",
     "loudness",
+    "packet_loudness",
     "parse_rtp",
     "payload_offset",
     "payload_size",

@@ -1,0 +1,181 @@
+"""The room's active speaker across pods (trio_sfu.sfu.speaker.RoomSpeakers), in simulated time.
+
+Pods are modelled as they run in the SFU: every WINDOW each pod with audio publishers reports
+their mean loudness (a ``SpeakerLevels``), every pod ticks, the deciding pod's decision (an
+``ActiveSpeaker``) reaches every pod, which turns it into lines for its subscribers. The bus is
+a list delivered in order to every pod, as NATS delivers one subject.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import trio
+
+from tests.sfu_helpers import start_sfu, wait_for
+from trio_sfu.cluster.codec import decode, encode
+from trio_sfu.cluster.commands import ActiveSpeaker, SpeakerLevels
+from trio_sfu.proto.rtp import RtpPacket, loudness, packet_loudness
+from trio_sfu.sfu.speaker import NODE_STALE, WINDOW, RoomSpeakers, speakers_line
+
+PACKETS_PER_WINDOW = round(WINDOW / 0.02)  # 20 ms Opus frames
+
+
+class Cluster:
+    def __init__(self, pods: list[str], homes: dict[str, str]) -> None:
+        self.pods = {name: RoomSpeakers(name) for name in pods}
+        self.homes = homes  # publisher -> its pod
+        self.lines: dict[str, list[tuple[float, str]]] = {name: [] for name in pods}
+        self.now = 0.0
+        self.down: set[str] = set()  # pods that stopped (crashed)
+
+    def window(self, level_of: dict[str, int]) -> None:
+        """One WINDOW: packets at RFC 6464 ``level_of[pub]`` (-dBov), reports, ticks, decisions."""
+        self.now += WINDOW
+        bus: list[SpeakerLevels | ActiveSpeaker] = []
+        for name, pod in self.pods.items():
+            if name in self.down:
+                continue
+            sums = []
+            for pub, home in self.homes.items():
+                if home == name and pub in level_of:
+                    value = loudness(bytes([level_of[pub]]))
+                    sums.append((pub, value * PACKETS_PER_WINDOW, PACKETS_PER_WINDOW))
+            decision = pod.tick(self.now)
+            if sums:
+                bus.append(SpeakerLevels("r", name, RoomSpeakers.report(sums)))
+            if decision is not None:
+                bus.append(ActiveSpeaker("r", name, *decision))
+        for command in bus:
+            command = decode(encode(command))  # what NATS would carry
+            for name, pod in self.pods.items():
+                if name in self.down:
+                    continue
+                if isinstance(command, SpeakerLevels):
+                    pod.heard_levels(command.node, command.levels, self.now)
+                else:
+                    for line in pod.heard_decision(command.speaker, command.levels, self.now):
+                        self.lines[name].append((self.now, line))
+
+    def run(self, seconds: float, level_of: dict[str, int]) -> None:
+        for _ in range(round(seconds / WINDOW)):
+            self.window(level_of)
+
+    def speakers(self, pod: str, since: float = 0.0) -> list[tuple[float, str]]:
+        return [(t, line.split()[1]) for t, line in self.lines[pod]
+                if t > since and line.startswith("SPEAKER ")]
+
+
+def test_louder_publisher_wins_and_swap_follows_across_pods() -> None:
+    """Publishers on pods a and b, a subscriber's pod c hears SPEAKER for the louder within 2 s
+    of it becoming louder, both times; every pod tells its subscribers the same."""
+    c = Cluster(["a", "b", "c"], {"p1": "a", "p2": "b"})
+    c.run(3.0, {"p1": 20, "p2": 50})  # p1 at -20 dBov, p2 at -50 dBov
+    first = c.speakers("c")
+    assert [s for _, s in first] == ["p1"]
+    assert first[0][0] <= 2.0
+    swap = c.now
+    c.run(4.0, {"p1": 50, "p2": 20})
+    after = c.speakers("c", since=swap)
+    assert [s for _, s in after] == ["p2"]
+    assert after[0][0] - swap <= 2.0, after
+    for pod in ("a", "b"):
+        assert [s for _, s in c.speakers(pod)] == ["p1", "p2"]
+    assert all(p.speaker == "p2" for p in c.pods.values())
+
+
+def test_one_pod_decides_the_smallest_reporting_one() -> None:
+    c = Cluster(["b", "a", "c"], {"p1": "a", "p2": "b"})
+    c.run(1.0, {"p1": 30, "p2": 30})
+    assert [n for n, p in c.pods.items() if p.deciding] == ["a"]
+    assert not c.pods["c"].deciding  # no publishers: it reports nothing, never decides
+
+
+def test_decider_failure_hands_over_and_keeps_the_speaker() -> None:
+    """Pod a (the decider) crashes: b takes over within NODE_STALE + a window, continuing from
+    the speaker it followed, and a's publishers are forgotten."""
+    c = Cluster(["a", "b", "c"], {"p1": "a", "p2": "b", "p3": "b"})
+    c.run(3.0, {"p1": 50, "p2": 20, "p3": 60})
+    assert c.pods["c"].speaker == "p2"
+    c.down.add("a")
+    crash = c.now
+    c.run(NODE_STALE + 2 * WINDOW, {"p2": 20, "p3": 60})
+    assert c.pods["b"].deciding
+    assert c.speakers("c", since=crash) == []  # no spurious change at the hand-over
+    c.run(4.0, {"p2": 60, "p3": 20})
+    assert [s for _, s in c.speakers("c", since=crash)] == ["p3"]
+
+
+def test_no_flapping_between_similar_speakers_and_bounded_messages() -> None:
+    rnd = random.Random(7)
+    c = Cluster(["a", "b"], {"p1": "a", "p2": "b"})
+    for _ in range(round(20 / WINDOW)):
+        c.window({"p1": 30 + rnd.randint(0, 3), "p2": 30 + rnd.randint(0, 3)})
+    changes = c.speakers("a")
+    assert len(changes) == 1  # the first choice stays: 3 dB wobble never clears the margin
+    levels = [t for t, line in c.lines["a"] if line.startswith("SPEAKERS")]
+    assert len(levels) <= 20 / 0.5 + 1
+    assert all(t2 - t1 >= 0.25 for t1, t2 in itertools.pairwise(levels))
+
+
+def test_speakers_line_and_silence() -> None:
+    assert speakers_line((("a", -20), ("b", -45))) == "SPEAKERS a:-20 b:-45"
+    assert speakers_line(()) == "SPEAKERS"
+    c = Cluster(["a"], {"p1": "a"})
+    c.run(2.0, {"p1": 127})  # silent: below the floor, never a speaker, listed nowhere
+    assert c.speakers("a") == []
+    assert all(line == "SPEAKERS" for _, line in c.lines["a"])
+
+
+def test_codec_round_trip_and_bounds() -> None:
+    levels = SpeakerLevels("r", "pod-1", (("alice-1", 127), ("bob-2", 0)))
+    assert decode(encode(levels)) == levels
+    active = ActiveSpeaker("r", "pod-1", "alice-1", (("alice-1", -20),))
+    assert decode(encode(active)) == active
+    bad = SpeakerLevels("r", "pod-1", (("alice-1", 500),))
+    try:
+        decode(encode(bad))
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a level out of range must not decode")
+
+
+def test_packet_loudness_reads_in_place() -> None:
+    pkt = RtpPacket(payload_type=111, sequence_number=1, timestamp=2, ssrc=3, payload=b"x")
+    pkt.extensions[3] = b"\x01\x02"
+    pkt.extensions[1] = bytes([0x80 | 33])
+    data = pkt.serialize()
+    assert packet_loudness(data, 1) == 94
+    assert packet_loudness(data, 2) == 0  # absent: silence
+    assert packet_loudness(data[:20], 1) == 0  # truncated extension block
+    plain = RtpPacket(payload_type=111, sequence_number=1, timestamp=2, ssrc=3, payload=b"x")
+    assert packet_loudness(plain.serialize(), 1) == 0
+    # RFC 8285 §4.3 two-byte header form
+    two = bytearray(12) + bytes([0x10, 0x00, 0x00, 0x01, 1, 1, 5, 0]) + b"x"
+    two[0] = 0x90
+    assert packet_loudness(bytes(two), 1) == 122
+
+
+async def test_room_speaker_hook_and_idle_timer() -> None:
+    """The allocator's accessor: ``room.speaker`` and ``speaker_listeners`` follow the bus's
+    decisions; a room without audio reports nothing (its timer sleeps)."""
+    async with trio.open_nursery() as nursery:
+        env = await start_sfu(nursery)
+        await env.subscriber("r1", "watch-1")
+        room = env.sfu.rooms["r1"]
+        heard: list[str] = []
+        room.speaker_listeners.append(heard.append)
+        assert room.speaker is None
+        sent: list[object] = []
+        async with env.sfu.bus.listen("r1") as commands:
+            await env.sfu.bus.publish("r1", ActiveSpeaker("r1", "other", "alice-1", ()))
+            with trio.move_on_after(1.0):
+                async for command in commands:
+                    sent.append(command)
+        await wait_for(lambda: room.speaker == "alice-1")
+        assert heard == ["alice-1"]
+        # only the command we published: no SpeakerLevels from a room without publishers
+        assert [type(c).__name__ for c in sent] == ["ActiveSpeaker"]
+        nursery.cancel_scope.cancel()
