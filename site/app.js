@@ -64,6 +64,7 @@ const state = {
   screen: null,    // {stream, conn, shared}: shared = a track of state.camera.conn
   sub: null,
   tiles: new Map(),  // key ('local:camera', 'local:screen' or a publisher id) -> tile
+  speaker: null,     // the room's active speaker (SPEAKER), a publisher id
   chat: [],
   log: [],
   timer: 0,
@@ -142,8 +143,17 @@ function makeTile(key, { label, local, publisher = null }) {
   };
   state.tiles.set(key, tile);
   ui.grid.append(el);
+  markSpeaker(tile);
   updateControls();
   return tile;
+}
+
+/** The active speaker's main tile (theirs, or our camera tile) gets the `speaking` class. */
+function markSpeaker(tile) {
+  const id = state.speaker;
+  const speaking = id !== null
+    && (tile.key === id || (tile.key === 'local:camera' && tile.conn?.id === id));
+  tile.el.classList.toggle('speaking', speaking);
 }
 
 function showStream(tile, stream) {
@@ -274,6 +284,7 @@ async function startCamera() {
     onClose: (reason) => onPublisherClosed(entry, 'local:camera', reason),
   }));
   tile.conn = entry.conn;
+  markSpeaker(tile);
   note(`publishing camera as ${entry.conn.id}`);
   updateControls();
 }
@@ -452,6 +463,10 @@ function subscriberCallbacks() {
     },
     onTrackAdd: (id, trackId, kind, appId) => note(`${userOfId(id)} added ${appId} (${kind})`),
     onTrackRemove: (id, trackId) => note(`${userOfId(id)} removed track ${trackId}`),
+    onSpeaker: (id) => {
+      state.speaker = id;
+      for (const tile of state.tiles.values()) markSpeaker(tile);
+    },
     onMuted: (id, trackId, muted) => {
       for (const tile of state.tiles.values()) {
         if (tile.publisher !== id) continue;
@@ -587,6 +602,7 @@ async function leave() {
   state.sub = null;
   await Promise.allSettled([stopCamera(), stopShare(), sub?.stop()]);
   clearTiles();
+  state.speaker = null;
   state.phase = 'idle';
   note(`left ${state.room}`);
   updateControls();
@@ -603,6 +619,7 @@ function snapshot() {
     phase: state.phase,
     room: state.room,
     user: state.user,
+    speaker: state.speaker,
     ids: {
       camera: state.camera?.conn?.id ?? null,
       screen: state.screen?.conn?.id ?? null,  // the camera's id when shared on it

@@ -774,6 +774,14 @@ class SubscriberConnection extends SfuConnection {
       case 'MEDIA':
         call(this.options.onMedia, cmd.media);
         return;
+      case 'SPEAKER':
+        this.speaker = cmd.id;
+        call(this.options.onSpeaker, cmd.id, cmd.user);
+        return;
+      case 'SPEAKERS':
+        this.speakers = cmd.levels;
+        call(this.options.onSpeakers, cmd.levels);
+        return;
       case 'SDP_OFFER':
         // One renegotiation at a time: each offer waits for the previous answer to be sent.
         leg.negotiation = leg.negotiation.then(() => this._answer(leg, cmd.sdp));
@@ -904,6 +912,8 @@ export async function connectPublisher(options) {
  * stream, {trackId, appId, muted}), onTrackEnded(publisherId, track, trackId),
  * onTrackAdd(publisherId, trackId, kind, appId), onTrackRemove(publisherId, trackId),
  * onMuted(publisherId, trackId, muted), onMedia(json), onChat(fromId, text),
+ * onSpeaker(publisherId, user) (the room's active speaker changed; also `speaker`),
+ * onSpeakers([{id, user, dbov}]) (who is audible, loudest first; also `speakers`),
  * onError(SfuError), onClose(reason), onReconnect(newId, oldId). Other options as for
  * connectPublisher, plus mode: 'auto' (default) or 'manual'.
  */

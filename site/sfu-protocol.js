@@ -13,7 +13,7 @@ const SUFFIX_ALPHABET = 'abcdefghijklmnopqrstuvwxyz0123456789';
 
 export const SERVER_COMMANDS = Object.freeze([
   'PUB_JOIN', 'PUB_LEFT', 'TRACK_ADD', 'TRACK_REMOVE', 'MUTED', 'SDP_OFFER', 'SDP_ANSWER',
-  'MEDIA', 'CHAT', 'ERROR', 'RECONNECT',
+  'MEDIA', 'CHAT', 'ERROR', 'RECONNECT', 'SPEAKER', 'SPEAKERS',
 ]);
 export const CLIENT_COMMANDS = Object.freeze([
   'SDP_ANSWER', 'SDP_OFFER', 'ADD_MEDIA', 'REMOVE_MEDIA', 'MUTE', 'STOP', 'SUB', 'UNSUB',
@@ -176,6 +176,23 @@ export function parseServerCommand(message) {
       if (!isValidName(from)) return invalid(message, 'CHAT needs a sender id');
       return { type: name, from, user: userOfId(from), text };
     }
+    case 'SPEAKER':
+      if (!isValidName(arg)) return invalid(message, 'SPEAKER needs a publisher id');
+      return { type: name, id: arg, user: userOfId(arg) };
+    case 'SPEAKERS': {
+      // `<PUB_ID>:<dBov> ...`, loudest first; none at all when nobody is audible.
+      const levels = [];
+      for (const item of arg.split(' ').filter((x) => x !== '')) {
+        const cut = item.lastIndexOf(':');
+        const id = item.slice(0, cut);
+        const dbov = Number(item.slice(cut + 1));
+        if (cut < 0 || !isValidName(id) || !Number.isInteger(dbov) || dbov < -127 || dbov > 0) {
+          return invalid(message, 'SPEAKERS needs <PUB_ID>:<dBov -127..0> items');
+        }
+        levels.push({ id, user: userOfId(id), dbov });
+      }
+      return { type: name, levels };
+    }
     case 'ERROR':
       return { type: name, text: arg };
     case 'RECONNECT':
@@ -296,6 +313,9 @@ export const serverCommands = Object.freeze({
   chat: (from, text) => `CHAT ${requireName(from, 'sender id')} ${requireText(text, 'chat text')}`,
   error: (text) => `ERROR ${requireText(text, 'error text')}`,
   reconnect: () => 'RECONNECT',
+  speaker: (id) => `SPEAKER ${requireName(id, 'publisher id')}`,
+  speakers: (levels) => ['SPEAKERS', ...levels.map(
+    ({ id, dbov }) => `${requireName(id, 'publisher id')}:${Math.round(dbov)}`)].join(' '),
 });
 
 // ---------------------------------------------------------------------------- SDP helpers

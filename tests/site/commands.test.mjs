@@ -125,6 +125,8 @@ test('every server command round-trips through parseServerCommand', () => {
     [serverCommands.trackAdd('alice-1', 't1', 'video', 'camera'), 'TRACK_ADD'],
     [serverCommands.trackRemove('alice-1', 't1'), 'TRACK_REMOVE'],
     [serverCommands.muted('alice-1', 't1', true), 'MUTED'],
+    [serverCommands.speaker('alice-1'), 'SPEAKER'],
+    [serverCommands.speakers([{ id: 'alice-1', dbov: -20 }]), 'SPEAKERS'],
   ];
   for (const [text, type] of cases) assert.equal(parseServerCommand(text).type, type, text);
   assert.deepEqual(cases.map((c) => c[1]).sort(), [...SERVER_COMMANDS].sort());
@@ -168,4 +170,17 @@ test('a publisher renegotiates with SDP_OFFER and labels tracks with ADD_MEDIA (
   }
   assert.equal(parseClientCommand('ADD_MEDIA video').type, 'INVALID');
   assert.equal(parseClientCommand('MUTE t1 yes').type, 'INVALID');
+});
+
+test('SPEAKER names a publisher; SPEAKERS lists levels in dBov, loudest first (issue 11)', () => {
+  assert.deepEqual(parseServerCommand('SPEAKER alice-k3'),
+    { type: 'SPEAKER', id: 'alice-k3', user: 'alice' });
+  assert.deepEqual(parseServerCommand('SPEAKERS alice-k3:-20 bob-x:-45'), { type: 'SPEAKERS',
+    levels: [{ id: 'alice-k3', user: 'alice', dbov: -20 }, { id: 'bob-x', user: 'bob', dbov: -45 }] });
+  assert.deepEqual(parseServerCommand('SPEAKERS'), { type: 'SPEAKERS', levels: [] });
+  assert.equal(serverCommands.speakers([]), 'SPEAKERS');
+  for (const bad of ['SPEAKER', 'SPEAKER a b', 'SPEAKERS a-1', 'SPEAKERS a-1:x', 'SPEAKERS a-1:5',
+    'SPEAKERS a-1:-200', 'SPEAKERS :-3', 'SPEAKERS a/1:-3']) {
+    assert.equal(parseServerCommand(bad).type, 'INVALID', bad);
+  }
 });
