@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -25,6 +26,7 @@ from tests.cluster_helpers import Pod, run_pods
 from tests.interop.driver import PeerLog, PeerSpec, fresh, protocol_args, python_peer, running
 from tests.services import NatsServer, RedisServer
 from trio_sfu.app import Running, serve
+from trio_sfu.client.events import room_events
 from trio_sfu.config import Config
 
 pytestmark = pytest.mark.slow
@@ -65,11 +67,26 @@ async def tone(base_url: str, room: str, peer_id: str) -> AsyncIterator[PeerLog]
         yield log
 
 
+async def watch(url: str, room: str, seen: list[dict[str, Any]],
+                *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Collect the room's ``speaker`` events (``GET /rooms/{room}/events``) from ``url``."""
+    async with room_events(url, room) as events:
+        async for event in events:
+            if event["type"] == "room":
+                task_status.started()
+            elif event["type"] == "speaker":
+                seen.append(event)
+
+
 async def scenario(pub_urls: tuple[str, str], sub_url: str) -> dict[str, float]:
     room = fresh("talk")
     a_id, b_id = f"{fresh('amy')}-1", f"{fresh('ben')}-1"
     figures: dict[str, float] = {}
+    seen: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        await nursery.start(watch, sub_url, room, seen)
         sub = await stack.enter_async_context(
             running(SUBSCRIBER, protocol_args("subscriber", sub_url, room, fresh("sue") + "-1",
                                               timeout=180)))
@@ -105,6 +122,11 @@ async def scenario(pub_urls: tuple[str, str], sub_url: str) -> dict[str, float]:
         figures["swap"] = time.monotonic() - t1
         assert speakers(sub) == [a_id, b_id], sub.commands("SPEAKER")
         sub.check_healthy()
+        # The subscriber's pod streams the same changes to event watchers, once each.
+        with trio.move_on_after(STEP):
+            while len(seen) < 2:
+                await trio.sleep(0.05)
+        assert [e["peer"] for e in seen] == [a_id, b_id], seen
     print(f"\nSPEAKER latency at the subscriber: first {figures['first']:.2f} s, "
           f"after the swap {figures['swap']:.2f} s")
     return figures

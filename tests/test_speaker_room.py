@@ -14,6 +14,8 @@ import random
 import trio
 
 from tests.sfu_helpers import start_sfu, wait_for
+from tests.test_events import base, next_of, running_server
+from trio_sfu.client.events import room_events
 from trio_sfu.cluster.codec import decode, encode
 from trio_sfu.cluster.commands import ActiveSpeaker, SpeakerLevels
 from trio_sfu.proto.rtp import RtpPacket, loudness, packet_loudness
@@ -179,3 +181,26 @@ async def test_room_speaker_hook_and_idle_timer() -> None:
         # only the command we published: no SpeakerLevels from a room without publishers
         assert [type(c).__name__ for c in sent] == ["ActiveSpeaker"]
         nursery.cancel_scope.cancel()
+
+
+async def test_room_events_stream_each_speaker_change_once() -> None:
+    """``GET /rooms/{room}/events``: a ``speaker`` event per change of the room's speaker; the
+    decider's repeats and the pods' level reports are not events."""
+    async with running_server() as running, room_events(base(running), "r") as events:
+        await next_of(events, "room")
+        bus = running.sfu.bus  # type: ignore[attr-defined]
+        await bus.publish("r", SpeakerLevels("r", "pod-a", (("amy-1", 100),)))
+        await bus.publish("r", ActiveSpeaker("r", "pod-a", "", ()))  # nobody yet: no event
+        await bus.publish("r", ActiveSpeaker("r", "pod-a", "amy-1", (("amy-1", -20),)))
+        await bus.publish("r", ActiveSpeaker("r", "pod-a", "amy-1", (("amy-1", -21),)))
+        await bus.publish("r", ActiveSpeaker("r", "pod-a", "ben-1", (("ben-1", -18),)))
+        seen = []
+        with trio.fail_after(10):
+            async for event in events:
+                seen.append(event)
+                if event.get("peer") == "ben-1":
+                    break
+        assert [(e["type"], e["peer"]) for e in seen] == [("speaker", "amy-1"),
+                                                          ("speaker", "ben-1")]
+        assert seen[0]["levels"] == [{"peer": "amy-1", "dbov": -20}]
+        assert seen[0]["room"] == "r" and "ts" in seen[0]
