@@ -12,13 +12,15 @@ import itertools
 import random
 
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.sfu_helpers import start_sfu, wait_for
 from tests.test_events import base, next_of, running_server
 from trio_sfu.client.events import room_events
 from trio_sfu.cluster.codec import decode, encode
 from trio_sfu.cluster.commands import ActiveSpeaker, SpeakerLevels
-from trio_sfu.proto.rtp import RtpPacket, loudness, packet_loudness
+from trio_sfu.proto.rtp import RtpPacket, find_extension, loudness, packet_loudness
 from trio_sfu.sfu.speaker import NODE_STALE, WINDOW, RoomSpeakers, speakers_line
 
 PACKETS_PER_WINDOW = round(WINDOW / 0.02)  # 20 ms Opus frames
@@ -204,3 +206,19 @@ async def test_room_events_stream_each_speaker_change_once() -> None:
                                                           ("speaker", "ben-1")]
         assert seen[0]["levels"] == [{"peer": "amy-1", "dbov": -20}]
         assert seen[0]["room"] == "r" and "ts" in seen[0]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(min_size=0, max_size=12),
+    st.sampled_from([b"\xbe\xde", b"\x10\x00", b"\x10\x07", b"\x00\x01"]),
+    st.integers(0, 6),
+    st.binary(max_size=28),
+    st.integers(1, 14),
+)
+def test_packet_loudness_agrees_with_find_extension(
+    head: bytes, profile: bytes, words: int, body: bytes, ext_id: int
+) -> None:
+    """The in-place reader reads what :func:`find_extension` finds, on any bytes."""
+    data = bytes([0x90]) + head.ljust(11, b"\x00") + profile + bytes([0, words]) + body
+    assert packet_loudness(data, ext_id) == loudness(find_extension(data, ext_id))
