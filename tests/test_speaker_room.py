@@ -174,14 +174,17 @@ async def test_room_speaker_hook_and_idle_timer() -> None:
         assert room.speaker is None
         sent: list[object] = []
         async with env.sfu.bus.listen("r1") as commands:
+            # another pod reports alice-1 (so this pod tracks her), then decides
+            await env.sfu.bus.publish("r1", SpeakerLevels("r1", "other", (("alice-1", 90),)))
             await env.sfu.bus.publish("r1", ActiveSpeaker("r1", "other", "alice-1", ()))
             with trio.move_on_after(1.0):
                 async for command in commands:
                     sent.append(command)
         await wait_for(lambda: room.speaker == "alice-1")
         assert heard == ["alice-1"]
-        # only the command we published: no SpeakerLevels from a room without publishers
-        assert [type(c).__name__ for c in sent] == ["ActiveSpeaker"]
+        # only what we published: no report from a room without publishers here, and no
+        # decision either (the reporting pod decides)
+        assert [type(c).__name__ for c in sent] == ["SpeakerLevels", "ActiveSpeaker"]
         nursery.cancel_scope.cancel()
 
 
@@ -222,3 +225,18 @@ def test_packet_loudness_agrees_with_find_extension(
     """The in-place reader reads what :func:`find_extension` finds, on any bytes."""
     data = bytes([0x90]) + head.ljust(11, b"\x00") + profile + bytes([0, words]) + body
     assert packet_loudness(data, ext_id) == loudness(find_extension(data, ext_id))
+
+
+def test_a_decision_crossing_the_speakers_departure_is_ignored() -> None:
+    """The decider published ActiveSpeaker(p1) just before p1's PubLeft reached it; a pod that
+    applied the PubLeft first must not name the departed publisher."""
+    c = Cluster(["a", "b"], {"p1": "a", "p2": "b"})
+    c.run(3.0, {"p1": 20, "p2": 60})
+    pod = c.pods["b"]
+    assert pod.speaker == "p1"
+    pod.publisher_left("p1")
+    assert pod.speaker is None
+    lines = pod.heard_decision("p1", (("p1", -20), ("p2", -60)), c.now + 1)
+    assert not any(line.startswith("SPEAKER ") for line in lines), lines
+    assert all("p1" not in line for line in lines), lines
+    assert pod.speaker is None

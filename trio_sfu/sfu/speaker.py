@@ -104,6 +104,9 @@ class SpeakerDetector:
         """Smoothed scores (loudness, 0..127), loudest first, for a ``SPEAKERS`` message."""
         return sorted(((k, s.score) for k, s in self._speakers.items()), key=lambda kv: -kv[1])
 
+    def __contains__(self, speaker: object) -> bool:
+        return speaker in self._speakers
+
     @property
     def floor(self) -> int:
         """The speech floor as a loudness (``127 + floor_dbov``)."""
@@ -219,7 +222,7 @@ class RoomSpeakers:
         self._levels_sent_at = float("-inf")
         #: the room's active speaker as last decided (what subscribers here were told)
         self.speaker: str | None = None
-        self._levels_line = ""
+        self._levels_line = speakers_line(())  # nobody audible: nothing to say yet
 
     @property
     def active(self) -> bool:
@@ -286,12 +289,14 @@ class RoomSpeakers:
     def heard_decision(self, speaker: str, levels: Levels, now: float) -> list[str]:
         """The decider's ``ActiveSpeaker`` (ours included): the lines for local subscribers."""
         lines = []
-        if speaker:
+        # A speaker we do not track has left (its PubLeft crossed this decision on the bus)
+        # or its pod's reports have not reached us yet: the decider repeats itself anyway.
+        if speaker and speaker in self.detector:
             self.detector.follow(speaker, now)
             if speaker != self.speaker:
                 self.speaker = speaker
                 lines.append(speaker_line(speaker))
-        line = speakers_line(levels)
+        line = speakers_line(tuple(item for item in levels if item[0] in self.detector))
         if line != self._levels_line and now - self._levels_sent_at >= LEVELS_INTERVAL / 2:
             self._levels_line = line
             self._levels_sent_at = now
