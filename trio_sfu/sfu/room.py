@@ -135,6 +135,7 @@ class Room:
 
     async def _speaker_windows(self) -> None:
         deadline = trio.current_time()
+        warned = False
         while True:
             if not self._has_audio() and not self.speakers.active:
                 self._speaker_wake = trio.Event()
@@ -158,6 +159,10 @@ class Room:
                     )
             except BackendUnavailable:
                 pass
+            except Exception:  # the speaker is a nicety: never let it take the pod down
+                if not warned:  # once per room: not four lines a second
+                    warned = True
+                    log.exception("speaker report failed", extra={"room": self.name})
 
     def _on_decision(self, command: ActiveSpeaker) -> None:
         before = self.speakers.speaker
