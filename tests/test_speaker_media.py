@@ -122,6 +122,12 @@ async def scenario(pub_urls: tuple[str, str], sub_url: str) -> dict[str, float]:
         figures["swap"] = time.monotonic() - t1
         assert speakers(sub) == [a_id, b_id], sub.commands("SPEAKER")
         sub.check_healthy()
+        # A subscriber joining now is told the current speaker at once, before any change.
+        late = await stack.enter_async_context(
+            running(SUBSCRIBER, protocol_args("subscriber", sub_url, room, fresh("lou") + "-1",
+                                              timeout=180)))
+        await late.until("SPEAKER for a late joiner", lambda: speakers(late), STEP)
+        assert speakers(late) == [b_id], late.commands("SPEAKER")
         # The subscriber's pod streams the same changes to event watchers, once each.
         with trio.move_on_after(STEP):
             while len(seen) < 2:
