@@ -58,7 +58,7 @@ class SubscriberLeg:
     twcc_sent: list[int] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)
     sequencer: TransportCcSequencer | None = None
-    #: as PeerConnection's (no SCTP here): DownTrack.rtt falls back to its default
+    #: what DownTrack.rtt falls back to without receiver reports (the SCTP SRTT): none here
     transport_rtt: float | None = None
 
     def send_rtp_as(self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int) -> None:
