@@ -366,11 +366,15 @@ class DownTrack:
         source: TrackSource,
         *,
         twcc: Callable[[int], TransportCcSequencer | None],
+        on_sent: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.pc = pc
         self.transceiver = transceiver
         self.source = source
         self._twcc = twcc
+        #: (transport-wide seq, bytes, now) of each packet sent with a transport-cc number:
+        #: the subscriber transport's bandwidth estimator (proto/bwe.py) matches its feedback
+        self._on_sent = on_sent
         self.group: ForwardingGroup | None = None
         self.group_key: GroupKey = ((), (), source.clock_rate, 0)
         #: RTT and our SRs; counts and timestamp mapping come from the group when reporting
@@ -484,13 +488,16 @@ class DownTrack:
         source.request_keyframe(now)
         return True
 
-    def deliver(self, out: bytes, twcc_offset: int) -> None:
+    def deliver(self, out: bytes, twcc_offset: int, now: float) -> None:
         """Send the group's rewritten packet as this subscriber's (the per-member hot path)."""
         sequencer = self._sequencer
         seq = 0
         if sequencer is not None:
             seq = sequencer.next_seq
             sequencer.next_seq = (seq + 1) & 0xFFFF
+            on_sent = self._on_sent
+            if on_sent is not None and twcc_offset >= 0:
+                on_sent(seq, len(out), now)
         self._send(out, self._ssrc, twcc_offset, seq)
 
     @property
@@ -539,6 +546,9 @@ class DownTrack:
         if sequencer is not None:
             seq = sequencer.next_seq
             sequencer.next_seq = (seq + 1) & 0xFFFF
+            on_sent = self._on_sent
+            if on_sent is not None and twcc_offset >= 0:
+                on_sent(seq, len(out), now)
         self._send(out, ssrc, twcc_offset, seq)
         return True
 
