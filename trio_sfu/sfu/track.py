@@ -396,6 +396,9 @@ class DownTrack:
         self.nack_misses = 0
         self.nack_repeats = 0  # NACKs for a packet retransmitted less than an RTT ago
         self.switches = 0
+        #: while paused (``LAYER … off``): its numbering as of the pause, to continue from
+        self._paused: ForwardingGroup | None = None
+        self._paused_waiting = False  # paused before its first keyframe came
 
     def __repr__(self) -> str:
         return f"<DownTrack {self.source!r} -> {self.pc.name}>"
@@ -464,6 +467,52 @@ class DownTrack:
         self._sent_packets = group.stats.packets - self._base_packets
         self._sent_octets = group.stats.octets - self._base_octets
         self.group = None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused is not None or self._paused_waiting
+
+    def pause(self) -> bool:
+        """Stop sending without renegotiating (``LAYER … off``): the m-section stays, the
+        source just leaves this subscriber out. Its numbering is kept so :meth:`resume`
+        continues it. Call only on a started down-track (attached to its source); False if
+        already paused."""
+        if self.paused:
+            return False
+        group = self.group
+        if group is None:
+            # still waiting for its first keyframe: leave the wait, rejoin it on resume
+            self.source.detach(self)
+            self._paused_waiting = True
+            return True
+        # A copy of the group's state now: the group goes on for its other members.
+        snapshot = ForwardingGroup(group.key, group.rewriter.clone())
+        snapshot.last_forward = group.last_forward
+        snapshot.stats.follow(group.stats, 0, 0)
+        self.source.detach(self)
+        self._paused = snapshot
+        return True
+
+    def resume(self, now: float) -> bool:
+        """Send again after :meth:`pause`: the same SSRC, sequence numbers continuing at the
+        last sent + 1, timestamps advanced by the time paused (as :meth:`switch`), and a
+        keyframe requested so the decoder recovers at once."""
+        if self._paused_waiting:
+            self._paused_waiting = False
+            self.source.attach(self)
+            self.source.request_keyframe(now)
+            return True
+        snapshot = self._paused
+        if snapshot is None:
+            return False
+        self._paused = None
+        self.source.attach(self, carry=snapshot)
+        rewriter = self.rewriter
+        if rewriter is not None:
+            gap = now - snapshot.last_forward if snapshot.last_forward else 0.0
+            rewriter.switch_source(gap)
+        self.source.request_keyframe(now)
+        return True
 
     def switch(self, source: TrackSource, now: float) -> bool:
         """Forward ``source`` instead, without renegotiating: same SSRC, sequence numbers and
@@ -563,3 +612,5 @@ class DownTrack:
     def close(self) -> None:
         self.source.detach(self)
         self.group = None
+        self._paused = None
+        self._paused_waiting = False
