@@ -69,3 +69,53 @@ async def test_chromium_feedback_raises_the_subscriber_estimate(
     assert bwe.loss < 0.05
     before = (await decoding(browser, bob, pid))["decoded"]
     await decoding(browser, bob, pid, frames=before + 30)
+
+
+_KEYFRAMES = """(async (pid) => {
+  const track = window.T.tracks[pid]?.video;
+  let out = { decoded: 0, keyframes: 0 };
+  for (const r of (await window.T.sub.pc.getStats(track)).values())
+    if (r.type === 'inbound-rtp')
+      out = { decoded: r.framesDecoded || 0, keyframes: r.keyFramesDecoded || 0 };
+  return out;
+})"""
+
+
+async def test_chromium_layer_off_and_auto(app: Running, browser: Browser) -> None:
+    """``LAYER … off`` from a Chromium subscriber stops its video without renegotiation;
+    ``auto`` brings it back, starting at a fresh keyframe, on the same m-section."""
+    bob = await open_page(browser, f"http://127.0.0.1:{app.http_port}", "bob")
+    alice = await open_page(browser, f"http://127.0.0.1:{app.http_port}", "alice")
+    await browser.eval(bob, "window.T.subscribe('room1', 'bob')")
+    pid = await browser.eval(alice, "window.T.publish('room1', 'alice')")
+    await decoding(browser, bob, pid)
+    sfu: Any = app.sfu
+    room = sfu.rooms["room1"]
+    subscriber = next(iter(room.subscribers.values()))
+    track_id = await browser.eval(bob, f"window.T.tracks[{pid!r}].video.id")
+    downtrack = subscriber.downtracks[(pid, track_id)]
+    source = downtrack.source
+    negotiations = subscriber.negotiations
+    sections = await browser.eval(bob, "window.T.sections()")
+
+    await browser.eval(bob, f"window.T.sub.channel.send('LAYER {pid} {track_id} off')")
+    await wait_for(lambda: downtrack.paused, 10)
+    paused = await browser.eval(bob, f"{_KEYFRAMES}({pid!r})")
+    forwarded = source.packets
+    # the publisher goes on sending (a few seconds of video reach the SFU) ...
+    await wait_for(lambda: source.packets >= forwarded + 300, 30)
+    still = await browser.eval(bob, f"{_KEYFRAMES}({pid!r})")
+    # ... and nothing more is decoded (at most what was in flight at the pause)
+    assert still["decoded"] <= paused["decoded"] + 5, (paused, still)
+
+    await browser.eval(bob, f"window.T.sub.channel.send('LAYER {pid} {track_id} auto')")
+    started = trio.current_time()
+    resumed = await browser.wait_for(
+        bob,
+        f"{_KEYFRAMES}({pid!r})",
+        lambda r: r["decoded"] >= still["decoded"] + 30 and r["keyframes"] > still["keyframes"],
+        timeout=20,
+    )
+    print(f"LAYER auto: decoding again after {trio.current_time() - started:.2f} s", resumed)
+    assert subscriber.negotiations == negotiations  # no SDP_OFFER for off or auto
+    assert await browser.eval(bob, "window.T.sections()") == sections
