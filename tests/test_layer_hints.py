@@ -7,8 +7,11 @@ import itertools
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
+from tests.test_forwarding_groups import FLAVOURS, World
 from trio_sfu.client.sfu import SubscriberClient
 from trio_sfu.proto.rtcp import Pli, RtcpPacket
 from trio_sfu.proto.rtp import parse_rtp
@@ -96,3 +99,84 @@ async def test_layer_off_pauses_and_auto_resumes_without_renegotiation(
     await wait_for(lambda: sub.sizes.get(key) == (320, 180))
     bob.send("LAYER alice-1 nope off")
     assert (await bob.expect("ERROR")).startswith("ERROR no track nope")
+
+
+# -- LAYER off/auto through the real forwarding path, random scenarios ------------------------
+# (test_forwarding_groups' world: PublishedTrack.on_rtp -> ForwardingGroup -> DownTrack -> SRTP)
+
+PAUSE_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(1, 6)),
+        st.tuples(st.just("join"), st.integers(0, 1)),
+        st.tuples(st.just("pause"), st.integers(0, 20)),
+        st.tuples(st.just("resume"), st.integers(0, 20)),
+        st.tuples(st.just("idle"), st.integers(1, 300)),  # time passes with nothing sent
+    ),
+    min_size=1,
+    max_size=50,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PAUSE_OPS)
+def test_pause_resume_keeps_each_subscribers_stream_continuous(
+    ops: list[tuple[str, int]],
+) -> None:
+    """Whatever the order of joins, pauses, resumes and sends: each subscriber decrypts one
+    stream of its own SSRC whose sequence numbers never skip (nothing to NACK across a pause),
+    whose timestamps never go back, and whose payloads are exactly the publisher's packets
+    sent while it was not paused, in order; the others are not disturbed."""
+    world = World()
+    # two subscribers sharing a group and one in a group of its own, already receiving
+    for flavour in (0, 0, 1):
+        world.join(flavour)
+    # subscriber index -> (publisher seq, epoch) due to it; an epoch ends at each resume
+    wanted: dict[int, list[tuple[int, int]]] = {i: [] for i in range(3)}
+    epochs = [0, 0, 0]
+    world.send(1)
+    for due in wanted.values():
+        due.append(((world.seq - 1) & 0xFFFF, 0))
+    for name, arg in ops:
+        subs = world.subscribers
+        if name == "send":
+            before = world.seq
+            world.send(arg)
+            for i, sub in enumerate(subs):
+                if sub.active:  # active = not paused here (nobody leaves)
+                    wanted[i].extend((s & 0xFFFF, epochs[i]) for s in range(before, world.seq))
+        elif name == "join":
+            world.join(arg)
+            wanted[len(subs) - 1] = []
+            epochs.append(0)
+        elif name == "idle":
+            world.now += arg / 100
+        else:
+            index = arg % len(subs)
+            sub = subs[index]
+            if name == "pause" and sub.active:
+                assert sub.downtrack.pause() and sub.downtrack.paused
+                sub.active = False
+            elif name == "resume" and not sub.active:
+                assert sub.downtrack.resume(world.now) and not sub.downtrack.paused
+                sub.active = True
+                epochs[index] += 1
+            else:
+                assert not (sub.downtrack.pause() if name == "pause" else
+                            sub.downtrack.resume(world.now))
+    for i, sub in enumerate(world.subscribers):
+        pt = FLAVOURS[sub.flavour][0]
+        media = [parse_rtp(p) for p in sub.leg.received if p[1] & 0x7F == pt]
+        assert {m.ssrc for m in media} <= {sub.downtrack.transceiver.sender_ssrc}
+        assert [m.payload for m in media] == [world.payloads[s] for s, _ in wanted[i]]
+        seqs = [m.sequence_number for m in media]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs)), seqs
+        # Timestamps: one offset to the publisher's within an epoch; across a pause they
+        # move forward (by the time paused, at least one tick), never back.
+        for (ma, (sa, ea)), (mb, (sb, eb)) in itertools.pairwise(
+            zip(media, wanted[i], strict=True)
+        ):
+            pub_a, pub_b = world.ts + 3000 * (sa // 3), world.ts + 3000 * (sb // 3)
+            if ea == eb:
+                assert (mb.timestamp - ma.timestamp - (pub_b - pub_a)) & 0xFFFFFFFF == 0
+            else:
+                assert 0 < (mb.timestamp - ma.timestamp) & 0xFFFFFFFF < 0x80000000
