@@ -58,6 +58,8 @@ class SubscriberLeg:
     twcc_sent: list[int] = field(default_factory=list)
     received: list[bytes] = field(default_factory=list)
     sequencer: TransportCcSequencer | None = None
+    #: what DownTrack.rtt falls back to without receiver reports (the SCTP SRTT): none here
+    transport_rtt: float | None = None
 
     def send_rtp_as(self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int) -> None:
         protected = bytes(self.tx.protect_rtp_as(packet, ssrc, twcc_offset, twcc_seq))
