@@ -205,6 +205,17 @@ def test_no_feedback_no_change_and_unknown_feedback_ignored() -> None:
     assert bwe.estimate == 500_000
 
 
+def test_history_is_bounded_without_feedback() -> None:
+    # a receiver that negotiated transport-cc but never sends feedback
+    bwe = BandwidthEstimator()
+    for i in range(100_000):
+        bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
+    assert len(bwe._sent) <= 16384
+    # and feedback for the newest still works
+    bwe.on_feedback([((100_000 - 1) & 0xFFFF, 5_000)], 100.0)
+    assert (100_000 - 1) not in bwe._sent
+
+
 def test_probe_is_throttled_and_needs_a_higher_target() -> None:
     bwe = BandwidthEstimator(500_000)
     assert bwe.probe(400_000, 0.0) is None

@@ -61,6 +61,7 @@ _OVERUSE_TIME = 0.010  # s of sustained overuse before signalling it
 _BETA = 0.85  # §5.5 multiplicative decrease of the delivered rate
 _GROWTH_PER_S = 1.08  # §5.5 / §6: 8 % per second
 _HISTORY_S = 10.0  # sent packets older than this without feedback are forgotten
+_MAX_UNREPORTED = 16384  # sent packets remembered at most (~15 s at 10 Mbit/s)
 _ACK_WINDOW = 0.5  # s of arrivals over which the delivered ("acked") rate is measured
 _LOSS_MIN_PACKETS = 20
 _PACKET_BITS = 1200 * 8  # typical full packet, for the additive increase
@@ -385,7 +386,12 @@ class BandwidthEstimator:
     def on_packet_sent(self, transport_seq: int, size: int, now: float, probe: int = -1) -> None:
         """Note a packet we sent with this transport-wide sequence number (16-bit)."""
         ext = self._unwrapper.unwrap(transport_seq & 0xFFFF)
-        self._sent[ext] = (now, size, probe)
+        sent = self._sent
+        sent[ext] = (now, size, probe)
+        if len(sent) > _MAX_UNREPORTED:
+            # a receiver that negotiated transport-cc but never reports: forget the oldest
+            # (dicts keep insertion order), so memory stays bounded without feedback
+            del sent[next(iter(sent))]
 
     def on_remb(self, bitrate: float) -> None:
         """The subscriber's receiver-side estimate (REMB), a cap on ours."""
