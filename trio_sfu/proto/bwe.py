@@ -15,7 +15,8 @@ those arrival times into an estimate in bits/s, following draft-ietf-rmcat-gcc-0
   holds on underuse (the queue is draining), and otherwise grows: 8 %/s while far from the last
   known capacity, about one packet per response time near it.
 * **Loss-based** (§6): over each window of at least 20 reported packets, loss above 10 %
-  scales the rate by ``1 - p/2``, loss below 2 % lets it grow 8 %/s, in between it holds.
+  scales the rate by ``1 - p/2``, loss below 2 % lets it grow 8 %/s from the current
+  combined estimate, in between it holds.
 * **Probing**: before the allocator switches a subscriber up it asks for a probe cluster
   (:meth:`BandwidthEstimator.probe`); the driver sends padding or RTX at the cluster's rate
   for ~15 ms, tags those packets with the cluster id, and when their feedback is in, the
@@ -290,7 +291,10 @@ class LossBasedEstimator:
         self._total = 0
         self._last_update: float | None = None
 
-    def on_packets(self, packets: list[PacketResult], now: float) -> None:
+    def on_packets(self, packets: list[PacketResult], now: float, current: float) -> None:
+        """``current``: the combined estimate now. Growth starts from it (as libwebrtc's
+        loss-based part does), so a long loss-free spell cannot bank headroom that would
+        make the first real losses take seconds to matter."""
         for p in packets:
             self._total += 1
             if p.arrival is None:
@@ -306,7 +310,7 @@ class LossBasedEstimator:
         if p_loss > 0.1:
             self.rate *= 1.0 - 0.5 * p_loss
         elif p_loss < 0.02:
-            self.rate *= _GROWTH_PER_S**dt
+            self.rate = min(self.rate, current) * _GROWTH_PER_S**dt + 1000.0 * dt
 
 
 class BandwidthEstimator:
@@ -436,7 +440,7 @@ class BandwidthEstimator:
                 acked.popleft()
         acked_bps = self.acked_bitrate()
         self._delay.on_packets(results, acked_bps, self.rtt, now)
-        self._loss.on_packets(results, now)
+        self._loss.on_packets(results, now, self.estimate)
         self._probe_result(results, now)
         self._clamp()
 
