@@ -282,7 +282,7 @@ class DelayBasedEstimator:
 class LossBasedEstimator:
     """§6: the rate as a function of the reported loss fraction."""
 
-    __slots__ = ("_last_update", "_lost", "_total", "loss", "rate")
+    __slots__ = ("_last_decrease", "_last_update", "_lost", "_total", "loss", "rate")
 
     def __init__(self, initial_bps: float) -> None:
         self.rate = initial_bps
@@ -290,11 +290,25 @@ class LossBasedEstimator:
         self._lost = 0
         self._total = 0
         self._last_update: float | None = None
+        self._last_decrease = -math.inf
 
-    def on_packets(self, packets: list[PacketResult], now: float, current: float) -> None:
+    def on_packets(
+        self,
+        packets: list[PacketResult],
+        now: float,
+        current: float,
+        acked_bps: float | None,
+        rtt: float,
+    ) -> None:
         """``current``: the combined estimate now. Growth starts from it (as libwebrtc's
         loss-based part does), so a long loss-free spell cannot bank headroom that would
-        make the first real losses take seconds to matter."""
+        make the first real losses take seconds to matter.
+
+        Decreases come at most once per 300 ms + RTT (the time the sender needs to react,
+        libwebrtc's interval) and never below 0.85 × what was delivered: when the sender
+        cannot follow the estimate at once (an SFU forwards a publisher's layer until the
+        next keyframe lets it switch), loss stays high, and without that floor the estimate
+        would sink to the minimum although the link still delivers its capacity."""
         for p in packets:
             self._total += 1
             if p.arrival is None:
@@ -308,7 +322,12 @@ class LossBasedEstimator:
         self._last_update = now
         dt = 0.0 if last is None else min(max(now - last, 0.0), 1.0)
         if p_loss > 0.1:
-            self.rate *= 1.0 - 0.5 * p_loss
+            if now - self._last_decrease >= 0.3 + rtt:
+                self._last_decrease = now
+                lowered = self.rate * (1.0 - 0.5 * p_loss)
+                if acked_bps is not None:
+                    lowered = max(lowered, min(self.rate, _BETA * acked_bps))
+                self.rate = lowered
         elif p_loss < 0.02:
             self.rate = min(self.rate, current) * _GROWTH_PER_S**dt + 1000.0 * dt
 
@@ -440,7 +459,7 @@ class BandwidthEstimator:
                 acked.popleft()
         acked_bps = self.acked_bitrate()
         self._delay.on_packets(results, acked_bps, self.rtt, now)
-        self._loss.on_packets(results, now, self.estimate)
+        self._loss.on_packets(results, now, self.estimate, acked_bps, self.rtt)
         self._probe_result(results, now)
         self._clamp()
 
