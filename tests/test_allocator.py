@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_sfu.sfu.allocator import HINTS, TrackDemand, allocate
+from trio_sfu.proto.bwe import BandwidthEstimator
+from trio_sfu.sfu.allocator import HINTS, TrackDemand, allocate, wanted_bitrate
 
 SIM = (150_000.0, 500_000.0, 1_500_000.0)
 WIDTHS = (320, 640, 1280)
@@ -82,3 +83,14 @@ def test_allocation_fits_the_budget_and_the_ceilings(
         if layer is None and ceiling is not None:
             # paused only when even its lowest layer did not fit the remaining budget
             assert t.bitrates[0] > bandwidth - used - 1e-6
+
+
+def test_wanted_bitrate_sums_each_tracks_ceiling_and_drives_a_probe() -> None:
+    tracks = [AUDIO, video("v1"), video("v2", hint="low"), video("v3", hint="off"),
+              video("v4", rendered_width=600)]
+    assert wanted_bitrate(tracks) == 40_000 + 1_500_000 + 150_000 + 500_000
+    bwe = BandwidthEstimator(400_000)
+    cluster = bwe.probe(wanted_bitrate(tracks), 0.0)
+    assert cluster is not None and cluster.bitrate == wanted_bitrate(tracks)
+    # below the estimate nothing needs probing
+    assert BandwidthEstimator(5_000_000).probe(wanted_bitrate(tracks), 0.0) is None

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["HINTS", "Hint", "TrackDemand", "allocate"]
+__all__ = ["HINTS", "Hint", "TrackDemand", "allocate", "wanted_bitrate"]
 
 Hint = Literal["auto", "low", "mid", "high", "off"]
 HINTS: tuple[Hint, ...] = ("auto", "low", "mid", "high", "off")
@@ -92,3 +92,19 @@ def allocate(bandwidth: float, tracks: Sequence[TrackDemand]) -> dict[str, int |
             layer += 1
         result[t.track] = layer
     return result
+
+
+def wanted_bitrate(tracks: Sequence[TrackDemand]) -> float:
+    """Bits/s every track needs at its ceiling: the rate to probe for before switching up.
+
+    When the estimate is below it, the subscriber's estimator sends a probe cluster at this
+    rate (:meth:`trio_sfu.proto.bwe.BandwidthEstimator.probe`); a successful probe lifts the
+    estimate so the next :func:`allocate` grants the higher layers at once, instead of
+    waiting for the estimate's 8 %/s growth.
+    """
+    total = 0.0
+    for t in tracks:
+        ceiling = t.ceiling()
+        if ceiling is not None:
+            total += t.bitrates[ceiling]
+    return total

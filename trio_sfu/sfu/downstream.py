@@ -13,15 +13,18 @@ import time
 import trio
 
 from trio_sfu.cluster.commands import PublisherInfo
+from trio_sfu.proto.bwe import BandwidthEstimator
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import (
     Fir,
     Nack,
     Pli,
     ReceiverReport,
+    Remb,
     RtcpPacket,
     Sdes,
     SenderReport,
+    TransportCcFeedback,
     serialize_compound,
 )
 from trio_sfu.proto.rtp import TransportCcSequencer
@@ -38,6 +41,9 @@ class Downstream(Member):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._twcc: TransportCcSequencer | None = None
+        #: How much this receiver's downlink carries, from its transport-cc feedback (or REMB)
+        #: about what we sent it (issue 11): what its layer choice will be allocated from.
+        self.bwe = BandwidthEstimator()
         #: live down-tracks by the SSRC we send them under (what the receiver's RTCP names)
         self.live: dict[int, DownTrack] = {}
         self.pc.on_rtcp = self._on_rtcp
@@ -74,7 +80,13 @@ class Downstream(Member):
         raise NotImplementedError
 
     def new_downtrack(self, transceiver: Transceiver, source: TrackSource) -> DownTrack:
-        return DownTrack(self.pc, transceiver, source, twcc=self._twcc_sequencer)
+        return DownTrack(
+            self.pc,
+            transceiver,
+            source,
+            twcc=self._twcc_sequencer,
+            on_sent=self.bwe.on_packet_sent,
+        )
 
     def start_forwarding(self, downtrack: DownTrack, now: float) -> bool:
         """Activate a negotiated down-track and attach it to its source; the source is asked
@@ -132,6 +144,10 @@ class Downstream(Member):
                             downtrack.source.nack_missed(
                                 [seq for seq in inputs if seq is not None], now
                             )
+            elif isinstance(packet, TransportCcFeedback):
+                self.bwe.on_feedback(packet.arrival_times_us(), now)
+            elif isinstance(packet, Remb):
+                self.bwe.on_remb(packet.bitrate)
             elif isinstance(packet, ReceiverReport | SenderReport):
                 unix = time.time()
                 for block in packet.reports:
@@ -140,6 +156,7 @@ class Downstream(Member):
                         rtt = downtrack.stats.on_receiver_report(block, now, unix)
                         if rtt is not None:
                             self.rtt_reports.observe(rtt)
+                            self.bwe.on_rtt(rtt)
                         self.loss_reports.observe(block.fraction_lost / 256)
 
     async def report_loop(self) -> None:

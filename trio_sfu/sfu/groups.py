@@ -59,7 +59,7 @@ class ForwardingGroup:
         self.stats.update(_TS.unpack_from(out, 4)[0], payload_size(out), now)
         at = rewriter.twcc_offset
         for member in self.members:
-            member.deliver(out, at)
+            member.deliver(out, at, now)
 
 
 class Fanout:

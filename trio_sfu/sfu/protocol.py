@@ -95,10 +95,31 @@ class SdpRecycle:
     on: bool
 
 
+@dataclass(slots=True, frozen=True)
+class LayerHint:
+    """``LAYER``: which layer of a received video track (issue 11); ``off`` pauses it."""
+
+    publisher_id: str
+    track_id: str
+    layer: str  # "low" | "mid" | "high" | "off" | "auto"
+
+
+@dataclass(slots=True, frozen=True)
+class SizeHint:
+    """``SIZE``: the size a received video track is rendered at, for ``auto`` layer choice."""
+
+    publisher_id: str
+    track_id: str
+    width: int
+    height: int
+
+
 ClientCommand = (
     SdpAnswer | SdpOffer | AddMedia | RemoveMedia | Mute | Stop | Sub | Unsub | SubMode
-    | ChatCommand | SdpRecycle
+    | ChatCommand | SdpRecycle | LayerHint | SizeHint
 )
+LAYERS = ("low", "mid", "high", "off", "auto")
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 #: A track id as it travels in commands: an msid track id (RFC 8830 §2 allows any token
 #: characters, browsers send UUIDs or ``{uuid}``) or our ``mid<N>`` fallback.
 TRACK_PATTERN = re.compile(r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]{1,64}")
@@ -144,6 +165,22 @@ def parse_command(message: str | bytes) -> ClientCommand:
         if arg not in ("on", "off"):
             raise CommandError("SDP_RECYCLE takes on or off")
         return SdpRecycle(arg == "on")
+    if name in ("LAYER", "SIZE"):
+        parts = arg.split(" ")
+        if (
+            len(parts) != 3
+            or not valid_id(parts[0])
+            or TRACK_PATTERN.fullmatch(parts[1]) is None
+        ):
+            raise CommandError(f"{name} takes a publisher id, a track id and a value")
+        if name == "LAYER":
+            if parts[2] not in LAYERS:
+                raise CommandError("LAYER takes low, mid, high, off or auto")
+            return LayerHint(parts[0], parts[1], parts[2])
+        size = _SIZE.fullmatch(parts[2])
+        if size is None:
+            raise CommandError("SIZE takes <width>x<height> in pixels")
+        return SizeHint(parts[0], parts[1], int(size[1]), int(size[2]))
     if name == "CHAT":
         if not arg:
             raise CommandError("CHAT needs a text")

@@ -46,6 +46,10 @@ class Subscriber(Downstream):
         #: publishers it should receive now (auto: all known; manual: those named by SUB)
         self.wanted: set[str] = set()
         self.downtracks: dict[TrackKey, DownTrack] = {}
+        #: ``LAYER`` and ``SIZE`` hints per received track (issue 11): ``off`` pauses the
+        #: track at once; the others (and sizes) are kept for the layer allocator
+        self.layer_hints: dict[TrackKey, str] = {}
+        self.sizes: dict[TrackKey, tuple[int, int]] = {}
         self.negotiations = 0
         self._dirty = trio.Event()
         self._answers_send, self._answers = trio.open_memory_channel[str](math.inf)
@@ -169,8 +173,32 @@ class Subscriber(Downstream):
             else:
                 self.wanted.add(command.publisher_id)
                 self._changed()
+        elif isinstance(command, protocol.LayerHint | protocol.SizeHint):
+            key = (command.publisher_id, command.track_id)
+            downtrack = self.downtracks.get(key)
+            if downtrack is None:
+                self.send(protocol.error(f"no track {command.track_id} of {command.publisher_id}"))
+                return
+            # hints live as long as their track (bounded by what the room sends us)
+            for gone in [k for k in self.layer_hints if k not in self.downtracks]:
+                del self.layer_hints[gone]
+            for gone in [k for k in self.sizes if k not in self.downtracks]:
+                del self.sizes[gone]
+            if isinstance(command, protocol.SizeHint):
+                self.sizes[key] = (command.width, command.height)
+                return
+            self.layer_hints[key] = command.layer
+            if downtrack in self.live.values():
+                self._apply_layer_hint(downtrack, command.layer)
         else:
             await super().handle(command)
+
+    def _apply_layer_hint(self, downtrack: DownTrack, layer: str) -> None:
+        # Pausing and resuming never renegotiate: the m-section and SSRC stay.
+        if layer == "off":
+            downtrack.pause()
+        else:
+            downtrack.resume(trio.current_time())
 
     # -- renegotiation (one at a time; changes meanwhile are merged into the next offer) --------
 
@@ -282,8 +310,10 @@ class Subscriber(Downstream):
                 continue  # its publisher left meanwhile
             if downtrack.transceiver.mid is None:
                 self._pending.append(downtrack)  # in no offer yet
-            else:
-                self.start_forwarding(downtrack, now)  # False if the answer rejected it
+            elif (  # start_forwarding: False if the answer rejected it
+                self.start_forwarding(downtrack, now) and self.layer_hints.get(key) == "off"
+            ):
+                downtrack.pause()
 
     def close_downtracks(self) -> None:
         super().close_downtracks()

@@ -381,11 +381,15 @@ class DownTrack:
         source: TrackSource,
         *,
         twcc: Callable[[int], TransportCcSequencer | None],
+        on_sent: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.pc = pc
         self.transceiver = transceiver
         self.source = source
         self._twcc = twcc
+        #: (transport-wide seq, bytes, now) of each packet sent with a transport-cc number:
+        #: the subscriber transport's bandwidth estimator (proto/bwe.py) matches its feedback
+        self._on_sent = on_sent
         self.group: ForwardingGroup | None = None
         self.group_key: GroupKey = ((), (), source.clock_rate, 0)
         #: RTT and our SRs; counts and timestamp mapping come from the group when reporting
@@ -407,6 +411,9 @@ class DownTrack:
         self.nack_misses = 0
         self.nack_repeats = 0  # NACKs for a packet retransmitted less than an RTT ago
         self.switches = 0
+        #: while paused (``LAYER … off``): its numbering as of the pause, to continue from
+        self._paused: ForwardingGroup | None = None
+        self._paused_waiting = False  # paused before its first keyframe came
 
     def __repr__(self) -> str:
         return f"<DownTrack {self.source!r} -> {self.pc.name}>"
@@ -476,6 +483,52 @@ class DownTrack:
         self._sent_octets = group.stats.octets - self._base_octets
         self.group = None
 
+    @property
+    def paused(self) -> bool:
+        return self._paused is not None or self._paused_waiting
+
+    def pause(self) -> bool:
+        """Stop sending without renegotiating (``LAYER … off``): the m-section stays, the
+        source just leaves this subscriber out. Its numbering is kept so :meth:`resume`
+        continues it. Call only on a started down-track (attached to its source); False if
+        already paused."""
+        if self.paused:
+            return False
+        group = self.group
+        if group is None:
+            # still waiting for its first keyframe: leave the wait, rejoin it on resume
+            self.source.detach(self)
+            self._paused_waiting = True
+            return True
+        # A copy of the group's state now: the group goes on for its other members.
+        snapshot = ForwardingGroup(group.key, group.rewriter.clone())
+        snapshot.last_forward = group.last_forward
+        snapshot.stats.follow(group.stats, 0, 0)
+        self.source.detach(self)
+        self._paused = snapshot
+        return True
+
+    def resume(self, now: float) -> bool:
+        """Send again after :meth:`pause`: the same SSRC, sequence numbers continuing at the
+        last sent + 1, timestamps advanced by the time paused (as :meth:`switch`), and a
+        keyframe requested so the decoder recovers at once."""
+        if self._paused_waiting:
+            self._paused_waiting = False
+            self.source.attach(self)
+            self.source.request_keyframe(now)
+            return True
+        snapshot = self._paused
+        if snapshot is None:
+            return False
+        self._paused = None
+        self.source.attach(self, carry=snapshot)
+        rewriter = self.rewriter
+        if rewriter is not None:
+            gap = now - snapshot.last_forward if snapshot.last_forward else 0.0
+            rewriter.switch_source(gap)
+        self.source.request_keyframe(now)
+        return True
+
     def switch(self, source: TrackSource, now: float) -> bool:
         """Forward ``source`` instead, without renegotiating: same SSRC, sequence numbers and
         timestamps continue (a WHEP viewer following a replaced publisher). False, and no
@@ -499,13 +552,16 @@ class DownTrack:
         source.request_keyframe(now)
         return True
 
-    def deliver(self, out: bytes, twcc_offset: int) -> None:
+    def deliver(self, out: bytes, twcc_offset: int, now: float) -> None:
         """Send the group's rewritten packet as this subscriber's (the per-member hot path)."""
         sequencer = self._sequencer
         seq = 0
         if sequencer is not None:
             seq = sequencer.next_seq
             sequencer.next_seq = (seq + 1) & 0xFFFF
+            on_sent = self._on_sent
+            if on_sent is not None and twcc_offset >= 0:
+                on_sent(seq, len(out), now)
         self._send(out, self._ssrc, twcc_offset, seq)
 
     @property
@@ -554,6 +610,9 @@ class DownTrack:
         if sequencer is not None:
             seq = sequencer.next_seq
             sequencer.next_seq = (seq + 1) & 0xFFFF
+            on_sent = self._on_sent
+            if on_sent is not None and twcc_offset >= 0:
+                on_sent(seq, len(out), now)
         self._send(out, ssrc, twcc_offset, seq)
         return True
 
@@ -568,3 +627,5 @@ class DownTrack:
     def close(self) -> None:
         self.source.detach(self)
         self.group = None
+        self._paused = None
+        self._paused_waiting = False

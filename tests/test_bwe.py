@@ -1,0 +1,311 @@
+"""The GCC-like estimator (trio_sfu/proto/bwe.py) against a simulated bottleneck.
+
+The link model is a FIFO bottleneck (drop-tail queue, fixed propagation delay, optional random
+loss) in simulated time: the sender paces full packets at ``min(estimate, source)`` every 5 ms,
+the receiver reports arrivals every 50 ms as transport-cc feedback does. Everything is
+deterministic (seeded), so the assertions are about the estimator's behaviour, never about
+how fast this machine runs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_sfu.proto.bwe import BandwidthEstimator, BandwidthUsage, TrendlineDetector
+from trio_sfu.proto.rtcp.transport_cc import TransportCcFeedback
+from trio_sfu.proto.twcc import TwccRecorder
+
+PACKET = 1200  # bytes
+
+
+@dataclass
+class Link:
+    capacity: float  # bits/s
+    delay: float = 0.02
+    queue_limit: float = 0.3  # s of queued data before drop-tail
+    loss: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    busy_until: float = 0.0
+
+    def send(self, now: float, size: int) -> float | None:
+        """Arrival time of a packet put on the link at ``now``, or None if dropped."""
+        if self.loss and self.rng.random() < self.loss:
+            return None
+        start = max(now, self.busy_until)
+        if start - now > self.queue_limit:
+            return None
+        self.busy_until = start + size * 8 / self.capacity
+        return self.busy_until + self.delay
+
+
+@dataclass
+class Sim:
+    link: Link
+    bwe: BandwidthEstimator = field(default_factory=BandwidthEstimator)
+    source: float = 3_000_000.0  # what the publisher's layers could fill
+    now: float = 0.0
+    seq: int = 0
+    credit: float = 0.0
+    recorder: TwccRecorder = field(default_factory=TwccRecorder)
+    in_flight: list[tuple[float, int]] = field(default_factory=list)
+    history: list[tuple[float, float]] = field(default_factory=list)
+    probing_target: float | None = None
+    max_queue: float = 0.0  # longest queueing delay seen at the bottleneck (s)
+
+    def _put(self, size: int, probe: int = -1) -> None:
+        seq = self.seq & 0xFFFF
+        self.seq += 1
+        self.bwe.on_packet_sent(seq, size, self.now, probe)
+        arrival = self.link.send(self.now, size)
+        if arrival is not None:
+            self.in_flight.append((arrival, seq))
+
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        step = 0.005
+        while self.now < end - 1e-9:
+            self.now += step
+            if self.probing_target is not None:
+                cluster = self.bwe.probe(self.probing_target, self.now)
+                if cluster is not None:
+                    for _ in range(max(cluster.min_packets, cluster.min_bytes // PACKET + 1)):
+                        self._put(PACKET, cluster.id)
+            self.credit += min(self.bwe.estimate, self.source) * step / 8
+            while self.credit >= PACKET:
+                self.credit -= PACKET
+                self._put(PACKET)
+            arrived = [x for x in self.in_flight if x[0] <= self.now]
+            self.in_flight = [x for x in self.in_flight if x[0] > self.now]
+            for arrival, seq in sorted(arrived):
+                self.recorder.record(seq, arrival)
+            due = self.recorder.get_timer()
+            if due is not None and due <= self.now:
+                for fb in self.recorder.build_feedback(self.now, 1, 2):
+                    # the feedback travels back over an uncongested path
+                    self.bwe.on_feedback(fb.arrival_times_us(), self.now + self.link.delay)
+            self.history.append((self.now, self.bwe.estimate))
+            self.max_queue = max(self.max_queue, self.link.busy_until - self.now)
+
+    def mean(self, since: float) -> float:
+        values = [e for t, e in self.history if t >= since]
+        return sum(values) / len(values)
+
+    def first_time(self, since: float, predicate: object) -> float | None:
+        assert callable(predicate)
+        for t, e in self.history:
+            if t >= since and predicate(e):
+                return t
+        return None
+
+
+def test_settles_below_a_400_kbit_cap_within_15_s() -> None:
+    sim = Sim(Link(400_000))
+    sim.run(15.0)
+    # the whole last 5 s under the cap's reach, and using a useful share of it
+    assert 200_000 <= sim.mean(10.0) <= 480_000
+    assert max(e for t, e in sim.history if t >= 10.0) <= 600_000
+
+
+def test_delay_alone_keeps_a_deep_buffer_from_filling() -> None:
+    # 10 s of buffer: nothing is ever dropped, so only the delay-based part can act
+    sim = Sim(Link(400_000, queue_limit=10.0))
+    sim.run(20.0)
+    assert sim.bwe.loss == 0.0
+    assert 250_000 <= sim.mean(10.0) <= 480_000
+    # without delay-based control the queue would grow by ~1 s per 8 s of 8 %/s growth
+    assert sim.max_queue < 0.3
+
+
+def test_overuse_is_detected_and_the_rate_cut() -> None:
+    sim = Sim(Link(400_000))
+    sim.run(10.0)
+    assert sim.bwe.usage in tuple(BandwidthUsage)
+    # the estimate came down at least once from a peak above the capacity
+    peak = max(e for _, e in sim.history)
+    assert peak > 400_000
+    assert sim.history[-1][1] < peak
+
+
+def test_ramps_up_on_an_uncapped_link() -> None:
+    sim = Sim(Link(5_000_000))
+    sim.run(20.0)
+    # 8 %/s from 300 kbit/s without probing: 300k * 1.08**20 ~ 1.4 Mbit/s
+    assert sim.bwe.estimate >= 1_200_000
+
+
+def test_probe_lifts_the_estimate_at_once_when_the_link_has_room() -> None:
+    sim = Sim(Link(5_000_000))
+    sim.run(1.0)
+    before = sim.bwe.estimate
+    sim.probing_target = 2_500_000
+    sim.run(1.0)
+    # 8 %/s growth alone would give about before * 1.08; the probe proves far more
+    assert sim.bwe.estimate >= 2_000_000 > before * 1.5
+
+
+def test_probe_does_not_lift_past_a_narrow_link() -> None:
+    sim = Sim(Link(400_000))
+    sim.run(10.0)
+    sim.probing_target = 2_500_000
+    sim.run(5.0)
+    assert sim.mean(12.0) <= 600_000
+
+
+def test_follows_a_capacity_drop_and_recovers_when_it_is_lifted() -> None:
+    link = Link(5_000_000)
+    sim = Sim(link)
+    sim.probing_target = 2_500_000
+    sim.run(20.0)
+    assert sim.bwe.estimate >= 1_500_000
+    sim.probing_target = None
+    link.capacity = 400_000
+    sim.run(15.0)
+    dropped = sim.first_time(20.0, lambda e: e <= 500_000)
+    assert dropped is not None and dropped <= 25.0
+    assert sim.mean(30.0) <= 500_000
+    link.capacity = 5_000_000
+    sim.probing_target = 1_800_000
+    sim.run(20.0)
+    back = sim.first_time(35.0, lambda e: e >= 1_500_000)
+    assert back is not None and back <= 55.0
+
+
+def test_heavy_random_loss_brings_the_estimate_down() -> None:
+    sim = Sim(Link(50_000_000, loss=0.3))
+    sim.bwe = BandwidthEstimator(2_000_000)
+    sim.run(10.0)
+    assert sim.bwe.loss > 0.1
+    assert sim.bwe.estimate < 500_000
+
+
+def test_light_loss_does_not_stop_growth() -> None:
+    sim = Sim(Link(50_000_000, loss=0.01))
+    sim.run(15.0)
+    assert sim.bwe.estimate > 300_000 * 1.5
+
+
+def test_remb_caps_the_estimate() -> None:
+    sim = Sim(Link(5_000_000))
+    sim.bwe.on_remb(250_000)
+    sim.run(10.0)
+    assert sim.bwe.estimate <= 250_000
+
+
+def test_no_feedback_no_change_and_unknown_feedback_ignored() -> None:
+    bwe = BandwidthEstimator(500_000)
+    bwe.on_feedback([(1, 1000), (2, None)], 1.0)  # nothing sent yet
+    assert bwe.estimate == 500_000
+    bwe.on_packet_sent(10, 1200, 1.0)
+    bwe.on_feedback([(9000, 5)], 1.1)  # never sent
+    assert bwe.estimate == 500_000
+
+
+def test_history_is_bounded_without_feedback() -> None:
+    # a receiver that negotiated transport-cc but never sends feedback
+    bwe = BandwidthEstimator()
+    for i in range(100_000):
+        bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
+    assert len(bwe._sent) <= 16384
+    # and feedback for the newest still works
+    bwe.on_feedback([((100_000 - 1) & 0xFFFF, 5_000)], 100.0)
+    assert (100_000 - 1) not in bwe._sent
+
+
+def test_probe_is_throttled_and_needs_a_higher_target() -> None:
+    bwe = BandwidthEstimator(500_000)
+    assert bwe.probe(400_000, 0.0) is None
+    first = bwe.probe(2_000_000, 0.0)
+    assert first is not None and first.bitrate == 2_000_000 and first.min_packets >= 5
+    assert bwe.probe(2_000_000, 0.1) is None  # one cluster in flight
+
+
+def test_trendline_rising_delay_is_overuse_falling_is_underuse() -> None:
+    up = TrendlineDetector()
+    for i in range(40):
+        up.update(2.0, 0.01, i * 0.01)  # each group 2 ms later than sent: a queue builds
+    assert up.state is BandwidthUsage.OVERUSING
+    down = TrendlineDetector()
+    for i in range(40):
+        down.update(-2.0, 0.01, i * 0.01)
+    assert down.state is BandwidthUsage.UNDERUSING
+    flat = TrendlineDetector()
+    for i in range(40):
+        flat.update(0.0, 0.01, i * 0.01)
+    assert flat.state is BandwidthUsage.NORMAL
+
+
+def test_feedback_through_the_wire_format_wraps_sequence_numbers() -> None:
+    bwe = BandwidthEstimator(500_000)
+    rec = TwccRecorder()
+    seq = 65_500
+    for i in range(200):
+        now = i * 0.005
+        bwe.on_packet_sent(seq & 0xFFFF, 1200, now)
+        rec.record(seq & 0xFFFF, now + 0.02)
+        seq += 1
+    for fb in rec.build_feedback(1.1, 1, 2):
+        wire = fb.serialize()
+        parsed = TransportCcFeedback.parse(wire[4:])  # body after the RTCP common header
+        bwe.on_feedback(parsed.arrival_times_us(), 1.1)
+    assert bwe.acked_bitrate() is not None
+    assert bwe.loss == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 0xFFFF),
+            st.one_of(st.none(), st.integers(-(10**9), 10**9)),
+        ),
+        max_size=60,
+    ),
+    st.lists(st.integers(0, 0xFFFF), max_size=60),
+    st.floats(0, 100),
+)
+def test_arbitrary_feedback_keeps_the_estimate_bounded(
+    statuses: list[tuple[int, int | None]], sent: list[int], t0: float
+) -> None:
+    bwe = BandwidthEstimator(300_000, min_bps=50_000, max_bps=10_000_000)
+    for i, seq in enumerate(sent):
+        bwe.on_packet_sent(seq, 1200, t0 + i * 0.001)
+    bwe.on_feedback(statuses, t0 + 0.5)
+    bwe.on_feedback(list(reversed(statuses)), t0 + 1.0)
+    e = bwe.estimate
+    assert math.isfinite(e) and 50_000 <= e <= 10_000_000
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(20, 200), st.floats(0.2, 1.0), st.integers(0, 0xFFFF))
+def test_mostly_lost_feedback_never_raises_the_estimate(
+    count: int, lost_share: float, start: int
+) -> None:
+    bwe = BandwidthEstimator(1_000_000)
+    statuses: list[tuple[int, int | None]] = []
+    rng = random.Random(count)
+    for i in range(count):
+        seq = (start + i) & 0xFFFF
+        bwe.on_packet_sent(seq, 1200, i * 0.005)
+        arrived = rng.random() >= lost_share
+        statuses.append((seq, i * 5000 + 20_000 if arrived else None))
+    before = bwe.estimate
+    bwe.on_feedback(statuses, count * 0.005 + 0.05)
+    lost = sum(1 for _, a in statuses if a is None) / count
+    if lost > 0.1:
+        assert bwe.estimate <= before
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(150_000, 4_000_000), st.integers(0, 2**32 - 1))
+def test_estimate_stays_near_any_capacity(capacity: int, seed: int) -> None:
+    link = Link(capacity, rng=random.Random(seed))
+    sim = Sim(link)
+    sim.run(30.0)
+    # converged: not far above the capacity, not starving either (GCC aims at ~0.85-1.0)
+    assert sim.mean(25.0) <= capacity * 1.25
+    assert sim.mean(25.0) >= min(capacity, 3_000_000) * 0.4

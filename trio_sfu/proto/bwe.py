@@ -1,0 +1,534 @@
+"""Send-side bandwidth estimation towards one subscriber (sans-IO, GCC-like).
+
+The SFU must know how much a subscriber's downlink carries to pick its simulcast layers
+(issue 11): a subscriber behind 400 kbit/s gets the low layer, an uncapped one the high layer.
+Its browser tells us, through transport-cc feedback, when each of our packets arrived
+(draft-holmer-rmcat-transport-wide-cc-extensions-01); this module turns send times, sizes and
+those arrival times into an estimate in bits/s, following draft-ietf-rmcat-gcc-02:
+
+* **Delay-based** (§5): packets are grouped into bursts sent within 5 ms (§5.2); for
+  consecutive groups the one-way delay variation is ``inter-arrival - inter-departure``. Its
+  accumulated sum is smoothed and a least-squares slope over the last 20 groups (the trendline
+  filter that replaced §5.3's Kalman filter in libwebrtc) says whether the bottleneck queue
+  grows. An adaptive threshold (§5.4) classifies overuse / normal / underuse, and an AIMD
+  controller (§5.5) multiplies the rate by 0.85 of what was actually delivered on overuse,
+  holds on underuse (the queue is draining), and otherwise grows: 8 %/s while far from the last
+  known capacity, about one packet per response time near it.
+* **Loss-based** (§6): over each window of at least 20 reported packets, loss above 10 %
+  scales the rate by ``1 - p/2``, loss below 2 % lets it grow 8 %/s from the current
+  combined estimate, in between it holds.
+* **Probing**: before the allocator switches a subscriber up it asks for a probe cluster
+  (:meth:`BandwidthEstimator.probe`); the driver sends padding or RTX at the cluster's rate
+  for ~15 ms, tags those packets with the cluster id, and when their feedback is in, the
+  rate the receiver measured (bounded by the rate we sent) lifts the delay-based estimate at
+  once, instead of waiting for 8 %/s growth.
+* **REMB** (draft-alvestrand-rmcat-remb-03): where a subscriber only negotiated REMB, its
+  receiver-side estimate caps ours (:meth:`BandwidthEstimator.on_remb`).
+
+The estimate is ``min(delay-based, loss-based, REMB)`` clamped to ``[min_bps, max_bps]``.
+Everything is driven by calls carrying ``now`` (seconds, monotonic); arrival times come in
+microseconds on the receiver's clock, of which only differences are used. Nothing here runs
+per forwarded packet beyond :meth:`BandwidthEstimator.on_packet_sent` (a dict insert).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from trio_sfu.proto.rtp import SequenceUnwrapper
+
+__all__ = [
+    "BandwidthEstimator",
+    "BandwidthUsage",
+    "DelayBasedEstimator",
+    "LossBasedEstimator",
+    "PacketResult",
+    "ProbeCluster",
+    "TrendlineDetector",
+]
+
+_BURST = 0.005  # §5.2: packets sent within 5 ms form one group
+_TRENDLINE_WINDOW = 20
+_SMOOTHING = 0.9
+_TREND_GAIN = 4.0
+_THRESHOLD_INIT = 12.5  # ms, §5.4
+_THRESHOLD_MIN, _THRESHOLD_MAX = 6.0, 600.0
+_K_UP, _K_DOWN = 0.0087, 0.039  # §5.4
+_OVERUSE_TIME = 0.010  # s of sustained overuse before signalling it
+_BETA = 0.85  # §5.5 multiplicative decrease of the delivered rate
+_GROWTH_PER_S = 1.08  # §5.5 / §6: 8 % per second
+_HISTORY_S = 10.0  # sent packets older than this without feedback are forgotten
+_MAX_UNREPORTED = 16384  # sent packets remembered at most (~15 s at 10 Mbit/s)
+_ACK_WINDOW = 0.5  # s of arrivals over which the delivered ("acked") rate is measured
+_LOSS_MIN_PACKETS = 20
+_PACKET_BITS = 1200 * 8  # typical full packet, for the additive increase
+_PROBE_DURATION = 0.015  # s of probe traffic per cluster
+_PROBE_MIN_PACKETS = 5
+_PROBE_INTERVAL = 1.0  # s between probe clusters when the first failed to lift the estimate
+_PROBE_TIMEOUT = 1.0  # s after which an unanswered cluster is abandoned
+
+
+class BandwidthUsage(enum.Enum):
+    """The overuse detector's verdict on the bottleneck queue (§5.4)."""
+
+    NORMAL = "normal"
+    OVERUSING = "overusing"
+    UNDERUSING = "underusing"
+
+
+@dataclass(frozen=True, slots=True)
+class PacketResult:
+    """One sent packet as feedback reported it; ``arrival`` in seconds (receiver clock) or None."""
+
+    seq: int  # extended transport-wide sequence number
+    send_time: float
+    size: int  # bytes on the wire (RTP payload and headers)
+    arrival: float | None
+    probe: int  # probe cluster id, or -1
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCluster:
+    """A burst the driver should send (padding or RTX) to test a higher rate.
+
+    Send ``min_bytes`` in at least ``min_packets`` packets over about ``duration`` seconds,
+    passing ``probe=id`` to :meth:`BandwidthEstimator.on_packet_sent` for each.
+    """
+
+    id: int
+    bitrate: float
+    min_bytes: int
+    min_packets: int
+    duration: float
+
+
+class TrendlineDetector:
+    """Delay-gradient trend over recent packet groups plus the adaptive threshold (§5.3-5.4).
+
+    Fed one ``(inter-arrival - inter-departure)`` delta in ms per completed group, with the
+    group's arrival time; says whether the bottleneck queue is growing (overusing), draining
+    (underusing) or steady.
+    """
+
+    __slots__ = (
+        "_accumulated",
+        "_first_arrival",
+        "_last_update",
+        "_overuse_count",
+        "_overuse_time",
+        "_prev_trend",
+        "_samples",
+        "_smoothed",
+        "state",
+        "threshold",
+    )
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, float]] = deque(maxlen=_TRENDLINE_WINDOW)
+        self._accumulated = 0.0
+        self._smoothed = 0.0
+        self._first_arrival: float | None = None
+        self._last_update: float | None = None
+        self._prev_trend = 0.0
+        self._overuse_time = 0.0
+        self._overuse_count = 0
+        self.threshold = _THRESHOLD_INIT
+        self.state = BandwidthUsage.NORMAL
+
+    def update(self, delta_ms: float, send_delta: float, arrival: float) -> BandwidthUsage:
+        """One group's delay variation ``delta_ms``; ``send_delta`` (s) since the previous one."""
+        if self._first_arrival is None:
+            self._first_arrival = arrival
+        self._accumulated += delta_ms
+        self._smoothed = _SMOOTHING * self._smoothed + (1 - _SMOOTHING) * self._accumulated
+        self._samples.append(((arrival - self._first_arrival) * 1000.0, self._smoothed))
+        if len(self._samples) == _TRENDLINE_WINDOW:
+            slope = _slope(self._samples)
+            self._detect(slope * _TRENDLINE_WINDOW * _TREND_GAIN, send_delta, arrival)
+        return self.state
+
+    def _detect(self, trend: float, send_delta: float, now: float) -> None:
+        if trend > self.threshold:
+            self._overuse_time += send_delta
+            self._overuse_count += 1
+            if (
+                self._overuse_time > _OVERUSE_TIME
+                and self._overuse_count > 1
+                and trend >= self._prev_trend
+            ):
+                self._overuse_time = 0.0
+                self._overuse_count = 0
+                self.state = BandwidthUsage.OVERUSING
+        elif trend < -self.threshold:
+            self._overuse_time = 0.0
+            self._overuse_count = 0
+            self.state = BandwidthUsage.UNDERUSING
+        else:
+            self._overuse_time = 0.0
+            self._overuse_count = 0
+            self.state = BandwidthUsage.NORMAL
+        self._prev_trend = trend
+        self._adapt_threshold(trend, now)
+
+    def _adapt_threshold(self, trend: float, now: float) -> None:
+        # §5.4: the threshold follows |trend| (fast down, slow up) so competing TCP flows do
+        # not starve us; spikes far above it (e.g. a route change) do not drag it up.
+        last = self._last_update
+        self._last_update = now
+        magnitude = abs(trend)
+        if last is None or magnitude > self.threshold + 15.0:
+            return
+        k = _K_DOWN if magnitude < self.threshold else _K_UP
+        dt_ms = min((now - last) * 1000.0, 100.0)
+        self.threshold += k * (magnitude - self.threshold) * dt_ms
+        self.threshold = min(max(self.threshold, _THRESHOLD_MIN), _THRESHOLD_MAX)
+
+
+def _slope(samples: Iterable[tuple[float, float]]) -> float:
+    points = list(samples)
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    den = sum((x - mean_x) ** 2 for x, _ in points)
+    return num / den if den > 0 else 0.0
+
+
+class DelayBasedEstimator:
+    """§5: groups, trendline detector and the AIMD rate controller."""
+
+    __slots__ = (
+        "_capacity",
+        "_group",
+        "_last_change",
+        "_prev_group",
+        "detector",
+        "rate",
+    )
+
+    def __init__(self, initial_bps: float) -> None:
+        self.rate = initial_bps
+        self.detector = TrendlineDetector()
+        # (first send, last send, last arrival) of the group being filled and the previous one
+        self._group: tuple[float, float, float] | None = None
+        self._prev_group: tuple[float, float, float] | None = None
+        self._last_change: float | None = None
+        self._capacity: float | None = None  # delivered rate at the last overuse
+
+    def on_packets(
+        self, packets: list[PacketResult], acked_bps: float | None, rtt: float, now: float
+    ) -> None:
+        """Received packets of one feedback, in send order."""
+        for p in packets:
+            if p.arrival is not None:
+                self._add(p.send_time, p.arrival)
+        self._control(acked_bps, rtt, now)
+
+    def _add(self, send: float, arrival: float) -> None:
+        group = self._group
+        if group is None:
+            self._group = (send, send, arrival)
+            return
+        first, last, last_arrival = group
+        if send < last:
+            return  # reordered by the sender's pacer/RTX: not a usable sample
+        if send - first <= _BURST:
+            self._group = (first, send, max(last_arrival, arrival))
+            return
+        prev = self._prev_group
+        if prev is not None:
+            send_delta = last - prev[1]
+            arrival_delta = last_arrival - prev[2]
+            self.detector.update(
+                (arrival_delta - send_delta) * 1000.0, send_delta, last_arrival
+            )
+        self._prev_group = group
+        self._group = (send, send, arrival)
+
+    def _control(self, acked_bps: float | None, rtt: float, now: float) -> None:
+        last = self._last_change
+        self._last_change = now
+        dt = 0.0 if last is None else min(max(now - last, 0.0), 1.0)
+        state = self.detector.state
+        if state is BandwidthUsage.OVERUSING:
+            if last is not None and acked_bps is not None:
+                # §5.5: decrease to a fraction of what the link actually delivered
+                new = _BETA * acked_bps
+                if new < self.rate:
+                    self.rate = new
+                    self._capacity = acked_bps
+            return
+        if state is BandwidthUsage.UNDERUSING:
+            return  # hold while the queue drains
+        capacity = self._capacity
+        if capacity is not None and self.rate > capacity * 1.5:
+            self._capacity = capacity = None  # far above the old capacity: it changed
+        if capacity is None:
+            grown = self.rate * _GROWTH_PER_S**dt
+        else:
+            # near the known capacity: about one packet more per response time (§5.5)
+            response = rtt + 0.1
+            grown = self.rate + max(1000.0, _PACKET_BITS / response) * dt
+        if acked_bps is not None:
+            # never run away from what is actually delivered (the source may be app-limited)
+            grown = min(grown, max(1.5 * acked_bps + 10_000.0, self.rate))
+        self.rate = grown
+
+
+class LossBasedEstimator:
+    """§6: the rate as a function of the reported loss fraction."""
+
+    __slots__ = ("_last_decrease", "_last_update", "_lost", "_total", "loss", "rate")
+
+    def __init__(self, initial_bps: float) -> None:
+        self.rate = initial_bps
+        self.loss = 0.0
+        self._lost = 0
+        self._total = 0
+        self._last_update: float | None = None
+        self._last_decrease = -math.inf
+
+    def on_packets(
+        self,
+        packets: list[PacketResult],
+        now: float,
+        current: float,
+        acked_bps: float | None,
+        rtt: float,
+    ) -> None:
+        """``current``: the combined estimate now. Growth starts from it (as libwebrtc's
+        loss-based part does), so a long loss-free spell cannot bank headroom that would
+        make the first real losses take seconds to matter.
+
+        Decreases come at most once per 300 ms + RTT (the time the sender needs to react,
+        libwebrtc's interval) and never below 0.85 × what was delivered: when the sender
+        cannot follow the estimate at once (an SFU forwards a publisher's layer until the
+        next keyframe lets it switch), loss stays high, and without that floor the estimate
+        would sink to the minimum although the link still delivers its capacity."""
+        for p in packets:
+            self._total += 1
+            if p.arrival is None:
+                self._lost += 1
+        if self._total < _LOSS_MIN_PACKETS:
+            return
+        p_loss = self._lost / self._total
+        self.loss = p_loss
+        self._lost = self._total = 0
+        last = self._last_update
+        self._last_update = now
+        dt = 0.0 if last is None else min(max(now - last, 0.0), 1.0)
+        if p_loss > 0.1:
+            if now - self._last_decrease >= 0.3 + rtt:
+                self._last_decrease = now
+                lowered = self.rate * (1.0 - 0.5 * p_loss)
+                if acked_bps is not None:
+                    lowered = max(lowered, min(self.rate, _BETA * acked_bps))
+                self.rate = lowered
+        elif p_loss < 0.02:
+            self.rate = min(self.rate, current) * _GROWTH_PER_S**dt + 1000.0 * dt
+
+
+class BandwidthEstimator:
+    """One subscriber transport's estimate from transport-cc feedback (and/or REMB).
+
+    Driver: :meth:`on_packet_sent` for each packet sent with a transport-cc number,
+    :meth:`on_feedback` with each feedback's ``arrival_times_us()``, :meth:`on_remb` for REMB;
+    read :attr:`estimate` when re-running the allocator. Before switching a subscriber up,
+    :meth:`probe` with the rate the allocator would need.
+    """
+
+    __slots__ = (
+        "_acked",
+        "_delay",
+        "_loss",
+        "_next_probe_id",
+        "_probe",
+        "_probe_started",
+        "_remb",
+        "_sent",
+        "_unwrapper",
+        "max_bps",
+        "min_bps",
+        "rtt",
+    )
+
+    def __init__(
+        self,
+        initial_bps: float = 300_000.0,
+        *,
+        min_bps: float = 30_000.0,
+        max_bps: float = 20_000_000.0,
+    ) -> None:
+        if not 0 < min_bps <= initial_bps <= max_bps:
+            raise ValueError("need 0 < min_bps <= initial_bps <= max_bps")
+        self.min_bps = min_bps
+        self.max_bps = max_bps
+        self.rtt = 0.1
+        self._delay = DelayBasedEstimator(initial_bps)
+        self._loss = LossBasedEstimator(initial_bps)
+        self._remb: float | None = None
+        self._unwrapper = SequenceUnwrapper()
+        # extended seq -> (send time, size, probe id)
+        self._sent: dict[int, tuple[float, int, int]] = {}
+        self._acked: deque[tuple[float, int]] = deque()  # (arrival, size) within _ACK_WINDOW
+        self._probe: ProbeCluster | None = None
+        self._probe_started = -math.inf
+        self._next_probe_id = 0
+
+    @property
+    def estimate(self) -> float:
+        """Current estimate in bits/s."""
+        rate = min(self._delay.rate, self._loss.rate)
+        if self._remb is not None:
+            rate = min(rate, self._remb)
+        return min(max(rate, self.min_bps), self.max_bps)
+
+    @property
+    def loss(self) -> float:
+        """Loss fraction over the last complete loss window."""
+        return self._loss.loss
+
+    @property
+    def usage(self) -> BandwidthUsage:
+        return self._delay.detector.state
+
+    def acked_bitrate(self) -> float | None:
+        """Bits/s the receiver got over the last ~0.5 s of arrivals, None until measurable."""
+        acked = self._acked
+        if len(acked) < 2:
+            return None
+        span = acked[-1][0] - acked[0][0]
+        if span < _ACK_WINDOW / 2:
+            return None
+        return sum(size for _, size in list(acked)[1:]) * 8 / span
+
+    def on_packet_sent(self, transport_seq: int, size: int, now: float, probe: int = -1) -> None:
+        """Note a packet we sent with this transport-wide sequence number (16-bit)."""
+        ext = self._unwrapper.unwrap(transport_seq & 0xFFFF)
+        sent = self._sent
+        sent[ext] = (now, size, probe)
+        if len(sent) > _MAX_UNREPORTED:
+            # a receiver that negotiated transport-cc but never reports: forget the oldest
+            # (dicts keep insertion order), so memory stays bounded without feedback
+            del sent[next(iter(sent))]
+
+    def on_remb(self, bitrate: float) -> None:
+        """The subscriber's receiver-side estimate (REMB), a cap on ours."""
+        self._remb = max(bitrate, 0.0)
+
+    def on_rtt(self, rtt: float) -> None:
+        """Round-trip time from RTCP (RR's DLSR), used for the additive increase."""
+        if rtt > 0:
+            self.rtt = rtt
+
+    def on_feedback(self, statuses: Iterable[tuple[int, int | None]], now: float) -> None:
+        """One transport-cc feedback: ``(seq16, arrival µs or None)`` in sequence order."""
+        highest = self._unwrapper.highest
+        if highest is None:
+            return
+        results: list[PacketResult] = []
+        for seq, arrival_us in statuses:
+            ext = self._unwrapper.peek(seq & 0xFFFF)
+            if ext > highest:
+                continue  # feedback for something we never sent
+            sent = self._sent.get(ext)
+            if sent is None:
+                continue  # unknown, or already reported received
+            arrival = None if arrival_us is None else arrival_us / 1e6
+            if arrival is not None:
+                del self._sent[ext]  # a later report of it would be a duplicate
+            results.append(PacketResult(ext, sent[0], sent[1], arrival, sent[2]))
+        floor = now - _HISTORY_S
+        for ext in [e for e, (t, _, _) in self._sent.items() if t < floor]:
+            del self._sent[ext]
+        if not results:
+            return
+        results.sort(key=lambda r: r.seq)
+        acked = self._acked
+        for r in sorted((r for r in results if r.arrival is not None), key=_arrival):
+            assert r.arrival is not None
+            if acked and r.arrival < acked[-1][0]:
+                continue  # out of arrival order across feedbacks: skip for the rate
+            acked.append((r.arrival, r.size))
+        if acked:
+            while acked and acked[0][0] < acked[-1][0] - _ACK_WINDOW:
+                acked.popleft()
+        acked_bps = self.acked_bitrate()
+        self._delay.on_packets(results, acked_bps, self.rtt, now)
+        self._loss.on_packets(results, now, self.estimate, acked_bps, self.rtt)
+        self._probe_result(results, now)
+        self._clamp()
+
+    def _clamp(self) -> None:
+        for part in (self._delay, self._loss):
+            part.rate = min(max(part.rate, self.min_bps), self.max_bps)
+
+    def probe(self, target_bps: float, now: float) -> ProbeCluster | None:
+        """A probe cluster to send now to test ``target_bps``, or None.
+
+        None when the estimate already reaches the target, a cluster is in flight, or the
+        last one was less than a second ago (a failed probe is not retried at once).
+        """
+        if target_bps <= self.estimate or self._probe is not None:
+            return None
+        if now - self._probe_started < _PROBE_INTERVAL:
+            return None
+        bitrate = min(target_bps, self.max_bps)
+        self._next_probe_id += 1
+        cluster = ProbeCluster(
+            id=self._next_probe_id,
+            bitrate=bitrate,
+            min_bytes=max(int(bitrate * _PROBE_DURATION / 8), _PROBE_MIN_PACKETS * 200),
+            min_packets=_PROBE_MIN_PACKETS,
+            duration=_PROBE_DURATION,
+        )
+        self._probe = cluster
+        self._probe_started = now
+        return cluster
+
+    def _probe_result(self, results: list[PacketResult], now: float) -> None:
+        cluster = self._probe
+        if cluster is None:
+            return
+        if any(info[2] == cluster.id for info in self._sent.values()):
+            if now - self._probe_started > _PROBE_TIMEOUT:
+                self._probe = None
+            return  # wait until every probe packet is reported received (or times out)
+        mine = [r for r in results if r.probe == cluster.id and r.arrival is not None]
+        self._probe = None
+        if len(mine) < cluster.min_packets * 0.8:
+            return  # too few arrived to measure anything: treat as failed
+        by_send = sorted(mine, key=lambda r: r.send_time)
+        by_arrival = sorted(mine, key=_arrival)
+        send_span = by_send[-1].send_time - by_send[0].send_time
+        first_arrival = by_arrival[0].arrival
+        last_arrival = by_arrival[-1].arrival
+        assert first_arrival is not None and last_arrival is not None
+        arrival_span = last_arrival - first_arrival
+        if arrival_span <= 0:
+            return
+        # A driver may send the cluster as one burst: then only the receive side measures.
+        send_rate = (
+            sum(r.size for r in by_send[:-1]) * 8 / send_span if send_span > 0 else math.inf
+        )
+        recv_rate = sum(r.size for r in by_arrival[1:]) * 8 / arrival_span
+        # A receive rate clearly below the send rate means the probe hit the bottleneck:
+        # the receive rate is then the capacity; otherwise the send rate is proven. Never
+        # claim more than was asked for: the allocator only needs the target confirmed.
+        result = min(send_rate, recv_rate)
+        if recv_rate < 0.9 * send_rate:
+            result = recv_rate * 0.95
+        result = min(result, cluster.bitrate)
+        if result > self._delay.rate:
+            self._delay.rate = result
+            self._delay._capacity = None
+        if result > self._loss.rate:
+            self._loss.rate = result
+
+
+def _arrival(r: PacketResult) -> float:
+    return r.arrival if r.arrival is not None else math.inf
