@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_sfu.proto.rtp import RtpPacket, RtpRewriter, TransportCcSequencer, parse_rtp
-from trio_sfu.sfu.media import (
+from trio_sfu.sfu.feedback import (
     NackGenerator,
     PacketCache,
     ReceiveStatistics,

@@ -25,7 +25,7 @@ from trio_sfu.cluster.codec import (
     encode_subscriber,
     subject_token,
 )
-from trio_sfu.cluster.commands import (
+from trio_sfu.sfu.model import (
     ActiveSpeaker,
     Chat,
     CodecInfo,

@@ -22,9 +22,9 @@ from trio_sfu.app import Running, serve
 from trio_sfu.auth import create_token
 from trio_sfu.client.events import EventStreamClosed, EventStreamRefused, room_events
 from trio_sfu.client.sfu import PublisherClient, SubscriberClient, http_signal
-from trio_sfu.cluster.commands import Chat
 from trio_sfu.config import Config
 from trio_sfu.http.events import CLOSE_DRAINING, CLOSE_TOO_SLOW
+from trio_sfu.sfu.model import Chat
 
 KEY, SECRET = "k1", "s" * 32
 

@@ -25,7 +25,7 @@ from trio_sfu.proto.rtp import RtpPacket, TransportCcSequencer, find_extension, 
 from trio_sfu.proto.sdp.model import HeaderExtension, RtpCodec
 from trio_sfu.proto.srtp import SrtpContext
 from trio_sfu.rtc.events import IncomingStream
-from trio_sfu.sfu.media import rtx_unwrap
+from trio_sfu.sfu.feedback import rtx_unwrap
 from trio_sfu.sfu.track import DownTrack, PublishedTrack
 
 PUB_SSRC = 0x5EED0001

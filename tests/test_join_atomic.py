@@ -13,13 +13,12 @@ import trio
 
 from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
 from trio_sfu.client.sfu import PublisherClient, SubscriberClient
-from trio_sfu.cluster.bus import LocalBus
-from trio_sfu.cluster.commands import Command, SubscriberInfo
-from trio_sfu.cluster.errors import BackendUnavailable
-from trio_sfu.cluster.state import MemoryStateStore
-from trio_sfu.sfu.errors import TooMany, Unavailable
+from trio_sfu.sfu.bus import LocalBus
+from trio_sfu.sfu.errors import BackendUnavailable, TooMany, Unavailable
 from trio_sfu.sfu.limits import SfuLimits
+from trio_sfu.sfu.model import Command, SubscriberInfo
 from trio_sfu.sfu.service import Sfu
+from trio_sfu.sfu.state import MemoryStateStore
 
 #: A join that has not finished after this many scheduling steps of its task never will.
 MAX_STEPS = 400

@@ -16,7 +16,7 @@ from trio_sfu.client.sfu import SubscriberClient
 from trio_sfu.proto.rtcp import Pli, RtcpPacket
 from trio_sfu.proto.rtp import parse_rtp
 from trio_sfu.rtc.events import IncomingStream
-from trio_sfu.sfu import protocol
+from trio_sfu.sfu import dc_protocol as protocol
 
 
 def test_layer_and_size_parse() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trio_sfu.proto.rtp import RtpPacket
-from trio_sfu.sfu.media import PacketCache
+from trio_sfu.sfu.feedback import PacketCache
 
 
 def pkt(seq: int, tag: int = 0) -> bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trio_sfu.sfu.media import FirSequence, KeyframeGate, KeyframeThrottle
-from trio_sfu.sfu.media.keyframe import KEYFRAME_WAIT
+from trio_sfu.sfu.feedback import FirSequence, KeyframeGate, KeyframeThrottle
+from trio_sfu.sfu.feedback.keyframe import KEYFRAME_WAIT
 
 
 def test_at_most_one_request_per_interval() -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from trio_sfu.sfu.media import NackGenerator
+from trio_sfu.sfu.feedback import NackGenerator
 
 RTT = 0.05
 

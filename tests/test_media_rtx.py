@@ -8,7 +8,7 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 
 from trio_sfu.proto.rtcp import Nack
 from trio_sfu.proto.rtp import RtpPacket, RtpRewriter, TransportCcSequencer, parse_rtp
-from trio_sfu.sfu.media import PacketCache, rtx_unwrap, rtx_wrap
+from trio_sfu.sfu.feedback import PacketCache, rtx_unwrap, rtx_wrap
 
 PUB_SSRC = 0x11223344
 SUB_SSRC = 0xCAFEBABE

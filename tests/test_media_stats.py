@@ -11,7 +11,7 @@ from trio_sfu.proto.rtcp import (
     SenderReport,
     parse_rtcp,
 )
-from trio_sfu.sfu.media import ReceiveStatistics, SendStatistics
+from trio_sfu.sfu.feedback import ReceiveStatistics, SendStatistics
 
 PUB_SSRC = 0x11223344
 

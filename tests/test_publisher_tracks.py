@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
 from trio_sfu.client.sfu import PublisherClient, SignalingError, SubscriberClient
 from trio_sfu.proto.sdp import parse
-from trio_sfu.sfu import protocol
+from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.publisher import Publisher
 
 
@@ -46,11 +46,12 @@ async def room_counts(env: SfuEnv, room: str, peer_id: str) -> tuple[int, int]:
 
 
 def test_commands_parse_strictly() -> None:
-    assert protocol.parse_command("SDP_OFFER v=0") == protocol.SdpOffer("v=0")
-    assert protocol.parse_command("ADD_MEDIA video screen") == protocol.AddMedia("video", "screen")
-    assert protocol.parse_command("REMOVE_MEDIA audio mic") == protocol.RemoveMedia("audio", "mic")
-    assert protocol.parse_command("MUTE {ab-12} on") == protocol.Mute("{ab-12}", True)
-    assert protocol.parse_command("MUTE mid1 off") == protocol.Mute("mid1", False)
+    parse = dc_protocol.parse_command
+    assert dc_protocol.parse_command("SDP_OFFER v=0") == dc_protocol.SdpOffer("v=0")
+    assert parse("ADD_MEDIA video screen") == dc_protocol.AddMedia("video", "screen")
+    assert parse("REMOVE_MEDIA audio mic") == dc_protocol.RemoveMedia("audio", "mic")
+    assert dc_protocol.parse_command("MUTE {ab-12} on") == dc_protocol.Mute("{ab-12}", True)
+    assert dc_protocol.parse_command("MUTE mid1 off") == dc_protocol.Mute("mid1", False)
     for bad in (
         "SDP_OFFER",
         "SDP_OFFER  ",
@@ -62,8 +63,8 @@ def test_commands_parse_strictly() -> None:
         "MUTE  on",
         "MUTE a b on",
     ):
-        with pytest.raises(protocol.CommandError):
-            protocol.parse_command(bad)
+        with pytest.raises(dc_protocol.CommandError):
+            dc_protocol.parse_command(bad)
 
 
 async def test_audio_only_publisher_adds_camera_and_screen_then_removes_camera(

@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
-from trio_sfu.cluster.bus import LocalBus
-from trio_sfu.cluster.commands import (
+from trio_sfu.sfu.bus import LocalBus
+from trio_sfu.sfu.model import (
     CodecInfo,
     Command,
     KeyframeRequest,

@@ -19,8 +19,8 @@ from tests.sfu_helpers import start_sfu, wait_for
 from tests.test_events import base, next_of, running_server
 from trio_sfu.client.events import room_events
 from trio_sfu.cluster.codec import decode, encode
-from trio_sfu.cluster.commands import ActiveSpeaker, SpeakerLevels
 from trio_sfu.proto.rtp import RtpPacket, find_extension, loudness, packet_loudness
+from trio_sfu.sfu.model import ActiveSpeaker, SpeakerLevels
 from trio_sfu.sfu.speaker import NODE_STALE, WINDOW, RoomSpeakers, speakers_line
 
 PACKETS_PER_WINDOW = round(WINDOW / 0.02)  # 20 ms Opus frames

@@ -250,7 +250,7 @@ def watch_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         describe,
         room_events,
     )
-    from trio_sfu.sfu.protocol import valid_id
+    from trio_sfu.sfu.dc_protocol import valid_id
 
     parser = build_watch_parser()
     args = parser.parse_args(argv)

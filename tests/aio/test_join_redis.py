@@ -16,9 +16,9 @@ from tests.services import RedisServer, redis_server
 from tests.sfu_helpers import start_sfu
 from trio_sfu.client.sfu import SubscriberClient
 from trio_sfu.cluster.aio import BackendUnavailable, open_asyncio
-from trio_sfu.cluster.commands import SubscriberInfo
 from trio_sfu.cluster.redis_state import RedisStateStore
 from trio_sfu.sfu.errors import Unavailable
+from trio_sfu.sfu.model import SubscriberInfo
 
 
 @pytest.fixture

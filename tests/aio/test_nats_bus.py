@@ -16,8 +16,9 @@ import trio
 
 from tests.services import NatsServer, nats_server
 from trio_sfu.cluster.aio import BackendUnavailable, open_asyncio
-from trio_sfu.cluster.bus import Bus
-from trio_sfu.cluster.commands import (
+from trio_sfu.cluster.nats_bus import NatsBus
+from trio_sfu.sfu.bus import Bus
+from trio_sfu.sfu.model import (
     Chat,
     Command,
     KeyframeRequest,
@@ -30,7 +31,6 @@ from trio_sfu.cluster.commands import (
     SubscriberInfo,
     TrackInfo,
 )
-from trio_sfu.cluster.nats_bus import NatsBus
 
 #: The issue's bounds: a request needing NATS fails within 2 s; NATS back → working in 10 s.
 FAIL_FAST = 2.0

@@ -22,9 +22,9 @@ import trio
 from tests.services import RedisServer, redis_server
 from trio_sfu.cluster.aio import BackendUnavailable, open_asyncio
 from trio_sfu.cluster.codec import encode_publisher
-from trio_sfu.cluster.commands import CodecInfo, PublisherInfo, SubscriberInfo, TrackInfo
 from trio_sfu.cluster.redis_state import RedisStateStore
-from trio_sfu.cluster.state import MemoryStateStore, RoomState, StateStore
+from trio_sfu.sfu.model import CodecInfo, PublisherInfo, SubscriberInfo, TrackInfo
+from trio_sfu.sfu.state import MemoryStateStore, RoomState, StateStore
 
 PREFIX = "t-sfu"
 #: Short intervals for tests that only need the mechanism, not the production timing.

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import trio
 import trio_asyncio
 
-from trio_sfu.cluster.errors import BackendUnavailable
+from trio_sfu.sfu.errors import BackendUnavailable
 
 __all__ = ["CALL_TIMEOUT", "BackendUnavailable", "call", "open_asyncio", "trio_asyncio"]
 

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from trio_sfu.cluster.commands import (
+from trio_sfu.sfu.model import (
     ActiveSpeaker,
     Chat,
     CodecInfo,

@@ -27,9 +27,8 @@ from typing import Any, Protocol
 import msgpack
 import trio
 
-from trio_sfu.cluster.errors import BackendUnavailable, NodeUnreachable
 from trio_sfu.http.forwarding import ASGIApp, ForwardedRequest, ForwardedResponse, replay
-from trio_sfu.sfu.errors import NotFound, Unavailable
+from trio_sfu.sfu.errors import BackendUnavailable, NodeUnreachable, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The cluster's command bus on NATS: per-room and per-node subjects, one connection per pod.
 
-``NatsBus`` is the ``Bus`` the SFU already uses single-node (``cluster/bus.py``), plus node-
+``NatsBus`` is the ``Bus`` the SFU already uses single-node (``sfu/bus.py``), plus node-
 directed commands and the media relay. It owns one nats-py client on the trio-asyncio loop;
 everything the SFU calls is Trio-native and bounded:
 
@@ -36,11 +36,11 @@ from nats.aio.msg import Msg
 
 from trio_sfu.cluster import aio
 from trio_sfu.cluster.aio import BackendUnavailable, trio_asyncio
-from trio_sfu.cluster.bus import LISTENER_BACKLOG
 from trio_sfu.cluster.codec import CodecError, decode, encode, subject_token
-from trio_sfu.cluster.commands import Command
-from trio_sfu.cluster.errors import NodeUnreachable
 from trio_sfu.cluster.relay import MediaRelay
+from trio_sfu.sfu.bus import LISTENER_BACKLOG
+from trio_sfu.sfu.errors import NodeUnreachable
+from trio_sfu.sfu.model import Command
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from trio_sfu.cluster.codec import (
     encode_publisher,
     encode_subscriber,
 )
-from trio_sfu.cluster.commands import PublisherInfo, SubscriberInfo
 from trio_sfu.cluster.redis_scripts import SCRIPTS, split_token
-from trio_sfu.cluster.state import RoomState
+from trio_sfu.sfu.model import PublisherInfo, SubscriberInfo
+from trio_sfu.sfu.state import RoomState
 
 log = logging.getLogger(__name__)
 

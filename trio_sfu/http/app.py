@@ -24,8 +24,8 @@ from trio_sfu.http.limits import MAX_BODY, AdmitJoins, DrainUnreadBody, JoinRate
 from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import install_site
-from trio_sfu.http.whip import Role as WhipRole
 from trio_sfu.http.whip import WhipSfuApi, whip_blueprint
+from trio_sfu.sfu.model import Role
 
 access_log = logging.getLogger("trio_sfu.http.access")
 
@@ -41,7 +41,7 @@ class HttpSfuApi(SfuApi, WhipSfuApi, Protocol):
         self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
     ) -> str: ...
 
-    async def stop(self, role: WhipRole, room: str, peer_id: str) -> None: ...
+    async def stop(self, role: Role, room: str, peer_id: str) -> None: ...
 
 
 def create_app(

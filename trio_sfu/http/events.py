@@ -37,19 +37,10 @@ import trio
 from quart import Blueprint, websocket
 
 from trio_sfu.auth import ANY_ROOM, Claims
-from trio_sfu.cluster.commands import (
-    ActiveSpeaker,
-    Chat,
-    Command,
-    PubJoin,
-    PubLeft,
-    SubJoin,
-    SubLeft,
-)
-from trio_sfu.cluster.errors import BackendUnavailable
-from trio_sfu.cluster.state import RoomState
 from trio_sfu.http.guard import Guard, forbidden, unauthorized
-from trio_sfu.sfu.errors import BadRequest, Unavailable
+from trio_sfu.sfu.errors import BackendUnavailable, BadRequest, Unavailable
+from trio_sfu.sfu.model import ActiveSpeaker, Chat, Command, PubJoin, PubLeft, SubJoin, SubLeft
+from trio_sfu.sfu.state import RoomState
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +247,7 @@ def events_blueprint(source: EventSource, guard: Guard) -> Blueprint:
 
     @bp.websocket("/rooms/<room>/events")
     async def room_events(room: str) -> None:
-        from trio_sfu.sfu.protocol import valid_id
+        from trio_sfu.sfu.dc_protocol import valid_id
 
         claims = _claims(guard)
         if not valid_id(room):

@@ -26,9 +26,9 @@ from aioice import Candidate
 from trio_sfu.proto.errors import SdpError
 from trio_sfu.proto.sdp import SessionDescription
 from trio_sfu.proto.sdp import parse as parse_sdp
+from trio_sfu.sfu.model import Role
 
 Kind = Literal["whip", "whep"]
-SfuRole = Literal["pub", "whep"]
 #: The prefix of every session URL (one namespace for WHIP and WHEP: no room name can clash).
 SESSION_PATH = "/sessions/"
 #: How many sessions one POST checks for peers the SFU already forgot (consent timeout, STOP).
@@ -106,7 +106,7 @@ class Session:
     server: Transport
 
     @property
-    def role(self) -> SfuRole:
+    def role(self) -> Role:
         return "pub" if self.kind == "whip" else "whep"
 
     @property

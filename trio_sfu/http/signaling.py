@@ -8,7 +8,7 @@ app's error handlers turn into statuses.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from quart import Blueprint, Response, request
 
@@ -22,12 +22,12 @@ from trio_sfu.http.forwarding import (
 from trio_sfu.http.guard import Guard, forbidden
 from trio_sfu.http.ice_servers import IceServerList
 from trio_sfu.http.limits import SDP_TYPE, check_name, read_sdp
+from trio_sfu.sfu.dc_protocol import user_of
 from trio_sfu.sfu.errors import NotFound
-from trio_sfu.sfu.protocol import user_of
+from trio_sfu.sfu.model import Role
 
 log = logging.getLogger(__name__)
 
-Role = Literal["pub", "sub"]
 
 
 class SfuApi(Protocol):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import UnprocessableEntity
@@ -45,6 +45,7 @@ from trio_sfu.proto.sdp import MediaSection, SessionDescription
 from trio_sfu.proto.sdp import parse as parse_sdp
 from trio_sfu.proto.sdp.frag import build_frag, parse_frag
 from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, SfuError, Unavailable
+from trio_sfu.sfu.model import Role
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ FRAG_TYPE = "application/trickle-ice-sdpfrag"
 #: Retry-After (seconds) for new sessions while the node drains, and for WHEP with no
 #: publisher yet when the SFU did not say.
 RETRY_AFTER = 2
-Role = Literal["pub", "sub", "whep"]
 
 
 @runtime_checkable

@@ -12,7 +12,6 @@ import time
 
 import trio
 
-from trio_sfu.cluster.commands import PublisherInfo
 from trio_sfu.proto.bwe import BandwidthEstimator
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import (
@@ -29,6 +28,7 @@ from trio_sfu.proto.rtcp import (
 )
 from trio_sfu.proto.rtp import TransportCcSequencer
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.node_stats import LOSS_BUCKETS, RTT_BUCKETS, Buckets
 from trio_sfu.sfu.remote import RemoteTrack
 from trio_sfu.sfu.track import DownTrack, TrackSource

@@ -42,3 +42,15 @@ class TooMany(SfuError):
     address): try again after ``retry_after`` seconds (RFC 6585 §4)."""
 
     status = 429
+
+
+# -- the backends' errors (Redis/NATS in cluster mode) -----------------------------------------
+# Defined here, not in cluster/, so the SFU raises and catches them without importing the
+# cluster adapters: importing those pulls in trio-asyncio, which changes asyncio's event-loop
+# policy for the whole process (cluster/aio.py is imported only when cluster mode starts).
+class BackendUnavailable(Exception):
+    """Redis or NATS did not answer in time (or refused); callers map it to 503."""
+
+
+class NodeUnreachable(Exception):
+    """No pod listens on a node's subject: that node is not running (or not connected)."""

@@ -20,7 +20,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from trio_sfu.proto.rtp import RtpRewriter, payload_size
-from trio_sfu.sfu.media import SendStatistics
+from trio_sfu.sfu.feedback import SendStatistics
 
 if TYPE_CHECKING:
     from trio_sfu.sfu.track import DownTrack

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import trio
 
 from trio_sfu.rtc import events as ev
 from trio_sfu.rtc.datachannel import DataChannel
 from trio_sfu.rtc.server import ServerPeerConnection
-from trio_sfu.sfu import protocol
+from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.limits import TokenBucket
+from trio_sfu.sfu.model import ROLE_NAMES, Role
 
 if TYPE_CHECKING:
     from trio_sfu.sfu.room import Room
@@ -30,12 +31,13 @@ class Member:
     :meth:`serve` runs inside the peer's nursery and dispatches its commands.
     """
 
-    role = "member"
+    #: set by each member type; :attr:`role_name` is its word in logs and metrics
+    role: ClassVar[Role]
 
     def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
         self.room = room
         self.id = connection_id
-        self.user = protocol.user_of(connection_id)
+        self.user = dc_protocol.user_of(connection_id)
         self.pc = pc
         self.control: DataChannel | None = None
         #: set once the SFU took it out of its room (cleanup runs once, whoever asks first)
@@ -49,7 +51,7 @@ class Member:
         #: since when chat to this member is being dropped (its send buffer is at the cap)
         self._stalled_since: float | None = None
         self.chat_dropped = 0
-        self.log_extra = {"room": room.name, "peer": connection_id, "role": self.role}
+        self.log_extra = {"room": room.name, "peer": connection_id, "role": self.role_name}
         pc.log_extra = self.log_extra  # one vocabulary in the rtc layer's lines too
         #: when the join was accepted (session duration, in ``left`` logs and /metrics)
         self.started = trio.current_time()
@@ -106,7 +108,7 @@ class Member:
         if self._stalled_since is None:
             self._stalled_since = now
             log.info("chat dropped: send buffer full", extra=self.log_extra)
-            self.send(protocol.error("chat to you is being dropped: your connection is behind"))
+            self.send(dc_protocol.error("chat to you is being dropped: your connection is behind"))
         elif now - self._stalled_since >= self.limits.send_stall_limit:
             self.pc.close("send buffer full")
         return False
@@ -120,6 +122,10 @@ class Member:
         if channel.buffered_amount + len(line) > self.limits.max_send_buffer:
             return False
         return self.send(line)
+
+    @property
+    def role_name(self) -> str:
+        return ROLE_NAMES[self.role]
 
     async def serve(self) -> None:
         """Handle the peer's control events until it closes (runs in the peer's nursery)."""
@@ -138,20 +144,20 @@ class Member:
 
     async def on_command(self, message: str | bytes) -> None:
         try:
-            command = protocol.parse_command(message)
-        except protocol.CommandError as exc:
-            self.send(protocol.error(str(exc)))
+            command = dc_protocol.parse_command(message)
+        except dc_protocol.CommandError as exc:
+            self.send(dc_protocol.error(str(exc)))
             return
         await self.handle(command)
 
-    async def handle(self, command: protocol.ClientCommand) -> None:
-        if isinstance(command, protocol.Stop):
+    async def handle(self, command: dc_protocol.ClientCommand) -> None:
+        if isinstance(command, dc_protocol.Stop):
             self.pc.close("stop")
-        elif isinstance(command, protocol.ChatCommand):
+        elif isinstance(command, dc_protocol.ChatCommand):
             wait = self._chat.take(trio.current_time())
             if wait:
                 self.send(
-                    protocol.error(
+                    dc_protocol.error(
                         f"chat rate limit: at most {self.limits.chat_rate:g} per second "
                         f"(bursts of {self.limits.chat_burst}); message dropped"
                     )
@@ -160,7 +166,7 @@ class Member:
             await self.room.chat(self.id, command.text)
         else:
             name = type(command).__name__
-            self.send(protocol.error(f"{name} is not allowed on a {self.role} connection"))
+            self.send(dc_protocol.error(f"{name} is not allowed on a {self.role_name} connection"))
 
     async def on_connected(self) -> None:
         log.info("connected", extra=self.log_extra)

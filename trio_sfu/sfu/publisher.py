@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_sfu.cluster.commands import PublisherInfo
 from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
 from trio_sfu.proto.errors import SdpError
 from trio_sfu.proto.jsep import Transceiver
@@ -26,8 +25,9 @@ from trio_sfu.proto.rtp import find_extension
 from trio_sfu.proto.twcc import TwccRecorder
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.server import ServerPeerConnection
-from trio_sfu.sfu import protocol
+from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.remote import TrackSink
 from trio_sfu.sfu.track import PublishedTrack
 
@@ -57,7 +57,7 @@ def receiving(t: Transceiver) -> bool:
 
 
 class Publisher(Member):
-    role = "publisher"
+    role = "pub"
 
     def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
         super().__init__(room, connection_id, pc)
@@ -239,16 +239,16 @@ class Publisher(Member):
 
     # -- tracks over time (issue 15) ---------------------------------------------------------
 
-    async def handle(self, command: protocol.ClientCommand) -> None:
-        if isinstance(command, protocol.SdpOffer):
+    async def handle(self, command: dc_protocol.ClientCommand) -> None:
+        if isinstance(command, dc_protocol.SdpOffer):
             self._renegotiate(command.sdp)
-        elif isinstance(command, protocol.AddMedia):
+        elif isinstance(command, dc_protocol.AddMedia):
             labels = self._labels[command.kind]
             if len(labels) >= MAX_PENDING_LABELS:
-                self.send(protocol.error(f"more than {MAX_PENDING_LABELS} ADD_MEDIA pending"))
+                self.send(dc_protocol.error(f"more than {MAX_PENDING_LABELS} ADD_MEDIA pending"))
             else:
                 labels.append(command.app_id)
-        elif isinstance(command, protocol.RemoveMedia):
+        elif isinstance(command, dc_protocol.RemoveMedia):
             track = next(
                 (
                     t
@@ -258,15 +258,15 @@ class Publisher(Member):
                 None,
             )
             if track is None:
-                self.send(protocol.error(f"no {command.kind} track {command.app_id} to remove"))
+                self.send(dc_protocol.error(f"no {command.kind} track {command.app_id} to remove"))
                 return
             self._retired.add(track.track_id)
             self._drop_track(track)
             self._announce_change("removed")
-        elif isinstance(command, protocol.Mute):
+        elif isinstance(command, dc_protocol.Mute):
             found = self.track(command.track_id)
             if found is None:
-                self.send(protocol.error(f"no track {command.track_id} to mute"))
+                self.send(dc_protocol.error(f"no track {command.track_id} to mute"))
                 return
             if found.muted == command.on:
                 return
@@ -285,10 +285,10 @@ class Publisher(Member):
         try:
             answer = self.pc.handle_offer(offer)
         except SdpError as exc:
-            self.send(protocol.error(f"bad SDP_OFFER: {exc}"))
+            self.send(dc_protocol.error(f"bad SDP_OFFER: {exc}"))
             return
         except RuntimeError as exc:  # JsepStateError: not stable (cannot happen: no offers)
-            self.send(protocol.error(f"SDP_OFFER refused: {exc}"))
+            self.send(dc_protocol.error(f"SDP_OFFER refused: {exc}"))
             return
         self.renegotiations += 1
         live = {id(t): t for t in self.pc.transceivers if receiving(t)}
@@ -317,7 +317,7 @@ class Publisher(Member):
             )
             if self._twcc_id is not None:
                 self.twcc = TwccRecorder()
-        self.send(protocol.sdp_answer(answer))
+        self.send(dc_protocol.sdp_answer(answer))
         if added or removed:
             self._announce_change("renegotiated")
 

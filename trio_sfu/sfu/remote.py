@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from trio_sfu.cluster.commands import KeyframeRequest, Nack, PublisherInfo, TrackInfo
-from trio_sfu.cluster.errors import BackendUnavailable
+from trio_sfu.sfu.errors import BackendUnavailable
+from trio_sfu.sfu.feedback import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup
-from trio_sfu.sfu.media import KeyframeGate, KeyframeThrottle, PacketCache
+from trio_sfu.sfu.model import KeyframeRequest, Nack, PublisherInfo, TrackInfo
 from trio_sfu.sfu.track import KEYFRAME_INTERVAL
 
 if TYPE_CHECKING:

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_sfu.cluster.commands import (
+from trio_sfu.sfu import dc_protocol
+from trio_sfu.sfu.downstream import Downstream
+from trio_sfu.sfu.errors import BackendUnavailable
+from trio_sfu.sfu.model import (
     ActiveSpeaker,
     Chat,
     Command,
@@ -25,9 +28,6 @@ from trio_sfu.cluster.commands import (
     SubLeft,
     TrackChange,
 )
-from trio_sfu.cluster.errors import BackendUnavailable
-from trio_sfu.sfu import protocol
-from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.publisher import Publisher
 from trio_sfu.sfu.speaker import WINDOW, RoomSpeakers
 
@@ -80,20 +80,20 @@ class Room:
         """
         with self._cancel:
             self.sfu.spawn(self._speaker_timer)
-            async with self.sfu.bus.listen(self.name) as commands:
+            async with self.sfu.bus.listen(self.name) as inbox:
                 task_status.started()
-                await self._follow(commands)
+                await self._follow(inbox)
             while True:
                 log.warning("room listener ended; listening again", extra={"room": self.name})
                 await trio.sleep(LISTENER_RETRY)
                 try:
-                    async with self.sfu.bus.listen(self.name) as commands:
-                        await self._follow(commands)
+                    async with self.sfu.bus.listen(self.name) as inbox:
+                        await self._follow(inbox)
                 except BackendUnavailable:
                     pass
 
-    async def _follow(self, commands: trio.MemoryReceiveChannel[Command]) -> None:
-        async for command in commands:
+    async def _follow(self, inbox: trio.MemoryReceiveChannel[Command]) -> None:
+        async for command in inbox:
             self._apply(command)
 
     def stop(self) -> None:
@@ -194,7 +194,7 @@ class Room:
         elif isinstance(command, ActiveSpeaker):
             self._on_decision(command)
         elif isinstance(command, Chat):
-            line = protocol.chat(command.from_id, command.text)
+            line = dc_protocol.chat(command.from_id, command.text)
             for subscriber in list(self.subscribers.values()):
                 subscriber.send_chat(line)
         elif isinstance(command, SubJoin | SubLeft):

@@ -13,41 +13,48 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Literal
 
 import trio
 
-from trio_sfu.cluster.bus import Bus, LocalBus
-from trio_sfu.cluster.commands import (
+from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
+from trio_sfu.sfu import dc_protocol
+from trio_sfu.sfu.bus import Bus, LocalBus
+from trio_sfu.sfu.downstream import Downstream
+from trio_sfu.sfu.errors import (
+    BackendUnavailable,
+    BadRequest,
+    Conflict,
+    NotFound,
+    SfuError,
+    TooMany,
+    Unavailable,
+)
+from trio_sfu.sfu.limits import SfuLimits
+from trio_sfu.sfu.member import Member
+from trio_sfu.sfu.model import (
+    ROLE_NAMES,
     KeyframeRequest,
     Nack,
     PubJoin,
     PubLeft,
     PublisherInfo,
+    Role,
     SubJoin,
     SubLeft,
     SubscriberInfo,
     TrackInfo,
 )
-from trio_sfu.cluster.errors import BackendUnavailable
-from trio_sfu.cluster.state import MemoryStateStore, StateStore
-from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
-from trio_sfu.sfu import protocol
-from trio_sfu.sfu.downstream import Downstream
-from trio_sfu.sfu.errors import BadRequest, Conflict, NotFound, SfuError, TooMany, Unavailable
-from trio_sfu.sfu.limits import SfuLimits
-from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.node_stats import NodeStats
 from trio_sfu.sfu.publisher import Publisher
 from trio_sfu.sfu.remote import Relay, RemoteTrack
 from trio_sfu.sfu.room import Room
+from trio_sfu.sfu.state import MemoryStateStore, StateStore
 from trio_sfu.sfu.subscriber import Subscriber
 from trio_sfu.sfu.track import PublishedTrack, TrackSource
 from trio_sfu.sfu.viewer import WhepViewer
 
 log = logging.getLogger(__name__)
 
-Role = Literal["pub", "sub", "whep"]
 #: How long DELETE waits for a connection's cleanup before answering anyway.
 STOP_TIMEOUT = 5.0
 #: Retry period of state/bus updates that failed because Redis or NATS was unreachable.
@@ -91,7 +98,7 @@ _DIRECTION_FOR_NEW_SECTIONS: dict[str, str] = {
     "whep": "sendonly",
 }
 _ROLE_NAMES = {"pub": "publisher", "sub": "subscriber", "whep": "WHEP viewer"}
-_ROLE_TYPES: dict[str, type[Member]] = {"pub": Publisher, "sub": Subscriber, "whep": WhepViewer}
+_ROLE_TYPES: dict[Role, type[Member]] = {"pub": Publisher, "sub": Subscriber, "whep": WhepViewer}
 
 
 class Outbox:
@@ -192,9 +199,9 @@ class Sfu:
         delay = BACKEND_RETRY_MIN
         while True:
             try:
-                async with self.bus.listen_node() as commands:
+                async with self.bus.listen_node() as inbox:
                     delay = BACKEND_RETRY_MIN
-                    async for command in commands:
+                    async for command in inbox:
                         if isinstance(command, KeyframeRequest | Nack):
                             track = self.local_track(command.publisher_id, command.track_id)
                             if track is None:
@@ -252,7 +259,7 @@ class Sfu:
         """A join, timed from the request to the answer, and its outcome counted (/metrics:
         ``ok`` or the refusal's kind, e.g. ``conflict``, ``unavailable``, ``cancelled``)."""
         began = trio.current_time()
-        name = _ROLE_TYPES[role].role  # the logs' and metrics' vocabulary
+        name = ROLE_NAMES[role]  # the logs' and metrics' vocabulary
         try:
             answer = await join
         except SfuError as error:
@@ -277,9 +284,9 @@ class Sfu:
         publisher_id: str | None = None,
         source: str | None = None,
     ) -> str:
-        if not protocol.valid_id(room_name):
+        if not dc_protocol.valid_id(room_name):
             raise BadRequest("room must match [A-Za-z0-9_.-]{1,64}")
-        if not protocol.valid_id(peer_id):
+        if not dc_protocol.valid_id(peer_id):
             raise BadRequest("id must match [A-Za-z0-9_.-]{1,64}")
         nursery = self._nursery
         if nursery is None:
@@ -509,7 +516,7 @@ class Sfu:
         except* ConnectionError:
             failed = True  # closed before connecting: its session time says so
         if not failed:
-            self.stats.connected(member.role, trio.current_time() - member.started)
+            self.stats.connected(member.role_name, trio.current_time() - member.started)
 
     async def _remove(self, member: Member) -> None:
         """Take a member out of its room, the state store and the bus; once only."""
@@ -541,7 +548,7 @@ class Sfu:
         reports = (
             (member.rtt_reports, member.loss_reports) if isinstance(member, Downstream) else None
         )
-        self.stats.left(member.role, seconds, counters, reports)
+        self.stats.left(member.role_name, seconds, counters, reports)
         log.info(
             "left",
             extra={
@@ -663,7 +670,7 @@ class Sfu:
         told = 0
         for room in self.rooms.values():
             for member in [*room.publishers.values(), *room.subscribers.values()]:
-                told += member.send(protocol.RECONNECT)
+                told += member.send(dc_protocol.RECONNECT)
         log.info("RECONNECT sent", extra={"node": self.node_id, "told": told})
 
     @property

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_sfu.cluster.commands import PublisherInfo
 from trio_sfu.proto.errors import SdpError
 from trio_sfu.rtc.server import ServerPeerConnection
-from trio_sfu.sfu import protocol
+from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.downstream import Downstream
+from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.speaker import speaker_line
 from trio_sfu.sfu.track import DownTrack, codec_preferences
 
@@ -36,7 +36,7 @@ TrackKey = tuple[str, str]  # (publisher id, track id)
 
 
 class Subscriber(Downstream):
-    role = "subscriber"
+    role = "sub"
 
     def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
         super().__init__(room, connection_id, pc)
@@ -73,21 +73,21 @@ class Subscriber(Downstream):
         if info.user == self.user or info.publisher_id in self.known:
             return  # the seed's rule: never a user's own media; joins are idempotent
         self.known[info.publisher_id] = info
-        self.send(protocol.pub_join(info.publisher_id))
+        self.send(dc_protocol.pub_join(info.publisher_id))
         for track in info.tracks:  # PUB_JOIN is about the connection, TRACK_ADD its tracks
-            self.send(protocol.track_add(info.publisher_id, track))
+            self.send(dc_protocol.track_add(info.publisher_id, track))
             if track.muted:
-                self.send(protocol.muted(info.publisher_id, track.track_id, True))
+                self.send(dc_protocol.muted(info.publisher_id, track.track_id, True))
         if self.mode == "auto":
             self.wanted.add(info.publisher_id)
             self._changed()
         else:
-            self.send(protocol.media(list(self.known.values())))
+            self.send(dc_protocol.media(list(self.known.values())))
 
     def publisher_left(self, publisher_id: str) -> None:
         if self.known.pop(publisher_id, None) is None:
             return
-        self.send(protocol.pub_left(publisher_id))
+        self.send(dc_protocol.pub_left(publisher_id))
         self.wanted.discard(publisher_id)
         # Stop forwarding at once; the m-section is stopped in the next offer.
         for key, downtrack in self.downtracks.items():
@@ -95,7 +95,7 @@ class Subscriber(Downstream):
                 self.stop_forwarding(downtrack)
         self._changed()
         if self.mode == "manual":
-            self.send(protocol.media(list(self.known.values())))
+            self.send(dc_protocol.media(list(self.known.values())))
 
     def publisher_changed(self, info: PublisherInfo) -> None:
         """A publisher's tracks changed (issue 15): TRACK_ADD / TRACK_REMOVE / MUTED, and a
@@ -113,7 +113,7 @@ class Subscriber(Downstream):
         after = {t.track_id: t for t in info.tracks}
         pid = info.publisher_id
         for track_id in before.keys() - after.keys():
-            self.send(protocol.track_remove(pid, track_id))
+            self.send(dc_protocol.track_remove(pid, track_id))
             downtrack = self.downtracks.pop((pid, track_id), None)
             if downtrack is not None:
                 self.stop_forwarding(downtrack)
@@ -121,16 +121,16 @@ class Subscriber(Downstream):
         for track in info.tracks:
             previous = before.get(track.track_id)
             if previous is None:
-                self.send(protocol.track_add(pid, track))
+                self.send(dc_protocol.track_add(pid, track))
                 if track.muted:
-                    self.send(protocol.muted(pid, track.track_id, True))
+                    self.send(dc_protocol.muted(pid, track.track_id, True))
             elif previous.muted != track.muted:
-                self.send(protocol.muted(pid, track.track_id, track.muted))
+                self.send(dc_protocol.muted(pid, track.track_id, track.muted))
         if before.keys() != after.keys():
             if pid in self.wanted:
                 self._changed()
             if self.mode == "manual":
-                self.send(protocol.media(list(self.known.values())))
+                self.send(dc_protocol.media(list(self.known.values())))
 
     def _changed(self) -> None:
         self._dirty.set()
@@ -146,45 +146,46 @@ class Subscriber(Downstream):
         self.pc.start_soon(self._negotiator)
         self.pc.start_soon(self.report_loop)
 
-    async def handle(self, command: protocol.ClientCommand) -> None:
-        if isinstance(command, protocol.SdpAnswer):
+    async def handle(self, command: dc_protocol.ClientCommand) -> None:
+        if isinstance(command, dc_protocol.SdpAnswer):
             if not self._awaiting_answer:
-                self.send(protocol.error("no SDP_OFFER is waiting for an answer"))
+                self.send(dc_protocol.error("no SDP_OFFER is waiting for an answer"))
                 return
             self._answers_send.send_nowait(command.sdp)
-        elif isinstance(command, protocol.SdpRecycle):
+        elif isinstance(command, dc_protocol.SdpRecycle):
             # Off: new tracks always get new m-sections (a stack that cannot take a recycled
             # m-line, e.g. GStreamer 1.22); the SDP then grows with every publisher seen.
             self.pc.jsep.recycle = command.on
-        elif isinstance(command, protocol.SubMode):
+        elif isinstance(command, dc_protocol.SubMode):
             self.mode = command.mode
             self.wanted = set(self.known) if self.mode == "auto" else set()
             self._changed()
             if self.mode == "manual":
-                self.send(protocol.media(list(self.known.values())))
-        elif isinstance(command, protocol.Sub | protocol.Unsub):
+                self.send(dc_protocol.media(list(self.known.values())))
+        elif isinstance(command, dc_protocol.Sub | dc_protocol.Unsub):
             if self.mode != "manual":
-                self.send(protocol.error("SUB and UNSUB need SUB_MODE manual"))
-            elif isinstance(command, protocol.Unsub):
+                self.send(dc_protocol.error("SUB and UNSUB need SUB_MODE manual"))
+            elif isinstance(command, dc_protocol.Unsub):
                 self.wanted.discard(command.publisher_id)
                 self._changed()
             elif command.publisher_id not in self.known:
-                self.send(protocol.error(f"no publisher {command.publisher_id} in this room"))
+                self.send(dc_protocol.error(f"no publisher {command.publisher_id} in this room"))
             else:
                 self.wanted.add(command.publisher_id)
                 self._changed()
-        elif isinstance(command, protocol.LayerHint | protocol.SizeHint):
+        elif isinstance(command, dc_protocol.LayerHint | dc_protocol.SizeHint):
             key = (command.publisher_id, command.track_id)
             downtrack = self.downtracks.get(key)
             if downtrack is None:
-                self.send(protocol.error(f"no track {command.track_id} of {command.publisher_id}"))
+                pid, track_id = command.publisher_id, command.track_id
+                self.send(dc_protocol.error(f"no track {track_id} of {pid}"))
                 return
             # hints live as long as their track (bounded by what the room sends us)
             for gone in [k for k in self.layer_hints if k not in self.downtracks]:
                 del self.layer_hints[gone]
             for gone in [k for k in self.sizes if k not in self.downtracks]:
                 del self.sizes[gone]
-            if isinstance(command, protocol.SizeHint):
+            if isinstance(command, dc_protocol.SizeHint):
                 self.sizes[key] = (command.width, command.height)
                 return
             self.layer_hints[key] = command.layer
@@ -225,7 +226,7 @@ class Subscriber(Downstream):
             self._awaiting_answer = True  # until this offer is settled, resends included
             try:
                 for attempt in range(RETRIES + 1):
-                    if not self.send(protocol.sdp_offer(offer)):
+                    if not self.send(dc_protocol.sdp_offer(offer)):
                         self.pc.close("control channel gone during renegotiation")
                         return
                     problem = await self._await_answer()
@@ -237,7 +238,7 @@ class Subscriber(Downstream):
                         self.pc.rollback()
                     then = ("offer withdrawn until the next change" if last
                             else "sending it again")
-                    self.send(protocol.error(f"{problem}; {then}"))
+                    self.send(dc_protocol.error(f"{problem}; {then}"))
                     log.warning("renegotiation failed", extra={
                         **self.log_extra, "reason": problem, "attempt": attempt + 1})
                     if not last:

@@ -17,7 +17,6 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from trio_sfu.cluster.commands import CodecInfo, TrackInfo
 from trio_sfu.proto.capabilities import (
     URI_AUDIO_LEVEL,
     URI_MID,
@@ -32,8 +31,7 @@ from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderRep
 from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, packet_loudness
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
-from trio_sfu.sfu.groups import Fanout, ForwardingGroup, GroupKey
-from trio_sfu.sfu.media import (
+from trio_sfu.sfu.feedback import (
     FirSequence,
     KeyframeGate,
     KeyframeThrottle,
@@ -44,6 +42,8 @@ from trio_sfu.sfu.media import (
     rtx_unwrap,
     rtx_wrap,
 )
+from trio_sfu.sfu.groups import Fanout, ForwardingGroup, GroupKey
+from trio_sfu.sfu.model import CodecInfo, TrackInfo
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_sfu.cluster.commands import PublisherInfo, TrackInfo
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu.downstream import Downstream
+from trio_sfu.sfu.model import PublisherInfo, TrackInfo
 from trio_sfu.sfu.track import DownTrack
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class WhepViewer(Downstream):
-    role = "viewer"
+    role = "whep"
 
     def __init__(
         self,

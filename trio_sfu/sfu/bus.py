@@ -14,7 +14,7 @@ from typing import Protocol
 
 import trio
 
-from trio_sfu.cluster.commands import Command
+from trio_sfu.sfu.model import Command
 
 log = logging.getLogger(__name__)
 

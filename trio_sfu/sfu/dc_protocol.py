@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from trio_sfu.cluster.commands import PublisherInfo, TrackInfo
+from trio_sfu.sfu.model import PublisherInfo, TrackInfo
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: A chat line may be long, but not unbounded (the data channel allows 256 KiB messages).

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from trio_sfu.cluster.commands import PublisherInfo, SubscriberInfo
+from trio_sfu.sfu.model import PublisherInfo, SubscriberInfo
 
 
 @dataclass(slots=True)

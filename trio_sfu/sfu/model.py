@@ -1,13 +1,24 @@
-"""The one ``Command`` union that travels between rooms' members (the seed's ``Command`` enum).
+"""The SFU's data model: roles, tracks, codecs, publishers, and the room commands.
 
-Single-node, commands go through the in-process bus as these objects; in cluster mode the same
-dataclasses are encoded for NATS. Everything in them is plain data (str/int/bool/lists of
-plain data), so the encoding is mechanical and versionable.
+``TrackInfo``/``PublisherInfo``/… describe what a room holds; the ``Command`` union (the seed's
+``Command`` enum) is what travels between a room's members. Single-node, commands go through
+the in-process bus as these objects; in cluster mode ``cluster/`` encodes the same dataclasses
+for NATS and stores the infos in Redis — it imports this module, never the reverse. Everything
+here is plain data (str/int/bool/tuples of plain data), so the encoding is mechanical and
+versionable.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+#: How a connection takes part in a room, in the vocabulary of the URLs and ICE usernames:
+#: ``pub`` publishes (``/pub/…``, WHIP), ``sub`` is the seed's subscriber (``/sub/…``), ``whep``
+#: a WHEP viewer.
+Role = Literal["pub", "sub", "whep"]
+#: The word logs and ``/metrics`` labels use for each role.
+ROLE_NAMES: dict[Role, str] = {"pub": "publisher", "sub": "subscriber", "whep": "viewer"}
 
 
 @dataclass(slots=True, frozen=True)
