@@ -18,11 +18,7 @@ import sys
 
 import trio
 
-from tests.sfu_helpers import start_sfu, wait_for
-from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
-from trio_sfu.proto.rtp import find_extension
-from trio_sfu.proto.twcc import TwccRecorder
-from trio_sfu.rtc.events import IncomingStream
+from tests.sfu_helpers import record_transport_cc, start_sfu, wait_for
 
 
 def sh(*argv: str) -> None:
@@ -54,20 +50,7 @@ async def main(phases: list[tuple[int, float]]) -> None:
         bob = await env.subscriber("r", "bob-1")
         alice = await env.publisher("r", "alice-1", audio=False)
         await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"), 30)
-        video = next(t for t in bob.pc.transceivers if t.kind == "video" and t.receiving)
-        ext_id = video.extension_id(URI_TRANSPORT_CC)
-        assert ext_id is not None
-        recorder = TwccRecorder()
-        inner = bob.pc.on_rtp
-
-        def on_rtp(stream: IncomingStream, packet: bytes, now: float) -> None:
-            value = find_extension(packet, ext_id)
-            if value is not None:
-                recorder.record((value[0] << 8) | value[1], now)
-            if inner is not None:
-                inner(stream, packet, now)
-
-        bob.pc.on_rtp = on_rtp
+        recorder = record_transport_cc(bob)
         bwe = env.sfu.rooms["r"].subscribers["bob-1"].bwe
 
         async def feedback() -> None:

@@ -10,6 +10,10 @@ import trio
 
 from tests.rtc_helpers import client_certificate
 from trio_sfu.client.sfu import PublisherClient, SubscriberClient
+from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
+from trio_sfu.proto.rtp import find_extension
+from trio_sfu.proto.twcc import TwccRecorder
+from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.server import RtcServer
 from trio_sfu.sfu.service import Sfu
 
@@ -66,3 +70,24 @@ async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.01)
+
+
+def record_transport_cc(subscriber: SubscriberClient) -> TwccRecorder:
+    """Record the transport-wide sequence numbers of the video ``subscriber`` receives, beside
+    its own RTP handling, so a test can send the SFU transport-cc feedback as a browser would."""
+    video = next(t for t in subscriber.pc.transceivers if t.kind == "video" and t.receiving)
+    assert video.transport_cc
+    ext_id = video.extension_id(URI_TRANSPORT_CC)
+    assert ext_id is not None
+    recorder = TwccRecorder()
+    inner = subscriber.pc.on_rtp
+
+    def on_rtp(stream: IncomingStream, packet: bytes, now: float) -> None:
+        value = find_extension(packet, ext_id)
+        if value is not None:
+            recorder.record((value[0] << 8) | value[1], now)
+        if inner is not None:
+            inner(stream, packet, now)
+
+    subscriber.pc.on_rtp = on_rtp
+    return recorder
