@@ -324,14 +324,24 @@ def test_spatial_limit_drops_upper_layers_until_keyframe() -> None:
     assert not sel.push(0, 1, 0, 8, 9000, False, True, False, 0.3)
 
 
-def test_reordered_and_duplicate_packets_are_dropped() -> None:
+def test_duplicates_dropped_late_packets_forwarded_only_while_numbering_is_sure() -> None:
     sel = LayerSelector()
     sel.set_target(0, now=0.0)
     assert _feed(sel, 0, 65535, key=True)
     assert _feed(sel, 0, 1, start=False)  # wraps; 0 lost
-    assert sel.seq == 1
-    assert not _feed(sel, 0, 0, start=False)
-    assert not _feed(sel, 0, 1, start=False)
+    assert sel.seq == 1 and not sel.late
+    assert not _feed(sel, 0, 1, start=False)  # duplicate of the newest
+    # 0 comes late (a reorder or the publisher's retransmission): nothing was dropped since
+    # the switch, so its number is sure; seq/ts stay the newest's.
+    assert _feed(sel, 0, 0, start=False)
+    assert sel.late and sel.seq == 1
+    assert not _feed(sel, 0, 65534, start=False)  # from before the switch to this stream
+    # Once a layer was dropped, late packets are dropped too (their number is ambiguous).
+    sel.set_target(0, temporal=0, now=0.1)
+    assert _feed(sel, 0, 2, tid=0)
+    assert not _feed(sel, 0, 3, tid=1, start=True)
+    assert _feed(sel, 0, 5, tid=0)
+    assert not _feed(sel, 0, 4, start=False)
 
 
 @settings(max_examples=200, deadline=None)

@@ -28,9 +28,13 @@ stream switches (``seq`` of the first packet after a switch is the previous outp
 subscriber sees gaps only where packets were really lost upstream; output timestamps jump
 across a switch by the wall-clock time elapsed (at least one tick), never backwards.
 
-Reordered or duplicate packets (older than the newest seen on the forwarded stream) are
-dropped: once drops happened between them their output number is ambiguous; the subscriber's
-NACK (mapped back by the rewriter's history) recovers them.
+A late packet (older than the newest seen on the forwarded stream: reordered, or a
+retransmission the SFU asked the publisher for) is forwarded only while nothing of the stream
+has been dropped since it was switched to, so its output number (input + offset) is
+unambiguous; it does not move :attr:`LayerSelector.seq`/:attr:`LayerSelector.ts` (those stay
+the newest) and sets :attr:`LayerSelector.late`. Once layers were dropped a late packet is
+dropped too: the subscriber's NACK (mapped back by the rewriter's history) recovers it.
+Duplicates of the newest packet are always dropped.
 """
 
 from __future__ import annotations
@@ -53,9 +57,11 @@ class LayerSelector:
     """
 
     __slots__ = (
+        "_clean",
         "_clock_rate",
         "_down_deadline",
         "_down_timeout",
+        "_first_in_seq",
         "_keyframe_interval",
         "_last_in_seq",
         "_last_request",
@@ -64,6 +70,7 @@ class LayerSelector:
         "_started",
         "_ts_offset",
         "current",
+        "late",
         "seq",
         "spatial",
         "target_spatial",
@@ -94,7 +101,11 @@ class LayerSelector:
         """Output sequence number of the last forwarded packet."""
         self.ts = 0
         """Output timestamp of the last forwarded packet."""
+        self.late = False
+        """Whether the last forwarded packet was a late one (see the module docstring)."""
         self._started = False
+        self._clean = True
+        self._first_in_seq = 0
         self._seq_offset = 0
         self._ts_offset = 0
         self._last_in_seq = 0
@@ -136,12 +147,24 @@ class LayerSelector:
         self.target_spatial = spatial
         self.target_temporal = temporal
 
+    def resync(self) -> None:
+        """Forget the current stream (after a pause, or a change of source): forwarding
+        starts again at the target's next keyframe, numbering continuing from the last."""
+        self.current = None
+        self._last_request = float("-inf")
+
     def waiting(self) -> bool:
         """Whether a keyframe is needed: another stream, or a higher spatial layer."""
         target = self.target_stream
         if target is None:
             return False
         return target != self.current or self.target_spatial > self.spatial
+
+    def next_request(self) -> float:
+        """When :meth:`keyframe_request` will next name a stream (inf: nothing to wait for)."""
+        if not self.waiting():
+            return float("inf")
+        return self._last_request + self._keyframe_interval
 
     def keyframe_request(self, now: float) -> int | None:
         """The stream to request a keyframe of (PLI/FIR), throttled; None if none is due."""
@@ -177,8 +200,20 @@ class LayerSelector:
             self._switch(stream, seq, ts, now)
         else:
             diff = (seq - self._last_in_seq) & _SEQ_MASK
-            if diff == 0 or diff >= 0x8000:
-                return False  # duplicate or reordered: see the module docstring
+            if diff == 0:
+                return False  # a duplicate of the newest
+            if diff >= 0x8000:
+                # Late (see the module docstring): forwarded only while its number is sure,
+                # and never one from before the switch to this stream.
+                if (
+                    not self._clean
+                    or (seq - self._first_in_seq) & _SEQ_MASK >= 0x8000
+                    or spatial > self.spatial
+                    or temporal > self.temporal
+                ):
+                    return False
+                self.late = True
+                return True
             self._last_in_seq = seq
             if frame_start:
                 target = self.target_stream
@@ -186,11 +221,14 @@ class LayerSelector:
                     # Off, or the lower stream's keyframe is overdue: pause at this frame
                     # boundary; the dropped packet is closed over on resume.
                     self.current = None
+                    self._clean = False
                     return False
                 self._frame_limits(temporal, keyframe, layer_sync)
             if spatial > self.spatial or temporal > self.temporal:
                 self._seq_offset -= 1  # close the gap the dropped packet would leave
+                self._clean = False
                 return False
+        self.late = False
         self.seq = (seq + self._seq_offset) & _SEQ_MASK
         self.ts = (ts + self._ts_offset) & _TS_MASK
         self._last_time = now
@@ -207,7 +245,8 @@ class LayerSelector:
             self._started = True
         self._seq_offset = out_seq - seq
         self._ts_offset = out_ts - ts
-        self._last_in_seq = seq
+        self._last_in_seq = self._first_in_seq = seq
+        self._clean = True
         self.current = stream
         self.spatial = self.target_spatial
         self.temporal = self.target_temporal

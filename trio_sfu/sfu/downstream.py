@@ -95,7 +95,7 @@ class Downstream(Member):
             return False
         downtrack.source.attach(downtrack)
         self.live[downtrack.transceiver.sender_ssrc] = downtrack
-        downtrack.source.request_keyframe(now)
+        downtrack.request_keyframe(now)
         return True
 
     def stop_forwarding(self, downtrack: DownTrack) -> None:
@@ -123,13 +123,13 @@ class Downstream(Member):
                 self.pli_received += 1
                 downtrack = live.get(packet.media_ssrc)
                 if downtrack is not None:
-                    downtrack.source.request_keyframe(now)
+                    downtrack.request_keyframe(now)
             elif isinstance(packet, Fir):
                 self.fir_received += 1
                 for entry in packet.entries:
                     downtrack = live.get(entry.ssrc)
                     if downtrack is not None:
-                        downtrack.source.request_keyframe(now)
+                        downtrack.request_keyframe(now)
             elif isinstance(packet, Nack):
                 self.nacks_received += len(packet.lost)
                 downtrack = live.get(packet.media_ssrc)

@@ -9,9 +9,16 @@ the packet is copied into the SRTP buffer), the SRTP protect and the send (issue
 
 A group is (source, negotiated mapping, numbering): a subscriber joins the first group of its
 source with its mapping; one that needs numbering of its own (a WHEP viewer following a replaced
-publisher, later a simulcast layer switch, issue 11) leaves with a copy of its group's rewriter
+publisher, a simulcast layer switch, issue 11) leaves with a copy of its group's rewriter
 (:meth:`RtpRewriter.clone`), so its stream continues without a glitch, and forms a new group
 that later joiners with the same mapping may share.
+
+For a simulcast source a group is also a layer choice: it owns a :class:`LayerSelector` that
+sees every stream's packets and forwards one stream, switching at a keyframe of the target
+(RFC 8853; docs/layers.md); the rewriter continues the numbering across the switch
+(:meth:`RtpRewriter.switch_source`) and, for VP8, a :class:`PictureIdRewriter` the picture
+ids. New subscribers join only a group that forwards the default (top) stream, since they are
+released at its keyframes; a subscriber that switches layer gets a group of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from trio_sfu.proto.rtp import RtpRewriter, payload_size
+from trio_sfu.proto.codecs.vp8 import PictureIdRewriter
+from trio_sfu.proto.layers import LayerSelector
+from trio_sfu.proto.rtp import RtpRewriter, payload_offset, payload_size
 from trio_sfu.sfu.feedback import SendStatistics
 
 if TYPE_CHECKING:
@@ -35,11 +44,21 @@ _TS = struct.Struct("!I")
 class ForwardingGroup:
     """Subscribers of one source that receive the same rewrite of each packet."""
 
-    __slots__ = ("key", "last_forward", "members", "rewriter", "stats")
+    __slots__ = ("key", "last_forward", "members", "pictures", "rewriter", "selector", "stats")
 
-    def __init__(self, key: GroupKey, rewriter: RtpRewriter) -> None:
+    def __init__(
+        self,
+        key: GroupKey,
+        rewriter: RtpRewriter,
+        selector: LayerSelector | None = None,
+        pictures: PictureIdRewriter | None = None,
+    ) -> None:
         self.key = key
         self.rewriter = rewriter
+        #: a simulcast source's layer choice (None: one stream, everything is forwarded)
+        self.selector = selector
+        #: VP8 picture-id continuity across stream switches (simulcast VP8 only)
+        self.pictures = pictures
         self.members: list[DownTrack] = []
         #: what every member has been sent (counts and the RTP-timestamp mapping of its SRs)
         self.stats = SendStatistics(key[2])
@@ -47,6 +66,53 @@ class ForwardingGroup:
 
     def __repr__(self) -> str:
         return f"<ForwardingGroup {len(self.members)} members>"
+
+    @property
+    def target(self) -> int | None:
+        """The simulcast stream this group wants (None: not a simulcast group)."""
+        return self.selector.target_stream if self.selector is not None else None
+
+    def copy(self) -> ForwardingGroup:
+        """A group that continues this one's numbering exactly (no members): the start of a
+        subscriber's own numbering when it leaves (a split, a pause, a switch)."""
+        twin = ForwardingGroup(
+            self.key,
+            self.rewriter.clone(),
+            self.selector.clone() if self.selector is not None else None,
+            self.pictures.clone() if self.pictures is not None else None,
+        )
+        twin.last_forward = self.last_forward
+        twin.stats.follow(self.stats, 0, 0)
+        return twin
+
+    def forward_layer(
+        self,
+        packet: bytes,
+        stream: int,
+        ssrc: int,
+        seq: int,
+        ts: int,
+        keyframe: bool,
+        frame_start: bool,
+        now: float,
+    ) -> None:
+        """A packet of any stream of a simulcast source: the selector decides (a switch only
+        at the first packet of the target's keyframe), then :meth:`forward`."""
+        sel = self.selector
+        assert sel is not None
+        current = sel.current
+        if not sel.push(stream, 0, 0, seq, ts, keyframe, frame_start, False, now):
+            return
+        if sel.current != current:
+            # The numbering goes on from the new stream: seq last + 1, timestamps moved on by
+            # the time since the last packet (RtpRewriter.switch_source).
+            self.rewriter.switch_source(now - self.last_forward if self.last_forward else 0.0, ssrc)
+            if self.pictures is not None:
+                self.pictures.switch()
+        pictures = self.pictures
+        if pictures is not None:
+            packet = pictures.rewrite(packet, payload_offset(packet))
+        self.forward(packet, now)
 
     def forward(self, packet: bytes, now: float) -> None:
         """The hot path: one rewrite, then per member its own numbering, protect and send."""
@@ -65,10 +131,19 @@ class ForwardingGroup:
 class Fanout:
     """A source's forwarding groups; the source calls :meth:`forward` per packet."""
 
-    __slots__ = ("groups",)
+    __slots__ = ("clock_rate", "groups", "layers", "vp8")
 
-    def __init__(self) -> None:
+    def __init__(self, layers: int = 0, *, clock_rate: int = 90000, vp8: bool = False) -> None:
         self.groups: list[ForwardingGroup] = []
+        #: simulcast streams of the source (0: not simulcast); index ``layers - 1`` is the
+        #: top, the default for new subscribers
+        self.layers = layers
+        self.clock_rate = clock_rate
+        self.vp8 = vp8
+
+    @property
+    def top(self) -> int:
+        return self.layers - 1
 
     def __len__(self) -> int:
         return sum(len(g.members) for g in self.groups)
@@ -83,20 +158,41 @@ class Fanout:
         copy of that one's state, so its stream goes on without a glitch."""
         key = downtrack.group_key
         group = None
-        if carry is None:
-            group = next((g for g in self.groups if g.key == key), None)
+        want = downtrack.layer if downtrack.layer is not None else self.top
+        if carry is None and want == self.top:
+            group = next((g for g in self.groups if g.key == key and self._joinable(g)), None)
         if group is None:
             if carry is None:
-                group = ForwardingGroup(key, downtrack.new_rewriter())
+                layering = self._new_layering(want)
+                group = ForwardingGroup(key, downtrack.new_rewriter(), *layering)
             else:
-                group = ForwardingGroup(key, carry.rewriter.clone())
-                group.last_forward = carry.last_forward
-                group.stats.follow(carry.stats, 0, 0)
+                group = carry.copy()
+                if (group.selector is None) != (self.layers == 0):
+                    # carried over from another source (a WHEP viewer's switch)
+                    group.selector, group.pictures = self._new_layering(want)
             self.groups = [*self.groups, group]
         # Lists are replaced, never mutated, so a fan-out running over them is never disturbed.
         group.members = [*group.members, downtrack]
         downtrack.joined(group)
         return group
+
+    def _joinable(self, group: ForwardingGroup) -> bool:
+        """New subscribers come in at a keyframe of the top stream: only a group forwarding
+        (and staying on) that stream can take them without a glitch."""
+        sel = group.selector
+        if sel is None:
+            return True
+        # on the top stream, or new and about to start on it (at the same keyframe)
+        return sel.target_stream == self.top and (
+            sel.current == self.top or (sel.current is None and not group.last_forward)
+        )
+
+    def _new_layering(self, want: int) -> tuple[LayerSelector | None, PictureIdRewriter | None]:
+        if not self.layers:
+            return None, None
+        selector = LayerSelector(self.clock_rate)
+        selector.set_target(want, now=0.0)  # nothing forwarded yet: no switch-down deadline
+        return selector, PictureIdRewriter() if self.vp8 else None
 
     def remove(self, downtrack: DownTrack) -> None:
         group = downtrack.group

@@ -154,7 +154,13 @@ class RemoteTrack:
             self._scope = None
         self.sfu.forget_remote(self)
 
-    def request_keyframe(self, now: float) -> bool:
+    def cache_for(self, ssrc: int) -> PacketCache | None:
+        return self.cache  # one relayed stream
+
+    def layer_bitrates(self, now: float) -> tuple[float, ...]:
+        return ()  # the relay carries the top simulcast stream only (docs/layers.md)
+
+    def request_keyframe(self, now: float, layer: int | None = None) -> bool:
         if self.kind != "video" or not self.keyframes.allow(now):
             return False
         self.sfu.spawn(self._send_keyframe_request)

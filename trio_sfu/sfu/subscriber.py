@@ -65,7 +65,7 @@ class Subscriber(Downstream):
         """This subscriber's media moved to another path: what was sent on the old one is
         lost, so its decoders need keyframes."""
         for downtrack in self.downtracks.values():
-            downtrack.source.request_keyframe(now)
+            downtrack.request_keyframe(now)
 
     # -- room events ----------------------------------------------------------------------
 

@@ -26,9 +26,10 @@ from trio_sfu.proto.capabilities import (
     CodecCapability,
     codec_matches,
 )
+from trio_sfu.proto.codecs.vp8 import keyframe_width
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderReport
-from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, packet_loudness
+from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, packet_loudness, payload_offset
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
 from trio_sfu.sfu.feedback import (
@@ -95,7 +96,14 @@ class TrackSource(Protocol):
 
     def detach(self, downtrack: DownTrack) -> None: ...
 
-    def request_keyframe(self, now: float) -> bool: ...
+    def request_keyframe(self, now: float, layer: int | None = None) -> bool:
+        """Ask the publisher for a keyframe of simulcast stream ``layer`` (None: the top)."""
+
+    def cache_for(self, ssrc: int) -> PacketCache | None:
+        """The packet cache of the incoming stream ``ssrc`` (NACKs are answered from it)."""
+
+    def layer_bitrates(self, now: float) -> tuple[float, ...]:
+        """Measured bits/s of each simulcast stream, lowest first (empty: not simulcast)."""
 
 
 def forwarding_maps(
@@ -133,13 +141,54 @@ def forwarding_maps(
 class Ingress:
     """One incoming media SSRC of a track (the only stream, or one simulcast layer)."""
 
-    __slots__ = ("nack", "rid", "ssrc", "stats")
+    __slots__ = (
+        "bitrate",
+        "cache",
+        "last_ts",
+        "layer",
+        "nack",
+        "octets",
+        "rid",
+        "sampled_at",
+        "sampled_octets",
+        "ssrc",
+        "stats",
+        "width",
+    )
 
-    def __init__(self, ssrc: int, rid: str | None, clock_rate: int, nack: bool) -> None:
+    def __init__(
+        self,
+        ssrc: int,
+        rid: str | None,
+        clock_rate: int,
+        nack: bool,
+        *,
+        layer: int = 0,
+        cache: PacketCache | None = None,
+    ) -> None:
         self.ssrc = ssrc
         self.rid = rid
         self.stats = ReceiveStatistics(clock_rate)
         self.nack = NackGenerator() if nack else None
+        #: simulcast: the stream's index, lowest quality first (-1: a rid not announced)
+        self.layer = layer
+        #: the stream's own packets (sequence numbers of streams collide), for NACKs
+        self.cache = cache
+        self.last_ts = -1  # the newest timestamp: a new one starts a frame
+        self.octets = 0
+        self.sampled_at = 0.0
+        self.sampled_octets = 0
+        self.bitrate = 0.0
+        #: frame width from the stream's last keyframe (VP8), 0 while unknown
+        self.width = 0
+
+    def sample_bitrate(self, now: float) -> float:
+        """Bits/s over the last second or so (read by the layer allocator, not per packet)."""
+        if now - self.sampled_at >= 1.0:
+            if self.sampled_at:
+                self.bitrate = 8 * (self.octets - self.sampled_octets) / (now - self.sampled_at)
+            self.sampled_at, self.sampled_octets = now, self.octets
+        return self.bitrate
 
 
 class PublishedTrack:
@@ -164,27 +213,38 @@ class PublishedTrack:
             codec_infos(transceiver),
             tuple((e.id, e.uri) for e in transceiver.header_extensions),
         )
-        self.fanout = Fanout()
         media = transceiver.media_codecs
         self.clock_rate = media[0].clock_rate if media else 90000
         video = self.kind == "video"
-        #: the SSRC currently forwarded (PLI/FIR and NACK target)
+        #: simulcast (RFC 8853): the announced rids, lowest quality first (proto/jsep orders
+        #: them); each forwarding group picks one stream (issue 11). Empty: one stream.
+        self.layers: list[str] = list(transceiver.remote_rids) if video else []
+        self.fanout = Fanout(
+            len(self.layers),
+            clock_rate=self.clock_rate,
+            vp8=bool(media) and media[0].name.upper() == "VP8",
+        )
+        #: the SSRC of the top (default) stream: PLI/FIR target, what new subscribers start on
         self.media_ssrc: int | None = (
             transceiver.remote_ssrcs[0] if transceiver.remote_ssrcs else None
         )
-        #: with simulcast, the one layer we forward (the highest the publisher announced)
-        self.selected_rid: str | None = (
-            transceiver.remote_rids[-1] if transceiver.remote_rids else None
-        )
+        #: with simulcast, the top stream: new subscribers start on it, the relay carries it
+        self.selected_rid: str | None = self.layers[-1] if self.layers else None
+        #: the top stream's cache (every stream has its own, see :meth:`cache_for`)
         self.cache = PacketCache() if video else None
         self._nack = video and transceiver.nack
         self._apt = {c.payload_type: c.apt for c in transceiver.codecs if c.is_rtx and c.apt}
         self._ingress: dict[int, Ingress] = {}
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
+        #: per simulcast stream (the top one is :attr:`keyframes`): a PLI for one stream
+        #: gets a keyframe of that stream only, so each is throttled on its own
+        self._layer_keyframes = [KeyframeThrottle(KEYFRAME_INTERVAL) for _ in self.layers[:-1]]
+        self._layer_keyframes.append(self.keyframes)
+        self._layer_ssrcs: list[int | None] = [None] * len(self.layers)
         self.gate: KeyframeGate[DownTrack] = KeyframeGate(
             (c.payload_type, c.name) for c in media if video
         )
-        self._fir = FirSequence()
+        self._fir: dict[int, FirSequence] = {}  # RFC 5104 §4.3.1.1: per target SSRC
         self.packets = 0
         self.rtx_received = 0
         #: RTX padding-only packets (bandwidth probes, RFC 4588 §8.3: no OSN), never forwarded
@@ -223,16 +283,21 @@ class PublishedTrack:
             if ingress.nack is not None:
                 ingress.nack.on_packet(seq, now)
             self.rtx_received += 1
+            if self.layers:
+                self._on_layer(ingress, packet, seq, -1, now)
+                return
         else:
             ingress = self._ingress.get(stream.ssrc)
             if ingress is None:
-                ingress = self._ingress[stream.ssrc] = Ingress(
-                    stream.ssrc, stream.rid, self.clock_rate, self._nack
-                )
+                ingress = self._new_ingress(stream)
             seq = (packet[2] << 8) | packet[3]
-            ingress.stats.update(seq, _TS.unpack_from(packet, 4)[0], now)
+            ts = _TS.unpack_from(packet, 4)[0]
+            ingress.stats.update(seq, ts, now)
             if ingress.nack is not None and ingress.nack.on_packet(seq, now):
-                self.request_keyframe(now)  # too much lost to repair: start afresh
+                self.request_keyframe(now, ingress.layer)  # too lost to repair: start afresh
+            if self.layers:
+                self._on_layer(ingress, packet, seq, ts, now)
+                return
         if ingress.rid != self.selected_rid:
             return
         self.media_ssrc = ingress.ssrc
@@ -246,6 +311,74 @@ class PublishedTrack:
         sink = self.relay_sink
         if sink is not None:
             sink(packet)
+
+    def _on_layer(self, ingress: Ingress, packet: bytes, seq: int, ts: int, now: float) -> None:
+        """A simulcast track's packet (any stream; ``ts`` -1 for a repaired one, which never
+        starts a frame): cached per stream, then every group's selector decides."""
+        layer = ingress.layer
+        if layer < 0:
+            return  # a rid the offer did not announce
+        frame_start = keyframe = False
+        if ts >= 0 and ts != ingress.last_ts:
+            # The first packet of a frame (a new timestamp): only then can it be a keyframe,
+            # so the codec's detector runs once per frame per stream, not per packet.
+            ingress.last_ts = ts
+            frame_start = True
+            keyframe = self.gate.is_keyframe(packet)
+            if keyframe:
+                self._layer_keyframes[layer].on_keyframe()
+                if self.fanout.vp8:
+                    ingress.width = keyframe_width(packet[payload_offset(packet) :])
+        else:
+            ts = _TS.unpack_from(packet, 4)[0]
+        ingress.octets += len(packet)
+        cache = ingress.cache
+        if cache is not None:
+            cache.put(packet)
+        if layer == self.fanout.top:
+            self.media_ssrc = ingress.ssrc
+            self.packets += 1
+            if self.gate.waiting or self.keyframes.pending:
+                self._watch_keyframes(packet, now)
+            sink = self.relay_sink
+            if sink is not None:
+                sink(packet)  # other pods get the top stream (layers across pods: not yet)
+        ssrc = ingress.ssrc
+        for group in self.fanout.groups:
+            group.forward_layer(packet, layer, ssrc, seq, ts, keyframe, frame_start, now)
+
+    def _new_ingress(self, stream: IncomingStream) -> Ingress:
+        layers = self.layers
+        layer = layers.index(stream.rid) if stream.rid in layers else (-1 if layers else 0)
+        top = not layers or layer == len(layers) - 1
+        cache = self.cache if top else (PacketCache() if layer >= 0 else None)
+        ingress = Ingress(
+            stream.ssrc, stream.rid, self.clock_rate, self._nack, layer=layer, cache=cache
+        )
+        if layers and layer >= 0:
+            self._layer_ssrcs[layer] = stream.ssrc
+        self._ingress[stream.ssrc] = ingress
+        return ingress
+
+    def cache_for(self, ssrc: int) -> PacketCache | None:
+        ingress = self._ingress.get(ssrc)
+        return ingress.cache if ingress is not None else self.cache
+
+    def layer_bitrates(self, now: float) -> tuple[float, ...]:
+        """Bits/s of each simulcast stream, lowest first (0 for one not seen yet)."""
+        rates = [0.0] * len(self.layers)
+        for ingress in self._ingress.values():
+            if ingress.layer >= 0 and self.layers:
+                rates[ingress.layer] = ingress.sample_bitrate(now)
+        return tuple(rates)
+
+    def layer_widths(self) -> tuple[int, ...]:
+        """Frame width of each simulcast stream from its last keyframe (0: unknown)."""
+        widths = [0] * len(self.layers)
+        for ingress in self._ingress.values():
+            if ingress.layer >= 0 and self.layers:
+                widths[ingress.layer] = ingress.width
+        return tuple(widths)
 
     def take_levels(self) -> tuple[int, int]:
         """(loudness total, packets) since the last call; the speaker timer's read."""
@@ -311,22 +444,30 @@ class PublishedTrack:
         if missing:
             self.request_keyframe(now)
 
-    def request_keyframe(self, now: float) -> bool:
-        """PLI (or FIR if only FIR was negotiated) to the publisher, throttled per track."""
-        if self.kind != "video" or self.media_ssrc is None or not self.keyframes.allow(now):
+    def request_keyframe(self, now: float, layer: int | None = None) -> bool:
+        """PLI (or FIR if only FIR was negotiated) to the publisher, throttled per track, or
+        per simulcast stream: ``layer`` names one (None: the top stream)."""
+        if self.kind != "video":
             return False
-        self._send_keyframe_request()
+        if layer is None or not self.layers:
+            layer = len(self.layers) - 1
+        ssrc = self._layer_ssrcs[layer] if self.layers else self.media_ssrc
+        if ssrc is None or not self._layer_keyframes[layer].allow(now):
+            return False
+        self._send_keyframe_request(ssrc)
         return True
 
-    def _send_keyframe_request(self) -> None:
+    def _send_keyframe_request(self, ssrc: int) -> None:
         t = self.transceiver
-        assert self.media_ssrc is not None
         if not self.uses_fir:
-            pli = Pli(sender_ssrc=t.sender_ssrc, media_ssrc=self.media_ssrc)
+            pli = Pli(sender_ssrc=t.sender_ssrc, media_ssrc=ssrc)
             self.pc.send_rtcp(pli.serialize())
         else:
             # RFC 5104 §4.3.1.1: a new request increments the FIR sequence number.
-            entry = FirEntry(self.media_ssrc, self._fir.next_request())
+            fir = self._fir.get(ssrc)
+            if fir is None:
+                fir = self._fir[ssrc] = FirSequence()
+            entry = FirEntry(ssrc, fir.next_request())
             self.pc.send_rtcp(Fir(sender_ssrc=t.sender_ssrc, entries=[entry]).serialize())
 
     def next_timer(self) -> float:
@@ -336,6 +477,16 @@ class PublishedTrack:
             if ingress.nack is not None:
                 timer = ingress.nack.get_timer()
                 if timer is not None and timer < due:
+                    due = timer
+        for throttle in self._layer_keyframes:
+            timer = throttle.get_timer()
+            if timer is not None and timer < due:
+                due = timer
+        for group in self.fanout.groups:
+            selector = group.selector
+            if selector is not None:
+                timer = selector.next_request()
+                if timer < due:
                     due = timer
         timer = self.keyframes.get_timer()
         return timer if timer is not None and timer < due else due
@@ -350,8 +501,21 @@ class PublishedTrack:
             lost = ingress.nack.due(now, rtt)
             if lost:
                 self.pc.send_rtcp(Nack.from_lost(sender, ingress.ssrc, lost).serialize())
-        if self.media_ssrc is not None and self.keyframes.due(now):
-            self._send_keyframe_request()
+        if not self.layers:
+            if self.media_ssrc is not None and self.keyframes.due(now):
+                self._send_keyframe_request(self.media_ssrc)
+            return
+        for layer, throttle in enumerate(self._layer_keyframes):
+            ssrc = self._layer_ssrcs[layer]
+            if ssrc is not None and throttle.due(now):
+                self._send_keyframe_request(ssrc)
+        for group in self.fanout.groups:
+            # A group waiting to switch keeps asking for its target's keyframe (throttled).
+            selector = group.selector
+            if selector is not None:
+                stream = selector.keyframe_request(now)
+                if stream is not None:
+                    self.request_keyframe(now, stream)
 
     def report_blocks(self, now: float) -> list[ReportBlock]:
         return [
@@ -411,6 +575,10 @@ class DownTrack:
         self.nack_misses = 0
         self.nack_repeats = 0  # NACKs for a packet retransmitted less than an RTT ago
         self.switches = 0
+        #: the simulcast stream this subscriber should get (None: the source's default, the
+        #: top); set by the layer allocator and ``LAYER`` hints (:meth:`set_layer`)
+        self.layer: int | None = None
+        self.layer_switches = 0
         #: while paused (``LAYER … off``): its numbering as of the pause, to continue from
         self._paused: ForwardingGroup | None = None
         self._paused_waiting = False  # paused before its first keyframe came
@@ -501,9 +669,7 @@ class DownTrack:
             self._paused_waiting = True
             return True
         # A copy of the group's state now: the group goes on for its other members.
-        snapshot = ForwardingGroup(group.key, group.rewriter.clone())
-        snapshot.last_forward = group.last_forward
-        snapshot.stats.follow(group.stats, 0, 0)
+        snapshot = group.copy()
         self.source.detach(self)
         self._paused = snapshot
         return True
@@ -522,12 +688,54 @@ class DownTrack:
             return False
         self._paused = None
         self.source.attach(self, carry=snapshot)
-        rewriter = self.rewriter
-        if rewriter is not None:
+        group = self.group
+        if group is not None:
             gap = now - snapshot.last_forward if snapshot.last_forward else 0.0
-            rewriter.switch_source(gap)
-        self.source.request_keyframe(now)
+            group.rewriter.switch_source(gap)
+            if group.selector is not None:
+                # a simulcast group restarts at a keyframe of the stream it should get
+                group.selector.resync()
+                layer = self.layer if self.layer is not None else self.source.fanout.top
+                group.selector.set_target(layer, now=now)
+        self.request_keyframe(now)
         return True
+
+    def set_layer(self, layer: int, now: float) -> bool:
+        """Receive simulcast stream ``layer`` (0 = lowest) from the next keyframe of it on,
+        without renegotiating: same SSRC, sequence numbers and timestamps continuing. The
+        current stream flows until then (a switch down at most ``down_timeout``, then the
+        track pauses until the keyframe). False if the source is not simulcast or nothing
+        changes."""
+        fanout = self.source.fanout
+        if not fanout.layers:
+            return False
+        layer = min(max(layer, 0), fanout.top)
+        if layer == (self.layer if self.layer is not None else fanout.top):
+            return False
+        self.layer = layer
+        self.layer_switches += 1
+        if self.group is None:
+            return True  # waiting for its first keyframe or paused: joins at this layer
+        group = fanout.split(self)  # numbering of its own that continues the group's
+        assert group is not None and group.selector is not None
+        group.selector.set_target(layer, now=now)
+        self.source.request_keyframe(now, layer)
+        return True
+
+    @property
+    def forwarded_layer(self) -> int | None:
+        """The simulcast stream being forwarded now (None: none, or not simulcast)."""
+        group = self.group
+        return group.selector.current if group is not None and group.selector else None
+
+    def request_keyframe(self, now: float) -> bool:
+        """A keyframe of the stream this subscriber gets (its PLI/FIR, a resume)."""
+        group = self.group
+        sel = group.selector if group is not None else None
+        layer = self.layer
+        if sel is not None:
+            layer = sel.current if sel.current is not None else sel.target_stream
+        return self.source.request_keyframe(now, layer)
 
     def switch(self, source: TrackSource, now: float) -> bool:
         """Forward ``source`` instead, without renegotiating: same SSRC, sequence numbers and
@@ -549,7 +757,10 @@ class DownTrack:
         assert rewriter is not None
         rewriter.remap(pt_map, ext_map)
         rewriter.switch_source(now - group.last_forward if group.last_forward else 0.0)
-        source.request_keyframe(now)
+        assert self.group is not None
+        if self.group.selector is not None:
+            self.group.selector.resync()
+        self.request_keyframe(now)
         return True
 
     def deliver(self, out: bytes, twcc_offset: int, now: float) -> None:
@@ -577,14 +788,17 @@ class DownTrack:
         A NACK repeated within one round trip of our retransmission is not answered again:
         the repair is still on its way (libwebrtc's receiver re-NACKs on its own timer)."""
         group = self.group
-        cache = self.source.cache
-        if group is None or cache is None:
+        if group is None:
+            return False
+        rewriter = group.rewriter
+        # the cache of the stream the rewriter forwards now (simulcast streams each have one)
+        cache = self.source.cache_for(rewriter.source_ssrc)
+        if cache is None:
             return False
         slot = out_seq % _RESENT_SLOTS
         if self._resent_seq[slot] == out_seq and now - self._resent_at[slot] < self.rtt:
             self.nack_repeats += 1
             return False
-        rewriter = group.rewriter
         in_seq = rewriter.to_input_sequence(out_seq)
         original = cache.get(in_seq) if in_seq is not None else None
         out = rewriter.rewrite_as(original, out_seq) if original is not None else None

@@ -18,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "PictureIdRewriter",
     "Vp8Descriptor",
     "is_keyframe",
+    "keyframe_width",
     "parse_descriptor",
     "rewrite_descriptor",
 ]
@@ -109,6 +111,18 @@ def is_keyframe(payload: bytes) -> bool:
     )
 
 
+def keyframe_width(payload: bytes) -> int:
+    """The frame width a keyframe's first packet announces (RFC 6386 §9.1: 14 bits, little
+    endian, after the start code), or 0 if ``payload`` does not start a keyframe."""
+    if not is_keyframe(payload):
+        return 0
+    desc = parse_descriptor(payload)
+    pos = (desc.size if desc is not None else 1) + 6
+    if len(payload) < pos + 2:
+        return 0
+    return (payload[pos] | (payload[pos + 1] << 8)) & 0x3FFF
+
+
 def rewrite_descriptor(
     payload: bytearray | memoryview,
     picture_id: int | None = None,
@@ -137,3 +151,63 @@ def rewrite_descriptor(
     if tl0_pic_idx is not None:
         payload[desc.tl0_pic_idx_offset] = tl0_pic_idx & 0xFF
     return True
+
+
+class PictureIdRewriter:
+    """Continuous picture ids and TL0PICIDX for a subscriber whose source stream changes.
+
+    Each simulcast stream of a VP8 track numbers its pictures on its own (RFC 7741 §4.2), and
+    a receiver orders frames by picture id: after a switch to another stream its frames
+    would look older or far newer than the last decoded one, and libwebrtc's frame buffer
+    drops "old" frames. So a forwarding group that switches streams passes each packet
+    through one of these: after :meth:`switch`, the first packet of the new stream gets the
+    last output picture id + 1 (and TL0PICIDX + 1) and later ones keep that offset. Before
+    the first switch ids pass unchanged. Packets without the fields pass untouched.
+    """
+
+    __slots__ = ("_last_pid", "_last_tl0", "_pending", "_pid_off", "_tl0_off")
+
+    def __init__(self) -> None:
+        self._pid_off = 0
+        self._tl0_off = 0
+        self._last_pid = -1
+        self._last_tl0 = -1
+        self._pending = False
+
+    def clone(self) -> PictureIdRewriter:
+        """An independent copy (a subscriber leaving its forwarding group continues it)."""
+        twin = PictureIdRewriter.__new__(PictureIdRewriter)
+        for name in PictureIdRewriter.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
+
+    def switch(self) -> None:
+        """The next packet starts another stream: continue the numbering from it."""
+        self._pending = self._last_pid >= 0
+
+    def rewrite(self, packet: bytes, offset: int) -> bytes:
+        """``packet`` (an RTP packet whose VP8 payload starts at ``offset``) renumbered."""
+        desc = parse_descriptor(packet[offset : offset + 6])
+        if desc is None or desc.picture_id is None:
+            return packet
+        pid = desc.picture_id
+        tl0 = desc.tl0_pic_idx
+        if self._pending:
+            self._pending = False
+            self._pid_off = self._last_pid + 1 - pid
+            if tl0 is not None and self._last_tl0 >= 0:
+                self._tl0_off = self._last_tl0 + 1 - tl0
+        mask = 0x7FFF if desc.picture_id_15bit else 0x7F
+        out_pid = (pid + self._pid_off) & mask
+        if self._last_pid < 0 or (out_pid - self._last_pid) & mask <= mask >> 1:
+            self._last_pid = out_pid  # the newest (a late packet leaves it)
+        out_tl0 = None
+        if tl0 is not None:
+            out_tl0 = (tl0 + self._tl0_off) & 0xFF
+            if self._last_tl0 < 0 or (out_tl0 - self._last_tl0) & 0xFF < 0x80:
+                self._last_tl0 = out_tl0
+        if out_pid == pid and out_tl0 == tl0:
+            return packet
+        out = bytearray(packet)
+        rewrite_descriptor(memoryview(out)[offset:], out_pid, out_tl0)
+        return bytes(out)

@@ -16,6 +16,7 @@ from ..sdp import (
     Simulcast,
     SimulcastRid,
 )
+from .simulcast import simulcast_layers
 from .types import Transceiver
 
 _HASHES = frozenset(("sha-1", "sha-224", "sha-256", "sha-384", "sha-512"))
@@ -86,9 +87,8 @@ def record_remote(t: Transceiver, m: MediaSection) -> None:
         legacy = next((a.value.split() for a in m.ssrcs if a.name == "msid" and a.value), None)
         if legacy:
             t.remote_msid = (legacy[0], legacy[1] if len(legacy) > 1 else None)
-    declared = {r.id for r in m.rids if r.direction == "send"}
     if m.simulcast is not None and m.simulcast.send:
-        t.remote_rids = [r.rid for alts in m.simulcast.send for r in alts if r.rid in declared]
+        t.remote_rids = simulcast_layers(m)  # lowest quality first (issue 11)
         t.remote_simulcast = m.simulcast
     else:
         t.remote_rids, t.remote_simulcast = [], None

@@ -189,6 +189,11 @@ class RtpRewriter:
         return self._ssrc
 
     @property
+    def source_ssrc(self) -> int:
+        """The SSRC of the input stream being forwarded (-1: none yet, or switching)."""
+        return self._source_ssrc
+
+    @property
     def last_sequence(self) -> int:
         """Highest output sequence number emitted so far (16-bit)."""
         return self._out_highest & 0xFFFF
