@@ -109,7 +109,8 @@ class World:
             publisher_id="pub",
         )
         self.streams = [
-            IncomingStream(ssrc, transceiver, rid=rid) for ssrc, rid in zip(SSRCS, RIDS)
+            IncomingStream(ssrc, transceiver, rid=rid)
+            for ssrc, rid in zip(SSRCS, RIDS, strict=True)
         ]
         self.state = [Stream(seq=60000 + 1000 * i, pid=32700 + 10 * i) for i in range(3)]
         self.ts = 4_294_000_000
@@ -205,7 +206,6 @@ class World:
                         assert desc.picture_id == expected_pid
                         assert (p.timestamp == pts) == (frame == pframe)
                 prev = (p.sequence_number, p.timestamp, desc.picture_id, stream, frame, part)
-
 
     def plis(self) -> list[int]:
         out = []
