@@ -206,12 +206,14 @@ class DelayBasedEstimator:
         "_group",
         "_last_change",
         "_prev_group",
+        "decreases",
         "detector",
         "rate",
     )
 
     def __init__(self, initial_bps: float) -> None:
         self.rate = initial_bps
+        self.decreases = 0  # times overuse lowered the rate
         self.detector = TrendlineDetector()
         # (first send, last send, last arrival) of the group being filled and the previous one
         self._group: tuple[float, float, float] | None = None
@@ -243,9 +245,7 @@ class DelayBasedEstimator:
         if prev is not None:
             send_delta = last - prev[1]
             arrival_delta = last_arrival - prev[2]
-            self.detector.update(
-                (arrival_delta - send_delta) * 1000.0, send_delta, last_arrival
-            )
+            self.detector.update((arrival_delta - send_delta) * 1000.0, send_delta, last_arrival)
         self._prev_group = group
         self._group = (send, send, arrival)
 
@@ -261,6 +261,7 @@ class DelayBasedEstimator:
                 if new < self.rate:
                     self.rate = new
                     self._capacity = acked_bps
+                    self.decreases += 1
             return
         if state is BandwidthUsage.UNDERUSING:
             return  # hold while the queue drains
@@ -282,10 +283,11 @@ class DelayBasedEstimator:
 class LossBasedEstimator:
     """§6: the rate as a function of the reported loss fraction."""
 
-    __slots__ = ("_last_decrease", "_last_update", "_lost", "_total", "loss", "rate")
+    __slots__ = ("_last_decrease", "_last_update", "_lost", "_total", "decreases", "loss", "rate")
 
     def __init__(self, initial_bps: float) -> None:
         self.rate = initial_bps
+        self.decreases = 0  # times loss lowered the rate
         self.loss = 0.0
         self._lost = 0
         self._total = 0
@@ -328,6 +330,7 @@ class LossBasedEstimator:
                 if acked_bps is not None:
                     lowered = max(lowered, min(self.rate, _BETA * acked_bps))
                 self.rate = lowered
+                self.decreases += 1
         elif p_loss < 0.02:
             self.rate = min(self.rate, current) * _GROWTH_PER_S**dt + 1000.0 * dt
 
@@ -395,6 +398,12 @@ class BandwidthEstimator:
     @property
     def usage(self) -> BandwidthUsage:
         return self._delay.detector.state
+
+    @property
+    def decreases(self) -> int:
+        """How often overuse (§5.5) or loss (§6) lowered the estimate so far: a layer
+        allocator treats a change of this as congestion on the subscriber's link."""
+        return self._delay.decreases + self._loss.decreases
 
     def acked_bitrate(self) -> float | None:
         """Bits/s the receiver got over the last ~0.5 s of arrivals, None until measurable."""
@@ -512,9 +521,7 @@ class BandwidthEstimator:
         if arrival_span <= 0:
             return
         # A driver may send the cluster as one burst: then only the receive side measures.
-        send_rate = (
-            sum(r.size for r in by_send[:-1]) * 8 / send_span if send_span > 0 else math.inf
-        )
+        send_rate = sum(r.size for r in by_send[:-1]) * 8 / send_span if send_span > 0 else math.inf
         recv_rate = sum(r.size for r in by_arrival[1:]) * 8 / arrival_span
         # A receive rate clearly below the send rate means the probe hit the bottleneck:
         # the receive rate is then the capacity; otherwise the send rate is proven. Never

@@ -27,11 +27,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["HINTS", "Hint", "TrackDemand", "allocate", "wanted_bitrate"]
+__all__ = [
+    "FIXED_LAYERS",
+    "HINTS",
+    "UNMEASURED_LAYER_BITRATES",
+    "Hint",
+    "LayerPlanner",
+    "TrackDemand",
+    "allocate",
+    "wanted_bitrate",
+]
 
 Hint = Literal["auto", "low", "mid", "high", "off"]
 HINTS: tuple[Hint, ...] = ("auto", "low", "mid", "high", "off")
-_FIXED: dict[str, int] = {"low": 0, "mid": 1, "high": 2}
+#: the fixed ``LAYER`` hints as simulcast stream indexes (lowest first)
+FIXED_LAYERS: dict[str, int] = {"low": 0, "mid": 1, "high": 2}
+#: bits/s assumed for a simulcast stream not measured yet (libwebrtc's defaults for 3 layers
+#: at 720p are about 150k / 500k / 1.5–2.5M)
+UNMEASURED_LAYER_BITRATES = (150_000.0, 500_000.0, 1_500_000.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +70,8 @@ class TrackDemand:
         top = len(self.bitrates) - 1
         if self.hint == "off" or top < 0:
             return None
-        if self.hint in _FIXED:
-            return min(_FIXED[self.hint], top)
+        if self.hint in FIXED_LAYERS:
+            return min(FIXED_LAYERS[self.hint], top)
         if self.rendered_width is not None and self.widths is not None:
             for i, width in enumerate(self.widths[: top + 1]):
                 if width >= self.rendered_width:
@@ -108,3 +121,119 @@ def wanted_bitrate(tracks: Sequence[TrackDemand]) -> float:
         if ceiling is not None:
             total += t.bitrates[ceiling]
     return total
+
+
+class LayerPlanner:
+    """One subscriber's simulcast layers over time, from its bandwidth estimate (pure).
+
+    :func:`allocate` answers "what fits in this many bits/s"; this decides *when* to act on
+    it, because a GCC-like estimate (:mod:`trio_sfu.proto.bwe`) is only a lower bound until
+    the link has pushed back: it grows at most to 1.5 × what was delivered, so a subscriber
+    on a low layer never sees an estimate that would admit the next one. Hence:
+
+    - **down at once on congestion**: when the estimator lowered its estimate since the last
+      plan (overuse or loss: ``decreases`` moved), every simulcast track above what
+      :func:`allocate` grants at that estimate goes down to it;
+    - **up by trial**: after ``hold`` seconds without congestion, one track (highest priority
+      first) tries the next layer up to its ceiling; if congestion follows within ``hold``
+      the trial failed and that track waits twice as long before the next (``backoff``, up
+      to ``max_backoff``), else the wait goes back to ``backoff``. A trial is the probe
+      (real media instead of padding): it costs at most a second of queueing on a capped link;
+    - **hints**: ``LAYER low|mid|high`` set the layer at once (congestion may still lower
+      it); ``auto`` climbs to its ceiling (the top, or the smallest layer as wide as the
+      ``SIZE`` the client rendered) by trials. ``off`` tracks are not planned here (paused).
+
+    The lowest layer is never given up for lack of budget: a subscriber sees every track.
+    """
+
+    __slots__ = (
+        "_backoff",
+        "_base_backoff",
+        "_congested_at",
+        "_decreases",
+        "_hold",
+        "_max_backoff",
+        "_next_trial",
+        "_tried_at",
+    )
+
+    def __init__(
+        self, *, hold: float = 3.0, backoff: float = 4.0, max_backoff: float = 8.0
+    ) -> None:
+        self._hold = hold
+        self._base_backoff = backoff
+        self._max_backoff = max_backoff
+        self._decreases = 0
+        self._congested_at = float("-inf")
+        self._backoff: dict[str, float] = {}
+        self._next_trial: dict[str, float] = {}
+        self._tried_at: dict[str, float] = {}
+
+    def plan(
+        self,
+        estimate: float,
+        decreases: int,
+        demands: Sequence[TrackDemand],
+        current: dict[str, int],
+        now: float,
+    ) -> dict[str, int]:
+        """The layer each simulcast track in ``current`` (its layer now) should get.
+
+        ``demands`` covers every track the subscriber receives (audio and single-layer video
+        take their share of ``estimate`` first); ``decreases`` is the estimator's counter.
+        """
+        out = dict(current)
+        by_track = {d.track: d for d in demands}
+        congested = decreases != self._decreases
+        self._decreases = decreases
+        for key in [k for k in self._tried_at if k not in current]:  # tracks gone
+            self._tried_at.pop(key)
+            self._backoff.pop(key, None)
+            self._next_trial.pop(key, None)
+        fits: dict[str, int | None] = {}
+        if congested:
+            self._congested_at = now
+            fits = allocate(estimate, demands)
+        for track, layer in current.items():
+            demand = by_track.get(track)
+            if demand is None:
+                continue
+            ceiling = demand.ceiling()
+            top = 0 if ceiling is None else ceiling
+            if demand.hint in FIXED_LAYERS:
+                want = top
+                if congested:
+                    want = min(want, fits.get(track) or 0)
+                out[track] = want
+                continue
+            if layer > top:
+                out[track] = top  # the ceiling came down (a smaller tile)
+            elif congested and (fits.get(track) or 0) < layer:
+                out[track] = fits.get(track) or 0
+                tried = self._tried_at.get(track)
+                if tried is not None and now - tried <= self._hold:
+                    backoff = self._backoff.get(track, self._base_backoff)
+                    self._backoff[track] = min(2 * backoff, self._max_backoff)
+                    self._next_trial[track] = now + self._backoff[track]
+        if congested or now - self._congested_at < self._hold:
+            return out
+        for demand in sorted(demands, key=lambda d: (-d.priority, -(d.rendered_width or 0))):
+            track = demand.track
+            at = out.get(track)
+            ceiling = demand.ceiling()
+            if at is None or ceiling is None or at >= ceiling or demand.hint != "auto":
+                continue
+            tried = self._tried_at.get(track)
+            if tried is not None and now - tried < self._hold:
+                return out  # one trial at a time: the last one is still being judged
+            if now < self._next_trial.get(track, float("-inf")):
+                continue
+            if tried is not None:
+                self._backoff[track] = self._base_backoff  # the last trial held
+            out[track] = at + 1
+            self._tried_at[track] = now
+            self._next_trial[track] = (
+                now + self._hold + self._backoff.get(track, self._base_backoff)
+            )
+            return out
+        return out

@@ -27,6 +27,7 @@ from trio_sfu.proto.rtcp import (
     serialize_compound,
 )
 from trio_sfu.proto.rtp import TransportCcSequencer
+from trio_sfu.sfu.allocator import UNMEASURED_LAYER_BITRATES, Hint, LayerPlanner, TrackDemand
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.node_stats import LOSS_BUCKETS, RTT_BUCKETS, Buckets
@@ -44,6 +45,9 @@ class Downstream(Member):
         #: How much this receiver's downlink carries, from its transport-cc feedback (or REMB)
         #: about what we sent it (issue 11): what its layer choice will be allocated from.
         self.bwe = BandwidthEstimator()
+        #: which simulcast stream each down-track gets, from ``bwe`` (run once a second)
+        self.layer_planner = LayerPlanner()
+        self._sent_samples: dict[int, tuple[float, int]] = {}  # ssrc -> (when, octets)
         #: live down-tracks by the SSRC we send them under (what the receiver's RTCP names)
         self.live: dict[int, DownTrack] = {}
         self.pc.on_rtcp = self._on_rtcp
@@ -159,12 +163,70 @@ class Downstream(Member):
                             self.bwe.on_rtt(rtt)
                         self.loss_reports.observe(block.fraction_lost / 256)
 
+    def layer_hint(self, downtrack: DownTrack) -> tuple[Hint, int | None]:
+        """The receiver's ``LAYER`` hint and rendered width for a track (seed-API
+        subscribers send them; a WHEP viewer cannot, so it gets ``auto``)."""
+        return "auto", None
+
+    def priority(self, downtrack: DownTrack) -> int:
+        """Who gets bandwidth first: a screen share (issue 11 §3)."""
+        return 2 if downtrack.source.info.app_id == "screen" else 0
+
+    def plan_layers(self, now: float) -> None:
+        """Give each simulcast down-track the stream its share of the estimate carries
+        (:class:`LayerPlanner`); single-layer tracks take their measured share first."""
+        demands: list[TrackDemand] = []
+        current: dict[str, int] = {}
+        simulcast: dict[str, DownTrack] = {}
+        samples: dict[int, tuple[float, int]] = {}
+        for ssrc, downtrack in self.live.items():
+            if downtrack.paused:
+                continue
+            key = str(ssrc)
+            source = downtrack.source
+            rates = source.layer_bitrates(now)
+            if rates:
+                hint, width = self.layer_hint(downtrack)
+                widths = source.layer_widths()
+                defaults = UNMEASURED_LAYER_BITRATES[-len(rates) :]
+                demands.append(
+                    TrackDemand(
+                        key,
+                        "video",
+                        tuple(r or d for r, d in zip(rates, defaults, strict=False)),
+                        self.priority(downtrack),
+                        hint,
+                        width,
+                        widths if all(widths) else None,
+                    )
+                )
+                layer = downtrack.layer
+                current[key] = layer if layer is not None else len(rates) - 1
+                simulcast[key] = downtrack
+                continue
+            octets = downtrack.sent_octets
+            then, before = self._sent_samples.get(ssrc, (now, octets))
+            samples[ssrc] = (now, octets)
+            rate = 8 * (octets - before) / (now - then) if now > then else 0.0
+            demands.append(
+                TrackDemand(key, "audio" if source.kind == "audio" else "video", (rate,))
+            )
+        self._sent_samples = samples
+        if not simulcast:
+            return
+        bwe = self.bwe
+        plan = self.layer_planner.plan(bwe.estimate, bwe.decreases, demands, current, now)
+        for key, layer in plan.items():
+            if layer != current[key]:
+                simulcast[key].set_layer(layer, now)
+
     async def report_loop(self) -> None:
         """A sender report per forwarded stream every second, so the receiver can synchronise
-        audio and video and measure round-trip time (RFC 3550 §6.4.1)."""
+        audio and video and measure round-trip time (RFC 3550 §6.4.1); then the layer plan."""
         while True:
             await trio.sleep(REPORT_INTERVAL)
             now, unix = trio.current_time(), time.time()
+            self.plan_layers(now)
             for downtrack in list(self.live.values()):
                 sr = downtrack.sender_report(now, unix)
                 if sr is not None:

@@ -160,6 +160,9 @@ class RemoteTrack:
     def layer_bitrates(self, now: float) -> tuple[float, ...]:
         return ()  # the relay carries the top simulcast stream only (docs/layers.md)
 
+    def layer_widths(self) -> tuple[int, ...]:
+        return ()
+
     def request_keyframe(self, now: float, layer: int | None = None) -> bool:
         if self.kind != "video" or not self.keyframes.allow(now):
             return False

@@ -16,6 +16,7 @@ import trio
 from trio_sfu.proto.errors import SdpError
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import dc_protocol
+from trio_sfu.sfu.allocator import FIXED_LAYERS, HINTS, Hint
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.speaker import speaker_line
@@ -195,11 +196,33 @@ class Subscriber(Downstream):
             await super().handle(command)
 
     def _apply_layer_hint(self, downtrack: DownTrack, layer: str) -> None:
-        # Pausing and resuming never renegotiate: the m-section and SSRC stay.
+        # Pausing, resuming and switching layers never renegotiate: the m-section and SSRC
+        # stay. low/mid/high take effect at once (the target's next keyframe); auto is the
+        # layer planner's, from the next plan on.
+        now = trio.current_time()
         if layer == "off":
             downtrack.pause()
-        else:
-            downtrack.resume(trio.current_time())
+            return
+        downtrack.resume(now)
+        fixed = FIXED_LAYERS.get(layer)
+        if fixed is not None:
+            downtrack.set_layer(fixed, now)
+
+    def layer_hint(self, downtrack: DownTrack) -> tuple[Hint, int | None]:
+        key = (downtrack.source.publisher_id, downtrack.source.track_id)
+        size = self.sizes.get(key)
+        wanted = self.layer_hints.get(key, "auto")
+        hint: Hint = "auto"
+        for known in HINTS:
+            if known == wanted:
+                hint = known
+        return hint, (size[0] if size else None)
+
+    def priority(self, downtrack: DownTrack) -> int:
+        """A screen share first, then the room's active speaker (issue 11 §3)."""
+        if downtrack.source.publisher_id == self.room.speaker:
+            return max(super().priority(downtrack), 1)
+        return super().priority(downtrack)
 
     # -- renegotiation (one at a time; changes meanwhile are merged into the next offer) --------
 

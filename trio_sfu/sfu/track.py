@@ -105,6 +105,9 @@ class TrackSource(Protocol):
     def layer_bitrates(self, now: float) -> tuple[float, ...]:
         """Measured bits/s of each simulcast stream, lowest first (empty: not simulcast)."""
 
+    def layer_widths(self) -> tuple[int, ...]:
+        """Frame width of each simulcast stream from its last keyframe (0: unknown)."""
+
 
 def forwarding_maps(
     source: TrackInfo, transceiver: Transceiver
