@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_sfu.proto.bwe import BandwidthEstimator
-from trio_sfu.sfu.allocator import HINTS, TrackDemand, allocate, wanted_bitrate
+from trio_sfu.sfu.allocator import HINTS, LayerPlanner, TrackDemand, allocate, wanted_bitrate
 
 SIM = (150_000.0, 500_000.0, 1_500_000.0)
 WIDTHS = (320, 640, 1280)
@@ -86,11 +86,76 @@ def test_allocation_fits_the_budget_and_the_ceilings(
 
 
 def test_wanted_bitrate_sums_each_tracks_ceiling_and_drives_a_probe() -> None:
-    tracks = [AUDIO, video("v1"), video("v2", hint="low"), video("v3", hint="off"),
-              video("v4", rendered_width=600)]
+    tracks = [
+        AUDIO,
+        video("v1"),
+        video("v2", hint="low"),
+        video("v3", hint="off"),
+        video("v4", rendered_width=600),
+    ]
     assert wanted_bitrate(tracks) == 40_000 + 1_500_000 + 150_000 + 500_000
     bwe = BandwidthEstimator(400_000)
     cluster = bwe.probe(wanted_bitrate(tracks), 0.0)
     assert cluster is not None and cluster.bitrate == wanted_bitrate(tracks)
     # below the estimate nothing needs probing
     assert BandwidthEstimator(5_000_000).probe(wanted_bitrate(tracks), 0.0) is None
+
+
+# -- LayerPlanner: when to act on the estimate -------------------------------------------------
+
+RATES = (150_000.0, 500_000.0, 1_500_000.0)
+
+
+def _video(hint: str = "auto", width: int | None = None, priority: int = 0) -> TrackDemand:
+    return TrackDemand("v", "video", RATES, priority, hint, width, (320, 640, 1280))  # type: ignore[arg-type]
+
+
+def test_planner_goes_down_only_on_congestion_and_climbs_by_trial() -> None:
+    planner = LayerPlanner(hold=3.0, backoff=4.0, max_backoff=8.0)
+    demands = [TrackDemand("a", "audio", (40_000.0,)), _video()]
+    # A low estimate without any push-back from the link is only a lower bound: stay.
+    assert planner.plan(300_000, 0, demands, {"v": 2}, 0.0) == {"v": 2}
+    # Overuse lowered it: down at once to what fits (audio first).
+    assert planner.plan(400_000, 1, demands, {"v": 2}, 1.0) == {"v": 0}
+    # No trial before `hold` seconds without congestion.
+    assert planner.plan(400_000, 1, demands, {"v": 0}, 2.0) == {"v": 0}
+    assert planner.plan(400_000, 1, demands, {"v": 0}, 3.9) == {"v": 0}
+    assert planner.plan(400_000, 1, demands, {"v": 0}, 4.0) == {"v": 1}  # a trial
+    # Congestion within `hold` of the trial: it failed; back down, wait `backoff`.
+    assert planner.plan(350_000, 2, demands, {"v": 1}, 5.0) == {"v": 0}
+    assert planner.plan(350_000, 2, demands, {"v": 0}, 8.9) == {"v": 0}
+    assert planner.plan(350_000, 2, demands, {"v": 0}, 9.0) == {"v": 1}
+    # Failing again: the wait doubles.
+    assert planner.plan(350_000, 3, demands, {"v": 1}, 10.0) == {"v": 0}
+    assert planner.plan(350_000, 3, demands, {"v": 0}, 17.9) == {"v": 0}
+    assert planner.plan(350_000, 3, demands, {"v": 0}, 18.0) == {"v": 1}
+    # This trial holds for `hold` seconds: the next layer is tried right after.
+    assert planner.plan(800_000, 3, demands, {"v": 1}, 20.0) == {"v": 1}
+    assert planner.plan(900_000, 3, demands, {"v": 1}, 21.0) == {"v": 2}
+    assert planner.plan(2_000_000, 3, demands, {"v": 2}, 30.0) == {"v": 2}  # at the ceiling
+
+
+def test_planner_fixed_hints_apply_at_once_and_ceilings_follow_the_tile() -> None:
+    planner = LayerPlanner()
+    assert planner.plan(300_000, 0, [_video("high")], {"v": 0}, 0.0) == {"v": 2}
+    assert planner.plan(300_000, 0, [_video("low")], {"v": 2}, 1.0) == {"v": 0}
+    # Congestion still lowers a fixed choice to what fits.
+    assert planner.plan(600_000, 1, [_video("high")], {"v": 2}, 2.0) == {"v": 1}
+    # auto with a 300 px tile: the 320 px stream is enough, never climbs above it.
+    assert planner.plan(5_000_000, 1, [_video("auto", 300)], {"v": 2}, 3.0) == {"v": 0}
+    for t in range(4, 40):
+        assert planner.plan(5_000_000, 1, [_video("auto", 300)], {"v": 0}, float(t)) == {"v": 0}
+
+
+def test_planner_trials_one_track_at_a_time_by_priority() -> None:
+    planner = LayerPlanner(hold=3.0)
+    screen = TrackDemand("s", "video", RATES, 2)
+    camera = TrackDemand("c", "video", RATES, 0)
+    # Congested: the screen share is served first; the camera still gets its lowest layer.
+    plan = planner.plan(300_000, 1, [camera, screen], {"c": 2, "s": 2}, 0.0)
+    assert plan == {"c": 0, "s": 0}
+    assert planner.plan(300_000, 1, [camera, screen], plan, 3.0) == {"c": 0, "s": 1}
+    # One trial at a time; the screen share climbs to its top before the camera starts.
+    assert planner.plan(300_000, 1, [camera, screen], {"c": 0, "s": 1}, 4.0) == {"c": 0, "s": 1}
+    assert planner.plan(900_000, 1, [camera, screen], {"c": 0, "s": 1}, 6.0) == {"c": 0, "s": 2}
+    assert planner.plan(900_000, 1, [camera, screen], {"c": 0, "s": 2}, 9.0) == {"c": 1, "s": 2}

@@ -135,9 +135,11 @@ class LayerPlanner:
       plan (overuse or loss: ``decreases`` moved), every simulcast track above what
       :func:`allocate` grants at that estimate goes down to it;
     - **up by trial**: after ``hold`` seconds without congestion, one track (highest priority
-      first) tries the next layer up to its ceiling; if congestion follows within ``hold``
-      the trial failed and that track waits twice as long before the next (``backoff``, up
-      to ``max_backoff``), else the wait goes back to ``backoff``. A trial is the probe
+      first) tries the next layer up to its ceiling; a trial held for ``hold`` seconds
+      without congestion succeeded and the next layer may be tried; congestion within
+      ``hold`` means it failed: back down, and that track waits ``backoff`` seconds before
+      the next trial, twice as long after each further failure (up to ``max_backoff``),
+      until a trial holds. A trial is the probe
       (real media instead of padding): it costs at most a second of queueing on a capped link;
     - **hints**: ``LAYER low|mid|high`` set the layer at once (congestion may still lower
       it); ``auto`` climbs to its ceiling (the top, or the smallest layer as wide as the
@@ -212,9 +214,11 @@ class LayerPlanner:
                 out[track] = fits.get(track) or 0
                 tried = self._tried_at.get(track)
                 if tried is not None and now - tried <= self._hold:
+                    # the trial failed: wait, and twice as long after the next failure
                     backoff = self._backoff.get(track, self._base_backoff)
+                    self._next_trial[track] = now + backoff
                     self._backoff[track] = min(2 * backoff, self._max_backoff)
-                    self._next_trial[track] = now + self._backoff[track]
+                    self._tried_at.pop(track)
         if congested or now - self._congested_at < self._hold:
             return out
         for demand in sorted(demands, key=lambda d: (-d.priority, -(d.rendered_width or 0))):
@@ -232,8 +236,5 @@ class LayerPlanner:
                 self._backoff[track] = self._base_backoff  # the last trial held
             out[track] = at + 1
             self._tried_at[track] = now
-            self._next_trial[track] = (
-                now + self._hold + self._backoff.get(track, self._base_backoff)
-            )
             return out
         return out
