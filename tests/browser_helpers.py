@@ -10,8 +10,12 @@ from tests.peers.browser_client import Browser
 # wanted video codec first (setCodecPreferences), as an application would.
 HELPERS = """async () => {
   const m = await import('/sfu-client.js');
-  const codecFirst = (mime) => class extends RTCPeerConnection {
+  // Three simulcast streams (RFC 8853), lowest first as libwebrtc names them: q/h/f.
+  const SIMULCAST = [{ rid: 'q', scaleResolutionDownBy: 4 },
+                     { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f' }];
+  const codecFirst = (mime, simulcast = false) => class extends RTCPeerConnection {
     addTransceiver(track, init) {
+      if (simulcast && track.kind === 'video') init = { ...init, sendEncodings: SIMULCAST };
       const t = super.addTransceiver(track, init);
       if (mime && track.kind === 'video') {
         const all = RTCRtpSender.getCapabilities('video').codecs;
@@ -26,11 +30,12 @@ HELPERS = """async () => {
     m, pubs: {}, sub: null, tracks: {},
     hasCodec: (mime) =>
       RTCRtpSender.getCapabilities('video').codecs.some((c) => c.mimeType === mime),
-    async publish(room, user, { width = 640, height = 480, codec = null } = {}) {
+    async publish(room, user,
+                  { width = 640, height = 480, codec = null, simulcast = false } = {}) {
       const stream = await navigator.mediaDevices.getUserMedia(
           { audio: true, video: { width, height, frameRate: 30 } });
       const conn = await m.connectPublisher(
-          { room, user, stream, RTCPeerConnection: codecFirst(codec) });
+          { room, user, stream, RTCPeerConnection: codecFirst(codec, simulcast) });
       window.T.pubs[conn.id] = conn;
       return conn.id;
     },
@@ -65,6 +70,16 @@ HELPERS = """async () => {
           out.bitrate = r.availableOutgoingBitrate;
         if (r.type === 'outbound-rtp' && r.kind === 'video') out.target = r.targetBitrate || 0;
       }
+      return out;
+    },
+    async inbound(pid) {  // what the subscriber decodes of pid's video
+      const out = { decoded: 0, width: 0, freezes: 0, keyframes: 0 };
+      const track = window.T.tracks[pid]?.video;
+      if (!track) return out;
+      for (const r of (await window.T.sub.pc.getStats(track)).values())
+        if (r.type === 'inbound-rtp') Object.assign(out, { decoded: r.framesDecoded || 0,
+          width: r.frameWidth || 0, freezes: r.freezeCount || 0,
+          keyframes: r.keyFramesDecoded || 0 });
       return out;
     },
     sections: () => (window.T.sub.pc.remoteDescription?.sdp.match(/^m=/gm) || []).length,

@@ -119,3 +119,64 @@ async def test_chromium_layer_off_and_auto(app: Running, browser: Browser) -> No
     print(f"LAYER auto: decoding again after {trio.current_time() - started:.2f} s", resumed)
     assert subscriber.negotiations == negotiations  # no SDP_OFFER for off or auto
     assert await browser.eval(bob, "window.T.sections()") == sections
+
+
+async def test_chromium_simulcast_layers_switch_by_hint_without_renegotiation(
+    app: Running, browser: Browser
+) -> None:
+    """A Chromium simulcast publisher (720p as q/h/f) and two Chromium subscribers: one keeps
+    the top stream, the other asks ``LAYER … low``, ``mid``, ``high`` in turn. Each switch
+    lands at a keyframe of the target stream: the decoder's frame width follows, frames keep
+    coming, and the subscriber's SDP never changes (same SSRC, continuous numbering)."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    bob = await open_page(browser, base, "bob")
+    carol = await open_page(browser, base, "carol")
+    alice = await open_page(browser, base, "alice")
+    bob_id = await browser.eval(bob, "window.T.subscribe('room1', 'bob')")
+    await browser.eval(carol, "window.T.subscribe('room1', 'carol')")
+    pid = await browser.eval(
+        alice, "window.T.publish('room1', 'alice', {width: 1280, height: 720, simulcast: true})"
+    )
+    await decoding(browser, bob, pid)
+    await decoding(browser, carol, pid)
+    sfu: Any = app.sfu
+    room = sfu.rooms["room1"]
+    track = next(t for t in room.publishers[pid].tracks if t.kind == "video")
+    assert track.layers == ["q", "h", "f"]
+    bob_sub = room.subscribers[bob_id]
+    negotiations = bob_sub.negotiations
+    sections = await browser.eval(bob, "window.T.sections()")
+    track_id = await browser.eval(bob, f"window.T.tracks[{pid!r}].video.id")
+    inbound = f"window.T.inbound({pid!r})"
+
+    # Chromium ramps its encoder up; once the top stream runs at 1280 px both see it.
+    for page in (bob, carol):
+        await browser.wait_for(page, inbound, lambda r: r["width"] >= 960, timeout=60)
+    downtrack = bob_sub.downtracks[(pid, track_id)]
+    for hint, fits in (
+        ("low", lambda w: 0 < w <= 400),
+        ("mid", lambda w: 400 < w <= 720),
+        ("high", lambda w: w >= 960),
+    ):
+        before = await browser.eval(bob, inbound)
+        started = trio.current_time()
+        await browser.eval(bob, f"window.T.sub.channel.send('LAYER {pid} {track_id} {hint}')")
+        now = await browser.wait_for(
+            bob,
+            inbound,
+            lambda r, fits=fits, before=before: fits(r["width"])
+            and r["decoded"] >= before["decoded"] + 30,
+            timeout=30,
+        )
+        print(
+            f"LAYER {hint}: {now['width']} px decoded {trio.current_time() - started:.2f} s"
+            f" after the hint, freezes {now['freezes']}, switches {downtrack.layer_switches}"
+        )
+    # Carol stayed on the top stream and kept decoding meanwhile.
+    carol_now = await browser.eval(carol, inbound)
+    assert carol_now["width"] >= 960, carol_now
+    await browser.wait_for(
+        carol, inbound, lambda r: r["decoded"] >= carol_now["decoded"] + 30, timeout=20
+    )
+    assert bob_sub.negotiations == negotiations  # no SDP_OFFER for any switch
+    assert await browser.eval(bob, "window.T.sections()") == sections
