@@ -164,8 +164,9 @@ async def test_chromium_simulcast_layers_switch_by_hint_without_renegotiation(
         now = await browser.wait_for(
             bob,
             inbound,
-            lambda r, fits=fits, before=before: fits(r["width"])
-            and r["decoded"] >= before["decoded"] + 30,
+            lambda r, fits=fits, before=before: (
+                fits(r["width"]) and r["decoded"] >= before["decoded"] + 30
+            ),
             timeout=30,
         )
         print(
