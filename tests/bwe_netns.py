@@ -25,8 +25,9 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
-def cap(port: int, kbit: int) -> None:
-    """Packets from the SFU's UDP port go through a ``kbit`` class; the rest is unshaped."""
+def cap(port: int, kbit: int, dport: int | None = None) -> None:
+    """Packets from the SFU's UDP port (to ``dport`` only, if given: one receiver's link) go
+    through a ``kbit`` class; the rest is unshaped."""
     sh("tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10")
     sh("tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb",
        "rate", "10gbit")
@@ -35,8 +36,9 @@ def cap(port: int, kbit: int) -> None:
     # a short queue (~100 ms at the cap), as a home router's would be
     sh("tc", "qdisc", "add", "dev", "lo", "parent", "1:20", "bfifo",
        "limit", str(max(kbit * 1000 // 8 // 10, 3000)))
+    to = ("match", "ip", "dport", str(dport), "0xffff") if dport is not None else ()
     sh("tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
-       "match", "ip", "sport", str(port), "0xffff", "flowid", "1:20")
+       "match", "ip", "sport", str(port), "0xffff", *to, "flowid", "1:20")
 
 
 def uncap() -> None:

@@ -518,11 +518,13 @@ class BandwidthEstimator:
         last_arrival = by_arrival[-1].arrival
         assert first_arrival is not None and last_arrival is not None
         arrival_span = last_arrival - first_arrival
-        if arrival_span <= 0:
-            return
         # A driver may send the cluster as one burst: then only the receive side measures.
+        # A burst that arrived within one feedback tick (250 µs, transport-cc's resolution)
+        # met no bottleneck worth the name: the target is proven.
         send_rate = sum(r.size for r in by_send[:-1]) * 8 / send_span if send_span > 0 else math.inf
-        recv_rate = sum(r.size for r in by_arrival[1:]) * 8 / arrival_span
+        recv_rate = (
+            sum(r.size for r in by_arrival[1:]) * 8 / arrival_span if arrival_span > 0 else math.inf
+        )
         # A receive rate clearly below the send rate means the probe hit the bottleneck:
         # the receive rate is then the capacity; otherwise the send rate is proven. Never
         # claim more than was asked for: the allocator only needs the target confirmed.

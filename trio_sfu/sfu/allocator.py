@@ -134,13 +134,18 @@ class LayerPlanner:
     - **down at once on congestion**: when the estimator lowered its estimate since the last
       plan (overuse or loss: ``decreases`` moved), every simulcast track above what
       :func:`allocate` grants at that estimate goes down to it;
-    - **up by trial**: after ``hold`` seconds without congestion, one track (highest priority
-      first) tries the next layer up to its ceiling; a trial held for ``hold`` seconds
-      without congestion succeeded and the next layer may be tried; congestion within
-      ``hold`` means it failed: back down, and that track waits ``backoff`` seconds before
-      the next trial, twice as long after each further failure (up to ``max_backoff``),
-      until a trial holds. A trial is the probe
-      (real media instead of padding): it costs at most a second of queueing on a capped link;
+    - **up by probe** (``probing``: the subscriber can receive padding with transport-cc):
+      after ``hold`` seconds without congestion, the highest-priority track below its
+      ceiling goes up one layer if :func:`allocate` grants it at the estimate; otherwise
+      :attr:`probe_target` asks the caller to probe for the rate that layer needs (a short
+      padding burst, :meth:`BandwidthEstimator.probe`; a probe that gets through lifts the
+      estimate, one that hits a bottleneck measures it). A few kB a second cost nothing
+      on a capped link, where switching up to find out would freeze the video;
+    - **up by trial** (no probing possible): the track tries the next layer itself; a trial
+      held for ``hold`` seconds without congestion succeeded and the next layer may be
+      tried; congestion within ``hold`` means it failed: back down, and that track waits
+      ``backoff`` seconds before the next trial, twice as long after each further failure
+      (up to ``max_backoff``), until a trial holds;
     - **hints**: ``LAYER low|mid|high`` set the layer at once (congestion may still lower
       it); ``auto`` climbs to its ceiling (the top, or the smallest layer as wide as the
       ``SIZE`` the client rendered) by trials. ``off`` tracks are not planned here (paused).
@@ -156,7 +161,10 @@ class LayerPlanner:
         "_hold",
         "_max_backoff",
         "_next_trial",
+        "_probe_wait",
+        "_probed_at",
         "_tried_at",
+        "probe_target",
     )
 
     def __init__(
@@ -170,6 +178,12 @@ class LayerPlanner:
         self._backoff: dict[str, float] = {}
         self._next_trial: dict[str, float] = {}
         self._tried_at: dict[str, float] = {}
+        #: bits/s the last :meth:`plan` wants probed (None: no probe)
+        self.probe_target: float | None = None
+        # A probe that did not lift the estimate is repeated after ``backoff`` seconds, then
+        # twice as long (to ``max_backoff``): on a capped link each costs a little queueing.
+        self._probed_at = float("-inf")
+        self._probe_wait = 0.0
 
     def plan(
         self,
@@ -178,6 +192,8 @@ class LayerPlanner:
         demands: Sequence[TrackDemand],
         current: dict[str, int],
         now: float,
+        *,
+        probing: bool = False,
     ) -> dict[str, int]:
         """The layer each simulcast track in ``current`` (its layer now) should get.
 
@@ -185,6 +201,7 @@ class LayerPlanner:
         take their share of ``estimate`` first); ``decreases`` is the estimator's counter.
         """
         out = dict(current)
+        self.probe_target = None
         by_track = {d.track: d for d in demands}
         congested = decreases != self._decreases
         self._decreases = decreases
@@ -221,7 +238,10 @@ class LayerPlanner:
                     self._tried_at.pop(track)
         if congested or now - self._congested_at < self._hold:
             return out
-        for demand in sorted(demands, key=lambda d: (-d.priority, -(d.rendered_width or 0))):
+        ordered = sorted(demands, key=lambda d: (-d.priority, -(d.rendered_width or 0)))
+        if probing:
+            return self._climb_by_probe(estimate, ordered, out, now)
+        for demand in ordered:
             track = demand.track
             at = out.get(track)
             ceiling = demand.ceiling()
@@ -236,5 +256,32 @@ class LayerPlanner:
                 self._backoff[track] = self._base_backoff  # the last trial held
             out[track] = at + 1
             self._tried_at[track] = now
+            return out
+        return out
+
+    def _climb_by_probe(
+        self, estimate: float, ordered: list[TrackDemand], out: dict[str, int], now: float
+    ) -> dict[str, int]:
+        fits = allocate(estimate, ordered)
+        for demand in ordered:
+            track = demand.track
+            at = out.get(track)
+            ceiling = demand.ceiling()
+            if at is None or ceiling is None or at >= ceiling or demand.hint != "auto":
+                continue
+            if (fits.get(track) or 0) > at:
+                out[track] = at + 1  # the estimate (a probe's, or grown) admits it
+                self._probe_wait = 0.0
+                return out
+            if now - self._probed_at < self._probe_wait:
+                return out
+            # the last probe (if any) did not lift the estimate far enough: wait longer
+            self._probe_wait = min(
+                max(2 * self._probe_wait, self._base_backoff / 2), self._max_backoff
+            )
+            self._probed_at = now
+            # What every track takes now, plus this one's next layer, with some headroom.
+            total = sum(d.bitrates[min(out.get(d.track, 0), len(d.bitrates) - 1)] for d in ordered)
+            self.probe_target = 1.1 * (total + demand.bitrates[at + 1] - demand.bitrates[at])
             return out
         return out

@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from trio_sfu.proto.bwe import BandwidthEstimator
+from trio_sfu.proto.bwe import BandwidthEstimator, ProbeCluster
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import (
     Fir,
@@ -36,6 +36,11 @@ from trio_sfu.sfu.track import DownTrack, TrackSource
 
 #: Sender reports towards a receiver (RFC 3550 §6.2; one receiver per leg, so a fixed interval).
 REPORT_INTERVAL = 1.0
+#: Bytes of one padding packet of a bandwidth probe (header, transport-cc, 255 padding octets)
+PROBE_PACKET_SIZE = 275
+#: A probe cluster is paced over this long, in this many steps (see Downstream._send_probe)
+PROBE_SECONDS = 0.1
+PROBE_STEPS = 10
 
 
 class Downstream(Member):
@@ -48,6 +53,7 @@ class Downstream(Member):
         #: which simulcast stream each down-track gets, from ``bwe`` (run once a second)
         self.layer_planner = LayerPlanner()
         self._sent_samples: dict[int, tuple[float, int]] = {}  # ssrc -> (when, octets)
+        self._probe: tuple[DownTrack, ProbeCluster] | None = None  # to send after the plan
         #: live down-tracks by the SSRC we send them under (what the receiver's RTCP names)
         self.live: dict[int, DownTrack] = {}
         self.pc.on_rtcp = self._on_rtcp
@@ -214,11 +220,36 @@ class Downstream(Member):
         self._sent_samples = samples
         if not simulcast:
             return
-        bwe = self.bwe
-        plan = self.layer_planner.plan(bwe.estimate, bwe.decreases, demands, current, now)
+        bwe, planner = self.bwe, self.layer_planner
+        padder = next((d for d in simulcast.values() if d.can_pad), None)
+        plan = planner.plan(
+            bwe.estimate, bwe.decreases, demands, current, now, probing=padder is not None
+        )
         for key, layer in plan.items():
             if layer != current[key]:
                 simulcast[key].set_layer(layer, now)
+        target = planner.probe_target
+        if target is not None and padder is not None:
+            cluster = bwe.probe(target, now)
+            if cluster is not None:
+                self._probe = (padder, cluster)
+
+    async def _send_probe(self, padder: DownTrack, cluster: ProbeCluster) -> None:
+        """Pace a probe cluster at its bit rate over :data:`PROBE_SECONDS`: long enough that a
+        token-bucket shaper's burst allowance (a few kB) cannot pass it off as capacity, so
+        the spread on arrival measures the link. A single burst would get through a capped
+        link's bucket and look like room."""
+        total = max(cluster.min_bytes, int(cluster.bitrate * PROBE_SECONDS / 8))
+        count = max(cluster.min_packets, -(-total // PROBE_PACKET_SIZE))
+        per_step = -(-count // PROBE_STEPS)
+        for _ in range(PROBE_STEPS):
+            padder.send_padding(
+                min(per_step, count), PROBE_PACKET_SIZE, cluster.id, trio.current_time()
+            )
+            count -= per_step
+            if count <= 0:
+                return
+            await trio.sleep(PROBE_SECONDS / PROBE_STEPS)
 
     async def report_loop(self) -> None:
         """A sender report per forwarded stream every second, so the receiver can synchronise
@@ -227,6 +258,11 @@ class Downstream(Member):
             await trio.sleep(REPORT_INTERVAL)
             now, unix = trio.current_time(), time.time()
             self.plan_layers(now)
+            if self._probe is not None:
+                padder, cluster = self._probe
+                self._probe = None
+                await self._send_probe(padder, cluster)
+                now, unix = trio.current_time(), time.time()
             for downtrack in list(self.live.values()):
                 sr = downtrack.sender_report(now, unix)
                 if sr is not None:

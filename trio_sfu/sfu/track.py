@@ -60,6 +60,8 @@ DEFAULT_RTT = 0.1
 _RESENT_SLOTS = 1024
 
 _TS = struct.Struct("!I")
+#: V=2, P (padding) and X (one-byte extension block) set; PT; seq; timestamp; SSRC
+_PADDING_HEADER = struct.Struct("!BBHII")
 
 
 def codec_infos(transceiver: Transceiver) -> tuple[CodecInfo, ...]:
@@ -548,14 +550,15 @@ class DownTrack:
         source: TrackSource,
         *,
         twcc: Callable[[int], TransportCcSequencer | None],
-        on_sent: Callable[[int, int, float], None] | None = None,
+        on_sent: Callable[[int, int, float, int], None] | None = None,
     ) -> None:
         self.pc = pc
         self.transceiver = transceiver
         self.source = source
         self._twcc = twcc
-        #: (transport-wide seq, bytes, now) of each packet sent with a transport-cc number:
-        #: the subscriber transport's bandwidth estimator (proto/bwe.py) matches its feedback
+        #: (transport-wide seq, bytes, now, probe id or -1) of each packet sent with a
+        #: transport-cc number: the subscriber transport's bandwidth estimator (proto/bwe.py)
+        #: matches its feedback
         self._on_sent = on_sent
         self.group: ForwardingGroup | None = None
         self.group_key: GroupKey = ((), (), source.clock_rate, 0)
@@ -775,7 +778,7 @@ class DownTrack:
             sequencer.next_seq = (seq + 1) & 0xFFFF
             on_sent = self._on_sent
             if on_sent is not None and twcc_offset >= 0:
-                on_sent(seq, len(out), now)
+                on_sent(seq, len(out), now, -1)
         self._send(out, self._ssrc, twcc_offset, seq)
 
     @property
@@ -829,9 +832,51 @@ class DownTrack:
             sequencer.next_seq = (seq + 1) & 0xFFFF
             on_sent = self._on_sent
             if on_sent is not None and twcc_offset >= 0:
-                on_sent(seq, len(out), now)
+                on_sent(seq, len(out), now, -1)
         self._send(out, ssrc, twcc_offset, seq)
         return True
+
+    @property
+    def can_pad(self) -> bool:
+        """Whether :meth:`send_padding` can probe this subscriber's link: RTX (RFC 4588)
+        and transport-cc negotiated, and a stream started (so its RTX SSRC is known)."""
+        return (
+            bool(self._rtx_pt)
+            and self._sequencer is not None
+            and self._sequencer.ext_id <= 14  # the one-byte element the padding carries
+            and self._on_sent is not None
+            and self.group is not None
+            and self.transceiver.sender_rtx_ssrc is not None
+        )
+
+    def send_padding(self, packets: int, size: int, probe: int, now: float) -> int:
+        """Send ``packets`` padding-only RTX packets of about ``size`` bytes each, numbered
+        for transport-cc and recorded as probe ``probe`` by the estimator (a probe cluster,
+        :meth:`BandwidthEstimator.probe`). The receiver drops them after counting their
+        arrival (RFC 4588 §8.3 padding carries no original sequence number). Returns the
+        bytes sent."""
+        if not self.can_pad:
+            return 0
+        sequencer, on_sent, group = self._sequencer, self._on_sent, self.group
+        assert sequencer is not None and on_sent is not None and group is not None
+        rtx_ssrc = self.transceiver.sender_rtx_ssrc
+        assert rtx_ssrc is not None
+        rtx_pt = next(iter(self._rtx_pt.values()))
+        pad = min(max(size - 20, 1), 255)  # RFC 3550 §5.1: the last octet counts the padding
+        body = bytes(pad - 1) + bytes([pad])
+        ts = group.rewriter.last_timestamp
+        ext = bytes([0xBE, 0xDE, 0x00, 0x01, (sequencer.ext_id << 4) | 1, 0, 0, 0])
+        sent = 0
+        for _ in range(packets):
+            header = _PADDING_HEADER.pack(0xB0, rtx_pt, self._rtx_seq, ts, rtx_ssrc)
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            packet = header + ext + body
+            seq = sequencer.next_seq
+            sequencer.next_seq = (seq + 1) & 0xFFFF
+            on_sent(seq, len(packet), now, probe)
+            self._send(packet, rtx_ssrc, 17, seq)  # transport-cc value after the element byte
+            sent += len(packet)
+        return sent
 
     def sender_report(self, now: float, unix: float) -> SenderReport | None:
         group = self.group

@@ -1,0 +1,165 @@
+"""Scenario for tests/test_simulcast_netns.py: a Chromium simulcast publisher and two Chromium
+subscribers, one of them behind a real 400 kbit/s link (issue 11's capped-link proof).
+
+Run inside a private network namespace (``python -m tests.netns -- python -m
+tests.simulcast_netns``): the server in-process, headless Chromium pages driven through the
+site's module (``tests/browser_helpers.py``'s ``window.T``). Everything the SFU's UDP port
+sends to carol's port goes through a kernel ``tc htb`` class (``tests/bwe_netns.py``; netem is
+not available here). carol's estimator (``Downstream.bwe``) sees the queue and the drops in her
+transport-cc feedback, the layer planner moves her to the low stream, and when the cap is
+lifted trials bring her back to the top. bob is never capped. Prints one JSON result line:
+widths, frames, freezes and timings per phase.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from typing import Any
+
+import trio
+
+from tests.browser_helpers import HELPERS
+from tests.browser_netns import running_server
+from tests.bwe_netns import cap, uncap
+from tests.netns import inside
+from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
+from tests.test_site import Page, wait_until
+from trio_sfu.app import Running
+
+CAP_KBIT = 400
+SCENARIO_TIMEOUT = 240.0
+OBSERVE = 10.0  # seconds watched on each side of the cap once settled
+
+
+def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
+    from playwright.sync_api import sync_playwright
+
+    extra = shlex.split(os.environ.get(EXTRA_ARGS_ENV, ""))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS + extra, headless=True, timeout=30_000
+        )
+        try:
+            pages = {name: Page(browser, name) for name in ("alice", "bob", "carol")}
+            for page in pages.values():
+                page.page.goto(base + "/")
+                assert page.js(HELPERS) is True
+            bob, carol, alice = pages["bob"], pages["carol"], pages["alice"]
+            ids = {
+                n: pages[n].js(f"() => window.T.subscribe('r', '{n}')") for n in ("bob", "carol")
+            }
+            pid = alice.js(
+                "() => window.T.publish('r', 'alice', {width: 1280, height: 720, simulcast: true})"
+            )
+
+            def inbound(page: Page) -> dict[str, Any]:
+                result: dict[str, Any] = page.js(f"() => window.T.inbound({pid!r})")
+                return result
+
+            for page in (bob, carol):
+                wait_until(
+                    f"{page.name} decoding the top stream",
+                    lambda p=page: inbound(p),
+                    lambda r: r["width"] >= 960 and r["decoded"] >= 30,
+                    90,
+                    *pages.values(),
+                )
+            room = server.sfu.rooms["r"]  # type: ignore[attr-defined]
+            carol_sub = room.subscribers[ids["carol"]]
+            negotiations = carol_sub.negotiations
+            downtrack = next(d for d in carol_sub.live.values() if d.source.kind == "video")
+            address = carol_sub.pc.remote_address
+            assert address is not None
+            out["carolAddress"] = list(address)
+
+            def watch(seconds: float) -> dict[str, Any]:
+                first = {n: inbound(pages[n]) for n in ("bob", "carol")}
+                time.sleep(seconds)
+                last = {n: inbound(pages[n]) for n in ("bob", "carol")}
+                return {
+                    n: {
+                        "width": last[n]["width"],
+                        "fps": round((last[n]["decoded"] - first[n]["decoded"]) / seconds, 1),
+                        "freezes": last[n]["freezes"] - first[n]["freezes"],
+                    }
+                    for n in ("bob", "carol")
+                }
+
+            out["before"] = watch(OBSERVE / 2)
+            cap(server.udp_port, CAP_KBIT, dport=address[1])
+            capped_at = time.monotonic()
+            estimates: list[int] = []
+
+            def carol_low() -> dict[str, Any]:
+                estimates.append(int(carol_sub.bwe.estimate))
+                return inbound(carol)
+
+            wait_until(
+                "carol on the low stream",
+                carol_low,
+                lambda r: 0 < r["width"] <= 400 and downtrack.forwarded_layer == 0,
+                60,
+                *pages.values(),
+            )
+            out["settleSeconds"] = round(time.monotonic() - capped_at, 2)
+            out["estimatesCapped"] = estimates[:: max(1, len(estimates) // 20)]
+            time.sleep(2)  # what was queued before the switch drains
+            out["capped"] = watch(OBSERVE)
+            out["cappedLayerSwitches"] = downtrack.layer_switches
+            uncap()
+            lifted_at = time.monotonic()
+            wait_until(
+                "carol back on the top stream",
+                lambda: inbound(carol),
+                lambda r: r["width"] >= 960,
+                90,
+                *pages.values(),
+            )
+            out["recoverSeconds"] = round(time.monotonic() - lifted_at, 2)
+            out["after"] = watch(OBSERVE / 2)
+            out["renegotiated"] = carol_sub.negotiations != negotiations
+            out["layerSwitches"] = downtrack.layer_switches
+            out["problems"] = [p for page in pages.values() for p in page.problems]
+        finally:
+            browser.close()
+
+
+async def scenario() -> dict[str, Any]:
+    addresses = inside()
+    assert addresses is not None, "run through tests.netns"
+    out: dict[str, Any] = {"type": "result"}
+    async with running_server(addresses[0]) as running:
+        base = f"http://127.0.0.1:{running.http_port}"
+        with trio.fail_after(SCENARIO_TIMEOUT):
+            await trio.to_thread.run_sync(browser_part, base, out, running, abandon_on_cancel=True)
+    return out
+
+
+def main() -> int:
+    protocol = sys.stdout
+    sys.stdout = sys.stderr  # the server prints its URL; only the result goes to stdout
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    try:
+        result = trio.run(scenario)
+    except BaseException as error:  # report, then fail: the parent reads one line either way
+        import traceback
+
+        traceback.print_exc()
+        leaf: BaseException = error
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        result = {"type": "result", "error": f"{type(leaf).__name__}: {leaf}"}
+    protocol.write(json.dumps(result) + "\n")
+    protocol.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
