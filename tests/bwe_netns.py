@@ -25,17 +25,17 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
-def cap(port: int, kbit: int, dport: int | None = None) -> None:
+def cap(port: int, kbit: int, dport: int | None = None, queue_ms: int = 100) -> None:
     """Packets from the SFU's UDP port (to ``dport`` only, if given: one receiver's link) go
-    through a ``kbit`` class; the rest is unshaped."""
+    through a ``kbit`` class with a ``queue_ms`` deep queue; the rest is unshaped."""
     sh("tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10")
     sh("tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb",
        "rate", "10gbit")
     sh("tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb",
        "rate", f"{kbit}kbit", "ceil", f"{kbit}kbit")
-    # a short queue (~100 ms at the cap), as a home router's would be
+    # a short queue (~100 ms at the cap by default), as a home router's would be
     sh("tc", "qdisc", "add", "dev", "lo", "parent", "1:20", "bfifo",
-       "limit", str(max(kbit * 1000 // 8 // 10, 3000)))
+       "limit", str(max(kbit * queue_ms // 8, 3000)))
     to = ("match", "ip", "dport", str(dport), "0xffff") if dport is not None else ()
     sh("tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
        "match", "ip", "sport", str(port), "0xffff", *to, "flowid", "1:20")

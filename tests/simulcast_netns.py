@@ -13,10 +13,13 @@ widths, frames, freezes and timings per phase.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 import shlex
+import subprocess
 import sys
 import time
 from typing import Any
@@ -34,6 +37,46 @@ from trio_sfu.app import Running
 CAP_KBIT = 400
 SCENARIO_TIMEOUT = 240.0
 OBSERVE = 10.0  # seconds watched on each side of the cap once settled
+
+
+PLANS: list[tuple[float, int, int, str]] = []
+#: filled as the scenario goes, so a failure still reports what was measured before it
+RESULT: dict[str, Any] = {"type": "result"}
+
+
+def _record_plans() -> None:
+    """Keep every layer plan (time, estimate, decreases, layers) for the result line."""
+    from trio_sfu.sfu.allocator import LayerPlanner
+
+    plan = LayerPlanner.plan
+
+    def recording(
+        self: LayerPlanner, estimate: float, decreases: int, *args: Any, **kwargs: Any
+    ) -> dict[str, int]:
+        out = plan(self, estimate, decreases, *args, **kwargs)
+        PLANS.append(
+            (
+                round(trio.current_time(), 2),
+                int(estimate),
+                decreases,
+                f"{out} probe {self.probe_target and int(self.probe_target)}",
+            )
+        )
+        return out
+
+    LayerPlanner.plan = recording  # type: ignore[method-assign]
+
+
+def capped_drops() -> int:
+    """Packets the capped class's queue dropped so far (``tc -s``)."""
+    shown = subprocess.run(
+        ["tc", "-s", "class", "show", "dev", "lo", "classid", "1:20"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = re.search(r"dropped (\d+)", shown)
+    return int(found.group(1)) if found else 0
 
 
 def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
@@ -64,7 +107,7 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             for page in (bob, carol):
                 wait_until(
                     f"{page.name} decoding the top stream",
-                    lambda p=page: inbound(p),
+                    functools.partial(inbound, page),
                     lambda r: r["width"] >= 960 and r["decoded"] >= 30,
                     90,
                     *pages.values(),
@@ -91,7 +134,9 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
                 }
 
             out["before"] = watch(OBSERVE / 2)
-            cap(server.udp_port, CAP_KBIT, dport=address[1])
+            # A 300 ms queue: the SFU forwards a frame's packets as they come (it has no
+            # pacer), so a keyframe of even the low stream arrives as a burst of ~10 kB.
+            cap(server.udp_port, CAP_KBIT, dport=address[1], queue_ms=300)
             capped_at = time.monotonic()
             estimates: list[int] = []
 
@@ -109,7 +154,27 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             out["settleSeconds"] = round(time.monotonic() - capped_at, 2)
             out["estimatesCapped"] = estimates[:: max(1, len(estimates) // 20)]
             time.sleep(2)  # what was queued before the switch drains
+
+            def counters() -> dict[str, int]:
+                return {
+                    "pli": carol_sub.pli_received,
+                    "nacks": carol_sub.nacks_received,
+                    "probes": carol_sub.probes_sent,
+                    "decreases": carol_sub.bwe.decreases,
+                    "keyframes": downtrack.source.keyframes.sent,
+                }
+
+            first = counters()
+            dropped = capped_drops()
             out["capped"] = watch(OBSERVE)
+            out["cappedDrops"] = capped_drops() - dropped
+            out["cappedCounters"] = {k: v - first[k] for k, v in counters().items()}
+            out["layerBitrates"] = [  # read in the server's thread: it updates samples
+                int(r)
+                for r in trio.from_thread.run_sync(
+                    lambda: downtrack.source.layer_bitrates(trio.current_time())
+                )
+            ]
             out["cappedLayerSwitches"] = downtrack.layer_switches
             uncap()
             lifted_at = time.monotonic()
@@ -125,6 +190,7 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             out["renegotiated"] = carol_sub.negotiations != negotiations
             out["layerSwitches"] = downtrack.layer_switches
             out["problems"] = [p for page in pages.values() for p in page.problems]
+            out["plans"] = PLANS
         finally:
             browser.close()
 
@@ -132,7 +198,8 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
 async def scenario() -> dict[str, Any]:
     addresses = inside()
     assert addresses is not None, "run through tests.netns"
-    out: dict[str, Any] = {"type": "result"}
+    out = RESULT
+    _record_plans()
     async with running_server(addresses[0]) as running:
         base = f"http://127.0.0.1:{running.http_port}"
         with trio.fail_after(SCENARIO_TIMEOUT):
@@ -155,7 +222,7 @@ def main() -> int:
         leaf: BaseException = error
         while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
             leaf = leaf.exceptions[0]
-        result = {"type": "result", "error": f"{type(leaf).__name__}: {leaf}"}
+        result = {**RESULT, "error": f"{type(leaf).__name__}: {leaf}"}
     protocol.write(json.dumps(result) + "\n")
     protocol.flush()
     return 0

@@ -512,7 +512,10 @@ class BandwidthEstimator:
         if len(mine) < cluster.min_packets * 0.8:
             return  # too few arrived to measure anything: treat as failed
         by_send = sorted(mine, key=lambda r: r.send_time)
-        by_arrival = sorted(mine, key=_arrival)
+        # The receive rate from the later two thirds of the arrivals only: a token-bucket
+        # shaper (the usual capped access link) lets its burst allowance through at line
+        # rate, and counting those first packets would pass it off as capacity.
+        by_arrival = sorted(mine, key=_arrival)[len(mine) // 3 :]
         send_span = by_send[-1].send_time - by_send[0].send_time
         first_arrival = by_arrival[0].arrival
         last_arrival = by_arrival[-1].arrival

@@ -31,6 +31,7 @@ __all__ = [
     "FIXED_LAYERS",
     "HINTS",
     "UNMEASURED_LAYER_BITRATES",
+    "UP_MARGIN",
     "Hint",
     "LayerPlanner",
     "TrackDemand",
@@ -45,6 +46,8 @@ FIXED_LAYERS: dict[str, int] = {"low": 0, "mid": 1, "high": 2}
 #: bits/s assumed for a simulcast stream not measured yet (libwebrtc's defaults for 3 layers
 #: at 720p are about 150k / 500k / 1.5–2.5M)
 UNMEASURED_LAYER_BITRATES = (150_000.0, 500_000.0, 1_500_000.0)
+#: The share of the estimate a layer switch *up* may plan to use (see LayerPlanner)
+UP_MARGIN = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,8 @@ class LayerPlanner:
       :func:`allocate` grants at that estimate goes down to it;
     - **up by probe** (``probing``: the subscriber can receive padding with transport-cc):
       after ``hold`` seconds without congestion, the highest-priority track below its
-      ceiling goes up one layer if :func:`allocate` grants it at the estimate; otherwise
+      ceiling goes up one layer if :func:`allocate` grants it within :data:`UP_MARGIN` of
+      the estimate; otherwise
       :attr:`probe_target` asks the caller to probe for the rate that layer needs (a short
       padding burst, :meth:`BandwidthEstimator.probe`; a probe that gets through lifts the
       estimate, one that hits a bottleneck measures it). A few kB a second cost nothing
@@ -262,7 +266,10 @@ class LayerPlanner:
     def _climb_by_probe(
         self, estimate: float, ordered: list[TrackDemand], out: dict[str, int], now: float
     ) -> dict[str, int]:
-        fits = allocate(estimate, ordered)
+        # Up only with headroom: layer bitrates move with the publisher's encoder and the
+        # estimate with the link, and a switch that overshoots costs a keyframe, a queue
+        # and a switch back.
+        fits = allocate(estimate * UP_MARGIN, ordered)
         for demand in ordered:
             track = demand.track
             at = out.get(track)
@@ -282,6 +289,7 @@ class LayerPlanner:
             self._probed_at = now
             # What every track takes now, plus this one's next layer, with some headroom.
             total = sum(d.bitrates[min(out.get(d.track, 0), len(d.bitrates) - 1)] for d in ordered)
-            self.probe_target = 1.1 * (total + demand.bitrates[at + 1] - demand.bitrates[at])
+            need = total + demand.bitrates[at + 1] - demand.bitrates[at]
+            self.probe_target = 1.05 * need / UP_MARGIN
             return out
         return out

@@ -39,8 +39,8 @@ REPORT_INTERVAL = 1.0
 #: Bytes of one padding packet of a bandwidth probe (header, transport-cc, 255 padding octets)
 PROBE_PACKET_SIZE = 275
 #: A probe cluster is paced over this long, in this many steps (see Downstream._send_probe)
-PROBE_SECONDS = 0.1
-PROBE_STEPS = 10
+PROBE_SECONDS = 0.05
+PROBE_STEPS = 5
 
 
 class Downstream(Member):
@@ -54,6 +54,7 @@ class Downstream(Member):
         self.layer_planner = LayerPlanner()
         self._sent_samples: dict[int, tuple[float, int]] = {}  # ssrc -> (when, octets)
         self._probe: tuple[DownTrack, ProbeCluster] | None = None  # to send after the plan
+        self.probes_sent = 0
         #: live down-tracks by the SSRC we send them under (what the receiver's RTCP names)
         self.live: dict[int, DownTrack] = {}
         self.pc.on_rtcp = self._on_rtcp
@@ -235,10 +236,11 @@ class Downstream(Member):
                 self._probe = (padder, cluster)
 
     async def _send_probe(self, padder: DownTrack, cluster: ProbeCluster) -> None:
-        """Pace a probe cluster at its bit rate over :data:`PROBE_SECONDS`: long enough that a
-        token-bucket shaper's burst allowance (a few kB) cannot pass it off as capacity, so
-        the spread on arrival measures the link. A single burst would get through a capped
-        link's bucket and look like room."""
+        """Pace a probe cluster at its bit rate over :data:`PROBE_SECONDS`: long enough that
+        its later packets, past a token-bucket shaper's burst allowance (a few kB), measure
+        the link (the estimator reads only those), short enough that the excess over a
+        capped link stays within its queue instead of pushing media out of it."""
+        self.probes_sent += 1
         total = max(cluster.min_bytes, int(cluster.bitrate * PROBE_SECONDS / 8))
         count = max(cluster.min_packets, -(-total // PROBE_PACKET_SIZE))
         per_step = -(-count // PROBE_STEPS)

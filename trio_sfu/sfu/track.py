@@ -60,6 +60,9 @@ DEFAULT_RTT = 0.1
 _RESENT_SLOTS = 1024
 
 _TS = struct.Struct("!I")
+#: Bytes a forwarded packet takes on the wire beyond its RTP bytes (IPv4 20 + UDP 8 + the
+#: SRTP tag 16): what a layer's bitrate costs a subscriber's link, for the allocator
+_WIRE_OVERHEAD = 44
 #: V=2, P (padding) and X (one-byte extension block) set; PT; seq; timestamp; SSRC
 _PADDING_HEADER = struct.Struct("!BBHII")
 
@@ -336,7 +339,7 @@ class PublishedTrack:
                     ingress.width = keyframe_width(packet[payload_offset(packet) :])
         else:
             ts = _TS.unpack_from(packet, 4)[0]
-        ingress.octets += len(packet)
+        ingress.octets += len(packet) + _WIRE_OVERHEAD
         cache = ingress.cache
         if cache is not None:
             cache.put(packet)
