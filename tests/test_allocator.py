@@ -159,3 +159,26 @@ def test_planner_trials_one_track_at_a_time_by_priority() -> None:
     assert planner.plan(300_000, 1, [camera, screen], {"c": 0, "s": 1}, 4.0) == {"c": 0, "s": 1}
     assert planner.plan(900_000, 1, [camera, screen], {"c": 0, "s": 1}, 6.0) == {"c": 0, "s": 2}
     assert planner.plan(900_000, 1, [camera, screen], {"c": 0, "s": 2}, 9.0) == {"c": 1, "s": 2}
+
+
+def test_planner_climbs_by_probe_only_with_headroom() -> None:
+    planner = LayerPlanner(hold=3.0)
+    demands = [TrackDemand("a", "audio", (40_000.0,)), _video()]
+    assert planner.plan(400_000, 1, demands, {"v": 2}, 0.0, probing=True) == {"v": 0}
+    assert planner.probe_target is None  # congested: no probe
+    assert planner.plan(400_000, 1, demands, {"v": 0}, 3.0, probing=True) == {"v": 0}
+    # mid needs 40k + 500k within 80 % of the estimate: probe for that, not a blind switch
+    target = planner.probe_target
+    assert target is not None and target * 0.8 >= 540_000
+    # a failed probe (the estimate did not move) is repeated after 1, 2, 4, 4 s
+    times = [t / 10 for t in range(31, 200)]
+    probes = []
+    for now in times:
+        planner.plan(400_000, 1, demands, {"v": 0}, now, probing=True)
+        if planner.probe_target is not None:
+            probes.append(now)
+    assert probes == [4.0, 6.0, 10.0, 14.0, 18.0]
+    # a probe that lifted the estimate: up one layer, then a probe for the next
+    assert planner.plan(target, 1, demands, {"v": 0}, 20.0, probing=True) == {"v": 1}
+    assert planner.plan(target, 1, demands, {"v": 1}, 21.0, probing=True) == {"v": 1}
+    assert planner.probe_target is not None and planner.probe_target * 0.8 >= 1_540_000

@@ -349,3 +349,29 @@ def test_picture_id_rewriter_and_keyframe_width() -> None:
     twin = rewriter.clone()
     out = twin.rewrite(b"\x00" * 12 + vp8_payload(2, 1, 0, 9001, False), 12)
     assert parse_descriptor(out[12:]).picture_id == 102  # type: ignore[union-attr]
+
+
+def test_probe_padding_is_rtx_padding_numbered_for_transport_cc() -> None:
+    """A probe cluster's packets (Downtrack.send_padding), as the subscriber decrypts them:
+    padding-only packets on its RTX SSRC (RFC 4588 §8.3, RFC 3550 §5.1 padding), each with
+    the next transport-wide sequence number, recorded for the estimator with the probe id."""
+    world = World()
+    world.join()
+    (a,) = world.subs
+    sent: list[tuple[int, int, int]] = []
+    a.downtrack._on_sent = lambda seq, size, now, probe: sent.append((seq, size, probe))
+    assert not a.downtrack.can_pad  # no stream yet: nothing to pad
+    world.frame((True, True, True), 0)
+    assert a.downtrack.can_pad
+    media = len(a.leg.received)
+    assert a.downtrack.send_padding(4, 275, 7, world.now) == 4 * 275
+    padding = [parse_rtp(p) for p in a.leg.received[media:]]
+    assert len(padding) == 4
+    t = a.downtrack.transceiver
+    for p in padding:
+        assert p.ssrc == t.sender_rtx_ssrc and p.payload_type == 97 and p.payload == b""
+        assert p.padding == 255
+    assert [p.sequence_number for p in padding] == [0, 1, 2, 3]  # the RTX stream's numbers
+    # transport-cc numbers continue the media's, one per packet; the estimator hears of each
+    assert a.leg.twcc_sent[-5:] == [(a.leg.twcc_sent[-5] + i) & 0xFFFF for i in range(5)]
+    assert [(size, probe) for _, size, probe in sent[-4:]] == [(275, 7)] * 4

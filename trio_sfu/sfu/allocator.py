@@ -30,6 +30,7 @@ from typing import Literal
 __all__ = [
     "FIXED_LAYERS",
     "HINTS",
+    "MAX_PROBE_WAIT",
     "UNMEASURED_LAYER_BITRATES",
     "UP_MARGIN",
     "Hint",
@@ -48,6 +49,9 @@ FIXED_LAYERS: dict[str, int] = {"low": 0, "mid": 1, "high": 2}
 UNMEASURED_LAYER_BITRATES = (150_000.0, 500_000.0, 1_500_000.0)
 #: The share of the estimate a layer switch *up* may plan to use (see LayerPlanner)
 UP_MARGIN = 0.8
+#: Failed probes are repeated after 1, 2, 4, 4… s: a 50 ms padding burst costs a capped link
+#: a few kB of queue, and a lifted cap is found within seconds
+MAX_PROBE_WAIT = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +188,8 @@ class LayerPlanner:
         self._tried_at: dict[str, float] = {}
         #: bits/s the last :meth:`plan` wants probed (None: no probe)
         self.probe_target: float | None = None
-        # A probe that did not lift the estimate is repeated after ``backoff`` seconds, then
-        # twice as long (to ``max_backoff``): on a capped link each costs a little queueing.
+        # A probe that did not lift the estimate is repeated after a second, then twice as
+        # long (to MAX_PROBE_WAIT): on a capped link each costs a little queueing.
         self._probed_at = float("-inf")
         self._probe_wait = 0.0
 
@@ -283,9 +287,7 @@ class LayerPlanner:
             if now - self._probed_at < self._probe_wait:
                 return out
             # the last probe (if any) did not lift the estimate far enough: wait longer
-            self._probe_wait = min(
-                max(2 * self._probe_wait, self._base_backoff / 2), self._max_backoff
-            )
+            self._probe_wait = min(max(2 * self._probe_wait, 1.0), MAX_PROBE_WAIT)
             self._probed_at = now
             # What every track takes now, plus this one's next layer, with some headroom.
             total = sum(d.bitrates[min(out.get(d.track, 0), len(d.bitrates) - 1)] for d in ordered)
