@@ -7,8 +7,9 @@ site's module (``tests/browser_helpers.py``'s ``window.T``). Everything the SFU'
 sends to carol's port goes through a kernel ``tc htb`` class (``tests/bwe_netns.py``; netem is
 not available here). carol's estimator (``Downstream.bwe``) sees the queue and the drops in her
 transport-cc feedback, the layer planner moves her to the low stream, and when the cap is
-lifted trials bring her back to the top. bob is never capped. Prints one JSON result line:
-widths, frames, freezes and timings per phase.
+lifted probes bring her back to the top; last, 5 % of her packets are dropped at random
+(iptables ``statistic``) and NACK/RTX must keep her decoding like bob. bob is never capped.
+Prints one JSON result line: widths, frames, freezes and timings per phase.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import trio
 
 from tests.browser_helpers import HELPERS
-from tests.browser_netns import running_server
+from tests.browser_netns import iptables, running_server
 from tests.bwe_netns import cap, uncap
 from tests.netns import inside
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
@@ -37,6 +38,7 @@ from trio_sfu.app import Running
 CAP_KBIT = 400
 SCENARIO_TIMEOUT = 240.0
 OBSERVE = 10.0  # seconds watched on each side of the cap once settled
+LOSS = 0.05  # random loss on carol's link in the last phase
 
 
 PLANS: list[tuple[float, int, int, str]] = []
@@ -187,6 +189,34 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             )
             out["recoverSeconds"] = round(time.monotonic() - lifted_at, 2)
             out["after"] = watch(OBSERVE / 2)
+            # 5 % random loss on carol's link (no cap): NACK/RTX repairs it, the estimate
+            # holds (loss under 10 % is not congestion, draft-ietf-rmcat-gcc §6).
+            rule = [
+                "OUTPUT",
+                "-p",
+                "udp",
+                "--sport",
+                str(server.udp_port),
+                "--dport",
+                str(address[1]),
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                str(LOSS),
+                "-j",
+                "DROP",
+            ]
+            iptables("-I", *rule)
+            first = counters()
+            resent = downtrack.retransmitted
+            out["lossy"] = watch(OBSERVE)
+            iptables("-D", *rule)
+            out["lossyCounters"] = {k: v - first[k] for k, v in counters().items()}
+            out["lossyRetransmitted"] = downtrack.retransmitted - resent
+            out["lossyEstimate"] = int(carol_sub.bwe.estimate)
+            out["lossyLoss"] = round(carol_sub.bwe.loss, 3)
             out["renegotiated"] = carol_sub.negotiations != negotiations
             out["layerSwitches"] = downtrack.layer_switches
             out["problems"] = [p for page in pages.values() for p in page.problems]

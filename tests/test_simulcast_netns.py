@@ -4,7 +4,8 @@ tests/simulcast_netns.py runs the SFU, a Chromium simulcast publisher (720p as q
 Chromium subscribers in a private network namespace; once both decode the top stream, what
 the SFU sends carol passes a 400 kbit/s kernel ``tc htb`` class. carol must settle on the
 low stream and keep decoding, bob (never capped) keeps the top stream, and when the cap is
-lifted carol climbs back to the top — all on the same m-section (no renegotiation). The
+lifted carol climbs back to the top; then 5 % of her packets are dropped at random and
+NACK/RTX must keep her decoding like bob — all on the same m-section (no renegotiation). The
 figures (time to settle and to recover, frame rates, freezes) are printed; the bounds below
 are generous because the machine is shared: they check direction and level, not speed.
 """
@@ -48,5 +49,15 @@ def test_capped_chromium_subscriber_settles_on_the_low_stream_and_climbs_back() 
     # lifted: back on the top stream, decoding like bob
     assert after["carol"]["width"] >= 960, result
     assert after["carol"]["fps"] >= 0.5 * after["bob"]["fps"] > 0, result
+    # 5 % random loss: NACK/RTX keeps carol within 10 % of bob's frames, on the top stream,
+    # and her estimate does not collapse.
+    lossy = result["lossy"]
+    print(
+        f"5 % loss: carol {lossy['carol']['fps']} frames/s vs bob {lossy['bob']['fps']},"
+        f" {result['lossyRetransmitted']} retransmitted, estimate {result['lossyEstimate']}"
+    )
+    assert result["lossyRetransmitted"] > 0, result
+    assert lossy["carol"]["fps"] >= 0.9 * lossy["bob"]["fps"] > 0, result
+    assert lossy["carol"]["width"] >= 960, result
     assert not result["renegotiated"], result
     assert result["problems"] == [], result

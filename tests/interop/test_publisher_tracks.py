@@ -18,6 +18,7 @@ import trio
 from tests.interop.conftest import InteropApp
 from tests.interop.driver import PeerLog, fresh, protocol_args, require, running
 from tests.interop.test_aiortc import AIORTC
+from tests.interop.test_browsers import FIREFOX
 from tests.peers.browser_client import Browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -112,6 +113,53 @@ async def received(browser: Browser, track: str) -> dict[str, Any]:
     return result
 
 
+class PagePublisher:
+    """The publisher as a Chromium page driven by Playwright (PUBLISHER above)."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+
+    async def start(self, base: str, room: str) -> tuple[str, str]:
+        await self.browser.open("alice", base + "/")
+        mic = await self.browser.eval("alice", PUBLISHER, [room])
+        return str(await self.browser.eval("alice", "window.P.conn.id")), str(mic)
+
+    async def do(self, what: str) -> str | None:
+        js = {
+            "camera": "window.P.camera()",
+            "screen": "window.P.screen()",
+            "remove-camera": "window.P.conn.removeTrack(window.P.tracks.camera)",
+            "mute-screen": "window.P.conn.mute(window.P.tracks.screen, true)",
+            "unmute-screen": "window.P.conn.mute(window.P.tracks.screen, false)",
+        }[what]
+        value = await self.browser.eval("alice", js)
+        return None if value is None else str(value)
+
+
+class FirefoxPublisher:
+    """The publisher as Firefox ESR in its own process (tests/peers/interop_browser.py, role
+    ``tracks`` of tests/interop/page/interop.js): each action is a ``do`` command and its
+    ``did`` reply line."""
+
+    def __init__(self, log: PeerLog) -> None:
+        self.log = log
+
+    async def start(self, base: str, room: str) -> tuple[str, str]:
+        connected = await self.log.until("connected line", lambda: self.log.of_type("connected"))
+        return str(connected[0]["id"]), str(await self.do("mic"))
+
+    async def do(self, what: str) -> str | None:
+        seen = len(self.log.of_type("did"))
+        await self.log.peer.send({"type": "do", "what": what})
+        replies = await self.log.until(
+            f"the reply to {what}", lambda: self.log.of_type("did")[seen:]
+        )
+        reply = replies[0]
+        assert reply["what"] == what and "error" not in reply, reply
+        value = reply.get("value")
+        return None if value is None else str(value)
+
+
 async def test_chromium_publisher_adds_shares_removes_and_mutes_on_one_connection(
     interop_app: InteropApp, interop_browser: Browser
 ) -> None:
@@ -120,36 +168,62 @@ async def test_chromium_publisher_adds_shares_removes_and_mutes_on_one_connectio
     print("one server:", summary)
 
 
+async def test_firefox_publisher_adds_shares_removes_and_mutes_on_one_connection(
+    interop_app: InteropApp, interop_browser: Browser
+) -> None:
+    """The same with Firefox ESR as the publisher: its own JSEP makes the renegotiation
+    offers (Firefox's mid and msid shapes) for every added, removed and muted track."""
+    require(FIREFOX)
+    base = interop_app.base_url
+    room = fresh("tracks")
+    args = protocol_args("tracks", base, room, fresh("alice-"))
+    async with running(FIREFOX, args) as firefox:
+        summary = await tracks_scenario(
+            interop_browser, publisher=base, chromium=base, aiortc=base,
+            room=room, actions=FirefoxPublisher(firefox),
+        )
+    print("Firefox publisher:", summary)
+
+
 async def tracks_scenario(
-    browser: Browser, *, publisher: str, chromium: str, aiortc: str
+    browser: Browser,
+    *,
+    publisher: str,
+    chromium: str,
+    aiortc: str,
+    room: str | None = None,
+    actions: PagePublisher | FirefoxPublisher | None = None,
 ) -> dict[str, Any]:
     """The scenario above; the publisher, the Chromium subscriber and the aiortc subscriber
-    each join through their own base URL (different pods of a cluster, or one server)."""
+    each join through their own base URL (different pods of a cluster, or one server). The
+    publisher is a Chromium page unless ``actions`` drives another one (already joining
+    ``room``)."""
     require(AIORTC)
-    room = fresh("tracks")
+    room = room or fresh("tracks")
+    pub = actions or PagePublisher(browser)
     args = [*protocol_args("subscriber", aiortc, room, fresh("carol-")), "--per-track"]
     async with running(AIORTC, args) as aio:
         await aio.until("connected line", lambda: aio.of_type("connected"))
         await browser.open("bob", chromium + "/")
         await browser.eval("bob", SUBSCRIBER, [room])
-        await browser.open("alice", publisher + "/")
-        mic = await browser.eval("alice", PUBLISHER, [room])
-        pid = await browser.eval("alice", "window.P.conn.id")
+        pid, mic = await pub.start(publisher, room)
         await both_hear(browser, aio, f"TRACK_ADD {pid} {mic} audio mic")
         await browser.wait_for("bob", f"window.S.received({mic!r})",
                                lambda r: r["samples"] > 48000, timeout=30)
 
-        camera = await browser.eval("alice", "window.P.camera()")
+        camera = await pub.do("camera")
         await both_hear(browser, aio, f"TRACK_ADD {pid} {camera} video camera")
+        assert camera is not None
         await both_decode(browser, aio, pid, camera)
 
-        screen = await browser.eval("alice", "window.P.screen()")
+        screen = await pub.do("screen")
         await both_hear(browser, aio, f"TRACK_ADD {pid} {screen} video screen")
+        assert screen is not None
         await both_decode(browser, aio, pid, screen)
         sections = await browser.eval("bob", "window.S.sections()")
         assert sections == 4  # data + mic + camera + screen
 
-        await browser.eval("alice", "window.P.conn.removeTrack(window.P.tracks.camera)")
+        await pub.do("remove-camera")
         await both_hear(browser, aio, f"TRACK_REMOVE {pid} {camera}")
         await aio.until("every SDP_OFFER answered", aio.offers_settled)
         # The screen goes on decoding after the camera is gone.
@@ -160,13 +234,13 @@ async def tracks_scenario(
         # Mute: packets stop, both hear MUTED, no SDP_OFFER; unmute: they resume.
         offers_bob = await browser.eval("bob", "window.S.offers")
         offers_aio = len(aio.commands("SDP_OFFER"))
-        await browser.eval("alice", "window.P.conn.mute(window.P.tracks.screen, true)")
+        await pub.do("mute-screen")
         await both_hear(browser, aio, f"MUTED {pid} {screen} on")
         await trio.sleep(0.5)  # packets already in flight
         before = (await received(browser, screen))["packets"]
         await trio.sleep(1.5)
         assert (await received(browser, screen))["packets"] == before
-        await browser.eval("alice", "window.P.conn.mute(window.P.tracks.screen, false)")
+        await pub.do("unmute-screen")
         await both_hear(browser, aio, f"MUTED {pid} {screen} off")
         await browser.wait_for("bob", f"window.S.received({screen!r})",
                                lambda r: r["packets"] > before + 30, timeout=30)
@@ -174,7 +248,8 @@ async def tracks_scenario(
         assert len(aio.commands("SDP_OFFER")) == offers_aio
 
         # The camera again: a new track in the recycled section; the SDP stays bounded.
-        camera2 = await browser.eval("alice", "window.P.camera()")
+        camera2 = await pub.do("camera")
+        assert camera2 is not None
         await both_hear(browser, aio, f"TRACK_ADD {pid} {camera2} video camera")
         await both_decode(browser, aio, pid, camera2)
         assert await browser.eval("bob", "window.S.sections()") == sections

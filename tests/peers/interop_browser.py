@@ -112,7 +112,9 @@ def relay(args: argparse.Namespace, collector: Collector, stdin: common.StdinLin
         if time.monotonic() >= deadline and not stop_sent:
             common.log("--timeout passed: stopping the page")
             message = {"type": "stop"}
-        if message is not None and message.get("type") in ("stop", "post") and not stop_sent:
+        if message is not None and message.get("type") == "do" and not stop_sent:
+            collector.commands.put(f"do {message['what']}")  # a tracks publisher's action
+        elif message is not None and message.get("type") in ("stop", "post") and not stop_sent:
             collector.commands.put(str(message["type"]))
             if message["type"] == "stop":
                 stop_sent = True
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     common.reserve_stdout()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--browser", choices=("chromium", "firefox"), required=True)
-    p.add_argument("--role", choices=("subscriber", "publisher", "whep"), required=True)
+    p.add_argument("--role", choices=("subscriber", "publisher", "whep", "tracks"),
+                   required=True)
     p.add_argument("--base-url", required=True)
     p.add_argument("--room", required=True)
     p.add_argument("--id", required=True)

@@ -38,7 +38,13 @@ class HttpSfuApi(SfuApi, WhipSfuApi, Protocol):
     route must be a failure a test sees, not a 404 a client has to guess about)."""
 
     async def publish(
-        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        source: str | None = None,
+        app_ids: Sequence[str] = (),
     ) -> str: ...
 
     async def stop(self, role: Role, room: str, peer_id: str) -> None: ...

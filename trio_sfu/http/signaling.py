@@ -8,6 +8,7 @@ app's error handlers turn into statuses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from quart import Blueprint, Response, request
@@ -34,7 +35,13 @@ class SfuApi(Protocol):
     """What the HTTP layer needs from the SFU (``trio_sfu.sfu.service.Sfu`` provides it)."""
 
     async def publish(
-        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        source: str | None = None,
+        app_ids: Sequence[str] = (),
     ) -> str: ...
 
     async def subscribe(
@@ -78,7 +85,11 @@ def signaling_blueprint(
         sdp = await read_sdp(request)
         source = request.remote_addr  # admission limits count sessions per client address
         if role == "pub":
-            answer = await sfu.publish(room, peer_id, sdp, source=source)
+            # ?app_ids=mic,screen labels the offer's media sections in order (issue 15): a
+            # screen shared alone, or tracks re-published after RECONNECT, keep their labels.
+            raw = request.args.get("app_ids", "")
+            app_ids = raw.split(",") if raw else []
+            answer = await sfu.publish(room, peer_id, sdp, source=source, app_ids=app_ids)
         else:
             answer = await sfu.subscribe(room, peer_id, sdp, source=source)
         response = Response(answer, status=201, content_type=SDP_TYPE)

@@ -57,10 +57,16 @@ RETRY_AFTER = 2
 
 @runtime_checkable
 class WhipSfuApi(Protocol):
-    """What WHIP/WHEP need from the SFU beyond the seed API (see /work/notes/whip.md)."""
+    """What WHIP/WHEP need from the SFU beyond the seed API (README.md, "WHIP and WHEP")."""
 
     async def publish(
-        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        source: str | None = None,
+        app_ids: Sequence[str] = (),
     ) -> str: ...
 
     async def whep(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,15 @@ def receiving(t: Transceiver) -> bool:
 class Publisher(Member):
     role = "pub"
 
-    def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
+    def __init__(
+        self,
+        room: Room,
+        connection_id: str,
+        pc: ServerPeerConnection,
+        app_ids: Sequence[str] = (),
+    ) -> None:
+        """``app_ids``: labels of the first offer's media sections in order (the POST's
+        ``app_ids``); sections without one are ``mic``/``camera``."""
         super().__init__(room, connection_id, pc)
         self.tracks: list[PublishedTrack] = []
         self._by_transceiver: dict[int, PublishedTrack] = {}
@@ -68,8 +77,12 @@ class Publisher(Member):
         self._retired: set[str] = set()
         self._labels: dict[str, deque[str]] = {"audio": deque(), "video": deque()}
         self.renegotiations = 0
+        labels = iter(app_ids)
         for t in pc.transceivers:
+            label = next(labels, None) if t.kind in self._labels else None
             if receiving(t):
+                if label is not None:
+                    self._labels[t.kind].append(label)
                 self._add_track(t)
         self.announced = False
         # transport-cc: the publisher's browser estimates its upload bandwidth from our

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
@@ -61,6 +61,8 @@ STOP_TIMEOUT = 5.0
 OUTBOX_RETRY = 1.0
 #: Retry-After for new sessions refused while draining or while a backend is down.
 DRAIN_RETRY_AFTER = 2
+#: labels a publisher's POST may give its first offer's sections (``?app_ids=``)
+MAX_INITIAL_APP_IDS = 64
 BACKEND_RETRY_AFTER = 2
 #: Back-off (seconds) of the node-command subscription while the bus is unreachable.
 BACKEND_RETRY_MIN = 0.25
@@ -224,11 +226,23 @@ class Sfu:
     # -- joining --------------------------------------------------------------------------
 
     async def publish(
-        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        source: str | None = None,
+        app_ids: Sequence[str] = (),
     ) -> str:
-        """Join as a publisher; ``source`` is the client's address (admission limits)."""
+        """Join as a publisher; ``source`` is the client's address (admission limits),
+        ``app_ids`` the labels of the offer's media sections in order (issue 15)."""
+        if len(app_ids) > MAX_INITIAL_APP_IDS:
+            raise BadRequest(f"at most {MAX_INITIAL_APP_IDS} app_ids")
+        for app_id in app_ids:
+            if not dc_protocol.valid_id(app_id):
+                raise BadRequest("each of app_ids must match [A-Za-z0-9_.-]{1,64}")
         return await self._counted(
-            "pub", self._join("pub", room, peer_id, offer_sdp, source=source)
+            "pub", self._join("pub", room, peer_id, offer_sdp, source=source, app_ids=app_ids)
         )
 
     async def subscribe(
@@ -283,6 +297,7 @@ class Sfu:
         *,
         publisher_id: str | None = None,
         source: str | None = None,
+        app_ids: Sequence[str] = (),
     ) -> str:
         if not dc_protocol.valid_id(room_name):
             raise BadRequest("room must match [A-Za-z0-9_.-]{1,64}")
@@ -333,7 +348,7 @@ class Sfu:
             # No checkpoint between getting the room and joining it: a room is never seen
             # empty (and dropped) by another join's cleanup while we are on our way in.
             if role == "pub":
-                member = Publisher(room, peer_id, pc)
+                member = Publisher(room, peer_id, pc, app_ids)
                 room.publishers[peer_id] = member
             else:
                 if role == "sub":

@@ -107,6 +107,57 @@ async function publisher() {
   return { conn: pub, pc: () => pub.pc };
 }
 
+// Issue 15: a publisher that starts with its microphone only and changes its tracks on the
+// same connection when the driver says `do <what>`: camera, screen (a canvas capture track),
+// remove-camera, mute-screen, unmute-screen. Each reply is a `did` line with the track id.
+async function tracksPublisher() {
+  const mic = (await navigator.mediaDevices.getUserMedia({ audio: true })).getAudioTracks()[0];
+  const pub = await connectPublisher({
+    room, user: id.slice(0, id.lastIndexOf('-')), tracks: [mic],
+    onError: (err) => fail(`${err.kind}: ${err.message}`),
+    onClose: (reason) => { if (!stopping) emit({ type: 'closed', reason }); },
+  });
+  const own = { mic };
+  const camera = async () => {
+    const s = await navigator.mediaDevices.getUserMedia(
+      { video: { width: 320, height: 240, frameRate: 30 } });
+    own.camera = s.getVideoTracks()[0];
+    return pub.addTrack(own.camera, 'camera');
+  };
+  const screen = async () => {
+    const c = document.createElement('canvas');
+    c.width = 320; c.height = 240;
+    document.body.appendChild(c);
+    const g = c.getContext('2d');
+    let i = 0;
+    setInterval(() => {  // a moving picture: a static one would compress to nothing
+      i += 1;
+      g.fillStyle = `hsl(${(i * 7) % 360}, 80%, 50%)`; g.fillRect(0, 0, 320, 240);
+      g.fillStyle = '#000'; g.fillRect((i * 4) % 320, 0, 24, 240);
+    }, 33);
+    own.screen = c.captureStream(30).getVideoTracks()[0];
+    return pub.addTrack(own.screen, 'screen');
+  };
+  const actions = {
+    mic: async () => pub.trackId(mic),
+    camera,
+    screen,
+    'remove-camera': async () => { const t = pub.trackId(own.camera); await pub.removeTrack(own.camera); return t; },
+    'mute-screen': async () => { await pub.mute(own.screen, true); return pub.trackId(own.screen); },
+    'unmute-screen': async () => { await pub.mute(own.screen, false); return pub.trackId(own.screen); },
+  };
+  await emit({ type: 'connected', id: pub.id });
+  return {
+    conn: pub,
+    pc: () => pub.pc,
+    do: async (what) => {
+      const action = actions[what];
+      if (!action) throw new Error(`unknown action ${what}`);
+      return action();
+    },
+  };
+}
+
 async function whep() {
   const pc = new RTCPeerConnection();
   pc.addTransceiver('audio', { direction: 'recvonly' });
@@ -141,7 +192,7 @@ async function whep() {
 }
 
 async function main() {
-  const run = { subscriber, publisher, whep }[role];
+  const run = { subscriber, publisher, whep, tracks: tracksPublisher }[role];
   if (!run) { fail(`unknown role ${role}`); return; }
   let peer = null;
   try {
@@ -151,7 +202,19 @@ async function main() {
   }
   if (peer) {
     const timer = setInterval(() => reportFrames(peer.pc()).catch(() => {}), 500);
-    while ((await nextCommand()) !== 'stop') { /* only stop is expected now */ }
+    for (;;) {
+      const command = await nextCommand();
+      if (command === 'stop') break;
+      if (command.startsWith('do ') && peer.do) {
+        const what = command.slice(3);
+        try {
+          await emit({ type: 'did', what, value: await peer.do(what) });
+        } catch (err) {
+          fail(`${what}: ${err.message || err}`);
+          await emit({ type: 'did', what, error: String(err.message || err) });
+        }
+      }
+    }
     stopping = true;
     clearInterval(timer);
     await reportFrames(peer.pc()).catch(() => {});
