@@ -408,6 +408,8 @@ async function toggleShare() {
     } else {
       entry.conn = await connectPublisher(connOptions({
         stream,
+        // labelled as a screen share for everyone's tiles, not as a camera
+        appIds: stream.getTracks().map((t) => (t.kind === 'video' ? 'screen' : 'screen-audio')),
         onClose: (reason) => onPublisherClosed(entry, 'local:screen', reason),
       }));
       tile.conn = entry.conn;

@@ -305,9 +305,12 @@ class SfuConnection {
     return leg;
   }
 
+  /** Extra query for the POST (a publisher labels its sections). */
+  _postQuery() { return ''; }
+
   async _post(leg, sdp) {
     const o = this.options;
-    const url = this._urlOf(leg);
+    const url = this._urlOf(leg) + this._postQuery();
     const headers = { 'Content-Type': 'application/sdp', Accept: 'application/sdp' };
     const res = await request(this._fetch, url, {
       method: 'POST', headers: headersFor(o.token, headers), body: sdp,
@@ -558,8 +561,14 @@ class PublisherConnection extends SfuConnection {
     }
     this.stream = options.stream ?? null;
     this.tracks = [...tracks];
-    /** track -> APP_ID; the first offer's tracks are labelled by the server (mic/camera). */
-    this.appIds = new Map(tracks.map((t) => [t, DEFAULT_APP_IDS[t.kind]]));
+    /** track -> APP_ID (options.appIds, in the order of the tracks, else mic/camera). */
+    const labels = options.appIds ?? [];
+    for (const label of labels) {
+      if (typeof label !== 'string' || !APP_ID_PATTERN.test(label)) {
+        throw new SfuError(`APP_ID must match ${APP_ID_PATTERN}, got ${JSON.stringify(label)}`);
+      }
+    }
+    this.appIds = new Map(tracks.map((t, i) => [t, labels[i] ?? DEFAULT_APP_IDS[t.kind]]));
     this.muted = new Set();
     this._answerWaiter = null;
   }
@@ -582,6 +591,16 @@ class PublisherConnection extends SfuConnection {
       return true;
     }
     return false;
+  }
+
+  /**
+   * `?app_ids=` labels the offer's sections in order (one per track, as _setupLeg adds them):
+   * a screen shared on a connection of its own is `screen`, and after a reconnect every track
+   * keeps the label it had (issue 15).
+   */
+  _postQuery() {
+    const labels = this.tracks.map((t) => this.appIds.get(t) ?? DEFAULT_APP_IDS[t.kind]);
+    return `?app_ids=${labels.join(',')}`;  // labels match APP_ID_PATTERN: URL-safe
   }
 
   _setupLeg(leg) {
@@ -894,7 +913,8 @@ class SubscriberConnection extends SfuConnection {
  * (issue 15) `addTrack(track, appId)`, `removeTrack(track)`, `mute(track, on)`, `trackId(track)`:
  * tracks added and removed over the connection's life, each a renegotiation the browser offers.
  *
- * Options: baseUrl (default ''), room, user, stream or tracks, token (Bearer auth), onChat,
+ * Options: baseUrl (default ''), room, user, stream or tracks, appIds (the tracks' labels in
+ * order; default mic/camera), token (Bearer auth), onChat,
  * onError, onClose(reason), onReconnect(newId, oldId), dataChannelLabel, rtcConfiguration,
  * timeouts (gatherTimeoutMs, requestTimeoutMs, connectTimeoutMs, stopTimeoutMs), and fetch /
  * RTCPeerConnection to substitute the browser's.

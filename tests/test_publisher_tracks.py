@@ -5,6 +5,7 @@ TRACK_ADD/TRACK_REMOVE to subscribers with recycled sections, MUTE/MUTED without
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
 from trio_sfu.client.sfu import PublisherClient, SignalingError, SubscriberClient
 from trio_sfu.proto.sdp import parse
 from trio_sfu.sfu import dc_protocol
+from trio_sfu.sfu.errors import BadRequest
 from trio_sfu.sfu.publisher import Publisher
 
 
@@ -218,6 +220,30 @@ async def test_manual_mode_media_lists_app_ids_and_follows_tracks(env: SfuEnv) -
     assert len(bob.offers) == 0  # manual mode: nothing until SUB
     bob.send("SUB alice-1")
     await wait_for(lambda: stable(bob) and ("alice-1", screen.track_id) in bob.live_tracks())
+
+
+async def test_post_app_ids_label_the_first_offers_sections(env: SfuEnv) -> None:
+    """``?app_ids=`` on the POST (``Sfu.publish(app_ids=…)``, what site/sfu-client.js sends
+    for every leg, a reconnect's included): a screen shared on a connection of its own is
+    ``screen`` from the start, not ``camera``; a bad label is a 400 and nothing joins."""
+    bob = await env.subscriber("r", "bob-1")
+    alice = PublisherClient("alice-1", **env.client_options)
+    await env.nursery.start(
+        alice.connect,
+        functools.partial(env.sfu.publish, "r", "alice-1", app_ids=["screen-audio", "screen"]),
+    )
+    await alice.wait_open()
+    assert alice.audio is not None and alice.video is not None
+    heard = {await bob.expect("TRACK_ADD"), await bob.expect("TRACK_ADD")}
+    assert heard == {
+        f"TRACK_ADD alice-1 {alice.audio.track_id} audio screen-audio",
+        f"TRACK_ADD alice-1 {alice.video.track_id} video screen",
+    }
+    with pytest.raises(BadRequest, match="app_ids"):
+        await env.sfu.publish("r", "carol-1", "v=0", app_ids=["no spaces"])
+    with pytest.raises(BadRequest, match="app_ids"):
+        await env.sfu.publish("r", "carol-1", "v=0", app_ids=["a"] * 65)
+    assert "carol-1" not in env.sfu.rooms["r"].publishers
 
 
 async def test_second_connection_screen_share_still_works(env: SfuEnv) -> None:

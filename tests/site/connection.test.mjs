@@ -41,14 +41,18 @@ function recorder() {
   };
 }
 
+/** A request URL without its query (a publisher's POST carries ?app_ids=). */
+const pathOf = (url) => url.split('?')[0];
+
 test('a publisher POSTs its complete offer as application/sdp and applies the answer', async () => {
   const fetch = fakeFetch();
   const pub = await connectPublisher(base({ user: 'alice', stream: camera(), fetch }));
   assert.match(pub.id, /^alice-[a-z0-9]{8}$/);
   const [post] = fetch.requests;
   assert.equal(post.method, 'POST');
-  assert.equal(post.url, `http://sfu.test:8080/pub/r1/${pub.id}`);
-  assert.equal(pub.url, post.url);
+  // The offer's sections are labelled in order (issue 15): mic, camera by default.
+  assert.equal(post.url, `http://sfu.test:8080/pub/r1/${pub.id}?app_ids=mic,camera`);
+  assert.equal(pub.url, `http://sfu.test:8080/pub/r1/${pub.id}`);
   assert.equal(post.headers['Content-Type'], 'application/sdp');
   assert.equal(post.headers.Authorization, undefined);
   // Non-trickle: the POSTed offer is the one after gathering, candidates included.
@@ -65,6 +69,18 @@ test('a publisher POSTs its complete offer as application/sdp and applies the an
   assert.equal(pub.state, 'open');
 });
 
+test('a publisher labels its first sections with appIds (a screen shared alone)', async () => {
+  const fetch = fakeFetch();
+  const stream = camera();
+  const video = stream.getTracks().filter((t) => t.kind === 'video');
+  const pub = await connectPublisher(base({ user: 'alice', tracks: video, appIds: ['screen'], fetch }));
+  assert.equal(fetch.requests[0].url, `http://sfu.test:8080/pub/r1/${pub.id}?app_ids=screen`);
+  assert.equal(pub.appIds.get(video[0]), 'screen');
+  await assert.rejects(
+    () => connectPublisher(base({ user: 'alice', tracks: video, appIds: ['no spaces'], fetch })),
+    /APP_ID must match/);
+});
+
 test('trailing slashes and a Bearer token are handled on every request', async () => {
   const fetch = fakeFetch((req) => (req.method === 'DELETE' ? { status: 204 } : null));
   const pub = await connectPublisher(base({
@@ -73,10 +89,10 @@ test('trailing slashes and a Bearer token are handled on every request', async (
   // The fake server never closes the channel after STOP, so stop() falls back to DELETE.
   await pub.stop();
   const [post, del] = fetch.requests;
-  assert.equal(post.url, `https://sfu.test/pub/r1/${pub.id}`);
+  assert.equal(post.url, `https://sfu.test/pub/r1/${pub.id}?app_ids=mic,camera`);
   assert.equal(post.headers.Authorization, 'Bearer s3cret');
   assert.equal(del.method, 'DELETE');
-  assert.equal(del.url, post.url);
+  assert.equal(del.url, `https://sfu.test/pub/r1/${pub.id}`);
   assert.equal(del.headers.Authorization, 'Bearer s3cret');
 });
 
@@ -131,7 +147,7 @@ test('503, 502 and no answer are retried with back-off, honouring Retry-After', 
   }));
   const posts = fetch.requests.filter((r) => r.method === 'POST');
   assert.equal(posts.length, 4);
-  assert.equal(pub.id, posts[3].url.split('/').pop());
+  assert.equal(pub.id, pathOf(posts[3].url).split('/').pop());
   // Retry-After 0: at once; then 20 ms doubled to 40 ms.
   assert.ok(Date.now() - began >= 60, `${Date.now() - began} ms`);
   await pub.stop();
@@ -151,7 +167,7 @@ test('409 (suffix collision) retries with a fresh id, then gives up', async () =
   let conflicts = 1;
   const fetch = fakeFetch(() => (conflicts-- > 0 ? { status: 409, body: 'id in use' } : null));
   const pub = await connectPublisher(base({ user: 'alice', stream: camera(), fetch }));
-  const ids = fetch.requests.map((r) => r.url.split('/').pop());
+  const ids = fetch.requests.map((r) => pathOf(r.url).split('/').pop());
   assert.equal(ids.length, 2);
   assert.notEqual(ids[0], ids[1]);
   assert.equal(pub.id, ids[1]);
@@ -171,7 +187,7 @@ test('a channel that never opens times out and the accepted leg is DELETEd', asy
     (err) => err.kind === 'connection' && /not open after 30 ms/.test(err.message));
   await until(() => fetch.requests.length === 2, 'DELETE');
   assert.deepEqual(fetch.requests.map((r) => r.method), ['POST', 'DELETE']);
-  assert.equal(fetch.requests[0].url, fetch.requests[1].url);
+  assert.equal(pathOf(fetch.requests[0].url), fetch.requests[1].url);
 });
 
 test('bad arguments are refused before anything is sent', async () => {
@@ -501,7 +517,7 @@ test('reconnectOnLoss: a lost leg comes back under a new id, the old one is DELE
   assert.deepEqual(rec.of('reconnect'), [['reconnect', sub.id, oldId]]);
   assert.deepEqual(rec.of('close'), []);
   assert.equal(sub.state, 'open');
-  const methods = fetch.requests.map((r) => `${r.method} ${r.url.split('/').slice(-1)[0]}`);
+  const methods = fetch.requests.map((r) => `${r.method} ${pathOf(r.url).split('/').slice(-1)[0]}`);
   assert.ok(methods.includes(`DELETE ${oldId}`), methods.join(', '));
   assert.ok(methods.includes(`POST ${sub.id}`), methods.join(', '));
   assert.deepEqual(sub.channel.sent, ['SUB_MODE manual', 'SUB alice-1']);
