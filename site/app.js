@@ -39,6 +39,11 @@ const ui = {
   mic: $('mic'),
   resolution: $('resolution'),
   fps: $('fps'),
+  token: $('token'),
+  tokenRow: $('token-row'),
+  cameraDevice: $('camera-device'),
+  micDevice: $('mic-device'),
+  actual: $('camera-actual'),
   join: $('join'),
   share: $('share'),
   leave: $('leave'),
@@ -65,6 +70,8 @@ const state = {
   sub: null,
   tiles: new Map(),  // key ('local:camera', 'local:screen' or a publisher id) -> tile
   speaker: null,     // the room's active speaker (SPEAKER), a publisher id
+  devices: [],       // what enumerateDevices() listed
+  actual: null,      // the camera's real {width, height, frameRate} (getSettings)
   chat: [],
   log: [],
   timer: 0,
@@ -245,7 +252,85 @@ async function refreshStats() {
 function cameraConstraints() {
   const { width, height } = RESOLUTIONS[ui.resolution.value] ?? RESOLUTIONS['480p'];
   const frameRate = Number(ui.fps.value) || 30;
-  return { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: frameRate } };
+  const wanted = {
+    width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: frameRate },
+  };
+  if (ui.cameraDevice.value) wanted.deviceId = { exact: ui.cameraDevice.value };
+  return wanted;
+}
+
+function micConstraints() {
+  return ui.micDevice.value ? { deviceId: { exact: ui.micDevice.value } } : true;
+}
+
+/** What the camera really delivers (getSettings), next to what the selector asked for. */
+function showActual() {
+  const video = state.camera?.stream.getVideoTracks()[0];
+  if (!video || video.readyState === 'ended') {
+    ui.actual.textContent = '';
+    state.actual = null;
+    return;
+  }
+  const s = video.getSettings();
+  const asked = RESOLUTIONS[ui.resolution.value] ?? RESOLUTIONS['480p'];
+  state.actual = { width: s.width ?? 0, height: s.height ?? 0, frameRate: s.frameRate ?? 0 };
+  const got = `${s.width ?? '?'}×${s.height ?? '?'} at ${Math.round(s.frameRate ?? 0)} fps`;
+  ui.actual.textContent = s.width === asked.width && s.height === asked.height
+    ? `camera gives ${got}`
+    : `asked ${asked.width}×${asked.height}, camera gives ${got}`;
+}
+
+/** Fill the device pickers (labels appear once the page holds a media permission). */
+async function listDevices() {
+  let devices = [];
+  try {
+    devices = await navigator.mediaDevices.enumerateDevices();
+  } catch {
+    return;
+  }
+  for (const [select, kind, name] of [[ui.cameraDevice, 'videoinput', 'camera'],
+    [ui.micDevice, 'audioinput', 'microphone']]) {
+    const chosen = select.value;
+    const options = [new Option('default', '')];
+    devices.filter((d) => d.kind === kind && d.deviceId).forEach((d, i) => {
+      options.push(new Option(d.label || `${name} ${i + 1}`, d.deviceId));
+    });
+    select.replaceChildren(...options);
+    if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+  }
+  state.devices = devices.filter((d) => d.deviceId).map((d) => ({
+    kind: d.kind, deviceId: d.deviceId, label: d.label,
+  }));
+}
+
+/**
+ * Another camera or microphone picked while publishing: its track replaces the old one on the
+ * same section (RTCRtpSender.replaceTrack): no renegotiation, same track for everyone.
+ */
+async function onDevicePick(kind) {
+  const entry = state.camera;
+  const old = entry?.stream.getTracks().find((t) => t.kind === kind);
+  const what = kind === 'video' ? 'camera' : 'microphone';
+  if (!entry?.conn || !old) return;
+  try {
+    const got = await navigator.mediaDevices.getUserMedia(
+      kind === 'video' ? { video: cameraConstraints() } : { audio: micConstraints() });
+    const fresh = got.getTracks()[0];
+    if (state.camera !== entry) { fresh.stop(); return; }
+    fresh.enabled = old.enabled;  // a muted camera stays muted
+    await entry.conn.replaceTrack(old, fresh);  // also swaps it in entry.stream
+    old.stop();
+    const tile = state.tiles.get('local:camera');
+    if (tile) {
+      tile.tracks.delete(old);
+      tile.tracks.add(fresh);
+      showStream(tile, entry.stream);
+    }
+    note(`${what} now ${fresh.label || 'switched'}`);
+  } catch (err) {
+    note(`${what}: ${err.message}`, 'error');
+  }
+  showActual();
 }
 
 function connOptions(extra) {
@@ -268,8 +353,9 @@ async function startCamera() {
   if (!wantVideo && !wantAudio) return;
   const stream = await navigator.mediaDevices.getUserMedia({
     video: wantVideo ? cameraConstraints() : false,
-    audio: wantAudio,
+    audio: wantAudio ? micConstraints() : false,
   });
+  listDevices();  // now with labels
   if (state.phase !== 'joining' && state.phase !== 'joined') {
     stopTracks(stream);
     return;
@@ -285,6 +371,7 @@ async function startCamera() {
   }));
   tile.conn = entry.conn;
   markSpeaker(tile);
+  showActual();
   note(`publishing camera as ${entry.conn.id}`);
   updateControls();
 }
@@ -295,6 +382,7 @@ async function stopCamera() {
   state.camera = null;
   removeTile('local:camera');
   stopTracks(entry.stream);
+  showActual();
   await entry.conn?.stop();
 }
 
@@ -337,7 +425,7 @@ async function onDeviceToggle() {
     try {
       if (!track && wanted) {
         const got = await navigator.mediaDevices.getUserMedia(
-          kind === 'video' ? { video: cameraConstraints() } : { audio: true });
+          kind === 'video' ? { video: cameraConstraints() } : { audio: micConstraints() });
         const added = got.getTracks()[0];
         if (state.camera !== entry) { added.stop(); return; }
         entry.stream.addTrack(added);
@@ -354,15 +442,18 @@ async function onDeviceToggle() {
     }
   }
   if (tile) updateBadge(tile);
+  showActual();
 }
 
 async function onQualityChange() {
   const video = state.camera?.stream.getVideoTracks()[0];
   if (!video) return;
   try {
-    await video.applyConstraints(cameraConstraints());
+    const { deviceId, ...quality } = cameraConstraints();  // the device stays as it is
+    await video.applyConstraints(quality);
     const s = video.getSettings();
     note(`camera now ${s.width ?? '?'}×${s.height ?? '?'} at ${Math.round(s.frameRate ?? 0)} fps`);
+    showActual();
   } catch (err) {
     note(`camera constraints: ${err.message}`, 'error');
   }
@@ -566,6 +657,8 @@ function readNames() {
 async function join(event) {
   event?.preventDefault();
   if (state.phase !== 'idle') return;
+  const typed = ui.token.value.trim();
+  if (typed) applyToken(typed);
   const { room, user } = readNames();
   Object.assign(state, { phase: 'joining', room, user });
   ui.chatLog.replaceChildren();
@@ -589,6 +682,12 @@ async function join(event) {
     state.timer = setInterval(refreshStats, STATS_EVERY_MS);
   } catch (err) {
     note(`join failed: ${err.message}`, 'error');
+    if (err.status === 401) {
+      // This server requires tokens (--api-key/--api-secret): ask for one, then join again.
+      ui.tokenRow.hidden = false;
+      ui.token.focus();
+      note('this server needs a token: paste one (trio-sfu token …) and join again', 'error');
+    }
     await leave();
     return;
   }
@@ -642,6 +741,10 @@ function snapshot() {
     })),
     chat: state.chat.slice(),
     log: state.log.slice(),
+    tokenAsked: !ui.tokenRow.hidden,
+    devices: state.devices,
+    actual: state.actual,
+    actualText: ui.actual.textContent,
   };
 }
 
@@ -689,6 +792,10 @@ function start() {
   ui.share.addEventListener('click', () => toggleShare());
   ui.camera.addEventListener('change', onDeviceToggle);
   ui.mic.addEventListener('change', onDeviceToggle);
+  ui.cameraDevice.addEventListener('change', () => onDevicePick('video'));
+  ui.micDevice.addEventListener('change', () => onDevicePick('audio'));
+  navigator.mediaDevices?.addEventListener?.('devicechange', listDevices);
+  listDevices();
   ui.resolution.addEventListener('change', onQualityChange);
   ui.fps.addEventListener('change', onQualityChange);
   ui.chatForm.addEventListener('submit', sendChat);

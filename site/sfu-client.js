@@ -661,6 +661,29 @@ class PublisherConnection extends SfuConnection {
   }
 
   /** Pause (`on`) or resume forwarding `track` to subscribers; no renegotiation. */
+  /**
+   * Send `newTrack` instead of `oldTrack` (another camera or microphone) on the same section:
+   * RTCRtpSender.replaceTrack, no renegotiation; subscribers keep the same track id, label
+   * and mute state. A later reconnect publishes the new track.
+   */
+  async replaceTrack(oldTrack, newTrack) {
+    const index = this.tracks.indexOf(oldTrack);
+    if (index < 0) throw new SfuError('that track is not published');
+    if (!newTrack || newTrack.kind !== oldTrack.kind) {
+      throw new SfuError('replaceTrack needs a track of the same kind');
+    }
+    const sender = this.pc?.getSenders().find((x) => x.track === oldTrack);
+    if (sender) await sender.replaceTrack(newTrack);
+    this.tracks[index] = newTrack;
+    this.appIds.set(newTrack, this.appIds.get(oldTrack));
+    this.appIds.delete(oldTrack);
+    if (this.muted.delete(oldTrack)) this.muted.add(newTrack);
+    if (this.stream?.getTracks().includes(oldTrack)) {
+      this.stream.removeTrack(oldTrack);
+      this.stream.addTrack(newTrack);
+    }
+  }
+
   mute(track, on = true) {
     const id = this.trackId(track);
     if (id === null) throw new SfuError('that track is not published (yet)');

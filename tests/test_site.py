@@ -27,7 +27,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from html.parser import HTMLParser
 from pathlib import Path
@@ -157,9 +157,12 @@ def test_site_needs_no_build_and_nothing_from_outside() -> None:
 
 
 @asynccontextmanager
-async def sfu_server(site_dir: Path | None = None) -> AsyncIterator[str]:
-    """A real trio-sfu (embedded state and bus) on ephemeral ports; yields its base URL."""
-    config = Config(http_host="127.0.0.1", http_port=0, udp_port=0, site_dir=site_dir or SITE)
+async def sfu_server(site_dir: Path | None = None, **options: Any) -> AsyncIterator[str]:
+    """A real trio-sfu (embedded state and bus) on ephemeral ports; yields its base URL.
+    ``options``: more Config fields (e.g. api_key/api_secret: tokens required)."""
+    config = Config(
+        http_host="127.0.0.1", http_port=0, udp_port=0, site_dir=site_dir or SITE, **options
+    )
     async with trio.open_nursery() as nursery:
         running = await nursery.start(functools.partial(serve, config, handle_signals=False))
         try:
@@ -168,7 +171,9 @@ async def sfu_server(site_dir: Path | None = None) -> AsyncIterator[str]:
             nursery.cancel_scope.cancel()
 
 
-async def in_browser(scenario: Callable[[Any, str], None], base_url: str) -> None:
+async def in_browser(
+    scenario: Callable[[Any, str], None], base_url: str, extra_args: Sequence[str] = ()
+) -> None:
     """Run ``scenario(browser, base_url)`` with Playwright in a worker thread (bounded)."""
 
     def run() -> None:
@@ -176,7 +181,10 @@ async def in_browser(scenario: Callable[[Any, str], None], base_url: str) -> Non
 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
-                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000
+                executable_path=CHROMIUM,
+                args=[*CHROMIUM_ARGS, *extra_args],
+                headless=True,
+                timeout=30_000,
             )
             try:
                 scenario(browser, base_url)
