@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ class FakeSfu:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.app_ids: list[str] = []
         self.fail: Exception | None = None
         self.rooms = {"r1": ROOM}
 
@@ -52,9 +53,16 @@ class FakeSfu:
             raise self.fail
 
     async def publish(
-        self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
+        self,
+        room: str,
+        peer_id: str,
+        offer_sdp: str,
+        *,
+        source: str | None = None,
+        app_ids: Sequence[str] = (),
     ) -> str:
         self.calls.append(("publish", room, peer_id, offer_sdp))
+        self.app_ids = list(app_ids)
         self._maybe_fail()
         return f"v=0\r\ns=answer to {peer_id}\r\n"
 
@@ -141,6 +149,18 @@ async def test_offer_gets_201_answer(
     assert r.text == "v=0\r\ns=answer to alice-k3j2\r\n"
     assert r.headers["location"] == f"/{role}/r1/alice-k3j2"
     assert fake.calls == [(method, "r1", "alice-k3j2", "v=0\r\n")]
+
+
+async def test_publisher_app_ids_reach_the_sfu_in_order(
+    http: httpx.AsyncClient, fake: FakeSfu
+) -> None:
+    r = await http.post(
+        "/pub/r1/alice-k3j2?app_ids=mic,screen", content=b"v=0\r\n",
+        headers={"Content-Type": SDP},
+    )
+    assert r.status_code == 201, r.text
+    assert r.headers["location"] == "/pub/r1/alice-k3j2"  # the resource has no query
+    assert fake.app_ids == ["mic", "screen"]
 
 
 async def test_content_type_parameters_and_case_are_accepted(

@@ -15,23 +15,19 @@ Example payload::
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
 
+from trio_sfu.sfu.dc_protocol import valid_id, valid_user
+
 Grant = Literal["publish", "subscribe", "admin"]
 GRANTS: tuple[Grant, ...] = ("publish", "subscribe", "admin")
 ALGORITHM = "HS256"
 ANY_ROOM = "*"
 
-# Room names follow the seed's id rule. An identity leaves room for "-" and an 8-symbol suffix
-# in a 64-character connection id (the demo site and the WHIP/WHEP peer ids do exactly that).
-_ROOM = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
-_IDENTITY = re.compile(r"[A-Za-z0-9_.-]{1,55}\Z")
-API_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 #: RFC 7518 §3.2: an HS256 key MUST be at least as long as the hash output (256 bits).
 MIN_SECRET_LENGTH = 32
 #: Clock skew tolerated on ``exp``/``nbf`` between the machine that minted and this one.
@@ -74,11 +70,11 @@ class Claims:
 
 
 def valid_identity(value: str) -> bool:
-    return _IDENTITY.match(value) is not None
+    return valid_user(value)
 
 
 def valid_room(value: str) -> bool:
-    return value == ANY_ROOM or _ROOM.match(value) is not None
+    return value == ANY_ROOM or valid_id(value)
 
 
 def check_secret(secret: str) -> None:
@@ -102,7 +98,7 @@ def create_token(
     now: float | None = None,
 ) -> str:
     """A signed token; ValueError names the argument that cannot go into one."""
-    if not API_KEY_PATTERN.match(api_key):
+    if not valid_id(api_key):
         raise ValueError(f"API key {api_key!r} does not match [A-Za-z0-9_.-]{{1,64}}")
     check_secret(api_secret)
     if not valid_identity(identity):

@@ -16,15 +16,16 @@ import re
 import secrets
 import socket
 import ssl
-import struct
-import subprocess
-import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import ifaddr
+
+from trio_sfu.sfu.dc_protocol import valid_id
 
 ENV_PREFIX = "TRIO_SFU_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -63,7 +64,7 @@ class Setting:
 
 def parse_node_id(text: str) -> str:
     value = text.strip()
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+    if not valid_id(value):
         raise ValueError(f"{value!r} is not a node id ([A-Za-z0-9_.-]{{1,64}})")
     return value
 
@@ -245,7 +246,7 @@ def _url_parser(schemes: tuple[str, ...]) -> Callable[[str], str]:
 def parse_api_key(text: str) -> str:
     """The key id tokens carry in their ``kid`` header; an id, not a secret."""
     value = text.strip()
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+    if not valid_id(value):
         raise ValueError(f"{text!r} does not match [A-Za-z0-9_.-]{{1,64}}")
     return value
 
@@ -1042,12 +1043,8 @@ def _toml_value(value: object) -> str:
 
 
 # -- this host's addresses (the default --public-ip) -----------------------------------------
-# No extra dependency: Linux ioctls for IPv4 and /proc/net/if_inet6 for IPv6, else `ip -j addr`,
-# else the source address of the default route plus loopback.
-
-_SIOCGIFFLAGS = 0x8913
-_SIOCGIFADDR = 0x8915
-_IFF_UP = 0x1
+# ifaddr (already needed by aioice) lists every interface's addresses on every platform; the
+# source address of the default route is the fallback when it finds nothing.
 
 
 def host_addresses(*, ipv6: bool = False) -> list[str]:
@@ -1055,14 +1052,12 @@ def host_addresses(*, ipv6: bool = False) -> list[str]:
 
     IPv6 link-local addresses are left out: a candidate cannot carry the zone they need.
     """
-    found: list[str] = []
-    for probe in (_linux_addresses, _ip_command_addresses, _fallback_addresses):
-        try:
-            found = probe(ipv6)
-        except (OSError, ValueError, subprocess.SubprocessError):
-            found = []
-        if found:
-            break
+    try:
+        found = _interface_addresses(ipv6)
+    except OSError:
+        found = []
+    if not found:
+        found = _fallback_addresses(ipv6)
     usable = []
     for text in dict.fromkeys(found):
         address = ipaddress.ip_address(text)
@@ -1077,45 +1072,16 @@ def host_addresses(*, ipv6: bool = False) -> list[str]:
     return result
 
 
-def _linux_addresses(ipv6: bool) -> list[str]:
-    if not sys.platform.startswith("linux"):
-        return []
-    if ipv6:
-        found = []
-        with open("/proc/net/if_inet6") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 6 and len(fields[0]) == 32:
-                    found.append(str(ipaddress.IPv6Address(bytes.fromhex(fields[0]))))
-        return found
-    import fcntl
-
+def _interface_addresses(ipv6: bool) -> list[str]:
+    """Every interface's addresses of one family, in interface order (``ifaddr``)."""
     found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for _, name in socket.if_nameindex():
-            request = struct.pack("256s", name.encode()[:15])
-            try:
-                flags = struct.unpack_from("H", fcntl.ioctl(sock, _SIOCGIFFLAGS, request), 16)[0]
-                if not flags & _IFF_UP:
-                    continue
-                reply = fcntl.ioctl(sock, _SIOCGIFADDR, request)
-            except OSError:  # the interface has no IPv4 address
-                continue
-            found.append(socket.inet_ntoa(reply[20:24]))
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if ipv6 and isinstance(ip.ip, tuple):
+                found.append(ip.ip[0])  # (address, flowinfo, scope id)
+            elif not ipv6 and isinstance(ip.ip, str):
+                found.append(ip.ip)
     return found
-
-
-def _ip_command_addresses(ipv6: bool) -> list[str]:
-    out = subprocess.run(
-        ["ip", "-j", "addr", "show", "up"], capture_output=True, check=True, timeout=5
-    ).stdout
-    family = "inet6" if ipv6 else "inet"
-    return [
-        info["local"]
-        for link in json.loads(out)
-        for info in link.get("addr_info", [])
-        if info.get("family") == family and "local" in info
-    ]
 
 
 def _fallback_addresses(ipv6: bool) -> list[str]:

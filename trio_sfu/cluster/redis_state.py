@@ -19,7 +19,6 @@ background loop keeps retrying quietly while media between connected clients is 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -41,6 +40,7 @@ from trio_sfu.cluster.codec import (
     encode_subscriber,
 )
 from trio_sfu.cluster.redis_scripts import SCRIPTS, split_token
+from trio_sfu.sfu.dc_protocol import valid_id
 from trio_sfu.sfu.model import PublisherInfo, SubscriberInfo
 from trio_sfu.sfu.state import RoomState
 
@@ -68,14 +68,13 @@ READY_TIMEOUT = 1.0
 #: walking the members every second.
 MAX_REFRESH_INTERVAL = 600.0
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: Redis replies meaning "not now" rather than "your command is wrong".
 _TRANSIENT_REPLIES = ("LOADING", "BUSY", "OOM", "MISCONF", "READONLY", "MASTERDOWN", "TRYAGAIN")
 
 
 def _check_name(what: str, name: str) -> None:
     # Names become parts of keys; ':' or NUL inside one would alias another key or token.
-    if not _NAME.fullmatch(name):
+    if not valid_id(name):
         raise ValueError(f"{what} must match [A-Za-z0-9_.-]{{1,64}}: {name!r:.80}")
 
 

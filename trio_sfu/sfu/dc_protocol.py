@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 from trio_sfu.sfu.model import PublisherInfo, TrackInfo
 
+#: The one definition of a name (issue 16): rooms, connection ids, APP_IDs, node ids and API
+#: key ids all follow the seed's id rule. A user name (a token's identity) leaves room for
+#: "-" and an 8-symbol suffix in a 64-character connection id.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+USER_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,55}")
 #: A chat line may be long, but not unbounded (the data channel allows 256 KiB messages).
 MAX_CHAT = 4096
 
@@ -23,6 +27,10 @@ class CommandError(ValueError):
 
 def valid_id(value: str) -> bool:
     return ID_PATTERN.fullmatch(value) is not None
+
+
+def valid_user(value: str) -> bool:
+    return USER_PATTERN.fullmatch(value) is not None
 
 
 def user_of(connection_id: str) -> str:
