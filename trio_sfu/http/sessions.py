@@ -28,7 +28,8 @@ from trio_sfu.proto.sdp import SessionDescription
 from trio_sfu.proto.sdp import parse as parse_sdp
 from trio_sfu.sfu.model import Role
 
-Kind = Literal["whip", "whep"]
+#: which protocol a session belongs to (not rtc.demux.Kind, the kind of a datagram)
+SessionKind = Literal["whip", "whep"]
 #: The prefix of every session URL (one namespace for WHIP and WHEP: no room name can clash).
 SESSION_PATH = "/sessions/"
 #: How many sessions one POST checks for peers the SFU already forgot (consent timeout, STOP).
@@ -97,7 +98,7 @@ def answer_transport(answer: str) -> Transport:
 @dataclass(slots=True)
 class Session:
     id: str
-    kind: Kind
+    kind: SessionKind
     room: str
     peer_id: str
     owner: str | None  # the identity of the token that created it (None: auth is off)
@@ -138,7 +139,7 @@ class Sessions:
 
     def create(
         self,
-        kind: Kind,
+        kind: SessionKind,
         room: str,
         peer_id: str,
         *,

@@ -34,8 +34,8 @@ from trio_sfu.http.ice_servers import IceServerList, ice_server_list
 from trio_sfu.http.limits import MAX_BODY, SDP_TYPE, check_name, read_sdp
 from trio_sfu.http.sessions import (
     PRUNE_PER_CREATE,
-    Kind,
     Session,
+    SessionKind,
     Sessions,
     answer_transport,
     etag_for,
@@ -194,7 +194,7 @@ def whip_blueprint(
             raise Unavailable("the server is draining: retry on another node",
                               retry_after=RETRY_AFTER)
 
-    async def create(kind: Kind, room: str, publisher: str | None) -> Response:
+    async def create(kind: SessionKind, room: str, publisher: str | None) -> Response:
         claims = guard.authenticate()
         check_name("room", room)
         if publisher is not None:
@@ -392,7 +392,7 @@ def whip_blueprint(
     return bp
 
 
-def _peer_id(claims: Claims | None, kind: Kind) -> str:
+def _peer_id(claims: Claims | None, kind: SessionKind) -> str:
     """The seed's unique-id rule: ``<identity>-<random suffix>`` (so seed-API subscribers
     see a WHIP publisher as ``PUB_JOIN alice-3f9a0c1d``)."""
     user = claims.identity if claims is not None else kind
