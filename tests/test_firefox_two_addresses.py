@@ -32,14 +32,8 @@ import pytest
 import trio
 
 from tests.netns import ADDRESS_A, REPO, inside, netns_argv, require_netns
-from tests.test_site import (
-    FIREFOX_PREFS,
-    NODE_TESTS,
-    REQUIRE_FIREFOX_ENV,
-    SITE,
-    Collector,
-    find_firefox,
-)
+from tests.peers.firefox import find_firefox, require_firefox
+from tests.test_site import FIREFOX_PREFS, NODE_TESTS, SITE, Collector
 
 FRAMES = 60
 SCENARIO_TIMEOUT = 150
@@ -50,11 +44,7 @@ FIREFOX_SIDE = "198.19.0.2"
 @pytest.mark.browser
 def test_firefox_connects_to_a_wildcard_server_on_a_two_address_host() -> None:
     require_netns()
-    if find_firefox() is None:
-        missing = "firefox-esr not installed (Debian package firefox-esr)"
-        if os.environ.get(REQUIRE_FIREFOX_ENV) == "1":
-            pytest.fail(f"{missing} ({REQUIRE_FIREFOX_ENV}=1 forbids skipping)")
-        pytest.skip(missing)
+    require_firefox()
     argv = netns_argv([sys.executable, "-m", "tests.test_firefox_two_addresses", "run"])
     done = subprocess.run(
         argv, cwd=REPO, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT + 30

@@ -37,7 +37,7 @@ import pytest
 import trio
 
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS
-from tests.peers.firefox import FIREFOX_PREFS, REQUIRE_FIREFOX_ENV, find_firefox
+from tests.peers.firefox import FIREFOX_PREFS, require_firefox
 from tests.peers.harness import require_chromium
 from trio_sfu.app import serve
 from trio_sfu.config import Config
@@ -690,12 +690,7 @@ async def test_firefox_module_and_demo(tmp_path: Path) -> None:
     Chromium as PUB_LEFT.
     """
     require_chromium()
-    firefox = find_firefox()
-    if firefox is None:
-        missing = "firefox-esr not installed (Debian package firefox-esr)"
-        if os.environ.get(REQUIRE_FIREFOX_ENV) == "1":
-            pytest.fail(f"{missing} ({REQUIRE_FIREFOX_ENV}=1 forbids skipping)")
-        pytest.skip(missing)
+    firefox = require_firefox()
     site = tmp_path / "site"
     shutil.copytree(SITE, site)
     for name in ("browser_harness.js", "firefox_check.html"):

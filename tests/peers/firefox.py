@@ -40,3 +40,19 @@ def find_firefox() -> str | None:
         if found:
             return found
     return None
+
+
+def require_firefox() -> str:
+    """Firefox's path; else skip the calling test naming the package (fail instead under
+    CI's ``TRIO_SFU_REQUIRE_FIREFOX=1``)."""
+    import os
+
+    import pytest
+
+    found = find_firefox()
+    if found is not None:
+        return found
+    missing = "firefox-esr not installed (Debian package firefox-esr)"
+    if os.environ.get(REQUIRE_FIREFOX_ENV) == "1":
+        pytest.fail(f"{missing} ({REQUIRE_FIREFOX_ENV}=1 forbids skipping)")
+    pytest.skip(missing)
