@@ -25,7 +25,6 @@ from trio_sfu.http.sessions import Sessions
 from trio_sfu.http.signaling import SfuApi, signaling_blueprint
 from trio_sfu.http.static import install_site
 from trio_sfu.http.whip import WhipSfuApi, whip_blueprint
-from trio_sfu.sfu.model import Role
 
 access_log = logging.getLogger("trio_sfu.http.access")
 
@@ -36,18 +35,6 @@ BODY_TIMEOUT = 10
 class HttpSfuApi(SfuApi, WhipSfuApi, Protocol):
     """Everything the HTTP layer serves: the seed API and WHIP/WHEP, always both (a missing
     route must be a failure a test sees, not a 404 a client has to guess about)."""
-
-    async def publish(
-        self,
-        room: str,
-        peer_id: str,
-        offer_sdp: str,
-        *,
-        source: str | None = None,
-        app_ids: Sequence[str] = (),
-    ) -> str: ...
-
-    async def stop(self, role: Role, room: str, peer_id: str) -> None: ...
 
 
 def create_app(

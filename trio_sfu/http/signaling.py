@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 
 
-class SfuApi(Protocol):
-    """What the HTTP layer needs from the SFU (``trio_sfu.sfu.service.Sfu`` provides it)."""
+class PublishApi(Protocol):
+    """Joining as a publisher and leaving: what the seed API and WHIP share."""
 
     async def publish(
         self,
@@ -44,11 +44,15 @@ class SfuApi(Protocol):
         app_ids: Sequence[str] = (),
     ) -> str: ...
 
+    async def stop(self, role: Role, room: str, peer_id: str) -> None: ...
+
+
+class SfuApi(PublishApi, Protocol):
+    """What the HTTP layer needs from the SFU (``trio_sfu.sfu.service.Sfu`` provides it)."""
+
     async def subscribe(
         self, room: str, peer_id: str, offer_sdp: str, *, source: str | None = None
     ) -> str: ...
-
-    async def stop(self, role: Role, room: str, peer_id: str) -> None: ...
 
     async def list_rooms(self) -> list[dict[str, Any]]: ...
 

@@ -41,6 +41,7 @@ from trio_sfu.http.sessions import (
     etag_for,
     if_match_allows,
 )
+from trio_sfu.http.signaling import PublishApi
 from trio_sfu.proto.sdp import MediaSection, SessionDescription
 from trio_sfu.proto.sdp import parse as parse_sdp
 from trio_sfu.proto.sdp.frag import build_frag, parse_frag
@@ -56,18 +57,8 @@ RETRY_AFTER = 2
 
 
 @runtime_checkable
-class WhipSfuApi(Protocol):
+class WhipSfuApi(PublishApi, Protocol):
     """What WHIP/WHEP need from the SFU beyond the seed API (README.md, "WHIP and WHEP")."""
-
-    async def publish(
-        self,
-        room: str,
-        peer_id: str,
-        offer_sdp: str,
-        *,
-        source: str | None = None,
-        app_ids: Sequence[str] = (),
-    ) -> str: ...
 
     async def whep(
         self,
@@ -78,8 +69,6 @@ class WhipSfuApi(Protocol):
         publisher_id: str | None = None,
         source: str | None = None,
     ) -> str: ...
-
-    async def stop(self, role: Role, room: str, peer_id: str) -> None: ...
 
     def ice_credentials(self, role: Role, room: str, peer_id: str) -> tuple[str, str]: ...
 
