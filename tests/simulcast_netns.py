@@ -215,6 +215,12 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             iptables("-D", *rule)
             out["lossyCounters"] = {k: v - first[k] for k, v in counters().items()}
             out["lossyRetransmitted"] = downtrack.retransmitted - resent
+            out["lossyNack"] = {
+                "misses": downtrack.nack_misses,
+                "repeats": downtrack.nack_repeats,
+                "answered": carol_sub.nacks_answered,
+                "layer": downtrack.forwarded_layer,
+            }
             out["lossyEstimate"] = int(carol_sub.bwe.estimate)
             out["lossyLoss"] = round(carol_sub.bwe.loss, 3)
             out["renegotiated"] = carol_sub.negotiations != negotiations

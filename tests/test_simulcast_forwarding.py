@@ -333,6 +333,12 @@ def test_nack_is_answered_from_the_forwarded_streams_cache() -> None:
     unwrapped = rtx_unwrap(a.leg.received[-1], a.downtrack.transceiver.sender_ssrc, 96)
     assert unwrapped is not None and unwrapped[0] == missing
     resent = parse_rtp(unwrapped[1])
+    # with the picture id the subscriber saw for that frame (renumbered since the switch),
+    # not stream q's own
+    same_frame = parse_descriptor(got[-1].payload)
+    resent_desc = parse_descriptor(resent.payload)
+    assert same_frame is not None and resent_desc is not None
+    assert resent_desc.picture_id == same_frame.picture_id
     assert resent.payload[resent.payload.index(b"\xee", 4) + 1] == 0  # stream q's packet
 
 

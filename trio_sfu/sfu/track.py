@@ -810,6 +810,10 @@ class DownTrack:
             return False
         in_seq = rewriter.to_input_sequence(out_seq)
         original = cache.get(in_seq) if in_seq is not None else None
+        pictures = group.pictures
+        if original is not None and pictures is not None:
+            # the VP8 picture ids the subscriber saw (renumbered since a layer switch)
+            original = pictures.rewrite(original, payload_offset(original), resend=True)
         out = rewriter.rewrite_as(original, out_seq) if original is not None else None
         if out is None:
             self.nack_misses += 1

@@ -185,13 +185,27 @@ class PictureIdRewriter:
         """The next packet starts another stream: continue the numbering from it."""
         self._pending = self._last_pid >= 0
 
-    def rewrite(self, packet: bytes, offset: int) -> bytes:
-        """``packet`` (an RTP packet whose VP8 payload starts at ``offset``) renumbered."""
+    def rewrite(self, packet: bytes, offset: int, *, resend: bool = False) -> bytes:
+        """``packet`` (an RTP packet whose VP8 payload starts at ``offset``) renumbered.
+
+        ``resend``: the packet was forwarded before (a NACKed packet from the cache): it gets
+        the numbers it had, and the state does not move. A retransmission that skipped this
+        would carry the source stream's own picture id and break the receiver's frame.
+        """
         desc = parse_descriptor(packet[offset : offset + 6])
         if desc is None or desc.picture_id is None:
             return packet
         pid = desc.picture_id
         tl0 = desc.tl0_pic_idx
+        if resend:
+            mask = 0x7FFF if desc.picture_id_15bit else 0x7F
+            out_pid = (pid + self._pid_off) & mask
+            out_tl0 = None if tl0 is None else (tl0 + self._tl0_off) & 0xFF
+            if out_pid == pid and out_tl0 == tl0:
+                return packet
+            out = bytearray(packet)
+            rewrite_descriptor(memoryview(out)[offset:], out_pid, out_tl0)
+            return bytes(out)
         if self._pending:
             self._pending = False
             self._pid_off = self._last_pid + 1 - pid
