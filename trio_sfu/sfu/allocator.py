@@ -23,7 +23,7 @@ Rules, in order (issue 11 §3-4):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -213,10 +213,9 @@ class LayerPlanner:
         by_track = {d.track: d for d in demands}
         congested = decreases != self._decreases
         self._decreases = decreases
-        for key in [k for k in self._tried_at if k not in current]:  # tracks gone
-            self._tried_at.pop(key)
-            self._backoff.pop(key, None)
-            self._next_trial.pop(key, None)
+        for kept in (self._tried_at, self._backoff, self._next_trial):
+            for key in [k for k in kept if k not in current]:  # tracks gone
+                del kept[key]
         fits: dict[str, int | None] = {}
         if congested:
             self._congested_at = now
@@ -249,12 +248,8 @@ class LayerPlanner:
         ordered = sorted(demands, key=lambda d: (-d.priority, -(d.rendered_width or 0)))
         if probing:
             return self._climb_by_probe(estimate, ordered, out, now)
-        for demand in ordered:
+        for demand, at in _climbable(ordered, out):
             track = demand.track
-            at = out.get(track)
-            ceiling = demand.ceiling()
-            if at is None or ceiling is None or at >= ceiling or demand.hint != "auto":
-                continue
             tried = self._tried_at.get(track)
             if tried is not None and now - tried < self._hold:
                 return out  # one trial at a time: the last one is still being judged
@@ -274,12 +269,8 @@ class LayerPlanner:
         # estimate with the link, and a switch that overshoots costs a keyframe, a queue
         # and a switch back.
         fits = allocate(estimate * UP_MARGIN, ordered)
-        for demand in ordered:
+        for demand, at in _climbable(ordered, out):
             track = demand.track
-            at = out.get(track)
-            ceiling = demand.ceiling()
-            if at is None or ceiling is None or at >= ceiling or demand.hint != "auto":
-                continue
             if (fits.get(track) or 0) > at:
                 out[track] = at + 1  # the estimate (a probe's, or grown) admits it
                 self._probe_wait = 0.0
@@ -295,3 +286,15 @@ class LayerPlanner:
             self.probe_target = 1.05 * need / UP_MARGIN
             return out
         return out
+
+
+def _climbable(
+    ordered: list[TrackDemand], out: dict[str, int]
+) -> Iterator[tuple[TrackDemand, int]]:
+    """The simulcast tracks that may climb (``auto``, below their ceiling), in priority
+    order, each with its layer now."""
+    for demand in ordered:
+        at = out.get(demand.track)
+        ceiling = demand.ceiling()
+        if at is not None and ceiling is not None and at < ceiling and demand.hint == "auto":
+            yield demand, at
