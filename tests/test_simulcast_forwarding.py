@@ -13,7 +13,7 @@ and payloads the publisher's own.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +23,7 @@ from tests.test_forwarding_groups import (
     PROFILE,
     PublisherLeg,
     SubscriberLeg,
+    publisher_transceiver,
     subscriber_transceiver,
 )
 from trio_sfu.proto.capabilities import URI_RID, URI_TRANSPORT_CC
@@ -43,20 +44,15 @@ PACKETS_PER_FRAME = 2
 
 
 def simulcast_transceiver() -> Transceiver:
-    return Transceiver(
-        kind="video",
-        direction="recvonly",
-        sender_ssrc=1,
-        sender_rtx_ssrc=None,
-        cname="pub",
-        stream_id="s",
-        track_id="t",
-        current_direction="recvonly",
+    """publisher_transceiver's, with three rids, VP8 alone and the RID extension."""
+    return replace(
+        publisher_transceiver(),
         codecs=[RtpCodec(96, "VP8", 90000, rtcp_fb=list(FB))],
         header_extensions=[
             HeaderExtension(3, URI_TRANSPORT_CC),
             HeaderExtension(10, URI_RID),
         ],
+        remote_ssrcs=[],
         remote_rids=list(RIDS),
     )
 
