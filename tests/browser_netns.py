@@ -55,6 +55,7 @@ TURNSERVER = "/usr/bin/turnserver"
 FRAMES = 60
 SCENARIO_TIMEOUT = 170.0
 CONSENT_TIMEOUT = 5.0
+SWITCH_BIND_TIMEOUT = 1.0
 
 
 def iptables(*rule: str) -> None:
@@ -193,6 +194,15 @@ def browser_part(scenario: str, base: str, out: dict[str, Any], server: Running,
             if scenario == "switch":
                 before = {n: page.js("n => harness.selectedPair(n)", n) for n in ("alice", "bob")}
                 out["pairsBefore"] = before
+                # Chromium opened a TCP connection per peer connection and sends nothing on it
+                # while UDP works: the call must outlive the bind timeout (shortened to
+                # SWITCH_BIND_TIMEOUT) with those backups parked, as a real call would.
+                tcp = server.rtc.tcp
+                assert tcp is not None
+                wait_until("both TCP backups parked", lambda: tcp.stats.parked,
+                           lambda n: n >= 4, 30, page)
+                out["parkedBeforeDrop"] = [tcp.parked, tcp.stats.parked, tcp.stats.bind_timeouts]
+                st = status()
                 start = frames(st)
                 drop_all_udp()
                 blocked_at = time.monotonic()
@@ -364,6 +374,8 @@ async def scenario(name: str) -> dict[str, Any]:
                 side.start_soon(balancer.serve)
                 out["balancer"] = [other_host, extra["tcp_public_port"]]
             base = f"http://127.0.0.1:{running.http_port}"
+            if name == "switch" and running.rtc.tcp is not None:
+                running.rtc.tcp.bind_timeout = SWITCH_BIND_TIMEOUT
             out["udpPort"], out["tcpPort"] = running.udp_port, running.tcp_port
             fds_before = len(os.listdir("/proc/self/fd"))
             flood = trio.Event()

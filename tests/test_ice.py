@@ -17,6 +17,7 @@ from aioice import stun as aioice_stun
 
 from trio_sfu.proto import stun
 from trio_sfu.proto.ice import (
+    TCP_TAKEOVER_SILENCE,
     Connected,
     ConsentLost,
     Failed,
@@ -689,6 +690,32 @@ def test_live_selected_pair_keeps_the_path_against_a_candidate() -> None:
 def test_a_nominating_check_after_silence_moves_at_once() -> None:
     agent = confirmed_lite()
     lite_handle(agent, request(), OTHER, now=9.5)  # 8.5 s after the last input on CLIENT
+    assert agent.selected == OTHER
+
+
+def test_a_nominated_tcp_path_takes_over_a_silent_pair_at_once() -> None:
+    """UDP failed: the client nominates its ICE-TCP pair (a connection a valid check bound,
+    which cannot be spoofed). Once the selected pair has been silent for
+    TCP_TAKEOVER_SILENCE the path moves at once, not at the client's next RTCP report; while
+    the selected pair is heard (a check replayed over an attacker's own connection) it only
+    becomes the candidate, and needs media over it."""
+    agent = confirmed_lite()  # last heard at 1.0
+    lite_handle(agent, request(), OTHER, now=1.0 + TCP_TAKEOVER_SILENCE - 0.1)
+    agent.trusted_candidate(OTHER, 1.0 + TCP_TAKEOVER_SILENCE - 0.1)
+    assert agent.selected == CLIENT and agent.candidate == OTHER
+    lite_handle(agent, request(), OTHER, now=1.0 + TCP_TAKEOVER_SILENCE)
+    agent.trusted_candidate(OTHER, 1.0 + TCP_TAKEOVER_SILENCE)
+    assert agent.selected == OTHER and agent.candidate is None and agent.confirmed
+
+
+def test_a_heard_pair_keeps_the_path_against_a_trusted_candidate() -> None:
+    agent = confirmed_lite()
+    for t in (2.0, 3.5, 5.0):
+        agent.heard(t - 0.05)  # the real peer streams on CLIENT
+        lite_handle(agent, request(), OTHER, now=t)
+        agent.trusted_candidate(OTHER, t)
+        assert agent.selected == CLIENT and agent.candidate == OTHER
+    assert agent.authenticated(OTHER, 5.1)  # its media over the connection is the proof
     assert agent.selected == OTHER
 
 

@@ -26,11 +26,11 @@ from trio_sfu.app import serve
 from trio_sfu.config import Config, ConfigError
 from trio_sfu.proto import stun
 from trio_sfu.proto.framing import Deframer, frame
-from trio_sfu.proto.ice import IceLiteAgent
+from trio_sfu.proto.ice import TCP_TAKEOVER_SILENCE, IceLiteAgent
 from trio_sfu.rtc.demux import Kind
 from trio_sfu.rtc.path import Path
 from trio_sfu.rtc.server import RtcServer
-from trio_sfu.rtc.tcp import TcpEndpoint
+from trio_sfu.rtc.tcp import PARKED_PER_ROUTE, TcpEndpoint
 from trio_sfu.rtc.udp import Address, UdpPath
 
 # --------------------------------------------------------------------------- the endpoint
@@ -288,6 +288,61 @@ async def test_silent_and_garbage_connections_are_closed_and_peers_unaffected() 
     assert open_fds() <= fds_before
 
 
+async def test_a_silent_backup_from_a_live_clients_host_is_kept_until_it_is_needed() -> None:
+    """Chromium opens its TCP connection when it learns our passive candidate and sends
+    nothing on it while UDP works; it checks it only once UDP fails. Such a connection from a
+    host with a live UDP session is parked (kept past the bind timeout, at most
+    PARKED_PER_ROUTE per UDP address), binds when its check finally comes, and is closed once
+    its host has no session left. Other silent connections are closed as before, and so is
+    one from the client's host that started sending something other than a check."""
+    peer = RecordingPeer()
+    routes = {"127.0.0.1": 1}
+    bind_timeout = 0.2
+    async with trio.open_nursery() as nursery:
+        endpoint = await start_endpoint(
+            nursery, {peer.ufrag: peer}, bind_timeout=bind_timeout,
+            routes_from=lambda host: routes.get(host, 0),
+        )
+        # One more than the client's host may park: whichever reaches its deadline last is
+        # closed, the others are kept.
+        clients = [await connect(endpoint) for _ in range(PARKED_PER_ROUTE + 1)]
+        with trio.fail_after(10):
+            while endpoint.stats.parked < 3 * PARKED_PER_ROUTE:  # each kept three times
+                await trio.sleep(0.02)
+        assert endpoint.parked == PARKED_PER_ROUTE and endpoint.pending == 0
+        assert endpoint.stats.bind_timeouts == 1
+        closed = [await client.closed_by_server(0.3) for client in clients]
+        assert closed.count(True) == 1
+        backups = [client for client, gone in zip(clients, closed, strict=True) if not gone]
+
+        # A partial frame is not a silent backup: closed at its deadline, not parked.
+        partial = await connect(endpoint)
+        await partial.stream.send_all(b"\x00\x40\x00")  # announces 64 bytes, sends one
+        assert await partial.closed_by_server(5)
+        assert endpoint.stats.bind_timeouts == 2
+
+        # UDP fails: the client checks its parked backup, which binds and carries media.
+        used = backups[0]
+        await used.send(peer.check())
+        assert stun.parse(await used.receive()).message_class == stun.Class.RESPONSE
+        assert endpoint.stats.bound == 1 and endpoint.parked == PARKED_PER_ROUTE - 1
+        [(path, nominated)] = peer.validated
+        assert nominated and path.usable
+        await trio.sleep(3 * bind_timeout)  # bound connections have no deadline
+        path.send(b"\x80\x01")
+        assert await used.receive() == b"\x80\x01"
+
+        # The client's sessions end: its other backups go at their next deadline.
+        routes.clear()
+        for client in backups[1:]:
+            assert await client.closed_by_server(5)
+        assert endpoint.parked == 0 and endpoint.connections == 1
+        for client in [*clients, partial]:
+            await client.stream.aclose()
+        nursery.cancel_scope.cancel()
+    endpoint.close()
+
+
 async def test_unbound_connections_beyond_the_limit_evict_the_oldest() -> None:
     peer = RecordingPeer()
     async with trio.open_nursery() as nursery:
@@ -407,15 +462,16 @@ class FakeTcpPath:
 
 
 async def test_a_server_peer_follows_the_nominated_path_across_transports() -> None:
-    """UDP first, then a nominated TCP check moves the media (and asks for keyframes);
-    unnominated checks elsewhere do not; a closed TCP path is dropped until the next check.
+    """UDP first, then a nominated TCP check moves the media (and asks for keyframes, again
+    once the peer's media comes over it); unnominated checks elsewhere do not (the selected
+    pair is not silent); a closed TCP path is dropped until the next check.
     Each check goes through the lite agent first, as the endpoints do (the path rule of
     docs/security.md: before any authenticated traffic, the newest nomination wins)."""
     rtc = RtcServer.bind("127.0.0.1", 0, tcp_port=0)
     try:
         peer = rtc.create_peer("p")
-        moves: list[float] = []
-        peer.on_path_changed = moves.append
+        moves: list[tuple[float, bool]] = []
+        peer.on_path_changed = lambda now, receiving: moves.append((now, receiving))
 
         def validated(path: Path, nominated: bool, now: float) -> None:
             agent = peer.ice_agent
@@ -434,17 +490,29 @@ async def test_a_server_peer_follows_the_nominated_path_across_transports() -> N
         validated(tcp, False, 2.0)
         assert peer.path == udp  # a check is not a nomination
         validated(tcp, True, 3.0)
-        assert peer.path is tcp and peer.remote_address == tcp.address and moves == [3.0]
+        # Media goes there at once; the peer's own media counts as moved (remote_address,
+        # and a second on_path_changed for the publisher's keyframe) once authenticated
+        # input comes over it.
+        assert peer.path is tcp and peer.remote_address == udp.address and moves == [(3.0, False)]
         peer._send_datagram(b"\x80x")
         assert tcp.sent == [b"\x80x"]
+        peer._ice_authenticated(tcp.address, 3.1)  # what SRTP/DTLS over it calls
+        assert peer.remote_address == tcp.address and moves == [(3.0, False), (3.1, True)]
+        # The path is confirmed now: a nominated UDP check alone makes a candidate, and its
+        # first authenticated packet moves the path back (equal paths).
         validated(UdpPath(rtc.endpoint, ("127.0.0.1", 5000)), True, 4.0)
-        assert peer.path == udp and moves == [3.0, 4.0]  # and back to UDP (equal paths)
-        validated(tcp, True, 5.0)
+        assert peer.path is tcp
+        peer._ice_authenticated(udp.address, 4.1)
+        assert peer.path == udp and peer.remote_address == udp.address
+        assert moves == [(3.0, False), (3.1, True), (4.1, True)]
+        # UDP went silent (last heard at 4.1): a nominated TCP check takes over at once.
+        validated(tcp, True, 4.1 + TCP_TAKEOVER_SILENCE)
+        assert peer.path is tcp
         tcp.usable = False
         peer.path_closed(tcp)
         assert peer.path is None and peer.remote_address is None
         peer._send_datagram(b"\x80y")  # nowhere to send: dropped
-        validated(udp, False, 6.0)
+        validated(udp, False, 7.0)
         assert peer.path == udp
         peer.abandon()
     finally:
@@ -566,9 +634,11 @@ async def test_chromium_over_ice_tcp_when_udp_is_dropped() -> None:
 
 @pytest.mark.browser
 async def test_chromium_moves_from_udp_to_tcp_and_back_mid_call_without_a_new_post() -> None:
-    """UDP is dropped mid-call: both connections move to their TCP pair (Chromium nominates
-    it; the server follows the nomination and asks for keyframes) on the same connection ids,
-    and media resumes; UDP comes back: both move back to UDP, media still flowing."""
+    """UDP is dropped mid-call, after the bind timeout: both connections move to the TCP
+    connection Chromium opened at the start and left silent (parked by the server, not
+    closed), on the same connection ids; the server sends there once the UDP pair has been
+    silent and the client checks TCP, asks the publisher for a keyframe when its media comes
+    over TCP, and media resumes; UDP comes back: both move back to UDP, media still flowing."""
     require_netns()
     require_chromium()
     result = await run_scenario("switch")
@@ -576,6 +646,9 @@ async def test_chromium_moves_from_udp_to_tcp_and_back_mid_call_without_a_new_po
         assert result["pairsBefore"][name]["remote"]["protocol"] == "udp", result
         assert_tcp_pair(result["pairs"][name])
     assert result["idsAfter"] == [result["ids"]], "the switch made new connections"
+    # The call outlived the bind timeout: Chromium's silent TCP backups were parked, not closed.
+    parked_now, parked_times, bind_timeouts = result["parkedBeforeDrop"]
+    assert parked_now == 2 and parked_times >= 4 and bind_timeouts == 0, result
     assert result["framesAfterSwitch"] >= 60, result
     assert any(text == "hello over switch" for _, text in result["chat"]), result
     print(f"UDP dropped mid-call: first frames again after {result['firstFramesSeconds']} s, "

@@ -40,6 +40,21 @@ def test_keyframe_arrival_answers_a_refused_request() -> None:
     assert throttle.sent == 1
 
 
+def test_held_requests_wait_for_the_publishers_media_and_then_go_at_once() -> None:
+    """The publisher's path moved on a check and its media has not come over the new one:
+    a keyframe it sent would be lost, so requests wait; when its media comes, one request goes
+    at once whatever the interval (the caller sends it), and the throttle runs from there."""
+    throttle = KeyframeThrottle(0.5)
+    assert throttle.allow(0.0)
+    throttle.hold()
+    assert not throttle.allow(0.6) and throttle.pending
+    assert throttle.get_timer() is None and not throttle.due(5.0)
+    throttle.release(5.1)
+    assert not throttle.pending and not throttle.held and throttle.sent == 2
+    assert not throttle.allow(5.3)  # the release's request counts
+    assert throttle.due(5.6)
+
+
 def test_throttle_arguments() -> None:
     with pytest.raises(ValueError):
         KeyframeThrottle(-1)

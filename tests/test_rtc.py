@@ -148,6 +148,8 @@ async def test_address_change_keeps_media_flowing(
         while len(back.packets) < 50:
             await trio.sleep(0.01)
     old_address = spc.remote_address
+    assert old_address is not None
+    assert rtc_server.endpoint.routes_from(old_address[0]) == 1  # what ICE-TCP parking reads
     new_local = await client.rebind()
     # The nominating check from the new address alone does not move a confirmed path
     # (docs/security.md, "Path changes"): it waits as the candidate ...
@@ -166,6 +168,7 @@ async def test_address_change_keeps_media_flowing(
         while len(back.packets) < 100:
             await trio.sleep(0.01)
     assert sorted(seq for _, seq in back.packets) == list(range(100))
+    assert rtc_server.endpoint.routes_from(old_address[0]) == 2  # both addresses are routed
     # No renegotiation happened: same descriptions, stable, still connected.
     assert spc.jsep.current_local_description is offers_before
     assert spc.jsep.signaling_state == "stable" and spc.connected and client.connected

@@ -81,6 +81,18 @@ IceEvent = Connected | Failed | ConsentLost
 #: check from another address alone moves the path: longer than RFC 7675 §5.1's randomised
 #: consent interval (5 s x 1.2), so a live peer that sends only consent checks never looks silent.
 PATH_SILENCE = 8.0
+#: How long the selected pair must have been silent before a nominating check over an
+#: ICE-TCP connection moves the path at once. A client nominates another pair only after its
+#: own went quiet (Chromium: 2.5 s without input), and a live pair carrying video is heard
+#: every few tens of milliseconds (media or transport-cc feedback). Without this a receive-only
+#: client's move waited for its next RTCP report over the new connection (up to 1 s).
+TCP_TAKEOVER_SILENCE = 2.0
+#: The same for a check without USE-CANDIDATE: Chromium checks its TCP backup every 250 ms
+#: from the moment its UDP pair goes weak, and nominates it only seconds later (measured: 4 s
+#: after UDP failed), while a working Chromium pair is checked at least every 2.5 s, so a
+#: silence this long is not a pause between consent checks. (Chromium takes media on any
+#: pair of its transport, selected or not.)
+TCP_CHECK_TAKEOVER_SILENCE = 3.0
 
 
 def _drop(reason: str) -> IceReply:
@@ -205,11 +217,20 @@ class IceLiteAgent:
             return True
         return False
 
-    def trusted_candidate(self, addr: Address, now: float) -> None:
-        """A path that cannot be spoofed (an ICE-TCP connection a valid check bound) carries
-        the peer's traffic: make it the candidate, so the authenticated media on it moves the
-        path at once (a client sends media only on its selected pair, RFC 8445 §12.1)."""
-        if addr != self.selected:
+    def trusted_candidate(self, addr: Address, now: float, *, nominated: bool = True) -> None:
+        """A path that cannot be spoofed (an ICE-TCP connection a valid check bound) carried a
+        valid check, or the peer's traffic (``nominated``: a client sends media only on its
+        selected pair, RFC 8445 §12.1). Move there at once if the selected pair has been silent
+        for :data:`TCP_TAKEOVER_SILENCE` (:data:`TCP_CHECK_TAKEOVER_SILENCE` for a check
+        without USE-CANDIDATE): the client left it. Otherwise a nominated path becomes the
+        candidate, which its first authenticated packet moves to. A check replayed over an
+        attacker's own connection cannot take a pair that is being heard."""
+        if addr == self.selected:
+            return
+        silence = TCP_TAKEOVER_SILENCE if nominated else TCP_CHECK_TAKEOVER_SILENCE
+        if now - self.heard_at >= silence:
+            self._move(addr, now)
+        elif nominated:
             self.candidate = addr
             self._candidate_at = now
 

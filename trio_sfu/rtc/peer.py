@@ -120,7 +120,9 @@ class PeerConnection:
         self.connect_timeout = connect_timeout
         #: RFC 9260 Association.Max.Retrans; None: never give up (Chromium's choice)
         self.sctp_max_retransmits = sctp_max_retransmits
-        #: where media goes: the nominated (server) or selected (client) remote address
+        #: the nominated (server) or selected (client) remote address: where media goes, and
+        #: the address whose authenticated input counts as hearing the peer (a server that
+        #: moved on a check alone keeps the old one until media comes over the new path)
         self.remote_address: Address | None = None
         #: When authenticated SRTP/SRTCP last came from :attr:`remote_address` (written on the
         #: hot path; the ICE side reads it lazily for consent, RFC 7675).

@@ -185,7 +185,9 @@ def _bind_endpoints(
             return endpoint, None
         number = endpoint.local_address[1] if tcp_port == SAME_AS_UDP else tcp_port
         try:
-            return endpoint, TcpEndpoint.bind(host, number, endpoint.peer_for_ufrag)
+            return endpoint, TcpEndpoint.bind(
+                host, number, endpoint.peer_for_ufrag, routes_from=endpoint.routes_from
+            )
         except OSError as exc:
             endpoint.close()
             if attempt == tries - 1:
@@ -221,9 +223,10 @@ class ServerPeerConnection(PeerConnection):
         self.server = server
         #: where media goes: the selected pair's path (None until a valid check)
         self.path: Path | None = None
-        #: called when media moves to another path (not for the first one): the SFU asks for
-        #: keyframes, since whatever was sent on the old path meanwhile is lost
-        self.on_path_changed: Callable[[float], None] | None = None
+        #: called when media moves to another path (not for the first one) with whether the
+        #: peer's own media comes over it yet, and again once it does (see _follow_path): the
+        #: SFU asks for keyframes, since whatever was sent on the old path meanwhile is lost
+        self.on_path_changed: Callable[[float, bool], None] | None = None
         #: the paths valid checks came over, by remote address (newest last, bounded)
         self._paths: dict[Address, Path] = {}
         self.ice_agent = IceLiteAgent(
@@ -275,9 +278,11 @@ class ServerPeerConnection(PeerConnection):
         paths[path.address] = path
         while len(paths) > MAX_PATHS:
             del paths[next(iter(paths))]
-        if nominated and path.transport == "tcp":
-            self.ice_agent.trusted_candidate(path.address, now)
-        self._follow_path(now)
+        if path.transport == "tcp":
+            agent = self.ice_agent
+            agent.heard(self.heard_at)  # the takeover rule weighs how recently we heard the peer
+            agent.trusted_candidate(path.address, now, nominated=nominated)
+        self._follow_path(now, by_media=False)
 
     def path_closed(self, path: Path) -> None:
         """A TCP connection ended: if it carried the media, nothing is sent until the client's
@@ -290,8 +295,15 @@ class ServerPeerConnection(PeerConnection):
             self.remote_address = None
             self.ice_agent.selected_lost()
 
-    def _follow_path(self, now: float) -> None:
-        """Send where the agent selected, over the path that address's checks came by."""
+    def _follow_path(self, now: float, *, by_media: bool) -> None:
+        """Send where the agent selected, over the path that address's checks came by.
+
+        A move made on a check or a timer (the peer's old path went silent) sends there at
+        once, but the peer may still be sending on the old one (Chromium checks its TCP backup
+        a second before it switches to it): :attr:`remote_address` stays the old address until
+        the first authenticated packet over the new path, which is when
+        :attr:`on_path_changed` fires again — a keyframe asked for before then would come
+        back on the path that fails."""
         selected = self.ice_agent.selected
         current = self.path
         if selected is None or (current is not None and current.address == selected):
@@ -309,10 +321,11 @@ class ServerPeerConnection(PeerConnection):
                 },
             )
         self.path = path
-        self.remote_address = path.address
+        if by_media or current is None:
+            self.remote_address = path.address
         self.heard_at = now
         if current is not None and self.on_path_changed is not None:
-            self.on_path_changed(now)
+            self.on_path_changed(now, by_media)
 
     # -- PeerConnection hooks -------------------------------------------------------------
 
@@ -320,7 +333,16 @@ class ServerPeerConnection(PeerConnection):
         agent = self.ice_agent
         agent.heard(self.heard_at)
         agent.authenticated(addr, now)
-        self._follow_path(now)
+        path = self.path
+        if path is not None and addr == path.address:
+            # The first authenticated packet over a path we moved to on a check: the peer's
+            # media really comes this way now.
+            self.remote_address = addr
+            self.heard_at = now
+            if self.on_path_changed is not None:
+                self.on_path_changed(now, True)
+            return
+        self._follow_path(now, by_media=True)
 
     def _send_datagram(self, data: bytes | memoryview) -> None:
         path = self.path
@@ -357,7 +379,7 @@ class ServerPeerConnection(PeerConnection):
         agent = self.ice_agent
         agent.heard(self.heard_at)
         if agent.handle_timer(now):
-            self._follow_path(now)
+            self._follow_path(now, by_media=False)
         if agent.consent_expired(now):
             self.close("consent timeout")
 

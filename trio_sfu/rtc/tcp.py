@@ -12,6 +12,14 @@ Rules, the same as the UDP endpoint's (``rtc/udp.py``):
   check — closes the connection, and one that sends nothing valid is closed after
   ``bind_timeout``. At most ``max_pending`` unbound
   connections exist at once; the oldest goes first, so a flood cannot starve real clients.
+* Except a *backup*: Chromium opens its TCP connection to our passive candidate when it learns
+  it, then sends nothing on it while its UDP pair works, and checks it only once UDP fails
+  (its pair went weak: 2.5 s without input). Closing it at ``bind_timeout`` left a call whose
+  UDP failed after 10 s with no TCP path at all (measured: the call died instead of moving).
+  So a connection that has sent nothing when its ``bind_timeout`` ends is *parked* for another
+  ``bind_timeout``, again and again, while its host has a validated UDP address of a live
+  session, up to ``PARKED_PER_ROUTE`` per such address. A flood from any other host is closed
+  as before, and one from a client's own host holds a few sockets, not the port.
 * Once bound, every frame is demultiplexed by its first byte (RFC 7983) and handed to that
   peer; a check with another peer's USERNAME is refused (a connection never changes owner).
 * Sending is synchronous and never blocks (DESIGN.md, hot path): a frame is written straight
@@ -33,6 +41,7 @@ import math
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -46,6 +55,9 @@ log = logging.getLogger(__name__)
 BIND_TIMEOUT = 10.0
 #: Unbound connections kept at once; a new one beyond this closes the oldest.
 MAX_PENDING = 512
+#: Silent connections parked per validated UDP address on their host (see the module doc):
+#: Chromium keeps one per peer connection, and a host may run several.
+PARKED_PER_ROUTE = 2
 #: Bytes queued per connection before frames are dropped (≈ 1 s of 2 Mbit/s video).
 SEND_BUFFER = 256 * 1024
 #: Bytes read per ``recv`` (a dozen frames of media at a time; a busy connection reads again).
@@ -66,6 +78,7 @@ class TcpStats(CheckStats):
     bound: int = 0
     closed_unbound: int = 0  # closed before a valid check: invalid first frame, timeout, evicted
     bind_timeouts: int = 0
+    parked: int = 0  # times a silent connection was kept for another bind_timeout (a backup)
     evicted: int = 0
     frames_in: int = 0
     bytes_in: int = 0
@@ -161,6 +174,7 @@ class TcpEndpoint:
         sock: socket.socket,
         lookup: Callable[[str], EndpointPeer | None],
         *,
+        routes_from: Callable[[str], int] = lambda host: 0,
         bind_timeout: float = BIND_TIMEOUT,
         max_pending: int = MAX_PENDING,
         send_buffer: int = SEND_BUFFER,
@@ -168,12 +182,17 @@ class TcpEndpoint:
         sock.setblocking(False)
         self._sock = sock
         self._lookup = lookup
+        #: validated UDP addresses of live sessions on a host (``UdpEndpoint.routes_from``)
+        self._routes_from = routes_from
         self.bind_timeout = bind_timeout
         self.max_pending = max_pending
         self.send_buffer = send_buffer
         self.stats = TcpStats()
         #: unbound connections, oldest first (dicts keep insertion order)
         self._pending: dict[TcpConnection, None] = {}
+        #: parked silent connections per remote host (not in ``_pending``: a flood from
+        #: elsewhere cannot evict a client's backup)
+        self._parked: dict[str, set[TcpConnection]] = {}
         self._by_peer: dict[int, set[TcpConnection]] = {}
         self._live: set[TcpConnection] = set()
 
@@ -183,7 +202,7 @@ class TcpEndpoint:
         host: str,
         port: int,
         lookup: Callable[[str], EndpointPeer | None],
-        **options: float | int,
+        **options: Any,
     ) -> TcpEndpoint:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -196,7 +215,7 @@ class TcpEndpoint:
         except BaseException:
             sock.close()
             raise
-        return cls(sock, lookup, **options)  # type: ignore[arg-type]
+        return cls(sock, lookup, **options)
 
     @property
     def local_address(self) -> Address:
@@ -211,6 +230,11 @@ class TcpEndpoint:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def parked(self) -> int:
+        """Silent connections kept as some client's backup path (see the module doc)."""
+        return sum(len(conns) for conns in self._parked.values())
 
     def routes(self) -> int:
         """Peer → connection entries (tests assert none outlive their peer)."""
@@ -270,18 +294,25 @@ class TcpEndpoint:
 
     async def _run(self, conn: TcpConnection) -> None:
         sock = conn._sock
+        deframer = Deframer()
         try:
-            with conn.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(conn._writer)
-                    await self._read(conn, sock)
-                    nursery.cancel_scope.cancel()
-            if conn.peer is None and conn.scope.cancelled_caught and conn.usable:
-                self.stats.bind_timeouts += 1
+            while True:
+                with conn.scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(conn._writer)
+                        await self._read(conn, sock, deframer)
+                        nursery.cancel_scope.cancel()
+                if not (conn.peer is None and conn.scope.cancelled_caught and conn.usable):
+                    break  # closed, or ended by the client
+                if not self._park(conn, deframer):
+                    self.stats.bind_timeouts += 1
+                    break
+                conn.scope = trio.CancelScope(deadline=trio.current_time() + self.bind_timeout)
         finally:
             conn.usable = False
             self._live.discard(conn)
             self._pending.pop(conn, None)
+            self._unpark(conn)
             if not conn.bound:
                 self.stats.closed_unbound += 1
             peer = conn.peer
@@ -296,8 +327,39 @@ class TcpEndpoint:
             trio.lowlevel.notify_closing(sock)
             sock.close()
 
-    async def _read(self, conn: TcpConnection, sock: socket.socket) -> None:
-        deframer = Deframer()
+    def _park(self, conn: TcpConnection, deframer: Deframer) -> bool:
+        """The bind deadline of a connection passed: keep it for another ``bind_timeout`` if
+        it is a silent backup of a live client's host (see the module doc)."""
+        if deframer.pending:
+            return False  # it sent something that is not a check yet: not a waiting backup
+        host = conn.address[0]
+        parked = self._parked.get(host)
+        allowed = PARKED_PER_ROUTE * self._routes_from(host)
+        if parked is not None and conn in parked:
+            if len(parked) <= allowed:
+                self.stats.parked += 1
+                return True
+            return False  # its host's sessions ended (or fewer are left)
+        if parked is None:
+            parked = self._parked[host] = set()
+        if len(parked) >= allowed:
+            if not parked:
+                del self._parked[host]
+            return False
+        self._pending.pop(conn, None)
+        parked.add(conn)
+        self.stats.parked += 1
+        return True
+
+    def _unpark(self, conn: TcpConnection) -> None:
+        host = conn.address[0]
+        parked = self._parked.get(host)
+        if parked is not None and conn in parked:
+            parked.discard(conn)
+            if not parked:
+                del self._parked[host]
+
+    async def _read(self, conn: TcpConnection, sock: socket.socket, deframer: Deframer) -> None:
         buf = bytearray(READ_SIZE)
         view = memoryview(buf)
         stats = self.stats
@@ -369,6 +431,7 @@ class TcpEndpoint:
 
     def _bind(self, conn: TcpConnection, peer: EndpointPeer) -> None:
         self._pending.pop(conn, None)
+        self._unpark(conn)
         conn.peer = peer
         conn.bound = True
         conn.scope.deadline = math.inf

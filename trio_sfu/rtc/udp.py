@@ -199,6 +199,9 @@ class UdpEndpoint:
         self._by_ufrag: dict[str, EndpointPeer] = {}
         self._addrs_of: dict[int, list[Address]] = {}  # id(peer) -> its addresses, oldest first
         self._ufrags_of: dict[int, tuple[str, ...]] = {}  # id(peer) -> the ufrags routed to it
+        #: routed addresses per remote host (the ICE-TCP port keeps silent backup connections
+        #: from hosts that have a live session: ``TcpEndpoint``'s parking)
+        self._per_host: dict[str, int] = {}
         self.stats = EndpointStats()
 
     @classmethod
@@ -255,8 +258,7 @@ class UdpEndpoint:
                 del self._by_ufrag[ufrag]
         for addr in self._addrs_of.pop(id(peer), []):
             if self._by_addr.get(addr) is peer:
-                del self._by_addr[addr]
-                self._source_of.pop(addr, None)
+                self._unroute(addr)
 
     def peers(self) -> int:
         """How many peers are registered (created and not yet torn down)."""
@@ -266,6 +268,7 @@ class UdpEndpoint:
         """How many routes exist (tests assert it returns to zero after peers leave)."""
         return (
             len(self._by_addr) + len(self._by_ufrag) + len(self._addrs_of) + len(self._source_of)
+            + len(self._per_host)
         )
 
     def _add_address(self, peer: EndpointPeer, addr: Address, keep: Address | None) -> None:
@@ -278,6 +281,8 @@ class UdpEndpoint:
             olds = self._addrs_of.get(id(other))
             if olds is not None and addr in olds:
                 olds.remove(addr)
+        else:
+            self._per_host[addr[0]] = self._per_host.get(addr[0], 0) + 1
         addrs = self._addrs_of.setdefault(id(peer), [])
         addrs.append(addr)
         self._by_addr[addr] = peer
@@ -286,8 +291,21 @@ class UdpEndpoint:
             victim = next((a for a in addrs[:-1] if a != keep), addrs[0])
             addrs.remove(victim)
             if self._by_addr.get(victim) is peer:
-                del self._by_addr[victim]
-                self._source_of.pop(victim, None)
+                self._unroute(victim)
+
+    def _unroute(self, addr: Address) -> None:
+        del self._by_addr[addr]
+        self._source_of.pop(addr, None)
+        host = addr[0]
+        left = self._per_host[host] - 1
+        if left:
+            self._per_host[host] = left
+        else:
+            del self._per_host[host]
+
+    def routes_from(self, host: str) -> int:
+        """How many validated addresses of live sessions are on ``host``."""
+        return self._per_host.get(host, 0)
 
     # -- sending --------------------------------------------------------------------------
 

@@ -109,12 +109,16 @@ class Publisher(Member):
         pc.on_rtcp = self._on_rtcp
         pc.on_path_changed = self._path_changed
 
-    def _path_changed(self, now: float) -> None:
-        """The publisher's media moved (a new address, or UDP to ICE-TCP): what it sent on the
-        old path while that failed is lost, so ask for keyframes now rather than after every
-        subscriber's decoder gave up."""
+    def _path_changed(self, now: float, receiving: bool) -> None:
+        """The publisher's path moved (a new address, or UDP to ICE-TCP): what it sent on the
+        old path while that failed is lost, so ask for keyframes as soon as its media comes
+        over the new path (``receiving``) rather than after every subscriber's decoder gave
+        up; until then a request would be answered on the failing path, so none is sent."""
         for track in self.tracks:
-            track.request_keyframe(now)
+            if receiving:
+                track.media_resumed(now)
+            else:
+                track.hold_keyframe_requests()
 
     def _add_track(self, t: Transceiver) -> PublishedTrack:
         track = PublishedTrack(self.pc, t, track_key(t), publisher_id=self.id)

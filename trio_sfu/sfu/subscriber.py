@@ -62,9 +62,10 @@ class Subscriber(Downstream):
         self._retiring: list[DownTrack] = []
         pc.on_path_changed = self._path_changed
 
-    def _path_changed(self, now: float) -> None:
+    def _path_changed(self, now: float, receiving: bool) -> None:
         """This subscriber's media moved to another path: what was sent on the old one is
-        lost, so its decoders need keyframes."""
+        lost, so its decoders need keyframes (the publisher's throttle merges this request
+        with the one when the subscriber's own input follows, ``receiving``)."""
         for downtrack in self.downtracks.values():
             downtrack.request_keyframe(now)
 

@@ -465,6 +465,23 @@ class PublishedTrack:
         self._send_keyframe_request(ssrc)
         return True
 
+    def hold_keyframe_requests(self) -> None:
+        """The publisher's path moved but its media has not come over the new one yet:
+        requests wait (:meth:`KeyframeThrottle.hold`)."""
+        for throttle in self._layer_keyframes:
+            throttle.hold()
+
+    def media_resumed(self, now: float) -> None:
+        """The publisher's media comes over its new path: ask for a keyframe of every
+        stream at once, throttle or not; what it sent while the old path failed is lost."""
+        if self.kind != "video":
+            return
+        ssrcs = self._layer_ssrcs if self.layers else [self.media_ssrc]
+        for throttle, ssrc in zip(self._layer_keyframes, ssrcs, strict=True):
+            throttle.release(now)
+            if ssrc is not None:
+                self._send_keyframe_request(ssrc)
+
     def _send_keyframe_request(self, ssrc: int) -> None:
         t = self.transceiver
         if not self.uses_fir:

@@ -34,7 +34,7 @@ class KeyframeThrottle:
     instead of waiting for its own retry. The driver arms a timer at :meth:`get_timer`.
     """
 
-    __slots__ = ("_last", "_min_interval", "pending", "sent", "suppressed")
+    __slots__ = ("_last", "_min_interval", "held", "pending", "sent", "suppressed")
 
     def __init__(self, min_interval: float = 0.5) -> None:
         if min_interval < 0:
@@ -44,11 +44,27 @@ class KeyframeThrottle:
         self.pending = False
         self.sent = 0
         self.suppressed = 0
+        #: the publisher's media is not reaching us (its path moved on a check, its media
+        #: has not come over the new one): a keyframe it sent now would be lost, and its
+        #: encoder ignores a second request soon after (libwebrtc: 300 ms), so requests
+        #: wait, pending, for :meth:`release`
+        self.held = False
+
+    def hold(self) -> None:
+        self.held = True
+
+    def release(self, now: float) -> None:
+        """The publisher's media arrives again: ask now, whatever the interval, since what
+        it sent while its path failed is lost (the caller sends the request)."""
+        self.held = False
+        self._last = now
+        self.pending = False
+        self.sent += 1
 
     def allow(self, now: float) -> bool:
         """True if a request may go to the publisher now (and counts as sent)."""
         last = self._last
-        if last is None or now - last >= self._min_interval:
+        if not self.held and (last is None or now - last >= self._min_interval):
             self._last = now
             self.pending = False
             self.sent += 1
@@ -65,13 +81,13 @@ class KeyframeThrottle:
 
     def get_timer(self) -> float | None:
         """When a refused request becomes due; None if there is none."""
-        if not self.pending or self._last is None:
+        if not self.pending or self._last is None or self.held:
             return None
         return self._last + self._min_interval
 
     def due(self, now: float) -> bool:
         """True if a refused request should be sent now (and counts as sent)."""
-        if not self.pending:
+        if not self.pending or self.held:
             return False
         last = self._last
         if last is not None and now - last < self._min_interval:
