@@ -18,6 +18,7 @@ from hypercorn.typing import (
     ASGIReceiveEvent,
     ASGISendCallable,
     ASGISendEvent,
+    HTTPScope,
     Scope,
 )
 from quart import Request
@@ -195,10 +196,29 @@ async def _discard_body(receive: ASGIReceiveCallable) -> None:
                 return
 
 
+#: Joins of one client address handled at once; the rest wait their turn, in order. Trio runs
+#: every ready task in turn, so without this a legitimate join shared the loop with a whole
+#: burst from another address (measured: 0.5-0.7 s behind 1,000 joins on an idle machine,
+#: 1.9 s on a busy one); with it, with at most this many of the burst.
+JOIN_TURNS_PER_ADDRESS = 32
+
+
+class _Turns:
+    """One address's turns: a FIFO semaphore and how many requests hold or wait for it (the
+    entry goes when none do, so idle addresses cost nothing)."""
+
+    __slots__ = ("semaphore", "users")
+
+    def __init__(self, turns: int) -> None:
+        self.semaphore = trio.Semaphore(turns)
+        self.users = 0
+
+
 class AdmitJoins:
     """ASGI middleware: joins past :class:`JoinRateLimits` are answered here, before the
-    framework routes, parses or logs anything, so refusing a flood costs the least we can
-    (a legitimate join queued behind a thousand refusals waits for them all). Refusals are
+    framework routes, parses or logs anything, so refusing a flood costs the least we can.
+    Joins of one address take turns (:data:`JOIN_TURNS_PER_ADDRESS` at once), so a burst from
+    one address waits on itself and a join from another is served at once. Refusals are
     counted in :attr:`refused`, not logged one by one."""
 
     def __init__(
@@ -208,43 +228,72 @@ class AdmitJoins:
         self.limits = limits
         self.cors_origins = frozenset(cors_origins)
         self.refused = 0
+        self.turns_per_address = JOIN_TURNS_PER_ADDRESS
+        self._turns: dict[str, _Turns] = {}
+
+    @property
+    def addresses_waiting(self) -> int:
+        """Addresses with a join in hand or waiting (tests check none are left behind)."""
+        return len(self._turns)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] == "http" and is_join(scope["method"], scope["path"]):
-            client = scope.get("client")
-            try:
-                self.limits.check(client[0] if client else "?")
-            except SfuError as refusal:
-                self.refused += 1
-                await _discard_body(receive)
-                body = (refusal.message + "\n").encode("ascii", "backslashreplace")
-                headers = [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(refusal.retry_after or 1).encode()),
-                ]
-                if self.cors_origins:  # a browser on another origin may read the refusal
-                    origin = next(
-                        (v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"),
-                        None,
-                    )
-                    allow = allowed_origin(self.cors_origins, origin)
-                    if allow is not None:
-                        headers.append((b"access-control-allow-origin", allow.encode("latin-1")))
-                    if "*" not in self.cors_origins:
-                        headers.append((b"vary", b"Origin"))
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": refusal.status,
-                        "headers": headers,
-                        "trailers": False,
-                    }
+        if scope["type"] != "http" or not is_join(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else "?"
+        turns = self._turns.get(address)
+        if turns is None:
+            turns = self._turns[address] = _Turns(self.turns_per_address)
+        turns.users += 1
+        try:
+            async with turns.semaphore:
+                await self._join(address, scope, receive, send)
+        finally:
+            turns.users -= 1
+            if not turns.users:
+                del self._turns[address]
+
+    async def _join(
+        self,
+        address: str,
+        scope: HTTPScope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+    ) -> None:
+        try:
+            self.limits.check(address)
+        except SfuError as refusal:
+            self.refused += 1
+            await _discard_body(receive)
+            body = (refusal.message + "\n").encode("ascii", "backslashreplace")
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(refusal.retry_after or 1).encode()),
+            ]
+            if self.cors_origins:  # a browser on another origin may read the refusal
+                origin = next(
+                    (v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"),
+                    None,
                 )
-                await send({"type": "http.response.body", "body": body, "more_body": False})
-                return
+                allow = allowed_origin(self.cors_origins, origin)
+                if allow is not None:
+                    headers.append((b"access-control-allow-origin", allow.encode("latin-1")))
+                if "*" not in self.cors_origins:
+                    headers.append((b"vary", b"Origin"))
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": refusal.status,
+                    "headers": headers,
+                    "trailers": False,
+                }
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return
         await self.app(scope, receive, send)
 
 
