@@ -28,7 +28,11 @@ from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import HttpSfuApi, SfuApi, create_app
 from trio_sfu.http.ice_servers import IceServerList
-from trio_sfu.http.limits import JoinRateLimits, refuse_cleartext_http2
+from trio_sfu.http.limits import (
+    JoinRateLimits,
+    refuse_cleartext_http2,
+    tolerate_send_racing_close,
+)
 from trio_sfu.metrics import metrics_app, node_registry
 from trio_sfu.rtc.server import RtcServer
 
@@ -134,6 +138,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.backlog = LISTEN_BACKLOG
     hc.trio_sfu_h2c = config.http2_cleartext  # type: ignore[attr-defined]
     refuse_cleartext_http2()
+    tolerate_send_racing_close()
     return hc
 
 
