@@ -498,6 +498,8 @@ async def test_a_server_peer_follows_the_nominated_path_across_transports() -> N
         assert tcp.sent == [b"\x80x"]
         peer._ice_authenticated(tcp.address, 3.1)  # what SRTP/DTLS over it calls
         assert peer.remote_address == tcp.address and moves == [(3.0, False), (3.1, True)]
+        peer._ice_authenticated(tcp.address, 3.2)  # DTLS records keep coming: no new move
+        assert moves == [(3.0, False), (3.1, True)]
         # The path is confirmed now: a nominated UDP check alone makes a candidate, and its
         # first authenticated packet moves the path back (equal paths).
         validated(UdpPath(rtc.endpoint, ("127.0.0.1", 5000)), True, 4.0)
@@ -654,7 +656,11 @@ async def test_chromium_moves_from_udp_to_tcp_and_back_mid_call_without_a_new_po
     print(f"UDP dropped mid-call: first frames again after {result['firstFramesSeconds']} s, "
           f"60 frames after {result['resumeSeconds']} s; back on UDP {result['backSeconds']} s "
           "after it returned")
-    assert result["firstFramesSeconds"] <= 20, result  # generous: Chromium decides when
+    # The bar. Of the ~4.1 s, Chromium's own timers take ~3.8 s (2.5 s without input
+    # before its UDP pair is weak, checks of the TCP backup every 250 ms, 1 s before it
+    # switches), so the margin does not depend on how busy the machine is (4.08-4.10 s with two
+    # busy loops on the two cores).
+    assert result["firstFramesSeconds"] <= 5.0, result
     for name in ("alice", "bob"):
         assert result["pairsBack"][name]["remote"]["protocol"] == "udp", result
     assert result["framesBack"] >= 30 and result["idsBack"] == [result["ids"]], result

@@ -335,12 +335,13 @@ class ServerPeerConnection(PeerConnection):
         agent.authenticated(addr, now)
         path = self.path
         if path is not None and addr == path.address:
-            # The first authenticated packet over a path we moved to on a check: the peer's
-            # media really comes this way now.
-            self.remote_address = addr
-            self.heard_at = now
-            if self.on_path_changed is not None:
-                self.on_path_changed(now, True)
+            if addr != self.remote_address:
+                # The first authenticated packet over a path we moved to on a check: the
+                # peer's media really comes this way now. (DTLS records land here each time.)
+                self.remote_address = addr
+                self.heard_at = now
+                if self.on_path_changed is not None:
+                    self.on_path_changed(now, True)
             return
         self._follow_path(now, by_media=True)
 

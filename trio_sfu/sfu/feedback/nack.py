@@ -7,6 +7,8 @@ answered from the packet cache with the repaired packets.
 
 from __future__ import annotations
 
+import math
+
 __all__ = ["NackGenerator"]
 
 _MIN_INTERVAL = 0.02  # seconds between NACKs of one packet however small the RTT
@@ -44,6 +46,7 @@ class NackGenerator:
         "_max_retries",
         "_missing",
         "_next_due",
+        "_skip_until",
         "_started",
         "abandoned",
         "recovered",
@@ -66,6 +69,8 @@ class NackGenerator:
         self._started = False
         self._bad_seq = -1
         self._next_due: float | None = None
+        #: until then a gap is not repaired (see :meth:`skip_gaps_until`)
+        self._skip_until = -math.inf
         self.requested = 0  # sequence numbers put in NACKs, retries included
         self.recovered = 0  # missing packets that arrived after all (late or repaired)
         self.abandoned = 0  # missing packets given up on (age, retries, too far behind)
@@ -75,6 +80,13 @@ class NackGenerator:
     def missing(self) -> int:
         """How many sequence numbers are currently being asked for."""
         return len(self._missing)
+
+    def skip_gaps_until(self, until: float) -> None:
+        """Gaps that show before ``until`` are not repaired: the sender's path failed and
+        moved (its packets meanwhile went down the failed path), a keyframe was asked for, and
+        retransmitting seconds-old packets would only delay the subscribers' decoders (Chromium
+        held a complete keyframe ~2 s behind such stale frames)."""
+        self._skip_until = until
 
     def on_packet(self, seq: int, now: float) -> bool:
         """Record one received packet; True if the loss is beyond repair (ask for a keyframe)."""
@@ -92,6 +104,9 @@ class NackGenerator:
         if diff > 1:
             ext = highest + diff
             self._highest = ext
+            if now < self._skip_until:
+                self.abandoned += diff - 1
+                return False
             if diff - 1 > self._max_gap:
                 self.abandoned += len(self._missing)
                 self._missing.clear()
