@@ -41,11 +41,8 @@ HOST_SIDE = "198.19.0.1"  # the server's namespace, facing Firefox's
 FIREFOX_SIDE = "198.19.0.2"
 
 
-@pytest.mark.browser
-def test_firefox_connects_to_a_wildcard_server_on_a_two_address_host() -> None:
-    require_netns()
-    require_firefox()
-    argv = netns_argv([sys.executable, "-m", "tests.test_firefox_two_addresses", "run"])
+def run_scenario(*mode: str) -> dict[str, Any]:
+    argv = netns_argv([sys.executable, "-m", "tests.test_firefox_two_addresses", "run", *mode])
     done = subprocess.run(
         argv, cwd=REPO, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT + 30
     )
@@ -56,13 +53,37 @@ def test_firefox_connects_to_a_wildcard_server_on_a_two_address_host() -> None:
         f"{result['error']}; page problems {result.get('problems')}; server UDP "
         f"{result.get('udp')}\n{result.get('log', '')}\n{done.stderr[-3000:]}"
     )
+    return result
+
+
+@pytest.mark.browser
+def test_firefox_connects_to_a_wildcard_server_on_a_two_address_host() -> None:
+    require_netns()
+    require_firefox()
+    result = run_scenario()
     assert result["decoded"] >= FRAMES, result
     # The pair Firefox chose: its only address to the advertised one.
     assert result["pair"].startswith(f"udp host {FIREFOX_SIDE}:"), result
     assert result["pair"].endswith(f"{ADDRESS_A}:{result['udp_port']}"), result
 
 
-async def scenario() -> dict[str, Any]:
+@pytest.mark.browser
+def test_firefox_over_ice_tcp_when_udp_is_dropped() -> None:
+    """Issue 12 with a second engine: the server's host drops every UDP datagram, so Firefox
+    (its own namespace, its own stack) reaches the server only over ICE-TCP (RFC 6544: its
+    active candidate to our passive one). It publishes and subscribes to itself through the
+    server, decodes 60 frames of its own video, and its selected pair is TCP."""
+    require_netns()
+    require_firefox()
+    result = run_scenario("tcp")
+    assert result["decoded"] >= FRAMES, result
+    assert result["pair"].startswith(f"tcp host {FIREFOX_SIDE}:"), result
+    assert result["tcp"]["bound"] >= 2 and result["udpIn"] == 0, result
+    print(f"Firefox over ICE-TCP: {result['decoded']} frames decoded, pair {result['pair']}, "
+          f"{result['tcp']['framesIn']} frames in over TCP")
+
+
+async def scenario(mode: str = "udp") -> dict[str, Any]:
     from trio_sfu.app import serve
     from trio_sfu.config import Config
 
@@ -79,6 +100,8 @@ async def scenario() -> dict[str, Any]:
         ("ip", "link", "set", "w0", "up"),
     ):
         subprocess.run(argv, check=True)
+    if mode == "tcp":  # the server's host drops every UDP datagram: only ICE-TCP gets in
+        subprocess.run(["iptables", "-I", "INPUT", "-p", "udp", "-j", "DROP"], check=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         site = tmp / "site"
@@ -132,8 +155,12 @@ async def scenario() -> dict[str, Any]:
                     if moved.returncode == 0:
                         break
                     await trio.sleep(0.05)
-                result = await watch(collector, running.udp_port)
+                result = await watch(collector, running.udp_port, mode)
                 result["udp"] = repr(running.rtc.endpoint.stats)
+                result["udpIn"] = running.rtc.endpoint.stats.datagrams_in
+                tcp = running.rtc.tcp
+                result["tcp"] = None if tcp is None else {
+                    "bound": tcp.stats.bound, "framesIn": tcp.stats.frames_in}
                 result["movedToFirefox"] = moved.returncode == 0
             finally:
                 os.killpg(fox.pid, signal.SIGKILL)
@@ -145,7 +172,7 @@ async def scenario() -> dict[str, Any]:
         return result
 
 
-async def watch(collector: Collector, udp_port: int) -> dict[str, Any]:
+async def watch(collector: Collector, udp_port: int, mode: str) -> dict[str, Any]:
     """Until Firefox's subscriber decoded FRAMES of its own publisher (bounded)."""
     best = 0
     with trio.move_on_after(SCENARIO_TIMEOUT - 30):
@@ -161,7 +188,7 @@ async def watch(collector: Collector, udp_port: int) -> dict[str, Any]:
             # The demo (in the page's iframe) shows the candidate pair once its stats have it.
             demo = status["demo"]["tiles"]
             pair = next((t["shown"]["pair"] for t in demo
-                         if t["shown"].get("pair", "").startswith("udp ")), "")
+                         if t["shown"].get("pair", "").startswith(f"{mode} ")), "")
             if best >= FRAMES and pair:
                 return {"decoded": best, "pair": pair, "udp_port": udp_port,
                         "problems": collector.problems()}
@@ -170,12 +197,12 @@ async def watch(collector: Collector, udp_port: int) -> dict[str, Any]:
             "problems": collector.problems()}
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["run"]:
+if __name__ == "__main__" and sys.argv[1:2] == ["run"]:
     from trio_sfu.logs import setup_logging
 
     setup_logging("info", stream=sys.stderr)
     try:
-        out = trio.run(scenario)
+        out = trio.run(scenario, *sys.argv[2:])
     except BaseException as error:  # report, then fail: the parent reads one line either way
         import traceback
 
