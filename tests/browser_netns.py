@@ -109,6 +109,9 @@ def coturn(address: str, relay: str) -> Iterator[int]:
             # The relay talks to the SFU inside this private namespace: allow its addresses.
             f"allowed-peer-ip={relay}", "min-port=49152", "max-port=49300",
             f"pidfile={workdir}/turnserver.pid", "simple-log", f"log-file={workdir}/turn.log",
+            # Its own user database: the default one (/var/lib/turn/turndb) is shared by every
+            # coturn on the machine, and two at once (two test runs) lost each other's allocations.
+            f"userdb={workdir}/turndb",
             "",
         ]))
     proc = subprocess.Popen(
