@@ -73,6 +73,7 @@ class Loopback:
         self.tx.setblocking(False)
         self.dest = self.rx.getsockname()
         self.dropped = 0
+        self.received = 0
         self._sink = bytearray(2048)
 
     def send_all(self, datagrams: Iterable[bytes]) -> None:
@@ -83,13 +84,18 @@ class Loopback:
             except BlockingIOError:
                 self.dropped += 1
 
-    def drain(self) -> None:
+    def drain(self) -> int:
+        """Read every datagram waiting; returns how many (also added to ``received``)."""
         recv_into, sink = self.rx.recv_into, self._sink
+        n = 0
         try:
             while True:
                 recv_into(sink)
+                n += 1
         except BlockingIOError:
             pass
+        self.received += n
+        return n
 
     def close(self) -> None:
         self.rx.close()
