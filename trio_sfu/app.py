@@ -27,12 +27,9 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
 from trio_sfu.http import HttpSfuApi, SfuApi, create_app
+from trio_sfu.http.hypercorn_fixes import apply_hypercorn_fixes
 from trio_sfu.http.ice_servers import IceServerList
-from trio_sfu.http.limits import (
-    JoinRateLimits,
-    refuse_cleartext_http2,
-    tolerate_send_racing_close,
-)
+from trio_sfu.http.limits import JoinRateLimits, refuse_cleartext_http2
 from trio_sfu.metrics import metrics_app, node_registry
 from trio_sfu.rtc.server import RtcServer
 
@@ -138,7 +135,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.backlog = LISTEN_BACKLOG
     hc.trio_sfu_h2c = config.http2_cleartext  # type: ignore[attr-defined]
     refuse_cleartext_http2()
-    tolerate_send_racing_close()
+    apply_hypercorn_fixes()  # late HTTP/2 DATA, a send racing send_eof (docs/security.md)
     return hc
 
 

@@ -317,37 +317,3 @@ def refuse_cleartext_http2() -> None:
 
     H11Protocol._check_protocol = check_protocol  # type: ignore[method-assign]
     H11Protocol._trio_sfu_patched = True  # type: ignore[attr-defined]
-
-
-# -- a send racing the connection's close -------------------------------------------------
-
-
-def tolerate_send_racing_close() -> None:
-    """Make Hypercorn's Trio worker (0.18) treat a send that races the connection's close as
-    a send on a closed connection, which it already handles, instead of raising into the
-    application (an "Error in ASGI Framework" traceback per request, issue 14 item 5).
-
-    ``TCPServer._close`` runs ``stream.send_eof()`` outside the server's send lock (when the
-    client's side ends, or a protocol closes the connection), and ``SocketStream.send_eof``
-    holds the stream's send-conflict detector across a checkpoint; an application task that
-    sends its response in that window gets ``trio.BusyResourceError`` from ``send_all``, which
-    ``protocol_send`` does not catch (it catches BrokenResourceError and ClosedResourceError).
-    The data could not be delivered either way: the connection is closing."""
-    from hypercorn.events import Closed, RawData
-    from hypercorn.trio.tcp_server import TCPServer
-
-    if getattr(TCPServer, "_trio_sfu_patched", False):
-        return
-    original = TCPServer.protocol_send
-
-    async def protocol_send(self: TCPServer, event: Any) -> None:
-        try:
-            await original(self, event)
-        except trio.BusyResourceError:
-            if not isinstance(event, RawData):
-                raise
-            await self.protocol.handle(Closed())
-
-    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
-    TCPServer._trio_sfu_original_send = original  # type: ignore[attr-defined]
-    TCPServer._trio_sfu_patched = True  # type: ignore[attr-defined]

@@ -1,0 +1,90 @@
+"""trio_sfu/http/hypercorn_fixes.py: each race shown on Hypercorn's own code (the original
+method fails), then the fixed one. The late-DATA fix is proved on a real server process in
+tests/abuse/test_slow_bodies.py."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+
+from trio_sfu.http.hypercorn_fixes import HYPERCORN_VERSION, apply_hypercorn_fixes
+
+apply_hypercorn_fixes()
+
+
+def test_the_fixes_are_for_the_installed_and_pinned_hypercorn() -> None:
+    """Upgrading Hypercorn fails here: re-check each fix against the new code, then move the
+    pin (constraints.txt) and HYPERCORN_VERSION together."""
+    assert importlib.metadata.version("hypercorn") == HYPERCORN_VERSION
+    constraints = (Path(__file__).parent.parent / "constraints.txt").read_text()
+    assert f"Hypercorn=={HYPERCORN_VERSION}" in constraints.splitlines()
+
+
+def contains(error: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return any(contains(inner, kind) for inner in error.exceptions)
+    return isinstance(error, kind)
+
+
+class RecordingProtocol:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def handle(self, event: Event) -> None:
+        self.events.append(event)
+
+
+def tcp_server() -> tuple[TCPServer, trio.SocketStream, RecordingProtocol]:
+    ours, _theirs = trio.socket.socketpair()
+    stream = trio.SocketStream(ours)
+    server = TCPServer(None, Config(), WorkerContext(None), {}, stream)  # type: ignore[arg-type]
+    protocol = RecordingProtocol()
+    server.protocol = protocol  # type: ignore[assignment]
+    return server, stream, protocol
+
+
+async def test_a_send_while_send_eof_holds_the_stream_is_a_closed_stream() -> None:
+    """``TCPServer._close`` runs ``send_eof`` outside the send lock, and trio's
+    ``SocketStream.send_eof`` holds the stream's send-conflict detector across a checkpoint
+    (trio/_highlevel_socket.py). Holding that detector here is that moment, made certain."""
+    server, stream, protocol = tcp_server()
+    original: Any = TCPServer.protocol_send.__wrapped__  # type: ignore[attr-defined]
+    with stream._send_conflict_detector:  # where send_eof() is, during its checkpoint
+        with pytest.raises(trio.BusyResourceError):
+            await original(server, RawData(b"HTTP/1.1 200 \r\n"))
+        await server.protocol_send(RawData(b"HTTP/1.1 200 \r\n"))
+    assert [type(e) for e in protocol.events] == [Closed]
+
+
+async def test_an_error_in_one_connection_does_not_end_the_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hypercorn's trio worker runs connection handlers in the server's nursery: what escapes
+    ``TCPServer.run`` cancels every connection and the server. The fix logs it and closes only
+    that connection."""
+
+    async def broken_read(self: TCPServer) -> None:
+        raise KeyError(1)  # what late HTTP/2 DATA raised in H2Protocol._handle_events
+
+    monkeypatch.setattr(TCPServer, "_read_data", broken_read)
+    monkeypatch.setattr(Config, "keep_alive_timeout", 0.01)
+    server, stream, _ = tcp_server()
+    original: Any = TCPServer.run.__wrapped__  # type: ignore[attr-defined]
+    with pytest.raises(BaseException) as raised:
+        await original(server)
+    assert contains(raised.value, KeyError), raised.value
+
+    server, stream, _ = tcp_server()
+    with caplog.at_level(logging.ERROR, logger="trio_sfu.http.server"):
+        await server.run()  # returns: the error stays in its connection
+    assert "only that connection is closed" in caplog.text
+    assert stream.socket.fileno() == -1

@@ -1,0 +1,128 @@
+"""Three small fixes to Hypercorn's trio worker, written against Hypercorn 0.18.0 (the version
+``constraints.txt`` pins; ``tests/test_hypercorn_fixes.py`` fails when another is installed,
+so whoever upgrades re-checks each one against the new code).
+
+Why they matter here: in Hypercorn's trio worker every connection's handler runs in the
+*server's* nursery (``trio.serve_listeners(..., handler_nursery=server_nursery)``), so an
+exception that escapes one connection's ``TCPServer.run`` does not end that connection only: it
+cancels the whole HTTP server and, through ``trio_sfu.app.serve``, the process. One HTTP/2
+client sending a request body after its answer was enough (issue 14).
+
+1. **Late HTTP/2 DATA** (``H2Protocol._handle_events``). When the application answers before
+   the request body is complete, Hypercorn forgets the stream (``_close_stream``) while the
+   client may go on sending DATA, which RFC 9113 §8.1 allows; the next ``DataReceived``
+   indexes ``self.streams[stream_id]`` and raises ``KeyError`` (upstream pgjones/hypercorn
+   #329, unmerged PRs #312/#334/#365; the ``StreamEnded`` branch already guards this case).
+   We take such DATA here: hand its flow-control credit back (else the connection window
+   drains and every other stream of the connection stalls, RFC 9113 §6.9) and ask the client
+   to stop with ``RST_STREAM(NO_ERROR)``, as RFC 9113 §8.1 says a server that answered early
+   may.
+2. **A send racing ``send_eof``** (``TCPServer.protocol_send``). ``TCPServer._close`` calls
+   ``stream.send_eof()`` without the send lock, and trio's ``SocketStream.send_eof`` holds the
+   stream's send side across a checkpoint; a response (or a GOAWAY, a WINDOW_UPDATE) sent by
+   another task in that moment gets ``trio.BusyResourceError``, which ``protocol_send`` does
+   not catch (it catches ``BrokenResourceError``/``ClosedResourceError``). From an application
+   task it is logged as "Error in ASGI Framework" with a traceback; from the connection's read
+   loop or HTTP/2 send task it ends the server (above). Seen with slow request bodies over
+   HTTP/1.1 and with an h2c connection closed (GOAWAY) while a body was still arriving. The
+   only other user of the send side is ``send_eof``, so BusyResourceError there means "the
+   connection is closing": we treat it exactly as ``protocol_send`` treats a closed stream —
+   the data could not have been delivered after the EOF anyway.
+3. **Nothing one connection does ends the server** (``TCPServer.run``). Any other exception
+   escaping a connection handler is logged (with its traceback, so tests and operators see
+   it) and that connection alone ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import trio
+
+#: The Hypercorn release these fixes were written and tested against (constraints.txt).
+HYPERCORN_VERSION = "0.18.0"
+
+log = logging.getLogger("trio_sfu.http.server")
+
+
+def apply_hypercorn_fixes() -> None:
+    """Patch Hypercorn's classes once per process (idempotent)."""
+    from hypercorn.protocol.h2 import H2Protocol
+    from hypercorn.trio.tcp_server import TCPServer
+
+    if getattr(TCPServer, "_trio_sfu_fixed", False):
+        return
+    _fix_late_data(H2Protocol)
+    _fix_send_racing_eof(TCPServer)
+    _fix_escaping_errors(TCPServer)
+    TCPServer._trio_sfu_fixed = True  # type: ignore[attr-defined]
+
+
+def _fix_late_data(cls: Any) -> None:
+    original = cls._handle_events
+
+    async def _handle_events(self: Any, events: list[h2.events.Event]) -> None:
+        # One event at a time, in order: a RequestReceived earlier in the same batch creates
+        # the stream a later DataReceived belongs to, so the check must happen in turn.
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                _drop_late_data(self.connection, event)
+                await self._flush()
+            else:
+                await original(self, [event])
+
+    _handle_events.__doc__ = "Hypercorn's, but DATA for a stream already answered is dropped."
+    _handle_events.__wrapped__ = original  # type: ignore[attr-defined]
+    cls._handle_events = _handle_events
+
+
+def _drop_late_data(connection: Any, event: h2.events.DataReceived) -> None:
+    """Return the DATA's flow-control credit and reset its stream with NO_ERROR."""
+    assert event.stream_id is not None
+    connection.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
+    try:  # RFC 9113 §8.1: "abort transmission of a request without error"
+        connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+    except h2.exceptions.ProtocolError:  # already closed (reset by either side)
+        pass
+
+
+def _fix_send_racing_eof(cls: Any) -> None:
+    from hypercorn.events import Closed
+
+    original = cls.protocol_send
+
+    async def protocol_send(self: Any, event: Any) -> None:
+        try:
+            await original(self, event)
+        except trio.BusyResourceError:
+            # _close() is in send_eof(): the connection is closing, as if the send had
+            # found the stream closed (what the original does for ClosedResourceError).
+            await self.protocol.handle(Closed())
+
+    protocol_send.__doc__ = "Hypercorn's, but a send racing send_eof() is a closed stream."
+    protocol_send.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.protocol_send = protocol_send
+
+
+def _fix_escaping_errors(cls: Any) -> None:
+    original = cls.run
+
+    async def run(self: Any) -> None:
+        try:
+            await original(self)
+        except Exception:
+            # Never Cancelled (a BaseException): a server shutdown still ends every handler.
+            log.exception("HTTP connection handler failed; only that connection is closed")
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    run.__doc__ = "Hypercorn's, but an error ends its own connection, not the server."
+    run.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.run = run
