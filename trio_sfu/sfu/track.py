@@ -490,7 +490,9 @@ class PublishedTrack:
 
     def hold_keyframe_requests(self) -> None:
         """The publisher's path moved but its media has not come over the new one yet:
-        requests wait (:meth:`KeyframeThrottle.hold`)."""
+        requests wait (:meth:`KeyframeThrottle.hold`) until :meth:`media_resumed`."""
+        if self.kind != "video":
+            return
         for throttle in self._layer_keyframes:
             throttle.hold()
 
