@@ -11,12 +11,17 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
-from trio_sfu.http.hypercorn_fixes import HYPERCORN_VERSION, apply_hypercorn_fixes
+from trio_sfu.http.hypercorn_fixes import (
+    HYPERCORN_VERSION,
+    BatchingListener,
+    apply_hypercorn_fixes,
+)
 
 apply_hypercorn_fixes()
 
@@ -88,3 +93,43 @@ async def test_an_error_in_one_connection_does_not_end_the_server(
         await server.run()  # returns: the error stays in its connection
     assert "only that connection is closed" in caplog.text
     assert stream.socket.fileno() == -1
+
+
+async def test_queued_connections_are_accepted_in_one_round() -> None:
+    """Behind a burst in the kernel's accept queue, every waiting connection is taken at the
+    first accept and handed out without yielding, instead of one per scheduling round."""
+    import socket
+
+    import hypercorn.trio.run
+
+    assert hypercorn.trio.run.trio.SocketListener is BatchingListener  # what worker_serve uses
+    assert trio.SocketListener is not BatchingListener  # … and only it
+    raw = socket.socket()
+    raw.bind(("127.0.0.1", 0))
+    raw.listen(64)
+    listener = BatchingListener(trio.socket.from_stdlib_socket(raw))
+    clients = [socket.create_connection(raw.getsockname()) for _ in range(20)]
+    rounds = 0
+
+    async def count_rounds() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            await trio.lowlevel.checkpoint()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count_rounds)
+            first = await listener.accept()  # one yield, like trio.SocketListener's
+            before = rounds
+            rest = [await listener.accept() for _ in range(19)]
+            assert rounds == before  # the other 19 came without a scheduling round
+            nursery.cancel_scope.cancel()
+        peers = {s.socket.getpeername() for s in [first, *rest]}
+        assert peers == {c.getsockname() for c in clients}
+        for stream in [first, *rest]:
+            await stream.aclose()
+    finally:
+        for client in clients:
+            client.close()
+        await listener.aclose()
