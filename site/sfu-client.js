@@ -570,7 +570,10 @@ class PublisherConnection extends SfuConnection {
     }
     this.appIds = new Map(tracks.map((t, i) => [t, labels[i] ?? DEFAULT_APP_IDS[t.kind]]));
     this.muted = new Set();
+    /** track id -> the rids the server last asked this publisher to encode (dynacast). */
+    this.activeLayers = new Map();
     this._answerWaiter = null;
+    this._layers = null;
   }
 
   _onCommand(leg, cmd) {
@@ -581,7 +584,35 @@ class PublisherConnection extends SfuConnection {
     } else if (cmd.type === 'PUB_JOIN') call(this.options.onPublisherJoin, cmd.id, cmd.user);
     else if (cmd.type === 'PUB_LEFT') call(this.options.onPublisherLeft, cmd.id, cmd.user);
     else if (cmd.type === 'MEDIA') call(this.options.onMedia, cmd.media);
+    else if (cmd.type === 'LAYERS') this._applyLayers(leg, cmd.track, cmd.rids);
     else super._onCommand(leg, cmd);
+  }
+
+  /**
+   * Dynacast: encode only the simulcast streams of `trackId` that some subscriber needs
+   * (`encodings[i].active`); the server resumes a stream as soon as it is needed again.
+   * Changes are applied in order, one setParameters at a time.
+   */
+  _applyLayers(leg, trackId, rids) {
+    const run = async () => {
+      if (leg.closed || leg !== this._leg) return;
+      const track = this.tracks.find((t) => this.trackId(t) === trackId);
+      const sender = track && leg.pc.getSenders().find((x) => x.track === track);
+      if (!sender) return;
+      const params = sender.getParameters();
+      if (!params.encodings?.some((e) => e.rid)) return;  // not simulcast
+      let changed = false;
+      for (const encoding of params.encodings) {
+        const active = rids.includes(encoding.rid);
+        if (encoding.active !== active) { encoding.active = active; changed = true; }
+      }
+      if (changed) await sender.setParameters(params);
+      this.activeLayers.set(trackId, [...rids]);
+    };
+    const done = (this._layers ?? Promise.resolve()).then(run, run);
+    this._layers = done.catch((err) => this._error(
+      new SfuError(`LAYERS ${trackId}: ${err.message}`, { kind: 'negotiation', cause: err })));
+    return done;
   }
 
   _onServerError(leg, text) {

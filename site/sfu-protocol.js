@@ -13,7 +13,7 @@ const SUFFIX_ALPHABET = 'abcdefghijklmnopqrstuvwxyz0123456789';
 
 export const SERVER_COMMANDS = Object.freeze([
   'PUB_JOIN', 'PUB_LEFT', 'TRACK_ADD', 'TRACK_REMOVE', 'MUTED', 'SDP_OFFER', 'SDP_ANSWER',
-  'MEDIA', 'CHAT', 'ERROR', 'RECONNECT', 'SPEAKER', 'SPEAKERS',
+  'MEDIA', 'CHAT', 'ERROR', 'RECONNECT', 'SPEAKER', 'SPEAKERS', 'LAYERS',
 ]);
 export const CLIENT_COMMANDS = Object.freeze([
   'SDP_ANSWER', 'SDP_OFFER', 'ADD_MEDIA', 'REMOVE_MEDIA', 'MUTE', 'STOP', 'SUB', 'UNSUB',
@@ -23,6 +23,8 @@ export const SUB_MODES = Object.freeze(['auto', 'manual']);
 export const MEDIA_KINDS = Object.freeze(['audio', 'video']);
 /** A track id as the server names it: the msid track id (RFC 8830 token chars) or `mid<N>`. */
 export const TRACK_PATTERN = /^[!#$%&'*+.^_`{|}~0-9A-Za-z-]{1,64}$/;
+/** A simulcast stream's rid (RFC 8851 §10: alphanumerics, '-' and '_'). */
+export const RID_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 
 // ---------------------------------------------------------------------------- errors
 
@@ -193,6 +195,16 @@ export function parseServerCommand(message) {
       }
       return { type: name, levels };
     }
+    case 'LAYERS': {
+      // Dynacast: the simulcast streams (rids) of a published track some subscriber needs.
+      const [track, list, ...rest] = arg.split(' ');
+      const rids = list === '-' ? [] : (list ?? '').split(',');
+      if (rest.length || !TRACK_PATTERN.test(track ?? '')
+          || !rids.every((r) => RID_PATTERN.test(r))) {
+        return invalid(message, 'LAYERS needs <TRACK> <rid>[,<rid>...] or -');
+      }
+      return { type: name, track, rids };
+    }
     case 'ERROR':
       return { type: name, text: arg };
     case 'RECONNECT':
@@ -316,6 +328,7 @@ export const serverCommands = Object.freeze({
   speaker: (id) => `SPEAKER ${requireName(id, 'publisher id')}`,
   speakers: (levels) => ['SPEAKERS', ...levels.map(
     ({ id, dbov }) => `${requireName(id, 'publisher id')}:${Math.round(dbov)}`)].join(' '),
+  layers: (track, rids) => `LAYERS ${requireTrack(track)} ${rids.join(',') || '-'}`,
 });
 
 // ---------------------------------------------------------------------------- SDP helpers

@@ -82,6 +82,16 @@ HELPERS = """async () => {
           keyframes: r.keyFramesDecoded || 0 });
       return out;
     },
+    async outbound(pid) {  // the publisher's video bytes sent per rid, and its encodings
+      const conn = window.T.pubs[pid];
+      const out = { bytes: {}, active: {}, told: Object.fromEntries(conn.activeLayers) };
+      for (const r of (await conn.pc.getStats()).values())
+        if (r.type === 'outbound-rtp' && r.kind === 'video') out.bytes[r.rid || ''] = r.bytesSent;
+      for (const sender of conn.pc.getSenders())
+        if (sender.track?.kind === 'video')
+          for (const e of sender.getParameters().encodings) out.active[e.rid || ''] = e.active;
+      return out;
+    },
     sections: () => (window.T.sub.pc.remoteDescription?.sdp.match(/^m=/gm) || []).length,
     async stopPublisher(pid) { await window.T.pubs[pid].stop(); delete window.T.pubs[pid]; },
   };

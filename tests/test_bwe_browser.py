@@ -181,3 +181,66 @@ async def test_chromium_simulcast_layers_switch_by_hint_without_renegotiation(
     )
     assert bob_sub.negotiations == negotiations  # no SDP_OFFER for any switch
     assert await browser.eval(bob, "window.T.sections()") == sections
+
+
+async def test_chromium_dynacast_stops_the_streams_nobody_watches(
+    app: Running, browser: Browser
+) -> None:
+    """Dynacast (issue 11): a Chromium simulcast publisher (q/h/f) with one viewer that asks
+    ``LAYER … low`` is told (``LAYERS``) to encode only ``q``: its own ``getStats()`` shows
+    the ``h`` and ``f`` streams' bytes stop growing while the viewer keeps decoding. A second
+    viewer (the top stream by default) makes the SFU resume ``f`` at once: its bytes grow
+    again and that viewer decodes 1280 px."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    bob = await open_page(browser, base, "bob")
+    alice = await open_page(browser, base, "alice")
+    await browser.eval(bob, "window.T.subscribe('room1', 'bob')")
+    pid = await browser.eval(
+        alice, "window.T.publish('room1', 'alice', {width: 1280, height: 720, simulcast: true})"
+    )
+    inbound = f"window.T.inbound({pid!r})"
+    outbound = f"window.T.outbound({pid!r})"
+    await browser.wait_for(bob, inbound, lambda r: r["width"] >= 960, timeout=60)
+    track_id = await browser.eval(bob, f"window.T.tracks[{pid!r}].video.id")
+    await browser.eval(bob, f"window.T.sub.channel.send('LAYER {pid} {track_id} low')")
+    await browser.wait_for(bob, inbound, lambda r: 0 < r["width"] <= 400, timeout=30)
+
+    # After PAUSE_AFTER (5 s) unneeded, the publisher is told to send q alone, and does.
+    started = trio.current_time()
+    told = await browser.wait_for(
+        alice, outbound, lambda r: list(r["told"].values()) == [["q"]], timeout=30
+    )
+    print(f"LAYERS q: {trio.current_time() - started:.2f} s after LAYER low", told)
+    assert told["active"] == {"q": True, "h": False, "f": False}, told
+    # Whatever was in flight is out once bob has decoded another second of q ...
+    seen = await browser.eval(bob, inbound)
+    await browser.wait_for(
+        bob, inbound, lambda r: r["decoded"] >= seen["decoded"] + 30, timeout=20
+    )
+    paused = await browser.eval(alice, outbound)
+    # ... and for two more seconds of bob's decoding, h and f send nothing; q goes on.
+    seen = await browser.eval(bob, inbound)
+    await browser.wait_for(
+        bob, inbound, lambda r: r["decoded"] >= seen["decoded"] + 60, timeout=20
+    )
+    still = await browser.eval(alice, outbound)
+    print("paused:", paused["bytes"], "two seconds later:", still["bytes"])
+    assert still["bytes"]["f"] == paused["bytes"]["f"], (paused, still)
+    assert still["bytes"]["h"] == paused["bytes"]["h"], (paused, still)
+    assert still["bytes"]["q"] > paused["bytes"]["q"], (paused, still)
+
+    # Carol joins: she starts on the top stream, so f is resumed at once.
+    carol = await open_page(browser, base, "carol")
+    started = trio.current_time()
+    await browser.eval(carol, "window.T.subscribe('room1', 'carol')")
+    await browser.wait_for(carol, inbound, lambda r: r["width"] >= 960, timeout=30)
+    print(f"carol decodes 1280 px {trio.current_time() - started:.2f} s after joining")
+    resumed = await browser.eval(alice, outbound)
+    assert resumed["active"]["f"] is True, resumed
+    assert resumed["bytes"]["f"] > still["bytes"]["f"], (still, resumed)
+    # Bob stayed on q and kept decoding throughout.
+    seen = await browser.eval(bob, inbound)
+    assert 0 < seen["width"] <= 400, seen
+    await browser.wait_for(
+        bob, inbound, lambda r: r["decoded"] >= seen["decoded"] + 30, timeout=20
+    )

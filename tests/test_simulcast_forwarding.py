@@ -114,12 +114,17 @@ class World:
         self.subs: list[Sub] = []
         self.key_sent: dict[tuple[int, int], bool] = {}  # (stream, frame) -> keyframe
 
-    def frame(self, keys: tuple[bool, bool, bool], lose: int) -> None:
+    def frame(
+        self, keys: tuple[bool, bool, bool], lose: int, sent: tuple[bool, ...] = (True,) * 3
+    ) -> None:
         """One frame on every stream (same capture time), ``lose``: a stream index + 1 whose
-        second packet is lost at the source (0: none)."""
+        second packet is lost at the source (0: none); ``sent``: the streams the encoder
+        sends (a paused one's numbering stands still)."""
         self.now += 1 / 30
         self.ts = (self.ts + 3000) & 0xFFFFFFFF
         for i, stream in enumerate(self.streams):
+            if not sent[i]:
+                continue
             state = self.state[i]
             frame = state.frames
             state.frames += 1

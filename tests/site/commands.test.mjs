@@ -127,6 +127,7 @@ test('every server command round-trips through parseServerCommand', () => {
     [serverCommands.muted('alice-1', 't1', true), 'MUTED'],
     [serverCommands.speaker('alice-1'), 'SPEAKER'],
     [serverCommands.speakers([{ id: 'alice-1', dbov: -20 }]), 'SPEAKERS'],
+    [serverCommands.layers('t1', ['q', 'f']), 'LAYERS'],
   ];
   for (const [text, type] of cases) assert.equal(parseServerCommand(text).type, type, text);
   assert.deepEqual(cases.map((c) => c[1]).sort(), [...SERVER_COMMANDS].sort());
@@ -181,6 +182,17 @@ test('SPEAKER names a publisher; SPEAKERS lists levels in dBov, loudest first (i
   assert.equal(serverCommands.speakers([]), 'SPEAKERS');
   for (const bad of ['SPEAKER', 'SPEAKER a b', 'SPEAKERS a-1', 'SPEAKERS a-1:x', 'SPEAKERS a-1:5',
     'SPEAKERS a-1:-200', 'SPEAKERS :-3', 'SPEAKERS a/1:-3']) {
+    assert.equal(parseServerCommand(bad).type, 'INVALID', bad);
+  }
+});
+
+test('LAYERS tells a simulcast publisher which rids to encode; - for none (dynacast, issue 11)', () => {
+  assert.deepEqual(parseServerCommand('LAYERS {9f-1a} q,f'),
+    { type: 'LAYERS', track: '{9f-1a}', rids: ['q', 'f'] });
+  assert.deepEqual(parseServerCommand('LAYERS t1 -'), { type: 'LAYERS', track: 't1', rids: [] });
+  assert.equal(serverCommands.layers('t1', []), 'LAYERS t1 -');
+  for (const bad of ['LAYERS', 'LAYERS t1', 'LAYERS t1 q,,f', 'LAYERS t1 q f', 'LAYERS t"1 q',
+    'LAYERS t1 q;f']) {
     assert.equal(parseServerCommand(bad).type, 'INVALID', bad);
   }
 });

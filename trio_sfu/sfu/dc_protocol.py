@@ -231,6 +231,12 @@ def muted(publisher_id: str, track_id: str, on: bool) -> str:
     return f"MUTED {publisher_id} {track_id} {'on' if on else 'off'}"
 
 
+def layers(track_id: str, rids: tuple[str, ...]) -> str:
+    """``LAYERS <TRACK> <rid>,…`` (``-``: none): to a simulcast publisher, the streams of its
+    track some subscriber needs; it may stop encoding the others (dynacast, issue 11)."""
+    return f"LAYERS {track_id} {','.join(rids) or '-'}"
+
+
 def chat(from_id: str, text: str) -> str:
     return f"CHAT {from_id} {text}"
 

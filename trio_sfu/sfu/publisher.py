@@ -29,8 +29,7 @@ from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.model import PublisherInfo
-from trio_sfu.sfu.remote import TrackSink
-from trio_sfu.sfu.track import PublishedTrack
+from trio_sfu.sfu.track import PublishedTrack, TrackSink
 
 if TYPE_CHECKING:
     from trio_sfu.sfu.room import Room
@@ -103,6 +102,8 @@ class Publisher(Member):
             self._open_relay(track)
         self._wake = trio.Event()
         self._idle = False
+        #: a simulcast stream the publisher was told to stop is wanted again (dynacast)
+        self._demand_due = False
         #: incoming RTP streams seen (the peer forgets them once closed; we keep the totals)
         self._streams: list[IncomingStream] = []
         pc.on_rtp = self._on_rtp
@@ -120,8 +121,22 @@ class Publisher(Member):
             else:
                 track.hold_keyframe_requests()
 
+    def _demand_rose(self) -> None:
+        self._demand_due = True
+        self._wake.set()
+
+    def _plan_demand(self, now: float) -> None:
+        """Dynacast (issue 11, sfu/dynacast.py): tell the publisher which streams of each
+        simulcast track some subscriber needs (``LAYERS``); it may stop encoding the rest."""
+        self._demand_due = False
+        for track in self.tracks:
+            rids = track.plan_demand(now)
+            if rids is not None:
+                self.send(dc_protocol.layers(track.track_id, rids))
+
     def _add_track(self, t: Transceiver) -> PublishedTrack:
         track = PublishedTrack(self.pc, t, track_key(t), publisher_id=self.id)
+        track.on_demand = self._demand_rose
         labels = self._labels[t.kind]
         self.app_ids[track.track_id] = labels.popleft() if labels else DEFAULT_APP_IDS[t.kind]
         self.tracks.append(track)
@@ -247,8 +262,11 @@ class Publisher(Member):
             for track in tracks:
                 if track.next_timer() <= now:
                     track.tick(now)
+            if self._demand_due:
+                self._plan_demand(now)
             if now >= next_report:
                 next_report = now + REPORT_INTERVAL
+                self._plan_demand(now)
                 blocks = [b for track in tracks for b in track.report_blocks(now)]
                 for i in range(0, max(len(blocks), 1), 31):  # at most 31 blocks per RR
                     rr = ReceiverReport(ssrc=sender, reports=blocks[i : i + 31])

@@ -30,7 +30,7 @@ from trio_sfu.sfu.errors import BackendUnavailable
 from trio_sfu.sfu.feedback import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup
 from trio_sfu.sfu.model import KeyframeRequest, Nack, PublisherInfo, TrackInfo
-from trio_sfu.sfu.track import KEYFRAME_INTERVAL
+from trio_sfu.sfu.track import KEYFRAME_INTERVAL, TrackSink
 
 if TYPE_CHECKING:
     from trio_sfu.sfu.service import Sfu
@@ -45,14 +45,6 @@ STALL = 0.5
 #: Subscribers' NACKs this pod could not answer are gathered this long (seconds) and sent to
 #: the publisher's pod as one command.
 NACK_GATHER = 0.01
-
-
-class TrackSink(Protocol):
-    """The relay's per-packet entry for one local track (sync, never blocks)."""
-
-    def __call__(self, packet: bytes) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class Relay(Protocol):

@@ -32,6 +32,7 @@ from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderRep
 from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, packet_loudness, payload_offset
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
+from trio_sfu.sfu.dynacast import LayerDemand
 from trio_sfu.sfu.feedback import (
     FirSequence,
     KeyframeGate,
@@ -81,6 +82,17 @@ def codec_preferences(track: TrackInfo) -> list[CodecCapability]:
         CodecCapability(c.name, c.clock_rate, c.channels, c.fmtp, list(c.rtcp_fb), c.payload_type)
         for c in track.codecs
     ]
+
+
+class TrackSink(Protocol):
+    """The relay's per-packet entry for one local track (sync, never blocks)."""
+
+    #: whether another pod currently wants the track (a call is a no-op otherwise)
+    wanted: bool
+
+    def __call__(self, packet: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class TrackSource(Protocol):
@@ -192,9 +204,11 @@ class Ingress:
         self.width = 0
 
     def sample_bitrate(self, now: float) -> float:
-        """Bits/s over the last second or so (read by the layer allocator, not per packet)."""
+        """Bits/s over the last second or so (read by the layer allocator, not per packet).
+        A stream that sent nothing keeps its last rate: it is paused (dynacast, or the
+        encoder's own choice), and the allocator needs what resuming it would cost."""
         if now - self.sampled_at >= 1.0:
-            if self.sampled_at:
+            if self.sampled_at and self.octets != self.sampled_octets:
                 self.bitrate = 8 * (self.octets - self.sampled_octets) / (now - self.sampled_at)
             self.sampled_at, self.sampled_octets = now, self.octets
         return self.bitrate
@@ -268,7 +282,7 @@ class PublishedTrack:
         self.padding_received = 0
         #: the relay's entry for this track (cluster mode): called per packet, a no-op unless
         #: another pod currently wants the track
-        self.relay_sink: Callable[[bytes], None] | None = None
+        self.relay_sink: TrackSink | None = None
         #: the publisher's MUTE (issue 15): its packets are dropped before this track sees them
         self.muted = False
         #: RFC 6464 audio levels (issue 11): the negotiated extension id (0: none) and the
@@ -276,6 +290,11 @@ class PublishedTrack:
         self.level_id = (transceiver.extension_id(URI_AUDIO_LEVEL) or 0) if not video else 0
         self.level_total = 0
         self.level_count = 0
+        #: dynacast (issue 11): which simulcast streams the publisher should send
+        self.demand = LayerDemand(self.layers) if self.layers else None
+        #: called when a stream the publisher was told to stop is needed again (the
+        #: publisher re-plans at once instead of at its next report)
+        self.on_demand: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<PublishedTrack {self.publisher_id}/{self.track_id} {self.kind}>"
@@ -399,6 +418,32 @@ class PublishedTrack:
                 widths[ingress.layer] = ingress.width
         return tuple(widths)
 
+    def needed_layers(self) -> set[int]:
+        """The simulcast streams some subscriber needs now (dynacast): each group's current
+        and target stream, and the top stream for subscribers waiting at the keyframe gate
+        and for other pods while the relay carries it."""
+        needed: set[int] = set()
+        for group in self.fanout.groups:
+            selector = group.selector
+            if selector is None:
+                continue
+            if selector.target_stream is not None:
+                needed.add(selector.target_stream)
+            if selector.current is not None:
+                needed.add(selector.current)  # flows until the target's keyframe
+        sink = self.relay_sink
+        if self.gate.waiting or (sink is not None and sink.wanted):
+            needed.add(self.fanout.top)
+        return needed
+
+    def plan_demand(self, now: float) -> tuple[str, ...] | None:
+        """The rids to announce to the publisher (``LAYERS``), or None when nothing changes
+        (or the track is not simulcast)."""
+        demand = self.demand
+        if demand is None or demand.update(self.needed_layers(), now) is None:
+            return None
+        return demand.announced_rids()
+
     def take_levels(self) -> tuple[int, int]:
         """(loudness total, packets) since the last call; the speaker timer's read."""
         out = self.level_total, self.level_count
@@ -470,6 +515,9 @@ class PublishedTrack:
             return False
         if layer is None or not self.layers:
             layer = len(self.layers) - 1
+        demand = self.demand
+        if demand is not None and demand.missing(layer) and self.on_demand is not None:
+            self.on_demand()  # a paused stream is wanted: resuming it brings the keyframe
         ssrc = self._layer_ssrcs[layer] if self.layers else self.media_ssrc
         if ssrc is None or not self._layer_keyframes[layer].allow(now):
             return False
