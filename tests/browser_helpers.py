@@ -13,9 +13,13 @@ HELPERS = """async () => {
   // Three simulcast streams (RFC 8853), lowest first as libwebrtc names them: q/h/f.
   const SIMULCAST = [{ rid: 'q', scaleResolutionDownBy: 4 },
                      { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f' }];
-  const codecFirst = (mime, simulcast = false) => class extends RTCPeerConnection {
+  const codecFirst = (mime, simulcast = false, svc = null) => class extends RTCPeerConnection {
     addTransceiver(track, init) {
       if (simulcast && track.kind === 'video') init = { ...init, sendEncodings: SIMULCAST };
+      // One stream with spatial/temporal layers, e.g. 'L3T3_KEY' (VP9 SVC)
+      if (svc && track.kind === 'video') {
+        init = { ...init, sendEncodings: [{ scalabilityMode: svc }] };
+      }
       const t = super.addTransceiver(track, init);
       if (mime && track.kind === 'video') {
         const all = RTCRtpSender.getCapabilities('video').codecs;
@@ -31,11 +35,12 @@ HELPERS = """async () => {
     hasCodec: (mime) =>
       RTCRtpSender.getCapabilities('video').codecs.some((c) => c.mimeType === mime),
     async publish(room, user,
-                  { width = 640, height = 480, codec = null, simulcast = false } = {}) {
+                  { width = 640, height = 480, codec = null, simulcast = false,
+                    svc = null } = {}) {
       const stream = await navigator.mediaDevices.getUserMedia(
           { audio: true, video: { width, height, frameRate: 30 } });
       const conn = await m.connectPublisher(
-          { room, user, stream, RTCPeerConnection: codecFirst(codec, simulcast) });
+          { room, user, stream, RTCPeerConnection: codecFirst(codec, simulcast, svc) });
       window.T.pubs[conn.id] = conn;
       return conn.id;
     },

@@ -39,6 +39,9 @@ CAP_KBIT = 400
 SCENARIO_TIMEOUT = 240.0
 OBSERVE = 10.0  # seconds watched on each side of the cap once settled
 LOSS = 0.05  # random loss on carol's link in the last phase
+#: ``python -m tests.simulcast_netns svc``: the publisher sends VP9 SVC (L3T3_KEY, one
+#: stream with three spatial layers) instead of simulcast, and the loss phase is skipped
+SVC = sys.argv[1:] == ["svc"]
 
 
 PLANS: list[tuple[float, int, int, str]] = []
@@ -98,8 +101,11 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             ids = {
                 n: pages[n].js(f"() => window.T.subscribe('r', '{n}')") for n in ("bob", "carol")
             }
+            layering = (
+                "codec: 'video/VP9', svc: 'L3T3_KEY'" if SVC else "simulcast: true"
+            )
             pid = alice.js(
-                "() => window.T.publish('r', 'alice', {width: 1280, height: 720, simulcast: true})"
+                f"() => window.T.publish('r', 'alice', {{width: 1280, height: 720, {layering}}})"
             )
 
             def inbound(page: Page) -> dict[str, Any]:
@@ -178,6 +184,7 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
                 )
             ]
             out["cappedLayerSwitches"] = downtrack.layer_switches
+            out["svcLayers"] = downtrack.source.fanout.svc_layers
             uncap()
             lifted_at = time.monotonic()
             wait_until(
@@ -189,6 +196,11 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             )
             out["recoverSeconds"] = round(time.monotonic() - lifted_at, 2)
             out["after"] = watch(OBSERVE / 2)
+            if SVC:  # the loss phase is simulcast's (the same NACK/RTX path)
+                out["renegotiated"] = carol_sub.negotiations != negotiations
+                out["problems"] = [p for page in pages.values() for p in page.problems]
+                out["plans"] = PLANS
+                return
             # 5 % random loss on carol's link (no cap): NACK/RTX repairs it, the estimate
             # holds (loss under 10 % is not congestion, draft-ietf-rmcat-gcc §6).
             rule = [

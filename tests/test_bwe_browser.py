@@ -244,3 +244,62 @@ async def test_chromium_dynacast_stops_the_streams_nobody_watches(
     await browser.wait_for(
         bob, inbound, lambda r: r["decoded"] >= seen["decoded"] + 30, timeout=20
     )
+
+
+async def test_chromium_vp9_svc_spatial_layers_by_hint(app: Running, browser: Browser) -> None:
+    """VP9 SVC (``L3T3_KEY``, RFC 9628) from a Chromium publisher: one stream carrying three
+    spatial layers. A subscriber asking ``LAYER … low`` / ``mid`` gets the lower spatial
+    layers alone (the SFU drops the layers above at frame boundaries, closes the numbering
+    over them and sets the marker on the last forwarded layer) and decodes 320 / 640 px;
+    ``high`` brings 1280 px back at a keyframe. Another subscriber keeps the full picture,
+    and nothing is renegotiated."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    bob = await open_page(browser, base, "bob")
+    carol = await open_page(browser, base, "carol")
+    alice = await open_page(browser, base, "alice")
+    if not await browser.eval(alice, "window.T.hasCodec('video/VP9')"):
+        pytest.fail("this Chromium has no VP9 encoder")
+    bob_id = await browser.eval(bob, "window.T.subscribe('room1', 'bob')")
+    await browser.eval(carol, "window.T.subscribe('room1', 'carol')")
+    pid = await browser.eval(
+        alice,
+        "window.T.publish('room1', 'alice',"
+        " {width: 1280, height: 720, codec: 'video/VP9', svc: 'L3T3_KEY'})",
+    )
+    inbound = f"window.T.inbound({pid!r})"
+    for page in (bob, carol):
+        await browser.wait_for(page, inbound, lambda r: r["width"] >= 960, timeout=60)
+    sfu: Any = app.sfu
+    room = sfu.rooms["room1"]
+    track = next(t for t in room.publishers[pid].tracks if t.kind == "video")
+    assert track.fanout.svc_layers == 3, track.fanout.svc_layers
+    bob_sub = room.subscribers[bob_id]
+    negotiations = bob_sub.negotiations
+    track_id = await browser.eval(bob, f"window.T.tracks[{pid!r}].video.id")
+    for hint, fits in (
+        ("low", lambda w: 0 < w <= 400),
+        ("mid", lambda w: 400 < w <= 720),
+        ("high", lambda w: w >= 960),
+        ("low", lambda w: 0 < w <= 400),
+    ):
+        before = await browser.eval(bob, inbound)
+        started = trio.current_time()
+        await browser.eval(bob, f"window.T.sub.channel.send('LAYER {pid} {track_id} {hint}')")
+        now = await browser.wait_for(
+            bob,
+            inbound,
+            lambda r, fits=fits, before=before: (
+                fits(r["width"]) and r["decoded"] >= before["decoded"] + 30
+            ),
+            timeout=30,
+        )
+        print(
+            f"VP9 SVC LAYER {hint}: {now['width']} px decoded"
+            f" {trio.current_time() - started:.2f} s after the hint, freezes {now['freezes']}"
+        )
+    carol_now = await browser.eval(carol, inbound)
+    assert carol_now["width"] >= 960, carol_now
+    await browser.wait_for(
+        carol, inbound, lambda r: r["decoded"] >= carol_now["decoded"] + 30, timeout=20
+    )
+    assert bob_sub.negotiations == negotiations

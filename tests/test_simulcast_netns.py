@@ -61,3 +61,32 @@ def test_capped_chromium_subscriber_settles_on_the_low_stream_and_climbs_back() 
     assert lossy["carol"]["width"] >= 960, result
     assert not result["renegotiated"], result
     assert result["problems"] == [], result
+
+
+def test_capped_chromium_subscriber_gets_a_lower_vp9_svc_spatial_layer() -> None:
+    """The same capped link with a VP9 SVC publisher (``L3T3_KEY``: one stream, three
+    spatial layers): carol's planner lowers her spatial layer (the SFU drops the layers above
+    it, no keyframe needed going down) and she keeps decoding 320 px; bob keeps 1280 px;
+    when the cap is lifted she climbs back at a keyframe."""
+    require_netns()
+    require_chromium()
+    argv = netns_argv([sys.executable, "-m", "tests.simulcast_netns", "svc"])
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps({k: v for k, v in result.items() if k != "plans"}, indent=1))
+    assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
+    capped, after = result["capped"], result["after"]
+    print(
+        f"VP9 SVC: capped at {result['settleSeconds']} s on spatial layer 0, back on the top"
+        f" {result['recoverSeconds']} s after the cap was lifted; capped fps"
+        f" {capped['carol']['fps']} vs {capped['bob']['fps']}"
+    )
+    assert result["svcLayers"] == 3, result
+    assert 0 < capped["carol"]["width"] <= 400, result
+    assert capped["bob"]["width"] >= 960, result
+    assert capped["carol"]["fps"] >= 0.5 * capped["bob"]["fps"] > 0, result
+    assert after["carol"]["width"] >= 960, result
+    assert after["carol"]["fps"] >= 0.5 * after["bob"]["fps"] > 0, result
+    assert not result["renegotiated"], result
+    assert result["problems"] == [], result

@@ -147,6 +147,26 @@ class LayerSelector:
         self.target_spatial = spatial
         self.target_temporal = temporal
 
+    def adopt(self, stream: int, seq: int, ts: int, now: float) -> None:
+        """Take over a stream that was being forwarded whole up to input ``seq``/``ts``
+        (a subscriber of an SVC track getting a layer limit of its own): no keyframe wait,
+        and the numbering goes on unchanged (offsets 0) until packets are dropped."""
+        self.current = stream
+        self._started = True
+        self._seq_offset = self._ts_offset = 0
+        self._last_in_seq = self._first_in_seq = seq & _SEQ_MASK
+        self.seq = seq & _SEQ_MASK
+        self.ts = ts & _TS_MASK
+        self._last_time = now
+        self._clean = True
+        self.spatial = self.temporal = NO_LIMIT  # everything was forwarded so far
+        self._down_deadline = float("inf")
+
+    def numbering(self, seq: int, ts: int) -> tuple[int, int]:
+        """The output sequence number and timestamp of the packet :meth:`push` just
+        accepted (for a late one too, unlike :attr:`seq`/:attr:`ts`)."""
+        return (seq + self._seq_offset) & _SEQ_MASK, (ts + self._ts_offset) & _TS_MASK
+
     def resync(self) -> None:
         """Forget the current stream (after a pause, or a change of source): forwarding
         starts again at the target's next keyframe, numbering continuing from the last."""

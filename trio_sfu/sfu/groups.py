@@ -13,6 +13,14 @@ publisher, a simulcast layer switch, issue 11) leaves with a copy of its group's
 (:meth:`RtpRewriter.clone`), so its stream continues without a glitch, and forms a new group
 that later joiners with the same mapping may share.
 
+For a VP9 SVC source (one stream carrying spatial and temporal layers, RFC 9628) a group
+that forwards everything has no selector; a subscriber given a layer limit gets a group of its
+own whose selector drops the spatial layers above it at frame boundaries
+(:meth:`ForwardingGroup.forward_svc`). Its numbering closes over the dropped packets, so such
+a group keeps its own packet cache for NACKs, and sets the RTP marker on the last packet of the
+highest forwarded spatial layer (RFC 9628 §4.1: the marker ends a picture; a receiver waits for
+it).
+
 For a simulcast source a group is also a layer choice: it owns a :class:`LayerSelector` that
 sees every stream's packets and forwards one stream, switching at a keyframe of the target
 (RFC 8853; docs/layers.md); the rewriter continues the numbering across the switch
@@ -27,9 +35,10 @@ import struct
 from typing import TYPE_CHECKING
 
 from trio_sfu.proto.codecs.vp8 import PictureIdRewriter
-from trio_sfu.proto.layers import LayerSelector
+from trio_sfu.proto.codecs.vp9 import SVC_END, SVC_KEYFRAME, SVC_START, SVC_SWITCH_UP
+from trio_sfu.proto.layers import NO_LIMIT, LayerSelector
 from trio_sfu.proto.rtp import RtpRewriter, payload_offset, payload_size
-from trio_sfu.sfu.feedback import SendStatistics
+from trio_sfu.sfu.feedback import PacketCache, SendStatistics
 
 if TYPE_CHECKING:
     from trio_sfu.sfu.track import DownTrack
@@ -39,12 +48,22 @@ if TYPE_CHECKING:
 GroupKey = tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...], int, int]
 
 _TS = struct.Struct("!I")
+_SEQ_TS = struct.Struct("!HI")
 
 
 class ForwardingGroup:
     """Subscribers of one source that receive the same rewrite of each packet."""
 
-    __slots__ = ("key", "last_forward", "members", "pictures", "rewriter", "selector", "stats")
+    __slots__ = (
+        "cache",
+        "key",
+        "last_forward",
+        "members",
+        "pictures",
+        "rewriter",
+        "selector",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -63,6 +82,9 @@ class ForwardingGroup:
         #: what every member has been sent (counts and the RTP-timestamp mapping of its SRs)
         self.stats = SendStatistics(key[2])
         self.last_forward = 0.0
+        #: an SVC group's packets as numbered for its rewriter (NACKs are answered from it:
+        #: its numbering is not the source's); None: the source's caches serve
+        self.cache: PacketCache | None = None
 
     def __repr__(self) -> str:
         return f"<ForwardingGroup {len(self.members)} members>"
@@ -83,6 +105,9 @@ class ForwardingGroup:
         )
         twin.last_forward = self.last_forward
         twin.stats.follow(self.stats, 0, 0)
+        if self.cache is not None:
+            # the numbering diverges from here: a cache of its own (older NACKs miss)
+            twin.cache = PacketCache()
         return twin
 
     def forward_layer(
@@ -114,6 +139,40 @@ class ForwardingGroup:
             packet = pictures.rewrite(packet, payload_offset(packet))
         self.forward(packet, now)
 
+    def forward_svc(
+        self, packet: bytes, sid: int, tid: int, seq: int, ts: int, flags: int, now: float
+    ) -> None:
+        """A packet of a VP9 SVC source (``flags``: ``vp9.layer_info``'s) for a group with a
+        layer limit: the selector drops the layers above it at frame boundaries and closes
+        the numbering over them; the last packet of the highest forwarded spatial layer gets
+        the marker bit (RFC 9628 §4.1), which the dropped layer above it carried."""
+        sel = self.selector
+        assert sel is not None
+        if not sel.push(
+            0,
+            sid,
+            tid,
+            seq,
+            ts,
+            bool(flags & SVC_KEYFRAME),
+            bool(flags & SVC_START),
+            bool(flags & SVC_SWITCH_UP),
+            now,
+        ):
+            return
+        out_seq, out_ts = sel.numbering(seq, ts)
+        marker = flags & SVC_END and sid == sel.spatial and not packet[1] & 0x80
+        if marker or out_seq != seq or out_ts != ts:
+            buf = bytearray(packet)
+            if marker:
+                buf[1] |= 0x80
+            _SEQ_TS.pack_into(buf, 2, out_seq, out_ts)
+            packet = bytes(buf)
+        cache = self.cache
+        if cache is not None:
+            cache.put(packet)
+        self.forward(packet, now)
+
     def forward(self, packet: bytes, now: float) -> None:
         """The hot path: one rewrite, then per member its own numbering, protect and send."""
         rewriter = self.rewriter
@@ -131,7 +190,7 @@ class ForwardingGroup:
 class Fanout:
     """A source's forwarding groups; the source calls :meth:`forward` per packet."""
 
-    __slots__ = ("clock_rate", "groups", "layers", "vp8")
+    __slots__ = ("clock_rate", "groups", "layers", "svc_layers", "svc_seq", "svc_ts", "vp8")
 
     def __init__(self, layers: int = 0, *, clock_rate: int = 90000, vp8: bool = False) -> None:
         self.groups: list[ForwardingGroup] = []
@@ -140,10 +199,37 @@ class Fanout:
         self.layers = layers
         self.clock_rate = clock_rate
         self.vp8 = vp8
+        #: spatial layers of a VP9 SVC source (its scalability structure; 0: not SVC), and
+        #: the newest input sequence number and timestamp of its stream
+        self.svc_layers = 0
+        self.svc_seq = -1  # none yet
+        self.svc_ts = 0
 
     @property
     def top(self) -> int:
         return self.layers - 1
+
+    @property
+    def choices(self) -> int:
+        """Layers a subscriber can choose from: simulcast streams, else SVC spatial layers
+        (0 or 1: nothing to choose)."""
+        return self.layers or self.svc_layers
+
+    def layer_target(self, layer: int) -> tuple[int, int]:
+        """(stream, spatial limit) for a subscriber's layer choice (0 = lowest)."""
+        if self.layers:
+            return layer, NO_LIMIT
+        return 0, (layer if layer < self.svc_layers - 1 else NO_LIMIT)
+
+    def svc_selector(self, layer: int, now: float, *, adopt: bool) -> LayerSelector:
+        """A selector for an SVC group with the limit ``layer``; ``adopt``: it takes over
+        a stream forwarded whole so far (a split), rather than starting at a keyframe."""
+        selector = LayerSelector(self.clock_rate)
+        if adopt:
+            selector.adopt(0, self.svc_seq, self.svc_ts, now)
+        stream, spatial = self.layer_target(layer)
+        selector.set_target(stream, spatial, now=now)
+        return selector
 
     def __len__(self) -> int:
         return sum(len(g.members) for g in self.groups)
@@ -162,7 +248,12 @@ class Fanout:
         if carry is None and want == self.top:
             group = next((g for g in self.groups if g.key == key and self._joinable(g)), None)
         if group is None:
-            if carry is None:
+            if carry is None and self.svc_layers > 1 and downtrack.layer is not None:
+                # released at a keyframe with a layer limit already chosen (a hint)
+                group = ForwardingGroup(key, downtrack.new_rewriter(), None)
+                group.selector = self.svc_selector(downtrack.layer, 0.0, adopt=False)
+                group.cache = PacketCache()
+            elif carry is None:
                 layering = self._new_layering(want)
                 group = ForwardingGroup(key, downtrack.new_rewriter(), *layering)
             else:

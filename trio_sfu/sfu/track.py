@@ -27,6 +27,9 @@ from trio_sfu.proto.capabilities import (
     codec_matches,
 )
 from trio_sfu.proto.codecs.vp8 import keyframe_width
+from trio_sfu.proto.codecs.vp9 import SVC_SS
+from trio_sfu.proto.codecs.vp9 import layer_info as vp9_layer_info
+from trio_sfu.proto.codecs.vp9 import parse_descriptor as parse_vp9_descriptor
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderReport
 from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, packet_loudness, payload_offset
@@ -290,6 +293,17 @@ class PublishedTrack:
         self.level_id = (transceiver.extension_id(URI_AUDIO_LEVEL) or 0) if not video else 0
         self.level_total = 0
         self.level_count = 0
+        #: VP9 SVC (RFC 9628): the payload types whose descriptor says which spatial and
+        #: temporal layer a packet is; per spatial layer the octets received, their rate
+        #: (sampled about once a second) and the widths of its scalability structure
+        self._vp9_pts = frozenset(
+            c.payload_type for c in media if video and not self.layers and c.name.upper() == "VP9"
+        )
+        self._svc_octets = [0] * 8
+        self._svc_sampled = [0] * 8
+        self._svc_rates: tuple[float, ...] = ()
+        self._svc_sampled_at = 0.0
+        self._svc_widths: tuple[int, ...] = ()
         #: dynacast (issue 11): which simulcast streams the publisher should send
         self.demand = LayerDemand(self.layers) if self.layers else None
         #: called when a stream the publisher was told to stop is needed again (the
@@ -344,11 +358,38 @@ class PublishedTrack:
             self.cache.put(packet)
         if self.gate.waiting or self.keyframes.pending:
             self._watch_keyframes(packet, now)
-        for group in self.fanout.groups:
-            group.forward(packet, now)
+        if self._vp9_pts and packet[1] & 0x7F in self._vp9_pts:
+            self._on_vp9(packet, seq, now)
+        else:
+            for group in self.fanout.groups:
+                group.forward(packet, now)
         sink = self.relay_sink
         if sink is not None:
             sink(packet)
+
+    def _on_vp9(self, packet: bytes, seq: int, now: float) -> None:
+        """A VP9 packet: its layers counted (the SVC bitrates the planner reads) and handed
+        to each group, whole to a group forwarding everything, through the selector to one
+        with a layer limit (:meth:`ForwardingGroup.forward_svc`)."""
+        fanout = self.fanout
+        info = vp9_layer_info(packet[payload_offset(packet) :])
+        if info is None:
+            return  # a truncated descriptor: no decoder could use it
+        sid, tid, flags = info
+        self._svc_octets[sid] += len(packet) + _WIRE_OVERHEAD
+        if flags & SVC_SS:
+            desc = parse_vp9_descriptor(packet[payload_offset(packet) :])
+            if desc is not None and desc.spatial_layers:
+                fanout.svc_layers = desc.spatial_layers
+                self._svc_widths = tuple(w for w, _ in desc.resolutions)
+        ts = _TS.unpack_from(packet, 4)[0]
+        if fanout.svc_seq < 0 or (seq - fanout.svc_seq) & 0xFFFF < 0x8000:  # not a late one
+            fanout.svc_seq, fanout.svc_ts = seq, ts
+        for group in fanout.groups:
+            if group.selector is None:
+                group.forward(packet, now)
+            else:
+                group.forward_svc(packet, sid, tid, seq, ts, flags, now)
 
     def _on_layer(self, ingress: Ingress, packet: bytes, seq: int, ts: int, now: float) -> None:
         """A simulcast track's packet (any stream; ``ts`` -1 for a repaired one, which never
@@ -403,15 +444,39 @@ class PublishedTrack:
         return ingress.cache if ingress is not None else self.cache
 
     def layer_bitrates(self, now: float) -> tuple[float, ...]:
-        """Bits/s of each simulcast stream, lowest first (0 for one not seen yet)."""
+        """Bits/s of each simulcast stream, lowest first (0 for one not seen yet); for VP9
+        SVC what each spatial layer costs with the ones below it (it cannot be received
+        alone)."""
+        if self.fanout.svc_layers > 1:
+            return self._svc_bitrates(now)
         rates = [0.0] * len(self.layers)
         for ingress in self._ingress.values():
             if ingress.layer >= 0 and self.layers:
                 rates[ingress.layer] = ingress.sample_bitrate(now)
         return tuple(rates)
 
+    def _svc_bitrates(self, now: float) -> tuple[float, ...]:
+        layers = self.fanout.svc_layers
+        if now - self._svc_sampled_at >= 1.0:
+            if self._svc_sampled_at:
+                elapsed = now - self._svc_sampled_at
+                total, rates = 0.0, []
+                for sid in range(layers):
+                    total += 8 * (self._svc_octets[sid] - self._svc_sampled[sid]) / elapsed
+                    rates.append(total)
+                if total:  # nothing came: paused, keep what it cost
+                    self._svc_rates = tuple(rates)
+            self._svc_sampled = list(self._svc_octets)
+            self._svc_sampled_at = now
+        rates_now = self._svc_rates
+        return rates_now if len(rates_now) == layers else (0.0,) * layers
+
     def layer_widths(self) -> tuple[int, ...]:
-        """Frame width of each simulcast stream from its last keyframe (0: unknown)."""
+        """Frame width of each simulcast stream from its last keyframe (0: unknown); for VP9
+        SVC each spatial layer's, from the scalability structure."""
+        if self.fanout.svc_layers > 1:
+            svc = self._svc_widths
+            return svc if len(svc) == self.fanout.svc_layers else (0,) * self.fanout.svc_layers
         widths = [0] * len(self.layers)
         for ingress in self._ingress.values():
             if ingress.layer >= 0 and self.layers:
@@ -608,6 +673,11 @@ class PublishedTrack:
         if not self.layers:
             if self.media_ssrc is not None and self.keyframes.due(now):
                 self._send_keyframe_request(self.media_ssrc)
+            for group in self.fanout.groups:
+                # an SVC group going up a spatial layer waits for a keyframe (L3T3_KEY)
+                selector = group.selector
+                if selector is not None and selector.keyframe_request(now) is not None:
+                    self.request_keyframe(now)
             return
         for layer, throttle in enumerate(self._layer_keyframes):
             ssrc = self._layer_ssrcs[layer]
@@ -797,11 +867,17 @@ class DownTrack:
         if group is not None:
             gap = now - snapshot.last_forward if snapshot.last_forward else 0.0
             group.rewriter.switch_source(gap)
+            fanout = self.source.fanout
             if group.selector is not None:
                 # a simulcast group restarts at a keyframe of the stream it should get
                 group.selector.resync()
-                layer = self.layer if self.layer is not None else self.source.fanout.top
-                group.selector.set_target(layer, now=now)
+                layer = self.layer if self.layer is not None else fanout.top
+                group.selector.set_target(*fanout.layer_target(layer), now=now)
+            elif fanout.svc_layers > 1 and self.layer is not None:
+                # an SVC subscriber with a limit: a selector again (Fanout.add drops one
+                # carried over), starting at the keyframe asked for below
+                group.selector = fanout.svc_selector(self.layer, now, adopt=False)
+                group.cache = PacketCache()
         self.request_keyframe(now)
         return True
 
@@ -812,26 +888,41 @@ class DownTrack:
         track pauses until the keyframe). False if the source is not simulcast or nothing
         changes."""
         fanout = self.source.fanout
-        if not fanout.layers:
+        choices = fanout.choices
+        if choices < 2:
             return False
-        layer = min(max(layer, 0), fanout.top)
-        if layer == (self.layer if self.layer is not None else fanout.top):
+        top = choices - 1
+        layer = min(max(layer, 0), top)
+        if layer == (self.layer if self.layer is not None else top):
             return False
         self.layer = layer
         self.layer_switches += 1
         if self.group is None:
             return True  # waiting for its first keyframe or paused: joins at this layer
         group = fanout.split(self)  # numbering of its own that continues the group's
-        assert group is not None and group.selector is not None
-        group.selector.set_target(layer, now=now)
-        self.source.request_keyframe(now, layer)
+        assert group is not None
+        if group.selector is None:  # SVC: a limit of its own from now on
+            group.selector = fanout.svc_selector(layer, now, adopt=True)
+            group.cache = PacketCache()
+        else:
+            stream, spatial = fanout.layer_target(layer)
+            group.selector.set_target(stream, spatial, now=now)
+        if group.selector.waiting() or fanout.layers:
+            self.source.request_keyframe(now, layer)
         return True
 
     @property
     def forwarded_layer(self) -> int | None:
-        """The simulcast stream being forwarded now (None: none, or not simulcast)."""
+        """The simulcast stream being forwarded now, or for VP9 SVC the highest spatial layer
+        (None: none, or a single layer)."""
         group = self.group
-        return group.selector.current if group is not None and group.selector else None
+        selector = group.selector if group is not None else None
+        fanout = self.source.fanout
+        if fanout.layers or fanout.svc_layers < 2:
+            return selector.current if selector is not None else None
+        if selector is None or selector.spatial >= fanout.svc_layers:
+            return fanout.svc_layers - 1  # everything
+        return selector.spatial if selector.current is not None else None
 
     def request_keyframe(self, now: float) -> bool:
         """A keyframe of the stream this subscriber gets (its PLI/FIR, a resume)."""
@@ -896,8 +987,9 @@ class DownTrack:
         if group is None:
             return False
         rewriter = group.rewriter
-        # the cache of the stream the rewriter forwards now (simulcast streams each have one)
-        cache = self.source.cache_for(rewriter.source_ssrc)
+        # an SVC group's own numbering, else the cache of the stream the rewriter forwards
+        # now (simulcast streams each have one)
+        cache = group.cache or self.source.cache_for(rewriter.source_ssrc)
         if cache is None:
             return False
         slot = out_seq % _RESENT_SLOTS

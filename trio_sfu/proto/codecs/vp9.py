@@ -19,7 +19,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Vp9Descriptor", "is_keyframe", "parse_descriptor"]
+__all__ = [
+    "SVC_END",
+    "SVC_KEYFRAME",
+    "SVC_SS",
+    "SVC_START",
+    "SVC_SWITCH_UP",
+    "Vp9Descriptor",
+    "is_keyframe",
+    "layer_info",
+    "parse_descriptor",
+]
+
+#: :func:`layer_info` flags
+SVC_KEYFRAME = 1  # the first packet of a keyframe (P=0, B=1, spatial layer 0)
+SVC_START = 2  # B: the first packet of a layer frame
+SVC_END = 4  # E: the last packet of a layer frame
+SVC_SWITCH_UP = 8  # U: a temporal switching-up point
+SVC_SS = 16  # V: a scalability structure follows (parse_descriptor reads it)
 
 
 @dataclass(slots=True)
@@ -150,3 +167,33 @@ def is_keyframe(payload: bytes) -> bool:
         and desc.start_of_frame
         and desc.spatial_layer == 0
     )
+
+
+def layer_info(payload: bytes) -> tuple[int, int, int] | None:
+    """(spatial id, temporal id, ``SVC_*`` flags) of a packet, read from the first bytes of
+    the descriptor only: the per-packet form of :func:`parse_descriptor` for an SFU that drops
+    layers (no object, no SS parsing). None if truncated; ids 0 without layer indices (L=0)."""
+    n = len(payload)
+    if n < 1:
+        return None
+    b = payload[0]
+    flags = (SVC_START if b & 0x08 else 0) | (SVC_END if b & 0x04 else 0)
+    if b & 0x02:
+        flags |= SVC_SS
+    pos = 1
+    if b & 0x80:  # I: a 7- or 15-bit picture id
+        if pos >= n:
+            return None
+        pos += 2 if payload[pos] & 0x80 else 1
+    sid = tid = 0
+    if b & 0x20:  # L
+        if pos >= n:
+            return None
+        layer = payload[pos]
+        tid = layer >> 5
+        sid = (layer >> 1) & 0x07
+        if layer & 0x10:
+            flags |= SVC_SWITCH_UP
+    if not b & 0x40 and b & 0x08 and sid == 0:
+        flags |= SVC_KEYFRAME
+    return sid, tid, flags
