@@ -246,25 +246,31 @@ async def test_chromium_dynacast_stops_the_streams_nobody_watches(
     )
 
 
-async def test_chromium_vp9_svc_spatial_layers_by_hint(app: Running, browser: Browser) -> None:
-    """VP9 SVC (``L3T3_KEY``, RFC 9628) from a Chromium publisher: one stream carrying three
-    spatial layers. A subscriber asking ``LAYER … low`` / ``mid`` gets the lower spatial
-    layers alone (the SFU drops the layers above at frame boundaries, closes the numbering
-    over them and sets the marker on the last forwarded layer) and decodes 320 / 640 px;
-    ``high`` brings 1280 px back at a keyframe. Another subscriber keeps the full picture,
-    and nothing is renegotiated."""
+@pytest.mark.parametrize(
+    ("codec", "mode"), [("video/VP9", "L3T3_KEY"), ("video/AV1", "L3T3_KEY")], ids=["vp9", "av1"]
+)
+async def test_chromium_svc_spatial_layers_by_hint(
+    app: Running, browser: Browser, codec: str, mode: str
+) -> None:
+    """SVC from a Chromium publisher: VP9 (``L3T3_KEY``, RFC 9628; layers from its payload
+    descriptor) and AV1 (``L3T3_KEY``; layers from the dependency descriptor extension), one
+    stream carrying three spatial layers. A subscriber asking ``LAYER … low`` / ``mid`` gets
+    the lower spatial layers alone (the SFU drops the layers above at frame boundaries,
+    closes the numbering over them and sets the marker on the last forwarded layer) and
+    decodes 320 / 640 px; ``high`` brings 1280 px back at a keyframe. Another subscriber
+    keeps the full picture, and nothing is renegotiated."""
     base = f"http://127.0.0.1:{app.http_port}"
     bob = await open_page(browser, base, "bob")
     carol = await open_page(browser, base, "carol")
     alice = await open_page(browser, base, "alice")
-    if not await browser.eval(alice, "window.T.hasCodec('video/VP9')"):
-        pytest.fail("this Chromium has no VP9 encoder")
+    if not await browser.eval(alice, f"window.T.hasCodec({codec!r})"):
+        pytest.fail(f"this Chromium has no {codec} encoder")
     bob_id = await browser.eval(bob, "window.T.subscribe('room1', 'bob')")
     await browser.eval(carol, "window.T.subscribe('room1', 'carol')")
     pid = await browser.eval(
         alice,
         "window.T.publish('room1', 'alice',"
-        " {width: 1280, height: 720, codec: 'video/VP9', svc: 'L3T3_KEY'})",
+        f" {{width: 1280, height: 720, codec: {codec!r}, svc: {mode!r}}})",
     )
     inbound = f"window.T.inbound({pid!r})"
     for page in (bob, carol):
@@ -294,7 +300,7 @@ async def test_chromium_vp9_svc_spatial_layers_by_hint(app: Running, browser: Br
             timeout=30,
         )
         print(
-            f"VP9 SVC LAYER {hint}: {now['width']} px decoded"
+            f"{codec} {mode} LAYER {hint}: {now['width']} px decoded"
             f" {trio.current_time() - started:.2f} s after the hint, freezes {now['freezes']}"
         )
     carol_now = await browser.eval(carol, inbound)

@@ -19,6 +19,9 @@ URI_TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-
 URI_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 URI_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
 URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+URI_DEPENDENCY_DESCRIPTOR = (
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension"
+)
 
 
 @dataclass(slots=True)
@@ -90,6 +93,9 @@ DEFAULT_HEADER_EXTENSIONS: list[HeaderExtensionCapability] = [
     HeaderExtensionCapability(URI_MID, 4),
     HeaderExtensionCapability(URI_RID, 10, frozenset(("video",))),
     HeaderExtensionCapability(URI_REPAIRED_RID, 11, frozenset(("video",))),
+    # AV1 SVC's frame information (AV1 RTP spec, Appendix A): read from publishers and
+    # forwarded with AV1 only (sfu/track.py forwarding_maps)
+    HeaderExtensionCapability(URI_DEPENDENCY_DESCRIPTOR, 12, frozenset(("video",))),
 ]
 
 # -- H.264 profiles (RFC 6184 §8.1 profile-level-id; profile_idc + constraint flags, H.264 A.2)

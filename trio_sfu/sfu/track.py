@@ -19,6 +19,7 @@ from typing import Protocol
 
 from trio_sfu.proto.capabilities import (
     URI_AUDIO_LEVEL,
+    URI_DEPENDENCY_DESCRIPTOR,
     URI_MID,
     URI_REPAIRED_RID,
     URI_RID,
@@ -26,13 +27,20 @@ from trio_sfu.proto.capabilities import (
     CodecCapability,
     codec_matches,
 )
+from trio_sfu.proto.codecs.av1_dd import DependencyDescriptorReader
 from trio_sfu.proto.codecs.vp8 import keyframe_width
-from trio_sfu.proto.codecs.vp9 import SVC_SS
+from trio_sfu.proto.codecs.vp9 import SVC_END, SVC_KEYFRAME, SVC_SS, SVC_START
 from trio_sfu.proto.codecs.vp9 import layer_info as vp9_layer_info
 from trio_sfu.proto.codecs.vp9 import parse_descriptor as parse_vp9_descriptor
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderReport
-from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer, packet_loudness, payload_offset
+from trio_sfu.proto.rtp import (
+    RtpRewriter,
+    TransportCcSequencer,
+    find_extension,
+    packet_loudness,
+    payload_offset,
+)
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
 from trio_sfu.sfu.dynacast import LayerDemand
@@ -153,8 +161,14 @@ def forwarding_maps(
                     rtx_pt[sub.payload_type] = rtx
                 break
     ext_map: dict[int, int] = {}
+    # The dependency descriptor goes with AV1 (the publisher's first codec, what it sends)
+    # alone: its frame numbers are one stream's, so after a simulcast switch (VP8's, say) a
+    # receiver would take the new stream's frames for old ones; AV1 SVC cannot be decoded
+    # without it.
+    first = next((c for c in source.codecs if c.name.lower() != "rtx"), None)
+    av1 = first is not None and first.name.upper() == "AV1"
     for ext_id, uri in source.extensions:
-        if uri in _NOT_FORWARDED:
+        if uri in _NOT_FORWARDED or (uri == URI_DEPENDENCY_DESCRIPTOR and not av1):
             continue
         out = t.extension_id(uri)
         if out is not None:
@@ -299,6 +313,13 @@ class PublishedTrack:
         self._vp9_pts = frozenset(
             c.payload_type for c in media if video and not self.layers and c.name.upper() == "VP9"
         )
+        #: AV1 SVC: the dependency descriptor (AV1 RTP spec, Appendix A) says it, when the
+        #: publisher negotiated it (0: not)
+        self._av1_pts = frozenset(
+            c.payload_type for c in media if video and not self.layers and c.name.upper() == "AV1"
+        )
+        self._dd_id = (transceiver.extension_id(URI_DEPENDENCY_DESCRIPTOR) or 0) if video else 0
+        self._dd = DependencyDescriptorReader()
         self._svc_octets = [0] * 8
         self._svc_sampled = [0] * 8
         self._svc_rates: tuple[float, ...] = ()
@@ -360,6 +381,8 @@ class PublishedTrack:
             self._watch_keyframes(packet, now)
         if self._vp9_pts and packet[1] & 0x7F in self._vp9_pts:
             self._on_vp9(packet, seq, now)
+        elif self._dd_id and packet[1] & 0x7F in self._av1_pts:
+            self._on_av1(packet, seq, now)
         else:
             for group in self.fanout.groups:
                 group.forward(packet, now)
@@ -376,12 +399,39 @@ class PublishedTrack:
         if info is None:
             return  # a truncated descriptor: no decoder could use it
         sid, tid, flags = info
-        self._svc_octets[sid] += len(packet) + _WIRE_OVERHEAD
         if flags & SVC_SS:
             desc = parse_vp9_descriptor(packet[payload_offset(packet) :])
             if desc is not None and desc.spatial_layers:
                 fanout.svc_layers = desc.spatial_layers
                 self._svc_widths = tuple(w for w, _ in desc.resolutions)
+        self._on_svc(packet, seq, sid, tid, flags, now)
+
+    def _on_av1(self, packet: bytes, seq: int, now: float) -> None:
+        """An AV1 packet with the dependency descriptor: its frame's spatial/temporal ids,
+        start and end; a keyframe brings the template structure (how many spatial layers,
+        their resolutions). Without a readable descriptor the packet goes to the groups
+        forwarding everything only."""
+        desc = self._dd.parse(find_extension(packet, self._dd_id))
+        if desc is None:
+            for group in self.fanout.groups:
+                if group.selector is None:
+                    group.forward(packet, now)
+            return
+        flags = (SVC_START if desc.start_of_frame else 0) | (SVC_END if desc.end_of_frame else 0)
+        if desc.structure_attached:
+            structure = self._dd.structure
+            assert structure is not None
+            self.fanout.svc_layers = structure.max_spatial_id + 1
+            self._svc_widths = tuple(w for w, _ in structure.resolutions)
+            if desc.start_of_frame and desc.spatial_id == 0:
+                flags |= SVC_KEYFRAME  # a structure comes with a keyframe (§A.8.2)
+        self._on_svc(packet, seq, desc.spatial_id, desc.temporal_id, flags, now)
+
+    def _on_svc(
+        self, packet: bytes, seq: int, sid: int, tid: int, flags: int, now: float
+    ) -> None:
+        fanout = self.fanout
+        self._svc_octets[sid & 7] += len(packet) + _WIRE_OVERHEAD
         ts = _TS.unpack_from(packet, 4)[0]
         if fanout.svc_seq < 0 or (seq - fanout.svc_seq) & 0xFFFF < 0x8000:  # not a late one
             fanout.svc_seq, fanout.svc_ts = seq, ts
