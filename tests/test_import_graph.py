@@ -190,7 +190,6 @@ KNOWN_CYCLES = [
         "trio_sfu.sfu.remote", "trio_sfu.sfu.room", "trio_sfu.sfu.service",
         "trio_sfu.sfu.subscriber", "trio_sfu.sfu.viewer",
     ],
-    ["trio_sfu.sfu.groups", "trio_sfu.sfu.track"],
 ]
 
 

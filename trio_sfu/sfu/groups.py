@@ -32,7 +32,7 @@ released at its keyframes; a subscriber that switches layer gets a group of its 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from trio_sfu.proto.codecs.vp8 import PictureIdRewriter
 from trio_sfu.proto.codecs.vp9 import SVC_END, SVC_KEYFRAME, SVC_START, SVC_SWITCH_UP
@@ -40,15 +40,27 @@ from trio_sfu.proto.layers import NO_LIMIT, LayerSelector
 from trio_sfu.proto.rtp import RtpRewriter, payload_offset, payload_size
 from trio_sfu.sfu.feedback import PacketCache, SendStatistics
 
-if TYPE_CHECKING:
-    from trio_sfu.sfu.track import DownTrack
-
 #: (payload type map, extension id map, clock rate, transport-cc extension id or 0), each map
 #: as sorted (input, output) pairs: what makes two subscribers' rewrites the same.
 GroupKey = tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...], int, int]
 
 _TS = struct.Struct("!I")
 _SEQ_TS = struct.Struct("!HI")
+
+
+class GroupMember(Protocol):
+    """What a group needs of its members (``track.DownTrack``): named here, so groups.py does
+    not import the module that builds on it (issue 16: no import cycle)."""
+
+    group_key: GroupKey
+    layer: int | None
+
+    @property
+    def group(self) -> ForwardingGroup | None: ...
+    def deliver(self, out: bytes, twcc_offset: int, now: float) -> None: ...
+    def new_rewriter(self) -> RtpRewriter: ...
+    def joined(self, group: ForwardingGroup) -> None: ...
+    def left(self, group: ForwardingGroup) -> None: ...
 
 
 class ForwardingGroup:
@@ -78,7 +90,7 @@ class ForwardingGroup:
         self.selector = selector
         #: VP8 picture-id continuity across stream switches (simulcast VP8 only)
         self.pictures = pictures
-        self.members: list[DownTrack] = []
+        self.members: list[GroupMember] = []
         #: what every member has been sent (counts and the RTP-timestamp mapping of its SRs)
         self.stats = SendStatistics(key[2])
         self.last_forward = 0.0
@@ -238,7 +250,7 @@ class Fanout:
         for group in self.groups:
             group.forward(packet, now)
 
-    def add(self, downtrack: DownTrack, carry: ForwardingGroup | None = None) -> ForwardingGroup:
+    def add(self, downtrack: GroupMember, carry: ForwardingGroup | None = None) -> ForwardingGroup:
         """Put ``downtrack`` in the first group with its mapping, or a new one. With ``carry``
         (the group whose numbering it must continue) always in a new group that starts as a
         copy of that one's state, so its stream goes on without a glitch."""
@@ -285,7 +297,7 @@ class Fanout:
         selector.set_target(want, now=0.0)  # nothing forwarded yet: no switch-down deadline
         return selector, PictureIdRewriter() if self.vp8 else None
 
-    def remove(self, downtrack: DownTrack) -> None:
+    def remove(self, downtrack: GroupMember) -> None:
         group = downtrack.group
         if group is None or group not in self.groups:
             return
@@ -294,7 +306,7 @@ class Fanout:
         if not group.members:
             self.groups = [g for g in self.groups if g is not group]
 
-    def split(self, downtrack: DownTrack) -> ForwardingGroup | None:
+    def split(self, downtrack: GroupMember) -> ForwardingGroup | None:
         """Give ``downtrack`` numbering of its own that continues its group's exactly: the step
         before its stream diverges from the others' (issue 11's layer switch). A member alone
         in its group keeps it."""
