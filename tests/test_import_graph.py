@@ -184,12 +184,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 KNOWN_CYCLES = [
     ["trio_sfu.proto.sdp.model", "trio_sfu.proto.sdp.parser"],
     ["trio_sfu.rtc.datachannel", "trio_sfu.rtc.events", "trio_sfu.rtc.peer"],
-    # the sfu knot, untied by the next commits
-    [
-        "trio_sfu.sfu.downstream", "trio_sfu.sfu.member", "trio_sfu.sfu.publisher",
-        "trio_sfu.sfu.remote", "trio_sfu.sfu.room", "trio_sfu.sfu.service",
-        "trio_sfu.sfu.subscriber", "trio_sfu.sfu.viewer",
-    ],
 ]
 
 

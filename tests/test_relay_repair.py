@@ -28,11 +28,13 @@ VP8 = CodecInfo("VP8", 90000, None, None, 96)
 
 
 class FakeSfu:
-    """What a RemoteTrack uses of the SFU: a nursery to spawn in and the bus."""
+    """What a RemoteTrack is handed of the SFU: a way to spawn tasks, the bus, the relay
+    (unused here: nothing attaches) and the idle callback."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self.sent: list[tuple[str, Command]] = []
+        self.idle: list[RemoteTrack] = []
         outer = self
 
         class Bus(LocalBus):
@@ -45,9 +47,6 @@ class FakeSfu:
     def spawn(self, fn: Any, *args: Any) -> None:
         self.nursery.start_soon(fn, *args)
 
-    def forget_remote(self, remote: RemoteTrack) -> None:
-        pass
-
 
 def rtp(seq: int, ssrc: int = 1234) -> bytes:
     return struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, seq * 3000, ssrc) + b"\x10payload"
@@ -56,7 +55,15 @@ def rtp(seq: int, ssrc: int = 1234) -> bytes:
 def remote(sfu: FakeSfu, kind: str = "video") -> RemoteTrack:
     publisher = PublisherInfo("alice-1", "alice", "pod-a")
     track = TrackInfo("v0", kind, (VP8,))
-    return RemoteTrack(sfu, "r", publisher, track)  # type: ignore[arg-type]
+    return RemoteTrack(
+        "r",
+        publisher,
+        track,
+        spawn=sfu.spawn,
+        relay=RecordingRelay(),
+        bus=sfu.bus,
+        on_idle=sfu.idle.append,
+    )
 
 
 def keyframe_requests(sfu: FakeSfu) -> int:
@@ -111,6 +118,16 @@ async def test_unanswerable_nacks_go_to_the_publishers_pod_gathered(
     await trio.sleep(0.05)
     assert sfu.sent == [("pod-a", Nack("r", "alice-1", "v0", (10, 11, 12)))]
     assert track.nacks_forwarded == 3
+
+
+async def test_an_idle_remote_track_is_handed_back(nursery: trio.Nursery) -> None:
+    """The SFU forgets a remote track through the callback it gave, not by being reached."""
+    sfu = FakeSfu(nursery)
+    track = remote(sfu)
+    track.on_packet(rtp(1), 1.0)
+    assert sfu.idle == []
+    track.stop()
+    assert sfu.idle == [track]
 
 
 class RecordingRelay:

@@ -115,6 +115,15 @@ class Downstream(Member):
         if self.live.pop(downtrack.transceiver.sender_ssrc, None) is not None:
             self._ended_octets += sent
 
+    def leave(self) -> None:
+        """Stop forwarding to it (its sources forget its down-tracks; a relayed one nobody
+        else watches is unsubscribed); the room's state and every pod hear SUB_LEFT."""
+        self.close_downtracks()
+        self.room.subscriber_left(self.id)
+
+    def reports(self) -> tuple[Buckets, Buckets]:
+        return self.rtt_reports, self.loss_reports
+
     def close_downtracks(self) -> None:
         for downtrack in list(self.live.values()):
             self._ended_octets += downtrack.sent_octets

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import trio
 
@@ -11,11 +11,10 @@ from trio_sfu.rtc import events as ev
 from trio_sfu.rtc.datachannel import DataChannel
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import dc_protocol
+from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.limits import TokenBucket
 from trio_sfu.sfu.model import ROLE_NAMES, Role
-
-if TYPE_CHECKING:
-    from trio_sfu.sfu.room import Room
+from trio_sfu.sfu.node_stats import Buckets
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,9 @@ class Member:
     #: set by each member type; :attr:`role_name` is its word in logs and metrics
     role: ClassVar[Role]
 
-    def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
+    def __init__(
+        self, room: RoomContext, connection_id: str, pc: ServerPeerConnection
+    ) -> None:
         self.room = room
         self.id = connection_id
         self.user = dc_protocol.user_of(connection_id)
@@ -69,6 +70,16 @@ class Member:
             "srtp_failures": stats.srtp_rejected + stats.srtcp_rejected,
             "dropped_sends": stats.media_not_sent,
         }
+
+    def leave(self) -> None:
+        """Undo what this member is to the room and the cluster (the SFU calls it once, when
+        the connection ended, after taking the member out of its room)."""
+        raise NotImplementedError
+
+    def reports(self) -> tuple[Buckets, Buckets] | None:
+        """The receiver's RTT and loss reports for the node's /metrics (members we send media
+        to), or None."""
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.room.name}/{self.id}>"

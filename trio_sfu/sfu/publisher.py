@@ -14,7 +14,6 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -27,12 +26,10 @@ from trio_sfu.proto.twcc import TwccRecorder
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import dc_protocol
+from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.track import PublishedTrack, TrackSink
-
-if TYPE_CHECKING:
-    from trio_sfu.sfu.room import Room
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,7 @@ class Publisher(Member):
 
     def __init__(
         self,
-        room: Room,
+        room: RoomContext,
         connection_id: str,
         pc: ServerPeerConnection,
         app_ids: Sequence[str] = (),
@@ -96,7 +93,7 @@ class Publisher(Member):
             None,
         )
         self.twcc = TwccRecorder() if self._twcc_id is not None else None
-        self._relay = room.sfu.relay
+        self._relay = room.relay
         self._relay_sinks: dict[str, TrackSink] = {}
         for track in self.tracks:
             self._open_relay(track)
@@ -162,20 +159,23 @@ class Publisher(Member):
         if sink is not None:
             sink.close()
 
-    def close_relay(self) -> None:
-        """The publisher left: other pods stop receiving its tracks."""
+    def leave(self) -> None:
+        """Other pods stop receiving its tracks; an announced publisher leaves the room's
+        state and every pod hears PUB_LEFT."""
         for track in self.tracks:
             track.relay_sink = None
         for sink in self._relay_sinks.values():
             sink.close()
         self._relay_sinks.clear()
+        if self.announced:
+            self.room.publisher_left(self.id)
 
     @property
     def info(self) -> PublisherInfo:
         return PublisherInfo(
             self.id,
             self.user,
-            self.room.sfu.node_id,
+            self.room.node_id,
             tuple(
                 replace(t.info, app_id=self.app_ids.get(t.track_id, ""), muted=t.muted)
                 for t in self.tracks
@@ -371,4 +371,4 @@ class Publisher(Member):
         self.pc.start_soon(self._timers)
         if not self.announced:
             self.announced = True
-            await self.room.publisher_ready(self)
+            await self.room.publisher_ready(self.info)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from trio_sfu.sfu.bus import Bus
 from trio_sfu.sfu.errors import BackendUnavailable
 from trio_sfu.sfu.feedback import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup
@@ -33,7 +34,6 @@ from trio_sfu.sfu.model import KeyframeRequest, Nack, PublisherInfo, TrackInfo
 from trio_sfu.sfu.track import KEYFRAME_INTERVAL, TrackSink
 
 if TYPE_CHECKING:
-    from trio_sfu.sfu.service import Sfu
     from trio_sfu.sfu.track import DownTrack
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,27 @@ class Relay(Protocol):
 
 
 class RemoteTrack:
-    def __init__(self, sfu: Sfu, room: str, publisher: PublisherInfo, info: TrackInfo) -> None:
-        self.sfu = sfu
+    """One relayed track of ``room``. What it needs of the SFU is handed in: ``spawn`` starts a
+    task that outlives the down-track asking for it (the relay subscription, requests to the
+    publisher's pod), ``relay`` and ``bus`` carry its media and commands, and ``on_idle`` is
+    called once the last local down-track left (the SFU forgets it; the next one makes anew).
+    """
+
+    def __init__(
+        self,
+        room: str,
+        publisher: PublisherInfo,
+        info: TrackInfo,
+        *,
+        spawn: Callable[..., None],
+        relay: Relay,
+        bus: Bus,
+        on_idle: Callable[[RemoteTrack], None],
+    ) -> None:
+        self._spawn = spawn
+        self._relay = relay
+        self._bus = bus
+        self._on_idle = on_idle
         self.room = room
         self.node = publisher.node
         self.publisher_id = publisher.publisher_id
@@ -132,7 +151,7 @@ class RemoteTrack:
             self.fanout.add(downtrack, carry)
         if self._scope is None:
             self._scope = trio.CancelScope()
-            self.sfu.spawn(self._receive, self._scope)
+            self._spawn(self._receive, self._scope)
 
     def detach(self, downtrack: DownTrack) -> None:
         self.gate.drop(downtrack)
@@ -144,7 +163,7 @@ class RemoteTrack:
         if self._scope is not None:
             self._scope.cancel()
             self._scope = None
-        self.sfu.forget_remote(self)
+        self._on_idle(self)
 
     def cache_for(self, ssrc: int) -> PacketCache | None:
         return self.cache  # one relayed stream
@@ -158,7 +177,7 @@ class RemoteTrack:
     def request_keyframe(self, now: float, layer: int | None = None) -> bool:
         if self.kind != "video" or not self.keyframes.allow(now):
             return False
-        self.sfu.spawn(self._send_keyframe_request)
+        self._spawn(self._send_keyframe_request)
         return True
 
     def nack_missed(self, sequence_numbers: list[int], now: float) -> None:
@@ -169,7 +188,7 @@ class RemoteTrack:
         first = not self._nack_pending
         self._nack_pending.update(sequence_numbers)
         if first:
-            self.sfu.spawn(self._send_nacks)
+            self._spawn(self._send_nacks)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -178,7 +197,7 @@ class RemoteTrack:
         seqs, self._nack_pending = tuple(sorted(self._nack_pending)), set()
         self.nacks_forwarded += len(seqs)
         try:
-            await self.sfu.bus.send_to_node(
+            await self._bus.send_to_node(
                 self.node, Nack(self.room, self.publisher_id, self.track_id, seqs)
             )
         except BackendUnavailable:
@@ -187,8 +206,7 @@ class RemoteTrack:
     async def _receive(self, scope: trio.CancelScope) -> None:
         """Hold the relay subscription while local subscribers need it; retry while NATS is
         away (the relay resumes by itself once connected; a subscribe can fail before)."""
-        relay = self.sfu.relay
-        assert relay is not None
+        relay = self._relay
         with scope:
             while True:
                 try:
@@ -201,7 +219,7 @@ class RemoteTrack:
 
     async def _send_keyframe_request(self) -> None:
         try:
-            await self.sfu.bus.send_to_node(
+            await self._bus.send_to_node(
                 self.node, KeyframeRequest(self.room, self.publisher_id, self.track_id)
             )
         except BackendUnavailable:

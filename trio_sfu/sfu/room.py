@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
 from trio_sfu.sfu import dc_protocol
+from trio_sfu.sfu.context import Host
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.errors import BackendUnavailable
+from trio_sfu.sfu.limits import SfuLimits
+from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.model import (
     ActiveSpeaker,
     Chat,
@@ -27,12 +29,12 @@ from trio_sfu.sfu.model import (
     SubJoin,
     SubLeft,
     TrackChange,
+    TrackInfo,
 )
 from trio_sfu.sfu.publisher import Publisher
+from trio_sfu.sfu.remote import Relay
 from trio_sfu.sfu.speaker import WINDOW, RoomSpeakers
-
-if TYPE_CHECKING:
-    from trio_sfu.sfu.service import Sfu
+from trio_sfu.sfu.track import TrackSource
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +43,40 @@ LISTENER_RETRY = 0.5
 
 
 class Room:
-    def __init__(self, sfu: Sfu, name: str) -> None:
-        self.sfu = sfu
+    """The :class:`~trio_sfu.sfu.context.RoomContext` of its members; what it needs of the
+    SFU is its :class:`~trio_sfu.sfu.context.Host`."""
+
+    def __init__(self, host: Host, name: str) -> None:
+        self._host = host
         self.name = name
-        #: what each member may send and have queued (chat rate, send-buffer cap)
-        self.limits = sfu.limits
         self.publishers: dict[str, Publisher] = {}
         #: seed-API subscribers and WHEP viewers: everyone we send media to
         self.subscribers: dict[str, Downstream] = {}
         self._cancel = trio.CancelScope()
         self._listening = trio.Event()
         #: the room's active speaker across pods (issue 11), ticked by :meth:`_speaker_timer`
-        self.speakers = RoomSpeakers(sfu.node_id)
+        self.speakers = RoomSpeakers(host.node_id)
         #: called with the publisher id when the room's active speaker changes (the
         #: bandwidth allocator's priority hook; called in the room's listener task)
         self.speaker_listeners: list[Callable[[str], None]] = []
         self._speaker_wake = trio.Event()
         self._speaker_scope = trio.CancelScope()
+
+    @property
+    def limits(self) -> SfuLimits:
+        """What each member may send and have queued (chat rate, send-buffer cap)."""
+        return self._host.limits
+
+    @property
+    def node_id(self) -> str:
+        return self._host.node_id
+
+    @property
+    def relay(self) -> Relay | None:
+        return self._host.relay
+
+    def track_source(self, publisher: PublisherInfo, track: TrackInfo) -> TrackSource | None:
+        return self._host.track_source(self.name, publisher, track)
 
     @property
     def speaker(self) -> str | None:
@@ -79,15 +98,15 @@ class Room:
         members (issue 9 item 4, issue 14 item 1).
         """
         with self._cancel:
-            self.sfu.spawn(self._speaker_timer)
-            async with self.sfu.bus.listen(self.name) as inbox:
+            self._host.spawn(self._speaker_timer)
+            async with self._host.bus.listen(self.name) as inbox:
                 task_status.started()
                 await self._follow(inbox)
             while True:
                 log.warning("room listener ended; listening again", extra={"room": self.name})
                 await trio.sleep(LISTENER_RETRY)
                 try:
-                    async with self.sfu.bus.listen(self.name) as inbox:
+                    async with self._host.bus.listen(self.name) as inbox:
                         await self._follow(inbox)
                 except BackendUnavailable:
                     pass
@@ -149,13 +168,13 @@ class Room:
             decision = self.speakers.tick(now)
             try:
                 if levels is not None:
-                    await self.sfu.bus.publish(
-                        self.name, SpeakerLevels(self.name, self.sfu.node_id, levels)
+                    await self._host.bus.publish(
+                        self.name, SpeakerLevels(self.name, self.node_id, levels)
                     )
                 if decision is not None:
                     speaker, listed = decision
-                    await self.sfu.bus.publish(
-                        self.name, ActiveSpeaker(self.name, self.sfu.node_id, speaker, listed)
+                    await self._host.bus.publish(
+                        self.name, ActiveSpeaker(self.name, self.node_id, speaker, listed)
                     )
             except BackendUnavailable:
                 pass
@@ -204,22 +223,22 @@ class Room:
 
     async def publisher_infos(self) -> list[PublisherInfo]:
         try:
-            state = await self.sfu.state.room(self.name)
+            state = await self._host.state.room(self.name)
         except BackendUnavailable:
             return []  # the bus's PubJoins still arrive; the state returns with Redis
         return list(state.publishers.values()) if state is not None else []
 
-    async def publisher_ready(self, publisher: Publisher) -> None:
+    async def publisher_ready(self, info: PublisherInfo) -> None:
         """A publisher's transport is up: record it, then tell the room (PUB_JOIN)."""
-        info = publisher.info
-        self.sfu.reliably(self.sfu.state.add_publisher, self.name, info)
-        self.sfu.reliably(self.sfu.bus.publish, self.name, PubJoin(self.name, info))
+        host = self._host
+        host.reliably(host.state.add_publisher, self.name, info)
+        host.reliably(host.bus.publish, self.name, PubJoin(self.name, info))
         self._speaker_wake.set()
         log.info(
             "publisher joined",
             extra={
                 "room": self.name,
-                "peer": publisher.id,
+                "peer": info.publisher_id,
                 "audio": info.audio,
                 "video": info.video,
             },
@@ -228,10 +247,32 @@ class Room:
     def tracks_changed(self, info: PublisherInfo) -> None:
         """A live publisher's tracks changed (issue 15): the state store keeps ``GET /rooms``
         counts true, the bus tells every pod's subscribers (TrackChange)."""
-        self.sfu.reliably(self.sfu.state.add_publisher, self.name, info)
-        self.sfu.reliably(self.sfu.bus.publish, self.name, TrackChange(self.name, info))
+        host = self._host
+        host.reliably(host.state.add_publisher, self.name, info)
+        host.reliably(host.bus.publish, self.name, TrackChange(self.name, info))
         self._speaker_wake.set()
 
+    def publisher_left(self, publisher_id: str) -> None:
+        """An announced publisher left: out of the state store, PUB_LEFT to every pod
+        (reliably: a departure lost to an outage would leave a ghost in the room)."""
+        host = self._host
+        host.reliably(host.state.remove_publisher, self.name, publisher_id)
+        host.reliably(host.bus.publish, self.name, PubLeft(self.name, publisher_id))
+
+    def subscriber_left(self, subscriber_id: str) -> None:
+        host = self._host
+        host.reliably(host.state.remove_subscriber, self.name, subscriber_id)
+        host.reliably(host.bus.publish, self.name, SubLeft(self.name, subscriber_id))
+
     async def chat(self, from_id: str, text: str) -> None:
-        self.sfu.reliably(self.sfu.bus.publish, self.name, Chat(self.name, from_id, text))
+        host = self._host
+        host.reliably(host.bus.publish, self.name, Chat(self.name, from_id, text))
         await trio.lowlevel.checkpoint()
+
+    # -- called by the SFU ----------------------------------------------------------------
+
+    def remove(self, member: Member) -> None:
+        """Forget ``member`` (if it is the one registered under its id)."""
+        for members in (self.publishers, self.subscribers):
+            if members.get(member.id) is member:
+                del members[member.id]

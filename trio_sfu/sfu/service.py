@@ -19,7 +19,6 @@ import trio
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.bus import Bus, LocalBus
-from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.errors import (
     BackendUnavailable,
     BadRequest,
@@ -540,29 +539,18 @@ class Sfu:
             return
         member.removed = True
         self._connected(member)
-        room = member.room
-        name = room.name
-        if isinstance(member, Publisher):
-            if room.publishers.get(member.id) is member:
-                del room.publishers[member.id]
-            member.close_relay()
-            if member.announced:
-                self.reliably(self.state.remove_publisher, name, member.id)
-                self.reliably(self.bus.publish, name, PubLeft(name, member.id))
-        elif isinstance(member, Downstream):
-            if room.subscribers.get(member.id) is member:
-                del room.subscribers[member.id]
-            member.close_downtracks()
-            self.reliably(self.state.remove_subscriber, name, member.id)
-            self.reliably(self.bus.publish, name, SubLeft(name, member.id))
+        room = self.rooms.get(member.room.name)
+        if room is not member.room:
+            room = None  # cannot happen: a room stays registered while it has members
+        if room is not None:
+            room.remove(member)
+        member.leave()
         self.reliably(self.state.release_id, member.id)
-        if room.empty:
+        if room is not None and room.empty:
             self._drop_room(room)
         counters = member.counters()
         seconds = trio.current_time() - member.started
-        reports = (
-            (member.rtt_reports, member.loss_reports) if isinstance(member, Downstream) else None
-        )
+        reports = member.reports()
         self.stats.left(member.role_name, seconds, counters, reports)
         log.info(
             "left",
@@ -715,7 +703,15 @@ class Sfu:
         key = (publisher.publisher_id, track.track_id)
         remote = self._remote.get(key)
         if remote is None:
-            remote = self._remote[key] = RemoteTrack(self, room, publisher, track)
+            remote = self._remote[key] = RemoteTrack(
+                room,
+                publisher,
+                track,
+                spawn=self.spawn,
+                relay=self.relay,
+                bus=self.bus,
+                on_idle=self.forget_remote,
+            )
         return remote
 
     def forget_remote(self, remote: RemoteTrack) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -17,13 +16,11 @@ from trio_sfu.proto.errors import SdpError
 from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.allocator import FIXED_LAYERS, HINTS, Hint
+from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.speaker import speaker_line
 from trio_sfu.sfu.track import DownTrack, codec_preferences
-
-if TYPE_CHECKING:
-    from trio_sfu.sfu.room import Room
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,9 @@ TrackKey = tuple[str, str]  # (publisher id, track id)
 class Subscriber(Downstream):
     role = "sub"
 
-    def __init__(self, room: Room, connection_id: str, pc: ServerPeerConnection) -> None:
+    def __init__(
+        self, room: RoomContext, connection_id: str, pc: ServerPeerConnection
+    ) -> None:
         super().__init__(room, connection_id, pc)
         self.mode = "auto"
         #: publishers of the room this subscriber may receive (its own user excluded)
@@ -310,7 +309,7 @@ class Subscriber(Downstream):
                 key = (publisher_id, track.track_id)
                 if key in self.downtracks:
                     continue
-                source = self.room.sfu.track_source(self.room.name, info, track)
+                source = self.room.track_source(info, track)
                 if source is None:
                     continue
                 t = self.pc.add_transceiver(

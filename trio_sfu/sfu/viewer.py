@@ -11,17 +11,14 @@ switch_source) — so the player decodes on with no new POST. A viewer of a name
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 
 from trio_sfu.rtc.server import ServerPeerConnection
+from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.model import PublisherInfo, TrackInfo
 from trio_sfu.sfu.track import DownTrack
-
-if TYPE_CHECKING:
-    from trio_sfu.sfu.room import Room
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +28,7 @@ class WhepViewer(Downstream):
 
     def __init__(
         self,
-        room: Room,
+        room: RoomContext,
         connection_id: str,
         pc: ServerPeerConnection,
         *,
@@ -68,7 +65,7 @@ class WhepViewer(Downstream):
                 continue
             used.add(t.kind)  # WHEP: one audio and one video track
             track = _first(info.tracks, t.kind)
-            source = self.room.sfu.track_source(self.room.name, info, track) if track else None
+            source = self.room.track_source(info, track) if track else None
             if source is None:
                 continue
             current = self.downtracks.get(t.kind)
@@ -124,7 +121,7 @@ class WhepViewer(Downstream):
             track = _first(info.tracks, kind)
             if track is None or track.track_id == downtrack.source.track_id:
                 continue
-            source = self.room.sfu.track_source(self.room.name, info, track)
+            source = self.room.track_source(info, track)
             if source is not None:
                 downtrack.switch(source, now)
         if len(self.downtracks) < 2:
