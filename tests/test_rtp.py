@@ -25,6 +25,7 @@ from trio_sfu.proto.rtp import (
     rtp_sequence,
     rtp_ssrc,
     rtp_timestamp,
+    seq_delta,
 )
 
 # RFC 3550 §5.1 fixed header: V=2 P=0 X=0 CC=0 | M=1 PT=96 | seq 0x1234 | ts | SSRC, payload.
@@ -230,8 +231,18 @@ def test_sequence_unwrapper() -> None:
     assert [early.unwrap(s) for s in (1, 65535, 2)] == [1, -1, 2]
     # Far ahead or behind: the nearest position wins (RFC 3550 A.1).
     assert early.unwrap(2 + 32767) == 32769
-    byte_wide = SequenceUnwrapper(bits=8)
-    assert [byte_wide.unwrap(s) for s in (250, 255, 3)] == [250, 255, 259]
+
+
+def test_seq_delta() -> None:
+    """The one 16-bit forward difference (RFC 3550 A.1): nearest position, either way."""
+    assert seq_delta(5, 3) == 2
+    assert seq_delta(3, 5) == -2
+    assert seq_delta(0, 65535) == 1  # across the wrap
+    assert seq_delta(65535, 0) == -1
+    assert seq_delta(32767, 0) == 32767 and seq_delta(32768, 0) == -32768
+    assert seq_delta(2, 3 * 65536 + 65534) == 4  # an extended reference: its low 16 bits
+    highest = 65536 + 65534
+    assert highest + seq_delta(1, highest) == 2 * 65536 + 1
 
 
 # --- RtpRewriter ------------------------------------------------------------------------------

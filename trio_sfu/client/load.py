@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from trio_sfu.proto.rtp.packet import seq_delta
+
 #: Marks a load-test payload; followed by the send time (monotonic s) and a counter.
 MAGIC = b"TSFL"
 _STAMP = struct.Struct("!4sdI")
@@ -146,9 +148,7 @@ class Receiver:
             stream = self.streams[ssrc] = _Stream(seq, seq)
         else:
             # RFC 3550 A.1: unwrap against the highest seen.
-            diff = (seq - stream.highest) & 0xFFFF
-            if diff >= 0x8000:
-                diff -= 0x10000
+            diff = seq_delta(seq, stream.highest)
             if diff > 0:
                 stream.highest += diff
         stream.received += 1

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from trio_sfu.proto.rtp.packet import seq_delta
 from trio_sfu.sfu.bus import Bus
 from trio_sfu.sfu.errors import BackendUnavailable
 from trio_sfu.sfu.feedback import KeyframeGate, KeyframeThrottle, PacketCache
@@ -124,8 +125,8 @@ class RemoteTrack:
             if last is None:
                 self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
             else:
-                lost = (seq - last[0]) & 0xFFFF
-                if lost < 0x8000:  # in order or a jump forward (RFC 3550 §A.1 arithmetic)
+                lost = seq_delta(seq, last[0])
+                if lost >= 0:  # in order or a jump forward (RFC 3550 §A.1 arithmetic)
                     self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
                     if lost and (lost >= GAP_KEYFRAME or now - last[1] >= STALL):
                         self.gaps += 1

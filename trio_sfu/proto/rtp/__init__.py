@@ -23,6 +23,7 @@ from trio_sfu.proto.rtp.packet import (
     rtp_sequence,
     rtp_ssrc,
     rtp_timestamp,
+    seq_delta,
 )
 from trio_sfu.proto.rtp.rewriter import RtpRewriter, TransportCcSequencer
 from trio_sfu.proto.rtp.rid import rid_value
@@ -49,4 +50,5 @@ __all__ = [
     "rtp_sequence",
     "rtp_ssrc",
     "rtp_timestamp",
+    "seq_delta",
 ]

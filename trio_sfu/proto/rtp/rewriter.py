@@ -11,7 +11,7 @@ import secrets
 import struct
 from collections.abc import Mapping
 
-from trio_sfu.proto.rtp.packet import ONE_BYTE_PROFILE, TWO_BYTE_PROFILE
+from trio_sfu.proto.rtp.packet import ONE_BYTE_PROFILE, TWO_BYTE_PROFILE, seq_delta
 
 __all__ = ["RtpRewriter", "TransportCcSequencer"]
 
@@ -226,10 +226,7 @@ class RtpRewriter:
         """
         if not self._started or self._source_ssrc < 0:
             return None
-        diff = (out_seq - self._out_highest) & 0xFFFF
-        if diff >= 0x8000:
-            diff -= 0x10000
-        ext = self._out_highest + diff
+        ext = self._out_highest + seq_delta(out_seq, self._out_highest)
         if ext < self._out_first or ext > self._out_highest:
             return None
         return (ext - self._seq_off) & 0xFFFF
@@ -269,10 +266,8 @@ class RtpRewriter:
 
         # RFC 3550 A.1: place the packet relative to the highest input seen.
         highest = self._in_highest
-        diff = (seq - highest) & 0xFFFF
-        if diff >= 0x8000:
-            diff -= 0x10000
-        ext = highest + diff
+        # in order, the common case, without a call
+        ext = highest + (1 if seq == (highest + 1) & 0xFFFF else seq_delta(seq, highest))
         if ext < self._source_first or ext <= highest - _WINDOW:
             self.dropped += 1
             return None

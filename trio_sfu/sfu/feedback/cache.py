@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import struct
 
+from trio_sfu.proto.rtp.packet import seq_delta
+
 __all__ = ["PacketCache"]
 
 _U16 = struct.Struct("!H")
@@ -56,9 +58,8 @@ class PacketCache:
             self._started = True
             ext = highest = seq
         else:
-            diff = (seq - highest) & 0xFFFF
-            if diff >= 0x8000:
-                diff -= 0x10000
+            # in order, the common case, without a call
+            diff = 1 if seq == (highest + 1) & 0xFFFF else seq_delta(seq, highest)
             ext = highest + diff
             if diff <= -self._capacity:
                 if seq != self._bad_seq:
@@ -80,10 +81,7 @@ class PacketCache:
         if not self._started:
             return None
         highest = self._highest
-        diff = (seq - highest) & 0xFFFF
-        if diff >= 0x8000:
-            diff -= 0x10000
-        ext = highest + diff
+        ext = highest + seq_delta(seq, highest)
         slot = ext % self._capacity
         if self._seqs[slot] != ext:
             return None

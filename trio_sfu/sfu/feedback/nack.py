@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from trio_sfu.proto.rtp.packet import seq_delta
+
 __all__ = ["NackGenerator"]
 
 _MIN_INTERVAL = 0.02  # seconds between NACKs of one packet however small the RTT
@@ -95,12 +97,10 @@ class NackGenerator:
             self._highest = seq & 0xFFFF
             return False
         highest = self._highest
-        diff = (seq - highest) & 0xFFFF
-        if diff == 1:  # the common case: in order
+        if seq == (highest + 1) & 0xFFFF:  # the common case: in order (no call)
             self._highest = highest + 1
             return False
-        if diff >= 0x8000:
-            diff -= 0x10000
+        diff = seq_delta(seq, highest)
         if diff > 1:
             ext = highest + diff
             self._highest = ext

@@ -8,6 +8,7 @@ reports on it itself, following RFC 3550 §6.4.1 and the reference code of its a
 from __future__ import annotations
 
 from trio_sfu.proto.rtcp import ReportBlock, compact_ntp, seconds_to_compact
+from trio_sfu.proto.rtp.packet import seq_delta
 
 __all__ = ["ReceiveStatistics"]
 
@@ -86,20 +87,21 @@ class ReceiveStatistics:
             self._started = True
             self._init_seq(seq)
         else:
-            udelta = (seq - self._max_seq) & 0xFFFF
-            if udelta < _MAX_DROPOUT:
-                if udelta:  # in order, possibly after a gap (0 is a duplicate)
-                    if seq < self._max_seq:
-                        self._cycles += _SEQ_MOD  # wrapped
-                    self._max_seq = seq
-                    in_order = True
-            elif udelta <= _SEQ_MOD - _MAX_MISORDER:
+            max_seq = self._max_seq
+            # in order, the common case, without a call
+            delta = 1 if seq == (max_seq + 1) & 0xFFFF else seq_delta(seq, max_seq)
+            if 0 < delta < _MAX_DROPOUT:  # in order, possibly after a gap
+                if seq < max_seq:
+                    self._cycles += _SEQ_MOD  # wrapped
+                self._max_seq = seq
+                in_order = True
+            elif delta >= _MAX_DROPOUT or delta <= -_MAX_MISORDER:
                 # A very large jump: believe it only if the next packet follows it (A.1).
                 if seq != self._bad_seq:
                     self._bad_seq = (seq + 1) & 0xFFFF
                     return
                 self._init_seq(seq)
-            # else: a duplicate or reordered packet, counted as received (A.1) but not timed
+            # else: a duplicate (0) or reordered packet, counted as received (A.1), not timed
         self.received += 1
         if not self._timed:
             self._timed = True
