@@ -40,6 +40,7 @@ from trio_sfu.proto.rtp import (
     find_extension,
     packet_loudness,
     payload_offset,
+    seq_delta,
 )
 from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.peer import PeerConnection
@@ -433,7 +434,7 @@ class PublishedTrack:
         fanout = self.fanout
         self._svc_octets[sid & 7] += len(packet) + _WIRE_OVERHEAD
         ts = _TS.unpack_from(packet, 4)[0]
-        if fanout.svc_seq < 0 or (seq - fanout.svc_seq) & 0xFFFF < 0x8000:  # not a late one
+        if fanout.svc_seq < 0 or seq_delta(seq, fanout.svc_seq) >= 0:  # not a late one
             fanout.svc_seq, fanout.svc_ts = seq, ts
         for group in fanout.groups:
             if group.selector is None:
