@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
@@ -32,10 +32,7 @@ from trio_sfu.sfu.errors import BackendUnavailable
 from trio_sfu.sfu.feedback import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup
 from trio_sfu.sfu.model import KeyframeRequest, Nack, PublisherInfo, TrackInfo
-from trio_sfu.sfu.track import KEYFRAME_INTERVAL, TrackSink
-
-if TYPE_CHECKING:
-    from trio_sfu.sfu.track import DownTrack
+from trio_sfu.sfu.track import KEYFRAME_INTERVAL, DownTrack, TrackSink
 
 log = logging.getLogger(__name__)
 
