@@ -39,6 +39,8 @@ Duplicates of the newest packet are always dropped.
 
 from __future__ import annotations
 
+from trio_sfu.proto.rtp.packet import seq_delta
+
 __all__ = ["NO_LIMIT", "LayerSelector"]
 
 NO_LIMIT = 255
@@ -219,15 +221,18 @@ class LayerSelector:
                 return False
             self._switch(stream, seq, ts, now)
         else:
-            diff = (seq - self._last_in_seq) & _SEQ_MASK
-            if diff == 0:
-                return False  # a duplicate of the newest
-            if diff >= 0x8000:
+            # The next number (the common case) costs no call; any other is placed by
+            # seq_delta: after a gap it goes on as usual, the newest again is dropped.
+            if seq != (self._last_in_seq + 1) & _SEQ_MASK and (
+                diff := seq_delta(seq, self._last_in_seq)
+            ) <= 0:
+                if diff == 0:
+                    return False  # a duplicate of the newest
                 # Late (see the module docstring): forwarded only while its number is sure,
                 # and never one from before the switch to this stream.
                 if (
                     not self._clean
-                    or (seq - self._first_in_seq) & _SEQ_MASK >= 0x8000
+                    or seq_delta(seq, self._first_in_seq) < 0
                     or spatial > self.spatial
                     or temporal > self.temporal
                 ):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from trio_sfu.rtc.peer import PeerConnection
+
+class ChannelTransport(Protocol):
+    """What a channel needs of its peer (``peer.PeerConnection``): named here, so this module
+    does not import the one that builds on it (issue 16: no import cycle)."""
+
+    def _channel_send(self, channel_id: int, data: str | bytes) -> None: ...
+    def _channel_close(self, channel_id: int) -> None: ...
+    def _channel_buffered(self, channel_id: int) -> int: ...
+    async def _buffer_changed(self) -> None: ...
 
 
 class DataChannel:
@@ -32,7 +39,7 @@ class DataChannel:
 
     def __init__(
         self,
-        pc: PeerConnection,
+        pc: ChannelTransport,
         label: str,
         *,
         id: int | None = None,

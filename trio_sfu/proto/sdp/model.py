@@ -470,13 +470,6 @@ class SessionDescription:
     attributes: list[Attribute] = field(default_factory=list)
     media: list[MediaSection] = field(default_factory=list)
 
-    @classmethod
-    def parse(cls, text: str | bytes) -> SessionDescription:
-        """Same as :func:`trio_sfu.proto.sdp.parse` (raises only SdpError)."""
-        from .parser import parse  # the parser builds on this module
-
-        return parse(text)
-
     # -- effective values: a media-level attribute wins over the session-level one ------------
     # (RFC 8839 §5.4 for ICE, RFC 8842 §5.1 for fingerprint/setup, RFC 8866 §6.7 direction)
 
