@@ -7,7 +7,9 @@
 // and a share is added and removed on the same connection. Remote tiles are labelled by the
 // track's APP_ID (camera, screen, …). A user who joined without camera and mic shares the
 // screen on a connection of its own (a publisher needs a track to start).
-// Issue 11: the camera is sent as three simulcast streams unless "Simulcast" is unchecked;
+// Issue 11: the camera is sent as three simulcast streams unless "Simulcast" is unchecked or
+// the camera gives less than 960×540 (then one stream; a resolution change across that size
+// re-adds the camera's section with the right encodings);
 // each remote tile shows the stream it decodes (low/mid/high and its size), has a quality menu
 // (LAYER auto/high/mid/low/off) and reports its rendered size (SIZE) so `auto` does not send
 // more pixels than the tile shows.
@@ -20,6 +22,7 @@ import {
   formatLayer,
   formatPair,
   layerOfWidth,
+  simulcastFits,
   randomSuffix,
   sanitizeName,
   streamStats,
@@ -356,6 +359,40 @@ function cameraConstraints() {
   return wanted;
 }
 
+/** Simulcast for this camera track: asked for, and the camera is large enough for 3 streams. */
+function wantSimulcast(track) {
+  return Boolean(track) && ui.simulcast.checked && simulcastFits(track.getSettings?.() ?? {});
+}
+
+/**
+ * The camera's encodings no longer fit its size (a resolution picked while publishing): the
+ * number of streams is fixed by the section's SDP, and a declared stream the browser stops
+ * sending would leave subscribers waiting for it, so the camera's section is replaced by one
+ * with the right encodings (REMOVE_MEDIA + ADD_MEDIA; subscribers get the new track).
+ */
+async function fitSimulcast(entry) {
+  const old = entry?.stream.getVideoTracks()[0];
+  const conn = entry?.conn;
+  if (!old || !conn || !conn.tracks.includes(old)) return;
+  const wanted = wantSimulcast(old);
+  if (conn.isSimulcast(old) === wanted) return;
+  const fresh = old.clone();  // same device, same constraints
+  fresh.enabled = old.enabled;
+  await conn.removeTrack(old);
+  entry.stream.removeTrack(old);
+  entry.stream.addTrack(fresh);
+  old.stop();
+  const tile = state.tiles.get('local:camera');
+  if (tile) {
+    tile.tracks.delete(old);
+    tile.tracks.add(fresh);
+    showStream(tile, entry.stream);
+  }
+  await conn.addTrack(fresh, 'camera', { simulcast: wanted });
+  if (!fresh.enabled) conn.mute(fresh, true);
+  note(`camera now sent as ${wanted ? 'three simulcast streams' : 'one stream'}`);
+}
+
 function micConstraints() {
   return ui.micDevice.value ? { deviceId: { exact: ui.micDevice.value } } : true;
 }
@@ -423,6 +460,7 @@ async function onDevicePick(kind) {
       tile.tracks.add(fresh);
       showStream(tile, entry.stream);
     }
+    if (kind === 'video') await fitSimulcast(entry);  // another camera, another size
     note(`${what} now ${fresh.label || 'switched'}`);
   } catch (err) {
     note(`${what}: ${err.message}`, 'error');
@@ -464,7 +502,8 @@ async function startCamera() {
   showStream(tile, stream);
   entry.conn = await connectPublisher(connOptions({
     stream,
-    simulcast: ui.simulcast.checked,  // the camera as q/h/f; mic and screen stay one stream
+    // the camera as q/h/f when its size allows; mic and screen stay one stream
+    simulcast: wantSimulcast(stream.getVideoTracks()[0]),
     onClose: (reason) => onPublisherClosed(entry, 'local:camera', reason),
   }));
   tile.conn = entry.conn;
@@ -529,7 +568,8 @@ async function onDeviceToggle() {
         entry.stream.addTrack(added);
         tile?.tracks.add(added);
         if (tile) showStream(tile, entry.stream);
-        await entry.conn.addTrack(added, appId);
+        await entry.conn.addTrack(added, appId,
+          { simulcast: kind === 'video' && wantSimulcast(added) });
         note(`${appId} added to ${entry.conn.id}`);
       } else if (track && track.enabled !== wanted) {
         track.enabled = wanted;
@@ -549,7 +589,8 @@ async function onQualityChange() {
   try {
     const { deviceId, ...quality } = cameraConstraints();  // the device stays as it is
     await video.applyConstraints(quality);
-    const s = video.getSettings();
+    await fitSimulcast(state.camera);
+    const s = (state.camera?.stream.getVideoTracks()[0] ?? video).getSettings();
     note(`camera now ${s.width ?? '?'}×${s.height ?? '?'} at ${Math.round(s.frameRate ?? 0)} fps`);
     showActual();
   } catch (err) {
@@ -695,7 +736,10 @@ function subscriberCallbacks() {
     onTrackEnded: (id, track) => {
       for (const tile of [...state.tiles.values()]) {
         if (tile.publisher !== id || !tile.tracks.has(track)) continue;
+        if (track.kind === 'video') state.sub?.forgetSize(id, tile.trackIds.get(track));
         tile.tracks.delete(track);
+        tile.trackIds.delete(track);  // a recycled section sets them again in onTrack
+        tile.appIds.delete(track);
         if (tile.key !== id && !tile.tracks.size) {
           removeTile(tile.key);
         } else {

@@ -38,6 +38,16 @@ export const SIMULCAST_ENCODINGS = Object.freeze([
 export function simulcastEncodings() {
   return SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
 }
+/**
+ * Whether a camera of `width`×`height` can be sent as the three SIMULCAST_ENCODINGS. libwebrtc
+ * sends as many streams as the resolution allows (3 from 960×540 up, fewer below: a 320×240
+ * camera gets only `q`), and a stream declared but never sent is a top stream the SFU waits
+ * for; so below this size the camera goes as one stream.
+ */
+export function simulcastFits({ width, height } = {}) {
+  if (!(width > 0) || !(height > 0)) return false;
+  return Math.max(width, height) >= 960 && Math.min(width, height) >= 540;
+}
 /** A track id as the server names it: the msid track id (RFC 8830 token chars) or `mid<N>`. */
 export const TRACK_PATTERN = /^[!#$%&'*+.^_`{|}~0-9A-Za-z-]{1,64}$/;
 

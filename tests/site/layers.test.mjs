@@ -6,6 +6,7 @@ import { afterEach, mock, test } from 'node:test';
 import {
   LAYER_VALUES, SIMULCAST_ENCODINGS, SfuError, clientCommands, connectPublisher,
   connectSubscriber, formatLayer, layerOfWidth, parseClientCommand, simulcastEncodings,
+  simulcastFits,
 } from '../../site/sfu-client.js';
 import { FakePeerConnection, FakeStream, FakeTrack, fakeFetch } from './fakes.mjs';
 
@@ -76,6 +77,17 @@ test('simulcast encodings are q/h/f, lowest first, a fresh copy each time', () =
   got[0].active = false;
   assert.equal(simulcastEncodings()[0].active, undefined);
   assert.ok(Object.isFrozen(SIMULCAST_ENCODINGS) && Object.isFrozen(SIMULCAST_ENCODINGS[0]));
+});
+
+test('a camera is sent as simulcast from 960x540 up (libwebrtc sends 3 streams from there)', () => {
+  for (const [width, height] of [[1280, 720], [960, 540], [1920, 1080], [720, 1280], [540, 960]]) {
+    assert.ok(simulcastFits({ width, height }), `${width}x${height}`);
+  }
+  for (const [width, height] of [[640, 480], [320, 240], [959, 540], [960, 539], [1280, 0],
+    [undefined, 720]]) {
+    assert.ok(!simulcastFits({ width, height }), `${width}x${height}`);
+  }
+  assert.ok(!simulcastFits());
 });
 
 test('simulcast: only the camera is sent as three streams, also when added or replaced', async () => {
