@@ -4,7 +4,8 @@ alice publishes her (fake, 1280x720) camera through the demo page with its defau
 which send it as three simulcast streams (q/h/f). bob joins the room to watch (camera and mic
 off); his one tile fills the stage, so its SIZE lets ``auto`` use the top stream. Then bob's
 tile menu: ``low`` → he decodes the 320 px stream and the tile says low; ``off`` → his decoder
-stops (while alice keeps encoding) and the tile says paused; ``auto`` → the top stream again.
+stops (while alice keeps encoding) and the tile says paused; ``auto`` → the top stream again;
+a narrower window shrinks the tile, its new SIZE brings ``auto`` down to the 640 px stream.
 
 Proof of media is the receiver's own getStats (frameWidth, framesDecoded); the server's state
 confirms the layers it parsed and the SIZE it was told. Every wait is bounded polling; nothing
@@ -171,6 +172,22 @@ async def test_demo_simulcast_tile_layer_menu_and_size() -> None:
                        lambda s: s["frames"] > sent + 30, 10, *logs)
 
             switch("auto", lambda w: w >= 960, lambda layer: layer == "high")
+
+            # A narrower window: the tile shrinks, a new SIZE goes out (the ResizeObserver) and
+            # auto comes down to the smallest stream at least as wide as the tile (640 px).
+            bob.page.set_viewport_size({"width": 560, "height": 800})
+            narrow = wait_until(
+                "a SIZE narrower than the mid stream",
+                lambda: [h for h in snapshot(bob)["hints"] if h.startswith(f"SIZE {pid} ")][-1],
+                lambda h: 320 < int(h.rsplit(" ", 1)[1].split("x")[0]) <= 640, 10, *logs)
+            before = decoded(tile_of(bob, pid))
+            now = wait_until(
+                "bob decoding the mid stream under auto",
+                functools.partial(tile_of, bob, pid),
+                lambda t: 400 < width(t) <= 720 and decoded(t) >= before + 30
+                and t["layer"] == "mid", SWITCH_TIMEOUT, *logs)
+            print(f"{narrow}: auto decodes {width(now)} px, layer {now['layer']}")
+            assert sfu.rooms[room].subscribers[sub_id].sizes[(pid, track)][0] <= 640
             for p in logs:
                 assert not p.problems, "\n".join(p.problems) + p.log()
 
