@@ -5,7 +5,9 @@ which send it as three simulcast streams (q/h/f). bob joins the room to watch (c
 off); his one tile fills the stage, so its SIZE lets ``auto`` use the top stream. Then bob's
 tile menu: ``low`` → he decodes the 320 px stream and the tile says low; ``off`` → his decoder
 stops (while alice keeps encoding) and the tile says paused; ``auto`` → the top stream again;
-a narrower window shrinks the tile, its new SIZE brings ``auto`` down to the 640 px stream.
+a narrower window shrinks the tile, its new SIZE brings ``auto`` down to the 640 px stream;
+alice picking 240p re-adds her camera as one stream (libwebrtc sends only ``q`` of a 320x240
+camera), which bob decodes.
 
 Proof of media is the receiver's own getStats (frameWidth, framesDecoded); the server's state
 confirms the layers it parsed and the SIZE it was told. Every wait is bounded polling; nothing
@@ -188,6 +190,21 @@ async def test_demo_simulcast_tile_layer_menu_and_size() -> None:
                 and t["layer"] == "mid", SWITCH_TIMEOUT, *logs)
             print(f"{narrow}: auto decodes {width(now)} px, layer {now['layer']}")
             assert sfu.rooms[room].subscribers[sub_id].sizes[(pid, track)][0] <= 640
+
+            # alice picks 240p while publishing: libwebrtc would send only the q stream of a
+            # 320x240 camera, so the page re-adds the camera as one stream; bob's tile takes
+            # the new track and decodes it whole.
+            alice.page.select_option("#resolution", "240p")
+            wait_until("alice's tile says one stream", local.inner_text,
+                       lambda t: t == "sending one stream", 20, *logs)
+            single = wait_until(
+                "bob decoding alice's new single-stream camera",
+                functools.partial(tile_of, bob, pid),
+                lambda t: t["videoTrack"] not in (None, track) and width(t) == 320
+                and decoded(t) >= 30, SWITCH_TIMEOUT, *logs)
+            videos = [t for t in sfu.rooms[room].publishers[pid].tracks if t.kind == "video"]
+            assert [list(t.layers) for t in videos] == [[]], [t.layers for t in videos]
+            assert single["appIds"] == ["camera", "mic"], single  # the old track is gone
             for p in logs:
                 assert not p.problems, "\n".join(p.problems) + p.log()
 
