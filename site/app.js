@@ -7,13 +7,22 @@
 // and a share is added and removed on the same connection. Remote tiles are labelled by the
 // track's APP_ID (camera, screen, …). A user who joined without camera and mic shares the
 // screen on a connection of its own (a publisher needs a track to start).
+// Issue 11: the camera is sent as three simulcast streams unless "Simulcast" is unchecked or
+// the camera gives less than 960×540 (then one stream; a resolution change across that size
+// re-adds the camera's section with the right encodings);
+// each remote tile shows the stream it decodes (low/mid/high and its size), has a quality menu
+// (LAYER auto/high/mid/low/off) and reports its rendered size (SIZE) so `auto` does not send
+// more pixels than the tile shows.
 // `window.sfuDemo.snapshot()` exposes the page state for the end-to-end tests.
 
 import {
   connectPublisher,
   connectSubscriber,
   formatBitrate,
+  formatLayer,
   formatPair,
+  layerOfWidth,
+  simulcastFits,
   randomSuffix,
   sanitizeName,
   streamStats,
@@ -28,6 +37,7 @@ const RESOLUTIONS = {
 const STATS_EVERY_MS = 1000;
 const MAX_USER = 55;  // 64 minus '-' and the 8-symbol suffix
 const LOG_LINES = 50;
+const HINT_LINES = 50;
 const CHAT_LINES = 500;
 
 const $ = (id) => document.getElementById(id);
@@ -38,6 +48,7 @@ const ui = {
   camera: $('camera'),
   mic: $('mic'),
   resolution: $('resolution'),
+  simulcast: $('simulcast'),
   fps: $('fps'),
   token: $('token'),
   tokenRow: $('token-row'),
@@ -74,6 +85,7 @@ const state = {
   actual: null,      // the camera's real {width, height, frameRate} (getSettings)
   chat: [],
   log: [],
+  hints: [],         // the LAYER and SIZE commands sent, newest last (for tests and curiosity)
   timer: 0,
   statsBusy: false,
 };
@@ -109,6 +121,7 @@ function updateControls() {
   const idle = state.phase === 'idle';
   const joined = state.phase === 'joined';
   ui.room.disabled = !idle || state.fixed.room;
+  ui.simulcast.disabled = !idle;  // applies to the next publisher connection
   ui.user.disabled = !idle || state.fixed.user;
   ui.join.disabled = !idle;
   ui.leave.disabled = !joined;
@@ -147,9 +160,22 @@ function makeTile(key, { label, local, publisher = null }) {
     appIds: new Map(),    // remote tiles: track -> APP_ID
     muted: new Set(),     // remote tiles: track ids the publisher muted
     stats: null,
+    quality: 'auto',      // remote tiles: the LAYER asked for
+    topWidth: 0,          // remote tiles: the widest frame decoded of the current video track
+    layer: null,          // remote tiles: 'low'|'mid'|'high'|'paused'|null (not simulcast)
+    qualityEl: el.querySelector('.quality'),
+    observer: null,
   };
   state.tiles.set(key, tile);
   ui.grid.append(el);
+  if (!local) {
+    tile.qualityEl.addEventListener('change', () => onQualityPick(tile));
+    // SIZE: the rendered size in device pixels (a 2× screen shows twice the pixels).
+    if (typeof ResizeObserver === 'function') {
+      tile.observer = new ResizeObserver(() => reportSize(tile));
+      tile.observer.observe(video);
+    }
+  }
   markSpeaker(tile);
   updateControls();
   return tile;
@@ -184,13 +210,85 @@ function updateBadge(tile) {
     text = [text, `${off.join(' and ')} off`].filter(Boolean).join(', ');
   }
   if (muted.length) text = [text, `${muted.join(' and ')} muted`].filter(Boolean).join(', ');
+  const paused = !tile.local && tile.quality === 'off';
+  if (paused) text = [text, 'video paused'].filter(Boolean).join(', ');
+  tile.el.classList.toggle('paused', paused);
   tile.el.querySelector('.badge').textContent = text;
+  if (!tile.local) tile.qualityEl.hidden = !videoOf(tile);
+}
+
+/** A tile's live video track, or null. */
+function videoOf(tile) {
+  return [...tile.tracks].find((t) => t.kind === 'video' && t.readyState !== 'ended') ?? null;
+}
+
+function noteHint(text) {
+  state.hints.push(text);
+  if (state.hints.length > HINT_LINES) state.hints.shift();
+}
+
+/** The tile's quality menu: LAYER <PUB_ID> <TRACK> auto|high|mid|low|off. */
+function onQualityPick(tile) {
+  const value = tile.qualityEl.value;
+  tile.quality = value;
+  const video = videoOf(tile);
+  if (state.sub && video) {
+    try {
+      state.sub.setLayer(tile.publisher, tile.trackIds.get(video), value);
+      note(`${tile.label}: ${value === 'off' ? 'video paused' : `quality ${value}`}`);
+    } catch (err) {
+      note(`quality: ${err.message}`, 'error');
+    }
+  }
+  updateBadge(tile);
+  showLayer(tile);
+}
+
+/** SIZE: the tile's rendered size, when it changed (the client throttles it per track). */
+function reportSize(tile) {
+  const video = videoOf(tile);
+  if (!state.sub || !video || !state.tiles.has(tile.key)) return;
+  const box = tile.video.getBoundingClientRect();
+  const scale = window.devicePixelRatio || 1;
+  const width = Math.round(box.width * scale);
+  const height = Math.round(box.height * scale);
+  if (width <= 0 || height <= 0) return;  // hidden: keep the last size
+  try {
+    state.sub.setSize(tile.publisher, tile.trackIds.get(video), width, height);
+  } catch (err) {
+    note(`size: ${err.message}`, 'error');
+  }
+}
+
+/** The "layer" line of a tile: what it decodes (low/mid/high for a simulcast camera). */
+function showLayer(tile) {
+  const dd = tile.el.querySelector('[data-stat="layer"]');
+  if (tile.local) {
+    const video = videoOf(tile);
+    const simulcast = video && tile.conn?.isSimulcast?.(video);
+    dd.textContent = video ? (simulcast ? 'sending simulcast q/h/f' : 'sending one stream') : '—';
+    return;
+  }
+  const paused = tile.quality === 'off';
+  const video = videoOf(tile);
+  const width = tile.stats?.width ?? null;
+  const height = tile.stats?.height ?? null;
+  // Only a camera may be simulcast (the demo sends screen shares as one stream).
+  const named = video && tile.appIds.get(video) === 'camera';
+  if (named && width > tile.topWidth) tile.topWidth = width;
+  const layer = named ? layerOfWidth(width, tile.topWidth) : null;
+  tile.layer = paused ? 'paused' : layer;
+  tile.el.dataset.layer = tile.layer ?? '';
+  dd.textContent = formatLayer({ paused, layer, width, height });
 }
 
 function removeTile(key) {
   const tile = state.tiles.get(key);
   if (!tile) return;
   state.tiles.delete(key);
+  tile.observer?.disconnect();
+  const video = videoOf(tile);
+  if (video && tile.publisher) state.sub?.forgetSize(tile.publisher, tile.trackIds.get(video));
   tile.video.srcObject = null;
   tile.el.remove();
   updateControls();
@@ -233,6 +331,8 @@ async function refreshTile(tile) {
   const { fps, width, height } = tile.stats;
   const size = width && height ? ` (${width}×${height})` : '';
   dd('fps').textContent = typeof fps === 'number' ? `${fps.toFixed(0)}${size}` : '—';
+  tile.refreshes = (tile.refreshes ?? 0) + 1;
+  showLayer(tile);
 }
 
 async function refreshStats() {
@@ -257,6 +357,40 @@ function cameraConstraints() {
   };
   if (ui.cameraDevice.value) wanted.deviceId = { exact: ui.cameraDevice.value };
   return wanted;
+}
+
+/** Simulcast for this camera track: asked for, and the camera is large enough for 3 streams. */
+function wantSimulcast(track) {
+  return Boolean(track) && ui.simulcast.checked && simulcastFits(track.getSettings?.() ?? {});
+}
+
+/**
+ * The camera's encodings no longer fit its size (a resolution picked while publishing): the
+ * number of streams is fixed by the section's SDP, and a declared stream the browser stops
+ * sending would leave subscribers waiting for it, so the camera's section is replaced by one
+ * with the right encodings (REMOVE_MEDIA + ADD_MEDIA; subscribers get the new track).
+ */
+async function fitSimulcast(entry) {
+  const old = entry?.stream.getVideoTracks()[0];
+  const conn = entry?.conn;
+  if (!old || !conn || !conn.tracks.includes(old)) return;
+  const wanted = wantSimulcast(old);
+  if (conn.isSimulcast(old) === wanted) return;
+  const fresh = old.clone();  // same device, same constraints
+  fresh.enabled = old.enabled;
+  await conn.removeTrack(old);
+  entry.stream.removeTrack(old);
+  entry.stream.addTrack(fresh);
+  old.stop();
+  const tile = state.tiles.get('local:camera');
+  if (tile) {
+    tile.tracks.delete(old);
+    tile.tracks.add(fresh);
+    showStream(tile, entry.stream);
+  }
+  await conn.addTrack(fresh, 'camera', { simulcast: wanted });
+  if (!fresh.enabled) conn.mute(fresh, true);
+  note(`camera now sent as ${wanted ? 'three simulcast streams' : 'one stream'}`);
 }
 
 function micConstraints() {
@@ -326,6 +460,7 @@ async function onDevicePick(kind) {
       tile.tracks.add(fresh);
       showStream(tile, entry.stream);
     }
+    if (kind === 'video') await fitSimulcast(entry);  // another camera, another size
     note(`${what} now ${fresh.label || 'switched'}`);
   } catch (err) {
     note(`${what}: ${err.message}`, 'error');
@@ -367,6 +502,8 @@ async function startCamera() {
   showStream(tile, stream);
   entry.conn = await connectPublisher(connOptions({
     stream,
+    // the camera as q/h/f when its size allows; mic and screen stay one stream
+    simulcast: wantSimulcast(stream.getVideoTracks()[0]),
     onClose: (reason) => onPublisherClosed(entry, 'local:camera', reason),
   }));
   tile.conn = entry.conn;
@@ -431,7 +568,8 @@ async function onDeviceToggle() {
         entry.stream.addTrack(added);
         tile?.tracks.add(added);
         if (tile) showStream(tile, entry.stream);
-        await entry.conn.addTrack(added, appId);
+        await entry.conn.addTrack(added, appId,
+          { simulcast: kind === 'video' && wantSimulcast(added) });
         note(`${appId} added to ${entry.conn.id}`);
       } else if (track && track.enabled !== wanted) {
         track.enabled = wanted;
@@ -451,7 +589,8 @@ async function onQualityChange() {
   try {
     const { deviceId, ...quality } = cameraConstraints();  // the device stays as it is
     await video.applyConstraints(quality);
-    const s = video.getSettings();
+    await fitSimulcast(state.camera);
+    const s = (state.camera?.stream.getVideoTracks()[0] ?? video).getSettings();
     note(`camera now ${s.width ?? '?'}×${s.height ?? '?'} at ${Math.round(s.frameRate ?? 0)} fps`);
     showActual();
   } catch (err) {
@@ -581,11 +720,26 @@ function subscriberCallbacks() {
       if (info?.muted) tile.muted.add(info.trackId);
       const live = [...tile.tracks].filter((t) => t.readyState !== 'ended');
       showStream(tile, new MediaStream(live));
+      if (track.kind === 'video') {
+        tile.topWidth = 0;  // a new track: its streams are learnt afresh
+        // A new video track (a recycled section, a reconnect) keeps the tile's choice and size.
+        if (tile.quality !== 'auto') {
+          try {
+            state.sub?.setLayer(id, tile.trackIds.get(track), tile.quality);
+          } catch (err) {
+            note(`quality: ${err.message}`, 'error');
+          }
+        }
+        reportSize(tile);
+      }
     },
     onTrackEnded: (id, track) => {
       for (const tile of [...state.tiles.values()]) {
         if (tile.publisher !== id || !tile.tracks.has(track)) continue;
+        if (track.kind === 'video') state.sub?.forgetSize(id, tile.trackIds.get(track));
         tile.tracks.delete(track);
+        tile.trackIds.delete(track);  // a recycled section sets them again in onTrack
+        tile.appIds.delete(track);
         if (tile.key !== id && !tile.tracks.size) {
           removeTile(tile.key);
         } else {
@@ -594,6 +748,7 @@ function subscriberCallbacks() {
       }
     },
     onChat: (from, text) => addChat(from, text),
+    onHint: noteHint,
     onClose: (reason) => {
       if (reason === 'stopped' || state.phase !== 'joined') return;
       note(`disconnected: ${reason}`, 'error');
@@ -676,6 +831,7 @@ async function join(event) {
       await stopCamera();
     }
     state.sub = await connectSubscriber(connOptions(subscriberCallbacks()));
+    for (const tile of state.tiles.values()) if (!tile.local) reportSize(tile);
     note(`joined ${room} as ${user}; watching as ${state.sub.id}`);
     if (state.phase !== 'joining') return;  // left meanwhile
     state.phase = 'joined';
@@ -704,6 +860,7 @@ async function leave() {
   await Promise.allSettled([stopCamera(), stopShare(), sub?.stop()]);
   clearTiles();
   state.speaker = null;
+  state.hints = [];
   state.phase = 'idle';
   note(`left ${state.room}`);
   updateControls();
@@ -736,11 +893,17 @@ function snapshot() {
       appIds: [...t.appIds.values()].sort(),
       muted: [...t.muted].sort(),
       stats: t.stats,
+      refreshes: t.refreshes ?? 0,
+      quality: t.quality,
+      layer: t.layer,
+      topWidth: t.topWidth,
+      videoTrack: (() => { const v = videoOf(t); return v ? (t.trackIds.get(v) ?? null) : null; })(),
       shown: Object.fromEntries(
         [...t.el.querySelectorAll('[data-stat]')].map((d) => [d.dataset.stat, d.textContent])),
     })),
     chat: state.chat.slice(),
     log: state.log.slice(),
+    hints: state.hints.slice(),
     tokenAsked: !ui.tokenRow.hidden,
     devices: state.devices,
     actual: state.actual,

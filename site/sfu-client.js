@@ -12,7 +12,7 @@
 
 import {
   NAME_PATTERN, SfuError, clientCommands, isValidName, makeConnectionId, msidOfMid,
-  parseServerCommand, requireMode, userOfId,
+  parseServerCommand, requireMode, simulcastEncodings, userOfId,
 } from './sfu-protocol.js';
 
 export * from './sfu-protocol.js';
@@ -41,6 +41,11 @@ const DEFAULTS = Object.freeze({
   unavailableRetries: 8,
   retryBaseMs: 250,         // first back-off without Retry-After, doubled per retry
   retryMaxMs: 4000,         // longest wait between two tries (also caps Retry-After)
+  // Publisher: send video tracks labelled `camera` as three simulcast streams (q/h/f).
+  simulcast: false,
+  // Subscriber: setSize() sends at most one SIZE per track per this interval (the last size
+  // wins); a tile being dragged must not flood the channel.
+  sizeIntervalMs: 1000,
 });
 
 /** Statuses that mean "not now, maybe elsewhere": worth another try through the same URL. */
@@ -569,6 +574,9 @@ class PublisherConnection extends SfuConnection {
       }
     }
     this.appIds = new Map(tracks.map((t, i) => [t, labels[i] ?? DEFAULT_APP_IDS[t.kind]]));
+    /** track -> sendEncodings (simulcast cameras); kept so a reconnect sends them again. */
+    this.encodings = new Map();
+    for (const t of tracks) this._chooseEncodings(t, this.appIds.get(t), this.options.simulcast);
     this.muted = new Set();
     /** track id -> the rids the server last asked this publisher to encode (dynacast). */
     this.activeLayers = new Map();
@@ -636,10 +644,31 @@ class PublisherConnection extends SfuConnection {
 
   _setupLeg(leg) {
     // Send-only m-sections, each tagged with the stream so receivers group audio and video.
-    const streams = this.stream ? [this.stream] : [];
-    for (const track of this.tracks) {
-      leg.pc.addTransceiver(track, { direction: 'sendonly', streams });
+    for (const track of this.tracks) leg.pc.addTransceiver(track, this._transceiverInit(track));
+  }
+
+  /**
+   * Simulcast (issue 11) for a camera: three streams the SFU picks from per subscriber. Audio
+   * and screen shares (or anything not labelled `camera`) stay single-layer.
+   */
+  _chooseEncodings(track, appId, simulcast) {
+    if (simulcast && track.kind === 'video' && appId === 'camera') {
+      this.encodings.set(track, simulcastEncodings());
+    } else {
+      this.encodings.delete(track);
     }
+  }
+
+  _transceiverInit(track) {
+    const init = { direction: 'sendonly', streams: this.stream ? [this.stream] : [] };
+    const encodings = this.encodings.get(track);
+    if (encodings) init.sendEncodings = encodings.map((e) => ({ ...e }));
+    return init;
+  }
+
+  /** Whether `track` is sent as simulcast streams. */
+  isSimulcast(track) {
+    return this.encodings.has(track);
   }
 
   /** The id subscribers know `track` by (its msid track id in our SDP), or null. */
@@ -654,7 +683,8 @@ class PublisherConnection extends SfuConnection {
    * Start sending `track` on this connection, labelled `appId` (e.g. 'camera', 'screen'):
    * ADD_MEDIA, then an SDP_OFFER adding a sendonly section. Resolves once answered.
    */
-  async addTrack(track, appId = DEFAULT_APP_IDS[track?.kind]) {
+  async addTrack(track, appId = DEFAULT_APP_IDS[track?.kind],
+    { simulcast = this.options.simulcast } = {}) {
     if (!track || !['audio', 'video'].includes(track.kind)) {
       throw new SfuError('addTrack needs an audio or video MediaStreamTrack');
     }
@@ -666,9 +696,9 @@ class PublisherConnection extends SfuConnection {
     this._send(clientCommands.addMedia(track.kind, appId));
     this.tracks.push(track);
     this.appIds.set(track, appId);
-    const streams = this.stream ? [this.stream] : [];
+    this._chooseEncodings(track, appId, simulcast);
     await this._renegotiate(leg, () => {
-      leg.pc.addTransceiver(track, { direction: 'sendonly', streams });
+      leg.pc.addTransceiver(track, this._transceiverInit(track));
     });
     return this.trackId(track);
   }
@@ -684,6 +714,7 @@ class PublisherConnection extends SfuConnection {
     this._send(clientCommands.removeMedia(track.kind, this.appIds.get(track)));
     this.tracks.splice(index, 1);
     this.appIds.delete(track);
+    this.encodings.delete(track);
     this.muted.delete(track);
     await this._renegotiate(leg, () => {
       const t = leg.pc.getTransceivers().find((x) => x.sender.track === track);
@@ -708,6 +739,8 @@ class PublisherConnection extends SfuConnection {
     this.tracks[index] = newTrack;
     this.appIds.set(newTrack, this.appIds.get(oldTrack));
     this.appIds.delete(oldTrack);
+    if (this.encodings.has(oldTrack)) this.encodings.set(newTrack, this.encodings.get(oldTrack));
+    this.encodings.delete(oldTrack);
     if (this.muted.delete(oldTrack)) this.muted.add(newTrack);
     if (this.stream?.getTracks().includes(oldTrack)) {
       this.stream.removeTrack(oldTrack);
@@ -759,6 +792,7 @@ class SubscriberConnection extends SfuConnection {
     this.subscriptions = new Set();  // manual mode: publisher ids named by sub()
     this.publishers = new Map();     // id -> {id, user, stream, tracks: Set}
     this._ended = new WeakSet();
+    this._sizes = new Map();         // 'pid track' -> {sent, pending, timer, at}: SIZE throttle
   }
 
   _setupLeg(leg) {
@@ -778,6 +812,9 @@ class SubscriberConnection extends SfuConnection {
 
   _afterReconnect(oldLeg, leg) {
     this._replayState(leg);
+    // The new leg's tracks start without hints: sizes are sent again when reported again.
+    for (const entry of this._sizes.values()) if (entry.timer) clearTimeout(entry.timer);
+    this._sizes.clear();
     // Tracks of the old leg end with it; the new leg announces the room again.
     for (const [id, info] of [...this.publishers]) {
       if (info.leg === oldLeg) {
@@ -940,6 +977,8 @@ class SubscriberConnection extends SfuConnection {
     for (const info of this.publishers.values()) {
       for (const track of info.tracks) this._ended.add(track);
     }
+    for (const entry of this._sizes.values()) if (entry.timer) clearTimeout(entry.timer);
+    this._sizes.clear();
   }
 
   /** Manual mode: start receiving a publisher (remembered across RECONNECT). */
@@ -952,6 +991,69 @@ class SubscriberConnection extends SfuConnection {
   unsub(publisherId) {
     this._send(clientCommands.unsub(publisherId));
     this.subscriptions.delete(publisherId);
+  }
+
+  /**
+   * Which layer of a received track to get (issue 11): 'low', 'mid', 'high' (a simulcast
+   * stream; congestion may still lower it), 'off' (paused, no renegotiation) or 'auto' (the
+   * SFU's choice from its estimate of this link, no wider than the last setSize()).
+   * `trackId` is the server's track id (TRACK_ADD, onTrack's info.trackId).
+   */
+  setLayer(publisherId, trackId, layer) {
+    const text = clientCommands.layer(publisherId, trackId, layer);
+    this._send(text);
+    call(this.options.onHint, text);
+  }
+
+  /**
+   * Tell the SFU the size (pixels) a received track is rendered at, so `auto` does not climb
+   * above it. Sent only when it changed, and at most once per `sizeIntervalMs` per track: a
+   * size arriving sooner is sent when the interval is over (the latest one only). Returns the
+   * command sent now, or null (unchanged, or deferred).
+   */
+  setSize(publisherId, trackId, width, height) {
+    const text = clientCommands.size(publisherId, trackId, width, height);  // validates
+    const key = `${publisherId} ${trackId}`;
+    let entry = this._sizes.get(key);
+    if (!entry) {
+      entry = { sent: null, pending: null, timer: null, at: -Infinity };
+      this._sizes.set(key, entry);
+    }
+    entry.pending = text === entry.sent ? null : text;
+    if (entry.pending === null || entry.timer !== null) return null;
+    const wait = entry.at + this.options.sizeIntervalMs - Date.now();
+    if (wait > 0) {
+      entry.timer = setTimeout(() => {
+        entry.timer = null;
+        this._flushSize(entry);
+      }, wait);
+      return null;
+    }
+    return this._flushSize(entry);
+  }
+
+  _flushSize(entry) {
+    const text = entry.pending;
+    if (text === null || this.state !== 'open') return null;
+    entry.pending = null;
+    entry.sent = text;
+    entry.at = Date.now();
+    try {
+      this._send(text);
+    } catch (err) {
+      this._error(err);
+      return null;
+    }
+    call(this.options.onHint, text);
+    return text;
+  }
+
+  /** Forget a track's sizes (its tile is gone), so a later track starts afresh. */
+  forgetSize(publisherId, trackId) {
+    const key = `${publisherId} ${trackId}`;
+    const entry = this._sizes.get(key);
+    if (entry?.timer) clearTimeout(entry.timer);
+    this._sizes.delete(key);
   }
 
   /** 'auto' receives everyone but your own user; 'manual' only what `sub()` names. */
@@ -968,7 +1070,9 @@ class SubscriberConnection extends SfuConnection {
  * tracks added and removed over the connection's life, each a renegotiation the browser offers.
  *
  * Options: baseUrl (default ''), room, user, stream or tracks, appIds (the tracks' labels in
- * order; default mic/camera), token (Bearer auth), onChat,
+ * order; default mic/camera), simulcast (send `camera` video as three streams q/h/f: quarter,
+ * half and full resolution; addTrack(track, appId, {simulcast}) overrides it per track),
+ * token (Bearer auth), onChat,
  * onError, onClose(reason), onReconnect(newId, oldId), dataChannelLabel, rtcConfiguration,
  * timeouts (gatherTimeoutMs, requestTimeoutMs, connectTimeoutMs, stopTimeoutMs), and fetch /
  * RTCPeerConnection to substitute the browser's.
@@ -980,7 +1084,9 @@ export async function connectPublisher(options) {
 /**
  * Subscribe in `room` as `user` (a data channel only; media arrives by SDP_OFFER). Resolves
  * once the command channel is open, with an object exposing `id`, `pc`, `publishers`,
- * `sub(id)`, `unsub(id)`, `setMode(mode)`, `chat(text)`, `stop()`.
+ * `sub(id)`, `unsub(id)`, `setMode(mode)`, `chat(text)`, `stop()`, and (issue 11)
+ * `setLayer(publisherId, trackId, 'auto'|'high'|'mid'|'low'|'off')` and
+ * `setSize(publisherId, trackId, width, height)` (throttled by `sizeIntervalMs`).
  *
  * Callbacks: onPublisherJoin(id, user), onPublisherLeft(id, user), onTrack(publisherId, track,
  * stream, {trackId, appId, muted}), onTrackEnded(publisherId, track, trackId),
@@ -988,6 +1094,7 @@ export async function connectPublisher(options) {
  * onMuted(publisherId, trackId, muted), onMedia(json), onChat(fromId, text),
  * onSpeaker(publisherId, user) (the room's active speaker changed; also `speaker`),
  * onSpeakers([{id, user, dbov}]) (who is audible, loudest first; also `speakers`),
+ * onHint(text) (a LAYER or SIZE command just sent),
  * onError(SfuError), onClose(reason), onReconnect(newId, oldId). Other options as for
  * connectPublisher, plus mode: 'auto' (default) or 'manual'.
  */

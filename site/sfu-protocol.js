@@ -17,10 +17,37 @@ export const SERVER_COMMANDS = Object.freeze([
 ]);
 export const CLIENT_COMMANDS = Object.freeze([
   'SDP_ANSWER', 'SDP_OFFER', 'ADD_MEDIA', 'REMOVE_MEDIA', 'MUTE', 'STOP', 'SUB', 'UNSUB',
-  'SUB_MODE', 'SDP_RECYCLE', 'CHAT',
+  'SUB_MODE', 'SDP_RECYCLE', 'CHAT', 'LAYER', 'SIZE',
 ]);
 export const SUB_MODES = Object.freeze(['auto', 'manual']);
 export const MEDIA_KINDS = Object.freeze(['audio', 'video']);
+/** `LAYER` values (issue 11): a fixed simulcast stream, `off` (paused) or the SFU's choice. */
+export const LAYER_VALUES = Object.freeze(['auto', 'high', 'mid', 'low', 'off']);
+/** Largest `SIZE` dimension the server takes (five digits). */
+export const MAX_SIZE = 99999;
+/**
+ * The camera's simulcast streams (RFC 8853), lowest first as the server orders them by their
+ * known names q/h/f: a quarter, half and the full resolution. `simulcastEncodings()` gives a
+ * fresh copy for `addTransceiver({sendEncodings})` (the browser may annotate what it gets).
+ */
+export const SIMULCAST_ENCODINGS = Object.freeze([
+  Object.freeze({ rid: 'q', scaleResolutionDownBy: 4 }),
+  Object.freeze({ rid: 'h', scaleResolutionDownBy: 2 }),
+  Object.freeze({ rid: 'f', scaleResolutionDownBy: 1 }),
+]);
+export function simulcastEncodings() {
+  return SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+}
+/**
+ * Whether a camera of `width`×`height` can be sent as the three SIMULCAST_ENCODINGS. libwebrtc
+ * sends as many streams as the resolution allows (3 from 960×540 up, fewer below: a 320×240
+ * camera gets only `q`), and a stream declared but never sent is a top stream the SFU waits
+ * for; so below this size the camera goes as one stream.
+ */
+export function simulcastFits({ width, height } = {}) {
+  if (!(width > 0) || !(height > 0)) return false;
+  return Math.max(width, height) >= 960 && Math.min(width, height) >= 540;
+}
 /** A track id as the server names it: the msid track id (RFC 8830 token chars) or `mid<N>`. */
 export const TRACK_PATTERN = /^[!#$%&'*+.^_`{|}~0-9A-Za-z-]{1,64}$/;
 /** A simulcast stream's rid (RFC 8851 §10: alphanumerics, '-' and '_'). */
@@ -252,6 +279,22 @@ export function parseClientCommand(message) {
       return { type: name, on: arg === 'on' };
     case 'CHAT':
       return { type: name, text: arg };
+    case 'LAYER':
+    case 'SIZE': {
+      const [id, track, value, ...rest] = arg.split(' ');
+      if (rest.length || !isValidName(id) || !TRACK_PATTERN.test(track ?? '')) {
+        return invalid(message, `${name} needs <PUB_ID> <TRACK> and a value`);
+      }
+      if (name === 'LAYER') {
+        if (!LAYER_VALUES.includes(value)) {
+          return invalid(message, 'LAYER takes low, mid, high, off or auto');
+        }
+        return { type: name, id, track, layer: value };
+      }
+      const size = /^([0-9]{1,5})x([0-9]{1,5})$/.exec(value ?? '');
+      if (!size) return invalid(message, 'SIZE takes <W>x<H> in pixels');
+      return { type: name, id, track, width: Number(size[1]), height: Number(size[2]) };
+    }
     default:
       return invalid(message, `unknown command ${JSON.stringify(name.slice(0, 32))}`);
   }
@@ -288,6 +331,20 @@ function requireTrack(track) {
 
 const onOff = (on) => (on ? 'on' : 'off');
 
+function requireLayer(layer) {
+  if (!LAYER_VALUES.includes(layer)) {
+    throw new SfuError(`layer must be one of ${LAYER_VALUES.join('|')}, got ${JSON.stringify(layer)}`);
+  }
+  return layer;
+}
+
+function requirePixels(value, what) {
+  if (!Number.isInteger(value) || value < 0 || value > MAX_SIZE) {
+    throw new SfuError(`${what} must be an integer 0..${MAX_SIZE}, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
 function requireText(text, what) {
   if (typeof text !== 'string') throw new SfuError(`${what} must be a string`);
   return text;
@@ -307,6 +364,10 @@ export const clientCommands = Object.freeze({
   subMode: (mode) => `SUB_MODE ${requireMode(mode)}`,
   sdpRecycle: (on) => `SDP_RECYCLE ${on ? 'on' : 'off'}`,
   chat: (text) => `CHAT ${requireText(text, 'chat text')}`,
+  layer: (id, track, layer) =>
+    `LAYER ${requireName(id, 'publisher id')} ${requireTrack(track)} ${requireLayer(layer)}`,
+  size: (id, track, width, height) => `SIZE ${requireName(id, 'publisher id')} `
+    + `${requireTrack(track)} ${requirePixels(width, 'width')}x${requirePixels(height, 'height')}`,
 });
 
 /** Server → client commands (used by fakes and tests; the server has its own formatter). */

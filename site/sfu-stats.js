@@ -157,3 +157,30 @@ export function formatPair(pair) {
   const protocol = (pair.local?.protocol || pair.remote?.protocol || '?').toLowerCase();
   return `${protocol} ${formatCandidate(pair.local)} ⇄ ${formatCandidate(pair.remote)}`;
 }
+
+// ---------------------------------------------------------------------------- layers
+
+/**
+ * Which simulcast stream a decoded `width` is, given `topWidth`, the widest frame decoded of
+ * that track (a subscriber starts on the top stream, and the server does not say which stream
+ * it forwards). The streams are a quarter, half and the full width (SIMULCAST_ENCODINGS), so
+ * the ratio names them: ~1 high, ~2 mid, ~4 low. Null while either width is unknown.
+ */
+export function layerOfWidth(width, topWidth) {
+  if (!(width > 0) || !(topWidth > 0)) return null;
+  const ratio = topWidth / width;
+  if (ratio < 1.4) return 'high';
+  if (ratio < 2.8) return 'mid';
+  return 'low';
+}
+
+/**
+ * The text a tile shows for the stream it receives: "paused" (LAYER off), "low · 320×180",
+ * or just the size for a track that is not simulcast (`layer` null); "—" when nothing decoded.
+ */
+export function formatLayer({ paused = false, layer = null, width = null, height = null } = {}) {
+  if (paused) return 'paused';
+  if (!(width > 0) || !(height > 0)) return '—';
+  const size = `${width}×${height}`;
+  return layer ? `${layer} · ${size}` : size;
+}

@@ -99,6 +99,10 @@ test('every client command round-trips through parseClientCommand', () => {
     [clientCommands.addMedia('video', 'screen'), { type: 'ADD_MEDIA', kind: 'video', appId: 'screen' }],
     [clientCommands.removeMedia('audio', 'mic'), { type: 'REMOVE_MEDIA', kind: 'audio', appId: 'mic' }],
     [clientCommands.mute('t-1', true), { type: 'MUTE', track: 't-1', muted: true }],
+    [clientCommands.layer('alice-1', '{9f-1a}', 'low'),
+      { type: 'LAYER', id: 'alice-1', track: '{9f-1a}', layer: 'low' }],
+    [clientCommands.size('alice-1', 'mid1', 1280, 720),
+      { type: 'SIZE', id: 'alice-1', track: 'mid1', width: 1280, height: 720 }],
   ];
   const seen = new Set();
   for (const [text, want] of cases) {

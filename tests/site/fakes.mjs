@@ -34,6 +34,10 @@ export class FakeStream extends EventTarget {
   }
 
   getTracks() { return this.tracks.slice(); }
+
+  addTrack(track) { if (!this.tracks.includes(track)) this.tracks.push(track); }
+
+  removeTrack(track) { this.tracks = this.tracks.filter((t) => t !== track); }
 }
 
 export class FakeChannel extends EventTarget {
@@ -128,7 +132,11 @@ export class FakePeerConnection extends EventTarget {
     this.calls.push(`addTransceiver ${track.kind} ${init.direction}`);
     const t = {
       mid: null, direction: init.direction, currentDirection: null, streams: init.streams,
-      sender: { track, getStats: async () => new Map() },
+      sendEncodings: init.sendEncodings ?? null,
+      sender: {
+        track, getStats: async () => new Map(),
+        async replaceTrack(next) { this.track = next; },
+      },
       receiver: { track: null, getStats: async () => new Map() },
       stopped: false,
       stop() { this.stopped = true; this.direction = 'stopped'; },
