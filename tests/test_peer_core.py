@@ -23,7 +23,14 @@ from trio_sfu.proto.datachannel import ChannelMessage, ChannelOpened
 from trio_sfu.proto.dtls import Certificate
 from trio_sfu.proto.ice import IceLiteAgent
 from trio_sfu.proto.jsep import JsepSession, LocalTransport
-from trio_sfu.proto.peer import Closed, Connected, CoreEvent, IncomingStream, PeerCore
+from trio_sfu.proto.peer import (
+    Closed,
+    Connected,
+    CoreEvent,
+    IncomingStream,
+    LocalCredentialsChanged,
+    PeerCore,
+)
 from trio_sfu.proto.rtp import RtpPacket
 
 CLIENT_ADDR = ("192.0.2.1", 40000)
@@ -84,12 +91,10 @@ class Pair:
             cjsep.add_data_channel()
             self.channel = Channel("chat")
             self.client.open_channel(self.channel, self.now)
-        offer = cjsep.create_offer().serialize()
-        changes = sjsep.set_remote_description(offer, "offer")
-        answer = sjsep.create_answer().serialize()
-        self.agent.set_remote_credentials("cufrag", "c" * 22)
-        self.server.apply_remote(changes, self.now)
-        self.client.apply_remote(cjsep.set_remote_description(answer, "answer"), self.now)
+        answer, assigned = self.server.handle_offer(cjsep.create_offer().serialize(), self.now)
+        assert assigned == [] and self.agent.remote_ufrag == "cufrag"
+        tolerated, assigned = self.client.handle_answer(answer, self.now)
+        assert tolerated == [] and assigned == ([self.channel] if data else [])
 
     # -- inputs the endpoint would give the server --------------------------------------
 
@@ -245,6 +250,24 @@ def test_closing_is_final() -> None:
     assert pair.server.close_reason == "done" and pair.server.next_event() is None
     with pytest.raises(RuntimeError):
         pair.server.channel_send(0, "x", pair.now)
+
+
+def test_an_offer_with_an_ice_restart_gives_the_lite_agent_new_credentials() -> None:
+    """Our answer to a restart carries fresh local credentials (RFC 8839 §4.4.1.1.2): the lite
+    agent takes them, keeps the old ones until a check uses the new, and the driver is told
+    to route the new ufrag (an event, before the answer leaves)."""
+    pair = Pair()
+    pair.connect()
+    cjsep, sjsep = pair.client.jsep, pair.server.jsep
+    offer = cjsep.create_offer(ice_restart=True).serialize()
+    answer, _ = pair.server.handle_offer(offer, pair.now)
+    new = sjsep.transport.ice_ufrag
+    assert new != "sufrag" and f"a=ice-ufrag:{new}" in answer
+    assert pair.server.next_event() == LocalCredentialsChanged()
+    assert set(pair.agent.local_ufrags) == {new, "sufrag"}
+    assert pair.agent.remote_ufrag == cjsep.transport.ice_ufrag
+    pair.client.handle_answer(answer, pair.now)
+    assert pair.server.connected and not pair.server.closing
 
 
 def test_connect_timeout() -> None:

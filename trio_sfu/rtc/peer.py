@@ -23,33 +23,25 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 from aioice import Candidate
 
 from trio_sfu.proto import peer as core_mod
-from trio_sfu.proto.datachannel import (
-    ChannelClosed,
-    ChannelMessage,
-    ChannelOpened,
-    DataChannelEndpoint,
-)
-from trio_sfu.proto.dtls import Certificate, DtlsTransport
+from trio_sfu.proto.dtls import Certificate
 from trio_sfu.proto.errors import SrtpError
 from trio_sfu.proto.ice import IceLiteAgent
 from trio_sfu.proto.jsep import JsepSession, LocalTransport, RemoteChanges, Transceiver
-from trio_sfu.proto.peer import DTLS_MTU, DTLS_RECORD_OVERHEAD, MAX_STREAMS, PeerCore
-from trio_sfu.proto.peer.core import RtcpCallback, RtpCallback
+from trio_sfu.proto.peer import PeerCore
+from trio_sfu.proto.peer.core import ChannelSpec
 from trio_sfu.rtc import events as ev
-from trio_sfu.rtc.datachannel import DataChannel
+from trio_sfu.rtc.datachannel import ChannelTable, DataChannel
 from trio_sfu.rtc.demux import Kind
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-__all__ = ["DTLS_MTU", "DTLS_RECORD_OVERHEAD", "MAX_STREAMS", "PeerConnection", "RtcpCallback",
-           "RtpCallback", "random_ice_credentials"]
 
 #: A peer whose application stops reading events is closed rather than buffering forever.
 MAX_EVENT_BACKLOG = 10_000
@@ -71,6 +63,15 @@ def _core_field(name: str) -> Any:
         setattr(self._core, name, value)
 
     return property(get, set_)
+
+
+class _Hooks:
+    """A full agent's ICE, as the core asks for it (:class:`~trio_sfu.proto.peer.IceHooks`)."""
+
+    def __init__(self, pc: PeerConnection) -> None:
+        self.ice_remote_credentials = pc._ice_remote_credentials
+        self.ice_deadline = pc._ice_deadline
+        self.ice_handle_timer = pc._ice_handle_timer
 
 
 class PeerConnection:
@@ -101,14 +102,13 @@ class PeerConnection:
         )
         self._core: PeerCore[Any] = PeerCore(
             self.jsep, certificate, now=trio.current_time(), ice_agent=ice_agent,
-            ice_hooks=None if ice_agent is not None else self, path_usable=path_usable,
+            ice_hooks=None if ice_agent is not None else _Hooks(self), path_usable=path_usable,
             connect_timeout=connect_timeout, max_message_size=max_message_size,
             sctp_max_retransmits=sctp_max_retransmits,
         )
         self._core.log_extra = {"peer": name}
         self.stats = self._core.stats
-        self._channels: dict[int, DataChannel] = {}
-        self._unassigned_channels: list[DataChannel] = []
+        self._channels = ChannelTable(self)
         send, recv = trio.open_memory_channel[ev.PeerEvent](math.inf)
         self._event_send: trio.MemorySendChannel[ev.PeerEvent] = send
         #: control events for the application; ends after :class:`~trio_sfu.rtc.events.Closed`
@@ -133,6 +133,8 @@ class PeerConnection:
     close_reason = _core_field("close_reason")
     closing = _core_field("closing")
     _srtp = _core_field("srtp")
+    _dtls = _core_field("dtls")  # the client starts DTLS once its ICE pair works
+    _dc = _core_field("dc")
 
     @property
     def remote_address(self) -> Address | None:
@@ -157,20 +159,12 @@ class PeerConnection:
         return self._core.transport_rtt
 
     @property
-    def _dtls(self) -> DtlsTransport | None:
-        return self._core.dtls
-
-    @property
-    def _dc(self) -> DataChannelEndpoint | None:
-        return self._core.dc
-
-    @property
     def incoming_streams(self) -> list[ev.IncomingStream]:
         return list(self._core.streams.values())
 
     @property
     def data_channels(self) -> list[DataChannel]:
-        return list(self._channels.values())
+        return self._channels.values()
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -203,8 +197,7 @@ class PeerConnection:
     def _teardown(self) -> None:
         """Drop every resource (keys, routes); runs once, after the nursery is gone."""
         self._core.teardown()
-        self._channels.clear()
-        self._unassigned_channels.clear()
+        self._channels.close_all(forget=True)
         self._emit(ev.Closed(self.close_reason or "closed"))
         self._event_send.close()
         self._nursery = None
@@ -245,12 +238,10 @@ class PeerConnection:
 
     def handle_answer(self, sdp: str) -> list[str]:
         """Apply the remote answer to our offer (SdpError if unacceptable; state unchanged).
-
-        Returns what was tolerated in it (e.g. a stopped section answered with a live port).
-        """
-        changes = self.jsep.set_remote_description(sdp, "answer")
-        self._apply_remote(changes)
-        return changes.tolerated
+        Returns what was tolerated in it (e.g. a stopped section answered with a live port)."""
+        tolerated, assigned = self._core.handle_answer(sdp, trio.current_time())
+        self._adopt(assigned)
+        return tolerated
 
     def rollback(self) -> None:
         """Withdraw our pending offer (RFC 8829 §4.1.10): back to the last agreed state."""
@@ -258,25 +249,13 @@ class PeerConnection:
 
     def handle_offer(self, sdp: str) -> str:
         """Apply a remote offer and return our answer (SdpError if unacceptable)."""
-        changes = self.jsep.set_remote_description(sdp, "offer")
-        answer = self.jsep.create_answer().serialize()
-        self._apply_remote(changes)
+        answer, assigned = self._core.handle_offer(sdp, trio.current_time())
+        self._adopt(assigned)
         return answer
 
-    def _apply_remote(self, changes: RemoteChanges) -> None:
-        jsep = self.jsep
-        now = trio.current_time()
-        if jsep.remote_ice_ufrag and jsep.remote_ice_pwd:
-            self._ice_remote_credentials(
-                jsep.remote_ice_ufrag, jsep.remote_ice_pwd, jsep.remote_candidates, changes, now
-            )
-        self._core.apply_remote(changes, now)
-        pending, self._unassigned_channels = self._unassigned_channels, []
-        for channel in pending:  # the core gave them ids if the association now exists
-            if channel.id is None or self._core.dc is None:
-                self._unassigned_channels.append(channel)
-            else:
-                self._channels[channel.id] = channel
+    def _adopt(self, assigned: list[ChannelSpec]) -> None:
+        for channel in assigned:  # opened before the SCTP role was known: ids now
+            self._channels.add(cast(DataChannel, channel))
         self._flush()
 
     # -- data channels --------------------------------------------------------------------
@@ -294,11 +273,8 @@ class PeerConnection:
             negotiated=negotiated,
         )
         self._core.open_channel(channel, trio.current_time())
-        if self._core.dc is None:
-            self._unassigned_channels.append(channel)
-        else:
-            assert channel.id is not None
-            self._channels[channel.id] = channel
+        if channel.id is not None and self._core.dc is not None:
+            self._channels.add(channel)
             self._flush()
         return channel
 
@@ -331,23 +307,19 @@ class PeerConnection:
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet now (drop and count if not connected)."""
-        core = self._core
-        srtp = core.srtp
-        if srtp is None or core.remote_address is None:
-            core.stats.media_not_sent += 1
-            return
-        try:
-            protected = srtp.protect_rtp(packet)
-        except SrtpError:
-            core.stats.media_not_sent += 1
-            return
-        core.stats.rtp_out += 1
-        self._send_datagram(protected)
+        protected = self._core.protect_rtp(packet)
+        if protected is not None:
+            self._send_datagram(protected)
+
+    def send_rtcp(self, packet: bytes) -> None:  # RTCP rate: one call more is nothing
+        protected = self._core.protect_rtcp(packet)
+        if protected is not None:
+            self._send_datagram(protected)
 
     def send_rtp_as(self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int) -> None:
-        """Protect and send a forwarding group's packet as this peer's stream ``ssrc``, with
-        this transport's transport-cc number at ``twcc_offset`` (-1: none) — see
-        :meth:`SrtpContext.protect_rtp_as`."""
+        """Protect and send a forwarding group's packet as this peer's stream ``ssrc`` with
+        this transport's transport-cc number (:meth:`SrtpContext.protect_rtp_as`): the SFU's
+        hot path, so straight on the SRTP context, not through a core method."""
         core = self._core
         srtp = core.srtp
         if srtp is None or core.remote_address is None:
@@ -361,20 +333,6 @@ class PeerConnection:
         core.stats.rtp_out += 1
         self._send_datagram(protected)
 
-    def send_rtcp(self, packet: bytes) -> None:
-        core = self._core
-        srtp = core.srtp
-        if srtp is None or core.remote_address is None:
-            core.stats.media_not_sent += 1
-            return
-        try:
-            protected = srtp.protect_rtcp(packet)
-        except SrtpError:
-            core.stats.media_not_sent += 1
-            return
-        core.stats.rtcp_out += 1
-        self._send_datagram(protected)
-
     def _emit(self, event: ev.PeerEvent) -> None:
         try:
             self._event_send.send_nowait(event)
@@ -385,8 +343,7 @@ class PeerConnection:
 
     # -- the core's output ----------------------------------------------------------------
 
-    def _pump(self, now: float) -> None:
-        """Move the core's DTLS and SCTP forward and deliver what that produced."""
+    def _pump(self, now: float) -> None:  # the client's, after it started DTLS
         self._core.pump(now)
         self._flush()
 
@@ -404,37 +361,20 @@ class PeerConnection:
             self._wakeup.set()
 
     def _dispatch(self, event: core_mod.CoreEvent) -> None:
-        channels = self._channels
-        if isinstance(event, ChannelMessage):
-            channel = channels.get(event.channel_id)
-            if channel is not None:
-                self._emit(ev.DataChannelMessage(channel, event.data))
-        elif isinstance(event, ChannelOpened):
-            channel = channels.get(event.channel_id)
-            if channel is None:
-                channel = channels[event.channel_id] = DataChannel(
-                    self, event.label, id=event.channel_id, protocol=event.protocol,
-                    ordered=event.ordered, max_retransmits=event.max_retransmits,
-                    max_packet_lifetime=event.max_packet_lifetime, negotiated=event.negotiated,
-                )
-            channel.ready_state = "open"
-            self._emit(ev.DataChannelOpen(channel))
-        elif isinstance(event, ChannelClosed):
-            channel = channels.pop(event.channel_id, None)
-            if channel is not None:
-                channel.ready_state = "closed"
-                self._emit(ev.DataChannelClose(channel))
-        elif isinstance(event, core_mod.Connected):
+        if isinstance(event, core_mod.Connected):
             log.info("peer connected", extra={
                 **self.log_extra, "srtp": event.srtp_profile, "addr": self.remote_address})
             self._connected.set()
             self._emit(ev.Connected())
         elif isinstance(event, core_mod.Closed):
             log.info("peer closing", extra={**self.log_extra, "reason": event.reason})
-            for channel in channels.values():
-                channel.ready_state = "closed"
+            self._channels.close_all()
             self._closed.set()
             self._buffer_event.set()
+        elif isinstance(event, core_mod.LocalCredentialsChanged):
+            self._local_credentials_changed()
+        elif (mapped := self._channels.event(event)) is not None:
+            self._emit(mapped)
 
     def _next_deadline(self) -> float:
         timer = self._core.get_timer()
@@ -463,22 +403,15 @@ class PeerConnection:
         raise NotImplementedError
 
     def _send_to(self, data: bytes | memoryview, path: Any) -> None:
-        """Send a datagram the core queued for ``path`` (the client's path is its remote
-        address, the one :meth:`_send_datagram` sends to)."""
+        """Send a datagram the core queued for ``path`` (the client's is its remote address)."""
         self._send_datagram(data)
 
-    def _ice_remote_credentials(
-        self, ufrag: str, pwd: str, candidates: list[Candidate], changes: RemoteChanges,
-        now: float,
-    ) -> None:
+    def _ice_remote_credentials(self, ufrag: str, pwd: str, candidates: list[Candidate],
+                                changes: RemoteChanges, now: float) -> None:
         raise NotImplementedError
 
-    def ice_deadline(self) -> float | None:
-        """The core's :class:`~trio_sfu.proto.peer.IceHooks` for a full agent."""
-        return self._ice_deadline()
-
-    def ice_handle_timer(self, now: float) -> None:
-        self._ice_handle_timer(now)
+    def _local_credentials_changed(self) -> None:
+        """A lite agent's new ufrag must be routed (the server's endpoint)."""
 
     def _ice_deadline(self) -> float | None:
         raise NotImplementedError

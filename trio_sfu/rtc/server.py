@@ -17,7 +17,6 @@ from aioice import Candidate
 
 from trio_sfu.proto.dtls import Certificate
 from trio_sfu.proto.ice import IceLiteAgent
-from trio_sfu.proto.jsep import RemoteChanges
 from trio_sfu.rtc.path import Address, Path
 from trio_sfu.rtc.peer import PeerConnection, random_ice_credentials
 from trio_sfu.rtc.tcp import TcpEndpoint
@@ -309,21 +308,8 @@ class ServerPeerConnection(PeerConnection):
     def _send_to(self, data: bytes | memoryview, path: Path) -> None:
         path.send(data)
 
-    def _ice_remote_credentials(
-        self,
-        ufrag: str,
-        pwd: str,
-        candidates: list[Candidate],
-        changes: RemoteChanges,
-        now: float,
-    ) -> None:
-        agent = self.ice_agent
-        transport = self.jsep.transport
-        if transport.ice_ufrag != agent.local_ufrag:
-            # Our answer to an ICE restart carries fresh local credentials (RFC 8839 §4.4.1.1.2).
-            agent.restart(transport.ice_ufrag, transport.ice_pwd)
-            self._endpoint.register_ufrags(self)
-        agent.set_remote_credentials(ufrag, pwd)
+    def _local_credentials_changed(self) -> None:
+        self._endpoint.register_ufrags(self)
 
     def _teardown(self) -> None:
         self._unregister()

@@ -12,6 +12,7 @@ from trio_sfu.proto.peer.core import (
     CoreEvent,
     IceHooks,
     IncomingStream,
+    LocalCredentialsChanged,
     PeerCore,
     PeerStats,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "CoreEvent",
     "IceHooks",
     "IncomingStream",
+    "LocalCredentialsChanged",
     "PeerCore",
     "PeerStats",
 ]

@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from aioice import Candidate
+
 from trio_sfu.proto.capabilities import URI_MID, URI_REPAIRED_RID, URI_RID
 from trio_sfu.proto.datachannel import (
     AssociationClosed,
@@ -123,13 +125,21 @@ class Connected:
 
 
 @dataclass(slots=True, frozen=True)
+class LocalCredentialsChanged:
+    """A lite agent took new local ICE credentials (our answer to an ICE restart, RFC 8839
+    §4.4.1.1.2): the endpoint must route checks carrying the new ufrag here."""
+
+
+@dataclass(slots=True, frozen=True)
 class Closed:
     """The peer is closing (the last event of the core); ``reason`` says why."""
 
     reason: str
 
 
-CoreEvent = Connected | Closed | ChannelOpened | ChannelMessage | ChannelClosed
+CoreEvent = (
+    Connected | Closed | ChannelOpened | ChannelMessage | ChannelClosed | LocalCredentialsChanged
+)
 RtpCallback = Callable[[IncomingStream, bytes, float], None]
 RtcpCallback = Callable[[list[RtcpPacket], float], None]
 
@@ -151,6 +161,11 @@ class IceHooks(Protocol):
     """A full (controlling) ICE agent driven outside the core: the client's, with sockets of
     its own. A lite server passes its :class:`IceLiteAgent` instead, and the core applies the
     path rules itself."""
+
+    def ice_remote_credentials(
+        self, ufrag: str, pwd: str, candidates: list[Candidate], changes: RemoteChanges,
+        now: float,
+    ) -> None: ...
 
     def ice_deadline(self) -> float | None: ...
 
@@ -255,9 +270,41 @@ class PeerCore(Generic[P]):
     # ------------------------------------------------------------------------------------
     # negotiation
 
-    def apply_remote(self, changes: RemoteChanges, now: float) -> None:
+    def handle_offer(self, sdp: str, now: float) -> tuple[str, list[ChannelSpec]]:
+        """Apply a remote offer (SdpError if unacceptable); our answer, and the channels that
+        got their ids (see :meth:`apply_remote`)."""
+        changes = self.jsep.set_remote_description(sdp, "offer")
+        answer = self.jsep.create_answer().serialize()
+        return answer, self._remote_applied(changes, now)
+
+    def handle_answer(self, sdp: str, now: float) -> tuple[list[str], list[ChannelSpec]]:
+        """Apply the remote answer to our offer (SdpError if unacceptable; state unchanged):
+        what was tolerated in it, and the channels that got their ids."""
+        changes = self.jsep.set_remote_description(sdp, "answer")
+        return changes.tolerated, self._remote_applied(changes, now)
+
+    def _remote_applied(self, changes: RemoteChanges, now: float) -> list[ChannelSpec]:
+        jsep = self.jsep
+        ufrag, pwd = jsep.remote_ice_ufrag, jsep.remote_ice_pwd
+        if ufrag and pwd:
+            agent = self.ice
+            if agent is not None:
+                transport = jsep.transport
+                if transport.ice_ufrag != agent.local_ufrag:
+                    # Our answer to an ICE restart carries fresh local credentials.
+                    agent.restart(transport.ice_ufrag, transport.ice_pwd)
+                    self._events.append(LocalCredentialsChanged())
+                agent.set_remote_credentials(ufrag, pwd)
+            elif self._ice_hooks is not None:
+                self._ice_hooks.ice_remote_credentials(
+                    ufrag, pwd, jsep.remote_candidates, changes, now
+                )
+        return self.apply_remote(changes, now)
+
+    def apply_remote(self, changes: RemoteChanges, now: float) -> list[ChannelSpec]:
         """The JSEP session applied a remote description: start DTLS and SCTP when their
-        sections first appear, follow fingerprint and message-size changes, re-route SSRCs."""
+        sections first appear, follow fingerprint and message-size changes, re-route SSRCs.
+        Returns the channels opened before the association existed that got their ids now."""
         jsep = self.jsep
         role = jsep.dtls_role
         if self.dtls is None and role is not None:
@@ -275,7 +322,8 @@ class PeerCore(Generic[P]):
                 self.dtls.remote_fingerprints = jsep.remote_fingerprints
             except DtlsError as exc:
                 self.close(f"dtls: {exc}", now)
-                return
+                return []
+        assigned: list[ChannelSpec] = []
         if jsep.data_mid is not None and self.dc is None and role is not None:
             sctp_timers: TimerOptions = {
                 **WEBRTC_TIMERS,
@@ -295,10 +343,12 @@ class PeerCore(Generic[P]):
             pending, self._pending_channels = self._pending_channels, []
             for channel in pending:
                 self._open_channel(self.dc, channel, now)
+                assigned.append(channel)
         elif self.dc is not None and jsep.remote_max_message_size:
             self.dc.remote_max_message_size = jsep.remote_max_message_size
         self._refresh_streams(changes)
         self.pump(now)
+        return assigned
 
     def _refresh_streams(self, changes: RemoteChanges) -> None:
         """Rebuild SSRC routing from the SDP: declared SSRCs route immediately; others (rid-only
@@ -366,6 +416,34 @@ class PeerCore(Generic[P]):
         """The SCTP association's SRTT (RFC 9260 §6.3.1) on this transport, if measured."""
         sender = self.dc.association.sender if self.dc is not None else None
         return sender.srtt if sender is not None else None
+
+    def protect_rtp(self, packet: bytes) -> bytes | None:
+        """SRTP-protect one RTP packet to send on :attr:`path` (None: not connected, counted).
+        The SFU's forwarding uses ``srtp.protect_rtp_as`` directly (one call less per packet)."""
+        srtp = self.srtp
+        if srtp is None or self.remote_address is None:
+            self.stats.media_not_sent += 1
+            return None
+        try:
+            protected = srtp.protect_rtp(packet)
+        except SrtpError:
+            self.stats.media_not_sent += 1
+            return None
+        self.stats.rtp_out += 1
+        return protected
+
+    def protect_rtcp(self, packet: bytes) -> bytes | None:
+        srtp = self.srtp
+        if srtp is None or self.remote_address is None:
+            self.stats.media_not_sent += 1
+            return None
+        try:
+            protected = srtp.protect_rtcp(packet)
+        except SrtpError:
+            self.stats.media_not_sent += 1
+            return None
+        self.stats.rtcp_out += 1
+        return protected
 
     # ------------------------------------------------------------------------------------
     # close
