@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from trio_sfu.proto import stun
@@ -32,6 +32,7 @@ from trio_sfu.proto.peer import (
     PeerCore,
 )
 from trio_sfu.proto.rtp import RtpPacket
+from trio_sfu.proto.srtp import SrtpContext
 
 CLIENT_ADDR = ("192.0.2.1", 40000)
 CLIENT_ADDR_2 = ("192.0.2.1", 40002)
@@ -303,7 +304,7 @@ def test_a_nominated_check_alone_does_not_move_a_confirmed_path() -> None:
     pair = Pair(video=True, data=False)
     pair.connect()
     pair.server.receive_datagram(pair.rtp_packet(1), CLIENT_ADDR, pair.now)  # confirmed
-    pair.now += 1.0
+    pair.now += 4.0  # heard 4 s ago: silent, but not PATH_SILENCE (8 s) silent
     pair.check(CLIENT_ADDR_2)
     assert pair.server.path == "udp:40000" and pair.moves == []
     # Authenticated media from the candidate is the proof: media moves, and the callback
@@ -495,3 +496,115 @@ def test_interleaved_inputs_keep_the_rules(
         opens = [e for e in pair.events[to] if isinstance(e, ChannelOpened | Connected)]
         if got:
             assert opens and isinstance(opens[0], Connected)
+
+
+# -- Hypothesis: the path rule on a lite server's core alone -----------------------------------
+
+ADDRS = [("192.0.2.1", 40000), ("192.0.2.1", 40002), ("203.0.113.9", 5000)]
+PATH_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("check"), st.sampled_from(ADDRS), st.booleans()),
+        st.tuples(st.just("media"), st.sampled_from(ADDRS)),
+        st.tuples(st.just("dtls"), st.sampled_from(ADDRS)),
+        st.tuples(st.just("advance"), st.sampled_from([0.1, 1.0, 2.5, 4.0, 8.0])),
+        st.tuples(st.just("close_path"), st.sampled_from(ADDRS)),
+    ),
+    min_size=10,
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PATH_STEPS)
+@example([("check", ADDRS[0], True), *[("advance", 8.0)] * 5])
+@example([("check", ADDRS[0], True), ("dtls", ADDRS[0]), ("advance", 4.0),
+          ("check", ADDRS[1], True)])
+@example([("check", ADDRS[0], True), ("dtls", ADDRS[0]), ("check", ADDRS[1], True),
+          ("advance", 8.0), ("media", ADDRS[1])])
+@example([("check", ADDRS[0], True), ("dtls", ADDRS[0]), ("check", ADDRS[1], True),
+          ("media", ADDRS[1])])
+def test_the_path_rule_holds_under_any_sequence(steps: list[tuple[Any, ...]]) -> None:
+    """A server core with SRTP keys and no DTLS: valid checks, authenticated SRTP, timers and
+    closed paths in any order. Media goes only to a validated, open path; a confirmed path is
+    never taken by a check alone while it is heard (docs/security.md, "Path changes");
+    ``remote_address`` (whose input counts as hearing the peer) follows the path only once
+    authenticated media comes over it, and ``on_path_changed`` says so in that order; consent
+    ends the peer after 30 s without authenticated input."""
+    key = bytes(range(28))
+    ufrag, pwd = "sufrag", "s" * 22
+    agent = IceLiteAgent(ufrag, pwd, consent_timeout=CONSENT, now=0.0)
+    jsep = JsepSession(LocalTransport(ufrag, pwd, certificate("s").fingerprints, ice_lite=True))
+    core: PeerCore[str] = PeerCore(
+        jsep, certificate("s"), now=0.0, ice_agent=agent, connect_timeout=1e9
+    )
+    core.srtp = SrtpContext("SRTP_AEAD_AES_128_GCM", key, key)
+    sender = SrtpContext("SRTP_AEAD_AES_128_GCM", key, key)
+    agent.set_remote_credentials("cufrag", "c" * 22)
+    moves: list[tuple[float, bool]] = []
+    core.on_path_changed = lambda now, by_media: moves.append((now, by_media))
+    now, seq = 0.0, 0
+    open_paths: set[tuple[str, int]] = set()
+    tokens = {addr: f"udp:{addr[0]}:{addr[1]}" for addr in ADDRS}
+    for step in steps:
+        if core.closing:
+            break
+        heard = max(agent.heard_at, core.heard_at)
+        before = (core.path, core.remote_address, agent.confirmed, heard, len(moves))
+        if step[0] == "check":
+            addr, nominated = step[1], step[2]
+            data = stun.binding_request(
+                username=f"{ufrag}:cufrag", password=pwd, priority=1 << 24, tie_breaker=1,
+                transaction_id=secrets.token_bytes(12), use_candidate=nominated,
+            )
+            agent.heard(core.heard_at)
+            assert agent.handle_request(stun.parse(data), data, addr, now).valid
+            open_paths.add(addr)
+            core.address_validated(tokens[addr], addr, "udp", nominated, now)
+            if core.path != before[0] and before[0] is not None and before[2]:
+                # A confirmed path moves on a check only once it has been silent long enough.
+                assert now - before[3] >= agent.path_silence
+        elif step[0] == "dtls":  # a DTLS record from addr decrypted (what receive_dtls reports)
+            addr = step[1]
+            if addr not in open_paths:
+                continue
+            core.authenticated(addr, now)
+            if len(moves) > before[4]:
+                assert moves[-1] == (now, True) and core.path_address == addr
+            if core.path is not None and core.path_address == addr:
+                assert core.remote_address == addr
+        elif step[0] == "media":
+            addr = step[1]
+            if addr not in open_paths:
+                continue  # the endpoint routes SRTP only from validated addresses
+            seq += 1
+            packet = RtpPacket(96, seq, seq, 0x42, payload=b"m" * 20).serialize()
+            core.receive_datagram(bytes(sender.protect_rtp(packet)), addr, now)
+            assert core.datagrams_to_send() == [] and core.next_event() is None
+            if core.path is not None and core.path_address == addr:
+                assert core.remote_address == addr  # the peer's media comes this way now
+            if len(moves) > before[4]:
+                assert moves[-1] == (now, True) and core.path_address == addr
+                event("moved by media")
+        elif step[0] == "advance":
+            now += step[1]
+            timer = core.get_timer()
+            if timer is not None and timer <= now:
+                core.handle_timer(now)
+            if len(moves) > before[4]:
+                assert moves[-1] == (now, False)  # moved on silence: not by the peer's media
+                event("moved on silence")
+            if not core.closing:  # consent holds only while the peer was heard lately
+                assert now < max(agent.heard_at, core.heard_at) + CONSENT
+            else:
+                event("consent timeout")
+        elif step[0] == "close_path":
+            addr = step[1]
+            open_paths.discard(addr)
+            core.path_closed(tokens[addr], addr)
+            assert core.path != tokens[addr]
+        if core.path is not None:
+            assert core.path_address in open_paths and core.path == tokens[core.path_address]
+        if core.remote_address is None:
+            assert core.path is None
+    if core.closing:
+        assert core.close_reason == "consent timeout"
