@@ -517,6 +517,9 @@ PATH_STEPS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(PATH_STEPS)
 @example([("check", ADDRS[0], True), *[("advance", 8.0)] * 5])
+@example([("check", ADDRS[0], False), ("dtls", ADDRS[0]), ("check", ADDRS[1], True),
+          ("close_path", ADDRS[1]), ("advance", 8.0), ("media", ADDRS[0]),
+          ("check", ADDRS[1], False)])  # a candidate whose path closed must not be selected
 @example([("check", ADDRS[0], True), ("dtls", ADDRS[0]), ("advance", 4.0),
           ("check", ADDRS[1], True)])
 @example([("check", ADDRS[0], True), ("dtls", ADDRS[0]), ("check", ADDRS[1], True),

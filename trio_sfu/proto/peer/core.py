@@ -293,7 +293,8 @@ class PeerCore(Generic[P]):
                 if transport.ice_ufrag != agent.local_ufrag:
                     # Our answer to an ICE restart carries fresh local credentials.
                     agent.restart(transport.ice_ufrag, transport.ice_pwd)
-                    self._events.append(LocalCredentialsChanged())
+                    if not self.closing:  # Closed stays the last event
+                        self._events.append(LocalCredentialsChanged())
                 agent.set_remote_credentials(ufrag, pwd)
             elif self._ice_hooks is not None:
                 self._ice_hooks.ice_remote_credentials(
@@ -737,6 +738,10 @@ class PeerCore(Generic[P]):
         entry = self._paths.get(address)
         if entry is not None and entry[0] is path:
             del self._paths[address]
+            if self.ice is not None and self.ice.candidate == address:
+                # A candidate with no path left: its silence timer must not select an address
+                # media cannot follow (found by test_the_path_rule_holds_under_any_sequence).
+                self.ice.candidate = None
         if path is self.path:
             log.info("peer path closed", extra={**self.log_extra, "path": str(address)})
             self.path = None
