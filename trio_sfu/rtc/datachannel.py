@@ -87,3 +87,4 @@ class DataChannel:
         while self.buffered_amount >= threshold and self.ready_state == "open":
             await self._pc._buffer_changed()
         await trio.lowlevel.checkpoint()
+

@@ -7,11 +7,12 @@ direct callbacks (see :class:`~trio_sfu.rtc.peer.PeerConnection`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from trio_sfu.proto.peer import IncomingStream
 
 if TYPE_CHECKING:
-    from trio_sfu.proto.jsep import Transceiver
     from trio_sfu.rtc.datachannel import DataChannel
 
 
@@ -43,22 +44,9 @@ class Closed:
     reason: str
 
 
+__all__ = [
+    "Closed", "Connected", "DataChannelClose", "DataChannelMessage", "DataChannelOpen",
+    "IncomingStream", "PeerEvent",
+]
+
 PeerEvent = Connected | DataChannelOpen | DataChannelMessage | DataChannelClose | Closed
-
-
-@dataclass(slots=True, eq=False)
-class IncomingStream:
-    """One remote SSRC, learned from the SDP or from the first packet's MID/RID extensions.
-
-    The SFU hangs its own routing object on :attr:`sink` so the hot path costs one dict lookup
-    per packet (SSRC → stream) and nothing more.
-    """
-
-    ssrc: int
-    transceiver: Transceiver
-    rid: str | None = None
-    #: the media SSRC this stream repairs (RFC 4588 RTX), when known from the SDP
-    repairs: int | None = None
-    packets: int = 0
-    octets: int = 0
-    sink: Any = field(default=None)

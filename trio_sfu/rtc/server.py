@@ -16,19 +16,14 @@ import trio
 from aioice import Candidate
 
 from trio_sfu.proto.dtls import Certificate
+from trio_sfu.proto.errors import SrtpError
 from trio_sfu.proto.ice import IceLiteAgent
-from trio_sfu.proto.jsep import RemoteChanges
 from trio_sfu.rtc.path import Address, Path
 from trio_sfu.rtc.peer import PeerConnection, random_ice_credentials
 from trio_sfu.rtc.tcp import TcpEndpoint
 from trio_sfu.rtc.udp import UdpEndpoint
 
 log = logging.getLogger(__name__)
-
-#: Paths remembered per peer (a browser checks from several candidates), as the endpoint
-#: keeps addresses (``MAX_ADDRESSES_PER_PEER``).
-MAX_PATHS = 8
-
 
 def host_candidate(ip: str, port: int, local_preference: int = 65535) -> Candidate:
     """A UDP host candidate with the RFC 8445 §5.1.2.1 priority formula (type pref 126)."""
@@ -203,13 +198,20 @@ class ServerPeerConnection(PeerConnection):
 
     Its address book lives in the shared endpoint: registered under its ICE ufrag at
     creation, every address a valid check came from routes here, all of it forgotten on
-    teardown — a peer that leaves leaves no demux entry behind.
+    teardown — a peer that leaves leaves no demux entry behind. Which path media takes
+    (consent, address moves) is the core's lite rules (:class:`~trio_sfu.proto.peer.PeerCore`);
+    the core names a path by the :class:`~trio_sfu.rtc.path.Path` object itself, opaque to it.
     """
+
+    _path_is_address = False
 
     def __init__(self, server: RtcServer, *, name: str = "", **options: Any) -> None:
         ufrag, pwd = random_ice_credentials()
         options.setdefault("connect_timeout", server.connect_timeout)
         options.setdefault("sctp_max_retransmits", server.sctp_max_retransmits)
+        agent = IceLiteAgent(
+            ufrag, pwd, consent_timeout=server.consent_timeout, now=trio.current_time()
+        )
         super().__init__(
             certificate=server.certificate,
             ice_ufrag=ufrag,
@@ -218,22 +220,36 @@ class ServerPeerConnection(PeerConnection):
             candidates=server.candidates,
             setup_when_answering="passive",
             name=name,
+            ice_agent=agent,
+            path_usable=_usable,
             **options,
         )
         self.server = server
-        #: where media goes: the selected pair's path (None until a valid check)
-        self.path: Path | None = None
-        #: called when media moves to another path (not for the first one) with whether the
-        #: peer's own media comes over it yet, and again once it does (see _follow_path): the
-        #: SFU asks for keyframes, since whatever was sent on the old path meanwhile is lost
-        self.on_path_changed: Callable[[float, bool], None] | None = None
-        #: the paths valid checks came over, by remote address (newest last, bounded)
-        self._paths: dict[Address, Path] = {}
-        self.ice_agent = IceLiteAgent(
-            ufrag, pwd, consent_timeout=server.consent_timeout, now=trio.current_time()
-        )
+        self.ice_agent = agent
         self._endpoint = server.endpoint
         self._endpoint.register(self)
+
+    @property
+    def path(self) -> Path | None:
+        """Where media goes: the selected pair's path (None until a valid check)."""
+        path: Path | None = self._core.path
+        return path
+
+    @path.setter
+    def path(self, path: Path | None) -> None:
+        self._core.path = path
+        self._core.path_address = path.address if path is not None else None
+
+    @property
+    def on_path_changed(self) -> Callable[[float, bool], None] | None:
+        """Called when media moves to another path (not for the first one) with whether the
+        peer's own media comes over it yet, and again once it does: the SFU asks for
+        keyframes, since whatever was sent on the old path meanwhile is lost."""
+        return self._core.on_path_changed
+
+    @on_path_changed.setter
+    def on_path_changed(self, callback: Callable[[float, bool], None] | None) -> None:
+        self._core.on_path_changed = callback
 
     def abandon(self) -> None:
         """Forget a peer that will never run (its offer was refused): drop its routes."""
@@ -273,117 +289,53 @@ class ServerPeerConnection(PeerConnection):
         (docs/security.md, "Path changes"), and media follows the agent's choice. A client
         whose address changed, or that moved between UDP and TCP, gets the new path once
         authenticated media comes over it or the old one goes silent."""
-        paths = self._paths
-        paths.pop(path.address, None)
-        paths[path.address] = path
-        while len(paths) > MAX_PATHS:
-            del paths[next(iter(paths))]
-        if path.transport == "tcp":
-            agent = self.ice_agent
-            agent.heard(self.heard_at)  # the takeover rule weighs how recently we heard the peer
-            agent.trusted_candidate(path.address, now, nominated=nominated)
-        self._follow_path(now, by_media=False)
+        self._core.address_validated(path, path.address, path.transport, nominated, now)
 
     def path_closed(self, path: Path) -> None:
         """A TCP connection ended: if it carried the media, nothing is sent until the client's
         next valid check on another path (an ICE restart, or consent expiry closes us)."""
-        if self._paths.get(path.address) is path:
-            del self._paths[path.address]
-        if path is self.path:
-            log.info("peer path closed", extra={**self.log_extra, "path": str(path.address)})
-            self.path = None
-            self.remote_address = None
-            self.ice_agent.selected_lost()
-
-    def _follow_path(self, now: float, *, by_media: bool) -> None:
-        """Send where the agent selected, over the path that address's checks came by.
-
-        A move made on a check or a timer (the peer's old path went silent) sends there at
-        once, but the peer may still be sending on the old one (Chromium checks its TCP backup
-        a second before it switches to it): :attr:`remote_address` stays the old address until
-        the first authenticated packet over the new path, which is when
-        :attr:`on_path_changed` fires again — a keyframe asked for before then would come
-        back on the path that fails."""
-        selected = self.ice_agent.selected
-        current = self.path
-        if selected is None or (current is not None and current.address == selected):
-            return
-        path = self._paths.get(selected)
-        if path is None or not path.usable:
-            return
-        if current is not None:
-            log.info(
-                "peer path changed",
-                extra={
-                    **self.log_extra,
-                    "old": f"{current.transport}:{current.address}",
-                    "new": f"{path.transport}:{path.address}",
-                },
-            )
-        self.path = path
-        if by_media or current is None:
-            self.remote_address = path.address
-        self.heard_at = now
-        if current is not None and self.on_path_changed is not None:
-            self.on_path_changed(now, by_media)
+        self._core.path_closed(path, path.address)
 
     # -- PeerConnection hooks -------------------------------------------------------------
 
     def _ice_authenticated(self, addr: Address, now: float) -> None:
-        agent = self.ice_agent
-        agent.heard(self.heard_at)
-        agent.authenticated(addr, now)
-        path = self.path
-        if path is not None and addr == path.address:
-            if addr != self.remote_address:
-                # The first authenticated packet over a path we moved to on a check: the
-                # peer's media really comes this way now. (DTLS records land here each time.)
-                self.remote_address = addr
-                self.heard_at = now
-                if self.on_path_changed is not None:
-                    self.on_path_changed(now, True)
-            return
-        self._follow_path(now, by_media=True)
+        self._core.authenticated(addr, now)
 
     def _send_datagram(self, data: bytes | memoryview) -> None:
-        path = self.path
+        path = self._core.path
         if path is not None:
             path.send(data)
 
-    def _ice_remote_credentials(
-        self,
-        ufrag: str,
-        pwd: str,
-        candidates: list[Candidate],
-        changes: RemoteChanges,
-        now: float,
-    ) -> None:
-        agent = self.ice_agent
-        transport = self.jsep.transport
-        if transport.ice_ufrag != agent.local_ufrag:
-            # Our answer to an ICE restart carries fresh local credentials (RFC 8839 §4.4.1.1.2).
-            agent.restart(transport.ice_ufrag, transport.ice_pwd)
-            self._endpoint.register_ufrags(self)
-        agent.set_remote_credentials(ufrag, pwd)
+    def _send_to(self, data: bytes | memoryview, path: Path) -> None:
+        path.send(data)
 
-    def _ice_ready(self) -> bool:
-        return self.remote_address is not None
+    def send_rtp_as(self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int) -> None:
+        """The SFU's per-packet, per-subscriber send (see the base class), with the path send
+        inlined: one Python call less per forwarded packet."""
+        core = self._core
+        srtp = core.srtp
+        if srtp is None or core.remote_address is None:
+            core.stats.media_not_sent += 1
+            return
+        try:
+            protected = srtp.protect_rtp_as(packet, ssrc, twcc_offset, twcc_seq)
+        except SrtpError:
+            core.stats.media_not_sent += 1
+            return
+        core.stats.rtp_out += 1
+        path = core.path
+        if path is not None:
+            path.send(protected)
 
-    def _ice_deadline(self) -> float | None:
-        agent = self.ice_agent
-        agent.heard(self.heard_at)
-        path = agent.path_deadline
-        consent = agent.consent_expires_at
-        return consent if path is None else min(path, consent)
-
-    def _ice_handle_timer(self, now: float) -> None:
-        agent = self.ice_agent
-        agent.heard(self.heard_at)
-        if agent.handle_timer(now):
-            self._follow_path(now, by_media=False)
-        if agent.consent_expired(now):
-            self.close("consent timeout")
+    def _local_credentials_changed(self) -> None:
+        self._endpoint.register_ufrags(self)
 
     def _teardown(self) -> None:
         self._unregister()
         super()._teardown()
+
+
+def _usable(path: Path) -> bool:
+    """Whether a path can still carry datagrams (a TCP connection closing is not yet
+    reported closed): the core asks before moving media to it."""
+    return path.usable
