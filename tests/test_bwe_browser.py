@@ -309,3 +309,71 @@ async def test_chromium_svc_spatial_layers_by_hint(
         carol, inbound, lambda r: r["decoded"] >= carol_now["decoded"] + 30, timeout=20
     )
     assert bob_sub.negotiations == negotiations
+
+
+async def test_chromium_small_simulcast_camera_reaches_subscribers(
+    app: Running, browser: Browser
+) -> None:
+    """A Chromium publisher announcing q/h/f with a 320x240 camera sends only q (libwebrtc
+    leaves out streams its resolution cannot fill; measured: h and f send 0 frames). The
+    SFU's default stream follows what arrives (``review_streams``), so a subscriber gets q
+    instead of waiting for a top stream that never comes."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    bob = await open_page(browser, base, "bob")
+    alice = await open_page(browser, base, "alice")
+    await browser.eval(bob, "window.T.subscribe('room1', 'bob')")
+    pid = await browser.eval(
+        alice, "window.T.publish('room1', 'alice', {width: 320, height: 240, simulcast: true})"
+    )
+    started = trio.current_time()
+    seen = await browser.wait_for(
+        bob, f"window.T.inbound({pid!r})", lambda r: r["decoded"] >= 30, timeout=30
+    )
+    sfu: Any = app.sfu
+    track = next(t for t in sfu.rooms["room1"].publishers[pid].tracks if t.kind == "video")
+    print(
+        f"320x240 simulcast: {seen['width']} px decoded {trio.current_time() - started:.2f} s"
+        f" after publishing; default stream {track.layers[track.fanout.default]}"
+    )
+    assert track.layers == ["q", "h", "f"]
+    assert track.fanout.default < 2, "the top stream was never sent"
+
+
+async def test_chromium_subscriber_follows_when_the_top_stream_stops(
+    app: Running, browser: Browser
+) -> None:
+    """The publisher stops its top stream mid-call (its own ``setParameters``, as when its
+    uplink shrinks or another application pauses it): the subscriber, which had no layer
+    choice of its own, is moved to the highest stream still arriving and keeps decoding
+    (before, it waited for the top stream's next keyframe forever)."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    bob = await open_page(browser, base, "bob")
+    alice = await open_page(browser, base, "alice")
+    await browser.eval(bob, "window.T.subscribe('room1', 'bob')")
+    pid = await browser.eval(
+        alice, "window.T.publish('room1', 'alice', {width: 1280, height: 720, simulcast: true})"
+    )
+    inbound = f"window.T.inbound({pid!r})"
+    await browser.wait_for(bob, inbound, lambda r: r["width"] >= 960, timeout=60)
+    await browser.eval(
+        alice,
+        f"""(async () => {{
+          const pc = window.T.pubs[{pid!r}].pc;
+          const sender = pc.getSenders().find((s) => s.track && s.track.kind === 'video');
+          const params = sender.getParameters();
+          params.encodings.find((e) => e.rid === 'f').active = false;
+          await sender.setParameters(params);
+        }})()""",
+    )
+    stopped = await browser.eval(bob, inbound)
+    started = trio.current_time()
+    now = await browser.wait_for(
+        bob,
+        inbound,
+        lambda r: 0 < r["width"] <= 720 and r["decoded"] >= stopped["decoded"] + 30,
+        timeout=30,
+    )
+    print(
+        f"top stream stopped: {now['width']} px decoded again"
+        f" {trio.current_time() - started:.2f} s later"
+    )

@@ -201,6 +201,9 @@ class Downstream(Member):
             key = str(ssrc)
             source = downtrack.source
             rates = source.layer_bitrates(now)
+            if source.fanout.layers:
+                # streams above the default one are not being sent (review_streams)
+                rates = rates[: source.fanout.default + 1]
             if rates:
                 hint, width = self.layer_hint(downtrack)
                 widths = source.layer_widths()

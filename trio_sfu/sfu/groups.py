@@ -202,13 +202,26 @@ class ForwardingGroup:
 class Fanout:
     """A source's forwarding groups; the source calls :meth:`forward` per packet."""
 
-    __slots__ = ("clock_rate", "groups", "layers", "svc_layers", "svc_seq", "svc_ts", "vp8")
+    __slots__ = (
+        "clock_rate",
+        "default",
+        "groups",
+        "layers",
+        "svc_layers",
+        "svc_seq",
+        "svc_ts",
+        "vp8",
+    )
 
     def __init__(self, layers: int = 0, *, clock_rate: int = 90000, vp8: bool = False) -> None:
         self.groups: list[ForwardingGroup] = []
         #: simulcast streams of the source (0: not simulcast); index ``layers - 1`` is the
         #: top, the default for new subscribers
         self.layers = layers
+        #: the stream new subscribers start on and subscribers without a choice of their own
+        #: get: the top, or the highest one the publisher actually sends
+        #: (``PublishedTrack.review_streams``)
+        self.default = layers - 1
         self.clock_rate = clock_rate
         self.vp8 = vp8
         #: spatial layers of a VP9 SVC source (its scalability structure; 0: not SVC), and
@@ -256,8 +269,8 @@ class Fanout:
         copy of that one's state, so its stream goes on without a glitch."""
         key = downtrack.group_key
         group = None
-        want = downtrack.layer if downtrack.layer is not None else self.top
-        if carry is None and want == self.top:
+        want = downtrack.layer if downtrack.layer is not None else self.default
+        if carry is None and want == self.default:
             group = next((g for g in self.groups if g.key == key and self._joinable(g)), None)
         if group is None:
             if carry is None and self.svc_layers > 1 and downtrack.layer is not None:
@@ -280,14 +293,14 @@ class Fanout:
         return group
 
     def _joinable(self, group: ForwardingGroup) -> bool:
-        """New subscribers come in at a keyframe of the top stream: only a group forwarding
-        (and staying on) that stream can take them without a glitch."""
+        """New subscribers come in at a keyframe of the default stream: only a group
+        forwarding (and staying on) that stream can take them without a glitch."""
         sel = group.selector
         if sel is None:
             return True
         # on the top stream, or new and about to start on it (at the same keyframe)
-        return sel.target_stream == self.top and (
-            sel.current == self.top or (sel.current is None and not group.last_forward)
+        return sel.target_stream == self.default and (
+            sel.current == self.default or (sel.current is None and not group.last_forward)
         )
 
     def _new_layering(self, want: int) -> tuple[LayerSelector | None, PictureIdRewriter | None]:

@@ -266,6 +266,8 @@ class Publisher(Member):
                 self._plan_demand(now)
             if now >= next_report:
                 next_report = now + REPORT_INTERVAL
+                for track in tracks:
+                    track.review_streams(now)
                 self._plan_demand(now)
                 blocks = [b for track in tracks for b in track.report_blocks(now)]
                 for i in range(0, max(len(blocks), 1), 31):  # at most 31 blocks per RR

@@ -183,6 +183,7 @@ class Ingress:
     __slots__ = (
         "bitrate",
         "cache",
+        "last_seen",
         "last_ts",
         "layer",
         "nack",
@@ -214,6 +215,7 @@ class Ingress:
         #: the stream's own packets (sequence numbers of streams collide), for NACKs
         self.cache = cache
         self.last_ts = -1  # the newest timestamp: a new one starts a frame
+        self.last_seen = 0.0  # when its last packet came (a simulcast stream's, else unused)
         self.octets = 0
         self.sampled_at = 0.0
         self.sampled_octets = 0
@@ -231,6 +233,9 @@ class Ingress:
             self.sampled_at, self.sampled_octets = now, self.octets
         return self.bitrate
 
+
+#: A simulcast stream that sent nothing for this long is not being sent (review_streams).
+STREAM_TIMEOUT = 2.0
 
 #: After a publisher's path moved, gaps in its streams for this long are the failed path's,
 #: not losses worth a retransmission (a keyframe was asked for instead).
@@ -326,6 +331,10 @@ class PublishedTrack:
         self._svc_rates: tuple[float, ...] = ()
         self._svc_sampled_at = 0.0
         self._svc_widths: tuple[int, ...] = ()
+        #: when review_streams first saw media (streams are judged only after STREAM_TIMEOUT)
+        #: and the streams found not sent while wanted (until they arrive again)
+        self._streams_since = 0.0
+        self._missing: set[int] = set()
         #: dynacast (issue 11): which simulcast streams the publisher should send
         self.demand = LayerDemand(self.layers) if self.layers else None
         #: called when a stream the publisher was told to stop is needed again (the
@@ -462,14 +471,19 @@ class PublishedTrack:
         else:
             ts = _TS.unpack_from(packet, 4)[0]
         ingress.octets += len(packet) + _WIRE_OVERHEAD
+        ingress.last_seen = now
         cache = ingress.cache
         if cache is not None:
             cache.put(packet)
-        if layer == self.fanout.top:
+        fanout = self.fanout
+        # new subscribers wait at the gate for a keyframe of the default stream
+        if layer == fanout.default and (
+            self.gate.waiting or self._layer_keyframes[layer].pending
+        ):
+            self._watch_keyframes(packet, now, layer)
+        if layer == fanout.top:
             self.media_ssrc = ingress.ssrc
             self.packets += 1
-            if self.gate.waiting or self.keyframes.pending:
-                self._watch_keyframes(packet, now)
             sink = self.relay_sink
             if sink is not None:
                 sink(packet)  # other pods get the top stream (layers across pods: not yet)
@@ -548,9 +562,59 @@ class PublishedTrack:
             if selector.current is not None:
                 needed.add(selector.current)  # flows until the target's keyframe
         sink = self.relay_sink
-        if self.gate.waiting or (sink is not None and sink.wanted):
+        if self.gate.waiting:
+            needed.add(self.fanout.default)
+        if sink is not None and sink.wanted:
             needed.add(self.fanout.top)
         return needed
+
+    def review_streams(self, now: float) -> None:
+        """Follow what the publisher actually sends (about once a second): libwebrtc sends
+        fewer simulcast streams than it announced when its camera is small or its uplink
+        thin (a 320x240 camera with q/h/f sends only q), and stops the top ones when its
+        bandwidth drops. The default stream — what new subscribers start on and subscribers
+        without a choice of their own get — is the highest one arriving, or paused by our
+        own ``LAYERS`` (resuming it brings it back); subscribers following the default move
+        with it, at a keyframe of the new one (asked for)."""
+        if not self.layers or not self._ingress:
+            return
+        fanout, demand = self.fanout, self.demand
+        last_seen = [0.0] * len(self.layers)
+        for ingress in self._ingress.values():
+            if ingress.layer >= 0:
+                last_seen[ingress.layer] = max(last_seen[ingress.layer], ingress.last_seen)
+        if not self._streams_since:
+            self._streams_since = now
+        if now - self._streams_since < STREAM_TIMEOUT:
+            return  # the first packets of every stream may still be on their way
+        default = 0
+        missing = self._missing
+        for layer in range(len(self.layers) - 1, -1, -1):
+            paused = demand is not None and layer not in demand.active
+            if now - last_seen[layer] < STREAM_TIMEOUT:
+                missing.discard(layer)
+            elif not paused:
+                missing.add(layer)  # wanted, and not sent
+            # a stream we paused comes back when asked, unless it had stopped on its own
+            # before (then asking resumes nothing: the encoder leaves it out)
+            if layer not in missing:
+                default = max(default, layer)
+        old = fanout.default
+        if default == old:
+            return
+        fanout.default = default
+        log.info(
+            "simulcast default stream changed",
+            extra={"publisher": self.publisher_id, "track": self.track_id,
+                   "from": self.layers[old], "to": self.layers[default]},
+        )
+        for group in fanout.groups:
+            selector = group.selector
+            if selector is None or selector.target_stream != old:
+                continue
+            if any(member.layer is None for member in group.members):
+                selector.set_target(default, now=now)
+        self.request_keyframe(now, default)
 
     def plan_demand(self, now: float) -> tuple[str, ...] | None:
         """The rids to announce to the publisher (``LAYERS``), or None when nothing changes
@@ -566,14 +630,16 @@ class PublishedTrack:
         self.level_total = self.level_count = 0
         return out
 
-    def _watch_keyframes(self, packet: bytes, now: float) -> None:
-        """Only while a subscriber waits for its first keyframe or a request is pending."""
-        released = self.gate.watch(packet, now, self.keyframes)
+    def _watch_keyframes(self, packet: bytes, now: float, layer: int | None = None) -> None:
+        """Only while a subscriber waits for its first keyframe or a request is pending
+        (``layer``: the simulcast stream ``packet`` is of, the default one)."""
+        throttle = self.keyframes if layer is None else self._layer_keyframes[layer]
+        released = self.gate.watch(packet, now, throttle)
         if released:
             for downtrack in released:
                 self.fanout.add(downtrack)
         elif self.gate.waiting:
-            self.request_keyframe(now)  # throttled: keeps asking while someone waits
+            self.request_keyframe(now, layer)  # throttled: keeps asking while someone waits
 
     def _repaired(self, stream: IncomingStream) -> Ingress | None:
         if stream.repairs is not None:
@@ -630,7 +696,7 @@ class PublishedTrack:
         if self.kind != "video":
             return False
         if layer is None or not self.layers:
-            layer = len(self.layers) - 1
+            layer = self.fanout.default if self.layers else -1
         demand = self.demand
         if demand is not None and demand.missing(layer) and self.on_demand is not None:
             self.on_demand()  # a paused stream is wanted: resuming it brings the keyframe
@@ -922,7 +988,7 @@ class DownTrack:
             if group.selector is not None:
                 # a simulcast group restarts at a keyframe of the stream it should get
                 group.selector.resync()
-                layer = self.layer if self.layer is not None else fanout.top
+                layer = self.layer if self.layer is not None else fanout.default
                 group.selector.set_target(*fanout.layer_target(layer), now=now)
             elif fanout.svc_layers > 1 and self.layer is not None:
                 # an SVC subscriber with a limit: a selector again (Fanout.add drops one
@@ -944,7 +1010,8 @@ class DownTrack:
             return False
         top = choices - 1
         layer = min(max(layer, 0), top)
-        if layer == (self.layer if self.layer is not None else top):
+        following = fanout.default if fanout.layers else top  # what layer None means
+        if layer == (self.layer if self.layer is not None else following):
             return False
         self.layer = layer
         self.layer_switches += 1

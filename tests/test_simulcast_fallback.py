@@ -1,0 +1,139 @@
+"""A simulcast publisher that does not send every stream it announced (issue 11).
+
+libwebrtc announces q/h/f but sends only the streams its camera and uplink allow: a 320x240
+camera sends q alone, and a publisher whose bandwidth drops stops f. Subscribers start on the
+*default* stream (``Fanout.default``): the top one while it arrives, else the highest one
+that does (``PublishedTrack.review_streams``). Through the real forwarding path of
+``tests/test_simulcast_forwarding.py``: what each subscriber decrypts stays one continuous
+stream, switches only at keyframes.
+"""
+
+from __future__ import annotations
+
+from tests.test_dynacast import ObedientWorld
+from tests.test_simulcast_forwarding import World
+from trio_sfu.sfu.dynacast import PAUSE_AFTER
+from trio_sfu.sfu.track import STREAM_TIMEOUT
+
+ONLY_Q = (True, False, False)
+ALL = (True, True, True)
+
+
+def run(world: World, seconds: float, sent: tuple[bool, ...], *, keys: int = 30) -> None:
+    """Frames at 30/s for ``seconds`` (a keyframe on every stream each ``keys`` frames),
+    reviewing the streams once a second as the publisher's timer does."""
+    frames = int(seconds * 30)
+    for i in range(frames):
+        key = i % keys == 0
+        world.frame((key, key, key), 0, sent)
+        if i % 30 == 29:
+            world.track.review_streams(world.now)
+        if world.track.next_timer() <= world.now:
+            world.track.tick(world.now)
+
+
+def test_a_publisher_sending_only_its_low_stream_still_reaches_new_subscribers() -> None:
+    world = World()
+    run(world, STREAM_TIMEOUT + 2, ONLY_Q)
+    assert world.track.fanout.default == 0
+    world.join()
+    run(world, 1.5, ONLY_Q)
+    sub = world.subs[0]
+    assert sub.downtrack.forwarded_layer == 0
+    assert len(sub.leg.received) > 40  # a second of q, from its keyframe on
+    world.check()
+
+
+def test_subscribers_follow_the_top_stream_down_when_it_stops_and_back_when_it_returns() -> None:
+    world = World()
+    world.join()
+    run(world, 2, ALL)
+    sub = world.subs[0]
+    assert sub.downtrack.forwarded_layer == 2 and world.track.fanout.default == 2
+    # f stops (the publisher's uplink shrank): within a few seconds the default is h and
+    # the subscriber is moved there at h's keyframe, without a choice of its own.
+    run(world, STREAM_TIMEOUT + 2, (True, True, False))
+    assert world.track.fanout.default == 1
+    assert sub.downtrack.forwarded_layer == 1
+    assert sub.downtrack.layer is None  # still following the default
+    received = len(sub.leg.received)
+    run(world, 1, (True, True, False))
+    assert len(sub.leg.received) > received
+    # f is back: the default climbs, and so does the subscriber, at f's keyframe.
+    run(world, 3, ALL)
+    assert world.track.fanout.default == 2
+    assert sub.downtrack.forwarded_layer == 2
+    world.check()
+
+
+def test_a_subscriber_with_a_layer_of_its_own_stays_on_it() -> None:
+    world = World()
+    world.join()
+    world.join()
+    run(world, 2, ALL)
+    chooser, follower = world.subs
+    chooser.downtrack.set_layer(2, world.now)  # what it has: no change, still a follower
+    chooser.downtrack.set_layer(1, world.now)
+    run(world, 1, ALL)
+    assert chooser.downtrack.forwarded_layer == 1
+    run(world, STREAM_TIMEOUT + 2, ONLY_Q)
+    assert world.track.fanout.default == 0
+    assert follower.downtrack.forwarded_layer == 0
+    # h stopped too: the chooser's own target is gone, so it paused at its down-switch
+    # deadline; it is not moved by the default (its LAYER or the planner decide)
+    assert chooser.downtrack.layer == 1
+    world.check()
+
+
+def test_streams_paused_by_dynacast_are_not_taken_for_missing_ones() -> None:
+    """A stream the SFU told the publisher to stop (LAYERS) is still the default: a new
+    subscriber resumes it rather than starting low."""
+    world = ObedientWorld()
+    world.join()
+    world.obedient_frame(0b111, 0)
+    sub = world.subs[0]
+    sub.downtrack.set_layer(0, world.now)
+    for i in range(int((PAUSE_AFTER + STREAM_TIMEOUT + 2) * 30)):
+        world.obedient_frame(0b001 if i % 30 == 0 else 0, 0)
+        world.plan()
+        if i % 30 == 29:
+            world.track.review_streams(world.now)
+    assert world.told == ("q",)
+    assert world.track.fanout.default == 2
+    world.join()
+    world.subs[1].downtrack.request_keyframe(world.now)
+    world.plan()
+    assert world.told == ("q", "f")
+    for _ in range(3):
+        world.obedient_frame(0, 0)
+    assert world.subs[1].downtrack.forwarded_layer == 2
+    world.check()
+
+
+def test_a_stream_that_stopped_on_its_own_stays_off_the_default_once_paused() -> None:
+    """f stops arriving while wanted, so the subscriber moves to h; dynacast then pauses f
+    (nobody needs it): f must not become the default again (asking for it would resume
+    nothing, and subscribers would bounce between h and a stream that never comes)."""
+    world = ObedientWorld()
+    world.join()
+    sub = world.subs[0]
+
+    def seconds(n: float, sent: tuple[bool, bool, bool]) -> None:
+        for i in range(int(n * 30)):
+            key = i % 30 == 0
+            world.frame((key, key, key), 0, tuple(a and rid in world.told for a, rid in zip(
+                sent, ("q", "h", "f"), strict=True)))
+            world.plan()
+            if i % 30 == 29:
+                world.track.review_streams(world.now)
+            if world.track.next_timer() <= world.now:
+                world.track.tick(world.now)
+
+    seconds(2, ALL)
+    seconds(STREAM_TIMEOUT + 2, (True, True, False))  # the encoder leaves f out
+    assert world.track.fanout.default == 1 and sub.downtrack.forwarded_layer == 1
+    seconds(PAUSE_AFTER + 3, (True, True, False))
+    assert "f" not in world.told and "q" not in world.told  # dynacast: h alone is needed
+    assert world.track.fanout.default == 1
+    assert sub.downtrack.forwarded_layer == 1
+    world.check()
