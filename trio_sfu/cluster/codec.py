@@ -161,6 +161,7 @@ def _pack_track(t: TrackInfo) -> list[Any]:
         [[ext_id, uri] for ext_id, uri in t.extensions],
         t.app_id,
         t.muted,
+        list(t.rids),
     ]
 
 
@@ -170,6 +171,7 @@ def _unpack_track(value: Any) -> TrackInfo:
     muted = f[5] if len(f) > 5 else False
     if not isinstance(muted, bool):
         _fail("track.muted: not a bool")
+    rids = tuple(_str(r, "track.rids") for r in _list(f[6], "track.rids")) if len(f) > 6 else ()
     return TrackInfo(
         track_id=_str(f[0], "track.track_id"),
         kind=_str(f[1], "track.kind"),
@@ -177,6 +179,7 @@ def _unpack_track(value: Any) -> TrackInfo:
         extensions=tuple(_unpack_extension(e) for e in extensions),
         app_id=_str(f[4], "track.app_id") if len(f) > 4 else "",
         muted=muted,
+        rids=rids,
     )
 
 

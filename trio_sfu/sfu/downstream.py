@@ -162,7 +162,9 @@ class Downstream(Member):
                         if rewriter is not None:
                             inputs = [rewriter.to_input_sequence(seq) for seq in missed]
                             downtrack.source.nack_missed(
-                                [seq for seq in inputs if seq is not None], now
+                                [seq for seq in inputs if seq is not None],
+                                now,
+                                rewriter.source_ssrc,
                             )
             elif isinstance(packet, TransportCcFeedback):
                 self.bwe.on_feedback(packet.arrival_times_us(), now)

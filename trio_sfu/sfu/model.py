@@ -47,6 +47,22 @@ class TrackInfo:
     app_id: str = ""
     #: the publisher muted it (``MUTE``): nothing is forwarded until it unmutes
     muted: bool = False
+    #: simulcast (RFC 8853): its streams' rids, lowest first (empty: one stream); other pods
+    #: receive each through the relay as :func:`relay_stream` names it
+    rids: tuple[str, ...] = ()
+
+
+def relay_stream(track_id: str, rid: str | None = None) -> str:
+    """The relay's name for one stream of a track: the track id for its only or top stream
+    (what every pod relayed before simulcast crossed pods), ``<track>/<rid>`` for another
+    simulcast stream (``/`` is no token character, RFC 8830 §2, so it cannot be in an id)."""
+    return track_id if rid is None else f"{track_id}/{rid}"
+
+
+def parse_relay_stream(name: str) -> tuple[str, str | None]:
+    """(track id, rid or None) of a :func:`relay_stream` name."""
+    track_id, _, rid = name.partition("/")
+    return track_id, rid or None
 
 
 @dataclass(slots=True, frozen=True)

@@ -28,7 +28,7 @@ from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.member import Member
-from trio_sfu.sfu.model import PublisherInfo
+from trio_sfu.sfu.model import PublisherInfo, relay_stream
 from trio_sfu.sfu.track import PublishedTrack, TrackSink
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class Publisher(Member):
         )
         self.twcc = TwccRecorder() if self._twcc_id is not None else None
         self._relay = room.relay
+        #: the relay's entries per relayed stream name (model.relay_stream)
         self._relay_sinks: dict[str, TrackSink] = {}
         for track in self.tracks:
             self._open_relay(track)
@@ -141,10 +142,29 @@ class Publisher(Member):
         return track
 
     def _open_relay(self, track: PublishedTrack) -> None:
-        if self._relay is not None:
-            sink = self._relay.sender(self.id, track.track_id)
-            track.relay_sink = sink
-            self._relay_sinks[track.track_id] = sink
+        """The track's relay entries: one, or one per simulcast stream (the top one under
+        the track's own name, so a pod receiving only that stream needs nothing new)."""
+        if self._relay is None:
+            return
+        sink = self._relay.sender(self.id, track.track_id)
+        track.relay_sink = sink
+        self._relay_sinks[track.track_id] = sink
+        for layer, rid in enumerate(track.layers):
+            if layer == len(track.layers) - 1:
+                track.layer_sinks[layer] = sink
+                continue
+            name = relay_stream(track.track_id, rid)
+            track.layer_sinks[layer] = self._relay_sinks[name] = self._relay.sender(
+                self.id, name
+            )
+
+    def _close_relay(self, track: PublishedTrack) -> None:
+        track.relay_sink = None
+        track.layer_sinks = [None] * len(track.layers)
+        for name in [track.track_id, *(relay_stream(track.track_id, r) for r in track.layers)]:
+            sink = self._relay_sinks.pop(name, None)
+            if sink is not None:
+                sink.close()
 
     def _drop_track(self, track: PublishedTrack) -> None:
         """Stop forwarding ``track`` at once: subscribers stop its sections on TrackChange."""
@@ -154,19 +174,13 @@ class Publisher(Member):
         for stream in self.pc.incoming_streams:
             if stream.sink is track:
                 stream.sink = None  # looked up again: the transceiver no longer maps to it
-        track.relay_sink = None
-        sink = self._relay_sinks.pop(track.track_id, None)
-        if sink is not None:
-            sink.close()
+        self._close_relay(track)
 
     def leave(self) -> None:
         """Other pods stop receiving its tracks; an announced publisher leaves the room's
         state and every pod hears PUB_LEFT."""
         for track in self.tracks:
-            track.relay_sink = None
-        for sink in self._relay_sinks.values():
-            sink.close()
-        self._relay_sinks.clear()
+            self._close_relay(track)
         if self.announced:
             self.room.publisher_left(self.id)
 

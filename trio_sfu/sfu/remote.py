@@ -15,10 +15,19 @@ this pod's cache cannot answer goes to the publisher's pod as a ``Nack`` command
 the packets again through the relay from its own cache or, if they are gone there too, asks the
 publisher for a keyframe. After a NATS outage the first relayed packet opens a large gap, so
 every cross-pod subscriber gets a keyframe about one relay round trip after NATS is back.
+
+Simulcast across pods (issue 11). The publisher's pod relays each simulcast stream under its
+own name (:func:`~trio_sfu.sfu.model.relay_stream`: the top one under the track's) and only
+while some pod wants it. A relayed simulcast track here is a layered source like the local
+one: its forwarding groups choose a stream per subscriber (the layer planner, ``LAYER``),
+and this pod subscribes to exactly the streams its groups forward or switch to, dropping a
+stream :data:`RELEASE_AFTER` seconds after the last group left it — so the publisher's pod
+relays, and its publisher encodes (dynacast), only what some pod's subscribers watch.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -26,12 +35,14 @@ from typing import Protocol
 
 import trio
 
+from trio_sfu.proto.codecs.vp8 import keyframe_width
+from trio_sfu.proto.rtp import payload_offset
 from trio_sfu.proto.rtp.packet import seq_delta
 from trio_sfu.sfu.bus import Bus
 from trio_sfu.sfu.errors import BackendUnavailable
 from trio_sfu.sfu.feedback import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup
-from trio_sfu.sfu.model import KeyframeRequest, Nack, PublisherInfo, TrackInfo
+from trio_sfu.sfu.model import KeyframeRequest, Nack, PublisherInfo, TrackInfo, relay_stream
 from trio_sfu.sfu.track import KEYFRAME_INTERVAL, DownTrack, TrackSink
 
 log = logging.getLogger(__name__)
@@ -43,6 +54,45 @@ STALL = 0.5
 #: Subscribers' NACKs this pod could not answer are gathered this long (seconds) and sent to
 #: the publisher's pod as one command.
 NACK_GATHER = 0.01
+#: A relayed simulcast stream no group here needs is unsubscribed after this many seconds.
+RELEASE_AFTER = 5.0
+#: How often (seconds) a layered remote track reviews its subscriptions and re-asks for the
+#: keyframes its switching groups wait for.
+REVIEW_INTERVAL = 0.5
+
+
+class _Stream:
+    """One relayed simulcast stream of a remote track, as this pod receives it."""
+
+    __slots__ = (
+        "bitrate",
+        "cache",
+        "keyframes",
+        "last_seq",
+        "last_ts",
+        "octets",
+        "sampled_at",
+        "sampled_octets",
+        "scope",
+        "ssrc",
+        "unneeded_since",
+        "width",
+    )
+
+    def __init__(self, cache: PacketCache, keyframes: KeyframeThrottle) -> None:
+        self.cache = cache
+        self.keyframes = keyframes
+        self.ssrc = -1
+        self.last_seq = -1
+        self.last_ts = -1
+        self.octets = 0
+        self.sampled_at = -1.0  # not yet
+        self.sampled_octets = 0
+        self.bitrate = 0.0
+        self.width = 0
+        #: the relay subscription's scope while subscribed
+        self.scope: trio.CancelScope | None = None
+        self.unneeded_since: float | None = None
 
 
 class Relay(Protocol):
@@ -90,8 +140,21 @@ class RemoteTrack:
         media = [c for c in info.codecs if c.name.lower() != "rtx"]
         self.clock_rate = media[0].clock_rate if media else 90000
         self.cache = PacketCache() if self.kind == "video" else None
-        self.fanout = Fanout()
+        #: simulcast: the publisher's streams, lowest first (empty: one stream)
+        self.rids: tuple[str, ...] = info.rids if self.kind == "video" else ()
+        self.fanout = Fanout(
+            len(self.rids),
+            clock_rate=self.clock_rate,
+            vp8=bool(media) and media[0].name.upper() == "VP8",
+        )
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
+        self._streams = [
+            _Stream(
+                self.cache if i == len(self.rids) - 1 else PacketCache(),  # type: ignore[arg-type]
+                self.keyframes if i == len(self.rids) - 1 else KeyframeThrottle(KEYFRAME_INTERVAL),
+            )
+            for i in range(len(self.rids))
+        ]
         self.gate: KeyframeGate[DownTrack] = KeyframeGate(
             (c.payload_type, c.name) for c in media if self.kind == "video"
         )
@@ -100,7 +163,7 @@ class RemoteTrack:
         self.nacks_forwarded = 0  # sequence numbers asked of the publisher's pod
         #: per relayed SSRC: the next sequence number expected and when the last one came
         self._expected: dict[int, tuple[int, float]] = {}
-        self._nack_pending: set[int] = set()
+        self._nack_pending: dict[str, set[int]] = {}  # per relayed stream name
         self._scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
@@ -116,18 +179,7 @@ class RemoteTrack:
         self.packets += 1
         if self.cache is not None:
             self.cache.put(packet)
-            seq = (packet[2] << 8) | packet[3]
-            ssrc = int.from_bytes(packet[8:12], "big")
-            last = self._expected.get(ssrc)
-            if last is None:
-                self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
-            else:
-                lost = seq_delta(seq, last[0])
-                if lost >= 0:  # in order or a jump forward (RFC 3550 §A.1 arithmetic)
-                    self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
-                    if lost and (lost >= GAP_KEYFRAME or now - last[1] >= STALL):
-                        self.gaps += 1
-                        self.request_keyframe(now)
+            self._check_gap(int.from_bytes(packet[8:12], "big"), (packet[2] << 8) | packet[3], now)
         if self.gate.waiting or self.keyframes.pending:
             released = self.gate.watch(packet, now, self.keyframes)
             if released:
@@ -137,6 +189,90 @@ class RemoteTrack:
                 self.request_keyframe(now)  # throttled: keeps asking while someone waits
         for group in self.fanout.groups:
             group.forward(packet, now)
+
+    def _on_stream_packet(self, layer: int, packet: bytes, now: float) -> None:
+        """A packet of relayed simulcast stream ``layer``: cached, then every group's selector
+        decides (a switch only at the first packet of a keyframe of its target)."""
+        self.packets += 1
+        stream = self._streams[layer]
+        stream.cache.put(packet)
+        seq = (packet[2] << 8) | packet[3]
+        ts = int.from_bytes(packet[4:8], "big")
+        ssrc = int.from_bytes(packet[8:12], "big")
+        stream.ssrc = ssrc
+        stream.octets += len(packet) + 44  # IP/UDP/SRTP on the publisher's wire
+        frame_start = keyframe = False
+        self._check_gap(ssrc, seq, now)
+        if stream.last_seq < 0 or seq_delta(seq, stream.last_seq) > 0:
+            stream.last_seq = seq
+            if ts != stream.last_ts:  # the first packet of a frame (not a late repair)
+                stream.last_ts = ts
+                frame_start = True
+                keyframe = self.gate.is_keyframe(packet)
+                if keyframe:
+                    stream.keyframes.on_keyframe()
+                    if self.fanout.vp8:
+                        stream.width = keyframe_width(packet[payload_offset(packet) :])
+        fanout = self.fanout
+        if layer == fanout.default and (self.gate.waiting or stream.keyframes.pending):
+            released = self.gate.watch(packet, now, stream.keyframes)
+            if released:
+                for downtrack in released:
+                    fanout.add(downtrack)
+                self._sync_streams(now)  # one with a layer of its own needs that stream
+            elif self.gate.waiting:
+                self.request_keyframe(now, layer)
+        for group in fanout.groups:
+            group.forward_layer(packet, layer, ssrc, seq, ts, keyframe, frame_start, now)
+
+    def _check_gap(self, ssrc: int, seq: int, now: float) -> None:
+        """A relayed gap worth a keyframe rather than NACKs (see the module docstring)."""
+        last = self._expected.get(ssrc)
+        if last is None:
+            self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
+            return
+        lost = seq_delta(seq, last[0])
+        if lost < 0:
+            return  # late: a repair relayed after the packets that followed it
+        self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
+        if lost and (lost >= GAP_KEYFRAME or now - last[1] >= STALL):
+            self.gaps += 1
+            layer = next((i for i, s in enumerate(self._streams) if s.ssrc == ssrc), None)
+            self.request_keyframe(now, layer)
+
+    def needed_streams(self) -> set[int]:
+        """The simulcast streams this pod's groups forward or switch to, and the default one
+        while subscribers wait at the keyframe gate."""
+        needed: set[int] = set()
+        for group in self.fanout.groups:
+            selector = group.selector
+            if selector is not None:
+                if selector.target_stream is not None:
+                    needed.add(selector.target_stream)
+                if selector.current is not None:
+                    needed.add(selector.current)
+        if self.gate.waiting:
+            needed.add(self.fanout.default)
+        return needed
+
+    def _sync_streams(self, now: float) -> None:
+        """Subscribe to the streams needed now, at once; unsubscribe from one no group has
+        needed for RELEASE_AFTER seconds (the publisher's pod then stops relaying it)."""
+        needed = self.needed_streams()
+        for layer, stream in enumerate(self._streams):
+            if layer in needed:
+                stream.unneeded_since = None
+                if stream.scope is None:
+                    stream.scope = trio.CancelScope()
+                    self._spawn(self._receive, stream.scope, layer)
+            elif stream.scope is not None:
+                if stream.unneeded_since is None:
+                    stream.unneeded_since = now
+                elif now - stream.unneeded_since >= RELEASE_AFTER:
+                    stream.scope.cancel()
+                    stream.scope = None
+                    stream.unneeded_since = None
+                    stream.last_seq = stream.last_ts = -1
 
     # -- TrackSource ----------------------------------------------------------------------
 
@@ -149,7 +285,12 @@ class RemoteTrack:
             self.fanout.add(downtrack, carry)
         if self._scope is None:
             self._scope = trio.CancelScope()
-            self._spawn(self._receive, self._scope)
+            if self.rids:
+                self._spawn(self._review, self._scope)
+            else:
+                self._spawn(self._receive, self._scope)
+        if self.rids:
+            self._sync_streams(trio.current_time())
 
     def detach(self, downtrack: DownTrack) -> None:
         self.gate.drop(downtrack)
@@ -161,64 +302,118 @@ class RemoteTrack:
         if self._scope is not None:
             self._scope.cancel()
             self._scope = None
+        for stream in self._streams:
+            if stream.scope is not None:
+                stream.scope.cancel()
+                stream.scope = None
         self._on_idle(self)
 
     def cache_for(self, ssrc: int) -> PacketCache | None:
-        return self.cache  # one relayed stream
+        for stream in self._streams:
+            if stream.ssrc == ssrc:
+                return stream.cache
+        return self.cache  # one relayed stream, or the top one
 
     def layer_bitrates(self, now: float) -> tuple[float, ...]:
-        return ()  # the relay carries the top simulcast stream only (docs/layers.md)
+        """Bits/s of each relayed simulcast stream (the last measured while subscribed; 0
+        for one never received here: the planner assumes a typical rate)."""
+        rates = []
+        for stream in self._streams:
+            if now - stream.sampled_at >= 1.0:
+                if stream.sampled_at >= 0 and stream.octets != stream.sampled_octets:
+                    elapsed = now - stream.sampled_at
+                    stream.bitrate = 8 * (stream.octets - stream.sampled_octets) / elapsed
+                stream.sampled_at, stream.sampled_octets = now, stream.octets
+            rates.append(stream.bitrate)
+        return tuple(rates)
 
     def layer_widths(self) -> tuple[int, ...]:
-        return ()
+        return tuple(stream.width for stream in self._streams)
+
+    def _stream_name(self, layer: int | None) -> str:
+        if layer is None or not self.rids or layer == len(self.rids) - 1:
+            return self.track_id
+        return relay_stream(self.track_id, self.rids[layer])
 
     def request_keyframe(self, now: float, layer: int | None = None) -> bool:
-        if self.kind != "video" or not self.keyframes.allow(now):
+        if self.kind != "video":
             return False
-        self._spawn(self._send_keyframe_request)
+        throttle = self.keyframes
+        if self.rids:
+            if layer is None or not 0 <= layer < len(self.rids):
+                layer = self.fanout.default
+            self._sync_streams(now)  # a group switching to a stream: receive it
+            throttle = self._streams[layer].keyframes
+        if not throttle.allow(now):
+            return False
+        self._spawn(self._send_keyframe_request, self._stream_name(layer))
         return True
 
-    def nack_missed(self, sequence_numbers: list[int], now: float) -> None:
-        """Relayed packets (input sequence numbers) a subscriber NACKed and this pod's cache
-        does not hold: ask the publisher's pod, gathered over a few milliseconds."""
+    def nack_missed(self, sequence_numbers: list[int], now: float, ssrc: int = -1) -> None:
+        """Relayed packets (input sequence numbers of stream ``ssrc``) a subscriber NACKed and
+        this pod's cache does not hold: ask the publisher's pod, gathered over a few
+        milliseconds."""
         if self.kind != "video" or not sequence_numbers:
             return
-        first = not self._nack_pending
-        self._nack_pending.update(sequence_numbers)
+        layer = next((i for i, s in enumerate(self._streams) if s.ssrc == ssrc), None)
+        name = self._stream_name(layer)
+        pending = self._nack_pending.setdefault(name, set())
+        first = not pending
+        pending.update(sequence_numbers)
         if first:
-            self._spawn(self._send_nacks)
+            self._spawn(self._send_nacks, name)
 
     # -- tasks ----------------------------------------------------------------------------
 
-    async def _send_nacks(self) -> None:
+    async def _send_nacks(self, name: str) -> None:
         await trio.sleep(NACK_GATHER)
-        seqs, self._nack_pending = tuple(sorted(self._nack_pending)), set()
+        seqs = tuple(sorted(self._nack_pending.pop(name, ())))
         self.nacks_forwarded += len(seqs)
         try:
             await self._bus.send_to_node(
-                self.node, Nack(self.room, self.publisher_id, self.track_id, seqs)
+                self.node, Nack(self.room, self.publisher_id, name, seqs)
             )
         except BackendUnavailable:
             pass  # NATS is down: the gap after it comes back asks for a keyframe
 
-    async def _receive(self, scope: trio.CancelScope) -> None:
-        """Hold the relay subscription while local subscribers need it; retry while NATS is
-        away (the relay resumes by itself once connected; a subscribe can fail before)."""
+    async def _receive(self, scope: trio.CancelScope, layer: int | None = None) -> None:
+        """Hold the relay subscription (of one simulcast stream: ``layer``) while local
+        subscribers need it; retry while NATS is away (the relay resumes by itself once
+        connected; a subscribe can fail before)."""
         relay = self._relay
+        if layer is None:
+            on_packet = self.on_packet
+        else:
+            on_packet = functools.partial(self._on_stream_packet, layer)
         with scope:
             while True:
                 try:
                     async with relay.subscribe(
-                        self.node, self.publisher_id, self.track_id, self.on_packet
+                        self.node, self.publisher_id, self._stream_name(layer), on_packet
                     ):
                         await trio.sleep_forever()
                 except BackendUnavailable:
                     await trio.sleep(0.5)
 
-    async def _send_keyframe_request(self) -> None:
+    async def _review(self, scope: trio.CancelScope) -> None:
+        """A layered remote track's timer: subscriptions follow what the groups need, and
+        groups waiting to switch keep asking for their target's keyframe (throttled)."""
+        with scope:
+            while True:
+                await trio.sleep(REVIEW_INTERVAL)
+                now = trio.current_time()
+                self._sync_streams(now)
+                for group in self.fanout.groups:
+                    selector = group.selector
+                    if selector is not None:
+                        stream = selector.keyframe_request(now)
+                        if stream is not None:
+                            self.request_keyframe(now, stream)
+
+    async def _send_keyframe_request(self, name: str) -> None:
         try:
             await self._bus.send_to_node(
-                self.node, KeyframeRequest(self.room, self.publisher_id, self.track_id)
+                self.node, KeyframeRequest(self.room, self.publisher_id, name)
             )
         except BackendUnavailable:
             pass  # the subscriber's decoder asks again

@@ -42,6 +42,7 @@ from trio_sfu.sfu.model import (
     SubLeft,
     SubscriberInfo,
     TrackInfo,
+    parse_relay_stream,
 )
 from trio_sfu.sfu.node_stats import NodeStats
 from trio_sfu.sfu.publisher import Publisher
@@ -204,15 +205,18 @@ class Sfu:
                     delay = BACKEND_RETRY_MIN
                     async for command in inbox:
                         if isinstance(command, KeyframeRequest | Nack):
-                            track = self.local_track(command.publisher_id, command.track_id)
+                            # the relayed stream: a track, or one of its simulcast streams
+                            track_id, rid = parse_relay_stream(command.track_id)
+                            track = self.local_track(command.publisher_id, track_id)
                             if track is None:
                                 continue
+                            layer = track.layer_of(rid)
                             if isinstance(command, Nack):
                                 track.resend_to_relay(
-                                    command.sequence_numbers, trio.current_time()
+                                    command.sequence_numbers, trio.current_time(), layer
                                 )
                             else:
-                                track.request_keyframe(trio.current_time())
+                                track.request_keyframe(trio.current_time(), layer)
                 return
             except BackendUnavailable as exc:
                 log.warning(

@@ -263,6 +263,7 @@ class PublishedTrack:
             transceiver.kind,
             codec_infos(transceiver),
             tuple((e.id, e.uri) for e in transceiver.header_extensions),
+            rids=tuple(transceiver.remote_rids) if transceiver.kind == "video" else (),
         )
         media = transceiver.media_codecs
         self.clock_rate = media[0].clock_rate if media else 90000
@@ -304,8 +305,11 @@ class PublishedTrack:
         #: RTX padding-only packets (bandwidth probes, RFC 4588 §8.3: no OSN), never forwarded
         self.padding_received = 0
         #: the relay's entry for this track (cluster mode): called per packet, a no-op unless
-        #: another pod currently wants the track
+        #: another pod currently wants the track; with simulcast, the top stream's
         self.relay_sink: TrackSink | None = None
+        #: with simulcast, the relay's entry per stream (the top one is :attr:`relay_sink`):
+        #: another pod receives the streams its subscribers need (sfu/remote.py)
+        self.layer_sinks: list[TrackSink | None] = [None] * len(self.layers)
         #: the publisher's MUTE (issue 15): its packets are dropped before this track sees them
         self.muted = False
         #: RFC 6464 audio levels (issue 11): the negotiated extension id (0: none) and the
@@ -484,9 +488,9 @@ class PublishedTrack:
         if layer == fanout.top:
             self.media_ssrc = ingress.ssrc
             self.packets += 1
-            sink = self.relay_sink
-            if sink is not None:
-                sink(packet)  # other pods get the top stream (layers across pods: not yet)
+        sink = self.layer_sinks[layer]
+        if sink is not None:
+            sink(packet)  # to the pods whose subscribers get this stream
         ssrc = ingress.ssrc
         for group in self.fanout.groups:
             group.forward_layer(packet, layer, ssrc, seq, ts, keyframe, frame_start, now)
@@ -561,11 +565,11 @@ class PublishedTrack:
                 needed.add(selector.target_stream)
             if selector.current is not None:
                 needed.add(selector.current)  # flows until the target's keyframe
-        sink = self.relay_sink
         if self.gate.waiting:
             needed.add(self.fanout.default)
-        if sink is not None and sink.wanted:
-            needed.add(self.fanout.top)
+        for layer, sink in enumerate(self.layer_sinks):
+            if sink is not None and sink.wanted:
+                needed.add(layer)  # another pod's subscribers get it
         return needed
 
     def review_streams(self, now: float) -> None:
@@ -674,10 +678,17 @@ class PublishedTrack:
         """Sequence numbers this track asked the publisher to retransmit (RFC 4585 NACKs)."""
         return sum(i.nack.requested for i in self._ingress.values() if i.nack is not None)
 
-    def resend_to_relay(self, sequence_numbers: tuple[int, ...], now: float) -> None:
+    def resend_to_relay(
+        self, sequence_numbers: tuple[int, ...], now: float, layer: int | None = None
+    ) -> None:
         """Another pod's subscribers lost these relayed packets (a ``Nack`` command, issue 9):
-        relay them again from the cache; if some are gone, ask the publisher for a keyframe."""
+        relay them again from the cache (of simulcast stream ``layer``; None: the top or only
+        one); if some are gone, ask the publisher for a keyframe."""
         sink, cache = self.relay_sink, self.cache
+        if layer is not None and self.layers:
+            sink = self.layer_sinks[layer]
+            ssrc = self._layer_ssrcs[layer]
+            cache = self.cache_for(ssrc) if ssrc is not None else None
         if sink is None or cache is None:
             return
         missing = False
@@ -688,7 +699,16 @@ class PublishedTrack:
             else:
                 sink(packet)
         if missing:
-            self.request_keyframe(now)
+            self.request_keyframe(now, layer)
+
+    def layer_of(self, rid: str | None) -> int | None:
+        """The simulcast stream a relayed stream's rid names (None, the track's own name: the
+        top one); None when the track has one stream or the rid is unknown."""
+        if not self.layers:
+            return None
+        if rid is None:
+            return len(self.layers) - 1
+        return self.layers.index(rid) if rid in self.layers else None
 
     def request_keyframe(self, now: float, layer: int | None = None) -> bool:
         """PLI (or FIR if only FIR was negotiated) to the publisher, throttled per track, or
