@@ -39,9 +39,11 @@ CAP_KBIT = 400
 SCENARIO_TIMEOUT = 240.0
 OBSERVE = 10.0  # seconds watched on each side of the cap once settled
 LOSS = 0.05  # random loss on carol's link in the last phase
-#: ``python -m tests.simulcast_netns svc``: the publisher sends VP9 SVC (L3T3_KEY, one
-#: stream with three spatial layers) instead of simulcast, and the loss phase is skipped
-SVC = sys.argv[1:] == ["svc"]
+#: ``python -m tests.simulcast_netns svc vp9|av1``: the publisher sends VP9 or AV1 SVC
+#: (L3T3_KEY, one stream with three spatial layers) instead of simulcast, and the loss phase
+#: is skipped
+SVC = sys.argv[1:2] == ["svc"]
+SVC_CODEC = {"vp9": "video/VP9", "av1": "video/AV1"}[sys.argv[2]] if SVC else ""
 
 
 PLANS: list[tuple[float, int, int, str]] = []
@@ -102,7 +104,7 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
                 n: pages[n].js(f"() => window.T.subscribe('r', '{n}')") for n in ("bob", "carol")
             }
             layering = (
-                "codec: 'video/VP9', svc: 'L3T3_KEY'" if SVC else "simulcast: true"
+                f"codec: '{SVC_CODEC}', svc: 'L3T3_KEY'" if SVC else "simulcast: true"
             )
             pid = alice.js(
                 f"() => window.T.publish('r', 'alice', {{width: 1280, height: 720, {layering}}})"

@@ -63,14 +63,15 @@ def test_capped_chromium_subscriber_settles_on_the_low_stream_and_climbs_back() 
     assert result["problems"] == [], result
 
 
-def test_capped_chromium_subscriber_gets_a_lower_vp9_svc_spatial_layer() -> None:
-    """The same capped link with a VP9 SVC publisher (``L3T3_KEY``: one stream, three
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+def test_capped_chromium_subscriber_gets_a_lower_svc_spatial_layer(codec: str) -> None:
+    """The same capped link with a VP9 or AV1 SVC publisher (``L3T3_KEY``: one stream, three
     spatial layers): carol's planner lowers her spatial layer (the SFU drops the layers above
     it, no keyframe needed going down) and she keeps decoding 320 px; bob keeps 1280 px;
     when the cap is lifted she climbs back at a keyframe."""
     require_netns()
     require_chromium()
-    argv = netns_argv([sys.executable, "-m", "tests.simulcast_netns", "svc"])
+    argv = netns_argv([sys.executable, "-m", "tests.simulcast_netns", "svc", codec])
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -78,7 +79,7 @@ def test_capped_chromium_subscriber_gets_a_lower_vp9_svc_spatial_layer() -> None
     assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
     capped, after = result["capped"], result["after"]
     print(
-        f"VP9 SVC: capped at {result['settleSeconds']} s on spatial layer 0, back on the top"
+        f"{codec} SVC: capped at {result['settleSeconds']} s on spatial layer 0, back on the top"
         f" {result['recoverSeconds']} s after the cap was lifted; capped fps"
         f" {capped['carol']['fps']} vs {capped['bob']['fps']}"
     )
