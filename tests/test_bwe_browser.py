@@ -377,3 +377,48 @@ async def test_chromium_subscriber_follows_when_the_top_stream_stops(
         f"top stream stopped: {now['width']} px decoded again"
         f" {trio.current_time() - started:.2f} s later"
     )
+
+
+@pytest.mark.parametrize(
+    "codec", ["video/VP8", "video/VP9", "video/AV1"], ids=["vp8", "vp9", "av1"]
+)
+async def test_chromium_svc_temporal_layers_by_hint(
+    app: Running, browser: Browser, codec: str
+) -> None:
+    """``L1T3`` (one spatial layer, three temporal ones) from a Chromium publisher: a
+    subscriber's layer is then a frame rate. ``LAYER low`` forwards only T0 frames (a quarter
+    of them) and the subscriber keeps decoding at that rate; ``high`` brings every frame back
+    (up one temporal layer at a time at switching points). Frames decoded over a few seconds
+    are compared with generous bounds: the ratio is what temporal dropping changes."""
+    base = f"http://127.0.0.1:{app.http_port}"
+    bob = await open_page(browser, base, "bob")
+    alice = await open_page(browser, base, "alice")
+    await browser.eval(bob, "window.T.subscribe('room1', 'bob')")
+    pid = await browser.eval(
+        alice,
+        "window.T.publish('room1', 'alice',"
+        f" {{width: 640, height: 480, codec: {codec!r}, svc: 'L1T3'}})",
+    )
+    inbound = f"window.T.inbound({pid!r})"
+    await browser.wait_for(bob, inbound, lambda r: r["decoded"] >= 30, timeout=60)
+    sfu: Any = app.sfu
+    track = next(t for t in sfu.rooms["room1"].publishers[pid].tracks if t.kind == "video")
+    assert track.fanout.svc_temporal == 3 and track.fanout.temporal_choice, track.fanout
+
+    async def rate(seconds: float = 3.0) -> float:
+        first = await browser.eval(bob, inbound)
+        await trio.sleep(seconds)
+        last = await browser.eval(bob, inbound)
+        return float(last["decoded"] - first["decoded"]) / seconds
+
+    full = await rate()
+    track_id = await browser.eval(bob, f"window.T.tracks[{pid!r}].video.id")
+    await browser.eval(bob, f"window.T.sub.channel.send('LAYER {pid} {track_id} low')")
+    await trio.sleep(1.0)
+    low = await rate()
+    await browser.eval(bob, f"window.T.sub.channel.send('LAYER {pid} {track_id} high')")
+    await trio.sleep(2.0)
+    high = await rate()
+    print(f"{codec} L1T3: {full:.1f} frames/s, LAYER low {low:.1f}, high {high:.1f}")
+    assert 0 < low <= 0.6 * full, (full, low)
+    assert high >= 1.5 * low, (low, high)

@@ -379,3 +379,19 @@ def test_clone_continues_then_diverges() -> None:
     assert _feed(sel, 0, 13, 0, ts=9100, now=0.1) and _feed(twin, 0, 13, 0, ts=9100, now=0.1)
     assert (sel.seq, twin.seq) == (13, 12)
     assert sel.target_temporal == 2
+
+
+def test_a_switch_indication_on_a_lower_layers_frame_raises_the_temporal_limit() -> None:
+    """AV1's dependency descriptor may mark a T0 frame as where decoding of T1/T2 can start
+    (``switch_up_to``): the limit rises there, up to the target, not above it."""
+    sel = LayerSelector()
+    sel.set_target(0, temporal=0, now=0.0)
+    assert _feed(sel, 0, 1, 0, key=True)
+    assert not _feed(sel, 0, 2, 2)
+    sel.set_target(0, temporal=1, now=0.1)
+    assert not _feed(sel, 0, 3, 1)  # no switch point yet
+    assert sel.push(0, 0, 0, 4, 4 * 3000, False, True, False, 0.2, switch_up_to=2)
+    assert sel.temporal == 1  # up to the target only
+    assert _feed(sel, 0, 5, 1)
+    assert not _feed(sel, 0, 6, 2)
+    assert sel.seq == 3

@@ -13,6 +13,7 @@ byte-equal to what was first sent.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field, replace
 
@@ -27,6 +28,7 @@ from tests.test_forwarding_groups import (
     publisher_transceiver,
     subscriber_transceiver,
 )
+from trio_sfu.proto.codecs.vp8 import parse_descriptor as vp8_descriptor
 from trio_sfu.proto.codecs.vp9 import layer_info
 from trio_sfu.proto.rtp import RtpPacket, parse_rtp
 from trio_sfu.proto.sdp.model import RtpCodec
@@ -146,7 +148,10 @@ class World:
         leg = SubscriberLeg(
             f"sub{index}", SrtpContext(PROFILE, a, b), SrtpContext(PROFILE, b, a), 3
         )
-        transceiver = replace(subscriber_transceiver(0, index), codecs=vp9_codecs(96, 97))
+        codecs = vp9_codecs(96, 97)
+        if self.track.info.codecs[0].name == "VP8":
+            codecs = [replace(codecs[0], name="VP8"), codecs[1]]
+        transceiver = replace(subscriber_transceiver(0, index), codecs=codecs)
         downtrack = DownTrack(
             leg,  # type: ignore[arg-type]
             transceiver,
@@ -303,3 +308,118 @@ def test_a_nack_after_dropped_layers_is_answered_from_the_groups_own_numbering()
     resent = plain(sub, sub.leg.received[-1])
     assert layer_info(resent.payload)[0] == 0 and resent.sequence_number == lost_seq  # type: ignore[index]
     world.check()
+
+
+def l1t3_packet(seq: int, picture: int, tid: int, key: bool) -> bytes:
+    """One-packet VP9 frames of an L1T3 stream (TIDs 0, 2, 1, 2, …): I, P, L, B, E and on
+    a keyframe V with a scalability structure of one spatial layer; every T1/T2 frame is a
+    switching-up point (U), as libvpx marks them in this pattern."""
+    b0 = 0x80 | 0x20 | (0 if key else 0x40) | 0x08 | 0x04 | (0x02 if key else 0)
+    layer = (tid << 5) | (0x10 if tid else 0)
+    out = bytes([b0, 0x80 | (picture >> 8) & 0x7F, picture & 0xFF, layer, picture & 0xFF])
+    if key:
+        out += bytes([0x10]) + (640).to_bytes(2, "big") + (480).to_bytes(2, "big")
+    return RtpPacket(96, seq, picture * 3000, SSRC, marker=True, payload=out + b"\xab").serialize()
+
+
+def test_one_spatial_layer_makes_the_layer_a_frame_rate() -> None:
+    """L1T3: with one spatial layer a subscriber's layer is a temporal one. ``low`` keeps the
+    T0 frames only (a quarter), numbering closed over the dropped ones; going up happens one
+    layer at a time at switching-up frames."""
+    world = World()
+    seq = 100
+
+    def frames(count: int) -> None:
+        nonlocal seq
+        for _ in range(count):
+            picture = world.picture
+            tid = (0, 2, 1, 2)[picture % 4]
+            world.now += 1 / 30
+            packet = l1t3_packet(seq, picture, tid, picture % 60 == 0)
+            world.track.on_rtp(world.stream, packet, world.now)
+            seq += 1
+            world.picture += 1
+
+    world.picture = 0
+    frames(1)
+    world.join()
+    frames(60)  # the subscriber starts at the next keyframe (picture 60)
+    frames(8)
+    fanout = world.track.fanout
+    assert fanout.svc_layers == 1 and fanout.svc_temporal == 3 and fanout.temporal_choice
+    sub = world.subs[0]
+    assert sub.downtrack.set_layer(0, world.now)
+    before = len(sub.leg.received)
+    frames(16)
+    got = [parse_rtp(p) for p in sub.leg.received[before:]]
+    assert len(got) == 4  # T0 frames only
+    assert all(layer_info(p.payload)[1] == 0 for p in got)  # type: ignore[index]
+    seqs = [plain(sub, p).sequence_number for p in sub.leg.received]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    assert sub.downtrack.forwarded_layer == 0
+    assert sub.downtrack.set_layer(2, world.now)
+    frames(8)
+    assert sub.downtrack.forwarded_layer == 2
+    before = len(sub.leg.received)
+    frames(8)
+    assert len(sub.leg.received) - before == 8  # every frame again
+    seqs = [plain(sub, p).sequence_number for p in sub.leg.received]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+
+
+def vp8_l1t3_packet(seq: int, picture: int, tid: int, key: bool, sync: bool) -> bytes:
+    """One-packet VP8 frames with temporal fields (RFC 7741 §4.2: X, I with a 15-bit picture
+    id, L with TL0PICIDX, T with TID and Y), as a publisher without the dependency
+    descriptor sends them; a keyframe carries the VP8 keyframe header (RFC 6386 §9.1)."""
+    tl0 = (picture // 4) & 0xFF
+    desc = bytes([0x90, 0xE0, 0x80 | (picture >> 8) & 0x7F, picture & 0xFF, tl0,
+                  (tid << 6) | (0x20 if sync else 0)])
+    header = b"\x10\x02\x00\x9d\x01\x2a\x80\x02\xe0\x01" if key else b"\x11\x00\x00"
+    return RtpPacket(
+        96, seq, picture * 3000, SSRC, marker=True, payload=desc + header + b"\xab"
+    ).serialize()
+
+
+def test_vp8_temporal_layers_from_its_descriptor_with_picture_ids_closed() -> None:
+    """A VP8 L1T3 stream described by its payload descriptor (no dependency descriptor):
+    ``low`` keeps T0 frames, and the picture ids a subscriber sees go on by one per frame
+    (libwebrtc waits for a missing picture id that could be a lower layer's)."""
+    transceiver = replace(
+        publisher_transceiver(), codecs=[RtpCodec(96, "VP8", 90000, rtcp_fb=list(FB))]
+    )
+    world = World()
+    world.track = PublishedTrack(
+        world.pub,  # type: ignore[arg-type]
+        transceiver,
+        "t",
+        publisher_id="pub",
+    )
+    world.stream = IncomingStream(SSRC, transceiver)
+    seq = 500
+
+    def frames(count: int) -> None:
+        nonlocal seq
+        for _ in range(count):
+            picture = world.picture
+            tid = (0, 2, 1, 2)[picture % 4]
+            world.now += 1 / 30
+            packet = vp8_l1t3_packet(seq, picture, tid, picture % 60 == 0, tid > 0)
+            world.track.on_rtp(world.stream, packet, world.now)
+            seq += 1
+            world.picture += 1
+
+    world.picture = 0
+    frames(1)
+    world.join()
+    frames(68)
+    assert world.track.fanout.svc_temporal == 3
+    sub = world.subs[0]
+    assert sub.downtrack.set_layer(0, world.now)
+    before = len(sub.leg.received)
+    frames(16)
+    got = [plain(sub, p) for p in sub.leg.received[before:]]
+    assert len(got) == 4
+    pids = [vp8_descriptor(plain(sub, p).payload).picture_id for p in sub.leg.received]  # type: ignore[union-attr]
+    assert all((b - a) & 0x7FFF == 1 for a, b in itertools.pairwise(pids)), pids
+    seqs = [plain(sub, p).sequence_number for p in sub.leg.received]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))

@@ -208,13 +208,16 @@ class LayerSelector:
         frame_start: bool,
         layer_sync: bool,
         now: float,
+        switch_up_to: int = -1,
     ) -> bool:
         """Decide one packet; True means forward it with :attr:`seq`/:attr:`ts`.
 
         ``keyframe`` is true only on the first packet of a keyframe (what the codec
         detectors in :mod:`trio_sfu.proto.codecs` report); ``frame_start`` on the first
         packet of every frame (of every spatial layer frame for SVC); ``layer_sync`` when
-        the frame is a temporal switching-up point.
+        the frame is a temporal switching-up point; ``switch_up_to`` the highest temporal
+        layer whose decoding may start at this frame (the AV1 dependency descriptor's
+        "switch" indications, which may sit on a lower layer's frame; -1: none).
         """
         if stream != self.current:
             if not (stream == self.target_stream and keyframe and frame_start):
@@ -248,7 +251,7 @@ class LayerSelector:
                     self.current = None
                     self._clean = False
                     return False
-                self._frame_limits(temporal, keyframe, layer_sync)
+                self._frame_limits(temporal, keyframe, layer_sync, switch_up_to)
             if spatial > self.spatial or temporal > self.temporal:
                 self._seq_offset -= 1  # close the gap the dropped packet would leave
                 self._clean = False
@@ -277,7 +280,9 @@ class LayerSelector:
         self.temporal = self.target_temporal
         self._down_deadline = float("inf")
 
-    def _frame_limits(self, temporal: int, keyframe: bool, layer_sync: bool) -> None:
+    def _frame_limits(
+        self, temporal: int, keyframe: bool, layer_sync: bool, switch_up_to: int = -1
+    ) -> None:
         """Move the spatial/temporal limits at a frame start (see the module docstring)."""
         if keyframe:
             self.spatial = self.target_spatial
@@ -289,3 +294,5 @@ class LayerSelector:
             self.temporal = self.target_temporal
         elif layer_sync and temporal == self.temporal + 1 and temporal <= self.target_temporal:
             self.temporal = temporal
+        elif switch_up_to > self.temporal:
+            self.temporal = min(switch_up_to, self.target_temporal)

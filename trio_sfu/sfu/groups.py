@@ -35,7 +35,13 @@ import struct
 from typing import Protocol
 
 from trio_sfu.proto.codecs.vp8 import PictureIdRewriter
-from trio_sfu.proto.codecs.vp9 import SVC_END, SVC_KEYFRAME, SVC_START, SVC_SWITCH_UP
+from trio_sfu.proto.codecs.vp9 import (
+    SVC_END,
+    SVC_KEYFRAME,
+    SVC_START,
+    SVC_SWITCH_TO_SHIFT,
+    SVC_SWITCH_UP,
+)
 from trio_sfu.proto.layers import NO_LIMIT, LayerSelector
 from trio_sfu.proto.rtp import RtpRewriter, payload_offset, payload_size
 from trio_sfu.sfu.feedback import PacketCache, SendStatistics
@@ -160,6 +166,7 @@ class ForwardingGroup:
         the marker bit (RFC 9628 §4.1), which the dropped layer above it carried."""
         sel = self.selector
         assert sel is not None
+        pictures = self.pictures
         if not sel.push(
             0,
             sid,
@@ -170,8 +177,13 @@ class ForwardingGroup:
             bool(flags & SVC_START),
             bool(flags & SVC_SWITCH_UP),
             now,
+            (flags >> SVC_SWITCH_TO_SHIFT) - 1,
         ):
+            if pictures is not None and flags & SVC_START and tid > sel.temporal:
+                pictures.skip_frame()  # a VP8 frame of a dropped temporal layer
             return
+        if pictures is not None:
+            packet = pictures.rewrite(packet, payload_offset(packet))
         out_seq, out_ts = sel.numbering(seq, ts)
         marker = flags & SVC_END and sid == sel.spatial and not packet[1] & 0x80
         if marker or out_seq != seq or out_ts != ts:
@@ -209,6 +221,7 @@ class Fanout:
         "layers",
         "svc_layers",
         "svc_seq",
+        "svc_temporal",
         "svc_ts",
         "vp8",
     )
@@ -227,6 +240,8 @@ class Fanout:
         #: spatial layers of a VP9 SVC source (its scalability structure; 0: not SVC), and
         #: the newest input sequence number and timestamp of its stream
         self.svc_layers = 0
+        #: temporal layers seen in it (L1T3: 3): the choice when it has one spatial layer
+        self.svc_temporal = 0
         self.svc_seq = -1  # none yet
         self.svc_ts = 0
 
@@ -235,25 +250,46 @@ class Fanout:
         return self.layers - 1
 
     @property
+    def svc_choices(self) -> int:
+        """An SVC stream's layers to choose from: its spatial layers, or with one spatial
+        layer its temporal ones (L1T3: 7.5, 15 or 30 frames/s); 0 or 1: nothing to choose."""
+        return self.svc_layers if self.svc_layers > 1 else self.svc_temporal
+
+    @property
+    def temporal_choice(self) -> bool:
+        """Whether an SVC subscriber's layer is a temporal one (one spatial layer)."""
+        return self.svc_layers <= 1 and self.svc_temporal > 1
+
+    @property
     def choices(self) -> int:
-        """Layers a subscriber can choose from: simulcast streams, else SVC spatial layers
-        (0 or 1: nothing to choose)."""
-        return self.layers or self.svc_layers
+        """Layers a subscriber can choose from: simulcast streams, else SVC layers (0 or 1:
+        nothing to choose)."""
+        return self.layers or self.svc_choices
 
-    def layer_target(self, layer: int) -> tuple[int, int]:
-        """(stream, spatial limit) for a subscriber's layer choice (0 = lowest)."""
+    def layer_target(self, layer: int) -> tuple[int, int, int]:
+        """(stream, spatial limit, temporal limit) for a subscriber's layer choice (0 =
+        lowest)."""
         if self.layers:
-            return layer, NO_LIMIT
-        return 0, (layer if layer < self.svc_layers - 1 else NO_LIMIT)
+            return layer, NO_LIMIT, NO_LIMIT
+        limit = layer if layer < self.svc_choices - 1 else NO_LIMIT
+        if self.temporal_choice:
+            return 0, NO_LIMIT, limit
+        return 0, limit, NO_LIMIT
 
-    def svc_selector(self, layer: int, now: float, *, adopt: bool) -> LayerSelector:
-        """A selector for an SVC group with the limit ``layer``; ``adopt``: it takes over
-        a stream forwarded whole so far (a split), rather than starting at a keyframe."""
+    def limit_svc(
+        self, group: ForwardingGroup, layer: int, now: float, *, adopt: bool
+    ) -> LayerSelector:
+        """Give an SVC group the layer limit ``layer``: a selector (``adopt``: it takes over
+        a stream forwarded whole so far, a split, rather than starting at a keyframe), a cache
+        of its own numbering and, for VP8, picture ids closed over the dropped frames."""
         selector = LayerSelector(self.clock_rate)
         if adopt:
             selector.adopt(0, self.svc_seq, self.svc_ts, now)
-        stream, spatial = self.layer_target(layer)
-        selector.set_target(stream, spatial, now=now)
+        selector.set_target(*self.layer_target(layer), now=now)
+        group.selector = selector
+        group.cache = PacketCache()
+        if self.vp8:
+            group.pictures = group.pictures or PictureIdRewriter()
         return selector
 
     def __len__(self) -> int:
@@ -273,11 +309,10 @@ class Fanout:
         if carry is None and want == self.default:
             group = next((g for g in self.groups if g.key == key and self._joinable(g)), None)
         if group is None:
-            if carry is None and self.svc_layers > 1 and downtrack.layer is not None:
+            if carry is None and self.svc_choices > 1 and downtrack.layer is not None:
                 # released at a keyframe with a layer limit already chosen (a hint)
                 group = ForwardingGroup(key, downtrack.new_rewriter(), None)
-                group.selector = self.svc_selector(downtrack.layer, 0.0, adopt=False)
-                group.cache = PacketCache()
+                self.limit_svc(group, downtrack.layer, 0.0, adopt=False)
             elif carry is None:
                 layering = self._new_layering(want)
                 group = ForwardingGroup(key, downtrack.new_rewriter(), *layering)

@@ -27,12 +27,22 @@ from trio_sfu.proto.capabilities import (
     CodecCapability,
     codec_matches,
 )
-from trio_sfu.proto.codecs.av1_dd import DependencyDescriptorReader
+from trio_sfu.proto.codecs.av1_dd import DTI_SWITCH, DependencyDescriptorReader
+from trio_sfu.proto.codecs.vp8 import is_keyframe as vp8_is_keyframe
 from trio_sfu.proto.codecs.vp8 import keyframe_width
-from trio_sfu.proto.codecs.vp9 import SVC_END, SVC_KEYFRAME, SVC_SS, SVC_START
+from trio_sfu.proto.codecs.vp8 import temporal_info as vp8_temporal_info
+from trio_sfu.proto.codecs.vp9 import (
+    SVC_END,
+    SVC_KEYFRAME,
+    SVC_SS,
+    SVC_START,
+    SVC_SWITCH_TO_SHIFT,
+    SVC_SWITCH_UP,
+)
 from trio_sfu.proto.codecs.vp9 import layer_info as vp9_layer_info
 from trio_sfu.proto.codecs.vp9 import parse_descriptor as parse_vp9_descriptor
 from trio_sfu.proto.jsep import Transceiver
+from trio_sfu.proto.layers import NO_LIMIT
 from trio_sfu.proto.rtcp import Fir, FirEntry, Nack, Pli, ReportBlock, SenderReport
 from trio_sfu.proto.rtp import (
     RtpRewriter,
@@ -323,10 +333,17 @@ class PublishedTrack:
         self._vp9_pts = frozenset(
             c.payload_type for c in media if video and not self.layers and c.name.upper() == "VP9"
         )
-        #: AV1 SVC: the dependency descriptor (AV1 RTP spec, Appendix A) says it, when the
-        #: publisher negotiated it (0: not)
-        self._av1_pts = frozenset(
-            c.payload_type for c in media if video and not self.layers and c.name.upper() == "AV1"
+        #: VP8 with temporal layers (L1T3): its descriptor's TID
+        self._vp8_pts = frozenset(
+            c.payload_type for c in media if video and not self.layers and c.name.upper() == "VP8"
+        )
+        #: AV1 SVC, and VP8's temporal layers once the publisher negotiated the dependency
+        #: descriptor (AV1 RTP spec, Appendix A; libwebrtc then leaves VP8's picture id and
+        #: TID out of its payload descriptor): the extension says it (id 0: not negotiated)
+        self._dd_pts = frozenset(
+            c.payload_type
+            for c in media
+            if video and not self.layers and c.name.upper() in ("AV1", "VP8")
         )
         self._dd_id = (transceiver.extension_id(URI_DEPENDENCY_DESCRIPTOR) or 0) if video else 0
         self._dd = DependencyDescriptorReader()
@@ -395,8 +412,10 @@ class PublishedTrack:
             self._watch_keyframes(packet, now)
         if self._vp9_pts and packet[1] & 0x7F in self._vp9_pts:
             self._on_vp9(packet, seq, now)
-        elif self._dd_id and packet[1] & 0x7F in self._av1_pts:
-            self._on_av1(packet, seq, now)
+        elif self._dd_id and packet[1] & 0x7F in self._dd_pts:
+            self._on_dd(packet, seq, now)
+        elif self._vp8_pts and packet[1] & 0x7F in self._vp8_pts:
+            self._on_vp8(packet, seq, now)
         else:
             for group in self.fanout.groups:
                 group.forward(packet, now)
@@ -420,32 +439,71 @@ class PublishedTrack:
                 self._svc_widths = tuple(w for w, _ in desc.resolutions)
         self._on_svc(packet, seq, sid, tid, flags, now)
 
-    def _on_av1(self, packet: bytes, seq: int, now: float) -> None:
-        """An AV1 packet with the dependency descriptor: its frame's spatial/temporal ids,
-        start and end; a keyframe brings the template structure (how many spatial layers,
-        their resolutions). Without a readable descriptor the packet goes to the groups
+    def _on_vp8(self, packet: bytes, seq: int, now: float) -> None:
+        """A VP8 packet of a stream with temporal layers (L1T2/L1T3: its descriptor's TID,
+        RFC 7741 §4.2) goes the SVC way, so a subscriber may get fewer frames; one without
+        them is forwarded as is."""
+        offset = payload_offset(packet)
+        info = vp8_temporal_info(packet, offset)
+        if info is None:
+            for group in self.fanout.groups:
+                if group.selector is None:  # (no group has a limit without temporal layers)
+                    group.forward(packet, now)
+            return
+        tid, sync, start = info
+        flags = (SVC_START if start else 0) | (SVC_SWITCH_UP if sync else 0)
+        if start and tid == 0 and vp8_is_keyframe(packet[offset:]):
+            flags |= SVC_KEYFRAME
+        self._on_svc(packet, seq, 0, tid, flags, now)
+
+    def _on_dd(self, packet: bytes, seq: int, now: float) -> None:
+        """An AV1 (or VP8) packet with the dependency descriptor: its frame's spatial and
+        temporal ids, start and end; a keyframe brings the template structure (how many
+        layers, their resolutions). Without a readable descriptor the packet goes to the groups
         forwarding everything only."""
-        desc = self._dd.parse(find_extension(packet, self._dd_id))
+        value = find_extension(packet, self._dd_id)
+        if not self.fanout.svc_choices > 1 and (value is None or len(value) <= 3):
+            # one layer so far, and no new structure: forwarded as is (most streams; a
+            # descriptor is parsed per packet only for a stream with layers to choose from)
+            for group in self.fanout.groups:
+                group.forward(packet, now)
+            return
+        desc = self._dd.parse(value)
         if desc is None:
             for group in self.fanout.groups:
                 if group.selector is None:
                     group.forward(packet, now)
             return
         flags = (SVC_START if desc.start_of_frame else 0) | (SVC_END if desc.end_of_frame else 0)
+        structure = self._dd.structure
+        assert structure is not None
         if desc.structure_attached:
-            structure = self._dd.structure
-            assert structure is not None
             self.fanout.svc_layers = structure.max_spatial_id + 1
+            self.fanout.svc_temporal = structure.max_temporal_id + 1
             self._svc_widths = tuple(w for w, _ in structure.resolutions)
             if desc.start_of_frame and desc.spatial_id == 0:
                 flags |= SVC_KEYFRAME  # a structure comes with a keyframe (§A.8.2)
-        self._on_svc(packet, seq, desc.spatial_id, desc.temporal_id, flags, now)
+        sid, tid = desc.spatial_id, desc.temporal_id
+        # the highest temporal layer of this spatial layer whose decoding may start at this
+        # frame (its decode target's indication is "switch", §A.8.3.3); often a T0 frame's
+        switch_to = -1
+        for target, (s, t) in enumerate(structure.target_layers):
+            dtis = desc.dtis
+            if s == sid and t > switch_to and target < len(dtis) and dtis[target] == DTI_SWITCH:
+                switch_to = t
+        if switch_to > tid:
+            flags |= (switch_to + 1) << SVC_SWITCH_TO_SHIFT
+        self._on_svc(packet, seq, sid, tid, flags, now)
 
     def _on_svc(
         self, packet: bytes, seq: int, sid: int, tid: int, flags: int, now: float
     ) -> None:
         fanout = self.fanout
-        self._svc_octets[sid & 7] += len(packet) + _WIRE_OVERHEAD
+        # per spatial layer, or with one spatial layer per temporal one (the choice then)
+        layer = sid if fanout.svc_layers > 1 else tid
+        self._svc_octets[layer & 7] += len(packet) + _WIRE_OVERHEAD
+        if tid >= fanout.svc_temporal:
+            fanout.svc_temporal = tid + 1
         ts = _TS.unpack_from(packet, 4)[0]
         if fanout.svc_seq < 0 or seq_delta(seq, fanout.svc_seq) >= 0:  # not a late one
             fanout.svc_seq, fanout.svc_ts = seq, ts
@@ -516,7 +574,7 @@ class PublishedTrack:
         """Bits/s of each simulcast stream, lowest first (0 for one not seen yet); for VP9
         SVC what each spatial layer costs with the ones below it (it cannot be received
         alone)."""
-        if self.fanout.svc_layers > 1:
+        if self.fanout.svc_choices > 1:
             return self._svc_bitrates(now)
         rates = [0.0] * len(self.layers)
         for ingress in self._ingress.values():
@@ -525,7 +583,7 @@ class PublishedTrack:
         return tuple(rates)
 
     def _svc_bitrates(self, now: float) -> tuple[float, ...]:
-        layers = self.fanout.svc_layers
+        layers = self.fanout.svc_choices
         if now - self._svc_sampled_at >= 1.0:
             if self._svc_sampled_at:
                 elapsed = now - self._svc_sampled_at
@@ -543,9 +601,12 @@ class PublishedTrack:
     def layer_widths(self) -> tuple[int, ...]:
         """Frame width of each simulcast stream from its last keyframe (0: unknown); for VP9
         SVC each spatial layer's, from the scalability structure."""
-        if self.fanout.svc_layers > 1:
+        fanout = self.fanout
+        if fanout.temporal_choice:
+            return (0,) * fanout.svc_temporal  # one size: SIZE does not choose among them
+        if fanout.svc_layers > 1:
             svc = self._svc_widths
-            return svc if len(svc) == self.fanout.svc_layers else (0,) * self.fanout.svc_layers
+            return svc if len(svc) == fanout.svc_layers else (0,) * fanout.svc_layers
         widths = [0] * len(self.layers)
         for ingress in self._ingress.values():
             if ingress.layer >= 0 and self.layers:
@@ -1010,11 +1071,10 @@ class DownTrack:
                 group.selector.resync()
                 layer = self.layer if self.layer is not None else fanout.default
                 group.selector.set_target(*fanout.layer_target(layer), now=now)
-            elif fanout.svc_layers > 1 and self.layer is not None:
+            elif fanout.svc_choices > 1 and self.layer is not None:
                 # an SVC subscriber with a limit: a selector again (Fanout.add drops one
                 # carried over), starting at the keyframe asked for below
-                group.selector = fanout.svc_selector(self.layer, now, adopt=False)
-                group.cache = PacketCache()
+                fanout.limit_svc(group, self.layer, now, adopt=False)
         self.request_keyframe(now)
         return True
 
@@ -1040,11 +1100,10 @@ class DownTrack:
         group = fanout.split(self)  # numbering of its own that continues the group's
         assert group is not None
         if group.selector is None:  # SVC: a limit of its own from now on
-            group.selector = fanout.svc_selector(layer, now, adopt=True)
-            group.cache = PacketCache()
+            fanout.limit_svc(group, layer, now, adopt=True)
         else:
-            stream, spatial = fanout.layer_target(layer)
-            group.selector.set_target(stream, spatial, now=now)
+            group.selector.set_target(*fanout.layer_target(layer), now=now)
+        assert group.selector is not None
         if group.selector.waiting() or fanout.layers:
             self.source.request_keyframe(now, layer)
         return True
@@ -1056,11 +1115,17 @@ class DownTrack:
         group = self.group
         selector = group.selector if group is not None else None
         fanout = self.source.fanout
-        if fanout.layers or fanout.svc_layers < 2:
+        choices = fanout.svc_choices
+        if fanout.layers or choices < 2:
             return selector.current if selector is not None else None
-        if selector is None or selector.spatial >= fanout.svc_layers:
-            return fanout.svc_layers - 1  # everything
-        return selector.spatial if selector.current is not None else None
+        limit = (
+            NO_LIMIT
+            if selector is None
+            else selector.temporal if fanout.temporal_choice else selector.spatial
+        )
+        if limit >= choices:
+            return choices - 1  # everything
+        return limit if selector is not None and selector.current is not None else None
 
     def request_keyframe(self, now: float) -> bool:
         """A keyframe of the stream this subscriber gets (its PLI/FIR, a resume)."""
@@ -1137,7 +1202,7 @@ class DownTrack:
         in_seq = rewriter.to_input_sequence(out_seq)
         original = cache.get(in_seq) if in_seq is not None else None
         pictures = group.pictures
-        if original is not None and pictures is not None:
+        if original is not None and pictures is not None and group.cache is None:
             # the VP8 picture ids the subscriber saw (renumbered since a layer switch)
             original = pictures.rewrite(original, payload_offset(original), resend=True)
         out = rewriter.rewrite_as(original, out_seq) if original is not None else None

@@ -24,6 +24,7 @@ __all__ = [
     "keyframe_width",
     "parse_descriptor",
     "rewrite_descriptor",
+    "temporal_info",
 ]
 
 
@@ -91,6 +92,32 @@ def parse_descriptor(payload: bytes) -> Vp8Descriptor | None:
             pos += 1
     desc.size = pos
     return desc
+
+
+def temporal_info(packet: bytes, offset: int) -> tuple[int, bool, bool] | None:
+    """(TID, Y, start of a frame) of an RTP packet whose VP8 payload starts at ``offset``, if
+    it carries temporal-layer fields (RFC 7741 §4.2: X, then T); read in place from the first
+    bytes only (no copy): the per-packet form for an SFU that drops temporal layers. None
+    without them (one layer: nothing to drop) or if truncated."""
+    n = len(packet)
+    if offset < 0 or n < offset + 2 or not packet[offset] & 0x80:  # no X: no temporal fields
+        return None
+    x = packet[offset + 1]
+    if not x & 0x20:  # no T
+        return None
+    pos = offset + 2
+    if x & 0x80:  # I: a 7- or 15-bit picture id
+        if pos >= n:
+            return None
+        pos += 2 if packet[pos] & 0x80 else 1
+    if x & 0x40:  # L: TL0PICIDX
+        pos += 1
+    if pos >= n:
+        return None
+    b = packet[pos]
+    first = packet[offset]
+    start = bool(first & 0x10) and first & 0x0F == 0
+    return b >> 6, bool(b & 0x20), start
 
 
 def is_keyframe(payload: bytes) -> bool:
@@ -184,6 +211,12 @@ class PictureIdRewriter:
     def switch(self) -> None:
         """The next packet starts another stream: continue the numbering from it."""
         self._pending = self._last_pid >= 0
+
+    def skip_frame(self) -> None:
+        """A frame was dropped whole (a temporal layer above the subscriber's): close the
+        gap its picture id would leave, as libwebrtc waits for a missing picture id that might
+        be a lower layer's. TL0PICIDX needs nothing: T0 frames are never dropped."""
+        self._pid_off -= 1
 
     def rewrite(self, packet: bytes, offset: int, *, resend: bool = False) -> bytes:
         """``packet`` (an RTP packet whose VP8 payload starts at ``offset``) renumbered.

@@ -24,6 +24,7 @@ __all__ = [
     "SVC_KEYFRAME",
     "SVC_SS",
     "SVC_START",
+    "SVC_SWITCH_TO_SHIFT",
     "SVC_SWITCH_UP",
     "Vp9Descriptor",
     "is_keyframe",
@@ -37,6 +38,9 @@ SVC_START = 2  # B: the first packet of a layer frame
 SVC_END = 4  # E: the last packet of a layer frame
 SVC_SWITCH_UP = 8  # U: a temporal switching-up point
 SVC_SS = 16  # V: a scalability structure follows (parse_descriptor reads it)
+#: bits 5-7 of the flags: 1 + the highest temporal layer decoding may start at from this
+#: frame (AV1's dependency descriptor says it; 0: none)
+SVC_SWITCH_TO_SHIFT = 5
 
 
 @dataclass(slots=True)
