@@ -247,7 +247,9 @@ async def test_chromium_dynacast_stops_the_streams_nobody_watches(
 
 
 @pytest.mark.parametrize(
-    ("codec", "mode"), [("video/VP9", "L3T3_KEY"), ("video/AV1", "L3T3_KEY")], ids=["vp9", "av1"]
+    ("codec", "mode"),
+    [("video/VP9", "L3T3_KEY"), ("video/AV1", "L3T3_KEY"), ("video/AV1", "L3T3")],
+    ids=["vp9", "av1", "av1-l3t3"],
 )
 async def test_chromium_svc_spatial_layers_by_hint(
     app: Running, browser: Browser, codec: str, mode: str
