@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import shlex
@@ -44,7 +43,7 @@ from typing import Any
 
 import trio
 
-from tests.netns import inside
+from tests.netns import inside, run_scenario
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
 from tests.test_site import HARNESS_JS, SITE, Page, wait_until
 from trio_sfu.app import Running, serve
@@ -428,24 +427,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="ICE-TCP/TURN browser scenarios (netns)")
     parser.add_argument("scenario", choices=("tcp", "switch", "turn", "lb", "recover"))
     args = parser.parse_args(argv)
-    protocol = sys.stdout
-    sys.stdout = sys.stderr  # the server prints its URL; only the result goes to stdout
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("trio_sfu.rtc.tcp").setLevel(logging.DEBUG)
-    try:
-        result = trio.run(scenario, args.scenario)
-    except BaseException as error:  # report, then fail: the parent reads one line either way
-        import traceback
-
-        traceback.print_exc()
-        leaf: BaseException = error
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        result = {"type": "result", "error": f"{type(leaf).__name__}: {leaf}"}
-    protocol.write(json.dumps(result) + "\n")
-    protocol.flush()
-    return 0
+    return run_scenario(scenario, args.scenario)
 
 
 if __name__ == "__main__":

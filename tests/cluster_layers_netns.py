@@ -13,8 +13,6 @@ result line.
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from typing import Any
 
@@ -24,7 +22,7 @@ from tests.browser_helpers import open_page
 from tests.browser_netns import free_port
 from tests.bwe_netns import cap, uncap
 from tests.cluster_helpers import run_pods
-from tests.netns import inside
+from tests.netns import inside, run_scenario
 from tests.peers.browser_client import open_browser
 from tests.services import nats_server, redis_server
 
@@ -93,24 +91,7 @@ async def scenario() -> dict[str, Any]:
 
 
 def main() -> int:
-    protocol = sys.stdout
-    sys.stdout = sys.stderr  # only the result goes to stdout
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
-    )
-    try:
-        result = trio.run(scenario)
-    except BaseException as error:  # report, then fail: the parent reads one line either way
-        import traceback
-
-        traceback.print_exc()
-        leaf: BaseException = error
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        result = {**RESULT, "error": f"{type(leaf).__name__}: {leaf}"}
-    protocol.write(json.dumps(result) + "\n")
-    protocol.flush()
-    return 0
+    return run_scenario(scenario, partial=RESULT)
 
 
 if __name__ == "__main__":

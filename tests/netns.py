@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tests.peers.harness import PeerProcess
@@ -186,3 +188,34 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_scenario(
+    scenario: Callable[..., Awaitable[dict[str, Any]]],
+    *args: Any,
+    partial: dict[str, Any] | None = None,
+) -> int:
+    """The ``main`` of a scenario module run inside a namespace: logs to stderr, runs
+    ``scenario(*args)`` under Trio and prints one JSON result line on stdout, the parent's
+    only input. On an error the line carries it, with what ``partial`` measured before it,
+    so a failure still reports its figures; the exit status is 0 either way."""
+    import trio  # here: the launcher itself stays light
+
+    protocol = sys.stdout
+    sys.stdout = sys.stderr  # servers print their URLs; only the result goes to stdout
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    try:
+        result = trio.run(scenario, *args)
+    except BaseException as error:  # report, then fail: the parent reads one line either way
+        import traceback
+
+        traceback.print_exc()
+        leaf: BaseException = error
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        result = {"type": "result", **(partial or {}), "error": f"{type(leaf).__name__}: {leaf}"}
+    protocol.write(json.dumps(result) + "\n")
+    protocol.flush()
+    return 0

@@ -15,8 +15,6 @@ Prints one JSON result line: widths, frames, freezes and timings per phase.
 from __future__ import annotations
 
 import functools
-import json
-import logging
 import os
 import re
 import shlex
@@ -30,7 +28,7 @@ import trio
 from tests.browser_helpers import HELPERS
 from tests.browser_netns import iptables, running_server
 from tests.bwe_netns import cap, uncap
-from tests.netns import inside
+from tests.netns import inside, run_scenario
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
 from tests.test_site import Page, wait_until
 from trio_sfu.app import Running
@@ -258,24 +256,7 @@ async def scenario() -> dict[str, Any]:
 
 
 def main() -> int:
-    protocol = sys.stdout
-    sys.stdout = sys.stderr  # the server prints its URL; only the result goes to stdout
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
-    )
-    try:
-        result = trio.run(scenario)
-    except BaseException as error:  # report, then fail: the parent reads one line either way
-        import traceback
-
-        traceback.print_exc()
-        leaf: BaseException = error
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        result = {**RESULT, "error": f"{type(leaf).__name__}: {leaf}"}
-    protocol.write(json.dumps(result) + "\n")
-    protocol.flush()
-    return 0
+    return run_scenario(scenario, partial=RESULT)
 
 
 if __name__ == "__main__":

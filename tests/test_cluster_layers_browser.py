@@ -10,42 +10,22 @@ still). ``LAYER high`` brings f back the same way, at 1280 px on pod b.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import pytest
 import trio
 
 from tests.browser_helpers import open_page
-from tests.cluster_helpers import Pod, run_pods
-from tests.peers.browser_client import Browser, open_browser
-from tests.peers.harness import require_chromium
-from tests.services import NatsServer, RedisServer, nats_server, redis_server
+from tests.cluster_helpers import Pod
+from tests.peers.browser_client import Browser
+
+# two pods (a, b) with a Redis and a NATS of their own, and a Chromium
+from tests.test_cluster_tracks_browser import backends, browser, pods  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-@pytest.fixture
-def backends() -> Iterator[tuple[RedisServer, NatsServer]]:
-    with redis_server() as redis, nats_server() as nats:
-        yield redis, nats
-
-
-@pytest.fixture
-async def pods(backends: tuple[RedisServer, NatsServer]) -> AsyncIterator[dict[str, Pod]]:
-    redis, nats = backends
-    async with run_pods(["a", "b"], redis_url=redis.url, nats_url=nats.url) as p:
-        yield p
-
-
-@pytest.fixture
-async def browser(pods: dict[str, Pod]) -> AsyncIterator[Browser]:
-    require_chromium()
-    async with open_browser() as b:
-        yield b
-
-
 async def test_a_layer_chosen_on_pod_b_reaches_the_publishers_encoder_on_pod_a(
-    pods: dict[str, Pod], browser: Browser
+    pods: dict[str, Pod],  # noqa: F811 (the imported fixture)
+    browser: Browser,  # noqa: F811
 ) -> None:
     alice = await open_page(browser, pods["a"].url, "alice")
     bob = await open_page(browser, pods["b"].url, "bob")

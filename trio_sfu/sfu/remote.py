@@ -43,7 +43,7 @@ from trio_sfu.sfu.errors import BackendUnavailable
 from trio_sfu.sfu.feedback import KeyframeGate, KeyframeThrottle, PacketCache
 from trio_sfu.sfu.groups import Fanout, ForwardingGroup
 from trio_sfu.sfu.model import KeyframeRequest, Nack, PublisherInfo, TrackInfo, relay_stream
-from trio_sfu.sfu.track import KEYFRAME_INTERVAL, DownTrack, TrackSink
+from trio_sfu.sfu.track import KEYFRAME_INTERVAL, WIRE_OVERHEAD, DownTrack, Ingress, TrackSink
 
 log = logging.getLogger(__name__)
 
@@ -62,35 +62,16 @@ REVIEW_INTERVAL = 0.5
 
 
 class _Stream:
-    """One relayed simulcast stream of a remote track, as this pod receives it."""
+    """One relayed simulcast stream of a remote track, as this pod receives it: what a local
+    stream keeps (:class:`~trio_sfu.sfu.track.Ingress`: its cache, frame and rate tracking,
+    VP8 width), its keyframe throttle, and the relay subscription while subscribed."""
 
-    __slots__ = (
-        "bitrate",
-        "cache",
-        "keyframes",
-        "last_seq",
-        "last_ts",
-        "octets",
-        "sampled_at",
-        "sampled_octets",
-        "scope",
-        "ssrc",
-        "unneeded_since",
-        "width",
-    )
+    __slots__ = ("ingress", "keyframes", "last_seq", "scope", "unneeded_since")
 
-    def __init__(self, cache: PacketCache, keyframes: KeyframeThrottle) -> None:
-        self.cache = cache
+    def __init__(self, ingress: Ingress, keyframes: KeyframeThrottle) -> None:
+        self.ingress = ingress
         self.keyframes = keyframes
-        self.ssrc = -1
         self.last_seq = -1
-        self.last_ts = -1
-        self.octets = 0
-        self.sampled_at = -1.0  # not yet
-        self.sampled_octets = 0
-        self.bitrate = 0.0
-        self.width = 0
-        #: the relay subscription's scope while subscribed
         self.scope: trio.CancelScope | None = None
         self.unneeded_since: float | None = None
 
@@ -148,12 +129,20 @@ class RemoteTrack:
             vp8=bool(media) and media[0].name.upper() == "VP8",
         )
         self.keyframes = KeyframeThrottle(KEYFRAME_INTERVAL)
+        top = len(self.rids) - 1
         self._streams = [
             _Stream(
-                self.cache if i == len(self.rids) - 1 else PacketCache(),  # type: ignore[arg-type]
-                self.keyframes if i == len(self.rids) - 1 else KeyframeThrottle(KEYFRAME_INTERVAL),
+                Ingress(
+                    -1,
+                    rid,
+                    self.clock_rate,
+                    False,
+                    layer=i,
+                    cache=self.cache if i == top else PacketCache(),
+                ),
+                self.keyframes if i == top else KeyframeThrottle(KEYFRAME_INTERVAL),
             )
-            for i in range(len(self.rids))
+            for i, rid in enumerate(self.rids)
         ]
         self.gate: KeyframeGate[DownTrack] = KeyframeGate(
             (c.payload_type, c.name) for c in media if self.kind == "video"
@@ -195,24 +184,26 @@ class RemoteTrack:
         decides (a switch only at the first packet of a keyframe of its target)."""
         self.packets += 1
         stream = self._streams[layer]
-        stream.cache.put(packet)
+        ingress = stream.ingress
+        assert ingress.cache is not None
+        ingress.cache.put(packet)
         seq = (packet[2] << 8) | packet[3]
         ts = int.from_bytes(packet[4:8], "big")
         ssrc = int.from_bytes(packet[8:12], "big")
-        stream.ssrc = ssrc
-        stream.octets += len(packet) + 44  # IP/UDP/SRTP on the publisher's wire
+        ingress.ssrc = ssrc
+        ingress.octets += len(packet) + WIRE_OVERHEAD
         frame_start = keyframe = False
         self._check_gap(ssrc, seq, now)
         if stream.last_seq < 0 or seq_delta(seq, stream.last_seq) > 0:
             stream.last_seq = seq
-            if ts != stream.last_ts:  # the first packet of a frame (not a late repair)
-                stream.last_ts = ts
+            if ts != ingress.last_ts:  # the first packet of a frame (not a late repair)
+                ingress.last_ts = ts
                 frame_start = True
                 keyframe = self.gate.is_keyframe(packet)
                 if keyframe:
                     stream.keyframes.on_keyframe()
                     if self.fanout.vp8:
-                        stream.width = keyframe_width(packet[payload_offset(packet) :])
+                        ingress.width = keyframe_width(packet[payload_offset(packet) :])
         fanout = self.fanout
         if layer == fanout.default and (self.gate.waiting or stream.keyframes.pending):
             released = self.gate.watch(packet, now, stream.keyframes)
@@ -237,7 +228,7 @@ class RemoteTrack:
         self._expected[ssrc] = ((seq + 1) & 0xFFFF, now)
         if lost and (lost >= GAP_KEYFRAME or now - last[1] >= STALL):
             self.gaps += 1
-            layer = next((i for i, s in enumerate(self._streams) if s.ssrc == ssrc), None)
+            layer = next((i for i, s in enumerate(self._streams) if s.ingress.ssrc == ssrc), None)
             self.request_keyframe(now, layer)
 
     def needed_streams(self) -> set[int]:
@@ -272,7 +263,7 @@ class RemoteTrack:
                     stream.scope.cancel()
                     stream.scope = None
                     stream.unneeded_since = None
-                    stream.last_seq = stream.last_ts = -1
+                    stream.last_seq = stream.ingress.last_ts = -1
 
     # -- TrackSource ----------------------------------------------------------------------
 
@@ -310,25 +301,17 @@ class RemoteTrack:
 
     def cache_for(self, ssrc: int) -> PacketCache | None:
         for stream in self._streams:
-            if stream.ssrc == ssrc:
-                return stream.cache
+            if stream.ingress.ssrc == ssrc:
+                return stream.ingress.cache
         return self.cache  # one relayed stream, or the top one
 
     def layer_bitrates(self, now: float) -> tuple[float, ...]:
         """Bits/s of each relayed simulcast stream (the last measured while subscribed; 0
         for one never received here: the planner assumes a typical rate)."""
-        rates = []
-        for stream in self._streams:
-            if now - stream.sampled_at >= 1.0:
-                if stream.sampled_at >= 0 and stream.octets != stream.sampled_octets:
-                    elapsed = now - stream.sampled_at
-                    stream.bitrate = 8 * (stream.octets - stream.sampled_octets) / elapsed
-                stream.sampled_at, stream.sampled_octets = now, stream.octets
-            rates.append(stream.bitrate)
-        return tuple(rates)
+        return tuple(stream.ingress.sample_bitrate(now) for stream in self._streams)
 
     def layer_widths(self) -> tuple[int, ...]:
-        return tuple(stream.width for stream in self._streams)
+        return tuple(stream.ingress.width for stream in self._streams)
 
     def _stream_name(self, layer: int | None) -> str:
         if layer is None or not self.rids or layer == len(self.rids) - 1:
@@ -355,7 +338,7 @@ class RemoteTrack:
         milliseconds."""
         if self.kind != "video" or not sequence_numbers:
             return
-        layer = next((i for i, s in enumerate(self._streams) if s.ssrc == ssrc), None)
+        layer = next((i for i, s in enumerate(self._streams) if s.ingress.ssrc == ssrc), None)
         name = self._stream_name(layer)
         pending = self._nack_pending.setdefault(name, set())
         first = not pending

@@ -86,7 +86,7 @@ _RESENT_SLOTS = 1024
 _TS = struct.Struct("!I")
 #: Bytes a forwarded packet takes on the wire beyond its RTP bytes (IPv4 20 + UDP 8 + the
 #: SRTP tag 16): what a layer's bitrate costs a subscriber's link, for the allocator
-_WIRE_OVERHEAD = 44
+WIRE_OVERHEAD = 44
 #: V=2, P (padding) and X (one-byte extension block) set; PT; seq; timestamp; SSRC
 _PADDING_HEADER = struct.Struct("!BBHII")
 
@@ -227,7 +227,7 @@ class Ingress:
         self.last_ts = -1  # the newest timestamp: a new one starts a frame
         self.last_seen = 0.0  # when its last packet came (a simulcast stream's, else unused)
         self.octets = 0
-        self.sampled_at = 0.0
+        self.sampled_at = -1.0  # not yet
         self.sampled_octets = 0
         self.bitrate = 0.0
         #: frame width from the stream's last keyframe (VP8), 0 while unknown
@@ -238,7 +238,7 @@ class Ingress:
         A stream that sent nothing keeps its last rate: it is paused (dynacast, or the
         encoder's own choice), and the allocator needs what resuming it would cost."""
         if now - self.sampled_at >= 1.0:
-            if self.sampled_at and self.octets != self.sampled_octets:
+            if self.sampled_at >= 0 and self.octets != self.sampled_octets:
                 self.bitrate = 8 * (self.octets - self.sampled_octets) / (now - self.sampled_at)
             self.sampled_at, self.sampled_octets = now, self.octets
         return self.bitrate
@@ -501,7 +501,7 @@ class PublishedTrack:
         fanout = self.fanout
         # per spatial layer, or with one spatial layer per temporal one (the choice then)
         layer = sid if fanout.svc_layers > 1 else tid
-        self._svc_octets[layer & 7] += len(packet) + _WIRE_OVERHEAD
+        self._svc_octets[layer & 7] += len(packet) + WIRE_OVERHEAD
         if tid >= fanout.svc_temporal:
             fanout.svc_temporal = tid + 1
         ts = _TS.unpack_from(packet, 4)[0]
@@ -532,7 +532,7 @@ class PublishedTrack:
                     ingress.width = keyframe_width(packet[payload_offset(packet) :])
         else:
             ts = _TS.unpack_from(packet, 4)[0]
-        ingress.octets += len(packet) + _WIRE_OVERHEAD
+        ingress.octets += len(packet) + WIRE_OVERHEAD
         ingress.last_seen = now
         cache = ingress.cache
         if cache is not None:
