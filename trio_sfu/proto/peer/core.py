@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -246,7 +245,9 @@ class PeerCore(Generic[P]):
         self._rrid_ext_id: int | None = None
         self._paths: dict[Address, tuple[P, str]] = {}  # lite: valid checks' paths, newest last
         self._out: list[tuple[bytes | memoryview, P]] = []
-        self._events: deque[CoreEvent] = deque()
+        # A list, not a deque: usually empty or one event, and an empty deque costs ~600 B
+        # per peer (issue 10, memory per idle peer).
+        self._events: list[CoreEvent] = []
 
     # ------------------------------------------------------------------------------------
     # outputs
@@ -257,7 +258,7 @@ class PeerCore(Generic[P]):
         return out
 
     def next_event(self) -> CoreEvent | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` is due next (None: never)."""

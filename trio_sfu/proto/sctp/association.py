@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TypedDict
 
@@ -158,7 +157,9 @@ class SctpAssociation(Counters):
         self._state = SctpState.CLOSED
         self._can_data = self._can_sack = self._can_send = False
         self.closed = False  # True once the association has ended (CLOSED for good)
-        self._events: deque[SctpEvent] = deque()
+        # A list, not a deque: usually empty or one event, and an empty deque costs ~600 B
+        # per peer (issue 10, memory per idle peer).
+        self._events: list[SctpEvent] = []
         self._local_tag = 0
         self._local_tsn = 0
         self._peer_tag = 0
@@ -239,7 +240,7 @@ class SctpAssociation(Counters):
         return self._resets is not None and self._resets.resetting(stream_id)
 
     def next_event(self) -> SctpEvent | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     # --- user verbs ------------------------------------------------------------------------
 
