@@ -9,9 +9,10 @@ here instead of showing up only in a benchmark nobody runs.
 The measure is deterministic (bytes allocated, not time): tracemalloc snapshots around joining
 N subscribers, counting only allocations with a server-side frame on their stack (trio_sfu/sfu/
 or rtc/server.py), so the in-process clients' own objects are not counted. Measured:
-57.6 KiB per idle subscriber (N = 8, 12, 20, after two warm-up joins); the bound leaves 25 %
-over that and is below what one eager 1024-slot packet cache per subscriber reaches (checked:
-74.3 KiB with one added to Subscriber.__init__).
+50.3 KiB per idle subscriber (N = 8 after two warm-up joins; 57.6 before the proto classes were
+slotted and their event queues became lists); the bound leaves ~23 % over that and is below
+what one eager 1024-slot packet cache per subscriber reaches (checked: 66.0 KiB with one added
+to Subscriber.__init__).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from tests.sfu_helpers import start_sfu
 PEERS = 8
 #: Deep enough to reach the task root of every server-side allocation (trio tasks are shallow).
 FRAMES = 24
-#: Bytes of server-side Python allocations per idle connected subscriber (measured ≈ 57 KiB).
-BOUND = 72 * 1024
+#: Bytes of server-side Python allocations per idle connected subscriber (measured 50.3 KiB).
+BOUND = 62 * 1024
 #: No single allocation per idle peer may be this large: a preallocated 1024-slot list is 8 KiB.
 BLOCK_BOUND = 8 * 1024
 
