@@ -11,6 +11,8 @@ from .sender import Sender
 
 
 class Counters:
+    __slots__ = ()  # SctpAssociation is slotted (issue 10)
+
     _sender: Sender | None
     _hb: Heartbeat
 
