@@ -60,6 +60,14 @@ def stat_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def udp_receive_drops() -> int:
+    """Datagrams this network namespace's UDP sockets dropped for a full receive buffer
+    (``/proc/net/snmp`` Udp RcvbufErrors): the clients falling behind, not the server."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
 @dataclass
 class Result:
     server: str
@@ -73,6 +81,7 @@ class Result:
     loss: float  # holes in the sequence numbers over the whole run, all subscribers
     p50_ms: float | None
     p99_ms: float | None
+    client_drops: int  # datagrams dropped at full client receive buffers over the run
 
     @property
     def us_per_packet(self) -> float:
@@ -187,6 +196,7 @@ async def _run(
     totals = load.WorkerTotals()
     receivers: list[load.Receiver] = []
     reader = SharedReader()
+    drops0 = udp_receive_drops()
     limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
     async with httpx.AsyncClient(limits=limits, timeout=30) as http, trio.open_nursery() as nursery:
         nursery.start_soon(reader.run)
@@ -263,6 +273,7 @@ async def _run(
         latency: Counter[int] = Counter()
         for r in receivers:
             latency.update(r.latency)
+        drops = udp_receive_drops() - drops0
         for stop in stops:
             stop()
         await trio.sleep(0.5)
@@ -274,6 +285,7 @@ async def _run(
         loss=max(0, expected - received) / expected if expected else math.nan,
         p50_ms=None if p50 is None else round(p50 * 1e3, 2),
         p99_ms=None if p99 is None else round(p99 * 1e3, 2),
+        client_drops=drops,
     )
 
 
