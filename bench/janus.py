@@ -212,7 +212,8 @@ def show(r: Result) -> str:
             f"sent {r.sent / r.window:.0f}/s), CPU {r.cpu_percent:.1f} % "
             f"(ticks: {100 * r.cpu_ticks / r.window:.1f} %), "
             f"{r.us_per_packet:.2f} µs/pkt, loss {100 * r.loss:.2f} %, "
-            f"latency p50 {r.p50_ms} p99 {r.p99_ms} ms, client rcvbuf drops {r.client_drops}")
+            f"latency p50 {r.p50_ms} p99 {r.p99_ms} ms, UDP drops: rcvbuf {r.client_drops}, "
+            f"sndbuf {r.send_drops}")
 
 
 def allow_local_sources() -> None:

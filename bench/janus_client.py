@@ -60,12 +60,13 @@ def stat_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def udp_receive_drops() -> int:
-    """Datagrams this network namespace's UDP sockets dropped for a full receive buffer
-    (``/proc/net/snmp`` Udp RcvbufErrors): the clients falling behind, not the server."""
+def udp_drops() -> tuple[int, int]:
+    """(RcvbufErrors, SndbufErrors) of this network namespace's UDP (``/proc/net/snmp``):
+    datagrams dropped at a full receive buffer (clients falling behind) and sends refused at
+    a full send buffer (a server sending faster than the kernel drains, a dropped packet)."""
     with open("/proc/net/snmp") as f:
         rows = [line.split() for line in f if line.startswith("Udp:")]
-    return int(rows[1][rows[0].index("RcvbufErrors")])
+    return int(rows[1][rows[0].index("RcvbufErrors")]), int(rows[1][rows[0].index("SndbufErrors")])
 
 
 @dataclass
@@ -81,7 +82,8 @@ class Result:
     loss: float  # holes in the sequence numbers over the whole run, all subscribers
     p50_ms: float | None
     p99_ms: float | None
-    client_drops: int  # datagrams dropped at full client receive buffers over the run
+    client_drops: int  # datagrams dropped at full receive buffers over the run (clients)
+    send_drops: int  # sends refused at full send buffers over the run (mostly the server)
 
     @property
     def us_per_packet(self) -> float:
@@ -196,7 +198,7 @@ async def _run(
     totals = load.WorkerTotals()
     receivers: list[load.Receiver] = []
     reader = SharedReader()
-    drops0 = udp_receive_drops()
+    rcv0, snd0 = udp_drops()
     limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
     async with httpx.AsyncClient(limits=limits, timeout=30) as http, trio.open_nursery() as nursery:
         nursery.start_soon(reader.run)
@@ -273,7 +275,7 @@ async def _run(
         latency: Counter[int] = Counter()
         for r in receivers:
             latency.update(r.latency)
-        drops = udp_receive_drops() - drops0
+        rcv1, snd1 = udp_drops()
         for stop in stops:
             stop()
         await trio.sleep(0.5)
@@ -285,7 +287,8 @@ async def _run(
         loss=max(0, expected - received) / expected if expected else math.nan,
         p50_ms=None if p50 is None else round(p50 * 1e3, 2),
         p99_ms=None if p99 is None else round(p99 * 1e3, 2),
-        client_drops=drops,
+        client_drops=rcv1 - rcv0,
+        send_drops=snd1 - snd0,
     )
 
 
