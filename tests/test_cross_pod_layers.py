@@ -66,10 +66,15 @@ class Relay:
         self, node: str, publisher_id: str, name: str, on_packet: Callable[[bytes, float], None]
     ) -> AsyncIterator[None]:
         sink = self.sender(publisher_id, name)
+        if sink.handler is not None:  # as MediaRelay: one subscription per stream and pod
+            raise ValueError(f"already receiving {name}")
         sink.handler = on_packet
         try:
             yield
         finally:
+            # unwinding takes a moment (the real relay's order of tasks decides how long)
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.01)
             sink.handler = None
 
 
@@ -212,3 +217,29 @@ async def test_layer_bitrates_and_widths_of_relayed_streams(
     rates = pods.remote.layer_bitrates(trio.current_time())
     assert rates[0] == 0 and rates[1] > 0 and rates[2] > 0
     assert pods.remote.layer_widths() == (0, 640, 1280)
+
+
+async def test_a_stream_needed_again_while_its_release_unwinds_is_subscribed_again(
+    nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    """Released and needed again in the same moment: the new subscription waits for the old
+    one to unwind (the relay allows one per stream) instead of failing the SFU's task."""
+    pods = Pods(nursery)
+    sub = pods.join()
+    sub.set_layer(0, trio.current_time())
+    await trio.testing.wait_all_tasks_blocked()
+    await pods.frames(20)
+    assert "t/q" in pods.relayed()
+    stream = pods.remote._streams[0]
+    sub.set_layer(2, trio.current_time())  # q unneeded from now (once the switch is made)
+    await pods.frames(20)
+    assert sub.forwarded_layer == 2
+    now = trio.current_time()
+    stream.unneeded_since = now - 60
+    pods.remote._sync_streams(now)  # q released: its task is cancelled, not yet unwound
+    sub.set_layer(0, now)  # ... and needed again at once
+    await trio.sleep(0.2)
+    await pods.frames(20)
+    assert "t/q" in pods.relayed()
+    assert sub.forwarded_layer == 0
+    pods.check()

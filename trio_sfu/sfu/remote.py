@@ -377,6 +377,10 @@ class RemoteTrack:
                         await trio.sleep_forever()
                 except BackendUnavailable:
                     await trio.sleep(0.5)
+                except ValueError:
+                    # the previous subscription to this stream (released, now needed again)
+                    # has not finished unwinding yet: it does at its next checkpoint
+                    await trio.sleep(0.05)
 
     async def _review(self, scope: trio.CancelScope) -> None:
         """A layered remote track's timer: subscriptions follow what the groups need, and
