@@ -66,8 +66,7 @@ async def test_a_room_speaks_for_its_members_through_its_host() -> None:
     room.publisher_left("alice-1")
     room.subscriber_left("bob-1")
     assert host.updates == [
-        ("add_publisher", ("r", ALICE)),
-        ("publish", ("r", PubJoin("r", ALICE))),
+        ("_record_then_announce", (ALICE,)),
         ("add_publisher", ("r", ALICE)),
         ("publish", ("r", TrackChange("r", ALICE))),
         ("publish", ("r", Chat("r", "bob-1", "hi"))),
@@ -76,3 +75,24 @@ async def test_a_room_speaks_for_its_members_through_its_host() -> None:
         ("remove_subscriber", ("r", "bob-1")),
         ("publish", ("r", SubLeft("r", "bob-1"))),
     ]
+
+
+async def test_a_publisher_is_announced_only_once_the_state_store_holds_it() -> None:
+    """PUB_JOIN goes on the bus only after the state store recorded the publisher (so the
+    sweep of a pod killed right after announcing finds it), with its tracks as they are by
+    then; one that left meanwhile is recorded (its removal follows) but not announced."""
+    host = Host()
+    room = Room(host, "r")
+
+    class Publisher:
+        info = PublisherInfo("alice-1", "alice", "pod-a", (TrackInfo("v1", "video", ()),))
+
+    room.publishers["alice-1"] = Publisher()  # type: ignore[assignment]
+    await room._record_then_announce(ALICE)
+    state = await host.state.room("r")
+    assert state is not None and "alice-1" in state.publishers
+    assert host.updates == [("publish", ("r", PubJoin("r", Publisher.info)))]
+    del room.publishers["alice-1"]
+    host.updates.clear()
+    await room._record_then_announce(ALICE)
+    assert host.updates == []

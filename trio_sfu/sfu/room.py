@@ -230,9 +230,7 @@ class Room:
 
     async def publisher_ready(self, info: PublisherInfo) -> None:
         """A publisher's transport is up: record it, then tell the room (PUB_JOIN)."""
-        host = self._host
-        host.reliably(host.state.add_publisher, self.name, info)
-        host.reliably(host.bus.publish, self.name, PubJoin(self.name, info))
+        self._host.reliably(self._record_then_announce, info)
         self._speaker_wake.set()
         log.info(
             "publisher joined",
@@ -243,6 +241,22 @@ class Room:
                 "video": info.video,
             },
         )
+
+    async def _record_then_announce(self, info: PublisherInfo) -> None:
+        """The state store first, then PUB_JOIN (queued once the record is in): a pod killed
+        right after announcing a publisher must leave it where the sweep of its dead node
+        finds it, or every other pod would keep a ghost publisher (no PUB_LEFT would ever
+        come; seen as a rare failure of tests/test_cluster.py's killed-pod test, when the
+        bus's queue ran ahead of the state store's). A publisher that left meanwhile is not
+        announced (its departure is queued already), and the announcement carries its tracks
+        as they are now."""
+        host = self._host
+        await host.state.add_publisher(self.name, info)
+        publisher = self.publishers.get(info.publisher_id)
+        if publisher is None:
+            return
+        current = publisher.info
+        host.reliably(host.bus.publish, self.name, PubJoin(self.name, current))
 
     def tracks_changed(self, info: PublisherInfo) -> None:
         """A live publisher's tracks changed (issue 15): the state store keeps ``GET /rooms``
