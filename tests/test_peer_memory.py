@@ -58,7 +58,11 @@ async def test_idle_subscriber_python_memory_is_bounded(nursery: trio.Nursery) -
     stats = after.compare_to(before, "traceback")
     per_peer = sum(s.size_diff for s in stats) / PEERS
     assert per_peer < BOUND, f"{per_peer / 1024:.1f} KiB of Python objects per idle subscriber"
-    biggest = max((s for s in stats if s.count_diff > 0), key=lambda s: s.size_diff / s.count_diff)
+    # Per idle peer: a site that allocated once per peer (or more). A one-off container
+    # resize (a set of Trio tasks growing past a power of two) is not, and whether it falls
+    # between the snapshots depends on what else runs.
+    per_peer_sites = [s for s in stats if s.count_diff >= PEERS]
+    biggest = max(per_peer_sites, key=lambda s: s.size_diff / s.count_diff)
     block = biggest.size_diff / biggest.count_diff
     assert block < BLOCK_BOUND, (
         f"a {block:.0f}-byte allocation per idle peer at {biggest.traceback.format()[-1:]}"
