@@ -76,7 +76,7 @@ _HASHES: Final[dict[str, str]] = {
 _DTLS1_2_VERSION: Final = 0xFEFD
 _RECORD_HEADER: Final = HEADER_SIZE  # RFC 6347 §4.1: type, version, epoch, seq, length
 _MAX_RECORD_PLAINTEXT: Final = 16384  # RFC 5246 §6.2.1
-_FINISHED: Final = 20  # RFC 5246 §7.4: HandshakeType finished
+_FINISHED: Final = b"\x14"  # RFC 5246 §7.4: HandshakeType finished (20)
 _CLOSE_NOTIFY: Final = b"\x01\x00"  # RFC 5246 §7.2: warning(1), close_notify(0)
 #: RFC 5246 §7.2 alert descriptions, for the reason of a Closed event.
 _ALERTS: Final = {
@@ -176,7 +176,9 @@ class Certificate:
             # (no resumption in WebRTC, they only bloat the last flight); no renegotiation.
             # The server picks the suite by our order (AEAD first: our own record layer).
             ctx.set_options(
-                SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION
+                SSL.OP_NO_QUERY_MTU
+                | SSL.OP_NO_TICKET
+                | SSL.OP_NO_RENEGOTIATION
                 | SSL.OP_CIPHER_SERVER_PREFERENCE
             )
             # With a CBC suite OpenSSL keeps the record layer: let it free its record
@@ -576,16 +578,14 @@ class DtlsTransport:
                 plaintext = records.unprotect(data, pos, end)
                 if plaintext:  # an empty record carries nothing (RFC 5246 §6.2.1)
                     self._events.append(ApplicationData(plaintext))
-            elif content_type == ALERT or content_type == HANDSHAKE:
+            elif content_type in (ALERT, HANDSHAKE):
                 plaintext = records.unprotect(data, pos, end)
                 if plaintext is not None:
                     if content_type == ALERT:
                         self._alert(records, plaintext)
                         if self.state is not DtlsState.CONNECTED:
                             return
-                    elif plaintext[:1] == bytes((_FINISHED,)) and (
-                        self._final_flight is not None
-                    ):
+                    elif plaintext[:1] == _FINISHED and self._final_flight is not None:
                         # The client repeats its Finished: our CCS + Finished were lost
                         # (RFC 6347 §4.2.4, see the class docstring).
                         self._out.append(self._final_flight)

@@ -34,12 +34,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from trio_sfu.proto.errors import DtlsError
 
 __all__ = [
-    "APPLICATION_DATA",
     "ALERT",
+    "APPLICATION_DATA",
     "HANDSHAKE",
+    "SUITES",
     "AeadSuite",
     "RecordLayer",
-    "SUITES",
     "prf",
     "record_layer",
 ]
