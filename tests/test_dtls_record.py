@@ -288,10 +288,12 @@ def test_sequence_numbers_after_a_retransmitted_finished() -> None:
     assert peer.received == [b"after"]
 
 
-def test_application_data_right_behind_the_finished() -> None:
+@pytest.mark.parametrize("cipher", [AES128, CBC])
+def test_application_data_right_behind_the_finished(cipher: str) -> None:
     """The server's first record in the datagram that completes our handshake: set aside,
-    then delivered through our layer (and its replay window) after HandshakeComplete."""
-    peer = OpenSSLPeer(is_server=True)
+    then delivered through our layer (and its replay window) after HandshakeComplete — or
+    through OpenSSL's when it stays (a CBC suite)."""
+    peer = OpenSSLPeer(is_server=True, ciphers=cipher)
     ours = DtlsTransport(OURS, is_server=False, remote_fingerprints=peer.fingerprints)
     ours.start(0.0)
     ours.send(b"queued before the handshake")
@@ -305,6 +307,7 @@ def test_application_data_right_behind_the_finished() -> None:
     last = peer.output()  # CCS + Finished + the application record, one datagram
     assert [t for t, _, _ in records(last)] == [20, 22, 23]
     ours.receive_datagram(last, 0.0)
+    assert ours.uses_own_record_layer is (cipher == AES128)
     evs = events(ours)
     assert isinstance(evs[0], HandshakeComplete) and evs[1:] == [ApplicationData(b"right behind")]
     ours.receive_datagram(last, 1.0)  # replayed: the window saw it

@@ -308,10 +308,12 @@ class DtlsTransport:
       only an authenticated epoch-1 Finished; epoch-0 records of the old flight are dropped
       as out of epoch). Verbatim is safe: the same sequence numbers carry the same bytes, so
       no nonce is reused, and a client that did get the first copy drops the second as a
-      replay. The records are kept for the association's life (cheaper than a 2·MSL timer
-      per peer). The client keeps nothing: its handshake completes only on the server's
-      Finished, after which the server has nothing left to ask for. Session resumption,
-      where the roles of the last flight swap, is off (``SESS_CACHE_OFF``, no tickets).
+      replay. The client's original Finished went to OpenSSL, not through our window, so a
+      network duplicate of it is answered once (then the window has it). The records are
+      kept for the association's life (cheaper than a 2·MSL timer per peer). The client
+      keeps nothing: its handshake completes only on the server's Finished, after which
+      the server has nothing left to ask for. Session resumption, where the roles of the
+      last flight swap, is off (``SESS_CACHE_OFF``, no tickets).
     * **What is ignored after the switch**: epoch-0 records (the old handshake flights, or a
       new ClientHello; OpenSSL drops them as well, and RFC 6347 §4.2.8 only allows, not
       requires, a new association on the same 5-tuple), any other handshake message
@@ -736,6 +738,8 @@ class DtlsTransport:
     def _take_over(self, conn: SSL.Connection) -> RecordLayer | None:
         """Our record layer for the negotiated suite, with OpenSSL freed; None (OpenSSL
         stays) for a suite :mod:`~trio_sfu.proto.dtls_record` does not protect."""
+        if conn.get_protocol_version() != _DTLS1_2_VERSION:
+            return None  # a DTLS 1.3 handshake (an OpenSSL that has it) has other records
         master = conn.master_key()
         client_random = conn.client_random()
         server_random = conn.server_random()
