@@ -9,8 +9,9 @@ size, the bench times, in CPU microseconds (``time.process_time``) per record:
   wrote beforehand (outside the timed region), each read once, as the core does.
 
 It reports which record layer ran (ours after the handshake, or OpenSSL's), so the same command
-with ``PYTHONPATH`` pointing at another source tree gives the before/after figures. Nothing is
-asserted; loops are bounded by a record count.
+with ``PYTHONPATH`` pointing at another source tree gives the before/after figures, and the
+floor of this run (``bench.floor.measure_floor``: one raw 1200-byte ``sendto`` plus one SRTP GCM
+protect) for scale. Nothing is asserted; loops are bounded by a record count.
 
 Run from the repository root: ``.venv/bin/python -m bench.dtls [records]``
 """
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 
+from bench.floor import measure_floor
 from trio_sfu.proto.dtls import ApplicationData, Certificate, DtlsTransport, HandshakeComplete
 
 SIZES = (100, 1100)  # a SACK-sized and an MTU-sized SCTP packet
@@ -68,7 +70,9 @@ def main() -> None:
     records = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     client, _ = connected()
     layer = "ours" if getattr(client, "uses_own_record_layer", False) else "OpenSSL's"
+    floor_cpu, _ = measure_floor()
     print(f"record layer after the handshake: {layer}; {records} records per figure")
+    print(f"floor (raw sendto 1200 B + GCM protect): {floor_cpu:.2f} µs CPU per datagram")
     for size in SIZES:
         measure(records // 10, size)  # warm-up
         send, receive = measure(records, size)
