@@ -15,6 +15,15 @@ Two OpenSSL quirks shape the code:
   records, never part of one).
 * OpenSSL's handshake retransmission timer reads its own (real) clock. See
   :meth:`DtlsTransport.get_timer` for what that means under a fake clock.
+
+OpenSSL only does the handshake. Its connection object costs ~93 KiB per peer for as long as
+it lives, and after the handshake a WebRTC association carries nothing but SCTP packets and
+alerts (the SRTP keys are exported by then), so when an AEAD suite was negotiated the
+transport derives the epoch-1 record keys from the master secret, moves to its own record
+layer (:mod:`trio_sfu.proto.dtls_record`) and frees the OpenSSL connection (issue 10: server
+RSS per idle subscriber 156–163 → 85–86 KiB, ``bench/pod.py --idle 200``). Any other suite
+keeps OpenSSL for the whole association, as before. :class:`DtlsTransport` explains what the
+switch has to keep.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import enum
+import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,9 +40,18 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 
+from trio_sfu.proto.dtls_record import (
+    ALERT,
+    APPLICATION_DATA,
+    HANDSHAKE,
+    HEADER_SIZE,
+    RecordLayer,
+    record_layer,
+)
 from trio_sfu.proto.errors import DtlsError
 from trio_sfu.proto.srtp import PROFILES, SrtpContext
 
@@ -46,18 +65,33 @@ __all__ = [
     "HandshakeComplete",
 ]
 
-# RFC 8122 §5 hash function names (as they appear in a=fingerprint) we can check.
-_HASHES: Final[dict[str, type[hashes.HashAlgorithm]]] = {
-    "sha-1": hashes.SHA1,
-    "sha-224": hashes.SHA224,
-    "sha-256": hashes.SHA256,
-    "sha-384": hashes.SHA384,
-    "sha-512": hashes.SHA512,
+# RFC 8122 §5 hash function names (as they appear in a=fingerprint) we can check, and their
+# hashlib names.
+_HASHES: Final[dict[str, str]] = {
+    "sha-1": "sha1",
+    "sha-224": "sha224",
+    "sha-256": "sha256",
+    "sha-384": "sha384",
+    "sha-512": "sha512",
 }
 _DTLS1_2_VERSION: Final = 0xFEFD
-_RECORD_HEADER: Final = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number, length
+_RECORD_HEADER: Final = HEADER_SIZE  # RFC 6347 §4.1: type, version, epoch, seq, length
 _MAX_RECORD_PLAINTEXT: Final = 16384  # RFC 5246 §6.2.1
-# ECDHE only (forward secrecy), ECDSA first as browsers and we use P-256 certificates.
+_FINISHED: Final = b"\x14"  # RFC 5246 §7.4: HandshakeType finished (20)
+_CLOSE_NOTIFY: Final = b"\x01\x00"  # RFC 5246 §7.2: warning(1), close_notify(0)
+#: RFC 5246 §7.2 alert descriptions, for the reason of a Closed event.
+_ALERTS: Final = {
+    0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac",
+    22: "record_overflow", 40: "handshake_failure", 42: "bad_certificate",
+    43: "unsupported_certificate", 44: "certificate_revoked", 45: "certificate_expired",
+    46: "certificate_unknown", 47: "illegal_parameter", 48: "unknown_ca",
+    49: "access_denied", 50: "decode_error", 51: "decrypt_error", 70: "protocol_version",
+    71: "insufficient_security", 80: "internal_error", 90: "user_canceled",
+    100: "no_renegotiation", 110: "unsupported_extension",
+}  # fmt: skip
+# ECDHE only (forward secrecy), ECDSA first as browsers and we use P-256 certificates; the
+# AEAD suites first, as our own record layer protects those (the server picks by this order:
+# OP_CIPHER_SERVER_PREFERENCE). The CBC ones stay for old peers, with OpenSSL's record layer.
 _CIPHERS: Final = (
     b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
     b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"
@@ -67,11 +101,19 @@ _CIPHERS: Final = (
 _EXPORTER_LABEL: Final = b"EXTRACTOR-dtls_srtp"  # RFC 5764 §4.2
 
 
-def _hex_fingerprint(cert: x509.Certificate, algorithm: str) -> str:
-    algo = _HASHES.get(algorithm.lower())
-    if algo is None:
+def _hex_fingerprint(der: bytes, algorithm: str) -> str:
+    """RFC 8122 §5: the hash of the DER certificate, ``AB:CD:...``."""
+    name = _HASHES.get(algorithm.lower())
+    if name is None:
         raise DtlsError(f"unsupported fingerprint algorithm {algorithm!r}")
-    return cert.fingerprint(algo()).hex(":").upper()
+    return hashlib.new(name, der).digest().hex(":").upper()
+
+
+def _matches(der: bytes, fingerprints: list[tuple[str, str]]) -> bool:
+    for algorithm, value in fingerprints:
+        if algorithm in _HASHES and _hex_fingerprint(der, algorithm) == value:
+            return True
+    return False
 
 
 def _normalise(fingerprints: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -116,7 +158,7 @@ class Certificate:
 
     def fingerprint(self, algorithm: str = "sha-256") -> str:
         """``AB:CD:...`` upper-case hex of the DER certificate (RFC 8122 §5)."""
-        return _hex_fingerprint(self.cert, algorithm)
+        return _hex_fingerprint(self.cert.public_bytes(Encoding.DER), algorithm)
 
     @property
     def fingerprints(self) -> list[tuple[str, str]]:
@@ -133,11 +175,21 @@ class Certificate:
             ctx.set_min_proto_version(_DTLS1_2_VERSION)  # RFC 8827 §6.5: DTLS 1.2 or later
             # We set the MTU ourselves (memory BIOs have no path MTU); no session tickets
             # (no resumption in WebRTC, they only bloat the last flight); no renegotiation.
-            ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
-            # After the handshake a connection only carries SCTP: let OpenSSL free its record
+            # The server picks the suite by our order (AEAD first: our own record layer).
+            ctx.set_options(
+                SSL.OP_NO_QUERY_MTU
+                | SSL.OP_NO_TICKET
+                | SSL.OP_NO_RENEGOTIATION
+                | SSL.OP_CIPHER_SERVER_PREFERENCE
+            )
+            # With a CBC suite OpenSSL keeps the record layer: let it free its record
             # buffers while idle instead of keeping ~34 KB per peer (issue 10: memory per
             # idle peer).
             ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+            # No resumption (WebRTC never resumes; the fingerprint check wants the peer's
+            # certificate every time): no server-side session cache holding a session per
+            # peer, and the last flight is always the server's (see DtlsTransport).
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             ctx.set_cipher_list(_CIPHERS)
             ctx.use_certificate(self.cert)
             ctx.use_privatekey(self.key)
@@ -232,9 +284,44 @@ class DtlsTransport:
       the transport emits ``Closed(error=True)``.
     * Application data sent before the handshake completes is *queued* (at most
       :attr:`MAX_EARLY`, then dropped: SCTP retransmits) and goes out right after it.
-    * Garbage never raises: OpenSSL discards undecryptable or malformed records in DTLS
-      (RFC 6347 §4.1.2.7) and anything it does raise becomes a :class:`Closed` event. Only
-      local misuse raises :class:`DtlsError`.
+    * Garbage never raises: undecryptable or malformed records are discarded (RFC 6347
+      §4.1.2.7) and a fatal error becomes a :class:`Closed` event. Only local misuse raises
+      :class:`DtlsError`.
+
+    The switch to our own record layer when the handshake completes with an AEAD suite
+    (:mod:`trio_sfu.proto.dtls_record`) must not lose anything OpenSSL would have done:
+
+    * **Sequence numbers.** OpenSSL wrote our Finished (and any retransmission of it) in
+      epoch 1; every record it writes passes through :meth:`_drain`, which notes the last
+      epoch-1 sequence number, and ours continue after it (RFC 6347 §4.1: never reused, or
+      AES-GCM would reuse a nonce).
+    * **The replay window.** Epoch-1 application records that arrive before the handshake
+      completes (the peer's first SCTP packet right behind its Finished) are set aside, not
+      given to OpenSSL, and go through our layer once it exists, so every application record
+      of the association passes one RFC 6347 §4.1.2.6 window.
+    * **The final flight.** RFC 6347 §4.2.4: the side that sends the last flight (the server
+      in a full handshake) must answer a retransmission of the peer's last flight by
+      retransmitting its own, for at least twice the MSL — that is how a lost
+      ChangeCipherSpec + Finished is recovered (the client, not having it, repeats its
+      Finished on its timer). So the server keeps the records OpenSSL wrote in answer to the
+      client's Finished (~75 bytes: CCS + Finished) and sends them again, verbatim, whenever
+      an epoch-1 Finished from the client authenticates — what OpenSSL does too (it answers
+      only an authenticated epoch-1 Finished; epoch-0 records of the old flight are dropped
+      as out of epoch). Verbatim is safe: the same sequence numbers carry the same bytes, so
+      no nonce is reused, and a client that did get the first copy drops the second as a
+      replay. The client's original Finished went to OpenSSL, not through our window, so a
+      network duplicate of it is answered once (then the window has it). The records are
+      kept for the association's life (cheaper than a 2·MSL timer per peer). The client
+      keeps nothing: its handshake completes only on the server's Finished, after which
+      the server has nothing left to ask for. Session resumption, where the roles of the
+      last flight swap, is off (``SESS_CACHE_OFF``, no tickets).
+    * **What is ignored after the switch**: epoch-0 records (the old handshake flights, or a
+      new ClientHello; OpenSSL drops them as well, and RFC 6347 §4.2.8 only allows, not
+      requires, a new association on the same 5-tuple), any other handshake message
+      (renegotiation is off, as in OpenSSL with ``OP_NO_RENEGOTIATION``), and warning alerts
+      other than close_notify (RFC 5246 §7.2.2).
+    * **Alerts.** close_notify is answered with close_notify (RFC 5246 §7.2.1) and closes; a
+      fatal alert closes with ``error=True``.
     """
 
     MAX_HELD = 32
@@ -259,17 +346,27 @@ class DtlsTransport:
         self.handshake_timeout = handshake_timeout
         self.state = DtlsState.NEW
         self._remote = _normalise(remote_fingerprints)
-        self._conn = SSL.Connection(certificate._context(is_server, tuple(srtp_profiles)), None)
+        # OpenSSL until the handshake completes; None after it when our record layer took
+        # over (see the class docstring).
+        self._conn: SSL.Connection | None = SSL.Connection(
+            certificate._context(is_server, tuple(srtp_profiles)), None
+        )
         self._conn.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
         self._conn.set_ciphertext_mtu(mtu)
         if is_server:
             self._conn.set_accept_state()
         else:
             self._conn.set_connect_state()
+        self._records: RecordLayer | None = None
         self._verify_error: str | None = None
         self._handshake_done = False
+        self._peer_der = b""  # the peer's certificate (DER), once the handshake is done
         self._held: list[bytes] = []
         self._early: list[bytes] = []
+        self._pending: list[bytes] = []  # epoch-1 application records before completion
+        self._next_write_seq = 0  # after the last epoch-1 record OpenSSL wrote
+        self._final_flight: bytes | None = None  # RFC 6347 §4.2.4, the server's last flight
+        self._out: list[bytes] = []  # whole records (or runs of them) for datagrams_to_send
         # A list, not a deque: usually empty or one event, and an empty deque costs ~600 B
         # per peer (issue 10, memory per idle peer).
         self._events: list[DtlsEvent] = []
@@ -289,8 +386,7 @@ class DtlsTransport:
         if self._handshake_done:
             # A renegotiated SDP may repeat the fingerprint; it may not change it (RFC 8842
             # §5: a new fingerprint needs a new DTLS association).
-            peer = self._conn.get_peer_certificate(as_cryptography=True)
-            if peer is None or not self._matches(peer, fingerprints):
+            if not _matches(self._peer_der, fingerprints):
                 raise DtlsError("the remote fingerprint cannot change after the handshake")
             self._remote = fingerprints
             return
@@ -303,12 +399,6 @@ class DtlsTransport:
                 self._feed(data)
             self._update_timer(self._now)
 
-    def _matches(self, cert: x509.Certificate, fingerprints: list[tuple[str, str]]) -> bool:
-        for algorithm, value in fingerprints:
-            if algorithm in _HASHES and _hex_fingerprint(cert, algorithm) == value:
-                return True
-        return False
-
     def _verify(
         self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
     ) -> bool:
@@ -318,7 +408,7 @@ class DtlsTransport:
         if depth != 0:
             return True
         try:
-            if self._matches(cert.to_cryptography(), self._remote):
+            if _matches(cert.to_cryptography().public_bytes(Encoding.DER), self._remote):
                 return True
         except Exception:  # a certificate cryptography cannot load fails like a mismatch
             pass
@@ -332,9 +422,18 @@ class DtlsTransport:
         return not self.is_server
 
     @property
+    def uses_own_record_layer(self) -> bool:
+        """True once the handshake completed with an AEAD suite and OpenSSL was freed."""
+        return self._records is not None
+
+    @property
     def cleartext_mtu(self) -> int:
         """The largest application payload that still fits one ``mtu``-sized datagram with
         the negotiated cipher (size SCTP packets by this once connected)."""
+        if self._records is not None:
+            return self.mtu - _RECORD_HEADER - self._records.overhead
+        if self._conn is None:
+            raise DtlsError("no DTLS connection")
         return int(self._conn.get_cleartext_mtu())
 
     def start(self, now: float) -> None:
@@ -350,6 +449,12 @@ class DtlsTransport:
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Feed one UDP datagram (it may hold several records). Never raises."""
+        records = self._records
+        if records is not None:  # connected, our record layer (the usual case)
+            if self.state is DtlsState.CONNECTED:
+                self._now = now
+                self._receive_records(records, data)
+            return
         if self.state is DtlsState.NEW:
             if not self.is_server:
                 return  # nothing can be meant for a client that has not said hello
@@ -370,30 +475,41 @@ class DtlsTransport:
         if len(data) > _MAX_RECORD_PLAINTEXT:
             raise DtlsError(f"{len(data)} bytes do not fit one DTLS record")
         if self.state is DtlsState.CONNECTED:
-            self._write(data)
+            records = self._records
+            if records is None:
+                self._write(data)
+                return
+            try:
+                self._out.append(records.protect(APPLICATION_DATA, data))
+            except DtlsError as exc:  # sequence numbers exhausted
+                self._fatal(str(exc))
         elif self.state in (DtlsState.NEW, DtlsState.CONNECTING) and (
             len(self._early) < self.MAX_EARLY
         ):
             self._early.append(bytes(data))
 
     def datagrams_to_send(self) -> list[bytes]:
-        out = bytearray()
-        while True:
-            try:
-                out += self._conn.bio_read(65536)
-            except SSL.Error:  # WantReadError: the BIO is empty
-                break
+        """Whole records packed into datagrams of at most ``mtu`` bytes (RFC 6347 §4.1.1)."""
+        if self._conn is not None:
+            self._drain()
+        out = self._out
         if not out:
             return []
+        self._out = []
+        if len(out) == 1:
+            return out
+        mtu = self.mtu
         datagrams: list[bytes] = []
-        current = b""
-        for record in _split_records(bytes(out)):
-            if current and len(current) + len(record) > self.mtu:
-                datagrams.append(current)
-                current = b""
-            current += record
-        if current:
-            datagrams.append(current)
+        parts: list[bytes] = []
+        size = 0
+        for record in out:
+            if parts and size + len(record) > mtu:
+                datagrams.append(b"".join(parts))
+                parts = []
+                size = 0
+            parts.append(record)
+            size += len(record)
+        datagrams.append(b"".join(parts))
         return datagrams
 
     def get_timer(self) -> float | None:
@@ -416,7 +532,8 @@ class DtlsTransport:
 
     def handle_timer(self, now: float) -> None:
         self._now = now
-        if self.state is not DtlsState.CONNECTING:
+        conn = self._conn
+        if self.state is not DtlsState.CONNECTING or conn is None:
             self._retransmit_at = None
             self._deadline = None
             return
@@ -424,7 +541,7 @@ class DtlsTransport:
             self._fatal("DTLS handshake timed out")
             return
         try:
-            self._conn.DTLSv1_handle_timeout()
+            conn.DTLSv1_handle_timeout()
         except (SSL.WantReadError, SSL.WantWriteError):
             pass  # pyOpenSSL maps some non-fatal -1 returns to these; the state is intact
         except SSL.Error as exc:  # e.g. too many retransmissions
@@ -437,7 +554,10 @@ class DtlsTransport:
         if self.state in (DtlsState.CLOSED, DtlsState.FAILED):
             return
         if self.state is DtlsState.CONNECTED:
-            self._shutdown()
+            if self._records is not None:
+                self._send_close_notify(self._records)
+            else:
+                self._shutdown()
         # Before the handshake completes OpenSSL refuses to send close_notify; the peer's
         # handshake will time out.
         self._finish(DtlsState.CLOSED, Closed("closed locally", False))
@@ -445,65 +565,205 @@ class DtlsTransport:
     def next_event(self) -> DtlsEvent | None:
         return self._events.pop(0) if self._events else None
 
-    # -- internals ------------------------------------------------------------------------
+    # -- our record layer (after the handshake) ---------------------------------------------
+
+    def _receive_records(self, records: RecordLayer, data: bytes) -> None:
+        """Each record of one datagram (RFC 6347 §4.1.1: several per datagram). Only epoch-1
+        application data, alerts and handshake records can mean anything now; whatever does
+        not authenticate is dropped (RFC 6347 §4.1.2.7)."""
+        pos, n = 0, len(data)
+        while pos + _RECORD_HEADER <= n:
+            end = pos + _RECORD_HEADER + ((data[pos + 11] << 8) | data[pos + 12])
+            if end > n:
+                return  # a truncated record: the rest of the datagram is unusable
+            content_type = data[pos]
+            if content_type == APPLICATION_DATA:
+                plaintext = records.unprotect(data, pos, end)
+                if plaintext:  # an empty record carries nothing (RFC 5246 §6.2.1)
+                    self._events.append(ApplicationData(plaintext))
+            elif content_type in (ALERT, HANDSHAKE):
+                plaintext = records.unprotect(data, pos, end)
+                if plaintext is not None:
+                    if content_type == ALERT:
+                        self._alert(records, plaintext)
+                        if self.state is not DtlsState.CONNECTED:
+                            return
+                    elif plaintext[:1] == _FINISHED and self._final_flight is not None:
+                        # The client repeats its Finished: our CCS + Finished were lost
+                        # (RFC 6347 §4.2.4, see the class docstring).
+                        self._out.append(self._final_flight)
+            pos = end
+
+    def _alert(self, records: RecordLayer, alert: bytes) -> None:
+        if len(alert) != 2:
+            return  # RFC 5246 §7.2: two bytes; a malformed one is dropped like garbage
+        level, description = alert
+        if description == 0:  # close_notify, whatever the level
+            # RFC 5246 §7.2.1: answer close_notify with close_notify.
+            self._send_close_notify(records)
+            self._finish(DtlsState.CLOSED, Closed("close_notify received", False))
+        elif level == 2:  # fatal (RFC 5246 §7.2.2)
+            name = _ALERTS.get(description, str(description))
+            self._finish(DtlsState.FAILED, Closed(f"fatal alert received: {name}", True))
+
+    def _send_close_notify(self, records: RecordLayer) -> None:
+        with contextlib.suppress(DtlsError):  # sequence numbers exhausted: nothing to say
+            self._out.append(records.protect(ALERT, _CLOSE_NOTIFY))
+
+    # -- OpenSSL (the handshake; the whole association for a non-AEAD suite) --------------
+
+    def _drain(self) -> list[bytes]:
+        """Move what OpenSSL wrote into :attr:`_out`, noting the last epoch-1 sequence
+        number it used; returns the records moved."""
+        conn = self._conn
+        if conn is None:
+            return []
+        out = bytearray()
+        while True:
+            try:
+                out += conn.bio_read(65536)
+            except SSL.Error:  # WantReadError: the BIO is empty
+                break
+        if not out:
+            return []
+        records = _split_records(bytes(out))
+        for record in records:
+            if record[3:5] == b"\x00\x01" and len(record) >= _RECORD_HEADER:
+                seq = int.from_bytes(record[5:11])
+                if seq >= self._next_write_seq:
+                    self._next_write_seq = seq + 1
+        self._out += records
+        return records
+
+    def _set_aside_application_data(self, data: bytes) -> bytes:
+        """``data`` without its epoch-1 application records, which wait in :attr:`_pending`
+        until the handshake completes (see the class docstring: the replay window)."""
+        pos, n = 0, len(data)
+        kept: list[bytes] = []
+        moved = False
+        while pos + _RECORD_HEADER <= n:
+            end = pos + _RECORD_HEADER + ((data[pos + 11] << 8) | data[pos + 12])
+            if end > n:
+                break
+            if data[pos] == APPLICATION_DATA and data[pos + 3 : pos + 5] == b"\x00\x01":
+                moved = True
+                if len(self._pending) < self.MAX_HELD:
+                    self._pending.append(data[pos:end])
+            else:
+                kept.append(data[pos:end])
+            pos = end
+        if not moved:
+            return data
+        kept.append(data[pos:])
+        return b"".join(kept)
 
     def _feed(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        if not self._handshake_done:
+            data = self._set_aside_application_data(data)
+            # What OpenSSL writes from here on answers this datagram (the final flight).
+            self._drain()
+            if not data:
+                return
         try:
-            self._conn.bio_write(data)
+            conn.bio_write(data)
         except SSL.Error:
             return
         self._drive()
 
     def _drive(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
         if not self._handshake_done:
             try:
-                self._conn.do_handshake()
+                conn.do_handshake()
             except SSL.WantReadError:
                 return
             except SSL.Error as exc:
                 self._fatal(self._verify_error or _ssl_reason(exc))
                 return
-            if not self._complete_handshake():
-                return
-        self._read_application_data()
+            self._complete_handshake(conn)
+            return
+        self._read_application_data(conn)
 
-    def _complete_handshake(self) -> bool:
+    def _complete_handshake(self, conn: SSL.Connection) -> None:
         self._handshake_done = True
-        peer = self._conn.get_peer_certificate(as_cryptography=True)
+        peer = conn.get_peer_certificate(as_cryptography=True)
+        der = b"" if peer is None else peer.public_bytes(Encoding.DER)
         # The verify callback already checked; this guards against a path that skipped it.
-        if peer is None or not self._matches(peer, self._remote):
+        if not der or not _matches(der, self._remote):
             self._shutdown()
             self._fatal("the peer certificate does not match the SDP fingerprint")
-            return False
-        name = self._conn.get_selected_srtp_profile().decode("ascii", "replace")
+            return
+        self._peer_der = der
+        name = conn.get_selected_srtp_profile().decode("ascii", "replace")
         profile = PROFILES.get(name)
         if profile is None:
             keying_material = b""
         else:
-            keying_material = self._conn.export_keying_material(
+            keying_material = conn.export_keying_material(
                 _EXPORTER_LABEL, profile.keying_material_length
             )
         self.state = DtlsState.CONNECTED
         self._deadline = None
+        self._retransmit_at = None
         self._events.append(
             HandshakeComplete(
                 profile.name if profile else None,
                 keying_material,
                 not self.is_server,
-                _hex_fingerprint(peer, "sha-256"),
+                _hex_fingerprint(der, "sha-256"),
             )
         )
+        records = self._take_over(conn)
         early, self._early = self._early, []
         for data in early:
             if self.state is not DtlsState.CONNECTED:
                 break
-            self._write(data)
-        return self.state is DtlsState.CONNECTED
+            self.send(data)
+        pending, self._pending = self._pending, []
+        if records is not None:
+            for record in pending:
+                if self.state is not DtlsState.CONNECTED:
+                    break
+                self._receive_records(records, record)
+        elif self.state is DtlsState.CONNECTED:
+            if pending:
+                with contextlib.suppress(SSL.Error):
+                    conn.bio_write(b"".join(pending))
+            self._read_application_data(conn)
 
-    def _read_application_data(self) -> None:
+    def _take_over(self, conn: SSL.Connection) -> RecordLayer | None:
+        """Our record layer for the negotiated suite, with OpenSSL freed; None (OpenSSL
+        stays) for a suite :mod:`~trio_sfu.proto.dtls_record` does not protect."""
+        if conn.get_protocol_version() != _DTLS1_2_VERSION:
+            return None  # a DTLS 1.3 handshake (an OpenSSL that has it) has other records
+        master = conn.master_key()
+        client_random = conn.client_random()
+        server_random = conn.server_random()
+        cipher = conn.get_cipher_name()
+        if not (master and client_random and server_random and cipher):
+            return None
+        flight = self._drain()  # the records answering the peer's Finished, if any
+        records = record_layer(
+            cipher, master, client_random, server_random,
+            is_client=not self.is_server, write_seq=self._next_write_seq,
+        )  # fmt: skip
+        if records is None:
+            return None
+        if self.is_server and flight:
+            self._final_flight = b"".join(flight)
+        self._records = records
+        self._conn = None  # frees OpenSSL's connection (and its ~93 KiB)
+        return records
+
+    def _read_application_data(self, conn: SSL.Connection) -> None:
         while True:
             try:
-                data = self._conn.recv(65536)
+                data = conn.recv(65536)
             except SSL.WantReadError:
                 return
             except SSL.ZeroReturnError:
@@ -518,20 +778,29 @@ class DtlsTransport:
                 self._events.append(ApplicationData(data))
 
     def _write(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            return
         try:
-            self._conn.send(data)
+            conn.send(data)
         except SSL.WantReadError:
             pass
         except SSL.Error as exc:
             self._fatal(_ssl_reason(exc))
 
     def _shutdown(self) -> None:
-        with contextlib.suppress(SSL.Error):
-            self._conn.shutdown()
+        if self._conn is not None:
+            with contextlib.suppress(SSL.Error):
+                self._conn.shutdown()
 
     def _update_timer(self, now: float) -> None:
         self._now = now
-        left = self._conn.DTLSv1_get_timeout() if self.state is DtlsState.CONNECTING else None
+        conn = self._conn
+        left = (
+            conn.DTLSv1_get_timeout()
+            if self.state is DtlsState.CONNECTING and conn is not None
+            else None
+        )
         self._retransmit_at = None if left is None else now + left
 
     def _fatal(self, reason: str) -> None:
@@ -544,4 +813,5 @@ class DtlsTransport:
         self._deadline = None
         self._held.clear()
         self._early.clear()
+        self._pending.clear()
         self._events.append(event)
