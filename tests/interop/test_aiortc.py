@@ -24,6 +24,17 @@ async def test_aiortc_subscriber(interop_app: InteropApp) -> None:
     print("aiortc subscriber:", summary)
 
 
+async def test_aiortc_subscriber_with_the_sfu_as_dtls_client(interop_app: InteropApp) -> None:
+    """An offer with a=setup:passive makes the SFU the DTLS client (the SFU is the server in
+    every other test): the record layer that takes over from OpenSSL after the handshake
+    (proto/dtls_record.py) carries the data channel's commands and renegotiations both ways
+    through the whole scenario, against aiortc's own DTLS server."""
+    spec = PeerSpec("aiortc-dtls-client", ("subscriber",),
+                    lambda args: AIORTC.argv([*args, "--dtls-passive"]))
+    summary = await subscriber_scenario(spec, interop_app.base_url)
+    print("aiortc subscriber, SFU as DTLS client:", summary)
+
+
 async def test_aiortc_publisher(interop_app: InteropApp, interop_browser: Browser) -> None:
     await publisher_scenario(AIORTC, interop_app.base_url, interop_browser)
 

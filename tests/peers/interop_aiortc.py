@@ -191,7 +191,14 @@ class Peer:
             path = f"/{'sub' if args.role == 'subscriber' else 'pub'}/{args.room}/{args.id}"
         location = None
         if go is not None:
-            status, body = await self.post(path, pc.localDescription.sdp)
+            offer = pc.localDescription.sdp
+            if args.dtls_passive:
+                # RFC 8842 §5.2 lets an offer say passive: the SFU must then be the DTLS
+                # client (aiortc takes the server role from the answer's a=setup:active).
+                offer = offer.replace("a=setup:actpass", "a=setup:passive")
+            status, body = await self.post(path, offer)
+            if status // 100 == 2 and args.dtls_passive and "a=setup:active" not in body:
+                self.error("--dtls-passive: the answer does not make the SFU the DTLS client")
             if status // 100 == 2:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
                 common.log("answer applied; signalingState", pc.signalingState)
@@ -241,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--per-track", action="store_true",
                    help="count decoded frames per '<publisher> <track>' (msid), not per publisher")
+    p.add_argument("--dtls-passive", action="store_true",
+                   help="offer a=setup:passive, so the SFU is the DTLS client")
     args = p.parse_args(argv)
     args.base_url = args.base_url.rstrip("/")
     common.log("started:", " ".join(sys.argv[1:] if argv is None else argv))

@@ -289,7 +289,11 @@ class ServerPeerConnection(PeerConnection):
         (docs/security.md, "Path changes"), and media follows the agent's choice. A client
         whose address changed, or that moved between UDP and TCP, gets the new path once
         authenticated media comes over it or the old one goes silent."""
-        self._core.address_validated(path, path.address, path.transport, nominated, now)
+        core = self._core
+        first_path = core.path is None and core.dtls is not None and core.dtls.is_client
+        core.address_validated(path, path.address, path.transport, nominated, now)
+        if first_path:
+            self._flush()  # the first path may have started the DTLS client's handshake
 
     def path_closed(self, path: Path) -> None:
         """A TCP connection ended: if it carried the media, nothing is sent until the client's

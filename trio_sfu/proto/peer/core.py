@@ -793,6 +793,12 @@ class PeerCore(Generic[P]):
         if by_media or current is None:
             self.remote_address = selected
         self.heard_at = now
+        dtls = self.dtls
+        if current is None and dtls is not None and dtls.is_client:
+            # RFC 5763 §5: the active side (an offer said a=setup:passive) sends the
+            # ClientHello once ICE has a path; before one exists it has nowhere to go.
+            dtls.start(now)  # a no-op once started
+            self.pump(now)
         if current is not None and self.on_path_changed is not None:
             self.on_path_changed(now, by_media)
 
