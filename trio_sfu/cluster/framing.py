@@ -8,7 +8,7 @@ big-endian length and the packet.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections import deque
 
 MEDIA_VERSION = 1
 _VERSION_BYTE = bytes((MEDIA_VERSION,))
@@ -19,35 +19,29 @@ MAX_PACKET = 0xFFFF
 MAX_MESSAGE = 64 * 1024
 
 
-def pack_packets(
-    packets: Sequence[bytes], limit: int = MAX_MESSAGE
-) -> tuple[list[tuple[bytes, int]], int]:
-    """``packets`` (in order) as media messages of at most ``limit`` bytes each.
+def pack_packets(packets: deque[bytes], limit: int = MAX_MESSAGE) -> tuple[bytes, int, int]:
+    """Take packets off the left of ``packets`` into one media message of at most ``limit``.
 
-    Returns ([(message, packets in it), ...], packets dropped as too large for RTP). A packet
-    that alone exceeds ``limit`` still goes out, in a message of its own. The caller hands a
-    list it took off its queue: the queue itself may change under another thread meanwhile.
+    Returns (message, packets packed, packets dropped as too large). At least one packet is
+    taken per call even if it alone exceeds ``limit``, so the caller always makes progress.
     """
-    messages: list[tuple[bytes, int]] = []
     parts = [_VERSION_BYTE]
     size = 1
-    dropped = 0
+    count = dropped = 0
     pack = _LENGTH.pack
-    for packet in packets:
-        length = len(packet)
+    while packets:
+        length = len(packets[0])
+        if count and size + 2 + length > limit:
+            break
+        packet = packets.popleft()
         if length > MAX_PACKET:
             dropped += 1
             continue
-        if size + 2 + length > limit and len(parts) > 1:
-            messages.append((b"".join(parts), len(parts) >> 1))
-            parts = [_VERSION_BYTE]
-            size = 1
         parts.append(pack(length))
         parts.append(packet)
         size += 2 + length
-    if len(parts) > 1:
-        messages.append((b"".join(parts), len(parts) >> 1))
-    return messages, dropped
+        count += 1
+    return b"".join(parts), count, dropped
 
 
 def unpack_packets(message: bytes) -> list[bytes]:

@@ -1,10 +1,8 @@
 """The cluster's command bus on NATS: per-room and per-node subjects, one connection per pod.
 
 ``NatsBus`` is the ``Bus`` the SFU already uses single-node (``sfu/bus.py``), plus node-
-directed commands and the media relay. It owns one nats-py client on the trio-asyncio loop for
-commands (the relay's wants included); relayed media has a second connection, driven from a
-thread of its own (``media_link``: per NATS message, trio-asyncio cost more than the media it
-carried). Everything the SFU calls is Trio-native and bounded:
+directed commands and the media relay. It owns one nats-py client on the trio-asyncio loop;
+everything the SFU calls is Trio-native and bounded:
 
 - ``publish``/``send_to_node`` cross the bridge once per command (≈ 73 µs, DESIGN.md — fine for
   the control plane) and, while NATS is down, raise ``BackendUnavailable`` at once rather than
@@ -39,7 +37,6 @@ from nats.aio.msg import Msg
 from trio_sfu.cluster import aio
 from trio_sfu.cluster.aio import BackendUnavailable, trio_asyncio
 from trio_sfu.cluster.codec import CodecError, decode, encode, subject_token
-from trio_sfu.cluster.media_link import MediaLink
 from trio_sfu.cluster.relay import MediaRelay
 from trio_sfu.sfu.bus import LISTENER_BACKLOG
 from trio_sfu.sfu.errors import NodeUnreachable
@@ -92,8 +89,7 @@ class _Registration:
 
 
 class NatsBus:
-    """Room and node commands over one NATS connection per pod, and the media relay over a
-    second one (``media``, in its own thread)."""
+    """Room and node commands plus the media relay over one NATS connection per pod."""
 
     def __init__(
         self,
@@ -124,15 +120,7 @@ class NatsBus:
         self._connected_once = trio.Event()
         self._outage = False
         self._closing = False
-        self.media = MediaLink(
-            url,
-            node_id,
-            reconnect_wait=reconnect_wait,
-            connect_timeout=connect_timeout,
-            ping_interval=ping_interval,
-            call_timeout=call_timeout,
-        )
-        self.relay = MediaRelay(self, self.media, node_id)
+        self.relay = MediaRelay(self, node_id)
 
     # -- names and state -------------------------------------------------------------------
 
@@ -141,9 +129,8 @@ class NatsBus:
 
     @property
     def subscriptions(self) -> int:
-        """NATS subscriptions this bus holds now (listeners, the relay inbox, and the relayed
-        tracks on the media connection)."""
-        return len(self._registry) + self.media.subscriptions
+        """NATS subscriptions this bus holds now (listeners, relay tracks, the relay inbox)."""
+        return len(self._registry)
 
     @property
     def reconnects(self) -> int:
@@ -153,9 +140,8 @@ class NatsBus:
 
     @property
     def connected(self) -> bool:
-        """Both connections (commands, media) are up."""
         client = self._client
-        return client is not None and client.is_connected and self.media.connected
+        return client is not None and client.is_connected
 
     async def ready(self) -> bool:
         """Connected, and the server answers a PING within a second (for ``/readyz``)."""
@@ -232,6 +218,14 @@ class NatsBus:
     async def send_to_node(self, node_id: str, command: Command) -> None:
         await self.publish_raw(self.subject("node", node_id), encode(command))
 
+    async def aio_publish(self, subject: str, data: bytes) -> bool:
+        """asyncio side (the relay's pump): publish if connected, else report False."""
+        client = self._client
+        if client is None or not client.is_connected:
+            return False
+        await client.publish(subject, data)
+        return True
+
     async def request_node(self, node_id: str, data: bytes, timeout: float) -> bytes:
         """Request/reply with one pod (``p.http.<node>``): its answer within ``timeout``.
 
@@ -278,7 +272,7 @@ class NatsBus:
         """Hold a subscription for the block; ``on_message`` runs on the asyncio side.
 
         With ``require_connected`` (requests from clients), NATS must be up now and the server
-        has confirmed the subscription when the block starts. Without it (the relay's want
+        has confirmed the subscription when the block starts. Without it (the relay's own
         inbox), the subscription is registered and made whenever a connection exists.
         """
         registration = _Registration(subject, on_message=on_message)
@@ -378,7 +372,10 @@ class NatsBus:
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.SlowConsumerError):
-            return  # a listener that fell behind: ``_commands`` cuts it off itself
+            # nats-py dropped a message for a subscriber that fell behind.
+            if exc.subject.startswith(f"{self.prefix}.media."):
+                self.relay.counters.overflow += 1
+            return
         # Every failed reconnect attempt lands here; the outage itself is logged once.
         log.debug("NATS error", extra={"node": self.node_id, "error": repr(exc)})
 
@@ -426,7 +423,7 @@ class NatsBus:
             await asyncio.sleep(self.reconnect_wait)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the connections and the relay until cancelled (inside ``aio.open_asyncio()``).
+        """Own the connection and the relay until cancelled (inside ``aio.open_asyncio()``).
 
         Reports started once connected, or after ``start_timeout`` if NATS is down at start-up
         (the pod still serves what needs no NATS; ``ready()`` tells when NATS is there).
@@ -439,12 +436,6 @@ class NatsBus:
                 if not self._connected_once.is_set():
                     self._outage = True
                     log.warning("NATS unreachable at start-up", extra={"node": self.node_id})
-                media = self.media  # as configured now (tests tune the bus after creating it)
-                media.reconnect_wait = self.reconnect_wait
-                media.connect_timeout = self.connect_timeout
-                media.ping_interval = self.ping_interval
-                media.call_timeout = self.call_timeout
-                media.start_timeout = self.start_timeout
                 await nursery.start(self.relay.run)
                 task_status.started()
         finally:

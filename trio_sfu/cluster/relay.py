@@ -1,33 +1,22 @@
 """The NATS media relay: decrypted RTP from a publisher's pod to the pods of its subscribers.
 
-Media travels on a NATS connection of its own, driven by nats-py on a plain asyncio loop in a
-thread (``cluster/media_link``); the command bus keeps its connection on trio-asyncio. Issue 10
-measured why (``python -m bench.relay``, CPU per relayed packet, 300 packets/s): on
-trio-asyncio the receiving pod paid ≈ 0.7–0.8 ms per NATS message — every socket read, parser
-step and task step of nats-py ran through both schedulers — and the sending pod ≈ 25–30 µs per
-packet; docs/cluster.md ("The media relay") has the before/after figures. No packet crosses
-between Trio and the thread on its own:
+DESIGN.md ("Crossing into asyncio") sets the shape: a bridged nats-py publish costs ≈ 73 µs, a
+deque hand-off ≈ 2 µs, so no packet ever crosses the trio-asyncio bridge on its own.
 
 - Sending: ``sender(pub, track)`` returns a *sync* callable the publisher's ``on_rtp`` calls per
-  packet. It appends to the track's bounded deque (the oldest dropped) and lists the track once
-  in the ready deque. If the thread's pump sleeps, a parked Trio task (the kicker) is
-  rescheduled — a plain list operation — and, after the packets of this Trio step are queued,
-  wakes the pump with one ``loop.call_soon_threadsafe``. The pump takes each ready track's
-  packets off its deque and publishes them as one NATS message (``framing``); it never waits to
-  fill a batch, so batching adds no latency of its own.
-- Receiving: ``subscribe(node, pub, track, on_packet)`` subscribes on the media connection; the
-  nats-py callback (thread) appends the message to one bounded deque and, only if the Trio pump
-  sleeps, wakes it with one ``TrioToken.run_sync_soon``; the Trio pump unpacks and calls
-  ``on_packet(packet, now)`` in order.
+  packet. It appends to the track's bounded deque and, only if the asyncio pump is idle, sets
+  the pump's asyncio.Event. The pump (one asyncio task per process, started once through the
+  bridge) packs whatever each track has queued into one NATS message and publishes it. It never
+  waits to fill a batch: packets that arrived while it was busy go out together, so batching
+  adds no latency of its own.
+- Receiving: ``subscribe(node, pub, track, on_packet)`` subscribes to the track's subject; the
+  nats-py callback (asyncio) appends the message to one deque and sets a trio.Event only if the
+  Trio pump waits; the Trio pump unpacks and calls ``on_packet(packet, now)`` in order.
 - Interest: a pod publishes a track only while another pod wants it (issue 4). A receiving pod
-  announces each subscription on the publisher pod's want subject (over the command bus) and
-  refreshes it every ``want_interval``; the publisher pod forgets a want that was not refreshed
-  for ``want_ttl``, so a killed pod stops costing bandwidth, and a restarted NATS needs nothing
-  but the next refresh (renewed at once when either connection reconnects).
-
-Threads: the deques and flags shared with the thread are touched with single GIL-atomic
-operations (``append``, ``popleft``, attribute stores), and each counter has one writer: the
-thread counts ``packets_sent``, ``messages_sent``, ``unsent`` and ``overflow``; Trio the rest.
+  announces each subscription on the publisher pod's want subject and refreshes it every
+  ``want_interval``; the publisher pod forgets a want that was not refreshed for ``want_ttl``,
+  so a killed pod stops costing bandwidth, and a restarted NATS needs nothing but the next
+  refresh.
 
 Media message: ``MEDIA_VERSION`` (one byte), then per packet a 2-byte big-endian length and the
 packet. Want message: ``MEDIA_VERSION``, then msgpack ``[op, from_node, [[pub, track], ...]]``.
@@ -47,6 +36,7 @@ from typing import Any, Protocol
 import msgpack
 import trio
 
+from trio_sfu.cluster.aio import BackendUnavailable, trio_asyncio
 from trio_sfu.cluster.framing import (
     _VERSION_BYTE,
     MAX_MESSAGE,
@@ -54,8 +44,6 @@ from trio_sfu.cluster.framing import (
     pack_packets,
     unpack_packets,
 )
-from trio_sfu.cluster.media_link import MediaLink
-from trio_sfu.sfu.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +59,7 @@ RELEASE = 0
 
 
 class RelayLink(Protocol):
-    """What the relay needs from the command bus, for wants (``NatsBus`` provides it)."""
+    """What the relay needs from the NATS connection (``NatsBus`` provides it)."""
 
     def subject(self, kind: str, *names: str) -> str: ...
 
@@ -90,6 +78,10 @@ class RelayLink(Protocol):
         """Trio, bridged: raises BackendUnavailable when NATS is down."""
         ...
 
+    async def aio_publish(self, subject: str, data: bytes) -> bool:
+        """asyncio side: publish now if connected; False if not (nothing is buffered)."""
+        ...
+
 
 @dataclass(slots=True)
 class RelayCounters:
@@ -97,15 +89,11 @@ class RelayCounters:
     messages_sent: int = 0
     packets_received: int = 0
     messages_received: int = 0
-    #: packets dropped on the sending pod because the track's queue was full (Trio counts)
+    #: packets dropped on the sending pod: queue overflow, NATS down, or a packet too large
     dropped: int = 0
-    #: packets dropped on the sending pod by the pump: NATS down, or a packet too large
-    #: (the media thread counts)
-    unsent: int = 0
     #: received messages that were not a media message of our version
     malformed: int = 0
-    #: received messages dropped because the Trio pump fell behind by RECEIVE_LIMIT, or by
-    #: nats-py for a slow consumer (the media thread counts)
+    #: received messages dropped because the Trio pump fell behind by RECEIVE_LIMIT
     overflow: int = 0
     #: media subscriptions open now (one per remote track this pod receives)
     subscriptions: int = 0
@@ -142,10 +130,9 @@ class TrackSender:
             self.pending = True
             relay = self._relay
             relay._ready.append(self)
-            kicker = relay._kicker
-            if kicker is not None and relay._idle:
-                relay._kicker = None
-                trio.lowlevel.reschedule(kicker)
+            if relay._idle:
+                relay._idle = False
+                relay._wake_sender()
 
     def close(self) -> None:
         """The track ended: stop relaying it (idempotent)."""
@@ -173,7 +160,6 @@ class MediaRelay:
     def __init__(
         self,
         link: RelayLink,
-        media: MediaLink,
         node_id: str,
         *,
         queue_limit: int = QUEUE_LIMIT,
@@ -183,9 +169,6 @@ class MediaRelay:
         want_ttl: float = 3.5,
     ) -> None:
         self._link = link
-        self._media = media
-        media.on_reconnected = self.renew_wants
-        media.on_slow_consumer = self._on_slow_consumer
         self.node_id = node_id
         self.queue_limit = queue_limit
         self.max_message = max_message
@@ -194,13 +177,9 @@ class MediaRelay:
         self.counters = RelayCounters()
         # sending side
         self._senders: dict[tuple[str, str], TrackSender] = {}
-        #: tracks with queued packets, each listed once (Trio appends, the thread pops)
-        self._ready: deque[TrackSender] = deque()
-        #: True only while the thread's pump sleeps (or is about to)
-        self._idle = False
-        #: the parked Trio task that wakes the sleeping pump, once per Trio step (see kick)
-        self._kicker: trio.lowlevel.Task | None = None
-        self._wake_event: asyncio.Event | None = None  # the pump's, made on its loop
+        self._ready: list[TrackSender] = []
+        self._idle = False  # True only while the pump awaits its event
+        self._wake_event: Any = None  # the pump's asyncio.Event, created on its loop
         #: (publisher, track) → {wanting node → lease expiry (time.monotonic)}
         self._interest: dict[tuple[str, str], dict[str, float]] = {}
         # receiving side
@@ -277,40 +256,13 @@ class MediaRelay:
         for key in list(self._interest):
             self._live_leases(key, now)
 
-    def _on_slow_consumer(self) -> None:
-        """Thread side: nats-py dropped a media message for our subscription."""
-        self.counters.overflow += 1
-
-    def _wake_pump(self) -> None:
-        """Thread side (scheduled by the kicker): end the pump's sleep."""
+    def _wake_sender(self) -> None:
         event = self._wake_event
         if event is not None:
             event.set()
 
-    async def _kick(self) -> None:
-        """Trio: wake the thread's pump once per Trio step that queued packets while it slept.
-
-        A sender reschedules this task (no system call); it runs after the rest of the step —
-        the UDP reader drains every datagram the socket holds in one step — so a frame's burst
-        costs one ``call_soon_threadsafe``, and the pump finds it queued whole rather than
-        competing with the reader for the GIL packet by packet.
-        """
-        media = self._media
-        task = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._kicker = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        while True:
-            if self._ready and self._idle:
-                self._idle = False
-                media.call_soon(self._wake_pump)
-            self._kicker = task
-            await trio.lowlevel.wait_task_rescheduled(abort)
-
     async def _aio_send_pump(self) -> None:
-        """Thread: publish what the senders queued, one message per track per round."""
+        """asyncio: publish what the senders queued, one message per track per round."""
         wake = self._wake_event = asyncio.Event()
         try:
             await self._send_rounds(wake)
@@ -320,58 +272,42 @@ class MediaRelay:
 
     async def _send_rounds(self, wake: asyncio.Event) -> None:
         counters = self.counters
-        publish = self._media.aio_publish
-        ready = self._ready
-        limit = self.max_message
+        link = self._link
         outage = False
         while True:
+            ready = self._ready
             if not ready:
-                # Sleep, unless a sender listed a track after the check above: it saw
-                # _idle False then, so it woke nobody (the order of these lines matters).
-                wake.clear()
                 self._idle = True
-                if not ready:
-                    await wake.wait()
-                self._idle = False
+                wake.clear()
+                await wake.wait()
                 continue
-            sender = ready.popleft()
-            sender.pending = False  # before taking: a packet queued from now on lists it again
-            queue = sender.queue
-            packets = []
-            try:
-                while True:
-                    packets.append(queue.popleft())
-            except IndexError:
-                pass  # empty (Trio may append meanwhile: those go next round)
-            if not packets:
-                continue
-            messages, too_large = pack_packets(packets, limit)
-            counters.unsent += too_large
-            for index, (message, count) in enumerate(messages):
-                try:
-                    sent = await publish(sender.subject, message)
-                except Exception as exc:  # nats-py's buffer limits, a closing client, ...
-                    sent = False
-                    if not outage:
-                        log.warning(
-                            "relay publish failed",
-                            extra={"node": self.node_id, "error": repr(exc)},
-                        )
-                if sent:
-                    outage = False
-                    counters.messages_sent += 1
-                    counters.packets_sent += count
-                else:
-                    # Media this old is useless when NATS returns: drop it all, count it.
-                    outage = True
-                    counters.unsent += sum(n for _, n in messages[index:])
+            self._ready = []
+            for sender in ready:
+                sender.pending = False
+                queue = sender.queue
+                while queue:
+                    message, count, too_large = pack_packets(queue, self.max_message)
+                    counters.dropped += too_large
+                    if not count:
+                        continue
                     try:
-                        while True:
-                            queue.popleft()
-                            counters.unsent += 1
-                    except IndexError:
-                        pass
-                    break
+                        sent = await link.aio_publish(sender.subject, message)
+                    except Exception as exc:  # nats-py's buffer limits, a closing client, ...
+                        sent = False
+                        if not outage:
+                            log.warning(
+                                "relay publish failed",
+                                extra={"node": self.node_id, "error": repr(exc)},
+                            )
+                    if sent:
+                        outage = False
+                        counters.messages_sent += 1
+                        counters.packets_sent += count
+                    else:
+                        # Media this old is useless when NATS returns: drop it all, count it.
+                        outage = True
+                        counters.dropped += count + len(queue)
+                        queue.clear()
 
     # -- receiving pod ---------------------------------------------------------------------
 
@@ -397,22 +333,19 @@ class MediaRelay:
         received = self._received
         counters = self.counters
 
-        media = self._media
-        wake = self._wake_receiver
-
         def on_message(data: bytes) -> None:
-            # Media thread, once per NATS message: a deque append, a wake-up only if needed.
+            # asyncio side, once per NATS message: a deque append, a wake-up only if needed.
             if len(received) == received.maxlen:
                 counters.overflow += 1
             received.append((inbound, data))
             if self._rx_waiting:
                 self._rx_waiting = False
-                media.report_to_trio(wake)
+                self._rx_event.set()
 
         subject = self._link.subject("media", node_id, publisher_id, track_id)
         self._inbound[key] = inbound
         try:
-            async with media.subscription(subject, on_message):
+            async with self._link.subscription(subject, on_message):
                 counters.subscriptions += 1
                 try:
                     await self._send_wants(node_id, WANT, [(publisher_id, track_id)])
@@ -435,31 +368,19 @@ class MediaRelay:
         data = _VERSION_BYTE + msgpack.packb([op, self.node_id, items])
         await self._link.publish_raw(self._link.subject("want", node), data)
 
-    def _wake_receiver(self) -> None:
-        """Trio (``run_sync_soon`` from the media thread): end the receive pump's sleep."""
-        self._rx_event.set()
-
     async def _receive_pump(self) -> None:
         """Trio: hand received packets to their subscriptions' ``on_packet``, in order."""
         received = self._received
         counters = self.counters
         while True:
             if not received:
-                # Sleep, unless a message came after the check above: its callback saw
-                # _rx_waiting False then, so it woke nobody.
                 self._rx_event = trio.Event()
                 self._rx_waiting = True
-                if received:
-                    self._rx_waiting = False
-                    continue
                 await self._rx_event.wait()
                 continue
             now = trio.current_time()
-            while True:
-                try:
-                    inbound, message = received.popleft()
-                except IndexError:
-                    break
+            while received:
+                inbound, message = received.popleft()
                 if inbound.closed:
                     continue
                 try:
@@ -482,14 +403,13 @@ class MediaRelay:
                             "relayed packet handler failed",
                             extra={"node": node, "peer": pub, "track": track},
                         )
-            # Everything queued so far is delivered; let other tasks run.
+            # Everything queued so far is delivered; let other tasks (and asyncio) run.
             await trio.lowlevel.checkpoint()
 
     def renew_wants(self) -> None:
         """NATS reconnected (issue 9): the publisher pods may have let our leases lapse during
-        the outage, so renew them now rather than up to ``want_interval`` later. Trio side (the
-        bus's trio-asyncio callbacks run on Trio's thread; the media link reports through
-        ``run_sync_soon``)."""
+        the outage, so renew them now rather than up to ``want_interval`` later. Safe to call
+        from the asyncio side (trio-asyncio runs both on one thread)."""
         self._renew_now.set()
 
     async def _refresh_wants(self) -> None:
@@ -511,11 +431,9 @@ class MediaRelay:
     # -- lifetime --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The relay's pumps and its media thread (``MediaLink.run``: stopped and joined when
-        this is cancelled); ``NatsBus.run`` runs this."""
+        """The relay's pumps; ``NatsBus.run`` runs this inside the trio-asyncio loop."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._media.run, self._aio_send_pump)
-            nursery.start_soon(self._kick)
+            nursery.start_soon(trio_asyncio.aio_as_trio(self._aio_send_pump))
             nursery.start_soon(self._receive_pump)
             nursery.start_soon(self._refresh_wants)
             self._running = True
