@@ -18,6 +18,13 @@ deque hand-off ≈ 2 µs, so no packet ever crosses the trio-asyncio bridge on i
   so a killed pod stops costing bandwidth, and a restarted NATS needs nothing but the next
   refresh.
 
+Cost (issue 10; docs/cluster.md "The media relay" has the figures): ≈ 0.4–0.6 ms of CPU per
+NATS message for both pods together, whatever it carries, so 52–78 µs per packet at 300
+packets/s per track and 8–13 µs at 3,000 (``python -m bench.relay_inproc``), against 11 µs for
+one local forward. Driving nats-py from a thread of its own, every crossing batched, was
+measured too and cost the same within the noise (cross-thread wake-ups and GIL hand-offs
+replace trio-asyncio's steps), so media stays on the trio-asyncio loop with the command bus.
+
 Media message: ``MEDIA_VERSION`` (one byte), then per packet a 2-byte big-endian length and the
 packet. Want message: ``MEDIA_VERSION``, then msgpack ``[op, from_node, [[pub, track], ...]]``.
 """
