@@ -30,6 +30,7 @@ from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.model import PublisherInfo, relay_stream
+from trio_sfu.sfu.ticks import next_tick
 from trio_sfu.sfu.track import PublishedTrack, TrackSink
 
 log = logging.getLogger(__name__)
@@ -280,10 +281,9 @@ class Publisher(Member):
             if due < deadline:
                 deadline = due
         twcc = self.twcc
-        if twcc is not None:
-            due = twcc.get_timer()
-            if due is not None and due + FEEDBACK_GRACE < deadline:
-                deadline = due + FEEDBACK_GRACE
+        feedback = twcc.get_timer() if twcc is not None else None
+        if feedback is not None and feedback + FEEDBACK_GRACE < deadline:
+            deadline = feedback + FEEDBACK_GRACE
         return deadline
 
     def _on_rtcp(self, packets: list[RtcpPacket], now: float) -> None:
@@ -305,7 +305,8 @@ class Publisher(Member):
         tracks = self.tracks
         sender = tracks[0].transceiver.sender_ssrc
         cname = tracks[0].transceiver.cname
-        self._next_report = next_report = trio.current_time() + REPORT_INTERVAL
+        # on the process's grid: every leg's reports in one wake-up (sfu/ticks.py)
+        self._next_report = next_report = next_tick(trio.current_time(), REPORT_INTERVAL)
         while True:
             twcc = self.twcc  # a renegotiation may bring transport-cc along (issue 15)
             deadline = self._deadline()
@@ -327,7 +328,7 @@ class Publisher(Member):
             if self._demand_due:
                 self._plan_demand(now)
             if now >= next_report:
-                self._next_report = next_report = now + REPORT_INTERVAL
+                self._next_report = next_report = next_tick(now, REPORT_INTERVAL)
                 for track in tracks:
                     track.review_streams(now)
                 self._plan_demand(now)
