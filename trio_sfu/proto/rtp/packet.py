@@ -230,9 +230,16 @@ class SequenceUnwrapper:
         return highest + seq_delta(seq, highest)
 
     def unwrap(self, seq: int) -> int:
-        """Extended value of ``seq``; raises the highest mark when it moves forward."""
-        ext = self.peek(seq)
-        if self._highest is None or ext > self._highest:
+        """Extended value of ``seq``; raises the highest mark when it moves forward. Twice per
+        forwarded packet (transport-cc in and out), so the in-order case makes no call."""
+        highest = self._highest
+        if highest is None:
+            ext = seq & 0xFFFF
+        elif seq == (highest + 1) & 0xFFFF:
+            ext = highest + 1
+        else:
+            ext = highest + seq_delta(seq, highest)
+        if highest is None or ext > highest:
             self._highest = ext
         return ext
 
