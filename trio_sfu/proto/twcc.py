@@ -61,25 +61,30 @@ class TwccRecorder:
         self._last_build: float | None = None
         self._due: float | None = None
 
-    def record(self, transport_seq: int, arrival: float) -> None:
-        """Note one received packet's transport-wide sequence number and arrival time (s)."""
+    def record(self, transport_seq: int, arrival: float) -> float | None:
+        """Note one received packet's transport-wide sequence number and arrival time (s).
+        Returns :meth:`get_timer` (the caller on the packet path need not call it too)."""
         ext = self._unwrapper.unwrap(transport_seq & 0xFFFF)
-        if ext in self._arrivals:
-            return  # a duplicate keeps its first arrival
+        arrivals = self._arrivals
+        if ext in arrivals:
+            return self._due  # a duplicate keeps its first arrival
         if self._next is None:
             self._next = ext
         elif ext < self._next:
             if ext < self._next - _HISTORY:
-                return  # too late to matter to the sender's estimator
+                return self._due  # too late to matter to the sender's estimator
             self._next = ext  # reported lost already: report it again, received
-        self._arrivals[ext] = round(arrival * _TICKS_PER_SECOND)
+        arrivals[ext] = round(arrival * _TICKS_PER_SECOND)
         if ext > self._highest:
             self._highest = ext
-        if self._lowest is None or ext < self._lowest:
+        lowest = self._lowest
+        if lowest is None or ext < lowest:
             self._lowest = ext
-        if self._due is None:
+        due = self._due
+        if due is None:
             last = self._last_build
-            self._due = arrival + self._interval if last is None else last + self._interval
+            self._due = due = arrival + self._interval if last is None else last + self._interval
+        return due
 
     def get_timer(self) -> float | None:
         """When :meth:`build_feedback` should next run, or None while nothing is pending."""

@@ -229,8 +229,7 @@ class Publisher(Member):
         if twcc is not None:
             value = find_extension(packet, self._twcc_id)  # type: ignore[arg-type]
             if value is not None and len(value) == 2:
-                twcc.record((value[0] << 8) | value[1], now)
-                due = twcc.get_timer()
+                due = twcc.record((value[0] << 8) | value[1], now)
                 if due is not None and due <= now:
                     self._send_feedback(twcc, now)  # on this wake-up, not a timer's own
                     due = None
