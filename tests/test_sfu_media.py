@@ -295,6 +295,31 @@ async def test_transport_cc_feedback_reports_the_last_packets_of_a_burst(env: Sf
     assert {(last - k) & 0xFFFF for k in range(10)} <= reported()
 
 
+async def test_a_gap_is_nacked_before_the_feedback_that_follows_it(env: SfuEnv) -> None:
+    """The publisher's timer sleeps through packets (issue 10); a gap moves its deadline at
+    once, so the NACK does not wait for the next transport-cc feedback to be due."""
+    alice, _, alice_rtcp, _, _ = await pair(env)
+    assert alice.video is not None
+    for i in range(10):  # back to back, within one feedback interval, then nothing
+        alice.send_frame(keyframe=i == 0, skip=i == 5)
+    last = (alice._twcc_seq - 1) & 0xFFFF
+
+    def order(packet: RtcpPacket) -> int:
+        """Where ``packet`` came among alice's RTCP (or past the end)."""
+        kinds = [p for _, p in alice_rtcp.packets]
+        return next((i for i, p in enumerate(kinds) if p is packet), len(kinds))
+
+    def reporting_last() -> list[RtcpPacket]:
+        return [
+            f
+            for f in alice_rtcp.of(TransportCcFeedback)
+            if any(s == last and ok for s, ok, _ in f.packets)  # type: ignore[attr-defined]
+        ]
+
+    await wait_for(lambda: alice_rtcp.of(Nack) and reporting_last(), 5)
+    assert order(alice_rtcp.of(Nack)[0]) < order(reporting_last()[0])
+
+
 async def test_subscribers_with_one_mapping_share_forwarding_groups(env: SfuEnv) -> None:
     """Issue 10: two subscribers on our stack negotiate the same numbers, so each of the
     publisher's tracks is rewritten once per packet for both (one group per track); each still

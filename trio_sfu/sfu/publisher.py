@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL = 1.0
 #: A timer sleep longer than this counts as idle: the next packet re-checks its deadline.
 IDLE_SLEEP = 0.06
+#: ... at most this often: a publisher without transport-cc sends no feedback to move the sleep
+#: with, and a NACK is announced at once (``PublishedTrack.on_timer``); what is left (a refused
+#: keyframe request's retry, an SVC selector's request) may wait this long
+IDLE_RECHECK = 0.02
 #: Transport-cc feedback is due every ~50 ms (``TwccRecorder``) and goes out with the first
 #: packet to arrive after that (within a frame interval, 33 ms at 30 frames/s: 50-83 ms apart,
 #: inside libwebrtc's own 50-250 ms); the timer task sends it only when no packet came for this
@@ -108,7 +112,8 @@ class Publisher(Member):
         #: the timer task's sleep (None while it runs): a packet or a demand change moves its
         #: deadline or cancels it instead of waking the task through an Event
         self._sleep: trio.CancelScope | None = None
-        self._idle = False
+        #: when the next packet should re-check the sleep's deadline (inf: not needed)
+        self._recheck_at = math.inf
         self._next_report = math.inf
         #: the transport-cc due time the sleep's deadline was last worked out with
         self._armed_feedback: float | None = None
@@ -148,6 +153,7 @@ class Publisher(Member):
     def _add_track(self, t: Transceiver) -> PublishedTrack:
         track = PublishedTrack(self.pc, t, track_key(t), publisher_id=self.id)
         track.on_demand = self._demand_rose
+        track.on_timer = self._rearm
         labels = self._labels[t.kind]
         self.app_ids[track.track_id] = labels.popleft() if labels else DEFAULT_APP_IDS[t.kind]
         self.tracks.append(track)
@@ -245,7 +251,7 @@ class Publisher(Member):
             self._streams.append(stream)  # once per stream: its octets count in counters()
         if not track.muted:  # MUTE: nothing forwarded or relayed until it unmutes (issue 15)
             track.on_rtp(stream, packet, now)
-        if self._idle:
+        if now >= self._recheck_at:
             self._rearm(now)
 
     def _send_feedback(self, twcc: TwccRecorder, now: float) -> None:
@@ -259,16 +265,22 @@ class Publisher(Member):
 
     def _rearm(self, now: float) -> None:
         """Move the timer task's sleep to :meth:`_deadline` (earlier or later) without waking
-        it: a packet started a feedback interval, feedback went out with a packet, or the
-        task sleeps long and the packet may have revealed a gap to NACK (a wake-up costs more
-        than the rest of a packet's ingest, issue 10). A NACK or keyframe timer a packet
-        starts is seen here at the latest with the next feedback, ≤ the feedback interval,
-        as when the task woke for each feedback itself."""
+        it (a wake-up costs more than the rest of a packet's ingest, issue 10): a packet
+        started a feedback interval, feedback went out with a packet, a gap made a NACK due
+        (``PublishedTrack.on_timer``, at once), or the task sleeps long and a packet may have
+        started another timer (a keyframe request's retry: seen within ``IDLE_RECHECK``, or
+        with the next feedback)."""
         deadline = self._deadline()
         sleep = self._sleep
         if sleep is not None:
             sleep.deadline = deadline
-        self._idle = self._armed_feedback is None and deadline - now > IDLE_SLEEP
+        self._set_recheck(deadline, now, now + IDLE_RECHECK)
+
+    def _set_recheck(self, deadline: float, now: float, at: float) -> None:
+        """Packets re-check the deadline (from ``at`` on) only while the task sleeps long
+        with no feedback pending: a feedback interval moves it anyway."""
+        idle = self._armed_feedback is None and deadline - now > IDLE_SLEEP
+        self._recheck_at = at if idle else math.inf
 
     def _deadline(self) -> float:
         """When the timer task has something to do next. Transport-cc feedback is sent by
@@ -300,7 +312,7 @@ class Publisher(Member):
         fixed: a publisher leg has exactly one receiver, us). When nothing but the next report
         is pending the task sleeps until then; the first packet to arrive brings that sleep's
         deadline forward if it started a feedback interval or revealed a gap to NACK
-        (:meth:`_packet_while_idle`), without waking the task."""
+        (:meth:`_rearm`), without waking the task."""
         tracks = self.tracks
         sender = tracks[0].transceiver.sender_ssrc
         cname = tracks[0].transceiver.cname
@@ -309,12 +321,13 @@ class Publisher(Member):
         while True:
             twcc = self.twcc  # a renegotiation may bring transport-cc along (issue 15)
             deadline = self._deadline()
-            self._idle = deadline - trio.current_time() > IDLE_SLEEP
+            self._armed_feedback = twcc.get_timer() if twcc is not None else None
+            self._set_recheck(deadline, trio.current_time(), -math.inf)  # the next packet
             with trio.CancelScope(deadline=deadline) as sleep:
                 self._sleep = sleep
                 await trio.sleep_forever()
             self._sleep = None
-            self._idle = False
+            self._recheck_at = math.inf
             now = trio.current_time()
             if twcc is not None:
                 due = twcc.get_timer()
