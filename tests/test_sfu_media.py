@@ -179,14 +179,16 @@ async def test_subscriber_rtt_from_receiver_reports_spaces_repeated_nacks(env: S
     await wait_for(lambda: any(p.ssrc == ours for p in bob_rtcp.of(SenderReport)), 10)  # type: ignore[attr-defined]
     await trio.sleep(0.25)
     arrived, sr = next(
-        (t, p) for t, p in reversed(bob_rtcp.packets)
+        (t, p)
+        for t, p in reversed(bob_rtcp.packets)
         if isinstance(p, SenderReport) and p.ssrc == ours
     )
     # DLSR: how long we held the SR before reporting; the SFU must subtract it.
     held = trio.current_time() - arrived
     block = ReportBlock(ours, highest_sequence=30, lsr=sr.compact_ntp, dlsr=int(held * 65536))
     downtrack = next(
-        d for (pid, _), d in env.sfu.rooms["r"].subscribers["bob-1"].downtracks.items()
+        d
+        for (pid, _), d in env.sfu.rooms["r"].subscribers["bob-1"].downtracks.items()
         if pid == "alice-1" and d.source.kind == "video"
     )
     assert downtrack.stats.rtt is None
@@ -275,6 +277,47 @@ async def test_rtcp_is_terminated_per_leg(env: SfuEnv) -> None:
     assert feedback
     received = {s for f in feedback for s, ok, _ in f.packets if ok}  # type: ignore[attr-defined]
     assert len(received) >= 100
+
+
+async def test_transport_cc_feedback_reports_the_last_packets_of_a_burst(env: SfuEnv) -> None:
+    """Feedback goes out with the first packet that finds it due (issue 10: no wake-up of its
+    own); packets with none after them are reported by the publisher's timer instead."""
+    alice, _, alice_rtcp, _, _ = await pair(env)
+    for i in range(10):  # back to back, within one feedback interval, then nothing
+        alice.send_frame(keyframe=i == 0)
+    last = (alice._twcc_seq - 1) & 0xFFFF
+
+    def reported() -> set[int]:
+        feedback = alice_rtcp.of(TransportCcFeedback)
+        return {s for f in feedback for s, ok, _ in f.packets if ok}  # type: ignore[attr-defined]
+
+    await wait_for(lambda: last in reported(), 5)
+    assert {(last - k) & 0xFFFF for k in range(10)} <= reported()
+
+
+async def test_a_gap_is_nacked_before_the_feedback_that_follows_it(env: SfuEnv) -> None:
+    """The publisher's timer sleeps through packets (issue 10); a gap moves its deadline at
+    once, so the NACK does not wait for the next transport-cc feedback to be due."""
+    alice, _, alice_rtcp, _, _ = await pair(env)
+    assert alice.video is not None
+    for i in range(10):  # back to back, within one feedback interval, then nothing
+        alice.send_frame(keyframe=i == 0, skip=i == 5)
+    last = (alice._twcc_seq - 1) & 0xFFFF
+
+    def order(packet: RtcpPacket) -> int:
+        """Where ``packet`` came among alice's RTCP (or past the end)."""
+        kinds = [p for _, p in alice_rtcp.packets]
+        return next((i for i, p in enumerate(kinds) if p is packet), len(kinds))
+
+    def reporting_last() -> list[RtcpPacket]:
+        return [
+            f
+            for f in alice_rtcp.of(TransportCcFeedback)
+            if any(s == last and ok for s, ok, _ in f.packets)  # type: ignore[attr-defined]
+        ]
+
+    await wait_for(lambda: alice_rtcp.of(Nack) and reporting_last(), 5)
+    assert order(alice_rtcp.of(Nack)[0]) < order(reporting_last()[0])
 
 
 async def test_subscribers_with_one_mapping_share_forwarding_groups(env: SfuEnv) -> None:

@@ -81,7 +81,11 @@ def test_sequence_wraparound() -> None:
     (fb,) = wire(rec.build_feedback(3.1, 1, 2))
     assert fb.base_seq == 65534
     assert [(s, r) for s, r, _ in fb.packets] == [
-        (65534, True), (65535, True), (0, True), (1, False), (2, True),
+        (65534, True),
+        (65535, True),
+        (0, True),
+        (1, False),
+        (2, True),
     ]
 
 
@@ -160,3 +164,46 @@ def test_fb_pkt_count_wraps_at_256() -> None:
         rec.record(i, i * 0.05)
         counts += [f.fb_pkt_count for f in rec.build_feedback(i * 0.05 + 0.01, 1, 2)]
     assert counts[:2] == [0, 1] and counts[255:258] == [255, 0, 1]
+
+
+def test_reordered_and_lost_packets_are_all_reported_with_their_arrivals() -> None:
+    """Builds look the new numbers up instead of scanning the history: whatever order packets
+    come in, each one recorded is reported received with its own arrival."""
+    rng = random.Random(7)
+    rec = TwccRecorder()
+    seqs = [s for s in range(3000) if rng.random() > 0.05]  # 5 % lost
+    for i in range(0, len(seqs), 5):  # reordered within bursts of five
+        window = seqs[i : i + 5]
+        rng.shuffle(window)
+        seqs[i : i + 5] = window
+    recorded: dict[int, int] = {}
+    feedbacks: list[TransportCcFeedback] = []
+    t = 100.0
+    for n, seq in enumerate(seqs):
+        t += 0.001
+        rec.record(seq, t)
+        recorded[seq] = round(t * 4000) * 250  # 250 µs ticks
+        if n % 17 == 16:
+            feedbacks += wire(rec.build_feedback(t, 1, 2))
+    feedbacks += wire(rec.build_feedback(t + 0.05, 1, 2))
+    reported = arrivals_us(feedbacks)
+    assert reported.keys() == recorded.keys()
+    # absolute times are relative to the 64 ms reference: compare the differences
+    first = min(recorded)
+    assert all(reported[s] - reported[first] == recorded[s] - recorded[first] for s in recorded)
+
+
+def test_history_is_bounded_and_a_jump_in_numbering_is_reported() -> None:
+    rec = TwccRecorder()
+    t = 10.0
+    for seq in range(2000):
+        t += 0.001
+        rec.record(seq, t)
+        if seq % 15 == 14:
+            rec.build_feedback(t, 1, 2)
+            assert len(rec._arrivals) <= 512 + 15  # the history kept for late packets
+    rec.build_feedback(t, 1, 2)
+    rec.record(2000 + 20000, t + 0.001)  # far ahead: more numbers than the history holds
+    feedbacks = wire(rec.build_feedback(t + 0.05, 1, 2))
+    assert (22000, True) in {(s, r) for f in feedbacks for s, r, _ in f.packets}
+    assert list(rec._arrivals) == [22000]  # everything older than the history is gone

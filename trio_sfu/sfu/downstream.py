@@ -32,6 +32,7 @@ from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.node_stats import LOSS_BUCKETS, RTT_BUCKETS, Buckets
 from trio_sfu.sfu.remote import RemoteTrack
+from trio_sfu.sfu.ticks import next_tick
 from trio_sfu.sfu.track import DownTrack, TrackSource
 
 #: Sender reports towards a receiver (RFC 3550 §6.2; one receiver per leg, so a fixed interval).
@@ -271,7 +272,8 @@ class Downstream(Member):
         """A sender report per forwarded stream every second, so the receiver can synchronise
         audio and video and measure round-trip time (RFC 3550 §6.4.1); then the layer plan."""
         while True:
-            await trio.sleep(REPORT_INTERVAL)
+            # on the process's grid: every leg's reports in one wake-up (sfu/ticks.py)
+            await trio.sleep_until(next_tick(trio.current_time(), REPORT_INTERVAL))
             now, unix = trio.current_time(), time.time()
             self.plan_layers(now)
             if self._probe is not None:

@@ -11,6 +11,7 @@ labels the section its next offer adds, ``REMOVE_MEDIA`` stops forwarding a trac
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,14 +30,24 @@ from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.model import PublisherInfo, relay_stream
+from trio_sfu.sfu.ticks import next_tick
 from trio_sfu.sfu.track import PublishedTrack, TrackSink
 
 log = logging.getLogger(__name__)
 
 #: Receiver reports towards a publisher.
 REPORT_INTERVAL = 1.0
-#: A timer sleep longer than this counts as idle: the next packet wakes the task.
+#: A timer sleep longer than this counts as idle: the next packet re-checks its deadline.
 IDLE_SLEEP = 0.06
+#: ... at most this often: a publisher without transport-cc sends no feedback to move the sleep
+#: with, and a NACK is announced at once (``PublishedTrack.on_timer``); what is left (a refused
+#: keyframe request's retry, an SVC selector's request) may wait this long
+IDLE_RECHECK = 0.02
+#: Transport-cc feedback is due every ~50 ms (``TwccRecorder``) and goes out with the first
+#: packet to arrive after that (within a frame interval, 33 ms at 30 frames/s: 50-83 ms apart,
+#: inside libwebrtc's own 50-250 ms); the timer task sends it only when no packet came for this
+#: long past due (the stream paused or ended), so feedback never costs a wake-up of its own.
+FEEDBACK_GRACE = 0.04
 #: The label of a track no ``ADD_MEDIA`` named (a first offer's tracks, older clients).
 DEFAULT_APP_IDS = {"audio": "mic", "video": "camera"}
 #: ``ADD_MEDIA`` labels waiting for an offer, per kind (a bound: a client cannot grow it).
@@ -98,8 +109,14 @@ class Publisher(Member):
         self._relay_sinks: dict[str, TrackSink] = {}
         for track in self.tracks:
             self._open_relay(track)
-        self._wake = trio.Event()
-        self._idle = False
+        #: the timer task's sleep (None while it runs): a packet or a demand change moves its
+        #: deadline or cancels it instead of waking the task through an Event
+        self._sleep: trio.CancelScope | None = None
+        #: when the next packet should re-check the sleep's deadline (inf: not needed)
+        self._recheck_at = math.inf
+        self._next_report = math.inf
+        #: the transport-cc due time the sleep's deadline was last worked out with
+        self._armed_feedback: float | None = None
         #: a simulcast stream the publisher was told to stop is wanted again (dynacast)
         self._demand_due = False
         #: incoming RTP streams seen (the peer forgets them once closed; we keep the totals)
@@ -121,7 +138,8 @@ class Publisher(Member):
 
     def _demand_rose(self) -> None:
         self._demand_due = True
-        self._wake.set()
+        if self._sleep is not None:
+            self._sleep.cancel()
 
     def _plan_demand(self, now: float) -> None:
         """Dynacast (issue 11, sfu/dynacast.py): tell the publisher which streams of each
@@ -135,6 +153,7 @@ class Publisher(Member):
     def _add_track(self, t: Transceiver) -> PublishedTrack:
         track = PublishedTrack(self.pc, t, track_key(t), publisher_id=self.id)
         track.on_demand = self._demand_rose
+        track.on_timer = self._rearm
         labels = self._labels[t.kind]
         self.app_ids[track.track_id] = labels.popleft() if labels else DEFAULT_APP_IDS[t.kind]
         self.tracks.append(track)
@@ -154,9 +173,7 @@ class Publisher(Member):
                 track.layer_sinks[layer] = sink
                 continue
             name = relay_stream(track.track_id, rid)
-            track.layer_sinks[layer] = self._relay_sinks[name] = self._relay.sender(
-                self.id, name
-            )
+            track.layer_sinks[layer] = self._relay_sinks[name] = self._relay.sender(self.id, name)
 
     def _close_relay(self, track: PublishedTrack) -> None:
         track.relay_sink = None
@@ -214,14 +231,17 @@ class Publisher(Member):
     # -- media ----------------------------------------------------------------------------
 
     def _on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
-        if self._idle:  # the timer task sleeps long: this packet may need it sooner
-            self._idle = False
-            self._wake.set()
         twcc = self.twcc
         if twcc is not None:
             value = find_extension(packet, self._twcc_id)  # type: ignore[arg-type]
             if value is not None and len(value) == 2:
-                twcc.record((value[0] << 8) | value[1], now)
+                due = twcc.record((value[0] << 8) | value[1], now)
+                if due is not None and due <= now:
+                    self._send_feedback(twcc, now)  # on this wake-up, not a timer's own
+                    due = None
+                if due != self._armed_feedback:
+                    self._armed_feedback = due
+                    self._rearm(now)
         track = stream.sink
         if track is None:
             track = self._by_transceiver.get(id(stream.transceiver))
@@ -229,9 +249,53 @@ class Publisher(Member):
                 return
             stream.sink = track
             self._streams.append(stream)  # once per stream: its octets count in counters()
-        if track.muted:
-            return  # MUTE: nothing forwarded or relayed until it unmutes (issue 15)
-        track.on_rtp(stream, packet, now)
+        if not track.muted:  # MUTE: nothing forwarded or relayed until it unmutes (issue 15)
+            track.on_rtp(stream, packet, now)
+        if now >= self._recheck_at:
+            self._rearm(now)
+
+    def _send_feedback(self, twcc: TwccRecorder, now: float) -> None:
+        """Transport-cc feedback for what arrived since the last (draft-holmer-rmcat-
+        transport-wide-cc-extensions-01 §3)."""
+        tracks = self.tracks
+        sender = tracks[0].transceiver.sender_ssrc
+        media = next((t.media_ssrc for t in tracks if t.media_ssrc is not None), 0)
+        for feedback in twcc.build_feedback(now, sender, media):
+            self.pc.send_rtcp(feedback.serialize())
+
+    def _rearm(self, now: float) -> None:
+        """Move the timer task's sleep to :meth:`_deadline` (earlier or later) without waking
+        it (a wake-up costs more than the rest of a packet's ingest, issue 10): a packet
+        started a feedback interval, feedback went out with a packet, a gap made a NACK due
+        (``PublishedTrack.on_timer``, at once), or the task sleeps long and a packet may have
+        started another timer (a keyframe request's retry: seen within ``IDLE_RECHECK``, or
+        with the next feedback)."""
+        deadline = self._deadline()
+        sleep = self._sleep
+        if sleep is not None:
+            sleep.deadline = deadline
+        self._set_recheck(deadline, now, now + IDLE_RECHECK)
+
+    def _set_recheck(self, deadline: float, now: float, at: float) -> None:
+        """Packets re-check the deadline (from ``at`` on) only while the task sleeps long
+        with no feedback pending: a feedback interval moves it anyway."""
+        idle = self._armed_feedback is None and deadline - now > IDLE_SLEEP
+        self._recheck_at = at if idle else math.inf
+
+    def _deadline(self) -> float:
+        """When the timer task has something to do next. Transport-cc feedback is sent by
+        the packet that finds it due (:meth:`_on_rtp`); the task sends it only once packets
+        stop coming, ``FEEDBACK_GRACE`` later."""
+        deadline = self._next_report
+        for track in self.tracks:
+            due = track.next_timer()
+            if due < deadline:
+                deadline = due
+        twcc = self.twcc
+        feedback = twcc.get_timer() if twcc is not None else None
+        if feedback is not None and feedback + FEEDBACK_GRACE < deadline:
+            deadline = feedback + FEEDBACK_GRACE
+        return deadline
 
     def _on_rtcp(self, packets: list[RtcpPacket], now: float) -> None:
         # RTCP is terminated per leg: the publisher's SRs feed our receiver reports (LSR/DLSR);
@@ -246,40 +310,37 @@ class Publisher(Member):
         transport-cc feedback (~50 ms while packets arrive), NACKs and deferred keyframe
         requests when due, and a receiver report every second (RFC 3550 §6.2's interval,
         fixed: a publisher leg has exactly one receiver, us). When nothing but the next report
-        is pending the task sleeps until then; the first packet to arrive wakes it, since it
-        may start a feedback interval or reveal a gap to NACK."""
+        is pending the task sleeps until then; the first packet to arrive brings that sleep's
+        deadline forward if it started a feedback interval or revealed a gap to NACK
+        (:meth:`_rearm`), without waking the task."""
         tracks = self.tracks
         sender = tracks[0].transceiver.sender_ssrc
         cname = tracks[0].transceiver.cname
-        next_report = trio.current_time() + REPORT_INTERVAL
+        # on the process's grid: every leg's reports in one wake-up (sfu/ticks.py)
+        self._next_report = next_report = next_tick(trio.current_time(), REPORT_INTERVAL)
         while True:
             twcc = self.twcc  # a renegotiation may bring transport-cc along (issue 15)
-            deadline = next_report
-            for track in tracks:
-                deadline = min(deadline, track.next_timer())
-            if twcc is not None:
-                due = twcc.get_timer()
-                if due is not None:
-                    deadline = min(deadline, due)
-            self._wake = trio.Event()
-            self._idle = deadline - trio.current_time() > IDLE_SLEEP
-            with trio.move_on_at(deadline):
-                await self._wake.wait()
-            self._idle = False
+            deadline = self._deadline()
+            self._armed_feedback = twcc.get_timer() if twcc is not None else None
+            self._set_recheck(deadline, trio.current_time(), -math.inf)  # the next packet
+            with trio.CancelScope(deadline=deadline) as sleep:
+                self._sleep = sleep
+                await trio.sleep_forever()
+            self._sleep = None
+            self._recheck_at = math.inf
             now = trio.current_time()
             if twcc is not None:
                 due = twcc.get_timer()
                 if due is not None and due <= now:
-                    media = next((t.media_ssrc for t in tracks if t.media_ssrc is not None), 0)
-                    for feedback in twcc.build_feedback(now, sender, media):
-                        self.pc.send_rtcp(feedback.serialize())
+                    self._send_feedback(twcc, now)
+                    self._armed_feedback = None
             for track in tracks:
                 if track.next_timer() <= now:
                     track.tick(now)
             if self._demand_due:
                 self._plan_demand(now)
             if now >= next_report:
-                next_report = now + REPORT_INTERVAL
+                self._next_report = next_report = next_tick(now, REPORT_INTERVAL)
                 for track in tracks:
                     track.review_streams(now)
                 self._plan_demand(now)
@@ -362,8 +423,11 @@ class Publisher(Member):
             known.add(key)
         if self._twcc_id is None and added:
             self._twcc_id = next(
-                (t.transceiver.extension_id(URI_TRANSPORT_CC)
-                 for t in added if t.transceiver.transport_cc),
+                (
+                    t.transceiver.extension_id(URI_TRANSPORT_CC)
+                    for t in added
+                    if t.transceiver.transport_cc
+                ),
                 None,
             )
             if self._twcc_id is not None:

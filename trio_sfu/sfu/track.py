@@ -361,6 +361,9 @@ class PublishedTrack:
         #: called when a stream the publisher was told to stop is needed again (the
         #: publisher re-plans at once instead of at its next report)
         self.on_demand: Callable[[], None] | None = None
+        #: called (with ``now``) when a packet made a NACK due: the publisher's timer task
+        #: sleeps through packets, so it must hear of it (issue 10)
+        self.on_timer: Callable[[float], None] | None = None
 
     def __repr__(self) -> str:
         return f"<PublishedTrack {self.publisher_id}/{self.track_id} {self.kind}>"
@@ -495,9 +498,7 @@ class PublishedTrack:
             flags |= (switch_to + 1) << SVC_SWITCH_TO_SHIFT
         self._on_svc(packet, seq, sid, tid, flags, now)
 
-    def _on_svc(
-        self, packet: bytes, seq: int, sid: int, tid: int, flags: int, now: float
-    ) -> None:
+    def _on_svc(self, packet: bytes, seq: int, sid: int, tid: int, flags: int, now: float) -> None:
         fanout = self.fanout
         # per spatial layer, or with one spatial layer per temporal one (the choice then)
         layer = sid if fanout.svc_layers > 1 else tid
@@ -539,9 +540,7 @@ class PublishedTrack:
             cache.put(packet)
         fanout = self.fanout
         # new subscribers wait at the gate for a keyframe of the default stream
-        if layer == fanout.default and (
-            self.gate.waiting or self._layer_keyframes[layer].pending
-        ):
+        if layer == fanout.default and (self.gate.waiting or self._layer_keyframes[layer].pending):
             self._watch_keyframes(packet, now, layer)
         if layer == fanout.top:
             self.media_ssrc = ingress.ssrc
@@ -561,10 +560,17 @@ class PublishedTrack:
         ingress = Ingress(
             stream.ssrc, stream.rid, self.clock_rate, self._nack, layer=layer, cache=cache
         )
+        if ingress.nack is not None:
+            ingress.nack.on_gap = self._nack_due
         if layers and layer >= 0:
             self._layer_ssrcs[layer] = stream.ssrc
         self._ingress[stream.ssrc] = ingress
         return ingress
+
+    def _nack_due(self, now: float) -> None:
+        on_timer = self.on_timer
+        if on_timer is not None:
+            on_timer(now)
 
     def cache_for(self, ssrc: int) -> PacketCache | None:
         ingress = self._ingress.get(ssrc)
@@ -670,8 +676,12 @@ class PublishedTrack:
         fanout.default = default
         log.info(
             "simulcast default stream changed",
-            extra={"publisher": self.publisher_id, "track": self.track_id,
-                   "from": self.layers[old], "to": self.layers[default]},
+            extra={
+                "publisher": self.publisher_id,
+                "track": self.track_id,
+                "from": self.layers[old],
+                "to": self.layers[default],
+            },
         )
         for group in fanout.groups:
             selector = group.selector
@@ -1121,7 +1131,9 @@ class DownTrack:
         limit = (
             NO_LIMIT
             if selector is None
-            else selector.temporal if fanout.temporal_choice else selector.spatial
+            else selector.temporal
+            if fanout.temporal_choice
+            else selector.spatial
         )
         if limit >= choices:
             return choices - 1  # everything

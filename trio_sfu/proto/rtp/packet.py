@@ -230,9 +230,16 @@ class SequenceUnwrapper:
         return highest + seq_delta(seq, highest)
 
     def unwrap(self, seq: int) -> int:
-        """Extended value of ``seq``; raises the highest mark when it moves forward."""
-        ext = self.peek(seq)
-        if self._highest is None or ext > self._highest:
+        """Extended value of ``seq``; raises the highest mark when it moves forward. Twice per
+        forwarded packet (transport-cc in and out), so the in-order case makes no call."""
+        highest = self._highest
+        if highest is None:
+            ext = seq & 0xFFFF
+        elif seq == (highest + 1) & 0xFFFF:
+            ext = highest + 1
+        else:
+            ext = highest + seq_delta(seq, highest)
+        if highest is None or ext > highest:
             self._highest = ext
         return ext
 
@@ -306,9 +313,7 @@ class RtpPacket:
         for eid, value in self.extensions.items():
             if not 1 <= eid <= 255 or len(value) > 255:
                 raise ValueError(f"header extension {eid} cannot be encoded")
-        one_byte_fits = all(
-            eid <= 14 and 1 <= len(v) <= 16 for eid, v in self.extensions.items()
-        )
+        one_byte_fits = all(eid <= 14 and 1 <= len(v) <= 16 for eid, v in self.extensions.items())
         body = bytearray()
         if (profile is None or profile == ONE_BYTE_PROFILE) and one_byte_fits:
             profile = ONE_BYTE_PROFILE
@@ -332,9 +337,7 @@ def _is_8285(profile: int) -> bool:
     return profile == ONE_BYTE_PROFILE or profile & 0xFFF0 == TWO_BYTE_PROFILE
 
 
-def _parse_extension_elements(
-    profile: int, data: bytes, start: int, end: int
-) -> dict[int, bytes]:
+def _parse_extension_elements(profile: int, data: bytes, start: int, end: int) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     i = start
     if profile == ONE_BYTE_PROFILE:

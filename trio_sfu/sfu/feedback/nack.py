@@ -8,6 +8,7 @@ answered from the packet cache with the repaired packets.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from trio_sfu.proto.rtp.packet import seq_delta
 
@@ -51,6 +52,7 @@ class NackGenerator:
         "_skip_until",
         "_started",
         "abandoned",
+        "on_gap",
         "recovered",
         "requested",
         "resets",
@@ -77,6 +79,9 @@ class NackGenerator:
         self.recovered = 0  # missing packets that arrived after all (late or repaired)
         self.abandoned = 0  # missing packets given up on (age, retries, too far behind)
         self.resets = 0  # jumps too large to repair, and numbering restarts
+        #: called (with ``now``) when a gap makes a NACK due: the driver's timer may sleep
+        #: past it (the publisher leg moves its sleep instead of waking per packet, issue 10)
+        self.on_gap: Callable[[float], None] | None = None
 
     @property
     def missing(self) -> int:
@@ -119,6 +124,8 @@ class NackGenerator:
             self._forget_below(ext - self._max_gap)
             if self._next_due is None or now < self._next_due:
                 self._next_due = now
+                if self.on_gap is not None:
+                    self.on_gap(now)
             return False
         if diff == 0:
             return False  # duplicate
