@@ -24,6 +24,13 @@ delivery is charged the same way as the pod's. pod − floor is the pod's own wo
 ``git archive <rev> | tar -x -C DIR``) with the same load tester, for before/after figures.
 Figures, not asserts; every process started here is stopped at the end.
 
+``--saturate N …``: control at saturation, per N — 1 publisher → N subscribers that count
+without decrypting (``trio-sfu load --sink``) fill the server's core, beside a measured room
+(1 publisher → 10 decrypting subscribers: loss per subscriber, latency) and a probe that
+sends a valid consent check every 100 ms and joins a subscriber every 1.5 s: consent RTT
+p50/p99/max and unanswered checks, HTTP POST → 201 p50/p99, the loss spread, where the server
+dropped (docs/benchmarks.md, "Control at saturation").
+
 Run from the repository root: ``.venv/bin/python -m bench.pod [--quick] [--source DIR]``
 (``--idle N``: only the idle-memory figure, N subscribers).
 """
@@ -188,6 +195,8 @@ class Sampler:
 
     server: Server
     samples: list[tuple[float, float, float, int, float]] = field(default_factory=list)
+    #: (time, server CPU s, whether /metrics answered within 2 s): every sample, answered or not
+    cpu: list[tuple[float, float, bool]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -197,7 +206,9 @@ class Sampler:
                 sample = (time.monotonic(), self.server.cpu_seconds(), out, self.server.rss(), into)
             except OSError:
                 return
-            if out is not None and into is not None:
+            answered = out is not None and into is not None
+            self.cpu.append((sample[0], sample[1], answered))
+            if answered:
                 self.samples.append(sample)  # type: ignore[arg-type]
             self._stop.wait(0.5)
 
@@ -557,6 +568,7 @@ class Saturation:
     loss_spread: tuple[float | None, float | None, float | None]  # min, median, max
     sink_loss_spread: tuple[float | None, float | None, float | None]
     connected: str
+    metrics_unanswered: str  # the sampler's GET /metrics not answered within 2 s
     drops: str  # where the server dropped: kernel / its own queue / full send buffer
 
 
@@ -629,14 +641,21 @@ def saturation(
     # first second is left out), from the sampler's intervals inside it.
     begin = max(fair["media_started_monotonic"], (heavy or fair)["media_started_monotonic"]) + 1
     end = min(fair["media_started_monotonic"] + duration + SLACK, begin - 1 + duration)
-    s = [x for x in sampler.samples if begin <= x[0] <= end]
-    if len(s) < 2:
+    cpu = [x for x in sampler.cpu if begin <= x[0] <= end]
+    if len(cpu) < 2:
         raise RuntimeError(f"no media window: the load testers did not overlap ({begin}, {end})")
-    first, last = s[0], s[-1]
+    first, last = cpu[0], cpu[-1]
     seconds = last[0] - first[0]
-    busy = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in pairwise(s)]
+    busy = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in pairwise(cpu)]
+    # Rates from the samples whose /metrics answered (a starved HTTP server answers none).
+    s = [x for x in sampler.samples if begin <= x[0] <= end]
+    in_rate = (s[-1][4] - s[0][4]) / (s[-1][0] - s[0][0]) if len(s) > 1 else float("nan")
+    out_rate = (s[-1][2] - s[0][2]) / (s[-1][0] - s[0][0]) if len(s) > 1 else float("nan")
     if log is not None:
-        json.dump({"window": [begin, end], "samples": sampler.samples, "probe": probe}, log)
+        json.dump(
+            {"window": [begin, end], "samples": sampler.samples, "cpu": sampler.cpu,
+             "probe": probe}, log,
+        )  # fmt: skip
     inside = [c for c in probe["checks"] if first[0] <= c[0] <= last[0]]
     rtts = [c[1] for c in inside if c[1] is not None]
     joins = [j for j in probe["joins"] if first[0] <= j[0] <= last[0]]
@@ -652,8 +671,9 @@ def saturation(
         sinks=sinks,
         bitrate=bitrate,
         subscribers=subscribers,
-        in_rate=(last[4] - first[4]) / seconds,
-        out_rate=(last[2] - first[2]) / seconds,
+        in_rate=in_rate,
+        out_rate=out_rate,
+        metrics_unanswered=f"{sum(1 for x in cpu if not x[2])} of {len(cpu)}",
         cpu_percent=100 * (last[1] - first[1]) / seconds,
         saturated_share=sum(1 for b in busy if b >= 0.95) / len(busy),
         checks=len(inside),
@@ -684,7 +704,8 @@ def print_saturation(r: Saturation) -> None:
         f"{r.rtt_ms[0]} / {r.rtt_ms[1]} / {r.rtt_ms[2]} | {r.unanswered} of {r.checks} | "
         f"{r.join_ms[0]} / {r.join_ms[1]} ({r.joins}, {r.joins_failed} failed) | "
         f"{' / '.join(pct(v) for v in r.loss_spread)} | {r.latency_ms[0]} / {r.latency_ms[1]} | "
-        f"{' / '.join(pct(v) for v in r.sink_loss_spread)} | {r.connected} | {r.drops} |",
+        f"{' / '.join(pct(v) for v in r.sink_loss_spread)} | {r.connected} | {r.drops} | "
+        f"{r.metrics_unanswered} |",
         flush=True,
     )
 
@@ -693,8 +714,9 @@ SATURATION_HEADER = (
     "| load | in / out pkt/s | server CPU (share of 0.5 s ≥ 95 %) | consent RTT p50 / p99 / max"
     " ms | unanswered | HTTP join p50 / p99 ms (n) | loss % per subscriber min / median / max |"
     " media latency p50 / p99 ms |"
-    " sinks' loss % min / median / max | connected | server drops: kernel / queue / send |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    " sinks' loss % min / median / max | connected | server drops: kernel / queue / send |"
+    " GET /metrics > 2 s |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 
 
