@@ -75,6 +75,8 @@ def test_load_reports_what_subscribers_received(server: str, tmp_path: Path) -> 
     assert packets["delivered"] > 0 and packets["expected"] > 0
     assert packets["lost"] == 0 and packets["loss"] == 0.0
     assert packets["delivered"] <= 3 * packets["sent"]
+    # Per subscriber too (the spread says whether loss at saturation is shared fairly).
+    assert result["subscriber_loss"] == {"subscribers": 3, "min": 0.0, "median": 0.0, "max": 0.0}
     assert result["latency_ms"]["p50"] is not None and result["latency_ms"]["p50"] > 0
     assert result["join_ms"]["p50"] is not None
     rows = result["seconds"]
@@ -84,6 +86,22 @@ def test_load_reports_what_subscribers_received(server: str, tmp_path: Path) -> 
     assert result["server"]["cpu_percent"] is not None
     assert result["errors"] == []
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sink_subscribers_count_without_decrypting(server: str) -> None:
+    """``--sink``: loss from the clear RTP header, no latency (the stamp is encrypted)."""
+    done = load(
+        server, "--room", "sink", "--subscribers", "2", "--video-bitrate", "300k",
+        "--duration", "2", "--sink", "--json", "-",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["clients"]["connected"] == 3
+    packets = result["packets"]
+    assert packets["delivered"] > 0 and packets["lost"] == 0
+    assert result["subscriber_loss"]["subscribers"] == 2
+    assert result["latency_ms"]["p50"] is None
+    assert isinstance(result["media_started_monotonic"], float)
 
 
 def test_load_table_and_usage_errors(server: str) -> None:

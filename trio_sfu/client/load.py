@@ -65,6 +65,8 @@ class LoadConfig:
     identity: str = "load"
     host: str = "127.0.0.1"
     keyframe_interval: float = 2.0
+    #: subscribers count media from the clear RTP header without decrypting it
+    sink: bool = False
 
 
 @dataclass
@@ -127,6 +129,9 @@ class WorkerTotals:
     connected: int = 0
     failed: int = 0
     join_seconds: list[float] = field(default_factory=list)
+    #: per subscriber, the fraction of its expected packets that never arrived: the spread
+    #: says whether loss at saturation falls on everyone alike or on a few
+    subscriber_loss: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -276,6 +281,8 @@ async def _subscriber(
     client = SubscriberClient(peer_id, host=config.host, shared_reader=reader)
     receiver = Receiver()
     client.pc.on_rtp = lambda _stream, packet, _now: receiver.on_rtp(packet)
+    if config.sink:
+        _sink(client.pc, receiver, go)
     signal = http_signal(config.url, "sub", job.room, peer_id, **_http_options(config))
     async with trio.open_nursery() as nursery:
         begin = time.monotonic()
@@ -296,6 +303,31 @@ async def _subscriber(
         await trio.sleep(config.duration + 1.0)  # the last packets in flight
         client.stop()
         nursery.cancel_scope.cancel()
+
+
+def _sink(pc: Any, receiver: Receiver, go: Any) -> None:
+    """Once media runs, count RTP from its header without decrypting it: the header is in the
+    clear (RFC 3711 §3.1), so sequence continuity (loss) is still measured, latency is not
+    (the stamp is encrypted). A decrypting subscriber costs this client ≈ 4× what its packets
+    cost the server, so without a sink one client core cannot fill a server core by fan-out.
+    Set before the peer runs: its reader is handed ``pc._received`` when it starts."""
+    through = pc._received
+
+    def received(data: bytes, addr: tuple[str, int], now: float) -> None:
+        # RFC 7983: a first byte of 128–191 is RTP or RTCP; RFC 5761 §4: RTCP's second byte
+        # (its packet type) is 192–223.
+        if (
+            go.is_set()
+            and len(data) > 12
+            and 127 < data[0] < 192
+            and not 191 < data[1] < 224
+            and addr == pc.remote_address
+        ):
+            receiver.on_rtp(data)
+            return
+        through(data, addr, now)
+
+    pc._received = received
 
 
 def _http_options(config: LoadConfig) -> dict[str, Any]:
@@ -381,6 +413,9 @@ def _worker_main(
             totals.received = sum(r.received for r in receivers)
             totals.expected = sum(r.expected for r in receivers)
             totals.stamped = sum(r.stamped for r in receivers)
+            totals.subscriber_loss = [
+                max(0, r.expected - r.received) / r.expected for r in receivers if r.expected
+            ]
             final: Counter[int] = Counter()
             for r in receivers:
                 final.update(r.latency)
@@ -535,8 +570,22 @@ def run(config: LoadConfig, *, progress: bool = True) -> dict[str, Any]:
             w.join(timeout=10)
             if w.is_alive():
                 w.kill()
-    return _result(config, processes, connected, failed, errors, seconds, finals,
-                   latency_total, cpu, out_packets)
+    result = _result(
+        config,
+        processes,
+        connected,
+        failed,
+        errors,
+        seconds,
+        finals,
+        latency_total,
+        cpu,
+        out_packets,
+    )
+    # When media began, on this machine's monotonic clock: a bench running other processes
+    # beside this one lines their figures up with it.
+    result["media_started_monotonic"] = start
+    return result
 
 
 def _ms(value: float | None) -> float | None:
@@ -559,6 +608,7 @@ def _result(
     received = sum(f["received"] for f in finals)
     expected = sum(f["expected"] for f in finals)
     joins = sorted(j for f in finals for j in f["join_seconds"])
+    spread = sorted(x for f in finals for x in f["subscriber_loss"])
     for f in finals:
         errors += f["errors"]
     lost = max(0, expected - received)
@@ -608,6 +658,12 @@ def _result(
             "lost": lost,
             "loss": lost / expected if expected else 0.0,
         },
+        "subscriber_loss": {
+            "subscribers": len(spread),
+            "min": spread[0] if spread else None,
+            "median": spread[len(spread) // 2] if spread else None,
+            "max": spread[-1] if spread else None,
+        },
         "latency_ms": {
             "p50": _ms(percentile(latency, 0.5)),
             "p99": _ms(percentile(latency, 0.99)),
@@ -637,6 +693,12 @@ def summary_table(result: dict[str, Any]) -> Any:
     table.add_row("packets delivered to subscribers", str(p["delivered"]))
     table.add_row("delivered per second", f"{p['delivered'] / duration:.0f}")
     table.add_row("lost", f"{p['lost']} ({100 * p['loss']:.3f} %)")
+    spread = result["subscriber_loss"]
+    if spread["subscribers"]:
+        table.add_row(
+            "loss per subscriber min / median / max",
+            " / ".join(f"{100 * spread[k]:.3f} %" for k in ("min", "median", "max")),
+        )
     table.add_row("added latency p50 / p99 / max", f"{lat['p50']} / {lat['p99']} / {lat['max']} ms")
     cpu = result["server"]["cpu_percent"]
     table.add_row("server CPU (from /metrics)", "n/a" if cpu is None else f"{cpu} %")
@@ -667,8 +729,13 @@ def plot(result: dict[str, Any], path: str) -> None:
     if cpu:
         axes[3].plot([x for x, _ in cpu], [y for _, y in cpu], marker=".", color="tab:green")
     else:
-        axes[3].text(0.5, 0.5, "server CPU not readable from /metrics", ha="center",
-                     transform=axes[3].transAxes)
+        axes[3].text(
+            0.5,
+            0.5,
+            "server CPU not readable from /metrics",
+            ha="center",
+            transform=axes[3].transAxes,
+        )
     axes[3].set_ylabel("server CPU %")
     axes[3].set_xlabel("second")
     c = result["clients"]
@@ -708,23 +775,52 @@ def build_parser() -> argparse.ArgumentParser:
         "trio-sfu's own client stack; prints a summary, optionally JSON and a plot.",
     )
     parser.add_argument("--url", required=True, help="the server's HTTP base URL")
-    parser.add_argument("--room", action="append", dest="rooms", metavar="NAME",
-                        help="a room to load (repeatable)")
-    parser.add_argument("--rooms", type=_positive_int, default=None, metavar="N",
-                        dest="room_count", help="load N rooms named load-0 … load-N-1")
+    parser.add_argument(
+        "--room", action="append", dest="rooms", metavar="NAME", help="a room to load (repeatable)"
+    )
+    parser.add_argument(
+        "--rooms",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        dest="room_count",
+        help="load N rooms named load-0 … load-N-1",
+    )
     parser.add_argument("--publishers", type=_positive_int, default=1, help="per room (1)")
     parser.add_argument("--subscribers", type=_positive_int, default=1, help="per room (1)")
-    parser.add_argument("--video-bitrate", type=_bitrate, default=1_500_000, metavar="BPS",
-                        help="per publisher, e.g. 1.5M (default), 800k; 0 for no video")
-    parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True,
-                        help="Opus-sized audio at 50 packets/s (default on)")
+    parser.add_argument(
+        "--video-bitrate",
+        type=_bitrate,
+        default=1_500_000,
+        metavar="BPS",
+        help="per publisher, e.g. 1.5M (default), 800k; 0 for no video",
+    )
+    parser.add_argument(
+        "--audio",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Opus-sized audio at 50 packets/s (default on)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, metavar="SECONDS")
-    parser.add_argument("--processes", type=_positive_int, default=1,
-                        help="worker processes the clients are spread over (1)")
-    parser.add_argument("--token", default=os.environ.get("TRIO_SFU_TOKEN"),
-                        help="Bearer token for servers with --api-secret (env TRIO_SFU_TOKEN)")
+    parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="worker processes the clients are spread over (1)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TRIO_SFU_TOKEN"),
+        help="Bearer token for servers with --api-secret (env TRIO_SFU_TOKEN)",
+    )
     parser.add_argument("--identity", default="load", help="user-name prefix of the clients")
     parser.add_argument("--host", default="127.0.0.1", help="local address the clients bind")
+    parser.add_argument(
+        "--sink",
+        action="store_true",
+        help="subscribers count packets from the RTP header without decrypting (loss only, no "
+        "latency): a cheap receiver, so one client core can saturate a server by fan-out",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON ('-': stdout)")
     parser.add_argument("--plot", metavar="PNG", help="write a per-second plot (matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
@@ -757,6 +853,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Lo
         token=args.token,
         identity=args.identity,
         host=args.host,
+        sink=args.sink,
     )
 
 
@@ -785,4 +882,3 @@ def main(argv: Sequence[str]) -> int:
     if args.plot:
         plot(result, args.plot)
     return 0 if result["clients"]["connected"] else 1
-

@@ -19,6 +19,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,9 +42,36 @@ Address = tuple[str, int]
 #: candidates); the oldest non-selected one is forgotten first.
 MAX_ADDRESSES_PER_PEER = 8
 
-#: Datagrams handled per wake-up before yielding to other tasks, so one busy socket cannot
-#: starve the HTTP server or the peers' timers.
-BATCH = 256
+#: Datagrams read per pass before yielding to other tasks. Reading is cheap (≈ 2 µs); what
+#: bounds a pass is SLICE, so this may exceed what a slice forwards: at overload the kernel's
+#: queue is drained every pass (a consent check never waits there behind seconds of media)
+#: and the excess waits in ``serve``'s own queue, where its age is known.
+BATCH = 1024
+
+#: Seconds of media dispatch after which the reader stops forwarding for this pass: what it
+#: reads after that is queued (STUN and DTLS still answered at once) and it yields, so HTTP
+#: requests and the peers' timers run every few ms even when the socket never runs dry. A
+#: count alone cannot bound it: one incoming packet costs ≈ 20 µs to a room of one and
+#: ≈ 4 ms to a room of 400 (bench/pod.py --saturate, docs/benchmarks.md).
+SLICE = 0.005
+
+#: Media that waited longer than this for the reader is dropped, oldest first: at overload
+#: the queue would otherwise grow until the kernel's buffer is full, seconds deep at a large
+#: fan-out. Consent checks never wait in this queue (they are answered as they are read), so
+#: this bounds media latency and memory only; a second keeps what a pause of the process
+#: (a full garbage collection of a large heap takes 0.1–0.3 s, docs/benchmarks.md) leaves
+#: behind. Every subscriber of a stream loses the same packets: the loss is shared fairly.
+MAX_QUEUE_AGE = 1.0
+
+#: At most this many datagrams wait in the reader's queue (≈ 5 MiB of media, about what the
+#: kernel's buffer held before), the oldest dropped first.
+MAX_PENDING = 4096
+
+#: RFC 7983 §7: a first byte of 128–191 is RTP/RTCP; what is below (STUN 0–3, DTLS 20–63) is
+#: the control the reader must never let wait behind media.
+FIRST_MEDIA_BYTE = 128
+
+_clock = time.perf_counter  # a name of its own, so tests can drive the slice
 
 # Linux <linux/in.h> / <linux/in6.h>; Python < 3.12 lacks IP_PKTINFO.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -174,6 +203,7 @@ class EndpointStats(CheckStats):
     send_errors: int = 0
     unknown_address: int = 0  # DTLS/SRTP from an address no valid STUN check vouched for
     unknown_kind: int = 0  # first byte outside every RFC 7983 range
+    overload_dropped: int = 0  # media the reader's queue dropped (MAX_QUEUE_AGE, MAX_PENDING)
 
 
 class UdpEndpoint:
@@ -267,7 +297,10 @@ class UdpEndpoint:
     def demux_entries(self) -> int:
         """How many routes exist (tests assert it returns to zero after peers leave)."""
         return (
-            len(self._by_addr) + len(self._by_ufrag) + len(self._addrs_of) + len(self._source_of)
+            len(self._by_addr)
+            + len(self._by_ufrag)
+            + len(self._addrs_of)
+            + len(self._source_of)
             + len(self._per_host)
         )
 
@@ -338,7 +371,14 @@ class UdpEndpoint:
     # -- receiving ------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Read and dispatch until cancelled or closed. Runs in the process's root nursery."""
+        """Read and dispatch until cancelled or closed. Runs in the process's root nursery.
+
+        Media is forwarded inline as it is read, for SLICE seconds per pass; once a pass has
+        spent its slice, media read after that waits in ``pending`` (oldest first, dropped
+        past MAX_QUEUE_AGE or MAX_PENDING) while STUN and DTLS are handled as they are read,
+        and the reader yields before the next pass. So a consent check waits at most about
+        one slice behind media, and the HTTP server runs between passes, however busy the
+        socket."""
         sock = self._sock
         buf = bytearray(MAX_DATAGRAM)  # longer ones arrive truncated and fail SRTP checks
         view = memoryview(buf)
@@ -348,12 +388,31 @@ class UdpEndpoint:
         pktinfo = self._pktinfo
         ancillary: list[tuple[int, int, bytes]] = []
         stats = self.stats
+        dispatch = self.dispatch
+        pending: deque[tuple[bytes, Address, float]] = deque()
+        clock = _clock
         while True:
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except trio.ClosedResourceError:
-                return  # close() ends serve()
+            if not pending:
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    return  # close() ends serve()
+            elif sock.fileno() < 0:
+                return
             now = trio.current_time()
+            deadline = clock() + SLICE
+            if pending:
+                # What waited from earlier passes goes first, the stale part dropped unsent.
+                stale = now - MAX_QUEUE_AGE
+                while pending and pending[0][2] < stale:
+                    pending.popleft()
+                    stats.overload_dropped += 1
+                while pending:
+                    data, addr, _ = pending.popleft()
+                    # Today's time, not the arrival's: a peer's clock never runs backwards.
+                    dispatch(data, addr, now)
+                    if clock() >= deadline:
+                        break
             for _ in range(BATCH):
                 try:
                     if pktinfo:
@@ -367,9 +426,15 @@ class UdpEndpoint:
                     continue
                 stats.datagrams_in += 1
                 stats.bytes_in += n
-                self.dispatch(bytes(view[:n]), addr[:2], now, ancillary)
-            else:
-                # A full batch: let the rest of the process run before draining more.
+                if n and buf[0] >= FIRST_MEDIA_BYTE and (pending or clock() >= deadline):
+                    if len(pending) >= MAX_PENDING:
+                        pending.popleft()
+                        stats.overload_dropped += 1
+                    pending.append((bytes(view[:n]), addr[:2], now))
+                else:
+                    dispatch(bytes(view[:n]), addr[:2], now, ancillary)
+            if pending:
+                # The slice is spent: let the rest of the process run before the next pass.
                 await trio.lowlevel.checkpoint()
 
     def dispatch(
