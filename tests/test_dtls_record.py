@@ -259,6 +259,19 @@ def test_sequence_numbers_continue_after_openssls(ours_role: str) -> None:
     assert peer.received == [b"first", b"second"]
 
 
+def drop_first_ccs(lost: list[bytes]) -> Drop:
+    """A loss rule for :func:`exchange`: the first datagram holding a ChangeCipherSpec (a
+    flight that ends with Finished) is lost, and kept in ``lost``."""
+
+    def drop(datagram: bytes) -> bool:
+        if not lost and any(t == 20 for t, _, _ in records(datagram)):
+            lost.append(datagram)
+            return True
+        return False
+
+    return drop
+
+
 def test_sequence_numbers_after_a_retransmitted_finished() -> None:
     """Our client's flight (with Finished at epoch-1 seq 0) is lost once; OpenSSL repeats it
     with seq 1 (RFC 6347 §4.2.4: new sequence numbers), so ours start at 2."""
@@ -266,14 +279,7 @@ def test_sequence_numbers_after_a_retransmitted_finished() -> None:
     ours = DtlsTransport(OURS, is_server=False, remote_fingerprints=peer.fingerprints)
     ours.start(time.monotonic())
     lost: list[bytes] = []
-
-    def drop_finished_once(datagram: bytes) -> bool:
-        if not lost and any(t == 20 for t, _, _ in records(datagram)):
-            lost.append(datagram)
-            return True
-        return False
-
-    exchange(ours, peer, drop_finished_once)
+    exchange(ours, peer, drop_first_ccs(lost))
     assert lost and ours.state is DtlsState.CONNECTING
     timer = ours.get_timer()
     assert timer is not None
@@ -415,14 +421,7 @@ def test_lost_final_flight_is_answered_after_openssl_is_gone() -> None:
     ours = DtlsTransport(OURS, is_server=True, remote_fingerprints=peer.fingerprints)
     ours.start(time.monotonic())
     lost: list[bytes] = []
-
-    def drop_final_flight(datagram: bytes) -> bool:
-        if not lost and any(t == 20 for t, _, _ in records(datagram)):
-            lost.append(datagram)
-            return True
-        return False
-
-    exchange(ours, peer, drop_final_flight)
+    exchange(ours, peer, drop_first_ccs(lost))
     assert lost and not peer.done
     assert isinstance(events(ours)[0], HandshakeComplete) and ours.uses_own_record_layer
     ours.send(b"sent while the client waits")  # epoch-1 seq 1: the client cannot read it yet
