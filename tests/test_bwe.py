@@ -210,10 +210,10 @@ def test_history_is_bounded_without_feedback() -> None:
     bwe = BandwidthEstimator()
     for i in range(100_000):
         bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
-    assert len(bwe._sent) <= 16384
+    assert len(bwe._sent_at) <= 16384
     # and feedback for the newest still works
     bwe.on_feedback([((100_000 - 1) & 0xFFFF, 5_000)], 100.0)
-    assert (100_000 - 1) not in bwe._sent
+    assert (100_000 - 1) not in bwe._sent_at
 
 
 def test_probe_is_throttled_and_needs_a_higher_target() -> None:

@@ -26,6 +26,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from trio_sfu.auth import TokenVerifier
 from trio_sfu.config import Config
+from trio_sfu.gcpolicy import GcPolicy
 from trio_sfu.http import HttpSfuApi, SfuApi, create_app
 from trio_sfu.http.hypercorn_fixes import apply_hypercorn_fixes
 from trio_sfu.http.ice_servers import IceServerList
@@ -312,6 +313,9 @@ async def serve(
                 # DESIGN.md: everything alive now lives for the whole process; keep full
                 # collections from walking it again (they pause 30-90 ms on a large heap).
                 gc.freeze()
+                # And what survives each later full collection (the connected peers' heap):
+                # trio_sfu/gcpolicy.py, compacted when peers have left.
+                nursery.start_soon(GcPolicy().run, rtc.endpoint.peers)
                 task_status.started(running)
                 started = True
     except BaseExceptionGroup as group:

@@ -28,7 +28,9 @@ those arrival times into an estimate in bits/s, following draft-ietf-rmcat-gcc-0
 The estimate is ``min(delay-based, loss-based, REMB)`` clamped to ``[min_bps, max_bps]``.
 Everything is driven by calls carrying ``now`` (seconds, monotonic); arrival times come in
 microseconds on the receiver's clock, of which only differences are used. Nothing here runs
-per forwarded packet beyond :meth:`BandwidthEstimator.on_packet_sent` (a dict insert).
+per forwarded packet beyond :meth:`BandwidthEstimator.on_packet_sent` (two dict inserts of
+a float and an int: no object the garbage collector tracks, docs/benchmarks.md "Control at
+saturation").
 """
 
 from __future__ import annotations
@@ -356,7 +358,9 @@ class BandwidthEstimator:
         "_probe",
         "_probe_started",
         "_remb",
-        "_sent",
+        "_sent_at",
+        "_sent_probe",
+        "_sent_size",
         "_unwrapper",
         "max_bps",
         "min_bps",
@@ -379,8 +383,15 @@ class BandwidthEstimator:
         self._loss = LossBasedEstimator(initial_bps)
         self._remb: float | None = None
         self._unwrapper = SequenceUnwrapper()
-        # extended seq -> (send time, size, probe id)
-        self._sent: dict[int, tuple[float, int, int]] = {}
+        # extended seq -> send time, -> size, -> probe id (probe packets only). Parallel dicts
+        # of floats and ints, not one dict of (time, size, probe) tuples: a tuple per sent
+        # packet is an object the garbage collector tracks, and at 70-90k packets/s the
+        # ones waiting for feedback started a young collection every ~8 ms, which promoted
+        # every timer's coroutines into the old generation and so caused a full collection
+        # of the whole peer heap (0.2-0.4 s) every few seconds (docs/benchmarks.md).
+        self._sent_at: dict[int, float] = {}
+        self._sent_size: dict[int, int] = {}
+        self._sent_probe: dict[int, int] = {}
         self._acked: deque[tuple[float, int]] = deque()  # (arrival, size) within _ACK_WINDOW
         self._probe: ProbeCluster | None = None
         self._probe_started = -math.inf
@@ -422,12 +433,23 @@ class BandwidthEstimator:
     def on_packet_sent(self, transport_seq: int, size: int, now: float, probe: int = -1) -> None:
         """Note a packet we sent with this transport-wide sequence number (16-bit)."""
         ext = self._unwrapper.unwrap(transport_seq & 0xFFFF)
-        sent = self._sent
-        sent[ext] = (now, size, probe)
-        if len(sent) > _MAX_UNREPORTED:
+        sent_at = self._sent_at
+        sent_at[ext] = now
+        self._sent_size[ext] = size
+        if probe != -1:
+            self._sent_probe[ext] = probe
+        elif self._sent_probe:
+            self._sent_probe.pop(ext, None)
+        if len(sent_at) > _MAX_UNREPORTED:
             # a receiver that negotiated transport-cc but never reports: forget the oldest
             # (dicts keep insertion order), so memory stays bounded without feedback
-            del sent[next(iter(sent))]
+            self._forget(next(iter(sent_at)))
+
+    def _forget(self, ext: int) -> None:
+        del self._sent_at[ext]
+        del self._sent_size[ext]
+        if self._sent_probe:
+            self._sent_probe.pop(ext, None)
 
     def on_remb(self, bitrate: float) -> None:
         """The subscriber's receiver-side estimate (REMB), a cap on ours."""
@@ -444,20 +466,24 @@ class BandwidthEstimator:
         if highest is None:
             return
         results: list[PacketResult] = []
+        sent_at = self._sent_at
+        probes = self._sent_probe
         for seq, arrival_us in statuses:
             ext = self._unwrapper.peek(seq & 0xFFFF)
             if ext > highest:
                 continue  # feedback for something we never sent
-            sent = self._sent.get(ext)
-            if sent is None:
+            send_time = sent_at.get(ext)
+            if send_time is None:
                 continue  # unknown, or already reported received
+            size = self._sent_size[ext]
+            probe = probes.get(ext, -1) if probes else -1
             arrival = None if arrival_us is None else arrival_us / 1e6
             if arrival is not None:
-                del self._sent[ext]  # a later report of it would be a duplicate
-            results.append(PacketResult(ext, sent[0], sent[1], arrival, sent[2]))
+                self._forget(ext)  # a later report of it would be a duplicate
+            results.append(PacketResult(ext, send_time, size, arrival, probe))
         floor = now - _HISTORY_S
-        for ext in [e for e, (t, _, _) in self._sent.items() if t < floor]:
-            del self._sent[ext]
+        for ext in [e for e, t in sent_at.items() if t < floor]:
+            self._forget(ext)
         if not results:
             return
         results.sort(key=lambda r: r.seq)
@@ -507,7 +533,7 @@ class BandwidthEstimator:
         cluster = self._probe
         if cluster is None:
             return
-        if any(info[2] == cluster.id for info in self._sent.values()):
+        if cluster.id in self._sent_probe.values():
             if now - self._probe_started > _PROBE_TIMEOUT:
                 self._probe = None
             return  # wait until every probe packet is reported received (or times out)
