@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import trio
 
+from tests.sfu_helpers import start_sfu, wait_for
 from trio_sfu.gcpolicy import GcPolicy
 from trio_sfu.proto.bwe import BandwidthEstimator
 from trio_sfu.proto.capabilities import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC
@@ -207,4 +208,31 @@ async def test_the_policy_compacts_once_peers_have_left(autojump_clock: trio.Moc
             nursery.cancel_scope.cancel()
         assert policy._after_collection not in gc.callbacks
     finally:
+        gc.unfreeze()
+
+
+async def test_a_subscriber_frozen_while_connected_is_freed_once_it_left(
+    nursery: trio.Nursery,
+) -> None:
+    """The real peer heap: a subscriber connected during a full collection is frozen with it;
+    after it leaves, a compaction frees its server side (connection and member)."""
+    env = await start_sfu(nursery)
+    await env.subscriber("room", "warm-1")  # first-use caches
+    policy = GcPolicy()
+    gc.collect()
+    policy.install()
+    try:
+        client = await env.subscriber("room", "s-1")
+        member = env.sfu.rooms["room"].subscribers["s-1"]
+        server_side = [weakref.ref(member), weakref.ref(member.pc)]
+        del member
+        gc.collect()  # a full collection while connected: the subscriber's objects are frozen
+        assert policy.freezes == 1
+        client.pc.close("bye")
+        await wait_for(lambda: "s-1" not in env.sfu.rooms["room"].subscribers)
+        await wait_for(lambda: env.server.endpoint.peers() == 1)
+        policy.compact()
+        assert [ref() for ref in server_side] == [None, None]
+    finally:
+        policy.uninstall()
         gc.unfreeze()
