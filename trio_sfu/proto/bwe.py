@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from trio_sfu.proto.rtp import SequenceUnwrapper
+from trio_sfu.proto.rtp import seq_delta
 
 __all__ = [
     "BandwidthEstimator",
@@ -351,13 +351,13 @@ class BandwidthEstimator:
     __slots__ = (
         "_acked",
         "_delay",
+        "_highest",
         "_loss",
         "_next_probe_id",
         "_probe",
         "_probe_started",
         "_remb",
         "_sent",
-        "_unwrapper",
         "max_bps",
         "min_bps",
         "rtt",
@@ -378,7 +378,9 @@ class BandwidthEstimator:
         self._delay = DelayBasedEstimator(initial_bps)
         self._loss = LossBasedEstimator(initial_bps)
         self._remb: float | None = None
-        self._unwrapper = SequenceUnwrapper()
+        #: the highest extended transport-wide number sent (RFC 3550 A.1's unwrapping, kept
+        #: here so the per-packet record makes no call); -1 before the first
+        self._highest = -1
         # extended seq -> (send time, size, probe id)
         self._sent: dict[int, tuple[float, int, int]] = {}
         self._acked: deque[tuple[float, int]] = deque()  # (arrival, size) within _ACK_WINDOW
@@ -421,7 +423,16 @@ class BandwidthEstimator:
 
     def on_packet_sent(self, transport_seq: int, size: int, now: float, probe: int = -1) -> None:
         """Note a packet we sent with this transport-wide sequence number (16-bit)."""
-        ext = self._unwrapper.unwrap(transport_seq & 0xFFFF)
+        seq = transport_seq & 0xFFFF
+        highest = self._highest
+        if seq == (highest + 1) & 0xFFFF:  # in order (the first one too, when it is 0)
+            ext = self._highest = highest + 1
+        elif highest < 0:
+            ext = self._highest = seq
+        else:
+            ext = highest + seq_delta(seq, highest)
+            if ext > highest:
+                self._highest = ext
         sent = self._sent
         sent[ext] = (now, size, probe)
         if len(sent) > _MAX_UNREPORTED:
@@ -440,12 +451,12 @@ class BandwidthEstimator:
 
     def on_feedback(self, statuses: Iterable[tuple[int, int | None]], now: float) -> None:
         """One transport-cc feedback: ``(seq16, arrival µs or None)`` in sequence order."""
-        highest = self._unwrapper.highest
-        if highest is None:
+        highest = self._highest
+        if highest < 0:
             return
         results: list[PacketResult] = []
         for seq, arrival_us in statuses:
-            ext = self._unwrapper.peek(seq & 0xFFFF)
+            ext = highest + seq_delta(seq & 0xFFFF, highest)
             if ext > highest:
                 continue  # feedback for something we never sent
             sent = self._sent.get(ext)
