@@ -396,9 +396,9 @@ class UdpEndpoint:
         Media is forwarded inline as it is read, for SLICE seconds per pass and then to the
         end of the frame (at most another SLICE); once a pass has spent its slice, media read
         after that waits in ``pending`` (oldest first, dropped past MAX_QUEUE_AGE or
-        MAX_PENDING) while STUN and DTLS are handled as they are read, and the reader yields before the next pass. So a consent check waits at most about
-        two slices behind media, and the HTTP server runs between passes, however busy the
-        socket."""
+        MAX_PENDING) while STUN and DTLS are handled as they are read, and the reader yields
+        before the next pass. So a consent check waits at most about two slices behind media,
+        and the HTTP server runs between passes, however busy the socket."""
         sock = self._sock
         buf = bytearray(MAX_DATAGRAM)  # longer ones arrive truncated and fail SRTP checks
         view = memoryview(buf)
