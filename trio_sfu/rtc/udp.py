@@ -52,10 +52,7 @@ BATCH = 1024
 #: reads after that is queued (STUN and DTLS still answered at once) and it yields, so HTTP
 #: requests and the peers' timers run every few ms even when the socket never runs dry. A
 #: count alone cannot bound it: one incoming packet costs ≈ 20 µs to a room of one and
-#: ≈ 4 ms to a room of 400 (bench/pod.py --saturate, docs/benchmarks.md). A pass ends at a
-#: frame boundary — after a datagram whose second byte has its top bit set: an RTP packet with
-#: the marker (a video frame's last) or any RTCP packet — unless it has run two slices: one
-#: frame's fan-out is not cut in two (at N = 100 a 6-packet frame costs ≈ 6 ms).
+#: ≈ 4 ms to a room of 400 (bench/pod.py --saturate, docs/benchmarks.md).
 SLICE = 0.005
 
 #: Media that waited longer than this for the reader is dropped, oldest first: at overload
@@ -393,12 +390,12 @@ class UdpEndpoint:
     async def serve(self) -> None:
         """Read and dispatch until cancelled or closed. Runs in the process's root nursery.
 
-        Media is forwarded inline as it is read, for SLICE seconds per pass and then to the
-        end of the frame (at most another SLICE); once a pass has spent its slice, media read
-        after that waits in ``pending`` (oldest first, dropped past MAX_QUEUE_AGE or
-        MAX_PENDING) while STUN and DTLS are handled as they are read, and the reader yields
-        before the next pass. So a consent check waits at most about two slices behind media,
-        and the HTTP server runs between passes, however busy the socket."""
+        Media is forwarded inline as it is read, for SLICE seconds per pass; once a pass has
+        spent its slice, media read after that waits in ``pending`` (oldest first, dropped
+        past MAX_QUEUE_AGE or MAX_PENDING) while STUN and DTLS are handled as they are read,
+        and the reader yields before the next pass. So a consent check waits at most about
+        one slice behind media, and the HTTP server runs between passes, however busy the
+        socket."""
         sock = self._sock
         buf = bytearray(MAX_DATAGRAM)  # longer ones arrive truncated and fail SRTP checks
         view = memoryview(buf)
@@ -421,7 +418,6 @@ class UdpEndpoint:
                 return
             now = trio.current_time()
             deadline = clock() + SLICE
-            spent = False
             if pending:
                 # What waited from earlier passes goes first, the stale part dropped unsent.
                 stale = now - MAX_QUEUE_AGE
@@ -432,9 +428,7 @@ class UdpEndpoint:
                     data, addr, _ = pending.popleft()
                     # Today's time, not the arrival's: a peer's clock never runs backwards.
                     dispatch(data, addr, now)
-                    t = clock()
-                    if t >= deadline and (data[1] & 0x80 or t >= deadline + SLICE):
-                        spent = True
+                    if clock() >= deadline:
                         break
             for _ in range(BATCH):
                 try:
@@ -449,19 +443,13 @@ class UdpEndpoint:
                     continue
                 stats.datagrams_in += 1
                 stats.bytes_in += n
-                if n < 2 or buf[0] < FIRST_MEDIA_BYTE:
-                    dispatch(bytes(view[:n]), addr[:2], now, ancillary)  # control: at once
-                elif spent:
+                if n and buf[0] >= FIRST_MEDIA_BYTE and (pending or clock() >= deadline):
                     if len(pending) >= MAX_PENDING:
                         pending.popleft()
                         stats.overload_dropped += 1
                     pending.append((bytes(view[:n]), addr[:2], now))
                 else:
-                    boundary = buf[1] & 0x80  # before dispatch: nothing may touch buf after
                     dispatch(bytes(view[:n]), addr[:2], now, ancillary)
-                    t = clock()
-                    if t >= deadline and (boundary or t >= deadline + SLICE):
-                        spent = True
             if pending:
                 # The slice is spent: let the rest of the process run before the next pass.
                 await trio.lowlevel.checkpoint()
