@@ -143,3 +143,30 @@ async def test_the_queue_is_bounded_dropping_the_oldest(
     inline = PER_SLICE - 2  # dispatched before the first slice ran out
     assert order == list(range(inline)) + list(range(90, 100))
     assert endpoint.stats.overload_dropped == 90 - inline
+
+
+async def test_a_path_send_counts_what_left_and_what_was_refused(endpoint: UdpEndpoint) -> None:
+    """``UdpPath.send`` (every forwarded packet's last step, inlined for a socket bound to one
+    address) counts like ``UdpEndpoint.sendto``: sent, dropped on a full buffer, refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        path = udp.UdpPath(endpoint, peer.getsockname())
+        path.send(b"\x80" * 100)
+        assert peer.recv(2048) == b"\x80" * 100
+    assert (endpoint.stats.datagrams_out, endpoint.stats.bytes_out) == (1, 100)
+
+    real = endpoint._sock
+    errors = iter([BlockingIOError(), ConnectionRefusedError(111, "refused")])
+
+    class Refusing:
+        def sendto(self, data: bytes, addr: object) -> int:
+            raise next(errors)
+
+    endpoint._sock = Refusing()  # type: ignore[assignment]
+    try:
+        path.send(b"\x80" * 100)
+        path.send(b"\x80" * 100)
+    finally:
+        endpoint._sock = real
+    stats = endpoint.stats
+    assert (stats.send_dropped, stats.send_errors, stats.datagrams_out) == (1, 1, 1)

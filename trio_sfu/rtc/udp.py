@@ -129,7 +129,20 @@ class UdpPath:
     usable: bool = True
 
     def send(self, data: bytes | memoryview) -> None:
-        self.endpoint.sendto(data, self.address)
+        """:meth:`UdpEndpoint.sendto`, with its common case (a socket bound to one address:
+        no source to choose) inlined: this is the last step of every forwarded packet."""
+        endpoint = self.endpoint
+        if endpoint._pktinfo:
+            endpoint.sendto(data, self.address)
+            return
+        try:
+            endpoint._sock.sendto(data, self.address)
+        except OSError as exc:
+            endpoint._send_failed(exc, self.address)
+            return
+        stats = endpoint.stats
+        stats.datagrams_out += 1
+        stats.bytes_out += len(data)
 
 
 @dataclass(slots=True)
@@ -349,24 +362,28 @@ class UdpEndpoint:
 
         From the local address ``addr``'s checks arrived on (``source``, or the one recorded
         for ``addr``), so a peer sees answers and media from the address it talks to."""
-        if source is None:
-            source = self._source_of.get(addr)
+        if source is None and self._pktinfo:
+            source = self._source_of.get(addr)  # only a wildcard bind records sources
         try:
             if source is None:
                 self._sock.sendto(data, addr)
             else:
                 self._sock.sendmsg((data,), source, 0, addr)
-        except BlockingIOError:
+        except OSError as exc:
+            self._send_failed(exc, addr)
+            return
+        stats = self.stats
+        stats.datagrams_out += 1
+        stats.bytes_out += len(data)
+
+    def _send_failed(self, exc: OSError, addr: Address) -> None:
+        if isinstance(exc, BlockingIOError):
             self.stats.send_dropped += 1
             return
-        except OSError as exc:
-            # ECONNREFUSED and friends come back from ICMP; the peer's consent timer decides.
-            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                log.debug("udp send failed", extra={"addr": addr, "error": str(exc)})
-            self.stats.send_errors += 1
-            return
-        self.stats.datagrams_out += 1
-        self.stats.bytes_out += len(data)
+        # ECONNREFUSED and friends come back from ICMP; the peer's consent timer decides.
+        if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            log.debug("udp send failed", extra={"addr": addr, "error": str(exc)})
+        self.stats.send_errors += 1
 
     # -- receiving ------------------------------------------------------------------------
 
