@@ -59,7 +59,7 @@ from trio_sfu.cluster.framing import (
 log = logging.getLogger(__name__)
 
 
-#: Packets queued per track before the oldest are dropped (NATS down or the pump starved):
+#: Packets queued per track before the oldest are dropped (the flush callback starved):
 #: ≈ 1 s of a 2.5 Mbit/s video track; older media is useless to a subscriber anyway.
 QUEUE_LIMIT = 256
 
