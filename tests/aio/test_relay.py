@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 from tests.aio.test_nats_bus import FAIL_FAST, RESUME, pods
 from tests.services import NatsServer, nats_server
-from trio_sfu.cluster.aio import BackendUnavailable
+from trio_sfu.cluster import nats_bus
+from trio_sfu.cluster.aio import BackendUnavailable, open_asyncio
 from trio_sfu.cluster.framing import MAX_PACKET, MEDIA_VERSION, pack_packets, unpack_packets
 from trio_sfu.cluster.nats_bus import NatsBus
-from trio_sfu.cluster.relay import QUEUE_LIMIT, RELEASE, WANT
+from trio_sfu.cluster.relay import QUEUE_LIMIT, RELEASE, WANT, MediaRelay
 
 
 @pytest.fixture
@@ -116,7 +119,7 @@ async def test_ten_thousand_packets_in_order_once_and_batched(nats: NatsServer) 
         # Several packets per NATS message: the pump took what queued while it was busy.
         assert b.relay.counters.messages_received == a.relay.counters.messages_sent
         assert a.relay.counters.messages_sent < total
-        # Handed over in batches from the Trio pump, each batch stamped with Trio's clock.
+        # Handed over message by message from the NATS callback, stamped with Trio's clock.
         assert all(t <= trio.current_time() for t in got.times)
 
 
@@ -319,3 +322,105 @@ async def test_subscribe_needs_nats_and_a_running_bus(nats: NatsServer) -> None:
             async with b.relay.subscribe("pod-a", "p", "t", Collector()):
                 pass
         assert b.relay.counters.subscriptions == 0
+
+
+# -- hops per message (issue 10: the relay's cost is per NATS message) -------------------------
+
+
+class FakeLink:
+    """A RelayLink without NATS: records publishes, hands out the subscription callbacks."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Callable[[bytes], None]] = {}
+        self.published: list[tuple[str, bytes]] = []
+        self.raw: list[tuple[str, bytes]] = []
+
+    def subject(self, kind: str, *names: str) -> str:
+        return ".".join(("t", kind, *names))
+
+    @asynccontextmanager
+    async def subscription(
+        self, subject: str, on_message: Callable[[bytes], None], *, require_connected: bool = True
+    ) -> AsyncIterator[None]:
+        self.handlers[subject] = on_message
+        try:
+            yield
+        finally:
+            del self.handlers[subject]
+
+    async def publish_raw(self, subject: str, data: bytes) -> None:
+        self.raw.append((subject, data))
+
+    def publish_now(self, subject: str, data: bytes) -> bool:
+        self.published.append((subject, data))
+        return True
+
+
+@asynccontextmanager
+async def fake_pod(node: str) -> AsyncIterator[tuple[MediaRelay, FakeLink]]:
+    link = FakeLink()
+    relay = MediaRelay(link, node)
+    async with open_asyncio(), trio.open_nursery() as nursery:
+        await nursery.start(relay.run)
+        yield relay, link
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_received_message_is_forwarded_inside_the_nats_callback() -> None:
+    async with fake_pod("pod-b") as (relay, link):
+        got = Collector()
+        async with relay.subscribe("pod-a", "alice-1", "video-1", got):
+            on_message = link.handlers["t.media.pod-a.alice-1.video-1"]
+            packets = deque([rtp_like(0), rtp_like(1), rtp_like(2)])
+            message, _, _ = pack_packets(packets)
+            # No queue and no Trio task in between: forwarded before the callback returns.
+            on_message(message)
+            assert got.packets == [rtp_like(0), rtp_like(1), rtp_like(2)]
+            assert len(set(got.times)) == 1  # one stamp of Trio's clock per message
+            on_message(b"\x63junk")
+            assert relay.counters.malformed == 1
+            assert relay.counters.messages_received == 1
+        # A message nats-py still delivers after the block is ignored.
+        on_message(message)
+        assert len(got.packets) == 3
+
+
+async def test_a_burst_leaves_as_one_message_once_the_step_is_over() -> None:
+    async with fake_pod("pod-a") as (relay, link):
+        relay._on_want(bytes((MEDIA_VERSION,)) + msgpack.packb([WANT, "pod-b", [["p", "t"]]]))
+        send = relay.sender("p", "t")
+        for i in range(10):  # one UDP reader pass: ten packets, no checkpoint
+            send(rtp_like(i))
+        assert link.published == []  # nothing leaves in the middle of the burst
+        await trio.testing.wait_all_tasks_blocked()
+        assert [subject for subject, _ in link.published] == ["t.media.pod-a.p.t"]
+        assert unpack_packets(link.published[0][1]) == [rtp_like(i) for i in range(10)]
+        send(rtp_like(10))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(link.published) == 2
+        assert unpack_packets(link.published[1][1]) == [rtp_like(10)]
+        assert relay.counters.messages_sent == 2
+        assert relay.counters.packets_sent == 11
+
+
+async def test_the_relay_publish_never_waits_and_drops_when_nats_lags(
+    nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with pods(nats.url, "pod-a", "pod-b") as (a, b):
+        got: list[bytes] = []
+        async with b.subscription(b.subject("room", "r"), got.append):
+            # Sync, called from Trio: queued in nats-py's buffer, its flusher sends it.
+            assert a.publish_now(a.subject("room", "r"), b"one") is True
+            with trio.fail_after(FAIL_FAST):
+                while not got:
+                    await trio.sleep(0.01)
+            assert got == [b"one"]
+            # An outbound buffer at the relay's limit: refused, not queued.
+            monkeypatch.setattr(nats_bus, "MEDIA_PENDING_LIMIT", 2)
+            assert a.publish_now(a.subject("room", "r"), b"two") is False
+            monkeypatch.undo()
+            assert a.publish_now(a.subject("room", "r"), b"three") is True
+            with trio.fail_after(FAIL_FAST):
+                while len(got) < 2:
+                    await trio.sleep(0.01)
+            assert got == [b"one", b"three"]

@@ -51,6 +51,10 @@ DEFAULT_PREFIX = "trio-sfu"
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\Z")
 
 
+#: Outbound bytes nats-py may hold before the relay drops media rather than queue more
+#: (below nats-py's own 2 MiB limit, where its ``publish`` would start waiting).
+MEDIA_PENDING_LIMIT = 1024 * 1024
+
 #: How long an abandoned PING may wait for its PONG (see ``_aio_ping``); the client's own stale
 #: check (two unanswered pings) reconnects long before.
 _PONG_PATIENCE = 60
@@ -218,12 +222,27 @@ class NatsBus:
     async def send_to_node(self, node_id: str, command: Command) -> None:
         await self.publish_raw(self.subject("node", node_id), encode(command))
 
-    async def aio_publish(self, subject: str, data: bytes) -> bool:
-        """asyncio side (the relay's pump): publish if connected, else report False."""
+    def publish_now(self, subject: str, data: bytes) -> bool:
+        """The relay's publish: sync, on the loop's thread, no bridge, nothing awaited.
+
+        nats-py's ``publish`` appends the command to its outbound buffer and kicks its flusher
+        task without suspending while that buffer is below its limit (2 MiB), so stepping the
+        coroutine once runs it to the end. False when not connected, or when the buffer holds
+        ``MEDIA_PENDING_LIMIT`` already (NATS is not keeping up: media that late is dropped).
+        """
         client = self._client
         if client is None or not client.is_connected:
             return False
-        await client.publish(subject, data)
+        if client.pending_data_size + len(data) > MEDIA_PENDING_LIMIT:
+            return False
+        publish = client.publish(subject, data)
+        try:
+            publish.send(None)
+        except StopIteration:
+            return True
+        # It suspended after queueing the command (nats-py waiting for its buffer to drain):
+        # the bytes go out with the flusher's next write; we do not wait for that.
+        publish.close()
         return True
 
     async def request_node(self, node_id: str, data: bytes, timeout: float) -> bytes:

@@ -4,26 +4,30 @@ DESIGN.md ("Crossing into asyncio") sets the shape: a bridged nats-py publish co
 deque hand-off ≈ 2 µs, so no packet ever crosses the trio-asyncio bridge on its own.
 
 - Sending: ``sender(pub, track)`` returns a *sync* callable the publisher's ``on_rtp`` calls per
-  packet. It appends to the track's bounded deque and, only if the asyncio pump is idle, sets
-  the pump's asyncio.Event. The pump (one asyncio task per process, started once through the
-  bridge) packs whatever each track has queued into one NATS message and publishes it. It never
-  waits to fill a batch: packets that arrived while it was busy go out together, so batching
-  adds no latency of its own.
+  packet. It appends to the track's bounded deque and, for the first packet since the last
+  flush, schedules one plain asyncio callback (``loop.call_soon``). That callback runs once the
+  current Trio step is over (the UDP reader's pass, with every packet it read), packs whatever
+  each track has queued into one NATS message and hands it to nats-py without awaiting
+  (``RelayLink.publish_now``: nats-py's ``publish`` queues the bytes and kicks its own
+  flusher, it never suspends below its outbound limit). It never waits to fill a batch, so
+  batching adds no latency of its own; no asyncio task, event or future per batch.
 - Receiving: ``subscribe(node, pub, track, on_packet)`` subscribes to the track's subject; the
-  nats-py callback (asyncio) appends the message to one deque and sets a trio.Event only if the
-  Trio pump waits; the Trio pump unpacks and calls ``on_packet(packet, now)`` in order.
+  nats-py subscription callback unpacks the message and calls ``on_packet(packet, now)`` for
+  each packet, there and then (trio-asyncio runs asyncio callbacks on Trio's thread, between
+  Trio steps, so a sync call into Trio-side forwarding code is legal): no queue, no Trio task
+  to wake per message.
 - Interest: a pod publishes a track only while another pod wants it (issue 4). A receiving pod
   announces each subscription on the publisher pod's want subject and refreshes it every
   ``want_interval``; the publisher pod forgets a want that was not refreshed for ``want_ttl``,
   so a killed pod stops costing bandwidth, and a restarted NATS needs nothing but the next
   refresh.
 
-Cost (issue 10; docs/cluster.md "The media relay" has the figures): ≈ 0.4–0.6 ms of CPU per
-NATS message for both pods together, whatever it carries, so 52–78 µs per packet at 300
-packets/s per track and 8–13 µs at 3,000 (``python -m bench.relay_inproc``), against 11 µs for
-one local forward. Driving nats-py from a thread of its own, every crossing batched, was
-measured too and cost the same within the noise (cross-thread wake-ups and GIL hand-offs
-replace trio-asyncio's steps), so media stays on the trio-asyncio loop with the command bus.
+Cost (issue 10; docs/cluster.md "The media relay" has the figures): the cost is per NATS
+message, whatever it carries — mostly the receiving pod's wake-up and the Trio rounds each hop
+between nats-py's tasks takes — so the relay takes as few hops per message as nats-py's public
+API allows. Driving nats-py from a thread of its own, every crossing batched, was measured too
+and cost the same within the noise (cross-thread wake-ups and GIL hand-offs replace
+trio-asyncio's steps), so media stays on the trio-asyncio loop with the command bus.
 
 Media message: ``MEDIA_VERSION`` (one byte), then per packet a 2-byte big-endian length and the
 packet. Want message: ``MEDIA_VERSION``, then msgpack ``[op, from_node, [[pub, track], ...]]``.
@@ -38,7 +42,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgpack
 import trio
@@ -55,14 +59,16 @@ from trio_sfu.cluster.framing import (
 log = logging.getLogger(__name__)
 
 
-#: Packets queued per track before the oldest are dropped (NATS down or the pump starved):
+#: Packets queued per track before the oldest are dropped (the flush callback starved):
 #: ≈ 1 s of a 2.5 Mbit/s video track; older media is useless to a subscriber anyway.
 QUEUE_LIMIT = 256
-#: Received messages waiting for the Trio pump before the oldest are dropped.
-RECEIVE_LIMIT = 4096
 
 WANT = 1
 RELEASE = 0
+
+
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
 
 class RelayLink(Protocol):
@@ -85,8 +91,9 @@ class RelayLink(Protocol):
         """Trio, bridged: raises BackendUnavailable when NATS is down."""
         ...
 
-    async def aio_publish(self, subject: str, data: bytes) -> bool:
-        """asyncio side: publish now if connected; False if not (nothing is buffered)."""
+    def publish_now(self, subject: str, data: bytes) -> bool:
+        """Sync, on the loop's thread: queue ``data`` for NATS without awaiting anything; False
+        if not connected or the outbound buffer is full (nothing is buffered then)."""
         ...
 
 
@@ -100,7 +107,7 @@ class RelayCounters:
     dropped: int = 0
     #: received messages that were not a media message of our version
     malformed: int = 0
-    #: received messages dropped because the Trio pump fell behind by RECEIVE_LIMIT
+    #: received messages nats-py dropped because this pod fell behind (slow consumer)
     overflow: int = 0
     #: media subscriptions open now (one per remote track this pod receives)
     subscriptions: int = 0
@@ -109,8 +116,8 @@ class RelayCounters:
 class TrackSender:
     """The per-packet entry of one published track: sync, never blocks, never bridges.
 
-    Calling it with a packet (``bytes``, not mutated afterwards) queues it for the relay pump if
-    any other pod wants this track; otherwise it returns at once.
+    Calling it with a packet (``bytes``, not mutated afterwards) queues it for the relay's next
+    flush if any other pod wants this track; otherwise it returns at once.
     """
 
     __slots__ = ("_relay", "closed", "key", "pending", "queue", "subject", "wanted")
@@ -120,7 +127,7 @@ class TrackSender:
         self.key = key
         self.subject = subject
         self.queue: deque[bytes] = deque(maxlen=relay.queue_limit)
-        #: queued in the relay's ready list already (so it is listed once per pump round)
+        #: queued in the relay's ready list already (so it is listed once per flush)
         self.pending = False
         #: some other pod holds a live want for this track
         self.wanted = False
@@ -137,9 +144,8 @@ class TrackSender:
             self.pending = True
             relay = self._relay
             relay._ready.append(self)
-            if relay._idle:
-                relay._idle = False
-                relay._wake_sender()
+            if not relay._flush_scheduled:
+                relay._schedule_flush()
 
     def close(self) -> None:
         """The track ended: stop relaying it (idempotent)."""
@@ -171,7 +177,6 @@ class MediaRelay:
         *,
         queue_limit: int = QUEUE_LIMIT,
         max_message: int = MAX_MESSAGE,
-        receive_limit: int = RECEIVE_LIMIT,
         want_interval: float = 1.0,
         want_ttl: float = 3.5,
     ) -> None:
@@ -185,15 +190,14 @@ class MediaRelay:
         # sending side
         self._senders: dict[tuple[str, str], TrackSender] = {}
         self._ready: list[TrackSender] = []
-        self._idle = False  # True only while the pump awaits its event
-        self._wake_event: Any = None  # the pump's asyncio.Event, created on its loop
+        #: the asyncio loop (trio-asyncio's) while ``run`` runs; flushes are its callbacks
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self._outage = False  # the last flush could not publish (logged once per outage)
         #: (publisher, track) → {wanting node → lease expiry (time.monotonic)}
         self._interest: dict[tuple[str, str], dict[str, float]] = {}
         # receiving side
         self._inbound: dict[tuple[str, str, str], _Inbound] = {}
-        self._received: deque[tuple[_Inbound, bytes]] = deque(maxlen=receive_limit)
-        self._rx_waiting = False
-        self._rx_event = trio.Event()
         self._running = False
         #: set when NATS reconnected: renew every want now, not at the next interval
         self._renew_now = trio.Event()
@@ -263,58 +267,46 @@ class MediaRelay:
         for key in list(self._interest):
             self._live_leases(key, now)
 
-    def _wake_sender(self) -> None:
-        event = self._wake_event
-        if event is not None:
-            event.set()
+    def _schedule_flush(self) -> None:
+        """Flush once the current Trio step is over (the first packet since the last flush)."""
+        loop = self._loop
+        if loop is not None:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
 
-    async def _aio_send_pump(self) -> None:
-        """asyncio: publish what the senders queued, one message per track per round."""
-        wake = self._wake_event = asyncio.Event()
-        try:
-            await self._send_rounds(wake)
-        finally:
-            self._wake_event = None
-            self._idle = False
-
-    async def _send_rounds(self, wake: asyncio.Event) -> None:
+    def _flush(self) -> None:
+        """asyncio callback: publish what the senders queued, one message per track per flush
+        (more only past ``max_message``). Sync from start to end: nothing here awaits."""
+        self._flush_scheduled = False
+        ready, self._ready = self._ready, []
         counters = self.counters
-        link = self._link
-        outage = False
-        while True:
-            ready = self._ready
-            if not ready:
-                self._idle = True
-                wake.clear()
-                await wake.wait()
-                continue
-            self._ready = []
-            for sender in ready:
-                sender.pending = False
-                queue = sender.queue
-                while queue:
-                    message, count, too_large = pack_packets(queue, self.max_message)
-                    counters.dropped += too_large
-                    if not count:
-                        continue
-                    try:
-                        sent = await link.aio_publish(sender.subject, message)
-                    except Exception as exc:  # nats-py's buffer limits, a closing client, ...
-                        sent = False
-                        if not outage:
-                            log.warning(
-                                "relay publish failed",
-                                extra={"node": self.node_id, "error": repr(exc)},
-                            )
-                    if sent:
-                        outage = False
-                        counters.messages_sent += 1
-                        counters.packets_sent += count
-                    else:
-                        # Media this old is useless when NATS returns: drop it all, count it.
-                        outage = True
-                        counters.dropped += count + len(queue)
-                        queue.clear()
+        publish_now = self._link.publish_now
+        for sender in ready:
+            sender.pending = False
+            queue = sender.queue
+            while queue:
+                message, count, too_large = pack_packets(queue, self.max_message)
+                counters.dropped += too_large
+                if not count:
+                    continue
+                try:
+                    sent = publish_now(sender.subject, message)
+                except Exception as exc:  # a closing client, a payload over the server's limit
+                    sent = False
+                    if not self._outage:
+                        log.warning(
+                            "relay publish failed",
+                            extra={"node": self.node_id, "error": repr(exc)},
+                        )
+                if sent:
+                    self._outage = False
+                    counters.messages_sent += 1
+                    counters.packets_sent += count
+                else:
+                    # Media this old is useless when NATS returns: drop it all, count it.
+                    self._outage = True
+                    counters.dropped += count + len(queue)
+                    queue.clear()
 
     # -- receiving pod ---------------------------------------------------------------------
 
@@ -337,17 +329,31 @@ class MediaRelay:
         if key in self._inbound:
             raise ValueError(f"already receiving {key}")
         inbound = _Inbound(key, on_packet)
-        received = self._received
         counters = self.counters
 
         def on_message(data: bytes) -> None:
-            # asyncio side, once per NATS message: a deque append, a wake-up only if needed.
-            if len(received) == received.maxlen:
-                counters.overflow += 1
-            received.append((inbound, data))
-            if self._rx_waiting:
-                self._rx_waiting = False
-                self._rx_event.set()
+            # The nats-py subscription callback, once per NATS message: forward right here.
+            if inbound.closed:
+                return
+            try:
+                packets = unpack_packets(data)
+            except ValueError:
+                counters.malformed += 1
+                return
+            counters.messages_received += 1
+            counters.packets_received += len(packets)
+            now = trio.current_time()
+            try:
+                for packet in packets:
+                    on_packet(packet, now)
+            except Exception:
+                # One subscription's bug must not stop every relayed track of the pod.
+                if not inbound.failed:
+                    inbound.failed = True
+                    log.exception(
+                        "relayed packet handler failed",
+                        extra={"node": node_id, "peer": publisher_id, "track": track_id},
+                    )
 
         subject = self._link.subject("media", node_id, publisher_id, track_id)
         self._inbound[key] = inbound
@@ -375,44 +381,6 @@ class MediaRelay:
         data = _VERSION_BYTE + msgpack.packb([op, self.node_id, items])
         await self._link.publish_raw(self._link.subject("want", node), data)
 
-    async def _receive_pump(self) -> None:
-        """Trio: hand received packets to their subscriptions' ``on_packet``, in order."""
-        received = self._received
-        counters = self.counters
-        while True:
-            if not received:
-                self._rx_event = trio.Event()
-                self._rx_waiting = True
-                await self._rx_event.wait()
-                continue
-            now = trio.current_time()
-            while received:
-                inbound, message = received.popleft()
-                if inbound.closed:
-                    continue
-                try:
-                    packets = unpack_packets(message)
-                except ValueError:
-                    counters.malformed += 1
-                    continue
-                counters.messages_received += 1
-                counters.packets_received += len(packets)
-                on_packet = inbound.on_packet
-                try:
-                    for packet in packets:
-                        on_packet(packet, now)
-                except Exception:
-                    # One subscription's bug must not stop every relayed track of the pod.
-                    if not inbound.failed:
-                        inbound.failed = True
-                        node, pub, track = inbound.key
-                        log.exception(
-                            "relayed packet handler failed",
-                            extra={"node": node, "peer": pub, "track": track},
-                        )
-            # Everything queued so far is delivered; let other tasks (and asyncio) run.
-            await trio.lowlevel.checkpoint()
-
     def renew_wants(self) -> None:
         """NATS reconnected (issue 9): the publisher pods may have let our leases lapse during
         the outage, so renew them now rather than up to ``want_interval`` later. Safe to call
@@ -438,17 +406,25 @@ class MediaRelay:
     # -- lifetime --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The relay's pumps; ``NatsBus.run`` runs this inside the trio-asyncio loop."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio_asyncio.aio_as_trio(self._aio_send_pump))
-            nursery.start_soon(self._receive_pump)
-            nursery.start_soon(self._refresh_wants)
-            self._running = True
-            try:
-                async with self._link.subscription(
-                    self._link.subject("want", self.node_id), self._on_want, require_connected=False
-                ):
-                    task_status.started()
-                    await trio.sleep_forever()
-            finally:
-                self._running = False
+        """The relay's wants and flushes; ``NatsBus.run`` runs this inside the trio-asyncio
+        loop."""
+        self._loop = await trio_asyncio.aio_as_trio(_running_loop)()
+        try:
+            if self._ready:
+                self._schedule_flush()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._refresh_wants)
+                self._running = True
+                try:
+                    async with self._link.subscription(
+                        self._link.subject("want", self.node_id),
+                        self._on_want,
+                        require_connected=False,
+                    ):
+                        task_status.started()
+                        await trio.sleep_forever()
+                finally:
+                    self._running = False
+        finally:
+            self._loop = None
+            self._flush_scheduled = False
