@@ -162,7 +162,7 @@ class RemoteTrack:
     def key(self) -> tuple[str, str]:
         return self.publisher_id, self.track_id
 
-    # -- the hot path (called by the relay's receive pump) ---------------------------------
+    # -- the hot path (called from nats-py's subscription callback, cluster/relay.py) --------
 
     def on_packet(self, packet: bytes, now: float) -> None:
         self.packets += 1
