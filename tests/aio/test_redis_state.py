@@ -606,3 +606,36 @@ async def test_owner_of_and_live_nodes(server: RedisServer) -> None:
         await eventually(lambda: _true(b.dead), timeout=10)
         assert await b.store.live_nodes() == ["pod-b"]
         assert await b.store.owner_of("alice-1") is None
+
+
+async def test_a_command_arms_no_asyncio_timer(server: RedisServer) -> None:
+    """Issue 10: a Redis command's only deadline is the Trio one (``aio.call``). redis-py's
+    socket timeout armed two asyncio timers per command, each waking trio-asyncio's loop once
+    more when it fell due, long after the command was answered."""
+    import asyncio
+
+    node = Node(server.url, "pod-a", heartbeat_interval=600, heartbeat_ttl=1200)
+    async with open_asyncio():
+        loop = asyncio.get_event_loop()
+        armed: list[float] = []
+        call_at, call_later = loop.call_at, loop.call_later
+
+        def at(when: float, *args: Any, **kw: Any) -> Any:
+            armed.append(when)
+            return call_at(when, *args, **kw)
+
+        def later(delay: float, *args: Any, **kw: Any) -> Any:
+            armed.append(delay)
+            return call_later(delay, *args, **kw)
+
+        loop.call_at, loop.call_later = at, later  # type: ignore[method-assign]
+        try:
+            assert await node.store.ready()  # connects (its connect timeout may arm a timer)
+            armed.clear()
+            for _ in range(3):
+                assert await node.store.ready()
+                await node.add_pub("main", "alice-1")
+                assert await node.store.room("main") == node.expected("main")
+            assert armed == []
+        finally:
+            await node.store.close()

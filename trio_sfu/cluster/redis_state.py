@@ -155,9 +155,15 @@ class RedisStateStore:
         # No connection is made here; the pool connects lazily inside the asyncio loop.
         # One quick retry replaces a pooled connection that a Redis restart broke; more would
         # only delay the BackendUnavailable the caller needs within 2 s.
+        # No socket timeout: every call already has a Trio deadline (``aio.call``), whose
+        # cancellation makes redis-py drop the connection mid-reply. redis-py's own default
+        # (5 s) armed two asyncio timers per command (``wait_for`` around the write, a timeout
+        # around the read), and trio-asyncio keeps a cancelled timer until it is due, so each
+        # command woke the loop twice more 5 s later: half of an idle pod's asyncio passes.
         self._redis = aioredis.Redis.from_url(
             url,
             socket_connect_timeout=1.0,
+            socket_timeout=None,
             retry=Retry(NoBackoff(), 1),
             client_name=f"trio-sfu:{node_id}",
         )
