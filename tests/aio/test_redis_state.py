@@ -606,3 +606,108 @@ async def test_owner_of_and_live_nodes(server: RedisServer) -> None:
         await eventually(lambda: _true(b.dead), timeout=10)
         assert await b.store.live_nodes() == ["pod-b"]
         assert await b.store.owner_of("alice-1") is None
+
+
+async def test_a_command_arms_no_asyncio_timer(server: RedisServer) -> None:
+    """Issue 10: a Redis command's only deadline is the Trio one (``aio.call``). redis-py's
+    socket timeout armed two asyncio timers per command, each waking trio-asyncio's loop once
+    more when it fell due, long after the command was answered."""
+    import asyncio
+
+    node = Node(server.url, "pod-a", heartbeat_interval=600, heartbeat_ttl=1200)
+    async with open_asyncio():
+        loop = asyncio.get_event_loop()
+        armed: list[float] = []
+        call_at, call_later = loop.call_at, loop.call_later
+
+        def at(when: float, *args: Any, **kw: Any) -> Any:
+            armed.append(when)
+            return call_at(when, *args, **kw)
+
+        def later(delay: float, *args: Any, **kw: Any) -> Any:
+            armed.append(delay)
+            return call_later(delay, *args, **kw)
+
+        loop.call_at, loop.call_later = at, later  # type: ignore[method-assign]
+        try:
+            assert await node.store.ready()  # connects (its connect timeout may arm a timer)
+            armed.clear()
+            for _ in range(3):
+                assert await node.store.ready()
+                await node.add_pub("main", "alice-1")
+                assert await node.store.room("main") == node.expected("main")
+            assert armed == []
+        finally:
+            await node.store.close()
+
+
+def _record_scripts(node: Node) -> list[str]:
+    """The names of the scripts ``node``'s store runs from now on, as each is answered."""
+    names: list[str] = []
+    run = node.store._script
+
+    async def script(name: str, *args: Any, **kw: Any) -> Any:
+        result = await run(name, *args, **kw)
+        names.append(name)
+        return result
+
+    node.store._script = script  # type: ignore[method-assign]
+    return names
+
+
+async def test_the_heartbeat_looks_for_dead_nodes_in_its_own_round_trip(
+    server: RedisServer,
+) -> None:
+    """Issue 10: with sweeps every other heartbeat, finding dead nodes costs no Redis command
+    of its own; a dead pod is still swept and announced."""
+    a = Node(server.url, "pod-a", heartbeat_interval=0.05, heartbeat_ttl=0.3, sweep_interval=0.1)
+    b = Node(server.url, "pod-b", heartbeat_interval=0.05, heartbeat_ttl=0.3, sweep_interval=0.1)
+    names = _record_scripts(b)
+    async with cluster(a, b):
+        await a.add_pub("main", "alice-1")
+        a.kill()
+        await eventually(lambda: _true(b.dead), timeout=10)
+    assert b.dead == [("pod-a", [("main", "pub", "alice-1")])]
+    assert names.count("heartbeat") >= 6
+    assert "find_dead" not in names
+    assert names.count("sweep") == 1
+
+
+async def test_sweeps_more_often_than_heartbeats_look_on_their_own(server: RedisServer) -> None:
+    a = Node(server.url, "pod-a", heartbeat_interval=0.05, heartbeat_ttl=0.3)
+    b = Node(server.url, "pod-b", heartbeat_interval=1, heartbeat_ttl=5, sweep_interval=0.05)
+    names = _record_scripts(b)
+    async with cluster(a, b):
+        await a.add_pub("main", "alice-1")
+        a.kill()
+        await eventually(lambda: _true(b.dead), timeout=10)
+    assert b.dead == [("pod-a", [("main", "pub", "alice-1")])]
+    assert names.count("find_dead") > names.count("heartbeat")
+
+
+async def test_maintenance_is_woken_only_with_work(server: RedisServer) -> None:
+    """Issue 10: once re-asserted and refreshed, the maintenance task sleeps through the
+    heartbeats (each wake-up was one more pass of the pod's event loop a second)."""
+    steps: list[str] = []
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task.name.endswith("_maintain_loop"):
+                steps.append(task.name)
+
+    a = Node(server.url, "pod-a", heartbeat_interval=0.05, heartbeat_ttl=0.3, sweep_interval=0.1)
+    names = _record_scripts(a)
+    async with cluster(a):
+        await eventually(lambda: _true("refresh" in names), timeout=5)
+        instrument = Steps()
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            beats = names.count("heartbeat")
+            await eventually(lambda: _true(names.count("heartbeat") >= beats + 10), timeout=10)
+            assert steps == []
+            start = len(names)
+            a.store._dirty = True  # a write failed: the next heartbeat wakes it to re-assert
+            await eventually(lambda: _true("reconcile" in names[start:]), timeout=5)
+            assert steps
+        finally:
+            trio.lowlevel.remove_instrument(instrument)

@@ -118,16 +118,30 @@ local function sweep(dead)
   if excess > 0 then redis.call('SPOP', k_swept(), excess) end
   return removed
 end
+
+-- Known nodes (other than us) whose heartbeat has expired.
+local function find_dead()
+  local dead = {}
+  for _, node in ipairs(redis.call('SMEMBERS', k_nodes())) do
+    if node ~= NODE and redis.call('EXISTS', k_node(node, 'alive')) == 0 then
+      dead[#dead + 1] = node
+    end
+  end
+  return dead
+end
 """
 
-#: Refresh our heartbeat. Returns {session exists (0|1), we were swept meanwhile (0|1)}.
+#: Refresh our heartbeat; ARGV[5] = "1" to look for dead nodes too (one round trip for both).
+#: Returns {session exists (0|1), we were swept meanwhile (0|1), dead nodes (when asked)}.
 HEARTBEAT = r"""
 redis.call('SET', k_node(NODE, 'alive'), NODE, 'PX', HB_TTL)
 redis.call('SADD', k_nodes(), NODE)
 redis.call('PEXPIRE', k_nodes(), TTL)
 local session = redis.call('EXISTS', k_node(NODE, 'session'))
 local swept = redis.call('SREM', k_swept(), NODE)
-return {session, swept}
+local dead = {}
+if ARGV[5] == '1' then dead = find_dead() end
+return {session, swept, dead}
 """
 
 #: Extend the TTL of every key this node keeps alive (room keys shared with others included).
@@ -157,13 +171,7 @@ return 1
 
 #: Known nodes (other than us) whose heartbeat has expired.
 FIND_DEAD = r"""
-local dead = {}
-for _, node in ipairs(redis.call('SMEMBERS', k_nodes())) do
-  if node ~= NODE and redis.call('EXISTS', k_node(node, 'alive')) == 0 then
-    dead[#dead + 1] = node
-  end
-end
-return dead
+return find_dead()
 """
 
 #: ARGV[5] = dead node. Returns the removed member tokens, or nil (alive / already swept).

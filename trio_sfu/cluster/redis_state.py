@@ -152,12 +152,29 @@ class RedisStateStore:
         self.heartbeat_ttl = heartbeat_ttl
         self.sweep_interval = sweep_interval
         self.refresh_interval = max(heartbeat_interval, min(room_ttl / 4, MAX_REFRESH_INTERVAL))
+        #: The heartbeat looks for dead nodes every this many beats, in the same script (one
+        #: Redis round trip fewer per sweep interval); 0: the sweep loop looks on its own,
+        #: when sweeps are wanted more often than heartbeats.
+        self._sweep_every = (
+            max(1, round(sweep_interval / heartbeat_interval))
+            if sweep_interval >= heartbeat_interval
+            else 0
+        )
+        #: dead nodes the heartbeat found, for the sweep loop
+        self._dead_found: list[str] = []
+        self._sweep_now = trio.Event()
         # No connection is made here; the pool connects lazily inside the asyncio loop.
         # One quick retry replaces a pooled connection that a Redis restart broke; more would
         # only delay the BackendUnavailable the caller needs within 2 s.
+        # No socket timeout: every call already has a Trio deadline (``aio.call``), whose
+        # cancellation makes redis-py drop the connection mid-reply. redis-py's own default
+        # (5 s) armed two asyncio timers per command (``wait_for`` around the write, a timeout
+        # around the read), and trio-asyncio keeps a cancelled timer until it is due, so each
+        # command woke the loop twice more 5 s later: half of an idle pod's asyncio passes.
         self._redis = aioredis.Redis.from_url(
             url,
             socket_connect_timeout=1.0,
+            socket_timeout=None,
             retry=Retry(NoBackoff(), 1),
             client_name=f"trio-sfu:{node_id}",
         )
@@ -180,6 +197,8 @@ class RedisStateStore:
         self._run_done = trio.Event()
         #: set by an answered heartbeat: the maintenance task has a chance to do its work
         self._wake = trio.Event()
+        #: when the maintenance task refreshes the TTLs next (Trio clock)
+        self._next_refresh = 0.0
 
     # -- calls into Redis -------------------------------------------------------------------
 
@@ -412,11 +431,21 @@ class RedisStateStore:
     async def _heartbeat_loop(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Only the heartbeat: nothing slow may delay it, or other pods would sweep us."""
+        """Only the heartbeat: nothing slow may delay it, or other pods would sweep us.
+
+        Every ``_sweep_every`` beats the same script also lists the dead nodes (cheap: one
+        EXISTS per known node); sweeping them is the sweep loop's work.
+        """
+        beat = 0
         while True:
+            find = self._sweep_every > 0 and beat % self._sweep_every == 0
+            beat += 1
             try:
-                has_session, swept = await self._script("heartbeat")
+                has_session, swept, dead = await self._script("heartbeat", "1" if find else "0")
                 self._answered()
+                if dead:
+                    self._dead_found = [_text(d) for d in dead]
+                    self._sweep_now.set()
                 if swept:
                     self._revive_pending = True
                     log.warning("other pods had swept this node", extra=self._log_extra)
@@ -429,30 +458,35 @@ class RedisStateStore:
                 self._dirty = True
                 log.exception("redis heartbeat failed", extra=self._log_extra)
             else:
-                self._wake.set()
+                # Woken only with work to do: a wake-up per heartbeat is a Trio pass per second.
+                if self._dirty or self._revive_pending or self._refresh_due():
+                    self._wake.set()
             task_status.started()
             task_status = trio.TASK_STATUS_IGNORED
             await trio.sleep(self.heartbeat_interval)
 
+    def _refresh_due(self) -> bool:
+        return trio.current_time() >= self._next_refresh
+
     async def _maintain_loop(self, local: LocalTruth, on_revived: RevivedHandler | None) -> None:
-        """After each answered heartbeat: re-assert if needed, refresh TTLs when due."""
-        next_refresh = 0.0
+        """After an answered heartbeat: re-assert if needed, refresh TTLs when due."""
+        self._next_refresh = 0.0
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
             try:
                 if self._dirty or self._revive_pending:
                     await self._reconcile(local)
-                    next_refresh = 0.0
+                    self._next_refresh = 0.0
                     self._revive_pending = False
                     # After any re-assert, not only after a sweep: a pod that joined while Redis
                     # had forgotten our publishers (restarted empty) never heard of them, and a
                     # repeated PubJoin is harmless to those who had.
                     if on_revived is not None and self._nursery is not None:
                         self._nursery.start_soon(self._notify, on_revived)
-                if trio.current_time() >= next_refresh:
+                if self._refresh_due():
                     await self._script("refresh", timeout=RECONCILE_TIMEOUT)
-                    next_refresh = trio.current_time() + self.refresh_interval
+                    self._next_refresh = trio.current_time() + self.refresh_interval
             except BackendUnavailable as exc:
                 self._failed(exc)
             except Exception:
@@ -506,10 +540,17 @@ class RedisStateStore:
             self._dead_node_found(self._nursery, self.node_id, removed)
 
     async def _sweep_loop(self) -> None:
+        """Sweep the dead nodes the heartbeat found, or look for them here every
+        ``sweep_interval`` when that is shorter than the heartbeat's."""
         while True:
             try:
-                for dead in await self._script("find_dead"):
-                    node = _text(dead)
+                if self._sweep_every:
+                    await self._sweep_now.wait()
+                    self._sweep_now = trio.Event()
+                    found, self._dead_found = self._dead_found, []
+                else:
+                    found = [_text(d) for d in await self._script("find_dead")]
+                for node in found:
                     removed = await self._script("sweep", node, timeout=RECONCILE_TIMEOUT)
                     if removed is not None:
                         assert self._nursery is not None
@@ -518,7 +559,8 @@ class RedisStateStore:
                 self._failed(exc)  # the heartbeat loop logs recovery
             except Exception:
                 log.exception("redis sweep failed", extra=self._log_extra)
-            await trio.sleep(self.sweep_interval)
+            if not self._sweep_every:
+                await trio.sleep(self.sweep_interval)
 
     def _dead_node_found(self, nursery: trio.Nursery, node: str, tokens: list[Any]) -> None:
         removed = [split_token(_text(t)) for t in tokens]
