@@ -124,7 +124,13 @@ async def test_half_open_flood_from_one_address_is_refused_past_the_limit(
         retry_after_missing = 0
         peak_half_open = 0
         legit: list[tuple[int, float]] = []
-        limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+        # Reuse a pooled connection only well inside Hypercorn's keep-alive timeout (5 s):
+        # httpx's default expiry is also 5 s, counted from a later instant (the answer read,
+        # not sent), so a connection left idle in the flood's tail could be reused just as
+        # the server closed it ("Server disconnected without sending a response").
+        limits = httpx.Limits(
+            max_connections=50, max_keepalive_connections=50, keepalive_expiry=1.0
+        )
         transport = httpx.AsyncHTTPTransport(local_address=ATTACKER, limits=limits)
         async with httpx.AsyncClient(transport=transport, timeout=30) as http:
 
