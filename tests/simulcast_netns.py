@@ -129,12 +129,20 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             out["carolAddress"] = list(address)
 
             def watch(seconds: float) -> dict[str, Any]:
+                """Frames decoded over ``seconds``, and each page's width every 0.5 s of it
+                (``widths``): the planner's probes may lift a capped subscriber a layer for a
+                second or two, so one instant says less than the share of the window."""
                 first = {n: inbound(pages[n]) for n in ("bob", "carol")}
-                time.sleep(seconds)
+                widths: dict[str, list[int]] = {"bob": [], "carol": []}
+                for _ in range(int(seconds / 0.5)):
+                    time.sleep(0.5)
+                    for n in widths:
+                        widths[n].append(int(inbound(pages[n])["width"]))
                 last = {n: inbound(pages[n]) for n in ("bob", "carol")}
                 return {
                     n: {
                         "width": last[n]["width"],
+                        "widths": widths[n],
                         "fps": round((last[n]["decoded"] - first[n]["decoded"]) / seconds, 1),
                         "freezes": last[n]["freezes"] - first[n]["freezes"],
                     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,16 @@ from tests.netns import REPO, netns_argv, require_netns
 from tests.peers.harness import require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def mostly_low(watched: dict[str, Any]) -> bool:
+    """The capped subscriber decoded the low layer (≤ 400 px wide) for at least 70 % of the
+    window, sampled every 0.5 s. Not one instant: a probe that gets through the link's queue
+    can lift her a layer for a second or two before the estimate falls back (seen in CI:
+    640 px at the window's last instant, 19.7 frames/s, no freeze)."""
+    widths = watched["widths"]
+    low = sum(1 for w in widths if 0 < w <= 400)
+    return bool(widths) and low >= 0.7 * len(widths)
 
 
 def test_capped_chromium_subscriber_settles_on_the_low_stream_and_climbs_back() -> None:
@@ -40,7 +51,7 @@ def test_capped_chromium_subscriber_settles_on_the_low_stream_and_climbs_back() 
     )
     # carol on the low stream (320 px), decoding at about the rate bob (uncapped, on the
     # top stream) does: the low stream fits the link, so it neither stalls nor freezes.
-    assert 0 < capped["carol"]["width"] <= 400, result
+    assert mostly_low(capped["carol"]), result
     assert capped["bob"]["width"] >= 960, result
     # Each keyframe of the low stream takes a few hundred ms through 400 kbit/s, which
     # Chromium counts as a freeze; carol asks for one now and then (figures: 0-2 per 10 s,
@@ -84,7 +95,7 @@ def test_capped_chromium_subscriber_gets_a_lower_svc_spatial_layer(codec: str) -
         f" {capped['carol']['fps']} vs {capped['bob']['fps']}"
     )
     assert result["svcLayers"] == 3, result
-    assert 0 < capped["carol"]["width"] <= 400, result
+    assert mostly_low(capped["carol"]), result
     assert capped["bob"]["width"] >= 960, result
     assert capped["carol"]["fps"] >= 0.5 * capped["bob"]["fps"] > 0, result
     assert after["carol"]["width"] >= 960, result
