@@ -25,20 +25,12 @@ from contextlib import asynccontextmanager, contextmanager
 import trio
 import trio.testing
 
+from tests.fanout_helpers import VP8_KEYFRAME, fan_out, packet
 from tests.sfu_helpers import start_sfu, wait_for
 from trio_sfu.gcpolicy import COMPACT_INTERVAL, LEAVE_SETTLE, MAX_FROZEN_AGE, GcPolicy
 from trio_sfu.proto.bwe import BandwidthEstimator
-from trio_sfu.proto.capabilities import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC
-from trio_sfu.proto.jsep import Transceiver
-from trio_sfu.proto.rtp import RtpPacket, TransportCcSequencer
-from trio_sfu.proto.sdp.model import HeaderExtension, RtpCodec
-from trio_sfu.proto.srtp import SrtpContext
-from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.server import RtcServer
-from trio_sfu.rtc.udp import UdpPath
-from trio_sfu.sfu.track import DownTrack, PublishedTrack
 
-PUB_SSRC = 0x11111111
 SUBSCRIBERS = 20
 PACKETS = 200  # incoming; x SUBSCRIBERS outbound
 
@@ -57,44 +49,6 @@ def tracked_growth() -> Iterator[list[int]]:
         gc.enable()
 
 
-class _PublisherLeg:
-    name = "publisher"
-
-    def send_rtcp(self, packet: bytes) -> None:
-        pass
-
-
-def _transceiver(direction: str, ssrc: int) -> Transceiver:
-    return Transceiver(
-        kind="video",
-        direction=direction,  # type: ignore[arg-type]
-        sender_ssrc=ssrc,
-        sender_rtx_ssrc=ssrc + 1,
-        cname="t",
-        stream_id="s",
-        track_id="t",
-        current_direction=direction,  # type: ignore[arg-type]
-        codecs=[
-            RtpCodec(96, "VP8", 90000, rtcp_fb=["nack", "nack pli", "transport-cc"]),
-            RtpCodec(97, "rtx", 90000, fmtp="apt=96"),
-        ],
-        header_extensions=[
-            HeaderExtension(4, URI_MID),
-            HeaderExtension(3, URI_TRANSPORT_CC),
-            HeaderExtension(2, URI_ABS_SEND_TIME),
-        ],
-        remote_ssrcs=[PUB_SSRC] if direction == "recvonly" else [],
-    )
-
-
-def _packet(seq: int, payload: bytes) -> bytes:
-    return RtpPacket(
-        96, seq & 0xFFFF, 3000 * (seq // 6), PUB_SSRC, marker=seq % 6 == 5,
-        extensions={4: b"0", 3: (seq & 0xFFFF).to_bytes(2, "big"), 2: b"\x12\x34\x56"},
-        payload=payload,
-    ).serialize()  # fmt: skip
-
-
 def test_the_estimator_keeps_no_tracked_object_per_sent_packet() -> None:
     bwe = BandwidthEstimator()
     with tracked_growth() as grown:
@@ -110,43 +64,23 @@ async def test_forwarding_keeps_no_tracked_object_per_outbound_packet() -> None:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     try:
-        dest = sink.getsockname()
-        transceiver = _transceiver("recvonly", 1)
-        track = PublishedTrack(
-            _PublisherLeg(), transceiver, "t", publisher_id="pub"  # type: ignore[arg-type]
+        estimators = [BandwidthEstimator() for _ in range(SUBSCRIBERS)]
+        setup = fan_out(
+            server, sink.getsockname(), SUBSCRIBERS, lambda i: estimators[i].on_packet_sent
         )
-        stream = IncomingStream(PUB_SSRC, transceiver)
-        estimators = []
-        for i in range(SUBSCRIBERS):
-            pc = server.create_peer(name=f"sub{i}")
-            key = os.urandom(28)
-            pc._srtp = SrtpContext("SRTP_AEAD_AES_128_GCM", key, key)  # as DTLS would
-            pc.remote_address = dest
-            pc.path = UdpPath(server.endpoint, dest)
-            bwe = BandwidthEstimator()
-            estimators.append(bwe)
-            sequencer = TransportCcSequencer(3)
-            downtrack = DownTrack(
-                pc,
-                _transceiver("sendonly", 0x1000 + 2 * i),
-                track,
-                twcc=lambda _id, s=sequencer: s,
-                on_sent=bwe.on_packet_sent,
-            )
-            assert downtrack.activate()
-            track.attach(downtrack)
+        track, stream = setup.track, setup.stream
         now = trio.current_time()
-        track.on_rtp(stream, _packet(0, b"\x10\x00\x00\x00\x9d\x01\x2a" + bytes(1093)), now)
+        track.on_rtp(stream, packet(0, VP8_KEYFRAME + bytes(1093)), now)
         payload = os.urandom(1100)
         seq = 1
         for _ in range(2 * PACKETS):  # warm up: caches and tables at their working size
-            track.on_rtp(stream, _packet(seq, payload), now)
+            track.on_rtp(stream, packet(seq, payload), now)
             seq += 1
-        packets = [_packet(seq + k, payload) for k in range(PACKETS)]
+        packets = [packet(seq + k, payload) for k in range(PACKETS)]
         sent_before = sum(len(b._sent_at) for b in estimators)
         with tracked_growth() as grown:
-            for packet in packets:
-                track.on_rtp(stream, packet, now)
+            for rtp in packets:
+                track.on_rtp(stream, rtp, now)
         outbound = sum(len(b._sent_at) for b in estimators) - sent_before
         assert outbound == PACKETS * SUBSCRIBERS  # every one went through the estimator
         # At most a few per incoming packet (the source's cache), none per outbound one:
