@@ -7,7 +7,9 @@ per group) → ``DownTrack.deliver`` → ``ServerPeerConnection.send_rtp_as`` (S
 transport-cc number patched in, AEAD_AES_128_GCM protect) → ``UdpEndpoint.sendto`` → raw
 ``sendto`` to a loopback socket drained between batches outside the timed region. What it
 leaves out is the ingress (recv + unprotect, a few µs per *incoming* packet) — ``bench.pod``
-measures the whole pod end to end.
+measures the whole pod end to end. The track and its subscribers are set up by
+``tests/fanout_helpers.py``, the same setup ``tests/test_gc_promotion.py`` counts the
+garbage-collector load of.
 
 Per N subscribers, two figures: all subscribers negotiated the same mapping (one forwarding
 group, the usual case), and every subscriber in a group of its own (what every packet cost
@@ -29,59 +31,10 @@ from functools import partial
 import trio
 
 from bench.floor import Loopback, measure, measure_floor
-from trio_sfu.proto.capabilities import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC
-from trio_sfu.proto.jsep import Transceiver
-from trio_sfu.proto.rtp import RtpPacket, TransportCcSequencer
-from trio_sfu.proto.sdp.model import HeaderExtension, RtpCodec
-from trio_sfu.proto.srtp import SrtpContext
-from trio_sfu.rtc.events import IncomingStream
+from tests.fanout_helpers import VP8_KEYFRAME, fan_out, packet
 from trio_sfu.rtc.server import RtcServer
-from trio_sfu.rtc.udp import UdpPath
-from trio_sfu.sfu.track import DownTrack, PublishedTrack
 
-PUB_SSRC = 0x11111111
 CHUNK = 256  # outbound packets between drains of the receiving socket
-FB = ["nack", "nack pli", "transport-cc"]
-
-
-class _PublisherLeg:
-    name = "publisher"
-
-    def send_rtcp(self, packet: bytes) -> None:
-        pass  # keyframe requests and NACKs towards the publisher: not part of the figure
-
-
-def _transceiver(direction: str, ssrc: int) -> Transceiver:
-    return Transceiver(
-        kind="video",
-        direction=direction,  # type: ignore[arg-type]
-        sender_ssrc=ssrc,
-        sender_rtx_ssrc=ssrc + 1,
-        cname="bench",
-        stream_id="s",
-        track_id="t",
-        current_direction=direction,  # type: ignore[arg-type]
-        codecs=[RtpCodec(96, "VP8", 90000, rtcp_fb=list(FB)), RtpCodec(97, "rtx", 90000,
-                                                                         fmtp="apt=96")],
-        header_extensions=[
-            HeaderExtension(4, URI_MID),
-            HeaderExtension(3, URI_TRANSPORT_CC),
-            HeaderExtension(2, URI_ABS_SEND_TIME),
-        ],
-        remote_ssrcs=[PUB_SSRC] if direction == "recvonly" else [],
-    )
-
-
-#: The first payload bytes of a VP8 keyframe: descriptor S bit, frame tag, start code.
-VP8_KEYFRAME = b"\x10\x00\x00\x00\x9d\x01\x2a"
-
-
-def _packet(seq: int, payload: bytes) -> bytes:
-    return RtpPacket(
-        96, seq & 0xFFFF, 3000 * (seq // 6), PUB_SSRC, marker=seq % 6 == 5,
-        extensions={4: b"0", 3: (seq & 0xFFFF).to_bytes(2, "big"), 2: b"\x12\x34\x56"},
-        payload=payload,
-    ).serialize()
 
 
 async def measure_fanout(fanout: int, total: int, shared: bool) -> float:
@@ -89,28 +42,12 @@ async def measure_fanout(fanout: int, total: int, shared: bool) -> float:
     server = RtcServer.bind("127.0.0.1")
     link = Loopback()
     try:
-        transceiver = _transceiver("recvonly", 1)
-        track = PublishedTrack(
-            _PublisherLeg(), transceiver, "t", publisher_id="pub"  # type: ignore[arg-type]
-        )
-        stream = IncomingStream(PUB_SSRC, transceiver)
-        downtracks: list[DownTrack] = []
-        for i in range(fanout):
-            pc = server.create_peer(name=f"sub{i}")
-            key = os.urandom(28)
-            pc._srtp = SrtpContext("SRTP_AEAD_AES_128_GCM", key, key)  # as DTLS would
-            pc.remote_address = link.dest
-            pc.path = UdpPath(server.endpoint, link.dest)  # where a valid check would point
-            sequencer = TransportCcSequencer(3)
-            downtrack = DownTrack(
-                pc, _transceiver("sendonly", 0x1000 + 2 * i), track, twcc=lambda _id, s=sequencer: s
-            )
-            assert downtrack.activate()
-            track.attach(downtrack)  # held until a keyframe, as a real subscriber is
-            downtracks.append(downtrack)
+        # Every subscriber's down-track held until a keyframe, as a real subscriber is.
+        setup = fan_out(server, link.dest, fanout)
+        track, stream, downtracks = setup.track, setup.stream, setup.downtracks
         # The publisher's keyframe releases them all into one forwarding group (RFC 7741
         # descriptor, RFC 6386 §9.1 start code); each then gets a group of its own if asked.
-        track.on_rtp(stream, _packet(0, VP8_KEYFRAME + bytes(1093)), trio.current_time())
+        track.on_rtp(stream, packet(0, VP8_KEYFRAME + bytes(1093)), trio.current_time())
         if not shared:
             for downtrack in downtracks:
                 track.fanout.split(downtrack)
@@ -125,15 +62,15 @@ async def measure_fanout(fanout: int, total: int, shared: bool) -> float:
             nonlocal sent
             on_rtp = track.on_rtp
             now = trio.current_time()
-            for packet in packets:
-                on_rtp(stream, packet, now)
+            for rtp in packets:
+                on_rtp(stream, rtp, now)
             sent += len(packets) * fanout
             return len(packets) * fanout
 
         def batches() -> Iterator[Callable[[], int]]:
             nonlocal seq
             while True:
-                packets = [_packet(seq + k, payload) for k in range(per_chunk)]
+                packets = [packet(seq + k, payload) for k in range(per_chunk)]
                 seq += per_chunk
                 yield partial(forward, packets)
                 link.drain()  # outside the timed region, like the floor's
@@ -152,8 +89,10 @@ async def measure_fanout(fanout: int, total: int, shared: bool) -> float:
 
 async def main_async(total: int, fanouts: list[int]) -> None:
     floor_cpu, _ = measure_floor()
-    print(f"one VP8-shaped track (1100-byte payloads) on the real forwarding path, up to {total} "
-          "outbound packets per figure; CPU µs per outbound packet")
+    print(
+        f"one VP8-shaped track (1100-byte payloads) on the real forwarding path, up to {total} "
+        "outbound packets per figure; CPU µs per outbound packet"
+    )
     print(f"{'N':>4s} {'1 group':>9s} {'N groups':>9s} {'1 group/floor':>14s}")
     for fanout in fanouts:
         one = await measure_fanout(fanout, total, shared=True)

@@ -19,25 +19,18 @@ import gc
 import os
 import socket
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import trio
+import trio.testing
 
+from tests.fanout_helpers import VP8_KEYFRAME, fan_out, packet
 from tests.sfu_helpers import start_sfu, wait_for
-from trio_sfu.gcpolicy import GcPolicy
+from trio_sfu.gcpolicy import COMPACT_INTERVAL, LEAVE_SETTLE, MAX_FROZEN_AGE, GcPolicy
 from trio_sfu.proto.bwe import BandwidthEstimator
-from trio_sfu.proto.capabilities import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC
-from trio_sfu.proto.jsep import Transceiver
-from trio_sfu.proto.rtp import RtpPacket, TransportCcSequencer
-from trio_sfu.proto.sdp.model import HeaderExtension, RtpCodec
-from trio_sfu.proto.srtp import SrtpContext
-from trio_sfu.rtc.events import IncomingStream
 from trio_sfu.rtc.server import RtcServer
-from trio_sfu.rtc.udp import UdpPath
-from trio_sfu.sfu.track import DownTrack, PublishedTrack
 
-PUB_SSRC = 0x11111111
 SUBSCRIBERS = 20
 PACKETS = 200  # incoming; x SUBSCRIBERS outbound
 
@@ -56,44 +49,6 @@ def tracked_growth() -> Iterator[list[int]]:
         gc.enable()
 
 
-class _PublisherLeg:
-    name = "publisher"
-
-    def send_rtcp(self, packet: bytes) -> None:
-        pass
-
-
-def _transceiver(direction: str, ssrc: int) -> Transceiver:
-    return Transceiver(
-        kind="video",
-        direction=direction,  # type: ignore[arg-type]
-        sender_ssrc=ssrc,
-        sender_rtx_ssrc=ssrc + 1,
-        cname="t",
-        stream_id="s",
-        track_id="t",
-        current_direction=direction,  # type: ignore[arg-type]
-        codecs=[
-            RtpCodec(96, "VP8", 90000, rtcp_fb=["nack", "nack pli", "transport-cc"]),
-            RtpCodec(97, "rtx", 90000, fmtp="apt=96"),
-        ],
-        header_extensions=[
-            HeaderExtension(4, URI_MID),
-            HeaderExtension(3, URI_TRANSPORT_CC),
-            HeaderExtension(2, URI_ABS_SEND_TIME),
-        ],
-        remote_ssrcs=[PUB_SSRC] if direction == "recvonly" else [],
-    )
-
-
-def _packet(seq: int, payload: bytes) -> bytes:
-    return RtpPacket(
-        96, seq & 0xFFFF, 3000 * (seq // 6), PUB_SSRC, marker=seq % 6 == 5,
-        extensions={4: b"0", 3: (seq & 0xFFFF).to_bytes(2, "big"), 2: b"\x12\x34\x56"},
-        payload=payload,
-    ).serialize()  # fmt: skip
-
-
 def test_the_estimator_keeps_no_tracked_object_per_sent_packet() -> None:
     bwe = BandwidthEstimator()
     with tracked_growth() as grown:
@@ -109,43 +64,23 @@ async def test_forwarding_keeps_no_tracked_object_per_outbound_packet() -> None:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     try:
-        dest = sink.getsockname()
-        transceiver = _transceiver("recvonly", 1)
-        track = PublishedTrack(
-            _PublisherLeg(), transceiver, "t", publisher_id="pub"  # type: ignore[arg-type]
+        estimators = [BandwidthEstimator() for _ in range(SUBSCRIBERS)]
+        setup = fan_out(
+            server, sink.getsockname(), SUBSCRIBERS, lambda i: estimators[i].on_packet_sent
         )
-        stream = IncomingStream(PUB_SSRC, transceiver)
-        estimators = []
-        for i in range(SUBSCRIBERS):
-            pc = server.create_peer(name=f"sub{i}")
-            key = os.urandom(28)
-            pc._srtp = SrtpContext("SRTP_AEAD_AES_128_GCM", key, key)  # as DTLS would
-            pc.remote_address = dest
-            pc.path = UdpPath(server.endpoint, dest)
-            bwe = BandwidthEstimator()
-            estimators.append(bwe)
-            sequencer = TransportCcSequencer(3)
-            downtrack = DownTrack(
-                pc,
-                _transceiver("sendonly", 0x1000 + 2 * i),
-                track,
-                twcc=lambda _id, s=sequencer: s,
-                on_sent=bwe.on_packet_sent,
-            )
-            assert downtrack.activate()
-            track.attach(downtrack)
+        track, stream = setup.track, setup.stream
         now = trio.current_time()
-        track.on_rtp(stream, _packet(0, b"\x10\x00\x00\x00\x9d\x01\x2a" + bytes(1093)), now)
+        track.on_rtp(stream, packet(0, VP8_KEYFRAME + bytes(1093)), now)
         payload = os.urandom(1100)
         seq = 1
         for _ in range(2 * PACKETS):  # warm up: caches and tables at their working size
-            track.on_rtp(stream, _packet(seq, payload), now)
+            track.on_rtp(stream, packet(seq, payload), now)
             seq += 1
-        packets = [_packet(seq + k, payload) for k in range(PACKETS)]
+        packets = [packet(seq + k, payload) for k in range(PACKETS)]
         sent_before = sum(len(b._sent_at) for b in estimators)
         with tracked_growth() as grown:
-            for packet in packets:
-                track.on_rtp(stream, packet, now)
+            for rtp in packets:
+                track.on_rtp(stream, rtp, now)
         outbound = sum(len(b._sent_at) for b in estimators) - sent_before
         assert outbound == PACKETS * SUBSCRIBERS  # every one went through the estimator
         # At most a few per incoming packet (the source's cache), none per outbound one:
@@ -185,30 +120,94 @@ def test_the_policy_freezes_survivors_and_compaction_frees_what_left() -> None:
         gc.unfreeze()
 
 
-async def test_the_policy_compacts_once_peers_have_left(autojump_clock: trio.MockClock) -> None:
-    clock = autojump_clock
-    policy = GcPolicy(clock=clock.current_time)
-    peers = [3]
+class _PolicySteps(trio.abc.Instrument):
+    """Counts the scheduler steps of the policy's task: every time it is woken, whatever
+    woke it (independent of the policy's own ``wakeups`` counter)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("GcPolicy.run"):
+            self.steps += 1
+
+
+@asynccontextmanager
+async def running(policy: GcPolicy) -> AsyncIterator[_PolicySteps]:
+    """``policy.run`` in a task of its own, its steps counted from its first one; cancelled
+    (and the policy uninstalled, everything unfrozen) on exit."""
+    steps = _PolicySteps()
     gc.collect()
+    trio.lowlevel.add_instrument(steps)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(policy.run, lambda: peers[0])
-            await trio.sleep(0.5)
-            peer = _Peerish()
-            alive = weakref.ref(peer)
-            gc.collect()  # frozen
-            del peer
-            await trio.sleep(100)
-            assert policy.compactions == 0  # nobody left: nothing to compact
-            assert alive() is not None
-            peers[0] = 2  # one leaves
-            await trio.sleep(2)
-            assert policy.compactions == 1
-            assert alive() is None
+            nursery.start_soon(policy.run)
+            await trio.testing.wait_all_tasks_blocked()  # it installed itself and sleeps
+            assert steps.steps == 1
+            yield steps
             nursery.cancel_scope.cancel()
         assert policy._after_collection not in gc.callbacks
     finally:
+        trio.lowlevel.remove_instrument(steps)
         gc.unfreeze()
+
+
+async def test_an_idle_policy_sleeps_until_the_frozen_age(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No peer leaves: the policy's task is not woken at all until ``MAX_FROZEN_AGE`` (it
+    looked at the peer count every second before: one wake-up a second of an idle pod)."""
+    policy = GcPolicy()
+    async with running(policy) as steps:
+        await trio.sleep(MAX_FROZEN_AGE - 1)
+        assert (steps.steps, policy.wakeups, policy.compactions) == (1, 0, 0)
+        peer = _Peerish()
+        alive = weakref.ref(peer)
+        gc.collect()  # frozen
+        del peer
+        await trio.sleep(2)  # the age check: something was frozen since, so it compacts
+        assert (steps.steps, policy.wakeups, policy.compactions) == (2, 1, 1)
+        assert alive() is None
+        await trio.sleep(MAX_FROZEN_AGE)  # nothing frozen since that compaction
+        assert (steps.steps, policy.wakeups, policy.compactions) == (3, 2, 1)
+
+
+async def test_the_policy_compacts_once_peers_have_left(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A leave leads to exactly one compaction within ``COMPACT_INTERVAL``; leaves in quick
+    succession share one; nothing is compacted while nobody leaves."""
+    policy = GcPolicy()
+    async with running(policy) as steps:
+        await trio.sleep(0.5)
+        peer = _Peerish()
+        alive = weakref.ref(peer)
+        gc.collect()  # frozen
+        del peer
+        await trio.sleep(100)
+        assert policy.compactions == 0  # nobody left: nothing to compact
+        assert alive() is not None
+        policy.note_left()  # one leaves, long after the start: compacted once it settled
+        compacted_at = trio.current_time() + LEAVE_SETTLE
+        await trio.sleep_until(compacted_at - 0.5)
+        assert policy.compactions == 0
+        await trio.sleep(1)
+        assert policy.compactions == 1
+        assert alive() is None
+        # Two more right after a compaction: one compaction, COMPACT_INTERVAL after the last.
+        # (Every look is half a second off a deadline: never a tie with the policy's task.)
+        policy.note_left()
+        policy.note_left()
+        await trio.sleep_until(compacted_at + COMPACT_INTERVAL - 0.5)
+        assert policy.compactions == 1
+        await trio.sleep(1)
+        assert policy.compactions == 2
+        await trio.sleep(MAX_FROZEN_AGE - 2)
+        assert policy.compactions == 2  # nothing frozen since but the compaction's survivors
+        # Woken by the first leave, by the pair (one wait), and by each compaction's deadline;
+        # not in between.
+        assert policy.leaves == 3
+        assert (steps.steps, policy.wakeups) == (1 + 4, 4)
 
 
 async def test_a_subscriber_frozen_while_connected_is_freed_once_it_left(
@@ -219,6 +218,7 @@ async def test_a_subscriber_frozen_while_connected_is_freed_once_it_left(
     env = await start_sfu(nursery)
     await env.subscriber("room", "warm-1")  # first-use caches
     policy = GcPolicy()
+    env.server.on_peer_left = policy.note_left  # as app.serve wires it
     gc.collect()
     policy.install()
     try:
@@ -231,6 +231,7 @@ async def test_a_subscriber_frozen_while_connected_is_freed_once_it_left(
         client.pc.close("bye")
         await wait_for(lambda: "s-1" not in env.sfu.rooms["room"].subscribers)
         await wait_for(lambda: env.server.endpoint.peers() == 1)
+        assert policy.leaves >= 1  # the server told it (its teardown may tell it twice)
         policy.compact()
         assert [ref() for ref in server_side] == [None, None]
     finally:

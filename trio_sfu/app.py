@@ -314,8 +314,11 @@ async def serve(
                 # collections from walking it again (they pause 30-90 ms on a large heap).
                 gc.freeze()
                 # And what survives each later full collection (the connected peers' heap):
-                # trio_sfu/gcpolicy.py, compacted when peers have left.
-                nursery.start_soon(GcPolicy().run, rtc.endpoint.peers)
+                # trio_sfu/gcpolicy.py, compacted when peers have left (told by the server,
+                # so the policy's task sleeps while nobody leaves).
+                gc_policy = GcPolicy()
+                rtc.on_peer_left = gc_policy.note_left
+                nursery.start_soon(gc_policy.run)
                 task_status.started(running)
                 started = True
     except BaseExceptionGroup as group:

@@ -14,18 +14,20 @@ only what was promoted since — a few thousand objects instead of the whole pee
 
 The cost: an object frozen while alive and later part of unreachable cycles (a peer that
 left: its connection, tracks and tasks refer to each other) is never collected while frozen.
-So whenever peers have left, at most every ``COMPACT_INTERVAL`` seconds, :meth:`compact`
-unfreezes everything and collects once (one full-heap pause, what every full collection
-cost before) — and at least every ``MAX_FROZEN_AGE`` seconds if anything was frozen since,
-for cyclic garbage that is not a peer's. Memory held by departed peers is so bounded by
-what leaves within ``COMPACT_INTERVAL``.
+So once a peer has left (whoever removes peers calls :meth:`GcPolicy.note_left`; in the pod,
+``RtcServer.on_peer_left``), at most every ``COMPACT_INTERVAL`` seconds, :meth:`compact`
+unfreezes everything and collects once (one full-heap pause, what every full collection cost
+before) — and every ``MAX_FROZEN_AGE`` seconds if anything was frozen since the last one, for
+cyclic garbage that is not a peer's. Memory held by departed peers is so bounded by what
+leaves within ``COMPACT_INTERVAL``.
+
+The policy's task is woken by leaves, not by a clock: an idle pod (issue 10 counts its
+wake-ups) sees one wake-up per ``MAX_FROZEN_AGE``, none per second.
 """
 
 from __future__ import annotations
 
 import gc
-import time
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -34,21 +36,28 @@ import trio
 COMPACT_INTERVAL = 30.0
 #: Seconds after which a compaction runs even if no peer left (other cyclic garbage).
 MAX_FROZEN_AGE = 600.0
-#: Seconds between looks at the peer count.
-CHECK_INTERVAL = 1.0
+#: Seconds from a leave to the compaction at the earliest: the departed peer's tasks and room
+#: membership are released in the moments after its routes are dropped, and what is still
+#: reachable during a compaction is frozen again until the next one.
+LEAVE_SETTLE = 1.0
 
 
 class GcPolicy:
     """Freeze the survivors of every full collection; compact once peers have left."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self._installed = False
+        #: set by :meth:`note_left`, replaced when the compaction it asks for starts
+        self._left = trio.Event()
         #: full collections after which the survivors were frozen
         self.freezes = 0
         #: unfreeze + full collection runs (see :meth:`compact`)
         self.compactions = 0
-        self.last_compaction = clock()
+        #: peers reported gone (:meth:`note_left`)
+        self.leaves = 0
+        #: times :meth:`run`'s task was woken (a leave, a compaction's deadline, the age check):
+        #: what an idle pod pays for the policy
+        self.wakeups = 0
 
     def install(self) -> None:
         """Start freezing after full collections (safe to call twice)."""
@@ -76,28 +85,38 @@ class GcPolicy:
         if not self._installed:
             gc.freeze()
         self.compactions += 1
-        self.last_compaction = self._clock()
 
-    async def run(self, peers: Callable[[], int], check: float = CHECK_INTERVAL) -> None:
-        """Until cancelled: install, and compact when peers have left (a fall of ``peers()``
-        between looks) and ``COMPACT_INTERVAL`` has passed since the last compaction, or when
-        ``MAX_FROZEN_AGE`` has passed and something was frozen since."""
+    def note_left(self) -> None:
+        """A peer was removed: its objects may be frozen garbage now. Cheap and synchronous
+        (called from the peer's teardown); the compaction runs later in :meth:`run`'s task."""
+        self.leaves += 1
+        self._left.set()
+
+    async def run(self) -> None:
+        """Until cancelled: install, and compact ``COMPACT_INTERVAL`` after the last
+        compaction (``LEAVE_SETTLE`` after the leave at the earliest) once a peer has left, or
+        every ``MAX_FROZEN_AGE`` if something was frozen since the last compaction. Sleeps in
+        between: no periodic look while no peer leaves."""
         self.install()
         try:
-            seen = peers()
-            left = 0
+            last = trio.current_time()
             frozen_at_compaction = self.freezes
             while True:
-                await trio.sleep(check)
-                now_peers = peers()
-                left += max(0, seen - now_peers)
-                seen = now_peers
-                age = self._clock() - self.last_compaction
-                if (left and age >= COMPACT_INTERVAL) or (
-                    age >= MAX_FROZEN_AGE and self.freezes != frozen_at_compaction
-                ):
-                    self.compact()
-                    left = 0
-                    frozen_at_compaction = self.freezes
+                with trio.move_on_at(last + MAX_FROZEN_AGE):
+                    await self._left.wait()
+                self.wakeups += 1
+                if self._left.is_set():
+                    left_at = trio.current_time()
+                    await trio.sleep_until(max(last + COMPACT_INTERVAL, left_at + LEAVE_SETTLE))
+                    self.wakeups += 1
+                    # This compaction covers every leave so far (the poll it replaced did the
+                    # same); leaves from here on ask for the next one.
+                    self._left = trio.Event()
+                elif self.freezes == frozen_at_compaction:
+                    last = trio.current_time()  # nothing frozen since: nothing to free
+                    continue
+                self.compact()
+                last = trio.current_time()
+                frozen_at_compaction = self.freezes
         finally:
             self.uninstall()

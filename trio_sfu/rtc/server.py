@@ -101,6 +101,10 @@ class RtcServer:
         #: ~20 s with WebRTC's 3 s RTO cap, instead of buffering for it forever.
         self.sctp_max_retransmits = SCTP_MAX_RETRANS
         self.tcp = tcp
+        #: called (synchronously, from the peer's teardown) each time a peer's routes are
+        #: dropped: the pod's garbage-collection policy compacts after leaves
+        #: (trio_sfu/gcpolicy.py); may be called twice for one peer
+        self.on_peer_left: Callable[[], None] | None = None
         port = endpoint.local_address[1]
         self.candidates = [
             host_candidate(ip, port, local_preference=65535 - i)
@@ -260,6 +264,8 @@ class ServerPeerConnection(PeerConnection):
         self._endpoint.unregister(self)
         if self.server.tcp is not None:
             self.server.tcp.unregister(self)
+        if self.server.on_peer_left is not None:
+            self.server.on_peer_left()
 
     def restart_ice(self, remote_ufrag: str, remote_pwd: str) -> tuple[str, str]:
         """An ICE restart signalled outside SDP (a WHIP/WHEP PATCH carrying an RFC 8840
