@@ -232,7 +232,7 @@ class _OthersRan(trio.abc.Instrument):
     ``before_task_step`` for every task step while the instrument is installed). Installed
     only while the reader has a backlog, so an unsaturated pod pays nothing for it."""
 
-    __slots__ = ("_reader", "_installed", "ran")
+    __slots__ = ("_installed", "_reader", "ran")
 
     def __init__(self, reader: trio.lowlevel.Task) -> None:
         self._reader = reader
