@@ -3,11 +3,13 @@ gone behind the load balancer): it retries with back-off and honours Retry-After
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 import pytest
 import trio
 
-from trio_sfu.client.sfu import SignalingError, http_signal, retry_delay
+from trio_sfu.client.sfu import SignalingError, default_ssl_context, http_signal, retry_delay
 
 
 def test_retry_delay() -> None:
@@ -65,3 +67,28 @@ async def test_other_refusals_and_spent_retries_raise() -> None:
             transport=httpx.MockTransport(busy),
         )("offer")
     assert caught.value.status == 503 and count == 4
+
+
+async def test_every_signalling_client_shares_one_tls_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx loads the CA bundle into a new SSLContext for each client (55-80 ms of CPU here):
+    a load tester's hundreds of joins paid it each, and bench/pod.py timed it as the server's
+    join latency. Every ``http_signal`` client gets the one shared context unless told
+    otherwise."""
+    contexts: list[object] = []
+    real = httpx.AsyncClient
+
+    def recording(**options: object) -> httpx.AsyncClient:
+        contexts.append(options.get("verify"))
+        return real(**options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(httpx, "AsyncClient", recording)
+    ok = httpx.MockTransport(lambda request: httpx.Response(201, text="answer"))
+    for peer in ("a-1", "b-1"):
+        assert await http_signal("https://x", "sub", "r", peer, transport=ok)("offer") == "answer"
+    await http_signal("https://x", "sub", "r", "c-1", transport=ok, verify=False)("offer")
+
+    assert contexts[0] is contexts[1] is default_ssl_context()
+    assert isinstance(contexts[0], ssl.SSLContext)
+    assert contexts[2] is False

@@ -25,6 +25,8 @@ TICK = 0.001
 #: Dispatches per slice with the 1 ms clock, and one more for the reading of the clock that
 #: set the deadline.
 PER_SLICE = round(udp.SLICE / TICK) + 1
+#: The same for the slice while other tasks wait to run.
+PER_SHARED_SLICE = round(udp.SHARED_SLICE / TICK) + 1
 
 STUN = bytes(20)  # first byte 0: STUN's range (RFC 7983); the fake dispatch reads no further
 
@@ -105,6 +107,79 @@ async def test_the_reader_yields_every_slice_while_media_is_waiting(
     # whole next one (a count-bounded reader gave a whole batch: 256 before issue 10).
     longest = max(len(list(run)) for _, run in itertools.groupby(seen))
     assert longest <= 2 * PER_SLICE, f"{longest} dispatches without the other task running"
+
+
+class Passes(trio.abc.Instrument):
+    """Counts the run loop's passes (one I/O wait each)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+async def dispatches_per_pass(endpoint: UdpEndpoint, n: int, *, busy_other: bool) -> list[int]:
+    """Dispatch ``n`` queued media datagrams; how many each pass of the run loop dispatched.
+    With ``busy_other`` another task (an HTTP join's rounds) wants to run every pass;
+    without, the reader is alone (the waiting test task steps only when all are done)."""
+    passes = Passes()
+    per_pass: list[int] = []
+    done = trio.Event()
+
+    def count(data: bytes, addr: object, now: float, ancillary: object = None) -> None:
+        while len(per_pass) <= passes.count:
+            per_pass.append(0)
+        per_pass[passes.count] += 1
+        if sum(per_pass) == n:
+            done.set()
+
+    endpoint.dispatch = count  # type: ignore[method-assign]
+    send(endpoint, [media(i) for i in range(n)])
+
+    async def other() -> None:
+        while True:
+            await trio.sleep(0)
+
+    trio.lowlevel.add_instrument(passes)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(endpoint.serve)
+            if busy_other:
+                nursery.start_soon(other)
+            with trio.fail_after(30):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(passes)
+    return [k for k in per_pass if k]
+
+
+async def test_a_reader_alone_forwards_a_whole_slice_per_pass(
+    slice_clock: None, endpoint: UdpEndpoint
+) -> None:
+    """Media only: the reader yields every SLICE, not more often (each pass costs a loop
+    round and an epoll_wait)."""
+    per_pass = await dispatches_per_pass(endpoint, 60, busy_other=False)
+
+    # A pass reads the clock once more for each datagram it dispatches as it reads it.
+    assert min(per_pass[:-1]) >= PER_SLICE - 2, per_pass
+
+
+async def test_while_others_wait_to_run_the_reader_yields_every_shared_slice(
+    slice_clock: None, endpoint: UdpEndpoint
+) -> None:
+    """An HTTP join is ≈ 30 rounds of scheduling; at saturation each waits one pass of the
+    reader, so while anyone else ran since the reader's last yield its pass is SHARED_SLICE
+    (on the old rule every pass was a whole SLICE: 165-200 ms per join at 450 subscribers)."""
+    per_pass = await dispatches_per_pass(endpoint, 60, busy_other=True)
+
+    # The reader starts watching at its first yield; Trio's random order within a pass may
+    # put the other task's step of the second pass before the reader's, so from the third
+    # pass on every window of two resumes holds a whole pass, and so the other's step.
+    assert max(per_pass[:2]) <= PER_SLICE
+    assert max(per_pass[2:]) <= PER_SHARED_SLICE, per_pass
+    assert len(per_pass) > 60 // PER_SHARED_SLICE
 
 
 async def test_media_that_waited_too_long_is_dropped_oldest_first_never_stun(

@@ -6,9 +6,11 @@ Signaling is a callable (offer SDP → answer SDP), so the same client works ove
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
+import ssl
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,6 +52,17 @@ def retry_delay(retried: int, retry_after: str | None, base: float, cap: float) 
     return float(min(cap, base * 2.0**retried))
 
 
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every signalling request of the process: httpx builds a
+    new one per client otherwise, loading the whole CA bundle — 55-80 ms of CPU per join
+    here, more than the server's part of a join (a load tester's hundreds of clients paid it
+    each, and bench/pod.py timed it as join latency)."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
 def http_signal(
     base_url: str,
     role: str,
@@ -72,7 +85,10 @@ def http_signal(
 
         url = f"{base_url.rstrip('/')}/{role}/{room}/{peer_id}"
         retried = 0
-        async with httpx.AsyncClient(**client_options) as http:
+        options = client_options
+        if "verify" not in options:
+            options = {**options, "verify": default_ssl_context()}
+        async with httpx.AsyncClient(**options) as http:
             while True:
                 try:
                     response = await http.post(

@@ -55,6 +55,14 @@ BATCH = 1024
 #: ≈ 4 ms to a room of 400 (bench/pod.py --saturate, docs/benchmarks.md).
 SLICE = 0.005
 
+#: The slice while other tasks are waiting to run (an HTTP join, a DTLS handshake, a peer's
+#: timers). A join is ≈ 30 scheduling rounds of Hypercorn, Quart and the SFU, and at
+#: saturation each round waits one pass of the reader: 30 × SLICE ≈ 165-200 ms p50 for a POST
+#: → 201 (bench/pod.py --saturate). While others ran since the reader last yielded, its next
+#: pass is this short; a pass with nobody else to run is SLICE again, so a pod that only
+#: forwards media yields no more often than before.
+SHARED_SLICE = 0.001
+
 #: Media that waited longer than this for the reader is dropped, oldest first: at overload
 #: the queue would otherwise grow until the kernel's buffer is full, seconds deep at a large
 #: fan-out. Consent checks never wait in this queue (they are answered as they are read), so
@@ -217,6 +225,34 @@ class EndpointStats(CheckStats):
     unknown_address: int = 0  # DTLS/SRTP from an address no valid STUN check vouched for
     unknown_kind: int = 0  # first byte outside every RFC 7983 range
     overload_dropped: int = 0  # media the reader's queue dropped (MAX_QUEUE_AGE, MAX_PENDING)
+
+
+class _OthersRan(trio.abc.Instrument):
+    """Notes whether a task other than the reader stepped since ``ran`` was cleared (Trio calls
+    ``before_task_step`` for every task step while the instrument is installed). Installed
+    only while the reader has a backlog, so an unsaturated pod pays nothing for it."""
+
+    __slots__ = ("_installed", "_reader", "ran")
+
+    def __init__(self, reader: trio.lowlevel.Task) -> None:
+        self._reader = reader
+        self._installed = False
+        self.ran = False
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is not self._reader:
+            self.ran = True
+
+    def install(self) -> None:
+        if not self._installed:
+            trio.lowlevel.add_instrument(self)
+            self._installed = True
+            self.ran = False
+
+    def uninstall(self) -> None:
+        if self._installed:
+            trio.lowlevel.remove_instrument(self)
+            self._installed = False
 
 
 class UdpEndpoint:
@@ -408,51 +444,72 @@ class UdpEndpoint:
         dispatch = self.dispatch
         pending: deque[tuple[bytes, Address, float]] = deque()
         clock = _clock
-        while True:
-            if not pending:
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                except trio.ClosedResourceError:
-                    return  # close() ends serve()
-            elif sock.fileno() < 0:
-                return
-            now = trio.current_time()
-            deadline = clock() + SLICE
-            if pending:
-                # What waited from earlier passes goes first, the stale part dropped unsent.
-                stale = now - MAX_QUEUE_AGE
-                while pending and pending[0][2] < stale:
-                    pending.popleft()
-                    stats.overload_dropped += 1
-                while pending:
-                    data, addr, _ = pending.popleft()
-                    # Today's time, not the arrival's: a peer's clock never runs backwards.
-                    dispatch(data, addr, now)
-                    if clock() >= deadline:
-                        break
-            for _ in range(BATCH):
-                try:
-                    if pktinfo:
-                        n, ancillary, _, addr = recvmsg(bufs, PKTINFO_SPACE)
-                    else:
-                        n, addr = recv(buf)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    # Linux reports an earlier ICMP error on the next recv; nothing to read.
-                    continue
-                stats.datagrams_in += 1
-                stats.bytes_in += n
-                if n and buf[0] >= FIRST_MEDIA_BYTE and (pending or clock() >= deadline):
-                    if len(pending) >= MAX_PENDING:
+        others = _OthersRan(trio.lowlevel.current_task())
+        slice_ = SLICE
+        shared = 0  # passes left with the short slice since others last ran
+        try:
+            while True:
+                if not pending:
+                    others.uninstall()
+                    slice_ = SLICE
+                    shared = 0
+                    try:
+                        await trio.lowlevel.wait_readable(sock)
+                    except trio.ClosedResourceError:
+                        return  # close() ends serve()
+                elif sock.fileno() < 0:
+                    return
+                now = trio.current_time()
+                deadline = clock() + slice_
+                if pending:
+                    # What waited from earlier passes goes first, the stale part dropped unsent.
+                    stale = now - MAX_QUEUE_AGE
+                    while pending and pending[0][2] < stale:
                         pending.popleft()
                         stats.overload_dropped += 1
-                    pending.append((bytes(view[:n]), addr[:2], now))
-                else:
-                    dispatch(bytes(view[:n]), addr[:2], now, ancillary)
-            if pending:
-                # The slice is spent: let the rest of the process run before the next pass.
-                await trio.lowlevel.checkpoint()
+                    while pending:
+                        data, addr, _ = pending.popleft()
+                        # Today's time, not the arrival's: a peer's clock never runs backwards.
+                        dispatch(data, addr, now)
+                        if clock() >= deadline:
+                            break
+                for _ in range(BATCH):
+                    try:
+                        if pktinfo:
+                            n, ancillary, _, addr = recvmsg(bufs, PKTINFO_SPACE)
+                        else:
+                            n, addr = recv(buf)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        # Linux reports an earlier ICMP error on the next recv; nothing to read.
+                        continue
+                    stats.datagrams_in += 1
+                    stats.bytes_in += n
+                    if n and buf[0] >= FIRST_MEDIA_BYTE and (pending or clock() >= deadline):
+                        if len(pending) >= MAX_PENDING:
+                            pending.popleft()
+                            stats.overload_dropped += 1
+                        pending.append((bytes(view[:n]), addr[:2], now))
+                    else:
+                        dispatch(bytes(view[:n]), addr[:2], now, ancillary)
+                if pending:
+                    # The slice is spent: let the rest of the process run before the next
+                    # pass, which is short if anyone did (SHARED_SLICE).
+                    others.install()
+                    await trio.lowlevel.checkpoint()
+                    # Trio runs a pass's ready tasks in random order, so a task that runs
+                    # every pass may step before the reader in one and after it in the next:
+                    # what ran between two resumes says little, two such windows always
+                    # hold one whole pass. So the slice stays short for two passes.
+                    if others.ran:
+                        others.ran = False
+                        shared = 2
+                    elif shared:
+                        shared -= 1
+                    slice_ = SHARED_SLICE if shared else SLICE
+        finally:
+            others.uninstall()
 
     def dispatch(
         self,
