@@ -51,7 +51,8 @@ def value(families: Families, name: str, **labels: str) -> float:
         family = family or families.get(name.removesuffix(suffix))
     assert family is not None, (name, sorted(families))
     found = [
-        s.value for s in family.samples
+        s.value
+        for s in family.samples
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
     ]
     assert len(found) == 1, (name, labels, family.samples)
@@ -74,12 +75,23 @@ async def test_session_moves_counters_by_the_right_amounts(env: SfuEnv) -> None:
             assert family.documentation, family.name
             for sample in family.samples:
                 assert sample.labels.get("node") == "node-a", sample
-        for name in ("trio_sfu_rooms", "trio_sfu_publishers", "trio_sfu_subscribers",
-                     "trio_sfu_tracks", "trio_sfu_remote_tracks", "process_resident_memory_bytes",
-                     "python_gc_collections", "trio_sfu_join_seconds", "trio_sfu_connect_seconds",
-                     "trio_sfu_session_seconds", "trio_sfu_subscriber_rtt_seconds",
-                     "trio_sfu_subscriber_loss_ratio", "trio_sfu_srtp_failures",
-                     "trio_sfu_dropped_sends", "trio_sfu_keyframe_requests_throttled"):
+        for name in (
+            "trio_sfu_rooms",
+            "trio_sfu_publishers",
+            "trio_sfu_subscribers",
+            "trio_sfu_tracks",
+            "trio_sfu_remote_tracks",
+            "process_resident_memory_bytes",
+            "python_gc_collections",
+            "trio_sfu_join_seconds",
+            "trio_sfu_connect_seconds",
+            "trio_sfu_session_seconds",
+            "trio_sfu_subscriber_rtt_seconds",
+            "trio_sfu_subscriber_loss_ratio",
+            "trio_sfu_srtp_failures",
+            "trio_sfu_dropped_sends",
+            "trio_sfu_keyframe_requests_throttled",
+        ):
             assert name in empty, sorted(empty)
         assert empty["trio_sfu_join_seconds"].type == "histogram"
         assert empty["trio_sfu_subscriber_rtt_seconds"].type == "histogram"
@@ -119,16 +131,22 @@ async def test_session_moves_counters_by_the_right_amounts(env: SfuEnv) -> None:
         await wait_for(lambda: len({p[2] for p in media.packets}) >= 40)
         # Three RTX padding-only probes, as browsers send to probe bandwidth (no OSN).
         video = alice.video
-        rtx_ssrc, rtx_pt = video.sender_rtx_ssrc, video.rtx_payload_type(video.media_codecs[0]
-                                                                       .payload_type)
+        rtx_ssrc, rtx_pt = (
+            video.sender_rtx_ssrc,
+            video.rtx_payload_type(video.media_codecs[0].payload_type),
+        )
         assert rtx_ssrc is not None and rtx_pt is not None
         for _ in range(3):
             seq = alice._seq[rtx_ssrc] & 0xFFFF
             alice._seq[rtx_ssrc] += 1
             header = struct.pack("!BBHII", 0xA0, rtx_pt, seq, 1234, rtx_ssrc)
             alice.pc.send_rtp(header + bytes(9) + b"\x0a")  # 10 bytes of padding, no payload
-        await wait_for(lambda: sum(t.padding_received for t in
-                                   env.sfu.rooms["r"].publishers["alice-1"].tracks) == 3)
+        await wait_for(
+            lambda: (
+                sum(t.padding_received for t in env.sfu.rooms["r"].publishers["alice-1"].tracks)
+                == 3
+            )
+        )
         await trio.sleep(0.3)  # the NACK generator has nothing left to ask
 
         before = await scrape(url)
@@ -148,11 +166,14 @@ async def test_session_moves_counters_by_the_right_amounts(env: SfuEnv) -> None:
         for _ in range(2):
             bob.pc.send_rtcp(Pli(sender_ssrc=1, media_ssrc=media_ssrc).serialize())
         await wait_for(
-            lambda: sum(1 for p in media.packets if p[0] == t.remote_rtx_ssrcs[media_ssrc])
-            >= rtx_before + 3
+            lambda: (
+                sum(1 for p in media.packets if p[0] == t.remote_rtx_ssrcs[media_ssrc])
+                >= rtx_before + 3
+            )
         )
         await trio.sleep(0.8)  # the throttle's deferred PLI, if any, has gone out
         after = await scrape(url)
+
         def moved(name: str, **labels: str) -> float:
             return value(after, name, **labels) - value(before, name, **labels)
 
@@ -167,16 +188,26 @@ async def test_session_moves_counters_by_the_right_amounts(env: SfuEnv) -> None:
         assert value(after, "trio_sfu_rtp_payload_bytes_total", direction="out") > 0
         assert value(after, "trio_sfu_udp_datagrams_in_total") > 0
         # A receiver report from bob: one loss observation of 64/256.
-        bob.pc.send_rtcp(ReceiverReport(
-            ssrc=1, reports=[ReportBlock(ssrc=media_ssrc, fraction_lost=64)]).serialize())
+        bob.pc.send_rtcp(
+            ReceiverReport(
+                ssrc=1, reports=[ReportBlock(ssrc=media_ssrc, fraction_lost=64)]
+            ).serialize()
+        )
         await wait_for(lambda: env.sfu.rooms["r"].subscribers["bob-1"].loss_reports.sum > 0)
         reported = await scrape(url)
-        assert value(reported, "trio_sfu_subscriber_loss_ratio_count") - value(
-            after, "trio_sfu_subscriber_loss_ratio_count") == 1
-        assert value(reported, "trio_sfu_subscriber_loss_ratio_sum") - value(
-            after, "trio_sfu_subscriber_loss_ratio_sum") == 0.25
+        assert (
+            value(reported, "trio_sfu_subscriber_loss_ratio_count")
+            - value(after, "trio_sfu_subscriber_loss_ratio_count")
+            == 1
+        )
+        assert (
+            value(reported, "trio_sfu_subscriber_loss_ratio_sum")
+            - value(after, "trio_sfu_subscriber_loss_ratio_sum")
+            == 0.25
+        )
         assert value(reported, "trio_sfu_subscriber_loss_ratio_bucket", le="0.2") == value(
-            after, "trio_sfu_subscriber_loss_ratio_bucket", le="0.2")
+            after, "trio_sfu_subscriber_loss_ratio_bucket", le="0.2"
+        )
 
         # Leaving keeps the totals (folded into the node's), and records the session.
         await env.sfu.stop("sub", "r", "bob-1")
@@ -184,9 +215,11 @@ async def test_session_moves_counters_by_the_right_amounts(env: SfuEnv) -> None:
         gone = await scrape(url)
         assert value(gone, "trio_sfu_rooms") == 0
         assert value(gone, "trio_sfu_subscribers") == 0
-        for name, labels in (("trio_sfu_nack_requests_total", {"event": "received"}),
-                             ("trio_sfu_nack_requests_total", {"event": "sent"}),
-                             ("trio_sfu_packets_total", {"direction": "in", "kind": "rtx"})):
+        for name, labels in (
+            ("trio_sfu_nack_requests_total", {"event": "received"}),
+            ("trio_sfu_nack_requests_total", {"event": "sent"}),
+            ("trio_sfu_packets_total", {"direction": "in", "kind": "rtx"}),
+        ):
             assert value(gone, name, **labels) >= value(after, name, **labels), name
         assert value(gone, "trio_sfu_session_seconds_count", role="subscriber") == 1
         assert value(gone, "trio_sfu_session_seconds_count", role="publisher") == 1
@@ -221,8 +254,14 @@ async def test_tokens_guard_metrics(env: SfuEnv) -> None:
 
 
 async def test_metrics_port_is_open_and_serves_only_metrics() -> None:
-    config = Config(http_host="127.0.0.1", http_port=0, udp_port=0, api_key=KEY,
-                    api_secret=SECRET, metrics_port=0)
+    config = Config(
+        http_host="127.0.0.1",
+        http_port=0,
+        udp_port=0,
+        api_key=KEY,
+        api_secret=SECRET,
+        metrics_port=0,
+    )
     async with trio.open_nursery() as nursery:
         running = await nursery.start(functools.partial(serve, config, handle_signals=False))
         try:

@@ -124,7 +124,8 @@ class SfuCollector(Collector):
         endpoint = getattr(getattr(sfu, "rtc", None), "endpoint", None)
         if endpoint is not None:
             gauges["peers"] = (
-                "peer connections registered on the media endpoint", endpoint.peers()
+                "peer connections registered on the media endpoint",
+                endpoint.peers(),
             )
             gauges["udp_routes"] = (
                 "addresses and ICE usernames routed to a peer (demultiplexing entries)",
@@ -165,15 +166,14 @@ class SfuCollector(Collector):
             family = families.get(family_name)
             if family is None:
                 family = families[family_name] = CounterMetricFamily(
-                    f"trio_sfu_{family_name}", _FAMILY_HELP[family_name],
+                    f"trio_sfu_{family_name}",
+                    _FAMILY_HELP[family_name],
                     labels=["node", *labels],
                 )
             family.add_metric([self.node, *labels.values()], totals.get(key, 0))
         endpoint = getattr(getattr(self.sfu, "rtc", None), "endpoint", None)
         if endpoint is not None:
-            families["dropped_sends"].add_metric(
-                [self.node, "socket"], endpoint.stats.send_dropped
-            )
+            families["dropped_sends"].add_metric([self.node, "socket"], endpoint.stats.send_dropped)
         yield from families.values()
 
     # -- joins and timings --------------------------------------------------------------------
@@ -191,14 +191,14 @@ class SfuCollector(Collector):
         yield joins
         for name, help_text, by_role in (
             ("join_seconds", "from a join request to its SDP answer", stats.join_seconds),
-            ("connect_seconds", "from an accepted join to DTLS up (ICE + DTLS)",
-             stats.connect_seconds),
-            ("session_seconds", "how long connections lasted, at their end",
-             stats.session_seconds),
+            (
+                "connect_seconds",
+                "from an accepted join to DTLS up (ICE + DTLS)",
+                stats.connect_seconds,
+            ),
+            ("session_seconds", "how long connections lasted, at their end", stats.session_seconds),
         ):
-            family = HistogramMetricFamily(
-                f"trio_sfu_{name}", help_text, labels=["node", "role"]
-            )
+            family = HistogramMetricFamily(f"trio_sfu_{name}", help_text, labels=["node", "role"])
             for role, buckets in sorted(by_role.items()):
                 family.add_metric([self.node, role], buckets.cumulative(), buckets.sum)
             yield family
@@ -208,11 +208,13 @@ class SfuCollector(Collector):
     def _rooms(self, rooms: dict[str, Any]) -> Iterator[Metric]:
         now = time.monotonic()
         publishers = GaugeMetricFamily(
-            "trio_sfu_room_publishers", "publishers per room on this node (largest rooms)",
+            "trio_sfu_room_publishers",
+            "publishers per room on this node (largest rooms)",
             labels=["node", "room"],
         )
         subscribers = GaugeMetricFamily(
-            "trio_sfu_room_subscribers", "subscribers per room on this node (largest rooms)",
+            "trio_sfu_room_subscribers",
+            "subscribers per room on this node (largest rooms)",
             labels=["node", "room"],
         )
         bitrate = GaugeMetricFamily(
@@ -233,9 +235,7 @@ class SfuCollector(Collector):
             bitrate.add_metric([self.node, room.name], rates[room.name])
         if rest:
             publishers.add_metric([self.node, OTHER_ROOMS], sum(len(r.publishers) for r in rest))
-            subscribers.add_metric(
-                [self.node, OTHER_ROOMS], sum(len(r.subscribers) for r in rest)
-            )
+            subscribers.add_metric([self.node, OTHER_ROOMS], sum(len(r.subscribers) for r in rest))
             bitrate.add_metric([self.node, OTHER_ROOMS], sum(rates[r.name] for r in rest))
         yield from (publishers, subscribers, bitrate)
 
@@ -263,10 +263,16 @@ class SfuCollector(Collector):
                 rtt.merge(member.rtt_reports)
                 loss.merge(member.loss_reports)
         for name, help_text, buckets in (
-            ("subscriber_rtt_seconds",
-             "round-trip times in subscribers' receiver reports (one per report block)", rtt),
-            ("subscriber_loss_ratio",
-             "fraction lost in subscribers' receiver reports (one per report block)", loss),
+            (
+                "subscriber_rtt_seconds",
+                "round-trip times in subscribers' receiver reports (one per report block)",
+                rtt,
+            ),
+            (
+                "subscriber_loss_ratio",
+                "fraction lost in subscribers' receiver reports (one per report block)",
+                loss,
+            ),
         ):
             family = HistogramMetricFamily(f"trio_sfu_{name}", help_text, labels=["node"])
             family.add_metric([self.node], buckets.cumulative(), buckets.sum)
@@ -279,7 +285,8 @@ class SfuCollector(Collector):
         if endpoint is not None:
             for name, value in _ints(endpoint.stats):
                 family = CounterMetricFamily(
-                    f"trio_sfu_udp_{name}", f"media socket: {name.replace('_', ' ')}",
+                    f"trio_sfu_udp_{name}",
+                    f"media socket: {name.replace('_', ' ')}",
                     labels=["node"],
                 )
                 family.add_metric([self.node], value)
@@ -293,7 +300,8 @@ class SfuCollector(Collector):
             yield gauge
             for name, value in _ints(tcp.stats):
                 family = CounterMetricFamily(
-                    f"trio_sfu_tcp_{name}", f"ICE-TCP: {name.replace('_', ' ')}",
+                    f"trio_sfu_tcp_{name}",
+                    f"ICE-TCP: {name.replace('_', ' ')}",
                     labels=["node"],
                 )
                 family.add_metric([self.node], value)
@@ -305,11 +313,13 @@ class SfuCollector(Collector):
                 if name == "subscriptions":
                     metric = GaugeMetricFamily(
                         "trio_sfu_relay_subscriptions",
-                        "media subscriptions open now (one per remote track)", labels=["node"],
+                        "media subscriptions open now (one per remote track)",
+                        labels=["node"],
                     )
                 else:
                     metric = CounterMetricFamily(
-                        f"trio_sfu_relay_{name}", f"cross-node relay: {name.replace('_', ' ')}",
+                        f"trio_sfu_relay_{name}",
+                        f"cross-node relay: {name.replace('_', ' ')}",
                         labels=["node"],
                     )
                 metric.add_metric([self.node], value)
@@ -372,13 +382,18 @@ def metrics_app(registry: CollectorRegistry) -> Any:
             return  # websockets: closing without accepting answers 403
         found = scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD")
         body = exposition(registry) if found else b"404 only /metrics is served here\n"
-        await send({
-            "type": "http.response.start",
-            "status": 200 if found else 404,
-            "headers": [(b"content-type", (CONTENT_TYPE if found else "text/plain").encode()),
-                        (b"content-length", str(len(body)).encode())],
-        })
-        await send({"type": "http.response.body",
-                    "body": b"" if scope["method"] == "HEAD" else body})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200 if found else 404,
+                "headers": [
+                    (b"content-type", (CONTENT_TYPE if found else "text/plain").encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
 
     return app
