@@ -14,6 +14,14 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.sfu_helpers import SfuEnv, start_sfu, wait_for
@@ -23,7 +31,7 @@ from trio_sfu.app import serve
 from trio_sfu.auth import TokenVerifier, create_token
 from trio_sfu.config import Config
 from trio_sfu.http import create_app
-from trio_sfu.metrics import OTHER_ROOMS, node_registry
+from trio_sfu.metrics import OTHER_ROOMS, Renderer, exposition, node_registry
 from trio_sfu.proto.rtcp import Nack, Pli, ReceiverReport, ReportBlock
 from trio_sfu.sfu.errors import Conflict
 
@@ -296,3 +304,71 @@ async def test_grafana_dashboard_uses_only_names_we_export(env: SfuEnv) -> None:
             assert family.type == "histogram", name
         if name.endswith("_total"):
             assert family.type == "counter", name
+
+
+class Fixed:
+    """A collector of fixed families: the same data for two renderers."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def scraped(registry: CollectorRegistry) -> tuple[list[Metric], bytes]:
+    """One collection of ``registry``, and prometheus-client's own text of it."""
+    families = list(registry.collect())
+    return families, generate_latest(Fixed(families))  # type: ignore[arg-type]
+
+
+async def test_exposition_is_generate_latest_byte_for_byte_and_does_not_grow_per_peer(
+    env: SfuEnv,
+) -> None:
+    """The renderer keeps each family's text less its values between scrapes (issue 10: the
+    benches scrape every 0.5-1 s): what it writes must be what ``generate_latest`` writes for
+    the same families, on the first scrape and on later ones whose values or rooms changed;
+    and the series are per node and per (bounded) room, never per peer."""
+    registry = node_registry(env.sfu, "node-a", room_limit=2)
+    renderer = Renderer()
+    for i in range(4):  # 4 rooms: 2 shown, the rest under "(other)"
+        await env.subscriber(f"room{i}", f"u{i}")
+        families, expected = scraped(registry)
+        assert renderer.render(families) == expected, i
+    lines = len(expected.splitlines())
+    for i in range(4, 12):  # more peers in those rooms: new values, and new room ranks
+        await env.subscriber(f"room{i % 3}", f"u{i}")
+        families, expected = scraped(registry)
+        assert renderer.render(families) == expected, i
+        assert len(expected.splitlines()) == lines, i
+    text = expected.decode()
+    assert 'trio_sfu_subscribers{node="node-a"} 12.0' in text
+    assert f'trio_sfu_room_subscribers{{node="node-a",room="{OTHER_ROOMS}"}} 4.0' in text
+    assert exposition(registry).count(b"\n") == lines
+
+
+def test_renderer_matches_generate_latest_as_values_labels_and_shapes_change() -> None:
+    """Escaped label values and HELP, a histogram, an info metric, a counter with its
+    ``_created`` sample (moved to a family of its own by ``generate_latest``), a timestamped
+    sample, large and special floats: scrape after scrape with changed values, then labels."""
+
+    def families(step: int, room: str) -> list[Metric]:
+        gauge = GaugeMetricFamily("g", "help with \\ and\nnewline", labels=["node", "room"])
+        gauge.add_metric(["n", room], step * 1.5)
+        gauge.add_metric(["n", "other"], [0.0, 1e22, float("inf"), float("nan")][step % 4])
+        counter = CounterMetricFamily("c_total", "a counter", labels=["node"])
+        counter.add_metric(["n"], 12_345_678 * step)
+        created = CounterMetricFamily("made", "with _created", labels=["node"])
+        created.add_metric(["n"], step, created=1000.0 + step)
+        stamped = GaugeMetricFamily("stamped", "timestamped", labels=["node"])
+        stamped.add_metric(["n"], step, timestamp=1234.5 + step)
+        histogram = HistogramMetricFamily("h_seconds", "a histogram", labels=["node"])
+        histogram.add_metric(["n"], [("0.1", step), ("1.0", 2 * step), ("+Inf", 3 * step)], 0.7)
+        info = InfoMetricFamily("build", "build info", value={"version": f"1.{step}"})
+        return [gauge, counter, created, stamped, histogram, info]
+
+    renderer = Renderer()
+    rooms = ["a", "a", 'quote " and \\ back', "a", "room\u2028é", "room\u2028é"]
+    for step, room in enumerate(rooms):
+        data = families(step, room)
+        assert renderer.render(data) == generate_latest(Fixed(data)), (step, room)  # type: ignore[arg-type]
