@@ -9,7 +9,8 @@ idle subscribers (no publisher) for the memory each connected peer costs.
 
 Per scenario, from the server's ``/proc/<pid>/stat`` (utime + stime) and its ``/metrics``
 (``trio_sfu_udp_datagrams_out_total``), sampled every 0.5 s by this process over the media
-phase (from the first to the last half-second whose outbound rate is ≥ 30 % of the peak):
+phase (from the first to the last half-second whose outbound rate is ≥ 30 % of the peak;
+``/metrics`` is scraped at the phase's ends but not inside it, where its own cost would count):
 server CPU %, outbound packets/s and CPU µs per outbound packet; from the load tester's JSON:
 loss, added latency p50/p99 (send time in the payload → subscriber's decrypt, one monotonic
 clock) and POST → data channel open p50/p99.
@@ -191,16 +192,35 @@ def start_server(source: Path | None, cpus: set[int] | None) -> Server:
 @dataclass
 class Sampler:
     """(time, server CPU s, outbound datagrams, RSS, inbound datagrams) every 0.5 s, in a
-    thread."""
+    thread: CPU and RSS from ``/proc``, the datagram counters from ``GET /metrics``.
+
+    A scrape costs the pod CPU of its own (≈ 2-4 ms: the HTTP request, then the exposition;
+    docs/benchmarks.md, "Cost of a scrape"), which the figures would charge to its packets.
+    So with ``quiet = (rate, seconds)`` /metrics is not scraped for ``seconds`` once the
+    outbound rate reached ``rate`` (the media phase began): the window's first and last
+    samples are scraped, the inside of the window is not (``cpu`` goes on every 0.5 s).
+    Without it (``--saturate``, whose "GET /metrics not answered within 2 s" is a figure of
+    its own, and the idle-memory run) every sample is scraped."""
 
     server: Server
+    quiet: tuple[float, float] | None = None
     samples: list[tuple[float, float, float, int, float]] = field(default_factory=list)
-    #: (time, server CPU s, whether /metrics answered within 2 s): every sample, answered or not
-    cpu: list[tuple[float, float, bool]] = field(default_factory=list)
+    #: (time, server CPU s, whether /metrics answered within 2 s, None when not scraped):
+    #: every sample, answered or not
+    cpu: list[tuple[float, float, bool | None]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        quiet_until: float | None = None
         while not self._stop.is_set():
+            now = time.monotonic()
+            if quiet_until is not None and now < quiet_until:
+                try:
+                    self.cpu.append((now, self.server.cpu_seconds(), None))
+                except OSError:
+                    return
+                self._stop.wait(min(0.5, quiet_until - now))
+                continue
             into, out = self.server.datagrams()
             try:
                 sample = (time.monotonic(), self.server.cpu_seconds(), out, self.server.rss(), into)
@@ -208,7 +228,11 @@ class Sampler:
                 return
             answered = out is not None and into is not None
             self.cpu.append((sample[0], sample[1], answered))
-            if answered:
+            if out is not None and into is not None:
+                if self.quiet is not None and quiet_until is None and self.samples:
+                    last = self.samples[-1]
+                    if (out - last[2]) / (sample[0] - last[0]) >= self.quiet[0]:
+                        quiet_until = sample[0] + self.quiet[1]
                 self.samples.append(sample)  # type: ignore[arg-type]
             self._stop.wait(0.5)
 
@@ -373,7 +397,10 @@ def scenario(
 ) -> Row:
     server = start_server(source, server_cpus)
     try:
-        with Sampler(server) as sampler:
+        # No scrape inside the media phase but at its ends: from the first half-second at
+        # ≥ 30 % of the expected outbound rate, for the media's duration less a second.
+        quiet = (0.3 * input_rate * fanout, duration - 1.0)
+        with Sampler(server, quiet) as sampler:
             result = run_load(server.url, client_cpus, "--duration", str(duration), *load_args)
         steady = sampler.steady()
     finally:
@@ -673,7 +700,7 @@ def saturation(
         subscribers=subscribers,
         in_rate=in_rate,
         out_rate=out_rate,
-        metrics_unanswered=f"{sum(1 for x in cpu if not x[2])} of {len(cpu)}",
+        metrics_unanswered=f"{sum(1 for x in cpu if x[2] is False)} of {len(cpu)}",
         cpu_percent=100 * (last[1] - first[1]) / seconds,
         saturated_share=sum(1 for b in busy if b >= 0.95) / len(busy),
         checks=len(inside),
