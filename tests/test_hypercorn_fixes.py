@@ -133,3 +133,50 @@ async def test_queued_connections_are_accepted_in_one_round() -> None:
         for client in clients:
             client.close()
         await listener.aclose()
+
+
+async def test_late_data_resets_a_stream_only_once_its_answer_has_ended() -> None:
+    """DATA for a stream Hypercorn already forgot: while its answer's end still waits in the
+    stream's send buffer, a RST_STREAM would overtake the END_STREAM (seen in
+    tests/abuse/test_slow_bodies.py: the client got HEADERS, DATA and RST_STREAM(NO_ERROR),
+    never END_STREAM), so only the flow-control credit goes back; once the answer ended, the
+    stream is reset with NO_ERROR (RFC 9113 §8.1)."""
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    from hypercorn.protocol.h2 import H2Protocol
+
+    async def late_data(answering: bool) -> list[h2.events.Event]:
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        client.initiate_connection()
+        server.initiate_connection()
+        client.send_headers(
+            1, [(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
+        )
+        server.receive_data(client.data_to_send())
+        client.receive_data(server.data_to_send())
+        server.receive_data(client.data_to_send())  # the SETTINGS acknowledgement
+        server.send_headers(1, [(":status", "404")])
+        client.receive_data(server.data_to_send())
+        client.send_data(1, b"v=0\r\n" * 10)
+        [data] = [e for e in server.receive_data(client.data_to_send())
+                  if isinstance(e, h2.events.DataReceived)]  # fmt: skip
+
+        class Forgotten:  # what H2Protocol holds once the app's stream is closed
+            connection = server
+            streams: dict[int, Any] = {}
+            stream_buffers = {1: object()} if answering else {}
+
+            async def _flush(self) -> None:
+                pass
+
+        await H2Protocol._handle_events(Forgotten(), [data])  # type: ignore[arg-type]
+        return client.receive_data(server.data_to_send())
+
+    while_answering = await late_data(answering=True)
+    assert not any(isinstance(e, h2.events.StreamReset) for e in while_answering)
+    after = await late_data(answering=False)
+    resets = [e for e in after if isinstance(e, h2.events.StreamReset)]
+    assert [r.error_code for r in resets] == [h2.errors.ErrorCodes.NO_ERROR]

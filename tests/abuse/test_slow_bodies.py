@@ -68,16 +68,20 @@ class H2Client:
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.events: list[h2.events.Event] = []
         self.closed = False
+        # The reader answers (SETTINGS ack, PING, WINDOW_UPDATE) while the sender sends
+        # DATA: one send at a time on the stream (trio raises BusyResourceError otherwise).
+        self._sending = trio.Lock()
 
     async def flush(self) -> None:
-        await self.stream.send_all(self.conn.data_to_send())
+        async with self._sending:
+            if out := self.conn.data_to_send():
+                await self.stream.send_all(out)
 
     async def read(self) -> None:
         try:
             while data := await self.stream.receive_some(65536):
                 self.events.extend(self.conn.receive_data(data))
-                if out := self.conn.data_to_send():
-                    await self.stream.send_all(out)
+                await self.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         self.closed = True

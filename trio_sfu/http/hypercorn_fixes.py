@@ -86,7 +86,11 @@ def _fix_late_data(cls: Any) -> None:
         # the stream a later DataReceived belongs to, so the check must happen in turn.
         for event in events:
             if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
-                _drop_late_data(self.connection, event)
+                # While its answer's last DATA and END_STREAM still wait in the stream's
+                # buffer, a reset would overtake them: the client got a part of the answer
+                # and RST_STREAM, never END_STREAM. Then only the credit goes back.
+                answering = event.stream_id in self.stream_buffers
+                _drop_late_data(self.connection, event, reset=not answering)
                 await self._flush()
             else:
                 await original(self, [event])
@@ -96,10 +100,12 @@ def _fix_late_data(cls: Any) -> None:
     cls._handle_events = _handle_events
 
 
-def _drop_late_data(connection: Any, event: h2.events.DataReceived) -> None:
+def _drop_late_data(connection: Any, event: h2.events.DataReceived, *, reset: bool = True) -> None:
     """Return the DATA's flow-control credit and reset its stream with NO_ERROR."""
     assert event.stream_id is not None
     connection.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
+    if not reset:
+        return
     try:  # RFC 9113 §8.1: "abort transmission of a request without error"
         connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
     except h2.exceptions.ProtocolError:  # already closed (reset by either side)
