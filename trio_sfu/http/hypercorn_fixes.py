@@ -56,6 +56,7 @@ from typing import Any
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.stream
 import trio
 
 #: The Hypercorn release these fixes were written and tested against (constraints.txt).
@@ -86,11 +87,11 @@ def _fix_late_data(cls: Any) -> None:
         # the stream a later DataReceived belongs to, so the check must happen in turn.
         for event in events:
             if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
-                # While its answer's last DATA and END_STREAM still wait in the stream's
-                # buffer, a reset would overtake them: the client got a part of the answer
-                # and RST_STREAM, never END_STREAM. Then only the credit goes back.
-                answering = event.stream_id in self.stream_buffers
-                _drop_late_data(self.connection, event, reset=not answering)
+                # Until our END_STREAM has gone out (the answer's last DATA may still wait
+                # in the stream's buffer), a reset would overtake it: the client got a part
+                # of the answer and RST_STREAM, never END_STREAM. Then only the credit goes
+                # back; DATA after the END_STREAM is reset (RFC 9113 §5.1: half-closed).
+                _drop_late_data(self.connection, event, reset=_answered(self.connection, event))
                 await self._flush()
             else:
                 await original(self, [event])
@@ -98,6 +99,15 @@ def _fix_late_data(cls: Any) -> None:
     _handle_events.__doc__ = "Hypercorn's, but DATA for a stream already answered is dropped."
     _handle_events.__wrapped__ = original  # type: ignore[attr-defined]
     cls._handle_events = _handle_events
+
+
+def _answered(connection: Any, event: h2.events.DataReceived) -> bool:
+    """Whether this side already ended the stream (sent END_STREAM), or h2 forgot it."""
+    stream = connection.streams.get(event.stream_id)
+    return stream is None or stream.state_machine.state in (
+        h2.stream.StreamState.HALF_CLOSED_LOCAL,
+        h2.stream.StreamState.CLOSED,
+    )
 
 
 def _drop_late_data(connection: Any, event: h2.events.DataReceived, *, reset: bool = True) -> None:
