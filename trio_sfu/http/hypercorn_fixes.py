@@ -16,7 +16,9 @@ client sending a request body after its answer was enough (issue 14).
    We take such DATA here: hand its flow-control credit back (else the connection window
    drains and every other stream of the connection stalls, RFC 9113 §6.9) and ask the client
    to stop with ``RST_STREAM(NO_ERROR)``, as RFC 9113 §8.1 says a server that answered early
-   may.
+   may — once our END_STREAM has gone out: Hypercorn forgets the stream before its send task
+   flushes the answer's end, and a reset sent before that overtook it (the client got part of
+   the answer, then the reset).
 2. **A send racing ``send_eof``** (``TCPServer.protocol_send``). ``TCPServer._close`` calls
    ``stream.send_eof()`` without the send lock, and trio's ``SocketStream.send_eof`` holds the
    stream's send side across a checkpoint; a response (or a GOAWAY, a WINDOW_UPDATE) sent by
