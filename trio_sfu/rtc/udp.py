@@ -58,8 +58,8 @@ SLICE = 0.005
 #: The slice while other tasks are waiting to run (an HTTP join, a DTLS handshake, a peer's
 #: timers). A join is ≈ 30 scheduling rounds of Hypercorn, Quart and the SFU, and at
 #: saturation each round waits one pass of the reader: 30 × SLICE ≈ 165-200 ms p50 for a POST
-#: → 201 (bench/pod.py --saturate). While others ran since the reader last yielded, its next
-#: pass is this short; a pass with nobody else to run is SLICE again, so a pod that only
+#: → 201 (bench/pod.py --saturate). While others ran in its last two passes, the reader's
+#: next pass is this short; a pass with nobody else to run is SLICE again, so a pod that only
 #: forwards media yields no more often than before.
 SHARED_SLICE = 0.001
 
@@ -445,13 +445,11 @@ class UdpEndpoint:
         pending: deque[tuple[bytes, Address, float]] = deque()
         clock = _clock
         others = _OthersRan(trio.lowlevel.current_task())
-        slice_ = SLICE
-        shared = 0  # passes left with the short slice since others last ran
+        shared = 0  # passes left with SHARED_SLICE since others last ran
         try:
             while True:
                 if not pending:
                     others.uninstall()
-                    slice_ = SLICE
                     shared = 0
                     try:
                         await trio.lowlevel.wait_readable(sock)
@@ -460,7 +458,7 @@ class UdpEndpoint:
                 elif sock.fileno() < 0:
                     return
                 now = trio.current_time()
-                deadline = clock() + slice_
+                deadline = clock() + (SHARED_SLICE if shared else SLICE)
                 if pending:
                     # What waited from earlier passes goes first, the stale part dropped unsent.
                     stale = now - MAX_QUEUE_AGE
@@ -507,7 +505,6 @@ class UdpEndpoint:
                         shared = 2
                     elif shared:
                         shared -= 1
-                    slice_ = SHARED_SLICE if shared else SLICE
         finally:
             others.uninstall()
 
