@@ -27,12 +27,14 @@ from trio_sfu.proto.rtcp import (
     serialize_compound,
 )
 from trio_sfu.proto.rtp import TransportCcSequencer
+from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu.allocator import UNMEASURED_LAYER_BITRATES, Hint, LayerPlanner, TrackDemand
+from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.member import Member
 from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.node_stats import LOSS_BUCKETS, RTT_BUCKETS, Buckets
 from trio_sfu.sfu.remote import RemoteTrack
-from trio_sfu.sfu.ticks import next_tick
+from trio_sfu.sfu.ticks import Tick, Ticker
 from trio_sfu.sfu.track import DownTrack, TrackSource
 
 #: Sender reports towards a receiver (RFC 3550 §6.2; one receiver per leg, so a fixed interval).
@@ -45,8 +47,18 @@ PROBE_STEPS = 5
 
 
 class Downstream(Member):
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        room: RoomContext,
+        connection_id: str,
+        pc: ServerPeerConnection,
+        *,
+        ticker: Ticker,
+    ) -> None:
+        super().__init__(room, connection_id, pc)
+        #: runs :meth:`_report` once a second with every other leg's (sfu/ticks.py)
+        self._ticker = ticker
+        self._tick: Tick | None = None
         self._twcc: TransportCcSequencer | None = None
         #: How much this receiver's downlink carries, from its transport-cc feedback (or REMB)
         #: about what we sent it (issue 11): what its layer choice will be allocated from.
@@ -270,19 +282,24 @@ class Downstream(Member):
 
     async def report_loop(self) -> None:
         """A sender report per forwarded stream every second, so the receiver can synchronise
-        audio and video and measure round-trip time (RFC 3550 §6.4.1); then the layer plan."""
-        while True:
-            # on the process's grid: every leg's reports in one wake-up (sfu/ticks.py)
-            await trio.sleep_until(next_tick(trio.current_time(), REPORT_INTERVAL))
-            now, unix = trio.current_time(), time.time()
-            self.plan_layers(now)
-            if self._probe is not None:
-                padder, cluster = self._probe
-                self._probe = None
-                await self._send_probe(padder, cluster)
-                now, unix = trio.current_time(), time.time()
-            for downtrack in list(self.live.values()):
-                sr = downtrack.sender_report(now, unix)
-                if sr is not None:
-                    sdes = Sdes.cname_for(sr.ssrc, downtrack.transceiver.cname)
-                    self.pc.send_rtcp(serialize_compound([sr, sdes]))
+        audio and video and measure round-trip time (RFC 3550 §6.4.1), and the layer plan:
+        :meth:`_report`, run by the SFU's :class:`Ticker` with every other leg's in one task
+        step. This task only paces the bandwidth probes a plan asks for, and holds the
+        registration: it ends with the connection's nursery."""
+        with self._ticker.registered(self._report) as tick:
+            self._tick = tick
+            while True:
+                await tick.wait()  # raises what _report raised: this connection fails
+                probe, self._probe = self._probe, None
+                if probe is not None:
+                    await self._send_probe(*probe)
+
+    def _report(self, now: float, unix: float) -> None:
+        self.plan_layers(now)
+        if self._probe is not None and self._tick is not None:
+            self._tick.wake()
+        for downtrack in list(self.live.values()):
+            sr = downtrack.sender_report(now, unix)
+            if sr is not None:
+                sdes = Sdes.cname_for(sr.ssrc, downtrack.transceiver.cname)
+                self.pc.send_rtcp(serialize_compound([sr, sdes]))

@@ -19,6 +19,7 @@ import trio
 from trio_sfu.rtc.server import RtcServer, ServerPeerConnection
 from trio_sfu.sfu import dc_protocol
 from trio_sfu.sfu.bus import Bus, LocalBus
+from trio_sfu.sfu.downstream import REPORT_INTERVAL
 from trio_sfu.sfu.errors import (
     BackendUnavailable,
     BadRequest,
@@ -50,6 +51,7 @@ from trio_sfu.sfu.remote import Relay, RemoteTrack
 from trio_sfu.sfu.room import Room
 from trio_sfu.sfu.state import MemoryStateStore, StateStore
 from trio_sfu.sfu.subscriber import Subscriber
+from trio_sfu.sfu.ticks import Ticker
 from trio_sfu.sfu.track import PublishedTrack, TrackSource
 from trio_sfu.sfu.viewer import WhepViewer
 
@@ -167,12 +169,15 @@ class Sfu:
         self._nursery: trio.Nursery | None = None
         #: join outcomes, timings and the totals of members that left (read by /metrics)
         self.stats = NodeStats()
+        #: every subscriber leg's once-a-second reports, from one task (sfu/ticks.py)
+        self.ticker = Ticker(REPORT_INTERVAL)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host every connection; cancelling this closes them all (server shutdown)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._node_commands)
+            nursery.start_soon(self.ticker.run)
             for outbox in self._outboxes.values():
                 nursery.start_soon(outbox.flush)
             task_status.started()
@@ -267,9 +272,8 @@ class Sfu:
         """A WHEP viewer: sendonly audio + video following the room's live publisher (or the
         named one). No live publisher → 409 with Retry-After (draft-ietf-wish-whep)."""
         return await self._counted(
-            "whep", self._join(
-                "whep", room, peer_id, offer_sdp, publisher_id=publisher_id, source=source
-            ),
+            "whep",
+            self._join("whep", room, peer_id, offer_sdp, publisher_id=publisher_id, source=source),
         )
 
     async def _counted(self, role: Role, join: Awaitable[str]) -> str:
@@ -355,9 +359,11 @@ class Sfu:
                 room.publishers[peer_id] = member
             else:
                 if role == "sub":
-                    member = Subscriber(room, peer_id, pc)
+                    member = Subscriber(room, peer_id, pc, ticker=self.ticker)
                 else:
-                    member = viewer = WhepViewer(room, peer_id, pc, publisher_id=publisher_id)
+                    member = viewer = WhepViewer(
+                        room, peer_id, pc, publisher_id=publisher_id, ticker=self.ticker
+                    )
                     viewer.start(publishers)
                 room.subscribers[peer_id] = member
             member.connecting_from = source  # half-open until DTLS is up (or it leaves)
@@ -396,8 +402,11 @@ class Sfu:
         state = await self.state.room(room)
         publishers = [p for p in (state.publishers.values() if state else ()) if p.tracks]
         local = self.rooms.get(room)
-        coming = {p.id for p in (local.publishers.values() if local else ())
-                  if not p.announced and p.tracks and p.pc.close_reason is None}
+        coming = {
+            p.id
+            for p in (local.publishers.values() if local else ())
+            if not p.announced and p.tracks and p.pc.close_reason is None
+        }
         if publisher_id is not None:
             if publisher_id not in coming and not any(
                 p.publisher_id == publisher_id for p in publishers

@@ -20,6 +20,7 @@ from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.model import PublisherInfo
 from trio_sfu.sfu.speaker import speaker_line
+from trio_sfu.sfu.ticks import Ticker
 from trio_sfu.sfu.track import DownTrack, codec_preferences
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ class Subscriber(Downstream):
     role = "sub"
 
     def __init__(
-        self, room: RoomContext, connection_id: str, pc: ServerPeerConnection
+        self, room: RoomContext, connection_id: str, pc: ServerPeerConnection, *, ticker: Ticker
     ) -> None:
-        super().__init__(room, connection_id, pc)
+        super().__init__(room, connection_id, pc, ticker=ticker)
         self.mode = "auto"
         #: publishers of the room this subscriber may receive (its own user excluded)
         self.known: dict[str, PublisherInfo] = {}
@@ -259,11 +260,12 @@ class Subscriber(Downstream):
                     last = attempt == RETRIES
                     if last:
                         self.pc.rollback()
-                    then = ("offer withdrawn until the next change" if last
-                            else "sending it again")
+                    then = "offer withdrawn until the next change" if last else "sending it again"
                     self.send(dc_protocol.error(f"{problem}; {then}"))
-                    log.warning("renegotiation failed", extra={
-                        **self.log_extra, "reason": problem, "attempt": attempt + 1})
+                    log.warning(
+                        "renegotiation failed",
+                        extra={**self.log_extra, "reason": problem, "attempt": attempt + 1},
+                    )
                     if not last:
                         await trio.sleep(RETRY_DELAY * 2**attempt)
             finally:

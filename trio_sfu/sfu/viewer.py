@@ -18,6 +18,7 @@ from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu.context import RoomContext
 from trio_sfu.sfu.downstream import Downstream
 from trio_sfu.sfu.model import PublisherInfo, TrackInfo
+from trio_sfu.sfu.ticks import Ticker
 from trio_sfu.sfu.track import DownTrack
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ class WhepViewer(Downstream):
         pc: ServerPeerConnection,
         *,
         publisher_id: str | None,
+        ticker: Ticker,
     ) -> None:
-        super().__init__(room, connection_id, pc)
+        super().__init__(room, connection_id, pc, ticker=ticker)
         #: None: follow the room's live publisher; else only this one
         self.pinned = publisher_id
         self.following: str | None = None
