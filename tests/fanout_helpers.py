@@ -37,15 +37,23 @@ class PublisherLeg:
         pass
 
 
-def transceiver(direction: str, ssrc: int) -> Transceiver:
+def transceiver(
+    direction: str,
+    ssrc: int,
+    *,
+    rtx: bool = True,
+    cname: str = "t",
+    publisher_ssrc: int = PUB_SSRC,
+) -> Transceiver:
     """A negotiated VP8 video transceiver with RTX, NACK/PLI, transport-cc, MID and
-    abs-send-time (the extension ids a browser offers)."""
+    abs-send-time (the extension ids a browser offers); a receiving one expects
+    ``publisher_ssrc``, a sending one sends RTX as ``ssrc + 1`` unless ``rtx`` is off."""
     return Transceiver(
         kind="video",
         direction=direction,  # type: ignore[arg-type]
         sender_ssrc=ssrc,
-        sender_rtx_ssrc=ssrc + 1,
-        cname="t",
+        sender_rtx_ssrc=ssrc + 1 if rtx else None,
+        cname=cname,
         stream_id="s",
         track_id="t",
         current_direction=direction,  # type: ignore[arg-type]
@@ -58,7 +66,7 @@ def transceiver(direction: str, ssrc: int) -> Transceiver:
             HeaderExtension(3, URI_TRANSPORT_CC),
             HeaderExtension(2, URI_ABS_SEND_TIME),
         ],
-        remote_ssrcs=[PUB_SSRC] if direction == "recvonly" else [],
+        remote_ssrcs=[publisher_ssrc] if direction == "recvonly" else [],
     )
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_sfu.proto.capabilities import URI_ABS_SEND_TIME, URI_MID, URI_TRANSPORT_CC
+from tests.fanout_helpers import transceiver as fanout_transceiver
+from trio_sfu.proto.capabilities import URI_ABS_SEND_TIME, URI_TRANSPORT_CC
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtcp import parse_rtcp
 from trio_sfu.proto.rtp import RtpPacket, TransportCcSequencer, find_extension, parse_rtp
@@ -76,29 +77,6 @@ class SubscriberLeg:
         if self.sequencer is None:
             self.sequencer = TransportCcSequencer(ext_id, start=40000)
         return self.sequencer
-
-
-def publisher_transceiver() -> Transceiver:
-    return Transceiver(
-        kind="video",
-        direction="recvonly",
-        sender_ssrc=1,
-        sender_rtx_ssrc=None,
-        cname="pub",
-        stream_id="s",
-        track_id="t",
-        current_direction="recvonly",
-        codecs=[
-            RtpCodec(96, "VP8", 90000, rtcp_fb=list(FB)),
-            RtpCodec(97, "rtx", 90000, fmtp="apt=96"),
-        ],
-        header_extensions=[
-            HeaderExtension(4, URI_MID),
-            HeaderExtension(3, URI_TRANSPORT_CC),
-            HeaderExtension(2, URI_ABS_SEND_TIME),
-        ],
-        remote_ssrcs=[PUB_SSRC],
-    )
 
 
 #: Two kinds of subscribers that negotiated different numbers: two groups at least.
@@ -168,7 +146,9 @@ ops = st.lists(
 class World:
     def __init__(self) -> None:
         self.pub_leg = PublisherLeg()
-        transceiver = publisher_transceiver()
+        transceiver = fanout_transceiver(
+            "recvonly", 1, rtx=False, cname="pub", publisher_ssrc=PUB_SSRC
+        )
         self.track = PublishedTrack(
             self.pub_leg,  # type: ignore[arg-type]
             transceiver,
@@ -372,8 +352,11 @@ def test_every_subscriber_gets_a_continuous_copy_of_the_publisher(program: list[
     for sub in world.subscribers:
         if sub.active:
             world.nack(sub)
-            seen = [world.order[int.from_bytes(parse_rtp(p).payload[-2:])]
-                    for p in sub.leg.received if p[1] & 0x7F == world.media_pt(sub)]
+            seen = [
+                world.order[int.from_bytes(parse_rtp(p).payload[-2:])]
+                for p in sub.leg.received
+                if p[1] & 0x7F == world.media_pt(sub)
+            ]
             first = min(seen, default=1 << 60)
             sub.lost = {s for s in sub.lost if world.order[s] < first}
     world.check()
