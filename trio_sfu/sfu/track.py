@@ -693,9 +693,16 @@ class PublishedTrack:
 
     def plan_demand(self, now: float) -> tuple[str, ...] | None:
         """The rids to announce to the publisher (``LAYERS``), or None when nothing changes
-        (or the track is not simulcast)."""
+        (or the track is not simulcast).
+
+        Streams the publisher left out on its own (``review_streams``' missing ones) stay
+        announced however unneeded: pausing one saves nothing (the encoder is not sending
+        it), and libwebrtc starts a stream it left out by itself once its uplink estimate
+        (which begins at 300 kbit/s) or its CPU allows, but never an encoding set inactive.
+        Paused, a top stream late to start would never come and every subscriber following
+        the default would stay below it for good."""
         demand = self.demand
-        if demand is None or demand.update(self.needed_layers(), now) is None:
+        if demand is None or demand.update(self.needed_layers() | self._missing, now) is None:
             return None
         return demand.announced_rids()
 
