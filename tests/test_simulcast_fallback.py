@@ -168,3 +168,41 @@ def test_a_top_stream_the_encoder_starts_late_is_not_paused_before_it_comes() ->
     assert sub.downtrack.forwarded_layer == 2
     assert world.told == ("q", "h", "f")  # q and h are paused after PAUSE_AFTER unneeded
     world.check()
+
+
+def test_a_stream_paused_mid_second_keeps_what_it_cost_while_it_flowed() -> None:
+    """The layer planner asks what resuming a paused stream would cost (its last measured
+    bitrate). A stream that stops a third of the way into a sampling second (dynacast
+    paused it) must not be measured over the whole second: that third of its rate made h
+    look cheap, and the planner of a subscriber capped at 400 kbit/s switched her up to it
+    on an estimate that could not carry it (test_simulcast_netns: carol on 640 px for 4 s
+    of her capped window). What it cost while it flowed stands until it flows again."""
+    world = World()
+    world.join()
+
+    def rates() -> tuple[float, ...]:
+        return world.track.layer_bitrates(world.now)
+
+    # sampled every 31 frames (a little over a second at 30 frames/s)
+    for i in range(60):  # two seconds of all three streams, no keyframes after the first
+        world.frame((i == 0,) * 3, 0, ALL)
+    rates()
+    for _ in range(31):
+        world.frame((False, False, False), 0, ALL)
+    full = rates()
+    assert full[1] > 0
+    for i in range(31):  # h stops after 10 frames: paused
+        world.frame((False, False, False), 0, ALL if i < 10 else (True, False, True))
+    paused = rates()
+    assert paused[1] >= 0.9 * full[1], (full, paused)
+    assert paused[0] >= 0.9 * full[0] and paused[2] >= 0.9 * full[2]
+    for _ in range(31):  # a second of nothing: still what it cost
+        world.frame((False, False, False), 0, (True, False, True))
+    assert rates()[1] == paused[1]
+    # a stream that stops two thirds into the second is measured over those two thirds
+    for _ in range(31):
+        world.frame((False, False, False), 0, ALL)
+    rates()
+    for i in range(31):
+        world.frame((False, False, False), 0, ALL if i < 21 else (True, False, True))
+    assert rates()[1] >= 0.9 * full[1]
