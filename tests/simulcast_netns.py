@@ -42,6 +42,16 @@ LOSS = 0.05  # random loss on carol's link in the last phase
 #: is skipped
 SVC = sys.argv[1:2] == ["svc"]
 SVC_CODEC = {"vp9": "video/VP9", "av1": "video/AV1"}[sys.argv[2]] if SVC else ""
+#: ``python -m tests.simulcast_netns thin``: alice's uplink starts thin (THIN_KBIT) for
+#: THIN_SECONDS, so her Chromium sends only its low stream(s) at first; then the cap is
+#: lifted and bob must reach the top stream (``thin_part``)
+THIN = sys.argv[1:2] == ["thin"]
+THIN_KBIT = 200
+#: longer than STREAM_TIMEOUT + PAUSE_AFTER (2 + 5 s): the streams not sent yet are taken
+#: for missing and stay unneeded long enough for dynacast to act on them
+THIN_SECONDS = 12.0
+#: Once lifted, libwebrtc's estimate grows from about the cap by ~8 %/s (no probing), so it
+#: reaches the top stream's ~1.5 Mbit/s in 25-30 s (27.6 s measured): bob has 90 s.
 
 
 PLANS: list[tuple[float, int, int, str]] = []
@@ -82,6 +92,81 @@ def capped_drops() -> int:
     ).stdout
     found = re.search(r"dropped (\d+)", shown)
     return int(found.group(1)) if found else 0
+
+
+def cap_uplinks(port: int, kbit: int) -> None:
+    """Packets *to* the SFU's UDP port (the publisher's media, the subscribers' feedback)
+    go through a ``kbit`` class with a 300 ms queue: every uplink is thin."""
+    sh = functools.partial(subprocess.run, check=True, capture_output=True)
+    sh(["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10"])
+    sh(["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb",
+        "rate", "10gbit"])
+    sh(["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb",
+        "rate", f"{kbit}kbit", "ceil", f"{kbit}kbit"])
+    sh(["tc", "qdisc", "add", "dev", "lo", "parent", "1:20", "bfifo",
+        "limit", str(max(kbit * 300 // 8, 3000))])
+    sh(["tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
+        "match", "ip", "dport", str(port), "0xffff", "flowid", "1:20"])
+
+
+def thin_part(base: str, out: dict[str, Any], server: Running) -> None:
+    """alice publishes q/h/f over a thin uplink: her Chromium (its estimate held at the cap)
+    sends the low stream(s) only, so the server takes h/f for streams she leaves out and
+    bob, following the default, gets the highest that arrives. After THIN_SECONDS the cap
+    is lifted: her estimate grows, she adds the top stream, and bob must decode it — which
+    needs the server to have kept announcing the streams she had not sent yet (dynacast
+    must not pause them: an encoding set inactive never comes back on its own)."""
+    from playwright.sync_api import sync_playwright
+
+    extra = shlex.split(os.environ.get(EXTRA_ARGS_ENV, ""))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS + extra, headless=True, timeout=30_000
+        )
+        try:
+            pages = {name: Page(browser, name) for name in ("alice", "bob")}
+            for page in pages.values():
+                page.page.goto(base + "/")
+                assert page.js(HELPERS) is True
+            alice, bob = pages["alice"], pages["bob"]
+            bob.js("() => window.T.subscribe('r', 'bob')")
+            cap_uplinks(server.udp_port, THIN_KBIT)
+            pid = alice.js(
+                "() => window.T.publish('r', 'alice', {width: 1280, height: 720,"
+                " simulcast: true})"
+            )
+            room = server.sfu.rooms["r"]  # type: ignore[attr-defined]
+            track = wait_until(
+                "alice's camera on the server",
+                lambda: [t for t in room.publishers[pid].tracks if t.kind == "video"],
+                bool, 20, *pages.values(),
+            )[0]
+
+            def inbound() -> dict[str, Any]:
+                result: dict[str, Any] = bob.js(f"() => window.T.inbound({pid!r})")
+                return result
+
+            wait_until("bob decoding alice", inbound, lambda r: r["decoded"] >= 30, 60,
+                       *pages.values())
+            time.sleep(THIN_SECONDS)
+            sent = alice.js(f"() => window.T.outbound({pid!r})")
+            out["thin"] = {
+                "bob": inbound(),
+                "missing": sorted(track._missing),  # the server's view
+                "default": track.fanout.default,
+                "aliceSent": sent["bytes"],
+                "told": sent["told"],
+            }
+            uncap()
+            lifted = time.monotonic()
+            out["top"] = wait_until(
+                "bob decoding alice's top stream", inbound,
+                lambda r: r["width"] >= 960 and r["decoded"] >= 30, 90, *pages.values()
+            )
+            out["topSeconds"] = round(time.monotonic() - lifted, 2)
+            out["problems"] = [p for page in pages.values() for p in page.problems]
+        finally:
+            browser.close()
 
 
 def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
@@ -259,7 +344,8 @@ async def scenario() -> dict[str, Any]:
     async with running_server(addresses[0]) as running:
         base = f"http://127.0.0.1:{running.http_port}"
         with trio.fail_after(SCENARIO_TIMEOUT):
-            await trio.to_thread.run_sync(browser_part, base, out, running, abandon_on_cancel=True)
+            part = thin_part if THIN else browser_part
+            await trio.to_thread.run_sync(part, base, out, running, abandon_on_cancel=True)
     return out
 
 

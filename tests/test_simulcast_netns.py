@@ -102,3 +102,30 @@ def test_capped_chromium_subscriber_gets_a_lower_svc_spatial_layer(codec: str) -
     assert after["carol"]["fps"] >= 0.5 * after["bob"]["fps"] > 0, result
     assert not result["renegotiated"], result
     assert result["problems"] == [], result
+
+
+def test_a_publisher_whose_uplink_starts_thin_brings_bob_to_the_top_once_it_grows() -> None:
+    """The cause of this module's (and tests/test_site_layers.py's) old flake, made certain:
+    libwebrtc starts its uplink estimate at 300 kbit/s and adds the h and f streams as it
+    grows, which on a loaded machine could take longer than the server's STREAM_TIMEOUT +
+    PAUSE_AFTER (7 s). The server took the unsent streams for ones the encoder leaves out,
+    dynacast (nobody needing them) told the page to stop them, an inactive encoding never
+    starts again, and bob stayed on a lower stream for good (640 px after 90 s). Here every
+    uplink to the SFU is held at 200 kbit/s for 12 s while alice starts publishing, so her
+    Chromium sends only its low stream(s); once lifted, bob must decode the top stream
+    (its estimate then grows for ~30 s before it adds f: the bound is 90 s)."""
+    require_netns()
+    require_chromium()
+    argv = netns_argv([sys.executable, "-m", "tests.simulcast_netns", "thin"])
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(result, indent=1))
+    assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
+    thin = result["thin"]
+    # the set-up did what it is for: the top stream was not arriving under the cap, and the
+    # server still announces it (it is alice's to start)
+    assert 2 in thin["missing"] and thin["default"] < 2, thin
+    assert all("f" in rids for rids in thin["told"].values()), thin
+    assert result["top"]["width"] >= 960, result
+    assert result["problems"] == [], result

@@ -187,6 +187,14 @@ def forwarding_maps(
     return pt_map, ext_map, clock_rate, rtx_pt
 
 
+#: A stream silent this long at a bitrate sample has stopped (frames come every 33-50 ms at
+#: 20-30 frames/s; a slower one is measured over a little less than its second, no harm).
+QUIET_AFTER = 0.2
+#: The shortest stretch a bitrate sample is taken over: a keyframe alone would pass off a
+#: shorter one's rate as many times the stream's.
+MIN_SAMPLE = 0.5
+
+
 class Ingress:
     """One incoming media SSRC of a track (the only stream, or one simulcast layer)."""
 
@@ -236,10 +244,18 @@ class Ingress:
     def sample_bitrate(self, now: float) -> float:
         """Bits/s over the last second or so (read by the layer allocator, not per packet).
         A stream that sent nothing keeps its last rate: it is paused (dynacast, or the
-        encoder's own choice), and the allocator needs what resuming it would cost."""
+        encoder's own choice), and the allocator needs what resuming it would cost. So a
+        stream that stopped within the second is measured up to its last packet, not over
+        the silence after it (a third of a second of h read as a third of its rate, and a
+        capped subscriber was switched up to it), and not at all if that is too short."""
         if now - self.sampled_at >= 1.0:
             if self.sampled_at >= 0 and self.octets != self.sampled_octets:
-                self.bitrate = 8 * (self.octets - self.sampled_octets) / (now - self.sampled_at)
+                end = now
+                if self.sampled_at < self.last_seen < now - QUIET_AFTER:
+                    end = self.last_seen  # it stopped: paused
+                if end - self.sampled_at >= MIN_SAMPLE:
+                    span = end - self.sampled_at
+                    self.bitrate = 8 * (self.octets - self.sampled_octets) / span
             self.sampled_at, self.sampled_octets = now, self.octets
         return self.bitrate
 
@@ -693,9 +709,16 @@ class PublishedTrack:
 
     def plan_demand(self, now: float) -> tuple[str, ...] | None:
         """The rids to announce to the publisher (``LAYERS``), or None when nothing changes
-        (or the track is not simulcast)."""
+        (or the track is not simulcast).
+
+        Streams the publisher left out on its own (``review_streams``' missing ones) stay
+        announced however unneeded: pausing one saves nothing (the encoder is not sending
+        it), and libwebrtc starts a stream it left out by itself once its uplink estimate
+        (which begins at 300 kbit/s) or its CPU allows, but never an encoding set inactive.
+        Paused, a top stream late to start would never come and every subscriber following
+        the default would stay below it for good."""
         demand = self.demand
-        if demand is None or demand.update(self.needed_layers(), now) is None:
+        if demand is None or demand.update(self.needed_layers() | self._missing, now) is None:
             return None
         return demand.announced_rids()
 
