@@ -79,6 +79,11 @@ class SubscriberLeg:
         return self.sequencer
 
 
+def publisher_transceiver() -> Transceiver:
+    """The publisher's leg as the SFU negotiated it (no RTX SSRC of its own to send)."""
+    return fanout_transceiver("recvonly", 1, rtx=False, cname="pub", publisher_ssrc=PUB_SSRC)
+
+
 #: Two kinds of subscribers that negotiated different numbers: two groups at least.
 FLAVOURS = [
     # (media PT, RTX PT, abs-send-time id, transport-cc id)
@@ -146,9 +151,7 @@ ops = st.lists(
 class World:
     def __init__(self) -> None:
         self.pub_leg = PublisherLeg()
-        transceiver = fanout_transceiver(
-            "recvonly", 1, rtx=False, cname="pub", publisher_ssrc=PUB_SSRC
-        )
+        transceiver = publisher_transceiver()
         self.track = PublishedTrack(
             self.pub_leg,  # type: ignore[arg-type]
             transceiver,
