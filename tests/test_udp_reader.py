@@ -11,6 +11,7 @@ socket's kernel queue before the reader starts (loopback delivers on ``sendto``)
 from __future__ import annotations
 
 import itertools
+import math
 import socket
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,7 @@ import trio
 import trio.testing
 
 from trio_sfu.rtc import udp
+from trio_sfu.rtc.budget import BUDGET, Continuation
 from trio_sfu.rtc.udp import UdpEndpoint
 
 TICK = 0.001
@@ -245,3 +247,42 @@ async def test_a_path_send_counts_what_left_and_what_was_refused(endpoint: UdpEn
         endpoint._sock = real
     stats = endpoint.stats
     assert (stats.send_dropped, stats.send_errors, stats.datagrams_out) == (1, 1, 1)
+
+
+async def test_a_fan_out_cut_short_is_finished_before_any_later_media(
+    slice_clock: None, endpoint: UdpEndpoint
+) -> None:
+    """Packet 0's fan-out outlasts the slice (as one to hundreds of subscribers does) and
+    leaves the rest twice (rtc/budget.py): the reader finishes it before packet 1, in later
+    passes, while a STUN check read meanwhile is still answered at once; no other task ever
+    sees a deadline set."""
+    order: list[int | str] = []
+    seen_outside: list[float] = []
+
+    def rest(part: int) -> Continuation:
+        def run(now: float) -> None:
+            order.append(f"0-rest{part}")
+            if part < 2:
+                BUDGET.leftover.append(rest(part + 1))
+
+        return run
+
+    def dispatch(data: bytes, addr: object, now: float, ancillary: object = None) -> None:
+        order.append(label(data))
+        if label(data) == 0:
+            assert BUDGET.deadline != math.inf  # a reader's pass: the fan-out may defer
+            BUDGET.leftover.append(rest(1))
+
+    async def outside() -> None:
+        while True:
+            seen_outside.append(BUDGET.deadline)
+            await trio.sleep(0)
+
+    endpoint.dispatch = dispatch  # type: ignore[method-assign]
+    send(endpoint, [media(0), media(1), STUN, media(2)])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outside)
+        await run_until(endpoint, lambda: len(order) == 6)
+        nursery.cancel_scope.cancel()
+    assert order == [0, "stun", "0-rest1", "0-rest2", 1, 2]
+    assert seen_outside and all(d == math.inf for d in seen_outside)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from trio_sfu.proto import stun
 from trio_sfu.proto.errors import StunError
 from trio_sfu.proto.ice import IceLiteAgent, IceReply
 from trio_sfu.proto.srtp import MAX_DATAGRAM
+from trio_sfu.rtc.budget import BUDGET, Continuation
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
 from trio_sfu.rtc.path import Path
 
@@ -446,9 +448,13 @@ class UdpEndpoint:
         clock = _clock
         others = _OthersRan(trio.lowlevel.current_task())
         shared = 0  # passes left with SHARED_SLICE since others last ran
+        budget = BUDGET
+        #: fan-outs a slice cut short (rtc/budget.py): this reader's own, so what it defers is
+        #: never run by another endpoint's reader, and goes with it when it ends
+        leftover: deque[Continuation] = deque()
         try:
             while True:
-                if not pending:
+                if not pending and not leftover:
                     others.uninstall()
                     shared = 0
                     try:
@@ -459,7 +465,16 @@ class UdpEndpoint:
                     return
                 now = trio.current_time()
                 deadline = clock() + (SHARED_SLICE if shared else SLICE)
-                if pending:
+                # The forwarding code defers what is past it (rtc/budget.py); reset below
+                # before every await, so no other task's sends are ever deferred.
+                budget.deadline = deadline
+                budget.leftover = leftover
+                while leftover:
+                    # The rest of a packet's fan-out goes before any datagram read after it.
+                    leftover.popleft()(now)
+                    if clock() >= deadline:
+                        break
+                if pending and not leftover:
                     # What waited from earlier passes goes first, the stale part dropped unsent.
                     stale = now - MAX_QUEUE_AGE
                     while pending and pending[0][2] < stale:
@@ -469,7 +484,7 @@ class UdpEndpoint:
                         data, addr, _ = pending.popleft()
                         # Today's time, not the arrival's: a peer's clock never runs backwards.
                         dispatch(data, addr, now)
-                        if clock() >= deadline:
+                        if leftover or clock() >= deadline:
                             break
                 for _ in range(BATCH):
                     try:
@@ -484,14 +499,19 @@ class UdpEndpoint:
                         continue
                     stats.datagrams_in += 1
                     stats.bytes_in += n
-                    if n and buf[0] >= FIRST_MEDIA_BYTE and (pending or clock() >= deadline):
+                    if (
+                        n
+                        and buf[0] >= FIRST_MEDIA_BYTE
+                        and (pending or leftover or clock() >= deadline)
+                    ):
                         if len(pending) >= MAX_PENDING:
                             pending.popleft()
                             stats.overload_dropped += 1
                         pending.append((bytes(view[:n]), addr[:2], now))
                     else:
                         dispatch(bytes(view[:n]), addr[:2], now, ancillary)
-                if pending:
+                budget.deadline = math.inf
+                if pending or leftover:
                     # The slice is spent: let the rest of the process run before the next
                     # pass, which is short if anyone did (SHARED_SLICE).
                     others.install()
@@ -506,6 +526,7 @@ class UdpEndpoint:
                     elif shared:
                         shared -= 1
         finally:
+            budget.deadline = math.inf
             others.uninstall()
 
     def dispatch(

@@ -32,6 +32,7 @@ released at its keyframes; a subscriber that switches layer gets a group of its 
 from __future__ import annotations
 
 import struct
+from functools import partial
 from typing import Protocol
 
 from trio_sfu.proto.codecs.vp8 import PictureIdRewriter
@@ -44,6 +45,7 @@ from trio_sfu.proto.codecs.vp9 import (
 )
 from trio_sfu.proto.layers import NO_LIMIT, LayerSelector
 from trio_sfu.proto.rtp import RtpRewriter, payload_offset, payload_size
+from trio_sfu.rtc.budget import BUDGET, FANOUT_CHUNK
 from trio_sfu.sfu.feedback import PacketCache, SendStatistics
 
 #: (payload type map, extension id map, clock rate, transport-cc extension id or 0), each map
@@ -207,8 +209,42 @@ class ForwardingGroup:
         # RFC 3550 §6.4.1: the SR's octet count is payload only (no header, extension, padding).
         self.stats.update(_TS.unpack_from(out, 4)[0], payload_size(out), now)
         at = rewriter.twcc_offset
-        for member in self.members:
-            member.deliver(out, at, now)
+        members = self.members
+        if len(members) <= FANOUT_CHUNK:
+            for member in members:
+                member.deliver(out, at, now)
+        else:
+            self._deliver(members, 0, out, at, False, now)
+
+    def _deliver(
+        self,
+        members: list[GroupMember],
+        start: int,
+        out: bytes,
+        at: int,
+        resumed: bool,
+        now: float,
+    ) -> None:
+        """Deliver ``out`` to ``members[start:]``, a chunk at a time; past the reader's
+        deadline the rest is left to its next pass (rtc/budget.py). ``members`` is the list
+        of when the packet came (lists are replaced, never mutated): a resumed delivery skips
+        whoever left this group since (a leaver, or a member split off with a copy of this
+        group's numbering, which already counts this packet)."""
+        budget = BUDGET
+        n = len(members)
+        i = start
+        while True:
+            end = i + FANOUT_CHUNK
+            for member in members[i:end]:
+                if resumed and member.group is not self:
+                    continue
+                member.deliver(out, at, now)
+            if end >= n:
+                return
+            if budget.clock() >= budget.deadline:
+                budget.leftover.append(partial(self._deliver, members, end, out, at, True))
+                return
+            i = end
 
 
 class Fanout:
