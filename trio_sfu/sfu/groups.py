@@ -228,8 +228,9 @@ class ForwardingGroup:
         """Deliver ``out`` to ``members[start:]``, a chunk at a time; past the reader's
         deadline the rest is left to its next pass (rtc/budget.py). ``members`` is the list
         of when the packet came (lists are replaced, never mutated): a resumed delivery skips
-        whoever left this group since (a leaver, or a member split off with a copy of this
-        group's numbering, which already counts this packet)."""
+        whoever left this group since — a leaver, or a member moved to another group, whose
+        numbering may differ from this one's: it misses this packet, and its NACK gets it
+        from its new group's numbering, rather than a packet numbered for others."""
         budget = BUDGET
         n = len(members)
         i = start
