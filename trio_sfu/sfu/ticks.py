@@ -76,16 +76,15 @@ class Tick:
 class Ticker:
     """Calls every registered report once per ``interval``, on the grid, from one task
     (:meth:`run`, in the SFU's nursery), and not at all while none is registered. Reports
-    run in registration order; after
-    :data:`TICK_SLICE` of them the ticker checkpoints and goes on in the next pass, skipping
-    legs that were unregistered in between."""
+    run in registration order; after :data:`TICK_SLICE` of them the ticker checkpoints and
+    goes on in the next pass, skipping legs that were unregistered in between."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._ticks: dict[Tick, None] = {}  # an ordered set
         #: set when the first leg registers: a pod without subscribers never wakes for this
         self._registered = trio.Event()
-        #: counters for tests and metrics: ticks run, reports called
+        #: ticks run and reports called (read by tests)
         self.ticks = 0
         self.reports = 0
 
