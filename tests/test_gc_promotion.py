@@ -27,6 +27,7 @@ import trio.testing
 
 from tests.fanout_helpers import VP8_KEYFRAME, fan_out, packet
 from tests.sfu_helpers import start_sfu, wait_for
+from tests.task_steps import TaskSteps
 from trio_sfu.gcpolicy import COMPACT_INTERVAL, LEAVE_SETTLE, MAX_FROZEN_AGE, GcPolicy
 from trio_sfu.proto.bwe import BandwidthEstimator
 from trio_sfu.rtc.server import RtcServer
@@ -120,30 +121,22 @@ def test_the_policy_freezes_survivors_and_compaction_frees_what_left() -> None:
         gc.unfreeze()
 
 
-class _PolicySteps(trio.abc.Instrument):
-    """Counts the scheduler steps of the policy's task: every time it is woken, whatever
-    woke it (independent of the policy's own ``wakeups`` counter)."""
-
-    def __init__(self) -> None:
-        self.steps = 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name.endswith("GcPolicy.run"):
-            self.steps += 1
+POLICY_TASK = "GcPolicy.run"
 
 
 @asynccontextmanager
-async def running(policy: GcPolicy) -> AsyncIterator[_PolicySteps]:
-    """``policy.run`` in a task of its own, its steps counted from its first one; cancelled
+async def running(policy: GcPolicy) -> AsyncIterator[TaskSteps]:
+    """``policy.run`` in a task of its own, its steps (every wake-up, whatever woke it,
+    independent of the policy's own ``wakeups`` counter) counted from its first one; cancelled
     (and the policy uninstalled, everything unfrozen) on exit."""
-    steps = _PolicySteps()
+    steps = TaskSteps()
     gc.collect()
     trio.lowlevel.add_instrument(steps)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(policy.run)
             await trio.testing.wait_all_tasks_blocked()  # it installed itself and sleeps
-            assert steps.steps == 1
+            assert steps.of(POLICY_TASK) == 1
             yield steps
             nursery.cancel_scope.cancel()
         assert policy._after_collection not in gc.callbacks
@@ -160,16 +153,16 @@ async def test_an_idle_policy_sleeps_until_the_frozen_age(
     policy = GcPolicy()
     async with running(policy) as steps:
         await trio.sleep(MAX_FROZEN_AGE - 1)
-        assert (steps.steps, policy.wakeups, policy.compactions) == (1, 0, 0)
+        assert (steps.of(POLICY_TASK), policy.wakeups, policy.compactions) == (1, 0, 0)
         peer = _Peerish()
         alive = weakref.ref(peer)
         gc.collect()  # frozen
         del peer
         await trio.sleep(2)  # the age check: something was frozen since, so it compacts
-        assert (steps.steps, policy.wakeups, policy.compactions) == (2, 1, 1)
+        assert (steps.of(POLICY_TASK), policy.wakeups, policy.compactions) == (2, 1, 1)
         assert alive() is None
         await trio.sleep(MAX_FROZEN_AGE)  # nothing frozen since that compaction
-        assert (steps.steps, policy.wakeups, policy.compactions) == (3, 2, 1)
+        assert (steps.of(POLICY_TASK), policy.wakeups, policy.compactions) == (3, 2, 1)
 
 
 async def test_the_policy_compacts_once_peers_have_left(
@@ -207,7 +200,7 @@ async def test_the_policy_compacts_once_peers_have_left(
         # Woken by the first leave, by the pair (one wait), and by each compaction's deadline;
         # not in between.
         assert policy.leaves == 3
-        assert (steps.steps, policy.wakeups) == (1 + 4, 4)
+        assert (steps.of(POLICY_TASK), policy.wakeups) == (1 + 4, 4)
 
 
 async def test_a_subscriber_frozen_while_connected_is_freed_once_it_left(

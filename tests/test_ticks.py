@@ -12,18 +12,9 @@ import trio
 import trio.testing
 
 from tests.sfu_helpers import start_sfu, wait_for
+from tests.task_steps import TaskSteps
 from trio_sfu.sfu import ticks
 from trio_sfu.sfu.ticks import Ticker
-
-
-class Steps(trio.abc.Instrument):
-    """Task steps by task name."""
-
-    def __init__(self) -> None:
-        self.steps: Counter[str] = Counter()
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.steps[task.name] += 1
 
 
 @pytest.fixture
@@ -39,7 +30,7 @@ def test_every_report_runs_on_the_grid_in_one_step_per_tick() -> None:
 
     async def main() -> None:
         ticker = Ticker(1.0)
-        steps = Steps()
+        steps = TaskSteps()
         trio.lowlevel.add_instrument(steps)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ticker.run, name="ticker")
@@ -61,7 +52,7 @@ def test_every_report_runs_on_the_grid_in_one_step_per_tick() -> None:
 def test_a_long_tick_checkpoints_after_each_slice(fake_clock: list[float]) -> None:
     """Reports that take 1 ms each (on the slice clock) share the run loop every
     TICK_SLICE: the ticker's task runs two of them per step, not all ten in one."""
-    steps = Steps()
+    steps = TaskSteps()
     step_of: list[int] = []
 
     def report(now: float, unix: float) -> None:
@@ -143,7 +134,7 @@ async def test_idle_subscribers_cost_one_task_step_a_second_not_one_each(
         await env.subscriber("room", f"s{i}")
     ticker = env.sfu.ticker
     await wait_for(lambda: len(ticker) == 10, 10)
-    steps = Steps()
+    steps = TaskSteps()
     trio.lowlevel.add_instrument(steps)
     try:
         ticks_before, reports_before = ticker.ticks, ticker.reports
