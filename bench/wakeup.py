@@ -14,7 +14,13 @@ wake-up on this machine: a receiver waits for a UDP socket to become readable, t
 
 CPU is ``time.process_time()`` from the first wake-up to the last, so imports and start-up are
 left out. Printed: wake-ups, CPU µs per wake-up and per datagram for each, and the difference
-(what Trio adds per wake-up). Nothing is asserted; each receiver runs ``SECONDS``.
+(what Trio adds per wake-up). Each wake-up is also split by the thread's CPU clock into the part
+spent in the wait (from just before ``epoll_wait`` — for Trio, its ``before_io_wait``
+instrument hook — to just after it returns: the kernel's sleep and wake, and for Trio the run
+loop's code on either side of the call) and the part awake (draining, then back to the wait);
+and the same drain of ``per_frame`` datagrams is timed with no sleep in between (the socket
+refilled by this process, so the caches stay warm) — what a wake-up's work costs hot. Nothing
+is asserted; each receiver runs ``SECONDS``.
 
 Run from the repository root: ``.venv/bin/python -m bench.wakeup [packets per burst (10)]``
 """
@@ -47,13 +53,31 @@ s.sendto(b"", ("127.0.0.1", port))  # the end
 
 
 class Tally:
-    """Wake-ups and datagrams, and the CPU clock at the first and the latest wake-up."""
+    """Wake-ups and datagrams, the CPU clock at the first and the latest wake-up, and the
+    thread's CPU split into time in the wait and time awake (ns, summed over wake-ups after the
+    first)."""
 
     def __init__(self) -> None:
         self.wakes = 0
         self.packets = 0
         self.cpu_first = 0.0
         self.cpu_last = 0.0
+        self.in_wait_ns = 0
+        self.awake_ns = 0
+        self.split = 0  # wake-ups the two sums cover
+        self._entered = 0  # thread CPU clock as the latest wait began
+        self._returned = 0  # ... and as it returned (0: no wait returned yet)
+
+    def entering_wait(self) -> None:
+        self._entered = time.thread_time_ns()
+
+    def left_wait(self) -> None:
+        now = time.thread_time_ns()
+        if self._returned:
+            self.awake_ns += self._entered - self._returned
+            self.in_wait_ns += now - self._entered
+            self.split += 1
+        self._returned = now
 
     def woke(self) -> None:
         now = time.process_time()
@@ -80,12 +104,29 @@ def run_epoll(sock: socket.socket, tally: Tally) -> None:
     poller.register(sock, select.EPOLLIN)
     try:
         while True:
+            tally.entering_wait()
             poller.poll()
+            tally.left_wait()
             tally.woke()
             if not tally.drain(sock, buf):
                 return
     finally:
         poller.close()
+
+
+class WaitSplit(trio.abc.Instrument):
+    """Trio's side of the split: its hooks around the run loop's one ``epoll_wait`` call."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    def before_io_wait(self, timeout: float) -> None:
+        if timeout > 0:  # a real wait, not the run loop's poll with nothing to wait for
+            self.tally.entering_wait()
+
+    def after_io_wait(self, timeout: float) -> None:
+        if timeout > 0:
+            self.tally.left_wait()
 
 
 async def run_trio(sock: socket.socket, tally: Tally) -> None:
@@ -109,12 +150,37 @@ def measure(kind: str, per_frame: int) -> Tally:
         if kind == "epoll":
             run_epoll(sock, tally)
         else:
-            trio.run(run_trio, sock, tally)
+            trio.run(run_trio, sock, tally, instruments=[WaitSplit(tally)])
     finally:
         sender.kill()
         sender.wait()
         sock.close()
     return tally
+
+
+def drain_hot(per_frame: int, rounds: int = 2000) -> float:
+    """CPU µs of draining ``per_frame`` datagrams with no sleep between rounds: this process
+    fills the socket itself right before each timed drain, so code and data stay cached."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    address = rx.getsockname()
+    data = bytes(1200)
+    tally = Tally()
+    buf = bytearray(2048)
+    spent = 0
+    try:
+        for _ in range(rounds):
+            for _ in range(per_frame):
+                tx.sendto(data, address)
+            start = time.thread_time_ns()
+            tally.drain(rx, buf)
+            spent += time.thread_time_ns() - start
+    finally:
+        rx.close()
+        tx.close()
+    return spent / rounds / 1e3
 
 
 def main() -> None:
@@ -134,7 +200,16 @@ def main() -> None:
             f"{per_wake[kind]:6.1f} µs CPU per wake-up, {cpu / max(t.packets, 1) * 1e6:5.1f} µs "
             "per datagram"
         )
+        split = max(t.split, 1)
+        print(
+            f"         of which in the wait {t.in_wait_ns / split / 1e3:6.1f} µs, awake "
+            f"{t.awake_ns / split / 1e3:6.1f} µs (thread CPU clock, {t.split} wake-ups)"
+        )
     print(f"  Trio's run loop adds {per_wake['trio'] - per_wake['epoll']:.1f} µs per wake-up")
+    print(
+        f"  the same drain of {per_frame} datagrams with warm caches (no sleep between): "
+        f"{drain_hot(per_frame):.1f} µs"
+    )
 
 
 if __name__ == "__main__":
