@@ -18,6 +18,7 @@ import trio.testing
 
 from tests.aio.test_nats_bus import FAIL_FAST, RESUME, pods
 from tests.services import NatsServer, nats_server
+from tests.task_steps import TaskSteps
 from trio_sfu.cluster import nats_bus
 from trio_sfu.cluster.aio import BackendUnavailable, open_asyncio
 from trio_sfu.cluster.framing import MAX_PACKET, MEDIA_VERSION, pack_packets, unpack_packets
@@ -169,6 +170,37 @@ async def test_a_live_subscription_keeps_its_want(nats: NatsServer) -> None:
             for _ in range(10):  # 2 s: four TTLs, each renewed by B's refreshes
                 await trio.sleep(0.2)
                 assert a.relay.wanted("alice-1", "video-1")
+
+
+async def test_a_relay_with_nothing_to_renew_or_expire_does_not_wake(nats: NatsServer) -> None:
+    """A pod that relays nothing (no subscription, no want) never wakes its refresh loop: a
+    wake-up a second was a measurable share of an idle pod's CPU. A subscription starts the
+    renewals; once it is released, both pods' loops go back to sleep."""
+    refresh = "MediaRelay._refresh_wants"
+    steps = TaskSteps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        async with pods(nats.url, "pod-a", "pod-b", setup=quick_leases) as (a, b):
+            await trio.sleep(0.5)  # five want intervals
+            assert steps.of(refresh) == 2  # each pod's loop started and sleeps
+            got = Collector()
+            async with b.relay.subscribe("pod-a", "alice-1", "video-1", got):
+                await until_wanted(a, "alice-1", "video-1")
+                before = steps.of(refresh)
+                await trio.sleep(0.5)
+                assert steps.of(refresh) >= before + 4  # B renews, A expires, each interval
+                assert a.relay.wanted("alice-1", "video-1")
+            await until_wanted(a, "alice-1", "video-1", False)  # released at once
+            with trio.fail_after(FAIL_FAST):  # one more round each, then asleep
+                while True:
+                    settled = steps.of(refresh)
+                    await trio.sleep(0.3)
+                    if steps.of(refresh) == settled:
+                        break
+            await trio.sleep(0.5)
+            assert steps.of(refresh) == settled
+    finally:
+        trio.lowlevel.remove_instrument(steps)
 
 
 async def test_malformed_wants_are_ignored(nats: NatsServer) -> None:

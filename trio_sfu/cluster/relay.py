@@ -201,6 +201,8 @@ class MediaRelay:
         self._running = False
         #: set when NATS reconnected: renew every want now, not at the next interval
         self._renew_now = trio.Event()
+        #: set when the refresh loop has work again (a subscription or a lease) after none
+        self._work = trio.Event()
 
     # -- sending pod -----------------------------------------------------------------------
 
@@ -254,6 +256,7 @@ class MediaRelay:
         for key in keys:
             if op == WANT:
                 self._interest.setdefault(key, {})[node] = expiry
+                self._work.set()  # a lease to expire (trio-asyncio: the same thread)
             else:
                 leases = self._interest.get(key)
                 if leases is not None:
@@ -357,6 +360,7 @@ class MediaRelay:
 
         subject = self._link.subject("media", node_id, publisher_id, track_id)
         self._inbound[key] = inbound
+        self._work.set()  # a want to renew
         try:
             async with self._link.subscription(subject, on_message):
                 counters.subscriptions += 1
@@ -388,8 +392,15 @@ class MediaRelay:
         self._renew_now.set()
 
     async def _refresh_wants(self) -> None:
-        """Trio: renew our leases on every publisher pod we receive from; expire others'."""
+        """Trio: renew our leases on every publisher pod we receive from; expire others'.
+
+        With neither (a pod whose rooms are all its own) it sleeps until a subscription or a
+        want arrives: a wake-up a second of an idle pod is a measurable part of its CPU
+        (docs/benchmarks.md, "Round 2: the cluster's background")."""
         while True:
+            if not self._inbound and not self._interest:
+                self._work = trio.Event()
+                await self._work.wait()
             with trio.move_on_after(self.want_interval):
                 await self._renew_now.wait()
             self._renew_now = trio.Event()
