@@ -49,7 +49,7 @@ FIXED_LAYERS: dict[str, int] = {"low": 0, "mid": 1, "high": 2}
 UNMEASURED_LAYER_BITRATES = (150_000.0, 500_000.0, 1_500_000.0)
 #: The share of the estimate a layer switch *up* may plan to use (see LayerPlanner)
 UP_MARGIN = 0.8
-#: Failed probes are repeated after 1, 2, 4, 4… s: a 50 ms padding burst costs a capped link
+#: Failed probes are repeated after 1, 2, 4, 4… s: a 100 ms padding burst costs a capped link
 #: a few kB of queue, and a lifted cap is found within seconds
 MAX_PROBE_WAIT = 4.0
 
