@@ -124,8 +124,10 @@ class PacketResult:
 class ProbeCluster:
     """A burst the driver should send (padding or RTX) to test a higher rate.
 
-    Send ``min_bytes`` in at least ``min_packets`` packets over about ``duration`` seconds,
-    passing ``probe=id`` to :meth:`BandwidthEstimator.on_packet_sent` for each.
+    Send ``min_bytes`` in at least ``min_packets`` packets paced over about ``duration``
+    seconds, passing ``probe=id`` to :meth:`BandwidthEstimator.on_packet_sent` for each. The
+    cluster is judged once that much was sent and feedback reached its last packet: a
+    driver that sends less leaves it to time out (a failed probe).
     """
 
     id: int
