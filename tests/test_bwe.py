@@ -56,6 +56,7 @@ class Sim:
     history: list[tuple[float, float]] = field(default_factory=list)
     probing_target: float | None = None
     max_queue: float = 0.0  # longest queueing delay seen at the bottleneck (s)
+    probe_sends: list[tuple[float, int, int]] = field(default_factory=list)  # (when, id, n)
 
     def _put(self, size: int, probe: int = -1) -> None:
         seq = self.seq & 0xFFFF
@@ -73,8 +74,18 @@ class Sim:
             if self.probing_target is not None:
                 cluster = self.bwe.probe(self.probing_target, self.now)
                 if cluster is not None:
-                    for _ in range(max(cluster.min_packets, cluster.min_bytes // PACKET + 1)):
-                        self._put(PACKET, cluster.id)
+                    # paced over the cluster's duration in 5 ms steps, as Downstream does
+                    count = max(cluster.min_packets, -(-cluster.min_bytes // PACKET))
+                    steps = max(1, round(cluster.duration / step))
+                    self.probe_sends = [
+                        (self.now + i * step, cluster.id, n)
+                        for i in range(steps)
+                        if (n := count * (i + 1) // steps - count * i // steps)
+                    ]
+            while self.probe_sends and self.probe_sends[0][0] <= self.now + 1e-9:
+                _, cluster_id, packets = self.probe_sends.pop(0)
+                for _ in range(packets):
+                    self._put(PACKET, cluster_id)
             self.credit += min(self.bwe.estimate, self.source) * step / 8
             while self.credit >= PACKET:
                 self.credit -= PACKET
@@ -309,3 +320,142 @@ def test_estimate_stays_near_any_capacity(capacity: int, seed: int) -> None:
     # converged: not far above the capacity, not starving either (GCC aims at ~0.85-1.0)
     assert sim.mean(25.0) <= capacity * 1.25
     assert sim.mean(25.0) >= min(capacity, 3_000_000) * 0.4
+
+
+# --- Probe clusters judged by hand (issue 10: a capped subscriber switched up by a probe) ---
+
+PROBE_PACKET = 275  # bytes, as Downstream sends probe padding
+
+
+def _cluster_sends(
+    bwe: BandwidthEstimator, target: float, now: float
+) -> list[tuple[float, int, int]]:
+    """(send time, size, cluster id) of a probe cluster for ``target`` as
+    Downstream._send_probe paces it: its bytes spread over its duration in 5 ms steps."""
+    cluster = bwe.probe(target, now)
+    assert cluster is not None
+    total = max(cluster.min_bytes, int(cluster.bitrate * cluster.duration / 8))
+    count = max(cluster.min_packets, -(-total // PROBE_PACKET))
+    steps = max(1, round(cluster.duration / 0.005))
+    sends = []
+    for i in range(steps):
+        due = -(-count * (i + 1) // steps) - -(-count * i // steps)
+        sends += [(now + i * 0.005, PROBE_PACKET, cluster.id)] * due
+    return sends
+
+
+def _with_media(
+    sends: list[tuple[float, int, int]], bitrate: float, start: float, end: float
+) -> list[tuple[float, int, int]]:
+    """``sends`` plus full media packets at ``bitrate`` from ``start`` to ``end``."""
+    gap = PACKET * 8 / bitrate
+    media = [(start + i * gap, PACKET, -1) for i in range(int((end - start) / gap))]
+    return sorted(sends + media, key=lambda s: s[0])
+
+
+def _token_bucket(
+    sends: list[tuple[float, int, int]], rate: float, burst: int, delay: float = 0.02
+) -> list[float]:
+    """Arrival times through a token-bucket shaper (htb/tbf: ``burst`` bytes pass at line
+    rate, then ``rate`` bits/s) with a FIFO queue behind it, then ``delay`` of propagation."""
+    tokens, at, free = float(burst), sends[0][0], sends[0][0]
+    arrivals = []
+    for sent, size, _ in sends:
+        t = max(sent, free)
+        tokens = min(burst, tokens + (t - at) * rate / 8)
+        if tokens < size:
+            t += (size - tokens) * 8 / rate
+            tokens = float(size)
+        tokens -= size
+        at = free = t
+        arrivals.append(t + delay)
+    return arrivals
+
+
+class Feedback:
+    """Sends probe packets into an estimator and reports their arrivals every 50 ms."""
+
+    def __init__(self, bwe: BandwidthEstimator) -> None:
+        self.bwe = bwe
+        self.seq = 0
+        self.pending: list[tuple[int, float]] = []  # (seq16, arrival)
+
+    def send(self, sends: list[tuple[float, int, int]], arrivals: list[float]) -> None:
+        for (sent, size, probe), arrival in zip(sends, arrivals, strict=True):
+            self.bwe.on_packet_sent(self.seq & 0xFFFF, size, sent, probe)
+            self.pending.append((self.seq & 0xFFFF, arrival))
+            self.seq += 1
+
+    def report(self, until: float) -> None:
+        """Every 50 ms up to ``until``: one feedback with what arrived since the last."""
+        t = min(a for _, a in self.pending) if self.pending else until
+        while self.pending and t <= until + 1e-9:
+            t += 0.05
+            due = [(s, a) for s, a in self.pending if a <= t]
+            self.pending = [(s, a) for s, a in self.pending if a > t]
+            if due:
+                self.bwe.on_feedback([(s, int(a * 1e6)) for s, a in due], t + 0.02)
+
+
+def test_probe_through_a_token_bucket_proves_no_more_than_its_rate() -> None:
+    # 400 kbit/s behind htb's burst allowance (~1.6 kB at that rate, more with cburst):
+    # the cluster's first packets pass at line rate, the rest at 400 kbit/s; with the
+    # subscriber's low layer (200 kbit/s) flowing through the same bucket, or alone
+    for burst, media in ((1_600, 0.0), (1_600, 200_000.0), (4_000, 200_000.0)):
+        bwe = BandwidthEstimator(250_000)
+        sends = _cluster_sends(bwe, 700_000, 1.0)
+        if media:
+            sends = _with_media(sends, media, 0.9, 1.3)
+        fb = Feedback(bwe)
+        fb.send(sends, _token_bucket(sends, 400_000, burst))
+        fb.report(2.0)
+        assert bwe.estimate <= 400_000, (burst, media)
+
+
+def test_a_prefix_of_the_cluster_does_not_judge_it() -> None:
+    bwe = BandwidthEstimator(250_000)
+    sends = _cluster_sends(bwe, 700_000, 1.0)
+    arrivals = [sent + 0.02 for sent, _, _ in sends]  # uncapped: the target gets through
+    fb = Feedback(bwe)
+    half = len(sends) // 2
+    fb.send(sends[:half], arrivals[:half])  # feedback comes while the cluster is paced
+    fb.report(sends[half][0])
+    assert bwe.estimate < 300_000
+    fb.send(sends[half:], arrivals[half:])
+    fb.report(2.0)
+    # the whole cluster is in: an uncapped link proves the target at once
+    assert bwe.estimate >= 0.9 * 700_000
+
+
+def test_a_cluster_judged_only_when_most_of_it_arrived() -> None:
+    bwe = BandwidthEstimator(250_000)
+    sends = _cluster_sends(bwe, 700_000, 1.0)
+    fb = Feedback(bwe)
+    fb.send(sends, [sent + 0.02 for sent, _, _ in sends])
+    # the first few arrive, the rest is reported lost: nothing proven
+    lost = fb.pending[5:]
+    fb.pending = fb.pending[:5]
+    fb.report(2.0)
+    bwe.on_feedback([(s, None) for s, _ in lost], 2.0)
+    assert bwe.estimate < 300_000
+
+
+def test_overuse_soon_after_a_probe_raise_undoes_it() -> None:
+    bwe = BandwidthEstimator(250_000)
+    sends = _cluster_sends(bwe, 700_000, 1.0)
+    fb = Feedback(bwe)
+    fb.send(sends, [sent + 0.02 for sent, _, _ in sends])
+    fb.report(1.5)
+    raised = bwe.estimate
+    assert raised >= 0.9 * 700_000
+    # media at the new rate: 1200 B every 12 ms sent, arriving every 13.5 ms (a queue grows)
+    t0, sends, arrivals = 1.5, [], []
+    for i in range(60):
+        sends.append((t0 + i * 0.012, PACKET, -1))
+        arrivals.append(t0 + 0.02 + i * 0.0135)
+    fb.send(sends, arrivals)
+    fb.report(3.0)
+    assert bwe.usage is BandwidthUsage.OVERUSING
+    # back to the estimate before the probe (the controller alone: 0.85 x ~710k delivered)
+    assert bwe.estimate <= 260_000
+    assert bwe.decreases >= 1

@@ -18,10 +18,19 @@ those arrival times into an estimate in bits/s, following draft-ietf-rmcat-gcc-0
   scales the rate by ``1 - p/2``, loss below 2 % lets it grow 8 %/s from the current
   combined estimate, in between it holds.
 * **Probing**: before the allocator switches a subscriber up it asks for a probe cluster
-  (:meth:`BandwidthEstimator.probe`); the driver sends padding or RTX at the cluster's rate
-  for ~15 ms, tags those packets with the cluster id, and when their feedback is in, the
-  rate the receiver measured (bounded by the rate we sent) lifts the delay-based estimate at
-  once, instead of waiting for 8 %/s growth.
+  (:meth:`BandwidthEstimator.probe`); the driver paces padding or RTX at the cluster's rate
+  over ~100 ms (at least 4 kB) and tags those packets with the cluster id. Only once the
+  whole cluster was sent, feedback reached its last packet and at least 80 % of it arrived
+  is it judged: the receive rate after the first arrival (bounded by the rate we sent)
+  lifts the delay-based estimate at once, instead of waiting for 8 %/s growth. A capped
+  access link is usually a token bucket (htb, tbf) whose burst allowance (1.5-4 kB) passes
+  at line rate, so a short cluster, or one judged on its first packets, proved rates the
+  link could not carry (a 568 kbit/s probe through 400 kbit/s, and a freeze on the layer
+  it admitted). Hence the length, and: if the one-way delay grew during the cluster (a
+  queue built up once the allowance ran out), the cluster proves at most 0.95 × the rate
+  delivered after the queue began (libwebrtc's probe estimator keeps a similar margin); and
+  overuse within 3 s of a probe's raise undoes it (back to the estimate before the probe, or
+  lower if the delivered rate says so).
 * **REMB** (draft-alvestrand-rmcat-remb-03): where a subscriber only negotiated REMB, its
   receiver-side estimate caps ours (:meth:`BandwidthEstimator.on_remb`).
 
@@ -72,8 +81,22 @@ _LOSS_MIN_PACKETS = 20
 # kept falling on a link that only drops at random (~100 packets at 200/s: one in forty)
 _LOSS_WINDOW = 0.5
 _PACKET_BITS = 1200 * 8  # typical full packet, for the additive increase
-_PROBE_DURATION = 0.015  # s of probe traffic per cluster
-_PROBE_MIN_PACKETS = 5
+# A cluster lasts ~100 ms and carries at least 4 kB: a token-bucket shaper (htb, tbf: the usual
+# capped access link) lets its burst allowance (1.5-4 kB) through at line rate, and only a
+# cluster that outlasts it meets the cap (a 15 ms one "proved" 568 kbit/s through 400 kbit/s)
+_PROBE_DURATION = 0.1  # s of probe traffic per cluster
+_PROBE_MIN_BYTES = 4000
+_PROBE_MIN_PACKETS = 10
+# A cluster is judged once feedback reached its last packet and this share of it arrived
+_PROBE_MIN_RECEIVED = 0.8
+# Growth of the one-way delay during a cluster beyond this (s) means a queue built up (one
+# transport-cc tick is 250 µs; sender bursts are compared by their first packet)
+_PROBE_QUEUE_DELAY = 0.002
+# A cluster that built a queue proves at most this share of what was delivered after the
+# queue began (libwebrtc's probe estimator keeps a similar margin below the measured rate)
+_PROBE_QUEUE_FACTOR = 0.95
+# Overuse this soon after a probe raised the estimate means the probe over-estimated: undone
+_PROBE_UNDO_WINDOW = 3.0
 _PROBE_INTERVAL = 1.0  # s between probe clusters when the first failed to lift the estimate
 _PROBE_TIMEOUT = 1.0  # s after which an unanswered cluster is abandoned
 
@@ -101,8 +124,10 @@ class PacketResult:
 class ProbeCluster:
     """A burst the driver should send (padding or RTX) to test a higher rate.
 
-    Send ``min_bytes`` in at least ``min_packets`` packets over about ``duration`` seconds,
-    passing ``probe=id`` to :meth:`BandwidthEstimator.on_packet_sent` for each.
+    Send ``min_bytes`` in at least ``min_packets`` packets paced over about ``duration``
+    seconds, passing ``probe=id`` to :meth:`BandwidthEstimator.on_packet_sent` for each. The
+    cluster is judged once that much was sent and feedback reached its last packet: a
+    driver that sends less leaves it to time out (a failed probe).
     """
 
     id: int
@@ -355,9 +380,16 @@ class BandwidthEstimator:
         "_delay",
         "_loss",
         "_next_probe_id",
+        "_pre_probe",
         "_probe",
+        "_probe_last_seq",
+        "_probe_packets",
+        "_probe_raised_at",
+        "_probe_sent_bytes",
+        "_probe_sent_packets",
         "_probe_started",
         "_remb",
+        "_reported_upto",
         "_sent_at",
         "_sent_probe",
         "_sent_size",
@@ -396,6 +428,16 @@ class BandwidthEstimator:
         self._probe: ProbeCluster | None = None
         self._probe_started = -math.inf
         self._next_probe_id = 0
+        # The cluster in flight: what was sent of it, its last packet, its packets reported
+        # received so far (over as many feedbacks as it takes: a few dozen at most)
+        self._probe_sent_packets = 0
+        self._probe_sent_bytes = 0
+        self._probe_last_seq = -1
+        self._probe_packets: list[PacketResult] = []
+        self._reported_upto = -1  # the highest extended seq any feedback reported
+        # When a probe last raised the estimate, and the estimate before it (for the undo)
+        self._probe_raised_at = -math.inf
+        self._pre_probe = 0.0
 
     @property
     def estimate(self) -> float:
@@ -438,6 +480,11 @@ class BandwidthEstimator:
         self._sent_size[ext] = size
         if probe != -1:
             self._sent_probe[ext] = probe
+            cluster = self._probe
+            if cluster is not None and probe == cluster.id:
+                self._probe_sent_packets += 1
+                self._probe_sent_bytes += size
+                self._probe_last_seq = ext
         elif self._sent_probe:
             self._sent_probe.pop(ext, None)
         if len(sent_at) > _MAX_UNREPORTED:
@@ -468,10 +515,13 @@ class BandwidthEstimator:
         results: list[PacketResult] = []
         sent_at = self._sent_at
         probes = self._sent_probe
+        reported = self._reported_upto
         for seq, arrival_us in statuses:
             ext = self._unwrapper.peek(seq & 0xFFFF)
             if ext > highest:
                 continue  # feedback for something we never sent
+            if ext > reported:
+                reported = ext
             send_time = sent_at.get(ext)
             if send_time is None:
                 continue  # unknown, or already reported received
@@ -481,10 +531,12 @@ class BandwidthEstimator:
             if arrival is not None:
                 self._forget(ext)  # a later report of it would be a duplicate
             results.append(PacketResult(ext, send_time, size, arrival, probe))
+        self._reported_upto = reported
         floor = now - _HISTORY_S
         for ext in [e for e, t in sent_at.items() if t < floor]:
             self._forget(ext)
         if not results:
+            self._probe_result(now)  # (times out an unanswered cluster)
             return
         results.sort(key=lambda r: r.seq)
         acked = self._acked
@@ -497,9 +549,30 @@ class BandwidthEstimator:
             while acked and acked[0][0] < acked[-1][0] - _ACK_WINDOW:
                 acked.popleft()
         acked_bps = self.acked_bitrate()
-        self._delay.on_packets(results, acked_bps, self.rtt, now)
+        delay = self._delay
+        decreases = delay.decreases
+        delay.on_packets(results, acked_bps, self.rtt, now)
+        if (
+            delay.detector.state is BandwidthUsage.OVERUSING
+            and now - self._probe_raised_at <= _PROBE_UNDO_WINDOW
+        ):
+            # The link pushes back soon after a probe raised the estimate: the probe
+            # over-estimated (it met a shaper's burst allowance, or a queue that had room
+            # for 100 ms but not for the rate). Back to the estimate before it, or lower if
+            # the delivered rate says so (already applied by the controller).
+            self._probe_raised_at = -math.inf
+            if delay.rate > self._pre_probe:
+                delay.rate = self._pre_probe
+                if delay.decreases == decreases:
+                    delay.decreases += 1  # the allocator reacts to a lowered estimate
+        cluster = self._probe
+        if cluster is not None:
+            mine = self._probe_packets
+            for r in results:
+                if r.probe == cluster.id and r.arrival is not None:
+                    mine.append(r)
         self._loss.on_packets(results, now, self.estimate, acked_bps, self.rtt)
-        self._probe_result(results, now)
+        self._probe_result(now)
         self._clamp()
 
     def _clamp(self) -> None:
@@ -521,55 +594,112 @@ class BandwidthEstimator:
         cluster = ProbeCluster(
             id=self._next_probe_id,
             bitrate=bitrate,
-            min_bytes=max(int(bitrate * _PROBE_DURATION / 8), _PROBE_MIN_PACKETS * 200),
+            min_bytes=max(int(bitrate * _PROBE_DURATION / 8), _PROBE_MIN_BYTES),
             min_packets=_PROBE_MIN_PACKETS,
             duration=_PROBE_DURATION,
         )
         self._probe = cluster
         self._probe_started = now
+        self._probe_sent_packets = self._probe_sent_bytes = 0
+        self._probe_last_seq = -1
+        self._probe_packets = []
         return cluster
 
-    def _probe_result(self, results: list[PacketResult], now: float) -> None:
+    def _probe_result(self, now: float) -> None:
+        """Judge the cluster in flight once feedback covers all of it.
+
+        Never on a prefix: its first packets pass a token bucket's burst allowance at line
+        rate, so a cluster judged on them (the driver paces it over 100 ms, while feedback
+        comes every 50-100 ms) would prove a rate the link cannot carry. So only once the
+        whole cluster was sent, feedback reached its last packet, and most of it arrived."""
         cluster = self._probe
         if cluster is None:
             return
-        if cluster.id in self._sent_probe.values():
-            if now - self._probe_started > _PROBE_TIMEOUT:
-                self._probe = None
-            return  # wait until every probe packet is reported received (or times out)
-        mine = [r for r in results if r.probe == cluster.id and r.arrival is not None]
+        if now - self._probe_started > _PROBE_TIMEOUT:
+            self._probe = None  # unanswered, or too much of it lost: failed
+            self._probe_packets = []
+            return
+        sent = self._probe_sent_packets
+        if (
+            sent < cluster.min_packets
+            or self._probe_sent_bytes < cluster.min_bytes
+            or self._reported_upto < self._probe_last_seq
+            or len(self._probe_packets) < _PROBE_MIN_RECEIVED * sent
+        ):
+            return  # still being sent, or its end not reported yet (a late report may come)
+        packets, self._probe_packets = self._probe_packets, []
         self._probe = None
-        if len(mine) < cluster.min_packets * 0.8:
-            return  # too few arrived to measure anything: treat as failed
-        by_send = sorted(mine, key=lambda r: r.send_time)
-        # The receive rate from the later two thirds of the arrivals only: a token-bucket
-        # shaper (the usual capped access link) lets its burst allowance through at line
-        # rate, and counting those first packets would pass it off as capacity.
-        by_arrival = sorted(mine, key=_arrival)[len(mine) // 3 :]
-        send_span = by_send[-1].send_time - by_send[0].send_time
-        first_arrival = by_arrival[0].arrival
-        last_arrival = by_arrival[-1].arrival
-        assert first_arrival is not None and last_arrival is not None
-        arrival_span = last_arrival - first_arrival
-        # A driver may send the cluster as one burst: then only the receive side measures.
-        # A burst that arrived within one feedback tick (250 µs, transport-cc's resolution)
-        # met no bottleneck worth the name: the target is proven.
-        send_rate = sum(r.size for r in by_send[:-1]) * 8 / send_span if send_span > 0 else math.inf
-        recv_rate = (
-            sum(r.size for r in by_arrival[1:]) * 8 / arrival_span if arrival_span > 0 else math.inf
-        )
-        # A receive rate clearly below the send rate means the probe hit the bottleneck:
-        # the receive rate is then the capacity; otherwise the send rate is proven. Never
-        # claim more than was asked for: the allocator only needs the target confirmed.
-        result = min(send_rate, recv_rate)
-        if recv_rate < 0.9 * send_rate:
-            result = recv_rate * 0.95
-        result = min(result, cluster.bitrate)
+        result = min(_probe_rate(packets), cluster.bitrate)
+        before = self.estimate
+        raised = False
         if result > self._delay.rate:
             self._delay.rate = result
             self._delay._capacity = None
+            raised = True
         if result > self._loss.rate:
             self._loss.rate = result
+            raised = True
+        if raised:
+            self._probe_raised_at = now
+            self._pre_probe = before
+
+
+def _probe_rate(packets: list[PacketResult]) -> float:
+    """The rate a probe cluster's received packets prove, in bits/s.
+
+    The receive rate over the arrivals after the first packet (its own arrival starts the
+    measurement), bounded by the send rate over the sends before the last one: a link that
+    delivered faster than we sent proves only what we sent. If the one-way delay grew during
+    the cluster (arrival spacing longer than send spacing: a queue built up at the
+    bottleneck, typically once a shaper's burst allowance ran out), the link carried less
+    than we sent, and the cluster proves at most :data:`_PROBE_QUEUE_FACTOR` of the rate
+    delivered after the queue began (draft-ietf-rmcat-gcc-02 §5: queue growth is overuse).
+    """
+    by_send = sorted(packets, key=lambda r: (r.send_time, r.seq))
+    by_arrival = sorted(packets, key=_arrival)
+    first_send, last_send = by_send[0].send_time, by_send[-1].send_time
+    send_span = last_send - first_send
+    if send_span > 0:
+        send_bytes = sum(r.size for r in by_send if r.send_time < last_send)
+        send_rate = send_bytes * 8 / send_span
+    else:
+        send_rate = math.inf  # sent as one burst: only the receive side measures
+    recv_rate = _receive_rate(by_arrival)
+    # A cluster that arrived within one feedback tick (250 µs, transport-cc's resolution)
+    # met no bottleneck worth the name: the send rate (or the target) is proven.
+    result = min(send_rate, recv_rate)
+    if recv_rate < 0.9 * send_rate:
+        result = min(result, _PROBE_QUEUE_FACTOR * recv_rate)  # the bottleneck's rate
+    # Queue growth: the smallest one-way delay of each send burst (its first packet to
+    # arrive did not wait behind the burst's others), against the smallest of all.
+    groups: list[tuple[float, float]] = []  # (send time, smallest arrival - send time)
+    for r in by_send:
+        assert r.arrival is not None
+        delay = r.arrival - r.send_time
+        if groups and groups[-1][0] == r.send_time:
+            if delay < groups[-1][1]:
+                groups[-1] = (r.send_time, delay)
+        else:
+            groups.append((r.send_time, delay))
+    base = min(delay for _, delay in groups)
+    if groups[-1][1] > base + _PROBE_QUEUE_DELAY:
+        # the queue began after the last burst that still saw the base delay
+        calm = max(i for i, (_, delay) in enumerate(groups) if delay <= base + _PROBE_QUEUE_DELAY)
+        start = groups[calm + 1][0]
+        queued = sorted((r for r in packets if r.send_time >= start), key=_arrival)
+        after = _receive_rate(queued) if len(queued) >= 2 else recv_rate
+        result = min(result, _PROBE_QUEUE_FACTOR * after)
+    return result
+
+
+def _receive_rate(by_arrival: list[PacketResult]) -> float:
+    """Bytes after the first arrival over the time from the first arrival to the last."""
+    first, last = by_arrival[0].arrival, by_arrival[-1].arrival
+    assert first is not None and last is not None
+    span = last - first
+    if span <= 0:
+        return math.inf
+    return sum(r.size for r in by_arrival[1:]) * 8 / span
 
 
 def _arrival(r: PacketResult) -> float:

@@ -23,14 +23,16 @@ Rules, in order (issue 11 §3-4):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 __all__ = [
     "FIXED_LAYERS",
     "HINTS",
     "MAX_PROBE_WAIT",
+    "PEAK_WINDOW",
     "UNMEASURED_LAYER_BITRATES",
     "UP_MARGIN",
     "Hint",
@@ -49,9 +51,14 @@ FIXED_LAYERS: dict[str, int] = {"low": 0, "mid": 1, "high": 2}
 UNMEASURED_LAYER_BITRATES = (150_000.0, 500_000.0, 1_500_000.0)
 #: The share of the estimate a layer switch *up* may plan to use (see LayerPlanner)
 UP_MARGIN = 0.8
-#: Failed probes are repeated after 1, 2, 4, 4… s: a 50 ms padding burst costs a capped link
+#: Failed probes are repeated after 1, 2, 4, 4… s: a 100 ms padding burst costs a capped link
 #: a few kB of queue, and a lifted cap is found within seconds
 MAX_PROBE_WAIT = 4.0
+#: Seconds over which a simulcast layer counts at its highest measured bitrate when the
+#: planner decides what fits: one low 1 s sample (a stream resuming, or its encoder
+#: stalling: 17 kbit/s between readings of ~380k) let a capped subscriber's mid layer "fit"
+#: and switched her up to a layer her link could not carry.
+PEAK_WINDOW = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,10 @@ class LayerPlanner:
       it); ``auto`` climbs to its ceiling (the top, or the smallest layer as wide as the
       ``SIZE`` the client rendered) by trials. ``off`` tracks are not planned here (paused).
 
+    Each simulcast layer counts at its peak bitrate over the last :data:`PEAK_WINDOW`
+    seconds: a single low 1 s sample (a stream that paused and resumed within it, or an
+    encoder's dip) must not make a layer look as if it fitted.
+
     The lowest layer is never given up for lack of budget: a subscriber sees every track.
     """
 
@@ -169,6 +180,7 @@ class LayerPlanner:
         "_hold",
         "_max_backoff",
         "_next_trial",
+        "_peaks",
         "_probe_wait",
         "_probed_at",
         "_tried_at",
@@ -192,6 +204,8 @@ class LayerPlanner:
         # long (to MAX_PROBE_WAIT): on a capped link each costs a little queueing.
         self._probed_at = float("-inf")
         self._probe_wait = 0.0
+        # Per simulcast track, its layers' bitrates as planned over the last PEAK_WINDOW
+        self._peaks: dict[str, deque[tuple[float, tuple[float, ...]]]] = {}
 
     def plan(
         self,
@@ -207,7 +221,10 @@ class LayerPlanner:
 
         ``demands`` covers every track the subscriber receives (audio and single-layer video
         take their share of ``estimate`` first); ``decreases`` is the estimator's counter.
+        Each simulcast layer counts at its peak over the last :data:`PEAK_WINDOW` seconds
+        of ``demands`` (:meth:`_at_peak`).
         """
+        demands = self._at_peak(demands, now)
         out = dict(current)
         self.probe_target = None
         by_track = {d.track: d for d in demands}
@@ -260,6 +277,35 @@ class LayerPlanner:
             out[track] = at + 1
             self._tried_at[track] = now
             return out
+        return out
+
+    def _at_peak(self, demands: Sequence[TrackDemand], now: float) -> list[TrackDemand]:
+        """``demands`` with each layered track's bitrates at their peak over the last
+        :data:`PEAK_WINDOW` seconds: a layer's 1 s samples move with its encoder and with
+        pauses, and switching up on a low one costs a freeze, where waiting for the layer
+        to stay low for a few seconds costs nothing."""
+        peaks = self._peaks
+        out: list[TrackDemand] = []
+        for demand in demands:
+            rates = demand.bitrates
+            if len(rates) < 2:
+                out.append(demand)
+                continue
+            ring = peaks.get(demand.track)
+            if ring is None or len(ring[0][1]) != len(rates):
+                ring = peaks[demand.track] = deque()  # new, or its layers changed
+            ring.append((now, rates))
+            while ring[0][0] < now - PEAK_WINDOW:
+                ring.popleft()
+            if len(ring) > 1:
+                peak = tuple(max(r[i] for _, r in ring) for i in range(len(rates)))
+                if peak != rates:
+                    demand = replace(demand, bitrates=peak)
+            out.append(demand)
+        if len(peaks) > len(out):
+            tracks = {d.track for d in out}
+            for key in [k for k in peaks if k not in tracks]:  # tracks gone
+                del peaks[key]
         return out
 
     def _climb_by_probe(

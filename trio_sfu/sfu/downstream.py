@@ -41,9 +41,9 @@ from trio_sfu.sfu.track import DownTrack, TrackSource
 REPORT_INTERVAL = 1.0
 #: Bytes of one padding packet of a bandwidth probe (header, transport-cc, 255 padding octets)
 PROBE_PACKET_SIZE = 275
-#: A probe cluster is paced over this long, in this many steps (see Downstream._send_probe)
-PROBE_SECONDS = 0.05
-PROBE_STEPS = 5
+#: A probe cluster is paced over its duration (~100 ms) in steps this far apart (see
+#: Downstream._send_probe)
+PROBE_STEP = 0.005
 
 
 class Downstream(Member):
@@ -263,22 +263,23 @@ class Downstream(Member):
                 self._probe = (padder, cluster)
 
     async def _send_probe(self, padder: DownTrack, cluster: ProbeCluster) -> None:
-        """Pace a probe cluster at its bit rate over :data:`PROBE_SECONDS`: long enough that
-        its later packets, past a token-bucket shaper's burst allowance (a few kB), measure
-        the link (the estimator reads only those), short enough that the excess over a
-        capped link stays within its queue instead of pushing media out of it."""
+        """Pace a probe cluster at its bit rate over its duration (~100 ms, at least 4 kB):
+        long enough to outlast a token-bucket shaper's burst allowance (a few kB passed at
+        line rate would prove a rate the link cannot carry), short enough that the excess
+        over a capped link stays within its queue instead of pushing media out of it. The
+        estimator judges the cluster only once all of it was sent and reported."""
         self.probes_sent += 1
-        total = max(cluster.min_bytes, int(cluster.bitrate * PROBE_SECONDS / 8))
+        total = max(cluster.min_bytes, int(cluster.bitrate * cluster.duration / 8))
         count = max(cluster.min_packets, -(-total // PROBE_PACKET_SIZE))
-        per_step = -(-count // PROBE_STEPS)
-        for _ in range(PROBE_STEPS):
-            padder.send_padding(
-                min(per_step, count), PROBE_PACKET_SIZE, cluster.id, trio.current_time()
-            )
-            count -= per_step
-            if count <= 0:
-                return
-            await trio.sleep(PROBE_SECONDS / PROBE_STEPS)
+        steps = max(1, round(cluster.duration / PROBE_STEP))
+        start = trio.current_time()
+        for step in range(steps):
+            # as many packets as the cluster's rate allows by the end of this step
+            due = -(-count * (step + 1) // steps) - -(-count * step // steps)
+            if due:
+                padder.send_padding(due, PROBE_PACKET_SIZE, cluster.id, trio.current_time())
+            if step + 1 < steps:
+                await trio.sleep_until(start + (step + 1) * PROBE_STEP)
 
     async def report_loop(self) -> None:
         """A sender report per forwarded stream every second, so the receiver can synchronise
