@@ -286,11 +286,13 @@ class LayerPlanner:
         to stay low for a few seconds costs nothing."""
         peaks = self._peaks
         out: list[TrackDemand] = []
+        layered: set[str] = set()
         for demand in demands:
             rates = demand.bitrates
             if len(rates) < 2:
                 out.append(demand)
                 continue
+            layered.add(demand.track)
             ring = peaks.get(demand.track)
             if ring is None or len(ring[0][1]) != len(rates):
                 ring = peaks[demand.track] = deque()  # new, or its layers changed
@@ -302,10 +304,8 @@ class LayerPlanner:
                 if peak != rates:
                     demand = replace(demand, bitrates=peak)
             out.append(demand)
-        if len(peaks) > len(out):
-            tracks = {d.track for d in out}
-            for key in [k for k in peaks if k not in tracks]:  # tracks gone
-                del peaks[key]
+        for key in peaks.keys() - layered:  # tracks gone, or no longer layered
+            del peaks[key]
         return out
 
     def _climb_by_probe(
