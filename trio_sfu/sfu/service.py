@@ -602,9 +602,14 @@ class Sfu:
         member = self.member(role, room_name, peer_id)
         return member.pc.restart_ice(remote_ufrag, remote_pwd)
 
+    def gone(self, member: Member) -> trio.Event | None:
+        """Set once ``member``'s lifetime has ended — its tasks done, its removal finished and
+        nothing of the pod's left referring to it (None if it already has)."""
+        return self._gone.get(id(member))
+
     async def stop(self, role: Role, room_name: str, peer_id: str) -> None:
         member = self.member(role, room_name, peer_id)
-        gone = self._gone.get(id(member))
+        gone = self.gone(member)
         member.pc.close("delete")
         if gone is not None:
             with trio.move_on_after(STOP_TIMEOUT):
