@@ -72,8 +72,8 @@ def drop_all_udp() -> None:
 @asynccontextmanager
 async def running_server(address: str, **config: Any) -> AsyncIterator[Running]:
     cfg = Config(
-        http_host="0.0.0.0", http_port=0, udp_port=0, public_ips=(address,), site_dir=SITE,
-        **config,
+        **{"http_host": "0.0.0.0", "http_port": 0, "udp_port": 0, "public_ips": (address,),
+           "site_dir": SITE, **config},
     )
     async with trio.open_nursery() as nursery:
         running: Running = await nursery.start(

@@ -14,13 +14,18 @@ Prints one JSON result line: widths, frames, freezes and timings per phase.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -30,7 +35,8 @@ from tests.browser_netns import iptables, running_server
 from tests.bwe_netns import cap, uncap
 from tests.netns import inside, run_scenario
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
-from tests.test_site import Page, wait_until
+from tests.peers.firefox import find_firefox, headless_firefox
+from tests.test_site import NODE_TESTS, SITE, Collector, HasLog, Page, wait_until
 from trio_sfu.app import Running
 
 CAP_KBIT = 400
@@ -52,6 +58,12 @@ THIN_KBIT = 200
 THIN_SECONDS = 12.0
 #: Once lifted, libwebrtc's estimate grows from about the cap by ~8 %/s (no probing), so it
 #: reaches the top stream's ~1.5 Mbit/s in 25-30 s (27.6 s measured): bob has 90 s.
+#: ``python -m tests.simulcast_netns firefox``: carol is Firefox ESR (its own engine's
+#: transport-cc feedback drives her estimate and the server's probes); alice and bob stay
+#: Chromium, and the loss phase is skipped
+FIREFOX = sys.argv[1:2] == ["firefox"]
+#: what the Firefox page is served beside the site
+FIREFOX_PAGE = "firefox_subscriber.html"
 
 
 PLANS: list[tuple[float, int, int, str]] = []
@@ -169,171 +181,241 @@ def thin_part(base: str, out: dict[str, Any], server: Running) -> None:
             browser.close()
 
 
+class FirefoxViewer:
+    """carol as Firefox: its page (tests/site/firefox_subscriber.html) subscribes through the
+    site's module and reports what it decodes over HTTP (:class:`Collector`)."""
+
+    name = "carol"
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def subscriber_id(self, *logs: HasLog) -> str:
+        ids = wait_until("Firefox subscribed", lambda: self.collector.last("ids"),
+                         lambda e: e is not None, 60, self, *logs)
+        assert "Firefox/" in ids["userAgent"], ids
+        sub_id: str = ids["subId"]
+        return sub_id
+
+    def inbound(self, pid: str) -> dict[str, Any]:
+        """As ``window.T.inbound`` reports a Chromium page's (Firefox's own freeze count is not
+        in its stats: 0)."""
+        status = self.collector.last("status")
+        tile = status["sub"]["tiles"].get(pid) if status else None
+        if tile is None:
+            return {"decoded": 0, "width": 0, "freezes": 0}
+        return {"decoded": tile["framesDecoded"], "width": tile["width"], "freezes": 0}
+
+    @property
+    def problems(self) -> list[str]:
+        status = self.collector.last("status")
+        return self.collector.problems() + (status["errors"] if status else [])
+
+    def log(self) -> str:
+        return self.collector.log()
+
+
+@contextlib.contextmanager
+def firefox_viewer(base: str, room: str) -> Iterator[FirefoxViewer]:
+    firefox = find_firefox()
+    assert firefox is not None, "firefox-esr is not installed"
+    # Firefox takes a host without a default route for offline, and an offline Firefox
+    # closes every RTCPeerConnection at once ("Peer connection is closed"): give it one.
+    subprocess.run(["ip", "route", "add", "default", "dev", "v0"], check=True)
+    with tempfile.TemporaryDirectory(prefix="simulcast-firefox-") as tmp:
+        log = Path(tmp) / "firefox.log"
+        collector = Collector(log)
+        url = f"{base}/{FIREFOX_PAGE}?room={room}&user=carol&collect={collector.url}"
+        try:
+            with log.open("wb") as output, headless_firefox(firefox, url, Path(tmp), output):
+                yield FirefoxViewer(collector)
+        finally:
+            collector.server.shutdown()
+
+
 def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
     from playwright.sync_api import sync_playwright
 
     extra = shlex.split(os.environ.get(EXTRA_ARGS_ENV, ""))
-    with sync_playwright() as pw:
+    with sync_playwright() as pw, contextlib.ExitStack() as stack:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS + extra, headless=True, timeout=30_000
         )
-        try:
-            pages = {name: Page(browser, name) for name in ("alice", "bob", "carol")}
-            for page in pages.values():
-                page.page.goto(base + "/")
-                assert page.js(HELPERS) is True
-            bob, carol, alice = pages["bob"], pages["carol"], pages["alice"]
-            ids = {
-                n: pages[n].js(f"() => window.T.subscribe('r', '{n}')") for n in ("bob", "carol")
-            }
-            layering = (
-                f"codec: '{SVC_CODEC}', svc: 'L3T3_KEY'" if SVC else "simulcast: true"
-            )
-            pid = alice.js(
-                f"() => window.T.publish('r', 'alice', {{width: 1280, height: 720, {layering}}})"
-            )
+        stack.callback(browser.close)
+        chromium = ("alice", "bob") if FIREFOX else ("alice", "bob", "carol")
+        pages = {name: Page(browser, name) for name in chromium}
+        for page in pages.values():
+            page.page.goto(base + "/")
+            assert page.js(HELPERS) is True
+        bob, alice = pages["bob"], pages["alice"]
+        logs: list[HasLog] = list(pages.values())
+        ids = {"bob": bob.js("() => window.T.subscribe('r', 'bob')")}
+        fox: FirefoxViewer | None = None
+        if FIREFOX:
+            fox = stack.enter_context(firefox_viewer(base, "r"))
+            logs.append(fox)
+            ids["carol"] = fox.subscriber_id(*logs)
+        else:
+            ids["carol"] = pages["carol"].js("() => window.T.subscribe('r', 'carol')")
+        layering = f"codec: '{SVC_CODEC}', svc: 'L3T3_KEY'" if SVC else "simulcast: true"
+        pid = alice.js(
+            f"() => window.T.publish('r', 'alice', {{width: 1280, height: 720, {layering}}})"
+        )
 
-            def inbound(page: Page) -> dict[str, Any]:
-                result: dict[str, Any] = page.js(f"() => window.T.inbound({pid!r})")
-                return result
+        def inbound(page: Page) -> dict[str, Any]:
+            result: dict[str, Any] = page.js(f"() => window.T.inbound({pid!r})")
+            return result
 
-            for page in (bob, carol):
-                wait_until(
-                    f"{page.name} decoding the top stream",
-                    functools.partial(inbound, page),
-                    lambda r: r["width"] >= 960 and r["decoded"] >= 30,
-                    90,
-                    *pages.values(),
-                )
-            room = server.sfu.rooms["r"]  # type: ignore[attr-defined]
-            carol_sub = room.subscribers[ids["carol"]]
-            negotiations = carol_sub.negotiations
-            downtrack = next(d for d in carol_sub.live.values() if d.source.kind == "video")
-            address = carol_sub.pc.remote_address
-            assert address is not None
-            out["carolAddress"] = list(address)
+        viewers: dict[str, Callable[[], dict[str, Any]]] = {
+            "bob": functools.partial(inbound, bob),
+            "carol": (
+                functools.partial(fox.inbound, pid)
+                if fox is not None
+                else functools.partial(inbound, pages["carol"])
+            ),
+        }
 
-            def watch(seconds: float) -> dict[str, Any]:
-                """Frames decoded over ``seconds``, and each page's width every 0.5 s of it
-                (``widths``): the planner's probes may lift a capped subscriber a layer for a
-                second or two, so one instant says less than the share of the window."""
-                first = {n: inbound(pages[n]) for n in ("bob", "carol")}
-                widths: dict[str, list[int]] = {"bob": [], "carol": []}
-                for _ in range(int(seconds / 0.5)):
-                    time.sleep(0.5)
-                    for n in widths:
-                        widths[n].append(int(inbound(pages[n])["width"]))
-                last = {n: inbound(pages[n]) for n in ("bob", "carol")}
-                return {
-                    n: {
-                        "width": last[n]["width"],
-                        "widths": widths[n],
-                        "fps": round((last[n]["decoded"] - first[n]["decoded"]) / seconds, 1),
-                        "freezes": last[n]["freezes"] - first[n]["freezes"],
-                    }
-                    for n in ("bob", "carol")
-                }
+        def problems() -> list[str]:
+            found = [p for page in pages.values() for p in page.problems]
+            return found + (fox.problems if fox is not None else [])
 
-            out["before"] = watch(OBSERVE / 2)
-            # A 300 ms queue: the SFU forwards a frame's packets as they come (it has no
-            # pacer), so a keyframe of even the low stream arrives as a burst of ~10 kB.
-            cap(server.udp_port, CAP_KBIT, dport=address[1], queue_ms=300)
-            capped_at = time.monotonic()
-            estimates: list[int] = []
-
-            def carol_low() -> dict[str, Any]:
-                estimates.append(int(carol_sub.bwe.estimate))
-                return inbound(carol)
-
+        for name, viewer in viewers.items():
             wait_until(
-                "carol on the low stream",
-                carol_low,
-                lambda r: 0 < r["width"] <= 400 and downtrack.forwarded_layer == 0,
-                60,
-                *pages.values(),
-            )
-            out["settleSeconds"] = round(time.monotonic() - capped_at, 2)
-            out["estimatesCapped"] = estimates[:: max(1, len(estimates) // 20)]
-            time.sleep(2)  # what was queued before the switch drains
-
-            def counters() -> dict[str, int]:
-                return {
-                    "pli": carol_sub.pli_received,
-                    "nacks": carol_sub.nacks_received,
-                    "probes": carol_sub.probes_sent,
-                    "decreases": carol_sub.bwe.decreases,
-                    "keyframes": downtrack.source.keyframes.sent,
-                }
-
-            first = counters()
-            dropped = capped_drops()
-            out["capped"] = watch(OBSERVE)
-            out["cappedDrops"] = capped_drops() - dropped
-            out["cappedCounters"] = {k: v - first[k] for k, v in counters().items()}
-            out["layerBitrates"] = [  # read in the server's thread: it updates samples
-                int(r)
-                for r in trio.from_thread.run_sync(
-                    lambda: downtrack.source.layer_bitrates(trio.current_time())
-                )
-            ]
-            out["cappedLayerSwitches"] = downtrack.layer_switches
-            out["svcLayers"] = downtrack.source.fanout.svc_layers
-            uncap()
-            lifted_at = time.monotonic()
-            wait_until(
-                "carol back on the top stream",
-                lambda: inbound(carol),
-                lambda r: r["width"] >= 960,
+                f"{name} decoding the top stream",
+                viewer,
+                lambda r: r["width"] >= 960 and r["decoded"] >= 30,
                 90,
-                *pages.values(),
+                *logs,
             )
-            out["recoverSeconds"] = round(time.monotonic() - lifted_at, 2)
-            out["after"] = watch(OBSERVE / 2)
-            if SVC:  # the loss phase is simulcast's (the same NACK/RTX path)
-                out["renegotiated"] = carol_sub.negotiations != negotiations
-                out["problems"] = [p for page in pages.values() for p in page.problems]
-                out["plans"] = PLANS
-                return
-            # 5 % random loss on carol's link (no cap): NACK/RTX repairs it, the estimate
-            # holds (loss under 10 % is not congestion, draft-ietf-rmcat-gcc §6).
-            rule = [
-                "OUTPUT",
-                "-p",
-                "udp",
-                "--sport",
-                str(server.udp_port),
-                "--dport",
-                str(address[1]),
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                str(LOSS),
-                "-j",
-                "DROP",
-            ]
-            iptables("-I", *rule)
-            first = counters()
-            resent = downtrack.retransmitted
-            out["lossy"] = watch(OBSERVE)
-            iptables("-D", *rule)
-            out["lossyCounters"] = {k: v - first[k] for k, v in counters().items()}
-            out["lossyRetransmitted"] = downtrack.retransmitted - resent
-            out["lossyNack"] = {
-                "misses": downtrack.nack_misses,
-                "repeats": downtrack.nack_repeats,
-                "answered": carol_sub.nacks_answered,
-                "layer": downtrack.forwarded_layer,
+        room = server.sfu.rooms["r"]  # type: ignore[attr-defined]
+        carol_sub = room.subscribers[ids["carol"]]
+        negotiations = carol_sub.negotiations
+        downtrack = next(d for d in carol_sub.live.values() if d.source.kind == "video")
+        address = carol_sub.pc.remote_address
+        assert address is not None
+        out["carolAddress"] = list(address)
+
+        def watch(seconds: float) -> dict[str, Any]:
+            """Frames decoded over ``seconds``, and each page's width every 0.5 s of it
+            (``widths``): the planner's probes may lift a capped subscriber a layer for a
+            second or two, so one instant says less than the share of the window."""
+            first = {n: viewers[n]() for n in ("bob", "carol")}
+            widths: dict[str, list[int]] = {"bob": [], "carol": []}
+            estimates = []  # carol's, beside: a probe through the cap would show here
+            for _ in range(int(seconds / 0.5)):
+                time.sleep(0.5)
+                for n in widths:
+                    widths[n].append(int(viewers[n]()["width"]))
+                estimates.append(int(carol_sub.bwe.estimate))
+            last = {n: viewers[n]() for n in ("bob", "carol")}
+            return {
+                n: {
+                    "width": last[n]["width"],
+                    "widths": widths[n],
+                    "fps": round((last[n]["decoded"] - first[n]["decoded"]) / seconds, 1),
+                    "freezes": last[n]["freezes"] - first[n]["freezes"],
+                }
+                for n in ("bob", "carol")
+            } | {"carolEstimates": estimates}
+
+        out["before"] = watch(OBSERVE / 2)
+        # A 300 ms queue: the SFU forwards a frame's packets as they come (it has no
+        # pacer), so a keyframe of even the low stream arrives as a burst of ~10 kB.
+        cap(server.udp_port, CAP_KBIT, dport=address[1], queue_ms=300)
+        capped_at = time.monotonic()
+        estimates: list[int] = []
+
+        def carol_low() -> dict[str, Any]:
+            estimates.append(int(carol_sub.bwe.estimate))
+            return viewers["carol"]()
+
+        wait_until(
+            "carol on the low stream",
+            carol_low,
+            lambda r: 0 < r["width"] <= 400 and downtrack.forwarded_layer == 0,
+            60,
+            *logs,
+        )
+        out["settleSeconds"] = round(time.monotonic() - capped_at, 2)
+        out["estimatesCapped"] = estimates[:: max(1, len(estimates) // 20)]
+        time.sleep(2)  # what was queued before the switch drains
+
+        def counters() -> dict[str, int]:
+            return {
+                "pli": carol_sub.pli_received,
+                "nacks": carol_sub.nacks_received,
+                "probes": carol_sub.probes_sent,
+                "decreases": carol_sub.bwe.decreases,
+                "keyframes": downtrack.source.keyframes.sent,
             }
-            out["lossyEstimate"] = int(carol_sub.bwe.estimate)
-            out["lossyLoss"] = round(carol_sub.bwe.loss, 3)
+
+        first = counters()
+        dropped = capped_drops()
+        out["capped"] = watch(OBSERVE)
+        out["cappedDrops"] = capped_drops() - dropped
+        out["cappedCounters"] = {k: v - first[k] for k, v in counters().items()}
+        out["layerBitrates"] = [  # read in the server's thread: it updates samples
+            int(r)
+            for r in trio.from_thread.run_sync(
+                lambda: downtrack.source.layer_bitrates(trio.current_time())
+            )
+        ]
+        out["cappedLayerSwitches"] = downtrack.layer_switches
+        out["svcLayers"] = downtrack.source.fanout.svc_layers
+        uncap()
+        lifted_at = time.monotonic()
+        wait_until(
+            "carol back on the top stream",
+            viewers["carol"],
+            lambda r: r["width"] >= 960,
+            90,
+            *logs,
+        )
+        out["recoverSeconds"] = round(time.monotonic() - lifted_at, 2)
+        out["after"] = watch(OBSERVE / 2)
+        if SVC or FIREFOX:  # the loss phase is Chromium simulcast's (the same NACK/RTX path)
             out["renegotiated"] = carol_sub.negotiations != negotiations
-            out["layerSwitches"] = downtrack.layer_switches
-            out["problems"] = [p for page in pages.values() for p in page.problems]
+            out["problems"] = problems()
             out["plans"] = PLANS
-        finally:
-            browser.close()
+            return
+        # 5 % random loss on carol's link (no cap): NACK/RTX repairs it, the estimate
+        # holds (loss under 10 % is not congestion, draft-ietf-rmcat-gcc §6).
+        rule = [
+            "OUTPUT",
+            "-p",
+            "udp",
+            "--sport",
+            str(server.udp_port),
+            "--dport",
+            str(address[1]),
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            str(LOSS),
+            "-j",
+            "DROP",
+        ]
+        iptables("-I", *rule)
+        first = counters()
+        resent = downtrack.retransmitted
+        out["lossy"] = watch(OBSERVE)
+        iptables("-D", *rule)
+        out["lossyCounters"] = {k: v - first[k] for k, v in counters().items()}
+        out["lossyRetransmitted"] = downtrack.retransmitted - resent
+        out["lossyNack"] = {
+            "misses": downtrack.nack_misses,
+            "repeats": downtrack.nack_repeats,
+            "answered": carol_sub.nacks_answered,
+            "layer": downtrack.forwarded_layer,
+        }
+        out["lossyEstimate"] = int(carol_sub.bwe.estimate)
+        out["lossyLoss"] = round(carol_sub.bwe.loss, 3)
+        out["renegotiated"] = carol_sub.negotiations != negotiations
+        out["layerSwitches"] = downtrack.layer_switches
+        out["problems"] = problems()
+        out["plans"] = PLANS
 
 
 async def scenario() -> dict[str, Any]:
@@ -341,11 +423,18 @@ async def scenario() -> dict[str, Any]:
     assert addresses is not None, "run through tests.netns"
     out = RESULT
     _record_plans()
-    async with running_server(addresses[0]) as running:
-        base = f"http://127.0.0.1:{running.http_port}"
-        with trio.fail_after(SCENARIO_TIMEOUT):
-            part = thin_part if THIN else browser_part
-            await trio.to_thread.run_sync(part, base, out, running, abandon_on_cancel=True)
+    with tempfile.TemporaryDirectory(prefix="simulcast-site-") as tmp:
+        site = SITE
+        if FIREFOX:  # the Firefox page drives itself: served beside the site
+            site = Path(tmp) / "site"
+            shutil.copytree(SITE, site)
+            for name in ("browser_harness.js", FIREFOX_PAGE):
+                shutil.copy(NODE_TESTS / name, site / name)
+        async with running_server(addresses[0], site_dir=site) as running:
+            base = f"http://127.0.0.1:{running.http_port}"
+            with trio.fail_after(SCENARIO_TIMEOUT):
+                part = thin_part if THIN else browser_part
+                await trio.to_thread.run_sync(part, base, out, running, abandon_on_cancel=True)
     return out
 
 

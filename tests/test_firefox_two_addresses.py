@@ -34,8 +34,8 @@ import trio
 
 from tests.browser_netns import TURN_SECRET, TURNSERVER, coturn
 from tests.netns import ADDRESS_A, REPO, inside, netns_argv, require_netns
-from tests.peers.firefox import find_firefox, require_firefox
-from tests.test_site import FIREFOX_PREFS, NODE_TESTS, SITE, Collector
+from tests.peers.firefox import FIREFOX_PREFS, find_firefox, require_firefox
+from tests.test_site import NODE_TESTS, SITE, Collector
 
 FRAMES = 60
 SCENARIO_TIMEOUT = 150

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -37,7 +36,7 @@ import pytest
 import trio
 
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS
-from tests.peers.firefox import FIREFOX_PREFS, require_firefox
+from tests.peers.firefox import headless_firefox, require_firefox
 from tests.peers.harness import require_chromium
 from trio_sfu.app import serve
 from trio_sfu.config import Config
@@ -695,9 +694,6 @@ async def test_firefox_module_and_demo(tmp_path: Path) -> None:
     shutil.copytree(SITE, site)
     for name in ("browser_harness.js", "firefox_check.html"):
         shutil.copy(NODE_TESTS / name, site / name)
-    profile = tmp_path / "profile"
-    profile.mkdir()
-    (profile / "user.js").write_text(FIREFOX_PREFS)
     firefox_log = tmp_path / "firefox.log"
     collector = Collector(firefox_log)
     harness = HARNESS_JS.read_text()
@@ -712,14 +708,7 @@ async def test_firefox_module_and_demo(tmp_path: Path) -> None:
         chromium.js("o => harness.subscribe('cs', o)", {"room": room, "user": "chromesub"})
 
         url = f"{base}/firefox_check.html?room={room}&collect={collector.url}"
-        env = {**os.environ, "HOME": str(tmp_path), "MOZ_CRASHREPORTER_DISABLE": "1"}
-        with firefox_log.open("wb") as out:
-            fox = subprocess.Popen(
-                [firefox, "--headless", "--no-remote", "--profile", str(profile), url],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
-            )
-        try:
+        with firefox_log.open("wb") as out, headless_firefox(firefox, url, tmp_path, out):
             ids = wait_until("Firefox connected", lambda: collector.last("ids"),
                              lambda e: e is not None, 60, chromium, collector)
             assert ids is not None and "Firefox/" in ids["userAgent"], ids
@@ -774,9 +763,6 @@ async def test_firefox_module_and_demo(tmp_path: Path) -> None:
             chromium.js("() => harness.stopAll()")
             assert chromium.js("() => harness.errors") == []
             assert not chromium.problems, "\n".join(chromium.problems)
-        finally:
-            os.killpg(fox.pid, signal.SIGKILL)  # its own session: Firefox and its children
-            fox.wait(timeout=10)
 
     try:
         async with sfu_server(site) as base:

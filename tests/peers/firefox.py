@@ -7,7 +7,14 @@ Collector, tests/peers/interop_browser.py). Imports nothing from trio_sfu.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
 
 FIREFOX_PREFS = """\
 user_pref("media.navigator.streams.fake", true);
@@ -56,3 +63,29 @@ def require_firefox() -> str:
     if os.environ.get(REQUIRE_FIREFOX_ENV) == "1":
         pytest.fail(f"{missing} ({REQUIRE_FIREFOX_ENV}=1 forbids skipping)")
     pytest.skip(missing)
+
+
+@contextmanager
+def headless_firefox(
+    firefox: str, url: str, home: Path, output: IO[Any] | int | None, prefs: str = ""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Firefox headless on ``url`` with a fresh profile under ``home`` (FIREFOX_PREFS plus
+    ``prefs``), its output to ``output``; killed with its content processes on exit (it runs
+    in a session of its own)."""
+    profile = home / "profile"
+    profile.mkdir(exist_ok=True)
+    (profile / "user.js").write_text(FIREFOX_PREFS + prefs)
+    env = {**os.environ, "HOME": str(home), "MOZ_CRASHREPORTER_DISABLE": "1"}
+    fox = subprocess.Popen(
+        [firefox, "--headless", "--no-remote", "--profile", str(profile), url],
+        stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,
+    )
+    try:
+        yield fox
+    finally:
+        try:
+            os.killpg(fox.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        fox.wait(timeout=10)

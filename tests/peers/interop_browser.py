@@ -17,8 +17,6 @@ import json
 import os
 import queue
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,11 +28,11 @@ from typing import Any
 if __package__:
     from . import common
     from .chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
-    from .firefox import FIREFOX_PREFS, find_firefox
+    from .firefox import find_firefox, headless_firefox
 else:
     import common  # run as a script: tests/peers is sys.path[0]
     from chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
-    from firefox import FIREFOX_PREFS, find_firefox
+    from firefox import find_firefox, headless_firefox
 
 STOP_GRACE = 20.0  # seconds the page gets to STOP/DELETE and send its result
 
@@ -154,25 +152,11 @@ def run_firefox(args: argparse.Namespace, collector: Collector,
     firefox = find_firefox()
     if firefox is None:
         return {"type": "result", "ok": False, "errors": ["firefox-esr not installed"]}
-    with tempfile.TemporaryDirectory(prefix="interop-firefox-") as home:
-        profile = Path(home) / "profile"
-        profile.mkdir()
-        (profile / "user.js").write_text(FIREFOX_PREFS)
-        env = {**os.environ, "HOME": home, "MOZ_CRASHREPORTER_DISABLE": "1"}
-        fox = subprocess.Popen(
-            [firefox, "--headless", "--no-remote", "--profile", str(profile),
-             page_url(args, collector)],
-            stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, env=env,
-            start_new_session=True,
-        )
-        try:
-            return relay(args, collector, stdin, lambda: fox.poll() is None)
-        finally:
-            try:
-                os.killpg(fox.pid, signal.SIGKILL)  # Firefox and its content processes
-            except ProcessLookupError:
-                pass
-            fox.wait(timeout=10)
+    with (
+        tempfile.TemporaryDirectory(prefix="interop-firefox-") as home,
+        headless_firefox(firefox, page_url(args, collector), Path(home), sys.stderr) as fox,
+    ):
+        return relay(args, collector, stdin, lambda: fox.poll() is None)
 
 
 def main(argv: list[str] | None = None) -> int:

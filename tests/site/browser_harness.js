@@ -92,17 +92,20 @@ async function subscribe(name, {
   return sub.conn.id;
 }
 
-/** Per subscriber: for every tile, the decoded frames and audio packets so far. */
+/** Per subscriber: for every tile, the decoded frames (and their width) and audio packets so far. */
 async function status(name) {
   const sub = subs[name];
   const tiles = {};
   for (const [id, tile] of Object.entries(sub.tiles)) {
-    const entry = { kinds: [], framesDecoded: 0, audioPackets: 0, videoPlaying: false };
+    const entry = { kinds: [], framesDecoded: 0, width: 0, audioPackets: 0, videoPlaying: false };
     for (const track of tile.tracks) {
       if (track.readyState === 'ended') continue;
       const s = await streamStats(sub.conn.pc, track);
       entry.kinds.push(track.kind);
-      if (track.kind === 'video') entry.framesDecoded = s.framesDecoded;
+      if (track.kind === 'video') {
+        entry.framesDecoded = s.framesDecoded;
+        entry.width = s.width || tile.video.videoWidth || 0;  // what it decodes now
+      }
       else entry.audioPackets = s.packets;
     }
     entry.kinds.sort();
