@@ -103,6 +103,19 @@ def netns_unavailable() -> str | None:
     return None
 
 
+def scenario_result(module: str, *args: str, timeout: float = 400) -> dict[str, Any]:
+    """Run a :func:`run_scenario` module in a fresh namespace and return its result line,
+    printed (without its bulky ``plans``) for the test's output; a scenario that reported an
+    error fails the calling test with it and the run's log."""
+    argv = netns_argv([sys.executable, "-m", module, *args])
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps({k: v for k, v in result.items() if k != "plans"}, indent=1))
+    assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
+    return result
+
+
 def require_netns() -> None:
     """Skip the calling test when namespaces are unusable (fail under CI's strict flag)."""
     import pytest

@@ -10,13 +10,9 @@ capped one climbs back. Figures printed; bounds generous (direction and level, n
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.netns import REPO, netns_argv, require_netns
+from tests.netns import require_netns, scenario_result
 from tests.peers.harness import require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -25,12 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def test_capped_subscriber_on_pod_b_settles_on_the_low_stream_and_climbs_back() -> None:
     require_netns()
     require_chromium()
-    argv = netns_argv([sys.executable, "-m", "tests.cluster_layers_netns"])
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(json.dumps(result, indent=1))
-    assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
+    result = scenario_result("tests.cluster_layers_netns")
     capped, after = result["capped"], result["after"]
     print(
         f"across pods: capped at {result['settleSeconds']} s on the low stream, back on the"

@@ -12,14 +12,11 @@ are generous because the machine is shared: they check direction and level, not 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.netns import REPO, netns_argv, require_netns
+from tests.netns import require_netns, scenario_result
 from tests.peers.firefox import require_firefox
 from tests.peers.harness import require_chromium
 from tests.simulcast_netns import CAP_KBIT
@@ -37,31 +34,32 @@ def mostly_low(watched: dict[str, Any]) -> bool:
     return bool(widths) and low >= 0.7 * len(widths)
 
 
+def assert_low_while_capped_and_back_after(result: dict[str, Any]) -> None:
+    """carol on the low stream (320 px) while capped, decoding at a good share of the rate
+    bob (uncapped, on the top stream) does: the low stream fits the link, so it neither
+    stalls nor freezes for long — each of its keyframes takes a few hundred ms through
+    400 kbit/s, which Chromium counts as a freeze (figures: 0-2 per 10 s, 12-20 frames/s
+    against bob's 20). Lifted: back on the top stream, decoding like bob. All on the same
+    m-section, and no page reported a problem."""
+    capped, after = result["capped"], result["after"]
+    assert mostly_low(capped["carol"]), result
+    assert capped["bob"]["width"] >= 960, result
+    assert capped["carol"]["fps"] >= 0.5 * capped["bob"]["fps"] > 0, result
+    assert after["carol"]["width"] >= 960, result
+    assert after["carol"]["fps"] >= 0.5 * after["bob"]["fps"] > 0, result
+    assert not result["renegotiated"], result
+    assert result["problems"] == [], result
+
+
 def test_capped_chromium_subscriber_settles_on_the_low_stream_and_climbs_back() -> None:
     require_netns()
     require_chromium()
-    argv = netns_argv([sys.executable, "-m", "tests.simulcast_netns"])
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(json.dumps(result, indent=1))
-    assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
-    capped, after = result["capped"], result["after"]
+    result = scenario_result("tests.simulcast_netns")
     print(
         f"capped at {result['settleSeconds']} s on the low stream, back on the top"
         f" {result['recoverSeconds']} s after the cap was lifted"
     )
-    # carol on the low stream (320 px), decoding at about the rate bob (uncapped, on the
-    # top stream) does: the low stream fits the link, so it neither stalls nor freezes.
-    assert mostly_low(capped["carol"]), result
-    assert capped["bob"]["width"] >= 960, result
-    # Each keyframe of the low stream takes a few hundred ms through 400 kbit/s, which
-    # Chromium counts as a freeze; carol asks for one now and then (figures: 0-2 per 10 s,
-    # 12-20 frames/s against bob's 20): still decoding at a good share of bob's rate.
-    assert capped["carol"]["fps"] >= 0.5 * capped["bob"]["fps"] > 0, result
-    # lifted: back on the top stream, decoding like bob
-    assert after["carol"]["width"] >= 960, result
-    assert after["carol"]["fps"] >= 0.5 * after["bob"]["fps"] > 0, result
+    assert_low_while_capped_and_back_after(result)
     # 5 % random loss: NACK/RTX keeps carol within 10 % of bob's frames, on the top stream,
     # and her estimate does not collapse.
     lossy = result["lossy"]
@@ -72,8 +70,6 @@ def test_capped_chromium_subscriber_settles_on_the_low_stream_and_climbs_back() 
     assert result["lossyRetransmitted"] > 0, result
     assert lossy["carol"]["fps"] >= 0.9 * lossy["bob"]["fps"] > 0, result
     assert lossy["carol"]["width"] >= 960, result
-    assert not result["renegotiated"], result
-    assert result["problems"] == [], result
 
 
 def test_capped_firefox_subscriber_settles_on_the_low_stream_and_climbs_back() -> None:
@@ -84,13 +80,8 @@ def test_capped_firefox_subscriber_settles_on_the_low_stream_and_climbs_back() -
     require_netns()
     require_chromium()
     require_firefox()
-    argv = netns_argv([sys.executable, "-m", "tests.simulcast_netns", "firefox"])
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(json.dumps({k: v for k, v in result.items() if k != "plans"}, indent=1))
-    assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
-    capped, after = result["capped"], result["after"]
+    result = scenario_result("tests.simulcast_netns", "firefox")
+    capped = result["capped"]
     print(
         f"Firefox: capped at {result['settleSeconds']} s on the low stream, back on the top"
         f" {result['recoverSeconds']} s after the cap was lifted; capped fps"
@@ -98,18 +89,12 @@ def test_capped_firefox_subscriber_settles_on_the_low_stream_and_climbs_back() -
         f" {result['cappedCounters']['probes']} probe clusters while capped, her estimate at most"
         f" {max(capped['carolEstimates'])}"
     )
-    assert mostly_low(capped["carol"]), result
+    assert_low_while_capped_and_back_after(result)
     # No probe got through the cap: her estimate, read every 0.5 s of the capped window, never
     # reached the probes' target (what the middle stream needs, with margin: ≈ 540 kbit/s; at
-    # most 347k, every capped probe failed).
+    # most 317-358k in 7 runs, every capped probe failed).
     assert max(capped["carolEstimates"]) < 1.25 * CAP_KBIT * 1000, result
     assert result["cappedCounters"]["probes"] >= 1, result  # failed ones repeat within 4 s
-    assert capped["bob"]["width"] >= 960, result
-    assert capped["carol"]["fps"] >= 0.5 * capped["bob"]["fps"] > 0, result
-    assert after["carol"]["width"] >= 960, result
-    assert after["carol"]["fps"] >= 0.5 * after["bob"]["fps"] > 0, result
-    assert not result["renegotiated"], result
-    assert result["problems"] == [], result
 
 
 @pytest.mark.parametrize("codec", ["vp9", "av1"])
@@ -120,26 +105,15 @@ def test_capped_chromium_subscriber_gets_a_lower_svc_spatial_layer(codec: str) -
     when the cap is lifted she climbs back at a keyframe."""
     require_netns()
     require_chromium()
-    argv = netns_argv([sys.executable, "-m", "tests.simulcast_netns", "svc", codec])
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(json.dumps({k: v for k, v in result.items() if k != "plans"}, indent=1))
-    assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
-    capped, after = result["capped"], result["after"]
+    result = scenario_result("tests.simulcast_netns", "svc", codec)
+    capped = result["capped"]
     print(
         f"{codec} SVC: capped at {result['settleSeconds']} s on spatial layer 0, back on the top"
         f" {result['recoverSeconds']} s after the cap was lifted; capped fps"
         f" {capped['carol']['fps']} vs {capped['bob']['fps']}"
     )
     assert result["svcLayers"] == 3, result
-    assert mostly_low(capped["carol"]), result
-    assert capped["bob"]["width"] >= 960, result
-    assert capped["carol"]["fps"] >= 0.5 * capped["bob"]["fps"] > 0, result
-    assert after["carol"]["width"] >= 960, result
-    assert after["carol"]["fps"] >= 0.5 * after["bob"]["fps"] > 0, result
-    assert not result["renegotiated"], result
-    assert result["problems"] == [], result
+    assert_low_while_capped_and_back_after(result)
 
 
 def test_a_publisher_whose_uplink_starts_thin_brings_bob_to_the_top_once_it_grows() -> None:
@@ -154,12 +128,7 @@ def test_a_publisher_whose_uplink_starts_thin_brings_bob_to_the_top_once_it_grow
     (its estimate then grows for ~30 s before it adds f: the bound is 90 s)."""
     require_netns()
     require_chromium()
-    argv = netns_argv([sys.executable, "-m", "tests.simulcast_netns", "thin"])
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(json.dumps(result, indent=1))
-    assert "error" not in result, f"{result['error']}\n{done.stderr[-4000:]}"
+    result = scenario_result("tests.simulcast_netns", "thin")
     thin = result["thin"]
     # the set-up did what it is for: the top stream was not arriving under the cap, and the
     # server still announces it (it is alice's to start)
