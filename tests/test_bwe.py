@@ -207,6 +207,28 @@ def test_remb_caps_the_estimate() -> None:
     assert sim.bwe.estimate <= 250_000
 
 
+def test_receiver_report_loss_is_the_congestion_signal_without_transport_cc() -> None:
+    """A receiver that sends only RTCP receiver reports (aiortc): their loss drives §6's
+    controller. Over 10 % lowers the estimate once per report (and counts as a decrease, what
+    the layer planner steps down on); 1 % or a report of too few packets changes nothing;
+    and it never grows past its start without delivery measurements."""
+    bwe = BandwidthEstimator(1_000_000)
+    for second in range(1, 6):
+        bwe.on_loss_report(1, 100, float(second))  # 1 %
+    assert (bwe.estimate, bwe.decreases) == (1_000_000, 0)
+    bwe.on_loss_report(10, 15, 6.0)  # too few packets to judge yet
+    assert bwe.decreases == 0
+    bwe.on_loss_report(60, 100, 7.0)  # with the 15 before: 70 of 115 lost
+    assert bwe.decreases == 1 and bwe.estimate < 800_000
+    lowered = bwe.estimate
+    bwe.on_loss_report(30, 100, 8.0)
+    assert bwe.decreases == 2 and bwe.estimate < lowered
+    assert math.isclose(bwe.loss, 0.3)
+    for second in range(9, 30):
+        bwe.on_loss_report(0, 100, float(second))
+    assert bwe.decreases == 2 and bwe.estimate <= 1_000_000
+
+
 def test_no_feedback_no_change_and_unknown_feedback_ignored() -> None:
     bwe = BandwidthEstimator(500_000)
     bwe.on_feedback([(1, 1000), (2, None)], 1.0)  # nothing sent yet

@@ -8,10 +8,13 @@ what was sent: the delivered rate it measures is the rate the publisher sent at.
 
 from __future__ import annotations
 
+import math
+
 import trio
 
 from tests.sfu_helpers import SfuEnv, record_transport_cc, start_sfu, wait_for
-from trio_sfu.proto.rtcp import Remb
+from trio_sfu.proto.rtcp import ReceiverReport, Remb, ReportBlock
+from trio_sfu.proto.rtcp.transport_cc import TransportCcFeedback
 
 
 async def test_subscriber_feedback_drives_its_estimator(nursery: trio.Nursery) -> None:
@@ -50,3 +53,43 @@ async def test_subscriber_feedback_drives_its_estimator(nursery: trio.Nursery) -
     bob.pc.send_rtcp(Remb(sender_ssrc=1, bitrate=120_000, ssrcs=video.remote_ssrcs).serialize())
     await wait_for(lambda: bwe.estimate <= 120_000, 10)
 
+
+
+async def test_a_receiver_without_transport_cc_feedback_is_throttled_by_its_reports_loss(
+    nursery: trio.Nursery,
+) -> None:
+    """aiortc (and other receivers without transport-cc) send RTCP receiver reports only:
+    the loss they report over the packets expected since the previous one (RFC 3550
+    §6.4.1) is the estimator's congestion signal — until transport-cc feedback shows up,
+    which then speaks alone (its loss is measured per packet, and would count twice)."""
+    env: SfuEnv = await start_sfu(nursery)
+    bob = await env.subscriber("r", "bob-1")
+    await env.publisher("r", "alice-1", audio=False)
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    video = next(t for t in bob.pc.transceivers if t.kind == "video" and t.receiving)
+    ours = video.remote_ssrcs[0]
+    bwe = env.sfu.rooms["r"].subscribers["bob-1"].bwe
+    stats = env.sfu.rooms["r"].subscribers["bob-1"].live[ours].stats
+    highest = 1000
+
+    async def report(fraction_lost: int) -> None:
+        """One receiver report of 100 more packets, once the server has taken it."""
+        nonlocal highest
+        highest += 100
+        block = ReportBlock(ours, fraction_lost=fraction_lost, highest_sequence=highest)
+        bob.pc.send_rtcp(ReceiverReport(ssrc=1, reports=[block]).serialize())
+        await wait_for(lambda: stats.last_report is not None
+                       and stats.last_report.highest_sequence == highest)
+
+    await report(0)  # the first report: nothing expected since an earlier one
+    await report(3)  # ~1 % of 100
+    await trio.sleep(0.6)  # a loss window (0.5 s) later
+    await report(77)  # 30 %
+    assert bwe.decreases == 1
+    assert math.isclose(bwe.loss, 0.3, abs_tol=0.02)
+    # transport-cc feedback from here on: the reports' loss no longer counts
+    bob.pc.send_rtcp(TransportCcFeedback(1, ours, 0, 0, 0, [(0, True, 0)]).serialize())
+    await trio.sleep(0.6)
+    await report(77)
+    await report(77)
+    assert bwe.decreases == 1  # 30 % over 200 packets: would have lowered it again

@@ -346,6 +346,18 @@ class LossBasedEstimator:
             self._total += 1
             if p.arrival is None:
                 self._lost += 1
+        self._judge(now, current, acked_bps, rtt)
+
+    def on_counts(self, lost: int, total: int, now: float, current: float, rtt: float) -> None:
+        """``lost`` of ``total`` packets, from a receiver report (RFC 3550 §6.4.1: its
+        fraction lost over the packets expected since the last one) — how §6 was first
+        specified, for a receiver that sends no transport-cc feedback. Nothing tells what was
+        delivered, so a decrease has no floor but the estimator's minimum."""
+        self._lost += max(0, min(lost, total))
+        self._total += max(0, total)
+        self._judge(now, current, None, rtt)
+
+    def _judge(self, now: float, current: float, acked_bps: float | None, rtt: float) -> None:
         last = self._last_update
         if self._total < _LOSS_MIN_PACKETS or (last is not None and now - last < _LOSS_WINDOW):
             return
@@ -501,6 +513,14 @@ class BandwidthEstimator:
     def on_remb(self, bitrate: float) -> None:
         """The subscriber's receiver-side estimate (REMB), a cap on ours."""
         self._remb = max(bitrate, 0.0)
+
+    def on_loss_report(self, lost: int, expected: int, now: float) -> None:
+        """Loss from RTCP receiver reports, for a receiver without transport-cc feedback
+        (aiortc, for one): ``lost`` of the ``expected`` packets since its previous report.
+        Loss above 10 % lowers the estimate and counts as a decrease, which is the congestion
+        signal the layer planner steps down on; such a receiver's estimate never grows past
+        its start (only delivery measurements could show it may)."""
+        self._loss.on_counts(lost, expected, now, self.estimate, self.rtt)
 
     def on_rtt(self, rtt: float) -> None:
         """Round-trip time from RTCP (RR's DLSR), used for the additive increase."""

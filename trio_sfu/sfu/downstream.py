@@ -63,6 +63,9 @@ class Downstream(Member):
         #: How much this receiver's downlink carries, from its transport-cc feedback (or REMB)
         #: about what we sent it (issue 11): what its layer choice will be allocated from.
         self.bwe = BandwidthEstimator()
+        #: whether the receiver ever sent transport-cc feedback; until it does, the loss in
+        #: its receiver reports feeds ``bwe`` (its only congestion signal)
+        self._twcc_seen = False
         #: which simulcast stream each down-track gets, from ``bwe`` (run once a second)
         self.layer_planner = LayerPlanner()
         self._sent_samples: dict[int, tuple[float, int]] = {}  # ssrc -> (when, octets)
@@ -180,19 +183,31 @@ class Downstream(Member):
                                 rewriter.source_ssrc,
                             )
             elif isinstance(packet, TransportCcFeedback):
+                self._twcc_seen = True
                 self.bwe.on_feedback(packet.arrival_times_us(), now)
             elif isinstance(packet, Remb):
                 self.bwe.on_remb(packet.bitrate)
             elif isinstance(packet, ReceiverReport | SenderReport):
                 unix = time.time()
+                lost = expected = 0
                 for block in packet.reports:
                     downtrack = live.get(block.ssrc)
                     if downtrack is not None:
+                        previous = downtrack.stats.last_report
                         rtt = downtrack.stats.on_receiver_report(block, now, unix)
                         if rtt is not None:
                             self.rtt_reports.observe(rtt)
                             self.bwe.on_rtt(rtt)
                         self.loss_reports.observe(block.fraction_lost / 256)
+                        if previous is not None:
+                            # RFC 3550 §6.4.1: the fraction is of the packets expected since
+                            # the last report, the extended highest sequence numbers' span
+                            span = block.highest_sequence - previous.highest_sequence
+                            if 0 < span < 0x8000:
+                                expected += span
+                                lost += round(block.fraction_lost * span / 256)
+                if expected and not self._twcc_seen:
+                    self.bwe.on_loss_report(lost, expected, now)
 
     def layer_hint(self, downtrack: DownTrack) -> tuple[Hint, int | None]:
         """The receiver's ``LAYER`` hint and rendered width for a track (seed-API
