@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +36,7 @@ import trio
 from tests.browser_helpers import HELPERS
 from tests.browser_netns import iptables, running_server
 from tests.bwe_netns import cap, uncap
-from tests.netns import inside, run_scenario
+from tests.netns import REPO, inside, run_scenario
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
 from tests.peers.firefox import find_firefox, headless_firefox
 from tests.test_site import NODE_TESTS, SITE, Collector, HasLog, Page, wait_until
@@ -62,6 +65,9 @@ THIN_SECONDS = 12.0
 #: transport-cc feedback drives her estimate and the server's probes); alice and bob stay
 #: Chromium, and the loss phase is skipped
 FIREFOX = sys.argv[1:2] == ["firefox"]
+#: ``python -m tests.simulcast_netns aiortc``: carol is an aiortc WHEP viewer, which sends
+#: receiver reports and no transport-cc feedback: their loss is its only congestion signal
+AIORTC = sys.argv[1:2] == ["aiortc"]
 #: what the Firefox page is served beside the site
 FIREFOX_PAGE = "firefox_subscriber.html"
 
@@ -233,6 +239,67 @@ def firefox_viewer(base: str, room: str) -> Iterator[FirefoxViewer]:
             collector.server.shutdown()
 
 
+class AiortcViewer:
+    """carol as aiortc (tests/peers/aiortc_whep.py, its own process): a WHEP viewer of
+    alice that reports what it decodes once a second (JSON lines, read by a thread)."""
+
+    name = "carol"
+
+    def __init__(self, base: str, room: str, address: str) -> None:
+        argv = [sys.executable, str(Path(REPO) / "tests" / "peers" / "aiortc_whep.py"),
+                "--url", f"{base}/whep/{room}", "--ice-address", address, "--until-stopped",
+                "--timeout", str(SCENARIO_TIMEOUT), "--progress-every", "0.5"]
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+            text=True, start_new_session=True,
+        )
+        self.lines: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+    def last(self, kind: str) -> dict[str, Any] | None:
+        return next((line for line in reversed(self.lines) if line["type"] == kind), None)
+
+    def inbound(self) -> dict[str, Any]:
+        """As ``window.T.inbound`` reports a Chromium page's (aiortc counts no freezes: 0)."""
+        progress = self.last("progress")
+        size = progress["frameSize"] if progress else None
+        return {"decoded": progress["framesDecoded"] if progress else 0,
+                "width": size[0] if size else 0, "freezes": 0}
+
+    @property
+    def problems(self) -> list[str]:
+        result = self.last("result")
+        return list(result["errors"]) if result else []
+
+    def log(self) -> str:
+        self.stderr.seek(0)
+        tail = self.stderr.read()[-3000:].decode(errors="replace")
+        return f"--- aiortc viewer ---\n{self.lines[-3:]}\n{tail}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.write(json.dumps({"type": "stop"}) + "\n")
+                self.process.stdin.flush()
+                self.process.wait(timeout=15)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+        self.stderr.close()
+
+
 def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -242,7 +309,7 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             executable_path=CHROMIUM, args=CHROMIUM_ARGS + extra, headless=True, timeout=30_000
         )
         stack.callback(browser.close)
-        chromium = ("alice", "bob") if FIREFOX else ("alice", "bob", "carol")
+        chromium = ("alice", "bob") if FIREFOX or AIORTC else ("alice", "bob", "carol")
         pages = {name: Page(browser, name) for name in chromium}
         for page in pages.values():
             page.page.goto(base + "/")
@@ -255,12 +322,25 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             fox = stack.enter_context(firefox_viewer(base, "r"))
             logs.append(fox)
             ids["carol"] = fox.subscriber_id(*logs)
-        else:
+        elif not AIORTC:
             ids["carol"] = pages["carol"].js("() => window.T.subscribe('r', 'carol')")
         layering = f"codec: '{SVC_CODEC}', svc: 'L3T3_KEY'" if SVC else "simulcast: true"
         pid = alice.js(
             f"() => window.T.publish('r', 'alice', {{width: 1280, height: 720, {layering}}})"
         )
+        room = server.sfu.rooms["r"]  # type: ignore[attr-defined]
+        aio: AiortcViewer | None = None
+        if AIORTC:  # a WHEP viewer needs a publisher to watch
+            addresses = inside()
+            assert addresses is not None
+            aio = AiortcViewer(base, "r", addresses[1])
+            stack.callback(aio.close)
+            logs.append(aio)
+            ids["carol"] = wait_until(
+                "the aiortc viewer joined",
+                lambda: [i for i in room.subscribers if i != ids["bob"]],
+                bool, 30, *logs,
+            )[0]
 
         def inbound(page: Page) -> dict[str, Any]:
             result: dict[str, Any] = page.js(f"() => window.T.inbound({pid!r})")
@@ -271,13 +351,18 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             "carol": (
                 functools.partial(fox.inbound, pid)
                 if fox is not None
+                else aio.inbound
+                if aio is not None
                 else functools.partial(inbound, pages["carol"])
             ),
         }
 
         def problems() -> list[str]:
             found = [p for page in pages.values() for p in page.problems]
-            return found + (fox.problems if fox is not None else [])
+            for other in (fox, aio):
+                if other is not None:
+                    found += other.problems
+            return found
 
         for name, viewer in viewers.items():
             wait_until(
@@ -287,9 +372,8 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
                 90,
                 *logs,
             )
-        room = server.sfu.rooms["r"]  # type: ignore[attr-defined]
         carol_sub = room.subscribers[ids["carol"]]
-        negotiations = carol_sub.negotiations
+        negotiations = getattr(carol_sub, "negotiations", 0)  # a WHEP viewer never renegotiates
         downtrack = next(d for d in carol_sub.live.values() if d.source.kind == "video")
         address = carol_sub.pc.remote_address
         assert address is not None
@@ -302,11 +386,13 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
             first = {n: viewers[n]() for n in ("bob", "carol")}
             widths: dict[str, list[int]] = {"bob": [], "carol": []}
             estimates = []  # carol's, beside: a probe through the cap would show here
+            layers = []  # the stream the server forwards her (what a lagging decoder hides)
             for _ in range(int(seconds / 0.5)):
                 time.sleep(0.5)
                 for n in widths:
                     widths[n].append(int(viewers[n]()["width"]))
                 estimates.append(int(carol_sub.bwe.estimate))
+                layers.append(downtrack.forwarded_layer)
             last = {n: viewers[n]() for n in ("bob", "carol")}
             return {
                 n: {
@@ -316,7 +402,7 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
                     "freezes": last[n]["freezes"] - first[n]["freezes"],
                 }
                 for n in ("bob", "carol")
-            } | {"carolEstimates": estimates}
+            } | {"carolEstimates": estimates, "carolLayers": layers}
 
         out["before"] = watch(OBSERVE / 2)
         # A 300 ms queue: the SFU forwards a frame's packets as they come (it has no
@@ -364,17 +450,20 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
         out["svcLayers"] = downtrack.source.fanout.svc_layers
         uncap()
         lifted_at = time.monotonic()
+        decoded_at_lift = viewers["carol"]()["decoded"]
         wait_until(
             "carol back on the top stream",
-            viewers["carol"],
-            lambda r: r["width"] >= 960,
+            lambda: viewers["carol"]() | {"layer": downtrack.forwarded_layer},
+            # aiortc's decoder may lag (its last frame's width stays): the server's side too
+            lambda r: r["width"] >= 960
+            and (not AIORTC or (r["layer"] == 2 and r["decoded"] >= decoded_at_lift + 20)),
             90,
             *logs,
         )
         out["recoverSeconds"] = round(time.monotonic() - lifted_at, 2)
         out["after"] = watch(OBSERVE / 2)
-        if SVC or FIREFOX:  # the loss phase is Chromium simulcast's (the same NACK/RTX path)
-            out["renegotiated"] = carol_sub.negotiations != negotiations
+        if SVC or FIREFOX or AIORTC:  # the loss phase is Chromium simulcast's (NACK/RTX)
+            out["renegotiated"] = getattr(carol_sub, "negotiations", 0) != negotiations
             out["problems"] = problems()
             out["plans"] = PLANS
             return
@@ -412,7 +501,7 @@ def browser_part(base: str, out: dict[str, Any], server: Running) -> None:
         }
         out["lossyEstimate"] = int(carol_sub.bwe.estimate)
         out["lossyLoss"] = round(carol_sub.bwe.loss, 3)
-        out["renegotiated"] = carol_sub.negotiations != negotiations
+        out["renegotiated"] = getattr(carol_sub, "negotiations", 0) != negotiations
         out["layerSwitches"] = downtrack.layer_switches
         out["problems"] = problems()
         out["plans"] = PLANS

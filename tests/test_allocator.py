@@ -6,7 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_sfu.proto.bwe import BandwidthEstimator
-from trio_sfu.sfu.allocator import HINTS, LayerPlanner, TrackDemand, allocate, wanted_bitrate
+from trio_sfu.sfu.allocator import (
+    HINTS,
+    TRIAL_WINDOWS,
+    LayerPlanner,
+    TrackDemand,
+    allocate,
+    wanted_bitrate,
+)
 
 SIM = (150_000.0, 500_000.0, 1_500_000.0)
 WIDTHS = (320, 640, 1280)
@@ -133,6 +140,43 @@ def test_planner_goes_down_only_on_congestion_and_climbs_by_trial() -> None:
     assert planner.plan(800_000, 3, demands, {"v": 1}, 20.0) == {"v": 1}
     assert planner.plan(900_000, 3, demands, {"v": 1}, 21.0) == {"v": 2}
     assert planner.plan(2_000_000, 3, demands, {"v": 2}, 30.0) == {"v": 2}  # at the ceiling
+
+
+def test_a_failed_trial_falls_back_to_the_layer_that_held() -> None:
+    """A receiver that cannot be probed (aiortc: receiver reports only) has an estimate that
+    only falls, so a trial that meets congestion goes back to the layer it started from,
+    not to what that estimate grants (the lowest): behind a link that carries the middle
+    layer, the top is retried after 4 s, then every 8 s, from the middle."""
+    planner = LayerPlanner(hold=3.0, backoff=4.0, max_backoff=8.0)
+    demands = [TrackDemand("a", "audio", (40_000.0,)), _video()]
+    assert planner.plan(300_000, 0, demands, {"v": 0}, 0.0) == {"v": 1}  # a trial
+    assert planner.plan(300_000, 0, demands, {"v": 1}, 3.0) == {"v": 2}  # held: the next
+    # Loss within `hold` of the top trial: back to the middle layer, which held.
+    assert planner.plan(200_000, 1, demands, {"v": 2}, 4.0) == {"v": 1}
+    assert planner.plan(200_000, 1, demands, {"v": 1}, 7.9) == {"v": 1}
+    assert planner.plan(200_000, 1, demands, {"v": 1}, 8.0) == {"v": 2}
+    assert planner.plan(150_000, 2, demands, {"v": 2}, 9.0) == {"v": 1}
+    assert planner.plan(150_000, 2, demands, {"v": 1}, 16.9) == {"v": 1}
+    assert planner.plan(150_000, 2, demands, {"v": 1}, 17.0) == {"v": 2}
+    # Congestion outside a trial is the link's own: down to what the estimate grants.
+    assert planner.plan(150_000, 2, demands, {"v": 2}, 21.0) == {"v": 2}  # held
+    assert planner.plan(150_000, 3, demands, {"v": 2}, 30.0) == {"v": 0}
+
+
+def test_a_trial_holds_only_once_the_receivers_feedback_covered_it() -> None:
+    """Receiver reports (aiortc) tell of a trial's loss seconds after it began: a trial
+    holds after ``hold`` seconds *and* TRIAL_WINDOWS loss windows judged since it started;
+    loss heard before that still fails it, however late."""
+    planner = LayerPlanner(hold=3.0, backoff=4.0, max_backoff=8.0)
+    demands = [TrackDemand("a", "audio", (40_000.0,)), _video()]
+    assert planner.plan(300_000, 0, demands, {"v": 0}, 0.0, windows=10) == {"v": 1}
+    assert planner.plan(300_000, 0, demands, {"v": 1}, 5.0, windows=11) == {"v": 1}  # unheard
+    assert planner.plan(300_000, 0, demands, {"v": 1}, 6.0, windows=10 + TRIAL_WINDOWS) == {
+        "v": 2
+    }  # held: the next
+    # 4 s into the top trial, one window judged: the loss it reports fails it
+    assert planner.plan(200_000, 1, demands, {"v": 2}, 10.0, windows=14) == {"v": 1}
+    assert planner.plan(200_000, 1, demands, {"v": 1}, 14.0, windows=20) == {"v": 2}
 
 
 def test_planner_fixed_hints_apply_at_once_and_ceilings_follow_the_tile() -> None:

@@ -107,6 +107,7 @@ class Viewer:
             "connectionState": self.states[-1] if self.states else "new",
             "framesDecoded": self.frames,
             "audioFrames": self.audio_frames,
+            "frameSize": self.frame_size,
             "mark": self.runs[-1]["mark"] if self.runs else None,
         }
 

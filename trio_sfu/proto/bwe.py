@@ -314,11 +314,14 @@ class DelayBasedEstimator:
 class LossBasedEstimator:
     """§6: the rate as a function of the reported loss fraction."""
 
-    __slots__ = ("_last_decrease", "_last_update", "_lost", "_total", "decreases", "loss", "rate")
+    __slots__ = (
+        "_last_decrease", "_last_update", "_lost", "_total", "decreases", "judged", "loss", "rate",
+    )
 
     def __init__(self, initial_bps: float) -> None:
         self.rate = initial_bps
         self.decreases = 0  # times loss lowered the rate
+        self.judged = 0  # loss windows judged: what the receiver's feedback has covered
         self.loss = 0.0
         self._lost = 0
         self._total = 0
@@ -363,6 +366,7 @@ class LossBasedEstimator:
             return
         p_loss = self._lost / self._total
         self.loss = p_loss
+        self.judged += 1
         self._lost = self._total = 0
         self._last_update = now
         dt = 0.0 if last is None else min(max(now - last, 0.0), 1.0)
@@ -473,6 +477,12 @@ class BandwidthEstimator:
         """How often overuse (§5.5) or loss (§6) lowered the estimate so far: a layer
         allocator treats a change of this as congestion on the subscriber's link."""
         return self._delay.decreases + self._loss.decreases
+
+    @property
+    def loss_windows(self) -> int:
+        """Loss windows judged so far: a layer trial holds only once the receiver's feedback
+        has covered it (receiver reports come every 0.5-1.5 s, transport-cc every 0.1)."""
+        return self._loss.judged
 
     def acked_bitrate(self) -> float | None:
         """Bits/s the receiver got over the last ~0.5 s of arrivals, None until measurable."""

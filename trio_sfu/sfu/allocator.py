@@ -137,6 +137,10 @@ def wanted_bitrate(tracks: Sequence[TrackDemand]) -> float:
     return total
 
 
+#: Loss windows the estimator must judge over a layer trial before it counts as held
+TRIAL_WINDOWS = 3
+
+
 class LayerPlanner:
     """One subscriber's simulcast layers over time, from its bandwidth estimate (pure).
 
@@ -158,9 +162,10 @@ class LayerPlanner:
       on a capped link, where switching up to find out would freeze the video;
     - **up by trial** (no probing possible): the track tries the next layer itself; a trial
       held for ``hold`` seconds without congestion succeeded and the next layer may be
-      tried; congestion within ``hold`` means it failed: back down, and that track waits
-      ``backoff`` seconds before the next trial, twice as long after each further failure
-      (up to ``max_backoff``), until a trial holds;
+      tried; congestion within ``hold`` means it failed: back to the layer it started from
+      (which held; such a receiver's estimate only falls, so what it grants says little),
+      and that track waits ``backoff`` seconds before the next trial, twice as long after
+      each further failure (up to ``max_backoff``), until a trial holds;
     - **hints**: ``LAYER low|mid|high`` set the layer at once (congestion may still lower
       it); ``auto`` climbs to its ceiling (the top, or the smallest layer as wide as the
       ``SIZE`` the client rendered) by trials. ``off`` tracks are not planned here (paused).
@@ -184,6 +189,8 @@ class LayerPlanner:
         "_probe_wait",
         "_probed_at",
         "_tried_at",
+        "_tried_from",
+        "_tried_windows",
         "probe_target",
     )
 
@@ -198,6 +205,10 @@ class LayerPlanner:
         self._backoff: dict[str, float] = {}
         self._next_trial: dict[str, float] = {}
         self._tried_at: dict[str, float] = {}
+        #: the layer each trial started from: the one that held, where a failed trial ends
+        self._tried_from: dict[str, int] = {}
+        #: the estimator's loss windows when each trial started (see :meth:`_held`)
+        self._tried_windows: dict[str, int] = {}
         #: bits/s the last :meth:`plan` wants probed (None: no probe)
         self.probe_target: float | None = None
         # A probe that did not lift the estimate is repeated after a second, then twice as
@@ -216,11 +227,13 @@ class LayerPlanner:
         now: float,
         *,
         probing: bool = False,
+        windows: int | None = None,
     ) -> dict[str, int]:
         """The layer each simulcast track in ``current`` (its layer now) should get.
 
         ``demands`` covers every track the subscriber receives (audio and single-layer video
-        take their share of ``estimate`` first); ``decreases`` is the estimator's counter.
+        take their share of ``estimate`` first); ``decreases`` is the estimator's counter,
+        ``windows`` its count of loss windows judged (None: trials are judged by time).
         Each simulcast layer counts at its peak over the last :data:`PEAK_WINDOW` seconds
         of ``demands`` (:meth:`_at_peak`).
         """
@@ -230,7 +243,9 @@ class LayerPlanner:
         by_track = {d.track: d for d in demands}
         congested = decreases != self._decreases
         self._decreases = decreases
-        for kept in (self._tried_at, self._backoff, self._next_trial):
+        for kept in (
+            self._tried_at, self._tried_from, self._tried_windows, self._backoff, self._next_trial
+        ):
             for key in [k for k in kept if k not in current]:  # tracks gone
                 del kept[key]
         fits: dict[str, int | None] = {}
@@ -253,9 +268,12 @@ class LayerPlanner:
                 out[track] = top  # the ceiling came down (a smaller tile)
             elif congested and (fits.get(track) or 0) < layer:
                 out[track] = fits.get(track) or 0
-                tried = self._tried_at.get(track)
-                if tried is not None and now - tried <= self._hold:
-                    # the trial failed: wait, and twice as long after the next failure
+                if track in self._tried_at and not self._held(track, now, windows):
+                    # The trial failed: back to the layer that held before it (the estimate
+                    # of a receiver that cannot be probed says little: it only falls), and
+                    # wait, twice as long after the next failure. Congestion outside a
+                    # trial is the link's own: down to what the estimate grants.
+                    out[track] = max(out[track], self._tried_from.pop(track, 0))
                     backoff = self._backoff.get(track, self._base_backoff)
                     self._next_trial[track] = now + backoff
                     self._backoff[track] = min(2 * backoff, self._max_backoff)
@@ -267,17 +285,31 @@ class LayerPlanner:
             return self._climb_by_probe(estimate, ordered, out, now)
         for demand, at in _climbable(ordered, out):
             track = demand.track
-            tried = self._tried_at.get(track)
-            if tried is not None and now - tried < self._hold:
+            tried = track in self._tried_at
+            if tried and not self._held(track, now, windows):
                 return out  # one trial at a time: the last one is still being judged
             if now < self._next_trial.get(track, float("-inf")):
                 continue
-            if tried is not None:
+            if tried:
                 self._backoff[track] = self._base_backoff  # the last trial held
             out[track] = at + 1
             self._tried_at[track] = now
+            self._tried_from[track] = at
+            if windows is not None:
+                self._tried_windows[track] = windows
             return out
         return out
+
+    def _held(self, track: str, now: float, windows: int | None) -> bool:
+        """Whether ``track``'s last trial held: ``hold`` seconds without congestion, over
+        which the estimator judged at least :data:`TRIAL_WINDOWS` loss windows. A receiver
+        that reports only in RTCP receiver reports (every 0.5-1.5 s) tells of a trial's loss
+        seconds after it began — after the new layer's keyframe got through, and a report
+        interval — so time alone would call a trial held before anything was heard of it."""
+        if now - self._tried_at[track] < self._hold:
+            return False
+        start = self._tried_windows.get(track)
+        return windows is None or start is None or windows - start >= TRIAL_WINDOWS
 
     def _at_peak(self, demands: Sequence[TrackDemand], now: float) -> list[TrackDemand]:
         """``demands`` with each layered track's bitrates at their peak over the last

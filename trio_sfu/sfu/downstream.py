@@ -266,7 +266,8 @@ class Downstream(Member):
         bwe, planner = self.bwe, self.layer_planner
         padder = next((d for d in simulcast.values() if d.can_pad), None)
         plan = planner.plan(
-            bwe.estimate, bwe.decreases, demands, current, now, probing=padder is not None
+            bwe.estimate, bwe.decreases, demands, current, now, probing=padder is not None,
+            windows=bwe.loss_windows,
         )
         for key, layer in plan.items():
             if layer != current[key]:
