@@ -120,8 +120,8 @@ def test_capped_aiortc_viewer_is_throttled_by_its_receiver_reports() -> None:
     # reports' loss lowered her estimate (it never grows past its 300k start), and she was on
     # the top stream for at most a failing trial's seconds of the capped window (figures: never
     # in 3 runs; the middle stream's trials come and go). aiortc's own decoding through the
-    # cap is printed, not asserted: it asks for keyframes (PLI) rather than repairs, and each
-    # takes a second through 400 kbit/s (0.7-16 frames/s in those runs).
+    # cap is printed, not asserted: it leans on keyframes (PLI), and each takes a second
+    # through 400 kbit/s (0.7-16 frames/s in those runs).
     layers = capped["carolLayers"]
     assert max(capped["carolEstimates"]) < 300_000, result
     assert sum(1 for layer in layers if layer == 2) <= 0.3 * len(layers), result
