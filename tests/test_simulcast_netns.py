@@ -118,13 +118,14 @@ def test_capped_aiortc_viewer_is_throttled_by_its_receiver_reports() -> None:
     # The scenario waited for her on the low stream (≤ 400 px decoded, layer 0 forwarded)
     # once capped, and for the top stream forwarded and decoded once lifted. Here: the
     # reports' loss lowered her estimate (it never grows past its 300k start), and she was on
-    # the top stream for at most a failing trial's seconds of the capped window (figures: never
-    # in 3 runs; the middle stream's trials come and go). aiortc's own decoding through the
-    # cap is printed, not asserted: it leans on keyframes (PLI), and each takes a second
-    # through 400 kbit/s (0.7-16 frames/s in those runs).
+    # the top stream for at most half the capped window (before: all of it). Without probing
+    # the top stream is still tried now and then and takes ~3 s of reports to fail: 0-6 of 20
+    # samples in 6 runs, ~27 % expected once the 8 s back-off is reached. aiortc's own
+    # decoding through the cap is printed, not asserted: it leans on keyframes (PLI), and
+    # each takes a second through 400 kbit/s (0.7-24 frames/s in those runs).
     layers = capped["carolLayers"]
     assert max(capped["carolEstimates"]) < 300_000, result
-    assert sum(1 for layer in layers if layer == 2) <= 0.3 * len(layers), result
+    assert sum(1 for layer in layers if layer == 2) <= 0.5 * len(layers), result
     assert capped["bob"]["width"] >= 960, result
     assert after["carol"]["fps"] > 0, result
     assert result["problems"] == [], result
