@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from tests.bwe_netns import cap, uncap
 from tests.netns import REPO, inside, run_scenario
 from tests.peers.chromium_peer import CHROMIUM, CHROMIUM_ARGS, EXTRA_ARGS_ENV
 from tests.peers.firefox import find_firefox, headless_firefox
-from tests.test_site import NODE_TESTS, SITE, Collector, HasLog, Page, wait_until
+from tests.test_site import SITE, Collector, HasLog, Page, site_with_page, wait_until
 from trio_sfu.app import Running
 
 CAP_KBIT = 400
@@ -521,10 +520,7 @@ async def scenario() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="simulcast-site-") as tmp:
         site = SITE
         if FIREFOX:  # the Firefox page drives itself: served beside the site
-            site = Path(tmp) / "site"
-            shutil.copytree(SITE, site)
-            for name in ("browser_harness.js", FIREFOX_PAGE):
-                shutil.copy(NODE_TESTS / name, site / name)
+            site = site_with_page(Path(tmp), FIREFOX_PAGE)
         async with running_server(addresses[0], site_dir=site) as running:
             base = f"http://127.0.0.1:{running.http_port}"
             with trio.fail_after(SCENARIO_TIMEOUT):

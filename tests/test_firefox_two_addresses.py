@@ -20,7 +20,6 @@ import functools
 import http.server
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import trio
 from tests.browser_netns import TURN_SECRET, TURNSERVER, coturn
 from tests.netns import ADDRESS_A, REPO, inside, netns_argv, require_netns
 from tests.peers.firefox import FIREFOX_PREFS, find_firefox, require_firefox
-from tests.test_site import NODE_TESTS, SITE, Collector
+from tests.test_site import Collector, site_with_page
 
 FRAMES = 60
 SCENARIO_TIMEOUT = 150
@@ -125,10 +124,7 @@ async def scenario(mode: str = "udp") -> dict[str, Any]:
         subprocess.run(["iptables", "-I", "INPUT", "-p", "udp", "-j", "DROP"], check=True)
     with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
-        site = tmp / "site"
-        shutil.copytree(SITE, site)
-        for name in ("browser_harness.js", "firefox_check.html"):
-            shutil.copy(NODE_TESTS / name, site / name)
+        site = site_with_page(tmp, "firefox_check.html")
         profile = tmp / "profile"
         profile.mkdir()
         (profile / "user.js").write_text(

@@ -618,6 +618,17 @@ async def test_module_two_publishers_two_subscribers_leave_and_rejoin() -> None:
 
 # ------------------------------------------------------------------------------------ firefox
 
+def site_with_page(root: Path, page: str) -> Path:
+    """A copy of the site under ``root`` with a self-driving test page (tests/site) and the
+    harness it imports beside it, same-origin: Firefox runs without an automation protocol,
+    so its pages cannot be injected, only served."""
+    site = root / "site"
+    shutil.copytree(SITE, site)
+    for name in ("browser_harness.js", page):
+        shutil.copy(NODE_TESTS / name, site / name)
+    return site
+
+
 class Collector:
     """Where the Firefox page reports (POSTed JSON) and asks for its next step (GET /cmd).
 
@@ -690,10 +701,7 @@ async def test_firefox_module_and_demo(tmp_path: Path) -> None:
     """
     require_chromium()
     firefox = require_firefox()
-    site = tmp_path / "site"
-    shutil.copytree(SITE, site)
-    for name in ("browser_harness.js", "firefox_check.html"):
-        shutil.copy(NODE_TESTS / name, site / name)
+    site = site_with_page(tmp_path, "firefox_check.html")
     firefox_log = tmp_path / "firefox.log"
     collector = Collector(firefox_log)
     harness = HARNESS_JS.read_text()

@@ -54,7 +54,6 @@ async def test_subscriber_feedback_drives_its_estimator(nursery: trio.Nursery) -
     await wait_for(lambda: bwe.estimate <= 120_000, 10)
 
 
-
 async def test_a_receiver_without_transport_cc_feedback_is_throttled_by_its_reports_loss(
     nursery: trio.Nursery,
 ) -> None:
