@@ -92,6 +92,32 @@ async def test_late_subscriber_gets_all_existing_publishers(env: SfuEnv) -> None
     assert late.packets["voice-a"] > 0 and late.packets["cam-a"] > 0
 
 
+async def test_a_publisher_announced_while_a_subscriber_connects_is_not_lost(
+    env: SfuEnv,
+) -> None:
+    """The subscriber's answer is held back until the room told its (not yet connected)
+    member about the publisher: the PUB_JOIN could not go out then, and the room state read
+    once the channel opens lists a publisher the member already knows. Both must add up to
+    one PUB_JOIN (seen in tests/test_cluster.py's restart test: the pod re-announced its
+    publisher after Redis came back, while the late subscriber was connecting)."""
+    subscribe = functools.partial(env.sfu.subscribe, "r", "bob-1")
+    bob = SubscriberClient("bob-1", **env.client_options)
+
+    async def held_answer(offer: str) -> str:
+        answer = await subscribe(offer)
+        alice = await env.publisher("r", "alice-1")
+        member = env.sfu.rooms["r"].subscribers["bob-1"]
+        await wait_for(lambda: alice.id in member.known)  # type: ignore[attr-defined]
+        return answer
+
+    await env.nursery.start(bob.connect, held_answer)
+    await bob.wait_open()
+    assert await bob.expect("PUB_JOIN") == "PUB_JOIN alice-1"
+    assert await bob.expect("SDP_OFFER")
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    assert [line for line in bob.lines if line.startswith("PUB_JOIN")] == ["PUB_JOIN alice-1"]
+
+
 async def test_no_own_media_and_screen_share_as_second_connection(env: SfuEnv) -> None:
     alice_sub = await env.subscriber("r", "alice-s1")
     bob_sub = await env.subscriber("r", "bob-s1")

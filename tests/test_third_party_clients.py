@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -118,10 +118,16 @@ class Vp8Frames:
     PyAV (libvpx), so a frame counts only if it is complete and decodes.
     """
 
-    def __init__(self) -> None:
+    #: while waiting for a keyframe, one is asked for again every this many skipped frames
+    #: (about a second of video), as a decoder's PLI would be repeated (RFC 4585 §6.3.1)
+    ASK_EVERY = 30
+
+    def __init__(self, ask_keyframe: Callable[[], None] | None = None) -> None:
         import av
 
         self._codec = av.CodecContext.create("vp8", "r")
+        #: a receiver's keyframe request (a PLI), called when a loss left it without one
+        self._ask_keyframe = ask_keyframe
         self.decoded = 0
         self.keyframes = 0
         self.errors = 0
@@ -141,19 +147,22 @@ class Vp8Frames:
         if parsed is None:
             return
         seq, timestamp, marker, payload = parsed
-        if not payload:
+        if not payload:  # padding (a probe) takes a sequence number, and is no gap
+            self._next_seq = (seq + 1) & 0xFFFF
             return
         start, body = vp8_descriptor(payload)
         if start:
-            if self._parts:
-                self.dropped += 1  # the previous frame never saw its marker
+            if self._parts or (self._next_seq is not None and seq != self._next_seq):
+                self.dropped += bool(self._parts)  # the previous frame never saw its marker
+                self._need_keyframe = True  # and the frames after it refer to it
             self._parts = [body]
             self._timestamp = timestamp
         elif self._parts and seq == self._next_seq and timestamp == self._timestamp:
             self._parts.append(body)
         else:
-            if self._parts:
-                self.dropped += 1
+            if self._parts or seq != self._next_seq:
+                # a frame broken off, or a gap between frames: a whole frame may be gone
+                self.dropped += bool(self._parts)
                 self._need_keyframe = True
             self._parts = []
         self._next_seq = (seq + 1) & 0xFFFF
@@ -167,6 +176,8 @@ class Vp8Frames:
 
         keyframe = bool(frame) and not frame[0] & 0x01  # RFC 6386 §9.1: P bit 0
         if self._need_keyframe and not keyframe:
+            if self._ask_keyframe is not None and self.waiting % self.ASK_EVERY == 0:
+                self._ask_keyframe()
             self.waiting += 1
             return
         try:
@@ -257,12 +268,22 @@ async def decoding_subscriber(
     """A seed-API subscriber (our Python client) whose video RTP is decoded as it arrives."""
     from tests.rtc_helpers import client_certificate
     from trio_sfu.client.sfu import SubscriberClient, http_signal
+    from trio_sfu.proto.rtcp.feedback import Pli
 
-    frames = Vp8Frames()
     sub = SubscriberClient(peer_id, host=host, certificate=client_certificate())
+    video_ssrc = 0
+
+    def ask_keyframe() -> None:
+        # As a browser's decoder does after a loss it cannot repair: a packet lost to a
+        # loaded machine's socket buffer would otherwise leave it waiting for a keyframe that
+        # a libwebrtc publisher sends only when asked.
+        sub.pc.send_rtcp(Pli(sender_ssrc=1, media_ssrc=video_ssrc).serialize())
+
+    frames = Vp8Frames(ask_keyframe)
     count_packets = sub.pc.on_rtp
 
     def on_rtp(stream: Any, packet: bytes, now: float) -> None:
+        nonlocal video_ssrc
         if count_packets is not None:
             count_packets(stream, packet, now)
         t = stream.transceiver
@@ -270,6 +291,7 @@ async def decoding_subscriber(
             return
         vp8 = {c.payload_type for c in t.media_codecs if c.name.upper() == "VP8"}
         if len(packet) > 1 and packet[1] & 0x7F in vp8:
+            video_ssrc = int.from_bytes(packet[8:12], "big")
             frames.feed(packet)
 
     sub.pc.on_rtp = on_rtp

@@ -44,6 +44,9 @@ class Subscriber(Downstream):
         self.mode = "auto"
         #: publishers of the room this subscriber may receive (its own user excluded)
         self.known: dict[str, PublisherInfo] = {}
+        #: the control channel opened and the publishers known then were announced: from
+        #: here on each is announced as it comes
+        self._greeted = False
         #: publishers it should receive now (auto: all known; manual: those named by SUB)
         self.wanted: set[str] = set()
         self.downtracks: dict[TrackKey, DownTrack] = {}
@@ -75,16 +78,20 @@ class Subscriber(Downstream):
         if info.user == self.user or info.publisher_id in self.known:
             return  # the seed's rule: never a user's own media; joins are idempotent
         self.known[info.publisher_id] = info
+        if self._greeted:
+            self._announce(info)
+        if self.mode == "auto":
+            self.wanted.add(info.publisher_id)
+            self._changed()
+        elif self._greeted:
+            self.send(dc_protocol.media(list(self.known.values())))
+
+    def _announce(self, info: PublisherInfo) -> None:
         self.send(dc_protocol.pub_join(info.publisher_id))
         for track in info.tracks:  # PUB_JOIN is about the connection, TRACK_ADD its tracks
             self.send(dc_protocol.track_add(info.publisher_id, track))
             if track.muted:
                 self.send(dc_protocol.muted(info.publisher_id, track.track_id, True))
-        if self.mode == "auto":
-            self.wanted.add(info.publisher_id)
-            self._changed()
-        else:
-            self.send(dc_protocol.media(list(self.known.values())))
 
     def publisher_left(self, publisher_id: str) -> None:
         if self.known.pop(publisher_id, None) is None:
@@ -140,6 +147,11 @@ class Subscriber(Downstream):
     # -- commands -------------------------------------------------------------------------
 
     async def on_control_open(self) -> None:
+        # Publishers the room told us about while the channel was still connecting could not
+        # be announced then; the state read below skips them, as known.
+        self._greeted = True
+        for info in list(self.known.values()):
+            self._announce(info)
         for info in await self.room.publisher_infos():
             self.publisher_joined(info)
         speaker = self.room.speaker  # a late joiner learns the room's speaker (issue 11)
