@@ -163,6 +163,37 @@ def test_a_failed_trial_falls_back_to_the_layer_that_held() -> None:
     assert planner.plan(150_000, 3, demands, {"v": 2}, 30.0) == {"v": 0}
 
 
+def test_a_lower_layer_holding_again_does_not_shorten_the_wait_for_the_one_that_failed() -> None:
+    """Behind a link that carries the middle layer and not the top, congestion of the link's
+    own (outside a trial) drops the track to the lowest layer; the middle layer's trial then
+    holds again. That says nothing new about the top: after its next failure the wait goes on
+    doubling, not back to the first back-off. Only a trial of the top that holds starts
+    afresh."""
+    planner = LayerPlanner(hold=3.0, backoff=4.0, max_backoff=16.0)
+    demands = [TrackDemand("a", "audio", (40_000.0,)), _video()]
+    assert planner.plan(300_000, 0, demands, {"v": 0}, 0.0) == {"v": 1}  # a trial
+    assert planner.plan(300_000, 0, demands, {"v": 1}, 3.0) == {"v": 2}  # held: the next
+    assert planner.plan(200_000, 1, demands, {"v": 2}, 4.0) == {"v": 1}  # failed: wait 4 s
+    assert planner.plan(200_000, 1, demands, {"v": 1}, 8.0) == {"v": 2}
+    assert planner.plan(200_000, 2, demands, {"v": 2}, 9.0) == {"v": 1}  # failed: wait 8 s
+    # The link's own congestion: down to what the estimate grants.
+    assert planner.plan(150_000, 3, demands, {"v": 1}, 10.0) == {"v": 0}
+    assert planner.plan(150_000, 3, demands, {"v": 0}, 17.0) == {"v": 1}  # a trial
+    # It holds: the top is tried (its last failure asked for 8 s; 11 s passed) ...
+    assert planner.plan(150_000, 3, demands, {"v": 1}, 20.0) == {"v": 2}
+    # ... and fails again: the wait is 16 s, not the first back-off a held trial restored.
+    assert planner.plan(150_000, 4, demands, {"v": 2}, 21.0) == {"v": 1}
+    assert planner.plan(150_000, 4, demands, {"v": 1}, 36.9) == {"v": 1}
+    assert planner.plan(150_000, 4, demands, {"v": 1}, 37.0) == {"v": 2}
+    # The top holds: the next failure waits the first back-off again.
+    assert planner.plan(150_000, 4, demands, {"v": 2}, 40.0) == {"v": 2}
+    assert planner.plan(150_000, 5, demands, {"v": 2}, 45.0) == {"v": 0}  # the link's own
+    assert planner.plan(150_000, 5, demands, {"v": 0}, 48.0) == {"v": 1}
+    assert planner.plan(150_000, 6, demands, {"v": 1}, 49.0) == {"v": 0}  # failed: 4 s
+    assert planner.plan(150_000, 6, demands, {"v": 0}, 52.9) == {"v": 0}
+    assert planner.plan(150_000, 6, demands, {"v": 0}, 53.0) == {"v": 1}
+
+
 def test_a_trial_holds_only_once_the_receivers_feedback_covered_it() -> None:
     """Receiver reports (aiortc) tell of a trial's loss seconds after it began: a trial
     holds after ``hold`` seconds *and* TRIAL_WINDOWS loss windows judged since it started;

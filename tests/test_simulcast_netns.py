@@ -119,8 +119,8 @@ def test_capped_aiortc_viewer_is_throttled_by_its_receiver_reports() -> None:
     # once capped, and for the top stream forwarded and decoded once lifted. Here: the
     # reports' loss lowered her estimate (it never grows past its 300k start), and she was on
     # the top stream for at most half the capped window (before: all of it). Without probing
-    # the top stream is still tried now and then and takes ~3 s of reports to fail: 0-6 of 20
-    # samples in 6 runs, ~27 % expected once the 8 s back-off is reached. aiortc's own
+    # the top stream is still tried now and then and takes ~3 s of reports to fail: 0-1 of 20
+    # samples in 3 runs, at most ~16 % expected once the 16 s back-off is reached. aiortc's own
     # decoding through the cap is printed, not asserted: it leans on keyframes (PLI), and
     # each takes a second through 400 kbit/s (0.7-24 frames/s in those runs).
     layers = capped["carolLayers"]

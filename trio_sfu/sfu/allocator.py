@@ -165,7 +165,9 @@ class LayerPlanner:
       tried; congestion within ``hold`` means it failed: back to the layer it started from
       (which held; such a receiver's estimate only falls, so what it grants says little),
       and that track waits ``backoff`` seconds before the next trial, twice as long after
-      each further failure (up to ``max_backoff``), until a trial holds;
+      each further failure (up to ``max_backoff``), until a trial of that layer (or a higher
+      one) holds: a lower layer holding again after a congestion drop says nothing new about
+      the layer that failed, so its trials stay as far apart;
     - **hints**: ``LAYER low|mid|high`` set the layer at once (congestion may still lower
       it); ``auto`` climbs to its ceiling (the top, or the smallest layer as wide as the
       ``SIZE`` the client rendered) by trials. ``off`` tracks are not planned here (paused).
@@ -182,6 +184,7 @@ class LayerPlanner:
         "_base_backoff",
         "_congested_at",
         "_decreases",
+        "_failed",
         "_hold",
         "_max_backoff",
         "_next_trial",
@@ -195,7 +198,7 @@ class LayerPlanner:
     )
 
     def __init__(
-        self, *, hold: float = 3.0, backoff: float = 4.0, max_backoff: float = 8.0
+        self, *, hold: float = 3.0, backoff: float = 4.0, max_backoff: float = 16.0
     ) -> None:
         self._hold = hold
         self._base_backoff = backoff
@@ -204,6 +207,8 @@ class LayerPlanner:
         self._congested_at = float("-inf")
         self._backoff: dict[str, float] = {}
         self._next_trial: dict[str, float] = {}
+        #: per track, the layer whose last trial failed (until a trial that high holds)
+        self._failed: dict[str, int] = {}
         self._tried_at: dict[str, float] = {}
         #: the layer each trial started from: the one that held, where a failed trial ends
         self._tried_from: dict[str, int] = {}
@@ -244,7 +249,12 @@ class LayerPlanner:
         congested = decreases != self._decreases
         self._decreases = decreases
         for kept in (
-            self._tried_at, self._tried_from, self._tried_windows, self._backoff, self._next_trial
+            self._tried_at,
+            self._tried_from,
+            self._tried_windows,
+            self._backoff,
+            self._next_trial,
+            self._failed,
         ):
             for key in [k for k in kept if k not in current]:  # tracks gone
                 del kept[key]
@@ -273,7 +283,9 @@ class LayerPlanner:
                     # of a receiver that cannot be probed says little: it only falls), and
                     # wait, twice as long after the next failure. Congestion outside a
                     # trial is the link's own: down to what the estimate grants.
-                    out[track] = max(out[track], self._tried_from.pop(track, 0))
+                    tried_from = self._tried_from.pop(track, 0)
+                    out[track] = max(out[track], tried_from)
+                    self._failed[track] = tried_from + 1
                     backoff = self._backoff.get(track, self._base_backoff)
                     self._next_trial[track] = now + backoff
                     self._backoff[track] = min(2 * backoff, self._max_backoff)
@@ -290,8 +302,10 @@ class LayerPlanner:
                 return out  # one trial at a time: the last one is still being judged
             if now < self._next_trial.get(track, float("-inf")):
                 continue
-            if tried:
-                self._backoff[track] = self._base_backoff  # the last trial held
+            if tried and self._tried_from[track] + 1 >= self._failed.get(track, 0):
+                # the last trial held, as high as any that failed: start afresh
+                self._backoff[track] = self._base_backoff
+                self._failed.pop(track, None)
             out[track] = at + 1
             self._tried_at[track] = now
             self._tried_from[track] = at
