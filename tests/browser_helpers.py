@@ -57,16 +57,23 @@ HELPERS = """async () => {
       return window.T.sub.id;
     },
     async received(pid) {
+      // Beside the figures, how far the subscriber got, for a failure's message: told of
+      // the publisher (PUB_JOIN), its video track (the renegotiation), packets, frames.
+      const sub = window.T.sub;
       const track = window.T.tracks[pid]?.video;
-      if (!track) return { decoded: 0, codec: null };
+      const where = { known: !!sub?.publishers.has(pid), track: !!track,
+                      signaling: sub?.pc.signalingState,
+                      sections: (sub?.pc.remoteDescription?.sdp.match(/^m=/gm) || []).length };
+      if (!track) return { decoded: 0, codec: null, ...where };
       let report;
-      try { report = await window.T.sub.pc.getStats(track); }
-      catch (e) { return { decoded: 0, codec: null }; }  // a track of a replaced connection
-      let decoded = 0, codecId = null;
+      try { report = await sub.pc.getStats(track); }
+      catch (e) { return { decoded: 0, codec: null, ...where }; }  // a replaced connection's
+      let decoded = 0, codecId = null, packets = 0, keyframes = 0;
       for (const r of report.values()) if (r.type === 'inbound-rtp') {
-        decoded = r.framesDecoded || 0; codecId = r.codecId; }
+        decoded = r.framesDecoded || 0; codecId = r.codecId; packets = r.packetsReceived || 0;
+        keyframes = r.keyFramesDecoded || 0; }
       const codec = codecId && report.get(codecId) ? report.get(codecId).mimeType : null;
-      return { decoded, codec };
+      return { decoded, codec, packets, keyframes, ...where };
     },
     async sending(pid) {
       const out = { bitrate: 0, target: 0 };

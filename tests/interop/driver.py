@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import trio
 
 from tests.peers.harness import (
@@ -281,7 +282,13 @@ async def publisher_scenario(spec: PeerSpec, base_url: str, browser: Any,
     async with running(spec, protocol_args("publisher", base_url, room, pid)) as pub:
         connected = await pub.until("connected line", lambda: pub.of_type("connected"))
         pid = str(connected[0].get("id") or pid)  # a peer may pick its own suffix
-        received = await decoding(browser, page, pid, min_frames)
+        try:
+            received = await decoding(browser, page, pid, min_frames)
+        except PeerError as exc:
+            # what the publisher peer and the server saw, beside the watcher's progress
+            async with httpx.AsyncClient() as http:
+                room_state = (await http.get(f"{base_url}/rooms/{room}", timeout=5)).text
+            raise pub.fail(f"{exc}\n--- GET /rooms/{room} --- {room_state}") from exc
         pub.check_healthy()
     await browser.close_page(page)
     return received
