@@ -361,17 +361,25 @@ class Publisher(Member):
             else:
                 labels.append(command.app_id)
         elif isinstance(command, dc_protocol.RemoveMedia):
-            track = next(
-                (
-                    t
-                    for t in self.tracks
-                    if t.kind == command.kind and self.app_ids.get(t.track_id) == command.app_id
-                ),
-                None,
-            )
-            if track is None:
+            matching = [
+                t
+                for t in self.tracks
+                if t.kind == command.kind and self.app_ids.get(t.track_id) == command.app_id
+            ]
+            if not matching:
                 self.send(dc_protocol.error(f"no {command.kind} track {command.app_id} to remove"))
                 return
+            if len(matching) > 1:
+                # Two tracks of one label (two unlabelled cameras, a label used again): which
+                # one goes is for the next SDP_OFFER's stopped section to say, not a guess.
+                self.send(
+                    dc_protocol.error(
+                        f"{len(matching)} {command.kind} tracks are labelled {command.app_id}; "
+                        "nothing removed now: the next SDP_OFFER's stopped section decides"
+                    )
+                )
+                return
+            track = matching[0]
             self._retired.add(track.track_id)
             self._drop_track(track)
             self._announce_change("removed")
