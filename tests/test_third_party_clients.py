@@ -151,20 +151,17 @@ class Vp8Frames:
             self._next_seq = (seq + 1) & 0xFFFF
             return
         start, body = vp8_descriptor(payload)
-        if start:
-            if self._parts or (self._next_seq is not None and seq != self._next_seq):
-                self.dropped += bool(self._parts)  # the previous frame never saw its marker
-                self._need_keyframe = True  # and the frames after it refer to it
-            self._parts = [body]
-            self._timestamp = timestamp
-        elif self._parts and seq == self._next_seq and timestamp == self._timestamp:
+        gap = seq != self._next_seq  # (the first packet too: a keyframe is needed anyway)
+        if not start and self._parts and not gap and timestamp == self._timestamp:
             self._parts.append(body)
         else:
-            if self._parts or seq != self._next_seq:
-                # a frame broken off, or a gap between frames: a whole frame may be gone
+            if self._parts or gap:
+                # a frame broken off (it never saw its marker), or a gap between frames: a
+                # whole frame may be gone, and the frames after it refer to it
                 self.dropped += bool(self._parts)
                 self._need_keyframe = True
-            self._parts = []
+            self._parts = [body] if start else []
+            self._timestamp = timestamp
         self._next_seq = (seq + 1) & 0xFFFF
         if marker and self._parts:
             frame = b"".join(self._parts)
