@@ -224,6 +224,55 @@ def test_simulcast_rid_payload_type_restrictions_follow_the_codecs() -> None:
     assert video.simulcast == Simulcast(recv=[[SimulcastRid("q")], [SimulcastRid("f")]])
 
 
+def test_our_simulcast_offer_is_answered_by_our_sfu() -> None:
+    """Our client offers simulcast as a browser does (RFC 8853 §5.1): rids, no ssrc lines;
+    the SFU's answer takes every stream and the client keeps one SSRC per rid."""
+    c, s = client(), server()
+    t = c.add_transceiver("video", "sendonly", send_rids=["q", "h", "f"])
+    c.add_data_channel()
+    offer = c.create_offer()
+    video = offer.media[0]
+    assert video.rids == [Rid("q", "send"), Rid("h", "send"), Rid("f", "send")]
+    assert video.simulcast == Simulcast(
+        send=[[SimulcastRid("q")], [SimulcastRid("h")], [SimulcastRid("f")]])
+    assert video.ssrcs == [] and video.ssrc_groups == []
+    assert video.msid == [(t.stream_id, t.track_id)]
+    assert {e.uri for e in video.extmaps} >= {URI_MID, URI_RID}
+    s.set_remote_description(str(offer), "offer")
+    assert s.transceivers[0].remote_rids == ["q", "h", "f"]
+    assert s.transceivers[0].remote_ssrcs == []
+    c.set_remote_description(str(s.create_answer()), "answer")
+    assert list(t.send_rids) == ["q", "h", "f"]
+    assert len(set(t.send_rids.values()) | {t.sender_ssrc}) == 4
+    # A renegotiation offers the same streams again.
+    assert "a=simulcast:send q;h;f\r\n" in str(c.create_offer())
+
+
+def test_an_answer_without_simulcast_leaves_one_stream() -> None:
+    """RFC 8829 §5.10: an answer that drops a=simulcast (or some rids) keeps only what it took."""
+    c = client()
+    t = c.add_transceiver("video", "sendonly", send_rids=["q", "h", "f"])
+    offer = str(c.create_offer())
+    answer = answer_offer(server(), offer)
+    answer.media[0].simulcast = Simulcast(recv=[[SimulcastRid("q")], [SimulcastRid("f")]])
+    c.set_remote_description(str(answer), "answer")
+    assert list(t.send_rids) == ["q", "f"]
+    answer = answer_offer(server(), str(c.create_offer()))
+    answer.media[0].rids, answer.media[0].simulcast = [], None
+    c.set_remote_description(str(answer), "answer")
+    assert t.send_rids == {}
+    again = c.create_offer().media[0]
+    assert again.simulcast is None and again.rids == [] and again.ssrcs
+
+
+@pytest.mark.parametrize(
+    ("kind", "rids"), [("audio", ["a", "b"]), ("video", ["q", "q"]), ("video", ["q;h"])]
+)
+def test_simulcast_needs_video_and_valid_distinct_rids(kind: str, rids: list[str]) -> None:
+    with pytest.raises(ValueError, match="simulcast"):
+        client().add_transceiver(kind, "sendonly", send_rids=rids)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("browser", ["chromium", "firefox"])
 def test_answer_subscriber_offer_data_channel_only(browser: str) -> None:
     s = server()

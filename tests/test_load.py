@@ -104,6 +104,32 @@ def test_sink_subscribers_count_without_decrypting(server: str) -> None:
     assert isinstance(result["media_started_monotonic"], float)
 
 
+def test_simulcast_subscribers_get_the_stream_they_ask_for(server: str) -> None:
+    """``--simulcast --layer spread``: one publisher sends q/h/f (rids, MID/RID extensions,
+    PLI answered), three subscribers ask for low, mid and high with ``LAYER``; what each one
+    decrypts says which stream it was sent on. Every subscriber's stream stays continuous
+    across the switch from the SFU's first choice."""
+    done = load(
+        server, "--room", "simulcast", "--subscribers", "3", "--simulcast", "--layer", "spread",
+        "--duration", "4", "--json", "-",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["config"]["simulcast"] is True and result["config"]["layer"] == "spread"
+    assert result["clients"]["connected"] == 4 and result["errors"] == []
+    assert result["packets"]["lost"] == 0 and result["packets"]["delivered"] > 0
+    layers = result["layers"]
+    assert layers["subscribers"] == {"low": 1, "mid": 1, "high": 1}
+    # 1.5 Mbit/s at 30 frames/s: 1, 2 and 6 packets a frame on q, h and f.
+    delivered = layers["delivered"]
+    assert 0 < delivered["low"] < delivered["mid"] < delivered["high"]
+    table = load(
+        server, "--room", "simulcast-auto", "--simulcast", "--duration", "2",
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "simulcast packets delivered low / mid / high" in table.stdout
+
+
 def test_load_table_and_usage_errors(server: str) -> None:
     done = load(server, "--subscribers", "1", "--duration", "1", "--video-bitrate", "0")
     assert done.returncode == 0, done.stderr
@@ -112,6 +138,10 @@ def test_load_table_and_usage_errors(server: str) -> None:
     assert bad.returncode == 2 and "bitrate" in bad.stderr
     nothing = load(server, "--video-bitrate", "0", "--no-audio")
     assert nothing.returncode == 2 and "send nothing" in nothing.stderr
+    one_stream = load(server, "--layer", "low")
+    assert one_stream.returncode == 2 and "needs --simulcast" in one_stream.stderr
+    no_video = load(server, "--simulcast", "--video-bitrate", "0")
+    assert no_video.returncode == 2 and "needs video" in no_video.stderr
 
 
 def test_unreachable_server_fails_cleanly() -> None:

@@ -37,9 +37,11 @@ from typing import Any
 
 from trio_sfu.proto.rtp.packet import seq_delta
 
-#: Marks a load-test payload; followed by the send time (monotonic s) and a counter.
+#: Marks a load-test payload; followed by the send time (monotonic s), a counter and the
+#: simulcast stream the packet belongs to (:data:`NO_LAYER` for audio and single-stream video).
 MAGIC = b"TSFL"
-_STAMP = struct.Struct("!4sdI")
+_STAMP = struct.Struct("!4sdIB")
+NO_LAYER = 255
 #: The largest video packet payload (a browser's packetiser stays under the path MTU).
 VIDEO_PACKET = 1100
 VIDEO_FPS = 30
@@ -49,6 +51,14 @@ AUDIO_PAYLOAD = 80
 BINS_PER_DECADE = 100
 #: Seconds a worker may take to connect all its clients.
 CONNECT_TIMEOUT = 60.0
+#: ``--simulcast``: the streams of a publisher's video, lowest first, as a browser sends them
+#: for a 720p camera (libwebrtc's default scaling 1/4, 1/2, 1): rid, share of
+#: ``--video-bitrate`` (the top stream's rate), keyframe width and height.
+SIMULCAST = (("q", 0.1, 320, 180), ("h", 0.3, 640, 360), ("f", 1.0, 1280, 720))
+#: What the ``LAYER`` command calls each stream, in the same order.
+LAYER_NAMES = ("low", "mid", "high")
+#: A keyframe request (PLI/FIR) within this long of the last keyframe is not answered again.
+KEYFRAME_THROTTLE = 0.3
 
 
 @dataclass
@@ -67,6 +77,11 @@ class LoadConfig:
     keyframe_interval: float = 2.0
     #: subscribers count media from the clear RTP header without decrypting it
     sink: bool = False
+    #: publishers send their video as three simulcast streams (:data:`SIMULCAST`)
+    simulcast: bool = False
+    #: the layer subscribers ask for: "auto" (the SFU chooses), "low"/"mid"/"high", or
+    #: "spread" (subscriber i asks for ``LAYER_NAMES[i % 3]``)
+    layer: str = "auto"
 
 
 @dataclass
@@ -132,6 +147,10 @@ class WorkerTotals:
     #: per subscriber, the fraction of its expected packets that never arrived: the spread
     #: says whether loss at saturation falls on everyone alike or on a few
     subscriber_loss: list[float] = field(default_factory=list)
+    #: simulcast video packets delivered, by the stream (layer name) they were sent on
+    layers: dict[str, int] = field(default_factory=dict)
+    #: per subscriber, the layer of the last simulcast packet it received
+    subscriber_layers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -143,6 +162,9 @@ class Receiver:
         self.latency: Counter[int] = Counter()
         self.received = 0
         self.stamped = 0
+        #: simulcast packets by stream index, and the stream of the last one
+        self.layers: Counter[int] = Counter()
+        self.last_layer = NO_LAYER
 
     def on_rtp(self, packet: bytes) -> None:
         now = time.monotonic()
@@ -160,19 +182,33 @@ class Receiver:
         self.received += 1
         at = packet.find(MAGIC, 12, 12 + 64 + 8)
         if at >= 0 and at + _STAMP.size <= len(packet):
-            _, sent, _ = _STAMP.unpack_from(packet, at)
+            _, sent, _, layer = _STAMP.unpack_from(packet, at)
             self.latency[latency_bin(now - sent)] += 1
             self.stamped += 1
+            if layer != NO_LAYER:
+                self.layers[layer] += 1
+                self.last_layer = layer
 
     @property
     def expected(self) -> int:
         return sum(s.highest - s.first + 1 for s in self.streams.values())
 
 
-def _video_payload(keyframe: bool, size: int, stamp: bytes) -> bytes:
-    # RFC 7741 §4.2 descriptor (S=1) and the VP8 payload header's P bit / keyframe start code
-    # (RFC 6386 §9.1), then the stamp: shaped like VP8 to anything that peeks at it.
-    head = b"\x10\x00\x00\x00\x9d\x01\x2a" if keyframe else b"\x10\x01"
+def _video_payload(
+    picture_id: int, first: bool, keyframe: bool, size: int, stamp: bytes, dims: bytes
+) -> bytes:
+    """Shaped like VP8 to anything that peeks at it: the RFC 7741 §4.2 descriptor with a
+    15-bit picture id (S=1 on a frame's first packet), on that first packet the frame tag
+    (RFC 6386 §9.1: P=0 and the start code, width and height for a keyframe), then the stamp."""
+    desc = bytes(
+        (0x90 if first else 0x80, 0x80, 0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF)
+    )
+    if not first:
+        head = desc
+    elif keyframe:
+        head = desc + b"\x10\x02\x00\x9d\x01\x2a" + dims
+    else:
+        head = desc + b"\x11\x00\x00"
     return head + stamp + bytes(max(0, size - len(head) - len(stamp)))
 
 
@@ -192,7 +228,12 @@ async def _publisher(
     user = f"{config.identity}.{job.room}.p{job.index}"
     peer_id = f"{user}-{secrets.token_hex(3)}"
     client = PublisherClient(
-        peer_id, audio=config.audio, video=video, host=config.host, shared_reader=reader
+        peer_id,
+        audio=config.audio,
+        video=video,
+        simulcast=[rid for rid, *_ in SIMULCAST] if config.simulcast else None,
+        host=config.host,
+        shared_reader=reader,
     )
     signal = http_signal(config.url, "pub", job.room, peer_id, **_http_options(config))
     async with trio.open_nursery() as nursery:
@@ -215,41 +256,107 @@ async def _publisher(
         nursery.cancel_scope.cancel()
 
 
+@dataclass
+class _VideoStream:
+    """One stream a publisher sends: its whole video, or one simulcast stream of it."""
+
+    rid: str | None
+    layer: int  # index into SIMULCAST, NO_LAYER for single-stream video
+    ssrc: int
+    per_frame: int
+    packet_size: int
+    dims: bytes  # RFC 6386 §9.1: 14-bit width and height, little endian
+    picture_id: int = 0
+    keyframe_wanted: bool = True
+    last_keyframe: float = -math.inf
+
+
+def _video_streams(config: LoadConfig, t: Any) -> list[_VideoStream]:
+    """The streams of a video transceiver: one per simulcast rid the answer took, else one."""
+    plan = {rid: (i, share, w, h) for i, (rid, share, w, h) in enumerate(SIMULCAST)}
+    wanted = [(rid, ssrc, *plan[rid]) for rid, ssrc in t.send_rids.items() if rid in plan]
+    if not wanted:
+        wanted = [(None, t.sender_ssrc, NO_LAYER, 1.0, 1280, 720)]
+    streams = []
+    for rid, ssrc, layer, share, width, height in wanted:
+        frame_bytes = config.video_bitrate * share / 8 / VIDEO_FPS
+        per_frame = max(1, math.ceil(frame_bytes / VIDEO_PACKET))
+        size = max(64, int(frame_bytes / per_frame))
+        dims = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+        streams.append(_VideoStream(rid, layer, ssrc, per_frame, size, dims))
+    return streams
+
+
+def _answer_keyframe_requests(client: Any, streams: list[_VideoStream]) -> None:
+    """PLI (RFC 4585 §6.3.1) or FIR (RFC 5104 §4.3.1) for a stream: its next frame is a
+    keyframe, as a browser's encoder answers (at most one per :data:`KEYFRAME_THROTTLE`).
+    The SFU asks when a subscriber joins or switches to a simulcast stream."""
+    from trio_sfu.proto.rtcp import Fir, Pli
+
+    by_ssrc = {s.ssrc: s for s in streams}
+
+    def on_rtcp(packets: list[Any], now: float) -> None:
+        for p in packets:
+            if isinstance(p, Pli):
+                targets = [p.media_ssrc]
+            elif isinstance(p, Fir):
+                targets = [e.ssrc for e in p.entries]
+            else:
+                continue
+            for ssrc in targets:
+                stream = by_ssrc.get(ssrc)
+                if (
+                    stream is not None
+                    and time.monotonic() - stream.last_keyframe >= KEYFRAME_THROTTLE
+                ):
+                    stream.keyframe_wanted = True
+
+    client.pc.on_rtcp = on_rtcp
+
+
 async def _send_media(config: LoadConfig, client: Any, totals: WorkerTotals) -> None:
-    """Frames at 30/s (each cut in ≤ 1100-byte packets) and audio at 50/s until the end."""
+    """Frames at 30/s (each cut in ≤ 1100-byte packets, every simulcast stream at its own
+    rate) and audio at 50/s until the end."""
     import trio
 
     pc = client.pc
-    frame_bytes = config.video_bitrate / 8 / VIDEO_FPS
-    per_frame = max(1, math.ceil(frame_bytes / VIDEO_PACKET))
-    packet_size = int(frame_bytes / per_frame)
     end = time.monotonic() + config.duration
     next_video = next_audio = time.monotonic()
     next_key = next_video
     counter = 0
     video_t = client.video if client.video is not None and client.video.sending else None
     audio_t = client.audio if client.audio is not None and client.audio.sending else None
+    streams = _video_streams(config, video_t) if video_t is not None else []
+    _answer_keyframe_requests(client, streams)
     while True:
         now = time.monotonic()
         if now >= end:
             return
         if video_t is not None and now >= next_video:
-            keyframe = now >= next_key
-            if keyframe:
+            periodic = now >= next_key
+            if periodic:
                 next_key = now + config.keyframe_interval
-            for i in range(per_frame):
-                counter += 1
-                stamp = _STAMP.pack(MAGIC, time.monotonic(), counter)
-                payload = _video_payload(keyframe and i == 0, packet_size, stamp)
-                packet = client.packet(video_t, payload)
-                packet.marker = i == per_frame - 1
-                packet.timestamp = int(next_video * 90000) & 0xFFFFFFFF
-                pc.send_rtp(packet.serialize())
-                totals.sent += 1
+            timestamp = int(next_video * 90000) & 0xFFFFFFFF
+            for stream in streams:
+                keyframe = periodic or stream.keyframe_wanted
+                if keyframe:
+                    stream.keyframe_wanted, stream.last_keyframe = False, now
+                for i in range(stream.per_frame):
+                    counter += 1
+                    stamp = _STAMP.pack(MAGIC, time.monotonic(), counter, stream.layer)
+                    payload = _video_payload(
+                        stream.picture_id, i == 0, keyframe, stream.packet_size, stamp, stream.dims
+                    )
+                    packet = client.packet(video_t, payload, stream.rid)
+                    packet.marker = i == stream.per_frame - 1
+                    packet.timestamp = timestamp
+                    pc.send_rtp(packet.serialize())
+                    totals.sent += 1
+                stream.picture_id = (stream.picture_id + 1) & 0x7FFF
             next_video += 1 / VIDEO_FPS
         if audio_t is not None and now >= next_audio:
             counter += 1
-            stamp = _STAMP.pack(MAGIC, time.monotonic(), counter)
+            stamp = _STAMP.pack(MAGIC, time.monotonic(), counter, NO_LAYER)
             packet = client.packet(audio_t, stamp + bytes(AUDIO_PAYLOAD - len(stamp)))
             packet.timestamp = int(next_audio * 48000) & 0xFFFFFFFF
             pc.send_rtp(packet.serialize())
@@ -261,6 +368,15 @@ async def _send_media(config: LoadConfig, client: Any, totals: WorkerTotals) -> 
             end,
         )
         await trio.sleep(max(0.0, due - time.monotonic()))
+
+
+def subscriber_layer(config: LoadConfig, index: int) -> str | None:
+    """The ``LAYER`` subscriber ``index`` asks for (None: the SFU chooses)."""
+    if config.layer == "auto":
+        return None
+    if config.layer == "spread":
+        return LAYER_NAMES[index % len(LAYER_NAMES)]
+    return config.layer
 
 
 async def _subscriber(
@@ -278,7 +394,12 @@ async def _subscriber(
 
     user = f"{config.identity}.{job.room}.s{job.index}"
     peer_id = f"{user}-{secrets.token_hex(3)}"
-    client = SubscriberClient(peer_id, host=config.host, shared_reader=reader)
+    client = SubscriberClient(
+        peer_id,
+        host=config.host,
+        shared_reader=reader,
+        layer=subscriber_layer(config, job.index),
+    )
     receiver = Receiver()
     client.pc.on_rtp = lambda _stream, packet, _now: receiver.on_rtp(packet)
     if config.sink:
@@ -415,6 +536,13 @@ def _worker_main(
             totals.stamped = sum(r.stamped for r in receivers)
             totals.subscriber_loss = [
                 max(0, r.expected - r.received) / r.expected for r in receivers if r.expected
+            ]
+            layers: Counter[int] = Counter()
+            for r in receivers:
+                layers.update(r.layers)
+            totals.layers = {LAYER_NAMES[i]: n for i, n in sorted(layers.items())}
+            totals.subscriber_layers = [
+                LAYER_NAMES[r.last_layer] for r in receivers if r.last_layer != NO_LAYER
             ]
             final: Counter[int] = Counter()
             for r in receivers:
@@ -609,6 +737,11 @@ def _result(
     expected = sum(f["expected"] for f in finals)
     joins = sorted(j for f in finals for j in f["join_seconds"])
     spread = sorted(x for f in finals for x in f["subscriber_loss"])
+    layers: Counter[str] = Counter()
+    on_layer: Counter[str] = Counter()
+    for f in finals:
+        layers.update(f["layers"])
+        on_layer.update(f["subscriber_layers"])
     for f in finals:
         errors += f["errors"]
     lost = max(0, expected - received)
@@ -664,6 +797,12 @@ def _result(
             "median": spread[len(spread) // 2] if spread else None,
             "max": spread[-1] if spread else None,
         },
+        # Simulcast video by the stream it was sent on, and how many subscribers the last
+        # packet found on each (decrypting subscribers only: a sink cannot read the stamp).
+        "layers": {
+            "delivered": {name: layers[name] for name in LAYER_NAMES if name in layers},
+            "subscribers": {name: on_layer[name] for name in LAYER_NAMES if name in on_layer},
+        },
         "latency_ms": {
             "p50": _ms(percentile(latency, 0.5)),
             "p99": _ms(percentile(latency, 0.99)),
@@ -700,6 +839,16 @@ def summary_table(result: dict[str, Any]) -> Any:
             " / ".join(f"{100 * spread[k]:.3f} %" for k in ("min", "median", "max")),
         )
     table.add_row("added latency p50 / p99 / max", f"{lat['p50']} / {lat['p99']} / {lat['max']} ms")
+    layers = result["layers"]
+    if layers["delivered"]:
+        table.add_row(
+            "simulcast packets delivered low / mid / high",
+            " / ".join(str(layers["delivered"].get(n, 0)) for n in LAYER_NAMES),
+        )
+        table.add_row(
+            "subscribers ending on low / mid / high",
+            " / ".join(str(layers["subscribers"].get(n, 0)) for n in LAYER_NAMES),
+        )
     cpu = result["server"]["cpu_percent"]
     table.add_row("server CPU (from /metrics)", "n/a" if cpu is None else f"{cpu} %")
     if result["errors"]:
@@ -821,6 +970,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="subscribers count packets from the RTP header without decrypting (loss only, no "
         "latency): a cheap receiver, so one client core can saturate a server by fan-out",
     )
+    parser.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="publishers send their video as three simulcast streams q/h/f (RFC 8853) at 10, "
+        "30 and 100 %% of --video-bitrate, 320/640/1280 wide",
+    )
+    parser.add_argument(
+        "--layer",
+        choices=("auto", *LAYER_NAMES, "spread"),
+        default="auto",
+        help="with --simulcast, the stream subscribers ask for (LAYER): auto (the SFU "
+        "chooses, default), low, mid, high, or spread (subscriber i takes low/mid/high by i %% 3)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON ('-': stdout)")
     parser.add_argument("--plot", metavar="PNG", help="write a per-second plot (matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
@@ -841,6 +1003,10 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Lo
         parser.error("nothing to do: --publishers and --subscribers are both 0")
     if args.video_bitrate == 0 and not args.audio:
         parser.error("publishers would send nothing: give --video-bitrate or --audio")
+    if args.simulcast and args.video_bitrate == 0:
+        parser.error("--simulcast needs video: give --video-bitrate")
+    if args.layer != "auto" and not args.simulcast:
+        parser.error(f"--layer {args.layer} needs --simulcast (a single stream has one layer)")
     return LoadConfig(
         url=args.url,
         rooms=rooms,
@@ -854,6 +1020,8 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Lo
         identity=args.identity,
         host=args.host,
         sink=args.sink,
+        simulcast=args.simulcast,
+        layer=args.layer,
     )
 
 

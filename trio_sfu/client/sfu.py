@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from trio_sfu.client.peer import ClientPeerConnection
-from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
+from trio_sfu.proto.capabilities import URI_MID, URI_RID, URI_TRANSPORT_CC
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtp import RtpPacket
 from trio_sfu.rtc import events as ev
@@ -183,8 +183,20 @@ class SfuConnection:
 class SubscriberClient(SfuConnection):
     """Answers every ``SDP_OFFER``; counts RTP per publisher (the msid stream id)."""
 
-    def __init__(self, peer_id: str, *, auto_answer: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        peer_id: str,
+        *,
+        auto_answer: bool = True,
+        layer: str | None = None,
+        **options: Any,
+    ) -> None:
+        """``layer`` (``low``/``mid``/``high``): ask for that layer of every video track
+        received (``LAYER``), once the answer that adds its section has been sent."""
         super().__init__(peer_id, new_transceiver_direction="recvonly", **options)
+        self.layer = layer
+        #: video tracks (publisher id, track id) announced whose layer is still to be asked
+        self._layer_pending: set[tuple[str, str]] = set()
         self.packets: Counter[str] = Counter()
         #: RTP per received track (the msid track id), to tell a publisher's tracks apart
         self.track_packets: Counter[str] = Counter()
@@ -199,6 +211,10 @@ class SubscriberClient(SfuConnection):
             self.offers.append(line[len("SDP_OFFER ") :])
             if self.auto_answer:
                 self.answer()
+        elif self.layer is not None and line.startswith("TRACK_ADD "):
+            parts = line.split()
+            if len(parts) >= 4 and parts[3] == "video":
+                self._layer_pending.add((parts[1], parts[2]))
         await super().on_line(line)
 
     def answer(self) -> str:
@@ -207,6 +223,11 @@ class SubscriberClient(SfuConnection):
         self._answered += 1
         answer = self.pc.handle_offer(offer)
         self.send("SDP_ANSWER " + answer)
+        if self._layer_pending:
+            # The channel is ordered: the server has applied this answer when LAYER arrives.
+            for publisher, track in self._layer_pending & self.live_tracks():
+                self.send(f"LAYER {publisher} {track} {self.layer}")
+                self._layer_pending.discard((publisher, track))
         return answer
 
     def _on_rtp(self, stream: IncomingStream, packet: bytes, now: float) -> None:
@@ -242,10 +263,22 @@ class SubscriberClient(SfuConnection):
 class PublisherClient(SfuConnection):
     """Publishes synthetic audio and/or video RTP (for tests, bots and load)."""
 
-    def __init__(self, peer_id: str, *, audio: bool = True, video: bool = True, **options: Any):
+    def __init__(
+        self,
+        peer_id: str,
+        *,
+        audio: bool = True,
+        video: bool = True,
+        simulcast: list[str] | None = None,
+        **options: Any,
+    ):
+        """``simulcast``: the video's rids, lowest quality first (e.g. ``["q", "h", "f"]``);
+        each is a stream of its own (:meth:`packet` with ``rid``) once the answer takes it."""
         super().__init__(peer_id, **options)
         self.audio = self.pc.add_transceiver("audio", "sendonly") if audio else None
-        self.video = self.pc.add_transceiver("video", "sendonly") if video else None
+        self.video = (
+            self.pc.add_transceiver("video", "sendonly", send_rids=simulcast) if video else None
+        )
         #: every section we send on, in order (tracks added later are appended)
         self.tracks: list[Transceiver] = [t for t in (self.audio, self.video) if t is not None]
         #: the label (APP_ID) of each added track, by transceiver
@@ -324,21 +357,29 @@ class PublisherClient(SfuConnection):
             self.renegotiations += 1
             return answer
 
-    def packet(self, t: Transceiver, payload: bytes) -> RtpPacket:
-        """The next RTP packet of ``t`` (with transport-cc when negotiated)."""
-        seq = self._seq[t.sender_ssrc]
-        self._seq[t.sender_ssrc] += 1
+    def packet(self, t: Transceiver, payload: bytes, rid: str | None = None) -> RtpPacket:
+        """The next RTP packet of ``t`` (with transport-cc when negotiated); with ``rid``, of
+        that simulcast stream: its own SSRC and numbering, named by the MID and RID header
+        extensions (RFC 8852 §3, RFC 9143 §15), as the offer listed no SSRC for it."""
+        ssrc = t.send_rids[rid] if rid is not None else t.sender_ssrc
+        seq = self._seq[ssrc]
+        self._seq[ssrc] += 1
         clock = t.media_codecs[0].clock_rate
         extensions = {}
         twcc_id = t.extension_id(URI_TRANSPORT_CC)
         if twcc_id is not None:
             extensions[twcc_id] = (self._twcc_seq & 0xFFFF).to_bytes(2, "big")
             self._twcc_seq += 1
+        if rid is not None:
+            for uri, value in ((URI_MID, t.mid), (URI_RID, rid)):
+                ext_id = t.extension_id(uri)
+                if ext_id is not None and value:
+                    extensions[ext_id] = value.encode()
         return RtpPacket(
             payload_type=t.media_codecs[0].payload_type,
             sequence_number=seq & 0xFFFF,
             timestamp=(seq * clock // 50) & 0xFFFFFFFF,
-            ssrc=t.sender_ssrc,
+            ssrc=ssrc,
             marker=True,
             extensions=extensions,
             payload=payload,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -48,6 +49,7 @@ from ..sdp import (
     RtpCodec,
     SessionDescription,
     Simulcast,
+    SimulcastRid,
     SsrcAttribute,
     SsrcGroup,
     parse,
@@ -80,6 +82,9 @@ _SCTP_PROTOCOLS = frozenset(("UDP/DTLS/SCTP", "TCP/DTLS/SCTP"))
 _RTP_PROTOCOL = "UDP/TLS/RTP/SAVPF"
 _SCTP_PROTOCOL = "UDP/DTLS/SCTP"
 _DATACHANNEL_FORMAT = "webrtc-datachannel"
+# RFC 8851 §10: rid-id = 1*(alpha-numeric / "-" / "_"); RFC 8852 §3.1 caps the extension at 16
+# bytes (and libwebrtc refuses longer rids).
+_RID = re.compile(r"[A-Za-z0-9_-]{1,16}")
 
 
 @dataclass(slots=True, eq=False)
@@ -204,10 +209,20 @@ class JsepSession:
         stream_id: str | None = None,
         track_id: str | None = None,
         codec_preferences: list[CodecCapability] | None = None,
+        send_rids: list[str] | None = None,
     ) -> Transceiver:
-        """A new transceiver; it gets an m-section (recycled if possible) in our next offer."""
+        """A new transceiver; it gets an m-section (recycled if possible) in our next offer.
+
+        ``send_rids`` (video, lowest quality first) offers that many simulcast streams
+        (RFC 8853 ``a=simulcast:send``, RFC 8851 ``a=rid``), each on an SSRC of its own that
+        the packets name with the MID and RID header extensions (RFC 8852)."""
         if kind not in ("audio", "video"):
             raise ValueError(f"unknown media kind {kind!r}")
+        rids = list(send_rids or ())
+        if rids and (kind != "video" or len(set(rids)) != len(rids)
+                     or not all(_RID.fullmatch(r) for r in rids)):
+            raise ValueError(f"simulcast needs video and distinct rids (RFC 8851 §10), "
+                             f"got {kind} {rids!r}")
         t = Transceiver(
             kind=kind,
             direction=direction,
@@ -217,6 +232,7 @@ class JsepSession:
             stream_id=stream_id or self._uuid(),
             track_id=track_id or self._uuid(),
             codec_preferences=list(codec_preferences) if codec_preferences else None,
+            send_rids={rid: self._ssrc() for rid in rids},
         )
         self._transceivers.append(t)
         return t
@@ -275,8 +291,9 @@ class JsepSession:
                 live.mid, live.mline_index = slot.mid, i
                 codecs = live.codecs or self._offer_codecs(self._caps(live), pts_in_use)
                 exts = live.header_extensions or self._offer_extensions(live.kind, ids_in_use)
+                rids, simulcast = _simulcast_offer(live)
                 m = self._rtp_section(slot, live, codecs, exts, live.direction, "actpass", True,
-                                      [], None)
+                                      rids, simulcast)
                 slot.codecs = list(codecs)
             slot.formats = list(m.formats)
             sections.append(m)
@@ -482,6 +499,9 @@ class JsepSession:
             t.rtcp_rsize = m.rtcp_rsize
             self._register(codecs, exts)
             record_remote(t, m)
+            if t.send_rids:
+                taken = _accepted_rids(m)
+                t.send_rids = {r: s for r, s in t.send_rids.items() if r in taken}
         if role is not None:
             self._dtls_role = role
         self._note_mids([m.mid for m in desc.media if m.mid is not None])
@@ -668,6 +688,8 @@ class JsepSession:
         m.rids, m.simulcast = rids, simulcast
         if direction in ("sendrecv", "sendonly"):  # RFC 8830 msid, RFC 5576 ssrc lines
             m.msid = [(t.stream_id, t.track_id)]
+            if simulcast is not None and simulcast.send:
+                return m  # RFC 8853 §5.1: streams named by rid; their SSRCs come with the media
             msid = f"{t.stream_id} {t.track_id}"
             ssrcs = [t.sender_ssrc]
             if t.sender_rtx_ssrc is not None and any(c.is_rtx for c in codecs):
@@ -822,3 +844,21 @@ class JsepSession:
     def _new_ice_credentials(self) -> None:
         self.transport.ice_ufrag = self._token(8)
         self.transport.ice_pwd = self._token(24)
+
+
+def _simulcast_offer(t: Transceiver) -> tuple[list[Rid], Simulcast | None]:
+    """RFC 8853 §5.1: ``a=rid:<id> send`` per stream and ``a=simulcast:send q;h;f``, for a
+    transceiver that sends simulcast (none once an answer declined it)."""
+    if not t.send_rids or t.direction not in ("sendrecv", "sendonly"):
+        return [], None
+    rids = list(t.send_rids)
+    return [Rid(r, "send") for r in rids], Simulcast(send=[[SimulcastRid(r)] for r in rids])
+
+
+def _accepted_rids(m: MediaSection) -> set[str]:
+    """The streams an answer takes (RFC 8853 §5.3: its ``a=simulcast:recv``, each with an
+    ``a=rid:<id> recv``); a paused one (``~``) is accepted too, it is only not wanted now."""
+    if m.simulcast is None:
+        return set()
+    declared = {r.id for r in m.rids if r.direction == "recv"}
+    return {alts[0].rid for alts in m.simulcast.recv if alts and alts[0].rid in declared}

@@ -71,6 +71,11 @@ class Transceiver:
     remote_simulcast: Simulcast | None = None
     remote_msid: tuple[str, str | None] | None = None
     remote_cname: str | None = None
+    #: our simulcast streams (RFC 8853), lowest quality first, each with its own SSRC; empty
+    #: for one stream on ``sender_ssrc``. An answer keeps only the streams it accepts
+    #: (RFC 8829 §5.10: an answer without ``a=simulcast`` leaves one stream, sent on
+    #: ``sender_ssrc``)
+    send_rids: dict[str, int] = field(default_factory=dict)
 
     @property
     def media_codecs(self) -> list[RtpCodec]:
