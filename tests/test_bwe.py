@@ -238,12 +238,34 @@ def test_no_feedback_no_change_and_unknown_feedback_ignored() -> None:
     assert bwe.estimate == 500_000
 
 
-def test_history_is_bounded_without_feedback() -> None:
-    # a receiver that negotiated transport-cc but never sends feedback
+def test_a_receiver_that_never_reports_is_not_recorded_after_five_seconds() -> None:
+    # A receiver that negotiated transport-cc but never sends feedback: after 5 s nothing it
+    # was sent is kept (nobody would read it), until its first feedback.
     bwe = BandwidthEstimator()
-    for i in range(100_000):
+    for i in range(4_000):
         bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
-    assert len(bwe._sent_at) <= 16384
+    assert len(bwe._sent_at) == 4_000
+    for i in range(4_000, 100_000):
+        bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
+    assert bwe._sent_at == {} and bwe._sent_size == {}
+    bwe.on_feedback([((100_000 - 1) & 0xFFFF, 5_000)], 100.0)  # unknown now: ignored
+    for i in range(100_000, 100_010):
+        bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
+    assert sorted(bwe._sent_at) == list(range(100_000, 100_010))  # numbering went on
+    bwe.on_feedback([(i & 0xFFFF, 5_000 + i) for i in range(100_000, 100_010)], 100.02)
+    assert bwe._sent_at == {}
+
+
+def test_history_is_bounded_when_a_receiver_stops_reporting() -> None:
+    # It reported once, then its feedback stopped (a firewall, a dead uplink): the newest
+    # 16,384 are kept, the oldest forgotten one per packet, across the 16-bit wrap.
+    bwe = BandwidthEstimator()
+    bwe.on_packet_sent(0, 1200, 0.0)
+    bwe.on_feedback([(0, 1_000)], 0.01)
+    for i in range(1, 100_000):
+        bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
+    assert len(bwe._sent_at) == 16384 and len(bwe._sent_size) == 16384
+    assert sorted(bwe._sent_at) == list(range(100_000 - 16384, 100_000))
     # and feedback for the newest still works
     bwe.on_feedback([((100_000 - 1) & 0xFFFF, 5_000)], 100.0)
     assert (100_000 - 1) not in bwe._sent_at
