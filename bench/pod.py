@@ -777,6 +777,12 @@ def main() -> None:
     )
     parser.add_argument("--bitrate", default="1.5M", help="the sinks' publisher's video rate")
     parser.add_argument(
+        "--feedback",
+        action="store_true",
+        help="the subscribers send transport-cc feedback and receiver reports, as browsers "
+        "do (trio-sfu load --feedback): the pod's estimator per subscriber then works",
+    )
+    parser.add_argument(
         "--fair-subscribers",
         type=int,
         default=10,
@@ -834,8 +840,10 @@ def main() -> None:
     print(
         f"server on CPU {server_cpus}, clients on {client_cpus}; source "
         f"{args.source or 'this tree'}; {duration:.0f} s per run"
+        + ("; subscribers send feedback" if args.feedback else "")
     )
     rows: list[Row] = []
+    extra = ["--feedback"] if args.feedback else []
     for n in sizes:
         rows.append(
             scenario(
@@ -848,6 +856,7 @@ def main() -> None:
                 duration,
                 "--subscribers",
                 str(n),
+                *extra,
             )
         )
         print_row(rows[-1])
@@ -865,6 +874,7 @@ def main() -> None:
                 "20",
                 "--subscribers",
                 "5",
+                *extra,
             )
         )
         print_row(rows[-1])

@@ -130,6 +130,25 @@ def test_simulcast_subscribers_get_the_stream_they_ask_for(server: str) -> None:
     assert "simulcast packets delivered low / mid / high" in table.stdout
 
 
+def test_feedback_subscribers_report_like_a_browser(server: str) -> None:
+    """``--feedback``: subscribers (here sinks, which read the transport-wide number from the
+    clear header) send transport-cc feedback and receiver reports; the server's round-trip
+    histogram counts the reports' LSR/DLSR."""
+    import httpx
+
+    done = load(
+        server, "--room", "feedback", "--subscribers", "2", "--video-bitrate", "300k",
+        "--duration", "3", "--sink", "--feedback", "--json", "-",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["config"]["feedback"] is True
+    assert result["packets"]["delivered"] > 0 and result["packets"]["lost"] == 0
+    metrics = httpx.get(f"{server}metrics", timeout=10).text
+    count = re.search(r"^trio_sfu_subscriber_rtt_seconds_count\{[^}]*\} (\S+)$", metrics, re.M)
+    assert count is not None and float(count.group(1)) >= 2, metrics[-2000:]
+
+
 def test_load_table_and_usage_errors(server: str) -> None:
     done = load(server, "--subscribers", "1", "--duration", "1", "--video-bitrate", "0")
     assert done.returncode == 0, done.stderr

@@ -13,6 +13,7 @@ import math
 import trio
 
 from tests.sfu_helpers import SfuEnv, record_transport_cc, start_sfu, wait_for
+from trio_sfu.client.load import Feedback, Receiver
 from trio_sfu.proto.rtcp import ReceiverReport, Remb, ReportBlock
 from trio_sfu.proto.rtcp.transport_cc import TransportCcFeedback
 
@@ -92,3 +93,38 @@ async def test_a_receiver_without_transport_cc_feedback_is_throttled_by_its_repo
     await report(77)
     await report(77)
     assert bwe.decreases == 1  # 30 % over 200 packets: would have lowered it again
+
+
+async def test_the_load_testers_feedback_drives_the_estimator_and_the_rtt(
+    nursery: trio.Nursery,
+) -> None:
+    """``trio-sfu load --feedback``: the subscriber's :class:`Feedback` (on its real leg)
+    answers like a browser's receiver — transport-cc feedback the server's estimator matches
+    to what it sent, and receiver reports whose LSR/DLSR give the server a round-trip time."""
+    env: SfuEnv = await start_sfu(nursery)
+    bob = await env.subscriber("r", "bob-1")
+    alice = await env.publisher("r", "alice-1", audio=False)
+    await wait_for(lambda: env.forwarding("r", "bob-1", "alice-1"))
+    receiver = Receiver()
+    feedback = Feedback(bob.pc, receiver)
+
+    def on_rtp(_stream: object, packet: bytes, now: float) -> None:
+        receiver.on_rtp(packet)
+        feedback.on_rtp(packet, now)
+
+    bob.pc.on_rtp, bob.pc.on_rtcp = on_rtp, feedback.on_rtcp
+    member = env.sfu.rooms["r"].subscribers["bob-1"]
+    for i in range(150):  # ~1000 B every 10 ms for 1.5 s, feedback every 100 ms
+        alice.send_frame(keyframe=i == 0, size=1000)
+        await trio.sleep(0.01)
+        if i % 10 == 9:
+            feedback.send_feedback(trio.current_time())
+    await wait_for(lambda: member.bwe.acked_bitrate() is not None, 10)
+    assert member.bwe.loss == 0.0
+    assert receiver.received > 100 and receiver.expected == receiver.received
+    # A sender report reaches the client within the SFU's 1 s report period; the next
+    # receiver report echoes it, and the server measures a round trip from it.
+    await wait_for(lambda: feedback._last_sr, 5)
+    before = sum(member.rtt_reports.counts)
+    feedback.send_report(trio.current_time())
+    await wait_for(lambda: sum(member.rtt_reports.counts) > before, 5)

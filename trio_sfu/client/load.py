@@ -31,7 +31,7 @@ import struct
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,6 +59,10 @@ SIMULCAST = (("q", 0.1, 320, 180), ("h", 0.3, 640, 360), ("f", 1.0, 1280, 720))
 LAYER_NAMES = ("low", "mid", "high")
 #: A keyframe request (PLI/FIR) within this long of the last keyframe is not answered again.
 KEYFRAME_THROTTLE = 0.3
+#: ``--feedback``: a subscriber's transport-cc feedback period (libwebrtc: 50-250 ms by
+#: bitrate) and its receiver-report period (RFC 3550 §6.2's minimum, as browsers send)
+FEEDBACK_INTERVAL = 0.1
+REPORT_INTERVAL = 1.0
 
 
 @dataclass
@@ -82,6 +86,9 @@ class LoadConfig:
     #: the layer subscribers ask for: "auto" (the SFU chooses), "low"/"mid"/"high", or
     #: "spread" (subscriber i asks for ``LAYER_NAMES[i % 3]``)
     layer: str = "auto"
+    #: subscribers send what a browser's receiver sends back: transport-cc feedback and
+    #: receiver reports (:class:`Feedback`)
+    feedback: bool = False
 
 
 @dataclass
@@ -192,6 +199,95 @@ class Receiver:
     @property
     def expected(self) -> int:
         return sum(s.highest - s.first + 1 for s in self.streams.values())
+
+
+class Feedback:
+    """What a browser's receiver sends back, so the server does the work it does for one:
+    transport-cc feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01) every
+    :data:`FEEDBACK_INTERVAL`, which drives its bandwidth estimator and layer choice, and a
+    receiver report (RFC 3550 §6.4.2) every :data:`REPORT_INTERVAL` per received stream with
+    its loss and LSR/DLSR (the server's round-trip time); jitter is not computed (0).
+
+    The transport-wide number is read from the RTP header, which SRTP leaves in the clear
+    (RFC 3711 §3.1), so ``--sink`` subscribers report too."""
+
+    def __init__(self, pc: Any, receiver: Receiver) -> None:
+        from trio_sfu.proto.twcc import TwccRecorder
+
+        self.pc = pc
+        self.receiver = receiver
+        self.ssrc = int.from_bytes(secrets.token_bytes(4)) or 1
+        self.twcc = TwccRecorder(interval=FEEDBACK_INTERVAL)
+        self._ext_id: int | None = None
+        #: per source: (LSR: the middle 32 bits of its last SR's NTP time, when it came)
+        self._last_sr: dict[int, tuple[int, float]] = {}
+        #: per source at the last report: (expected, received)
+        self._reported: dict[int, tuple[int, int]] = {}
+
+    def on_rtp(self, packet: bytes, now: float) -> None:
+        from trio_sfu.proto.rtp.packet import find_extension
+
+        ext_id = self._ext_id
+        if ext_id is None:
+            ext_id = self._ext_id = self._transport_cc_id()
+            if ext_id is None:
+                return
+        value = find_extension(packet, ext_id)
+        if value is not None and len(value) >= 2:
+            self.twcc.record((value[0] << 8) | value[1], now)
+
+    def _transport_cc_id(self) -> int | None:
+        from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
+
+        # RFC 8843 §9.1: one id per URI across a BUNDLE group's sections.
+        for t in self.pc.transceivers:
+            ext_id = t.extension_id(URI_TRANSPORT_CC) if t.receiving else None
+            if ext_id is not None:
+                return int(ext_id)
+        return None
+
+    def on_rtcp(self, packets: list[Any], now: float) -> None:
+        from trio_sfu.proto.rtcp import SenderReport
+
+        for p in packets:
+            if isinstance(p, SenderReport):
+                self._last_sr[p.ssrc] = (p.compact_ntp, now)
+
+    def send_feedback(self, now: float) -> None:
+        streams = self.receiver.streams
+        media_ssrc = next(iter(streams), 0)
+        for fb in self.twcc.build_feedback(now, self.ssrc, media_ssrc):
+            self.pc.send_rtcp(fb.serialize())
+
+    def send_report(self, now: float) -> None:
+        from trio_sfu.proto.rtcp import ReceiverReport, ReportBlock, seconds_to_compact
+
+        blocks = []
+        for ssrc, stream in list(self.receiver.streams.items())[:31]:  # RFC 3550 §6.4: RC ≤ 31
+            expected = stream.highest - stream.first + 1
+            was_expected, was_received = self._reported.get(ssrc, (0, 0))
+            self._reported[ssrc] = (expected, stream.received)
+            # §6.4.1 / A.3: fraction lost over the interval, in 1/256; cumulative lost.
+            interval_expected = expected - was_expected
+            interval_lost = interval_expected - (stream.received - was_received)
+            fraction = (
+                (interval_lost << 8) // interval_expected
+                if interval_expected > 0 and interval_lost > 0
+                else 0
+            )
+            lsr, at = self._last_sr.get(ssrc, (0, now))
+            blocks.append(
+                ReportBlock(
+                    ssrc=ssrc,
+                    fraction_lost=min(fraction, 255),
+                    packets_lost=max(-0x800000, min(0x7FFFFF, expected - stream.received)),
+                    highest_sequence=stream.highest & 0xFFFFFFFF,
+                    lsr=lsr,
+                    dlsr=seconds_to_compact(now - at) if lsr else 0,
+                )
+            )
+        if blocks:
+            self.pc.send_rtcp(ReceiverReport(self.ssrc, blocks).serialize())
 
 
 def _video_payload(
@@ -384,6 +480,7 @@ async def _subscriber(
     job: Assignment,
     totals: WorkerTotals,
     receivers: list[Receiver],
+    feedbacks: list[Feedback],
     started: Any,
     go: Any,
     reader: Any,
@@ -401,9 +498,18 @@ async def _subscriber(
         layer=subscriber_layer(config, job.index),
     )
     receiver = Receiver()
-    client.pc.on_rtp = lambda _stream, packet, _now: receiver.on_rtp(packet)
+    feedback = Feedback(client.pc, receiver) if config.feedback else None
+
+    def on_packet(packet: bytes, now: float) -> None:
+        receiver.on_rtp(packet)
+        if feedback is not None:
+            feedback.on_rtp(packet, now)
+
+    if feedback is not None:
+        client.pc.on_rtcp = feedback.on_rtcp
+    client.pc.on_rtp = lambda _stream, packet, now: on_packet(packet, now)
     if config.sink:
-        _sink(client.pc, receiver, go)
+        _sink(client.pc, on_packet, go)
     signal = http_signal(config.url, "sub", job.room, peer_id, **_http_options(config))
     async with trio.open_nursery() as nursery:
         begin = time.monotonic()
@@ -419,6 +525,8 @@ async def _subscriber(
         totals.join_seconds.append(time.monotonic() - begin)
         totals.connected += 1
         receivers.append(receiver)
+        if feedback is not None:
+            feedbacks.append(feedback)
         started()
         await go.wait()
         await trio.sleep(config.duration + 1.0)  # the last packets in flight
@@ -426,7 +534,7 @@ async def _subscriber(
         nursery.cancel_scope.cancel()
 
 
-def _sink(pc: Any, receiver: Receiver, go: Any) -> None:
+def _sink(pc: Any, on_packet: Callable[[bytes, float], None], go: Any) -> None:
     """Once media runs, count RTP from its header without decrypting it: the header is in the
     clear (RFC 3711 §3.1), so sequence continuity (loss) is still measured, latency is not
     (the stamp is encrypted). A decrypting subscriber costs this client ≈ 4× what its packets
@@ -444,11 +552,28 @@ def _sink(pc: Any, receiver: Receiver, go: Any) -> None:
             and not 191 < data[1] < 224
             and addr == pc.remote_address
         ):
-            receiver.on_rtp(data)
+            on_packet(data, now)
             return
         through(data, addr, now)
 
     pc._received = received
+
+
+async def _feedback_loop(feedbacks: list[Feedback]) -> None:
+    """Every subscriber's feedback from one task (one wake-up per period for all of them)."""
+    import trio
+
+    next_report = trio.current_time() + REPORT_INTERVAL
+    while True:
+        await trio.sleep(FEEDBACK_INTERVAL)
+        now = trio.current_time()
+        report = now >= next_report
+        if report:
+            next_report += REPORT_INTERVAL
+        for feedback in feedbacks:
+            feedback.send_feedback(now)
+            if report:
+                feedback.send_report(now)
 
 
 def _http_options(config: LoadConfig) -> dict[str, Any]:
@@ -474,6 +599,7 @@ def _worker_main(
     async def main() -> None:
         totals = WorkerTotals()
         receivers: list[Receiver] = []
+        feedbacks: list[Feedback] = []
         go = trio.Event()
         ready = 0
 
@@ -485,12 +611,22 @@ def _worker_main(
         reader = SharedReader()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
+            if config.feedback:
+                nursery.start_soon(_feedback_loop, feedbacks)
             for job in jobs:
                 if job.role == "pub":
                     nursery.start_soon(_publisher, config, job, totals, started, go, reader)
                 else:
                     nursery.start_soon(
-                        _subscriber, config, job, totals, receivers, started, go, reader
+                        _subscriber,
+                        config,
+                        job,
+                        totals,
+                        receivers,
+                        feedbacks,
+                        started,
+                        go,
+                        reader,
                     )
                 await trio.sleep(0)
             with trio.move_on_after(CONNECT_TIMEOUT + 5):
@@ -983,6 +1119,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --simulcast, the stream subscribers ask for (LAYER): auto (the SFU "
         "chooses, default), low, mid, high, or spread (subscriber i takes low/mid/high by i %% 3)",
     )
+    parser.add_argument(
+        "--feedback",
+        action="store_true",
+        help="subscribers send what a browser's receiver sends: transport-cc feedback every "
+        "100 ms and a receiver report a second (the server's estimator and RTT then work)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON ('-': stdout)")
     parser.add_argument("--plot", metavar="PNG", help="write a per-second plot (matplotlib)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
@@ -1022,6 +1164,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Lo
         sink=args.sink,
         simulcast=args.simulcast,
         layer=args.layer,
+        feedback=args.feedback,
     )
 
 
