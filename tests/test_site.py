@@ -210,6 +210,10 @@ class Page:
 
     def _on_console(self, msg: Any) -> None:
         line = f"console.{msg.type}: {msg.text}"
+        if msg.text.startswith("Failed to load resource"):
+            # Chromium names the resource only in the message's location: which request
+            # failed is what a failure report needs.
+            line += f" [{(msg.location or {}).get('url', '?')}]"
         self.console.append(line)
         if msg.type in ("error", "warning"):
             self.problems.append(line)

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -124,6 +125,53 @@ def test_require_backends_exits_2_with_one_line() -> None:
     assert "cannot reach Redis at redis://127.0.0.1:" in lines[0]
     assert f"NATS at {nats_url}" in lines[0]
     assert "hunter2" not in done.stderr
+
+
+@contextmanager
+def resetting_listener() -> Iterator[int]:
+    """A TCP port that accepts and at once resets every connection (SO_LINGER 0)."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_require_backends_exits_against_a_nats_port_that_resets() -> None:
+    """A NATS URL whose port accepts and resets (a dead backend behind a proxy): the pod
+    still gives up with exit 2. Before, about one start in five hung in its NATS task (nats-py
+    retrying forever after Python 3.11's wait_for swallowed the cancellation; seen in CI when
+    a stray browser's ICE-TCP listener took the test's "free" port)."""
+    with resetting_listener() as port:
+        for _ in range(3):
+            nats_url = f"nats://127.0.0.1:{port}"
+            done = subprocess.run(
+                command("--http-port", "0", "--redis-url", f"redis://127.0.0.1:{free_port()}",
+                        "--nats-url", nats_url, "--require-backends", "--log-level", "error"),
+                env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+            )
+            assert done.returncode == 2, done
+            assert f"NATS at {nats_url}" in done.stderr
 
 
 @pytest.mark.parametrize("which", ["http", "udp"])

@@ -16,7 +16,7 @@ import trio
 
 from tests.services import NatsServer, nats_server
 from trio_sfu.cluster.aio import BackendUnavailable, open_asyncio
-from trio_sfu.cluster.nats_bus import NatsBus
+from trio_sfu.cluster.nats_bus import NatsBus, until_cancelled_for_sure
 from trio_sfu.sfu.bus import Bus
 from trio_sfu.sfu.model import (
     Chat,
@@ -347,3 +347,31 @@ async def test_nats_absent_at_start_up(nats: NatsServer) -> None:
             await bus.publish("r", Chat("r", "x", "now"))
             assert await receive(commands) == Chat("r", "x", "now")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_call_that_swallows_a_cancellation_still_ends() -> None:
+    """``until_cancelled_for_sure``: a call that loses a cancellation (nats-py's connect()
+    loop after Python 3.11's wait_for swallowed it) is cancelled again until it ends."""
+    import asyncio
+
+    from trio_sfu.cluster.aio import trio_asyncio
+
+    swallowed = 0
+
+    async def stubborn() -> str:
+        nonlocal swallowed
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 2.0  # without a second cancel: returns, and the test fails
+        while loop.time() < give_up:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed == 3:
+                    raise
+        return "returned"
+
+    async with open_asyncio():
+        with trio.move_on_after(0.1) as scope:
+            await trio_asyncio.aio_as_trio(until_cancelled_for_sure)(stubborn())
+    assert scope.cancelled_caught and swallowed == 3

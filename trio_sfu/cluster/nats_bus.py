@@ -58,6 +58,8 @@ MEDIA_PENDING_LIMIT = 1024 * 1024
 #: How long an abandoned PING may wait for its PONG (see ``_aio_ping``); the client's own stale
 #: check (two unanswered pings) reconnects long before.
 _PONG_PATIENCE = 60
+#: How long :func:`until_cancelled_for_sure` keeps cancelling a call that swallows it.
+_CANCEL_PATIENCE = 5.0
 
 
 def _consume_result(future: asyncio.Future[None]) -> None:
@@ -411,19 +413,21 @@ class NatsBus:
             try:
                 # With max_reconnect_attempts=-1, connect() itself retries until a server
                 # answers, then nats-py reconnects after any loss and replays subscriptions.
-                await client.connect(
-                    servers=[self.url],
-                    name=f"trio-sfu {self.node_id}",
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
-                    connect_timeout=self.connect_timeout,  # type: ignore[arg-type]
-                    ping_interval=self.ping_interval,  # type: ignore[arg-type]
-                    max_outstanding_pings=2,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    error_cb=self._on_error,
-                    closed_cb=on_closed,
+                await until_cancelled_for_sure(
+                    client.connect(
+                        servers=[self.url],
+                        name=f"trio-sfu {self.node_id}",
+                        allow_reconnect=True,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
+                        connect_timeout=self.connect_timeout,  # type: ignore[arg-type]
+                        ping_interval=self.ping_interval,  # type: ignore[arg-type]
+                        max_outstanding_pings=2,
+                        disconnected_cb=self._on_disconnected,
+                        reconnected_cb=self._on_reconnected,
+                        error_cb=self._on_error,
+                        closed_cb=on_closed,
+                    )
                 )
             except (OSError, nats.errors.Error) as exc:
                 log.warning("NATS connect failed", extra={"node": self.node_id, "error": repr(exc)})
@@ -466,3 +470,25 @@ class NatsBus:
                         await trio_asyncio.aio_as_trio(client.close)()
                     except (OSError, nats.errors.Error):
                         pass
+
+
+async def until_cancelled_for_sure(call: Awaitable[T]) -> T:
+    """Await ``call`` (asyncio) in a task of its own that a cancellation really ends.
+
+    nats-py's ``connect()`` with ``max_reconnect_attempts=-1`` retries forever, and Python
+    3.11's ``asyncio.wait_for`` (around its read of the server's INFO) swallows a cancellation
+    that lands as the read completes (bpo-42130, fixed in 3.12): against a port that accepts and
+    resets, one cancel in a few was lost and the retry loop went on, so a pod stopping — or
+    giving up at start-up with ``--require-backends`` — hung in its NATS task (seen in CI). So
+    on cancellation the call is cancelled again until it ends, for at most
+    :data:`_CANCEL_PATIENCE` seconds; then the cancellation goes on regardless."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _CANCEL_PATIENCE
+        while not task.done() and loop.time() < give_up:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.05)
+        raise
