@@ -491,4 +491,6 @@ async def until_cancelled_for_sure(call: Awaitable[T]) -> T:
         while not task.done() and loop.time() < give_up:
             task.cancel()
             await asyncio.wait({task}, timeout=0.05)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller hears of it
         raise
