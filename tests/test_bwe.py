@@ -503,3 +503,48 @@ def test_overuse_soon_after_a_probe_raise_undoes_it() -> None:
     # back to the estimate before the probe (the controller alone: 0.85 x ~710k delivered)
     assert bwe.estimate <= 260_000
     assert bwe.decreases >= 1
+
+
+def _least_squares_trend(points: list[tuple[float, float]]) -> float:
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    den = sum((x - mean_x) ** 2 for x, _ in points)
+    return num / den * n * 4.0  # the detector's trend: slope × window × gain
+
+
+def test_trendline_running_sums_match_least_squares_over_hours() -> None:
+    """The slope from running sums (rebased every 64 groups) stays the exact window slope
+    after hours of groups, with arrival times far from zero and jittered deltas."""
+    rnd = random.Random(7)
+    detector = TrendlineDetector()
+    arrival = 1_000_000.0  # s on the receiver's clock: only differences count
+    accumulated = smoothed = 0.0
+    window: list[tuple[float, float]] = []
+    first = arrival
+    worst = 0.0
+    for i in range(200_000):  # ~2.8 h of groups 50 ms apart on average
+        arrival += rnd.choice([0.005, 0.02, 0.1]) * rnd.random() + 0.00025
+        delta = rnd.gauss(0.0, 3.0) + (1.0 if (i // 500) % 2 else -1.0)
+        detector.update(delta, 0.01, arrival)
+        accumulated += delta
+        smoothed = 0.9 * smoothed + 0.1 * accumulated
+        window = [*window[-19:], ((arrival - first) * 1000.0, smoothed)]
+        if len(window) == 20 and i % 97 == 0:
+            expected = _least_squares_trend(window)
+            worst = max(worst, abs(detector._prev_trend - expected) / max(1.0, abs(expected)))
+    assert worst < 1e-6
+
+
+def test_trendline_equal_arrivals_have_no_slope() -> None:
+    """Twenty groups that arrived at once have no time axis: no trend, not the running
+    sums' rounding divided by a rounding-sized spread."""
+    detector = TrendlineDetector()
+    detector.update(1.0, 0.01, 0.1)
+    trends = []
+    for i in range(60):
+        detector.update(5.0 + i % 7, 0.01, 1000.3)
+        if i >= 20:  # the window holds only the equal arrivals
+            trends.append(detector._prev_trend)
+    assert trends == [0.0] * 40 and detector.state is BandwidthUsage.NORMAL
