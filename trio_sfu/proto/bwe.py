@@ -160,7 +160,6 @@ class TrendlineDetector:
 
     __slots__ = (
         "_accumulated",
-        "_first_arrival",
         "_last_update",
         "_origin",
         "_overuse_count",
@@ -183,11 +182,10 @@ class TrendlineDetector:
         self._xs: deque[float] = deque()
         self._ys: deque[float] = deque()
         self._sx = self._sy = self._sxx = self._sxy = 0.0
-        self._origin = 0.0  # arrival (s) that x counts from
+        self._origin = math.nan  # arrival (s) that x counts from; NaN before the first
         self._since_rebase = 0
         self._accumulated = 0.0
         self._smoothed = 0.0
-        self._first_arrival: float | None = None
         self._last_update: float | None = None
         self._prev_trend = 0.0
         self._overuse_time = 0.0
@@ -196,43 +194,46 @@ class TrendlineDetector:
         self.state = BandwidthUsage.NORMAL
 
     def update(self, delta_ms: float, send_delta: float, arrival: float) -> BandwidthUsage:
-        """One group's delay variation ``delta_ms``; ``send_delta`` (s) since the previous one."""
-        if self._first_arrival is None:
-            self._first_arrival = self._origin = arrival
-        self._accumulated += delta_ms
-        y = self._smoothed = _SMOOTHING * self._smoothed + (1 - _SMOOTHING) * self._accumulated
-        x = (arrival - self._origin) * 1000.0
+        """One group's delay variation ``delta_ms``; ``send_delta`` (s) since the previous one.
+
+        Once per packet group of every subscriber with transport-cc: written with locals and
+        few calls, since it ran at ≈ 3 µs a group written plainly (docs/benchmarks.md)."""
+        origin = self._origin
+        if origin != origin:  # NaN: the first group
+            origin = self._origin = arrival
+        accumulated = self._accumulated = self._accumulated + delta_ms
+        y = self._smoothed = _SMOOTHING * self._smoothed + (1 - _SMOOTHING) * accumulated
+        x = (arrival - origin) * 1000.0
         xs, ys = self._xs, self._ys
-        if len(xs) == _TRENDLINE_WINDOW:
+        sx = self._sx + x
+        sy = self._sy + y
+        sxx = self._sxx + x * x
+        sxy = self._sxy + x * y
+        full = len(xs) == _TRENDLINE_WINDOW
+        if full:
             old_x, old_y = xs.popleft(), ys.popleft()
-            self._sx -= old_x
-            self._sy -= old_y
-            self._sxx -= old_x * old_x
-            self._sxy -= old_x * old_y
+            sx -= old_x
+            sy -= old_y
+            sxx -= old_x * old_x
+            sxy -= old_x * old_y
         xs.append(x)
         ys.append(y)
-        self._sx += x
-        self._sy += y
-        self._sxx += x * x
-        self._sxy += x * y
+        self._sx, self._sy, self._sxx, self._sxy = sx, sy, sxx, sxy
         self._since_rebase += 1
         if self._since_rebase >= _TRENDLINE_REBASE:
             self._rebase()
-        if len(xs) == _TRENDLINE_WINDOW:
-            self._detect(self._slope() * _TRENDLINE_WINDOW * _TREND_GAIN, send_delta, arrival)
-        return self.state
-
-    def _slope(self) -> float:
-        n = len(self._xs)
-        sx = self._sx
-        den = n * self._sxx - sx * sx  # n² × the variance of x
-        # all arrivals (nearly) equal: no slope. The tolerance is far above the sums'
+            sx, sy, sxx, sxy = self._sx, self._sy, self._sxx, self._sxy
+        if len(xs) < _TRENDLINE_WINDOW:
+            return self.state
+        n = _TRENDLINE_WINDOW
+        den = n * sxx - sx * sx  # n² × the variance of x
+        # All arrivals (nearly) equal: no slope. The tolerance is far above the sums'
         # rounding (≈ 1e-15 of n·Σx² per update since the last rebase) and far below the
         # smallest real spread (one of twenty arrivals a 250 µs transport-cc tick from the
-        # others: > 1)
-        if den <= 1e-12 * n * self._sxx:
-            return 0.0
-        return (n * self._sxy - sx * self._sy) / den
+        # others: > 1).
+        slope = 0.0 if den <= 1e-12 * n * sxx else (n * sxy - sx * sy) / den
+        self._detect(slope * (_TRENDLINE_WINDOW * _TREND_GAIN), send_delta, arrival)
+        return self.state
 
     def _rebase(self) -> None:
         xs, ys = self._xs, self._ys
@@ -247,7 +248,8 @@ class TrendlineDetector:
         self._since_rebase = 0
 
     def _detect(self, trend: float, send_delta: float, now: float) -> None:
-        if trend > self.threshold:
+        threshold = self.threshold
+        if trend > threshold:
             self._overuse_time += send_delta
             self._overuse_count += 1
             if (
@@ -258,29 +260,31 @@ class TrendlineDetector:
                 self._overuse_time = 0.0
                 self._overuse_count = 0
                 self.state = BandwidthUsage.OVERUSING
-        elif trend < -self.threshold:
-            self._overuse_time = 0.0
-            self._overuse_count = 0
-            self.state = BandwidthUsage.UNDERUSING
         else:
             self._overuse_time = 0.0
             self._overuse_count = 0
-            self.state = BandwidthUsage.NORMAL
+            if trend < -threshold:
+                self.state = BandwidthUsage.UNDERUSING
+            else:
+                self.state = BandwidthUsage.NORMAL
         self._prev_trend = trend
-        self._adapt_threshold(trend, now)
-
-    def _adapt_threshold(self, trend: float, now: float) -> None:
         # §5.4: the threshold follows |trend| (fast down, slow up) so competing TCP flows do
         # not starve us; spikes far above it (e.g. a route change) do not drag it up.
         last = self._last_update
         self._last_update = now
-        magnitude = abs(trend)
-        if last is None or magnitude > self.threshold + 15.0:
+        magnitude = trend if trend >= 0.0 else -trend
+        if last is None or magnitude > threshold + 15.0:
             return
-        k = _K_DOWN if magnitude < self.threshold else _K_UP
-        dt_ms = min((now - last) * 1000.0, 100.0)
-        self.threshold += k * (magnitude - self.threshold) * dt_ms
-        self.threshold = min(max(self.threshold, _THRESHOLD_MIN), _THRESHOLD_MAX)
+        k = _K_DOWN if magnitude < threshold else _K_UP
+        dt_ms = (now - last) * 1000.0
+        if dt_ms > 100.0:
+            dt_ms = 100.0
+        threshold += k * (magnitude - threshold) * dt_ms
+        if threshold < _THRESHOLD_MIN:
+            threshold = _THRESHOLD_MIN
+        elif threshold > _THRESHOLD_MAX:
+            threshold = _THRESHOLD_MAX
+        self.threshold = threshold
 
 
 class DelayBasedEstimator:
@@ -656,18 +660,18 @@ class BandwidthEstimator:
             ext = highest + diff - 0x10000 if diff else highest
             if ext > reported:
                 reported = ext
-            send_time = sent_at.get(ext)
+            if arrival_us is None:
+                if ext in sent_at:
+                    total += 1
+                    lost += 1  # kept: a later feedback may still report it received
+                continue
+            # forgotten once received (see _forget): a later report would be a duplicate
+            send_time = sent_at.pop(ext, None)
             if send_time is None:
                 continue  # unknown, or already reported received
             total += 1
-            if arrival_us is None:
-                lost += 1  # kept: a later feedback may still report it received
-                continue
             arrival = arrival_us / 1e6
-            size = sizes[ext]
-            # forgotten (see _forget): a later report of it would be a duplicate
-            del sent_at[ext]
-            del sizes[ext]
+            size = sizes.pop(ext)
             if probes:
                 probe = probes.pop(ext, -1)
                 if cluster is not None and probe == cluster.id:
