@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from trio_sfu.proto.receive_stats import ReceiveStatistics
 from trio_sfu.proto.rtcp import (
     NTP_UNIX_OFFSET,
     ReceiverReport,
@@ -11,7 +12,7 @@ from trio_sfu.proto.rtcp import (
     SenderReport,
     parse_rtcp,
 )
-from trio_sfu.sfu.feedback import ReceiveStatistics, SendStatistics
+from trio_sfu.sfu.feedback import SendStatistics
 
 PUB_SSRC = 0x11223344
 

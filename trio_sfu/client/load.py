@@ -35,12 +35,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from trio_sfu.proto.rtp.packet import seq_delta
+from trio_sfu.proto.codecs import vp8
+from trio_sfu.proto.receive_stats import ReceiveStatistics
+from trio_sfu.proto.rtp.packet import find_extension, seq_delta
 
 #: Marks a load-test payload; followed by the send time (monotonic s), a counter and the
 #: simulcast stream the packet belongs to (:data:`NO_LAYER` for audio and single-stream video).
 MAGIC = b"TSFL"
 _STAMP = struct.Struct("!4sdIB")
+#: RFC 3550 §5.1: sequence number, timestamp and SSRC, from the second 16-bit word on
+_SEQ_TS_SSRC = struct.Struct("!HII")
 NO_LAYER = 255
 #: The largest video packet payload (a browser's packetiser stays under the path MTU).
 VIDEO_PACKET = 1100
@@ -206,10 +210,13 @@ class Feedback:
     transport-cc feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01) every
     :data:`FEEDBACK_INTERVAL`, which drives its bandwidth estimator and layer choice, and a
     receiver report (RFC 3550 §6.4.2) every :data:`REPORT_INTERVAL` per received stream with
-    its loss and LSR/DLSR (the server's round-trip time); jitter is not computed (0).
+    its loss, interarrival jitter and LSR/DLSR (the server's round-trip time). The report
+    blocks come from :class:`ReceiveStatistics`, the arithmetic the server reports on its
+    publishers with (RFC 3550 A.1, A.3, A.8).
 
-    The transport-wide number is read from the RTP header, which SRTP leaves in the clear
-    (RFC 3711 §3.1), so ``--sink`` subscribers report too."""
+    Everything is read from the RTP header, which SRTP leaves in the clear (RFC 3711 §3.1):
+    the transport-wide number, sequence number, timestamp and SSRC, so ``--sink`` subscribers
+    report too, jitter included."""
 
     def __init__(self, pc: Any, receiver: Receiver) -> None:
         from trio_sfu.proto.twcc import TwccRecorder
@@ -218,28 +225,52 @@ class Feedback:
         self.receiver = receiver
         self.ssrc = int.from_bytes(secrets.token_bytes(4)) or 1
         self.twcc = TwccRecorder(interval=FEEDBACK_INTERVAL)
+        #: per received SSRC, what its report block says
+        self.stats: dict[int, ReceiveStatistics] = {}
+        #: the transport-cc extension id (None: not negotiated), and the remote description
+        #: it was read from: looked up again only when a negotiation replaced that
         self._ext_id: int | None = None
-        #: per source: (LSR: the middle 32 bits of its last SR's NTP time, when it came)
-        self._last_sr: dict[int, tuple[int, float]] = {}
-        #: per source at the last report: (expected, received)
-        self._reported: dict[int, tuple[int, int]] = {}
+        self._ext_description: object = None
+        #: per source: its last SR's NTP time (most and least significant words) and when it
+        #: came, kept for a source whose statistics start after it
+        self._last_sr: dict[int, tuple[int, int, float]] = {}
 
     def on_rtp(self, packet: bytes, now: float) -> None:
-        from trio_sfu.proto.rtp.packet import find_extension
-
+        seq, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(packet, 2)
+        stats = self.stats.get(ssrc)
+        if stats is None:
+            stats = self._new_source(ssrc, packet[1] & 0x7F)
+        stats.update(seq, timestamp, now)
+        description = self.pc.jsep.current_remote_description
+        if description is not self._ext_description:  # (re)negotiated since the last look
+            self._ext_description = description
+            self._ext_id = self._transport_cc_id()
         ext_id = self._ext_id
-        if ext_id is None:
-            ext_id = self._ext_id = self._transport_cc_id()
-            if ext_id is None:
-                return
-        value = find_extension(packet, ext_id)
-        if value is not None and len(value) >= 2:
-            self.twcc.record((value[0] << 8) | value[1], now)
+        if ext_id is not None:
+            value = find_extension(packet, ext_id)
+            if value is not None and len(value) >= 2:
+                self.twcc.record((value[0] << 8) | value[1], now)
+
+    def _new_source(self, ssrc: int, payload_type: int) -> ReceiveStatistics:
+        """Statistics for an SSRC first heard, in its payload format's clock rate (RFC 3550
+        A.8 counts jitter in timestamp units); 90 kHz, video's, if the type is unknown."""
+        clock_rate = 90000
+        for t in self.pc.transceivers:
+            codec = t.codec(payload_type)
+            if codec is not None:
+                clock_rate = codec.clock_rate
+                break
+        stats = self.stats[ssrc] = ReceiveStatistics(clock_rate)
+        sr = self._last_sr.get(ssrc)
+        if sr is not None:
+            stats.on_sender_report(*sr)
+        return stats
 
     def _transport_cc_id(self) -> int | None:
         from trio_sfu.proto.capabilities import URI_TRANSPORT_CC
 
-        # RFC 8843 §9.1: one id per URI across a BUNDLE group's sections.
+        # RFC 8843 §9.1: one id per URI across a BUNDLE group's sections; RFC 8285 §7: each
+        # offer/answer sets the mapping, so a renegotiation may add the extension or move it.
         for t in self.pc.transceivers:
             ext_id = t.extension_id(URI_TRANSPORT_CC) if t.receiving else None
             if ext_id is not None:
@@ -251,7 +282,10 @@ class Feedback:
 
         for p in packets:
             if isinstance(p, SenderReport):
-                self._last_sr[p.ssrc] = (p.compact_ntp, now)
+                self._last_sr[p.ssrc] = (p.ntp_msw, p.ntp_lsw, now)
+                stats = self.stats.get(p.ssrc)
+                if stats is not None:
+                    stats.on_sender_report(p.ntp_msw, p.ntp_lsw, now)
 
     def send_feedback(self, now: float) -> None:
         streams = self.receiver.streams
@@ -260,52 +294,12 @@ class Feedback:
             self.pc.send_rtcp(fb.serialize())
 
     def send_report(self, now: float) -> None:
-        from trio_sfu.proto.rtcp import ReceiverReport, ReportBlock, seconds_to_compact
+        from trio_sfu.proto.rtcp import ReceiverReport
 
-        blocks = []
-        for ssrc, stream in list(self.receiver.streams.items())[:31]:  # RFC 3550 §6.4: RC ≤ 31
-            expected = stream.highest - stream.first + 1
-            was_expected, was_received = self._reported.get(ssrc, (0, 0))
-            self._reported[ssrc] = (expected, stream.received)
-            # §6.4.1 / A.3: fraction lost over the interval, in 1/256; cumulative lost.
-            interval_expected = expected - was_expected
-            interval_lost = interval_expected - (stream.received - was_received)
-            fraction = (
-                (interval_lost << 8) // interval_expected
-                if interval_expected > 0 and interval_lost > 0
-                else 0
-            )
-            lsr, at = self._last_sr.get(ssrc, (0, now))
-            blocks.append(
-                ReportBlock(
-                    ssrc=ssrc,
-                    fraction_lost=min(fraction, 255),
-                    packets_lost=max(-0x800000, min(0x7FFFFF, expected - stream.received)),
-                    highest_sequence=stream.highest & 0xFFFFFFFF,
-                    lsr=lsr,
-                    dlsr=seconds_to_compact(now - at) if lsr else 0,
-                )
-            )
+        # RFC 3550 §6.4: at most 31 report blocks (RC is 5 bits)
+        blocks = [stats.report_block(ssrc, now) for ssrc, stats in list(self.stats.items())[:31]]
         if blocks:
             self.pc.send_rtcp(ReceiverReport(self.ssrc, blocks).serialize())
-
-
-def _video_payload(
-    picture_id: int, first: bool, keyframe: bool, size: int, stamp: bytes, dims: bytes
-) -> bytes:
-    """Shaped like VP8 to anything that peeks at it: the RFC 7741 §4.2 descriptor with a
-    15-bit picture id (S=1 on a frame's first packet), on that first packet the frame tag
-    (RFC 6386 §9.1: P=0 and the start code, width and height for a keyframe), then the stamp."""
-    desc = bytes(
-        (0x90 if first else 0x80, 0x80, 0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF)
-    )
-    if not first:
-        head = desc
-    elif keyframe:
-        head = desc + b"\x10\x02\x00\x9d\x01\x2a" + dims
-    else:
-        head = desc + b"\x11\x00\x00"
-    return head + stamp + bytes(max(0, size - len(head) - len(stamp)))
 
 
 async def _publisher(
@@ -361,7 +355,8 @@ class _VideoStream:
     ssrc: int
     per_frame: int
     packet_size: int
-    dims: bytes  # RFC 6386 §9.1: 14-bit width and height, little endian
+    width: int  # what its keyframes announce (RFC 6386 §9.1)
+    height: int
     picture_id: int = 0
     keyframe_wanted: bool = True
     last_keyframe: float = -math.inf
@@ -378,8 +373,7 @@ def _video_streams(config: LoadConfig, t: Any) -> list[_VideoStream]:
         frame_bytes = config.video_bitrate * share / 8 / VIDEO_FPS
         per_frame = max(1, math.ceil(frame_bytes / VIDEO_PACKET))
         size = max(64, int(frame_bytes / per_frame))
-        dims = width.to_bytes(2, "little") + height.to_bytes(2, "little")
-        streams.append(_VideoStream(rid, layer, ssrc, per_frame, size, dims))
+        streams.append(_VideoStream(rid, layer, ssrc, per_frame, size, width, height))
     return streams
 
 
@@ -440,8 +434,15 @@ async def _send_media(config: LoadConfig, client: Any, totals: WorkerTotals) -> 
                 for i in range(stream.per_frame):
                     counter += 1
                     stamp = _STAMP.pack(MAGIC, time.monotonic(), counter, stream.layer)
-                    payload = _video_payload(
-                        stream.picture_id, i == 0, keyframe, stream.packet_size, stamp, stream.dims
+                    # RFC 7741 §4.2: a 15-bit picture id; S=1 on a frame's first packet only
+                    payload = vp8.build_payload(
+                        stream.packet_size,
+                        keyframe=keyframe,
+                        start=i == 0,
+                        picture_id=stream.picture_id,
+                        width=stream.width,
+                        height=stream.height,
+                        body=stamp,
                     )
                     packet = client.packet(video_t, payload, stream.rid)
                     packet.marker = i == stream.per_frame - 1

@@ -19,6 +19,7 @@ import trio
 
 from trio_sfu.client.peer import ClientPeerConnection
 from trio_sfu.proto.capabilities import URI_MID, URI_RID, URI_TRANSPORT_CC
+from trio_sfu.proto.codecs import vp8
 from trio_sfu.proto.jsep import Transceiver
 from trio_sfu.proto.rtp import RtpPacket
 from trio_sfu.rtc import events as ev
@@ -298,7 +299,8 @@ class PublisherClient(SfuConnection):
         for t in self.tracks:
             if t.stopped or t.stopping or not t.sending or not t.media_codecs:
                 continue
-            payload = _vp8_payload(keyframe, size) if t.kind == "video" else bytes(80)
+            # each video packet a whole frame: S=1, no picture id (RFC 7741 §4.2)
+            payload = vp8.build_payload(size, keyframe=keyframe) if t.kind == "video" else bytes(80)
             packet = self.packet(t, payload)
             history = self.sent[t.sender_ssrc]
             history[packet.sequence_number] = packet
@@ -403,11 +405,3 @@ class PublisherClient(SfuConnection):
         )
         self.pc.send_rtp(packet.serialize())
         return True
-
-
-def _vp8_payload(keyframe: bool, size: int) -> bytes:
-    # RFC 7741 §4.2 descriptor (S=1, PID 0) + a VP8 frame header: P=0 and the start code
-    # 9d 01 2a for a keyframe (RFC 6386 §9.1).
-    if keyframe:
-        return b"\x10" + b"\x00\x00\x00\x9d\x01\x2a" + bytes(max(0, size - 7))
-    return b"\x10" + b"\x01" + bytes(max(0, size - 2))

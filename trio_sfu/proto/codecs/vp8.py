@@ -11,15 +11,18 @@
 
 Detection never raises: garbage gives ``None``/``False``, because a forwarder asks this of
 every packet of every stream and must not be taken down by one odd publisher.
+:func:`build_payload` goes the other way, for the synthetic publishers of tests and load runs.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 __all__ = [
     "PictureIdRewriter",
     "Vp8Descriptor",
+    "build_payload",
     "is_keyframe",
     "keyframe_width",
     "parse_descriptor",
@@ -148,6 +151,49 @@ def keyframe_width(payload: bytes) -> int:
     if len(payload) < pos + 2:
         return 0
     return (payload[pos] | (payload[pos + 1] << 8)) & 0x3FFF
+
+
+#: RFC 6386 §9.1 frame tag of a keyframe (P=0, version 0, show_frame=1, a 16-byte first
+#: partition), then the keyframe start code; the 14-bit width and height follow.
+_KEYFRAME_HEADER = b"\x10\x02\x00\x9d\x01\x2a"
+#: RFC 6386 §9.1 frame tag of an interframe (P=1, version 0, show_frame=1).
+_INTERFRAME_HEADER = b"\x11\x00\x00"
+_DIMENSIONS = struct.Struct("<HH")
+
+
+def build_payload(
+    size: int,
+    *,
+    keyframe: bool,
+    start: bool = True,
+    picture_id: int | None = None,
+    width: int = 0,
+    height: int = 0,
+    body: bytes = b"",
+) -> bytes:
+    """A synthetic VP8 RTP payload of ``size`` bytes (longer only if its headers and ``body``
+    need more), shaped like VP8 to anything that peeks at it without decoding: a forwarder's
+    :func:`is_keyframe`, :func:`keyframe_width` and :class:`PictureIdRewriter`.
+
+    The RFC 7741 §4.2 descriptor has S=1 and partition 0 when ``start`` (the packet that
+    begins a frame); with ``picture_id`` it has X=1, I=1 and a 15-bit picture id (M=1, as
+    libwebrtc sends it), else it is one byte. A frame's first packet then carries the payload
+    header (RFC 7741 §4.3): the RFC 6386 §9.1 frame tag, and for a keyframe the start code
+    and ``width`` × ``height``. ``body`` follows (a load test's send-time stamp), then zeros.
+    """
+    if picture_id is None:
+        head = b"\x10" if start else b"\x00"
+    else:
+        head = bytes(
+            (0x90 if start else 0x80, 0x80, 0x80 | (picture_id >> 8) & 0x7F, picture_id & 0xFF)
+        )
+    if start:
+        if keyframe:
+            head += _KEYFRAME_HEADER + _DIMENSIONS.pack(width & 0x3FFF, height & 0x3FFF)
+        else:
+            head += _INTERFRAME_HEADER
+    head += body
+    return head + bytes(max(0, size - len(head)))
 
 
 def rewrite_descriptor(

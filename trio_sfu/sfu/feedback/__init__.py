@@ -15,10 +15,10 @@ Each is a small sans-IO class — no Trio, no sockets, no clock reads; time come
 
 from __future__ import annotations
 
+from trio_sfu.proto.receive_stats import ReceiveStatistics
 from trio_sfu.sfu.feedback.cache import PacketCache
 from trio_sfu.sfu.feedback.keyframe import FirSequence, KeyframeGate, KeyframeThrottle
 from trio_sfu.sfu.feedback.nack import NackGenerator
-from trio_sfu.sfu.feedback.receive_stats import ReceiveStatistics
 from trio_sfu.sfu.feedback.rtx import rtx_unwrap, rtx_wrap
 from trio_sfu.sfu.feedback.send_stats import SendStatistics
 

@@ -1,8 +1,11 @@
-"""Reception statistics of one incoming RTP stream, for the RRs the SFU sends its publishers.
+"""Reception statistics of one incoming RTP stream, for the receiver reports a receiver sends.
 
-RTCP is terminated per leg (issue 3): the SFU is the receiver of every publisher stream and
-reports on it itself, following RFC 3550 §6.4.1 and the reference code of its appendix A.1
-(sequence validation), A.3 (expected and lost counts) and A.8 (interarrival jitter).
+Receive side of RFC 3550's reception reports (sans-IO): the report block of §6.4.1, following
+the reference code of appendix A.1 (sequence validation), A.3 (expected and lost counts) and
+A.8 (interarrival jitter). Two receivers use it: the SFU, which terminates RTCP per leg
+(issue 3) and reports on every publisher stream itself, and the load tester's subscribers,
+which report on what the SFU sends them as a browser would. It lives here, below both, so
+the two report with the same arithmetic.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ class ReceiveStatistics:
 
     :meth:`update` runs once per received packet (a handful of integer operations); the rest
     runs once per report. A.1's probation of new sources is left out: SRTP already
-    authenticated the packet, so its source is not in doubt. Jitter follows A.8, fed only
+    authenticated the packet (a load-test sink that skips SRTP reads only its SFU's address),
+    so its source is not in doubt. Jitter follows A.8, fed only
     by in-order packets that start a new timestamp as libwebrtc does, so the packets of one
     video frame (same timestamp, sent in a burst) do not dilute it.
 
-    No round-trip time here: RFC 3550 only lets the sender of an SR measure it; the publisher
-    leg's NACK timing uses the transport's SCTP SRTT instead (``PeerConnection.transport_rtt``).
+    No round-trip time here: RFC 3550 only lets the sender of an SR measure it (the SFU's
+    publisher leg times its NACKs with the transport's SCTP SRTT instead).
     """
 
     __slots__ = (
