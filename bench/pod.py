@@ -624,12 +624,15 @@ def saturation(
     subscribers: int,
     duration: float,
     log: Any = None,
+    feedback: bool = False,
 ) -> Saturation:
     """At once against one server: a room of 1 publisher at ``bitrate`` → ``sinks`` subscribers
     that count without decrypting (``trio-sfu load --sink``: fan-out is what fills the server's
     core, and a decrypting subscriber costs the one-core client ≈ 4× what its packets cost the
     server), a room of 1 publisher (1.5 Mbit/s) → ``subscribers`` decrypting ones (latency, the
-    loss spread), and the probe (consent checks, HTTP joins)."""
+    loss spread), and the probe (consent checks, HTTP joins). With ``feedback`` every
+    subscriber of both rooms reports as a browser does (``--feedback``): the pod then also runs
+    each one's estimator on a thousand feedback packets a second per hundred subscribers."""
     server = start_server(source, server_cpus)
     try:
 
@@ -644,6 +647,8 @@ def saturation(
             )
 
         load = ("trio_sfu", "load", "--url", server.url, "--no-progress", "--json", "-")
+        if feedback:
+            load += ("--feedback",)
         # The measured room and the probe start first and run longer, so they cover the
         # sinks' media phase whenever their joins end.
         with Sampler(server) as sampler:
@@ -780,7 +785,8 @@ def main() -> None:
         "--feedback",
         action="store_true",
         help="the subscribers send transport-cc feedback and receiver reports, as browsers "
-        "do (trio-sfu load --feedback): the pod's estimator per subscriber then works",
+        "do (trio-sfu load --feedback): the pod's estimator per subscriber then works (with "
+        "--saturate: every subscriber of both rooms)",
     )
     parser.add_argument(
         "--fair-subscribers",
@@ -811,6 +817,7 @@ def main() -> None:
         print(
             f"server on CPU {server_cpus}, clients on {client_cpus}; source "
             f"{args.source or 'this tree'}; load average {os.getloadavg()[0]:.1f}"
+            + ("; subscribers send feedback" if args.feedback else "")
         )
         print(SATURATION_HEADER, flush=True)
         for p in args.saturate:
@@ -825,6 +832,7 @@ def main() -> None:
                     args.fair_subscribers,
                     args.seconds,
                     log,
+                    args.feedback,
                 )
             )
             if log is not None:
