@@ -639,9 +639,11 @@ class BandwidthEstimator:
         receivers every packet sent is reported once, and a dataclass per packet plus a
         list per stage cost as much as the forwarding of the packet itself."""
         self._heard = True
-        highest = self._unwrapper.highest
+        unwrapper = self._unwrapper
+        highest = unwrapper.highest
         if highest is None:
             return
+        peek = unwrapper.peek
         sent_at = self._sent_at
         sizes = self._sent_size
         probes = self._sent_probe
@@ -653,11 +655,9 @@ class BandwidthEstimator:
         received: list[tuple[float, int]] = []  # (arrival s, size), for the delivered rate
         total = lost = 0
         for seq, arrival_us in statuses:
-            # the extended number nearest the highest sent (SequenceUnwrapper.peek, inline)
-            diff = (seq - highest) & 0xFFFF
-            if diff and diff < 0x8000:
+            ext = peek(seq)
+            if ext > highest:
                 continue  # feedback for something we never sent
-            ext = highest + diff - 0x10000 if diff else highest
             if ext > reported:
                 reported = ext
             if arrival_us is None:
@@ -693,11 +693,11 @@ class BandwidthEstimator:
         acked = self._acked
         acked_bytes = self._acked_bytes
         received.sort(key=itemgetter(0))  # by arrival (so already, unless the network reordered)
-        for arrival, size in received:
-            if acked and arrival < acked[-1][0]:
+        for item in received:
+            if acked and item[0] < acked[-1][0]:
                 continue  # out of arrival order across feedbacks: skip for the rate
-            acked.append((arrival, size))
-            acked_bytes += size
+            acked.append(item)
+            acked_bytes += item[1]
         if acked:
             oldest = acked[-1][0] - _ACK_WINDOW
             while acked[0][0] < oldest:
