@@ -1,12 +1,20 @@
 """The demo site ships inside the wheel (issue 13): ``site/`` stays at the repository's top
 (the browser tests and the site's own tooling use it there) and is copied into the built
 package as ``trio_sfu/site`` — package data that ``trio-sfu serve`` finds from any working
-directory. Everything else is declared in ``pyproject.toml``."""
+directory. Everything else is declared in ``pyproject.toml``.
+
+``TRIO_SFU_COMPILE=1`` also compiles the forwarding path's modules with mypyc (issue 10; they
+are listed in ``trio_sfu/compiled.py``): ``pip install --no-build-isolation .`` with mypy and a
+C compiler installed, or ``scripts/compile`` for a checkout. Without it the package is pure
+Python and needs no compiler."""
 
 from __future__ import annotations
 
+import ast
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
@@ -30,4 +38,25 @@ class BuildWithSite(build_py):
                 shutil.copy2(path, dest)
 
 
-setup(cmdclass={"build_py": BuildWithSite})
+def compiled_extensions() -> list[Any]:
+    """mypyc's extension modules for ``COMPILED_MODULES``, read from ``trio_sfu/compiled.py``
+    without importing the package (the build may run before its dependencies are installed).
+    Their shared library goes inside the package (``trio_sfu._native``), so an editable
+    install finds it from any working directory."""
+    if os.environ.get("TRIO_SFU_COMPILE") != "1":
+        return []
+    from mypyc.build import mypycify
+
+    tree = ast.parse((Path(__file__).resolve().parent / "trio_sfu" / "compiled.py").read_text())
+    names: tuple[str, ...] = ()
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "COMPILED_MODULES":
+            assert node.value is not None
+            names = ast.literal_eval(node.value)
+    if not names:
+        raise SystemExit("trio_sfu/compiled.py: COMPILED_MODULES not found")
+    paths = [name.replace(".", "/") + ".py" for name in names]
+    return list(mypycify(paths, opt_level="3", group_name="trio_sfu._native"))
+
+
+setup(cmdclass={"build_py": BuildWithSite}, ext_modules=compiled_extensions())

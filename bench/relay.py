@@ -144,8 +144,9 @@ class Source:
             packet = self.pub.packet(t, body + bytes(PAYLOAD - len(body)))
             packet.timestamp = timestamp
             packet.marker = i == count - 1
-            raw = bytearray(packet.serialize())
-            off = payload_offset(raw)
+            data = packet.serialize()
+            off = payload_offset(data)  # bytes: compiled with mypyc, it takes no bytearray
+            raw = bytearray(data)
             STAMP.pack_into(raw, off + STAMP_AT, time.monotonic_ns())
             send_rtp(bytes(raw))
             self.seq += 1

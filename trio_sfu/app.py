@@ -25,6 +25,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from trio_sfu.auth import TokenVerifier
+from trio_sfu.compiled import compiled_modules
 from trio_sfu.config import Config
 from trio_sfu.gcpolicy import GcPolicy
 from trio_sfu.http import HttpSfuApi, SfuApi, create_app
@@ -306,6 +307,8 @@ async def serve(
                         "node": backends.node_id if backends is not None else "local",
                         "cluster": backends is not None,
                         "demo": running.demo_url,
+                        # 0: pure Python; scripts/compile builds them with mypyc
+                        "compiled_modules": len(compiled_modules()),
                     },
                 )
                 if config.log_format == "text":  # JSON logs stay JSON only: the line has it

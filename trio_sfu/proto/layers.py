@@ -39,6 +39,8 @@ Duplicates of the newest packet are always dropped.
 
 from __future__ import annotations
 
+from typing import Final
+
 from trio_sfu.proto.rtp.packet import seq_delta
 
 __all__ = ["NO_LIMIT", "LayerSelector"]
@@ -50,6 +52,33 @@ _SEQ_MASK = 0xFFFF
 _TS_MASK = 0xFFFFFFFF
 
 
+#: the slots of :class:`LayerSelector`, which its ``clone`` copies (a class compiled by mypyc
+#: has no ``__slots__`` to read at run time: docs/architecture.md, "Compiled")
+_SELECTOR_FIELDS: Final = (
+    "_clean",
+    "_clock_rate",
+    "_down_deadline",
+    "_down_timeout",
+    "_first_in_seq",
+    "_keyframe_interval",
+    "_last_in_seq",
+    "_last_request",
+    "_last_time",
+    "_seq_offset",
+    "_started",
+    "_ts_offset",
+    "current",
+    "late",
+    "seq",
+    "spatial",
+    "target_spatial",
+    "target_stream",
+    "target_temporal",
+    "temporal",
+    "ts",
+)
+
+
 class LayerSelector:
     """Forward/drop decisions and continuous numbering for one forwarding group.
 
@@ -58,29 +87,7 @@ class LayerSelector:
     after pushes (or on a timer) to learn which stream needs a PLI/FIR.
     """
 
-    __slots__ = (
-        "_clean",
-        "_clock_rate",
-        "_down_deadline",
-        "_down_timeout",
-        "_first_in_seq",
-        "_keyframe_interval",
-        "_last_in_seq",
-        "_last_request",
-        "_last_time",
-        "_seq_offset",
-        "_started",
-        "_ts_offset",
-        "current",
-        "late",
-        "seq",
-        "spatial",
-        "target_spatial",
-        "target_stream",
-        "target_temporal",
-        "temporal",
-        "ts",
-    )
+    __slots__ = _SELECTOR_FIELDS
 
     def __init__(
         self,
@@ -118,8 +125,8 @@ class LayerSelector:
     def clone(self) -> LayerSelector:
         """An independent copy: a subscriber leaving its forwarding group for another choice
         continues from exactly this state, so its numbering has no glitch at the split."""
-        twin = LayerSelector.__new__(LayerSelector)
-        for name in LayerSelector.__slots__:
+        twin = LayerSelector(self._clock_rate)
+        for name in _SELECTOR_FIELDS:
             setattr(twin, name, getattr(self, name))
         return twin
 

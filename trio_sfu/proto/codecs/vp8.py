@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 __all__ = [
     "PictureIdRewriter",
@@ -226,6 +227,11 @@ def rewrite_descriptor(
     return True
 
 
+#: the slots of :class:`PictureIdRewriter`, which its ``clone`` copies (a class compiled by mypyc
+#: has no ``__slots__`` to read at run time: docs/architecture.md, "Compiled")
+_PICTURE_ID_FIELDS: Final = ("_last_pid", "_last_tl0", "_pending", "_pid_off", "_tl0_off")
+
+
 class PictureIdRewriter:
     """Continuous picture ids and TL0PICIDX for a subscriber whose source stream changes.
 
@@ -238,7 +244,7 @@ class PictureIdRewriter:
     the first switch ids pass unchanged. Packets without the fields pass untouched.
     """
 
-    __slots__ = ("_last_pid", "_last_tl0", "_pending", "_pid_off", "_tl0_off")
+    __slots__ = _PICTURE_ID_FIELDS
 
     def __init__(self) -> None:
         self._pid_off = 0
@@ -249,8 +255,8 @@ class PictureIdRewriter:
 
     def clone(self) -> PictureIdRewriter:
         """An independent copy (a subscriber leaving its forwarding group continues it)."""
-        twin = PictureIdRewriter.__new__(PictureIdRewriter)
-        for name in PictureIdRewriter.__slots__:
+        twin = PictureIdRewriter()
+        for name in _PICTURE_ID_FIELDS:
             setattr(twin, name, getattr(self, name))
         return twin
 

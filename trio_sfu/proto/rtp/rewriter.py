@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import struct
 from collections.abc import Mapping
+from typing import Final
 
 from trio_sfu.proto.rtp.packet import ONE_BYTE_PROFILE, TWO_BYTE_PROFILE, seq_delta
 
@@ -47,6 +48,38 @@ _MAX_PLANS = 16
 _SLACK = 16  # room for an added extension header, the transport-cc element and padding
 
 
+#: the slots of :class:`RtpRewriter`, which its ``clone`` copies (a class compiled by mypyc
+#: has no ``__slots__`` to read at run time: docs/architecture.md, "Compiled")
+_REWRITER_FIELDS: Final = (
+    "_buf",
+    "_clock_rate",
+    "_ext_map",
+    "_in_highest",
+    "_out_first",
+    "_out_highest",
+    "_out_ts_last",
+    "_pending_ssrc",
+    "_pending_ts_delta",
+    "_plans",
+    "_pt_map",
+    "_seen",
+    "_seq_off",
+    "_source_first",
+    "_source_ssrc",
+    "_ssrc",
+    "_started",
+    "_ts_off",
+    "_twcc",
+    "_two_byte_out",
+    "_view",
+    "dropped",
+    "octets",
+    "packets",
+    "retransmitted",
+    "twcc_offset",
+)
+
+
 class RtpRewriter:
     """Rewrite one publisher stream for one subscriber: SSRC, PT, seq/ts offsets, extensions.
 
@@ -65,34 +98,7 @@ class RtpRewriter:
     and :meth:`rewrite_as` (the same output again, state untouched).
     """
 
-    __slots__ = (
-        "_buf",
-        "_clock_rate",
-        "_ext_map",
-        "_in_highest",
-        "_out_first",
-        "_out_highest",
-        "_out_ts_last",
-        "_pending_ssrc",
-        "_pending_ts_delta",
-        "_plans",
-        "_pt_map",
-        "_seen",
-        "_seq_off",
-        "_source_first",
-        "_source_ssrc",
-        "_ssrc",
-        "_started",
-        "_ts_off",
-        "_twcc",
-        "_two_byte_out",
-        "_view",
-        "dropped",
-        "octets",
-        "packets",
-        "retransmitted",
-        "twcc_offset",
-    )
+    __slots__ = _REWRITER_FIELDS
 
     def __init__(
         self,
@@ -141,8 +147,8 @@ class RtpRewriter:
         """An independent copy that continues exactly where this one is (same sequence,
         timestamp and duplicate-window state): a subscriber leaving a forwarding group for
         numbering of its own starts from the group's state, so it sees no glitch."""
-        twin = RtpRewriter.__new__(RtpRewriter)
-        for name in RtpRewriter.__slots__:
+        twin = RtpRewriter(self._ssrc, {})
+        for name in _REWRITER_FIELDS:
             setattr(twin, name, getattr(self, name))
         twin._seen = list(self._seen)
         twin._buf = bytearray(self._buf)
