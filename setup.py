@@ -4,8 +4,9 @@ package as ``trio_sfu/site`` — package data that ``trio-sfu serve`` finds from
 directory. Everything else is declared in ``pyproject.toml``.
 
 ``TRIO_SFU_COMPILE=1`` also compiles the forwarding path's modules with mypyc (issue 10; they
-are listed in ``trio_sfu/compiled.py``): ``pip install --no-build-isolation .`` with mypy and a
-C compiler installed, or ``scripts/compile`` for a checkout. Without it the package is pure
+are listed in ``trio_sfu/compiled.py``): ``pip install --no-build-isolation --no-deps .`` once
+the dependencies, mypy and wheel are installed (mypyc type-checks against them) and with a C
+compiler, or ``scripts/compile`` for a checkout. Without it the package is pure
 Python and needs no compiler."""
 
 from __future__ import annotations

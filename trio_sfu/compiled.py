@@ -9,8 +9,9 @@ is in use"). An extension module sits beside its ``.py`` and Python imports it f
 same source runs either way:
 
 * a checkout: ``scripts/compile`` (in place; ``scripts/compile --clean`` goes back);
-* a wheel: ``TRIO_SFU_COMPILE=1 pip install --no-build-isolation .`` with mypy and a C
-  compiler installed (``setup.py``).
+* an installed package: ``pip install -c constraints.txt . mypy wheel``, then
+  ``TRIO_SFU_COMPILE=1 pip install --no-build-isolation --no-deps --force-reinstall .`` with
+  a C compiler (``setup.py``; mypyc type-checks against the installed dependencies).
 
 Measured in docs/benchmarks.md ("Compiled with mypyc"). What a compiled module may not do:
 read ``__slots__`` from its class at run time (there is none: the slot names live in a
