@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.fanout_helpers import packet
 from trio_sfu.compiled import COMPILED_MODULES, compiled_modules
 from trio_sfu.proto.codecs.vp8 import PictureIdRewriter
 from trio_sfu.proto.layers import LayerSelector
 from trio_sfu.proto.rtp import RtpRewriter, TransportCcSequencer
 
 ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = bytes(20)
 
 
 def test_the_run_is_the_path_it_says() -> None:
@@ -70,28 +72,19 @@ def test_the_clone_constants_are_the_slots() -> None:
         assert len(set(fields)) == len(fields)
 
 
-def _packet(seq: int, ts: int, ssrc: int = 0x1234) -> bytes:
-    return (
-        bytes([0x80, 96, seq >> 8, seq & 0xFF])
-        + ts.to_bytes(4, "big")
-        + ssrc.to_bytes(4, "big")
-        + bytes(20)
-    )
-
-
 def test_a_cloned_rewriter_continues_and_is_independent() -> None:
     rewriter = RtpRewriter(0xABCD, {96: 100}, twcc=TransportCcSequencer(3, 17))
     for seq in range(10):
-        assert rewriter.rewrite(_packet(seq, seq * 3000)) is not None
+        assert rewriter.rewrite(packet(seq, PAYLOAD)) is not None
     twin = rewriter.clone()
-    a = bytes(rewriter.rewrite(_packet(10, 30000)) or b"")
-    b = bytes(twin.rewrite(_packet(10, 30000)) or b"")
+    a = bytes(rewriter.rewrite(packet(10, PAYLOAD)) or b"")
+    b = bytes(twin.rewrite(packet(10, PAYLOAD)) or b"")
     assert a and a == b  # the same next output: sequence, timestamp, SSRC, payload type
     assert twin.packets == rewriter.packets
     # a duplicate for one is a duplicate for the other; the windows are copies, not shared
-    assert rewriter.rewrite(_packet(10, 30000)) is None
-    assert twin.rewrite(_packet(11, 33000)) is not None
-    assert rewriter.rewrite(_packet(11, 33000)) is not None
+    assert rewriter.rewrite(packet(10, PAYLOAD)) is None
+    assert twin.rewrite(packet(11, PAYLOAD)) is not None
+    assert rewriter.rewrite(packet(11, PAYLOAD)) is not None
 
 
 def test_a_cloned_picture_id_rewriter_and_selector_copy_every_field() -> None:
