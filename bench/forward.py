@@ -31,10 +31,20 @@ from functools import partial
 import trio
 
 from bench.floor import Loopback, measure, measure_floor
-from tests.fanout_helpers import VP8_KEYFRAME, fan_out, packet
+from tests.fanout_helpers import VP8_KEYFRAME, Fanout, fan_out, packet
 from trio_sfu.rtc.server import RtcServer
 
 CHUNK = 256  # outbound packets between drains of the receiving socket
+
+
+def keyframed_track(server: RtcServer, link: Loopback, fanout: int) -> Fanout:
+    """``fanout`` subscribers of one publisher track, all in one forwarding group: each
+    down-track is held until a keyframe, as a real subscriber's is, and the publisher's
+    keyframe (RFC 7741 descriptor, RFC 6386 §9.1 start code) releases them together. Also
+    ``bench.instructions``' set-up."""
+    setup = fan_out(server, link.dest, fanout)
+    setup.track.on_rtp(setup.stream, packet(0, VP8_KEYFRAME + bytes(1093)), trio.current_time())
+    return setup
 
 
 async def measure_fanout(fanout: int, total: int, shared: bool) -> float:
@@ -42,14 +52,10 @@ async def measure_fanout(fanout: int, total: int, shared: bool) -> float:
     server = RtcServer.bind("127.0.0.1")
     link = Loopback()
     try:
-        # Every subscriber's down-track held until a keyframe, as a real subscriber is.
-        setup = fan_out(server, link.dest, fanout)
-        track, stream, downtracks = setup.track, setup.stream, setup.downtracks
-        # The publisher's keyframe releases them all into one forwarding group (RFC 7741
-        # descriptor, RFC 6386 §9.1 start code); each then gets a group of its own if asked.
-        track.on_rtp(stream, packet(0, VP8_KEYFRAME + bytes(1093)), trio.current_time())
-        if not shared:
-            for downtrack in downtracks:
+        setup = keyframed_track(server, link, fanout)
+        track, stream = setup.track, setup.stream
+        if not shared:  # each subscriber in a group of its own
+            for downtrack in setup.downtracks:
                 track.fanout.split(downtrack)
         assert len(track.fanout.groups) == (1 if shared else fanout)
         payload = os.urandom(1100)

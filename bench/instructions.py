@@ -39,16 +39,16 @@ def _forward(packets: int, fanout: int) -> None:
     import trio
 
     from bench.floor import Loopback
-    from tests.fanout_helpers import VP8_KEYFRAME, fan_out, packet
+    from bench.forward import keyframed_track
+    from tests.fanout_helpers import packet
     from trio_sfu.rtc.server import RtcServer
 
     async def run() -> None:
         server = RtcServer.bind("127.0.0.1")
         link = Loopback()
         try:
-            setup = fan_out(server, link.dest, fanout)
+            setup = keyframed_track(server, link, fanout)
             track, stream = setup.track, setup.stream
-            track.on_rtp(stream, packet(0, VP8_KEYFRAME + bytes(1093)), trio.current_time())
             payload = bytes(1100)
             for burst in range(packets // 10):
                 rtps = [packet(1 + burst * 10 + k, payload) for k in range(10)]
