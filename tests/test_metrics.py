@@ -29,6 +29,7 @@ from tests.test_http import http_server
 from tests.test_sfu_media import Media, Rtcp, video_of
 from trio_sfu.app import serve
 from trio_sfu.auth import TokenVerifier, create_token
+from trio_sfu.compiled import compiled_modules
 from trio_sfu.config import Config
 from trio_sfu.http import create_app
 from trio_sfu.metrics import OTHER_ROOMS, Renderer, exposition, node_registry
@@ -101,6 +102,8 @@ async def test_session_moves_counters_by_the_right_amounts(env: SfuEnv) -> None:
             "trio_sfu_keyframe_requests_throttled",
         ):
             assert name in empty, sorted(empty)
+        # which build runs (tests/test_compiled.py proves compiled_modules() for each run)
+        assert value(empty, "trio_sfu_compiled_modules") == len(compiled_modules())
         assert empty["trio_sfu_join_seconds"].type == "histogram"
         assert empty["trio_sfu_subscriber_rtt_seconds"].type == "histogram"
         assert empty["trio_sfu_packets"].type == "counter"

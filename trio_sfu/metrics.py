@@ -45,6 +45,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from trio_sfu.compiled import compiled_modules
 from trio_sfu.sfu.node_stats import Buckets
 
 __all__ = ["CONTENT_TYPE", "OTHER_ROOMS", "SfuCollector", "exposition", "node_registry"]
@@ -99,6 +100,8 @@ class SfuCollector(Collector):
         self.sfu = sfu
         self.node = node
         self.room_limit = room_limit
+        #: which build this process runs (fixed at import: read once, not per scrape)
+        self._compiled = len(compiled_modules())
         #: room → (time, payload octets in, bits per second) of the last estimate
         self._bitrates: dict[str, tuple[float, int, float]] = {}
 
@@ -128,6 +131,10 @@ class SfuCollector(Collector):
             "outbox_state": ("state updates waiting for Redis", len(outboxes.get("state", ()))),
             "outbox_bus": ("bus updates waiting for NATS", len(outboxes.get("bus", ()))),
             "draining": ("1 while draining (SIGTERM)", int(getattr(sfu, "draining", False))),
+            "compiled_modules": (
+                "forwarding-path modules running compiled with mypyc (0: pure Python)",
+                self._compiled,
+            ),
             "half_open": (
                 "sessions admitted and still connecting (ICE/DTLS), held against --max-half-open",
                 getattr(sfu, "half_open", 0),
