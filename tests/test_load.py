@@ -164,8 +164,11 @@ def test_load_table_and_usage_errors(server: str) -> None:
 
 
 def test_unreachable_server_fails_cleanly() -> None:
-    done = load("http://127.0.0.1:9/", "--duration", "1", "--json", "-")
+    # --retries 2: each client tries three times (the default, 8, backs off for ≈ 20 s)
+    done = load("http://127.0.0.1:9/", "--duration", "1", "--retries", "2", "--json", "-")
     assert done.returncode == 1
     result = json.loads(done.stdout)
     assert result["clients"]["connected"] == 0 and result["clients"]["failed"] == 2
-    assert result["errors"]
+    assert len(result["errors"]) == 2
+    for error in result["errors"]:
+        assert "no answer from http://127.0.0.1:9/" in error and "in 3 attempts" in error, error

@@ -93,6 +93,9 @@ class LoadConfig:
     #: subscribers send what a browser's receiver sends back: transport-cc feedback and
     #: receiver reports (:class:`Feedback`)
     feedback: bool = False
+    #: how often a client retries its POST on no answer or 502/503/504 (a loaded or
+    #: draining server answers 503 with Retry-After) before it counts as failed
+    retries: int = 8
 
 
 @dataclass
@@ -579,7 +582,7 @@ async def _feedback_loop(feedbacks: list[Feedback]) -> None:
 
 def _http_options(config: LoadConfig) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
-    return {"headers": headers, "timeout": 30.0}
+    return {"headers": headers, "timeout": 30.0, "retries": config.retries}
 
 
 def _worker_main(
@@ -1034,7 +1037,7 @@ def plot(result: dict[str, Any], path: str) -> None:
 # -- command line -------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
@@ -1066,14 +1069,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rooms",
-        type=_positive_int,
+        type=_non_negative_int,
         default=None,
         metavar="N",
         dest="room_count",
         help="load N rooms named load-0 … load-N-1",
     )
-    parser.add_argument("--publishers", type=_positive_int, default=1, help="per room (1)")
-    parser.add_argument("--subscribers", type=_positive_int, default=1, help="per room (1)")
+    parser.add_argument("--publishers", type=_non_negative_int, default=1, help="per room (1)")
+    parser.add_argument("--subscribers", type=_non_negative_int, default=1, help="per room (1)")
     parser.add_argument(
         "--video-bitrate",
         type=_bitrate,
@@ -1090,7 +1093,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument(
         "--processes",
-        type=_positive_int,
+        type=_non_negative_int,
         default=1,
         help="worker processes the clients are spread over (1)",
     )
@@ -1125,6 +1128,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="subscribers send what a browser's receiver sends: transport-cc feedback every "
         "100 ms and a receiver report a second (the server's estimator and RTT then work)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=8,
+        metavar="N",
+        help="times a client retries its POST when the server does not answer or answers "
+        "502/503/504, after Retry-After or a back-off of up to 4 s (8; 0: fail at once)",
     )
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON ('-': stdout)")
     parser.add_argument("--plot", metavar="PNG", help="write a per-second plot (matplotlib)")
@@ -1166,6 +1177,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Lo
         simulcast=args.simulcast,
         layer=args.layer,
         feedback=args.feedback,
+        retries=args.retries,
     )
 
 

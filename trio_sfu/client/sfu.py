@@ -97,7 +97,9 @@ def http_signal(
                     )
                 except httpx.TransportError as exc:
                     if retried >= retries:
-                        raise SignalingError(0, f"no answer from {url}: {exc!r}") from exc
+                        raise SignalingError(
+                            0, f"no answer from {url} in {retried + 1} attempts: {exc!r}"
+                        ) from exc
                     delay = retry_delay(retried, None, retry_base, retry_max)
                 else:
                     if response.status_code == 201:
