@@ -5,7 +5,7 @@ the instructions a process runs, the same whatever else the machine does, so it 
 builds of the same code apart (pure Python against ``scripts/compile``'s mypyc build) where
 the clock cannot. Each scenario runs twice under ``valgrind --tool=callgrind`` with a small
 and a large fixed number of packets; the difference of the two totals over the difference of
-the packets is the count per packet, start-up and imports cancelled out. Two scenarios:
+the packets is the count per packet, start-up and imports cancelled out. Three scenarios:
 
 * ``forward``: the forwarding path of ``bench.forward`` (``tests/fanout_helpers``'s track,
   ``N`` subscribers in one forwarding group: ``PublishedTrack.on_rtp`` → group rewrite →
@@ -14,6 +14,10 @@ the packets is the count per packet, start-up and imports cancelled out. Two sce
 * ``bwe``: one subscriber's bandwidth estimator as browsers drive it: 23 packets sent
   (``on_packet_sent``), then one transport-cc feedback reporting them (``on_feedback``);
   per packet.
+* ``ingest``: a publisher's SRTP datagram into a connected server ``PeerCore``
+  (``tests/test_peer_core.Pair``: demultiplexing, SRTP unprotect, the stream's lookup and
+  counters, ``on_rtp``); per packet. The client's protect of the same packets is counted in a
+  run of its own (``protect``) and taken off.
 
 Counted in user space only (the kernel's part of ``sendto`` is not an instruction callgrind
 sees), so ``forward`` is the pod's own work plus libsrtp, not the floor. Printed with which
@@ -83,6 +87,23 @@ def _bwe(packets: int) -> None:
         estimator.on_feedback(statuses, now + 0.02)
 
 
+def _ingest(packets: int, receive: bool) -> None:
+    """SRTP packets a connected client core protects and, with ``receive``, the server core
+    takes in (the set-up and the protect are the same either way: the difference is the
+    server's ingest)."""
+    from tests.test_peer_core import CLIENT_ADDR, Pair
+
+    pair = Pair(video=True, data=False)
+    pair.connect()
+    server = pair.server
+    for seq in range(1, packets + 1):
+        data = pair.rtp_packet(seq)
+        if receive:
+            server.receive_datagram(data, CLIENT_ADDR, pair.now)
+    if receive and len(pair.rtp) != packets:
+        raise RuntimeError(f"{len(pair.rtp)} of {packets} packets reached on_rtp")
+
+
 def _count(scenario: str, packets: int, fanout: int) -> int:
     """Instructions of one run of ``scenario`` under callgrind."""
     proc = subprocess.run(
@@ -114,6 +135,8 @@ def main() -> None:
         scenario, packets, fanout = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
         if scenario == "forward":
             _forward(packets, fanout)
+        elif scenario in ("ingest", "protect"):
+            _ingest(packets, scenario == "ingest")
         else:
             _bwe(packets)
         return
@@ -141,6 +164,14 @@ def main() -> None:
             f"{scenario:8s} {per_packet:9,.0f} instructions per {unit}"
             f"  ({time.monotonic() - started:.0f} s under callgrind)"
         )
+    started = time.monotonic()
+    ingest = _count("ingest", LARGE, 0) - _count("ingest", SMALL, 0)
+    protect = _count("protect", LARGE, 0) - _count("protect", SMALL, 0)
+    print(
+        f"{'ingest':8s} {(ingest - protect) / (LARGE - SMALL):9,.0f} instructions per packet"
+        f" into the server's PeerCore (the client's protect, {protect / (LARGE - SMALL):,.0f}"
+        f" per packet, taken off)  ({time.monotonic() - started:.0f} s under callgrind)"
+    )
 
 
 if __name__ == "__main__":
