@@ -12,8 +12,8 @@
 ARG BASE=python:3.11-slim
 # The build stage: the same Python plus a C compiler and the Python headers, for the forwarding
 # path compiled with mypyc (COMPILE=1, the default; trio_sfu/compiled.py, docs/architecture.md
-# "Compiled, optionally"). python:3.11-slim has the headers and gets gcc from apt below;
-# scripts/build-image passes a bookworm root that has gcc and python3-dev already.
+# "Compiled, optionally"). What it lacks comes from apt: gcc on python:3.11-slim (which has
+# the headers), gcc and python3-dev on a Debian root with Debian's python3 (scripts/build-image).
 ARG BUILD_BASE=${BASE}
 
 FROM ${BUILD_BASE} AS build
@@ -42,9 +42,12 @@ RUN set -eu; \
         offline="--no-index --find-links .image-wheels"; fi; \
     python3 -m venv /opt/trio-sfu; \
     if [ "$COMPILE" = 1 ]; then \
-        command -v gcc >/dev/null || { apt-get update \
-            && apt-get install -y --no-install-recommends gcc libc6-dev \
-            && rm -rf /var/lib/apt/lists/*; }; \
+        need=""; command -v gcc >/dev/null || need="gcc libc6-dev"; \
+        python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join( \
+            sysconfig.get_paths()["include"], "Python.h")))' || need="$need python3-dev"; \
+        if [ -n "$need" ]; then apt-get update -qq \
+            && apt-get install -qq -y --no-install-recommends $need >/dev/null \
+            && rm -rf /var/lib/apt/lists/*; fi; \
         python3 -m venv /opt/build; \
         /opt/build/bin/pip install $offline -c constraints.txt . mypy wheel "setuptools>=68"; \
         TRIO_SFU_COMPILE=1 /opt/build/bin/pip wheel $offline --no-build-isolation --no-deps \
