@@ -130,6 +130,12 @@ def _count(scenario: str, packets: int, fanout: int) -> int:
     return int(found.group(1))
 
 
+def _extra(scenario: str, fanout: int = 0) -> int:
+    """Instructions the LARGE run of ``scenario`` takes beyond the SMALL one: start-up,
+    imports and set-up cancelled out."""
+    return _count(scenario, LARGE, fanout) - _count(scenario, SMALL, fanout)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--inside":
         scenario, packets, fanout = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -156,17 +162,15 @@ def main() -> None:
         ("bwe", f"packet sent and reported (feedback every {FEEDBACK_EVERY})", 1),
     ):
         started = time.monotonic()
-        small, large = _count(scenario, SMALL, fanout), _count(scenario, LARGE, fanout)
         step = 10 if scenario == "forward" else FEEDBACK_EVERY  # whole bursts / feedbacks
         packets = (LARGE // step - SMALL // step) * step * per
-        per_packet = (large - small) / packets
+        per_packet = _extra(scenario, fanout) / packets
         print(
             f"{scenario:8s} {per_packet:9,.0f} instructions per {unit}"
             f"  ({time.monotonic() - started:.0f} s under callgrind)"
         )
     started = time.monotonic()
-    ingest = _count("ingest", LARGE, 0) - _count("ingest", SMALL, 0)
-    protect = _count("protect", LARGE, 0) - _count("protect", SMALL, 0)
+    ingest, protect = _extra("ingest"), _extra("protect")
     print(
         f"{'ingest':8s} {(ingest - protect) / (LARGE - SMALL):9,.0f} instructions per packet"
         f" into the server's PeerCore (the client's protect, {protect / (LARGE - SMALL):,.0f}"
