@@ -31,7 +31,7 @@ from trio_sfu.proto.peer import (
     LocalCredentialsChanged,
     PeerCore,
 )
-from trio_sfu.proto.rtp import RtpPacket
+from trio_sfu.proto.rtp import RtpPacket, parse_rtp
 from trio_sfu.proto.srtp import SrtpContext
 
 CLIENT_ADDR = ("192.0.2.1", 40000)
@@ -189,6 +189,47 @@ def test_two_cores_connect_open_a_channel_and_talk() -> None:
     # Every datagram the server queued went to the path its checks came over.
     pair.server.channel_send(pair.channel.id, b"back", pair.now)
     assert {path for _, path in pair.to_client()} == {"udp:40000"}
+
+
+class PathSink:
+    """A path token that can send (``MediaPath``), as the server driver's paths are."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes | memoryview) -> None:
+        self.sent.append(bytes(data))
+
+
+def test_send_rtp_as_sends_the_packet_as_our_stream_on_the_path() -> None:
+    """The SFU's per-subscriber send (issue 10): protected with this transport's keys, our
+    SSRC and transport-cc number patched in, straight to the path's ``send``; counted, and
+    dropped and counted while there is nowhere to send it or SRTP refuses it."""
+    pair = Pair(video=True, data=False)
+    sink = PathSink()
+    group_packet = RtpPacket(96, 7, 9000, 0, extensions={5: b"\0\0"}, payload=b"v" * 50)
+    plain = group_packet.serialize()
+    pair.server.path = sink  # before DTLS: no keys yet
+    pair.server.send_rtp_as(plain, 0xCAFE, 17, 4321)
+    assert sink.sent == [] and pair.server.stats.media_not_sent == 1
+    pair.connect()
+    pair.server.path = None  # a TCP path closed: nothing until the next valid check
+    pair.server.send_rtp_as(plain, 0xCAFE, 17, 4321)
+    assert sink.sent == [] and pair.server.stats.media_not_sent == 2
+    pair.server.path = sink
+    pair.server.send_rtp_as(b"short", 0xCAFE, -1, 0)  # SRTP refuses it; nothing else breaks
+    assert sink.sent == [] and pair.server.stats.media_not_sent == 3
+    second = RtpPacket(96, 8, 9000, 0, extensions={5: b"\0\0"}, payload=b"w" * 50)
+    pair.server.send_rtp_as(plain, 0xCAFE, 17, 4321)
+    pair.server.send_rtp_as(second.serialize(), 0xCAFE, 17, 4322)
+    assert pair.server.stats.rtp_out == 2 and len(sink.sent) == 2
+    srtp = pair.client.srtp
+    assert srtp is not None
+    for data, sent, twcc_seq in zip(sink.sent, (group_packet, second), (4321, 4322), strict=True):
+        received = parse_rtp(srtp.unprotect_rtp(data))
+        assert received.ssrc == 0xCAFE and received.sequence_number == sent.sequence_number
+        assert received.extensions[5] == twcc_seq.to_bytes(2, "big")
+        assert received.payload == sent.payload
 
 
 def test_no_path_no_datagrams() -> None:

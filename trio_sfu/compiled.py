@@ -1,8 +1,9 @@
 """The forwarding path's modules that may be compiled with mypyc, and which of them are.
 
 trio-sfu is pure Python, and that path is what ``pip install`` gives and what the test suite
-runs. The modules below — the per-packet work of ingest, forwarding, receiver statistics,
-transport-cc and the bandwidth estimator, none of which awaits anything — can also be
+runs. The modules below — the per-packet work of ingest (the peer core, SRTP, the codecs'
+descriptors), forwarding, receiver statistics, transport-cc and the bandwidth estimator, none
+of which awaits anything — can also be
 compiled to C extensions with mypyc (issue 10: "if a compiled path is used, the pure-Python
 path stays and is tested, pip install works without a compiler, and the README says which
 is in use"). An extension module sits beside its ``.py`` and Python imports it first, so the
@@ -29,8 +30,11 @@ __all__ = ["COMPILED_MODULES", "compiled_modules"]
 #: ``async def``: Trio's tasks stay interpreted.
 COMPILED_MODULES: Final = (
     "trio_sfu.proto.bwe",
+    "trio_sfu.proto.codecs.av1_dd",
     "trio_sfu.proto.codecs.vp8",
+    "trio_sfu.proto.codecs.vp9",
     "trio_sfu.proto.layers",
+    "trio_sfu.proto.peer.core",
     "trio_sfu.proto.receive_stats",
     "trio_sfu.proto.rtcp._common",
     "trio_sfu.proto.rtcp.feedback",
@@ -39,6 +43,7 @@ COMPILED_MODULES: Final = (
     "trio_sfu.proto.rtp.audio_level",
     "trio_sfu.proto.rtp.packet",
     "trio_sfu.proto.rtp.rewriter",
+    "trio_sfu.proto.srtp",
     "trio_sfu.proto.twcc",
     "trio_sfu.sfu.feedback.cache",
     "trio_sfu.sfu.feedback.keyframe",

@@ -12,9 +12,10 @@ nursery, including the ones the SFU starts with :meth:`start_soon`, so leaving e
 
 Media is a direct call both ways (DESIGN.md, hot path): the endpoint's reader calls
 :meth:`datagram_received`, the core unprotects and calls ``on_rtp``/``on_rtcp`` right there;
-``send_rtp``/``send_rtp_as``/``send_rtcp`` protect and send synchronously. Subclasses supply the
-socket and, for a full agent, the ICE hooks: :class:`~trio_sfu.rtc.server.ServerPeerConnection`
-(ICE-lite on the shared endpoints) and :class:`~trio_sfu.client.peer.ClientPeerConnection`.
+``send_rtp``/``send_rtcp`` (and a server's ``send_rtp_as``) protect and send synchronously.
+Subclasses supply the socket and, for a full agent, the ICE hooks:
+:class:`~trio_sfu.rtc.server.ServerPeerConnection` (ICE-lite on the shared endpoints) and
+:class:`~trio_sfu.client.peer.ClientPeerConnection`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from aioice import Candidate
 
 from trio_sfu.proto import peer as core_mod
 from trio_sfu.proto.dtls import Certificate
-from trio_sfu.proto.errors import SrtpError
 from trio_sfu.proto.ice import IceLiteAgent
 from trio_sfu.proto.jsep import JsepSession, LocalTransport, RemoteChanges, Transceiver
 from trio_sfu.proto.peer import PeerCore
@@ -316,23 +316,6 @@ class PeerConnection:
         protected = self._core.protect_rtcp(packet)
         if protected is not None:
             self._send_datagram(protected)
-
-    def send_rtp_as(self, packet: bytes, ssrc: int, twcc_offset: int, twcc_seq: int) -> None:
-        """Protect and send a forwarding group's packet as this peer's stream ``ssrc`` with
-        this transport's transport-cc number (:meth:`SrtpContext.protect_rtp_as`): the SFU's
-        hot path, so straight on the SRTP context, not through a core method."""
-        core = self._core
-        srtp = core.srtp
-        if srtp is None or core.remote_address is None:
-            core.stats.media_not_sent += 1
-            return
-        try:
-            protected = srtp.protect_rtp_as(packet, ssrc, twcc_offset, twcc_seq)
-        except SrtpError:
-            core.stats.media_not_sent += 1
-            return
-        core.stats.rtp_out += 1
-        self._send_datagram(protected)
 
     def _emit(self, event: ev.PeerEvent) -> None:
         try:

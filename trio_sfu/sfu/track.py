@@ -2,9 +2,10 @@
 
 The per-packet path is ``PublishedTrack.on_rtp`` → ``ForwardingGroup.forward`` for each group
 of subscribers that see the same rewrite (one ``RtpRewriter.rewrite``) → ``DownTrack.deliver``
-for each member → ``PeerConnection.send_rtp_as`` (its SSRC and transport-cc number patched in,
-SRTP, send): plain method calls inside the UDP reader, with everything that does not depend on
-the packet precomputed per group or per down-track (DESIGN.md, issue 10).
+for each member → ``ServerPeerConnection.send_rtp_as`` (the peer core's: its SSRC and
+transport-cc number patched in, SRTP, send): plain method calls inside the UDP reader, with
+everything that does not depend on the packet precomputed per group or per down-track
+(DESIGN.md, issue 10).
 RTCP is terminated per leg (issue 3): the publisher leg gets our receiver reports, NACKs and
 keyframe requests; each subscriber leg gets our sender reports and NACK retransmissions from
 the track's packet cache.
@@ -53,7 +54,7 @@ from trio_sfu.proto.rtp import (
     seq_delta,
 )
 from trio_sfu.rtc.events import IncomingStream
-from trio_sfu.rtc.peer import PeerConnection
+from trio_sfu.rtc.server import ServerPeerConnection
 from trio_sfu.sfu.dynacast import LayerDemand
 from trio_sfu.sfu.feedback import (
     FirSequence,
@@ -273,7 +274,7 @@ class PublishedTrack:
 
     def __init__(
         self,
-        pc: PeerConnection,
+        pc: ServerPeerConnection,
         transceiver: Transceiver,
         track_id: str,
         *,
@@ -945,7 +946,7 @@ class DownTrack:
 
     def __init__(
         self,
-        pc: PeerConnection,
+        pc: ServerPeerConnection,
         transceiver: Transceiver,
         source: TrackSource,
         *,
