@@ -151,3 +151,83 @@ def measure_floor(packets: int = 20_000, max_seconds: float = MAX_SECONDS) -> tu
                 link.drain()
 
         return measure(packets, batches(), max_seconds)
+
+
+def _srtp_pair() -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
+    """A sending and a receiving GCM session with one key (a publisher and the pod)."""
+    key = os.urandom(28)
+    sessions = []
+    for ssrc_type in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND):
+        policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=GCM)
+        sessions.append(pylibsrtp.Session(policy))
+    return sessions[0], sessions[1]
+
+
+def measure_cadence_floor(per_frame: int, fps: float, frames: int = 150) -> float:
+    """CPU µs per packet of the least any process does to forward media that arrives as a
+    camera sends it: ``frames`` bursts of ``per_frame`` SRTP packets, ``fps`` bursts a second.
+
+    :func:`measure_floor` protects and sends in a tight loop, with caches warm and nobody to
+    wake. A pod at a small room's rate instead sleeps between frames, and on a VM whatever runs
+    after a sleep runs several times slower (docs/benchmarks.md, "Why a wake-up costs so much
+    on this VM"); every send also wakes a receiver that sleeps too. So this floor is a bare
+    forwarder in a process of its own — a blocking ``recv``, SRTP unprotect, protect, one
+    ``sendto`` to a receiver process that blocks in ``recv`` — fed at that cadence by this
+    process, with its CPU time (user + system, the kernel's sleep and wake included) over the
+    packets: what the pod's ingest plus one forward costs here with no Python of ours around
+    it, no event loop, no statistics. Forks two processes; bounded by ``frames / fps`` + 5 s."""
+    sender, inbound = _srtp_pair()
+    outbound = gcm_session()
+    total = frames * per_frame
+    protected = [sender.protect(p) for p in rtp_packets(total)]
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sink.bind(("127.0.0.1", 0))
+    hop = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hop.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    hop.bind(("127.0.0.1", 0))
+    limit = frames / fps + 5.0
+    receiver = os.fork()
+    if receiver == 0:  # the subscriber: blocks in recv, as a client's socket does
+        sink.settimeout(limit)
+        try:
+            for _ in range(total):
+                sink.recv(2048)
+        finally:
+            os._exit(0)
+    reader, writer = os.pipe()
+    forwarder = os.fork()
+    if forwarder == 0:  # the bare forwarder
+        status = 1
+        try:
+            hop.settimeout(limit)
+            out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            dest = sink.getsockname()
+            recv, unprotect, protect = hop.recv, inbound.unprotect, outbound.protect
+            sendto = out.sendto
+            started = time.process_time()
+            for _ in range(total):
+                sendto(protect(unprotect(recv(2048))), dest)
+            os.write(writer, repr(time.process_time() - started).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(writer)
+    try:
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dest = hop.getsockname()
+        time.sleep(0.2)  # both children are in recv
+        start = time.monotonic()
+        for frame in range(frames):
+            for data in protected[frame * per_frame : (frame + 1) * per_frame]:
+                tx.sendto(data, dest)
+            time.sleep(max(0.0, start + (frame + 1) / fps - time.monotonic()))
+        tx.close()
+        with os.fdopen(reader, "rb") as result:
+            cpu = float(result.read() or b"nan")  # nan: the forwarder lost a packet and gave up
+    finally:
+        for pid in (forwarder, receiver):
+            os.waitpid(pid, 0)
+        sink.close()
+        hop.close()
+    return cpu / total * 1e6

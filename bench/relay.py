@@ -32,7 +32,10 @@ windows are short for 10 ms ticks). Relayed packets are counted by the pods' own
 counters (``GET /metrics``) and cross-checked with what this process sent and received; the
 same CPU accounting is shown for nats-server. The floor (``bench.floor.measure_floor``: GCM
 protect + sendto of 1200 bytes) is measured in the same run, first, and every CPU figure is
-also printed as a multiple of it.
+also printed as a multiple of it; so is the cadence floor (``bench.floor.measure_cadence_floor``:
+a bare forwarder process — blocking recv, SRTP unprotect and protect, sendto to a receiver that
+sleeps — fed the same bursts at the same 30 frames a second), which is what any process that
+sleeps between frames pays per packet on this machine before any work of its own.
 
 Nothing is asserted. Packet counts and time are bounded (a phase is capped at
 ``MAX_PHASE_SECONDS``, the whole run at ``BUDGET_SECONDS``) and every process started here is
@@ -59,7 +62,7 @@ from typing import Any
 import httpx
 import trio
 
-from bench.floor import measure_floor
+from bench.floor import measure_cadence_floor, measure_floor
 from tests.cluster_helpers import Pod, run_pods
 from tests.rtc_helpers import client_certificate
 from tests.services import nats_server, redis_server
@@ -313,7 +316,7 @@ def delays(sub: ProbeSubscriber, seqs: range, only: list[int] | None = None) -> 
     return sorted(got[s] for s in (seqs if only is None else only) if s in got)
 
 
-def report(r: Result, floor_cpu: float) -> None:
+def report(r: Result, floor_cpu: float, cadence_cpu: float) -> None:
     p1, p2 = r.phase1, r.phase2
     n = len(p2.seqs)
     rate = FPS * r.per_frame
@@ -398,12 +401,15 @@ def report(r: Result, floor_cpu: float) -> None:
             print(f"  {label:50s} (no packets)")
             return
         us, us_sched = stat_s / packets * 1e6, sched_s / packets * 1e6
-        print(f"  {label:50s} {us:7.1f} {us_sched:9.1f} {us / floor_cpu:8.1f}x")
+        print(
+            f"  {label:50s} {us:7.1f} {us_sched:9.1f} {us / floor_cpu:8.1f}x"
+            f" {us_sched / cadence_cpu:10.1f}x"
+        )
 
     tick_us = 1e6 / CLK_TCK / max(n, 1)
     print(
         f"CPU µs per packet                                     stat schedstat  stat/floor"
-        f"   (one 10 ms tick = {tick_us:.1f} µs per packet here)"
+        f"  sched/cadence   (one 10 ms tick = {tick_us:.1f} µs per packet here)"
     )
     a1, a2, b2 = p1.cpu["A"], p2.cpu["A"], p2.cpu["B"]
 
@@ -447,6 +453,11 @@ def report(r: Result, floor_cpu: float) -> None:
         f"1 ms/s = {1e3 / rate:.1f} µs per packet)"
     )
     print(f"floor (protect GCM + sendto 1200 B, same run): {floor_cpu:.2f} µs CPU")
+    print(
+        f"cadence floor (a bare forwarder process: blocking recv, SRTP unprotect + protect, sendto"
+        f" to a sleeping receiver; {FPS} bursts/s of {r.per_frame}, same"
+        f" run): {cadence_cpu:.2f} µs CPU"
+    )
 
 
 def main() -> None:
@@ -458,6 +469,7 @@ def main() -> None:
         print(f"bench.relay needs {' and '.join(missing)} on PATH (scripts/setup-system)")
         return
     floor_cpu, _floor_wall = measure_floor()  # first, while nothing else of ours runs
+    cadence_cpu = measure_cadence_floor(per_frame, FPS)
 
     async def bounded() -> Result | None:
         with trio.move_on_after(BUDGET_SECONDS):
@@ -473,7 +485,7 @@ def main() -> None:
     if result is None:
         print(f"bench.relay gave up after {BUDGET_SECONDS:.0f} s")
         return
-    report(result, floor_cpu)
+    report(result, floor_cpu, cadence_cpu)
 
 
 if __name__ == "__main__":
