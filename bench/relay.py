@@ -424,6 +424,13 @@ def report(r: Result, floor_cpu: float, cadence_cpu: float) -> None:
     cpu_row("sending pod A: (phase 2 − phase 1) / relayed", a2[0] - a1[0], a2[1] - a1[1], sent_a)
     cpu_row("receiving pod B: phase 2 / relayed (+1 forward)", b2[0], b2[1], recv_b)
     cpu_row("  net of B's idle CPU (idle 2)", *net(b2, r.idle2, "B", p2.seconds), recv_b)
+    if sent_a > 0 and recv_b > 0 and a1[1] > 0 and p1.seqs:
+        local = a1[1] / len(p1.seqs)  # a room on one pod: ingest + its local forward
+        print(
+            f"  per relayed packet ÷ A's phase 1 per packet (the same room on one pod, same"
+            f" rate; schedstat): sending pod {(a2[1] - a1[1]) / sent_a / local:.2f},"
+            f" receiving pod {b2[1] / recv_b / local:.2f}"
+        )
     if "nats" in p1.cpu:
         n1, n2 = p1.cpu["nats"], p2.cpu["nats"]
         cpu_row("nats-server: (phase 2 − phase 1) / relayed", n2[0] - n1[0], n2[1] - n1[1], sent_a)
