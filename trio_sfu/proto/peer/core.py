@@ -29,10 +29,11 @@ The core owns the orderings that are easy to get wrong (docs/architecture.md):
   their first packet by MID, else an unambiguous payload type, else the only receiving section.
 
 The media hot path is *not* queued: SRTP input is unprotected and handed to
-:attr:`PeerCore.on_rtp` / :attr:`PeerCore.on_rtcp` right there, and a path move calls
+:attr:`PeerCore.on_rtp` / :attr:`PeerCore.on_rtcp` right there, a path move calls
 :attr:`PeerCore.on_path_changed` before the packet that caused it is delivered (the SFU asks for
-a keyframe and must see that before the packet). An event object per packet would cost more
-than forwarding the packet does.
+a keyframe and must see that before the packet), and a server's forwarded packets go out
+through :meth:`PeerCore.send_rtp_as` straight to the path's ``send``. An event object per
+packet would cost more than forwarding the packet does.
 """
 
 from __future__ import annotations
