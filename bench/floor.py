@@ -25,13 +25,18 @@ FLOOR_BATCH = 256  # packets between drains of the receiving socket
 GCM = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM
 
 
-def srtp_session(profile: int = GCM, window_size: int = 0) -> pylibsrtp.Session:
+def srtp_session(
+    profile: int = GCM, window_size: int = 0, *, key: bytes | None = None, inbound: bool = False
+) -> pylibsrtp.Session:
     """A sending session that accepts the same sequence numbers again: benches replay one batch
     of packets. libsrtp still refuses an index older than the replay window, so a bench that
-    re-sends a batch without a fresh session passes a ``window_size`` larger than the batch."""
+    re-sends a batch without a fresh session passes a ``window_size`` larger than the batch.
+    With ``key`` and ``inbound``: the receiving end of a sending session made with that key."""
     policy = pylibsrtp.Policy(
-        key=os.urandom(28 if profile == GCM else 30),
-        ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+        key=key or os.urandom(28 if profile == GCM else 30),
+        ssrc_type=(
+            pylibsrtp.Policy.SSRC_ANY_INBOUND if inbound else pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+        ),
         srtp_profile=profile,
     )
     policy.allow_repeat_tx = True
@@ -153,16 +158,6 @@ def measure_floor(packets: int = 20_000, max_seconds: float = MAX_SECONDS) -> tu
         return measure(packets, batches(), max_seconds)
 
 
-def _srtp_pair() -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
-    """A sending and a receiving GCM session with one key (a publisher and the pod)."""
-    key = os.urandom(28)
-    sessions = []
-    for ssrc_type in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND):
-        policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=GCM)
-        sessions.append(pylibsrtp.Session(policy))
-    return sessions[0], sessions[1]
-
-
 def measure_cadence_floor(per_frame: int, fps: float, frames: int = 150) -> float:
     """CPU µs per packet of the least any process does to forward media that arrives as a
     camera sends it: ``frames`` bursts of ``per_frame`` SRTP packets, ``fps`` bursts a second.
@@ -176,58 +171,48 @@ def measure_cadence_floor(per_frame: int, fps: float, frames: int = 150) -> floa
     process, with its CPU time (user + system, the kernel's sleep and wake included) over the
     packets: what the pod's ingest plus one forward costs here with no Python of ours around
     it, no event loop, no statistics. Forks two processes; bounded by ``frames / fps`` + 5 s."""
-    sender, inbound = _srtp_pair()
+    key = os.urandom(28)
+    sender, inbound = srtp_session(key=key), srtp_session(key=key, inbound=True)
     outbound = gcm_session()
     total = frames * per_frame
     protected = [sender.protect(p) for p in rtp_packets(total)]
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sink.bind(("127.0.0.1", 0))
-    hop = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    hop.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    hop.bind(("127.0.0.1", 0))
     limit = frames / fps + 5.0
-    receiver = os.fork()
-    if receiver == 0:  # the subscriber: blocks in recv, as a client's socket does
-        sink.settimeout(limit)
+    # hop: this process → the forwarder; sink: the forwarder → the receiver (their rx sockets
+    # block, with a timeout, in the children: settimeout overrides Loopback's non-blocking)
+    with Loopback() as hop, Loopback() as sink:
+        receiver = os.fork()
+        if receiver == 0:  # the subscriber: blocks in recv, as a client's socket does
+            sink.rx.settimeout(limit)
+            try:
+                for _ in range(total):
+                    sink.rx.recv(2048)
+            finally:
+                os._exit(0)
+        reader, writer = os.pipe()
+        forwarder = os.fork()
+        if forwarder == 0:  # the bare forwarder
+            status = 1
+            try:
+                hop.rx.settimeout(limit)
+                recv, unprotect, protect = hop.rx.recv, inbound.unprotect, outbound.protect
+                sendto, dest = sink.tx.sendto, sink.dest
+                started = time.process_time()
+                for _ in range(total):
+                    sendto(protect(unprotect(recv(2048))), dest)
+                os.write(writer, repr(time.process_time() - started).encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(writer)
         try:
-            for _ in range(total):
-                sink.recv(2048)
+            time.sleep(0.2)  # both children are in recv
+            start = time.monotonic()
+            for frame in range(frames):
+                hop.send_all(protected[frame * per_frame : (frame + 1) * per_frame])
+                time.sleep(max(0.0, start + (frame + 1) / fps - time.monotonic()))
+            with os.fdopen(reader, "rb") as result:
+                cpu = float(result.read() or b"nan")  # nan: the forwarder lost a packet
         finally:
-            os._exit(0)
-    reader, writer = os.pipe()
-    forwarder = os.fork()
-    if forwarder == 0:  # the bare forwarder
-        status = 1
-        try:
-            hop.settimeout(limit)
-            out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            dest = sink.getsockname()
-            recv, unprotect, protect = hop.recv, inbound.unprotect, outbound.protect
-            sendto = out.sendto
-            started = time.process_time()
-            for _ in range(total):
-                sendto(protect(unprotect(recv(2048))), dest)
-            os.write(writer, repr(time.process_time() - started).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(writer)
-    try:
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        dest = hop.getsockname()
-        time.sleep(0.2)  # both children are in recv
-        start = time.monotonic()
-        for frame in range(frames):
-            for data in protected[frame * per_frame : (frame + 1) * per_frame]:
-                tx.sendto(data, dest)
-            time.sleep(max(0.0, start + (frame + 1) / fps - time.monotonic()))
-        tx.close()
-        with os.fdopen(reader, "rb") as result:
-            cpu = float(result.read() or b"nan")  # nan: the forwarder lost a packet and gave up
-    finally:
-        for pid in (forwarder, receiver):
-            os.waitpid(pid, 0)
-        sink.close()
-        hop.close()
+            for pid in (forwarder, receiver):
+                os.waitpid(pid, 0)
     return cpu / total * 1e6
