@@ -13,6 +13,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -244,16 +245,16 @@ def test_a_receiver_that_never_reports_is_not_recorded_after_five_seconds() -> N
     bwe = BandwidthEstimator()
     for i in range(4_000):
         bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
-    assert len(bwe._sent_at) == 4_000
+    assert bwe.unreported() == list(range(4_000))
     for i in range(4_000, 100_000):
         bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
-    assert bwe._sent_at == {} and bwe._sent_size == {}
+    assert bwe.unreported() == [] and bwe._ring_seq == []  # the ring itself freed
     bwe.on_feedback([((100_000 - 1) & 0xFFFF, 5_000)], 100.0)  # unknown now: ignored
     for i in range(100_000, 100_010):
         bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
-    assert sorted(bwe._sent_at) == list(range(100_000, 100_010))  # numbering went on
+    assert bwe.unreported() == list(range(100_000, 100_010))  # numbering went on
     bwe.on_feedback([(i & 0xFFFF, 5_000 + i) for i in range(100_000, 100_010)], 100.02)
-    assert bwe._sent_at == {}
+    assert bwe.unreported() == []
 
 
 def test_history_is_bounded_when_a_receiver_stops_reporting() -> None:
@@ -264,11 +265,11 @@ def test_history_is_bounded_when_a_receiver_stops_reporting() -> None:
     bwe.on_feedback([(0, 1_000)], 0.01)
     for i in range(1, 100_000):
         bwe.on_packet_sent(i & 0xFFFF, 1200, i * 0.001)
-    assert len(bwe._sent_at) == 16384 and len(bwe._sent_size) == 16384
-    assert sorted(bwe._sent_at) == list(range(100_000 - 16384, 100_000))
+    assert bwe.unreported() == list(range(100_000 - 16384, 100_000))
+    assert len(bwe._ring_seq) == 16384  # grown no further
     # and feedback for the newest still works
     bwe.on_feedback([((100_000 - 1) & 0xFFFF, 5_000)], 100.0)
-    assert (100_000 - 1) not in bwe._sent_at
+    assert (100_000 - 1) not in bwe.unreported()
 
 
 def test_probe_is_throttled_and_needs_a_higher_target() -> None:
@@ -548,3 +549,47 @@ def test_trendline_equal_arrivals_have_no_slope() -> None:
         if i >= 20:  # the window holds only the equal arrivals
             trends.append(detector._prev_trend)
     assert trends == [0.0] * 40 and detector.state is BandwidthUsage.NORMAL
+
+
+def test_feedback_that_lags_the_ring_loses_no_packet() -> None:
+    # The ring starts at 64 slots: a second of packets without feedback (a slow or stalled
+    # report) must grow it, not overwrite packets no feedback has covered yet.
+    bwe = BandwidthEstimator()
+    bwe.on_packet_sent(0, 1000, 0.0)
+    bwe.on_feedback([(0, 0)], 0.001)
+    for i in range(1, 1001):
+        bwe.on_packet_sent(i, 1000, i * 0.001)
+    assert bwe.unreported() == list(range(1, 1001))
+    bwe.on_feedback([(i, i * 1000) for i in range(1, 1001)], 1.05)
+    assert bwe.unreported() == []
+    # every one counted for the delivered rate: the last 0.5 s of arrivals, 500 packets of
+    # 1000 bytes after the window's first
+    assert bwe.acked_bitrate() == pytest.approx(500 * 1000 * 8 / 0.5)
+
+
+def test_a_feedback_the_network_reordered_counts_every_arrival() -> None:
+    # Two packets swapped on the way: the delivered rate takes both (by arrival order), as
+    # it does when the same arrival times come in sequence order.
+    def fed(swap: bool) -> BandwidthEstimator:
+        bwe = BandwidthEstimator()
+        for i in range(200):
+            bwe.on_packet_sent(i, 1200, i * 0.005)
+        arrivals = [20_000 + i * 5_000 for i in range(200)]
+        if swap:
+            arrivals[150], arrivals[151] = arrivals[151], arrivals[150]
+        bwe.on_feedback(list(enumerate(arrivals)), 1.1)
+        return bwe
+
+    in_order, swapped = fed(False), fed(True)
+    assert in_order.acked_bitrate() is not None
+    assert swapped.acked_bitrate() == in_order.acked_bitrate()
+
+
+def test_a_packet_reported_lost_is_still_taken_when_reported_received_later() -> None:
+    bwe = BandwidthEstimator()
+    for i in range(10):
+        bwe.on_packet_sent(i, 1200, i * 0.005)
+    bwe.on_feedback([(i, None if i == 4 else 10_000 + i * 5_000) for i in range(10)], 0.1)
+    assert bwe.unreported() == [4]  # kept: a late arrival may still be reported
+    bwe.on_feedback([(4, 40_000)], 0.2)
+    assert bwe.unreported() == []

@@ -78,11 +78,11 @@ async def test_forwarding_keeps_no_tracked_object_per_outbound_packet() -> None:
             track.on_rtp(stream, packet(seq, payload), now)
             seq += 1
         packets = [packet(seq + k, payload) for k in range(PACKETS)]
-        sent_before = sum(len(b._sent_at) for b in estimators)
+        sent_before = sum(len(b.unreported()) for b in estimators)
         with tracked_growth() as grown:
             for rtp in packets:
                 track.on_rtp(stream, rtp, now)
-        outbound = sum(len(b._sent_at) for b in estimators) - sent_before
+        outbound = sum(len(b.unreported()) for b in estimators) - sent_before
         assert outbound == PACKETS * SUBSCRIBERS  # every one went through the estimator
         # At most a few per incoming packet (the source's cache), none per outbound one:
         # before, at least one per outbound packet (4,000 here).

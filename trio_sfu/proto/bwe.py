@@ -37,19 +37,21 @@ those arrival times into an estimate in bits/s, following draft-ietf-rmcat-gcc-0
 The estimate is ``min(delay-based, loss-based, REMB)`` clamped to ``[min_bps, max_bps]``.
 Everything is driven by calls carrying ``now`` (seconds, monotonic); arrival times come in
 microseconds on the receiver's clock, of which only differences are used. Nothing here runs
-per forwarded packet beyond :meth:`BandwidthEstimator.on_packet_sent` (two dict inserts of
-a float and an int: no object the garbage collector tracks, docs/benchmarks.md "Control at
-saturation").
+per forwarded packet beyond :meth:`BandwidthEstimator.on_packet_sent` (three stores into a
+ring of preallocated lists: no object the garbage collector tracks, docs/benchmarks.md
+"Control at saturation") and, once per report, a pass of :meth:`on_feedback` over it.
+
+Module constants are ``Final``: compiled (``trio_sfu/compiled.py``), mypyc inlines them,
+where a plain module global is a dictionary lookup on every use.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import Final
 
 from trio_sfu.proto.rtp import SequenceUnwrapper
 
@@ -63,48 +65,52 @@ __all__ = [
     "TrendlineDetector",
 ]
 
-_BURST = 0.005  # §5.2: packets sent within 5 ms form one group
-_TRENDLINE_WINDOW = 20
-_TRENDLINE_REBASE = 64  # groups between exact recomputations of the trendline's sums
-_SMOOTHING = 0.9
-_TREND_GAIN = 4.0
-_THRESHOLD_INIT = 12.5  # ms, §5.4
-_THRESHOLD_MIN, _THRESHOLD_MAX = 6.0, 600.0
-_K_UP, _K_DOWN = 0.0087, 0.039  # §5.4
-_OVERUSE_TIME = 0.010  # s of sustained overuse before signalling it
-_BETA = 0.85  # §5.5 multiplicative decrease of the delivered rate
-_GROWTH_PER_S = 1.08  # §5.5 / §6: 8 % per second
-_HISTORY_S = 10.0  # sent packets older than this without feedback are forgotten
-_MAX_UNREPORTED = 16384  # sent packets remembered at most (~15 s at 10 Mbit/s)
+_BURST: Final = 0.005  # §5.2: packets sent within 5 ms form one group
+_TRENDLINE_WINDOW: Final = 20
+_TRENDLINE_REBASE: Final = 64  # groups between exact recomputations of the trendline's sums
+_SMOOTHING: Final = 0.9
+_TREND_GAIN: Final = 4.0
+_THRESHOLD_INIT: Final = 12.5  # ms, §5.4
+_THRESHOLD_MIN: Final = 6.0
+_THRESHOLD_MAX: Final = 600.0
+_K_UP: Final = 0.0087  # §5.4
+_K_DOWN: Final = 0.039
+_OVERUSE_TIME: Final = 0.010  # s of sustained overuse before signalling it
+_BETA: Final = 0.85  # §5.5 multiplicative decrease of the delivered rate
+_GROWTH_PER_S: Final = 1.08  # §5.5 / §6: 8 % per second
+_HISTORY_S: Final = 10.0  # sent packets older than this without feedback are forgotten
+_MAX_UNREPORTED: Final = 16384  # sent packets remembered at most (~15 s at 10 Mbit/s)
+_RING_START: Final = 64  # its first size: ~0.3 s at 230 packets/s, enough for feedback every 0.1 s
+_FREE: Final = -(1 << 60)  # a free ring slot (no extended number is this far below zero)
 # A receiver that negotiated transport-cc yet has sent no feedback this long after our first
 # packet does not report (libwebrtc's first feedback follows within ~100 ms): its sent
 # packets are no longer recorded until it does.
-_SILENT_AFTER = 5.0
-_ACK_WINDOW = 0.5  # s of arrivals over which the delivered ("acked") rate is measured
-_LOSS_MIN_PACKETS = 20
+_SILENT_AFTER: Final = 5.0
+_ACK_WINDOW: Final = 0.5  # s of arrivals over which the delivered ("acked") rate is measured
+_LOSS_MIN_PACKETS: Final = 20
 # A loss fraction over at least this long (and LOSS_MIN_PACKETS): over 20 packets alone, 5 %
 # random loss crosses §6's 10 % in about one window in nine, so a fast stream's estimate
 # kept falling on a link that only drops at random (~100 packets at 200/s: one in forty)
-_LOSS_WINDOW = 0.5
-_PACKET_BITS = 1200 * 8  # typical full packet, for the additive increase
+_LOSS_WINDOW: Final = 0.5
+_PACKET_BITS: Final = 1200 * 8  # typical full packet, for the additive increase
 # A cluster lasts ~100 ms and carries at least 4 kB: a token-bucket shaper (htb, tbf: the usual
 # capped access link) lets its burst allowance (1.5-4 kB) through at line rate, and only a
 # cluster that outlasts it meets the cap (a 15 ms one "proved" 568 kbit/s through 400 kbit/s)
-_PROBE_DURATION = 0.1  # s of probe traffic per cluster
-_PROBE_MIN_BYTES = 4000
-_PROBE_MIN_PACKETS = 10
+_PROBE_DURATION: Final = 0.1  # s of probe traffic per cluster
+_PROBE_MIN_BYTES: Final = 4000
+_PROBE_MIN_PACKETS: Final = 10
 # A cluster is judged once feedback reached its last packet and this share of it arrived
-_PROBE_MIN_RECEIVED = 0.8
+_PROBE_MIN_RECEIVED: Final = 0.8
 # Growth of the one-way delay during a cluster beyond this (s) means a queue built up (one
 # transport-cc tick is 250 µs; sender bursts are compared by their first packet)
-_PROBE_QUEUE_DELAY = 0.002
+_PROBE_QUEUE_DELAY: Final = 0.002
 # A cluster that built a queue proves at most this share of what was delivered after the
 # queue began (libwebrtc's probe estimator keeps a similar margin below the measured rate)
-_PROBE_QUEUE_FACTOR = 0.95
+_PROBE_QUEUE_FACTOR: Final = 0.95
 # Overuse this soon after a probe raised the estimate means the probe over-estimated: undone
-_PROBE_UNDO_WINDOW = 3.0
-_PROBE_INTERVAL = 1.0  # s between probe clusters when the first failed to lift the estimate
-_PROBE_TIMEOUT = 1.0  # s after which an unanswered cluster is abandoned
+_PROBE_UNDO_WINDOW: Final = 3.0
+_PROBE_INTERVAL: Final = 1.0  # s between probe clusters when the first failed to lift the estimate
+_PROBE_TIMEOUT: Final = 1.0  # s after which an unanswered cluster is abandoned
 
 
 class BandwidthUsage(enum.Enum):
@@ -160,10 +166,12 @@ class TrendlineDetector:
 
     __slots__ = (
         "_accumulated",
+        "_count",
         "_last_update",
         "_origin",
         "_overuse_count",
         "_overuse_time",
+        "_pos",
         "_prev_trend",
         "_since_rebase",
         "_smoothed",
@@ -178,9 +186,14 @@ class TrendlineDetector:
     )
 
     def __init__(self) -> None:
-        # the window's samples: x = ms of arrival since _origin, y = smoothed delay (ms)
-        self._xs: deque[float] = deque()
-        self._ys: deque[float] = deque()
+        # the window's samples: x = ms of arrival since _origin, y = smoothed delay (ms), in
+        # a ring of _TRENDLINE_WINDOW slots: _count of them filled, the next written at _pos
+        # (the oldest once full). Not deques: their append and popleft are method calls even
+        # compiled, four per group.
+        self._xs = [0.0] * _TRENDLINE_WINDOW
+        self._ys = [0.0] * _TRENDLINE_WINDOW
+        self._count = 0
+        self._pos = 0
         self._sx = self._sy = self._sxx = self._sxy = 0.0
         self._origin = math.nan  # arrival (s) that x counts from; NaN before the first
         self._since_rebase = 0
@@ -209,21 +222,24 @@ class TrendlineDetector:
         sy = self._sy + y
         sxx = self._sxx + x * x
         sxy = self._sxy + x * y
-        full = len(xs) == _TRENDLINE_WINDOW
-        if full:
-            old_x, old_y = xs.popleft(), ys.popleft()
+        pos = self._pos
+        if self._count == _TRENDLINE_WINDOW:
+            old_x, old_y = xs[pos], ys[pos]
             sx -= old_x
             sy -= old_y
             sxx -= old_x * old_x
             sxy -= old_x * old_y
-        xs.append(x)
-        ys.append(y)
+        else:
+            self._count += 1
+        xs[pos] = x
+        ys[pos] = y
+        self._pos = pos + 1 if pos + 1 < _TRENDLINE_WINDOW else 0
         self._sx, self._sy, self._sxx, self._sxy = sx, sy, sxx, sxy
         self._since_rebase += 1
         if self._since_rebase >= _TRENDLINE_REBASE:
             self._rebase()
             sx, sy, sxx, sxy = self._sx, self._sy, self._sxx, self._sxy
-        if len(xs) < _TRENDLINE_WINDOW:
+        if self._count < _TRENDLINE_WINDOW:
             return self.state
         n = _TRENDLINE_WINDOW
         den = n * sxx - sx * sx  # n² × the variance of x
@@ -236,11 +252,13 @@ class TrendlineDetector:
         return self.state
 
     def _rebase(self) -> None:
-        xs, ys = self._xs, self._ys
-        shift = xs[0]
+        count = self._count
+        xs, ys = self._xs[:count], self._ys[:count]  # the filled slots (all, once full)
+        shift = self._xs[self._pos if count == _TRENDLINE_WINDOW else 0]  # the oldest
         self._origin += shift / 1000.0
-        for i in range(len(xs)):
+        for i in range(count):
             xs[i] -= shift
+            self._xs[i] = xs[i]
         self._sx = sum(xs)
         self._sy = sum(ys)
         self._sxx = sum(x * x for x in xs)
@@ -450,14 +468,17 @@ class BandwidthEstimator:
     """
 
     __slots__ = (
-        "_acked",
+        "_acked_at",
         "_acked_bytes",
+        "_acked_head",
+        "_acked_size",
         "_delay",
         "_first_sent",
+        "_forget_before",
         "_heard",
         "_loss",
+        "_mask",
         "_next_probe_id",
-        "_oldest",
         "_pre_probe",
         "_probe",
         "_probe_last_seq",
@@ -468,9 +489,10 @@ class BandwidthEstimator:
         "_probe_started",
         "_remb",
         "_reported_upto",
-        "_sent_at",
+        "_ring_at",
+        "_ring_seq",
+        "_ring_size",
         "_sent_probe",
-        "_sent_size",
         "_unwrapper",
         "max_bps",
         "min_bps",
@@ -493,22 +515,32 @@ class BandwidthEstimator:
         self._loss = LossBasedEstimator(initial_bps)
         self._remb: float | None = None
         self._unwrapper = SequenceUnwrapper()
-        # extended seq -> send time, -> size, -> probe id (probe packets only). Parallel dicts
-        # of floats and ints, not one dict of (time, size, probe) tuples: a tuple per sent
-        # packet is an object the garbage collector tracks, and at 70-90k packets/s the
-        # ones waiting for feedback started a young collection every ~8 ms, which promoted
-        # every timer's coroutines into the old generation and so caused a full collection
-        # of the whole peer heap (0.2-0.4 s) every few seconds (docs/benchmarks.md).
-        self._sent_at: dict[int, float] = {}
-        self._sent_size: dict[int, int] = {}
-        #: where the search for the oldest key of ``_sent_at`` starts (none is below it)
-        self._oldest = 0
+        # Packets sent and not yet reported: a ring of parallel lists indexed by the extended
+        # transport-cc number & _mask — its number (-1: a free slot), send time and size —
+        # allocated with the first packet sent (an idle subscriber holds none) and doubled
+        # while feedback lags behind what the ring holds, up to _MAX_UNREPORTED slots. Not a
+        # dict per field: an insert and a pop per packet and field cost more than the rest of
+        # the estimator (issue 10). Not a tuple per packet either: one tracked object per
+        # packet sent started a young collection every ~8 ms at 70-90k packets/s, which
+        # promoted every timer's coroutines and so caused a full collection of the whole peer
+        # heap (0.2-0.4 s) every few seconds (docs/benchmarks.md).
+        self._ring_seq: list[int] = []
+        self._ring_at: list[float] = []
+        self._ring_size: list[int] = []
+        self._mask = -1  # ring slots - 1 (-1: no ring)
+        #: sent before this (s): forgotten without feedback (_HISTORY_S behind the latest one)
+        self._forget_before = -math.inf
         #: whether any feedback came, and when our first packet left (-1: none yet)
         self._heard = False
         self._first_sent = -1.0
-        self._sent_probe: dict[int, int] = {}
-        self._acked: deque[tuple[float, int]] = deque()  # (arrival, size) within _ACK_WINDOW
-        self._acked_bytes = 0  # the sum of _acked's sizes, kept as entries come and go
+        self._sent_probe: dict[int, int] = {}  # extended seq -> probe id (probe packets only)
+        # Arrivals reported received within _ACK_WINDOW (s, in arrival order) and their
+        # sizes, from _acked_head on: lists with a moving head, not a deque of tuples (a
+        # deque's append and popleft are method calls even compiled, twice per packet)
+        self._acked_at: list[float] = []
+        self._acked_size: list[int] = []
+        self._acked_head = 0
+        self._acked_bytes = 0  # the sum of the live sizes, kept as entries come and go
         self._probe: ProbeCluster | None = None
         self._probe_started = -math.inf
         self._next_probe_id = 0
@@ -554,35 +586,57 @@ class BandwidthEstimator:
 
     def acked_bitrate(self) -> float | None:
         """Bits/s the receiver got over the last ~0.5 s of arrivals, None until measurable."""
-        acked = self._acked
-        if len(acked) < 2:
+        at = self._acked_at
+        head = self._acked_head
+        if len(at) - head < 2:
             return None
-        span = acked[-1][0] - acked[0][0]
+        span = at[-1] - at[head]
         if span < _ACK_WINDOW / 2:
             return None
         # the bytes after the first arrival: it starts the measured span
-        return (self._acked_bytes - acked[0][1]) * 8 / span
+        return (self._acked_bytes - self._acked_size[head]) * 8 / span
+
+    def unreported(self) -> list[int]:
+        """The extended numbers of the packets sent and still awaiting feedback (those
+        reported lost included: a later feedback may still report them received)."""
+        forget_before = self._forget_before
+        at = self._ring_at
+        return sorted(
+            seq for k, seq in enumerate(self._ring_seq) if seq != _FREE and at[k] >= forget_before
+        )
 
     def on_packet_sent(self, transport_seq: int, size: int, now: float, probe: int = -1) -> None:
         """Note a packet we sent with this transport-wide sequence number (16-bit).
 
         Until the receiver's first feedback, and for no more than :data:`_SILENT_AFTER`
-        seconds: a receiver that never reports would otherwise have every packet written
-        into two dicts of up to 16,384 entries (≈ 2 MB per subscriber) that nobody reads."""
+        seconds: a receiver that never reports would otherwise keep a ring of 16,384
+        packets (≈ 0.5 MB) that nobody reads."""
         ext = self._unwrapper.unwrap(transport_seq & 0xFFFF)
         if not self._heard:
             first = self._first_sent
             if first < 0.0:
                 self._first_sent = now
             elif now - first > _SILENT_AFTER:
-                if self._sent_at:
-                    self._sent_at.clear()
-                    self._sent_size.clear()
-                    self._sent_probe.clear()
+                if self._mask >= 0:
+                    self._drop_ring()
                 return
-        sent_at = self._sent_at
-        sent_at[ext] = now
-        self._sent_size[ext] = size
+        mask = self._mask
+        if mask < 0:
+            mask = self._new_ring(_RING_START)
+        i = ext & mask
+        old = self._ring_seq[i]
+        if (
+            old > self._reported_upto
+            and self._ring_at[i] >= self._forget_before
+            and mask < _MAX_UNREPORTED - 1
+        ):
+            # The slot's packet awaits its first report: feedback lags the ring, so it grows
+            # (a receiver that stopped reporting ends at _MAX_UNREPORTED, the newest kept)
+            mask = self._grow()
+            i = ext & mask
+        self._ring_seq[i] = ext
+        self._ring_at[i] = now
+        self._ring_size[i] = size
         if probe != -1:
             self._sent_probe[ext] = probe
             cluster = self._probe
@@ -590,28 +644,37 @@ class BandwidthEstimator:
                 self._probe_sent_packets += 1
                 self._probe_sent_bytes += size
                 self._probe_last_seq = ext
-        elif self._sent_probe:
-            self._sent_probe.pop(ext, None)
-        if len(sent_at) > _MAX_UNREPORTED:
-            # A receiver that negotiated transport-cc but never reports: forget the oldest,
-            # so memory stays bounded without feedback. Found from a cursor that only moves
-            # forward (numbers are sent in order), not with next(iter(sent_at)): that skips
-            # every slot deleted at the dict's front since its last resize, thousands of
-            # them at this size, which made each send cost ≈ 4 µs more.
-            oldest = self._oldest
-            if oldest not in sent_at:
-                if not ext - 2 * _MAX_UNREPORTED < oldest < ext:
-                    oldest = next(iter(sent_at))  # the cursor's first use (or a jump): once
-                while oldest not in sent_at:
-                    oldest += 1
-            self._forget(oldest)
-            self._oldest = oldest + 1
 
-    def _forget(self, ext: int) -> None:
-        del self._sent_at[ext]
-        del self._sent_size[ext]
-        if self._sent_probe:
-            self._sent_probe.pop(ext, None)
+    def _new_ring(self, slots: int) -> int:
+        """An empty ring of ``slots`` (a power of two); returns its mask."""
+        self._ring_seq = [_FREE] * slots
+        self._ring_at = [0.0] * slots
+        self._ring_size = [0] * slots
+        self._mask = slots - 1
+        return self._mask
+
+    def _grow(self) -> int:
+        """Double the ring, every packet it holds kept; returns the new mask. The packets
+        held are within the last ``slots`` numbers sent (each slot is written once per lap),
+        so no two of them meet in a slot of the doubled ring."""
+        seqs, at, sizes = self._ring_seq, self._ring_at, self._ring_size
+        mask = self._new_ring(2 * len(seqs))
+        new_seqs, new_at, new_sizes = self._ring_seq, self._ring_at, self._ring_size
+        for k in range(len(seqs)):
+            seq = seqs[k]
+            if seq != _FREE:
+                j = seq & mask
+                new_seqs[j] = seq
+                new_at[j] = at[k]
+                new_sizes[j] = sizes[k]
+        return mask
+
+    def _drop_ring(self) -> None:
+        self._ring_seq = []
+        self._ring_at = []
+        self._ring_size = []
+        self._mask = -1
+        self._sent_probe.clear()
 
     def on_remb(self, bitrate: float) -> None:
         """The subscriber's receiver-side estimate (REMB), a cap on ours."""
@@ -630,78 +693,112 @@ class BandwidthEstimator:
         if rtt > 0:
             self.rtt = rtt
 
-    def on_feedback(self, statuses: Iterable[tuple[int, int | None]], now: float) -> None:
+    def on_feedback(self, statuses: list[tuple[int, int | None]], now: float) -> None:
         """One transport-cc feedback: ``(seq16, arrival µs or None)`` in sequence order (as
         the feedback lists them; a packet reported before one sent earlier is no delay
         sample, as for the sender's own reordering).
 
         One pass and no object per reported packet (only for probe packets): with browser
         receivers every packet sent is reported once, and a dataclass per packet plus a
-        list per stage cost as much as the forwarding of the packet itself."""
+        list per stage cost as much as the forwarding of the packet itself. A packet is
+        known while its ring slot holds its number and it was sent after
+        :attr:`_forget_before`; one reported received frees its slot (a later report would
+        be a duplicate), one reported lost keeps it (a later feedback may still report it
+        received, until the ring comes round to its slot again)."""
         self._heard = True
         unwrapper = self._unwrapper
         highest = unwrapper.highest
         if highest is None:
             return
-        peek = unwrapper.peek
-        sent_at = self._sent_at
-        sizes = self._sent_size
+        mask = self._mask
+        seqs = self._ring_seq
+        ring_at = self._ring_at
+        ring_size = self._ring_size
+        forget_before = self._forget_before
         probes = self._sent_probe
         delay = self._delay
-        add = delay.add
         cluster = self._probe
-        mine = self._probe_packets
         reported = self._reported_upto
-        received: list[tuple[float, int]] = []  # (arrival s, size), for the delivered rate
+        # the packets reported received, in feedback order, for the delivered rate
+        arrivals: list[float] = []
+        sizes: list[int] = []
+        in_order = True
         total = lost = 0
+        ext = 0
+        known = False  # ext holds the previous status's extended number
         for seq, arrival_us in statuses:
-            ext = peek(seq)
+            if known and seq == (ext + 1) & 0xFFFF:
+                ext += 1  # the feedback's next number (all but its first, as a rule)
+            else:
+                ext = unwrapper.peek(seq)
+                known = True
             if ext > highest:
                 continue  # feedback for something we never sent
             if ext > reported:
                 reported = ext
+            if mask < 0:
+                continue  # nothing held
+            i = ext & mask
+            if seqs[i] != ext or ring_at[i] < forget_before:
+                continue  # unknown, forgotten, or already reported received
             if arrival_us is None:
-                if ext in sent_at:
-                    total += 1
-                    lost += 1  # kept: a later feedback may still report it received
+                total += 1
+                lost += 1  # kept: a later feedback may still report it received
                 continue
-            # forgotten once received (see _forget): a later report would be a duplicate
-            send_time = sent_at.pop(ext, None)
-            if send_time is None:
-                continue  # unknown, or already reported received
+            seqs[i] = _FREE
+            send_time = ring_at[i]
+            size = ring_size[i]
             total += 1
             arrival = arrival_us / 1e6
-            size = sizes.pop(ext)
             if probes:
                 probe = probes.pop(ext, -1)
                 if cluster is not None and probe == cluster.id:
-                    mine.append(PacketResult(ext, send_time, size, arrival, probe))
-            add(send_time, arrival)
-            received.append((arrival, size))
+                    self._probe_packets.append(PacketResult(ext, send_time, size, arrival, probe))
+            delay.add(send_time, arrival)
+            if in_order and arrivals and arrival < arrivals[-1]:
+                in_order = False
+            arrivals.append(arrival)
+            sizes.append(size)
         self._reported_upto = reported
         floor = now - _HISTORY_S
-        stale = []
-        for ext, sent in sent_at.items():  # in send order: the stale ones come first
-            if sent >= floor:
-                break
-            stale.append(ext)
-        for ext in stale:
-            self._forget(ext)
+        if floor > forget_before:
+            self._forget_before = floor  # sent before it and unreported: forgotten
+        if probes:
+            # probe packets whose slot was overwritten or forgotten, or reported lost
+            oldest = highest - mask
+            for ext in [e for e in probes if e < oldest or seqs[e & mask] != e]:
+                del probes[ext]
         if not total:
             self._probe_result(now)  # (times out an unanswered cluster)
             return
-        acked = self._acked
+        acked_at = self._acked_at
+        acked_size = self._acked_size
+        head = self._acked_head
         acked_bytes = self._acked_bytes
-        received.sort(key=itemgetter(0))  # by arrival (so already, unless the network reordered)
-        for item in received:
-            if acked and item[0] < acked[-1][0]:
+        if not in_order:  # the network reordered: by arrival (stable: feedback order kept)
+            pairs = sorted(zip(arrivals, sizes, strict=True), key=itemgetter(0))
+            arrivals = [a for a, _ in pairs]
+            sizes = [z for _, z in pairs]
+        last = acked_at[-1] if len(acked_at) > head else -math.inf
+        for k in range(len(arrivals)):
+            arrival = arrivals[k]
+            if arrival < last:
                 continue  # out of arrival order across feedbacks: skip for the rate
-            acked.append(item)
-            acked_bytes += item[1]
-        if acked:
-            oldest = acked[-1][0] - _ACK_WINDOW
-            while acked[0][0] < oldest:
-                acked_bytes -= acked.popleft()[1]
+            size = sizes[k]
+            acked_at.append(arrival)
+            acked_size.append(size)
+            acked_bytes += size
+            last = arrival
+        if len(acked_at) > head:
+            oldest_arrival = last - _ACK_WINDOW
+            while acked_at[head] < oldest_arrival:
+                acked_bytes -= acked_size[head]
+                head += 1
+            if head > 64 and 2 * head > len(acked_at):
+                del acked_at[:head]
+                del acked_size[:head]
+                head = 0
+        self._acked_head = head
         self._acked_bytes = acked_bytes
         acked_bps = self.acked_bitrate()
         decreases = delay.decreases

@@ -45,11 +45,11 @@ from trio_sfu.proto.rtp.packet import seq_delta
 
 __all__ = ["NO_LIMIT", "LayerSelector"]
 
-NO_LIMIT = 255
+NO_LIMIT: Final = 255
 """A spatial/temporal limit that forwards every layer."""
 
-_SEQ_MASK = 0xFFFF
-_TS_MASK = 0xFFFFFFFF
+_SEQ_MASK: Final = 0xFFFF
+_TS_MASK: Final = 0xFFFFFFFF
 
 
 #: the slots of :class:`LayerSelector`, which its ``clone`` copies (a class compiled by mypyc

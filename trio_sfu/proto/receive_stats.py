@@ -10,15 +10,17 @@ the two report with the same arithmetic.
 
 from __future__ import annotations
 
+from typing import Final
+
 from trio_sfu.proto.rtcp import ReportBlock, compact_ntp, seconds_to_compact
 from trio_sfu.proto.rtp.packet import seq_delta
 
 __all__ = ["ReceiveStatistics"]
 
 # RFC 3550 A.1
-_MAX_DROPOUT = 3000
-_MAX_MISORDER = 100
-_SEQ_MOD = 1 << 16
+_MAX_DROPOUT: Final = 3000
+_MAX_MISORDER: Final = 100
+_SEQ_MOD: Final = 1 << 16
 
 
 class ReceiveStatistics:

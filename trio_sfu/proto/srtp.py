@@ -59,25 +59,25 @@ PROFILES: Final[dict[str, SrtpProfile]] = {
 #: works in a 1500-byte buffer and reserves the largest trailer in it, so out of the box it
 #: refuses RTP above 1356 bytes — and GStreamer's default MTU is 1400: its keyframes' first
 #: packets were dropped. The buffer is pylibsrtp's own attribute, read on every call.
-MAX_DATAGRAM = 4096
+MAX_DATAGRAM: Final = 4096
 
 def _reason(status: int) -> str:
     """libsrtp's name for a status code, as pylibsrtp words it ("replay check failed", …)."""
     return ERRORS[status] if 0 <= status < len(ERRORS) else f"libsrtp status {status}"
 
 
-_U32 = struct.Struct("!I")
-_U16 = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
+_U16: Final = struct.Struct("!H")
 
 
 #: One work buffer for every SRTP call of the process (libsrtp protects and unprotects in
 #: place). Every call is synchronous and the result is copied out or sent before the next
 #: one, on the one thread that runs Trio, so sharing is safe — and saves pylibsrtp's two
 #: buffers per peer (≈ 8 KB each peer at MAX_DATAGRAM, issue 10's memory per idle peer).
-_WORK = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
-_WORK_BUFFER = ffi.buffer(_WORK)
-_WORK_VIEW = memoryview(_WORK_BUFFER)
-_LENGTH = ffi.new("int *")
+_WORK: Final = ffi.new("char[]", MAX_DATAGRAM + SRTP_MAX_TRAILER_LEN)
+_WORK_BUFFER: Final = ffi.buffer(_WORK)
+_WORK_VIEW: Final = memoryview(_WORK_BUFFER)
+_LENGTH: Final = ffi.new("int *")
 
 
 def _session(profile: SrtpProfile, key_and_salt: bytes, *, outbound: bool) -> Session:

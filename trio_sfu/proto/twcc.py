@@ -15,15 +15,17 @@ receive side closely, because Chromium is the consumer that must accept the resu
 
 from __future__ import annotations
 
+from typing import Final
+
 from trio_sfu.proto.rtcp.transport_cc import DELTA_US, PacketStatus, TransportCcFeedback
 from trio_sfu.proto.rtp import SequenceUnwrapper
 
 __all__ = ["TwccRecorder"]
 
-_TICKS_PER_SECOND = 1_000_000 // DELTA_US  # 4000
-_TICKS_PER_REFERENCE = 256  # 64 ms
-_HISTORY = 512  # reported packets kept so a late arrival can rewind the window
-_MAX_RANGE = 0x3FFF  # never report more sequence numbers than this in one build
+_TICKS_PER_SECOND: Final = 1_000_000 // DELTA_US  # 4000
+_TICKS_PER_REFERENCE: Final = 256  # 64 ms
+_HISTORY: Final = 512  # reported packets kept so a late arrival can rewind the window
+_MAX_RANGE: Final = 0x3FFF  # never report more sequence numbers than this in one build
 
 
 class TwccRecorder:

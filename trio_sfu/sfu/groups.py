@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import struct
 from functools import partial
-from typing import Protocol
+from typing import Final, Protocol
 
 from trio_sfu.proto.codecs.vp8 import PictureIdRewriter
 from trio_sfu.proto.codecs.vp9 import (
@@ -52,8 +52,8 @@ from trio_sfu.sfu.feedback import PacketCache, SendStatistics
 #: as sorted (input, output) pairs: what makes two subscribers' rewrites the same.
 GroupKey = tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...], int, int]
 
-_TS = struct.Struct("!I")
-_SEQ_TS = struct.Struct("!HI")
+_TS: Final = struct.Struct("!I")
+_SEQ_TS: Final = struct.Struct("!HI")
 
 
 class GroupMember(Protocol):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from trio_sfu.proto.capabilities import (
     URI_AUDIO_LEVEL,
@@ -75,21 +75,21 @@ log = logging.getLogger(__name__)
 
 #: Extensions a subscriber must not see as the publisher wrote them: MID/RID name the
 #: publisher's m-section and layer, and transport-cc numbers the publisher's transport.
-_NOT_FORWARDED = frozenset((URI_MID, URI_RID, URI_REPAIRED_RID, URI_TRANSPORT_CC))
+_NOT_FORWARDED: Final = frozenset((URI_MID, URI_RID, URI_REPAIRED_RID, URI_TRANSPORT_CC))
 #: Keyframe requests towards a publisher: at most one per track per interval (issue 3).
-KEYFRAME_INTERVAL = 0.5
+KEYFRAME_INTERVAL: Final = 0.5
 #: Until a receiver report or the SCTP association tells us better, the round-trip time.
-DEFAULT_RTT = 0.1
+DEFAULT_RTT: Final = 0.1
 #: Retransmissions remembered per down-track (sequence numbers modulo this), to ignore a NACK
 #: repeated within one round trip.
-_RESENT_SLOTS = 1024
+_RESENT_SLOTS: Final = 1024
 
-_TS = struct.Struct("!I")
+_TS: Final = struct.Struct("!I")
 #: Bytes a forwarded packet takes on the wire beyond its RTP bytes (IPv4 20 + UDP 8 + the
 #: SRTP tag 16): what a layer's bitrate costs a subscriber's link, for the allocator
-WIRE_OVERHEAD = 44
+WIRE_OVERHEAD: Final = 44
 #: V=2, P (padding) and X (one-byte extension block) set; PT; seq; timestamp; SSRC
-_PADDING_HEADER = struct.Struct("!BBHII")
+_PADDING_HEADER: Final = struct.Struct("!BBHII")
 
 
 def codec_infos(transceiver: Transceiver) -> tuple[CodecInfo, ...]:
@@ -190,10 +190,10 @@ def forwarding_maps(
 
 #: A stream silent this long at a bitrate sample has stopped (frames come every 33-50 ms at
 #: 20-30 frames/s; a slower one is measured over a little less than its second, no harm).
-QUIET_AFTER = 0.2
+QUIET_AFTER: Final = 0.2
 #: The shortest stretch a bitrate sample is taken over: a keyframe alone would pass off a
 #: shorter one's rate as many times the stream's.
-MIN_SAMPLE = 0.5
+MIN_SAMPLE: Final = 0.5
 
 
 class Ingress:
@@ -262,11 +262,11 @@ class Ingress:
 
 
 #: A simulcast stream that sent nothing for this long is not being sent (review_streams).
-STREAM_TIMEOUT = 2.0
+STREAM_TIMEOUT: Final = 2.0
 
 #: After a publisher's path moved, gaps in its streams for this long are the failed path's,
 #: not losses worth a retransmission (a keyframe was asked for instead).
-PATH_GAP_WINDOW = 1.0
+PATH_GAP_WINDOW: Final = 1.0
 
 
 class PublishedTrack:

@@ -156,10 +156,10 @@ def keyframe_width(payload: bytes) -> int:
 
 #: RFC 6386 §9.1 frame tag of a keyframe (P=0, version 0, show_frame=1, a 16-byte first
 #: partition), then the keyframe start code; the 14-bit width and height follow.
-_KEYFRAME_HEADER = b"\x10\x02\x00\x9d\x01\x2a"
+_KEYFRAME_HEADER: Final = b"\x10\x02\x00\x9d\x01\x2a"
 #: RFC 6386 §9.1 frame tag of an interframe (P=1, version 0, show_frame=1).
-_INTERFRAME_HEADER = b"\x11\x00\x00"
-_DIMENSIONS = struct.Struct("<HH")
+_INTERFRAME_HEADER: Final = b"\x11\x00\x00"
+_DIMENSIONS: Final = struct.Struct("<HH")
 
 
 def build_payload(

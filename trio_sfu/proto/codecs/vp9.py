@@ -18,6 +18,7 @@ cannot take), and where the frame begins and ends. Nothing here raises on garbag
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 __all__ = [
     "SVC_END",
@@ -33,14 +34,14 @@ __all__ = [
 ]
 
 #: :func:`layer_info` flags
-SVC_KEYFRAME = 1  # the first packet of a keyframe (P=0, B=1, spatial layer 0)
-SVC_START = 2  # B: the first packet of a layer frame
-SVC_END = 4  # E: the last packet of a layer frame
-SVC_SWITCH_UP = 8  # U: a temporal switching-up point
-SVC_SS = 16  # V: a scalability structure follows (parse_descriptor reads it)
+SVC_KEYFRAME: Final = 1  # the first packet of a keyframe (P=0, B=1, spatial layer 0)
+SVC_START: Final = 2  # B: the first packet of a layer frame
+SVC_END: Final = 4  # E: the last packet of a layer frame
+SVC_SWITCH_UP: Final = 8  # U: a temporal switching-up point
+SVC_SS: Final = 16  # V: a scalability structure follows (parse_descriptor reads it)
 #: bits 5-7 of the flags: 1 + the highest temporal layer decoding may start at from this
 #: frame (AV1's dependency descriptor says it; 0: none)
-SVC_SWITCH_TO_SHIFT = 5
+SVC_SWITCH_TO_SHIFT: Final = 5
 
 
 @dataclass(slots=True)

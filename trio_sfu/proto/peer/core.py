@@ -42,7 +42,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from aioice import Candidate
 
@@ -71,13 +71,13 @@ Address = tuple[str, int]
 P = TypeVar("P")
 
 #: DTLS datagrams are capped at this size; SCTP packets leave room for the record overhead.
-DTLS_MTU = 1200
-DTLS_RECORD_OVERHEAD = 64
+DTLS_MTU: Final = 1200
+DTLS_RECORD_OVERHEAD: Final = 64
 #: At most this many remote SSRCs per peer (simulcast × RTX × tracks fits easily).
-MAX_STREAMS = 256
+MAX_STREAMS: Final = 256
 #: Paths remembered per lite peer (a browser checks from several candidates), as the UDP
 #: endpoint keeps addresses (``MAX_ADDRESSES_PER_PEER``).
-MAX_PATHS = 8
+MAX_PATHS: Final = 8
 
 
 @dataclass(slots=True)

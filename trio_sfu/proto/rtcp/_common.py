@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from trio_sfu.proto.errors import RtcpError
 
 # RFC 3550 §12.1, RFC 4585 §6.1
-PT_SR = 200
-PT_RR = 201
-PT_SDES = 202
-PT_BYE = 203
-PT_APP = 204
-PT_RTPFB = 205
-PT_PSFB = 206
+PT_SR: Final = 200
+PT_RR: Final = 201
+PT_SDES: Final = 202
+PT_BYE: Final = 203
+PT_APP: Final = 204
+PT_RTPFB: Final = 205
+PT_PSFB: Final = 206
 
-U32 = struct.Struct("!I")
-U16 = struct.Struct("!H")
-TWO_U32 = struct.Struct("!II")
+U32: Final = struct.Struct("!I")
+U16: Final = struct.Struct("!H")
+TWO_U32: Final = struct.Struct("!II")
 
 
 def pack_packet(packet_type: int, count: int, body: bytes) -> bytes:

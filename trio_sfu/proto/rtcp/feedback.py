@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from trio_sfu.proto.errors import RtcpError
 from trio_sfu.proto.rtcp._common import (
@@ -22,16 +23,16 @@ from trio_sfu.proto.rtcp._common import (
 )
 from trio_sfu.proto.rtp import SequenceUnwrapper
 
-FMT_NACK = 1  # RTPFB, RFC 4585 §6.2.1
-FMT_PLI = 1  # PSFB, RFC 4585 §6.3.1
-FMT_FIR = 4  # PSFB, RFC 5104 §4.3.1.1
-FMT_AFB = 15  # PSFB application layer feedback, RFC 4585 §6.4; REMB lives here
+FMT_NACK: Final = 1  # RTPFB, RFC 4585 §6.2.1
+FMT_PLI: Final = 1  # PSFB, RFC 4585 §6.3.1
+FMT_FIR: Final = 4  # PSFB, RFC 5104 §4.3.1.1
+FMT_AFB: Final = 15  # PSFB application layer feedback, RFC 4585 §6.4; REMB lives here
 
-_NACK_ITEM = struct.Struct("!HH")
-_FIR_ITEM = struct.Struct("!IB3x")
-_REMB_MAX_MANTISSA = (1 << 18) - 1
+_NACK_ITEM: Final = struct.Struct("!HH")
+_FIR_ITEM: Final = struct.Struct("!IB3x")
+_REMB_MAX_MANTISSA: Final = (1 << 18) - 1
 #: The largest bitrate a REMB can express: an 18-bit mantissa shifted by a 6-bit exponent.
-REMB_MAX_BITRATE = _REMB_MAX_MANTISSA << 63
+REMB_MAX_BITRATE: Final = _REMB_MAX_MANTISSA << 63
 
 
 def _header(sender_ssrc: int, media_ssrc: int) -> bytes:

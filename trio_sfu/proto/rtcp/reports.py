@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Final
 
 from trio_sfu.proto.errors import RtcpError
 from trio_sfu.proto.rtcp._common import (
@@ -17,13 +18,13 @@ from trio_sfu.proto.rtcp._common import (
     truncated,
 )
 
-_BLOCK = struct.Struct("!IIIIII")
-_SENDER_INFO = struct.Struct("!IIIII")
+_BLOCK: Final = struct.Struct("!IIIIII")
+_SENDER_INFO: Final = struct.Struct("!IIIII")
 
 #: Seconds from the NTP epoch (1900) to the Unix epoch (1970), RFC 868.
-NTP_UNIX_OFFSET = 2208988800
+NTP_UNIX_OFFSET: Final = 2208988800
 
-SDES_CNAME = 1
+SDES_CNAME: Final = 1
 
 
 def ntp_time(unix_seconds: float) -> tuple[int, int]:

@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Final
 
 from trio_sfu.proto.errors import RtcpError
 from trio_sfu.proto.rtcp._common import PT_RTPFB, TWO_U32, check_ssrc, pack_packet, truncated
 
-FMT_TWCC = 15
+FMT_TWCC: Final = 15
 
 #: Receive deltas count 250 µs ticks; the reference time counts 64 ms (= 256 ticks).
-DELTA_US = 250
-REFERENCE_US = 64000
+DELTA_US: Final = 250
+REFERENCE_US: Final = 64000
 
 # §3.1.1 packet status symbols
-_NOT_RECEIVED = 0
-_SMALL = 1  # received, delta fits one unsigned byte (0..63.75 ms)
-_LARGE = 2  # received, delta needs two signed bytes (or is negative)
+_NOT_RECEIVED: Final = 0
+_SMALL: Final = 1  # received, delta fits one unsigned byte (0..63.75 ms)
+_LARGE: Final = 2  # received, delta needs two signed bytes (or is negative)
 
-_RUN_MAX = 0x1FFF  # §3.1.3: 13-bit run length
-_HEAD = struct.Struct("!HHI")
+_RUN_MAX: Final = 0x1FFF  # §3.1.3: 13-bit run length
+_HEAD: Final = struct.Struct("!HHI")
 
 #: A packet as the feedback reports it: (transport sequence, received, delta in µs or None).
 PacketStatus = tuple[int, bool, int | None]

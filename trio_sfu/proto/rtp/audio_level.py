@@ -7,9 +7,11 @@ Read with :func:`trio_sfu.proto.rtp.packet.find_extension` and the id negotiated
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = ["SILENCE", "audio_level", "loudness", "packet_loudness"]
 
-SILENCE = 127
+SILENCE: Final = 127
 """The level meaning -127 dBov or quieter (RFC 6464 §3)."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Final
 
 from trio_sfu.proto.errors import RtpError
 
@@ -32,14 +33,14 @@ __all__ = [
 ]
 
 #: RFC 8285 §4.2: the "defined by profile" value announcing one-byte extension elements.
-ONE_BYTE_PROFILE = 0xBEDE
+ONE_BYTE_PROFILE: Final = 0xBEDE
 #: RFC 8285 §4.3: 0x100 followed by 4 "appbits"; we write 0 appbits unless preserving a parse.
-TWO_BYTE_PROFILE = 0x1000
+TWO_BYTE_PROFILE: Final = 0x1000
 
-_FIXED = struct.Struct("!BBHII")
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_EXT_HEADER = struct.Struct("!HH")
+_FIXED: Final = struct.Struct("!BBHII")
+_U16: Final = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
+_EXT_HEADER: Final = struct.Struct("!HH")
 
 
 def is_rtcp(data: bytes) -> bool:

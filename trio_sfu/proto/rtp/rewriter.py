@@ -16,10 +16,10 @@ from trio_sfu.proto.rtp.packet import ONE_BYTE_PROFILE, TWO_BYTE_PROFILE, seq_de
 
 __all__ = ["RtpRewriter", "TransportCcSequencer"]
 
-_FIXED = struct.Struct("!BBHII")
-_SEQ_TS_SSRC = struct.Struct("!HII")
-_U16 = struct.Struct("!H")
-_EXT_HEADER = struct.Struct("!HH")
+_FIXED: Final = struct.Struct("!BBHII")
+_SEQ_TS_SSRC: Final = struct.Struct("!HII")
+_U16: Final = struct.Struct("!H")
+_EXT_HEADER: Final = struct.Struct("!HH")
 
 
 class TransportCcSequencer:
@@ -39,13 +39,13 @@ class TransportCcSequencer:
         self.next_seq = start & 0xFFFF
 
 
-_NEVER = -(1 << 62)
-_WINDOW = 1024  # input sequence numbers remembered for duplicate detection
+_NEVER: Final = -(1 << 62)
+_WINDOW: Final = 1024  # input sequence numbers remembered for duplicate detection
 _PATCH, _DROP_BLOCK, _REBUILD = 0, 1, 2
 # (header mask, header signature, keep mask, new header bytes, transport-cc shift, mode)
 _Plan = tuple[int, int, int, int, int, int]
-_MAX_PLANS = 16
-_SLACK = 16  # room for an added extension header, the transport-cc element and padding
+_MAX_PLANS: Final = 16
+_SLACK: Final = 16  # room for an added extension header, the transport-cc element and padding
 
 
 #: the slots of :class:`RtpRewriter`, which its ``clone`` copies (a class compiled by mypyc

@@ -10,13 +10,14 @@ subscribers of a stream keeps memory per stream, not per subscriber.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from trio_sfu.proto.rtp.packet import seq_delta
 
 __all__ = ["PacketCache"]
 
-_U16 = struct.Struct("!H")
-_EMPTY = -(1 << 62)
+_U16: Final = struct.Struct("!H")
+_EMPTY: Final = -(1 << 62)
 
 
 class PacketCache:

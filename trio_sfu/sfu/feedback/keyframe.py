@@ -9,7 +9,7 @@ its bitrate. The SFU therefore forwards at most one PLI/FIR per track per interv
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from trio_sfu.proto.codecs import keyframe_detector
 from trio_sfu.proto.rtp.packet import payload_offset
@@ -21,7 +21,7 @@ T = TypeVar("T")
 #: A new subscriber waits at most this long for a keyframe before it gets whatever comes (a
 #: publisher that ignores PLI, or a payload the detectors cannot read, such as end-to-end
 #: encrypted frames), so waiting never turns into a black screen.
-KEYFRAME_WAIT = 3.0
+KEYFRAME_WAIT: Final = 3.0
 
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Final
 
 from trio_sfu.proto.rtp.packet import seq_delta
 
 __all__ = ["NackGenerator"]
 
-_MIN_INTERVAL = 0.02  # seconds between NACKs of one packet however small the RTT
+_MIN_INTERVAL: Final = 0.02  # seconds between NACKs of one packet however small the RTT
 
 
 class _Missing:

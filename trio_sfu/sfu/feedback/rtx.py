@@ -9,11 +9,12 @@ Both directions are one header rewrite and one copy, with no parsed packet objec
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 __all__ = ["rtx_unwrap", "rtx_wrap"]
 
-_FIXED = struct.Struct("!BBHII")
-_U16 = struct.Struct("!H")
+_FIXED: Final = struct.Struct("!BBHII")
+_U16: Final = struct.Struct("!H")
 
 
 def _payload_bounds(packet: bytes) -> tuple[int, int]:

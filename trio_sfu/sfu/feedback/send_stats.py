@@ -8,6 +8,8 @@ learns the round-trip time from the subscriber's receiver reports.
 
 from __future__ import annotations
 
+from typing import Final
+
 from trio_sfu.proto.rtcp import (
     ReportBlock,
     SenderReport,
@@ -18,7 +20,7 @@ from trio_sfu.proto.rtcp import (
 
 __all__ = ["SendStatistics"]
 
-_SR_HISTORY = 16  # sent SRs remembered to recognise the LSR of a receiver report
+_SR_HISTORY: Final = 16  # sent SRs remembered to recognise the LSR of a receiver report
 
 
 class SendStatistics:
