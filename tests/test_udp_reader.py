@@ -241,8 +241,10 @@ async def test_a_path_send_counts_what_left_and_what_was_refused(endpoint: UdpEn
 
     endpoint._sock = Refusing()  # type: ignore[assignment]
     try:
-        path.send(b"\x80" * 100)
-        path.send(b"\x80" * 100)
+        # a path takes its endpoint's socket when it is made (a socket never changes)
+        refused = udp.UdpPath(endpoint, path.address)
+        refused.send(b"\x80" * 100)
+        refused.send(b"\x80" * 100)
     finally:
         endpoint._sock = real
     stats = endpoint.stats

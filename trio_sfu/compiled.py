@@ -48,6 +48,8 @@ COMPILED_MODULES: Final = (
     "trio_sfu.proto.rtp.rewriter",
     "trio_sfu.proto.srtp",
     "trio_sfu.proto.twcc",
+    "trio_sfu.rtc.counters",
+    "trio_sfu.rtc.udp_path",
     "trio_sfu.sfu.feedback.cache",
     "trio_sfu.sfu.feedback.keyframe",
     "trio_sfu.sfu.feedback.nack",

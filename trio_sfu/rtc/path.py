@@ -1,7 +1,7 @@
 """Where a server peer's datagrams go: the one interface the UDP and TCP transports share.
 
 A peer sends "to a path" and never asks which transport it is: the shared UDP socket plus a
-remote address (:class:`trio_sfu.rtc.udp.UdpPath`) or one ICE-TCP connection carrying RFC 4571
+remote address (:class:`trio_sfu.rtc.udp_path.UdpPath`) or one ICE-TCP connection carrying RFC 4571
 frames (:class:`trio_sfu.rtc.tcp.TcpConnection`). A path is handed to the peer only after a
 valid STUN check arrived over it (RFC 8445 §7.3), and ``send`` never blocks: a full buffer
 drops and counts (DESIGN.md, hot path).

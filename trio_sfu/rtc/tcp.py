@@ -40,14 +40,14 @@ import logging
 import math
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from trio_sfu.proto.framing import MAX_FRAME, Deframer
+from trio_sfu.rtc.counters import TcpStats
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
-from trio_sfu.rtc.udp import Address, CheckStats, EndpointPeer, authenticate_check
+from trio_sfu.rtc.udp import Address, EndpointPeer, authenticate_check
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +68,6 @@ READ_SIZE = 16384
 MAX_UNBOUND_FRAME = 2048
 #: Frames handled per wake-up before yielding, so one busy connection cannot starve others.
 BATCH_BYTES = 256 * 1024
-
-
-@dataclass(slots=True)
-class TcpStats(CheckStats):
-    """Plain counters for the whole port (read by metrics and tests)."""
-
-    accepted: int = 0
-    bound: int = 0
-    closed_unbound: int = 0  # closed before a valid check: invalid first frame, timeout, evicted
-    bind_timeouts: int = 0
-    parked: int = 0  # times a silent connection was kept for another bind_timeout (a backup)
-    evicted: int = 0
-    frames_in: int = 0
-    bytes_in: int = 0
-    frames_out: int = 0
-    bytes_out: int = 0
-    send_dropped: int = 0  # the connection's send buffer was full: frame dropped whole
-    unknown_kind: int = 0
-    wrong_peer: int = 0  # a bound connection carried a check for another peer
 
 
 class TcpConnection:

@@ -23,7 +23,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import trio
@@ -33,8 +32,10 @@ from trio_sfu.proto.errors import StunError
 from trio_sfu.proto.ice import IceLiteAgent, IceReply
 from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.rtc.budget import BUDGET, Continuation
+from trio_sfu.rtc.counters import CheckStats, EndpointStats
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
 from trio_sfu.rtc.path import Path
+from trio_sfu.rtc.udp_path import UdpPath
 
 log = logging.getLogger(__name__)
 
@@ -127,45 +128,6 @@ class EndpointPeer(Protocol):
     def path_closed(self, path: Path) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class UdpPath:
-    """A remote address on the shared socket (see :mod:`trio_sfu.rtc.path`); made once per
-    valid check, not per packet. Two paths to the same address on the same endpoint are
-    equal, so a repeated check is no path change."""
-
-    endpoint: UdpEndpoint
-    address: Address
-    transport: str = "udp"
-    usable: bool = True
-
-    def send(self, data: bytes | memoryview) -> None:
-        """:meth:`UdpEndpoint.sendto`, with its common case (a socket bound to one address:
-        no source to choose) inlined: this is the last step of every forwarded packet."""
-        endpoint = self.endpoint
-        if endpoint._pktinfo:
-            endpoint.sendto(data, self.address)
-            return
-        try:
-            endpoint._sock.sendto(data, self.address)
-        except OSError as exc:
-            endpoint._send_failed(exc, self.address)
-            return
-        stats = endpoint.stats
-        stats.datagrams_out += 1
-        stats.bytes_out += len(data)
-
-
-@dataclass(slots=True)
-class CheckStats:
-    """The STUN-check counters both transports keep (see :func:`authenticate_check`)."""
-
-    stun_malformed: int = 0
-    stun_unknown_user: int = 0
-    stun_rejected: int = 0  # parsed, known user, but integrity/fingerprint/role refused
-    stun_ignored: int = 0  # responses/indications: a lite server sends no requests
-    stun_address_taken: int = 0  # a check from an address bound to another, connected peer
-
-
 def authenticate_check(
     data: bytes,
     addr: Address,
@@ -212,21 +174,6 @@ def authenticate_check(
     if not reply.valid:
         stats.stun_rejected += 1
     return peer, reply
-
-
-@dataclass(slots=True)
-class EndpointStats(CheckStats):
-    """Plain counters (read by metrics and tests); never touched by anything but the reader."""
-
-    datagrams_in: int = 0
-    datagrams_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    send_dropped: int = 0  # socket buffer full: dropped rather than blocking the reader
-    send_errors: int = 0
-    unknown_address: int = 0  # DTLS/SRTP from an address no valid STUN check vouched for
-    unknown_kind: int = 0  # first byte outside every RFC 7983 range
-    overload_dropped: int = 0  # media the reader's queue dropped (MAX_QUEUE_AGE, MAX_PENDING)
 
 
 class _OthersRan(trio.abc.Instrument):
