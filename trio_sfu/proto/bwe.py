@@ -516,7 +516,7 @@ class BandwidthEstimator:
         self._remb: float | None = None
         self._unwrapper = SequenceUnwrapper()
         # Packets sent and not yet reported: a ring of parallel lists indexed by the extended
-        # transport-cc number & _mask — its number (-1: a free slot), send time and size —
+        # transport-cc number & _mask — its number (_FREE: a free slot), send time and size —
         # allocated with the first packet sent (an idle subscriber holds none) and doubled
         # while feedback lags behind what the ring holds, up to _MAX_UNREPORTED slots. Not a
         # dict per field: an insert and a pop per packet and field cost more than the rest of

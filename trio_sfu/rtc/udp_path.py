@@ -9,17 +9,28 @@ STUN check (RFC 8445 §7.3, :mod:`trio_sfu.rtc.udp`), not per packet.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from trio_sfu.rtc.counters import EndpointStats
 
-if TYPE_CHECKING:
-    from trio_sfu.rtc.udp import UdpEndpoint
-
-__all__ = ["UdpPath"]
+__all__ = ["PathEndpoint", "UdpPath"]
 
 Address = tuple[str, int]
+
+
+class PathEndpoint(Protocol):
+    """What a path needs of its endpoint: :class:`trio_sfu.rtc.udp.UdpEndpoint`, which makes
+    the paths and so imports this module (a protocol here, not that class: no cycle)."""
+
+    _pktinfo: bool  # bound to a wildcard address: each send chooses its source
+    _sock: socket.socket
+    stats: EndpointStats
+
+    def sendto(self, data: bytes | memoryview, addr: Address) -> None: ...
+
+    def _send_failed(self, exc: OSError, addr: Address) -> None: ...
 
 
 class UdpPath:
@@ -32,7 +43,7 @@ class UdpPath:
 
     __slots__ = ("_pktinfo", "_sendto", "_stats", "address", "endpoint", "transport", "usable")
 
-    def __init__(self, endpoint: UdpEndpoint, address: Address) -> None:
+    def __init__(self, endpoint: PathEndpoint, address: Address) -> None:
         self.endpoint = endpoint
         self.address = address
         self.transport = "udp"
