@@ -253,12 +253,11 @@ class TrendlineDetector:
 
     def _rebase(self) -> None:
         count = self._count
-        xs, ys = self._xs[:count], self._ys[:count]  # the filled slots (all, once full)
         shift = self._xs[self._pos if count == _TRENDLINE_WINDOW else 0]  # the oldest
         self._origin += shift / 1000.0
         for i in range(count):
-            xs[i] -= shift
-            self._xs[i] = xs[i]
+            self._xs[i] -= shift
+        xs, ys = self._xs[:count], self._ys[:count]  # the filled slots (all, once full)
         self._sx = sum(xs)
         self._sy = sum(ys)
         self._sxx = sum(x * x for x in xs)

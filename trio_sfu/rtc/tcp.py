@@ -47,7 +47,8 @@ import trio
 from trio_sfu.proto.framing import MAX_FRAME, Deframer
 from trio_sfu.rtc.counters import TcpStats
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
-from trio_sfu.rtc.udp import Address, EndpointPeer, authenticate_check
+from trio_sfu.rtc.path import Address
+from trio_sfu.rtc.udp import EndpointPeer, authenticate_check
 
 log = logging.getLogger(__name__)
 

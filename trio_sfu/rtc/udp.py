@@ -34,12 +34,11 @@ from trio_sfu.proto.srtp import MAX_DATAGRAM
 from trio_sfu.rtc.budget import BUDGET, Continuation
 from trio_sfu.rtc.counters import CheckStats, EndpointStats
 from trio_sfu.rtc.demux import KIND_BY_FIRST_BYTE, Kind
-from trio_sfu.rtc.path import Path
+from trio_sfu.rtc.path import Address, Path
 from trio_sfu.rtc.udp_path import UdpPath
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int]
 
 #: A peer keeps at most this many validated addresses (a browser checks from several local
 #: candidates); the oldest non-selected one is forgotten first.

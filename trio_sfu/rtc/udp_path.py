@@ -14,10 +14,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from trio_sfu.rtc.counters import EndpointStats
+from trio_sfu.rtc.path import Address
 
 __all__ = ["PathEndpoint", "UdpPath"]
-
-Address = tuple[str, int]
 
 
 class PathEndpoint(Protocol):
