@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
+import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -240,3 +243,40 @@ def test_a_decision_crossing_the_speakers_departure_is_ignored() -> None:
     assert not any(line.startswith("SPEAKER ") for line in lines), lines
     assert all("p1" not in line for line in lines), lines
     assert pod.speaker is None
+
+
+def test_rooms_tick_their_speaker_windows_on_one_grid() -> None:
+    """Every room's speaker window ends on the same grid of Trio's clock, whenever the room
+    began to hear audio: a pod's rooms report and tick in one pass of the run loop, not each
+    on a wake-up of its own (issue 10)."""
+    ticked: dict[str, list[float]] = {"r1": [], "r2": []}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            env = await start_sfu(nursery)
+            for name, times in ticked.items():
+                room = await env.sfu._room(name)
+                inner = room.speakers.tick
+
+                def tick(now: float, inner: Any = inner, times: list[float] = times) -> Any:
+                    times.append(now)
+                    return inner(now)
+
+                room.speakers.tick = tick  # type: ignore[method-assign]
+            await trio.sleep(0.07)  # off the grid
+            for name in ("r1", "r2"):
+                # another pod's report: the room has audio to follow from now on
+                await env.sfu.bus.publish(name, SpeakerLevels(name, "other", (("amy-1", 90),)))
+                await trio.sleep(0.1)
+            for _ in range(3):
+                await trio.sleep(WINDOW)
+                for name in ("r1", "r2"):
+                    await env.sfu.bus.publish(name, SpeakerLevels(name, "other", (("amy-1", 90),)))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    first, second = ticked["r1"], ticked["r2"]
+    assert len(first) >= 3 and len(second) >= 3
+    for now in first + second:
+        assert now / WINDOW == pytest.approx(round(now / WINDOW), abs=1e-6)
+    assert second == first[-len(second) :]  # the same instants, though r2 began 0.1 s later
