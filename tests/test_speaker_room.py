@@ -24,6 +24,7 @@ from trio_sfu.client.events import room_events
 from trio_sfu.cluster.codec import decode, encode
 from trio_sfu.proto.rtp import RtpPacket, find_extension, loudness, packet_loudness
 from trio_sfu.sfu.model import ActiveSpeaker, SpeakerLevels
+from trio_sfu.sfu.room import Room
 from trio_sfu.sfu.speaker import NODE_STALE, WINDOW, RoomSpeakers, speakers_line
 
 PACKETS_PER_WINDOW = round(WINDOW / 0.02)  # 20 ms Opus frames
@@ -280,3 +281,45 @@ def test_rooms_tick_their_speaker_windows_on_one_grid() -> None:
     for now in first + second:
         assert now / WINDOW == pytest.approx(round(now / WINDOW), abs=1e-6)
     assert second == first[-len(second) :]  # the same instants, though r2 began 0.1 s later
+
+
+class _AudioTrack:
+    level_id = 1
+
+    def take_levels(self) -> tuple[int, int]:
+        return 90 * 12, 12  # a window of 12 packets at loudness 90
+
+
+class _AudioPublisher:
+    id = "amy-1"
+    announced = True
+    tracks = (_AudioTrack(),)
+
+
+def test_one_pod_decides_its_speaker_with_no_reports_on_the_bus() -> None:
+    """With one pod nobody else needs a room's level reports: its own go into its detector
+    as they are made, so a window is one task step, and only decisions go on the bus (the
+    room's events and its listener follow them)."""
+    from tests.test_room_context import Host
+
+    seen: list[object] = []
+
+    async def main() -> None:
+        host = Host()
+        async with trio.open_nursery() as nursery:
+            host.spawn = nursery.start_soon  # type: ignore[method-assign]
+            room = Room(host, "r")  # type: ignore[arg-type]
+            room.publishers["amy-1"] = _AudioPublisher()  # type: ignore[assignment]
+            async with host.bus.listen("r") as commands:
+                await nursery.start(room.listen)
+                with trio.move_on_after(3.0):
+                    async for command in commands:
+                        seen.append(command)
+            assert room.speaker == "amy-1"
+            room.stop()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert seen, "no decision"
+    assert not [c for c in seen if isinstance(c, SpeakerLevels)]
+    assert all(isinstance(c, ActiveSpeaker) for c in seen)
+    assert seen[-1].speaker == "amy-1"  # type: ignore[attr-defined]

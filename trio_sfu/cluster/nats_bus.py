@@ -145,6 +145,10 @@ class NatsBus:
         return int(client.stats["reconnects"]) if client is not None else 0
 
     @property
+    def spans_pods(self) -> bool:
+        return True
+
+    @property
     def connected(self) -> bool:
         client = self._client
         return client is not None and client.is_connected

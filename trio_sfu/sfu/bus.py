@@ -29,6 +29,12 @@ class Bus(Protocol):
         not hear its room, so joins are refused until it is back."""
         ...
 
+    @property
+    def spans_pods(self) -> bool:
+        """Whether other pods hear what this one publishes (NATS), or only this process's
+        own listeners do: what a room applies to itself at once need not go out then."""
+        ...
+
     async def publish(self, room: str, command: Command) -> None: ...
 
     def listen(self, room: str) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Command]]:
@@ -59,6 +65,10 @@ class LocalBus:
     @property
     def connected(self) -> bool:
         return True  # in-process: always delivers
+
+    @property
+    def spans_pods(self) -> bool:
+        return False  # one process: its listeners are all there is
 
     async def send_to_node(self, node_id: str, command: Command) -> None:
         await self.publish(self.NODE, command)

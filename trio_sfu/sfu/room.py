@@ -168,9 +168,15 @@ class Room:
             await trio.sleep_until(window * WINDOW)
             now = trio.current_time()
             levels = self._local_levels()
+            if levels is not None:
+                # Ours go into the detector at once, not when the bus brings them back
+                # (:meth:`_apply` skips them): with one pod the window is then one task step
+                # in one pass of the run loop, not a publish, a listener's step and a pass
+                # more; other pods hear them on the bus.
+                self.speakers.heard_levels(self.node_id, levels, now)
             decision = self.speakers.tick(now)
             try:
-                if levels is not None:
+                if levels is not None and self._host.bus.spans_pods:
                     await self._host.bus.publish(
                         self.name, SpeakerLevels(self.name, self.node_id, levels)
                     )
@@ -211,8 +217,9 @@ class Room:
             for subscriber in list(self.subscribers.values()):
                 subscriber.publisher_left(command.publisher_id)
         elif isinstance(command, SpeakerLevels):
-            self.speakers.heard_levels(command.node, command.levels, trio.current_time())
-            self._speaker_wake.set()
+            if command.node != self.node_id:  # ours were taken when made (_speaker_windows)
+                self.speakers.heard_levels(command.node, command.levels, trio.current_time())
+                self._speaker_wake.set()
         elif isinstance(command, ActiveSpeaker):
             self._on_decision(command)
         elif isinstance(command, Chat):

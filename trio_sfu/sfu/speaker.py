@@ -199,16 +199,17 @@ class RoomSpeakers:
     Why this shape: a room's publishers sit on several pods and each pod sees only its own
     publishers' packets. Per-packet levels never cross pods; instead every pod with audio
     publishers reports each one's mean loudness over a :data:`WINDOW` (a ``SpeakerLevels``
-    command on the room's subject, four a second), and every pod feeds the reports it hears —
-    its own included, as the bus delivers them — into one :class:`SpeakerDetector`. So all
-    pods hold (nearly) the same scores. Two detectors on two pods could still choose
+    command on the room's subject, four a second), and every pod feeds the reports it hears,
+    and its own as it makes them, into one :class:`SpeakerDetector`. So all pods hold
+    (nearly) the same scores. Two detectors on two pods could still choose
     differently in a near tie and then each keep its choice (hysteresis), so exactly one pod
     *decides*: the reporting pod with the smallest node id (no election messages: each pod
     sees the same set of reporters). It publishes an ``ActiveSpeaker`` decision; every pod
     follows it (:meth:`heard_decision`) and tells its local subscribers. If the decider stops
     reporting (it died, or its publishers left) the next smallest takes over within
     :data:`NODE_STALE`, continuing from the speaker it followed. With one pod this is the
-    same code with one reporter, on the in-process bus.
+    same code with one reporter, and nothing on the bus but decisions (no other pod needs
+    the reports: ``Bus.spans_pods``).
     """
 
     def __init__(self, node: str, detector: SpeakerDetector | None = None) -> None:
