@@ -17,7 +17,7 @@ ARG BASE=python:3.11-slim
 ARG BUILD_BASE=${BASE}
 
 FROM ${BUILD_BASE} AS build
-# 1: the 25 per-packet modules compiled (24 % fewer instructions per forwarded packet, 26 %
+# 1: the 26 per-packet modules compiled (25 % fewer instructions per forwarded packet, 26 %
 # fewer per packet taken in, 72 % fewer in the bandwidth estimator; docs/benchmarks.md);
 # 0: pure Python, as `pip install .`.
 ARG COMPILE=1

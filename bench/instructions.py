@@ -12,8 +12,8 @@ the packets is the count per packet, start-up and imports cancelled out. Three s
   ``DownTrack`` → SRTP protect → ``sendto``), 10-packet bursts of 1100-byte VP8 payloads, the
   loopback socket drained after each burst; per outbound packet.
 * ``bwe``: one subscriber's bandwidth estimator as browsers drive it: 23 packets sent
-  (``on_packet_sent``), then one transport-cc feedback reporting them (``on_feedback``);
-  per packet.
+  (``on_packet_sent``), then one transport-cc feedback reporting them, as parsed
+  (``on_transport_cc``); per packet.
 * ``ingest``: a publisher's SRTP datagram into a connected server ``PeerCore``
   (``tests/test_peer_core.Pair``: demultiplexing, SRTP unprotect, the stream's lookup and
   counters, ``on_rtp``); per packet. The client's protect of the same packets is counted in a
@@ -77,14 +77,17 @@ def _bwe(packets: int) -> None:
     now = 0.0
     arrival_us = 0
     for _ in range(packets // FEEDBACK_EVERY):
-        statuses: list[tuple[int, int | None]] = []
+        # as TransportCcFeedback.parse gives them: (seq, received, delta µs from the last)
+        statuses: list[tuple[int, bool, int | None]] = []
+        reference_us = arrival_us
         for k in range(FEEDBACK_EVERY):
             estimator.on_packet_sent(seq & 0xFFFF, 1100, now)
-            statuses.append((seq & 0xFFFF, arrival_us))
+            delta = 4348 + (k % 3) * 50  # a little jitter: the trendline has work
+            statuses.append((seq & 0xFFFF, True, delta))
+            arrival_us += delta
             seq += 1
             now += 1 / 230
-            arrival_us += 4348 + (k % 3) * 50  # a little jitter: the trendline has work
-        estimator.on_feedback(statuses, now + 0.02)
+        estimator.on_transport_cc(statuses, reference_us, now + 0.02)
 
 
 def _ingest(packets: int, receive: bool) -> None:

@@ -99,7 +99,9 @@ class Sim:
             if due is not None and due <= self.now:
                 for fb in self.recorder.build_feedback(self.now, 1, 2):
                     # the feedback travels back over an uncongested path
-                    self.bwe.on_feedback(fb.arrival_times_us(), self.now + self.link.delay)
+                    self.bwe.on_transport_cc(
+                        fb.packets, fb.reference_us, self.now + self.link.delay
+                    )
             self.history.append((self.now, self.bwe.estimate))
             self.max_queue = max(self.max_queue, self.link.busy_until - self.now)
 
@@ -307,9 +309,46 @@ def test_feedback_through_the_wire_format_wraps_sequence_numbers() -> None:
     for fb in rec.build_feedback(1.1, 1, 2):
         wire = fb.serialize()
         parsed = TransportCcFeedback.parse(wire[4:])  # body after the RTCP common header
-        bwe.on_feedback(parsed.arrival_times_us(), 1.1)
+        bwe.on_transport_cc(parsed.packets, parsed.reference_us, 1.1)
     assert bwe.acked_bitrate() is not None
     assert bwe.loss == 0.0
+
+
+def test_a_parsed_feedback_gives_what_its_arrival_times_give() -> None:
+    """``on_transport_cc`` sums a parsed feedback's deltas as it goes: the same estimator
+    state as the arrival times worked out first (``on_feedback``), with packets lost, packets
+    reported again (a second receiver's feedback covering two of the first's: its first half
+    is skipped, yet its arrivals count for the second half), a negative delta, and the
+    sequence numbers wrapping."""
+    rng = random.Random(3)
+    a, b = BandwidthEstimator(500_000), BandwidthEstimator(500_000)
+    rec, again = TwccRecorder(), TwccRecorder()
+    seq = 65_400
+    arrival = 0.0
+    for i in range(2_000):
+        now = i * 0.004
+        for bwe in (a, b):
+            bwe.on_packet_sent(seq & 0xFFFF, 1100, now)
+        if rng.random() > 0.05:  # lost otherwise
+            arrival = max(arrival, now + 0.02 + rng.uniform(-0.003, 0.01))
+            at = arrival if rng.random() > 0.02 else arrival - 0.002
+            rec.record(seq & 0xFFFF, at)
+            again.record(seq & 0xFFFF, at)
+        seq += 1
+        if i % 25 == 24:
+            feedbacks = rec.build_feedback(now + 0.03, 1, 2)
+            if i % 50 == 49:
+                feedbacks = again.build_feedback(now + 0.03, 1, 2) + feedbacks
+            for fb in feedbacks:
+                parsed = TransportCcFeedback.parse(fb.serialize()[4:])
+                a.on_feedback(parsed.arrival_times_us(), now + 0.03)
+                b.on_transport_cc(parsed.packets, parsed.reference_us, now + 0.03)
+                assert (b.estimate, b.acked_bitrate(), b.loss) == (
+                    a.estimate,
+                    a.acked_bitrate(),
+                    a.loss,
+                )
+    assert a.loss > 0 and a.acked_bitrate() is not None
 
 
 @settings(max_examples=200, deadline=None)

@@ -40,6 +40,7 @@ COMPILED_MODULES: Final = (
     "trio_sfu.proto.peer.core",
     "trio_sfu.proto.receive_stats",
     "trio_sfu.proto.rtcp._common",
+    "trio_sfu.proto.rtcp.compound",
     "trio_sfu.proto.rtcp.feedback",
     "trio_sfu.proto.rtcp.reports",
     "trio_sfu.proto.rtcp.transport_cc",

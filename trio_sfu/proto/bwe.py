@@ -693,9 +693,26 @@ class BandwidthEstimator:
             self.rtt = rtt
 
     def on_feedback(self, statuses: list[tuple[int, int | None]], now: float) -> None:
-        """One transport-cc feedback: ``(seq16, arrival µs or None)`` in sequence order (as
-        the feedback lists them; a packet reported before one sent earlier is no delay
-        sample, as for the sender's own reordering).
+        """One transport-cc feedback as ``(seq16, arrival µs or None)`` in sequence order:
+        :meth:`on_transport_cc` with each arrival as the delta from the one before."""
+        packets: list[tuple[int, bool, int | None]] = []
+        previous = 0
+        for seq, arrival_us in statuses:
+            if arrival_us is None:
+                packets.append((seq, False, None))
+            else:
+                packets.append((seq, True, arrival_us - previous))
+                previous = arrival_us
+        self.on_transport_cc(packets, 0, now)
+
+    def on_transport_cc(
+        self, packets: list[tuple[int, bool, int | None]], reference_us: int, now: float
+    ) -> None:
+        """One transport-cc feedback as parsed (``TransportCcFeedback.packets``: ``(seq16,
+        received, delta µs)`` in sequence order, each delta from the previous received
+        packet's arrival, the first from ``reference_us``; a packet reported before one sent
+        earlier is no delay sample, as for the sender's own reordering). The arrivals are
+        summed here, in the one pass: no list of them per feedback, no tuple per packet.
 
         One pass and no object per reported packet (only for probe packets): with browser
         receivers every packet sent is reported once, and a dataclass per packet plus a
@@ -725,7 +742,13 @@ class BandwidthEstimator:
         total = lost = 0
         ext = 0
         known = False  # ext holds the previous status's extended number
-        for seq, arrival_us in statuses:
+        clock_us = reference_us  # the feedback sender's clock, at the last received packet
+        for seq, received, delta_us in packets:
+            if received and delta_us is not None:
+                clock_us += delta_us  # (before any skip: later arrivals build on it)
+                arrived = True
+            else:
+                arrived = False
             if known and seq == (ext + 1) & 0xFFFF:
                 ext += 1  # the feedback's next number (all but its first, as a rule)
             else:
@@ -740,7 +763,7 @@ class BandwidthEstimator:
             i = ext & mask
             if seqs[i] != ext or ring_at[i] < forget_before:
                 continue  # unknown, forgotten, or already reported received
-            if arrival_us is None:
+            if not arrived:
                 total += 1
                 lost += 1  # kept: a later feedback may still report it received
                 continue
@@ -748,7 +771,7 @@ class BandwidthEstimator:
             send_time = ring_at[i]
             size = ring_size[i]
             total += 1
-            arrival = arrival_us / 1e6
+            arrival = clock_us / 1e6
             if probes:
                 probe = probes.pop(ext, -1)
                 if cluster is not None and probe == cluster.id:

@@ -184,7 +184,7 @@ class Downstream(Member):
                             )
             elif isinstance(packet, TransportCcFeedback):
                 self._twcc_seen = True
-                self.bwe.on_feedback(packet.arrival_times_us(), now)
+                self.bwe.on_transport_cc(packet.packets, packet.reference_us, now)
             elif isinstance(packet, Remb):
                 self.bwe.on_remb(packet.bitrate)
             elif isinstance(packet, ReceiverReport | SenderReport):

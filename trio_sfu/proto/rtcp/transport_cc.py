@@ -49,9 +49,14 @@ class TransportCcFeedback:
     fb_pkt_count: int
     packets: list[PacketStatus] = field(default_factory=list)
 
+    @property
+    def reference_us(self) -> int:
+        """The reference time in microseconds: the first received packet's delta is from it."""
+        return self.reference_time * REFERENCE_US
+
     def arrival_times_us(self) -> list[tuple[int, int | None]]:
         """``(sequence, arrival µs or None)`` on the feedback sender's clock, for estimators."""
-        now = self.reference_time * REFERENCE_US
+        now = self.reference_us
         out: list[tuple[int, int | None]] = []
         for seq, received, delta in self.packets:
             if received and delta is not None:
@@ -106,8 +111,8 @@ class TransportCcFeedback:
             reference -= 0x1000000
         symbols, pos = decode_chunks(body, 16, count)
         packets: list[PacketStatus] = []
-        for i, symbol in enumerate(symbols):
-            seq = (base + i) & 0xFFFF
+        seq = base
+        for symbol in symbols:
             if symbol == _NOT_RECEIVED:
                 packets.append((seq, False, None))
             elif symbol == _SMALL:
@@ -123,6 +128,7 @@ class TransportCcFeedback:
                     ticks -= 0x10000
                 packets.append((seq, True, ticks * DELTA_US))
                 pos += 2
+            seq = (seq + 1) & 0xFFFF
         # Whatever follows the deltas is §3.1 zero padding.
         return cls(sender, media, base, reference, ref_and_fb & 0xFF, packets)
 
@@ -189,7 +195,8 @@ def decode_chunks(body: bytes, pos: int, count: int) -> tuple[list[int], int]:
                 raise RtcpError("transport-cc run length chunk uses the reserved symbol")
             symbols.extend([symbol] * min(chunk & _RUN_MAX, left))
         elif not chunk & 0x4000:  # §3.1.4 one-bit status vector
-            symbols.extend((chunk >> (13 - k)) & 1 for k in range(min(14, left)))
+            for k in range(min(14, left)):  # (a loop: a generator costs a frame per chunk)
+                symbols.append((chunk >> (13 - k)) & 1)
         else:  # §3.1.4 two-bit status vector
             for k in range(min(7, left)):
                 symbol = (chunk >> (12 - 2 * k)) & 0x3
