@@ -461,7 +461,8 @@ class BandwidthEstimator:
     """One subscriber transport's estimate from transport-cc feedback (and/or REMB).
 
     Driver: :meth:`on_packet_sent` for each packet sent with a transport-cc number,
-    :meth:`on_feedback` with each feedback's ``arrival_times_us()``, :meth:`on_remb` for REMB;
+    :meth:`on_transport_cc` with each feedback's parsed ``packets`` and ``reference_us``
+    (:meth:`on_feedback` takes arrival times instead), :meth:`on_remb` for REMB;
     read :attr:`estimate` when re-running the allocator. Before switching a subscriber up,
     :meth:`probe` with the rate the allocator would need.
     """
